@@ -1,0 +1,60 @@
+//! The supervision tree.
+//!
+//! ```text
+//! Root supervisor ── restarts consumers with backoff, escalates past the restart intensity
+//!   └─ Consumer (one per subject) ── owns the AMQP connection, dispatches deliveries
+//!        └─ FpmWorker × pool_size ── one message at a time over its own FastCGI connection
+//! ```
+//!
+//! Each actor file follows ractor's example layout: the actor (unit struct), its `State`, its
+//! `Msg`, its `Arguments`, then the `Actor` impl.
+
+pub mod consumer;
+pub mod root;
+pub mod stats;
+pub mod worker;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::contract::RequestTemplate;
+use crate::outcome::RetryPolicy;
+
+/// Everything a subject's actors share, computed once from the config.
+#[derive(Debug)]
+pub struct SubjectRuntime {
+    /// Subject name (`event` / `command`).
+    pub name: String,
+    /// The full configuration this runtime was built from.
+    pub config: Arc<Config>,
+    /// Fixed part of every FastCGI request.
+    pub template: RequestTemplate,
+    /// Retry schedule.
+    pub policy: RetryPolicy,
+    /// Counters and gauges, shared with the status endpoint.
+    pub stats: Arc<stats::SubjectStats>,
+}
+
+impl SubjectRuntime {
+    /// Builds the runtime of `subject` (which must be configured).
+    #[must_use]
+    pub fn new(config: Arc<Config>, subject: &str, stats: Arc<stats::SubjectStats>) -> Self {
+        Self {
+            name: subject.to_owned(),
+            template: RequestTemplate::new(&config, subject),
+            policy: RetryPolicy {
+                delays: config.retry.delays.clone(),
+                max_attempts: config.retry.max_attempts,
+                max_retry_after: config.retry.max_retry_after,
+            },
+            config,
+            stats,
+        }
+    }
+
+    /// The subject's configuration.
+    #[must_use]
+    pub fn subject(&self) -> &crate::config::SubjectConfig {
+        &self.config.subjects[&self.name]
+    }
+}

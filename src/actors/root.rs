@@ -1,0 +1,237 @@
+//! Root supervisor: starts one consumer per subject and keeps it running.
+//!
+//! Invariant: a failed consumer is restarted with exponential, jittered backoff; more than
+//! `agent.max_restarts` crashes within `agent.restart_window` escalate — the root stops with a
+//! fatal reason and the process exits non-zero, so systemd or supervisord take over. Failing to
+//! reach the broker is not a crash: it is retried with backoff for as long as it takes.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+use super::SubjectRuntime;
+use super::consumer::{ConsumerMsg, QueueConsumer};
+use super::stats::SubjectStats;
+use crate::config::Config;
+
+/// The root supervisor actor.
+pub struct RootSupervisor;
+
+/// One subject's supervision record.
+struct Child {
+    runtime: Arc<SubjectRuntime>,
+    actor: Option<ActorRef<ConsumerMsg>>,
+    started: Option<Instant>,
+    backoff: Duration,
+    /// Times of recent crashes, for the restart intensity.
+    crashes: VecDeque<Instant>,
+}
+
+/// The root's state.
+pub struct RootState {
+    config: Arc<Config>,
+    children: BTreeMap<String, Child>,
+    ids: HashMap<ActorId, String>,
+    draining: bool,
+    fatal: Arc<Mutex<Option<String>>>,
+}
+
+/// Messages the root accepts.
+pub enum RootMsg {
+    /// (Re)start the consumer of a subject.
+    Start(String),
+    /// Drain every consumer; reply when all are idle (the caller bounds the wait).
+    Drain(RpcReplyPort<()>),
+    /// Resize a subject's pool.
+    Resize(String, usize),
+}
+
+/// What the root is started with.
+pub struct RootArgs {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Per-subject counters, created by the caller so it can read them.
+    pub stats: BTreeMap<String, Arc<SubjectStats>>,
+    /// Set to the reason when the root gives up; the process then exits non-zero.
+    pub fatal: Arc<Mutex<Option<String>>>,
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let mut children = BTreeMap::new();
+        for (name, stats) in args.stats {
+            let runtime = Arc::new(SubjectRuntime::new(args.config.clone(), &name, stats));
+            children.insert(
+                name.clone(),
+                Child {
+                    runtime,
+                    actor: None,
+                    started: None,
+                    backoff: args.config.agent.restart_backoff,
+                    crashes: VecDeque::new(),
+                },
+            );
+            myself.cast(RootMsg::Start(name))?;
+        }
+        Ok(RootState {
+            config: args.config,
+            children,
+            ids: HashMap::new(),
+            draining: false,
+            fatal: args.fatal,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Consumers close their connections in their own post_stop; wait so that a caller who
+        // sees the root stopped knows every connection is closed.
+        for actor in state.children.values_mut().filter_map(|c| c.actor.take()) {
+            let _ = actor
+                .stop_and_wait(None, Some(Duration::from_secs(10)))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Start(name) => start(&myself, state, name).await,
+            RootMsg::Drain(reply) => {
+                state.draining = true;
+                let consumers: Vec<_> = state
+                    .children
+                    .values()
+                    .filter_map(|c| c.actor.clone())
+                    .collect();
+                // Wait for every consumer concurrently without blocking the root's mailbox.
+                tokio::spawn(async move {
+                    let calls = consumers.iter().map(|c| c.call(ConsumerMsg::Drain, None));
+                    futures_util::future::join_all(calls).await;
+                    let _ = reply.send(());
+                });
+            }
+            RootMsg::Resize(name, size) => {
+                if let Some(actor) = state.children.get(&name).and_then(|c| c.actor.as_ref()) {
+                    actor.cast(ConsumerMsg::Resize(size))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(name) = state.ids.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        if state.draining {
+            return Ok(());
+        }
+        error!(subject = %name, error = %reason, "Consumer failed");
+        failed(&myself, state, name, true);
+        Ok(())
+    }
+}
+
+async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) {
+    if state.draining {
+        return;
+    }
+    let Some(child) = state.children.get_mut(&name) else {
+        return;
+    };
+    let runtime = child.runtime.clone();
+    match Actor::spawn_linked(None, QueueConsumer, runtime, myself.get_cell()).await {
+        Ok((actor, _)) => {
+            state.ids.insert(actor.get_id(), name.clone());
+            child.actor = Some(actor);
+            child.started = Some(Instant::now());
+        }
+        Err(e) => {
+            // Start-up failures are mostly an unreachable broker: retried, not counted as crashes.
+            warn!(subject = %name, error = %e, "Cannot start consumer; retrying");
+            failed(myself, state, name, false);
+        }
+    }
+}
+
+/// Schedules a restart; a crash counts towards the restart intensity.
+fn failed(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String, crash: bool) {
+    let agent = &state.config.agent;
+    let Some(child) = state.children.get_mut(&name) else {
+        return;
+    };
+    child.actor = None;
+    // A consumer that ran for a while earns a fresh backoff.
+    if child
+        .started
+        .take()
+        .is_some_and(|t| t.elapsed() > agent.restart_window)
+    {
+        child.backoff = agent.restart_backoff;
+    }
+    if crash {
+        let now = Instant::now();
+        child.crashes.push_back(now);
+        while child
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > agent.restart_window)
+        {
+            child.crashes.pop_front();
+        }
+        if child.crashes.len() > agent.max_restarts as usize {
+            let reason = format!(
+                "consumer `{name}` crashed {} times within {:?} (agent.max_restarts = {}); giving up",
+                child.crashes.len(),
+                agent.restart_window,
+                agent.max_restarts
+            );
+            error!("{reason}");
+            *state.fatal.lock().expect("fatal lock") = Some(reason.clone());
+            myself.stop(Some(reason));
+            return;
+        }
+    }
+    let delay = jitter(child.backoff);
+    child.backoff = (child.backoff * 2).min(agent.restart_backoff_max);
+    info!(subject = %name, delay = ?delay, "Restarting consumer after backoff");
+    myself.send_after(delay, move || RootMsg::Start(name));
+}
+
+/// ±20 % jitter so that subjects (and agents) do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let factor = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(factor)
+}

@@ -1,0 +1,80 @@
+//! Per-subject counters and gauges, updated by the actors and read by status output and tests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Counters of one subject. Relaxed atomics: each value is independent.
+#[derive(Debug, Default)]
+pub struct SubjectStats {
+    /// Deliveries received from the broker.
+    pub received: AtomicU64,
+    /// Deliveries acked after success.
+    pub acked: AtomicU64,
+    /// Attempts that failed and were republished to a delay queue.
+    pub retried: AtomicU64,
+    /// Messages published to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Deliveries returned to the queue unacked (nack/requeue, failed worker).
+    pub requeued: AtomicU64,
+    /// Deliveries currently held by the agent (dispatched or waiting for a worker).
+    pub in_flight: AtomicU64,
+    /// Workers currently handling a message.
+    pub busy: AtomicU64,
+    /// Current pool size.
+    pub pool_size: AtomicU64,
+    /// Consumer (re)starts, the first one included.
+    pub consumer_starts: AtomicU64,
+    /// Worker actors replaced after a failure.
+    pub worker_restarts: AtomicU64,
+    /// True while the subject's consumer is connected and consuming.
+    pub consuming: AtomicBool,
+}
+
+impl SubjectStats {
+    /// Adds one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge, never below zero.
+    pub fn decr(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
+    }
+
+    /// A plain copy for status output.
+    #[must_use]
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: get(&self.received),
+            acked: get(&self.acked),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            requeued: get(&self.requeued),
+            in_flight: get(&self.in_flight),
+            busy: get(&self.busy),
+            pool_size: get(&self.pool_size),
+            consumer_starts: get(&self.consumer_starts),
+            worker_restarts: get(&self.worker_restarts),
+            consuming: self.consuming.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of [`SubjectStats`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[allow(missing_docs)]
+pub struct StatsSnapshot {
+    pub received: u64,
+    pub acked: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub requeued: u64,
+    pub in_flight: u64,
+    pub busy: u64,
+    pub pool_size: u64,
+    pub consumer_starts: u64,
+    pub worker_restarts: u64,
+    pub consuming: bool,
+}

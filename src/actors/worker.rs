@@ -1,0 +1,385 @@
+//! FPM worker: handles one delivery at a time over its own keep-alive FastCGI connection.
+//!
+//! Invariant: a delivery is acked only after FPM answered with success, or after its retry or
+//! dead-letter copy was confirmed by the broker. Every other path leaves it unacked or nacks it
+//! back to its queue.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::{Instrument, debug, error, info, warn};
+
+use super::SubjectRuntime;
+use super::consumer::ConsumerMsg;
+use super::stats::SubjectStats;
+use crate::broker::Publisher;
+use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
+use crate::fastcgi::{FpmClient, Reply};
+use crate::outcome::{self, Decision, Verdict};
+
+/// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
+const EXCERPT: usize = 1024;
+
+/// The worker actor.
+pub struct FpmWorker;
+
+/// A worker's state: its FastCGI connection.
+pub struct WorkerState {
+    runtime: Arc<SubjectRuntime>,
+    fpm: FpmClient,
+    consumer: ActorRef<ConsumerMsg>,
+}
+
+/// Messages a worker accepts.
+pub enum WorkerMsg {
+    /// Handle this delivery, then report back to the consumer.
+    Handle(Box<Job>),
+}
+
+/// One delivery and the publisher of the consumer incarnation that received it.
+pub struct Job {
+    /// The delivery (its acker is bound to the channel it came from).
+    pub delivery: Delivery,
+    /// Confirm-mode channel for retry and dead-letter copies.
+    pub publisher: Publisher,
+}
+
+/// What a worker is started with.
+pub struct WorkerArgs {
+    /// The subject's shared runtime.
+    pub runtime: Arc<SubjectRuntime>,
+    /// The consumer to report to.
+    pub consumer: ActorRef<ConsumerMsg>,
+}
+
+impl Actor for FpmWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        let config = &args.runtime.config;
+        let fpm = FpmClient::new(
+            config.fpm_address(),
+            config.fpm.timeout,
+            config.limits.max_response_bytes,
+        );
+        Ok(WorkerState {
+            runtime: args.runtime,
+            fpm,
+            consumer: args.consumer,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Handle(job) => {
+                let unreached = handle_job(state, *job).await;
+                // The consumer may be gone during shutdown; nothing to report to then.
+                let _ = state.consumer.cast(ConsumerMsg::WorkerIdle {
+                    worker: myself.get_id(),
+                    fpm_unreachable: unreached,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Handles one delivery end to end. Returns true when FPM could not be reached.
+async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
+    let Job {
+        delivery,
+        publisher,
+    } = job;
+    let runtime = state.runtime.clone();
+    let props = &delivery.properties;
+    let headers = props.headers().as_ref();
+    let (message_id, generated) = match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
+        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
+    };
+    let attempt_header = contract::attempt_from_headers(headers);
+    let attempt = *attempt_header.as_ref().unwrap_or(&1);
+    let span =
+        tracing::info_span!("message", subject = %runtime.name, message_id = %message_id, attempt);
+    async {
+        if generated {
+            warn!("Message has no message_id; the agent generated one");
+        }
+        if let Err(raw) = &attempt_header {
+            warn!(value = %raw, "Header x-agent-attempt is not a positive integer; treating the message as attempt 1");
+        }
+        let traceparent = contract::string_header(headers, "traceparent").filter(|tp| {
+            let ok = valid_traceparent(tp);
+            if !ok {
+                warn!(traceparent = %tp, "Malformed traceparent header; not forwarded to PHP");
+            }
+            ok
+        });
+        let tracestate = traceparent.and(contract::string_header(headers, "tracestate"));
+        let envelope = Envelope {
+            subject: &runtime.name,
+            message_id: message_id.clone(),
+            message_id_generated: generated,
+            attempt,
+            redelivered: delivery.redelivered,
+            routing_key: delivery.routing_key.as_str(),
+            exchange: delivery.exchange.as_str(),
+            content_type: props.content_type().as_ref().map(|s| s.as_str()),
+            kind: props.kind().as_ref().map(|s| s.as_str()),
+            correlation_id: props.correlation_id().as_ref().map(|s| s.as_str()),
+            timestamp: *props.timestamp(),
+            headers,
+        };
+        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, (traceparent, tracestate)) {
+            Err(e) => {
+                warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
+                let verdict = Verdict::Permanent {
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                    status: None,
+                };
+                (verdict, false)
+            }
+            Ok(params) => attempt_fpm(&mut state.fpm, &params, &delivery.data, runtime.config.fpm.require_ack_header).await,
+        };
+        let decision = runtime.policy.decide(&verdict, attempt);
+        settle(&runtime, &publisher, &delivery, &message_id, generated, attempt, &verdict, decision).await;
+        unreached
+    }
+    .instrument(span)
+    .await
+}
+
+async fn attempt_fpm(
+    fpm: &mut FpmClient,
+    params: &[(&'static str, Cow<'_, str>)],
+    body: &[u8],
+    require_ack: bool,
+) -> (Verdict, bool) {
+    match fpm.request(params, body).await {
+        Ok(reply) => match outcome::parse_head(&reply.stdout) {
+            Ok(head) => (
+                outcome::classify_reply(&head, require_ack, || excerpt(&reply)),
+                false,
+            ),
+            Err(e) => {
+                let verdict = Verdict::Transient {
+                    reason: "fpm_malformed_reply",
+                    detail: format!("{e}: {}", excerpt(&reply)),
+                    status: None,
+                    retry_after: None,
+                    counts: true,
+                };
+                (verdict, false)
+            }
+        },
+        Err(e) => {
+            let unreached = e.unreached();
+            let verdict = Verdict::Transient {
+                reason: e.reason(),
+                detail: e.to_string(),
+                status: None,
+                retry_after: None,
+                counts: !unreached,
+            };
+            (verdict, unreached)
+        }
+    }
+}
+
+/// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    runtime: &SubjectRuntime,
+    publisher: &Publisher,
+    delivery: &Delivery,
+    message_id: &str,
+    generated: bool,
+    attempt: u32,
+    verdict: &Verdict,
+    decision: Decision,
+) {
+    let stats = &runtime.stats;
+    let copy = match &decision {
+        Decision::Ack => {
+            debug!("Handled");
+            ack(delivery, stats).await;
+            return;
+        }
+        Decision::Retry {
+            delay,
+            next_attempt,
+        } => {
+            let (reason, detail) = describe(verdict);
+            info!(reason, detail = %detail, delay = ?delay, next_attempt, "Attempt failed; retrying later");
+            let props = republished(&delivery.properties, message_id, generated, |h| {
+                h.insert(
+                    ATTEMPT_HEADER.into(),
+                    AMQPValue::LongLongInt(i64::from(*next_attempt)),
+                );
+                h.insert(
+                    LAST_ERROR_HEADER.into(),
+                    text(&format!("{reason}: {detail}")),
+                );
+            });
+            publisher
+                .publish_delayed(*delay, &delivery.data, props)
+                .await
+        }
+        Decision::DeadLetter { reason } => {
+            let (_, detail) = describe(verdict);
+            warn!(reason, detail = %detail, "Dead-lettering message");
+            let status = match verdict {
+                Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
+                Verdict::Success => None,
+            };
+            let props = republished(&delivery.properties, message_id, generated, |h| {
+                h.insert("x-agent-reason".into(), text(reason));
+                h.insert(
+                    "x-agent-status".into(),
+                    AMQPValue::LongLongInt(status.map_or(0, i64::from)),
+                );
+                h.insert(
+                    "x-agent-attempts".into(),
+                    AMQPValue::LongLongInt(i64::from(attempt)),
+                );
+                h.insert(LAST_ERROR_HEADER.into(), text(&detail));
+                h.insert("x-agent-subject".into(), text(&runtime.name));
+                h.insert(
+                    "x-agent-dead-lettered-at".into(),
+                    AMQPValue::Timestamp(contract::unix_now()),
+                );
+            });
+            publisher.publish_dead(&delivery.data, props).await
+        }
+    };
+    match copy {
+        Ok(()) => {
+            match decision {
+                Decision::Retry { .. } => SubjectStats::incr(&stats.retried),
+                _ => SubjectStats::incr(&stats.dead_lettered),
+            }
+            ack(delivery, stats).await;
+        }
+        Err(e) => {
+            error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
+            // A short pause so a broker that refuses every publish does not spin the message.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            if let Err(e) = delivery.acker.nack(requeue).await {
+                warn!(error = %e, "Nack failed; the broker will redeliver when the channel closes");
+            }
+            SubjectStats::incr(&stats.requeued);
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery, stats: &SubjectStats) {
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => SubjectStats::incr(&stats.acked),
+        Ok(false) => {
+            warn!("Ack not sent: the delivery's channel is gone; the broker will redeliver it")
+        }
+        Err(e) => warn!(error = %e, "Ack failed; the broker will redeliver the message"),
+    }
+}
+
+fn describe(verdict: &Verdict) -> (&'static str, String) {
+    match verdict {
+        Verdict::Success => ("success", String::new()),
+        Verdict::Transient { reason, detail, .. } | Verdict::Permanent { reason, detail, .. } => {
+            (reason, truncate(detail, EXCERPT))
+        }
+    }
+}
+
+fn republished(
+    props: &BasicProperties,
+    message_id: &str,
+    generated: bool,
+    edit: impl FnOnce(&mut FieldTable),
+) -> BasicProperties {
+    let mut headers = props.headers().clone().unwrap_or_default();
+    edit(&mut headers);
+    let mut out = props.clone().with_headers(headers);
+    if generated {
+        out = out.with_message_id(crate::broker::short(message_id));
+    }
+    if props.delivery_mode().is_none() {
+        out = out.with_delivery_mode(2);
+    }
+    out
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn excerpt(reply: &Reply) -> String {
+    let out = String::from_utf8_lossy(&reply.stdout);
+    let body = out.split_once("\r\n\r\n").map_or(out.as_ref(), |(_, b)| b);
+    let mut s = truncate(body.trim(), EXCERPT / 2);
+    if !reply.stderr.is_empty() {
+        s.push_str(" | stderr: ");
+        s.push_str(&truncate(
+            String::from_utf8_lossy(&reply.stderr).trim(),
+            EXCERPT / 2,
+        ));
+    }
+    if s.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        s
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = contract::clean(&s[..end]).into_owned();
+    if end < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// W3C traceparent: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
+#[must_use]
+pub fn valid_traceparent(tp: &str) -> bool {
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}

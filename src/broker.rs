@@ -1,0 +1,328 @@
+//! The AMQP side: connections, topology and confirmed publishing.
+//!
+//! Invariant: this is the only module that declares queues or publishes. Every publish on the
+//! retry and dead-letter paths is `mandatory` and waits for the broker's confirm; anything but a
+//! positive, routed confirm is an error, so the caller never acks an original whose copy is not
+//! safely stored.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::{Config, SubjectConfig};
+
+/// A broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The AMQP client reported an error.
+    #[error("{context}: {source}")]
+    Amqp {
+        /// What we were doing.
+        context: String,
+        /// The client error.
+        source: lapin::Error,
+    },
+    /// The broker negatively acknowledged a publish.
+    #[error("broker refused (nack) the publish to `{0}`")]
+    Nacked(String),
+    /// A mandatory publish could not be routed to any queue.
+    #[error("publish to `{0}` was returned unroutable (does the queue exist?)")]
+    Unroutable(String),
+    /// No confirm arrived in time.
+    #[error("no publisher confirm for `{0}` within {1:?}")]
+    ConfirmTimeout(String, Duration),
+}
+
+fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {
+    let context = context.into();
+    move |source| BrokerError::Amqp { context, source }
+}
+
+/// Opens a connection named after the agent and `role`, so operators can tell them apart.
+///
+/// # Errors
+/// When the broker cannot be reached or refuses the login.
+pub async fn connect(url: &str, role: &str) -> Result<Connection, BrokerError> {
+    let name = format!("amqp-agent {role} (pid {})", std::process::id());
+    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    Connection::connect(url, props).await.map_err(amqp(format!(
+        "cannot connect to {}",
+        crate::config::redact_url(url)
+    )))
+}
+
+/// Name of the queue that holds messages of `queue` waiting `delay` before their next attempt.
+#[must_use]
+pub fn delay_queue_name(queue: &str, delay: Duration) -> String {
+    format!("{queue}.retry.{}ms", delay.as_millis())
+}
+
+/// Name of the dead-letter queue of `queue`.
+#[must_use]
+pub fn dead_queue_name(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Declares one delay queue: messages expire after `delay` and are dead-lettered back to
+/// `queue` through the default exchange.
+///
+/// One queue per delay keeps every queue's messages in expiry order, so a long delay never holds
+/// back a shorter one (per-message TTLs in a shared queue would expire only at the head).
+/// Queues made for a `Retry-After` value that is not in the configured schedule get `x-expires`,
+/// so they disappear some time after their last use.
+///
+/// # Errors
+/// When the declaration fails (for example, the queue exists with other arguments).
+pub async fn declare_delay_queue(
+    channel: &Channel,
+    queue: &str,
+    delay: Duration,
+    scheduled: bool,
+) -> Result<(), BrokerError> {
+    let name = delay_queue_name(queue, delay);
+    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    if !scheduled {
+        let expires = ttl.saturating_mul(2).saturating_add(600_000);
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(expires));
+    }
+    channel
+        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .map_err(amqp(format!("cannot declare delay queue `{name}`")))?;
+    Ok(())
+}
+
+/// Declares, idempotently, everything a subject needs: its queue, its delay queues and its
+/// dead-letter queue, plus the optional exchange and bindings.
+///
+/// # Errors
+/// When a declaration fails; the message names the queue or exchange.
+pub async fn declare_subject(
+    channel: &Channel,
+    config: &Config,
+    subject: &SubjectConfig,
+) -> Result<(), BrokerError> {
+    let queue = subject.queue.as_str();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp(format!("cannot declare queue `{queue}`")))?;
+    let dead = dead_queue_name(queue);
+    channel
+        .queue_declare(
+            dead.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(amqp(format!("cannot declare queue `{dead}`")))?;
+    let delays: HashSet<Duration> = config.retry.delays.iter().copied().collect();
+    for delay in delays {
+        declare_delay_queue(channel, queue, delay, true).await?;
+    }
+    if let Some(exchange) = &subject.exchange {
+        let kind = match subject.exchange_type.as_str() {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            _ => ExchangeKind::Topic,
+        };
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp(format!("cannot declare exchange `{exchange}`")))?;
+        let keys = if subject.binding_keys.is_empty() {
+            vec![queue.to_owned()]
+        } else {
+            subject.binding_keys.clone()
+        };
+        for key in keys {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp(format!(
+                    "cannot bind `{queue}` to `{exchange}` with `{key}`"
+                )))?;
+        }
+    }
+    Ok(())
+}
+
+/// A channel in confirm mode for the retry and dead-letter paths of one subject.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    queue: Arc<str>,
+    confirm_timeout: Duration,
+    /// Delay queues known to exist (the scheduled ones, plus those made for `Retry-After`).
+    delays: Arc<Mutex<HashSet<Duration>>>,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection` for `queue`.
+    ///
+    /// # Errors
+    /// When the channel cannot be opened.
+    pub async fn open(
+        connection: &Connection,
+        queue: &str,
+        scheduled: &[Duration],
+        confirm_timeout: Duration,
+    ) -> Result<Self, BrokerError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(amqp("cannot open publish channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("cannot enable publisher confirms"))?;
+        Ok(Self {
+            channel,
+            queue: queue.into(),
+            confirm_timeout,
+            delays: Arc::new(Mutex::new(scheduled.iter().copied().collect())),
+        })
+    }
+
+    /// Publishes to the delay queue for `delay`, declaring it first if it is not a scheduled one.
+    ///
+    /// # Errors
+    /// See [`Publisher::publish`].
+    pub async fn publish_delayed(
+        &self,
+        delay: Duration,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let known = self.delays.lock().expect("delay set lock").contains(&delay);
+        if !known {
+            declare_delay_queue(&self.channel, &self.queue, delay, false).await?;
+            self.delays.lock().expect("delay set lock").insert(delay);
+        }
+        self.publish("", &delay_queue_name(&self.queue, delay), body, props)
+            .await
+    }
+
+    /// Publishes to the subject's dead-letter queue.
+    ///
+    /// # Errors
+    /// See [`Publisher::publish`].
+    pub async fn publish_dead(
+        &self,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        self.publish("", &dead_queue_name(&self.queue), body, props)
+            .await
+    }
+
+    /// Publishes with `mandatory` and waits for a positive, routed confirm.
+    ///
+    /// # Errors
+    /// A [`BrokerError`] for a channel error, nack, return or confirm timeout.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        publish_confirmed(
+            &self.channel,
+            exchange,
+            routing_key,
+            body,
+            props,
+            self.confirm_timeout,
+        )
+        .await
+    }
+}
+
+/// Publishes one message as `mandatory` and waits for its confirm on a confirm-mode `channel`.
+///
+/// # Errors
+/// A [`BrokerError`] for a channel error, nack, return or confirm timeout.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+    timeout: Duration,
+) -> Result<(), BrokerError> {
+    let target = if exchange.is_empty() {
+        routing_key.to_owned()
+    } else {
+        format!("{exchange}/{routing_key}")
+    };
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = async {
+        channel
+            .basic_publish(short(exchange), short(routing_key), options, body, props)
+            .await
+            .map_err(amqp(format!("cannot publish to `{target}`")))?
+            .await
+            .map_err(amqp(format!("no confirm for `{target}`")))
+    };
+    match tokio::time::timeout(timeout, confirm).await {
+        Err(_) => Err(BrokerError::ConfirmTimeout(target, timeout)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(BrokerError::Unroutable(target)),
+        Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => {
+            Err(BrokerError::Nacked(target))
+        }
+    }
+}
+
+/// A ShortString that never panics: AMQP short strings hold at most 255 bytes.
+#[must_use]
+pub fn short(text: &str) -> ShortString {
+    let mut end = text.len().min(255);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&text[..end])
+}

@@ -1,0 +1,589 @@
+//! The agent's configuration: one TOML file, validated before anything starts.
+//!
+//! The structs here *are* the reference documentation of the file (see
+//! `config/amqp-agent.example.toml`). Every table denies unknown keys so a typo
+//! stops start-up with a message naming the key instead of silently using a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The two kinds of asynchronous work a PHP application publishes.
+pub const SUBJECTS: [&str; 2] = ["event", "command"];
+
+/// Environment variable that overrides `amqp.url`.
+pub const ENV_AMQP_URL: &str = "AMQP_AGENT_AMQP_URL";
+/// Environment variable that overrides `fpm.signing_secrets` (comma separated).
+pub const ENV_SIGNING_SECRET: &str = "AMQP_AGENT_SIGNING_SECRET";
+
+/// A configuration problem, always naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path that was tried.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The path that was parsed.
+        path: PathBuf,
+        /// The TOML parser's message, which names the key and line.
+        message: String,
+    },
+    /// A key is well-formed but its value is not acceptable.
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `subjects.event.pool_size`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Broker connection.
+    pub amqp: AmqpConfig,
+    /// The PHP-FPM pool that handles messages.
+    pub fpm: FpmConfig,
+    /// Retry schedule for failed attempts.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// One entry per subject (`event`, `command`); a subject left out is not consumed.
+    pub subjects: BTreeMap<String, SubjectConfig>,
+    /// Input limits that protect the agent and FPM from bad messages.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Process-level behaviour (shutdown, supervision).
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// AMQP URI. Overridden by `AMQP_AGENT_AMQP_URL`; may be omitted when `url_file` is set.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file whose (trimmed) content is the AMQP URI, for secrets kept out of the config.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Declare queues at start-up. Set to false when the topology is managed elsewhere.
+    #[serde(default = "default_true")]
+    pub declare: bool,
+    /// Deliveries prefetched per FPM worker (`basic.qos` = pool_size × this).
+    #[serde(default = "default_prefetch_per_worker")]
+    pub prefetch_per_worker: u16,
+    /// How long to wait for a publisher confirm on the retry / dead-letter path.
+    #[serde(default = "default_confirm_timeout", deserialize_with = "duration")]
+    pub confirm_timeout: Duration,
+}
+
+/// `[fpm]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FpmConfig {
+    /// `host:port` for TCP, or `unix:/path/to.sock`.
+    pub address: String,
+    /// Absolute path of the PHP front controller, as FPM sees it.
+    pub script_filename: String,
+    /// `REQUEST_URI` sent to PHP; `{subject}` is replaced by the subject name.
+    #[serde(default = "default_request_uri")]
+    pub request_uri: String,
+    /// `DOCUMENT_ROOT`; defaults to the directory of `script_filename`.
+    #[serde(default)]
+    pub document_root: Option<String>,
+    /// `SERVER_NAME` sent to PHP (some frameworks build URLs from it).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Upper bound for one FastCGI request, connect to last byte.
+    #[serde(default = "default_fpm_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// HMAC secrets. The first signs; all are sent during a rotation.
+    #[serde(default)]
+    pub signing_secrets: Vec<String>,
+    /// A file with one secret per line, used in addition to `signing_secrets`.
+    #[serde(default)]
+    pub signing_secrets_file: Option<PathBuf>,
+    /// Success requires the response header `X-Agent-Ack: 1` besides a 2xx status.
+    #[serde(default = "default_true")]
+    pub require_ack_header: bool,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempt n (1-based) that failed waits `delays[n-1]` (the last one repeats).
+    #[serde(default = "default_delays", deserialize_with = "durations")]
+    pub delays: Vec<Duration>,
+    /// Attempts before a message is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Upper bound applied to a `Retry-After` answered by PHP.
+    #[serde(default = "default_max_retry_after", deserialize_with = "duration")]
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            delays: default_delays(),
+            max_attempts: default_max_attempts(),
+            max_retry_after: default_max_retry_after(),
+        }
+    }
+}
+
+/// `[subjects.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectConfig {
+    /// Queue to consume. Its retry queues are `<queue>.retry.<ms>`, its dead-letter queue `<queue>.dead`.
+    pub queue: String,
+    /// FPM workers (concurrent requests) for this subject.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u16,
+    /// Optional exchange to bind the queue to (declared as `exchange_type`, durable).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// Exchange type used when declaring `exchange`.
+    #[serde(default = "default_exchange_type")]
+    pub exchange_type: String,
+    /// Binding keys of the queue on `exchange` (default: the queue name).
+    #[serde(default)]
+    pub binding_keys: Vec<String>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Bodies larger than this are dead-lettered without calling FPM.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Encoded `HTTP_X_AGENT_HEADERS` larger than this dead-letter the message.
+    #[serde(default = "default_max_headers_bytes")]
+    pub max_headers_bytes: usize,
+    /// Nesting depth of header tables/arrays beyond which a message is dead-lettered.
+    #[serde(default = "default_max_header_depth")]
+    pub max_header_depth: usize,
+    /// A FastCGI reply larger than this is cut off and counted as a failed attempt.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: default_max_body_bytes(),
+            max_headers_bytes: default_max_headers_bytes(),
+            max_header_depth: default_max_header_depth(),
+            max_response_bytes: default_max_response_bytes(),
+        }
+    }
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// First delay before restarting a failed actor (doubles up to `restart_backoff_max`).
+    #[serde(default = "default_restart_backoff", deserialize_with = "duration")]
+    pub restart_backoff: Duration,
+    /// Cap on the restart delay.
+    #[serde(default = "default_restart_backoff_max", deserialize_with = "duration")]
+    pub restart_backoff_max: Duration,
+    /// Restart intensity: more crashes of one consumer than this within `restart_window` make
+    /// the process exit non-zero (for systemd/supervisord to restart it).
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Window of the restart intensity; a consumer that ran this long gets a fresh backoff.
+    #[serde(default = "default_restart_window", deserialize_with = "duration")]
+    pub restart_window: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: default_shutdown_timeout(),
+            restart_backoff: default_restart_backoff(),
+            restart_backoff_max: default_restart_backoff_max(),
+            max_restarts: default_max_restarts(),
+            restart_window: default_restart_window(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_prefetch_per_worker() -> u16 {
+    2
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_uri() -> String {
+    "/_agent/messages/{subject}".to_owned()
+}
+fn default_server_name() -> String {
+    "amqp-agent".to_owned()
+}
+fn default_fpm_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_delays() -> Vec<Duration> {
+    [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec()
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_pool_size() -> u16 {
+    4
+}
+fn default_exchange_type() -> String {
+    "topic".to_owned()
+}
+fn default_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_headers_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_header_depth() -> usize {
+    16
+}
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_restart_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_restart_backoff_max() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_restarts() -> u32 {
+    10
+}
+fn default_restart_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
+        ))
+    })
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|text| {
+            humantime::parse_duration(text).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Where PHP-FPM listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FpmAddress {
+    /// `host:port`
+    Tcp(String),
+    /// `unix:/path`
+    Unix(PathBuf),
+}
+
+impl FpmAddress {
+    /// Parses `host:port` or `unix:/path`.
+    ///
+    /// # Errors
+    /// When the address has neither form.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        match text.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Self::Tcp(text.to_owned()))
+            }
+            _ => Err(format!("`{text}` is neither `host:port` nor `unix:/path`")),
+        }
+    }
+}
+
+impl std::fmt::Display for FpmAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => f.write_str(addr),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates a config file.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the file or key at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment overrides.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key at fault.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.resolve_secrets(&env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(
+        &mut self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(url) = env(ENV_AMQP_URL).filter(|u| !u.is_empty()) {
+            self.amqp.url = Some(url);
+        } else if let (None, Some(file)) = (&self.amqp.url, &self.amqp.url_file) {
+            let url = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "amqp.url_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            self.amqp.url = Some(url.trim().to_owned());
+        }
+        if let Some(secrets) = env(ENV_SIGNING_SECRET).filter(|s| !s.is_empty()) {
+            self.fpm.signing_secrets = secrets
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(file) = &self.fpm.signing_secrets_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    "fpm.signing_secrets_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            self.fpm.signing_secrets.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.amqp.url.as_deref().ok_or_else(|| {
+            invalid(
+                "amqp.url",
+                format!("missing; set it, `amqp.url_file`, or {ENV_AMQP_URL}"),
+            )
+        })?;
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| invalid("amqp.url", format!("not an AMQP URI: {e}")))?;
+        if self.amqp.prefetch_per_worker == 0 {
+            return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
+        }
+        FpmAddress::parse(&self.fpm.address).map_err(|m| invalid("fpm.address", m))?;
+        if !self.fpm.script_filename.starts_with('/') {
+            return Err(invalid("fpm.script_filename", "must be an absolute path"));
+        }
+        if !self.fpm.request_uri.starts_with('/') {
+            return Err(invalid("fpm.request_uri", "must start with `/`"));
+        }
+        if self.fpm.timeout.is_zero() {
+            return Err(invalid("fpm.timeout", "must be greater than zero"));
+        }
+        for (i, secret) in self.fpm.signing_secrets.iter().enumerate() {
+            if secret.len() < 16 {
+                return Err(invalid(
+                    format!("fpm.signing_secrets[{i}]"),
+                    "must be at least 16 bytes long",
+                ));
+            }
+        }
+        if self.retry.delays.is_empty() {
+            return Err(invalid("retry.delays", "needs at least one delay"));
+        }
+        if let Some(i) = self.retry.delays.iter().position(|d| d.as_millis() == 0) {
+            return Err(invalid(
+                format!("retry.delays[{i}]"),
+                "must be greater than zero",
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.subjects.is_empty() {
+            return Err(invalid(
+                "subjects",
+                "configure at least one of `subjects.event`, `subjects.command`",
+            ));
+        }
+        for (name, subject) in &self.subjects {
+            self.validate_subject(name, subject)?;
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid(
+                "limits.max_body_bytes",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_subject(&self, name: &str, subject: &SubjectConfig) -> Result<(), ConfigError> {
+        let key = format!("subjects.{name}");
+        if !SUBJECTS.contains(&name) {
+            return Err(invalid(
+                &key,
+                format!("unknown subject; expected one of {SUBJECTS:?}"),
+            ));
+        }
+        if subject.queue.is_empty() || subject.queue.len() > 200 {
+            return Err(invalid(
+                format!("{key}.queue"),
+                "must be 1 to 200 bytes long",
+            ));
+        }
+        if subject.pool_size == 0 || subject.pool_size > 1024 {
+            return Err(invalid(
+                format!("{key}.pool_size"),
+                "must be between 1 and 1024",
+            ));
+        }
+        if self
+            .subjects
+            .iter()
+            .any(|(other, s)| other != name && s.queue == subject.queue)
+        {
+            return Err(invalid(
+                format!("{key}.queue"),
+                "two subjects cannot share a queue",
+            ));
+        }
+        if subject
+            .exchange
+            .as_deref()
+            .is_some_and(|e| e.is_empty() || e.len() > 255)
+        {
+            return Err(invalid(
+                format!("{key}.exchange"),
+                "must be 1 to 255 bytes long",
+            ));
+        }
+        if !["direct", "topic", "fanout", "headers"].contains(&subject.exchange_type.as_str()) {
+            return Err(invalid(
+                format!("{key}.exchange_type"),
+                "must be direct, topic, fanout or headers",
+            ));
+        }
+        if !subject.binding_keys.is_empty() && subject.exchange.is_none() {
+            return Err(invalid(format!("{key}.binding_keys"), "needs `exchange`"));
+        }
+        Ok(())
+    }
+
+    /// The AMQP URI (validated present).
+    #[must_use]
+    pub fn amqp_url(&self) -> &str {
+        self.amqp.url.as_deref().unwrap_or_default()
+    }
+
+    /// The parsed FPM address (validated).
+    #[must_use]
+    pub fn fpm_address(&self) -> FpmAddress {
+        FpmAddress::parse(&self.fpm.address).expect("validated at load")
+    }
+
+    /// Non-fatal remarks an operator should read (printed by `check-config` and at start).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.fpm.signing_secrets.is_empty() {
+            out.push("fpm.signing_secrets is empty: requests to PHP are not signed".to_owned());
+        }
+        // RabbitMQ closes a channel whose delivery stays unacked longer than consumer_timeout.
+        if self.fpm.timeout >= Duration::from_secs(30 * 60) {
+            out.push(
+                "fpm.timeout is not below RabbitMQ's default consumer_timeout (30m)".to_owned(),
+            );
+        }
+        if !self.fpm.require_ack_header {
+            out.push("fpm.require_ack_header = false: any 2xx counts as success".to_owned());
+        }
+        out
+    }
+}
+
+/// Hides the password of an AMQP URI for logs and status output.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

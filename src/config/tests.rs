@@ -1,0 +1,136 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+[fpm]
+address = "127.0.0.1:9000"
+script_filename = "/srv/app/public/index.php"
+[subjects.event]
+queue = "messages.event"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"), |_| None)
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.subjects["event"].pool_size, 4);
+    assert_eq!(c.retry.max_attempts, 5);
+    assert_eq!(c.retry.delays.len(), 5);
+    assert_eq!(c.fpm.timeout, Duration::from_secs(30));
+    assert!(c.fpm.require_ack_header);
+    assert_eq!(c.limits.max_body_bytes, 8 * 1024 * 1024);
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/amqp-agent.example.toml"
+    ))
+    .unwrap();
+    let c = parse(&text).unwrap();
+    assert_eq!(c.subjects.len(), 2);
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = error_of(&MINIMAL.replace("[fpm]", "[fpm]\ntimout = \"5s\""));
+    assert!(e.contains("timout"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}\n[subjects.command]\nqueue = \"c\"\npoolsize = 3\n"
+    ));
+    assert!(e.contains("poolsize"), "{e}");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let cases = [
+        (MINIMAL.replace("127.0.0.1:9000", "nowhere"), "fpm.address"),
+        (
+            MINIMAL.replace("\"/srv/app/public/index.php\"", "\"index.php\""),
+            "fpm.script_filename",
+        ),
+        (format!("{MINIMAL}[retry]\ndelays = []\n"), "retry.delays"),
+        (
+            format!("{MINIMAL}[retry]\nmax_attempts = 0\n"),
+            "retry.max_attempts",
+        ),
+        (
+            MINIMAL.replace("[subjects.event]", "[subjects.events]"),
+            "subjects.events",
+        ),
+        (MINIMAL.replace("amqp://guest", "http://guest"), "amqp.url"),
+        (
+            format!("{MINIMAL}pool_size = 0\n"),
+            "subjects.event.pool_size",
+        ),
+        (
+            MINIMAL.replace("[fpm]", "[fpm]\nsigning_secrets = [\"short\"]"),
+            "fpm.signing_secrets[0]",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = error_of(&text);
+        assert!(e.contains(key), "expected `{key}` in: {e}");
+    }
+    let e = error_of(&format!("{MINIMAL}[retry]\ndelays = [\"soon\"]\n"));
+    assert!(e.contains("delays") && e.contains("soon"), "{e}");
+    let e = error_of(&MINIMAL.replace("[fpm]", "[fpm]\ntimeout = 30"));
+    assert!(e.contains("timeout"), "{e}");
+}
+
+#[test]
+fn secrets_come_from_env_and_files() {
+    let dir = std::env::temp_dir().join(format!("amqp-agent-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("secrets");
+    std::fs::write(&secret_file, "from-file-0123456789\n\n").unwrap();
+    let text = MINIMAL.replace(
+        "[fpm]",
+        &format!(
+            "[fpm]\nsigning_secrets_file = \"{}\"",
+            secret_file.display()
+        ),
+    );
+    let c = Config::from_toml(&text, Path::new("t"), |name| match name {
+        ENV_AMQP_URL => Some("amqp://u:p@rabbit:5672/%2f".to_owned()),
+        ENV_SIGNING_SECRET => Some("env-secret-0123456789, second-secret-0123".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(c.amqp_url(), "amqp://u:p@rabbit:5672/%2f");
+    assert_eq!(
+        c.fpm.signing_secrets,
+        [
+            "env-secret-0123456789",
+            "second-secret-0123",
+            "from-file-0123456789"
+        ]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn passwords_are_redacted() {
+    assert_eq!(
+        redact_url("amqp://guest:secret@host:5672/%2f"),
+        "amqp://guest:***@host:5672/%2f"
+    );
+    assert_eq!(redact_url("amqp://host"), "amqp://host");
+}
+
+#[test]
+fn timeout_above_consumer_timeout_warns() {
+    let c = parse(&MINIMAL.replace("[fpm]", "[fpm]\ntimeout = \"45m\"")).unwrap();
+    assert!(c.warnings().iter().any(|w| w.contains("consumer_timeout")));
+}

@@ -1,0 +1,191 @@
+use std::path::Path;
+
+use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable, LongString};
+
+use super::*;
+use crate::config::Config;
+
+fn config() -> Config {
+    let text = r#"
+        [amqp]
+        url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        [fpm]
+        address = "127.0.0.1:9000"
+        script_filename = "/srv/app/public/index.php"
+        signing_secrets = ["0123456789abcdef"]
+        [subjects.event]
+        queue = "messages.event"
+    "#;
+    Config::from_toml(text, Path::new("t.toml"), |_| None).unwrap()
+}
+
+fn envelope<'a>(headers: Option<&'a FieldTable>) -> Envelope<'a> {
+    Envelope {
+        subject: "event",
+        message_id: "m-1".into(),
+        message_id_generated: false,
+        attempt: 2,
+        redelivered: true,
+        routing_key: "rk",
+        exchange: "ex",
+        content_type: None,
+        kind: Some("user.created"),
+        correlation_id: None,
+        timestamp: Some(1_700_000_000),
+        headers,
+    }
+}
+
+fn get<'a>(params: &'a [(&'static str, Cow<'a, str>)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_ref())
+}
+
+#[test]
+fn builds_the_documented_params() {
+    let template = RequestTemplate::new(&config(), "event");
+    let env = envelope(None);
+    let params = template.params(&env, b"{}", (None, None)).unwrap();
+    assert_eq!(get(&params, "REQUEST_METHOD"), Some("POST"));
+    assert_eq!(
+        get(&params, "SCRIPT_FILENAME"),
+        Some("/srv/app/public/index.php")
+    );
+    assert_eq!(get(&params, "DOCUMENT_ROOT"), Some("/srv/app/public"));
+    assert_eq!(get(&params, "SCRIPT_NAME"), Some("/index.php"));
+    assert_eq!(get(&params, "REQUEST_URI"), Some("/_agent/messages/event"));
+    assert_eq!(
+        get(&params, "CONTENT_TYPE"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(get(&params, "CONTENT_LENGTH"), Some("2"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_ATTEMPT"), Some("2"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_REDELIVERED"), Some("1"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_TYPE"), Some("user.created"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_TIMESTAMP"), Some("1700000000"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_CORRELATION_ID"), None);
+    assert_eq!(get(&params, "HTTP_X_AGENT_HEADERS"), Some("{}"));
+    let sig = get(&params, "HTTP_X_AGENT_SIGNATURE").unwrap();
+    let now = unix_now();
+    assert!(crate::signature::verify(
+        sig,
+        &["0123456789abcdef".to_owned()],
+        now,
+        5,
+        "event",
+        "m-1",
+        b"{}"
+    ));
+}
+
+#[test]
+fn header_names_never_become_params_and_values_are_clean() {
+    let mut h = FieldTable::default();
+    h.insert(
+        "PHP_VALUE".into(),
+        AMQPValue::LongString("memory_limit=1M".into()),
+    );
+    h.insert(
+        "SCRIPT_FILENAME".into(),
+        AMQPValue::LongString("/etc/passwd".into()),
+    );
+    h.insert(
+        "evil".into(),
+        AMQPValue::LongString("a\r\nStatus: 200\0".into()),
+    );
+    let template = RequestTemplate::new(&config(), "event");
+    let mut env = envelope(Some(&h));
+    env.message_id = "id\r\nX: y".into();
+    let params = template.params(&env, b"", (None, None)).unwrap();
+    assert_eq!(
+        params
+            .iter()
+            .filter(|(n, _)| *n == "SCRIPT_FILENAME")
+            .count(),
+        1
+    );
+    assert!(params.iter().all(|(n, _)| !n.starts_with("PHP_")));
+    assert!(params.iter().all(|(_, v)| !v.contains(['\r', '\n', '\0'])));
+    assert_eq!(get(&params, "HTTP_X_AGENT_MESSAGE_ID"), Some("id  X: y"));
+    let json: serde_json::Value =
+        serde_json::from_str(get(&params, "HTTP_X_AGENT_HEADERS").unwrap()).unwrap();
+    assert_eq!(json["PHP_VALUE"], "memory_limit=1M");
+    assert_eq!(json["evil"], "a\r\nStatus: 200\0");
+}
+
+#[test]
+fn headers_nest_and_bytes_are_base64() {
+    let mut inner = FieldTable::default();
+    inner.insert("n".into(), AMQPValue::LongLongInt(-5));
+    let mut h = FieldTable::default();
+    h.insert("table".into(), AMQPValue::FieldTable(inner));
+    h.insert(
+        "list".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![
+            AMQPValue::Boolean(true),
+            AMQPValue::Void,
+        ])),
+    );
+    h.insert(
+        "bytes".into(),
+        AMQPValue::ByteArray(ByteArray::from(vec![0xff, 0x00])),
+    );
+    h.insert(
+        "latin1".into(),
+        AMQPValue::LongString(LongString::from(vec![0xe9])),
+    );
+    h.insert("ts".into(), AMQPValue::Timestamp(42));
+    let json: serde_json::Value =
+        serde_json::from_str(&headers_json(Some(&h), 8, 1 << 16).unwrap()).unwrap();
+    assert_eq!(json["table"]["n"], -5);
+    assert_eq!(json["list"], serde_json::json!([true, null]));
+    assert_eq!(json["bytes"], "/wA=");
+    assert_eq!(json["latin1"], "6Q==");
+    assert_eq!(json["ts"], 42);
+}
+
+#[test]
+fn limits_reject_deep_or_large_headers_and_large_bodies() {
+    let mut table = FieldTable::default();
+    for _ in 0..40 {
+        let mut outer = FieldTable::default();
+        outer.insert("t".into(), AMQPValue::FieldTable(table));
+        table = outer;
+    }
+    assert!(matches!(
+        headers_json(Some(&table), 16, 1 << 20),
+        Err(ContractError::Headers(_))
+    ));
+    let mut wide = FieldTable::default();
+    for i in 0..5000 {
+        wide.insert(
+            format!("h{i}").into(),
+            AMQPValue::LongString("v".repeat(20).into()),
+        );
+    }
+    assert!(matches!(
+        headers_json(Some(&wide), 16, 65536),
+        Err(ContractError::Headers(_))
+    ));
+    let template = RequestTemplate::new(&config(), "event");
+    let env = envelope(None);
+    let big = vec![0u8; 8 * 1024 * 1024 + 1];
+    let err = template.params(&env, &big, (None, None)).unwrap_err();
+    assert_eq!(err.reason(), "body_too_large");
+}
+
+#[test]
+fn attempt_header_parsing() {
+    let mut h = FieldTable::default();
+    assert_eq!(attempt_from_headers(None), Ok(1));
+    h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(3));
+    assert_eq!(attempt_from_headers(Some(&h)), Ok(3));
+    h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongString("4".into()));
+    assert_eq!(attempt_from_headers(Some(&h)), Ok(4));
+    h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongString("soon".into()));
+    assert!(attempt_from_headers(Some(&h)).is_err());
+    h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(0));
+    assert!(attempt_from_headers(Some(&h)).is_err());
+}

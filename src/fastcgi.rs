@@ -1,0 +1,409 @@
+//! The FastCGI side: one keep-alive connection to PHP-FPM per worker.
+//!
+//! Invariant: this is the only module that knows FastCGI. Every request is bounded by a timeout
+//! and by a reply-size cap, and a connection that saw any error or timeout is dropped, never
+//! reused (fastcgi-client has no multiplexing, so a half-read reply would poison the next one).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use fastcgi_client::conn::KeepAlive;
+use fastcgi_client::io::TokioCompat;
+use fastcgi_client::response::Content;
+use fastcgi_client::{Client, ClientError, Params, Request, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::FpmAddress;
+
+/// Bytes of stdout kept for parsing the head and quoting an excerpt; the rest is counted only.
+const KEEP_STDOUT: usize = 64 * 1024;
+/// Bytes of stderr kept for the last-error excerpt.
+const KEEP_STDERR: usize = 8 * 1024;
+
+/// Why a request produced no usable reply.
+#[derive(Debug, thiserror::Error)]
+pub enum FpmError {
+    /// Could not connect: FPM is down or refusing. The request never reached PHP.
+    #[error("cannot connect to FPM at {address}: {source}")]
+    Connect {
+        /// Where we tried.
+        address: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The connection broke before the reply was complete.
+    #[error("FPM connection lost: {0}")]
+    Io(#[source] std::io::Error),
+    /// FPM closed the connection without an end-of-request record.
+    #[error("FPM reply truncated (no end-of-request record) after {0} bytes")]
+    Truncated(usize),
+    /// The reply broke the FastCGI protocol or FPM refused the request.
+    #[error("malformed FastCGI reply: {0}")]
+    Protocol(String),
+    /// The reply was larger than `limits.max_response_bytes`.
+    #[error("FPM reply exceeds limits.max_response_bytes ({0})")]
+    TooLarge(usize),
+    /// No complete reply within `fpm.timeout`.
+    #[error("FPM request timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl FpmError {
+    /// Short machine-readable reason.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "fpm_unavailable",
+            Self::Io(_) => "fpm_connection_lost",
+            Self::Truncated(_) => "fpm_truncated_reply",
+            Self::Protocol(_) => "fpm_protocol_error",
+            Self::TooLarge(_) => "fpm_reply_too_large",
+            Self::Timeout(_) => "timeout",
+        }
+    }
+
+    /// True when the request certainly never reached PHP.
+    #[must_use]
+    pub fn unreached(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+/// A complete FastCGI reply (possibly with stdout/stderr cut to what is kept).
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// The first bytes of stdout: CGI head and the start of the body.
+    pub stdout: Vec<u8>,
+    /// The first bytes of stderr.
+    pub stderr: Vec<u8>,
+    /// Total bytes of stdout + stderr received.
+    pub size: usize,
+}
+
+type Stream = Pin<Box<dyn Io>>;
+trait Io: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
+
+/// A PHP-FPM endpoint and, once used, a kept-alive connection to it.
+pub struct FpmClient {
+    address: FpmAddress,
+    timeout: Duration,
+    max_response: usize,
+    conn: Option<Connection>,
+}
+
+struct Connection {
+    client: Client<TokioCompat<Watched>, KeepAlive>,
+    ends: Arc<AtomicU64>,
+}
+
+impl FpmClient {
+    /// A client for `address`; it connects lazily.
+    #[must_use]
+    pub fn new(address: FpmAddress, timeout: Duration, max_response: usize) -> Self {
+        Self {
+            address,
+            timeout,
+            max_response,
+            conn: None,
+        }
+    }
+
+    /// Where this client sends requests.
+    #[must_use]
+    pub fn address(&self) -> &FpmAddress {
+        &self.address
+    }
+
+    /// Sends one request and reads the whole reply, within the timeout.
+    ///
+    /// A kept-alive connection that FPM closed while idle (restart, `pm.max_requests`) is
+    /// replaced once, transparently, when it fails before any reply byte arrived.
+    ///
+    /// # Errors
+    /// [`FpmError`]; the connection is dropped in every error case.
+    pub async fn request(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+    ) -> Result<Reply, FpmError> {
+        let deadline = Instant::now() + self.timeout;
+        let result =
+            tokio::time::timeout_at(deadline.into(), self.request_inner(params, body)).await;
+        match result {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(FpmError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    async fn request_inner(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+    ) -> Result<Reply, FpmError> {
+        let reused = self.conn.is_some();
+        match self.attempt(params, body).await {
+            Err(Attempt {
+                error,
+                replied: false,
+            }) if reused && !error.unreached() => {
+                tracing::debug!(%error, "Kept-alive FPM connection failed before replying; reconnecting");
+                self.conn = None;
+                self.attempt(params, body).await.map_err(|a| a.error)
+            }
+            other => other.map_err(|a| a.error),
+        }
+    }
+
+    async fn attempt(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+    ) -> Result<Reply, Attempt> {
+        if self.conn.is_none() {
+            let stream = connect(&self.address).await.map_err(|e| Attempt {
+                error: e,
+                replied: false,
+            })?;
+            let ends = Arc::new(AtomicU64::new(0));
+            let watched = Watched::new(stream, ends.clone());
+            self.conn = Some(Connection {
+                client: Client::new_keep_alive_tokio(watched),
+                ends,
+            });
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let ends_before = conn.ends.load(Ordering::Acquire);
+        let mut fcgi_params = Params::default();
+        for (name, value) in params {
+            fcgi_params = fcgi_params.custom(*name, value.as_ref());
+        }
+        let request = Request::new_tokio(fcgi_params, body);
+        let mut stream = conn
+            .client
+            .execute_stream(request)
+            .await
+            .map_err(|e| Attempt {
+                error: client_error(e),
+                replied: false,
+            })?;
+        let mut reply = Reply::default();
+        while let Some(item) = stream.next().await {
+            let content = item.map_err(|e| Attempt {
+                error: client_error(e),
+                replied: reply.size > 0,
+            })?;
+            let (bytes, kept, keep) = match &content {
+                Content::Stdout(b) => (b, &mut reply.stdout, KEEP_STDOUT),
+                Content::Stderr(b) => (b, &mut reply.stderr, KEEP_STDERR),
+            };
+            reply.size += bytes.len();
+            if reply.size > self.max_response {
+                return Err(Attempt {
+                    error: FpmError::TooLarge(self.max_response),
+                    replied: true,
+                });
+            }
+            let room = keep.saturating_sub(kept.len());
+            kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
+        }
+        drop(stream);
+        if conn.ends.load(Ordering::Acquire) == ends_before {
+            return Err(Attempt {
+                error: if reply.size == 0 {
+                    FpmError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "FPM closed the connection",
+                    ))
+                } else {
+                    FpmError::Truncated(reply.size)
+                },
+                replied: reply.size > 0,
+            });
+        }
+        Ok(reply)
+    }
+}
+
+struct Attempt {
+    error: FpmError,
+    replied: bool,
+}
+
+fn client_error(e: ClientError) -> FpmError {
+    match e {
+        ClientError::Io(io) => FpmError::Io(io),
+        other => FpmError::Protocol(other.to_string()),
+    }
+}
+
+async fn connect(address: &FpmAddress) -> Result<Stream, FpmError> {
+    let err = |source| FpmError::Connect {
+        address: address.to_string(),
+        source,
+    };
+    match address {
+        FpmAddress::Tcp(addr) => {
+            let stream = tokio::net::TcpStream::connect(addr.as_str())
+                .await
+                .map_err(err)?;
+            // Without this every request waits ~40 ms on Nagle + delayed ACK.
+            stream.set_nodelay(true).map_err(err)?;
+            Ok(Box::pin(stream))
+        }
+        FpmAddress::Unix(path) => Ok(Box::pin(
+            tokio::net::UnixStream::connect(path).await.map_err(err)?,
+        )),
+    }
+}
+
+/// Checks that FPM accepts connections (used by the circuit breaker's probe).
+///
+/// # Errors
+/// The connect error.
+pub async fn probe(address: &FpmAddress, timeout: Duration) -> Result<(), FpmError> {
+    match tokio::time::timeout(timeout, connect(address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(FpmError::Timeout(timeout)),
+    }
+}
+
+/// A stream wrapper that follows FastCGI record boundaries in what it reads and counts complete
+/// `FCGI_END_REQUEST` records, so a reply cut off by a closed connection is told apart from a
+/// complete one (fastcgi-client reports both as the end of the stream).
+struct Watched {
+    inner: Stream,
+    ends: Arc<AtomicU64>,
+    header: [u8; 8],
+    header_len: usize,
+    remaining: usize,
+    in_end_record: bool,
+}
+
+impl Watched {
+    fn new(inner: Stream, ends: Arc<AtomicU64>) -> Self {
+        Self {
+            inner,
+            ends,
+            header: [0; 8],
+            header_len: 0,
+            remaining: 0,
+            in_end_record: false,
+        }
+    }
+
+    fn observe(&mut self, mut data: &[u8]) {
+        const END_REQUEST: u8 = 3;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                if self.remaining == 0 && self.in_end_record {
+                    self.in_end_record = false;
+                    self.ends.fetch_add(1, Ordering::Release);
+                }
+                continue;
+            }
+            let n = (8 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 8 {
+                self.header_len = 0;
+                let content = usize::from(u16::from_be_bytes([self.header[4], self.header[5]]));
+                self.remaining = content + usize::from(self.header[6]);
+                self.in_end_record = self.header[1] == END_REQUEST;
+                if self.remaining == 0 && self.in_end_record {
+                    self.in_end_record = false;
+                    self.ends.fetch_add(1, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = this.inner.as_mut().poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            this.observe(&buf.filled()[before..]);
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: u8, content: &[u8], padding: u8) -> Vec<u8> {
+        let len = u16::try_from(content.len()).unwrap().to_be_bytes();
+        let mut r = vec![1, kind, 0, 1, len[0], len[1], padding, 0];
+        r.extend_from_slice(content);
+        r.extend(std::iter::repeat_n(0, usize::from(padding)));
+        r
+    }
+
+    fn watcher() -> (Watched, Arc<AtomicU64>) {
+        let ends = Arc::new(AtomicU64::new(0));
+        let (a, _b) = tokio::io::duplex(8);
+        (Watched::new(Box::pin(a), ends.clone()), ends)
+    }
+
+    #[tokio::test]
+    async fn counts_end_request_records_split_at_any_byte() {
+        let mut stream = record(6, b"Status: 200\r\n\r\nhello", 3);
+        stream.extend(record(7, b"warning", 1));
+        stream.extend(record(3, &[0; 8], 0));
+        for chunk in 1..stream.len() {
+            let (mut w, ends) = watcher();
+            for part in stream.chunks(chunk) {
+                w.observe(part);
+            }
+            assert_eq!(ends.load(Ordering::Acquire), 1, "chunk size {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_reply_has_no_end() {
+        let mut stream = record(6, b"Status: 200\r\n\r\nhello", 0);
+        stream.extend(&record(3, &[0; 8], 0)[..12]);
+        let (mut w, ends) = watcher();
+        w.observe(&stream);
+        assert_eq!(ends.load(Ordering::Acquire), 0);
+    }
+}

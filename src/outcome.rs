@@ -1,0 +1,195 @@
+//! Pure decisions: what an attempt's result means for the message.
+//!
+//! Invariant: this module does no I/O. The worker hands it what happened (a FastCGI reply or an
+//! error) and gets back exactly one [`Decision`]; only a [`Verdict::Success`] leads to a plain ack.
+
+use std::time::Duration;
+
+/// The parsed head of a FastCGI (CGI) response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyHead {
+    /// `Status:` header, 200 when PHP-FPM omitted it.
+    pub status: u16,
+    /// `X-Agent-Ack: 1` was present.
+    pub acked: bool,
+    /// `Retry-After` in seconds, when present and numeric.
+    pub retry_after: Option<Duration>,
+}
+
+/// Parses the CGI header block at the start of FPM's stdout.
+///
+/// # Errors
+/// When there is no header/body separator or the `Status` line is not a number.
+pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
+    let end = find(stdout, b"\r\n\r\n")
+        .or_else(|| find(stdout, b"\n\n"))
+        .ok_or_else(|| "reply has no CGI header block".to_owned())?;
+    let mut head = ReplyHead {
+        status: 200,
+        acked: false,
+        retry_after: None,
+    };
+    for line in stdout[..end].split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let value = String::from_utf8_lossy(&line[colon + 1..]);
+        let value = value.trim();
+        if name.eq_ignore_ascii_case(b"status") {
+            let code = value.split_whitespace().next().unwrap_or_default();
+            head.status = code
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=999).contains(c))
+                .ok_or_else(|| format!("bad Status header `{value}`"))?;
+        } else if name.eq_ignore_ascii_case(b"x-agent-ack") {
+            head.acked = value == "1";
+        } else if name.eq_ignore_ascii_case(b"retry-after") {
+            head.retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    Ok(head)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// What one attempt amounted to, before the retry policy is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled: ack.
+    Success,
+    /// May succeed later.
+    Transient {
+        /// Short machine-readable reason.
+        reason: &'static str,
+        /// Human-readable detail (status line, error, PHP output excerpt).
+        detail: String,
+        /// HTTP status, when PHP answered.
+        status: Option<u16>,
+        /// PHP asked for at least this delay.
+        retry_after: Option<Duration>,
+        /// False when FPM could not be reached at all: the message was never tried, so the
+        /// attempt does not count towards `max_attempts`.
+        counts: bool,
+    },
+    /// Will never succeed: dead-letter now.
+    Permanent {
+        /// Short machine-readable reason.
+        reason: &'static str,
+        /// Human-readable detail.
+        detail: String,
+        /// HTTP status, when PHP answered.
+        status: Option<u16>,
+    },
+}
+
+/// Classifies a complete reply by the endpoint contract's outcome table.
+#[must_use]
+pub fn classify_reply(
+    head: &ReplyHead,
+    require_ack: bool,
+    excerpt: impl FnOnce() -> String,
+) -> Verdict {
+    let status = head.status;
+    match status {
+        200..=299 if head.acked || !require_ack => Verdict::Success,
+        200..=299 => Verdict::Transient {
+            reason: "no_ack_header",
+            detail: format!("status {status} without X-Agent-Ack: 1: {}", excerpt()),
+            status: Some(status),
+            retry_after: None,
+            counts: true,
+        },
+        408 | 425 | 429 | 500..=599 => Verdict::Transient {
+            reason: "http_status",
+            detail: format!("status {status}: {}", excerpt()),
+            status: Some(status),
+            retry_after: head.retry_after,
+            counts: true,
+        },
+        400..=499 => Verdict::Permanent {
+            reason: "rejected",
+            detail: format!("status {status}: {}", excerpt()),
+            status: Some(status),
+        },
+        _ => Verdict::Transient {
+            reason: "http_status",
+            detail: format!("unexpected status {status}: {}", excerpt()),
+            status: Some(status),
+            retry_after: None,
+            counts: true,
+        },
+    }
+}
+
+/// What the worker does with the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Ack the delivery.
+    Ack,
+    /// Republish to the delay queue for `delay`, as attempt `next_attempt`, then ack.
+    Retry {
+        /// How long the message waits before its next attempt.
+        delay: Duration,
+        /// Attempt number of the republished message.
+        next_attempt: u32,
+    },
+    /// Publish to `<queue>.dead`, then ack.
+    DeadLetter {
+        /// `x-agent-reason`.
+        reason: &'static str,
+    },
+}
+
+/// The retry policy: `delays[n-1]` after attempt n failed, dead-letter after `max_attempts`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delay after each failed attempt; the last one repeats.
+    pub delays: Vec<Duration>,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// Cap on `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay after attempt `attempt` (1-based) failed.
+    #[must_use]
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let index = usize::try_from(attempt.max(1) - 1).unwrap_or(usize::MAX);
+        self.delays[index.min(self.delays.len() - 1)]
+    }
+
+    /// Decides what to do with a message whose attempt `attempt` ended in `verdict`.
+    #[must_use]
+    pub fn decide(&self, verdict: &Verdict, attempt: u32) -> Decision {
+        match verdict {
+            Verdict::Success => Decision::Ack,
+            Verdict::Permanent { reason, .. } => Decision::DeadLetter { reason },
+            Verdict::Transient {
+                retry_after,
+                counts,
+                ..
+            } => {
+                if *counts && attempt >= self.max_attempts {
+                    return Decision::DeadLetter {
+                        reason: "max_attempts",
+                    };
+                }
+                let base = self.delay_after(attempt);
+                let asked = retry_after.map_or(Duration::ZERO, |d| d.min(self.max_retry_after));
+                Decision::Retry {
+                    delay: base.max(asked),
+                    next_attempt: if *counts { attempt + 1 } else { attempt },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

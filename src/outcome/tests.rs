@@ -1,0 +1,172 @@
+use std::time::Duration;
+
+use super::*;
+
+fn head(status: u16, acked: bool) -> ReplyHead {
+    ReplyHead {
+        status,
+        acked,
+        retry_after: None,
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
+        max_attempts: 3,
+        max_retry_after: Duration::from_secs(60),
+    }
+}
+
+#[test]
+fn parses_status_ack_and_retry_after() {
+    let h = parse_head(
+        b"Status: 503 Service Unavailable\r\nRetry-After: 7\r\nX-Agent-Ack: 1\r\n\r\nbody",
+    )
+    .unwrap();
+    assert_eq!(h.status, 503);
+    assert!(h.acked);
+    assert_eq!(h.retry_after, Some(Duration::from_secs(7)));
+}
+
+#[test]
+fn missing_status_means_200() {
+    let h =
+        parse_head(b"Content-type: text/html; charset=UTF-8\r\nx-agent-ack: 1\r\n\r\n").unwrap();
+    assert_eq!(h, head(200, true));
+    let h = parse_head(b"X-Agent-Ack: 0\n\nok").unwrap();
+    assert_eq!(h, head(200, false));
+}
+
+#[test]
+fn rejects_replies_without_a_head_or_with_a_bad_status() {
+    assert!(parse_head(b"Fatal error: oops").is_err());
+    assert!(parse_head(b"").is_err());
+    assert!(parse_head(b"Status: abc\r\n\r\n").is_err());
+}
+
+#[test]
+fn outcome_table() {
+    let none = String::new;
+    assert_eq!(
+        classify_reply(&head(200, true), true, none),
+        Verdict::Success
+    );
+    assert_eq!(
+        classify_reply(&head(204, false), false, none),
+        Verdict::Success
+    );
+    for status in [200, 202] {
+        assert!(matches!(
+            classify_reply(&head(status, false), true, none),
+            Verdict::Transient {
+                reason: "no_ack_header",
+                ..
+            }
+        ));
+    }
+    for status in [408, 425, 429, 500, 502, 503, 599] {
+        assert!(
+            matches!(
+                classify_reply(&head(status, true), true, none),
+                Verdict::Transient { counts: true, .. }
+            ),
+            "{status}"
+        );
+    }
+    for status in [400, 401, 403, 404, 409, 422] {
+        assert!(
+            matches!(
+                classify_reply(&head(status, true), true, none),
+                Verdict::Permanent { .. }
+            ),
+            "{status}"
+        );
+    }
+    assert!(matches!(
+        classify_reply(&head(302, true), true, none),
+        Verdict::Transient { .. }
+    ));
+}
+
+fn transient(counts: bool, retry_after: Option<Duration>) -> Verdict {
+    Verdict::Transient {
+        reason: "x",
+        detail: String::new(),
+        status: None,
+        retry_after,
+        counts,
+    }
+}
+
+#[test]
+fn retries_follow_the_schedule_then_dead_letter() {
+    let p = policy();
+    assert_eq!(p.decide(&Verdict::Success, 1), Decision::Ack);
+    assert_eq!(
+        p.decide(&transient(true, None), 1),
+        Decision::Retry {
+            delay: Duration::from_secs(1),
+            next_attempt: 2
+        }
+    );
+    assert_eq!(
+        p.decide(&transient(true, None), 2),
+        Decision::Retry {
+            delay: Duration::from_secs(5),
+            next_attempt: 3
+        }
+    );
+    assert_eq!(
+        p.decide(&transient(true, None), 3),
+        Decision::DeadLetter {
+            reason: "max_attempts"
+        }
+    );
+    let permanent = Verdict::Permanent {
+        reason: "rejected",
+        detail: String::new(),
+        status: Some(404),
+    };
+    assert_eq!(
+        p.decide(&permanent, 1),
+        Decision::DeadLetter { reason: "rejected" }
+    );
+}
+
+#[test]
+fn last_delay_repeats_and_retry_after_is_honoured_within_the_cap() {
+    let p = RetryPolicy {
+        max_attempts: 10,
+        ..policy()
+    };
+    assert_eq!(p.delay_after(7), Duration::from_secs(5));
+    let d = p.decide(&transient(true, Some(Duration::from_secs(30))), 1);
+    assert_eq!(
+        d,
+        Decision::Retry {
+            delay: Duration::from_secs(30),
+            next_attempt: 2
+        }
+    );
+    let d = p.decide(&transient(true, Some(Duration::from_secs(3600))), 1);
+    assert_eq!(
+        d,
+        Decision::Retry {
+            delay: Duration::from_secs(60),
+            next_attempt: 2
+        }
+    );
+}
+
+#[test]
+fn unreachable_fpm_does_not_use_up_attempts() {
+    let p = policy();
+    assert_eq!(
+        p.decide(&transient(false, None), 3),
+        Decision::Retry {
+            delay: Duration::from_secs(5),
+            next_attempt: 3
+        }
+    );
+}
