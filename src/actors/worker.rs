@@ -244,8 +244,8 @@ async fn settle(
                 .await
         }
         Decision::DeadLetter { reason } => {
-            let (_, detail) = describe(verdict);
-            warn!(reason, detail = %detail, "Dead-lettering message");
+            let (cause, detail) = describe(verdict);
+            warn!(reason, cause, detail = %detail, "Dead-lettering message");
             let status = match verdict {
                 Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
                 Verdict::Success => None,
@@ -260,7 +260,10 @@ async fn settle(
                     "x-agent-attempts".into(),
                     AMQPValue::LongLongInt(i64::from(attempt)),
                 );
-                h.insert(LAST_ERROR_HEADER.into(), text(&detail));
+                h.insert(
+                    LAST_ERROR_HEADER.into(),
+                    text(&format!("{cause}: {detail}")),
+                );
                 h.insert("x-agent-subject".into(), text(&runtime.name));
                 h.insert(
                     "x-agent-dead-lettered-at".into(),

@@ -1,0 +1,466 @@
+//! End-to-end: real RabbitMQ, real php-fpm with the recording receiver, the agent in-process.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{TestCtx, body_of, header_str};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, ByteArray, FieldArray, FieldTable, LongString};
+use sha2::{Digest, Sha256};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_messages_over_both_subjects_are_each_handled_once_and_acked() {
+    let ctx = TestCtx::new("bulk").await;
+    ctx.declare().await;
+    let per_subject = 1500;
+    for subject in ["event", "command"] {
+        for i in 0..per_subject {
+            ctx.publish_json(subject, &format!("{subject}-{i}"), "ok")
+                .await;
+        }
+    }
+    let agent = ctx.start_agent().await;
+    ctx.wait_records(2 * per_subject, WAIT).await;
+    common::eventually(WAIT, "every message acked", || async {
+        agent.stats().values().map(|s| s.acked).sum::<u64>() == 2 * per_subject as u64
+    })
+    .await;
+    let by_id = ctx.records_by_id();
+    assert_eq!(by_id.len(), 2 * per_subject);
+    let dupes: Vec<_> = by_id
+        .iter()
+        .filter(|(_, r)| r.len() != 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(dupes.is_empty(), "handled more than once: {dupes:?}");
+    for subject in ["event", "command"] {
+        let expected: BTreeSet<String> =
+            (0..per_subject).map(|i| format!("{subject}-{i}")).collect();
+        let got: BTreeSet<String> = by_id
+            .keys()
+            .filter(|k| k.starts_with(subject))
+            .cloned()
+            .collect();
+        assert_eq!(got, expected);
+        assert!(
+            by_id[&format!("{subject}-0")][0]["params"]["REQUEST_URI"]
+                .as_str()
+                .unwrap()
+                .ends_with(subject)
+        );
+        assert_eq!(ctx.queue_len(&ctx.queue(subject)).await, 0);
+    }
+    let stats = agent.stats();
+    assert_eq!(stats["event"].retried + stats["command"].retried, 0);
+    assert!(agent.drain().await.is_none());
+    // Nothing was left unacked: after the agent closed its connections, the queues stay empty.
+    for subject in ["event", "command"] {
+        assert_eq!(ctx.queue_len(&ctx.queue(subject)).await, 0);
+    }
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_arrive_byte_for_byte() {
+    let ctx = TestCtx::new("params").await;
+    let agent = ctx.start_agent().await;
+
+    let mut nested = FieldTable::default();
+    nested.insert("depth".into(), AMQPValue::LongLongInt(2));
+    let mut headers = FieldTable::default();
+    headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+    headers.insert("nested".into(), AMQPValue::FieldTable(nested));
+    headers.insert(
+        "list".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![
+            AMQPValue::LongLongInt(1),
+            AMQPValue::Boolean(false),
+        ])),
+    );
+    headers.insert(
+        "raw".into(),
+        AMQPValue::ByteArray(ByteArray::from(vec![0u8, 159, 146, 150])),
+    );
+    headers.insert(
+        "PHP_VALUE".into(),
+        AMQPValue::LongString("memory_limit=1M".into()),
+    );
+    headers.insert(
+        "SCRIPT_FILENAME".into(),
+        AMQPValue::LongString("/etc/passwd".into()),
+    );
+    headers.insert("crlf".into(), AMQPValue::LongString("a\r\nb".into()));
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+    );
+    headers.insert(
+        "tracestate".into(),
+        AMQPValue::LongString("vendor=value".into()),
+    );
+
+    // Not UTF-8, with NUL bytes and the FastCGI record boundary crossed.
+    let mut binary: Vec<u8> = vec![0xff, 0xfe, 0x00, b'{', 0x80];
+    binary.extend((0..70_000u32).map(|i| (i % 251) as u8));
+    let props = BasicProperties::default()
+        .with_message_id("bin-1".into())
+        .with_content_type("application/x-test".into())
+        .with_type("order.placed".into())
+        .with_correlation_id("corr-9".into())
+        .with_timestamp(1_700_000_123)
+        .with_headers(headers);
+    ctx.publish("event", &binary, props).await;
+
+    // 1 MiB JSON body.
+    let big = serde_json::json!({"id": "big-1", "pad": "x".repeat(1 << 20)}).to_string();
+    ctx.publish(
+        "command",
+        big.as_bytes(),
+        BasicProperties::default().with_message_id("big-1".into()),
+    )
+    .await;
+
+    let records = ctx.wait_records(2, WAIT).await;
+    let bin = records
+        .iter()
+        .find(|r| r["params"]["HTTP_X_AGENT_MESSAGE_ID"] == "bin-1")
+        .expect("binary message recorded");
+    let p = &bin["params"];
+    assert_eq!(bin["body_len"], binary.len());
+    assert_eq!(
+        bin["body_sha256"].as_str().unwrap(),
+        hex::encode(Sha256::digest(&binary))
+    );
+    assert_eq!(p["REQUEST_METHOD"], "POST");
+    assert_eq!(
+        p["SCRIPT_FILENAME"],
+        common::fpm().recorder.display().to_string()
+    );
+    assert_eq!(p["REQUEST_URI"], format!("/t/{}/event", ctx.id));
+    assert_eq!(p["CONTENT_TYPE"], "application/x-test");
+    assert_eq!(p["CONTENT_LENGTH"], binary.len().to_string());
+    assert_eq!(p["HTTP_X_AGENT_SUBJECT"], "event");
+    assert_eq!(p["HTTP_X_AGENT_ATTEMPT"], "1");
+    assert_eq!(p["HTTP_X_AGENT_REDELIVERED"], "0");
+    assert_eq!(p["HTTP_X_AGENT_ROUTING_KEY"], ctx.queue("event"));
+    assert_eq!(p["HTTP_X_AGENT_EXCHANGE"], "");
+    assert_eq!(p["HTTP_X_AGENT_TYPE"], "order.placed");
+    assert_eq!(p["HTTP_X_AGENT_CORRELATION_ID"], "corr-9");
+    assert_eq!(p["HTTP_X_AGENT_TIMESTAMP"], "1700000123");
+    assert_eq!(
+        p["HTTP_TRACEPARENT"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
+    assert_eq!(p["HTTP_TRACESTATE"], "vendor=value");
+    assert_eq!(bin["sig_ok"], true, "signature must verify in PHP");
+    let h: serde_json::Value =
+        serde_json::from_str(p["HTTP_X_AGENT_HEADERS"].as_str().unwrap()).unwrap();
+    assert_eq!(h["tenant"], "acme");
+    assert_eq!(h["nested"]["depth"], 2);
+    assert_eq!(h["list"], serde_json::json!([1, false]));
+    assert_eq!(h["raw"], "AJ+Slg==");
+    assert_eq!(h["crlf"], "a\r\nb");
+    // A header named like a FastCGI param stays inside the JSON.
+    assert_eq!(h["PHP_VALUE"], "memory_limit=1M");
+    assert!(p.get("PHP_VALUE").is_none() && p.get("PHP_ADMIN_VALUE").is_none());
+    assert_eq!(bin["ini_memory_limit"], "256M");
+    for (name, value) in p.as_object().unwrap() {
+        let v = value.as_str().unwrap_or_default();
+        assert!(!v.contains(['\r', '\n', '\0']), "{name} carries CR/LF/NUL");
+    }
+
+    let big_rec = records.iter().find(|r| r["json_id"] == "big-1").unwrap();
+    assert_eq!(big_rec["body_len"], big.len());
+    assert_eq!(
+        big_rec["body_sha256"].as_str().unwrap(),
+        hex::encode(Sha256::digest(big.as_bytes()))
+    );
+    assert_eq!(
+        big_rec["params"]["CONTENT_TYPE"],
+        "application/octet-stream"
+    );
+    assert_eq!(big_rec["params"]["HTTP_X_AGENT_SUBJECT"], "command");
+    assert!(agent.drain().await.is_none());
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_verifies_signatures_and_refuses_a_wrong_secret() {
+    // The example receiver verifies the signature with the pool's AGENT_SIGNING_SECRET.
+    let mut good = TestCtx::new("sig-good").await;
+    good.script = common::fpm().receiver.clone();
+    let agent = good.start_agent().await;
+    good.publish_json("event", "s1", "ok").await;
+    common::eventually(WAIT, "acked by receiver.php", || async {
+        agent.stats()["event"].acked == 1
+    })
+    .await;
+    assert_eq!(agent.stats()["event"].dead_lettered, 0);
+    agent.drain().await;
+
+    let mut bad = TestCtx::new("sig-bad").await;
+    bad.script = common::fpm().receiver.clone();
+    bad.secret = "a-wrong-secret-0123456789".to_owned();
+    let agent = bad.start_agent().await;
+    bad.publish_json("event", "s2", "ok").await;
+    common::eventually(WAIT, "dead-lettered", || async {
+        agent.stats()["event"].dead_lettered == 1
+    })
+    .await;
+    let dead = bad.drain_dead("event").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-status").as_deref(),
+        Some("401")
+    );
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("rejected")
+    );
+    agent.drain().await;
+    good.cleanup().await;
+    bad.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_table_rows() {
+    let mut ctx = TestCtx::new("outcomes").await;
+    ctx.extra_toml = "[limits]\nmax_body_bytes = 1000\n".to_owned();
+    ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 3\n".to_owned();
+    let agent = ctx.start_agent().await;
+    let cases = [
+        ("ok", "ok"),
+        ("s404", "status:404"),
+        ("s422", "status:422"),
+        ("s503", "status:503"),
+        ("s500", "status:500"),
+        ("s429", "status:429"),
+        ("s408", "status:408"),
+        ("s425", "status:425"),
+        ("noack", "noack"),
+        ("flaky", "fail-until:2"),
+        ("fatal", "fatal"),
+        ("slow", "sleep:7000"),
+    ];
+    for (id, behave) in cases {
+        ctx.publish_json("event", id, behave).await;
+    }
+    // Over max_body_bytes: dead-lettered without calling FPM.
+    let huge = serde_json::json!({"id": "toolarge", "pad": "y".repeat(2000)}).to_string();
+    ctx.publish(
+        "event",
+        huge.as_bytes(),
+        BasicProperties::default().with_message_id("toolarge".into()),
+    )
+    .await;
+
+    let expected_dead = [
+        "s404", "s422", "s503", "s500", "s429", "s408", "s425", "noack", "fatal", "slow",
+        "toolarge",
+    ];
+    common::eventually(Duration::from_secs(90), "outcomes settled", || async {
+        let s = agent.stats()["event"];
+        s.dead_lettered as usize == expected_dead.len()
+            && s.acked as usize >= 2 + expected_dead.len()
+            && s.in_flight == 0
+    })
+    .await;
+    let dead = ctx.drain_dead("event").await;
+    let by_id: std::collections::BTreeMap<String, &BasicProperties> = dead
+        .iter()
+        .map(|(p, _)| (p.message_id().as_ref().unwrap().to_string(), p))
+        .collect();
+    assert_eq!(
+        by_id.keys().cloned().collect::<BTreeSet<_>>(),
+        expected_dead.iter().map(|s| (*s).to_owned()).collect()
+    );
+    let records = ctx.records_by_id();
+    let attempts = |id: &str| records.get(id).map_or(0, Vec::len);
+    // Any other 4xx: dead-lettered at once, one attempt.
+    for id in ["s404", "s422"] {
+        assert_eq!(attempts(id), 1, "{id}");
+        assert_eq!(
+            header_str(by_id[id], "x-agent-reason").as_deref(),
+            Some("rejected")
+        );
+        assert_eq!(
+            header_str(by_id[id], "x-agent-attempts").as_deref(),
+            Some("1")
+        );
+    }
+    assert_eq!(
+        header_str(by_id["s404"], "x-agent-status").as_deref(),
+        Some("404")
+    );
+    // Retryable: max_attempts attempts, then dead-lettered with the reason.
+    for id in ["s503", "s500", "s429", "s408", "s425", "noack", "fatal"] {
+        assert_eq!(attempts(id), 3, "{id}");
+        assert_eq!(
+            header_str(by_id[id], "x-agent-reason").as_deref(),
+            Some("max_attempts"),
+            "{id}"
+        );
+        assert_eq!(
+            header_str(by_id[id], "x-agent-attempts").as_deref(),
+            Some("3"),
+            "{id}"
+        );
+        assert!(
+            header_str(by_id[id], "x-agent-last-error").is_some_and(|e| !e.is_empty()),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        header_str(by_id["s503"], "x-agent-status").as_deref(),
+        Some("503")
+    );
+    assert!(
+        header_str(by_id["noack"], "x-agent-last-error")
+            .unwrap()
+            .contains("no_ack_header")
+    );
+    // The timeout (5 s) cut the slow handler: retried, then dead-lettered as timeouts.
+    assert_eq!(attempts("slow"), 3);
+    assert!(
+        header_str(by_id["slow"], "x-agent-last-error")
+            .unwrap()
+            .contains("timed out")
+    );
+    // Too large: FPM never called.
+    assert_eq!(attempts("toolarge"), 0);
+    assert_eq!(
+        header_str(by_id["toolarge"], "x-agent-reason").as_deref(),
+        Some("body_too_large")
+    );
+    // Successes.
+    assert_eq!(attempts("ok"), 1);
+    let flaky = &records["flaky"];
+    assert_eq!(flaky.len(), 2);
+    assert_eq!(flaky[1]["params"]["HTTP_X_AGENT_ATTEMPT"], "2");
+    let headers: serde_json::Value =
+        serde_json::from_str(flaky[1]["params"]["HTTP_X_AGENT_HEADERS"].as_str().unwrap()).unwrap();
+    assert!(
+        headers["x-agent-last-error"]
+            .as_str()
+            .unwrap()
+            .contains("500")
+    );
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_really_wait_and_a_long_delay_does_not_block_a_short_one() {
+    let mut ctx = TestCtx::new("delays").await;
+    ctx.retry_toml = "[retry]\ndelays = [\"1s\"]\nmax_attempts = 3\n".to_owned();
+    let agent = ctx.start_agent().await;
+    // "long" asks for 5 s via Retry-After; "short" uses the 1 s schedule and is published after.
+    ctx.publish_json("event", "long", "retry-after:503:5").await;
+    common::eventually(WAIT, "first attempt of long", || async {
+        ctx.records_by_id().contains_key("long")
+    })
+    .await;
+    ctx.publish_json("event", "short", "fail-until:2").await;
+    common::eventually(WAIT, "short handled twice", || async {
+        ctx.records_by_id()
+            .get("short")
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let records = ctx.records_by_id();
+    let start = |id: &str, n: usize| records[id][n]["t_start_us"].as_i64().unwrap();
+    let short_gap = start("short", 1) - start("short", 0);
+    assert!(
+        short_gap >= 1_000_000,
+        "1 s retry served after {short_gap} µs"
+    );
+    // The 1 s retry was not held behind the 5 s one published before it.
+    assert_eq!(
+        records["long"].len(),
+        1,
+        "short's second attempt came before long's retry"
+    );
+    common::eventually(WAIT, "long retried", || async {
+        ctx.records_by_id()["long"].len() >= 2
+    })
+    .await;
+    let records = ctx.records_by_id();
+    let long_gap = records["long"][1]["t_start_us"].as_i64().unwrap()
+        - records["long"][0]["t_start_us"].as_i64().unwrap();
+    assert!(
+        long_gap >= 5_000_000,
+        "Retry-After: 5 honoured, got {long_gap} µs"
+    );
+    agent.stop().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_messages_are_still_delivered() {
+    let ctx = TestCtx::new("odd").await;
+    let agent = ctx.start_agent().await;
+    // No message_id: the agent makes one up, and a retry keeps it.
+    let body = serde_json::json!({"id": "noid", "behave": "fail-until:2"}).to_string();
+    ctx.publish("command", body.as_bytes(), BasicProperties::default())
+        .await;
+    // Non-numeric attempt header and a malformed traceparent.
+    let mut h = FieldTable::default();
+    h.insert(
+        "x-agent-attempt".into(),
+        AMQPValue::LongString(LongString::from("many")),
+    );
+    h.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from("not-a-trace")),
+    );
+    let body = serde_json::json!({"id": "weird", "behave": "ok"}).to_string();
+    ctx.publish(
+        "command",
+        body.as_bytes(),
+        BasicProperties::default()
+            .with_message_id("weird".into())
+            .with_headers(h),
+    )
+    .await;
+    common::eventually(WAIT, "both handled", || async {
+        let r = ctx.records_by_id();
+        r.get("noid").is_some_and(|v| v.len() == 2) && r.contains_key("weird")
+    })
+    .await;
+    let r = ctx.records_by_id();
+    let id1 = r["noid"][0]["params"]["HTTP_X_AGENT_MESSAGE_ID"]
+        .as_str()
+        .unwrap();
+    let id2 = r["noid"][1]["params"]["HTTP_X_AGENT_MESSAGE_ID"]
+        .as_str()
+        .unwrap();
+    assert_eq!(id1.len(), 36, "generated UUID");
+    assert_eq!(id1, id2, "the retry keeps the generated id");
+    assert_eq!(r["weird"][0]["params"]["HTTP_X_AGENT_ATTEMPT"], "1");
+    assert!(r["weird"][0]["params"].get("HTTP_TRACEPARENT").is_none());
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_binary_bodies_round_trip_exactly() {
+    let ctx = TestCtx::new("binary").await;
+    let agent = ctx.start_agent().await;
+    let body: Vec<u8> = (0..=255u8).chain([0xc3, 0x28, 0x00, 0xff]).collect();
+    ctx.publish(
+        "event",
+        &body,
+        BasicProperties::default().with_message_id("b".into()),
+    )
+    .await;
+    let records = ctx.wait_records(1, WAIT).await;
+    assert_eq!(body_of(&records[0]), body);
+    agent.drain().await;
+    ctx.cleanup().await;
+}
