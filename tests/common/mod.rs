@@ -116,8 +116,10 @@ fn start_fpm() -> Fpm {
                 Ok(())
             });
         }
-        let child: Child = cmd.spawn().expect("cannot start php-fpm");
+        let mut child: Child = cmd.spawn().expect("cannot start php-fpm");
         tx.send(child.id()).unwrap();
+        // Reap php-fpm if it exits; the thread then parks for the rest of the process.
+        let _ = child.wait();
         loop {
             std::thread::park();
         }
