@@ -1,0 +1,63 @@
+# Shared by scripts/demo, scripts/test and scripts/bench: make sure the local services exist and run.
+# Installs from Debian's packages when something is missing (needs root, as on CI).
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
+  [ "$(id -u)" = 0 ] || die "need root to install $* (or install it yourself)"
+  if [ "$APT_UPDATED" = 0 ]; then
+    log "apt-get update"
+    apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Waits until 127.0.0.1:$1 accepts connections, for at most $2 seconds.
+wait_port() {
+  local port=$1 deadline=$(( $(date +%s) + $2 ))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+php_fpm_bin() {
+  ls /usr/sbin/php-fpm* 2>/dev/null | sort | tail -n 1
+}
+
+ensure_php_fpm() {
+  if [ -z "$(php_fpm_bin)" ]; then
+    apt_install php-fpm php-cli
+  fi
+  PHP_FPM_BIN=$(php_fpm_bin)
+  [ -n "$PHP_FPM_BIN" ] || die "php-fpm still missing after install"
+  export PHP_FPM_BIN
+  log "php-fpm: $PHP_FPM_BIN"
+}
+
+ensure_rabbitmq() {
+  if wait_port 5672 0; then
+    log "RabbitMQ: already listening on 127.0.0.1:5672"
+    return
+  fi
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_port 5672 120 || die "RabbitMQ did not listen on 5672 within 120 s"
+  # The port opens before the broker accepts logins; wait for the app itself.
+  local deadline=$(( $(date +%s) + 60 ))
+  until rabbitmqctl -q await_startup >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "RabbitMQ did not finish starting"
+    sleep 1
+  done
+  STARTED_RABBITMQ=1
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs)"
+}
