@@ -41,6 +41,24 @@ pub enum BrokerError {
     ConfirmTimeout(String, Duration),
 }
 
+impl BrokerError {
+    /// True when the broker could not be reached at all (refused, reset, timed out, DNS):
+    /// worth retrying for as long as it takes. Other errors (a refused login, a queue declared
+    /// with other arguments) will not fix themselves and count as crashes.
+    #[must_use]
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Amqp { source, .. } => matches!(
+                source.kind(),
+                lapin::ErrorKind::IOError(_)
+                    | lapin::ErrorKind::InvalidConnectionState(_)
+                    | lapin::ErrorKind::MissingHeartbeatError
+            ),
+            _ => false,
+        }
+    }
+}
+
 fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {
     let context = context.into();
     move |source| BrokerError::Amqp { context, source }
@@ -76,8 +94,9 @@ pub fn dead_queue_name(queue: &str) -> String {
 ///
 /// One queue per delay keeps every queue's messages in expiry order, so a long delay never holds
 /// back a shorter one (per-message TTLs in a shared queue would expire only at the head).
-/// Queues made for a `Retry-After` value that is not in the configured schedule get `x-expires`,
-/// so they disappear some time after their last use.
+/// Queues are never given `x-expires`: RabbitMQ deletes an expiring queue with its messages, and
+/// publishing does not count as use. `Retry-After` delays come from a bounded set instead
+/// ([`crate::outcome::RetryPolicy::retry_after_bucket`]), so their queues stay few.
 ///
 /// # Errors
 /// When the declaration fails (for example, the queue exists with other arguments).
@@ -85,7 +104,6 @@ pub async fn declare_delay_queue(
     channel: &Channel,
     queue: &str,
     delay: Duration,
-    scheduled: bool,
 ) -> Result<(), BrokerError> {
     let name = delay_queue_name(queue, delay);
     let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
@@ -99,10 +117,6 @@ pub async fn declare_delay_queue(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(queue.into()),
     );
-    if !scheduled {
-        let expires = ttl.saturating_mul(2).saturating_add(600_000);
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(expires));
-    }
     channel
         .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
         .await
@@ -140,7 +154,7 @@ pub async fn declare_subject(
         .map_err(amqp(format!("cannot declare queue `{dead}`")))?;
     let delays: HashSet<Duration> = config.retry.delays.iter().copied().collect();
     for delay in delays {
-        declare_delay_queue(channel, queue, delay, true).await?;
+        declare_delay_queue(channel, queue, delay).await?;
     }
     if let Some(exchange) = &subject.exchange {
         let kind = match subject.exchange_type.as_str() {
@@ -222,6 +236,13 @@ impl Publisher {
         })
     }
 
+    /// False once the channel is closed (connection lost, or closed by a channel error): the
+    /// consumer that owns it must be restarted.
+    #[must_use]
+    pub fn usable(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Publishes to the delay queue for `delay`, declaring it first if it is not a scheduled one.
     ///
     /// # Errors
@@ -234,7 +255,7 @@ impl Publisher {
     ) -> Result<(), BrokerError> {
         let known = self.delays.lock().expect("delay set lock").contains(&delay);
         if !known {
-            declare_delay_queue(&self.channel, &self.queue, delay, false).await?;
+            declare_delay_queue(&self.channel, &self.queue, delay).await?;
             self.delays.lock().expect("delay set lock").insert(delay);
         }
         self.publish("", &delay_queue_name(&self.queue, delay), body, props)

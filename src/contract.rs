@@ -15,6 +15,10 @@ use crate::config::Config;
 
 /// AMQP header carrying the 1-based attempt number of a retried message.
 pub const ATTEMPT_HEADER: &str = "x-agent-attempt";
+/// AMQP header of retry/dead-letter copies: the exchange the message was first published to.
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-agent-original-exchange";
+/// AMQP header of retry/dead-letter copies: the routing key the message was first published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-agent-original-routing-key";
 /// AMQP header carrying the error of the previous attempt.
 pub const LAST_ERROR_HEADER: &str = "x-agent-last-error";
 

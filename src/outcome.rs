@@ -154,9 +154,30 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Cap on `Retry-After`.
     pub max_retry_after: Duration,
+    /// Whether delay queues outside the schedule may be declared (`amqp.declare`). Without,
+    /// `Retry-After` is rounded to a scheduled delay.
+    pub extra_queues: bool,
 }
 
 impl RetryPolicy {
+    /// The delay used for a `Retry-After` of `asked`, from a small fixed set so that the number
+    /// of delay queues stays bounded: the scheduled delays, powers of two seconds, and the cap.
+    /// Never shorter than `asked` unless the cap (or, without extra queues, the schedule) says so.
+    #[must_use]
+    pub fn retry_after_bucket(&self, asked: Duration) -> Duration {
+        let asked = asked.min(self.max_retry_after);
+        let scheduled = self.delays.iter().copied().filter(|d| *d >= asked).min();
+        if !self.extra_queues {
+            return scheduled.unwrap_or_else(|| self.delays.iter().copied().max().unwrap_or(asked));
+        }
+        let mut power = Duration::from_secs(1);
+        while power < asked {
+            power *= 2;
+        }
+        let power = power.min(self.max_retry_after);
+        scheduled.map_or(power, |s| s.min(power))
+    }
+
     /// Delay after attempt `attempt` (1-based) failed.
     #[must_use]
     pub fn delay_after(&self, attempt: u32) -> Duration {
@@ -181,9 +202,12 @@ impl RetryPolicy {
                     };
                 }
                 let base = self.delay_after(attempt);
-                let asked = retry_after.map_or(Duration::ZERO, |d| d.min(self.max_retry_after));
+                let delay = match retry_after {
+                    Some(asked) if *asked > base => self.retry_after_bucket(*asked),
+                    _ => base,
+                };
                 Decision::Retry {
-                    delay: base.max(asked),
+                    delay,
                     next_attempt: if *counts { attempt + 1 } else { attempt },
                 }
             }

@@ -464,3 +464,47 @@ async fn small_binary_bodies_round_trip_exactly() {
     agent.drain().await;
     ctx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_bindings_route_and_retries_keep_the_original_routing_key() {
+    let mut ctx = TestCtx::new("exchange").await;
+    let exchange = format!("t.{}.x", ctx.id);
+    ctx.event_extra = format!(
+        "exchange = \"{exchange}\"\nexchange_type = \"topic\"\nbinding_keys = [\"orders.*\"]\n"
+    );
+    let agent = ctx.start_agent().await;
+    let body = serde_json::json!({"id": "routed", "behave": "fail-until:2"}).to_string();
+    let confirm = ctx
+        .channel
+        .basic_publish(
+            exchange.as_str().into(),
+            "orders.created".into(),
+            Default::default(),
+            body.as_bytes(),
+            BasicProperties::default().with_message_id("routed".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    common::eventually(WAIT, "retried once", || async {
+        ctx.records_by_id()
+            .get("routed")
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    for record in &ctx.records_by_id()["routed"] {
+        assert_eq!(record["params"]["HTTP_X_AGENT_EXCHANGE"], exchange.as_str());
+        assert_eq!(
+            record["params"]["HTTP_X_AGENT_ROUTING_KEY"],
+            "orders.created"
+        );
+    }
+    agent.drain().await;
+    ctx.cleanup().await;
+    let _ = ctx
+        .channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+}

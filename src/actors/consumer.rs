@@ -37,7 +37,7 @@ struct Slot {
 /// The consumer's state.
 pub struct ConsumerState {
     runtime: Arc<SubjectRuntime>,
-    connection: Connection,
+    connection: Arc<Connection>,
     channel: Channel,
     publisher: Publisher,
     consumer_tag: String,
@@ -50,21 +50,33 @@ pub struct ConsumerState {
     /// Callers waiting for the drain to finish; `Some` once draining started.
     draining: Option<Vec<RpcReplyPort<()>>>,
     forwarder: tokio::task::JoinHandle<()>,
+    /// Circuit breaker: `Some(next probe delay)` while consumption is paused because FPM is
+    /// unreachable.
+    paused: Option<std::time::Duration>,
 }
 
 /// Messages the consumer accepts.
 pub enum ConsumerMsg {
     /// A delivery from the broker.
     Delivery(Box<Delivery>),
-    /// The delivery stream ended (connection or channel lost, or consumer cancelled).
-    StreamEnded(Option<String>),
+    /// The delivery stream of consumer `tag` ended (connection or channel lost, or cancelled).
+    StreamEnded {
+        /// Which consumer (a paused-then-resumed subject has had several).
+        tag: String,
+        /// The error, if the stream ended with one.
+        reason: Option<String>,
+    },
     /// A worker finished its message.
     WorkerIdle {
         /// Which worker.
         worker: ActorId,
         /// FPM could not be reached for that message.
         fpm_unreachable: bool,
+        /// The publish channel is closed; this consumer incarnation must be replaced.
+        publisher_broken: bool,
     },
+    /// Circuit breaker: check whether FPM accepts connections again.
+    Probe,
     /// Stop taking deliveries; reply once no worker is busy.
     Drain(RpcReplyPort<()>),
     /// Change the pool size.
@@ -81,60 +93,18 @@ impl Actor for QueueConsumer {
         myself: ActorRef<ConsumerMsg>,
         runtime: Arc<SubjectRuntime>,
     ) -> Result<ConsumerState, ActorProcessingErr> {
-        let config = runtime.config.clone();
-        let subject = runtime.subject();
         SubjectStats::incr(&runtime.stats.consumer_starts);
-        let connection = broker::connect(config.amqp_url(), &runtime.name).await?;
-        let channel = connection.create_channel().await?;
-        if config.amqp.declare {
-            broker::declare_subject(&channel, &config, subject).await?;
+        let connection = Arc::new(broker::connect(runtime.config.amqp_url(), &runtime.name).await?);
+        match setup(&myself, &runtime, connection.clone()).await {
+            Ok(state) => Ok(state),
+            Err(e) => {
+                // No state means no post_stop: close the connection here.
+                let _ = connection
+                    .close(200, "amqp-agent consumer failed to start".into())
+                    .await;
+                Err(e)
+            }
         }
-        let publisher = Publisher::open(
-            &connection,
-            &subject.queue,
-            &config.retry.delays,
-            config.amqp.confirm_timeout,
-        )
-        .await?;
-        let target = usize::from(subject.pool_size);
-        channel
-            .basic_qos(
-                prefetch(target, config.amqp.prefetch_per_worker),
-                BasicQosOptions::default(),
-            )
-            .await?;
-        let consumer_tag = format!(
-            "amqp-agent.{}.{}.{}",
-            runtime.name,
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let consumer = channel
-            .basic_consume(
-                subject.queue.as_str().into(),
-                consumer_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let forwarder = tokio::spawn(forward(consumer, myself.clone()));
-        let mut state = ConsumerState {
-            runtime: runtime.clone(),
-            connection,
-            channel,
-            publisher,
-            consumer_tag,
-            workers: HashMap::new(),
-            idle: VecDeque::new(),
-            backlog: VecDeque::new(),
-            target: 0,
-            draining: None,
-            forwarder,
-        };
-        resize(&myself, &mut state, target).await?;
-        runtime.stats.consuming.store(true, Ordering::Relaxed);
-        info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
-        Ok(state)
     }
 
     async fn post_stop(
@@ -165,6 +135,9 @@ impl Actor for QueueConsumer {
         msg: ConsumerMsg,
         state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
+        // ractor skips post_stop when a handler fails; stopping instead runs it, so the
+        // connection closes (returning unacked deliveries) and the gauges reset.
+        let result: Result<(), ActorProcessingErr> = async {
         match msg {
             ConsumerMsg::Delivery(delivery) => {
                 SubjectStats::incr(&state.runtime.stats.received);
@@ -176,7 +149,17 @@ impl Actor for QueueConsumer {
                 state.backlog.push_back(*delivery);
                 dispatch(state);
             }
-            ConsumerMsg::WorkerIdle { worker, .. } => {
+            ConsumerMsg::WorkerIdle {
+                worker,
+                fpm_unreachable,
+                publisher_broken,
+            } => {
+                if publisher_broken && state.draining.is_none() {
+                    return Err("the retry/dead-letter publish channel closed".into());
+                }
+                if fpm_unreachable && state.paused.is_none() && state.draining.is_none() {
+                    pause(&myself, state).await;
+                }
                 let stats = &state.runtime.stats;
                 if let Some(slot) = state.workers.get_mut(&worker) {
                     if slot.busy.take().is_some() {
@@ -192,8 +175,8 @@ impl Actor for QueueConsumer {
                 dispatch(state);
                 finish_drain_if_idle(state);
             }
-            ConsumerMsg::StreamEnded(reason) => {
-                if state.draining.is_some() {
+            ConsumerMsg::StreamEnded { tag, reason } => {
+                if state.draining.is_some() || state.paused.is_some() || tag != state.consumer_tag {
                     return Ok(());
                 }
                 let reason =
@@ -222,6 +205,14 @@ impl Actor for QueueConsumer {
                 finish_drain_if_idle(state);
             }
             ConsumerMsg::Resize(size) => resize(&myself, state, size).await?,
+            ConsumerMsg::Probe => probe(&myself, state).await?,
+        }
+        Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            error!(subject = %state.runtime.name, error = %e, "Consumer failed; stopping it for a restart");
+            myself.stop(Some(e.to_string()));
         }
         Ok(())
     }
@@ -270,8 +261,136 @@ impl Actor for QueueConsumer {
     }
 }
 
+/// Opens channels, declares the topology, starts consuming and spawns the pool.
+async fn setup(
+    myself: &ActorRef<ConsumerMsg>,
+    runtime: &Arc<SubjectRuntime>,
+    connection: Arc<Connection>,
+) -> Result<ConsumerState, ActorProcessingErr> {
+    let config = runtime.config.clone();
+    let subject = runtime.subject();
+    let channel = connection.create_channel().await?;
+    if config.amqp.declare {
+        broker::declare_subject(&channel, &config, subject).await?;
+    }
+    let publisher = Publisher::open(
+        &connection,
+        &subject.queue,
+        &config.retry.delays,
+        config.amqp.confirm_timeout,
+    )
+    .await?;
+    let target = usize::from(subject.pool_size);
+    channel
+        .basic_qos(
+            prefetch(target, config.amqp.prefetch_per_worker),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let consumer_tag = new_consumer_tag(&runtime.name);
+    let consumer = channel
+        .basic_consume(
+            subject.queue.as_str().into(),
+            consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let forwarder = tokio::spawn(forward(consumer, myself.clone()));
+    let mut state = ConsumerState {
+        runtime: runtime.clone(),
+        connection,
+        channel,
+        publisher,
+        consumer_tag,
+        workers: HashMap::new(),
+        idle: VecDeque::new(),
+        backlog: VecDeque::new(),
+        target: 0,
+        draining: None,
+        forwarder,
+        paused: None,
+    };
+    resize(myself, &mut state, target).await?;
+    runtime.stats.consuming.store(true, Ordering::Relaxed);
+    info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
+    Ok(state)
+}
+
+/// First and largest delay between FPM probes while the circuit is open.
+const PROBE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const PROBE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the circuit: stop taking deliveries while FPM is unreachable, so workers do not burn
+/// through the queue. Messages already taken are retried by their workers (an unreachable FPM
+/// does not use up attempts); the backlog goes back to the queue.
+async fn pause(myself: &ActorRef<ConsumerMsg>, state: &mut ConsumerState) {
+    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "FPM unreachable; pausing consumption until it answers");
+    state.paused = Some(PROBE_FIRST);
+    state.runtime.stats.paused.store(true, Ordering::Relaxed);
+    let _ = state
+        .channel
+        .basic_cancel(
+            state.consumer_tag.as_str().into(),
+            BasicCancelOptions::default(),
+        )
+        .await;
+    state.forwarder.abort();
+    while let Some(delivery) = state.backlog.pop_front() {
+        requeue(state, &delivery).await;
+    }
+    myself.send_after(PROBE_FIRST, || ConsumerMsg::Probe);
+}
+
+/// While paused: probe FPM; resume consuming when it accepts connections, else back off.
+async fn probe(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    let Some(delay) = state.paused else {
+        return Ok(());
+    };
+    if state.draining.is_some() {
+        return Ok(());
+    }
+    let config = &state.runtime.config;
+    if crate::fastcgi::probe(&config.fpm_address(), config.fpm.timeout)
+        .await
+        .is_err()
+    {
+        let next = (delay * 2).min(PROBE_MAX);
+        state.paused = Some(next);
+        myself.send_after(delay, || ConsumerMsg::Probe);
+        return Ok(());
+    }
+    info!(subject = %state.runtime.name, "FPM answers again; resuming consumption");
+    state.consumer_tag = new_consumer_tag(&state.runtime.name);
+    let consumer = state
+        .channel
+        .basic_consume(
+            state.runtime.subject().queue.as_str().into(),
+            state.consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    state.forwarder = tokio::spawn(forward(consumer, myself.clone()));
+    state.paused = None;
+    state.runtime.stats.paused.store(false, Ordering::Relaxed);
+    Ok(())
+}
+
+fn new_consumer_tag(subject: &str) -> String {
+    format!(
+        "amqp-agent.{subject}.{}.{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 /// Forwards deliveries from the lapin consumer stream to the actor's mailbox.
 async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
+    let tag = consumer.tag().to_string();
     while let Some(item) = consumer.next().await {
         match item {
             Ok(delivery) => {
@@ -283,12 +402,13 @@ async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
                 }
             }
             Err(e) => {
-                let _ = actor.cast(ConsumerMsg::StreamEnded(Some(e.to_string())));
+                let reason = Some(e.to_string());
+                let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason });
                 return;
             }
         }
     }
-    let _ = actor.cast(ConsumerMsg::StreamEnded(None));
+    let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
 }
 
 /// `basic.qos` prefetch for a pool.

@@ -46,6 +46,7 @@ impl SubjectRuntime {
                 delays: config.retry.delays.clone(),
                 max_attempts: config.retry.max_attempts,
                 max_retry_after: config.retry.max_retry_after,
+                extra_queues: config.amqp.declare,
             },
             config,
             stats,

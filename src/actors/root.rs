@@ -179,9 +179,19 @@ async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) 
             child.started = Some(Instant::now());
         }
         Err(e) => {
-            // Start-up failures are mostly an unreachable broker: retried, not counted as crashes.
-            warn!(subject = %name, error = %e, "Cannot start consumer; retrying");
-            failed(myself, state, name, false);
+            let unreachable = match &e {
+                ractor::SpawnErr::StartupFailed(inner) => inner
+                    .downcast_ref::<crate::broker::BrokerError>()
+                    .is_some_and(crate::broker::BrokerError::is_unreachable),
+                _ => false,
+            };
+            if unreachable {
+                // An unreachable broker is retried with backoff for as long as it takes.
+                warn!(subject = %name, error = %e, "Cannot reach the broker; retrying");
+            } else {
+                error!(subject = %name, error = %e, "Cannot start consumer");
+            }
+            failed(myself, state, name, !unreachable);
         }
     }
 }

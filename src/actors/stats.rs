@@ -27,6 +27,8 @@ pub struct SubjectStats {
     pub worker_restarts: AtomicU64,
     /// True while the subject's consumer is connected and consuming.
     pub consuming: AtomicBool,
+    /// True while consumption is paused because FPM is unreachable (circuit open).
+    pub paused: AtomicBool,
 }
 
 impl SubjectStats {
@@ -58,6 +60,7 @@ impl SubjectStats {
             consumer_starts: get(&self.consumer_starts),
             worker_restarts: get(&self.worker_restarts),
             consuming: self.consuming.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
         }
     }
 }
@@ -77,4 +80,5 @@ pub struct StatsSnapshot {
     pub consumer_starts: u64,
     pub worker_restarts: u64,
     pub consuming: bool,
+    pub paused: bool,
 }

@@ -89,11 +89,16 @@ impl Actor for FpmWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Handle(job) => {
-                let unreached = handle_job(state, *job).await;
+                let publisher_usable = {
+                    let publisher = job.publisher.clone();
+                    let unreached = handle_job(state, *job).await;
+                    (unreached, publisher.usable())
+                };
                 // The consumer may be gone during shutdown; nothing to report to then.
                 let _ = state.consumer.cast(ConsumerMsg::WorkerIdle {
                     worker: myself.get_id(),
-                    fpm_unreachable: unreached,
+                    fpm_unreachable: publisher_usable.0,
+                    publisher_broken: !publisher_usable.1,
                 });
             }
         }
@@ -114,6 +119,10 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
         _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
     };
+    #[cfg(feature = "fault-injection")]
+    if message_id.starts_with("__panic__") && !delivery.redelivered {
+        panic!("fault injection: worker panics on {message_id}");
+    }
     let attempt_header = contract::attempt_from_headers(headers);
     let attempt = *attempt_header.as_ref().unwrap_or(&1);
     let span =
@@ -139,8 +148,10 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             message_id_generated: generated,
             attempt,
             redelivered: delivery.redelivered,
-            routing_key: delivery.routing_key.as_str(),
-            exchange: delivery.exchange.as_str(),
+            routing_key: contract::string_header(headers, contract::ORIGINAL_ROUTING_KEY_HEADER)
+                .unwrap_or(delivery.routing_key.as_str()),
+            exchange: contract::string_header(headers, contract::ORIGINAL_EXCHANGE_HEADER)
+                .unwrap_or(delivery.exchange.as_str()),
             content_type: props.content_type().as_ref().map(|s| s.as_str()),
             kind: props.kind().as_ref().map(|s| s.as_str()),
             correlation_id: props.correlation_id().as_ref().map(|s| s.as_str()),
@@ -229,7 +240,7 @@ async fn settle(
         } => {
             let (reason, detail) = describe(verdict);
             info!(reason, detail = %detail, delay = ?delay, next_attempt, "Attempt failed; retrying later");
-            let props = republished(&delivery.properties, message_id, generated, |h| {
+            let props = republished(delivery, message_id, generated, |h| {
                 h.insert(
                     ATTEMPT_HEADER.into(),
                     AMQPValue::LongLongInt(i64::from(*next_attempt)),
@@ -250,7 +261,7 @@ async fn settle(
                 Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
                 Verdict::Success => None,
             };
-            let props = republished(&delivery.properties, message_id, generated, |h| {
+            let props = republished(delivery, message_id, generated, |h| {
                 h.insert("x-agent-reason".into(), text(reason));
                 h.insert(
                     "x-agent-status".into(),
@@ -316,13 +327,27 @@ fn describe(verdict: &Verdict) -> (&'static str, String) {
     }
 }
 
+/// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
+/// (possibly generated) message id, and where the message was first published, so later
+/// attempts still tell PHP the original exchange and routing key.
 fn republished(
-    props: &BasicProperties,
+    delivery: &Delivery,
     message_id: &str,
     generated: bool,
     edit: impl FnOnce(&mut FieldTable),
 ) -> BasicProperties {
+    let props = &delivery.properties;
     let mut headers = props.headers().clone().unwrap_or_default();
+    if !headers.contains_key(contract::ORIGINAL_EXCHANGE_HEADER) {
+        headers.insert(
+            contract::ORIGINAL_EXCHANGE_HEADER.into(),
+            text(delivery.exchange.as_str()),
+        );
+        headers.insert(
+            contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
+            text(delivery.routing_key.as_str()),
+        );
+    }
     edit(&mut headers);
     let mut out = props.clone().with_headers(headers);
     if generated {

@@ -15,6 +15,7 @@ fn policy() -> RetryPolicy {
         delays: vec![Duration::from_secs(1), Duration::from_secs(5)],
         max_attempts: 3,
         max_retry_after: Duration::from_secs(60),
+        extra_queues: true,
     }
 }
 
@@ -141,11 +142,12 @@ fn last_delay_repeats_and_retry_after_is_honoured_within_the_cap() {
         ..policy()
     };
     assert_eq!(p.delay_after(7), Duration::from_secs(5));
+    // Retry-After: 30 rounds up to the 32 s bucket (never shorter than asked).
     let d = p.decide(&transient(true, Some(Duration::from_secs(30))), 1);
     assert_eq!(
         d,
         Decision::Retry {
-            delay: Duration::from_secs(30),
+            delay: Duration::from_secs(32),
             next_attempt: 2
         }
     );
@@ -168,5 +170,37 @@ fn unreachable_fpm_does_not_use_up_attempts() {
             delay: Duration::from_secs(5),
             next_attempt: 3
         }
+    );
+}
+
+#[test]
+fn retry_after_uses_a_bounded_set_of_delays() {
+    let p = policy();
+    let secs = |n| Duration::from_secs(n);
+    assert_eq!(p.retry_after_bucket(secs(3)), secs(4));
+    assert_eq!(
+        p.retry_after_bucket(secs(5)),
+        secs(5),
+        "a scheduled delay fits exactly"
+    );
+    assert_eq!(
+        p.retry_after_bucket(secs(33)),
+        secs(60),
+        "capped by max_retry_after"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..10_000 {
+        seen.insert(p.retry_after_bucket(Duration::from_millis(n * 7)));
+    }
+    assert!(seen.len() <= 8, "{seen:?}");
+    let fixed = RetryPolicy {
+        extra_queues: false,
+        ..policy()
+    };
+    assert_eq!(fixed.retry_after_bucket(secs(3)), secs(5));
+    assert_eq!(
+        fixed.retry_after_bucket(secs(30)),
+        secs(5),
+        "the largest scheduled delay"
     );
 }

@@ -20,6 +20,8 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::Value;
 
 use amqp_agent::agent::Agent;
+
+pub mod procs;
 use amqp_agent::config::Config;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -40,7 +42,7 @@ pub fn fpm() -> &'static Fpm {
     FPM.get_or_init(start_fpm)
 }
 
-fn php_fpm_binary() -> PathBuf {
+pub fn php_fpm_binary() -> PathBuf {
     if let Ok(bin) = std::env::var("PHP_FPM_BIN") {
         return bin.into();
     }
@@ -174,6 +176,11 @@ pub struct TestCtx {
     pub retry_toml: String,
     pub script: PathBuf,
     pub secret: String,
+    pub fpm_port: u16,
+    pub amqp_url: String,
+    pub pool_size: usize,
+    /// Extra lines for `[subjects.event]`.
+    pub event_extra: String,
 }
 
 impl TestCtx {
@@ -202,6 +209,10 @@ impl TestCtx {
             retry_toml: "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 3\n".to_owned(),
             script: fpm().recorder.clone(),
             secret: SECRET.to_owned(),
+            fpm_port: fpm().port,
+            amqp_url: AMQP_URL.to_owned(),
+            pool_size: 4,
+            event_extra: String::new(),
         }
     }
 
@@ -211,11 +222,14 @@ impl TestCtx {
 
     pub fn toml(&self) -> String {
         format!(
-            "[amqp]\nurl = \"{AMQP_URL}\"\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
+            "[amqp]\nurl = \"{amqp}\"\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n\n{retry}\n\
-             [subjects.event]\nqueue = \"{qe}\"\npool_size = 4\n\n[subjects.command]\nqueue = \"{qc}\"\npool_size = 4\n\n\
+             [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
              [agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
-            port = fpm().port,
+            amqp = self.amqp_url,
+            pool = self.pool_size,
+            event_extra = self.event_extra,
+            port = self.fpm_port,
             script = self.script.display(),
             id = self.id,
             secret = self.secret,
@@ -355,7 +369,9 @@ impl TestCtx {
         for subject in ["event", "command"] {
             let q = self.queue(subject);
             let mut names = vec![q.clone(), format!("{q}.dead")];
-            for ms in [100, 200, 300, 500, 1000, 2000, 3000, 5000] {
+            for ms in [
+                100, 200, 300, 500, 1000, 2000, 3000, 4000, 5000, 8000, 16000, 32000, 60000,
+            ] {
                 names.push(format!("{q}.retry.{ms}ms"));
             }
             for name in names {

@@ -1,0 +1,222 @@
+//! Real processes for fault injection: the agent binary, a private php-fpm that can be stopped
+//! and started, and a TCP proxy that can cut the link to RabbitMQ.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{SECRET, fpm, free_port, wait_until};
+
+/// The agent binary running `run --config`, its stderr in a log file.
+pub struct AgentProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start(config: &Path, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_amqp-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,lapin=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("agent binary");
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `n` lines containing `needle`.
+    pub async fn wait_log(&self, needle: &str, n: usize, timeout: Duration) {
+        super::eventually(
+            timeout,
+            &format!("{n}× `{needle}` in the agent log"),
+            || async { self.log_text().matches(needle).count() >= n },
+        )
+        .await;
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A php-fpm pool of its own (the shared one must keep running for other tests).
+pub struct PrivateFpm {
+    pub port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateFpm {
+    pub fn start(name: &str) -> Self {
+        let shared = fpm();
+        let port = free_port();
+        let dir = shared.dir.join(format!("fpm-{name}-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let is_root = unsafe { libc::geteuid() } == 0;
+        let user = if is_root {
+            "user = root\ngroup = root\n"
+        } else {
+            ""
+        };
+        let conf = dir.join("fpm.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n[p]\n{user}listen = 127.0.0.1:{port}\n\
+                 pm = static\npm.max_children = 8\nclear_env = no\nenv[RECORD_DIR] = {records}\n\
+                 env[AGENT_SIGNING_SECRET] = {SECRET}\nphp_admin_value[error_log] = {dir}/php.log\n",
+                dir = dir.display(),
+                records = shared.dir.join("records").display(),
+            ),
+        )
+        .unwrap();
+        let mut me = Self {
+            port,
+            conf,
+            child: None,
+        };
+        me.up();
+        me
+    }
+
+    pub fn up(&mut self) {
+        let mut cmd = Command::new(super::php_fpm_binary());
+        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&self.conf);
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.arg("-R");
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("php-fpm"));
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "private php-fpm to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Stops php-fpm (SIGTERM: the master kills its children at once) and waits until the port is closed.
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "php-fpm port closed", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        });
+    }
+}
+
+impl Drop for PrivateFpm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TCP proxy in front of RabbitMQ whose link can be cut (every connection closed, new ones
+/// refused) and restored.
+pub struct TcpProxy {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for task in self.conns.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

@@ -1,0 +1,325 @@
+//! Fault injection with real processes: the agent binary, RabbitMQ, php-fpm.
+//!
+//! Each scenario publishes a known set of message ids, injects a fault mid-stream and checks
+//! with the recording receiver and the queues: lost = 0, duplicates only for messages that were
+//! in flight. Each prints its figures (`FAULT ...` lines; run with `--nocapture` to see them).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::TestCtx;
+use common::procs::{AgentProcess, PrivateFpm, TcpProxy};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// What a scenario measured.
+struct Figures {
+    sent: usize,
+    handled: usize,
+    lost: usize,
+    duplicates: usize,
+}
+
+/// Compares the published ids with what PHP recorded.
+fn tally(ctx: &TestCtx, ids: &BTreeSet<String>) -> Figures {
+    let by_id = ctx.records_by_id();
+    let handled = ids.iter().filter(|id| by_id.contains_key(*id)).count();
+    let duplicates = ids
+        .iter()
+        .map(|id| by_id.get(id).map_or(0, |r| r.len().saturating_sub(1)))
+        .sum();
+    Figures {
+        sent: ids.len(),
+        handled,
+        lost: ids.len() - handled,
+        duplicates,
+    }
+}
+
+fn report(name: &str, f: &Figures, recover: Option<Duration>) {
+    let recover = recover.map_or("-".to_owned(), |d| format!("{} ms", d.as_millis()));
+    println!(
+        "FAULT {name}: sent={} handled={} lost={} duplicates={} time_to_recover={recover}",
+        f.sent, f.handled, f.lost, f.duplicates
+    );
+}
+
+async fn publish_many(ctx: &TestCtx, prefix: &str, n: usize, behave: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    for i in 0..n {
+        let subject = if i % 2 == 0 { "event" } else { "command" };
+        let id = format!("{prefix}-{i}");
+        ctx.publish_json(subject, &id, behave).await;
+        ids.insert(id);
+    }
+    ids
+}
+
+async fn all_handled(ctx: &TestCtx, ids: &BTreeSet<String>, timeout: Duration) {
+    common::eventually(timeout, "every message handled", || async {
+        let by_id = ctx.records_by_id();
+        ids.iter().all(|id| by_id.contains_key(id))
+    })
+    .await;
+}
+
+/// Queues (main, dead) of both subjects are empty: nothing is waiting or was dead-lettered.
+async fn queues_empty(ctx: &TestCtx) {
+    for subject in ["event", "command"] {
+        let q = ctx.queue(subject);
+        common::eventually(LONG, &format!("{q} empty"), || async {
+            ctx.queue_len(&q).await == 0
+        })
+        .await;
+        assert_eq!(
+            ctx.queue_len(&format!("{q}.dead")).await,
+            0,
+            "nothing may be dead-lettered"
+        );
+    }
+}
+
+/// Time from `since` until the record count grows past `before`.
+async fn recovery(ctx: &TestCtx, before: usize, since: Instant) -> Duration {
+    assert!(
+        before < 1000,
+        "the backlog must outlast the fault ({before} handled already)"
+    );
+    common::eventually(LONG, "progress after the fault", || async {
+        ctx.records().len() > before
+    })
+    .await;
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_agent_mid_stream() {
+    let ctx = TestCtx::new("kill9").await;
+    ctx.declare().await;
+    let ids = publish_many(&ctx, "k", 1500, "sleep:10").await;
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&config, &log);
+    common::eventually(LONG, "300 handled", || async { ctx.records().len() >= 300 }).await;
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10));
+    let before = ctx.records().len();
+    let t = Instant::now();
+    let _agent = AgentProcess::start(&config, &log);
+    let recover = recovery(&ctx, before, t).await;
+    all_handled(&ctx, &ids, LONG).await;
+    queues_empty(&ctx).await;
+    let f = tally(&ctx, &ids);
+    report("kill -9 agent", &f, Some(recover));
+    assert_eq!(f.lost, 0);
+    // Only what was in flight can repeat: at most the prefetch of both subjects (2 × 4 × 2).
+    assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_link_cut_and_restored() {
+    let mut ctx = TestCtx::new("linkcut").await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    ctx.amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    ctx.declare().await;
+    let ids = publish_many(&ctx, "l", 1200, "sleep:10").await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let _agent = AgentProcess::start(&ctx.write_config(), &log);
+    common::eventually(LONG, "200 handled", || async { ctx.records().len() >= 200 }).await;
+    proxy.cut();
+    // While cut, no progress is possible; wait until the agent noticed and is reconnecting.
+    common::eventually(LONG, "agent noticed the cut", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Consumer failed")
+    })
+    .await;
+    let before = ctx.records().len();
+    proxy.restore();
+    let t = Instant::now();
+    let recover = recovery(&ctx, before, t).await;
+    all_handled(&ctx, &ids, LONG).await;
+    queues_empty(&ctx).await;
+    let f = tally(&ctx, &ids);
+    report("broker link cut", &f, Some(recover));
+    assert_eq!(f.lost, 0);
+    assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn php_fpm_stopped_then_started_dead_letters_nothing() {
+    let mut ctx = TestCtx::new("fpmdown").await;
+    let mut fpm = PrivateFpm::start("down");
+    ctx.fpm_port = fpm.port;
+    ctx.retry_toml = "[retry]\ndelays = [\"200ms\"]\nmax_attempts = 2\n".to_owned();
+    ctx.declare().await;
+    let ids = publish_many(&ctx, "f", 800, "sleep:10").await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let _agent = AgentProcess::start(&ctx.write_config(), &log);
+    common::eventually(LONG, "100 handled", || async { ctx.records().len() >= 100 }).await;
+    fpm.down();
+    common::eventually(LONG, "both subjects paused", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("pausing consumption")
+            .count()
+            >= 2
+    })
+    .await;
+    let before = ctx.records().len();
+    // The outage lasts well past max_attempts × delay: an unreachable FPM must not use up attempts.
+    let outage = Instant::now();
+    common::eventually(LONG, "retries while FPM is down", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("fpm_unavailable")
+            .count()
+            >= 2
+            && outage.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    fpm.up();
+    let t = Instant::now();
+    let recover = recovery(&ctx, before, t).await;
+    all_handled(&ctx, &ids, LONG).await;
+    queues_empty(&ctx).await;
+    let f = tally(&ctx, &ids);
+    report("php-fpm stopped and started", &f, Some(recover));
+    assert_eq!(f.lost, 0);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_fpm_child_killed_mid_request_gets_its_message_retried() {
+    let ctx = TestCtx::new("childkill").await;
+    let agent = ctx.start_agent().await;
+    ctx.publish_json("event", "victim", "sleep:3000").await;
+    let ids = publish_many(&ctx, "c", 100, "ok").await;
+    common::eventually(LONG, "victim started", || async {
+        ctx.records_by_id().contains_key("victim")
+    })
+    .await;
+    let pid = ctx.records_by_id()["victim"][0]["pid"].as_i64().unwrap();
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    common::eventually(LONG, "victim retried", || async {
+        ctx.records_by_id()["victim"].len() >= 2
+    })
+    .await;
+    all_handled(&ctx, &ids, LONG).await;
+    common::eventually(LONG, "victim acked", || async {
+        agent.stats()["event"].acked as usize + agent.stats()["command"].acked as usize == 101
+    })
+    .await;
+    queues_empty(&ctx).await;
+    let f = tally(&ctx, &ids);
+    report("FPM child kill -9", &f, None);
+    assert_eq!(f.lost, 0);
+    assert_eq!(agent.stats()["event"].dead_lettered, 0);
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_message_and_a_slow_handler_do_not_hold_up_the_rest() {
+    let mut ctx = TestCtx::new("poison").await;
+    ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 3\n".to_owned();
+    ctx.extra_toml = String::new();
+    let agent = ctx.start_agent().await;
+    ctx.publish_json("event", "poison", "status:500").await;
+    ctx.publish_json("event", "slow", "sleep:8000").await;
+    let ids = publish_many(&ctx, "p", 400, "ok").await;
+    all_handled(&ctx, &ids, LONG).await;
+    common::eventually(LONG, "poison and slow dead-lettered", || async {
+        agent.stats()["event"].dead_lettered == 2
+    })
+    .await;
+    let dead = ctx.drain_dead("event").await;
+    let dead_ids: BTreeSet<String> = dead
+        .iter()
+        .map(|(p, _)| p.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        dead_ids,
+        ["poison", "slow"].iter().map(|s| (*s).to_owned()).collect()
+    );
+    let by_id = ctx.records_by_id();
+    assert_eq!(by_id["poison"].len(), 3);
+    assert_eq!(by_id["slow"].len(), 3);
+    let f = tally(&ctx, &ids);
+    report("poison + slow handler", &f, None);
+    assert_eq!((f.lost, f.duplicates), (0, 0));
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_finishes_in_flight_work_and_exits_0() {
+    let ctx = TestCtx::new("sigterm").await;
+    ctx.declare().await;
+    let ids = publish_many(&ctx, "t", 1000, "sleep:20").await;
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&config, &log);
+    common::eventually(LONG, "100 handled", || async { ctx.records().len() >= 100 }).await;
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "drain must exit 0; log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        agent.log_text().contains("Drained"),
+        "in-flight work finished before exit"
+    );
+    let _again = AgentProcess::start(&config, &log);
+    all_handled(&ctx, &ids, LONG).await;
+    queues_empty(&ctx).await;
+    let f = tally(&ctx, &ids);
+    report("SIGTERM under load", &f, None);
+    assert_eq!(f.lost, 0);
+    // In-flight requests finished and were acked before exit: nothing runs twice.
+    assert_eq!(f.duplicates, 0);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_worker_is_replaced_and_its_message_retried() {
+    let ctx = TestCtx::new("panic").await;
+    let agent = ctx.start_agent().await;
+    // Message ids starting with `__panic__` make a worker panic (feature `fault-injection`),
+    // unless the delivery is a redelivery.
+    ctx.publish_json("command", "__panic__1", "ok").await;
+    let ids = publish_many(&ctx, "w", 200, "ok").await;
+    all_handled(&ctx, &ids, LONG).await;
+    common::eventually(LONG, "panicked message handled", || async {
+        ctx.records_by_id().contains_key("__panic__1")
+    })
+    .await;
+    common::eventually(LONG, "all acked", || async {
+        let s = agent.stats();
+        s["event"].acked + s["command"].acked == 201
+    })
+    .await;
+    let stats = agent.stats()["command"];
+    assert_eq!(stats.worker_restarts, 1);
+    assert_eq!(stats.pool_size, 4, "the pool is back to full size");
+    let by_id = ctx.records_by_id();
+    assert_eq!(by_id["__panic__1"].len(), 1);
+    assert_eq!(
+        by_id["__panic__1"][0]["params"]["HTTP_X_AGENT_REDELIVERED"],
+        "1"
+    );
+    let f = tally(&ctx, &ids);
+    report("worker panic", &f, None);
+    assert_eq!((f.lost, f.duplicates), (0, 0));
+    agent.drain().await;
+    ctx.cleanup().await;
+}
