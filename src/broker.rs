@@ -205,6 +205,8 @@ pub struct Publisher {
     channel: Channel,
     queue: Arc<str>,
     confirm_timeout: Duration,
+    /// `amqp.declare`: missing queues may be (re)declared.
+    declare: bool,
     /// Delay queues known to exist (the scheduled ones, plus those made for `Retry-After`).
     delays: Arc<Mutex<HashSet<Duration>>>,
 }
@@ -217,8 +219,7 @@ impl Publisher {
     pub async fn open(
         connection: &Connection,
         queue: &str,
-        scheduled: &[Duration],
-        confirm_timeout: Duration,
+        config: &Config,
     ) -> Result<Self, BrokerError> {
         let channel = connection
             .create_channel()
@@ -231,8 +232,9 @@ impl Publisher {
         Ok(Self {
             channel,
             queue: queue.into(),
-            confirm_timeout,
-            delays: Arc::new(Mutex::new(scheduled.iter().copied().collect())),
+            confirm_timeout: config.amqp.confirm_timeout,
+            declare: config.amqp.declare,
+            delays: Arc::new(Mutex::new(config.retry.delays.iter().copied().collect())),
         })
     }
 
@@ -254,12 +256,20 @@ impl Publisher {
         props: BasicProperties,
     ) -> Result<(), BrokerError> {
         let known = self.delays.lock().expect("delay set lock").contains(&delay);
-        if !known {
+        if !known && self.declare {
             declare_delay_queue(&self.channel, &self.queue, delay).await?;
             self.delays.lock().expect("delay set lock").insert(delay);
         }
-        self.publish("", &delay_queue_name(&self.queue, delay), body, props)
-            .await
+        let target = delay_queue_name(&self.queue, delay);
+        match self.publish("", &target, body, props.clone()).await {
+            // Someone deleted the delay queue: declare it again and retry once.
+            Err(BrokerError::Unroutable(_)) if self.declare => {
+                tracing::warn!(queue = %target, "Delay queue is missing; declaring it again");
+                declare_delay_queue(&self.channel, &self.queue, delay).await?;
+                self.publish("", &target, body, props).await
+            }
+            other => other,
+        }
     }
 
     /// Publishes to the subject's dead-letter queue.
@@ -271,8 +281,22 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), BrokerError> {
-        self.publish("", &dead_queue_name(&self.queue), body, props)
-            .await
+        let target = dead_queue_name(&self.queue);
+        match self.publish("", &target, body, props.clone()).await {
+            Err(BrokerError::Unroutable(_)) if self.declare => {
+                tracing::warn!(queue = %target, "Dead-letter queue is missing; declaring it again");
+                self.channel
+                    .queue_declare(
+                        target.as_str().into(),
+                        QueueDeclareOptions::durable(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(amqp(format!("cannot declare queue `{target}`")))?;
+                self.publish("", &target, body, props).await
+            }
+            other => other,
+        }
     }
 
     /// Publishes with `mandatory` and waits for a positive, routed confirm.

@@ -323,3 +323,59 @@ async fn a_panicking_worker_is_replaced_and_its_message_retried() {
     agent.drain().await;
     ctx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_restart_intensity_the_agent_exits_non_zero() {
+    let mut ctx = TestCtx::new("intensity").await;
+    // The queue exists with other arguments: declaring it fails every time (PRECONDITION_FAILED).
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(5),
+    );
+    ctx.channel
+        .queue_declare(
+            ctx.queue("event").as_str().into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            args,
+        )
+        .await
+        .unwrap();
+    ctx.extra_toml = "restart_backoff = \"10ms\"\nrestart_backoff_max = \"50ms\"\nmax_restarts = 3\nrestart_window = \"1m\"\n".to_owned();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&ctx.write_config(), &log);
+    let status = agent.wait_exit(Duration::from_secs(60));
+    let text = agent.log_text();
+    assert_eq!(status.code(), Some(1), "log:\n{text}");
+    assert!(text.contains("giving up"), "{text}");
+    assert!(
+        text.contains("PRECONDITION_FAILED") || text.contains("inequivalent"),
+        "{text}"
+    );
+    println!("FAULT restart intensity: exit code {:?}", status.code());
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigquit_stops_at_once_and_loses_nothing() {
+    let ctx = TestCtx::new("sigquit").await;
+    ctx.declare().await;
+    let ids = publish_many(&ctx, "q", 600, "sleep:50").await;
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&config, &log);
+    common::eventually(LONG, "50 handled", || async { ctx.records().len() >= 50 }).await;
+    let t = Instant::now();
+    agent.signal(libc::SIGQUIT);
+    let status = agent.wait_exit(Duration::from_secs(15));
+    let stop = t.elapsed();
+    assert_eq!(status.code(), Some(0));
+    let _again = AgentProcess::start(&config, &log);
+    all_handled(&ctx, &ids, LONG).await;
+    queues_empty(&ctx).await;
+    let f = tally(&ctx, &ids);
+    report("SIGQUIT under load", &f, Some(stop));
+    assert_eq!(f.lost, 0);
+    assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
+    ctx.cleanup().await;
+}

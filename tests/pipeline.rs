@@ -508,3 +508,156 @@ async fn exchange_bindings_route_and_retries_keep_the_original_routing_key() {
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_with_a_reason_or_handled() {
+    let mut ctx = TestCtx::new("badinput").await;
+    ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 2\n".to_owned();
+    let agent = ctx.start_agent().await;
+    let json = |id: &str, behave: &str| {
+        serde_json::json!({"id": id, "behave": behave})
+            .to_string()
+            .into_bytes()
+    };
+    let props = |id: &str| BasicProperties::default().with_message_id(id.into());
+
+    // A header table with thousands of entries: too large to encode.
+    let mut wide = FieldTable::default();
+    // (3,000 entries fit RabbitMQ's 128 KiB frame; their JSON exceeds limits.max_headers_bytes.)
+    for i in 0..3000 {
+        wide.insert(
+            format!("h{i}").into(),
+            AMQPValue::LongString(LongString::from("0123456789abcdef")),
+        );
+    }
+    ctx.publish(
+        "event",
+        &json("wide", "ok"),
+        props("wide").with_headers(wide),
+    )
+    .await;
+    // Deeply nested tables.
+    let mut deep = FieldTable::default();
+    for _ in 0..40 {
+        let mut outer = FieldTable::default();
+        outer.insert("t".into(), AMQPValue::FieldTable(deep));
+        deep = outer;
+    }
+    ctx.publish(
+        "event",
+        &json("deep", "ok"),
+        props("deep").with_headers(deep),
+    )
+    .await;
+    // Header values with CR, LF, NUL: delivered, JSON-escaped.
+    let mut ctl = FieldTable::default();
+    ctl.insert(
+        "x".into(),
+        AMQPValue::LongString(LongString::from("a\r\nb\0c")),
+    );
+    ctx.publish("event", &json("ctl", "ok"), props("ctl").with_headers(ctl))
+        .await;
+    // FPM replies that cannot count as success: huge (over limits.max_response_bytes), cut off
+    // by the child dying mid-reply, and stderr only.
+    ctx.publish("command", &json("huge", "huge"), props("huge"))
+        .await;
+    ctx.publish("command", &json("cut", "exit-midway"), props("cut"))
+        .await;
+    ctx.publish("command", &json("stderr", "stderr-only"), props("stderr"))
+        .await;
+
+    common::eventually(WAIT, "bad input settled", || async {
+        let s = agent.stats();
+        s["event"].dead_lettered == 2
+            && s["command"].dead_lettered == 3
+            && s["event"].acked >= 3
+            && s["command"].in_flight == 0
+    })
+    .await;
+    let reason = |dead: &[(BasicProperties, Vec<u8>)], id: &str| {
+        let (p, _) = dead
+            .iter()
+            .find(|(p, _)| p.message_id().as_ref().unwrap().as_str() == id)
+            .unwrap_or_else(|| panic!("{id} not dead-lettered"));
+        (
+            header_str(p, "x-agent-reason").unwrap(),
+            header_str(p, "x-agent-last-error").unwrap(),
+        )
+    };
+    let dead_events = ctx.drain_dead("event").await;
+    assert_eq!(reason(&dead_events, "wide").0, "headers_unencodable");
+    assert_eq!(reason(&dead_events, "deep").0, "headers_unencodable");
+    let records = ctx.records_by_id();
+    assert!(
+        !records.contains_key("wide") && !records.contains_key("deep"),
+        "FPM is not called for unencodable headers"
+    );
+    let ctl_headers: serde_json::Value = serde_json::from_str(
+        records["ctl"][0]["params"]["HTTP_X_AGENT_HEADERS"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ctl_headers["x"], "a\r\nb\0c");
+
+    let dead_commands = ctx.drain_dead("command").await;
+    let (r, e) = reason(&dead_commands, "huge");
+    assert_eq!(r, "max_attempts");
+    assert!(e.contains("fpm_reply_too_large"), "{e}");
+    let (r, e) = reason(&dead_commands, "cut");
+    assert_eq!(r, "max_attempts");
+    assert!(
+        e.contains("fpm_truncated_reply") || e.contains("fpm_connection_lost"),
+        "{e}"
+    );
+    let (r, e) = reason(&dead_commands, "stderr");
+    assert_eq!(r, "max_attempts");
+    assert!(e.contains("no_ack_header"), "{e}");
+    for id in ["huge", "cut", "stderr"] {
+        assert_eq!(records[id].len(), 2, "{id}: two attempts");
+    }
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_queues_are_declared_again_and_consumption_resumes() {
+    let ctx = TestCtx::new("deleted").await;
+    let agent = ctx.start_agent().await;
+    // Delete the delay queue: the next retry declares it again.
+    ctx.channel
+        .queue_delete(
+            format!("{}.retry.100ms", ctx.queue("event"))
+                .as_str()
+                .into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    ctx.publish_json("event", "retry-after-delete", "fail-until:2")
+        .await;
+    common::eventually(WAIT, "retried", || async {
+        ctx.records_by_id()
+            .get("retry-after-delete")
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    // Delete the main queue: the broker cancels the consumer; the agent redeclares and consumes again.
+    ctx.channel
+        .queue_delete(ctx.queue("command").as_str().into(), Default::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "consumer restarted", || async {
+        let s = agent.stats()["command"];
+        s.consumer_starts >= 2 && s.consuming
+    })
+    .await;
+    ctx.publish_json("command", "after-delete", "ok").await;
+    common::eventually(WAIT, "handled after redeclare", || async {
+        ctx.records_by_id().contains_key("after-delete")
+    })
+    .await;
+    assert!(agent.fatal().is_none());
+    agent.drain().await;
+    ctx.cleanup().await;
+}

@@ -273,13 +273,7 @@ async fn setup(
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;
     }
-    let publisher = Publisher::open(
-        &connection,
-        &subject.queue,
-        &config.retry.delays,
-        config.amqp.confirm_timeout,
-    )
-    .await?;
+    let publisher = Publisher::open(&connection, &subject.queue, &config).await?;
     let target = usize::from(subject.pool_size);
     channel
         .basic_qos(
