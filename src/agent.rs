@@ -1,23 +1,71 @@
-//! The running agent as a value: what `amqp-agent run` drives, and what tests start in-process.
+//! The running agent as a value: what `amqp-agent run` drives, what the admin listener talks
+//! to, and what tests start in-process.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
+use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::actors::stats::{StatsSnapshot, SubjectStats};
 use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
 
-/// A started agent.
+/// A started agent (owns the supervision tree's join handle).
 pub struct Agent {
+    handle: AgentHandle,
+    join: tokio::task::JoinHandle<()>,
+}
+
+/// A cheap, cloneable view of the running agent: status, readiness, commands.
+#[derive(Clone)]
+pub struct AgentHandle {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
     root: ActorRef<RootMsg>,
-    handle: tokio::task::JoinHandle<()>,
-    fatal: Arc<Mutex<Option<String>>>,
-    stats: BTreeMap<String, Arc<SubjectStats>>,
     config: Arc<Config>,
+    stats: BTreeMap<String, Arc<SubjectStats>>,
+    metrics: Arc<Metrics>,
+    fatal: Arc<Mutex<Option<String>>>,
+    started: Instant,
+    alive: std::sync::atomic::AtomicBool,
+}
+
+/// `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Agent version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Ready to consume (every subject connected, consuming, not paused).
+    pub ready: bool,
+    /// Per subject.
+    pub subjects: BTreeMap<String, SubjectStatus>,
+}
+
+/// One subject in `/status`.
+#[derive(Debug, Serialize)]
+pub struct SubjectStatus {
+    /// Queue consumed.
+    pub queue: String,
+    /// Pool size the operator or config asked for.
+    pub target_pool_size: u64,
+    /// Busy workers.
+    pub busy: u64,
+    /// Idle workers.
+    pub idle: u64,
+    /// `connected` or `disconnected`.
+    pub connection: &'static str,
+    /// Counters and gauges.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
 }
 
 impl Agent {
@@ -29,38 +77,58 @@ impl Agent {
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Self> {
         let stats: BTreeMap<String, Arc<SubjectStats>> = config
             .subjects
-            .keys()
-            .map(|name| (name.clone(), Arc::default()))
+            .iter()
+            .map(|(name, s)| {
+                let stats = Arc::new(SubjectStats::default());
+                stats
+                    .target_pool
+                    .store(u64::from(s.pool_size), Ordering::Relaxed);
+                (name.clone(), stats)
+            })
             .collect();
+        let metrics = Arc::new(Metrics::new(stats.clone()));
         let fatal = Arc::new(Mutex::new(None));
         let args = RootArgs {
             config: config.clone(),
             stats: stats.clone(),
+            metrics: metrics.clone(),
             fatal: fatal.clone(),
         };
-        let (root, handle) = Actor::spawn(None, RootSupervisor, args).await?;
-        Ok(Self {
-            root,
-            handle,
-            fatal,
-            stats,
-            config,
-        })
+        let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
+        let handle = AgentHandle {
+            inner: Arc::new(Shared {
+                root,
+                config,
+                stats,
+                metrics,
+                fatal,
+                started: Instant::now(),
+                alive: true.into(),
+            }),
+        };
+        Ok(Self { handle, join })
+    }
+
+    /// A cloneable handle for status and commands.
+    #[must_use]
+    pub fn handle(&self) -> AgentHandle {
+        self.handle.clone()
     }
 
     /// Counters of every subject.
     #[must_use]
     pub fn stats(&self) -> BTreeMap<String, StatsSnapshot> {
-        self.stats
-            .iter()
-            .map(|(k, v)| (k.clone(), v.snapshot()))
-            .collect()
+        self.handle.stats()
     }
 
-    /// True when every subject is connected and consuming.
+    /// True when every subject consumes.
     #[must_use]
     pub fn consuming(&self) -> bool {
-        self.stats.values().all(|s| s.snapshot().consuming)
+        self.handle
+            .inner
+            .stats
+            .values()
+            .all(|s| s.snapshot().consuming)
     }
 
     /// Waits until every subject consumes, or `timeout` passes.
@@ -70,7 +138,7 @@ impl Agent {
     pub async fn wait_consuming(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.consuming() {
-            if self.handle.is_finished() {
+            if self.join.is_finished() {
                 anyhow::bail!("agent stopped: {}", self.fatal().unwrap_or_default());
             }
             if tokio::time::Instant::now() > deadline {
@@ -81,28 +149,23 @@ impl Agent {
         Ok(())
     }
 
-    /// Resizes one subject's pool.
-    pub fn resize(&self, subject: &str, size: usize) {
-        let _ = self.root.cast(RootMsg::Resize(subject.to_owned(), size));
-    }
-
     /// The reason the agent gave up, if it did.
     #[must_use]
     pub fn fatal(&self) -> Option<String> {
-        self.fatal.lock().expect("fatal lock").clone()
-    }
-
-    /// True once the supervision tree has stopped (gave up, or was stopped).
-    #[must_use]
-    pub fn is_stopped(&self) -> bool {
-        self.handle.is_finished()
+        self.handle.fatal()
     }
 
     /// Graceful stop: no new deliveries, in-flight work finishes within `agent.shutdown_timeout`,
     /// then connections close (unfinished deliveries return to their queues).
     pub async fn drain(self) -> Option<String> {
-        let timeout = self.config.agent.shutdown_timeout;
-        match self.root.call(RootMsg::Drain, Some(timeout)).await {
+        let timeout = self.handle.inner.config.agent.shutdown_timeout;
+        match self
+            .handle
+            .inner
+            .root
+            .call(RootMsg::Drain, Some(timeout))
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(())) => {
                 info!("Drained: every in-flight message finished")
             }
@@ -116,14 +179,172 @@ impl Agent {
 
     /// Immediate stop: nothing more is acked; unfinished deliveries return to their queues.
     pub async fn stop(self) -> Option<String> {
-        self.root.stop(None);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
-        self.fatal.lock().expect("fatal lock").clone()
+        self.handle.inner.root.stop(None);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.handle.inner.alive.store(false, Ordering::Relaxed);
+        self.handle.fatal()
+    }
+
+    /// Applies a re-read configuration (SIGHUP): see the root supervisor's reload.
+    pub fn reload(&self, config: Arc<Config>) {
+        let _ = self.handle.inner.root.cast(RootMsg::Reload(config));
     }
 
     /// Waits until the supervision tree stops on its own (a fatal error).
     pub async fn stopped(&mut self) -> Option<String> {
-        let _ = (&mut self.handle).await;
-        self.fatal()
+        let _ = (&mut self.join).await;
+        self.handle.inner.alive.store(false, Ordering::Relaxed);
+        self.handle.fatal()
+    }
+}
+
+impl AgentHandle {
+    /// The configuration the agent runs with.
+    #[must_use]
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.clone()
+    }
+
+    /// The metrics registry.
+    #[must_use]
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// The reason the agent gave up, if it did.
+    #[must_use]
+    pub fn fatal(&self) -> Option<String> {
+        self.inner.fatal.lock().expect("fatal lock").clone()
+    }
+
+    /// True while the supervision tree runs.
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        self.inner.alive.load(Ordering::Relaxed) && self.fatal().is_none()
+    }
+
+    /// True when the root supervisor answers within `timeout`: its loop is not stuck.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        matches!(
+            self.inner.root.call(RootMsg::Ping, Some(timeout)).await,
+            Ok(ractor::rpc::CallResult::Success(()))
+        )
+    }
+
+    /// Counters of every subject.
+    #[must_use]
+    pub fn stats(&self) -> BTreeMap<String, StatsSnapshot> {
+        self.inner
+            .stats
+            .iter()
+            .map(|(k, v)| (k.clone(), v.snapshot()))
+            .collect()
+    }
+
+    /// Why the agent is not ready (empty: ready).
+    #[must_use]
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.alive() {
+            problems.push("supervision tree stopped".to_owned());
+        }
+        for (name, stats) in self.stats() {
+            if !stats.consuming {
+                problems.push(format!("{name}: not connected to RabbitMQ"));
+            } else if stats.paused {
+                problems.push(format!(
+                    "{name}: paused (FPM unreachable or operator pause)"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The `/status` document.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let subjects = self
+            .inner
+            .stats
+            .iter()
+            .map(|(name, stats)| {
+                let s = stats.snapshot();
+                let status = SubjectStatus {
+                    queue: self.inner.config.subjects[name].queue.clone(),
+                    target_pool_size: stats.target_pool.load(Ordering::Relaxed),
+                    busy: s.busy,
+                    idle: s.pool_size.saturating_sub(s.busy),
+                    connection: if s.consuming {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    stats: s,
+                };
+                (name.clone(), status)
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            ready: self.not_ready().is_empty(),
+            subjects,
+        }
+    }
+
+    fn subject_stats(&self, subject: &str) -> anyhow::Result<&Arc<SubjectStats>> {
+        self.inner
+            .stats
+            .get(subject)
+            .ok_or_else(|| anyhow::anyhow!("unknown subject `{subject}`"))
+    }
+
+    /// Sets a subject's pool size (within `min_pool_size..=max_pool_size`).
+    ///
+    /// # Errors
+    /// Unknown subject or size out of bounds.
+    pub fn set_pool(&self, subject: &str, size: usize) -> anyhow::Result<usize> {
+        let stats = self.subject_stats(subject)?;
+        let cfg = &self.inner.config.subjects[subject];
+        let (min, max) = (
+            usize::from(cfg.min_pool_size),
+            usize::from(cfg.max_pool_size),
+        );
+        if !(min..=max).contains(&size) {
+            anyhow::bail!(
+                "pool size {size} for `{subject}` is outside {min}..={max} (subjects.{subject}.min_pool_size / max_pool_size)"
+            );
+        }
+        stats.target_pool.store(size as u64, Ordering::Relaxed);
+        self.inner
+            .root
+            .cast(RootMsg::Resize(subject.to_owned(), size))?;
+        info!(subject, size, "Pool resized");
+        Ok(size)
+    }
+
+    /// Grows (`delta` > 0) or shrinks every pool by `delta`, clamped to each subject's bounds.
+    pub fn step_pools(&self, delta: i64) {
+        for (name, stats) in &self.inner.stats {
+            let cfg = &self.inner.config.subjects[name];
+            let current = stats.target_pool.load(Ordering::Relaxed) as i64;
+            let next =
+                (current + delta).clamp(i64::from(cfg.min_pool_size), i64::from(cfg.max_pool_size));
+            if next != current {
+                let _ = self.set_pool(name, next as usize);
+            }
+        }
+    }
+
+    /// Pauses or resumes consumption of a subject (operator command).
+    ///
+    /// # Errors
+    /// Unknown subject.
+    pub fn set_paused(&self, subject: &str, paused: bool) -> anyhow::Result<()> {
+        self.subject_stats(subject)?;
+        self.inner
+            .root
+            .cast(RootMsg::SetPaused(subject.to_owned(), paused))?;
+        Ok(())
     }
 }

@@ -1,35 +1,43 @@
-//! The command line: `run`, `check-config`, `publish`.
+//! The command line: `run`, `check-config`, `publish`, and the operator commands (`status`,
+//! `pool set`, `pause`, `resume`, `dead-letters`).
 
-use std::io::Read as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use lapin::BasicProperties;
-use lapin::options::ConfirmSelectOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use tracing::{error, info, warn};
 
 use crate::agent::Agent;
 use crate::config::{Config, redact_url};
+use crate::notify::Notifier;
 use crate::signals::{self, Command};
+
+mod ops;
 
 /// amqp-agent: RabbitMQ consumer that hands every message to PHP-FPM over FastCGI.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AMQP_AGENT_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// Log output format (default: `telemetry.log_format`, else text).
+    #[arg(long, global = true, value_enum, env = "AMQP_AGENT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "amqp-agent.toml",
+        env = "AMQP_AGENT_CONFIG"
+    )]
+    pub config: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -41,37 +49,11 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Consume every configured subject until SIGTERM / SIGINT (drain) or SIGQUIT (immediate).
-    Run {
-        /// Config file.
-        #[arg(
-            long,
-            short,
-            default_value = "amqp-agent.toml",
-            env = "AMQP_AGENT_CONFIG"
-        )]
-        config: PathBuf,
-    },
-    /// Validate a config file and print warnings; exit 1 when it is invalid.
-    CheckConfig {
-        /// Config file.
-        #[arg(
-            long,
-            short,
-            default_value = "amqp-agent.toml",
-            env = "AMQP_AGENT_CONFIG"
-        )]
-        config: PathBuf,
-    },
+    Run,
+    /// Validate the config file and print warnings; exit 1 when it is invalid.
+    CheckConfig,
     /// Publish one message to a subject's queue and wait for the broker's confirm.
     Publish {
-        /// Config file (for the AMQP URL and the subject's queue).
-        #[arg(
-            long,
-            short,
-            default_value = "amqp-agent.toml",
-            env = "AMQP_AGENT_CONFIG"
-        )]
-        config: PathBuf,
         /// Subject (`event` or `command`).
         #[arg(long)]
         subject: String,
@@ -87,47 +69,84 @@ pub enum Cmd {
         /// Message body, or `-` to read it from stdin.
         body: String,
     },
+    /// Pools, in-flight work, paused subjects and counters of the running agent.
+    Status {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resize pools of the running agent.
+    Pool {
+        /// What to do with the pool.
+        #[command(subcommand)]
+        action: PoolAction,
+    },
+    /// Stop consuming a subject (in-flight work finishes; nothing is lost).
+    Pause {
+        /// Subject.
+        subject: String,
+    },
+    /// Resume consuming a subject.
+    Resume {
+        /// Subject.
+        subject: String,
+    },
+    /// Inspect or replay a subject's dead-letter queue.
+    DeadLetters {
+        /// What to do.
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+/// `pool` actions.
+#[derive(Debug, Subcommand)]
+pub enum PoolAction {
+    /// Set a subject's pool to an absolute size.
+    Set {
+        /// Subject.
+        subject: String,
+        /// New size (within the subject's min/max pool size).
+        size: usize,
+    },
+}
+
+/// `dead-letters` actions.
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// Show dead-lettered messages (they stay in the queue).
+    List {
+        /// Subject.
+        subject: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Move dead-lettered messages back to the subject's queue, attempt counter reset.
+    Replay {
+        /// Subject.
+        subject: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 /// Parses the command line and runs it; returns the process exit code.
 #[must_use]
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            eprintln!("amqp-agent: cannot start the async runtime: {e}");
             return 1;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Cmd::Run { config } => run(&config).await,
-            Cmd::CheckConfig { config } => check_config(&config),
-            Cmd::Publish {
-                config,
-                subject,
-                headers,
-                message_id,
-                content_type,
-                body,
-            } => {
-                publish(
-                    &config,
-                    &subject,
-                    &headers,
-                    message_id,
-                    &content_type,
-                    &body,
-                )
-                .await
-            }
-        }
-    });
+    let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -138,31 +157,63 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let path = cli.config.as_path();
+    if let Cmd::Run = cli.command {
+        return run(path, cli.log_format).await;
+    }
+    crate::telemetry::init(cli.log_format == Some(LogFormat::Json), Some("warn"), None)?;
+    match cli.command {
+        Cmd::Run => unreachable!("handled above"),
+        Cmd::CheckConfig => check_config(path),
+        Cmd::Publish {
+            subject,
+            headers,
+            message_id,
+            content_type,
+            body,
+        } => {
+            ops::publish(
+                &Config::load(path)?,
+                &subject,
+                &headers,
+                message_id,
+                &content_type,
+                &body,
+            )
+            .await
+        }
+        Cmd::Status { json } => ops::status(&Config::load(path)?, json).await,
+        Cmd::Pool {
+            action: PoolAction::Set { subject, size },
+        } => {
+            ops::admin_post(
+                &Config::load(path)?,
+                &format!("/pools/{subject}?size={size}"),
+            )
+            .await
+        }
+        Cmd::Pause { subject } => {
+            ops::admin_post(&Config::load(path)?, &format!("/subjects/{subject}/pause")).await
+        }
+        Cmd::Resume { subject } => {
+            ops::admin_post(&Config::load(path)?, &format!("/subjects/{subject}/resume")).await
+        }
+        Cmd::DeadLetters { action } => {
+            let config = Config::load(path)?;
+            match action {
+                DeadAction::List { subject, limit } => {
+                    ops::dead_list(&config, &subject, limit).await
+                }
+                DeadAction::Replay { subject, limit } => {
+                    ops::dead_replay(&config, &subject, limit).await
+                }
+            }
+        }
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    let config = Config::load(path)?;
-    for warning in config.warnings() {
-        warn!("{warning}");
-    }
-    Ok(config)
-}
-
-fn check_config(path: &std::path::Path) -> anyhow::Result<i32> {
+fn check_config(path: &Path) -> anyhow::Result<i32> {
     let config = Config::load(path)?;
     for warning in config.warnings() {
         println!("warning: {warning}");
@@ -170,17 +221,34 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<i32> {
     println!("{}: ok", path.display());
     println!("  amqp.url     {}", redact_url(config.amqp_url()));
     println!("  fpm.address  {}", config.fpm.address);
+    let admin = if config.admin.listen.is_empty() {
+        "off"
+    } else {
+        config.admin.listen.as_str()
+    };
+    println!("  admin        {admin}");
     for (name, subject) in &config.subjects {
         println!(
-            "  subject {name:<8} queue={} pool_size={}",
-            subject.queue, subject.pool_size
+            "  subject {name:<8} queue={} pool_size={} ({}..={})",
+            subject.queue, subject.pool_size, subject.min_pool_size, subject.max_pool_size
         );
     }
     Ok(0)
 }
 
-async fn run(path: &std::path::Path) -> anyhow::Result<i32> {
-    let config = Arc::new(load(path)?);
+async fn run(path: &Path, log_format: Option<LogFormat>) -> anyhow::Result<i32> {
+    let config = Arc::new(Config::load(path)?);
+    let json = log_format.map_or(
+        config.telemetry.log_format.as_deref() == Some("json"),
+        |f| f == LogFormat::Json,
+    );
+    let export = crate::telemetry::export_settings(&config.telemetry, |k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    });
+    crate::telemetry::init(json, config.telemetry.log_level.as_deref(), export.as_ref())?;
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let mut commands = signals::listen().context("cannot install signal handlers")?;
     info!(
         amqp = %redact_url(config.amqp_url()),
@@ -190,29 +258,101 @@ async fn run(path: &std::path::Path) -> anyhow::Result<i32> {
         env!("CARGO_PKG_VERSION")
     );
     let mut agent = Agent::start(config.clone()).await?;
-    loop {
+    let handle = agent.handle();
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if !config.admin.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen = {}", config.admin.listen))?;
+        info!(listen = %config.admin.listen, "Admin API: /metrics /healthz /readyz /status");
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, handle, async {
+                let _ = admin_stopped.await;
+            })
+            .await
+            {
+                error!(error = %e, "Admin listener failed");
+            }
+        });
+    }
+    let notifier = Arc::new(Notifier::from_env());
+    tokio::spawn(lifecycle(handle.clone(), notifier.clone()));
+    let mut current = config.clone();
+    let code = loop {
         tokio::select! {
             fatal = agent.stopped() => {
                 let reason = fatal.unwrap_or_else(|| "supervision tree stopped".to_owned());
-                anyhow::bail!("fatal: {reason}");
+                error!("fatal: {reason}");
+                break 1;
             }
             command = commands.recv() => match command {
                 Some(Command::Drain) | None => {
-                    info!(timeout = ?config.agent.shutdown_timeout, "Shutdown requested; draining");
-                    return Ok(exit_code(agent.drain().await));
+                    info!(timeout = ?current.agent.shutdown_timeout, "Shutdown requested; draining");
+                    notifier.notify("STOPPING=1");
+                    break exit_code(agent.drain().await);
                 }
                 Some(Command::Quit) => {
                     info!("Immediate stop requested");
-                    return Ok(exit_code(agent.stop().await));
+                    notifier.notify("STOPPING=1");
+                    break exit_code(agent.stop().await);
                 }
                 Some(Command::Status) => {
-                    for (subject, stats) in agent.stats() {
-                        info!(subject, ?stats, "Status");
+                    let status = handle.status();
+                    info!(status = %serde_json::to_string(&status).unwrap_or_default(), "Status snapshot");
+                }
+                Some(Command::Grow) => handle.step_pools(1),
+                Some(Command::Shrink) => handle.step_pools(-1),
+                Some(Command::Reload) => {
+                    notifier.reloading();
+                    match Config::load(path) {
+                        Ok(new) => {
+                            let new = Arc::new(new);
+                            if new.admin != current.admin {
+                                warn!("admin settings change on restart only");
+                            }
+                            crate::telemetry::set_log_level(new.telemetry.log_level.as_deref());
+                            agent.reload(new.clone());
+                            info!(path = %path.display(), "Configuration reloaded");
+                            current = new;
+                        }
+                        Err(e) => error!(error = %e, "Reload rejected; keeping the running configuration"),
                     }
+                    notifier.notify("READY=1");
                 }
-                Some(Command::Grow | Command::Shrink | Command::Reload) => {
-                    warn!(?command, "Not supported yet; ignored");
-                }
+            }
+        }
+    };
+    let _ = admin_stop.send(());
+    crate::telemetry::shutdown().await;
+    Ok(code)
+}
+
+/// READY=1 once every subject consumes; WATCHDOG=1 while the supervision tree is healthy.
+async fn lifecycle(handle: crate::agent::AgentHandle, notifier: Arc<Notifier>) {
+    let mut ready = false;
+    let mut interval = tokio::time::interval(
+        notifier
+            .watchdog_interval()
+            .unwrap_or(std::time::Duration::from_millis(200))
+            .min(std::time::Duration::from_millis(200)),
+    );
+    let mut last_ping = tokio::time::Instant::now();
+    loop {
+        interval.tick().await;
+        if !handle.alive() {
+            return;
+        }
+        if !ready && handle.stats().values().all(|s| s.consuming) {
+            ready = true;
+            notifier.notify("READY=1\nSTATUS=consuming");
+            info!("Ready: every subject is consuming");
+        }
+        if let Some(every) = notifier.watchdog_interval() {
+            // Ping only while the root supervisor's loop answers.
+            if last_ping.elapsed() >= every && handle.ping(every).await {
+                notifier.notify("WATCHDOG=1");
+                last_ping = tokio::time::Instant::now();
             }
         }
     }
@@ -226,64 +366,4 @@ fn exit_code(fatal: Option<String>) -> i32 {
         }
         None => 0,
     }
-}
-
-async fn publish(
-    path: &std::path::Path,
-    subject: &str,
-    headers: &[String],
-    message_id: Option<String>,
-    content_type: &str,
-    body: &str,
-) -> anyhow::Result<i32> {
-    let config = Config::load(path)?;
-    let queue = &config
-        .subjects
-        .get(subject)
-        .with_context(|| {
-            format!(
-                "subject `{subject}` is not configured in {}",
-                path.display()
-            )
-        })?
-        .queue;
-    let body = if body == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("cannot read the body from stdin")?;
-        buf
-    } else {
-        body.as_bytes().to_vec()
-    };
-    let mut table = FieldTable::default();
-    for header in headers {
-        let (name, value) = header
-            .split_once('=')
-            .with_context(|| format!("--header `{header}` is not NAME=VALUE"))?;
-        table.insert(
-            name.into(),
-            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
-        );
-    }
-    let id = message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let props = BasicProperties::default()
-        .with_message_id(crate::broker::short(&id))
-        .with_content_type(crate::broker::short(content_type))
-        .with_delivery_mode(2)
-        .with_timestamp(crate::contract::unix_now())
-        .with_headers(table);
-    let connection = crate::broker::connect(config.amqp_url(), "publish").await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    crate::broker::publish_confirmed(&channel, "", queue, &body, props, Duration::from_secs(10))
-        .await?;
-    let _ = connection.close(200, "bye".into()).await;
-    println!(
-        "published {id} to {queue} ({} bytes, confirmed)",
-        body.len()
-    );
-    Ok(0)
 }

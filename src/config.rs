@@ -17,6 +17,8 @@ pub const SUBJECTS: [&str; 2] = ["event", "command"];
 pub const ENV_AMQP_URL: &str = "AMQP_AGENT_AMQP_URL";
 /// Environment variable that overrides `fpm.signing_secrets` (comma separated).
 pub const ENV_SIGNING_SECRET: &str = "AMQP_AGENT_SIGNING_SECRET";
+/// Environment variable that overrides `admin.token`.
+pub const ENV_ADMIN_TOKEN: &str = "AMQP_AGENT_ADMIN_TOKEN";
 
 /// A configuration problem, always naming the key (or file) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Broker connection.
@@ -73,10 +75,69 @@ pub struct Config {
     /// Process-level behaviour (shutdown, supervision).
     #[serde(default)]
     pub agent: AgentConfig,
+    /// Logs and OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The admin HTTP listener (metrics, health, status, pool commands).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Log format: `text` (default) or `json`. `--log-format` overrides it.
+    #[serde(default)]
+    pub log_format: Option<String>,
+    /// Log filter, as `RUST_LOG` (default `info`); `RUST_LOG` overrides it. Applied on SIGHUP.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// OTLP endpoint for traces. Tracing is off unless this or `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`. `OTEL_EXPORTER_OTLP_PROTOCOL` overrides it.
+    #[serde(default)]
+    pub otlp_protocol: Option<String>,
+    /// `service.name` of the spans (default `amqp-agent`). `OTEL_SERVICE_NAME` overrides it.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Sampler, as `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`); the variable overrides it.
+    #[serde(default)]
+    pub sampler: Option<String>,
+    /// Sampler argument (ratio), as `OTEL_TRACES_SAMPLER_ARG`.
+    #[serde(default)]
+    pub sampler_arg: Option<f64>,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the admin HTTP listener; empty string turns it off.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Bearer token required for commands (POST) — and for everything when the listener is not
+    /// on loopback, where it is mandatory. `AMQP_AGENT_ADMIN_TOKEN` overrides it.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9466".to_owned()
 }
 
 /// `[amqp]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// AMQP URI. Overridden by `AMQP_AGENT_AMQP_URL`; may be omitted when `url_file` is set.
@@ -97,7 +158,7 @@ pub struct AmqpConfig {
 }
 
 /// `[fpm]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FpmConfig {
     /// `host:port` for TCP, or `unix:/path/to.sock`.
@@ -128,7 +189,7 @@ pub struct FpmConfig {
 }
 
 /// `[retry]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempt n (1-based) that failed waits `delays[n-1]` (the last one repeats).
@@ -153,7 +214,7 @@ impl Default for RetryConfig {
 }
 
 /// `[subjects.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectConfig {
     /// Queue to consume. Its retry queues are `<queue>.retry.<ms>`, its dead-letter queue `<queue>.dead`.
@@ -161,6 +222,12 @@ pub struct SubjectConfig {
     /// FPM workers (concurrent requests) for this subject.
     #[serde(default = "default_pool_size")]
     pub pool_size: u16,
+    /// Lower bound for runtime resizing (SIGTTOU, `pool set`).
+    #[serde(default = "default_min_pool_size")]
+    pub min_pool_size: u16,
+    /// Upper bound for runtime resizing (SIGTTIN, `pool set`).
+    #[serde(default = "default_max_pool_size")]
+    pub max_pool_size: u16,
     /// Optional exchange to bind the queue to (declared as `exchange_type`, durable).
     #[serde(default)]
     pub exchange: Option<String>,
@@ -173,7 +240,7 @@ pub struct SubjectConfig {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Bodies larger than this are dead-lettered without calling FPM.
@@ -202,7 +269,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[agent]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
@@ -264,6 +331,12 @@ fn default_max_retry_after() -> Duration {
 }
 fn default_pool_size() -> u16 {
     4
+}
+fn default_min_pool_size() -> u16 {
+    1
+}
+fn default_max_pool_size() -> u16 {
+    64
 }
 fn default_exchange_type() -> String {
     "topic".to_owned()
@@ -404,6 +477,9 @@ impl Config {
             })?;
             self.amqp.url = Some(url.trim().to_owned());
         }
+        if let Some(token) = env(ENV_ADMIN_TOKEN).filter(|t| !t.is_empty()) {
+            self.admin.token = Some(token);
+        }
         if let Some(secrets) = env(ENV_SIGNING_SECRET).filter(|s| !s.is_empty()) {
             self.fpm.signing_secrets = secrets
                 .split(',')
@@ -479,10 +555,68 @@ impl Config {
         for (name, subject) in &self.subjects {
             self.validate_subject(name, subject)?;
         }
+        self.validate_observability()?;
         if self.limits.max_body_bytes == 0 {
             return Err(invalid(
                 "limits.max_body_bytes",
                 "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        let t = &self.telemetry;
+        if t.log_format
+            .as_deref()
+            .is_some_and(|f| !["text", "json"].contains(&f))
+        {
+            return Err(invalid("telemetry.log_format", "must be `text` or `json`"));
+        }
+        if let Some(level) = t
+            .log_level
+            .as_deref()
+            .filter(|l| !crate::telemetry::valid_log_level(l))
+        {
+            return Err(invalid(
+                "telemetry.log_level",
+                format!(
+                    "`{level}` is not a log filter (e.g. `info`, `debug`, `warn,amqp_agent=debug`)"
+                ),
+            ));
+        }
+        if t.otlp_protocol
+            .as_deref()
+            .is_some_and(|p| !["grpc", "http/protobuf"].contains(&p))
+        {
+            return Err(invalid(
+                "telemetry.otlp_protocol",
+                "must be `grpc` or `http/protobuf`",
+            ));
+        }
+        if let Some(sampler) = t
+            .sampler
+            .as_deref()
+            .filter(|s| crate::telemetry::sampler(s, t.sampler_arg).is_none())
+        {
+            return Err(invalid(
+                "telemetry.sampler",
+                format!("unknown sampler `{sampler}`"),
+            ));
+        }
+        if self.admin.listen.is_empty() {
+            return Ok(());
+        }
+        let addr: std::net::SocketAddr = self.admin.listen.parse().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("`{}` is not `ip:port`", self.admin.listen),
+            )
+        })?;
+        if !addr.ip().is_loopback() && self.admin.token.as_deref().is_none_or(|t| t.len() < 16) {
+            return Err(invalid(
+                "admin.token",
+                "required (at least 16 bytes) when admin.listen is not a loopback address",
             ));
         }
         Ok(())
@@ -506,6 +640,21 @@ impl Config {
             return Err(invalid(
                 format!("{key}.pool_size"),
                 "must be between 1 and 1024",
+            ));
+        }
+        if subject.min_pool_size == 0 || subject.min_pool_size > subject.max_pool_size {
+            return Err(invalid(
+                format!("{key}.min_pool_size"),
+                "must be at least 1 and at most max_pool_size",
+            ));
+        }
+        if !(subject.min_pool_size..=subject.max_pool_size).contains(&subject.pool_size) {
+            return Err(invalid(
+                format!("{key}.pool_size"),
+                format!(
+                    "must be within min_pool_size..=max_pool_size ({}..={})",
+                    subject.min_pool_size, subject.max_pool_size
+                ),
             ));
         }
         if self
@@ -550,6 +699,28 @@ impl Config {
     #[must_use]
     pub fn fpm_address(&self) -> FpmAddress {
         FpmAddress::parse(&self.fpm.address).expect("validated at load")
+    }
+
+    /// True when `other` differs from `self` only in pool sizes, admin or telemetry settings —
+    /// changes a running consumer of `subject` can take without reconnecting.
+    #[must_use]
+    pub fn same_for_consumer(&self, other: &Config, subject: &str) -> bool {
+        let neutral = |c: &Config| {
+            let mut s = c.subjects.get(subject).cloned();
+            if let Some(s) = s.as_mut() {
+                s.pool_size = 0;
+                s.min_pool_size = 0;
+                s.max_pool_size = 0;
+            }
+            (
+                c.amqp.clone(),
+                c.fpm.clone(),
+                c.retry.clone(),
+                c.limits.clone(),
+                s,
+            )
+        };
+        neutral(self) == neutral(other)
     }
 
     /// Non-fatal remarks an operator should read (printed by `check-config` and at start).

@@ -269,6 +269,12 @@ impl RequestTemplate {
         }
     }
 
+    /// `REQUEST_URI` of this subject's requests.
+    #[must_use]
+    pub fn request_uri(&self) -> &str {
+        &self.request_uri
+    }
+
     /// The subject this template is for.
     #[must_use]
     pub fn subject(&self) -> &str {

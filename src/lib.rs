@@ -9,15 +9,21 @@
 //! - [`broker`]: the only module that speaks AMQP (connect, topology, confirmed publishing).
 //! - [`agent`]: the running agent as a value: start, drain, stop, read its counters.
 //! - [`actors`]: the supervision tree — root supervisor, one consumer per subject, FPM workers.
+//! - [`telemetry`]: logs, OpenTelemetry traces (context in and out) and Prometheus metrics.
+//! - [`admin`]: the admin HTTP listener — `/metrics`, `/healthz`, `/readyz`, `/status`, commands.
 //! - [`cli`]: the command-line interface (`run`, `check-config`, `publish`).
+//! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
 pub mod actors;
+pub mod admin;
 pub mod agent;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod fastcgi;
+pub mod notify;
 pub mod outcome;
 pub mod signals;
 pub mod signature;
+pub mod telemetry;

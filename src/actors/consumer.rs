@@ -21,6 +21,7 @@ use super::SubjectRuntime;
 use super::stats::SubjectStats;
 use super::worker::{FpmWorker, Job, WorkerArgs, WorkerMsg};
 use crate::broker::{self, Publisher};
+use crate::telemetry::metrics::Metrics;
 
 /// The consumer actor.
 pub struct QueueConsumer;
@@ -40,7 +41,10 @@ pub struct ConsumerState {
     connection: Arc<Connection>,
     channel: Channel,
     publisher: Publisher,
-    consumer_tag: String,
+    /// Tag of the active `basic.consume`; `None` while not consuming.
+    consumer_tag: Option<String>,
+    /// The `basic.qos` prefetch in force.
+    prefetch: u16,
     workers: HashMap<ActorId, Slot>,
     idle: VecDeque<ActorId>,
     /// Deliveries received while every worker was busy.
@@ -49,10 +53,12 @@ pub struct ConsumerState {
     target: usize,
     /// Callers waiting for the drain to finish; `Some` once draining started.
     draining: Option<Vec<RpcReplyPort<()>>>,
-    forwarder: tokio::task::JoinHandle<()>,
-    /// Circuit breaker: `Some(next probe delay)` while consumption is paused because FPM is
-    /// unreachable.
-    paused: Option<std::time::Duration>,
+    /// Task moving deliveries from the lapin consumer into the mailbox.
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Circuit breaker: `Some(next probe delay)` while FPM is unreachable.
+    circuit: Option<std::time::Duration>,
+    /// An operator paused this subject.
+    operator_paused: bool,
 }
 
 /// Messages the consumer accepts.
@@ -77,6 +83,8 @@ pub enum ConsumerMsg {
     },
     /// Circuit breaker: check whether FPM accepts connections again.
     Probe,
+    /// Operator pause (true) or resume (false).
+    SetPaused(bool),
     /// Stop taking deliveries; reply once no worker is busy.
     Drain(RpcReplyPort<()>),
     /// Change the pool size.
@@ -114,7 +122,9 @@ impl Actor for QueueConsumer {
     ) -> Result<(), ActorProcessingErr> {
         let stats = &state.runtime.stats;
         stats.consuming.store(false, Ordering::Relaxed);
-        state.forwarder.abort();
+        if let Some(forwarder) = state.forwarder.take() {
+            forwarder.abort();
+        }
         for slot in state.workers.values() {
             slot.actor.kill();
         }
@@ -141,6 +151,8 @@ impl Actor for QueueConsumer {
         match msg {
             ConsumerMsg::Delivery(delivery) => {
                 SubjectStats::incr(&state.runtime.stats.received);
+                let subject = Metrics::subject(&state.runtime.name);
+                state.runtime.metrics.received.get_or_create(&subject).inc();
                 SubjectStats::incr(&state.runtime.stats.in_flight);
                 if state.draining.is_some() {
                     requeue(state, &delivery).await;
@@ -157,8 +169,8 @@ impl Actor for QueueConsumer {
                 if publisher_broken && state.draining.is_none() {
                     return Err("the retry/dead-letter publish channel closed".into());
                 }
-                if fpm_unreachable && state.paused.is_none() && state.draining.is_none() {
-                    pause(&myself, state).await;
+                if fpm_unreachable && state.circuit.is_none() && state.draining.is_none() {
+                    open_circuit(&myself, state).await?;
                 }
                 let stats = &state.runtime.stats;
                 if let Some(slot) = state.workers.get_mut(&worker) {
@@ -176,7 +188,8 @@ impl Actor for QueueConsumer {
                 finish_drain_if_idle(state);
             }
             ConsumerMsg::StreamEnded { tag, reason } => {
-                if state.draining.is_some() || state.paused.is_some() || tag != state.consumer_tag {
+                if state.consumer_tag.as_deref() != Some(tag.as_str()) {
+                    // A consumer we cancelled ourselves (drain, pause, resize).
                     return Ok(());
                 }
                 let reason =
@@ -190,22 +203,19 @@ impl Actor for QueueConsumer {
             ConsumerMsg::Drain(reply) => {
                 if state.draining.is_none() {
                     info!(subject = %state.runtime.name, "Draining: no new deliveries, finishing in-flight work");
-                    let _ = state
-                        .channel
-                        .basic_cancel(
-                            state.consumer_tag.as_str().into(),
-                            BasicCancelOptions::default(),
-                        )
-                        .await;
-                    while let Some(delivery) = state.backlog.pop_front() {
-                        requeue(state, &delivery).await;
-                    }
+                    state.draining = Some(Vec::new());
+                    sync_consuming(&myself, state).await?;
                 }
                 state.draining.get_or_insert_with(Vec::new).push(reply);
                 finish_drain_if_idle(state);
             }
             ConsumerMsg::Resize(size) => resize(&myself, state, size).await?,
             ConsumerMsg::Probe => probe(&myself, state).await?,
+            ConsumerMsg::SetPaused(paused) => {
+                info!(subject = %state.runtime.name, paused, "Operator {} consumption", if paused { "paused" } else { "resumed" });
+                state.operator_paused = paused;
+                sync_consuming(&myself, state).await?;
+            }
         }
         Ok(())
         }
@@ -249,6 +259,16 @@ impl Actor for QueueConsumer {
         if let Some(err) = failure {
             error!(subject = %state.runtime.name, error = %err, "FPM worker failed; its message goes back to the queue and the worker is replaced");
             SubjectStats::incr(&stats.worker_restarts);
+            let labels = crate::telemetry::metrics::ActorLabels {
+                subject: state.runtime.name.clone(),
+                actor: "worker".to_owned(),
+            };
+            state
+                .runtime
+                .metrics
+                .actor_restarts
+                .get_or_create(&labels)
+                .inc();
         }
         if state.draining.is_none() && !slot.retiring {
             // Keep the pool at its target size.
@@ -261,7 +281,7 @@ impl Actor for QueueConsumer {
     }
 }
 
-/// Opens channels, declares the topology, starts consuming and spawns the pool.
+/// Opens channels, declares the topology, spawns the pool and starts consuming.
 async fn setup(
     myself: &ActorRef<ConsumerMsg>,
     runtime: &Arc<SubjectRuntime>,
@@ -274,39 +294,34 @@ async fn setup(
         broker::declare_subject(&channel, &config, subject).await?;
     }
     let publisher = Publisher::open(&connection, &subject.queue, &config).await?;
-    let target = usize::from(subject.pool_size);
-    channel
-        .basic_qos(
-            prefetch(target, config.amqp.prefetch_per_worker),
-            BasicQosOptions::default(),
-        )
-        .await?;
-    let consumer_tag = new_consumer_tag(&runtime.name);
-    let consumer = channel
-        .basic_consume(
-            subject.queue.as_str().into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let forwarder = tokio::spawn(forward(consumer, myself.clone()));
+    // The size asked for at run time (signals, `pool set`) survives reconnects.
+    let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
     let mut state = ConsumerState {
         runtime: runtime.clone(),
         connection,
         channel,
         publisher,
-        consumer_tag,
+        consumer_tag: None,
+        prefetch: 0,
         workers: HashMap::new(),
         idle: VecDeque::new(),
         backlog: VecDeque::new(),
         target: 0,
         draining: None,
-        forwarder,
-        paused: None,
+        forwarder: None,
+        circuit: None,
+        operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
     };
     resize(myself, &mut state, target).await?;
+    sync_consuming(myself, &mut state).await?;
     runtime.stats.consuming.store(true, Ordering::Relaxed);
+    if runtime.stats.consumer_starts.load(Ordering::Relaxed) > 1 {
+        runtime
+            .metrics
+            .reconnects
+            .get_or_create(&Metrics::subject(&runtime.name))
+            .inc();
+    }
     info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
     Ok(state)
 }
@@ -315,63 +330,111 @@ async fn setup(
 const PROBE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
 const PROBE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Opens the circuit: stop taking deliveries while FPM is unreachable, so workers do not burn
-/// through the queue. Messages already taken are retried by their workers (an unreachable FPM
-/// does not use up attempts); the backlog goes back to the queue.
-async fn pause(myself: &ActorRef<ConsumerMsg>, state: &mut ConsumerState) {
-    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "FPM unreachable; pausing consumption until it answers");
-    state.paused = Some(PROBE_FIRST);
-    state.runtime.stats.paused.store(true, Ordering::Relaxed);
-    let _ = state
+/// Consumes when nothing says not to (draining, open circuit, operator pause), and reflects
+/// the state in the `paused` gauge.
+async fn sync_consuming(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    let wanted = state.draining.is_none() && state.circuit.is_none() && !state.operator_paused;
+    state.runtime.stats.paused.store(
+        state.circuit.is_some() || state.operator_paused,
+        Ordering::Relaxed,
+    );
+    match (wanted, state.consumer_tag.is_some()) {
+        (true, false) => start_consuming(myself, state).await,
+        (false, true) => {
+            stop_consuming(state).await;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `basic.qos` for the current pool, then a new `basic.consume`. RabbitMQ applies a per-consumer
+/// prefetch only to consumers created after it, which is why a resize re-consumes.
+async fn start_consuming(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    let prefetch = prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    if prefetch != state.prefetch {
+        state
+            .channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        state.prefetch = prefetch;
+    }
+    let tag = new_consumer_tag(&state.runtime.name);
+    let consumer = state
         .channel
-        .basic_cancel(
-            state.consumer_tag.as_str().into(),
-            BasicCancelOptions::default(),
+        .basic_consume(
+            state.runtime.subject().queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
         )
-        .await;
-    state.forwarder.abort();
+        .await?;
+    state.consumer_tag = Some(tag);
+    state.forwarder = Some(tokio::spawn(forward(consumer, myself.clone())));
+    Ok(())
+}
+
+/// Cancels the consumer. Deliveries already received stay valid on the channel; the backlog
+/// (not yet with a worker) goes back to the queue.
+async fn stop_consuming(state: &mut ConsumerState) {
+    cancel_consumer(state).await;
     while let Some(delivery) = state.backlog.pop_front() {
         requeue(state, &delivery).await;
     }
-    myself.send_after(PROBE_FIRST, || ConsumerMsg::Probe);
 }
 
-/// While paused: probe FPM; resume consuming when it accepts connections, else back off.
+async fn cancel_consumer(state: &mut ConsumerState) {
+    if let Some(tag) = state.consumer_tag.take() {
+        let _ = state
+            .channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+    if let Some(forwarder) = state.forwarder.take() {
+        forwarder.abort();
+    }
+}
+
+/// Opens the circuit: stop taking deliveries while FPM is unreachable, so workers do not burn
+/// through the queue. Messages already taken are retried by their workers (an unreachable FPM
+/// does not use up attempts); the backlog goes back to the queue.
+async fn open_circuit(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "FPM unreachable; pausing consumption until it answers");
+    state.circuit = Some(PROBE_FIRST);
+    myself.send_after(PROBE_FIRST, || ConsumerMsg::Probe);
+    sync_consuming(myself, state).await
+}
+
+/// While the circuit is open: probe FPM; close it when FPM accepts connections, else back off.
 async fn probe(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    let Some(delay) = state.paused else {
+    let Some(delay) = state.circuit else {
         return Ok(());
     };
-    if state.draining.is_some() {
-        return Ok(());
-    }
     let config = &state.runtime.config;
     if crate::fastcgi::probe(&config.fpm_address(), config.fpm.timeout)
         .await
         .is_err()
     {
         let next = (delay * 2).min(PROBE_MAX);
-        state.paused = Some(next);
-        myself.send_after(delay, || ConsumerMsg::Probe);
+        state.circuit = Some(next);
+        myself.send_after(next, || ConsumerMsg::Probe);
         return Ok(());
     }
     info!(subject = %state.runtime.name, "FPM answers again; resuming consumption");
-    state.consumer_tag = new_consumer_tag(&state.runtime.name);
-    let consumer = state
-        .channel
-        .basic_consume(
-            state.runtime.subject().queue.as_str().into(),
-            state.consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    state.forwarder = tokio::spawn(forward(consumer, myself.clone()));
-    state.paused = None;
-    state.runtime.stats.paused.store(false, Ordering::Relaxed);
-    Ok(())
+    state.circuit = None;
+    sync_consuming(myself, state).await
 }
 
 fn new_consumer_tag(subject: &str) -> String {
@@ -447,6 +510,8 @@ fn dispatch(state: &mut ConsumerState) {
 
 async fn requeue(state: &ConsumerState, delivery: &Delivery) {
     let stats = &state.runtime.stats;
+    let subject = Metrics::subject(&state.runtime.name);
+    state.runtime.metrics.requeued.get_or_create(&subject).inc();
     SubjectStats::decr(&stats.in_flight);
     SubjectStats::incr(&stats.requeued);
     let options = BasicNackOptions {
@@ -535,5 +600,12 @@ async fn resize(
         }
     }
     dispatch(state);
+    // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
+    // the pool by re-consuming. Deliveries already received stay valid on the channel.
+    let wanted = prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    if state.consumer_tag.is_some() && wanted != state.prefetch {
+        cancel_consumer(state).await;
+        start_consuming(myself, state).await?;
+    }
     Ok(())
 }

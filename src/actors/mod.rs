@@ -21,7 +21,6 @@ use crate::contract::RequestTemplate;
 use crate::outcome::RetryPolicy;
 
 /// Everything a subject's actors share, computed once from the config.
-#[derive(Debug)]
 pub struct SubjectRuntime {
     /// Subject name (`event` / `command`).
     pub name: String,
@@ -33,12 +32,19 @@ pub struct SubjectRuntime {
     pub policy: RetryPolicy,
     /// Counters and gauges, shared with the status endpoint.
     pub stats: Arc<stats::SubjectStats>,
+    /// Prometheus metrics of the agent.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl SubjectRuntime {
     /// Builds the runtime of `subject` (which must be configured).
     #[must_use]
-    pub fn new(config: Arc<Config>, subject: &str, stats: Arc<stats::SubjectStats>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        subject: &str,
+        stats: Arc<stats::SubjectStats>,
+        metrics: Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
         Self {
             name: subject.to_owned(),
             template: RequestTemplate::new(&config, subject),
@@ -50,6 +56,7 @@ impl SubjectRuntime {
             },
             config,
             stats,
+            metrics,
         }
     }
 

@@ -28,6 +28,8 @@ struct Child {
     backoff: Duration,
     /// Times of recent crashes, for the restart intensity.
     crashes: VecDeque<Instant>,
+    /// The consumer is being replaced after a reload: its stop is not a crash.
+    replacing: bool,
 }
 
 /// The root's state.
@@ -47,6 +49,12 @@ pub enum RootMsg {
     Drain(RpcReplyPort<()>),
     /// Resize a subject's pool.
     Resize(String, usize),
+    /// Pause (true) or resume (false) a subject's consumption.
+    SetPaused(String, bool),
+    /// Apply a re-read configuration (SIGHUP).
+    Reload(Arc<Config>),
+    /// Liveness check (the systemd watchdog pings only while this answers).
+    Ping(RpcReplyPort<()>),
 }
 
 /// What the root is started with.
@@ -55,6 +63,8 @@ pub struct RootArgs {
     pub config: Arc<Config>,
     /// Per-subject counters, created by the caller so it can read them.
     pub stats: BTreeMap<String, Arc<SubjectStats>>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Set to the reason when the root gives up; the process then exits non-zero.
     pub fatal: Arc<Mutex<Option<String>>>,
 }
@@ -71,7 +81,12 @@ impl Actor for RootSupervisor {
     ) -> Result<RootState, ActorProcessingErr> {
         let mut children = BTreeMap::new();
         for (name, stats) in args.stats {
-            let runtime = Arc::new(SubjectRuntime::new(args.config.clone(), &name, stats));
+            let runtime = Arc::new(SubjectRuntime::new(
+                args.config.clone(),
+                &name,
+                stats,
+                args.metrics.clone(),
+            ));
             children.insert(
                 name.clone(),
                 Child {
@@ -80,6 +95,7 @@ impl Actor for RootSupervisor {
                     started: None,
                     backoff: args.config.agent.restart_backoff,
                     crashes: VecDeque::new(),
+                    replacing: false,
                 },
             );
             myself.cast(RootMsg::Start(name))?;
@@ -131,8 +147,25 @@ impl Actor for RootSupervisor {
                 });
             }
             RootMsg::Resize(name, size) => {
+                // A consumer (re)started later reads the size from its stats' target.
                 if let Some(actor) = state.children.get(&name).and_then(|c| c.actor.as_ref()) {
                     actor.cast(ConsumerMsg::Resize(size))?;
+                }
+            }
+            RootMsg::Reload(config) => reload(&myself, state, config)?,
+            RootMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
+            RootMsg::SetPaused(name, paused) => {
+                if let Some(child) = state.children.get(&name) {
+                    child
+                        .runtime
+                        .stats
+                        .operator_paused
+                        .store(paused, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(actor) = &child.actor {
+                        actor.cast(ConsumerMsg::SetPaused(paused))?;
+                    }
                 }
             }
         }
@@ -158,10 +191,89 @@ impl Actor for RootSupervisor {
         if state.draining {
             return Ok(());
         }
+        if let Some(child) = state.children.get_mut(&name).filter(|c| c.replacing) {
+            child.replacing = false;
+            child.actor = None;
+            info!(subject = %name, "Consumer stopped for the reload; starting it with the new configuration");
+            myself.cast(RootMsg::Start(name))?;
+            return Ok(());
+        }
         error!(subject = %name, error = %reason, "Consumer failed");
+        if let Some(child) = state.children.get(&name) {
+            let labels = crate::telemetry::metrics::ActorLabels {
+                subject: name.clone(),
+                actor: "consumer".to_owned(),
+            };
+            child
+                .runtime
+                .metrics
+                .actor_restarts
+                .get_or_create(&labels)
+                .inc();
+        }
         failed(&myself, state, name, true);
         Ok(())
     }
+}
+
+/// Applies a new configuration as a diff: pool sizes that changed in the file are resized in
+/// place (sizes set at run time survive for the others); a subject whose connection, FPM,
+/// retry or limit settings changed is drained and restarted with the new settings.
+fn reload(
+    myself: &ActorRef<RootMsg>,
+    state: &mut RootState,
+    new: Arc<Config>,
+) -> Result<(), ActorProcessingErr> {
+    use std::sync::atomic::Ordering;
+    let old = state.config.clone();
+    for name in new
+        .subjects
+        .keys()
+        .filter(|n| !state.children.contains_key(*n))
+    {
+        warn!(subject = %name, "New subjects are started by a restart, not a reload");
+    }
+    for (name, child) in &mut state.children {
+        let Some(subject) = new.subjects.get(name) else {
+            warn!(subject = %name, "Removing a subject needs a restart; it keeps running");
+            continue;
+        };
+        let stats = child.runtime.stats.clone();
+        if subject.pool_size != old.subjects[name].pool_size {
+            stats
+                .target_pool
+                .store(u64::from(subject.pool_size), Ordering::Relaxed);
+        }
+        let target = stats.target_pool.load(Ordering::Relaxed).clamp(
+            u64::from(subject.min_pool_size),
+            u64::from(subject.max_pool_size),
+        );
+        stats.target_pool.store(target, Ordering::Relaxed);
+        let restart = !old.same_for_consumer(&new, name);
+        child.runtime = Arc::new(SubjectRuntime::new(
+            new.clone(),
+            name,
+            stats,
+            child.runtime.metrics.clone(),
+        ));
+        let Some(actor) = child.actor.clone() else {
+            continue;
+        };
+        if restart {
+            info!(subject = %name, "Configuration changed; draining the consumer to restart it");
+            child.replacing = true;
+            let timeout = new.agent.shutdown_timeout;
+            tokio::spawn(async move {
+                let _ = actor.call(ConsumerMsg::Drain, Some(timeout)).await;
+                actor.stop(Some("reload".to_owned()));
+            });
+        } else {
+            actor.cast(ConsumerMsg::Resize(usize::try_from(target).unwrap_or(1)))?;
+        }
+    }
+    state.config = new;
+    let _ = myself;
+    Ok(())
 }
 
 async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) {

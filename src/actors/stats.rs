@@ -21,14 +21,19 @@ pub struct SubjectStats {
     pub busy: AtomicU64,
     /// Current pool size.
     pub pool_size: AtomicU64,
+    /// Pool size asked for (config, signals, `pool set`); survives consumer restarts.
+    pub target_pool: AtomicU64,
     /// Consumer (re)starts, the first one included.
     pub consumer_starts: AtomicU64,
     /// Worker actors replaced after a failure.
     pub worker_restarts: AtomicU64,
     /// True while the subject's consumer is connected and consuming.
     pub consuming: AtomicBool,
-    /// True while consumption is paused because FPM is unreachable (circuit open).
+    /// True while consumption is paused because FPM is unreachable (circuit open) or an
+    /// operator paused it.
     pub paused: AtomicBool,
+    /// Operator pause asked for; survives consumer restarts.
+    pub operator_paused: AtomicBool,
 }
 
 impl SubjectStats {

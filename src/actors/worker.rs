@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
@@ -22,6 +22,7 @@ use crate::broker::Publisher;
 use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
 use crate::fastcgi::{FpmClient, Reply};
 use crate::outcome::{self, Decision, Verdict};
+use crate::telemetry::{self, metrics::Metrics};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
 const EXCERPT: usize = 1024;
@@ -125,8 +126,47 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     }
     let attempt_header = contract::attempt_from_headers(headers);
     let attempt = *attempt_header.as_ref().unwrap_or(&1);
-    let span =
-        tracing::info_span!("message", subject = %runtime.name, message_id = %message_id, attempt);
+    let queue = &runtime.subject().queue;
+    // OpenTelemetry messaging conventions; `subject`, `message_id`, `attempt` and `trace_id`
+    // also appear on every log line emitted inside the span.
+    let span = tracing::info_span!(
+        "message",
+        otel.name = %format!("{queue} process"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %queue,
+        messaging.message.id = %message_id,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.message.body.size = delivery.data.len(),
+        subject = %runtime.name,
+        message_id = %message_id,
+        attempt,
+        redelivered = delivery.redelivered,
+        queue_wait_ms = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    telemetry::set_parent_from_headers(&span, headers);
+    let incoming_trace = contract::string_header(headers, "traceparent");
+    if let Some(id) = telemetry::trace_id(&span).or_else(|| {
+        incoming_trace
+            .filter(|tp| valid_traceparent(tp))
+            .map(|tp| tp[3..35].to_owned())
+    }) {
+        span.record("trace_id", id.as_str());
+    }
+    if let Some(ts) = *props.timestamp() {
+        let wait = contract::unix_now().saturating_sub(ts);
+        span.record("queue_wait_ms", wait * 1000);
+        runtime
+            .metrics
+            .queue_wait
+            .get_or_create(&Metrics::subject(&runtime.name))
+            .observe(wait as f64);
+    }
+    let process_span = span.clone();
     async {
         if generated {
             warn!("Message has no message_id; the agent generated one");
@@ -134,7 +174,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         if let Err(raw) = &attempt_header {
             warn!(value = %raw, "Header x-agent-attempt is not a positive integer; treating the message as attempt 1");
         }
-        let traceparent = contract::string_header(headers, "traceparent").filter(|tp| {
+        let traceparent = incoming_trace.filter(|tp| {
             let ok = valid_traceparent(tp);
             if !ok {
                 warn!(traceparent = %tp, "Malformed traceparent header; not forwarded to PHP");
@@ -158,7 +198,26 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             timestamp: *props.timestamp(),
             headers,
         };
-        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, (traceparent, tracestate)) {
+        let fcgi_span = tracing::info_span!(
+            "fastcgi",
+            otel.name = "FastCGI POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            server.address = %runtime.config.fpm.address,
+            http.request.method = "POST",
+            url.path = %runtime.template.request_uri(),
+            http.response.status_code = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        // PHP continues the trace from the FastCGI span when traces are exported; otherwise
+        // it gets the publisher's context unchanged.
+        let exported = telemetry::context_of(&fcgi_span);
+        let trace = match &exported {
+            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
+            None => (traceparent, tracestate),
+        };
+        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, trace) {
             Err(e) => {
                 warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
                 let verdict = Verdict::Permanent {
@@ -168,39 +227,60 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
                 };
                 (verdict, false)
             }
-            Ok(params) => attempt_fpm(&mut state.fpm, &params, &delivery.data, runtime.config.fpm.require_ack_header).await,
+            Ok(params) => {
+                attempt_fpm(&runtime, &mut state.fpm, &params, &delivery.data)
+                    .instrument(fcgi_span)
+                    .await
+            }
         };
         let decision = runtime.policy.decide(&verdict, attempt);
-        settle(&runtime, &publisher, &delivery, &message_id, generated, attempt, &verdict, decision).await;
+        let copy = Copy {
+            delivery: &delivery,
+            message_id: &message_id,
+            generated,
+            attempt,
+            span: &process_span,
+        };
+        settle(&runtime, &publisher, copy, &verdict, decision).await;
         unreached
     }
     .instrument(span)
     .await
 }
 
+/// One FastCGI request, timed and classified; records status and size on the current span.
 async fn attempt_fpm(
+    runtime: &SubjectRuntime,
     fpm: &mut FpmClient,
     params: &[(&'static str, Cow<'_, str>)],
     body: &[u8],
-    require_ack: bool,
 ) -> (Verdict, bool) {
-    match fpm.request(params, body).await {
-        Ok(reply) => match outcome::parse_head(&reply.stdout) {
-            Ok(head) => (
-                outcome::classify_reply(&head, require_ack, || excerpt(&reply)),
-                false,
-            ),
-            Err(e) => {
-                let verdict = Verdict::Transient {
-                    reason: "fpm_malformed_reply",
-                    detail: format!("{e}: {}", excerpt(&reply)),
-                    status: None,
-                    retry_after: None,
-                    counts: true,
-                };
-                (verdict, false)
+    let span = tracing::Span::current();
+    let started = Instant::now();
+    let result = fpm.request(params, body).await;
+    let elapsed = started.elapsed();
+    let require_ack = runtime.config.fpm.require_ack_header;
+    let (verdict, unreached, status) = match result {
+        Ok(reply) => {
+            span.record("http.response.body.size", reply.size);
+            match outcome::parse_head(&reply.stdout) {
+                Ok(head) => {
+                    span.record("http.response.status_code", head.status);
+                    let verdict = outcome::classify_reply(&head, require_ack, || excerpt(&reply));
+                    (verdict, false, head.status.to_string())
+                }
+                Err(e) => {
+                    let verdict = Verdict::Transient {
+                        reason: "fpm_malformed_reply",
+                        detail: format!("{e}: {}", excerpt(&reply)),
+                        status: None,
+                        retry_after: None,
+                        counts: true,
+                    };
+                    (verdict, false, "fpm_malformed_reply".to_owned())
+                }
             }
-        },
+        }
         Err(e) => {
             let unreached = e.unreached();
             let verdict = Verdict::Transient {
@@ -210,28 +290,49 @@ async fn attempt_fpm(
                 retry_after: None,
                 counts: !unreached,
             };
-            (verdict, unreached)
+            (verdict, unreached, e.reason().to_owned())
         }
+    };
+    runtime.metrics.fpm_request(&runtime.name, elapsed, &status);
+    if !matches!(verdict, Verdict::Success) {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", describe(&verdict).0);
     }
+    (verdict, unreached)
+}
+
+/// The delivery being settled and what identifies it.
+struct Copy<'a> {
+    delivery: &'a Delivery,
+    message_id: &'a str,
+    generated: bool,
+    attempt: u32,
+    /// The message's process span: outcome recorded on it, its context carried by copies.
+    span: &'a tracing::Span,
 }
 
 /// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
-#[allow(clippy::too_many_arguments)]
 async fn settle(
     runtime: &SubjectRuntime,
     publisher: &Publisher,
-    delivery: &Delivery,
-    message_id: &str,
-    generated: bool,
-    attempt: u32,
+    copy: Copy<'_>,
     verdict: &Verdict,
     decision: Decision,
 ) {
     let stats = &runtime.stats;
-    let copy = match &decision {
+    let delivery = copy.delivery;
+    let span = copy.span;
+    let published = match &decision {
         Decision::Ack => {
             debug!("Handled");
-            ack(delivery, stats).await;
+            span.record("outcome", "ack");
+            if ack(delivery, stats).await {
+                runtime
+                    .metrics
+                    .acked
+                    .get_or_create(&Metrics::subject(&runtime.name))
+                    .inc();
+            }
             return;
         }
         Decision::Retry {
@@ -240,7 +341,9 @@ async fn settle(
         } => {
             let (reason, detail) = describe(verdict);
             info!(reason, detail = %detail, delay = ?delay, next_attempt, "Attempt failed; retrying later");
-            let props = republished(delivery, message_id, generated, |h| {
+            span.record("outcome", "retry");
+            span.record("otel.status_code", "ERROR");
+            let props = republished(&copy, |h| {
                 h.insert(
                     ATTEMPT_HEADER.into(),
                     AMQPValue::LongLongInt(i64::from(*next_attempt)),
@@ -253,15 +356,18 @@ async fn settle(
             publisher
                 .publish_delayed(*delay, &delivery.data, props)
                 .await
+                .map(|()| reason)
         }
         Decision::DeadLetter { reason } => {
             let (cause, detail) = describe(verdict);
             warn!(reason, cause, detail = %detail, "Dead-lettering message");
+            span.record("outcome", "dead_letter");
+            span.record("otel.status_code", "ERROR");
             let status = match verdict {
                 Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
                 Verdict::Success => None,
             };
-            let props = republished(delivery, message_id, generated, |h| {
+            let props = republished(&copy, |h| {
                 h.insert("x-agent-reason".into(), text(reason));
                 h.insert(
                     "x-agent-status".into(),
@@ -269,7 +375,7 @@ async fn settle(
                 );
                 h.insert(
                     "x-agent-attempts".into(),
-                    AMQPValue::LongLongInt(i64::from(attempt)),
+                    AMQPValue::LongLongInt(i64::from(copy.attempt)),
                 );
                 h.insert(
                     LAST_ERROR_HEADER.into(),
@@ -281,14 +387,23 @@ async fn settle(
                     AMQPValue::Timestamp(contract::unix_now()),
                 );
             });
-            publisher.publish_dead(&delivery.data, props).await
+            publisher
+                .publish_dead(&delivery.data, props)
+                .await
+                .map(|()| *reason)
         }
     };
-    match copy {
-        Ok(()) => {
+    match published {
+        Ok(reason) => {
             match decision {
-                Decision::Retry { .. } => SubjectStats::incr(&stats.retried),
-                _ => SubjectStats::incr(&stats.dead_lettered),
+                Decision::Retry { .. } => {
+                    SubjectStats::incr(&stats.retried);
+                    Metrics::settled(&runtime.metrics.retried, &runtime.name, reason);
+                }
+                _ => {
+                    SubjectStats::incr(&stats.dead_lettered);
+                    Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
+                }
             }
             ack(delivery, stats).await;
         }
@@ -304,17 +419,30 @@ async fn settle(
                 warn!(error = %e, "Nack failed; the broker will redeliver when the channel closes");
             }
             SubjectStats::incr(&stats.requeued);
+            runtime
+                .metrics
+                .requeued
+                .get_or_create(&Metrics::subject(&runtime.name))
+                .inc();
         }
     }
 }
 
-async fn ack(delivery: &Delivery, stats: &SubjectStats) {
+/// Acks; true when the ack went out.
+async fn ack(delivery: &Delivery, stats: &SubjectStats) -> bool {
     match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => SubjectStats::incr(&stats.acked),
-        Ok(false) => {
-            warn!("Ack not sent: the delivery's channel is gone; the broker will redeliver it")
+        Ok(true) => {
+            SubjectStats::incr(&stats.acked);
+            true
         }
-        Err(e) => warn!(error = %e, "Ack failed; the broker will redeliver the message"),
+        Ok(false) => {
+            warn!("Ack not sent: the delivery's channel is gone; the broker will redeliver it");
+            false
+        }
+        Err(e) => {
+            warn!(error = %e, "Ack failed; the broker will redeliver the message");
+            false
+        }
     }
 }
 
@@ -330,12 +458,8 @@ fn describe(verdict: &Verdict) -> (&'static str, String) {
 /// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
 /// (possibly generated) message id, and where the message was first published, so later
 /// attempts still tell PHP the original exchange and routing key.
-fn republished(
-    delivery: &Delivery,
-    message_id: &str,
-    generated: bool,
-    edit: impl FnOnce(&mut FieldTable),
-) -> BasicProperties {
+fn republished(copy: &Copy<'_>, edit: impl FnOnce(&mut FieldTable)) -> BasicProperties {
+    let delivery = copy.delivery;
     let props = &delivery.properties;
     let mut headers = props.headers().clone().unwrap_or_default();
     if !headers.contains_key(contract::ORIGINAL_EXCHANGE_HEADER) {
@@ -348,10 +472,12 @@ fn republished(
             text(delivery.routing_key.as_str()),
         );
     }
+    // The next attempt continues this trace.
+    telemetry::inject_into_headers(copy.span, &mut headers);
     edit(&mut headers);
     let mut out = props.clone().with_headers(headers);
-    if generated {
-        out = out.with_message_id(crate::broker::short(message_id));
+    if copy.generated {
+        out = out.with_message_id(crate::broker::short(copy.message_id));
     }
     if props.delivery_mode().is_none() {
         out = out.with_delivery_mode(2);

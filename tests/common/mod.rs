@@ -181,6 +181,8 @@ pub struct TestCtx {
     pub pool_size: usize,
     /// Extra lines for `[subjects.event]`.
     pub event_extra: String,
+    /// Port of the admin listener of an agent process started with this config.
+    pub admin_port: u16,
 }
 
 impl TestCtx {
@@ -213,6 +215,7 @@ impl TestCtx {
             amqp_url: AMQP_URL.to_owned(),
             pool_size: 4,
             event_extra: String::new(),
+            admin_port: free_port(),
         }
     }
 
@@ -225,10 +228,11 @@ impl TestCtx {
             "[amqp]\nurl = \"{amqp}\"\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n\n{retry}\n\
              [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
-             [agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
             amqp = self.amqp_url,
             pool = self.pool_size,
             event_extra = self.event_extra,
+            admin = self.admin_port,
             port = self.fpm_port,
             script = self.script.display(),
             id = self.id,

@@ -1,0 +1,293 @@
+//! Operator commands: talk to a running agent's admin listener, or directly to RabbitMQ.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::broker;
+use crate::config::Config;
+use crate::contract;
+
+/// `publish`: one message, confirmed.
+pub async fn publish(
+    config: &Config,
+    subject: &str,
+    headers: &[String],
+    message_id: Option<String>,
+    content_type: &str,
+    body: &str,
+) -> anyhow::Result<i32> {
+    let queue = &config
+        .subjects
+        .get(subject)
+        .with_context(|| format!("subject `{subject}` is not configured"))?
+        .queue;
+    let body = if body == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read the body from stdin")?;
+        buf
+    } else {
+        body.as_bytes().to_vec()
+    };
+    let mut table = FieldTable::default();
+    for header in headers {
+        let (name, value) = header
+            .split_once('=')
+            .with_context(|| format!("--header `{header}` is not NAME=VALUE"))?;
+        table.insert(
+            name.into(),
+            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        );
+    }
+    let id = message_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let props = BasicProperties::default()
+        .with_message_id(broker::short(&id))
+        .with_content_type(broker::short(content_type))
+        .with_delivery_mode(2)
+        .with_timestamp(contract::unix_now())
+        .with_headers(table);
+    let connection = broker::connect(config.amqp_url(), "publish").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    broker::publish_confirmed(&channel, "", queue, &body, props, Duration::from_secs(10)).await?;
+    let _ = connection.close(200, "bye".into()).await;
+    println!(
+        "published {id} to {queue} ({} bytes, confirmed)",
+        body.len()
+    );
+    Ok(0)
+}
+
+/// A minimal HTTP/1.1 request to the admin listener (loopback, our own server).
+async fn admin_request(config: &Config, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    anyhow::ensure!(
+        !config.admin.listen.is_empty(),
+        "admin.listen is off in the config: no admin API to talk to"
+    );
+    let addr = config.admin.listen.as_str();
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .context("admin listener timed out")?
+            .with_context(|| {
+                format!("cannot reach the agent's admin API at {addr} (is it running?)")
+            })?;
+    let auth = config
+        .admin
+        .token
+        .as_deref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .context("admin API did not answer")??;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed admin response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed admin status line")?;
+    Ok((status, body.to_owned()))
+}
+
+/// `pool set`, `pause`, `resume`.
+pub async fn admin_post(config: &Config, path: &str) -> anyhow::Result<i32> {
+    let (status, body) = admin_request(config, "POST", path).await?;
+    print!("{body}");
+    Ok(if (200..300).contains(&status) { 0 } else { 1 })
+}
+
+/// `status`: a table, or the JSON document.
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
+    let (code, body) = admin_request(config, "GET", "/status").await?;
+    anyhow::ensure!(code == 200, "admin API answered {code}: {body}");
+    if json {
+        println!("{body}");
+        return Ok(0);
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).context("malformed /status")?;
+    println!(
+        "amqp-agent {}  up {}s  {}",
+        doc["version"].as_str().unwrap_or("?"),
+        doc["uptime_seconds"],
+        if doc["ready"] == true {
+            "ready"
+        } else {
+            "NOT READY"
+        }
+    );
+    println!(
+        "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>6}  state",
+        "subject",
+        "queue",
+        "pool",
+        "busy",
+        "idle",
+        "in-flight",
+        "recv",
+        "acked",
+        "retried",
+        "dead",
+        "restarts"
+    );
+    let subjects: BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(doc["subjects"].clone()).unwrap_or_default();
+    for (name, s) in subjects {
+        let state = match (s["connection"].as_str(), s["paused"].as_bool()) {
+            (Some("connected"), Some(true)) => "paused",
+            (Some("connected"), _) => "consuming",
+            _ => "disconnected",
+        };
+        println!(
+            "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>6}  {state}",
+            name,
+            s["queue"].as_str().unwrap_or("?"),
+            s["pool_size"],
+            s["busy"],
+            s["idle"],
+            s["in_flight"],
+            s["received"],
+            s["acked"],
+            s["retried"],
+            s["dead_lettered"],
+            s["worker_restarts"],
+        );
+    }
+    Ok(0)
+}
+
+fn header_text(props: &BasicProperties, name: &str) -> String {
+    match props.headers().as_ref().and_then(|h| h.inner().get(name)) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// `dead-letters list`: peeks without removing (every message taken is returned at the end).
+pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
+    let queue = dead_queue(config, subject)?;
+    let connection = broker::connect(config.amqp_url(), "dead-letters").await?;
+    let channel = connection.create_channel().await?;
+    let mut taken = Vec::new();
+    println!(
+        "{:<38} {:<16} {:>6} {:>8}  last error",
+        "message id", "reason", "status", "attempts"
+    );
+    while taken.len() < limit {
+        let Some(msg) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .await?
+        else {
+            break;
+        };
+        let p = &msg.delivery.properties;
+        println!(
+            "{:<38} {:<16} {:>6} {:>8}  {}",
+            p.message_id().as_ref().map_or("-", |s| s.as_str()),
+            header_text(p, "x-agent-reason"),
+            header_text(p, "x-agent-status"),
+            header_text(p, "x-agent-attempts"),
+            header_text(p, contract::LAST_ERROR_HEADER)
+                .chars()
+                .take(120)
+                .collect::<String>(),
+        );
+        taken.push(msg);
+    }
+    for msg in &taken {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        msg.delivery.acker.nack(requeue).await?;
+    }
+    println!(
+        "{} message(s) shown from {queue}; they remain there",
+        taken.len()
+    );
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(0)
+}
+
+/// `dead-letters replay`: back to the main queue, attempt counter reset, confirmed before the
+/// dead-letter copy is removed.
+pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
+    let queue = dead_queue(config, subject)?;
+    let main = config.subjects[subject].queue.clone();
+    let connection = broker::connect(config.amqp_url(), "dead-letters").await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut replayed = 0;
+    while replayed < limit {
+        let Some(msg) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .await?
+        else {
+            break;
+        };
+        let delivery = &msg.delivery;
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let kept: BTreeMap<_, _> = headers
+            .inner()
+            .iter()
+            .filter(|(k, _)| !is_agent_state(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers = FieldTable::from(kept);
+        let props = delivery.properties.clone().with_headers(headers);
+        broker::publish_confirmed(
+            &channel,
+            "",
+            &main,
+            &delivery.data,
+            props,
+            Duration::from_secs(10),
+        )
+        .await?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        replayed += 1;
+    }
+    println!("replayed {replayed} message(s) from {queue} to {main}");
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(0)
+}
+
+/// Headers the agent writes to track attempts and failures (not the original-route ones).
+fn is_agent_state(name: &str) -> bool {
+    name.starts_with("x-agent-")
+        && name != contract::ORIGINAL_EXCHANGE_HEADER
+        && name != contract::ORIGINAL_ROUTING_KEY_HEADER
+        || name == "x-death"
+        || name.starts_with("x-first-death")
+        || name.starts_with("x-last-death")
+}
+
+fn dead_queue(config: &Config, subject: &str) -> anyhow::Result<String> {
+    let s = config
+        .subjects
+        .get(subject)
+        .with_context(|| format!("subject `{subject}` is not configured"))?;
+    Ok(broker::dead_queue_name(&s.queue))
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics (prometheus-client encodes the exposition format).
+//!
+//! Invariant: one [`Metrics`] per agent; counters are incremented where the event happens,
+//! gauges are copied from the actors' [`SubjectStats`] when `/metrics` is scraped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::actors::stats::SubjectStats;
+
+/// `subject` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabel {
+    /// `event` / `command`.
+    pub subject: String,
+}
+
+/// `subject` + `reason` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `event` / `command`.
+    pub subject: String,
+    /// Machine-readable reason (`http_status`, `timeout`, `max_attempts`, …).
+    pub reason: String,
+}
+
+/// `subject` + `status` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// `event` / `command`.
+    pub subject: String,
+    /// HTTP status of PHP's reply, or the error reason when there was none.
+    pub status: String,
+}
+
+/// `subject` + `actor` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabels {
+    /// `event` / `command`.
+    pub subject: String,
+    /// `consumer` or `worker`.
+    pub actor: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 0.5 ms … ~65 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Every metric of the agent.
+pub struct Metrics {
+    registry: Registry,
+    /// Deliveries received.
+    pub received: Family<SubjectLabel, Counter>,
+    /// Deliveries acked after success.
+    pub acked: Family<SubjectLabel, Counter>,
+    /// Attempts republished to a delay queue.
+    pub retried: Family<ReasonLabels, Counter>,
+    /// Messages dead-lettered.
+    pub dead_lettered: Family<ReasonLabels, Counter>,
+    /// Deliveries returned to their queue unacked.
+    pub requeued: Family<SubjectLabel, Counter>,
+    /// FastCGI replies by status (or error reason).
+    pub fpm_responses: Family<StatusLabels, Counter>,
+    /// FastCGI request duration.
+    pub fpm_duration: Family<SubjectLabel, Histogram, fn() -> Histogram>,
+    /// Time between publish (AMQP timestamp) and the start of handling.
+    pub queue_wait: Family<SubjectLabel, Histogram, fn() -> Histogram>,
+    /// Consumer reconnects (restarts after the first start).
+    pub reconnects: Family<SubjectLabel, Counter>,
+    /// Actors restarted after a failure.
+    pub actor_restarts: Family<ActorLabels, Counter>,
+    in_flight: Family<SubjectLabel, Gauge>,
+    pool_size: Family<SubjectLabel, Gauge>,
+    busy: Family<SubjectLabel, Gauge>,
+    consuming: Family<SubjectLabel, Gauge>,
+    paused: Family<SubjectLabel, Gauge>,
+    stats: BTreeMap<String, Arc<SubjectStats>>,
+}
+
+impl Metrics {
+    /// Registers every metric; `stats` feeds the gauges.
+    #[must_use]
+    pub fn new(stats: BTreeMap<String, Arc<SubjectStats>>) -> Self {
+        let mut registry = Registry::with_prefix("amqp_agent");
+        let m = Self {
+            received: Family::default(),
+            acked: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            requeued: Family::default(),
+            fpm_responses: Family::default(),
+            fpm_duration: Family::new_with_constructor(seconds_histogram),
+            queue_wait: Family::new_with_constructor(seconds_histogram),
+            reconnects: Family::default(),
+            actor_restarts: Family::default(),
+            in_flight: Family::default(),
+            pool_size: Family::default(),
+            busy: Family::default(),
+            consuming: Family::default(),
+            paused: Family::default(),
+            registry: Registry::default(),
+            stats,
+        };
+        registry.register(
+            "messages_received",
+            "Deliveries received from RabbitMQ",
+            m.received.clone(),
+        );
+        registry.register(
+            "messages_acked",
+            "Deliveries acked after PHP handled them",
+            m.acked.clone(),
+        );
+        registry.register(
+            "messages_retried",
+            "Failed attempts republished to a delay queue",
+            m.retried.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages published to the dead-letter queue",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "messages_requeued",
+            "Deliveries returned to their queue unacked",
+            m.requeued.clone(),
+        );
+        registry.register(
+            "fpm_responses",
+            "FastCGI replies by HTTP status or error",
+            m.fpm_responses.clone(),
+        );
+        registry.register(
+            "fpm_request_duration_seconds",
+            "FastCGI request duration",
+            m.fpm_duration.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time from publish (AMQP timestamp) to handling",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Consumer reconnects to RabbitMQ",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "actor_restarts",
+            "Actors restarted after a failure",
+            m.actor_restarts.clone(),
+        );
+        registry.register(
+            "in_flight",
+            "Deliveries held by the agent",
+            m.in_flight.clone(),
+        );
+        registry.register("pool_size", "FPM workers per subject", m.pool_size.clone());
+        registry.register(
+            "busy_workers",
+            "FPM workers handling a message",
+            m.busy.clone(),
+        );
+        registry.register(
+            "consuming",
+            "1 while the subject is connected and consuming",
+            m.consuming.clone(),
+        );
+        registry.register(
+            "paused",
+            "1 while consumption is paused (FPM unreachable or operator)",
+            m.paused.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Shorthand for a subject label.
+    #[must_use]
+    pub fn subject(subject: &str) -> SubjectLabel {
+        SubjectLabel {
+            subject: subject.to_owned(),
+        }
+    }
+
+    /// Records an FPM request's duration and status.
+    pub fn fpm_request(&self, subject: &str, duration: Duration, status: &str) {
+        self.fpm_duration
+            .get_or_create(&Self::subject(subject))
+            .observe(duration.as_secs_f64());
+        self.fpm_responses
+            .get_or_create(&StatusLabels {
+                subject: subject.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a retry or dead-letter with its reason.
+    pub fn settled(family: &Family<ReasonLabels, Counter>, subject: &str, reason: &str) {
+        family
+            .get_or_create(&ReasonLabels {
+                subject: subject.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        for (name, stats) in &self.stats {
+            let s = stats.snapshot();
+            let label = Self::subject(name);
+            let set = |family: &Family<SubjectLabel, Gauge>, v: u64| {
+                let gauge: &Gauge<i64, AtomicI64> = &family.get_or_create(&label);
+                gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+            };
+            set(&self.in_flight, s.in_flight);
+            set(&self.pool_size, s.pool_size);
+            set(&self.busy, s.busy);
+            set(&self.consuming, u64::from(s.consuming));
+            set(&self.paused, u64::from(s.paused));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

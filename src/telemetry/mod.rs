@@ -1,0 +1,320 @@
+//! Logs and traces: the tracing subscriber, the optional OpenTelemetry export, and W3C trace
+//! context in (from AMQP headers) and out (to PHP and to retried messages).
+//!
+//! Invariant: with no OTLP endpoint configured, no OpenTelemetry layer is installed and
+//! [`enabled`] is false, so the per-message cost is a plain tracing span.
+
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::TelemetryConfig;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static FILTER: OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = OnceLock::new();
+
+/// `RUST_LOG` wins; else `telemetry.log_level`; else `info`. Noisy client crates stay at warn.
+fn filter_for(level: Option<&str>) -> tracing_subscriber::EnvFilter {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        return filter;
+    }
+    let level = level.unwrap_or("info");
+    tracing_subscriber::EnvFilter::try_new(format!("{level},lapin=warn,amq_protocol=warn"))
+        .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn".into())
+}
+
+/// Applies a new log level (SIGHUP); `RUST_LOG`, when set, keeps precedence.
+pub fn set_log_level(level: Option<&str>) {
+    if let Some(handle) = FILTER.get() {
+        let _ = handle.reload(filter_for(level));
+    }
+}
+
+/// Checks a `telemetry.log_level` value.
+#[must_use]
+pub fn valid_log_level(level: &str) -> bool {
+    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+}
+
+/// True when spans are exported over OTLP.
+#[must_use]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Where and how traces are exported, after environment overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    /// OTLP endpoint.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: String,
+    /// `service.name`.
+    pub service_name: String,
+    /// Sampler name.
+    pub sampler: String,
+    /// Sampler argument.
+    pub sampler_arg: Option<f64>,
+}
+
+/// Resolves the export settings: standard `OTEL_*` variables win over the file.
+#[must_use]
+pub fn export_settings(
+    config: &TelemetryConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<Export> {
+    let endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT").or_else(|| config.otlp_endpoint.clone())?;
+    Some(Export {
+        endpoint,
+        protocol: env("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .or_else(|| config.otlp_protocol.clone())
+            .unwrap_or_else(|| "grpc".to_owned()),
+        service_name: env("OTEL_SERVICE_NAME")
+            .or_else(|| config.service_name.clone())
+            .unwrap_or_else(|| "amqp-agent".to_owned()),
+        sampler: env("OTEL_TRACES_SAMPLER")
+            .or_else(|| config.sampler.clone())
+            .unwrap_or_else(|| "parentbased_always_on".to_owned()),
+        sampler_arg: env("OTEL_TRACES_SAMPLER_ARG")
+            .and_then(|a| a.parse().ok())
+            .or(config.sampler_arg),
+    })
+}
+
+/// The sampler named as in `OTEL_TRACES_SAMPLER`, or `None` for an unknown name.
+#[must_use]
+pub fn sampler(name: &str, arg: Option<f64>) -> Option<Sampler> {
+    let ratio = arg.unwrap_or(1.0).clamp(0.0, 1.0);
+    Some(match name {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+        _ => return None,
+    })
+}
+
+/// Installs the global subscriber: formatted logs (text or JSON) filtered by `RUST_LOG`, plus
+/// the OpenTelemetry layer when `export` is set. Must run inside the Tokio runtime.
+///
+/// # Errors
+/// When the OTLP exporter cannot be built.
+pub fn init(json: bool, level: Option<&str>, export: Option<&Export>) -> anyhow::Result<()> {
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter_for(level));
+    let _ = FILTER.set(handle);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    } else {
+        fmt.boxed()
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    let Some(export) = export else {
+        registry.init();
+        return Ok(());
+    };
+    let provider = provider(export)?;
+    let tracer = provider.tracer("amqp-agent");
+    registry
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .init();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let _ = PROVIDER.set(provider);
+    ENABLED.store(true, Ordering::Relaxed);
+    tracing::info!(endpoint = %export.endpoint, protocol = %export.protocol, sampler = %export.sampler, "Exporting traces over OTLP");
+    Ok(())
+}
+
+use tracing_subscriber::Layer as _;
+
+fn provider(export: &Export) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    let exporter = match export.protocol.as_str() {
+        "http/protobuf" => {
+            // A base endpoint gets the signal path, as OTEL_EXPORTER_OTLP_ENDPOINT does.
+            let url = if export.endpoint.ends_with("/v1/traces") {
+                export.endpoint.clone()
+            } else {
+                format!("{}/v1/traces", export.endpoint.trim_end_matches('/'))
+            };
+            SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .build()?
+        }
+        _ => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(export.endpoint.clone())
+            .build()?,
+    };
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(export.service_name.clone())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(
+            sampler(&export.sampler, export.sampler_arg)
+                .unwrap_or(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
+        )
+        .with_resource(resource)
+        .build())
+}
+
+/// Flushes and stops the exporter (blocking work, so off the async threads).
+pub async fn shutdown() {
+    if let Some(provider) = PROVIDER.get().cloned() {
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}
+
+struct HeaderExtractor<'a>(Option<&'a FieldTable>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        crate::contract::string_header(self.0, key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .map_or_else(Vec::new, |t| t.inner().keys().map(|k| k.as_str()).collect())
+    }
+}
+
+/// Makes `span` a child of the trace context carried in the message headers, if any.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&FieldTable>) {
+    if !enabled() {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The W3C (traceparent, tracestate) of `span`, when traces are exported.
+#[must_use]
+pub fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
+    if !enabled() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    let parent = carrier.remove("traceparent")?;
+    Some((
+        parent,
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    ))
+}
+
+/// The trace id of `span` as hex, when traces are exported.
+#[must_use]
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// Writes `span`'s trace context into message headers, so the next attempt continues the trace.
+pub fn inject_into_headers(span: &tracing::Span, headers: &mut FieldTable) {
+    if let Some((parent, state)) = context_of(span) {
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(LongString::from(parent)),
+        );
+        if let Some(state) = state {
+            headers.insert(
+                "tracestate".into(),
+                AMQPValue::LongString(LongString::from(state)),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_variables_win_over_the_file() {
+        let file = TelemetryConfig {
+            otlp_endpoint: Some("http://file:4317".into()),
+            otlp_protocol: Some("grpc".into()),
+            service_name: Some("from-file".into()),
+            ..TelemetryConfig::default()
+        };
+        assert!(
+            export_settings(&TelemetryConfig::default(), |_| None).is_none(),
+            "off by default"
+        );
+        let e = export_settings(&file, |_| None).unwrap();
+        assert_eq!(
+            (
+                e.endpoint.as_str(),
+                e.protocol.as_str(),
+                e.service_name.as_str()
+            ),
+            ("http://file:4317", "grpc", "from-file")
+        );
+        let e = export_settings(&file, |k| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env:4318".into()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".into()),
+            "OTEL_SERVICE_NAME" => Some("from-env".into()),
+            "OTEL_TRACES_SAMPLER" => Some("traceidratio".into()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(e.endpoint, "http://env:4318");
+        assert_eq!(e.protocol, "http/protobuf");
+        assert_eq!(e.service_name, "from-env");
+        assert_eq!(
+            (e.sampler.as_str(), e.sampler_arg),
+            ("traceidratio", Some(0.25))
+        );
+    }
+
+    #[test]
+    fn samplers_are_the_standard_names() {
+        for name in [
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ] {
+            assert!(sampler(name, Some(0.5)).is_some(), "{name}");
+        }
+        assert!(sampler("sometimes", None).is_none());
+    }
+}
