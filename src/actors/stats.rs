@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 pub struct SubjectStats {
     /// Deliveries received from the broker.
     pub received: AtomicU64,
-    /// Deliveries acked after success.
+    /// Deliveries acked after PHP handled them successfully (not counting the acks that
+    /// follow a confirmed retry or dead-letter copy).
     pub acked: AtomicU64,
     /// Attempts that failed and were republished to a delay queue.
     pub retried: AtomicU64,

@@ -326,7 +326,8 @@ async fn settle(
         Decision::Ack => {
             debug!("Handled");
             span.record("outcome", "ack");
-            if ack(delivery, stats).await {
+            if ack(delivery).await {
+                SubjectStats::incr(&stats.acked);
                 runtime
                     .metrics
                     .acked
@@ -405,7 +406,7 @@ async fn settle(
                     Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
                 }
             }
-            ack(delivery, stats).await;
+            ack(delivery).await;
         }
         Err(e) => {
             error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
@@ -429,12 +430,9 @@ async fn settle(
 }
 
 /// Acks; true when the ack went out.
-async fn ack(delivery: &Delivery, stats: &SubjectStats) -> bool {
+async fn ack(delivery: &Delivery) -> bool {
     match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => {
-            SubjectStats::incr(&stats.acked);
-            true
-        }
+        Ok(true) => true,
         Ok(false) => {
             warn!("Ack not sent: the delivery's channel is gone; the broker will redeliver it");
             false

@@ -19,16 +19,26 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(config: &Path, log: &Path) -> Self {
+        Self::start_with(config, log, &[], &[])
+    }
+
+    /// Starts with extra environment variables and extra arguments (before `run`).
+    pub fn start_with(config: &Path, log: &Path, env: &[(&str, String)], args: &[&str]) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_amqp-agent"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_amqp-agent"));
+        cmd.args(args)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,lapin=warn")
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -219,4 +229,45 @@ impl Drop for TcpProxy {
         self.accept.abort();
         self.cut();
     }
+}
+
+/// A blocking-free HTTP/1.1 request to a local port: (status, body).
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Runs the agent binary with `args`; returns (exit code, stdout + stderr).
+pub fn agent_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_amqp-agent"))
+        .args(args)
+        .output()
+        .expect("agent binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }

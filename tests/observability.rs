@@ -1,0 +1,398 @@
+//! Traces reach an OTLP receiver with the right parent chain; metrics count what was published;
+//! readiness follows the broker link; logs carry the message's identity.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::TestCtx;
+use common::procs::{AgentProcess, TcpProxy, http};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A minimal OTLP/HTTP (protobuf) receiver: collects every exported span.
+async fn otlp_receiver() -> (u16, Arc<Mutex<Vec<Span>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let sink = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = Vec::new();
+                    let head_end = loop {
+                        let mut chunk = [0u8; 8192];
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = vec![0u8; 65536];
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    if let Ok(req) =
+                        ExportTraceServiceRequest::decode(&buf[head_end..head_end + len])
+                    {
+                        let mut sink = sink.lock().unwrap();
+                        for rs in req.resource_spans {
+                            for ss in rs.scope_spans {
+                                sink.extend(ss.spans);
+                            }
+                        }
+                    }
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if conn.write_all(ok.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_trace_from_publisher_through_the_agent_to_php_across_retries() {
+    let (otlp_port, spans) = otlp_receiver().await;
+    let ctx = TestCtx::new("trace").await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp_port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_SERVICE_NAME", "amqp-agent-test".to_owned()),
+    ];
+    let mut agent = AgentProcess::start_with(&ctx.write_config(), &log, &env, &[]);
+    agent.wait_log("Consuming", 2, LONG).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let publisher_span = "00f067aa0ba902b7";
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(format!(
+            "00-{trace_id}-{publisher_span}-01"
+        ))),
+    );
+    let body = serde_json::json!({"id": "traced", "behave": "fail-until:2"}).to_string();
+    ctx.publish(
+        "event",
+        body.as_bytes(),
+        BasicProperties::default()
+            .with_message_id("traced".into())
+            .with_headers(headers),
+    )
+    .await;
+    common::eventually(LONG, "two attempts", || async {
+        ctx.records_by_id()
+            .get("traced")
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    // SIGTERM drains and flushes the batch exporter before exit.
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    common::eventually(LONG, "spans exported", || async {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.name.ends_with(" process"))
+            .count()
+            >= 2
+    })
+    .await;
+
+    let spans = spans.lock().unwrap().clone();
+    let hex_of = |b: &[u8]| hex::encode(b);
+    let in_trace: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex_of(&s.trace_id) == trace_id)
+        .collect();
+    let process: Vec<&Span> = in_trace
+        .iter()
+        .copied()
+        .filter(|s| s.name.ends_with(" process"))
+        .collect();
+    let fastcgi: Vec<&Span> = in_trace
+        .iter()
+        .copied()
+        .filter(|s| s.name == "FastCGI POST")
+        .collect();
+    assert_eq!(
+        process.len(),
+        2,
+        "one process span per attempt, both in the publisher's trace"
+    );
+    assert_eq!(fastcgi.len(), 2, "one FastCGI client span per attempt");
+    let by_id: HashMap<String, &Span> = in_trace.iter().map(|s| (hex_of(&s.span_id), *s)).collect();
+    // Attempt 1 is the publisher's child; attempt 2 continues from attempt 1.
+    let first = process
+        .iter()
+        .find(|s| hex_of(&s.parent_span_id) == publisher_span)
+        .expect("first attempt is a child of the publisher span");
+    let second = process.iter().find(|s| s.span_id != first.span_id).unwrap();
+    assert_eq!(
+        hex_of(&second.parent_span_id),
+        hex_of(&first.span_id),
+        "the retry stays in the trace"
+    );
+    for f in &fastcgi {
+        let parent = by_id
+            .get(&hex_of(&f.parent_span_id))
+            .expect("FastCGI span's parent is in the trace");
+        assert!(parent.name.ends_with(" process"));
+        assert_eq!(f.kind, 3, "SPAN_KIND_CLIENT");
+    }
+    // PHP received a traceparent of the same trace whose parent is that attempt's FastCGI span.
+    let fastcgi_ids: Vec<String> = fastcgi.iter().map(|s| hex_of(&s.span_id)).collect();
+    for record in &ctx.records_by_id()["traced"] {
+        let tp = record["params"]["HTTP_TRACEPARENT"]
+            .as_str()
+            .expect("PHP got a traceparent");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts[1], trace_id);
+        assert!(
+            fastcgi_ids.contains(&parts[2].to_owned()),
+            "{tp} is not a FastCGI span"
+        );
+    }
+    // Outcome and status are on the spans; the failed attempt is marked as an error.
+    let attr = |s: &Span, key: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+            .map(|v| format!("{v:?}"))
+    };
+    let outcomes: Vec<String> = process.iter().filter_map(|s| attr(s, "outcome")).collect();
+    assert!(
+        outcomes.iter().any(|o| o.contains("retry")) && outcomes.iter().any(|o| o.contains("ack")),
+        "{outcomes:?}"
+    );
+    assert!(
+        fastcgi
+            .iter()
+            .any(|s| attr(s, "http.response.status_code").is_some_and(|v| v.contains("500")))
+    );
+    assert!(
+        first.status.as_ref().is_some_and(|st| st.code == 2),
+        "failed attempt has error status"
+    );
+    ctx.cleanup().await;
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_what_was_published_and_readiness_follows_the_broker() {
+    let mut ctx = TestCtx::new("metrics").await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    ctx.amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let _agent = AgentProcess::start(&ctx.write_config(), &log);
+    let port = ctx.admin_port;
+    common::eventually(LONG, "ready", || async {
+        http(port, "GET", "/readyz", None)
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert_eq!(http(port, "GET", "/healthz", None).await.unwrap().0, 200);
+
+    for i in 0..30 {
+        ctx.publish_json("event", &format!("ok-{i}"), "ok").await;
+    }
+    for i in 0..5 {
+        ctx.publish_json("command", &format!("gone-{i}"), "status:404")
+            .await;
+    }
+    for i in 0..3 {
+        ctx.publish_json("event", &format!("flaky-{i}"), "fail-until:2")
+            .await;
+    }
+    let scrape = || async {
+        http(port, "GET", "/metrics", None)
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    };
+    common::eventually(LONG, "all settled", || async {
+        let m = scrape().await;
+        metric(&m, "amqp_agent_messages_acked_total", "event") == 33.0
+            && metric(&m, "amqp_agent_messages_dead_lettered_total", "command") == 5.0
+    })
+    .await;
+    let m = scrape().await;
+    assert_eq!(
+        metric(
+            &m,
+            "amqp_agent_messages_received_total",
+            "subject=\"event\""
+        ),
+        36.0,
+        "30 + 3 + 3 retries"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "amqp_agent_messages_received_total",
+            "subject=\"command\""
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "amqp_agent_messages_retried_total",
+            "reason=\"http_status\""
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "amqp_agent_messages_dead_lettered_total",
+            "reason=\"rejected\""
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric(&m, "amqp_agent_fpm_responses_total", "status=\"404\""),
+        5.0
+    );
+    assert_eq!(
+        metric(&m, "amqp_agent_fpm_responses_total", "status=\"500\""),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "amqp_agent_fpm_request_duration_seconds_count",
+            "subject=\"event\""
+        ),
+        36.0
+    );
+    assert_eq!(metric(&m, "amqp_agent_pool_size", "subject=\"event\""), 4.0);
+    assert_eq!(metric(&m, "amqp_agent_in_flight", "subject=\"event\""), 0.0);
+
+    let (code, status) = http(port, "GET", "/status", None).await.unwrap();
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(doc["subjects"]["event"]["acked"], 33);
+    assert_eq!(doc["subjects"]["command"]["dead_lettered"], 5);
+    assert_eq!(doc["ready"], true);
+    assert!(
+        !status.contains("guest") && !status.contains(common::SECRET),
+        "no secrets in /status"
+    );
+
+    proxy.cut();
+    common::eventually(
+        LONG,
+        "not ready while the broker is unreachable",
+        || async {
+            http(port, "GET", "/readyz", None)
+                .await
+                .is_some_and(|(s, _)| s == 503)
+        },
+    )
+    .await;
+    let (_, why) = http(port, "GET", "/readyz", None).await.unwrap();
+    assert!(why.contains("not connected"), "{why}");
+    proxy.restore();
+    common::eventually(LONG, "ready again", || async {
+        http(port, "GET", "/readyz", None)
+            .await
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    let m = scrape().await;
+    assert!(
+        metric(&m, "amqp_agent_reconnects_total", "") >= 2.0,
+        "both subjects reconnected"
+    );
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_logs_carry_subject_message_id_attempt_and_trace_id() {
+    let ctx = TestCtx::new("jsonlog").await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let _agent =
+        AgentProcess::start_with(&ctx.write_config(), &log, &[], &["--log-format", "json"]);
+    _agent.wait_log("Consuming", 2, LONG).await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )),
+    );
+    let body = serde_json::json!({"id": "logged", "behave": "fail-until:2"}).to_string();
+    ctx.publish(
+        "command",
+        body.as_bytes(),
+        BasicProperties::default()
+            .with_message_id("logged".into())
+            .with_headers(headers),
+    )
+    .await;
+    _agent.wait_log("retrying later", 1, LONG).await;
+    let line = _agent
+        .log_text()
+        .lines()
+        .find(|l| l.contains("retrying later"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON log line"))
+        .unwrap();
+    let span = &line["span"];
+    assert_eq!(span["subject"], "command");
+    assert_eq!(span["message_id"], "logged");
+    assert_eq!(span["attempt"], 1);
+    assert_eq!(span["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert!(
+        !_agent.log_text().contains("guest:guest"),
+        "the AMQP password never reaches the logs"
+    );
+    ctx.cleanup().await;
+}
