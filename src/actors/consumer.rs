@@ -154,7 +154,9 @@ impl Actor for QueueConsumer {
                 let subject = Metrics::subject(&state.runtime.name);
                 state.runtime.metrics.received.get_or_create(&subject).inc();
                 SubjectStats::incr(&state.runtime.stats.in_flight);
-                if state.draining.is_some() {
+                // After a cancel, deliveries the client had buffered still arrive: while not
+                // consuming they go straight back (a dropped one would pin a prefetch slot).
+                if state.draining.is_some() || state.consumer_tag.is_none() {
                     requeue(state, &delivery).await;
                     return Ok(());
                 }
@@ -396,9 +398,9 @@ async fn cancel_consumer(state: &mut ConsumerState) {
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
             .await;
     }
-    if let Some(forwarder) = state.forwarder.take() {
-        forwarder.abort();
-    }
+    // The forwarder is not aborted: it hands over what the cancelled consumer had buffered and
+    // ends with the stream (a stale `StreamEnded` is ignored by tag).
+    state.forwarder = None;
 }
 
 /// Opens the circuit: stop taking deliveries while FPM is unreachable, so workers do not burn

@@ -343,7 +343,10 @@ impl TestCtx {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Vec::new();
         };
-        text.lines()
+        // A line PHP is still writing has no newline yet: read only complete lines.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_str(l).expect("recorder writes JSON lines"))
             .collect()
