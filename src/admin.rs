@@ -1,8 +1,8 @@
 //! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/status`, and operator commands.
 //!
 //! Invariant: nothing secret is ever rendered (no AMQP password, no signing secret, no token),
-//! and commands (POST) require the bearer token whenever one is configured — always when the
-//! listener is not on loopback (config validation enforces it).
+//! so reads are open to probes and scrapers; commands (POST) require the bearer token whenever
+//! one is configured — always when the listener is not on loopback (config validation enforces it).
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use crate::agent::AgentHandle;
 struct AdminState {
     agent: AgentHandle,
     token: Option<Arc<str>>,
-    /// Token also required for GET (listener not on loopback).
+    /// The listener is not on loopback: commands are refused without a token.
     guard_reads: bool,
 }
 
@@ -56,12 +56,15 @@ pub async fn serve(
         .await
 }
 
+/// Reads (health, metrics, status) are open: they are meant for probes and scrapers and carry
+/// no secrets. Commands need the bearer token when one is configured, and one must be
+/// configured when the listener is not on loopback.
 fn authorized(state: &AdminState, headers: &HeaderMap, write: bool) -> Result<(), Box<Response>> {
-    if !(write || state.guard_reads) {
+    if !write {
         return Ok(());
     }
     let Some(token) = &state.token else {
-        return if write && state.guard_reads {
+        return if state.guard_reads {
             Err(Box::new(
                 (StatusCode::FORBIDDEN, "commands need admin.token\n").into_response(),
             ))

@@ -19,6 +19,8 @@ pub const ENV_AMQP_URL: &str = "AMQP_AGENT_AMQP_URL";
 pub const ENV_SIGNING_SECRET: &str = "AMQP_AGENT_SIGNING_SECRET";
 /// Environment variable that overrides `admin.token`.
 pub const ENV_ADMIN_TOKEN: &str = "AMQP_AGENT_ADMIN_TOKEN";
+/// Environment variable that overrides `admin.listen` (containers).
+pub const ENV_ADMIN_LISTEN: &str = "AMQP_AGENT_ADMIN_LISTEN";
 
 /// A configuration problem, always naming the key (or file) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -479,6 +481,9 @@ impl Config {
         }
         if let Some(token) = env(ENV_ADMIN_TOKEN).filter(|t| !t.is_empty()) {
             self.admin.token = Some(token);
+        }
+        if let Some(listen) = env(ENV_ADMIN_LISTEN) {
+            self.admin.listen = listen;
         }
         if let Some(secrets) = env(ENV_SIGNING_SECRET).filter(|s| !s.is_empty()) {
             self.fpm.signing_secrets = secrets

@@ -115,15 +115,17 @@ pub async fn admin_post(config: &Config, path: &str) -> anyhow::Result<i32> {
     Ok(if (200..300).contains(&status) { 0 } else { 1 })
 }
 
-/// `status`: a table, or the JSON document.
+/// `status`: a table, or the JSON document; exit code 1 when the agent is not ready.
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
     let (code, body) = admin_request(config, "GET", "/status").await?;
     anyhow::ensure!(code == 200, "admin API answered {code}: {body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).context("malformed /status")?;
+    // Exit code 0 only when ready: usable as a container health check.
+    let code = if doc["ready"] == true { 0 } else { 1 };
     if json {
         println!("{body}");
-        return Ok(0);
+        return Ok(code);
     }
-    let doc: serde_json::Value = serde_json::from_str(&body).context("malformed /status")?;
     println!(
         "amqp-agent {}  up {}s  {}",
         doc["version"].as_str().unwrap_or("?"),
@@ -171,7 +173,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
             s["worker_restarts"],
         );
     }
-    Ok(0)
+    Ok(code)
 }
 
 fn header_text(props: &BasicProperties, name: &str) -> String {
