@@ -29,7 +29,8 @@ pub struct AgentHandle {
 
 struct Shared {
     root: ActorRef<RootMsg>,
-    config: Arc<Config>,
+    /// The configuration in force (replaced by a reload).
+    config: Mutex<Arc<Config>>,
     stats: BTreeMap<String, Arc<SubjectStats>>,
     metrics: Arc<Metrics>,
     fatal: Arc<Mutex<Option<String>>>,
@@ -57,8 +58,6 @@ pub struct SubjectStatus {
     pub queue: String,
     /// Pool size the operator or config asked for.
     pub target_pool_size: u64,
-    /// Busy workers.
-    pub busy: u64,
     /// Idle workers.
     pub idle: u64,
     /// `connected` or `disconnected`.
@@ -98,7 +97,7 @@ impl Agent {
         let handle = AgentHandle {
             inner: Arc::new(Shared {
                 root,
-                config,
+                config: Mutex::new(config),
                 stats,
                 metrics,
                 fatal,
@@ -158,7 +157,7 @@ impl Agent {
     /// Graceful stop: no new deliveries, in-flight work finishes within `agent.shutdown_timeout`,
     /// then connections close (unfinished deliveries return to their queues).
     pub async fn drain(self) -> Option<String> {
-        let timeout = self.handle.inner.config.agent.shutdown_timeout;
+        let timeout = self.handle.config().agent.shutdown_timeout;
         match self
             .handle
             .inner
@@ -187,6 +186,7 @@ impl Agent {
 
     /// Applies a re-read configuration (SIGHUP): see the root supervisor's reload.
     pub fn reload(&self, config: Arc<Config>) {
+        *self.handle.inner.config.lock().expect("config lock") = config.clone();
         let _ = self.handle.inner.root.cast(RootMsg::Reload(config));
     }
 
@@ -202,7 +202,7 @@ impl AgentHandle {
     /// The configuration the agent runs with.
     #[must_use]
     pub fn config(&self) -> Arc<Config> {
-        self.inner.config.clone()
+        self.inner.config.lock().expect("config lock").clone()
     }
 
     /// The metrics registry.
@@ -263,6 +263,7 @@ impl AgentHandle {
     /// The `/status` document.
     #[must_use]
     pub fn status(&self) -> Status {
+        let config = self.config();
         let subjects = self
             .inner
             .stats
@@ -270,9 +271,11 @@ impl AgentHandle {
             .map(|(name, stats)| {
                 let s = stats.snapshot();
                 let status = SubjectStatus {
-                    queue: self.inner.config.subjects[name].queue.clone(),
+                    queue: config
+                        .subjects
+                        .get(name)
+                        .map_or_else(String::new, |s| s.queue.clone()),
                     target_pool_size: stats.target_pool.load(Ordering::Relaxed),
-                    busy: s.busy,
                     idle: s.pool_size.saturating_sub(s.busy),
                     connection: if s.consuming {
                         "connected"
@@ -305,7 +308,11 @@ impl AgentHandle {
     /// Unknown subject or size out of bounds.
     pub fn set_pool(&self, subject: &str, size: usize) -> anyhow::Result<usize> {
         let stats = self.subject_stats(subject)?;
-        let cfg = &self.inner.config.subjects[subject];
+        let config = self.config();
+        let cfg = config
+            .subjects
+            .get(subject)
+            .ok_or_else(|| anyhow::anyhow!("unknown subject `{subject}`"))?;
         let (min, max) = (
             usize::from(cfg.min_pool_size),
             usize::from(cfg.max_pool_size),
@@ -325,8 +332,11 @@ impl AgentHandle {
 
     /// Grows (`delta` > 0) or shrinks every pool by `delta`, clamped to each subject's bounds.
     pub fn step_pools(&self, delta: i64) {
+        let config = self.config();
         for (name, stats) in &self.inner.stats {
-            let cfg = &self.inner.config.subjects[name];
+            let Some(cfg) = config.subjects.get(name) else {
+                continue;
+            };
             let current = stats.target_pool.load(Ordering::Relaxed) as i64;
             let next =
                 (current + delta).clamp(i64::from(cfg.min_pool_size), i64::from(cfg.max_pool_size));

@@ -150,7 +150,6 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("amqp-agent: {e:#}");
             1
         }

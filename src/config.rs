@@ -455,9 +455,10 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        // The parser quotes the offending line, which may hold the AMQP password.
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: redact_urls_in(e.to_string().trim_end()),
         })?;
         config.resolve_secrets(&env)?;
         config.validate()?;
@@ -746,6 +747,20 @@ impl Config {
         }
         out
     }
+}
+
+/// Hides the password of every `scheme://user:password@` in a text.
+#[must_use]
+pub fn redact_urls_in(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            if word.contains("://") && word.contains('@') {
+                redact_url(word)
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
 }
 
 /// Hides the password of an AMQP URI for logs and status output.

@@ -11,7 +11,8 @@
 //! - [`actors`]: the supervision tree — root supervisor, one consumer per subject, FPM workers.
 //! - [`telemetry`]: logs, OpenTelemetry traces (context in and out) and Prometheus metrics.
 //! - [`admin`]: the admin HTTP listener — `/metrics`, `/healthz`, `/readyz`, `/status`, commands.
-//! - [`cli`]: the command-line interface (`run`, `check-config`, `publish`).
+//! - [`cli`]: the command line: `run`, `check-config`, `publish`, and operator commands
+//!   (`status`, `pool set`, `pause`, `resume`, `dead-letters`).
 //! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
 pub mod actors;

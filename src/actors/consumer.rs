@@ -23,6 +23,9 @@ use super::worker::{FpmWorker, Job, WorkerArgs, WorkerMsg};
 use crate::broker::{self, Publisher};
 use crate::telemetry::metrics::Metrics;
 
+/// Prefix of the stop reason when the broker connection is gone (not a crash).
+pub const CONNECTION_LOST: &str = "connection to RabbitMQ lost";
+
 /// The consumer actor.
 pub struct QueueConsumer;
 
@@ -196,6 +199,11 @@ impl Actor for QueueConsumer {
                 }
                 let reason =
                     reason.unwrap_or_else(|| "consumer cancelled by the broker".to_owned());
+                if !state.connection.status().connected() {
+                    // Not a crash: the root reconnects without counting it towards the
+                    // restart intensity.
+                    return Err(format!("{CONNECTION_LOST}: {reason}").into());
+                }
                 return Err(format!(
                     "delivery stream of `{}` ended: {reason}",
                     state.runtime.subject().queue
@@ -250,6 +258,8 @@ impl Actor for QueueConsumer {
             SubjectStats::decr(&stats.busy);
             SubjectStats::decr(&stats.in_flight);
             SubjectStats::incr(&stats.requeued);
+            let subject = Metrics::subject(&state.runtime.name);
+            state.runtime.metrics.requeued.get_or_create(&subject).inc();
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()

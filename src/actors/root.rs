@@ -211,7 +211,10 @@ impl Actor for RootSupervisor {
                 .get_or_create(&labels)
                 .inc();
         }
-        failed(&myself, state, name, true);
+        // A lost connection is retried for as long as it takes; only real crashes count
+        // towards the restart intensity.
+        let crash = !reason.starts_with(super::consumer::CONNECTION_LOST);
+        failed(&myself, state, name, crash);
         Ok(())
     }
 }

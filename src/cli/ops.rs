@@ -152,6 +152,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
     );
     let subjects: BTreeMap<String, serde_json::Value> =
         serde_json::from_value(doc["subjects"].clone()).unwrap_or_default();
+    let v = |x: &serde_json::Value| match x {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     for (name, s) in subjects {
         let state = match (s["connection"].as_str(), s["paused"].as_bool()) {
             (Some("connected"), Some(true)) => "paused",
@@ -161,16 +165,16 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
         println!(
             "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>6}  {state}",
             name,
-            s["queue"].as_str().unwrap_or("?"),
-            s["pool_size"],
-            s["busy"],
-            s["idle"],
-            s["in_flight"],
-            s["received"],
-            s["acked"],
-            s["retried"],
-            s["dead_lettered"],
-            s["worker_restarts"],
+            v(&s["queue"]),
+            v(&s["pool_size"]),
+            v(&s["busy"]),
+            v(&s["idle"]),
+            v(&s["in_flight"]),
+            v(&s["received"]),
+            v(&s["acked"]),
+            v(&s["retried"]),
+            v(&s["dead_lettered"]),
+            v(&s["worker_restarts"]),
         );
     }
     Ok(code)

@@ -134,3 +134,13 @@ fn timeout_above_consumer_timeout_warns() {
     let c = parse(&MINIMAL.replace("[fpm]", "[fpm]\ntimeout = \"45m\"")).unwrap();
     assert!(c.warnings().iter().any(|w| w.contains("consumer_timeout")));
 }
+
+#[test]
+fn a_syntax_error_does_not_quote_the_password() {
+    let e = error_of(&MINIMAL.replace(
+        "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+        "url = \"amqp://guest:s3cret@127.0.0.1:5672/%2f\" oops",
+    ));
+    assert!(!e.contains("s3cret"), "{e}");
+    assert!(e.contains("invalid config file"), "{e}");
+}
