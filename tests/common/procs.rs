@@ -163,8 +163,11 @@ impl PrivateFpm {
 
 impl Drop for PrivateFpm {
     fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the master then stops its children instead of orphaning them.
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
             let _ = child.wait();
         }
     }
