@@ -129,25 +129,37 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     let queue = &runtime.subject().queue;
     // OpenTelemetry messaging conventions; `subject`, `message_id`, `attempt` and `trace_id`
     // also appear on every log line emitted inside the span.
-    let span = tracing::info_span!(
-        "message",
-        otel.name = %format!("{queue} process"),
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = %queue,
-        messaging.message.id = %message_id,
-        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
-        messaging.message.body.size = delivery.data.len(),
-        subject = %runtime.name,
-        message_id = %message_id,
-        attempt,
-        redelivered = delivery.redelivered,
-        queue_wait_ms = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
+    // Exported spans carry OpenTelemetry's messaging attributes; without an exporter the span
+    // only holds what log lines need, so the per-message cost stays small.
+    let span = if telemetry::enabled() {
+        tracing::info_span!(
+            "message",
+            otel.name = %format!("{queue} process"),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = %queue,
+            messaging.message.id = %message_id,
+            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+            messaging.message.body.size = delivery.data.len(),
+            subject = %runtime.name,
+            message_id = %message_id,
+            attempt,
+            redelivered = delivery.redelivered,
+            queue_wait_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "message",
+            subject = %runtime.name,
+            message_id = %message_id,
+            attempt,
+            trace_id = tracing::field::Empty,
+        )
+    };
     telemetry::set_parent_from_headers(&span, headers);
     let incoming_trace = contract::string_header(headers, "traceparent");
     if let Some(id) = telemetry::trace_id(&span).or_else(|| {
@@ -198,18 +210,22 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             timestamp: *props.timestamp(),
             headers,
         };
-        let fcgi_span = tracing::info_span!(
-            "fastcgi",
-            otel.name = "FastCGI POST",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            server.address = %runtime.config.fpm.address,
-            http.request.method = "POST",
-            url.path = %runtime.template.request_uri(),
-            http.response.status_code = tracing::field::Empty,
-            http.response.body.size = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        let fcgi_span = if telemetry::enabled() {
+            tracing::info_span!(
+                "fastcgi",
+                otel.name = "FastCGI POST",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                server.address = %runtime.config.fpm.address,
+                http.request.method = "POST",
+                url.path = %runtime.template.request_uri(),
+                http.response.status_code = tracing::field::Empty,
+                http.response.body.size = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         // PHP continues the trace from the FastCGI span when traces are exported; otherwise
         // it gets the publisher's context unchanged.
         let exported = telemetry::context_of(&fcgi_span);
