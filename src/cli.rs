@@ -136,10 +136,18 @@ pub enum DeadAction {
 #[must_use]
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` sizes the runtime from the config; every other command is fine on one thread.
+    let threads = match cli.command {
+        Cmd::Run => match Config::load(&cli.config) {
+            Ok(config) => config.agent.worker_threads,
+            Err(e) => {
+                eprintln!("amqp-agent: {e}");
+                return 1;
+            }
+        },
+        _ => 1,
+    };
+    let runtime = match runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("amqp-agent: cannot start the async runtime: {e}");
@@ -153,6 +161,23 @@ pub fn main() -> i32 {
             eprintln!("amqp-agent: {e:#}");
             1
         }
+    }
+}
+
+/// One thread: a current-thread runtime (actors, FastCGI and AMQP handling never hop threads);
+/// more: a multi-thread runtime with that many workers; 0: one worker per core.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     }
 }
 

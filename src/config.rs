@@ -290,6 +290,10 @@ pub struct AgentConfig {
     /// Window of the restart intensity; a consumer that ran this long gets a fresh backoff.
     #[serde(default = "default_restart_window", deserialize_with = "duration")]
     pub restart_window: Duration,
+    /// Async runtime threads: 1 runs everything on one thread (least CPU per message: no
+    /// cross-thread wake-ups), n > 1 a work-stealing pool of n, 0 one per core. Read at start.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
 }
 
 impl Default for AgentConfig {
@@ -300,6 +304,7 @@ impl Default for AgentConfig {
             restart_backoff_max: default_restart_backoff_max(),
             max_restarts: default_max_restarts(),
             restart_window: default_restart_window(),
+            worker_threads: default_worker_threads(),
         }
     }
 }
@@ -366,6 +371,9 @@ fn default_restart_backoff_max() -> Duration {
 }
 fn default_max_restarts() -> u32 {
     10
+}
+fn default_worker_threads() -> usize {
+    1
 }
 fn default_restart_window() -> Duration {
     Duration::from_secs(60)
