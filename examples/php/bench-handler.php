@@ -1,0 +1,38 @@
+<?php
+/**
+ * Benchmark handler for scripts/bench (examples/bench.rs). Deliberately trivial.
+ *
+ * Reads the JSON body {"id": "...", "run": "...", "sleep_ms": N, ...}, records
+ * "<id> <start µs>\n" in $RECORD_DIR/<run>.<pid>.log, sleeps sleep_ms if asked
+ * and acknowledges with "X-Agent-Ack: 1". One file per FPM child and run, opened
+ * in append mode for each request, so no locking is needed and nothing is lost
+ * or interleaved under concurrency. The bench merges the files to count lost and
+ * duplicate ids and to compute publish -> handler-start latency (both clocks are
+ * the machine's wall clock).
+ *
+ * No signature check: the bench runs the agent without signing secrets.
+ */
+
+declare(strict_types=1);
+
+$start = microtime(true);
+$message = json_decode((string) file_get_contents('php://input'), true);
+if (!is_array($message) || !is_string($message['id'] ?? null) || !is_string($message['run'] ?? null)) {
+    http_response_code(422);
+    echo "bench-handler: body must be JSON with string fields id and run\n";
+    return;
+}
+$run = preg_replace('/[^A-Za-z0-9_-]/', '', $message['run']);
+$id = str_replace(["\n", ' '], '', $message['id']);
+file_put_contents(
+    getenv('RECORD_DIR') . '/' . $run . '.' . getmypid() . '.log',
+    $id . ' ' . (int) round($start * 1e6) . "\n",
+    FILE_APPEND,
+);
+$sleep = (int) ($message['sleep_ms'] ?? 0);
+if ($sleep > 0) {
+    usleep($sleep * 1000);
+}
+header('X-Agent-Ack: 1');
+header('Content-Type: text/plain');
+echo "ok\n";
