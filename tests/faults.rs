@@ -379,3 +379,85 @@ async fn sigquit_stops_at_once_and_loses_nothing() {
     assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
     ctx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_retry_publish_leaves_the_original_unacked() {
+    let mut ctx = TestCtx::new("pubfail").await;
+    // Topology managed elsewhere and the delay queue missing: the retry copy is unroutable.
+    ctx.extra_toml = String::new();
+    ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 5\n".to_owned();
+    ctx.declare().await;
+    for subject in ["event", "command"] {
+        ctx.channel
+            .queue_declare(
+                format!("{}.dead", ctx.queue(subject)).as_str().into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let text = ctx.toml().replace("[amqp]\n", "[amqp]\ndeclare = false\n");
+    let agent = amqp_agent::agent::Agent::start(std::sync::Arc::new(
+        amqp_agent::config::Config::from_toml(&text, std::path::Path::new("t.toml"), |_| None)
+            .unwrap(),
+    ))
+    .await
+    .unwrap();
+    agent.wait_consuming(LONG).await.unwrap();
+    ctx.publish_json("event", "comes-back", "fail-until:2")
+        .await;
+    // Attempt 1 fails, its retry copy cannot be stored: the original is returned, not acked, and
+    // comes back (redelivered) as attempt 1 again.
+    common::eventually(LONG, "the original came back", || async {
+        ctx.records_by_id()
+            .get("comes-back")
+            .is_some_and(|r| r.len() >= 2)
+    })
+    .await;
+    let again = &ctx.records_by_id()["comes-back"][1];
+    assert_eq!(again["params"]["HTTP_X_AGENT_ATTEMPT"], "1");
+    assert_eq!(again["params"]["HTTP_X_AGENT_REDELIVERED"], "1");
+    assert_eq!(
+        agent.stats()["event"].retried,
+        0,
+        "no retry copy was stored"
+    );
+    assert!(agent.stats()["event"].requeued >= 1);
+    // Once the delay queue exists, the retry goes through and attempt 2 succeeds.
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-message-ttl".into(),
+        lapin::types::AMQPValue::LongLongInt(100),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        lapin::types::AMQPValue::LongString(ctx.queue("event").as_str().into()),
+    );
+    ctx.channel
+        .queue_declare(
+            format!("{}.retry.100ms", ctx.queue("event"))
+                .as_str()
+                .into(),
+            lapin::options::QueueDeclareOptions::durable(),
+            args,
+        )
+        .await
+        .unwrap();
+    common::eventually(LONG, "handled on attempt 2", || async {
+        ctx.records_by_id()["comes-back"]
+            .iter()
+            .any(|r| r["params"]["HTTP_X_AGENT_ATTEMPT"] == "2")
+    })
+    .await;
+    common::eventually(LONG, "acked", || async {
+        agent.stats()["event"].acked == 1
+    })
+    .await;
+    agent.drain().await;
+    ctx.cleanup().await;
+}

@@ -354,3 +354,43 @@ async fn dead_letters_can_be_listed_and_replayed() {
     }
     ctx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_with_a_new_retry_policy_restarts_the_consumers_gracefully() {
+    let mut ctx = TestCtx::new("reloadpolicy").await;
+    ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 3\n".to_owned();
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let agent = AgentProcess::start(&config, &log);
+    agent.wait_log("Consuming", 2, LONG).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("delays = [\"100ms\"]", "delays = [\"1500ms\"]"),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    agent
+        .wait_log("draining the consumer to restart it", 2, LONG)
+        .await;
+    agent.wait_log("Consuming", 4, LONG).await;
+    ctx.publish_json("event", "after-reload", "fail-until:2")
+        .await;
+    common::eventually(LONG, "retried", || async {
+        ctx.records_by_id()
+            .get("after-reload")
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let r = &ctx.records_by_id()["after-reload"];
+    let gap = r[1]["t_start_us"].as_i64().unwrap() - r[0]["t_start_us"].as_i64().unwrap();
+    assert!(
+        gap >= 1_500_000,
+        "the reloaded 1.5 s delay applies, got {gap} µs"
+    );
+    assert!(
+        !agent.log_text().contains("Consumer failed"),
+        "a reload is not a crash"
+    );
+    ctx.cleanup().await;
+}
