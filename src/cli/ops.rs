@@ -137,7 +137,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
         }
     );
     println!(
-        "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>6}  state",
+        "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  state",
         "subject",
         "queue",
         "pool",
@@ -163,7 +163,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
             _ => "disconnected",
         };
         println!(
-            "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>6}  {state}",
+            "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  {state}",
             name,
             v(&s["queue"]),
             v(&s["pool_size"]),
