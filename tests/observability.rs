@@ -396,3 +396,67 @@ async fn json_logs_carry_subject_message_id_attempt_and_trace_id() {
     );
     ctx.cleanup().await;
 }
+
+/// An OTLP/gRPC receiver (the collector's default protocol).
+struct GrpcSink(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcSink
+{
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut sink = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                sink.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn traces_also_export_over_grpc() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(GrpcSink(spans.clone())))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+
+    let ctx = TestCtx::new("grpc").await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+    ];
+    let mut agent = AgentProcess::start_with(&ctx.write_config(), &log, &env, &[]);
+    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.publish_json("command", "over-grpc", "ok").await;
+    common::eventually(LONG, "handled", || async {
+        ctx.records_by_id().contains_key("over-grpc")
+    })
+    .await;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    common::eventually(LONG, "spans over gRPC", || async {
+        let spans = spans.lock().unwrap();
+        spans.iter().any(|s| s.name.ends_with(" process"))
+            && spans.iter().any(|s| s.name == "FastCGI POST")
+    })
+    .await;
+    ctx.cleanup().await;
+}
