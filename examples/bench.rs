@@ -2055,20 +2055,28 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
         .cloned()
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or_default();
-    let disturbed: Vec<String> = background
-        .iter()
-        .filter(|(_, c)| *c > 0.2)
-        .map(|(n, c)| format!("{n} ({c:.2})"))
-        .collect();
+    let mut disturbed: Vec<&(String, f64)> = background.iter().filter(|(_, c)| *c > 0.2).collect();
+    disturbed.sort_by(|a, b| b.1.total_cmp(&a.1));
     let background_note = if disturbed.is_empty() {
         format!(
             "Other processes on the machine used at most {worst:.2} cores during any measured run ({worst_name}): the numbers are not disturbed by another workload."
         )
     } else {
+        let shown: Vec<String> = disturbed
+            .iter()
+            .take(6)
+            .map(|(n, c)| format!("{n} ({c:.2})"))
+            .collect();
         format!(
-            "**Warning:** other processes used more than 0.2 cores during {} run(s), so those numbers are disturbed: {}.",
+            "**Warning:** other processes used more than 0.2 cores during {} of {} measured runs, so those numbers are disturbed; worst: {}{}.",
             disturbed.len(),
-            disturbed.join(", ")
+            background.len(),
+            shown.join(", "),
+            if disturbed.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
         )
     };
     let io_cycle = |f: fn(&Latency) -> f64| med(rounds, |r| f(&r.io.cycle));
