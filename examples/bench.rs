@@ -123,7 +123,8 @@ struct Args {
     /// Print only; do not write RESULTS.md and throughput.svg.
     #[arg(long)]
     no_write: bool,
-    /// Also run one extra drain (not part of the results) under `perf record -g`, into this file.
+    /// Also run one extra drain (not part of the results) under `perf record --call-graph dwarf`,
+    /// into this file.
     #[arg(long)]
     perf: Option<PathBuf>,
 }
@@ -211,7 +212,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     bench.admin_section = bench.agent_accepts_admin_section();
     bench.quiet_budget = Duration::from_secs(bench.args.quiet_wait);
-    let result = bench.all().await;
+    // Ctrl-C stops the measurement but still deletes the queues and stops php-fpm.
+    let result = tokio::select! {
+        result = bench.all() => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     bench.cleanup().await;
     let _ = bench.conn.close(200, "bench done".into()).await;
     drop(fpm);
