@@ -154,8 +154,7 @@ impl Actor for QueueConsumer {
         match msg {
             ConsumerMsg::Delivery(delivery) => {
                 SubjectStats::incr(&state.runtime.stats.received);
-                let subject = Metrics::subject(&state.runtime.name);
-                state.runtime.metrics.received.get_or_create(&subject).inc();
+                state.runtime.hot.received.inc();
                 SubjectStats::incr(&state.runtime.stats.in_flight);
                 // After a cancel, deliveries the client had buffered still arrive: while not
                 // consuming they go straight back (a dropped one would pin a prefetch slot).

@@ -34,6 +34,8 @@ pub struct SubjectRuntime {
     pub stats: Arc<stats::SubjectStats>,
     /// Prometheus metrics of the agent.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// This subject's metrics, resolved once for the per-message path.
+    pub hot: crate::telemetry::metrics::SubjectMetrics,
 }
 
 impl SubjectRuntime {
@@ -56,6 +58,7 @@ impl SubjectRuntime {
             },
             config,
             stats,
+            hot: metrics.for_subject(subject),
             metrics,
         }
     }

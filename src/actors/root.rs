@@ -152,7 +152,7 @@ impl Actor for RootSupervisor {
                     actor.cast(ConsumerMsg::Resize(size))?;
                 }
             }
-            RootMsg::Reload(config) => reload(&myself, state, config)?,
+            RootMsg::Reload(config) => reload(state, config)?,
             RootMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
@@ -222,11 +222,7 @@ impl Actor for RootSupervisor {
 /// Applies a new configuration as a diff: pool sizes that changed in the file are resized in
 /// place (sizes set at run time survive for the others); a subject whose connection, FPM,
 /// retry or limit settings changed is drained and restarted with the new settings.
-fn reload(
-    myself: &ActorRef<RootMsg>,
-    state: &mut RootState,
-    new: Arc<Config>,
-) -> Result<(), ActorProcessingErr> {
+fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessingErr> {
     use std::sync::atomic::Ordering;
     let old = state.config.clone();
     for name in new
@@ -275,7 +271,6 @@ fn reload(
         }
     }
     state.config = new;
-    let _ = myself;
     Ok(())
 }
 

@@ -172,11 +172,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     if let Some(ts) = *props.timestamp() {
         let wait = contract::unix_now().saturating_sub(ts);
         span.record("queue_wait_ms", wait * 1000);
-        runtime
-            .metrics
-            .queue_wait
-            .get_or_create(&Metrics::subject(&runtime.name))
-            .observe(wait as f64);
+        runtime.hot.queue_wait.observe(wait as f64);
     }
     let process_span = span.clone();
     async {
@@ -309,7 +305,8 @@ async fn attempt_fpm(
             (verdict, unreached, e.reason().to_owned())
         }
     };
-    runtime.metrics.fpm_request(&runtime.name, elapsed, &status);
+    runtime.hot.fpm_duration.observe(elapsed.as_secs_f64());
+    runtime.metrics.fpm_response(&runtime.name, &status);
     if !matches!(verdict, Verdict::Success) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", describe(&verdict).0);
@@ -344,11 +341,7 @@ async fn settle(
             span.record("outcome", "ack");
             if ack(delivery).await {
                 SubjectStats::incr(&stats.acked);
-                runtime
-                    .metrics
-                    .acked
-                    .get_or_create(&Metrics::subject(&runtime.name))
-                    .inc();
+                runtime.hot.acked.inc();
             }
             return;
         }

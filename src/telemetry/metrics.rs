@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -54,6 +53,20 @@ pub struct ActorLabels {
 fn seconds_histogram() -> Histogram {
     // 0.5 ms … ~65 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// A subject's label-bound metrics, resolved once: the per-message path then updates atomics
+/// without building a label set and looking it up in a family each time.
+#[derive(Clone)]
+pub struct SubjectMetrics {
+    /// `messages_received{subject}`.
+    pub received: Counter,
+    /// `messages_acked{subject}`.
+    pub acked: Counter,
+    /// `fpm_request_duration_seconds{subject}`.
+    pub fpm_duration: Histogram,
+    /// `queue_wait_seconds{subject}`.
+    pub queue_wait: Histogram,
 }
 
 /// Every metric of the agent.
@@ -193,11 +206,20 @@ impl Metrics {
         }
     }
 
-    /// Records an FPM request's duration and status.
-    pub fn fpm_request(&self, subject: &str, duration: Duration, status: &str) {
-        self.fpm_duration
-            .get_or_create(&Self::subject(subject))
-            .observe(duration.as_secs_f64());
+    /// The label-bound metrics of `subject`.
+    #[must_use]
+    pub fn for_subject(&self, subject: &str) -> SubjectMetrics {
+        let label = Self::subject(subject);
+        SubjectMetrics {
+            received: self.received.get_or_create(&label).clone(),
+            acked: self.acked.get_or_create(&label).clone(),
+            fpm_duration: self.fpm_duration.get_or_create(&label).clone(),
+            queue_wait: self.queue_wait.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Counts an FPM reply by status (the duration goes to [`SubjectMetrics::fpm_duration`]).
+    pub fn fpm_response(&self, subject: &str, status: &str) {
         self.fpm_responses
             .get_or_create(&StatusLabels {
                 subject: subject.to_owned(),
