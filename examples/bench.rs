@@ -127,6 +127,10 @@ struct Args {
     /// into this file.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// Quick check while optimising: only the ceiling and the drain, `--rounds` times; prints
+    /// one line per round and the medians, writes nothing.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -213,6 +217,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     bench.admin_section = bench.agent_accepts_admin_section();
     bench.quiet_budget = Duration::from_secs(bench.args.quiet_wait);
     // Ctrl-C stops the measurement but still deletes the queues and stops php-fpm.
+    if bench.args.quick {
+        let result = tokio::select! {
+            result = bench.quick() => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        bench.cleanup().await;
+        let _ = bench.conn.close(200, "bench done".into()).await;
+        drop(fpm);
+        let _ = std::fs::remove_dir_all(&dir);
+        return result;
+    }
     let result = tokio::select! {
         result = bench.all() => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -999,6 +1014,22 @@ struct AgentPlan {
     perf: Option<PathBuf>,
 }
 
+impl AgentPlan {
+    /// A backlog drain of `messages` with `pool` workers per subject.
+    fn drain(pool: u16, messages: usize) -> Self {
+        Self {
+            label: format!("drain pool={pool}"),
+            pool,
+            prefetch_per_worker: None,
+            sleep_ms: 0,
+            messages,
+            steady: None,
+            track_in_flight: false,
+            perf: None,
+        }
+    }
+}
+
 const WARMUP_SECS: u64 = 1;
 
 fn run_id() -> String {
@@ -1010,6 +1041,40 @@ fn queue_name(run: &str, subject: &str) -> String {
 }
 
 impl Bench {
+    /// `--quick`: ceiling and drain only, medians printed.
+    async fn quick(&mut self) -> anyhow::Result<()> {
+        let (pool, n) = (self.args.pool, self.args.messages);
+        let concurrency = usize::from(pool) * 2;
+        let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 1..=self.args.rounds {
+            let ceiling = self.ceiling(concurrency, n, None, true, 0).await?;
+            let plan = AgentPlan::drain(pool, n);
+            let drain = self.agent_run(&plan).await?;
+            println!(
+                "[quick {r}] ceiling {:.0} req/s, drain {:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg, {:.1} MiB, lost/dup {}/{}",
+                ceiling.rate,
+                drain.rate,
+                drain.rate / ceiling.rate,
+                drain.cpu_us_per_msg,
+                drain.peak_rss_kib as f64 / 1024.0,
+                drain.check.lost,
+                drain.check.duplicates,
+            );
+            ensure!(drain.check.clean(), "messages lost or duplicated");
+            ceilings.push(ceiling.rate);
+            drains.push(drain.rate);
+            cpus.push(drain.cpu_us_per_msg);
+        }
+        let (c, d) = (median(ceilings), median(drains));
+        println!(
+            "[quick] medians of {}: ceiling {c:.0} req/s, drain {d:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg",
+            self.args.rounds,
+            d / c,
+            median(cpus)
+        );
+        Ok(())
+    }
+
     async fn all(&mut self) -> anyhow::Result<Report> {
         let mut rounds = Vec::new();
         let total_rounds = self.args.rounds;
@@ -1057,16 +1122,7 @@ impl Bench {
             round.ceiling_unbuffered.rate
         );
 
-        let plan = AgentPlan {
-            label: format!("drain pool={pool}"),
-            pool,
-            prefetch_per_worker: None,
-            sleep_ms: 0,
-            messages: n,
-            steady: None,
-            track_in_flight: false,
-            perf: None,
-        };
+        let plan = AgentPlan::drain(pool, n);
         round.drain = self.agent_run(&plan).await?;
         eprintln!(
             "{tag} drain {n} msgs pool={pool}+{pool}: {:.0} msg/s ({:.1} µs CPU/msg)",

@@ -461,3 +461,77 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     agent.drain().await;
     ctx.cleanup().await;
 }
+
+/// Acks are coalesced into `multiple` acks up to the oldest message still running; the ones that
+/// finished after it must not wait for it. A handler that runs for a minute, ten quick messages
+/// behind it: once the agent reports the ten acked, kill -9 — only the slow one comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_message_does_not_hold_back_the_acks_of_later_ones() {
+    // A private pool: the slow handler keeps one FPM child busy after the agent is gone.
+    let fpm = PrivateFpm::start("hol");
+    let mut ctx = TestCtx::new("hol").await;
+    ctx.fpm_port = fpm.port;
+    ctx.pool_size = 2;
+    ctx.declare().await;
+    ctx.publish_json("event", "slow", "sleep:60000").await;
+    let mut fast = BTreeSet::new();
+    for i in 0..10 {
+        let id = format!("quick-{i}");
+        ctx.publish_json("event", &id, "ok").await;
+        fast.insert(id);
+    }
+    let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
+    std::fs::write(
+        &config,
+        ctx.toml().replace("timeout = \"5s\"", "timeout = \"120s\""),
+    )
+    .unwrap();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&config, &log);
+    all_handled(&ctx, &fast, LONG).await;
+    common::eventually(LONG, "the ten quick messages acked", || async {
+        match common::procs::http(ctx.admin_port, "GET", "/status", None).await {
+            Some((200, body)) => {
+                let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                s["subjects"]["event"]["acked"] == 10
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(
+        ctx.records_by_id().contains_key("slow"),
+        "the slow handler is running"
+    );
+    agent.signal(libc::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10));
+    let queue = ctx.queue("event");
+    common::eventually(LONG, "unacked messages back in the queue", || async {
+        ctx.queue_len(&queue).await > 0
+    })
+    .await;
+    let mut back = Vec::new();
+    while let Some(msg) = ctx
+        .channel
+        .basic_get(queue.as_str().into(), Default::default())
+        .await
+        .unwrap()
+    {
+        msg.delivery.acker.ack(Default::default()).await.unwrap();
+        back.push(
+            msg.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(
+        back,
+        vec!["slow".to_owned()],
+        "only the running message returns"
+    );
+    drop(fpm);
+    ctx.cleanup().await;
+}

@@ -11,13 +11,14 @@ use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
+use super::acks::Acks;
 use super::stats::SubjectStats;
 use super::worker::{FpmWorker, Job, WorkerArgs, WorkerMsg};
 use crate::broker::{self, Publisher};
@@ -43,6 +44,8 @@ pub struct ConsumerState {
     runtime: Arc<SubjectRuntime>,
     connection: Arc<Connection>,
     channel: Channel,
+    /// Acks and nacks of `channel`'s deliveries, in order.
+    acks: Acks,
     publisher: Publisher,
     /// Tag of the active `basic.consume`; `None` while not consuming.
     consumer_tag: Option<String>,
@@ -131,6 +134,8 @@ impl Actor for QueueConsumer {
         for slot in state.workers.values() {
             slot.actor.kill();
         }
+        // Acks of finished messages still held back go out before the connection closes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), state.acks.flush()).await;
         // Closing the connection returns every unacked delivery to its queue.
         let _ = state
             .connection
@@ -159,7 +164,7 @@ impl Actor for QueueConsumer {
                 // After a cancel, deliveries the client had buffered still arrive: while not
                 // consuming they go straight back (a dropped one would pin a prefetch slot).
                 if state.draining.is_some() || state.consumer_tag.is_none() {
-                    requeue(state, &delivery).await;
+                    requeue(state, &delivery);
                     return Ok(());
                 }
                 state.backlog.push_back(*delivery);
@@ -259,13 +264,7 @@ impl Actor for QueueConsumer {
             SubjectStats::incr(&stats.requeued);
             let subject = Metrics::subject(&state.runtime.name);
             state.runtime.metrics.requeued.get_or_create(&subject).inc();
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(e) = state.channel.basic_nack(tag, requeue).await {
-                warn!(error = %e, "Could not return a failed worker's message; the broker redelivers it when the channel closes");
-            }
+            state.acks.nack(tag);
         }
         if let Some(err) = failure {
             error!(subject = %state.runtime.name, error = %err, "FPM worker failed; its message goes back to the queue and the worker is replaced");
@@ -301,6 +300,7 @@ async fn setup(
     let config = runtime.config.clone();
     let subject = runtime.subject();
     let channel = connection.create_channel().await?;
+    let acks = Acks::spawn(channel.clone(), runtime.clone());
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;
     }
@@ -311,6 +311,7 @@ async fn setup(
         runtime: runtime.clone(),
         connection,
         channel,
+        acks,
         publisher,
         consumer_tag: None,
         prefetch: 0,
@@ -375,6 +376,7 @@ async fn start_consuming(
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         state.prefetch = prefetch;
+        state.acks.set_window(prefetch);
     }
     let tag = new_consumer_tag(&state.runtime.name);
     let consumer = state
@@ -396,7 +398,7 @@ async fn start_consuming(
 async fn stop_consuming(state: &mut ConsumerState) {
     cancel_consumer(state).await;
     while let Some(delivery) = state.backlog.pop_front() {
-        requeue(state, &delivery).await;
+        requeue(state, &delivery);
     }
 }
 
@@ -503,6 +505,7 @@ fn dispatch(state: &mut ConsumerState) {
         let job = Job {
             delivery,
             publisher: state.publisher.clone(),
+            acks: state.acks.clone(),
         };
         match slot.actor.cast(WorkerMsg::Handle(Box::new(job))) {
             Ok(()) => {
@@ -519,19 +522,13 @@ fn dispatch(state: &mut ConsumerState) {
     }
 }
 
-async fn requeue(state: &ConsumerState, delivery: &Delivery) {
+fn requeue(state: &ConsumerState, delivery: &Delivery) {
+    state.acks.nack(delivery.delivery_tag);
     let stats = &state.runtime.stats;
     let subject = Metrics::subject(&state.runtime.name);
     state.runtime.metrics.requeued.get_or_create(&subject).inc();
     SubjectStats::decr(&stats.in_flight);
     SubjectStats::incr(&stats.requeued);
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if let Err(e) = delivery.acker.nack(options).await {
-        warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
-    }
 }
 
 fn finish_drain_if_idle(state: &mut ConsumerState) {
@@ -540,9 +537,18 @@ fn finish_drain_if_idle(state: &mut ConsumerState) {
         return;
     }
     if let Some(waiters) = state.draining.as_mut() {
-        for reply in waiters.drain(..) {
-            let _ = reply.send(());
+        if waiters.is_empty() {
+            return;
         }
+        // Drained once the acks of the finished messages are written.
+        let waiters = std::mem::take(waiters);
+        let acks = state.acks.clone();
+        tokio::spawn(async move {
+            acks.flush().await;
+            for reply in waiters {
+                let _ = reply.send(());
+            }
+        });
     }
 }
 

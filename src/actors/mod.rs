@@ -9,6 +9,7 @@
 //! Each actor file follows ractor's example layout: the actor (unit struct), its `State`, its
 //! `Msg`, its `Arguments`, then the `Actor` impl.
 
+pub mod acks;
 pub mod consumer;
 pub mod root;
 pub mod stats;

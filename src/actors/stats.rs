@@ -43,6 +43,11 @@ impl SubjectStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Subtracts one from a gauge, never below zero.
     pub fn decr(gauge: &AtomicU64) {
         let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::SubjectRuntime;
+use super::acks::Acks;
 use super::consumer::ConsumerMsg;
 use super::stats::SubjectStats;
 use crate::broker::Publisher;
@@ -49,6 +49,8 @@ pub struct Job {
     pub delivery: Delivery,
     /// Confirm-mode channel for retry and dead-letter copies.
     pub publisher: Publisher,
+    /// Settles the delivery on its channel.
+    pub acks: Acks,
 }
 
 /// What a worker is started with.
@@ -112,6 +114,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     let Job {
         delivery,
         publisher,
+        acks,
     } = job;
     let runtime = state.runtime.clone();
     let props = &delivery.properties;
@@ -253,7 +256,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             attempt,
             span: &process_span,
         };
-        settle(&runtime, &publisher, copy, &verdict, decision).await;
+        settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
         unreached
     }
     .instrument(span)
@@ -328,6 +331,7 @@ struct Copy<'a> {
 async fn settle(
     runtime: &SubjectRuntime,
     publisher: &Publisher,
+    acks: &Acks,
     copy: Copy<'_>,
     verdict: &Verdict,
     decision: Decision,
@@ -339,10 +343,7 @@ async fn settle(
         Decision::Ack => {
             debug!("Handled");
             span.record("outcome", "ack");
-            if ack(delivery).await {
-                SubjectStats::incr(&stats.acked);
-                runtime.hot.acked.inc();
-            }
+            acks.ack(delivery.delivery_tag, true);
             return;
         }
         Decision::Retry {
@@ -415,40 +416,19 @@ async fn settle(
                     Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
                 }
             }
-            ack(delivery).await;
+            acks.ack(delivery.delivery_tag, false);
         }
         Err(e) => {
             error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
             // A short pause so a broker that refuses every publish does not spin the message.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(e) = delivery.acker.nack(requeue).await {
-                warn!(error = %e, "Nack failed; the broker will redeliver when the channel closes");
-            }
+            acks.nack(delivery.delivery_tag);
             SubjectStats::incr(&stats.requeued);
             runtime
                 .metrics
                 .requeued
                 .get_or_create(&Metrics::subject(&runtime.name))
                 .inc();
-        }
-    }
-}
-
-/// Acks; true when the ack went out.
-async fn ack(delivery: &Delivery) -> bool {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => true,
-        Ok(false) => {
-            warn!("Ack not sent: the delivery's channel is gone; the broker will redeliver it");
-            false
-        }
-        Err(e) => {
-            warn!(error = %e, "Ack failed; the broker will redeliver the message");
-            false
         }
     }
 }

@@ -1,0 +1,317 @@
+//! Settlement of deliveries: one task per consumer channel that acks and nacks for the workers,
+//! coalescing acks into `basic.ack(multiple=true)` frames.
+//!
+//! Invariant: a `multiple` ack for tag T is sent only when every tag up to T is settled — acked
+//! in that frame because a worker reported it done, or already acked or nacked one by one — and
+//! T itself is still unacked; no tag is ever acked twice. A tag reported done stays unacked only
+//! while an older tag is still in flight, and then for at most [`HOLD_MAX`] or until
+//! [`Acks::set_window`]'s limit of such tags is reached, when they are acked one by one: a slow
+//! message never holds the prefetch window shut.
+//!
+//! Workers hand a finished delivery over and take the next one at once; the ack itself goes out
+//! in the next batch (group commit: while one batch is being written, the next one collects).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::DeliveryTag;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::SubjectRuntime;
+use super::stats::SubjectStats;
+
+/// Longest time a finished delivery waits behind an older one still in flight before it is
+/// acked on its own.
+pub const HOLD_MAX: Duration = Duration::from_millis(20);
+
+/// Handle to the settlement task of one channel. Cheap to clone; the task ends (after sending
+/// what it holds) when every handle is dropped.
+#[derive(Clone)]
+pub struct Acks {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+enum Cmd {
+    /// The delivery is done: ack it. `handled` counts it in the `acked` statistics (a message
+    /// whose retry or dead-letter copy was stored is acked without being counted as handled).
+    Ack { tag: DeliveryTag, handled: bool },
+    /// Return the delivery to its queue.
+    Nack(DeliveryTag),
+    /// The prefetch window changed: at most a quarter of it may wait behind a slow message.
+    Window(u16),
+    /// Send everything held now; reply when written.
+    Flush(oneshot::Sender<()>),
+}
+
+impl Acks {
+    /// Starts the settlement task of `channel` (a fresh channel: its first delivery tag is 1).
+    #[must_use]
+    pub fn spawn(channel: Channel, runtime: Arc<SubjectRuntime>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Settler::new(channel, runtime).run(rx));
+        Self { tx }
+    }
+
+    /// Acks `tag` once everything before it is settled (or after [`HOLD_MAX`]).
+    pub fn ack(&self, tag: DeliveryTag, handled: bool) {
+        let _ = self.tx.send(Cmd::Ack { tag, handled });
+    }
+
+    /// Nacks `tag` back to its queue, in order with the acks.
+    pub fn nack(&self, tag: DeliveryTag) {
+        let _ = self.tx.send(Cmd::Nack(tag));
+    }
+
+    /// Tells the task the prefetch window now in force.
+    pub fn set_window(&self, prefetch: u16) {
+        let _ = self.tx.send(Cmd::Window(prefetch));
+    }
+
+    /// Sends every ack held back and waits until they are written (or the channel is gone).
+    pub async fn flush(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Cmd::Flush(reply)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// What is known of the channel's delivery tags.
+///
+/// Tags are numbered 1, 2, 3… per channel. Every tag up to `through` is settled. Above it,
+/// `done` holds tags finished but not yet acked, `sent` tags already acked or nacked one by one.
+#[derive(Default)]
+struct Ledger {
+    through: DeliveryTag,
+    done: BTreeMap<DeliveryTag, bool>,
+    sent: BTreeSet<DeliveryTag>,
+}
+
+/// What a batch has to send.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    /// `basic.ack(multiple=true)` up to this tag, and how many handled messages it settles.
+    multiple: Option<(DeliveryTag, u64)>,
+    /// Tags to ack one by one, each with whether it counts as handled.
+    single: Vec<(DeliveryTag, bool)>,
+}
+
+impl Ledger {
+    fn done(&mut self, tag: DeliveryTag, handled: bool) {
+        if tag > self.through && !self.sent.contains(&tag) {
+            self.done.insert(tag, handled);
+        }
+    }
+
+    /// A tag settled one by one (nacked): only moves the floor.
+    fn sent(&mut self, tag: DeliveryTag) {
+        if tag > self.through {
+            self.done.remove(&tag);
+            self.sent.insert(tag);
+        }
+    }
+
+    /// Moves the floor over the settled prefix; acks the done tags above it one by one when
+    /// more than `hold` of them wait (all of them when `hold` is 0).
+    fn plan(&mut self, hold: usize) -> Plan {
+        let mut multiple = None;
+        let mut handled = 0;
+        loop {
+            let next = self.through + 1;
+            if let Some(h) = self.done.remove(&next) {
+                multiple = Some(next);
+                handled += u64::from(h);
+            } else if !self.sent.remove(&next) {
+                break;
+            }
+            self.through = next;
+        }
+        let single = if self.done.len() > hold {
+            let single: Vec<_> = std::mem::take(&mut self.done).into_iter().collect();
+            self.sent.extend(single.iter().map(|(t, _)| *t));
+            single
+        } else {
+            Vec::new()
+        };
+        Plan {
+            multiple: multiple.map(|t| (t, handled)),
+            single,
+        }
+    }
+}
+
+struct Settler {
+    channel: Channel,
+    runtime: Arc<SubjectRuntime>,
+    ledger: Ledger,
+    /// Most done tags allowed to wait behind an older one.
+    hold: usize,
+}
+
+impl Settler {
+    fn new(channel: Channel, runtime: Arc<SubjectRuntime>) -> Self {
+        Self {
+            channel,
+            runtime,
+            ledger: Ledger::default(),
+            hold: 1,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut flushes = Vec::new();
+        loop {
+            // Wait for work; while tags are held back, no longer than HOLD_MAX.
+            let first = if self.ledger.done.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(HOLD_MAX, rx.recv()).await {
+                    Ok(cmd) => cmd,
+                    Err(_) => {
+                        self.send(0).await;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else {
+                // Every handle dropped: send what is held and stop.
+                self.send(0).await;
+                return;
+            };
+            // Group commit: take everything that arrived while the last batch was written.
+            let mut nacks = Vec::new();
+            let mut next = Some(first);
+            while let Some(cmd) = next {
+                match cmd {
+                    Cmd::Ack { tag, handled } => self.ledger.done(tag, handled),
+                    Cmd::Nack(tag) => {
+                        self.ledger.sent(tag);
+                        nacks.push(tag);
+                    }
+                    Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 4).max(1),
+                    Cmd::Flush(reply) => flushes.push(reply),
+                }
+                next = rx.try_recv().ok();
+            }
+            // Nacks go first: a later multiple ack must not cover a tag meant to go back.
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            for result in join_all(nacks.iter().map(|t| self.channel.basic_nack(*t, requeue))).await
+            {
+                if let Err(e) = result {
+                    warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
+                }
+            }
+            let hold = if flushes.is_empty() { self.hold } else { 0 };
+            self.send(hold).await;
+            for reply in flushes.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Writes the acks the ledger allows.
+    async fn send(&mut self, hold: usize) {
+        let plan = self.ledger.plan(hold);
+        let mut handled = 0;
+        let multiple = plan.multiple.map(|(tag, n)| {
+            handled += n;
+            self.channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+        });
+        handled += plan.single.iter().filter(|(_, h)| *h).count() as u64;
+        let single = plan
+            .single
+            .iter()
+            .map(|(tag, _)| self.channel.basic_ack(*tag, BasicAckOptions::default()));
+        let results = join_all(multiple.into_iter().chain(single)).await;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            // The channel is gone: the broker redelivers everything unacked.
+            debug!(error = %e, "Acks not sent: the channel is closed; the broker will redeliver");
+            return;
+        }
+        if handled > 0 {
+            SubjectStats::add(&self.runtime.stats.acked, handled);
+            self.runtime.hot.acked.inc_by(handled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(ledger: &mut Ledger, hold: usize) -> (Option<(u64, u64)>, Vec<u64>) {
+        let p = ledger.plan(hold);
+        (p.multiple, p.single.into_iter().map(|(t, _)| t).collect())
+    }
+
+    #[test]
+    fn in_order_tags_become_one_multiple_ack() {
+        let mut l = Ledger::default();
+        for t in 1..=5 {
+            l.done(t, true);
+        }
+        assert_eq!(plan(&mut l, 8), (Some((5, 5)), vec![]));
+        assert_eq!(l.through, 5);
+        assert_eq!(plan(&mut l, 8), (None, vec![]));
+    }
+
+    #[test]
+    fn a_tag_in_flight_holds_later_ones_back_up_to_the_limit() {
+        let mut l = Ledger::default();
+        l.done(1, true);
+        l.done(3, true);
+        l.done(4, false);
+        // 2 is still with a worker: only 1 may go in the multiple ack.
+        assert_eq!(plan(&mut l, 2), (Some((1, 1)), vec![]));
+        l.done(5, true);
+        // Three wait behind 2, over the limit of 2: acked one by one.
+        assert_eq!(plan(&mut l, 2), (None, vec![3, 4, 5]));
+        // When 2 finishes, the floor passes the tags already sent without acking them again.
+        l.done(2, true);
+        assert_eq!(plan(&mut l, 2), (Some((2, 1)), vec![]));
+        assert_eq!(l.through, 5);
+        assert!(l.sent.is_empty());
+    }
+
+    #[test]
+    fn the_multiple_ack_ends_on_a_tag_that_is_still_unacked() {
+        let mut l = Ledger::default();
+        l.done(2, true);
+        assert_eq!(plan(&mut l, 0), (None, vec![2]));
+        l.done(1, true);
+        // 1 is the last unacked tag of the prefix; 2 was sent already.
+        assert_eq!(plan(&mut l, 0), (Some((1, 1)), vec![]));
+        assert_eq!(l.through, 2);
+    }
+
+    #[test]
+    fn nacked_tags_are_passed_over_never_acked() {
+        let mut l = Ledger::default();
+        l.done(1, true);
+        l.sent(2);
+        l.done(3, true);
+        assert_eq!(plan(&mut l, 4), (Some((3, 2)), vec![]));
+        // A late duplicate report of a settled tag is ignored.
+        l.done(2, true);
+        l.done(3, true);
+        assert_eq!(plan(&mut l, 4), (None, vec![]));
+    }
+
+    #[test]
+    fn hold_zero_sends_everything() {
+        let mut l = Ledger::default();
+        l.done(7, false);
+        l.done(9, true);
+        assert_eq!(plan(&mut l, 0), (None, vec![7, 9]));
+        assert_eq!(plan(&mut l, 0), (None, vec![]));
+    }
+}
