@@ -131,6 +131,10 @@ struct Args {
     /// one line per round and the medians, writes nothing.
     #[arg(long)]
     quick: bool,
+    /// `amqp.prefetch_per_worker` of the drain, steady-state and sweep runs (default: the
+    /// agent's default).
+    #[arg(long)]
+    prefetch_per_worker: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1016,11 +1020,11 @@ struct AgentPlan {
 
 impl AgentPlan {
     /// A backlog drain of `messages` with `pool` workers per subject.
-    fn drain(pool: u16, messages: usize) -> Self {
+    fn drain(pool: u16, messages: usize, prefetch_per_worker: Option<u16>) -> Self {
         Self {
             label: format!("drain pool={pool}"),
             pool,
-            prefetch_per_worker: None,
+            prefetch_per_worker,
             sleep_ms: 0,
             messages,
             steady: None,
@@ -1048,7 +1052,7 @@ impl Bench {
         let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
         for r in 1..=self.args.rounds {
             let ceiling = self.ceiling(concurrency, n, None, true, 0).await?;
-            let plan = AgentPlan::drain(pool, n);
+            let plan = AgentPlan::drain(pool, n, self.args.prefetch_per_worker);
             let drain = self.agent_run(&plan).await?;
             println!(
                 "[quick {r}] ceiling {:.0} req/s, drain {:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg, {:.1} MiB, lost/dup {}/{}",
@@ -1090,7 +1094,7 @@ impl Bench {
             let plan = AgentPlan {
                 label: "perf drain".into(),
                 pool: self.args.pool,
-                prefetch_per_worker: None,
+                prefetch_per_worker: self.args.prefetch_per_worker,
                 sleep_ms: 0,
                 messages: self.args.messages,
                 steady: None,
@@ -1122,7 +1126,7 @@ impl Bench {
             round.ceiling_unbuffered.rate
         );
 
-        let plan = AgentPlan::drain(pool, n);
+        let plan = AgentPlan::drain(pool, n, self.args.prefetch_per_worker);
         round.drain = self.agent_run(&plan).await?;
         eprintln!(
             "{tag} drain {n} msgs pool={pool}+{pool}: {:.0} msg/s ({:.1} µs CPU/msg)",
@@ -1182,7 +1186,7 @@ impl Bench {
         let plan = AgentPlan {
             label: format!("io-bound pool={io_pool}"),
             pool: io_pool,
-            prefetch_per_worker: None,
+            prefetch_per_worker: self.args.prefetch_per_worker,
             sleep_ms: self.args.io_sleep_ms,
             messages: self.args.io_messages,
             steady: None,
@@ -1236,7 +1240,7 @@ impl Bench {
                 let plan = AgentPlan {
                     label: format!("sweep pool={p}"),
                     pool: p,
-                    prefetch_per_worker: None,
+                    prefetch_per_worker: self.args.prefetch_per_worker,
                     sleep_ms: 0,
                     messages: n,
                     steady: None,

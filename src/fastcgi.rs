@@ -269,9 +269,11 @@ async fn connect(address: &FpmAddress) -> Result<Stream, FpmError> {
 
 /// fastcgi-client writes each record (begin, params, stdin chunks, terminators) separately and
 /// flushes once at the end: a write buffer turns a request into one or two syscalls and packets
-/// instead of a dozen (with `TCP_NODELAY`, each small write would be its own packet).
-fn buffered<S: AsyncRead + AsyncWrite>(stream: S) -> tokio::io::BufWriter<S> {
-    tokio::io::BufWriter::with_capacity(64 * 1024, stream)
+/// instead of a dozen (with `TCP_NODELAY`, each small write would be its own packet). It also
+/// reads every record header, content and padding with its own `read_exact`: a read buffer
+/// turns a small reply into one `read` instead of six or more.
+fn buffered<S: AsyncRead + AsyncWrite>(stream: S) -> tokio::io::BufStream<S> {
+    tokio::io::BufStream::with_capacity(16 * 1024, 64 * 1024, stream)
 }
 
 /// Checks that FPM accepts connections (used by the circuit breaker's probe).
