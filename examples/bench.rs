@@ -1070,8 +1070,9 @@ impl Bench {
             cpus.push(drain.cpu_us_per_msg);
         }
         let (c, d) = (median(ceilings), median(drains));
+        let least = cpus.iter().copied().fold(f64::INFINITY, f64::min);
         println!(
-            "[quick] medians of {}: ceiling {c:.0} req/s, drain {d:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg",
+            "[quick] medians of {}: ceiling {c:.0} req/s, drain {d:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg (least {least:.1})",
             self.args.rounds,
             d / c,
             median(cpus)
