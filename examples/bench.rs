@@ -131,10 +131,20 @@ struct Args {
     /// one line per round and the medians, writes nothing.
     #[arg(long)]
     quick: bool,
+    /// How php-fpm listens, for the agent and the ceiling alike: loopback TCP or a Unix socket
+    /// (php-fpm's default on Debian).
+    #[arg(long, value_enum, default_value_t = Listen::Tcp)]
+    fpm_listen: Listen,
     /// `amqp.prefetch_per_worker` of the drain, steady-state and sweep runs (default: the
     /// agent's default).
     #[arg(long)]
     prefetch_per_worker: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Listen {
+    Unix,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -189,11 +199,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .max()
         .unwrap_or(1);
     let children = (usize::from(largest_pool) * 2).max(16);
-    let fpm = Fpm::start(&php_fpm, &dir, &records, children)?;
+    let fpm = Fpm::start(&php_fpm, &dir, &records, children, args.fpm_listen)?;
     eprintln!(
-        "php-fpm {} listening on 127.0.0.1:{} (pm.max_children = {children}); work dir {}",
+        "php-fpm {} listening on {} (pm.max_children = {children}); work dir {}",
         php_fpm.display(),
-        fpm.port,
+        fpm.address,
         dir.display()
     );
     let conn = Connection::connect(&args.amqp_url, ConnectionProperties::default())
@@ -209,7 +219,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         dir: dir.clone(),
         records,
         script,
-        port: fpm.port,
+        fpm_address: fpm.address.clone(),
         fpm_pid: fpm.child.id(),
         conn,
         publish,
@@ -334,12 +344,32 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process:
 /// The bench's own php-fpm pool; stopped when dropped.
 struct Fpm {
     child: Child,
-    port: u16,
+    /// The agent's `fpm.address`: `127.0.0.1:<port>` or `unix:<path>`.
+    address: String,
 }
 
 impl Fpm {
-    fn start(bin: &Path, dir: &Path, records: &Path, children: usize) -> anyhow::Result<Self> {
-        let port = free_port()?;
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        records: &Path,
+        children: usize,
+        listen: Listen,
+    ) -> anyhow::Result<Self> {
+        let (listen, address) = match listen {
+            Listen::Tcp => {
+                let port = free_port()?;
+                (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"))
+            }
+            Listen::Unix => {
+                let path = dir.join("fpm.sock");
+                let path = path.display();
+                (
+                    format!("{path}\nlisten.mode = 0666"),
+                    format!("unix:{path}"),
+                )
+            }
+        };
         let is_root = unsafe { libc::geteuid() } == 0;
         let user = if is_root {
             "user = root\ngroup = root\n"
@@ -348,7 +378,7 @@ impl Fpm {
         };
         let conf = format!(
             "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
-             [bench]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = {children}\n\
+             [bench]\n{user}listen = {listen}\npm = static\npm.max_children = {children}\n\
              pm.max_requests = 0\nclear_env = no\ncatch_workers_output = yes\n\
              request_terminate_timeout = 0\nenv[RECORD_DIR] = {records}\n\
              php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
@@ -367,9 +397,9 @@ impl Fpm {
             .stderr(Stdio::null());
         let child =
             spawn_tied(&mut cmd).with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut fpm = Self { child, port };
+        let mut fpm = Self { child, address };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !fpm.accepts() {
             if let Ok(Some(status)) = fpm.child.try_wait() {
                 bail!(
                     "php-fpm exited ({status}); see {}",
@@ -378,12 +408,38 @@ impl Fpm {
             }
             ensure!(
                 Instant::now() < deadline,
-                "php-fpm did not listen on {port} within 20 s"
+                "php-fpm did not listen on {} within 20 s",
+                fpm.address
             );
             std::thread::sleep(POLL);
         }
         Ok(fpm)
     }
+}
+
+impl Fpm {
+    fn accepts(&self) -> bool {
+        match self.address.strip_prefix("unix:") {
+            Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            None => std::net::TcpStream::connect(&self.address).is_ok(),
+        }
+    }
+}
+
+/// A connection to the bench's php-fpm, over TCP (`TCP_NODELAY`) or a Unix socket.
+type FpmStream = std::pin::Pin<Box<dyn FpmIo>>;
+trait FpmIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> FpmIo for T {}
+
+async fn connect_fpm(address: &str) -> anyhow::Result<FpmStream> {
+    Ok(match address.strip_prefix("unix:") {
+        Some(path) => Box::pin(tokio::net::UnixStream::connect(path).await?),
+        None => {
+            let stream = TcpStream::connect(address).await?;
+            stream.set_nodelay(true)?;
+            Box::pin(stream)
+        }
+    })
 }
 
 impl Drop for Fpm {
@@ -459,6 +515,24 @@ impl AgentProc {
         proc_stat(self.pid)
             .map(|s| (s.utime, s.stime))
             .context("cannot read /proc/<agent pid>/stat")
+    }
+
+    /// Context switches (voluntary + involuntary) of all the agent's threads so far.
+    fn context_switches(&self) -> u64 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return 0;
+        };
+        tasks
+            .filter_map(Result::ok)
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
     }
 
     /// Peak resident set size (VmHWM), KiB.
@@ -924,6 +998,8 @@ fn acked(stdout: &[u8]) -> bool {
 #[derive(Debug, Clone, Default)]
 struct CeilingResult {
     rate: f64,
+    /// CPU of the bench process (the FastCGI client) per request.
+    client_us_per_req: f64,
     /// Cores used by unrelated processes during the run.
     background_cores: f64,
     /// Time between consecutive handler starts on one FPM child.
@@ -944,6 +1020,8 @@ struct AgentResult {
     startup_ms: f64,
     publish_rate: f64,
     cpu_us_per_msg: f64,
+    /// Context switches of the agent's threads per message (start-up included).
+    switches_per_msg: f64,
     cpu_user_us_per_msg: f64,
     cpu_sys_us_per_msg: f64,
     /// CPU µs per message of php-fpm, RabbitMQ and the bench process during the run.
@@ -991,7 +1069,7 @@ struct Bench {
     dir: PathBuf,
     records: PathBuf,
     script: PathBuf,
-    port: u16,
+    fpm_address: String,
     fpm_pid: u32,
     conn: Connection,
     publish: Channel,
@@ -1055,11 +1133,13 @@ impl Bench {
             let plan = AgentPlan::drain(pool, n, self.args.prefetch_per_worker);
             let drain = self.agent_run(&plan).await?;
             println!(
-                "[quick {r}] ceiling {:.0} req/s, drain {:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg, {:.1} MiB, lost/dup {}/{}",
+                "[quick {r}] ceiling {:.0} req/s ({:.1} µs client CPU/req), drain {:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg, {:.2} context switches/msg, {:.1} MiB, lost/dup {}/{}",
                 ceiling.rate,
+                ceiling.client_us_per_req,
                 drain.rate,
                 drain.rate / ceiling.rate,
                 drain.cpu_us_per_msg,
+                drain.switches_per_msg,
                 drain.peak_rss_kib as f64 / 1024.0,
                 drain.check.lost,
                 drain.check.duplicates,
@@ -1289,8 +1369,7 @@ impl Bench {
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(concurrency);
         for _ in 0..concurrency {
-            let stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
-            stream.set_nodelay(true)?;
+            let stream = connect_fpm(&self.fpm_address).await?;
             let (ctx, source) = (ctx.clone(), source.clone());
             tasks.push(if buffered {
                 let client = Client::new_keep_alive_tokio(tokio::io::BufWriter::new(stream));
@@ -1326,7 +1405,11 @@ impl Bench {
             failures += task.await??;
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let background = cpu_snapshot(self.fpm_pid).background_cores(&before, 0);
+        let after = cpu_snapshot(self.fpm_pid);
+        let background = after.background_cores(&before, 0);
+        let client_us_per_req =
+            after.bench.saturating_sub(before.bench) as f64 / clock_ticks_per_sec() * 1e6
+                / n as f64;
         let mut records = Records::new(&self.records, &run);
         let deadline = Instant::now() + Duration::from_secs(10);
         while records.poll()? < n && Instant::now() < deadline {
@@ -1346,6 +1429,7 @@ impl Bench {
             )
         });
         Ok(CeilingResult {
+            client_us_per_req,
             rate: if paced.is_some() {
                 offered
             } else {
@@ -1375,7 +1459,7 @@ impl Bench {
         }
         format!(
             "# generated by examples/bench.rs ({label})\n[amqp]\n{amqp}\n[fpm]\n\
-             address = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
+             address = \"{address}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/bench/{{subject}}\"\ntimeout = \"30s\"\nsigning_secrets = []\n\
              require_ack_header = true\n\n[retry]\ndelays = [\"1s\"]\n\n{subjects}\
              [agent]\nshutdown_timeout = \"30s\"\n{admin}",
@@ -1390,7 +1474,7 @@ impl Bench {
                 String::new()
             },
             label = plan.label,
-            port = self.port,
+            address = self.fpm_address,
             script = self.script.display(),
         )
     }
@@ -1696,6 +1780,7 @@ impl Bench {
             tokio::time::sleep(POLL).await;
         }
         let (user, sys) = agent.cpu_ticks()?;
+        result.switches_per_msg = agent.context_switches() as f64 / n as f64;
         let after = cpu_snapshot(self.fpm_pid);
         result.peak_rss_kib = agent.peak_rss_kib()?;
         if let Some(mut perf) = perf.take() {

@@ -29,6 +29,9 @@ use super::stats::SubjectStats;
 /// acked on its own.
 pub const HOLD_MAX: Duration = Duration::from_millis(20);
 
+/// Longest time a finished delivery waits for others to share its ack frame.
+pub const ACK_DELAY: Duration = Duration::from_millis(1);
+
 /// Handle to the settlement task of one channel. Cheap to clone; the task ends (after sending
 /// what it holds) when every handle is dropped.
 #[derive(Clone)]
@@ -145,11 +148,25 @@ impl Ledger {
     }
 }
 
+/// Commands of one round that cannot wait.
+#[derive(Default)]
+struct Batch {
+    nacks: Vec<DeliveryTag>,
+    flushes: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn urgent(&self) -> bool {
+        !self.nacks.is_empty() || !self.flushes.is_empty()
+    }
+}
+
 struct Settler {
     channel: Channel,
     runtime: Arc<SubjectRuntime>,
     ledger: Ledger,
-    /// Most done tags allowed to wait behind an older one.
+    /// Most done tags allowed to wait behind an older one, and the batch size that is sent
+    /// without waiting for [`ACK_DELAY`]: a quarter of the prefetch window.
     hold: usize,
 }
 
@@ -164,7 +181,7 @@ impl Settler {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut flushes = Vec::new();
+        let mut batch = Batch::default();
         loop {
             // Wait for work; while tags are held back, no longer than HOLD_MAX.
             let first = if self.ledger.done.is_empty() {
@@ -183,37 +200,63 @@ impl Settler {
                 self.send(0).await;
                 return;
             };
-            // Group commit: take everything that arrived while the last batch was written.
-            let mut nacks = Vec::new();
-            let mut next = Some(first);
-            while let Some(cmd) = next {
-                match cmd {
-                    Cmd::Ack { tag, handled } => self.ledger.done(tag, handled),
-                    Cmd::Nack(tag) => {
-                        self.ledger.sent(tag);
-                        nacks.push(tag);
-                    }
-                    Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 4).max(1),
-                    Cmd::Flush(reply) => flushes.push(reply),
+            self.apply(first, &mut batch);
+            // Gather more for up to ACK_DELAY, unless something must go now or a quarter of the
+            // window is waiting: fewer, larger acks mean fewer wake-ups of lapin's I/O thread.
+            let deadline = tokio::time::Instant::now() + ACK_DELAY;
+            let mut closed = false;
+            loop {
+                while let Ok(cmd) = rx.try_recv() {
+                    self.apply(cmd, &mut batch);
                 }
-                next = rx.try_recv().ok();
+                if batch.urgent() || self.ledger.done.len() >= self.hold {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(cmd)) => self.apply(cmd, &mut batch),
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
             // Nacks go first: a later multiple ack must not cover a tag meant to go back.
             let requeue = BasicNackOptions {
                 requeue: true,
                 multiple: false,
             };
+            let nacks = std::mem::take(&mut batch.nacks);
             for result in join_all(nacks.iter().map(|t| self.channel.basic_nack(*t, requeue))).await
             {
                 if let Err(e) = result {
                     warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
                 }
             }
-            let hold = if flushes.is_empty() { self.hold } else { 0 };
+            let hold = if batch.flushes.is_empty() && !closed {
+                self.hold
+            } else {
+                0
+            };
             self.send(hold).await;
-            for reply in flushes.drain(..) {
+            for reply in batch.flushes.drain(..) {
                 let _ = reply.send(());
             }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Cmd, batch: &mut Batch) {
+        match cmd {
+            Cmd::Ack { tag, handled } => self.ledger.done(tag, handled),
+            Cmd::Nack(tag) => {
+                self.ledger.sent(tag);
+                batch.nacks.push(tag);
+            }
+            Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 4).max(1),
+            Cmd::Flush(reply) => batch.flushes.push(reply),
         }
     }
 
