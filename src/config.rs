@@ -313,7 +313,7 @@ fn default_true() -> bool {
     true
 }
 fn default_prefetch_per_worker() -> u16 {
-    2
+    8
 }
 fn default_confirm_timeout() -> Duration {
     Duration::from_secs(10)

@@ -20,7 +20,7 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::DeliveryTag;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::SubjectRuntime;
 use super::stats::SubjectStats;
@@ -277,7 +277,7 @@ impl Settler {
         let results = join_all(multiple.into_iter().chain(single)).await;
         if let Some(e) = results.into_iter().find_map(Result::err) {
             // The channel is gone: the broker redelivers everything unacked.
-            debug!(error = %e, "Acks not sent: the channel is closed; the broker will redeliver");
+            warn!(error = %e, "Acks not sent: the channel is closed; the broker redelivers those messages");
             return;
         }
         if handled > 0 {

@@ -46,7 +46,7 @@ pub struct ConsumerState {
     channel: Channel,
     /// Acks and nacks of `channel`'s deliveries, in order.
     acks: Acks,
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
     /// Tag of the active `basic.consume`; `None` while not consuming.
     consumer_tag: Option<String>,
     /// The `basic.qos` prefetch in force.
@@ -304,7 +304,7 @@ async fn setup(
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;
     }
-    let publisher = Publisher::open(&connection, &subject.queue, &config).await?;
+    let publisher = Arc::new(Publisher::open(&connection, &subject.queue, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
     let mut state = ConsumerState {

@@ -48,7 +48,7 @@ pub struct Job {
     /// The delivery (its acker is bound to the channel it came from).
     pub delivery: Delivery,
     /// Confirm-mode channel for retry and dead-letter copies.
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
     /// Settles the delivery on its channel.
     pub acks: Acks,
 }

@@ -225,7 +225,7 @@ impl TestCtx {
 
     pub fn toml(&self) -> String {
         format!(
-            "[amqp]\nurl = \"{amqp}\"\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
+            "[amqp]\nurl = \"{amqp}\"\nprefetch_per_worker = 2\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n\n{retry}\n\
              [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
