@@ -111,12 +111,15 @@ impl Ledger {
         }
     }
 
-    /// A tag settled one by one (nacked): only moves the floor.
-    fn sent(&mut self, tag: DeliveryTag) {
-        if tag > self.through {
-            self.done.remove(&tag);
-            self.sent.insert(tag);
+    /// A tag to nack: true when it is still unsettled, so the nack may be sent (it then only
+    /// moves the floor). A tag already acked, or reported done (PHP handled it), is not nacked:
+    /// the broker would close the channel on an unknown tag, and the ack is the truth.
+    fn release(&mut self, tag: DeliveryTag) -> bool {
+        if tag <= self.through || self.sent.contains(&tag) || self.done.contains_key(&tag) {
+            return false;
         }
+        self.sent.insert(tag);
+        true
     }
 
     /// Moves the floor over the settled prefix; acks the done tags above it one by one when
@@ -252,8 +255,9 @@ impl Settler {
         match cmd {
             Cmd::Ack { tag, handled } => self.ledger.done(tag, handled),
             Cmd::Nack(tag) => {
-                self.ledger.sent(tag);
-                batch.nacks.push(tag);
+                if self.ledger.release(tag) {
+                    batch.nacks.push(tag);
+                }
             }
             Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 4).max(1),
             Cmd::Flush(reply) => batch.flushes.push(reply),
@@ -340,13 +344,33 @@ mod tests {
     fn nacked_tags_are_passed_over_never_acked() {
         let mut l = Ledger::default();
         l.done(1, true);
-        l.sent(2);
+        assert!(l.release(2));
         l.done(3, true);
         assert_eq!(plan(&mut l, 4), (Some((3, 2)), vec![]));
         // A late duplicate report of a settled tag is ignored.
         l.done(2, true);
         l.done(3, true);
         assert_eq!(plan(&mut l, 4), (None, vec![]));
+    }
+
+    #[test]
+    fn a_tag_already_acked_or_done_is_never_nacked() {
+        let mut l = Ledger::default();
+        l.done(1, true);
+        assert_eq!(plan(&mut l, 4), (Some((1, 1)), vec![]));
+        // Acked in the multiple ack: a nack would be an unknown tag for the broker.
+        assert!(!l.release(1));
+        // Done but not sent yet (a worker that failed after reporting success): acked.
+        l.done(3, true);
+        assert!(!l.release(3));
+        // Acked singly: no nack either; a nack twice only once.
+        l.done(5, true);
+        assert_eq!(plan(&mut l, 0), (None, vec![3, 5]));
+        assert!(!l.release(5));
+        assert!(l.release(2));
+        assert!(!l.release(2));
+        assert_eq!(plan(&mut l, 0), (None, vec![]));
+        assert_eq!(l.through, 3);
     }
 
     #[test]
