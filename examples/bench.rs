@@ -131,6 +131,12 @@ struct Args {
     /// one line per round and the medians, writes nothing.
     #[arg(long)]
     quick: bool,
+    /// With `--quick`: the I/O-bound runs (agent and direct FastCGI) instead of ceiling and drain.
+    #[arg(long, requires = "quick")]
+    io: bool,
+    /// `agent.worker_threads` of every agent run (default: the agent's default, 1).
+    #[arg(long)]
+    agent_worker_threads: Option<u16>,
     /// How php-fpm listens, for the agent and the ceiling alike: loopback TCP or a Unix socket
     /// (php-fpm's default on Debian).
     #[arg(long, value_enum, default_value_t = Listen::Tcp)]
@@ -1123,8 +1129,65 @@ fn queue_name(run: &str, subject: &str) -> String {
 }
 
 impl Bench {
+    /// `--quick --io`: the I/O-bound runs only, medians printed.
+    async fn quick_io(&mut self) -> anyhow::Result<()> {
+        let io_pool = self.args.io_pool;
+        let bound = 1000.0 / self.args.io_sleep_ms as f64 * f64::from(io_pool) * 2.0;
+        let (mut agent, mut direct) = (Vec::new(), Vec::new());
+        for r in 1..=self.args.rounds {
+            let plan = AgentPlan {
+                label: format!("io-bound pool={io_pool}"),
+                pool: io_pool,
+                prefetch_per_worker: self.args.prefetch_per_worker,
+                sleep_ms: self.args.io_sleep_ms,
+                messages: self.args.io_messages,
+                steady: None,
+                track_in_flight: false,
+                perf: None,
+            };
+            let a = self.agent_run(&plan).await?;
+            let d = self
+                .ceiling(
+                    usize::from(io_pool) * 2,
+                    self.args.io_messages,
+                    None,
+                    true,
+                    self.args.io_sleep_ms,
+                )
+                .await?;
+            println!(
+                "[quick-io {r}] agent {:.0} msg/s ({:.1} % of {bound:.0}, turnaround p50 {:.2} ms p99 {:.2} ms), direct {:.0} req/s ({:.1} %, p50 {:.2} ms p99 {:.2} ms), lost/dup {}/{}",
+                a.rate,
+                a.rate / bound * 100.0,
+                a.cycle.p50_us / 1e3,
+                a.cycle.p99_us / 1e3,
+                d.rate,
+                d.rate / bound * 100.0,
+                d.cycle.p50_us / 1e3,
+                d.cycle.p99_us / 1e3,
+                a.check.lost,
+                a.check.duplicates,
+            );
+            ensure!(a.check.clean(), "messages lost or duplicated");
+            agent.push(a.rate);
+            direct.push(d.rate);
+        }
+        let (a, d) = (median(agent), median(direct));
+        println!(
+            "[quick-io] medians of {}: agent {a:.0} msg/s ({:.1} %), direct {d:.0} req/s ({:.1} %), agent/direct {:.3}",
+            self.args.rounds,
+            a / bound * 100.0,
+            d / bound * 100.0,
+            a / d
+        );
+        Ok(())
+    }
+
     /// `--quick`: ceiling and drain only, medians printed.
     async fn quick(&mut self) -> anyhow::Result<()> {
+        if self.args.io {
+            return self.quick_io().await;
+        }
         let (pool, n) = (self.args.pool, self.args.messages);
         let concurrency = usize::from(pool) * 2;
         let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
@@ -1462,7 +1525,12 @@ impl Bench {
              address = \"{address}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/bench/{{subject}}\"\ntimeout = \"30s\"\nsigning_secrets = []\n\
              require_ack_header = true\n\n[retry]\ndelays = [\"1s\"]\n\n{subjects}\
-             [agent]\nshutdown_timeout = \"30s\"\n{admin}",
+             [agent]\nshutdown_timeout = \"30s\"\n{threads}{admin}",
+            threads = self
+                .args
+                .agent_worker_threads
+                .map(|n| format!("worker_threads = {n}\n"))
+                .unwrap_or_default(),
             admin = if self.admin_section {
                 // Keep the admin listener (on by default) but off the default port, which
                 // another agent on the machine may hold.
