@@ -378,14 +378,22 @@ impl ParamLength {
         }
     }
 
-    /// Converts the parameter length to bytes.
-    pub async fn content(self) -> io::Result<Vec<u8>> {
-        let buf = match self {
-            ParamLength::Short(l) => vec![l],
-            ParamLength::Long(l) => l.to_be_bytes().to_vec(),
-        };
-        Ok(buf)
+    /// Appends the encoded length to `buf` (amqp-agent patch: no allocation).
+    fn encode_into(self, buf: &mut Vec<u8>) {
+        match self {
+            ParamLength::Short(l) => buf.push(l),
+            ParamLength::Long(l) => buf.extend_from_slice(&l.to_be_bytes()),
+        }
     }
+
+    /// Encoded size in bytes.
+    fn encoded_len(self) -> usize {
+        match self {
+            ParamLength::Short(_) => 1,
+            ParamLength::Long(_) => 4,
+        }
+    }
+
 }
 
 /// A single parameter name-value pair.
@@ -419,19 +427,20 @@ impl<'a> ParamPair<'a> {
         }
     }
 
-    /// Writes the parameter pair to a stream.
-    ///
-    /// # Arguments
-    ///
-    /// * `writer` - The writer to write to
-    async fn write_to_stream<W: AsyncWrite + Unpin>(&self, writer: &mut W) -> io::Result<()> {
-        writer.write_all(&self.name_length.content().await?).await?;
-        writer
-            .write_all(&self.value_length.content().await?)
-            .await?;
-        writer.write_all(self.name_data.as_bytes()).await?;
-        writer.write_all(self.value_data.as_bytes()).await?;
-        Ok(())
+    /// Appends the encoded pair to `buf` (amqp-agent patch: the original wrote the two
+    /// lengths, each in a fresh `Vec`, and the name and value through four async `write_all`).
+    fn encode_into(&self, buf: &mut Vec<u8>) {
+        self.name_length.encode_into(buf);
+        self.value_length.encode_into(buf);
+        buf.extend_from_slice(self.name_data.as_bytes());
+        buf.extend_from_slice(self.value_data.as_bytes());
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.name_length.encoded_len()
+            + self.value_length.encoded_len()
+            + self.name_data.len()
+            + self.value_data.len()
     }
 }
 
@@ -446,8 +455,8 @@ impl<'a> ParamPairs<'a> {
     ///
     /// * `params` - The parameters to convert
     pub(crate) fn new(params: Params<'a>) -> Self {
-        let mut param_pairs = Vec::new();
         let params: HashMap<Cow<'a, str>, Cow<'a, str>> = params.into();
+        let mut param_pairs = Vec::with_capacity(params.len());
         for (name, value) in params.into_iter() {
             let param_pair = ParamPair::new(name, value);
             param_pairs.push(param_pair);
@@ -458,10 +467,11 @@ impl<'a> ParamPairs<'a> {
 
     /// Converts the parameter pairs to bytes.
     pub(crate) async fn to_content(&self) -> io::Result<Vec<u8>> {
-        let mut buf: Vec<u8> = Vec::new();
+        // amqp-agent patch: one allocation of the exact size, encoded synchronously.
+        let mut buf: Vec<u8> = Vec::with_capacity(self.iter().map(ParamPair::encoded_len).sum());
 
         for param_pair in self.iter() {
-            param_pair.write_to_stream(&mut buf).await?;
+            param_pair.encode_into(&mut buf);
         }
 
         Ok(buf)
@@ -592,4 +602,44 @@ impl EndRequestRec {
 /// * `buf` - The buffer containing the bytes
 fn be_buf_to_u16(buf: &[u8]) -> u16 {
     u16::from_be_bytes(<[u8; 2]>::try_from(buf).unwrap())
+}
+
+#[cfg(test)]
+mod amqp_agent_patch_tests {
+    use super::*;
+
+    /// The encoding of the FastCGI spec (section 3.4): 1-byte lengths below 128, else 4 bytes
+    /// with the high bit set; then name, then value.
+    fn reference(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in pairs {
+            for len in [name.len(), value.len()] {
+                if len < 128 {
+                    out.push(len as u8);
+                } else {
+                    out.extend_from_slice(&((len as u32) | (1 << 31)).to_be_bytes());
+                }
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn pairs_encode_as_the_spec_says() {
+        let long = "x".repeat(300);
+        let pairs = [("SHORT", "v"), ("LONG_VALUE", long.as_str()), ("EMPTY", "")];
+        let encoded = ParamPairs(
+            pairs
+                .iter()
+                .map(|(n, v)| ParamPair::new(Cow::Borrowed(*n), Cow::Borrowed(*v)))
+                .collect(),
+        );
+        let content = futures_util::FutureExt::now_or_never(encoded.to_content())
+            .unwrap()
+            .unwrap();
+        assert_eq!(content, reference(&pairs));
+        assert_eq!(content.capacity(), content.len());
+    }
 }

@@ -239,7 +239,8 @@ impl<'a> Params<'a> {
 
 impl Default for Params<'_> {
     fn default() -> Self {
-        Params(HashMap::new())
+        // amqp-agent patch: room for a typical request's params, so inserting them never rehashes.
+        Params(HashMap::with_capacity(32))
             .gateway_interface("FastCGI/1.0")
             .server_software("fastcgi-client-rs")
             .server_protocol("HTTP/1.1")

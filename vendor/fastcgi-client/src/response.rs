@@ -283,28 +283,22 @@ where
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>,
     ) -> Poll<Option<Self::Item>> {
-        let mut pending = false;
+        // amqp-agent patch: records already buffered are returned before reading again. The
+        // original read first on every call (zeroing an 8 KiB chunk each time, and asking the
+        // socket once more after the reply was complete).
         loop {
-            match self.poll_fill_buf(cx) {
-                Poll::Ready(Ok(Some(()))) => match self.process_message() {
-                    Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
-                    Ok(None) if self.eof => return Poll::Ready(None),
-                    Ok(None) => continue,
-                    Err(err) => return Poll::Ready(Some(Err(err))),
-                },
-                Poll::Ready(Ok(None)) => break,
-                Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err))),
-                Poll::Pending => {
-                    pending = true;
-                    break;
-                }
+            match self.process_message() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(None) if self.eof => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(err) => return Poll::Ready(Some(Err(err))),
             }
-        }
-        match self.process_message() {
-            Ok(Some(data)) => Poll::Ready(Some(Ok(data))),
-            Ok(None) if !self.eof && pending => Poll::Pending,
-            Ok(None) => Poll::Ready(None),
-            Err(err) => Poll::Ready(Some(Err(err))),
+            match self.poll_fill_buf(cx) {
+                Poll::Ready(Ok(Some(()))) => continue,
+                Poll::Ready(Ok(None)) => return Poll::Ready(None),
+                Poll::Ready(Err(err)) => return Poll::Ready(Some(Err(err))),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -395,5 +389,67 @@ mod http_tests {
 
         assert!(stdout.starts_with("Status: 201 Created\r\n"));
         assert!(stdout.contains("content-type: text/plain\r\n\r\nhello"));
+    }
+}
+
+#[cfg(test)]
+mod amqp_agent_patch_tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::pin::Pin;
+
+    /// Yields its bytes in one read, then counts the reads that come after.
+    struct OneShot {
+        data: Vec<u8>,
+        reads: usize,
+    }
+
+    impl AsyncRead for OneShot {
+        fn poll_read(
+            mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.reads += 1;
+            let n = self.data.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data.drain(..n);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    fn record(kind: u8, content: &[u8], padding: u8) -> Vec<u8> {
+        let len = (content.len() as u16).to_be_bytes();
+        let mut r = vec![1, kind, 0, 1, len[0], len[1], padding, 0];
+        r.extend_from_slice(content);
+        r.extend(std::iter::repeat_n(0, usize::from(padding)));
+        r
+    }
+
+    #[test]
+    fn buffered_records_are_returned_without_reading_again() {
+        let mut data = record(6, b"Status: 200\r\n\r\nok", 6);
+        data.extend(record(7, b"warn", 4));
+        data.extend(record(3, &[0, 0, 0, 0, 0, 0, 0, 0], 0));
+        let mut stream = ResponseStream::new(OneShot { data, reads: 0 }, 1);
+        let items: Vec<_> = futures_util::FutureExt::now_or_never(async {
+            let mut items = Vec::new();
+            while let Some(item) = stream.next().await {
+                items.push(item.unwrap());
+            }
+            items
+        })
+        .unwrap();
+        assert!(matches!(&items[0], Content::Stdout(b) if &b[..] == b"Status: 200\r\n\r\nok"));
+        assert!(matches!(&items[1], Content::Stderr(b) if &b[..] == b"warn"));
+        assert_eq!(items.len(), 2);
+        assert_eq!(stream.stream.reads, 1, "one read for a reply that arrived whole");
+    }
+
+    #[test]
+    fn a_reply_cut_short_ends_the_stream() {
+        let mut data = record(6, b"partial", 1);
+        data.truncate(10);
+        let mut stream = ResponseStream::new(OneShot { data, reads: 0 }, 1);
+        let next = futures_util::FutureExt::now_or_never(stream.next()).unwrap();
+        assert!(next.is_none());
     }
 }
