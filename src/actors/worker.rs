@@ -282,7 +282,12 @@ async fn attempt_fpm(
                 Ok(head) => {
                     span.record("http.response.status_code", head.status);
                     let verdict = outcome::classify_reply(&head, require_ack, || excerpt(&reply));
-                    (verdict, false, head.status.to_string())
+                    let status = if head.status == 200 {
+                        Cow::Borrowed("200")
+                    } else {
+                        Cow::Owned(head.status.to_string())
+                    };
+                    (verdict, false, status)
                 }
                 Err(e) => {
                     let verdict = Verdict::Transient {
@@ -292,7 +297,7 @@ async fn attempt_fpm(
                         retry_after: None,
                         counts: true,
                     };
-                    (verdict, false, "fpm_malformed_reply".to_owned())
+                    (verdict, false, Cow::Borrowed("fpm_malformed_reply"))
                 }
             }
         }
@@ -305,11 +310,15 @@ async fn attempt_fpm(
                 retry_after: None,
                 counts: !unreached,
             };
-            (verdict, unreached, e.reason().to_owned())
+            (verdict, unreached, Cow::Borrowed(e.reason()))
         }
     };
     runtime.hot.fpm_duration.observe(elapsed.as_secs_f64());
-    runtime.metrics.fpm_response(&runtime.name, &status);
+    if status == "200" {
+        runtime.hot.fpm_ok.inc();
+    } else {
+        runtime.metrics.fpm_response(&runtime.name, &status);
+    }
     if !matches!(verdict, Verdict::Success) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", describe(&verdict).0);

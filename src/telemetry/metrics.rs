@@ -67,6 +67,8 @@ pub struct SubjectMetrics {
     pub fpm_duration: Histogram,
     /// `queue_wait_seconds{subject}`.
     pub queue_wait: Histogram,
+    /// `fpm_responses{subject, status="200"}`, the common case.
+    pub fpm_ok: Counter,
 }
 
 /// Every metric of the agent.
@@ -215,6 +217,13 @@ impl Metrics {
             acked: self.acked.get_or_create(&label).clone(),
             fpm_duration: self.fpm_duration.get_or_create(&label).clone(),
             queue_wait: self.queue_wait.get_or_create(&label).clone(),
+            fpm_ok: self
+                .fpm_responses
+                .get_or_create(&StatusLabels {
+                    subject: subject.to_owned(),
+                    status: "200".to_owned(),
+                })
+                .clone(),
         }
     }
 
