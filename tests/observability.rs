@@ -273,6 +273,10 @@ async fn metrics_count_what_was_published_and_readiness_follows_the_broker() {
         36.0,
         "30 + 3 + 3 retries"
     );
+    // 36 event deliveries were acked (33 handled, 3 after their retry copy was stored), in at
+    // least one frame and never more frames than deliveries.
+    let frames = metric(&m, "amqp_agent_ack_frames_total", "subject=\"event\"");
+    assert!((1.0..=36.0).contains(&frames), "{frames} ack frames");
     assert_eq!(
         metric(
             &m,

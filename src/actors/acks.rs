@@ -288,6 +288,13 @@ impl Settler {
             SubjectStats::add(&self.runtime.stats.acked, handled);
             self.runtime.hot.acked.inc_by(handled);
         }
+        let hot = &self.runtime.hot;
+        if plan.multiple.is_some() {
+            hot.ack_multiple.inc();
+        }
+        if !plan.single.is_empty() {
+            hot.ack_single.inc_by(plan.single.len() as u64);
+        }
     }
 }
 

@@ -43,6 +43,14 @@ pub struct StatusLabels {
 
 /// `subject` + `actor` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Subject name.
+    pub subject: String,
+    /// `multiple` or `single`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActorLabels {
     /// `event` / `command`.
     pub subject: String,
@@ -69,6 +77,10 @@ pub struct SubjectMetrics {
     pub queue_wait: Histogram,
     /// `fpm_responses{subject, status="200"}`, the common case.
     pub fpm_ok: Counter,
+    /// `ack_frames{subject, kind="multiple"}`.
+    pub ack_multiple: Counter,
+    /// `ack_frames{subject, kind="single"}`.
+    pub ack_single: Counter,
 }
 
 /// Every metric of the agent.
@@ -94,6 +106,8 @@ pub struct Metrics {
     pub reconnects: Family<SubjectLabel, Counter>,
     /// Actors restarted after a failure.
     pub actor_restarts: Family<ActorLabels, Counter>,
+    /// `basic.ack` frames sent, by kind.
+    pub ack_frames: Family<KindLabels, Counter>,
     in_flight: Family<SubjectLabel, Gauge>,
     pool_size: Family<SubjectLabel, Gauge>,
     busy: Family<SubjectLabel, Gauge>,
@@ -118,6 +132,7 @@ impl Metrics {
             queue_wait: Family::new_with_constructor(seconds_histogram),
             reconnects: Family::default(),
             actor_restarts: Family::default(),
+            ack_frames: Family::default(),
             in_flight: Family::default(),
             pool_size: Family::default(),
             busy: Family::default(),
@@ -177,6 +192,11 @@ impl Metrics {
             m.actor_restarts.clone(),
         );
         registry.register(
+            "ack_frames",
+            "basic.ack frames sent: one multiple ack settles many deliveries",
+            m.ack_frames.clone(),
+        );
+        registry.register(
             "in_flight",
             "Deliveries held by the agent",
             m.in_flight.clone(),
@@ -224,7 +244,18 @@ impl Metrics {
                     status: "200".to_owned(),
                 })
                 .clone(),
+            ack_multiple: self.ack_frame(subject, "multiple"),
+            ack_single: self.ack_frame(subject, "single"),
         }
+    }
+
+    fn ack_frame(&self, subject: &str, kind: &str) -> Counter {
+        self.ack_frames
+            .get_or_create(&KindLabels {
+                subject: subject.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts an FPM reply by status (the duration goes to [`SubjectMetrics::fpm_duration`]).
