@@ -20,6 +20,7 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::DeliveryTag;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::SubjectRuntime;
@@ -43,7 +44,7 @@ enum Cmd {
     /// The delivery is done: ack it. `handled` counts it in the `acked` statistics (a message
     /// whose retry or dead-letter copy was stored is acked without being counted as handled).
     Ack { tag: DeliveryTag, handled: bool },
-    /// Return the delivery to its queue.
+    /// Return the delivery to its queue (counted as requeued once the nack is written).
     Nack(DeliveryTag),
     /// The prefetch window changed: at most a quarter of it may wait behind a slow message.
     Window(u16),
@@ -185,18 +186,22 @@ impl Settler {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let mut batch = Batch::default();
+        // Since when finished tags have been waiting behind an older one (the age of the oldest
+        // held tag, or older): they go out singly once it passes HOLD_MAX, however busy the
+        // channel is.
+        let mut held_since: Option<Instant> = None;
         loop {
-            // Wait for work; while tags are held back, no longer than HOLD_MAX.
-            let first = if self.ledger.done.is_empty() {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout(HOLD_MAX, rx.recv()).await {
+            // Wait for work; while tags are held back, no longer than their HOLD_MAX.
+            let first = match held_since {
+                None => rx.recv().await,
+                Some(since) => match tokio::time::timeout_at(since + HOLD_MAX, rx.recv()).await {
                     Ok(cmd) => cmd,
                     Err(_) => {
                         self.send(0).await;
+                        held_since = None;
                         continue;
                     }
-                }
+                },
             };
             let Some(first) = first else {
                 // Every handle dropped: send what is held and stop.
@@ -206,7 +211,10 @@ impl Settler {
             self.apply(first, &mut batch);
             // Gather more for up to ACK_DELAY, unless something must go now or a quarter of the
             // window is waiting: fewer, larger acks mean fewer wake-ups of lapin's I/O thread.
-            let deadline = tokio::time::Instant::now() + ACK_DELAY;
+            let mut deadline = Instant::now() + ACK_DELAY;
+            if let Some(since) = held_since {
+                deadline = deadline.min(since + HOLD_MAX);
+            }
             let mut closed = false;
             loop {
                 while let Ok(cmd) = rx.try_recv() {
@@ -232,16 +240,28 @@ impl Settler {
             let nacks = std::mem::take(&mut batch.nacks);
             for result in join_all(nacks.iter().map(|t| self.channel.basic_nack(*t, requeue))).await
             {
-                if let Err(e) = result {
-                    warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
+                match result {
+                    Ok(()) => {
+                        SubjectStats::incr(&self.runtime.stats.requeued);
+                        self.runtime.hot.requeued.inc();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
+                    }
                 }
             }
-            let hold = if batch.flushes.is_empty() && !closed {
+            let overdue = held_since.is_some_and(|since| since.elapsed() >= HOLD_MAX);
+            let hold = if batch.flushes.is_empty() && !closed && !overdue {
                 self.hold
             } else {
                 0
             };
             self.send(hold).await;
+            held_since = if self.ledger.done.is_empty() {
+                None
+            } else {
+                held_since.or_else(|| Some(Instant::now()))
+            };
             for reply in batch.flushes.drain(..) {
                 let _ = reply.send(());
             }

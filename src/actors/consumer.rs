@@ -24,6 +24,10 @@ use super::worker::{FpmWorker, Job, WorkerArgs, WorkerMsg};
 use crate::broker::{self, Publisher};
 use crate::telemetry::metrics::Metrics;
 
+/// Longest wait for held acks to be written when draining or stopping; past it the broker
+/// redelivers those messages.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Prefix of the stop reason when the broker connection is gone (not a crash).
 pub const CONNECTION_LOST: &str = "connection to RabbitMQ lost";
 
@@ -135,7 +139,7 @@ impl Actor for QueueConsumer {
             slot.actor.kill();
         }
         // Acks of finished messages still held back go out before the connection closes.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), state.acks.flush()).await;
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, state.acks.flush()).await;
         // Closing the connection returns every unacked delivery to its queue.
         let _ = state
             .connection
@@ -261,9 +265,6 @@ impl Actor for QueueConsumer {
         if let Some(tag) = slot.busy {
             SubjectStats::decr(&stats.busy);
             SubjectStats::decr(&stats.in_flight);
-            SubjectStats::incr(&stats.requeued);
-            let subject = Metrics::subject(&state.runtime.name);
-            state.runtime.metrics.requeued.get_or_create(&subject).inc();
             state.acks.nack(tag);
         }
         if let Some(err) = failure {
@@ -522,13 +523,10 @@ fn dispatch(state: &mut ConsumerState) {
     }
 }
 
+/// Returns a delivery that no worker took (the settlement task counts it as requeued).
 fn requeue(state: &ConsumerState, delivery: &Delivery) {
     state.acks.nack(delivery.delivery_tag);
-    let stats = &state.runtime.stats;
-    let subject = Metrics::subject(&state.runtime.name);
-    state.runtime.metrics.requeued.get_or_create(&subject).inc();
-    SubjectStats::decr(&stats.in_flight);
-    SubjectStats::incr(&stats.requeued);
+    SubjectStats::decr(&state.runtime.stats.in_flight);
 }
 
 fn finish_drain_if_idle(state: &mut ConsumerState) {
@@ -544,7 +542,8 @@ fn finish_drain_if_idle(state: &mut ConsumerState) {
         let waiters = std::mem::take(waiters);
         let acks = state.acks.clone();
         tokio::spawn(async move {
-            acks.flush().await;
+            // Bounded: a broker that blocks the connection (resource alarm) writes nothing.
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, acks.flush()).await;
             for reply in waiters {
                 let _ = reply.send(());
             }

@@ -432,12 +432,6 @@ async fn settle(
             // A short pause so a broker that refuses every publish does not spin the message.
             tokio::time::sleep(Duration::from_millis(500)).await;
             acks.nack(delivery.delivery_tag);
-            SubjectStats::incr(&stats.requeued);
-            runtime
-                .metrics
-                .requeued
-                .get_or_create(&Metrics::subject(&runtime.name))
-                .inc();
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct SubjectMetrics {
     pub queue_wait: Histogram,
     /// `fpm_responses{subject, status="200"}`, the common case.
     pub fpm_ok: Counter,
+    /// `messages_requeued{subject}`.
+    pub requeued: Counter,
     /// `ack_frames{subject, kind="multiple"}`.
     pub ack_multiple: Counter,
     /// `ack_frames{subject, kind="single"}`.
@@ -244,6 +246,7 @@ impl Metrics {
                     status: "200".to_owned(),
                 })
                 .clone(),
+            requeued: self.requeued.get_or_create(&label).clone(),
             ack_multiple: self.ack_frame(subject, "multiple"),
             ack_single: self.ack_frame(subject, "single"),
         }
