@@ -510,23 +510,7 @@ async fn a_slow_message_does_not_hold_back_the_acks_of_later_ones() {
         ctx.queue_len(&queue).await > 0
     })
     .await;
-    let mut back = Vec::new();
-    while let Some(msg) = ctx
-        .channel
-        .basic_get(queue.as_str().into(), Default::default())
-        .await
-        .unwrap()
-    {
-        msg.delivery.acker.ack(Default::default()).await.unwrap();
-        back.push(
-            msg.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-        );
-    }
+    let back = ctx.take_ids(&queue).await;
     assert_eq!(
         back,
         vec!["slow".to_owned()],

@@ -320,11 +320,16 @@ impl TestCtx {
 
     /// Takes every message from `<queue>.dead`.
     pub async fn drain_dead(&self, subject: &str) -> Vec<(BasicProperties, Vec<u8>)> {
-        let queue = format!("{}.dead", self.queue(subject));
+        self.take_all(&format!("{}.dead", self.queue(subject)))
+            .await
+    }
+
+    /// Takes (and acks) every message ready in `queue`.
+    pub async fn take_all(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
         let mut out = Vec::new();
         while let Some(msg) = self
             .channel
-            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .basic_get(queue.into(), BasicGetOptions::default())
             .await
             .unwrap()
         {
@@ -336,6 +341,24 @@ impl TestCtx {
             out.push((msg.delivery.properties.clone(), msg.delivery.data.clone()));
         }
         out
+    }
+
+    /// Takes (and acks) every message ready in `queue`; returns their message ids, sorted.
+    pub async fn take_ids(&self, queue: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .take_all(queue)
+            .await
+            .iter()
+            .map(|(props, _)| {
+                props
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            })
+            .collect();
+        ids.sort();
+        ids
     }
 
     pub fn records(&self) -> Vec<Value> {
