@@ -11,7 +11,7 @@
 //! Workers hand a finished delivery over and take the next one at once; the ack itself goes out
 //! in the next batch (group commit: while one batch is being written, the next one collects).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +93,46 @@ impl Acks {
 struct Ledger {
     through: DeliveryTag,
     done: BTreeMap<DeliveryTag, bool>,
-    sent: BTreeSet<DeliveryTag>,
+    sent: Runs,
+}
+
+/// A set of delivery tags kept as runs of consecutive tags (start → end, inclusive). While one
+/// message runs for minutes, every later one is acked singly and stays here until the floor
+/// passes it: as runs, that is one entry instead of one per message.
+#[derive(Default)]
+struct Runs(BTreeMap<DeliveryTag, DeliveryTag>);
+
+impl Runs {
+    fn contains(&self, tag: DeliveryTag) -> bool {
+        self.0
+            .range(..=tag)
+            .next_back()
+            .is_some_and(|(_, end)| tag <= *end)
+    }
+
+    fn insert(&mut self, tag: DeliveryTag) {
+        if self.contains(tag) {
+            return;
+        }
+        let mut start = tag;
+        if let Some((&s, &e)) = self.0.range(..tag).next_back()
+            && e + 1 == tag
+        {
+            start = s;
+        }
+        let end = self.0.remove(&(tag + 1)).unwrap_or(tag);
+        self.0.insert(start, end);
+    }
+
+    /// Removes the run that starts at `tag`; returns its end.
+    fn take_run_at(&mut self, tag: DeliveryTag) -> Option<DeliveryTag> {
+        self.0.remove(&tag)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a batch has to send.
@@ -107,7 +146,7 @@ struct Plan {
 
 impl Ledger {
     fn done(&mut self, tag: DeliveryTag, handled: bool) {
-        if tag > self.through && !self.sent.contains(&tag) {
+        if tag > self.through && !self.sent.contains(tag) {
             self.done.insert(tag, handled);
         }
     }
@@ -116,7 +155,7 @@ impl Ledger {
     /// moves the floor). A tag already acked, or reported done (PHP handled it), is not nacked:
     /// the broker would close the channel on an unknown tag, and the ack is the truth.
     fn release(&mut self, tag: DeliveryTag) -> bool {
-        if tag <= self.through || self.sent.contains(&tag) || self.done.contains_key(&tag) {
+        if tag <= self.through || self.sent.contains(tag) || self.done.contains_key(&tag) {
             return false;
         }
         self.sent.insert(tag);
@@ -133,14 +172,19 @@ impl Ledger {
             if let Some(h) = self.done.remove(&next) {
                 multiple = Some(next);
                 handled += u64::from(h);
-            } else if !self.sent.remove(&next) {
+                self.through = next;
+            } else if let Some(end) = self.sent.take_run_at(next) {
+                // A run of tags settled one by one: the floor passes it in one step.
+                self.through = end;
+            } else {
                 break;
             }
-            self.through = next;
         }
         let single = if self.done.len() > hold {
             let single: Vec<_> = std::mem::take(&mut self.done).into_iter().collect();
-            self.sent.extend(single.iter().map(|(t, _)| *t));
+            for (tag, _) in &single {
+                self.sent.insert(*tag);
+            }
             single
         } else {
             Vec::new()
@@ -398,6 +442,64 @@ mod tests {
         assert!(!l.release(2));
         assert_eq!(plan(&mut l, 0), (None, vec![]));
         assert_eq!(l.through, 3);
+    }
+
+    #[test]
+    fn runs_behave_like_a_set_of_tags() {
+        use std::collections::BTreeSet;
+        let mut runs = Runs::default();
+        let mut model = BTreeSet::new();
+        // A fixed pseudo-random walk over 1..=64: inserts, lookups and run removals.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let tag = x % 64 + 1;
+            if x.is_multiple_of(5) {
+                let expected = model.contains(&tag).then(|| {
+                    let mut end = tag;
+                    while model.remove(&end) {
+                        end += 1;
+                    }
+                    end - 1
+                });
+                // Only a run that starts at `tag` can be taken.
+                let starts_here = tag == 1 || !runs.contains(tag - 1);
+                if starts_here {
+                    assert_eq!(runs.take_run_at(tag), expected, "take at {tag}");
+                } else if let Some(end) = expected {
+                    // Put the model back: the run does not start here.
+                    model.extend(tag..=end);
+                }
+            } else {
+                runs.insert(tag);
+                model.insert(tag);
+            }
+            for t in 1..=65 {
+                assert_eq!(runs.contains(t), model.contains(&t), "contains {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_stuck_message_keeps_the_ledger_small() {
+        let mut l = Ledger::default();
+        // Tag 1 runs for a long time; 100,000 later ones finish and are acked singly.
+        for t in 2..=100_001 {
+            l.done(t, true);
+            if t.is_multiple_of(100) {
+                let (multiple, single) = plan(&mut l, 8);
+                assert_eq!(multiple, None);
+                assert!(!single.is_empty());
+            }
+        }
+        assert_eq!(l.sent.0.len(), 1, "one run, not one entry per message");
+        // 1 finishes: one multiple ack settles it and 100,001 (still held), passing the run.
+        l.done(1, true);
+        assert_eq!(plan(&mut l, 8), (Some((100_001, 2)), vec![]));
+        assert_eq!(l.through, 100_001);
+        assert!(l.sent.is_empty());
     }
 
     #[test]
