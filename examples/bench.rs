@@ -1129,32 +1129,40 @@ fn queue_name(run: &str, subject: &str) -> String {
 }
 
 impl Bench {
+    /// The I/O-bound pair: the agent with the sleeping handler, then direct FastCGI with the same
+    /// handler and concurrency.
+    async fn io_bound(&mut self) -> anyhow::Result<(AgentResult, CeilingResult)> {
+        let io_pool = self.args.io_pool;
+        let plan = AgentPlan {
+            label: format!("io-bound pool={io_pool}"),
+            pool: io_pool,
+            prefetch_per_worker: self.args.prefetch_per_worker,
+            sleep_ms: self.args.io_sleep_ms,
+            messages: self.args.io_messages,
+            steady: None,
+            track_in_flight: false,
+            perf: None,
+        };
+        let agent = self.agent_run(&plan).await?;
+        let direct = self
+            .ceiling(
+                usize::from(io_pool) * 2,
+                self.args.io_messages,
+                None,
+                true,
+                self.args.io_sleep_ms,
+            )
+            .await?;
+        Ok((agent, direct))
+    }
+
     /// `--quick --io`: the I/O-bound runs only, medians printed.
     async fn quick_io(&mut self) -> anyhow::Result<()> {
         let io_pool = self.args.io_pool;
         let bound = 1000.0 / self.args.io_sleep_ms as f64 * f64::from(io_pool) * 2.0;
         let (mut agent, mut direct) = (Vec::new(), Vec::new());
         for r in 1..=self.args.rounds {
-            let plan = AgentPlan {
-                label: format!("io-bound pool={io_pool}"),
-                pool: io_pool,
-                prefetch_per_worker: self.args.prefetch_per_worker,
-                sleep_ms: self.args.io_sleep_ms,
-                messages: self.args.io_messages,
-                steady: None,
-                track_in_flight: false,
-                perf: None,
-            };
-            let a = self.agent_run(&plan).await?;
-            let d = self
-                .ceiling(
-                    usize::from(io_pool) * 2,
-                    self.args.io_messages,
-                    None,
-                    true,
-                    self.args.io_sleep_ms,
-                )
-                .await?;
+            let (a, d) = self.io_bound().await?;
             println!(
                 "[quick-io {r}] agent {:.0} msg/s ({:.1} % of {bound:.0}, turnaround p50 {:.2} ms p99 {:.2} ms), direct {:.0} req/s ({:.1} %, p50 {:.2} ms p99 {:.2} ms), lost/dup {}/{}",
                 a.rate,
@@ -1327,30 +1335,11 @@ impl Bench {
         }
 
         let io_pool = self.args.io_pool;
-        let plan = AgentPlan {
-            label: format!("io-bound pool={io_pool}"),
-            pool: io_pool,
-            prefetch_per_worker: self.args.prefetch_per_worker,
-            sleep_ms: self.args.io_sleep_ms,
-            messages: self.args.io_messages,
-            steady: None,
-            track_in_flight: false,
-            perf: None,
-        };
-        round.io = self.agent_run(&plan).await?;
+        (round.io, round.io_direct) = self.io_bound().await?;
         eprintln!(
             "{tag} I/O-bound ({} ms) pool={io_pool}+{io_pool}: {:.0} msg/s",
             self.args.io_sleep_ms, round.io.rate
         );
-        round.io_direct = self
-            .ceiling(
-                usize::from(io_pool) * 2,
-                self.args.io_messages,
-                None,
-                true,
-                self.args.io_sleep_ms,
-            )
-            .await?;
         eprintln!(
             "{tag} I/O-bound ({} ms), direct FastCGI c={}: {:.0} req/s",
             self.args.io_sleep_ms,
