@@ -12,9 +12,10 @@
 //!    (fastcgi-client on a bare TcpStream sends every record separately) is shown too.
 //! 2. **Drain**: N messages (half per subject, persistent, ~1 KiB JSON) are published first,
 //!    then `amqp-agent run` is started; time from the agent's start to the last handler start.
-//! 3. **Steady state**: publish at a fixed share of the ceiling; publish -> handler start
-//!    latency (the handler stamps `microtime(true)`, the same wall clock). The same rate is
-//!    also sent straight to FPM, as the baseline of what FPM alone costs.
+//! 3. **Steady state**: publish at a fixed share of the ceiling, and at a share of the
+//!    round's drain rate (the agent's capacity with the broker on the same cores); publish ->
+//!    handler start latency (the handler stamps `microtime(true)`, the same wall clock). The
+//!    same rates are also sent straight to FPM, as the baseline of what FPM alone costs.
 //! 4. **I/O-bound**: the handler sleeps 10 ms; throughput against the 1000/10 ms × processes
 //!    bound. Then the same with a prefetch that keeps ~1000 messages in the agent, for its RSS.
 //! 5. **Sweep**: ceiling and drain at several pool sizes (chart in `throughput.svg`).
@@ -36,8 +37,10 @@ use clap::{Parser, ValueEnum};
 use fastcgi_client::conn::KeepAlive;
 use fastcgi_client::io::TokioCompat;
 use fastcgi_client::{Client, Params, Request};
+use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{
@@ -82,10 +85,11 @@ struct Args {
     /// Steady-state publish rate as a fraction of the measured ceiling.
     #[arg(long, default_value_t = 0.5)]
     steady_load: f64,
-    /// An extra steady-state run at this lower fraction of the ceiling (0 = skip), to see the
-    /// added latency when the machine is not saturated.
-    #[arg(long, default_value_t = 0.1)]
-    low_load: f64,
+    /// An extra steady-state run at this share of the machine's capacity for the whole path
+    /// (0 = skip): cores / the CPU per message of publisher, RabbitMQ, agent and php-fpm
+    /// together in run 3. RabbitMQ alone (a bare consumer) is measured at the same rate.
+    #[arg(long, default_value_t = 0.5)]
+    machine_load: f64,
     /// Messages of the I/O-bound run.
     #[arg(long, default_value_t = 8_000)]
     io_messages: usize,
@@ -1053,7 +1057,9 @@ struct Round {
     ceiling: CeilingResult,
     /// The ceiling with fastcgi-client on a bare TcpStream (one send per FastCGI record).
     ceiling_unbuffered: CeilingResult,
-    steady_low: Option<AgentResult>,
+    /// Steady state at `machine_load` × the machine's capacity, and the broker alone (publish ->
+    /// delivery to a bare consumer) at the same rate.
+    steady_capacity: Option<(AgentResult, Latency)>,
     io_direct: CeilingResult,
     drain: AgentResult,
     steady: AgentResult,
@@ -1314,24 +1320,38 @@ impl Bench {
             lat.p99_us / 1e3
         );
 
-        if self.args.low_load > 0.0 {
-            let rate = round.ceiling.rate * self.args.low_load;
+        if self.args.machine_load > 0.0 {
+            let s = &round.steady;
+            let path_us =
+                s.cpu_us_per_msg + s.fpm_us_per_msg + s.rabbitmq_us_per_msg + s.bench_us_per_msg;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let rate = self.args.machine_load * cores * 1e6 / path_us.max(1.0);
+            let n = (rate * (secs + WARMUP_SECS) as f64).round() as usize;
             let plan = AgentPlan {
                 label: format!("steady {rate:.0}/s"),
-                messages: (rate * (secs + WARMUP_SECS) as f64).round() as usize,
+                messages: n,
                 steady: Some((rate, secs)),
                 ..plan.clone()
             };
-            let low = self.agent_run(&plan).await?;
-            let lat = low.latency.unwrap_or_default();
+            let agent = self.agent_run(&plan).await?;
+            let lat = agent.latency.unwrap_or_default();
             eprintln!(
-                "{tag} steady {:.0} msg/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                low.offered_rate,
+                "{tag} steady {:.0} msg/s ({:.0} % machine load): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                agent.offered_rate,
+                self.args.machine_load * 100.0,
                 lat.p50_us / 1e3,
                 lat.p99_us / 1e3,
                 lat.max_us / 1e3
             );
-            round.steady_low = Some(low);
+            let window = pool * self.args.prefetch_per_worker.unwrap_or(8);
+            let broker = self.broker_alone(rate, secs, window).await?;
+            eprintln!(
+                "{tag} RabbitMQ alone at {rate:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                broker.p50_us / 1e3,
+                broker.p99_us / 1e3,
+                broker.max_us / 1e3
+            );
+            round.steady_capacity = Some((agent, broker));
         }
 
         let io_pool = self.args.io_pool;
@@ -1352,12 +1372,16 @@ impl Bench {
             .rss_in_flight
             .div_ceil(usize::from(io_pool) * 2)
             .max(1);
+        // The I/O-bound setup (pool, handler sleep), with a window of about `rss_in_flight`.
         let plan = AgentPlan {
             label: "rss".into(),
+            pool: io_pool,
             prefetch_per_worker: Some(u16::try_from(per_worker).unwrap_or(u16::MAX)),
+            sleep_ms: self.args.io_sleep_ms,
             messages: self.args.rss_messages,
+            steady: None,
             track_in_flight: true,
-            ..plan
+            perf: None,
         };
         round.rss = self.agent_run(&plan).await?;
         eprintln!(
@@ -1649,6 +1673,79 @@ impl Bench {
             confirmed(confirm.await?)?;
         }
         Ok(n as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// The broker alone: the same paced publishing, consumed by a bare lapin consumer in this
+    /// process (own connection, one channel per subject, the agent's window, each delivery
+    /// acked on arrival). Publish -> delivery latency: what RabbitMQ costs any consumer.
+    async fn broker_alone(&mut self, rate: f64, secs: u64, window: u16) -> anyhow::Result<Latency> {
+        let run = run_id();
+        self.declare(&run).await?;
+        let n = (rate * (secs + WARMUP_SECS) as f64).round() as usize;
+        let conn = Connection::connect(&self.args.amqp_url, ConnectionProperties::default())
+            .await
+            .context("broker baseline: cannot connect")?;
+        let received = Arc::new(std::sync::Mutex::new(vec![0u64; n]));
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut readers = Vec::new();
+        for subject in SUBJECTS {
+            let channel = conn.create_channel().await?;
+            channel
+                .basic_qos(window, BasicQosOptions::default())
+                .await?;
+            let mut consumer = channel
+                .basic_consume(
+                    queue_name(&run, subject).as_str().into(),
+                    "bench-broker-baseline".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let prefix = format!("{run}-");
+            let (received, count) = (received.clone(), count.clone());
+            readers.push(tokio::spawn(async move {
+                while let Some(delivery) = consumer.next().await {
+                    let delivery = delivery?;
+                    let at = now_us();
+                    let index = delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .and_then(|id| id.as_str().strip_prefix(prefix.as_str()))
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .context("broker baseline: a message without a bench id")?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    received.lock().expect("not poisoned")[index] = at;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(channel)
+            }));
+        }
+        let (published, _) = self.publish_paced(&run, n, rate, 0).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count.load(Ordering::Relaxed) < n {
+            ensure!(
+                Instant::now() < deadline,
+                "broker baseline: only {} of {n} messages delivered within 30 s",
+                count.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let _ = conn.close(200, "bench done".into()).await;
+        for reader in readers {
+            reader.abort();
+        }
+        self.delete_run_queues(&run).await;
+        let received = received.lock().expect("not poisoned");
+        let warm_end = published.first().copied().unwrap_or(0) + WARMUP_SECS * 1_000_000;
+        Ok(latency_of(
+            published
+                .iter()
+                .zip(received.iter())
+                .filter(|(p, _)| **p >= warm_end)
+                .map(|(p, r)| *r as i64 - *p as i64)
+                .collect(),
+        ))
     }
 
     /// Publishes messages 0..n at `rate`; returns each message's publish time (µs) and the
@@ -2070,13 +2167,35 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     let rss_mib = med(rounds, |r| r.rss.peak_rss_kib as f64) / 1024.0;
     let rss_in_flight = med(rounds, |r| r.rss.max_in_flight as f64);
     let mib = |f: fn(&Round) -> u64| med(rounds, |r| f(r) as f64) / 1024.0;
+    let cap_runs: Vec<&AgentResult> = rounds
+        .iter()
+        .filter_map(|r| r.steady_capacity.as_ref().map(|(a, _)| a))
+        .collect();
+    let cap_broker: Vec<Latency> = rounds
+        .iter()
+        .filter_map(|r| r.steady_capacity.as_ref().map(|(_, l)| *l))
+        .collect();
+    let cap_rate = med(&cap_runs, |a| a.offered_rate);
+    let cap_lat = |f: fn(&Latency) -> f64| med(&cap_runs, |a| f(&a.latency.unwrap_or_default()));
+    let cap_blat = |f: fn(&Latency) -> f64| med(&cap_broker, f);
+    let (cap_p99, cap_b99) = (cap_lat(|l| l.p99_us), cap_blat(|l| l.p99_us));
+    // Latency the agent adds to what RabbitMQ costs any consumer (median over rounds of the
+    // difference of the p99s).
+    let cap_added99 = med(
+        &rounds
+            .iter()
+            .filter_map(|r| r.steady_capacity.as_ref())
+            .map(|(a, b)| a.latency.unwrap_or_default().p99_us - b.p99_us)
+            .collect::<Vec<_>>(),
+        |d| *d,
+    );
 
     let mut all_checks = Check::default();
     let mut left = 0u32;
     for r in rounds {
         for a in [&r.drain, &r.steady, &r.io, &r.rss]
             .into_iter()
-            .chain(r.steady_low.as_ref())
+            .chain(r.steady_capacity.as_ref().map(|(a, _)| a))
         {
             all_checks.add(a.check);
             left += a.left_in_queues;
@@ -2155,24 +2274,25 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
         ms(dmax),
         fmt_check(checks(rounds, |r| r.steady_direct.check))
     );
-    let low_runs: Vec<&AgentResult> = rounds
-        .iter()
-        .filter_map(|r| r.steady_low.as_ref())
-        .collect();
-    if !low_runs.is_empty() {
-        let l = |f: fn(&Latency) -> f64| med(&low_runs, |a| f(&a.latency.unwrap_or_default()));
-        let rate = med(&low_runs, |a| a.offered_rate);
+    if !cap_runs.is_empty() {
         let _ = writeln!(
             table,
-            "| 3c. Steady state at {rate:.0} msg/s ({:.0} % of ceiling), pool {pool}+{pool} | {rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} MiB | {} |",
-            args.low_load * 100.0,
-            rate / ceiling,
-            ms(l(|x| x.p50_us)),
-            ms(l(|x| x.p99_us)),
-            ms(l(|x| x.max_us)),
-            med(&low_runs, |a| a.cpu_us_per_msg),
-            med(&low_runs, |a| a.peak_rss_kib as f64) / 1024.0,
-            fmt_check(checks(&low_runs, |a| a.check))
+            "| 3c. Steady state at {cap_rate:.0} msg/s ({:.0} % machine load: cores / CPU per message of the whole path in run 3), pool {pool}+{pool} | {cap_rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} MiB | {} |",
+            args.machine_load * 100.0,
+            cap_rate / ceiling,
+            ms(cap_lat(|x| x.p50_us)),
+            ms(cap_p99),
+            ms(cap_lat(|x| x.max_us)),
+            med(&cap_runs, |a| a.cpu_us_per_msg),
+            med(&cap_runs, |a| a.peak_rss_kib as f64) / 1024.0,
+            fmt_check(checks(&cap_runs, |a| a.check))
+        );
+        let _ = writeln!(
+            table,
+            "| 3d. Baseline: RabbitMQ alone at the rate of 3c, publish → delivery to a bare consumer | {cap_rate:.0} | | {} | {} | {} | | | |",
+            ms(cap_blat(|x| x.p50_us)),
+            ms(cap_b99),
+            ms(cap_blat(|x| x.max_us)),
         );
     }
     let _ = writeln!(
@@ -2244,8 +2364,11 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
         ] {
             background.push((format!("round {round} {name}"), a.background_cores));
         }
-        if let Some(a) = &r.steady_low {
-            background.push((format!("round {round} steady low"), a.background_cores));
+        if let Some((a, _)) = &r.steady_capacity {
+            background.push((
+                format!("round {round} steady at machine load"),
+                a.background_cores,
+            ));
         }
         for (c, a) in &r.sweep {
             background.push((
@@ -2316,10 +2439,13 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
             rounds.iter().map(|r| &r.steady).collect(),
         ),
     ];
-    if !low_runs.is_empty() {
+    if !cap_runs.is_empty() {
         budget_rows.push((
-            format!("steady state {:.0} %", args.low_load * 100.0),
-            low_runs.clone(),
+            format!(
+                "steady state {:.0} % machine load",
+                args.machine_load * 100.0
+            ),
+            cap_runs.clone(),
         ));
     }
     budget_rows.push((
@@ -2382,12 +2508,23 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     );
     let _ = writeln!(
         targets,
-        "| p99 added latency ≤ 5 ms at {:.0} % load | publish → handler start p99 {} (direct FastCGI at the same rate: {}) | {} |",
+        "| p99 added latency ≤ 5 ms at {:.0} % of the ceiling | publish → handler start p99 {} (direct FastCGI at the same rate: {}) | {} |",
         args.steady_load * 100.0,
         ms(p99),
         ms(d99),
         met(p99 <= 5000.0)
     );
+    if !cap_runs.is_empty() {
+        let _ = writeln!(
+            targets,
+            "| p99 added latency ≤ 5 ms at {:.0} % machine load | publish → handler start p99 {} at {cap_rate:.0} msg/s; RabbitMQ alone p99 {}; added by the agent and FPM: {} | {} |",
+            args.machine_load * 100.0,
+            ms(cap_p99),
+            ms(cap_b99),
+            ms(cap_added99),
+            met(cap_added99 <= 5000.0)
+        );
+    }
     let _ = writeln!(
         targets,
         "| No lost or duplicate message | {} lost, {} duplicate, {} unknown over all runs; {left} left in queues; {ceiling_failures} failed direct requests | {} |",
@@ -2472,7 +2609,13 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
          - **Steady state**: the agent consumes, then messages are published at \
          {:.0} % of the ceiling for {WARMUP_SECS} s (warm-up, not counted) + {} s; latency = \
          handler `microtime(true)` − publish time (same wall clock). Row 3b sends the same \
-         rate straight to FastCGI: what FPM alone adds.\n\
+         rate straight to FastCGI: what FPM alone adds. Row 3c is the same at a share of \
+         the machine's capacity instead of the ceiling: the ceiling has no broker and no \
+         publisher, so 50 % of it saturates this machine once RabbitMQ and the publisher share \
+         its cores. Capacity = cores / (CPU µs per message of agent + php-fpm + RabbitMQ + \
+         bench) as measured in run 3. Row 3d publishes at that rate to a bare lapin consumer \
+         (own connection, the agent's window, ack on arrival): what RabbitMQ costs any consumer; \
+         the agent's added latency is 3c's p99 minus 3d's.\n\
          - **CPU** = (utime + stime of the agent process, from `/proc/<pid>/stat`) / messages, \
          start-up included. **Peak RSS** = `VmHWM` from `/proc/<pid>/status`. Both are read \
          once every message was handled, before SIGTERM.\n\
