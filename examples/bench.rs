@@ -138,6 +138,10 @@ struct Args {
     /// With `--quick`: the I/O-bound runs (agent and direct FastCGI) instead of ceiling and drain.
     #[arg(long, requires = "quick")]
     io: bool,
+    /// With `--quick`: steady state only, at this rate (msg/s), with RabbitMQ alone (a bare
+    /// consumer) at the same rate, `--rounds` times.
+    #[arg(long, requires = "quick", conflicts_with = "io")]
+    steady_rate: Option<f64>,
     /// `agent.worker_threads` of every agent run (default: the agent's default, 1).
     #[arg(long)]
     agent_worker_threads: Option<u16>,
@@ -1041,6 +1045,9 @@ struct AgentResult {
     peak_rss_kib: u64,
     /// Cores used by unrelated processes during the run.
     background_cores: f64,
+    /// Share of the machine's CPU time (user + nice + system, all processes) used during the
+    /// run: the machine's load.
+    machine_busy: f64,
     /// Time between consecutive handler starts on one FPM child.
     cycle: Latency,
     max_in_flight: usize,
@@ -1197,10 +1204,62 @@ impl Bench {
         Ok(())
     }
 
+    /// The agent's steady state at `rate` msg/s for `--steady-secs` (after the warm-up).
+    async fn steady_at(&mut self, plan: &AgentPlan, rate: f64) -> anyhow::Result<AgentResult> {
+        let secs = self.args.steady_secs;
+        let plan = AgentPlan {
+            label: format!("steady {rate:.0}/s"),
+            messages: (rate * (secs + WARMUP_SECS) as f64).round() as usize,
+            steady: Some((rate, secs)),
+            ..plan.clone()
+        };
+        self.agent_run(&plan).await
+    }
+
+    /// `--quick --steady-rate R`: the agent's steady state and RabbitMQ alone at R msg/s.
+    async fn quick_steady(&mut self, rate: f64) -> anyhow::Result<()> {
+        let (pool, secs) = (self.args.pool, self.args.steady_secs);
+        let (mut agent99, mut broker99) = (Vec::new(), Vec::new());
+        for r in 1..=self.args.rounds {
+            let plan = AgentPlan::drain(pool, 0, self.args.prefetch_per_worker);
+            let a = self.steady_at(&plan, rate).await?;
+            let window = pool * self.args.prefetch_per_worker.unwrap_or(8);
+            let b = self.broker_alone(rate, secs, window).await?;
+            let l = a.latency.unwrap_or_default();
+            println!(
+                "[quick-steady {r}] {:.0} msg/s, machine {:.0} % busy: agent p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({:.1} µs CPU/msg); RabbitMQ alone p50 {:.2} ms p99 {:.2} ms max {:.2} ms; lost/dup {}/{}",
+                a.offered_rate,
+                a.machine_busy * 100.0,
+                l.p50_us / 1e3,
+                l.p99_us / 1e3,
+                l.max_us / 1e3,
+                a.cpu_us_per_msg,
+                b.p50_us / 1e3,
+                b.p99_us / 1e3,
+                b.max_us / 1e3,
+                a.check.lost,
+                a.check.duplicates,
+            );
+            ensure!(a.check.clean(), "messages lost or duplicated");
+            agent99.push(l.p99_us);
+            broker99.push(b.p99_us);
+        }
+        println!(
+            "[quick-steady] medians of {}: p99 agent {:.2} ms, RabbitMQ alone {:.2} ms",
+            self.args.rounds,
+            median(agent99) / 1e3,
+            median(broker99) / 1e3
+        );
+        Ok(())
+    }
+
     /// `--quick`: ceiling and drain only, medians printed.
     async fn quick(&mut self) -> anyhow::Result<()> {
         if self.args.io {
             return self.quick_io().await;
+        }
+        if let Some(rate) = self.args.steady_rate {
+            return self.quick_steady(rate).await;
         }
         let (pool, n) = (self.args.pool, self.args.messages);
         let concurrency = usize::from(pool) * 2;
@@ -1321,24 +1380,33 @@ impl Bench {
         );
 
         if self.args.machine_load > 0.0 {
-            let s = &round.steady;
-            let path_us =
-                s.cpu_us_per_msg + s.fpm_us_per_msg + s.rabbitmq_us_per_msg + s.bench_us_per_msg;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-            let rate = self.args.machine_load * cores * 1e6 / path_us.max(1.0);
-            let n = (rate * (secs + WARMUP_SECS) as f64).round() as usize;
-            let plan = AgentPlan {
-                label: format!("steady {rate:.0}/s"),
-                messages: n,
-                steady: Some((rate, secs)),
-                ..plan.clone()
+            let load = self.args.machine_load;
+            let rate_for = |a: &AgentResult| {
+                let path_us = a.cpu_us_per_msg
+                    + a.fpm_us_per_msg
+                    + a.rabbitmq_us_per_msg
+                    + a.bench_us_per_msg;
+                load * cores * 1e6 / path_us.max(1.0)
             };
-            let agent = self.agent_run(&plan).await?;
+            // First estimate from run 3; the CPU per message of the whole path grows at lower
+            // rates (less batching everywhere), so correct once from the run itself.
+            let mut rate = rate_for(&round.steady);
+            let mut agent = self.steady_at(&plan, rate).await?;
+            let corrected = rate_for(&agent);
+            if (corrected / rate - 1.0).abs() > 0.15 {
+                eprintln!(
+                    "{tag} steady {rate:.0} msg/s kept the machine {:.0} % busy; again at {corrected:.0} msg/s",
+                    agent.machine_busy * 100.0
+                );
+                rate = corrected;
+                agent = self.steady_at(&plan, rate).await?;
+            }
             let lat = agent.latency.unwrap_or_default();
             eprintln!(
-                "{tag} steady {:.0} msg/s ({:.0} % machine load): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                "{tag} steady {:.0} msg/s (machine {:.0} % busy): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 agent.offered_rate,
-                self.args.machine_load * 100.0,
+                agent.machine_busy * 100.0,
                 lat.p50_us / 1e3,
                 lat.p99_us / 1e3,
                 lat.max_us / 1e3
@@ -1962,6 +2030,11 @@ impl Bench {
         result.bench_us_per_msg = per_msg(after.bench.saturating_sub(before.bench));
         result.check = records.check(n);
         result.background_cores = after.background_cores(&before, user + sys);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        result.machine_busy = after.busy.saturating_sub(before.busy) as f64
+            / clock_ticks_per_sec()
+            / (after.at - before.at).as_secs_f64().max(1e-3)
+            / cores;
         result.cycle = latency_of(records.child_cycles());
         for subject in SUBJECTS {
             let q = queue_name(run, subject);
@@ -1970,6 +2043,15 @@ impl Bench {
         }
         if plan.steady.is_some() {
             let warm_end = published_at.first().copied().unwrap_or(0) + WARMUP_SECS * 1_000_000;
+            if let Some(path) = std::env::var_os("BENCH_DUMP_LATENCY") {
+                let mut out = String::new();
+                for (i, t) in &records.entries {
+                    if let Some(p) = published_at.get(*i as usize) {
+                        let _ = writeln!(out, "{i} {p} {}", *t as i64 - *p as i64);
+                    }
+                }
+                std::fs::write(path, out)?;
+            }
             result.latency = Some(latency_of(
                 records
                     .entries
@@ -2277,8 +2359,9 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     if !cap_runs.is_empty() {
         let _ = writeln!(
             table,
-            "| 3c. Steady state at {cap_rate:.0} msg/s ({:.0} % machine load: cores / CPU per message of the whole path in run 3), pool {pool}+{pool} | {cap_rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} MiB | {} |",
+            "| 3c. Steady state at {cap_rate:.0} msg/s, aimed at {:.0} % machine load (measured: {:.0} % busy), pool {pool}+{pool} | {cap_rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} MiB | {} |",
             args.machine_load * 100.0,
+            med(&cap_runs, |a| a.machine_busy) * 100.0,
             cap_rate / ceiling,
             ms(cap_lat(|x| x.p50_us)),
             ms(cap_p99),
@@ -2517,8 +2600,9 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     if !cap_runs.is_empty() {
         let _ = writeln!(
             targets,
-            "| p99 added latency ≤ 5 ms at {:.0} % machine load | publish → handler start p99 {} at {cap_rate:.0} msg/s; RabbitMQ alone p99 {}; added by the agent and FPM: {} | {} |",
+            "| p99 added latency ≤ 5 ms at {:.0} % machine load | {cap_rate:.0} msg/s, machine {:.0} % busy: publish → handler start p99 {}; RabbitMQ alone p99 {}; added by the agent and FPM: {} | {} |",
             args.machine_load * 100.0,
+            med(&cap_runs, |a| a.machine_busy) * 100.0,
             ms(cap_p99),
             ms(cap_b99),
             ms(cap_added99),
@@ -2612,8 +2696,10 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
          rate straight to FastCGI: what FPM alone adds. Row 3c is the same at a share of \
          the machine's capacity instead of the ceiling: the ceiling has no broker and no \
          publisher, so 50 % of it saturates this machine once RabbitMQ and the publisher share \
-         its cores. Capacity = cores / (CPU µs per message of agent + php-fpm + RabbitMQ + \
-         bench) as measured in run 3. Row 3d publishes at that rate to a bare lapin consumer \
+         its cores. Rate = share × cores / (CPU µs per message of agent + php-fpm + \
+         RabbitMQ + bench), first as measured in run 3, then corrected once from the run \
+         itself when that differs by more than 15 % (the path costs more per message at lower \
+         rates); the machine's measured busy share is shown. Row 3d publishes at that rate to a bare lapin consumer \
          (own connection, the agent's window, ack on arrival): what RabbitMQ costs any consumer; \
          the agent's added latency is 3c's p99 minus 3d's.\n\
          - **CPU** = (utime + stime of the agent process, from `/proc/<pid>/stat`) / messages, \
