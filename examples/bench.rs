@@ -145,9 +145,9 @@ struct Args {
     /// `agent.worker_threads` of every agent run (default: the agent's default, 1).
     #[arg(long)]
     agent_worker_threads: Option<u16>,
-    /// How php-fpm listens, for the agent and the ceiling alike: loopback TCP or a Unix socket
-    /// (php-fpm's default on Debian).
-    #[arg(long, value_enum, default_value_t = Listen::Tcp)]
+    /// How php-fpm listens, for the agent and the ceiling alike: a Unix socket (php-fpm's
+    /// default on Debian, and cheaper per request) or loopback TCP.
+    #[arg(long, value_enum, default_value_t = Listen::Unix)]
     fpm_listen: Listen,
     /// `amqp.prefetch_per_worker` of the drain, steady-state and sweep runs (default: the
     /// agent's default).
@@ -2322,7 +2322,7 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     let unbuffered = med(rounds, |r| r.ceiling_unbuffered.rate);
     let _ = writeln!(
         table,
-        "| 1b. Ceiling without a write buffer: fastcgi-client on a bare TcpStream, one send per FastCGI record | {unbuffered:.0} | {:.2} | | | | | | {} |",
+        "| 1b. Ceiling without a write buffer: fastcgi-client on the bare socket, one send per FastCGI record | {unbuffered:.0} | {:.2} | | | | | | {} |",
         unbuffered / ceiling,
         fmt_check(checks(rounds, |r| r.ceiling_unbuffered.check))
     );
@@ -2672,8 +2672,9 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     let _ = writeln!(
         md,
         "- Everything runs on this one machine: RabbitMQ, one php-fpm pool (`pm = static`, \
-         {} children, OPcache as installed), the agent (release build, `RUST_LOG=warn`) and the \
-         bench itself (which also publishes and, for the ceiling, plays the FastCGI client).\n\
+         {} children, OPcache as installed, listening on {}), the agent (release build, \
+         `RUST_LOG=warn`) and the bench itself (which also publishes and, for the ceiling, plays \
+         the FastCGI client).\n\
          - Handler `examples/php/bench-handler.php`: reads `php://input`, `json_decode`, appends \
          `\"<id> <start µs>\"` to a file of its own per FPM child, `usleep` if `sleep_ms` is set, \
          answers `X-Agent-Ack: 1`. Signing is off (`signing_secrets = []`).\n\
@@ -2682,11 +2683,11 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
          Fresh queues per run (`bench.<id>.<subject>`), deleted afterwards.\n\
          - **Ceiling**: the bench sends the agent's params (`REQUEST_METHOD=POST`, \
          `SCRIPT_FILENAME`, `HTTP_X_AGENT_*`, …) and the same bodies straight to php-fpm, one \
-         keep-alive connection (`TCP_NODELAY`) per concurrent worker, as many workers as the \
+         keep-alive connection (`TCP_NODELAY` over TCP) per concurrent worker, as many workers as the \
          agent's two pools together, `fastcgi-client` as in the agent, and like the agent \
          with a write buffer, so a request is one send. Row 1b is the same without the \
          buffer: fastcgi-client then sends every record (headers, params, body, \
-         terminators) separately, about 9 sends and TCP segments per request. Rows 3b and \
+         terminators) separately, about 9 sends per request. Rows 3b and \
          4a and the sweep use the buffered client.\n\
          - **Drain**: the backlog is published first, then `amqp-agent run` starts; msg/s = \
          messages / (agent start → last handler start), so connecting and declaring count.\n\
@@ -2716,6 +2717,11 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
                 .unwrap_or(1)
         ) * 2)
             .max(16),
+        match args.fpm_listen {
+            Listen::Unix =>
+                "a Unix socket, as Debian's php-fpm does by default (`--fpm-listen tcp`: loopback TCP)",
+            Listen::Tcp => "loopback TCP (`--fpm-listen tcp`; the default is a Unix socket)",
+        },
         args.body_bytes,
         args.steady_load * 100.0,
         args.steady_secs
