@@ -244,8 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     bench.admin_section = bench.agent_accepts_admin_section();
     bench.quiet_budget = Duration::from_secs(bench.args.quiet_wait);
-    // A fresh pool is slower at first (the first ceiling of a run measured 16k req/s where the
-    // next ones measured 22-24k): warm every child up before anything is measured.
+    // Warm every FPM child up (OPcache, first accept) before anything is measured.
     let warm_up = usize::from(bench.args.pool.max(bench.args.io_pool)) * 2;
     bench
         .ceiling(warm_up, 5_000, None, true, 0)
