@@ -50,6 +50,8 @@ use tokio::net::TcpStream;
 
 const SUBJECTS: [&str; 2] = ["event", "command"];
 const HANDLER: &str = "examples/php/bench-handler.php";
+/// The same work for the process-per-message reference (row 5), body on stdin.
+const CLI_HANDLER: &str = "examples/php/bench-cli-handler.php";
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(20);
 /// Unconfirmed publishes allowed in flight while loading a backlog.
@@ -99,6 +101,12 @@ struct Args {
     /// Pool size per subject of the I/O-bound and RSS runs.
     #[arg(long, default_value_t = 8)]
     io_pool: u16,
+    /// Messages of the reference run with one `php` process per message (0 = skip).
+    #[arg(long, default_value_t = 300)]
+    spawn_messages: usize,
+    /// PHP CLI binary of that reference run.
+    #[arg(long, default_value = "php")]
+    php_cli: PathBuf,
     /// Messages the agent should hold at once in the RSS run (sets prefetch_per_worker).
     #[arg(long, default_value_t = 1_000)]
     rss_in_flight: usize,
@@ -1080,6 +1088,8 @@ struct Round {
     io: AgentResult,
     rss: AgentResult,
     sweep: Vec<(CeilingResult, AgentResult)>,
+    /// Reference: one `php` process per message (msg/s, ids recorded).
+    spawn: Option<(f64, Check)>,
 }
 
 struct Report {
@@ -1464,6 +1474,12 @@ impl Bench {
             round.rss.peak_rss_kib as f64 / 1024.0
         );
 
+        if self.args.spawn_messages > 0 {
+            let (rate, check) = self.process_per_message(self.args.spawn_messages).await?;
+            eprintln!("{tag} one php process per message: {rate:.0} msg/s");
+            round.spawn = Some((rate, check));
+        }
+
         if self.args.sweep == OnOff::On {
             for p in self.args.sweep_pools.clone() {
                 let n = self.args.sweep_messages;
@@ -1747,6 +1763,68 @@ impl Bench {
             confirmed(confirm.await?)?;
         }
         Ok(n as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Reference: the model of rabbitmq-cli-consumer / `amqp-consume`. One consumer per subject
+    /// (prefetch 1) starts `php bench-cli-handler.php` for every message, body on stdin, and
+    /// acks when it exits 0. msg/s from the consumers' start to the last exit.
+    async fn process_per_message(&mut self, n: usize) -> anyhow::Result<(f64, Check)> {
+        use tokio::io::AsyncWriteExt as _;
+        let run = run_id();
+        self.declare(&run).await?;
+        self.publish_backlog(&run, n, 0).await?;
+        let conn = Connection::connect(&self.args.amqp_url, ConnectionProperties::default())
+            .await
+            .context("process-per-message reference: cannot connect")?;
+        let started = Instant::now();
+        let mut consumers = Vec::new();
+        for (k, subject) in SUBJECTS.iter().enumerate() {
+            // Index i goes to SUBJECTS[i % 2].
+            let count = (n + SUBJECTS.len() - 1 - k) / SUBJECTS.len();
+            let channel = conn.create_channel().await?;
+            channel.basic_qos(1, BasicQosOptions::default()).await?;
+            let mut consumer = channel
+                .basic_consume(
+                    queue_name(&run, subject).as_str().into(),
+                    "bench-process-per-message".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let php = self.args.php_cli.clone();
+            let records = self.records.clone();
+            consumers.push(tokio::spawn(async move {
+                for _ in 0..count {
+                    let delivery = consumer
+                        .next()
+                        .await
+                        .context("the consumer ended early")??;
+                    let mut child = tokio::process::Command::new(&php)
+                        .arg(CLI_HANDLER)
+                        .env("RECORD_DIR", &records)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null())
+                        .spawn()
+                        .with_context(|| format!("cannot start {}", php.display()))?;
+                    let mut stdin = child.stdin.take().context("no stdin")?;
+                    stdin.write_all(&delivery.data).await?;
+                    drop(stdin);
+                    let status = child.wait().await?;
+                    ensure!(status.success(), "{CLI_HANDLER} exited with {status}");
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                anyhow::Ok(channel)
+            }));
+        }
+        for consumer in consumers {
+            consumer.await??;
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        let _ = conn.close(200, "bench done".into()).await;
+        self.delete_run_queues(&run).await;
+        let mut records = Records::new(&self.records, &run);
+        records.poll()?;
+        Ok((rate, records.check(n)))
     }
 
     /// The broker alone: the same paced publishing, consumed by a bare lapin consumer in this
@@ -2301,6 +2379,9 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
             all_checks.add(a.check);
             left += a.left_in_queues;
         }
+        if let Some((_, check)) = r.spawn {
+            all_checks.add(check);
+        }
     }
     let ceiling_failures: usize = rounds
         .iter()
@@ -2413,6 +2494,16 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
         med(rounds, |r| r.rss.cpu_us_per_msg),
         fmt_check(checks(rounds, |r| r.rss.check))
     );
+    let spawn_runs: Vec<(f64, Check)> = rounds.iter().filter_map(|r| r.spawn).collect();
+    if !spawn_runs.is_empty() {
+        let rate = med(&spawn_runs, |(r, _)| *r);
+        let _ = writeln!(
+            table,
+            "| 5. Reference: one `php` process per message (rabbitmq-cli-consumer model), {} msgs, a consumer per subject, prefetch 1 | {rate:.0} | | | | | | | {} |",
+            args.spawn_messages,
+            fmt_check(checks(&spawn_runs, |(_, c)| *c))
+        );
+    }
 
     let sweep = sweep_points(report);
     let mut sweep_table = String::new();
@@ -2709,6 +2800,10 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
          rates); the machine's measured busy share is shown. Row 3d publishes at that rate to a bare lapin consumer \
          (own connection, the agent's window, ack on arrival): what RabbitMQ costs any consumer; \
          the agent's added latency is 3c's p99 minus 3d's.\n\
+         - **Row 5** is the model of rabbitmq-cli-consumer and `amqp-consume`: a consumer per \
+         subject (prefetch 1, in the bench process) starts `php \
+         examples/php/bench-cli-handler.php` for every message with the body on stdin (the same \
+         decode-and-record work) and acks when it exits 0.\n\
          - **CPU** = (utime + stime of the agent process, from `/proc/<pid>/stat`) / messages, \
          start-up included. **Peak RSS** = `VmHWM` from `/proc/<pid>/status`. Both are read \
          once every message was handled, before SIGTERM.\n\
