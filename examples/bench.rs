@@ -50,6 +50,8 @@ use tokio::net::TcpStream;
 
 const SUBJECTS: [&str; 2] = ["event", "command"];
 const HANDLER: &str = "examples/php/bench-handler.php";
+/// What both handlers require: decode the body, record the id.
+const RECORD_LIB: &str = "examples/php/bench-record.php";
 /// The same work for the process-per-message reference (row 5), body on stdin.
 const CLI_HANDLER: &str = "examples/php/bench-cli-handler.php";
 /// How often conditions are polled.
@@ -206,12 +208,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&records)?;
     let script = dir.join("bench-handler.php");
     std::fs::copy(HANDLER, &script).with_context(|| format!("cannot copy {HANDLER}"))?;
+    let record = dir.join("bench-record.php");
+    std::fs::copy(RECORD_LIB, &record).with_context(|| format!("cannot copy {RECORD_LIB}"))?;
     {
         use std::os::unix::fs::PermissionsExt;
         for p in [&dir, &records] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))?;
         }
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+        for p in [&script, &record] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;
+        }
     }
     let largest_pool = args
         .sweep_pools
@@ -1781,16 +1787,13 @@ impl Bench {
         for (k, subject) in SUBJECTS.iter().enumerate() {
             // Index i goes to SUBJECTS[i % 2].
             let count = (n + SUBJECTS.len() - 1 - k) / SUBJECTS.len();
-            let channel = conn.create_channel().await?;
-            channel.basic_qos(1, BasicQosOptions::default()).await?;
-            let mut consumer = channel
-                .basic_consume(
-                    queue_name(&run, subject).as_str().into(),
-                    "bench-process-per-message".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let (channel, mut consumer) = consume(
+                &conn,
+                &queue_name(&run, subject),
+                1,
+                "bench-process-per-message",
+            )
+            .await?;
             let php = self.args.php_cli.clone();
             let records = self.records.clone();
             consumers.push(tokio::spawn(async move {
@@ -1841,18 +1844,13 @@ impl Bench {
         let count = Arc::new(AtomicUsize::new(0));
         let mut readers = Vec::new();
         for subject in SUBJECTS {
-            let channel = conn.create_channel().await?;
-            channel
-                .basic_qos(window, BasicQosOptions::default())
-                .await?;
-            let mut consumer = channel
-                .basic_consume(
-                    queue_name(&run, subject).as_str().into(),
-                    "bench-broker-baseline".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let (channel, mut consumer) = consume(
+                &conn,
+                &queue_name(&run, subject),
+                window,
+                "bench-broker-baseline",
+            )
+            .await?;
             let prefix = format!("{run}-");
             let (received, count) = (received.clone(), count.clone());
             readers.push(tokio::spawn(async move {
@@ -2155,6 +2153,28 @@ impl Bench {
         );
         Ok(result)
     }
+}
+
+/// A new channel on `conn` with `prefetch`, consuming `queue` (manual acks).
+async fn consume(
+    conn: &Connection,
+    queue: &str,
+    prefetch: u16,
+    tag: &str,
+) -> anyhow::Result<(Channel, lapin::Consumer)> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
 }
 
 fn confirmed(confirmation: Confirmation) -> anyhow::Result<()> {

@@ -16,19 +16,13 @@
 declare(strict_types=1);
 
 $start = microtime(true);
-$message = json_decode((string) file_get_contents('php://input'), true);
-if (!is_array($message) || !is_string($message['id'] ?? null) || !is_string($message['run'] ?? null)) {
+require __DIR__ . '/bench-record.php';
+$message = bench_record((string) file_get_contents('php://input'), $start);
+if ($message === null) {
     http_response_code(422);
     echo "bench-handler: body must be JSON with string fields id and run\n";
     return;
 }
-$run = preg_replace('/[^A-Za-z0-9_-]/', '', $message['run']);
-$id = str_replace(["\n", ' '], '', $message['id']);
-file_put_contents(
-    getenv('RECORD_DIR') . '/' . $run . '.' . getmypid() . '.log',
-    $id . ' ' . (int) round($start * 1e6) . "\n",
-    FILE_APPEND,
-);
 $sleep = (int) ($message['sleep_ms'] ?? 0);
 if ($sleep > 0) {
     usleep($sleep * 1000);
