@@ -71,8 +71,9 @@ struct Args {
     /// Run the pool-size sweep (chart data).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     sweep: OnOff,
-    /// Messages per sweep point.
-    #[arg(long, default_value_t = 5_000)]
+    /// Messages per sweep point (CPU time is read in 10 ms ticks: 20,000 messages resolve
+    /// 0.5 µs per message).
+    #[arg(long, default_value_t = 20_000)]
     sweep_messages: usize,
     /// Pool sizes per subject of the sweep (total concurrency is twice this).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
@@ -2696,7 +2697,12 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
     );
     let _ = writeln!(
         targets,
-        "| Agent CPU ≤ 40 µs/msg | {drain_cpu:.1} µs/msg (drain) | {} |",
+        "| Agent CPU ≤ 40 µs/msg | {drain_cpu:.1} µs/msg (drain, pool {pool}+{pool}){} | {} |",
+        sweep
+            .iter()
+            .min_by(|a, b| a.3.total_cmp(&b.3))
+            .map(|(p, _, _, cpu, _)| format!("; least in the sweep {cpu:.1} at pool {p}+{p}"))
+            .unwrap_or_default(),
         met(drain_cpu <= 40.0)
     );
     let rss_ok = rss_mib <= 40.0 && rss_in_flight >= 0.9 * args.rss_in_flight as f64;
