@@ -18,10 +18,13 @@
 //!    same rates are also sent straight to FPM, as the baseline of what FPM alone costs.
 //! 4. **I/O-bound**: the handler sleeps 10 ms; throughput against the 1000/10 ms × processes
 //!    bound. Then the same with a prefetch that keeps ~1000 messages in the agent, for its RSS.
-//! 5. **Sweep**: ceiling and drain at several pool sizes (chart in `throughput.svg`).
+//! 5. **Reference**: one `php` process per message (the rabbitmq-cli-consumer model).
+//! 6. **Sweep**: ceiling and drain at several pool sizes (chart in `throughput.svg`).
 //!
 //! For every agent run it reads CPU time (utime + stime) and peak RSS (VmHWM) of the agent
 //! process from /proc, and compares the published ids with the ids the handler recorded.
+//! With `BENCH_DUMP_LATENCY=<file>`, each steady-state run writes "<index> <published µs>
+//! <latency µs>" per message to that file (the last run wins), to see when slow messages came.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
