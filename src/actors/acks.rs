@@ -46,7 +46,7 @@ enum Cmd {
     Ack { tag: DeliveryTag, handled: bool },
     /// Return the delivery to its queue (counted as requeued once the nack is written).
     Nack(DeliveryTag),
-    /// The prefetch window changed: at most a quarter of it may wait behind a slow message.
+    /// The prefetch window changed: at most half of it may wait behind a slow message.
     Window(u16),
     /// Send everything held now; reply when written.
     Flush(oneshot::Sender<()>),
@@ -214,7 +214,9 @@ struct Settler {
     runtime: Arc<SubjectRuntime>,
     ledger: Ledger,
     /// Most done tags allowed to wait behind an older one, and the batch size that is sent
-    /// without waiting for [`ACK_DELAY`]: a quarter of the prefetch window.
+    /// without waiting for [`ACK_DELAY`]: half the prefetch window. (A quarter sent about 30 %
+    /// of the frames as single acks behind a briefly slower message; half cost the agent ~8 %
+    /// less CPU per message in `scripts/bench`, and still leaves half the window to new work.)
     hold: usize,
 }
 
@@ -253,7 +255,7 @@ impl Settler {
                 return;
             };
             self.apply(first, &mut batch);
-            // Gather more for up to ACK_DELAY, unless something must go now or a quarter of the
+            // Gather more for up to ACK_DELAY, unless something must go now or half the
             // window is waiting: fewer, larger acks mean fewer wake-ups of lapin's I/O thread.
             let mut deadline = Instant::now() + ACK_DELAY;
             if let Some(since) = held_since {
@@ -323,7 +325,7 @@ impl Settler {
                     batch.nacks.push(tag);
                 }
             }
-            Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 4).max(1),
+            Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 2).max(1),
             Cmd::Flush(reply) => batch.flushes.push(reply),
         }
     }
