@@ -269,26 +269,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("warming php-fpm up")?;
     // Ctrl-C stops the measurement but still deletes the queues and stops php-fpm.
-    if bench.args.quick {
-        let result = tokio::select! {
-            result = bench.quick() => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        bench.cleanup().await;
-        let _ = bench.conn.close(200, "bench done".into()).await;
-        drop(fpm);
-        let _ = std::fs::remove_dir_all(&dir);
-        return result;
-    }
+    let quick = bench.args.quick;
     let result = tokio::select! {
-        result = bench.all() => result,
+        result = async {
+            if quick {
+                bench.quick().await.map(|()| None)
+            } else {
+                bench.all().await.map(Some)
+            }
+        } => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     bench.cleanup().await;
     let _ = bench.conn.close(200, "bench done".into()).await;
     drop(fpm);
     match result {
-        Ok(report) => {
+        // `--quick` prints as it goes and writes nothing.
+        Ok(None) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Ok(Some(report)) => {
             let total = started.elapsed();
             let out = render(&bench.args, &report, total, &php_fpm);
             println!("{}", out.terminal);
