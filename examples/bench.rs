@@ -706,6 +706,11 @@ fn cpu_snapshot(fpm_master: u32) -> CpuSnapshot {
     snap
 }
 
+/// CPUs this process may use (the machine's load is a share of them).
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
 fn clock_ticks_per_sec() -> f64 {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
@@ -1407,7 +1412,7 @@ impl Bench {
         );
 
         if self.args.machine_load > 0.0 {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let cores = cores();
             let load = self.args.machine_load;
             let rate_for = |a: &AgentResult| {
                 let path_us = a.cpu_us_per_msg
@@ -2117,7 +2122,7 @@ impl Bench {
         result.bench_us_per_msg = per_msg(after.bench.saturating_sub(before.bench));
         result.check = records.check(n);
         result.background_cores = after.background_cores(&before, user + sys);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let cores = cores();
         result.machine_busy = after.busy.saturating_sub(before.busy) as f64
             / clock_ticks_per_sec()
             / (after.at - before.at).as_secs_f64().max(1e-3)
@@ -2367,6 +2372,7 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
         .filter_map(|r| r.steady_capacity.as_ref().map(|(_, l)| *l))
         .collect();
     let cap_rate = med(&cap_runs, |a| a.offered_rate);
+    let cap_busy = med(&cap_runs, |a| a.machine_busy);
     let cap_lat = |f: fn(&Latency) -> f64| med(&cap_runs, |a| f(&a.latency.unwrap_or_default()));
     let cap_blat = |f: fn(&Latency) -> f64| med(&cap_broker, f);
     let (cap_p99, cap_b99) = (cap_lat(|l| l.p99_us), cap_blat(|l| l.p99_us));
@@ -2473,7 +2479,7 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
             table,
             "| 3c. Steady state at {cap_rate:.0} msg/s, aimed at {:.0} % machine load (measured: {:.0} % busy), pool {pool}+{pool} | {cap_rate:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} MiB | {} |",
             args.machine_load * 100.0,
-            med(&cap_runs, |a| a.machine_busy) * 100.0,
+            cap_busy * 100.0,
             cap_rate / ceiling,
             ms(cap_lat(|x| x.p50_us)),
             ms(cap_p99),
@@ -2729,7 +2735,7 @@ fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> Rend
             targets,
             "| p99 added latency ≤ 5 ms at {:.0} % machine load | {cap_rate:.0} msg/s, machine {:.0} % busy: publish → handler start p99 {}; RabbitMQ alone p99 {}; added by the agent and FPM: {} | {} |",
             args.machine_load * 100.0,
-            med(&cap_runs, |a| a.machine_busy) * 100.0,
+            cap_busy * 100.0,
             ms(cap_p99),
             ms(cap_b99),
             ms(cap_added99),
