@@ -78,6 +78,8 @@ fn start_fpm() -> Fpm {
     let receiver = dir.join("receiver.php");
     std::fs::copy(Path::new(root).join("tests/php/recorder.php"), &recorder).unwrap();
     std::fs::copy(Path::new(root).join("examples/php/receiver.php"), &receiver).unwrap();
+    // receiver.php loads the php/receiver package from php-receiver/ next to it.
+    copy_tree(&Path::new(root).join("php/receiver"), &dir.join("php-receiver"));
     use std::os::unix::fs::PermissionsExt;
     for p in [&dir, &records] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -93,7 +95,7 @@ fn start_fpm() -> Fpm {
         "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
          [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 24\n\
          clear_env = no\ncatch_workers_output = yes\nrequest_terminate_timeout = 0\n\
-         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\n\
+         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\nenv[AGENT_SIGNATURE_ALLOW_V1] = 1\n\
          php_admin_value[error_log] = {dir}/php.log\nphp_admin_value[memory_limit] = 256M\n\
          php_admin_value[post_max_size] = 64M\n",
         dir = dir.display(),
@@ -136,6 +138,22 @@ fn start_fpm() -> Fpm {
         recorder,
         receiver,
         master_pid,
+    }
+}
+
+/// Copies the files of `from` into `to` (PHP sources for the pool), skipping tests.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "tests") {
+                copy_tree(&path, &target);
+            }
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
     }
 }
 

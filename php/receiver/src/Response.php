@@ -1,0 +1,77 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\Receiver;
+
+/**
+ * What the agent does with an answer is decided by its status (and two headers):
+ *
+ *     200 + X-Agent-Ack: 1   ack          ack()
+ *     503 + Retry-After: N   retry in N s retryAfter(N)
+ *     500                    retry        retry()
+ *     422                    dead-letter  permanent()
+ *     401                    dead-letter  unauthorized() (bad signature: never handled)
+ */
+final class Response
+{
+    /** @param array<string, string> $headers */
+    public function __construct(
+        public readonly int $status,
+        public readonly array $headers = [],
+        public readonly string $body = '',
+    ) {
+    }
+
+    public static function ack(): self
+    {
+        return new self(200, ['X-Agent-Ack' => '1'], "ok\n");
+    }
+
+    public static function retryAfter(int $seconds, string $reason = 'retry later'): self
+    {
+        return new self(503, ['Retry-After' => (string) max(0, $seconds)], self::line($reason));
+    }
+
+    public static function retry(string $reason = 'handler failed'): self
+    {
+        return new self(500, [], self::line($reason));
+    }
+
+    public static function permanent(string $reason = 'permanent failure'): self
+    {
+        return new self(422, [], self::line($reason));
+    }
+
+    public static function unauthorized(): self
+    {
+        return new self(401, [], "invalid signature\n");
+    }
+
+    public static function methodNotAllowed(): self
+    {
+        return new self(405, ['Allow' => 'POST'], "method not allowed\n");
+    }
+
+    public function isAck(): bool
+    {
+        return $this->status === 200 && ($this->headers['X-Agent-Ack'] ?? '') === '1';
+    }
+
+    /** Writes the response with PHP's SAPI functions. */
+    public function send(): void
+    {
+        http_response_code($this->status);
+        header('Content-Type: text/plain; charset=utf-8');
+        foreach ($this->headers as $name => $value) {
+            header("{$name}: {$value}");
+        }
+        echo $this->body;
+    }
+
+    /** One line of text, without control characters (the agent logs response bodies). */
+    private static function line(string $text): string
+    {
+        return substr(addcslashes($text, "\0..\37\177"), 0, 1000) . "\n";
+    }
+}
