@@ -1,0 +1,16 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\SymfonyBundle;
+
+use Symfony\Component\HttpKernel\Bundle\Bundle;
+
+/** Serves amqp-agent's requests at /_agent/messages/{subject} with the app's Messenger bus. */
+final class AmqpAgentBundle extends Bundle
+{
+    public function getPath(): string
+    {
+        return \dirname(__DIR__);
+    }
+}

@@ -1,0 +1,86 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\SymfonyBundle\Controller;
+
+use AmqpAgent\Receiver\Message;
+use AmqpAgent\Receiver\Receiver;
+use AmqpAgent\Receiver\Response as AgentResponse;
+use AmqpAgent\SymfonyBundle\Messenger\AgentMessageStamp;
+use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
+use AmqpAgent\SymfonyBundle\Messenger\MessageIdStamp;
+use AmqpAgent\SymfonyBundle\Messenger\TraceContext;
+use Psr\Log\LoggerInterface;
+use Symfony\Component\HttpFoundation\Request;
+use Symfony\Component\HttpFoundation\Response;
+use Symfony\Component\Messenger\MessageBusInterface;
+use Symfony\Component\Messenger\Stamp\ConsumedByWorkerStamp;
+use Symfony\Component\Messenger\Stamp\ReceivedStamp;
+use Symfony\Component\Messenger\Stamp\TransportMessageIdStamp;
+
+/**
+ * POST /_agent/messages/{subject}: verify the agent's signature, decode the Messenger envelope,
+ * dispatch it synchronously on the bus (a ReceivedStamp keeps routing from sending it again),
+ * and answer with the outcome the agent acts on (see ExceptionMapper).
+ */
+final class MessageController
+{
+    public function __construct(
+        private readonly Receiver $receiver,
+        private readonly EnvelopeDecoder $decoder,
+        private readonly MessageBusInterface $bus,
+        private readonly ExceptionMapper $mapper,
+        private readonly TraceContext $trace,
+        private readonly string $transportName = 'amqp-agent',
+        private readonly ?LoggerInterface $logger = null,
+    ) {
+    }
+
+    public function __invoke(Request $request, string $subject): Response
+    {
+        return self::toHttp($this->handle($request->server->all(), $request->getContent()));
+    }
+
+    /** The whole exchange without HttpFoundation: $server are the FastCGI params. */
+    public function handle(array $server, string $body): AgentResponse
+    {
+        $refused = $this->receiver->refuse($server, $body);
+        if ($refused !== null) {
+            return $refused;
+        }
+        $message = Message::fromServer($server, $body);
+
+        try {
+            $envelope = $this->decoder->decode($message)->with(
+                new ReceivedStamp($this->transportName),
+                new ConsumedByWorkerStamp(),
+                new TransportMessageIdStamp($message->messageId),
+                new AgentMessageStamp($message->subject, $message->messageId, $message->attempt, $message->redelivered, $message->traceparent),
+            );
+            if ($envelope->last(MessageIdStamp::class) === null) {
+                $envelope = $envelope->with(new MessageIdStamp($message->messageId));
+            }
+            $this->trace->within($message->traceparent, $message->tracestate, fn () => $this->bus->dispatch($envelope));
+        } catch (\Throwable $e) {
+            $response = $this->mapper->map($e);
+            $this->logger?->warning('amqp-agent: message {id} (attempt {attempt}) failed with {status}: {reason}', [
+                'id' => $message->messageId,
+                'attempt' => $message->attempt,
+                'status' => $response->status,
+                'reason' => trim($response->body),
+                'exception' => $e,
+            ]);
+
+            return $response;
+        }
+
+        return AgentResponse::ack();
+    }
+
+    public static function toHttp(AgentResponse $response): Response
+    {
+        return new Response($response->body, $response->status, $response->headers + ['Content-Type' => 'text/plain; charset=utf-8']);
+    }
+}

@@ -1,0 +1,46 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\SymfonyBundle\DependencyInjection;
+
+use AmqpAgent\Receiver\Receiver;
+use AmqpAgent\Receiver\Signature;
+use AmqpAgent\SymfonyBundle\Controller\MessageController;
+use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
+use AmqpAgent\SymfonyBundle\Messenger\PublishMiddleware;
+use AmqpAgent\SymfonyBundle\Messenger\TraceContext;
+use Symfony\Component\DependencyInjection\ContainerBuilder;
+use Symfony\Component\DependencyInjection\Definition;
+use Symfony\Component\DependencyInjection\Extension\Extension;
+use Symfony\Component\DependencyInjection\Reference;
+
+/** Services defined in PHP: the bundle needs no YAML component. Private unless a route needs them. */
+final class AmqpAgentExtension extends Extension
+{
+    public function load(array $configs, ContainerBuilder $container): void
+    {
+        $config = $this->processConfiguration(new Configuration(), $configs);
+
+        $container->setDefinition('amqp_agent.signature', (new Definition(Signature::class))
+            ->setFactory([SignatureFactory::class, 'create'])
+            ->setArguments([$config['signing_secrets'], $config['clock_skew'], $config['allow_v1']]));
+        $container->setDefinition('amqp_agent.receiver', new Definition(Receiver::class, [new Reference('amqp_agent.signature')]));
+        $container->setDefinition('amqp_agent.trace_context', new Definition(TraceContext::class, [new Reference('request_stack', ContainerBuilder::NULL_ON_INVALID_REFERENCE)]));
+        $container->setAlias(TraceContext::class, 'amqp_agent.trace_context');
+        $container->setDefinition('amqp_agent.envelope_decoder', new Definition(EnvelopeDecoder::class, [new Reference($config['serializer'])]));
+        $container->setDefinition('amqp_agent.exception_mapper', new Definition(ExceptionMapper::class));
+        $container->setDefinition('amqp_agent.publish_middleware', new Definition(PublishMiddleware::class, [new Reference('amqp_agent.trace_context')]));
+
+        $container->setDefinition(MessageController::class, (new Definition(MessageController::class, [
+            new Reference('amqp_agent.receiver'),
+            new Reference('amqp_agent.envelope_decoder'),
+            new Reference($config['bus']),
+            new Reference('amqp_agent.exception_mapper'),
+            new Reference('amqp_agent.trace_context'),
+            $config['transport_name'],
+            new Reference('logger', ContainerBuilder::NULL_ON_INVALID_REFERENCE),
+        ]))->setPublic(true)->addTag('controller.service_arguments'));
+    }
+}
