@@ -10,7 +10,7 @@ use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use AmqpAgent\SymfonyBundle\Messenger\AgentMessageStamp;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
-use AmqpAgent\SymfonyBundle\Messenger\TraceContext;
+use AmqpAgent\Receiver\TraceContext;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\HttpFoundation\Request;
 use Symfony\Component\Messenger\Envelope;

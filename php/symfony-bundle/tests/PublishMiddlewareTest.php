@@ -6,7 +6,7 @@ namespace AmqpAgent\SymfonyBundle\Tests;
 
 use AmqpAgent\SymfonyBundle\Messenger\MessageIdStamp;
 use AmqpAgent\SymfonyBundle\Messenger\PublishMiddleware;
-use AmqpAgent\SymfonyBundle\Messenger\TraceContext;
+use AmqpAgent\Receiver\TraceContext;
 use AmqpAgent\SymfonyBundle\Messenger\TraceparentStamp;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\Messenger\Bridge\Amqp\Transport\AmqpStamp;

@@ -11,7 +11,7 @@ use AmqpAgent\SymfonyBundle\Messenger\AgentMessageStamp;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
 use AmqpAgent\SymfonyBundle\Messenger\MessageIdStamp;
-use AmqpAgent\SymfonyBundle\Messenger\TraceContext;
+use AmqpAgent\Receiver\TraceContext;
 use Psr\Log\LoggerInterface;
 use Symfony\Component\HttpFoundation\Request;
 use Symfony\Component\HttpFoundation\Response;

@@ -10,7 +10,7 @@ use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
 use AmqpAgent\SymfonyBundle\Messenger\PublishMiddleware;
-use AmqpAgent\SymfonyBundle\Messenger\TraceContext;
+use AmqpAgent\Receiver\TraceContext;
 use Symfony\Component\DependencyInjection\ContainerBuilder;
 use Symfony\Component\DependencyInjection\Definition;
 use Symfony\Component\DependencyInjection\Extension\Extension;
@@ -27,7 +27,9 @@ final class AmqpAgentExtension extends Extension
             ->setFactory([SignatureFactory::class, 'create'])
             ->setArguments([$config['signing_secrets'], $config['clock_skew'], $config['allow_v1']]));
         $container->setDefinition('amqp_agent.receiver', new Definition(Receiver::class, [new Reference('amqp_agent.signature')]));
-        $container->setDefinition('amqp_agent.trace_context', new Definition(TraceContext::class, [new Reference('request_stack', ContainerBuilder::NULL_ON_INVALID_REFERENCE)]));
+        $container->setDefinition('amqp_agent.trace_context', (new Definition(TraceContext::class))
+            ->setFactory([TraceContextFactory::class, 'create'])
+            ->setArguments([new Reference('request_stack', ContainerBuilder::NULL_ON_INVALID_REFERENCE)]));
         $container->setAlias(TraceContext::class, 'amqp_agent.trace_context');
         $container->setDefinition('amqp_agent.envelope_decoder', new Definition(EnvelopeDecoder::class, [new Reference($config['serializer'])]));
         $container->setDefinition('amqp_agent.exception_mapper', new Definition(ExceptionMapper::class));

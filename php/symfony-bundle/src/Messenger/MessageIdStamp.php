@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace AmqpAgent\SymfonyBundle\Messenger;
 
+use AmqpAgent\Receiver\MessageId;
 use Symfony\Component\Messenger\Stamp\StampInterface;
 
 /**
@@ -19,10 +20,6 @@ final class MessageIdStamp implements StampInterface
     /** A random (version 4) UUID. */
     public static function generate(): self
     {
-        $bytes = random_bytes(16);
-        $bytes[6] = chr((ord($bytes[6]) & 0x0f) | 0x40);
-        $bytes[8] = chr((ord($bytes[8]) & 0x3f) | 0x80);
-
-        return new self(vsprintf('%s%s-%s-%s-%s-%s%s%s', str_split(bin2hex($bytes), 4)));
+        return new self(MessageId::generate());
     }
 }

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace AmqpAgent\SymfonyBundle\Messenger;
 
+use AmqpAgent\Receiver\TraceContext;
 use Symfony\Component\Messenger\Bridge\Amqp\Transport\AmqpStamp;
 use Symfony\Component\Messenger\Envelope;
 use Symfony\Component\Messenger\Middleware\MiddlewareInterface;

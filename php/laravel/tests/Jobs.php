@@ -1,0 +1,39 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\Laravel\Tests;
+
+use AmqpAgent\Receiver\PermanentFailure;
+use AmqpAgent\Receiver\RetryLater;
+use AmqpAgent\Receiver\TraceContext;
+use Illuminate\Bus\Queueable;
+use Illuminate\Contracts\Queue\ShouldQueue;
+use Illuminate\Queue\InteractsWithQueue;
+
+final class Recorded
+{
+    /** @var list<array{0: string, 1: ?string}> job id, traceparent seen */
+    public static array $handled = [];
+}
+
+final class PlaceOrder implements ShouldQueue
+{
+    use InteractsWithQueue;
+    use Queueable;
+
+    public function __construct(public string $orderId, public string $behave = 'ok')
+    {
+    }
+
+    public function handle(TraceContext $trace): void
+    {
+        match ($this->behave) {
+            'permanent' => throw new PermanentFailure('bad order'),
+            'retry' => throw new RetryLater(30, 'stock service busy'),
+            'fail' => throw new \RuntimeException('db down'),
+            default => null,
+        };
+        Recorded::$handled[] = [$this->orderId, $trace->traceparent()];
+    }
+}
