@@ -40,6 +40,22 @@ ensure_php_fpm() {
   log "php-fpm: $PHP_FPM_BIN"
 }
 
+# The frameworks the PHP packages bridge, from Debian's packages (there is no Composer registry
+# on CI machines): the tests load their autoloaders under /usr/share/php.
+ensure_php_frameworks() {
+  local missing=() pkg
+  for pkg in php-cli php-fpm php-amqp phpunit php-symfony-messenger php-symfony-amqp-messenger \
+             php-symfony-framework-bundle php-symfony-serializer php-symfony-property-access \
+             php-laravel-framework; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+  fi
+  command -v phpunit >/dev/null || die "phpunit still missing after install"
+  php -m | grep -qx amqp || die "the amqp extension is not loaded by php-cli"
+}
+
 ensure_rabbitmq() {
   if wait_port 5672 0; then
     log "RabbitMQ: already listening on 127.0.0.1:5672"

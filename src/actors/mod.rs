@@ -37,6 +37,8 @@ pub struct SubjectRuntime {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// This subject's metrics, resolved once for the per-message path.
     pub hot: crate::telemetry::metrics::SubjectMetrics,
+    /// One warning a minute for messages without `message_id`, however many arrive.
+    pub missing_id_log: crate::telemetry::log_limit::LogEvery,
 }
 
 impl SubjectRuntime {
@@ -61,6 +63,9 @@ impl SubjectRuntime {
             stats,
             hot: metrics.for_subject(subject),
             metrics,
+            missing_id_log: crate::telemetry::log_limit::LogEvery::new(
+                std::time::Duration::from_secs(60),
+            ),
         }
     }
 

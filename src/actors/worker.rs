@@ -180,7 +180,14 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     let process_span = span.clone();
     async {
         if generated {
-            warn!("Message has no message_id; the agent generated one");
+            runtime.hot.missing_message_id.inc();
+            if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
+                warn!(
+                    count,
+                    "Messages without message_id (count since the last such line, at most one a minute): \
+                     the agent generates ids; set the AMQP message_id when publishing (README: Message ids)"
+                );
+            }
         }
         if let Err(raw) = &attempt_header {
             warn!(value = %raw, "Header x-agent-attempt is not a positive integer; treating the message as attempt 1");

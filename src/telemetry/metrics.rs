@@ -83,6 +83,8 @@ pub struct SubjectMetrics {
     pub ack_multiple: Counter,
     /// `ack_frames{subject, kind="single"}`.
     pub ack_single: Counter,
+    /// `messages_without_message_id{subject}`.
+    pub missing_message_id: Counter,
 }
 
 /// Every metric of the agent.
@@ -110,6 +112,8 @@ pub struct Metrics {
     pub actor_restarts: Family<ActorLabels, Counter>,
     /// `basic.ack` frames sent, by kind.
     pub ack_frames: Family<KindLabels, Counter>,
+    /// Deliveries without an AMQP `message_id` (the agent generated one).
+    pub missing_message_id: Family<SubjectLabel, Counter>,
     in_flight: Family<SubjectLabel, Gauge>,
     pool_size: Family<SubjectLabel, Gauge>,
     busy: Family<SubjectLabel, Gauge>,
@@ -135,6 +139,7 @@ impl Metrics {
             reconnects: Family::default(),
             actor_restarts: Family::default(),
             ack_frames: Family::default(),
+            missing_message_id: Family::default(),
             in_flight: Family::default(),
             pool_size: Family::default(),
             busy: Family::default(),
@@ -199,6 +204,11 @@ impl Metrics {
             m.ack_frames.clone(),
         );
         registry.register(
+            "messages_without_message_id",
+            "Deliveries without an AMQP message_id: the agent generated one (fix the publisher)",
+            m.missing_message_id.clone(),
+        );
+        registry.register(
             "in_flight",
             "Deliveries held by the agent",
             m.in_flight.clone(),
@@ -249,6 +259,7 @@ impl Metrics {
             requeued: self.requeued.get_or_create(&label).clone(),
             ack_multiple: self.ack_frame(subject, "multiple"),
             ack_single: self.ack_frame(subject, "single"),
+            missing_message_id: self.missing_message_id.get_or_create(&label).clone(),
         }
     }
 

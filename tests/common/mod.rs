@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use amqp_agent::agent::Agent;
 
+pub mod apps;
 pub mod procs;
 use amqp_agent::config::Config;
 

@@ -30,7 +30,7 @@ final class AmqpAgentExtension extends Extension
         $container->setDefinition('amqp_agent.trace_context', (new Definition(TraceContext::class))
             ->setFactory([TraceContextFactory::class, 'create'])
             ->setArguments([new Reference('request_stack', ContainerBuilder::NULL_ON_INVALID_REFERENCE)]));
-        $container->setAlias(TraceContext::class, 'amqp_agent.trace_context');
+        $container->setAlias(TraceContext::class, 'amqp_agent.trace_context')->setPublic(true);
         $container->setDefinition('amqp_agent.envelope_decoder', new Definition(EnvelopeDecoder::class, [new Reference($config['serializer'])]));
         $container->setDefinition('amqp_agent.exception_mapper', new Definition(ExceptionMapper::class));
         $container->setDefinition('amqp_agent.publish_middleware', new Definition(PublishMiddleware::class, [new Reference('amqp_agent.trace_context')]));
