@@ -29,7 +29,10 @@ impl LogEvery {
     /// Records one occurrence at `now`. Returns `Some(n)` when a line is due, `n` being the
     /// occurrences it reports (this one included); `None` while the interval has not passed.
     pub fn note(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match *state {
             Some((last, pending)) if now.saturating_duration_since(last) < self.interval => {
                 *state = Some((last, pending + 1));

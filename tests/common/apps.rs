@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use amqp_agent::config::Config;
 
-use super::{AMQP_URL, TestCtx, copy_tree, fpm};
+use super::{AMQP_URL, TestCtx, copy_tree, eventually, fpm, header_str};
 
 static COPIED: OnceLock<()> = OnceLock::new();
 
@@ -42,7 +43,9 @@ pub fn config(ctx: &TestCtx, script: &Path) -> Arc<Config> {
         &format!("script_filename = \"{}\"", ctx.script.display()),
         &format!("script_filename = \"{}\"", script.display()),
     );
-    assert!(ctx_toml.contains("/_agent/messages/") && ctx_toml.contains(&*script.to_string_lossy()));
+    assert!(
+        ctx_toml.contains("/_agent/messages/") && ctx_toml.contains(&*script.to_string_lossy())
+    );
     Arc::new(Config::from_toml(&ctx_toml, Path::new("test.toml"), |_| None).expect("valid config"))
 }
 
@@ -69,7 +72,10 @@ pub fn php(script: &Path, ctx: &TestCtx, args: &[&str]) -> String {
 
 /// The handlers' records of app `app` for this test (complete lines only).
 pub fn records(app: &str, ctx: &TestCtx) -> Vec<Value> {
-    let path = fpm().dir.join("records").join(format!("{app}-{}.jsonl", ctx.id));
+    let path = fpm()
+        .dir
+        .join("records")
+        .join(format!("{app}-{}.jsonl", ctx.id));
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
     complete
@@ -93,4 +99,93 @@ pub fn handled(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
 pub fn trace_id_of(id: &str) -> String {
     let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
     format!("{hex:0>32}")
+}
+
+/// The scenario against app `name`: its publisher (`bin/publish.php`) sends 100 events
+/// and 100 commands, `e7` and `c7` fail once with `fail_once`, `c13` always with `fail_always`.
+/// Every other message reaches its handler exactly once with the traceparent set at dispatch,
+/// the two are retried once and then handled, and `c13` ends in `.dead` as `rejected` (422).
+pub async fn hundred_of_each(name: &str, fail_once: &str, fail_always: &str) {
+    const WAIT: Duration = Duration::from_secs(90);
+    let ctx = TestCtx::new(name).await;
+    let app = app_dir(name);
+    let agent = amqp_agent::agent::Agent::start(config(&ctx, &app.join("public/index.php")))
+        .await
+        .unwrap();
+    agent.wait_consuming(WAIT).await.unwrap(); // the agent declares the queues
+    let (e7, c7, c13) = (
+        format!("e7:{fail_once}"),
+        format!("c7:{fail_once}"),
+        format!("c13:{fail_always}"),
+    );
+    let out = php(
+        &app.join("bin/publish.php"),
+        &ctx,
+        &[&ctx.id, "100", "100", &e7, &c7, &c13],
+    );
+    assert!(
+        out.contains("published 100 events and 100 commands"),
+        "{out}"
+    );
+
+    eventually(WAIT, "199 acked and 1 dead-lettered", || async {
+        let s = agent.stats();
+        s["event"].acked == 100 && s["command"].acked == 99 && s["command"].dead_lettered == 1
+    })
+    .await;
+
+    let records = records(name, &ctx);
+    let handled = handled(&records);
+    let expected: Vec<String> = (0..100)
+        .map(|i| format!("e{i}"))
+        .chain((0..100).filter(|&i| i != 13).map(|i| format!("c{i}")))
+        .collect();
+    assert_eq!(handled.len(), expected.len(), "every message handled");
+    for id in &expected {
+        let recs = &handled[id];
+        assert_eq!(recs.len(), 1, "{id} handled once: {recs:?}");
+        let kind = if id.starts_with('e') {
+            "event"
+        } else {
+            "command"
+        };
+        assert_eq!(recs[0]["kind"], kind, "{id}");
+        // The traceparent set at dispatch arrives in the handler, as the parent of the agent's
+        // span: the same trace id.
+        let tp = recs[0]["traceparent"].as_str().unwrap_or_default();
+        assert_eq!(tp.get(3..35), Some(trace_id_of(id).as_str()), "{id}: {tp}");
+    }
+    let mut failed: Vec<&str> = records
+        .iter()
+        .filter(|r| r.get("failed").is_some())
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    failed.sort_unstable();
+    assert_eq!(failed, ["c7", "e7"], "the first attempts that failed");
+    assert!(!handled.contains_key("c13"));
+    // The publishers set every message_id (Messenger: the bundle's publish middleware).
+    let metrics = agent.handle().metrics();
+    for subject in ["event", "command"] {
+        let label = amqp_agent::telemetry::metrics::SubjectLabel {
+            subject: subject.to_owned(),
+        };
+        assert_eq!(metrics.missing_message_id.get_or_create(&label).get(), 0);
+    }
+    assert_eq!(agent.stats()["event"].retried, 1);
+    assert_eq!(agent.stats()["command"].retried, 1);
+
+    let dead = ctx.drain_dead("command").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("rejected")
+    );
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-status").as_deref(),
+        Some("422")
+    );
+    assert!(ctx.drain_dead("event").await.is_empty());
+
+    agent.drain().await;
+    ctx.cleanup().await;
 }

@@ -80,7 +80,10 @@ fn start_fpm() -> Fpm {
     std::fs::copy(Path::new(root).join("tests/php/recorder.php"), &recorder).unwrap();
     std::fs::copy(Path::new(root).join("examples/php/receiver.php"), &receiver).unwrap();
     // receiver.php loads the php/receiver package from php-receiver/ next to it.
-    copy_tree(&Path::new(root).join("php/receiver"), &dir.join("php-receiver"));
+    copy_tree(
+        &Path::new(root).join("php/receiver"),
+        &dir.join("php-receiver"),
+    );
     use std::os::unix::fs::PermissionsExt;
     for p in [&dir, &records] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();

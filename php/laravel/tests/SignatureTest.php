@@ -6,20 +6,19 @@ namespace AmqpAgent\Laravel\Tests;
 
 use AmqpAgent\Receiver\Signature;
 use AmqpAgent\Receiver\SignatureCheck;
+use AmqpAgent\Receiver\Tests\Vectors;
 use PHPUnit\Framework\TestCase;
 
 /** The provider's Signature, configured as an app would, against the shared known-answer vectors. */
 final class SignatureTest extends TestCase
 {
-    private const VECTORS = __DIR__ . '/../../../tests/vectors/signature.json';
-
     /** @dataProvider vectors */
     public function testTheConfiguredSignatureVerifiesTheAgentsVectors(array $case): void
     {
         $app = TestApp::make(['signing_secrets' => implode(',', $case['secrets'])]);
         $signature = $app->make(Signature::class);
-        $server = self::server($case);
-        $body = (string) hex2bin($case['body_hex']);
+        $server = Vectors::server($case);
+        $body = Vectors::body($case);
 
         self::assertSame(SignatureCheck::Valid, $signature->check($server, $body, $case['t']));
         self::assertSame(SignatureCheck::Stale, $signature->check($server, $body, $case['t'] + 301));
@@ -34,25 +33,6 @@ final class SignatureTest extends TestCase
 
     public function vectors(): array
     {
-        $cases = [];
-        foreach (json_decode((string) file_get_contents(self::VECTORS), true, 512, JSON_THROW_ON_ERROR)['cases'] as $case) {
-            $cases[$case['name']] = [$case];
-        }
-
-        return $cases;
-    }
-
-    private static function server(array $case): array
-    {
-        return [
-            'HTTP_X_AGENT_SUBJECT' => $case['subject'],
-            'HTTP_X_AGENT_MESSAGE_ID' => $case['message_id'],
-            'HTTP_X_AGENT_ATTEMPT' => (string) $case['attempt'],
-            'HTTP_X_AGENT_ROUTING_KEY' => $case['routing_key'],
-            'HTTP_X_AGENT_EXCHANGE' => $case['exchange'],
-            'HTTP_X_AGENT_CONTENT_TYPE' => $case['content_type'],
-            'HTTP_X_AGENT_HEADERS' => $case['headers_json'],
-            'HTTP_X_AGENT_SIGNATURE' => $case['signature'],
-        ];
+        return Vectors::cases();
     }
 }

@@ -9,6 +9,7 @@ if (is_file(__DIR__ . '/../vendor/autoload.php')) {
     require_once '/usr/share/php/Illuminate/autoload.php';
 }
 require_once __DIR__ . '/../../receiver/autoload.php';
+require_once __DIR__ . '/../../receiver/tests/Vectors.php'; // the shared known-answer vectors
 spl_autoload_register(static function (string $class): void {
     foreach (['AmqpAgent\\Laravel\\Tests\\' => '/', 'AmqpAgent\\Laravel\\' => '/../src/'] as $prefix => $dir) {
         if (str_starts_with($class, $prefix)) {

@@ -57,15 +57,19 @@ final class Receiver
         };
     }
 
+    /** The message of a request that may be handled, or the response that refuses it. */
+    public function admit(array $server, string $body, ?int $now = null): Message|Response
+    {
+        return $this->refuse($server, $body, $now) ?? Message::fromServer($server, $body);
+    }
+
     /** @param callable(Message): mixed $handler */
     public function handle(array $server, string $body, callable $handler, ?int $now = null): Response
     {
-        $refused = $this->refuse($server, $body, $now);
-        if ($refused !== null) {
-            return $refused;
+        $message = $this->admit($server, $body, $now);
+        if ($message instanceof Response) {
+            return $message;
         }
-
-        $message = Message::fromServer($server, $body);
         try {
             $handler($message);
         } catch (\Throwable $e) {

@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace AmqpAgent\SymfonyBundle\Tests;
 
 use AmqpAgent\Receiver\SignatureCheck;
+use AmqpAgent\Receiver\Tests\Vectors;
 use AmqpAgent\SymfonyBundle\DependencyInjection\Configuration;
 use AmqpAgent\SymfonyBundle\DependencyInjection\SignatureFactory;
 use PHPUnit\Framework\TestCase;
@@ -13,8 +14,6 @@ use Symfony\Component\Config\Definition\Processor;
 /** The bundle's Signature, configured as an app would, against the shared known-answer vectors. */
 final class SignatureTest extends TestCase
 {
-    private const VECTORS = __DIR__ . '/../../../tests/vectors/signature.json';
-
     public function testDefaults(): void
     {
         $config = (new Processor())->processConfiguration(new Configuration(), []);
@@ -29,17 +28,8 @@ final class SignatureTest extends TestCase
     {
         $config = (new Processor())->processConfiguration(new Configuration(), [['signing_secrets' => implode(',', $case['secrets'])]]);
         $signature = SignatureFactory::create($config['signing_secrets'], $config['clock_skew'], $config['allow_v1']);
-        $server = [
-            'HTTP_X_AGENT_SUBJECT' => $case['subject'],
-            'HTTP_X_AGENT_MESSAGE_ID' => $case['message_id'],
-            'HTTP_X_AGENT_ATTEMPT' => (string) $case['attempt'],
-            'HTTP_X_AGENT_ROUTING_KEY' => $case['routing_key'],
-            'HTTP_X_AGENT_EXCHANGE' => $case['exchange'],
-            'HTTP_X_AGENT_CONTENT_TYPE' => $case['content_type'],
-            'HTTP_X_AGENT_HEADERS' => $case['headers_json'],
-            'HTTP_X_AGENT_SIGNATURE' => $case['signature'],
-        ];
-        $body = (string) hex2bin($case['body_hex']);
+        $server = Vectors::server($case);
+        $body = Vectors::body($case);
 
         self::assertSame(SignatureCheck::Valid, $signature->check($server, $body, $case['t']));
         self::assertSame(SignatureCheck::Stale, $signature->check($server, $body, $case['t'] - 301));
@@ -51,11 +41,6 @@ final class SignatureTest extends TestCase
 
     public function vectors(): array
     {
-        $cases = [];
-        foreach (json_decode((string) file_get_contents(self::VECTORS), true, 512, JSON_THROW_ON_ERROR)['cases'] as $case) {
-            $cases[$case['name']] = [$case];
-        }
-
-        return $cases;
+        return Vectors::cases();
     }
 }

@@ -6,7 +6,6 @@ namespace AmqpAgent\Laravel\Http;
 
 use AmqpAgent\Laravel\AgentContext;
 use AmqpAgent\Laravel\PayloadDecoder;
-use AmqpAgent\Receiver\Message;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\Response as AgentResponse;
 use AmqpAgent\Receiver\TraceContext;
@@ -42,11 +41,10 @@ final class MessageController
 
     public function handle(array $server, string $body): AgentResponse
     {
-        $refused = $this->receiver->refuse($server, $body);
-        if ($refused !== null) {
-            return $refused;
+        $message = $this->receiver->admit($server, $body);
+        if ($message instanceof AgentResponse) {
+            return $message;
         }
-        $message = Message::fromServer($server, $body);
 
         try {
             $encrypter = $this->container->bound(Encrypter::class) ? $this->container->make(Encrypter::class) : null;

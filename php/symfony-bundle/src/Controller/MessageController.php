@@ -4,7 +4,6 @@ declare(strict_types=1);
 
 namespace AmqpAgent\SymfonyBundle\Controller;
 
-use AmqpAgent\Receiver\Message;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\Response as AgentResponse;
 use AmqpAgent\SymfonyBundle\Messenger\AgentMessageStamp;
@@ -46,11 +45,10 @@ final class MessageController
     /** The whole exchange without HttpFoundation: $server are the FastCGI params. */
     public function handle(array $server, string $body): AgentResponse
     {
-        $refused = $this->receiver->refuse($server, $body);
-        if ($refused !== null) {
-            return $refused;
+        $message = $this->receiver->admit($server, $body);
+        if ($message instanceof AgentResponse) {
+            return $message;
         }
-        $message = Message::fromServer($server, $body);
 
         try {
             $envelope = $this->decoder->decode($message)->with(
