@@ -95,6 +95,8 @@ fn start_fpm() -> Fpm {
     } else {
         ""
     };
+    // AGENT_SIGNATURE_ALLOW_V1: the PHP packages verify v2 only unless told otherwise; drop it
+    // once the agent sends v2 signatures.
     let conf = format!(
         "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
          [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 24\n\
