@@ -5,12 +5,17 @@
 #
 # The baked-in config is config/amqp-agent.example.toml (RabbitMQ and FPM on 127.0.0.1, admin
 # listener on loopback only): mount your own over /etc/amqp-agent/amqp-agent.toml, or override
-# secrets with AMQP_AGENT_AMQP_URL, AMQP_AGENT_SIGNING_SECRET, AMQP_AGENT_ADMIN_TOKEN.
+# secrets with AMQP_AGENT_AMQP_URL, AMQP_AGENT_SIGNING_SECRET, AMQP_AGENT_ADMIN_TOKEN. As built,
+# the image refuses to start: the example's placeholder signing secret fails validation
+# ("fpm.signing_secrets[0] ... placeholder") until one of these replaces it.
 # Traces: OTEL_EXPORTER_OTLP_ENDPOINT (+ OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME).
 # deploy/docker-compose.yml runs it with RabbitMQ, PHP-FPM, an OTel collector and Jaeger.
 
+# Base images are pinned by exact version tag (bump them on purpose). The builder and the
+# runtime are both Debian 12 (bookworm), so the binary links against the same glibc.
+
 # ---- build -------------------------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src
 
 # Dependencies first, against stub sources, so this layer is reused until Cargo.toml or
@@ -32,7 +37,7 @@ RUN touch src/main.rs src/lib.rs \
  && ./target/release/amqp-agent --version
 
 # ---- runtime -----------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:12.12-slim
 
 # ca-certificates: amqps:// and https OTLP endpoints (rustls with the system trust store).
 RUN apt-get update \

@@ -34,12 +34,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML, or a key is unknown or has the wrong type.
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {path}: {problem}")]
     Parse {
         /// The path that was parsed.
         path: PathBuf,
-        /// The TOML parser's message, which names the key and line.
-        message: String,
+        /// Key, line, column and message; never the source line or a value (it may be a secret).
+        problem: report::ParseProblem,
     },
     /// A key is well-formed but its value is not acceptable.
     #[error("invalid value for `{key}`: {message}")]
@@ -463,10 +463,10 @@ impl Config {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        // The parser quotes the offending line, which may hold the AMQP password.
+        // The parser's own message quotes the offending line, which may hold a secret.
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: redact_urls_in(e.to_string().trim_end()),
+            problem: report::parse_problem(text, e),
         })?;
         config.resolve_secrets(&env)?;
         config.validate()?;
@@ -478,6 +478,9 @@ impl Config {
         env: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         if let Some(url) = env(ENV_AMQP_URL).filter(|u| !u.is_empty()) {
+            if let Some(problem) = report::uri_problem(&url) {
+                return Err(invalid("amqp.url", format!("{ENV_AMQP_URL}: {problem}")));
+            }
             self.amqp.url = Some(url);
         } else if let (None, Some(file)) = (&self.amqp.url, &self.amqp.url_file) {
             let url = std::fs::read_to_string(file).map_err(|e| {
@@ -486,10 +489,27 @@ impl Config {
                     format!("cannot read {}: {e}", file.display()),
                 )
             })?;
+            if let Some(problem) = report::uri_problem(url.trim()) {
+                return Err(invalid(
+                    "amqp.url_file",
+                    format!("{}: {problem}", file.display()),
+                ));
+            }
             self.amqp.url = Some(url.trim().to_owned());
         }
         if let Some(token) = env(ENV_ADMIN_TOKEN).filter(|t| !t.is_empty()) {
             self.admin.token = Some(token);
+        }
+        if self
+            .admin
+            .token
+            .as_deref()
+            .is_some_and(|t| report::PLACEHOLDER_SECRETS.contains(&t))
+        {
+            return Err(invalid(
+                "admin.token",
+                "is the example file's placeholder; set a long random token of your own",
+            ));
         }
         if let Some(listen) = env(ENV_ADMIN_LISTEN) {
             self.admin.listen = listen;
@@ -500,6 +520,15 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect();
+            for (i, secret) in self.fpm.signing_secrets.iter().enumerate() {
+                if let Some(problem) = report::secret_problem(secret) {
+                    let n = i + 1;
+                    return Err(invalid(
+                        "fpm.signing_secrets",
+                        format!("{ENV_SIGNING_SECRET}: secret {n} {problem}"),
+                    ));
+                }
+            }
         }
         if let Some(file) = &self.fpm.signing_secrets_file {
             let text = std::fs::read_to_string(file).map_err(|e| {
@@ -508,12 +537,20 @@ impl Config {
                     format!("cannot read {}: {e}", file.display()),
                 )
             })?;
-            self.fpm.signing_secrets.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned),
-            );
+            for (i, line) in text.lines().enumerate() {
+                let secret = line.trim();
+                if secret.is_empty() {
+                    continue;
+                }
+                if let Some(problem) = report::secret_problem(secret) {
+                    let n = i + 1;
+                    return Err(invalid(
+                        "fpm.signing_secrets_file",
+                        format!("{}: the secret on line {n} {problem}", file.display()),
+                    ));
+                }
+                self.fpm.signing_secrets.push(secret.to_owned());
+            }
         }
         Ok(())
     }
@@ -525,8 +562,9 @@ impl Config {
                 format!("missing; set it, `amqp.url_file`, or {ENV_AMQP_URL}"),
             )
         })?;
-        url.parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| invalid("amqp.url", format!("not an AMQP URI: {e}")))?;
+        if let Some(problem) = report::uri_problem(url) {
+            return Err(invalid("amqp.url", problem));
+        }
         if self.amqp.prefetch_per_worker == 0 {
             return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
         }
@@ -541,11 +579,8 @@ impl Config {
             return Err(invalid("fpm.timeout", "must be greater than zero"));
         }
         for (i, secret) in self.fpm.signing_secrets.iter().enumerate() {
-            if secret.len() < 16 {
-                return Err(invalid(
-                    format!("fpm.signing_secrets[{i}]"),
-                    "must be at least 16 bytes long",
-                ));
+            if let Some(problem) = report::secret_problem(secret) {
+                return Err(invalid(format!("fpm.signing_secrets[{i}]"), problem));
             }
         }
         if self.retry.delays.is_empty() {
@@ -757,20 +792,6 @@ impl Config {
     }
 }
 
-/// Hides the password of every `scheme://user:password@` in a text.
-#[must_use]
-pub fn redact_urls_in(text: &str) -> String {
-    text.split_inclusive(char::is_whitespace)
-        .map(|word| {
-            if word.contains("://") && word.contains('@') {
-                redact_url(word)
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect()
-}
-
 /// Hides the password of an AMQP URI for logs and status output.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
@@ -783,6 +804,9 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+mod report;
+pub use report::ParseProblem;
 
 #[cfg(test)]
 mod tests;

@@ -32,14 +32,40 @@ fn minimal_config_gets_documented_defaults() {
 }
 
 #[test]
-fn the_example_file_is_valid() {
+fn the_example_file_is_valid_once_its_placeholder_secret_is_replaced() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/config/amqp-agent.example.toml"
     ))
     .unwrap();
-    let c = parse(&text).unwrap();
+    // As shipped (and baked into the image) it is refused, naming the key.
+    let e = error_of(&text);
+    assert!(
+        e.contains("fpm.signing_secrets[0]") && e.contains("placeholder"),
+        "{e}"
+    );
+    let c = parse(&text.replace(
+        "change-me-to-a-long-random-secret",
+        "an-own-secret-0123456789",
+    ))
+    .unwrap();
     assert_eq!(c.subjects.len(), 2);
+    // The environment override replaces it, as in `docker run -e AMQP_AGENT_SIGNING_SECRET=…`.
+    Config::from_toml(&text, Path::new("t"), |name| {
+        (name == ENV_SIGNING_SECRET).then(|| "an-own-secret-0123456789".to_owned())
+    })
+    .unwrap();
+}
+
+#[test]
+fn placeholder_admin_token_is_refused() {
+    let e = error_of(&format!(
+        "{MINIMAL}[admin]\ntoken = \"a-long-random-admin-token\"\n"
+    ));
+    assert!(
+        e.contains("admin.token") && e.contains("placeholder"),
+        "{e}"
+    );
 }
 
 #[test]

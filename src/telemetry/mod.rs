@@ -113,6 +113,13 @@ pub fn sampler(name: &str, arg: Option<f64>) -> Option<Sampler> {
     })
 }
 
+/// Colour (ANSI escapes) only for a terminal, and never when `NO_COLOR` is set to a non-empty
+/// value (<https://no-color.org>): a file, a pipe or journald must get plain text.
+#[must_use]
+pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// Installs the global subscriber: formatted logs (text or JSON) filtered by `RUST_LOG`, plus
 /// the OpenTelemetry layer when `export` is set. Must run inside the Tokio runtime.
 ///
@@ -121,7 +128,13 @@ pub fn sampler(name: &str, arg: Option<f64>) -> Option<Sampler> {
 pub fn init(json: bool, level: Option<&str>, export: Option<&Export>) -> anyhow::Result<()> {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter_for(level));
     let _ = FILTER.set(handle);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let colour = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let fmt = if json {
         fmt.json()
             .flatten_event(true)
@@ -317,5 +330,17 @@ mod tests {
             assert!(sampler(name, Some(0.5)).is_some(), "{name}");
         }
         assert!(sampler("sometimes", None).is_none());
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "empty NO_COLOR counts as unset"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None), "a file, pipe or journald");
     }
 }
