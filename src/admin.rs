@@ -1,48 +1,116 @@
 //! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/status`, and operator commands.
 //!
 //! Invariant: nothing secret is ever rendered (no AMQP password, no signing secret, no token),
-//! so reads are open to probes and scrapers; commands (POST) require the bearer token whenever
-//! one is configured — always when the listener is not on loopback (config validation enforces it).
+//! so reads are open to probes and scrapers. Every command (any method but `GET` and `HEAD`)
+//! needs the bearer token, on loopback too; without a configured token commands are refused,
+//! unless `admin.allow_unauthenticated_commands` (loopback only) opts out. A request with an
+//! `Origin` header (a browser) is refused whatever it asks for. At most `admin.max_connections`
+//! connections are open at once, and each is closed at the latest `header_timeout +
+//! request_timeout` after it was accepted: the listener's file descriptors stay bounded.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::HttpBody;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::warn;
 
 use crate::agent::AgentHandle;
+
+/// No endpoint reads a body; a client may still send a small one (`{}`), nothing larger.
+pub const MAX_BODY_BYTES: u64 = 4096;
+/// Request line plus headers must fit in hyper's read buffer of this size (its minimum is 8 KiB).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request.
+const MAX_HEADERS: usize = 32;
+/// What a connection over `admin.max_connections` gets before it is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+    Content-Length: 27\r\nConnection: close\r\n\r\ntoo many admin connections\n";
 
 #[derive(Clone)]
 struct AdminState {
     agent: AgentHandle,
+    /// The bearer token every command must carry.
     token: Option<Arc<str>>,
-    /// The listener is not on loopback: commands are refused without a token.
-    guard_reads: bool,
+    /// `admin.allow_unauthenticated_commands`: commands pass without a token when none is set.
+    open_commands: bool,
+    /// `admin.request_timeout`: bound on one request's handling.
+    request_timeout: Duration,
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves.
+/// Serves the admin API on `listener` until `shutdown` resolves. Connections still open then
+/// end on their own deadline.
 ///
 /// # Errors
-/// When serving fails.
+/// Never today; accept errors (e.g. out of file descriptors) are logged and retried.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     agent: AgentHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let config = agent.config();
-    let guard_reads = listener
-        .local_addr()
-        .map(|a| !a.ip().is_loopback())
-        .unwrap_or(true);
-    let state = AdminState {
-        token: config.admin.token.as_deref().map(Arc::from),
-        guard_reads,
+    let admin = config.admin.clone();
+    let app = router(AdminState {
+        token: admin.token.as_deref().map(Arc::from),
+        open_commands: admin.allow_unauthenticated_commands,
+        request_timeout: admin.request_timeout,
         agent,
-    };
-    let app = Router::new()
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(admin.header_timeout)
+        .keep_alive(false)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let slots = Arc::new(Semaphore::new(admin.max_connections));
+    let lifetime = admin.header_timeout + admin.request_timeout;
+    let mut complaints = Complaints::default();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: retrying at once would spin on the same error.
+                    complaints.note(|| warn!(error = %e, "Admin listener cannot accept a connection"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            complaints.note(|| {
+                warn!(
+                    max_connections = admin.max_connections,
+                    "Admin connection refused: admin.max_connections are open"
+                );
+            });
+            refuse(stream);
+            continue;
+        };
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            // Covers a client that never reads the response, which no hyper timeout does.
+            let _ = tokio::time::timeout(lifetime, conn).await;
+            drop(slot);
+        });
+    }
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -50,27 +118,85 @@ pub async fn serve(
         .route("/pools/{subject}", post(set_pool))
         .route("/subjects/{subject}/pause", post(pause))
         .route("/subjects/{subject}/resume", post(resume))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
 }
 
-/// Reads (health, metrics, status) are open: they are meant for probes and scrapers and carry
-/// no secrets. Commands need the bearer token when one is configured, and one must be
-/// configured when the listener is not on loopback.
-fn authorized(state: &AdminState, headers: &HeaderMap, write: bool) -> Result<(), Box<Response>> {
-    if !write {
-        return Ok(());
+/// Answers a connection over the cap and closes it, without waiting for anything.
+fn refuse(stream: TcpStream) {
+    use std::io::{Read as _, Write as _};
+    // Plain non-blocking syscalls: the reactor has not seen this socket yet, so Tokio's
+    // `try_*` would report "not ready". Reading what already arrived lets the close be a FIN
+    // rather than a reset that could discard the answer; a fresh send buffer takes the write.
+    let Ok(mut socket) = stream.into_std() else {
+        return;
+    };
+    let _ = socket.read(&mut [0u8; 1024]);
+    let _ = socket.write(TOO_MANY);
+}
+
+/// At most one warning per 10 s for a flood of refused or failed connections.
+#[derive(Default)]
+struct Complaints {
+    last: Option<Instant>,
+}
+
+impl Complaints {
+    fn note(&mut self, log: impl FnOnce()) {
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            self.last = Some(Instant::now());
+            log();
+        }
     }
+}
+
+/// Every request passes here before routing: browsers, oversized bodies and unauthorized
+/// commands are refused, and the handler is bounded by `admin.request_timeout`.
+async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::ORIGIN) {
+        return (
+            StatusCode::FORBIDDEN,
+            "requests with an Origin header (browsers) are refused\n",
+        )
+            .into_response();
+    }
+    if request
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > MAX_BODY_BYTES)
+    {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes with a Content-Length\n"),
+        )
+            .into_response();
+    }
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !read && let Err(refused) = authorize(&state, request.headers()) {
+        return refused;
+    }
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "admin request timed out\n").into_response(),
+    }
+}
+
+/// A command passes with the right bearer token, or with none configured and the explicit
+/// development opt-out.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = &state.token else {
-        return if state.guard_reads {
-            Err(Box::new(
-                (StatusCode::FORBIDDEN, "commands need admin.token\n").into_response(),
-            ))
-        } else {
-            Ok(())
-        };
+        if state.open_commands {
+            return Ok(());
+        }
+        return Err((
+            StatusCode::FORBIDDEN,
+            "commands are disabled: admin.token is not set in the agent's config\n",
+        )
+            .into_response());
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -78,9 +204,12 @@ fn authorized(state: &AdminState, headers: &HeaderMap, write: bool) -> Result<()
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-        _ => Err(Box::new(
-            (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response(),
-        )),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong bearer token\n",
+        )
+            .into_response()),
     }
 }
 
@@ -88,10 +217,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn healthz(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers, false) {
-        return *r;
-    }
+async fn healthz(State(state): State<AdminState>) -> Response {
     if state.agent.alive() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -103,10 +229,7 @@ async fn healthz(State(state): State<AdminState>, headers: HeaderMap) -> Respons
     }
 }
 
-async fn readyz(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers, false) {
-        return *r;
-    }
+async fn readyz(State(state): State<AdminState>) -> Response {
     let problems = state.agent.not_ready();
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
@@ -119,10 +242,7 @@ async fn readyz(State(state): State<AdminState>, headers: HeaderMap) -> Response
     }
 }
 
-async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers, false) {
-        return *r;
-    }
+async fn metrics(State(state): State<AdminState>) -> Response {
     let body = state.agent.metrics().encode();
     (
         [(
@@ -134,10 +254,7 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .into_response()
 }
 
-async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers, false) {
-        return *r;
-    }
+async fn status(State(state): State<AdminState>) -> Response {
     axum::Json(state.agent.status()).into_response()
 }
 
@@ -148,45 +265,42 @@ struct SizeQuery {
 
 async fn set_pool(
     State(state): State<AdminState>,
-    headers: HeaderMap,
     Path(subject): Path<String>,
     Query(q): Query<SizeQuery>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers, true) {
-        return *r;
-    }
     match state.agent.set_pool(&subject, q.size) {
         Ok(size) => (StatusCode::OK, format!("{subject}: pool size {size}\n")).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
 
-async fn pause(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Path(subject): Path<String>,
-) -> Response {
-    command_pause(state, headers, subject, true)
+async fn pause(State(state): State<AdminState>, Path(subject): Path<String>) -> Response {
+    command_pause(&state, &subject, true)
 }
 
-async fn resume(
-    State(state): State<AdminState>,
-    headers: HeaderMap,
-    Path(subject): Path<String>,
-) -> Response {
-    command_pause(state, headers, subject, false)
+async fn resume(State(state): State<AdminState>, Path(subject): Path<String>) -> Response {
+    command_pause(&state, &subject, false)
 }
 
-fn command_pause(state: AdminState, headers: HeaderMap, subject: String, pause: bool) -> Response {
-    if let Err(r) = authorized(&state, &headers, true) {
-        return *r;
-    }
-    match state.agent.set_paused(&subject, pause) {
+fn command_pause(state: &AdminState, subject: &str, pause: bool) -> Response {
+    match state.agent.set_paused(subject, pause) {
         Ok(()) => (
             StatusCode::OK,
             format!("{subject}: {}\n", if pause { "paused" } else { "resumed" }),
         )
             .into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_by_content_and_length() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcde"));
     }
 }

@@ -119,10 +119,31 @@ pub struct AdminConfig {
     /// `host:port` of the admin HTTP listener; empty string turns it off.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
-    /// Bearer token required for commands (POST) — and for everything when the listener is not
-    /// on loopback, where it is mandatory. `AMQP_AGENT_ADMIN_TOKEN` overrides it.
+    /// Bearer token that every command (POST) must carry, on any address; reads (GET) never
+    /// need it. At least 16 bytes. Without it, commands are refused unless
+    /// `allow_unauthenticated_commands` is set. `AMQP_AGENT_ADMIN_TOKEN` overrides it.
     #[serde(default)]
     pub token: Option<String>,
+    /// Development only: accept commands without a token when none is configured. Refused on a
+    /// listener that is not on loopback; `check-config` warns about it.
+    #[serde(default)]
+    pub allow_unauthenticated_commands: bool,
+    /// Most admin connections open at once. One more is answered `503` and closed at once, so
+    /// the listener never holds more file descriptors than this.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// A connection must send its complete request head within this time, else it is closed.
+    #[serde(
+        default = "default_admin_header_timeout",
+        deserialize_with = "duration"
+    )]
+    pub header_timeout: Duration,
+    /// Longest time a request may take once its head has arrived (handler and response).
+    #[serde(
+        default = "default_admin_request_timeout",
+        deserialize_with = "duration"
+    )]
+    pub request_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -130,10 +151,23 @@ impl Default for AdminConfig {
         Self {
             listen: default_admin_listen(),
             token: None,
+            allow_unauthenticated_commands: false,
+            max_connections: default_admin_max_connections(),
+            header_timeout: default_admin_header_timeout(),
+            request_timeout: default_admin_request_timeout(),
         }
     }
 }
 
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_admin_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_admin_listen() -> String {
     "127.0.0.1:9466".to_owned()
 }
@@ -662,11 +696,36 @@ impl Config {
                 format!("`{}` is not `ip:port`", self.admin.listen),
             )
         })?;
-        if !addr.ip().is_loopback() && self.admin.token.as_deref().is_none_or(|t| t.len() < 16) {
+        self.validate_admin(addr.ip().is_loopback())
+    }
+
+    fn validate_admin(&self, loopback: bool) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        if a.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin.token", "must be at least 16 bytes"));
+        }
+        if !loopback && a.token.is_none() {
             return Err(invalid(
                 "admin.token",
-                "required (at least 16 bytes) when admin.listen is not a loopback address",
+                "required when admin.listen is not a loopback address",
             ));
+        }
+        if !loopback && a.allow_unauthenticated_commands {
+            return Err(invalid(
+                "admin.allow_unauthenticated_commands",
+                "only allowed when admin.listen is a loopback address",
+            ));
+        }
+        if !(1..=1024).contains(&a.max_connections) {
+            return Err(invalid("admin.max_connections", "must be 1 to 1024"));
+        }
+        for (key, value) in [
+            ("admin.header_timeout", a.header_timeout),
+            ("admin.request_timeout", a.request_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(300) {
+                return Err(invalid(key, "must be above 0 and at most 5m"));
+            }
         }
         Ok(())
     }
@@ -787,6 +846,22 @@ impl Config {
         }
         if !self.fpm.require_ack_header {
             out.push("fpm.require_ack_header = false: any 2xx counts as success".to_owned());
+        }
+        if !self.admin.listen.is_empty() && self.admin.token.is_none() {
+            out.push(if self.admin.allow_unauthenticated_commands {
+                "admin.allow_unauthenticated_commands = true: any local process (or a request \
+                 forged by one) can pause subjects and resize pools; development only"
+                    .to_owned()
+            } else {
+                "admin.token is not set: the admin API refuses every command \
+                 (pool set, pause, resume)"
+                    .to_owned()
+            });
+        }
+        if self.admin.token.is_some() && self.admin.allow_unauthenticated_commands {
+            out.push(
+                "admin.allow_unauthenticated_commands is ignored: admin.token is set".to_owned(),
+            );
         }
         out
     }

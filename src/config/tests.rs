@@ -170,3 +170,61 @@ fn a_syntax_error_does_not_quote_the_password() {
     assert!(!e.contains("s3cret"), "{e}");
     assert!(e.contains("invalid config file"), "{e}");
 }
+
+#[test]
+fn admin_commands_need_a_token_or_the_loopback_opt_out() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(!c.admin.allow_unauthenticated_commands);
+    assert_eq!(
+        (
+            c.admin.max_connections,
+            c.admin.header_timeout,
+            c.admin.request_timeout
+        ),
+        (64, Duration::from_secs(5), Duration::from_secs(10))
+    );
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("refuses every command"))
+    );
+    let open = parse(&format!(
+        "{MINIMAL}[admin]\nallow_unauthenticated_commands = true\n"
+    ))
+    .unwrap();
+    assert!(
+        open.warnings()
+            .iter()
+            .any(|w| w.contains("development only"))
+    );
+    let token = parse(&format!("{MINIMAL}[admin]\ntoken = \"0123456789abcdef\"\n")).unwrap();
+    assert!(!token.warnings().iter().any(|w| w.contains("admin")));
+    let off = parse(&format!("{MINIMAL}[admin]\nlisten = \"\"\n")).unwrap();
+    assert!(!off.warnings().iter().any(|w| w.contains("admin")));
+}
+
+#[test]
+fn admin_settings_are_checked() {
+    let cases = [
+        ("token = \"short\"", "admin.token"),
+        ("listen = \"0.0.0.0:9466\"", "admin.token"),
+        (
+            "listen = \"0.0.0.0:9466\"\ntoken = \"0123456789abcdef\"\nallow_unauthenticated_commands = true",
+            "admin.allow_unauthenticated_commands",
+        ),
+        ("max_connections = 0", "admin.max_connections"),
+        ("max_connections = 5000", "admin.max_connections"),
+        ("header_timeout = \"0s\"", "admin.header_timeout"),
+        ("request_timeout = \"1h\"", "admin.request_timeout"),
+    ];
+    for (lines, key) in cases {
+        let e = error_of(&format!("{MINIMAL}[admin]\n{lines}\n"));
+        assert!(e.contains(key), "`{key}` not named for {lines}: {e}");
+    }
+    assert!(
+        parse(&format!(
+            "{MINIMAL}[admin]\nlisten = \"0.0.0.0:9466\"\ntoken = \"0123456789abcdef\"\n"
+        ))
+        .is_ok()
+    );
+}

@@ -27,6 +27,8 @@ use amqp_agent::config::Config;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const SECRET: &str = "test-signing-secret-0123456789";
+/// The admin token of every test config: commands need it.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// The shared php-fpm pool of this test binary.
 pub struct Fpm {
@@ -207,6 +209,8 @@ pub struct TestCtx {
     pub event_extra: String,
     /// Port of the admin listener of an agent process started with this config.
     pub admin_port: u16,
+    /// Lines for `[admin]` after `listen`; the default sets `token = ADMIN_TOKEN`.
+    pub admin_toml: String,
 }
 
 impl TestCtx {
@@ -240,6 +244,7 @@ impl TestCtx {
             pool_size: 4,
             event_extra: String::new(),
             admin_port: free_port(),
+            admin_toml: format!("token = \"{ADMIN_TOKEN}\"\n"),
         }
     }
 
@@ -252,11 +257,12 @@ impl TestCtx {
             "[amqp]\nurl = \"{amqp}\"\nprefetch_per_worker = 2\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n\n{retry}\n\
              [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_toml}\n[agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
             amqp = self.amqp_url,
             pool = self.pool_size,
             event_extra = self.event_extra,
             admin = self.admin_port,
+            admin_toml = self.admin_toml,
             port = self.fpm_port,
             script = self.script.display(),
             id = self.id,

@@ -1,0 +1,299 @@
+//! The admin listener under abuse: a flood of idle connections, slow loris, commands without
+//! the token and from browsers — against the real binary, RabbitMQ and php-fpm.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::procs::{AgentProcess, agent_cli, http};
+use common::{ADMIN_TOKEN, TestCtx};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn start(ctx: &TestCtx) -> AgentProcess {
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    AgentProcess::start(&config, &log)
+}
+
+/// Sends `request` as is; (status, body) of the answer.
+async fn raw(port: u16, request: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_owned(),
+    ))
+}
+
+/// A POST with the given extra header lines (each ending in CRLF).
+async fn post(port: u16, path: &str, headers: &str) -> (u16, String) {
+    raw(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+    .expect("admin API answers")
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+async fn paused(port: u16, subject: &str) -> bool {
+    let (_, body) = http(port, "GET", "/status", None).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    doc["subjects"][subject]["paused"] == true
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The test process holds the client side of every connection: make room for them.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    if lim.rlim_cur < want {
+        lim.rlim_cur = want.min(lim.rlim_max);
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    assert!(
+        lim.rlim_cur >= want,
+        "RLIMIT_NOFILE hard limit {} is below {want}",
+        lim.rlim_max
+    );
+}
+
+/// How many of `streams` the agent has closed (or answered), by a non-blocking read.
+fn closed_by_peer(streams: &[std::net::TcpStream]) -> usize {
+    use std::io::Read as _;
+    streams
+        .iter()
+        .filter(|s| {
+            !matches!((&**s).read(&mut [0u8; 256]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_idle_connections_do_not_starve_the_agent() {
+    raise_fd_limit(4096);
+    let mut ctx = TestCtx::new("adminflood").await;
+    ctx.admin_toml
+        .push_str("max_connections = 64\nheader_timeout = \"10s\"\n");
+    let agent = start(&ctx);
+    agent.wait_log("Consuming", 2, LONG).await;
+    let port = ctx.admin_port;
+    let pid = agent.child.id();
+    let before = open_fds(pid);
+
+    let idle = tokio::task::spawn_blocking(move || {
+        (0..2000)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    // Everything over the cap is closed at once; the agent holds at most 64 of them.
+    common::eventually(LONG, "1,936 connections over the cap closed", || async {
+        closed_by_peer(&idle) >= 2000 - 64
+    })
+    .await;
+    let during = open_fds(pid);
+    assert!(
+        during <= before + 64 + 8,
+        "the agent holds {during} fds with 2,000 idle admin connections (was {before})"
+    );
+    let started = Instant::now();
+    let over = http(port, "GET", "/healthz", None).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2) && !matches!(over, Some((200, _))),
+        "a connection over the cap is refused at once: {over:?} after {:?}",
+        started.elapsed()
+    );
+
+    // Messages still flow while every idle socket is held open by this test.
+    ctx.publish_json("event", "flood-1", "ok").await;
+    common::eventually(LONG, "php-fpm handled the message", || async {
+        ctx.records_by_id().contains_key("flood-1")
+    })
+    .await;
+    // The idle ones are closed after header_timeout: health answers again, still during the flood.
+    common::eventually(Duration::from_secs(30), "/healthz answers 200", || async {
+        matches!(http(port, "GET", "/healthz", None).await, Some((200, _)))
+    })
+    .await;
+    assert_eq!(
+        closed_by_peer(&idle),
+        2000,
+        "every idle connection was closed"
+    );
+    assert!(
+        !agent.log_text().contains("Too many open files"),
+        "{}",
+        agent.log_text()
+    );
+    drop(idle);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_need_the_token_and_browsers_are_refused() {
+    let ctx = TestCtx::new("admintoken").await;
+    let agent = start(&ctx);
+    agent.wait_log("Consuming", 2, LONG).await;
+    let port = ctx.admin_port;
+    let pause = "/subjects/event/pause";
+
+    let (code, body) = post(port, pause, "").await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = post(port, pause, &bearer("test-admin-token-wrong-one")).await;
+    assert_eq!(code, 401);
+    // With the right token but from a browser (an Origin header): refused.
+    let origin = format!("{}Origin: http://127.0.0.1:{port}\r\n", bearer(ADMIN_TOKEN));
+    let (code, body) = post(port, pause, &origin).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Origin"), "{body}");
+    assert!(
+        !paused(port, "event").await,
+        "no refused command got through"
+    );
+    // Reads too, from a browser; without Origin they are open.
+    let (code, _) = raw(
+        port,
+        "GET /status HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 403);
+    assert_eq!(http(port, "GET", "/readyz", None).await.unwrap().0, 200);
+    // A body over the limit, or one without a length.
+    let (code, _) = post(
+        port,
+        pause,
+        &format!("{}Content-Length: 100000\r\n", bearer(ADMIN_TOKEN)),
+    )
+    .await;
+    assert_eq!(code, 413);
+
+    let (code, body) = post(port, pause, &bearer(ADMIN_TOKEN)).await;
+    assert_eq!((code, body.as_str()), (200, "event: paused\n"));
+    assert!(paused(port, "event").await);
+    // The CLI sends admin.token from the same config.
+    let config = ctx.write_config();
+    let (code, out) = agent_cli(&["--config", config.to_str().unwrap(), "resume", "event"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!paused(port, "event").await);
+    drop(agent);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_token_commands_are_refused_unless_explicitly_opened() {
+    let mut ctx = TestCtx::new("adminnotoken").await;
+    ctx.admin_toml = String::new();
+    let config = ctx.write_config();
+    let (code, out) = agent_cli(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("refuses every command"), "{out}");
+    let agent = start(&ctx);
+    agent.wait_log("Consuming", 2, LONG).await;
+    let (code, body) = post(ctx.admin_port, "/subjects/event/pause", "").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("admin.token is not set"), "{body}");
+    let (code, out) = agent_cli(&["--config", config.to_str().unwrap(), "pause", "event"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("admin.token is not set"), "{out}");
+    assert!(!paused(ctx.admin_port, "event").await);
+    drop(agent);
+
+    // The development opt-out, on loopback.
+    ctx.admin_toml = "allow_unauthenticated_commands = true\n".to_owned();
+    let config = ctx.write_config();
+    let (code, out) = agent_cli(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("development only"), "{out}");
+    let agent = start(&ctx);
+    agent.wait_log("Consuming", 2, LONG).await;
+    let (code, body) = post(ctx.admin_port, "/subjects/event/pause", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(paused(ctx.admin_port, "event").await);
+    drop(agent);
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_loris_is_closed_after_the_header_timeout() {
+    let mut ctx = TestCtx::new("adminloris").await;
+    ctx.admin_toml.push_str("header_timeout = \"1s\"\n");
+    let agent = start(&ctx);
+    agent.wait_log("Consuming", 2, LONG).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", ctx.admin_port))
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Trickle one header line every 100 ms, never the blank line that ends the head.
+    let mut trickle = tokio::time::interval(Duration::from_millis(100));
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // hyper may answer 408 before closing
+                },
+                _ = trickle.tick() => {
+                    if stream.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let after = opened.elapsed();
+    assert!(
+        closed.is_ok(),
+        "a slow-loris connection was still open after 15 s"
+    );
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "closed after {after:?}, header_timeout is 1 s"
+    );
+    // The listener serves on.
+    assert_eq!(
+        http(ctx.admin_port, "GET", "/healthz", None)
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    drop(agent);
+    ctx.cleanup().await;
+}
