@@ -176,7 +176,7 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
             .into_response();
     }
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    if !read && let Err(refused) = authorize(&state, request.headers()) {
+    if !read && let Some(refused) = refusal(&state, request.headers()) {
         return refused;
     }
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
@@ -185,31 +185,32 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
     }
 }
 
-/// A command passes with the right bearer token, or with none configured and the explicit
-/// development opt-out.
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+/// Why a command is refused, if it is: it passes with the right bearer token, or with none
+/// configured and the explicit development opt-out.
+fn refusal(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &state.token else {
-        if state.open_commands {
-            return Ok(());
-        }
-        return Err((
-            StatusCode::FORBIDDEN,
-            "commands are disabled: admin.token is not set in the agent's config\n",
-        )
-            .into_response());
+        return (!state.open_commands).then(|| {
+            (
+                StatusCode::FORBIDDEN,
+                "commands are disabled: admin.token is not set in the agent's config\n",
+            )
+                .into_response()
+        });
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-        _ => Err((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "missing or wrong bearer token\n",
-        )
-            .into_response()),
+        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
+        _ => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "missing or wrong bearer token\n",
+            )
+                .into_response(),
+        ),
     }
 }
 
