@@ -95,13 +95,11 @@ fn start_fpm() -> Fpm {
     } else {
         ""
     };
-    // AGENT_SIGNATURE_ALLOW_V1: the PHP packages verify v2 only unless told otherwise; drop it
-    // once the agent sends v2 signatures.
     let conf = format!(
         "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
          [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 24\n\
          clear_env = no\ncatch_workers_output = yes\nrequest_terminate_timeout = 0\n\
-         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\nenv[AGENT_SIGNATURE_ALLOW_V1] = 1\n\
+         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\n\
          php_admin_value[error_log] = {dir}/php.log\nphp_admin_value[memory_limit] = 256M\n\
          php_admin_value[post_max_size] = 64M\n",
         dir = dir.display(),
