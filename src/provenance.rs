@@ -8,8 +8,8 @@
 //!   `x-agent-seal`: an HMAC (first secret; any configured secret verifies) over the queue, the
 //!   message id, the three headers and the SHA-256 of the body. Nothing else is trusted.
 //! - Without secrets there is no key, and the weaker check is used: the newest `x-death` entry
-//!   must say the message expired in one of this queue's delay queues. RabbitMQ up to 3.12 passes
-//!   a publisher's own `x-death` through unchanged, so this only stops accidental copies.
+//!   must say the message expired in one of this queue's delay queues. RabbitMQ 3.10 (tested)
+//!   passes a publisher's own `x-death` through unchanged, so this only stops accidental copies.
 //!
 //! Invariant: untrusted state is ignored as a whole (attempt 1, the delivery's own exchange and
 //! routing key), never partly believed.
