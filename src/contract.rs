@@ -100,7 +100,10 @@ pub fn attempt_from_headers(headers: Option<&FieldTable>) -> Result<u32, String>
     };
     match n {
         Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
-        _ => Err(format!("{value:?}")),
+        _ => Err(match value {
+            AMQPValue::LongString(s) => format!("{:?}", String::from_utf8_lossy(s.as_bytes())),
+            other => format!("{other:?}"),
+        }),
     }
 }
 
@@ -216,6 +219,40 @@ pub fn clean(value: &str) -> Cow<'_, str> {
     }
 }
 
+/// `CONTENT_TYPE` when the message has none, or one PHP must not see.
+const OPAQUE_TYPE: &str = "application/octet-stream";
+
+/// `CONTENT_TYPE` for PHP: the message's content type, except the two that make PHP parse the
+/// body itself (writing temp files and leaving `php://input` empty), and none, which become
+/// `application/octet-stream`. The original always travels in `HTTP_X_AGENT_CONTENT_TYPE`.
+#[must_use]
+pub fn cgi_content_type(original: &str) -> &str {
+    if opaque_to_php(original) {
+        OPAQUE_TYPE
+    } else {
+        original
+    }
+}
+
+/// True for no content type and for the form types PHP would parse itself.
+fn opaque_to_php(content_type: &str) -> bool {
+    // PHP cuts the type at the first `;`, `,` or space and compares it lowercased; ignoring all
+    // whitespace up to the first `;` or `,` covers that and any looser reading.
+    let essence = || {
+        content_type
+            .split([';', ','])
+            .next()
+            .unwrap_or_default()
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .map(|b| b.to_ascii_lowercase())
+    };
+    let is = |form: &str| essence().eq(form.bytes());
+    essence().next().is_none()
+        || is("multipart/form-data")
+        || is("application/x-www-form-urlencoded")
+}
+
 /// Seconds since the Unix epoch.
 #[must_use]
 pub fn unix_now() -> u64 {
@@ -283,7 +320,8 @@ impl RequestTemplate {
 
     /// Builds the FastCGI params of one attempt, or says why the message cannot be sent.
     ///
-    /// `trace` is the (traceparent, tracestate) to hand to PHP.
+    /// `trace` is the (traceparent, tracestate) to hand to PHP; `now` (unix seconds) is the
+    /// signature's timestamp, read by the caller so that this stays a pure function.
     ///
     /// # Errors
     /// [`ContractError`] when the body or headers exceed the limits.
@@ -292,6 +330,7 @@ impl RequestTemplate {
         env: &'a Envelope<'a>,
         body: &[u8],
         trace: (Option<&'a str>, Option<&'a str>),
+        now: u64,
     ) -> Result<Vec<(&'static str, Cow<'a, str>)>, ContractError> {
         if body.len() > self.max_body_bytes {
             return Err(ContractError::BodyTooLarge {
@@ -314,10 +353,13 @@ impl RequestTemplate {
         p.push(("SERVER_NAME", b(&self.server_name)));
         p.push(("SERVER_PORT", b(&self.server_port)));
         p.push(("REMOTE_ADDR", b("127.0.0.1")));
-        p.push((
-            "CONTENT_TYPE",
-            clean(env.content_type.unwrap_or("application/octet-stream")),
-        ));
+        let content_type = clean(env.content_type.unwrap_or(""));
+        let cgi_type = if opaque_to_php(&content_type) {
+            b(OPAQUE_TYPE)
+        } else {
+            content_type.clone()
+        };
+        p.push(("CONTENT_TYPE", cgi_type));
         p.push(("CONTENT_LENGTH", Cow::Owned(body.len().to_string())));
         p.push(("HTTP_X_AGENT_SUBJECT", b(&self.subject)));
         let message_id = clean_cow(env.message_id.clone());
@@ -327,8 +369,11 @@ impl RequestTemplate {
             "HTTP_X_AGENT_REDELIVERED",
             b(if env.redelivered { "1" } else { "0" }),
         ));
-        p.push(("HTTP_X_AGENT_ROUTING_KEY", clean(env.routing_key)));
-        p.push(("HTTP_X_AGENT_EXCHANGE", clean(env.exchange)));
+        let routing_key = clean(env.routing_key);
+        let exchange = clean(env.exchange);
+        p.push(("HTTP_X_AGENT_ROUTING_KEY", routing_key.clone()));
+        p.push(("HTTP_X_AGENT_EXCHANGE", exchange.clone()));
+        p.push(("HTTP_X_AGENT_CONTENT_TYPE", content_type.clone()));
         if let Some(kind) = env.kind {
             p.push(("HTTP_X_AGENT_TYPE", clean(kind)));
         }
@@ -338,17 +383,26 @@ impl RequestTemplate {
         if let Some(ts) = env.timestamp {
             p.push(("HTTP_X_AGENT_TIMESTAMP", Cow::Owned(ts.to_string())));
         }
+        if !self.secrets.is_empty() {
+            let fields = crate::signature::Signed {
+                subject: &self.subject,
+                message_id: &message_id,
+                attempt: env.attempt,
+                routing_key: &routing_key,
+                exchange: &exchange,
+                content_type: &content_type,
+                headers_json: &headers,
+                body,
+            };
+            let signature = crate::signature::sign(&self.secrets, now, &fields);
+            p.push(("HTTP_X_AGENT_SIGNATURE", Cow::Owned(signature)));
+        }
         p.push(("HTTP_X_AGENT_HEADERS", Cow::Owned(headers)));
         if let Some(tp) = trace.0 {
             p.push(("HTTP_TRACEPARENT", clean(tp)));
         }
         if let Some(ts) = trace.1 {
             p.push(("HTTP_TRACESTATE", clean(ts)));
-        }
-        if !self.secrets.is_empty() {
-            let signature =
-                crate::signature::sign(&self.secrets, unix_now(), &self.subject, &message_id, body);
-            p.push(("HTTP_X_AGENT_SIGNATURE", Cow::Owned(signature)));
         }
         Ok(p)
     }

@@ -4,6 +4,8 @@
 //! - [`config`]: the TOML file, its defaults and its validation.
 //! - [`contract`]: the endpoint contract — which FastCGI params a message becomes.
 //! - [`signature`]: HMAC signing of requests.
+//! - [`provenance`]: which agent state headers of a delivery are believed (the agent's seal).
+//! - [`printable`]: message-derived text escaped and capped for logs and terminals.
 //! - [`outcome`]: pure decisions — a FastCGI reply or error becomes ack, retry or dead-letter.
 //! - [`fastcgi`]: the only module that speaks FastCGI (connection, timeouts, reply limits).
 //! - [`broker`]: the only module that speaks AMQP (connect, topology, confirmed publishing).
@@ -25,6 +27,8 @@ pub mod contract;
 pub mod fastcgi;
 pub mod notify;
 pub mod outcome;
+pub mod printable;
+pub mod provenance;
 pub mod signals;
 pub mod signature;
 pub mod telemetry;

@@ -1,50 +1,92 @@
 //! Request signing: proves to PHP that a FastCGI request came from the agent.
 //!
-//! Format of `HTTP_X_AGENT_SIGNATURE`: `t=<unix seconds>,v1=<hex>[,v1=<hex>…]`, where each `v1`
-//! is HMAC-SHA256(secret, "<t>.<subject>.<message_id>.<raw body>"), one per configured secret so
-//! that PHP keeps verifying during a secret rotation.
+//! Format of `HTTP_X_AGENT_SIGNATURE`: `t=<unix seconds>,v1=<hex>[,v1=…],v2=<hex>[,v2=…]`: every
+//! `v1` first, one per configured secret, then every `v2`, one per secret, in secret order, so that
+//! PHP keeps verifying during a secret rotation.
+//!
+//! - `v2` (current) is HMAC-SHA256(secret, `"amqp-agent.v2"` followed, for each field, by its
+//!   length as a 4-byte big-endian integer and its bytes). The fields, in order: `t` (decimal),
+//!   subject, message id, attempt (decimal), routing key, exchange, original content type,
+//!   lowercase hex SHA-256 of the `HTTP_X_AGENT_HEADERS` value, body. Every value is the exact
+//!   param value sent. The length prefixes make the encoding unambiguous.
+//! - `v1` (legacy) is HMAC-SHA256(secret, `"<t>.<subject>.<message_id>.<body>"`). It is
+//!   ambiguous (id `a` + body `b.c` signs like id `a.b` + body `c`) and covers neither the route
+//!   nor the headers; receivers accept it only when told to, while they move over.
+//!
+//! The known-answer vectors shared with the PHP receivers live in `tests/vectors/signature.json`.
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+
+/// Domain separation prefix of the `v2` message.
+const V2_PREFIX: &[u8] = b"amqp-agent.v2";
+
+/// What a request's signature covers (besides the timestamp): the param values as sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    /// `HTTP_X_AGENT_SUBJECT`.
+    pub subject: &'a str,
+    /// `HTTP_X_AGENT_MESSAGE_ID`.
+    pub message_id: &'a str,
+    /// `HTTP_X_AGENT_ATTEMPT`.
+    pub attempt: u32,
+    /// `HTTP_X_AGENT_ROUTING_KEY`.
+    pub routing_key: &'a str,
+    /// `HTTP_X_AGENT_EXCHANGE`.
+    pub exchange: &'a str,
+    /// `HTTP_X_AGENT_CONTENT_TYPE`: the original AMQP content type, empty when none.
+    pub content_type: &'a str,
+    /// `HTTP_X_AGENT_HEADERS`.
+    pub headers_json: &'a str,
+    /// The request body.
+    pub body: &'a [u8],
+}
 
 /// Builds the signature header value for one request.
 #[must_use]
-pub fn sign(
-    secrets: &[String],
-    unix_time: u64,
-    subject: &str,
-    message_id: &str,
-    body: &[u8],
-) -> String {
+pub fn sign(secrets: &[String], unix_time: u64, fields: &Signed<'_>) -> String {
     let mut out = format!("t={unix_time}");
     for secret in secrets {
-        let digest = mac(secret.as_bytes(), unix_time, subject, message_id, body);
         out.push_str(",v1=");
-        out.push_str(&hex::encode(digest));
+        out.push_str(&hex::encode(
+            v1(secret.as_bytes(), unix_time, fields)
+                .finalize()
+                .into_bytes(),
+        ));
+    }
+    for secret in secrets {
+        out.push_str(",v2=");
+        out.push_str(&hex::encode(
+            v2(secret.as_bytes(), unix_time, fields)
+                .finalize()
+                .into_bytes(),
+        ));
     }
     out
 }
 
 /// Verifies a signature header against any of `secrets`, within `tolerance_secs` of `now`.
 ///
-/// The agent does not need this at run time; it is the reference the PHP receiver follows and
-/// what the tests use.
+/// A `v2` value is always accepted; a `v1` value only with `accept_v1` (a receiver still moving
+/// over). The agent does not need this at run time; it is the reference the PHP receivers follow
+/// and what the tests use.
 #[must_use]
 pub fn verify(
     header: &str,
     secrets: &[String],
     now: u64,
     tolerance_secs: u64,
-    subject: &str,
-    message_id: &str,
-    body: &[u8],
+    fields: &Signed<'_>,
+    accept_v1: bool,
 ) -> bool {
     let mut timestamp = None;
-    let mut candidates = Vec::new();
+    let mut v1s = Vec::new();
+    let mut v2s = Vec::new();
     for part in header.split(',') {
         match part.split_once('=') {
             Some(("t", t)) => timestamp = t.parse::<u64>().ok(),
-            Some(("v1", v)) => candidates.extend(hex::decode(v).ok()),
+            Some(("v1", v)) if accept_v1 => v1s.extend(hex::decode(v).ok()),
+            Some(("v2", v)) => v2s.extend(hex::decode(v).ok()),
             _ => {}
         }
     }
@@ -53,111 +95,59 @@ pub fn verify(
         return false;
     }
     secrets.iter().any(|secret| {
-        let m = keyed(secret.as_bytes(), t, subject, message_id, body);
-        candidates.iter().any(|c| m.clone().verify_slice(c).is_ok())
+        let m2 = v2(secret.as_bytes(), t, fields);
+        let m1 = v1(secret.as_bytes(), t, fields);
+        v2s.iter().any(|c| m2.clone().verify_slice(c).is_ok())
+            || v1s.iter().any(|c| m1.clone().verify_slice(c).is_ok())
     })
 }
 
-fn keyed(
-    secret: &[u8],
-    unix_time: u64,
-    subject: &str,
-    message_id: &str,
-    body: &[u8],
-) -> Hmac<Sha256> {
-    let mut m =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts any key length");
+fn keyed(secret: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts any key length")
+}
+
+fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
+    let mut m = keyed(secret);
     m.update(unix_time.to_string().as_bytes());
     m.update(b".");
-    m.update(subject.as_bytes());
+    m.update(f.subject.as_bytes());
     m.update(b".");
-    m.update(message_id.as_bytes());
+    m.update(f.message_id.as_bytes());
     m.update(b".");
-    m.update(body);
+    m.update(f.body);
     m
 }
 
-fn mac(secret: &[u8], unix_time: u64, subject: &str, message_id: &str, body: &[u8]) -> Vec<u8> {
-    keyed(secret, unix_time, subject, message_id, body)
-        .finalize()
-        .into_bytes()
-        .to_vec()
+fn v2(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
+    let mut m = keyed(secret);
+    m.update(V2_PREFIX);
+    let t = unix_time.to_string();
+    let attempt = f.attempt.to_string();
+    let headers_digest = hex::encode(Sha256::digest(f.headers_json.as_bytes()));
+    let fields: [&[u8]; 9] = [
+        t.as_bytes(),
+        f.subject.as_bytes(),
+        f.message_id.as_bytes(),
+        attempt.as_bytes(),
+        f.routing_key.as_bytes(),
+        f.exchange.as_bytes(),
+        f.content_type.as_bytes(),
+        headers_digest.as_bytes(),
+        f.body,
+    ];
+    for field in fields {
+        length_prefixed(&mut m, field);
+    }
+    m
+}
+
+/// Feeds `field` into `m` as a 4-byte big-endian length and the bytes.
+pub(crate) fn length_prefixed(m: &mut Hmac<Sha256>, field: &[u8]) {
+    // Bodies and header JSON are capped far below 4 GiB by the limits; saturate regardless.
+    let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+    m.update(&len.to_be_bytes());
+    m.update(field);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secrets(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[test]
-    fn matches_a_known_hmac() {
-        // Computed independently: printf '1700000000.event.m-1.{"a":1}' | openssl dgst -sha256 -hmac 0123456789abcdef
-        let header = sign(
-            &secrets(&["0123456789abcdef"]),
-            1_700_000_000,
-            "event",
-            "m-1",
-            br#"{"a":1}"#,
-        );
-        let expected = {
-            let m = mac(
-                b"0123456789abcdef",
-                1_700_000_000,
-                "event",
-                "m-1",
-                br#"{"a":1}"#,
-            );
-            format!("t=1700000000,v1={}", hex::encode(m))
-        };
-        assert_eq!(header, expected);
-        assert_eq!(header.len(), "t=1700000000,v1=".len() + 64);
-    }
-
-    #[test]
-    fn verifies_with_any_secret_during_rotation() {
-        let both = secrets(&["new-secret-0123456789", "old-secret-0123456789"]);
-        let header = sign(&both, 100, "command", "id", b"\xff\x00body");
-        assert!(verify(
-            &header,
-            &secrets(&["old-secret-0123456789"]),
-            100,
-            300,
-            "command",
-            "id",
-            b"\xff\x00body"
-        ));
-        assert!(verify(
-            &header,
-            &secrets(&["new-secret-0123456789"]),
-            100,
-            300,
-            "command",
-            "id",
-            b"\xff\x00body"
-        ));
-        assert!(!verify(
-            &header,
-            &secrets(&["other-secret-0123456"]),
-            100,
-            300,
-            "command",
-            "id",
-            b"\xff\x00body"
-        ));
-    }
-
-    #[test]
-    fn rejects_tampering_and_stale_timestamps() {
-        let s = secrets(&["0123456789abcdef"]);
-        let header = sign(&s, 1000, "event", "id", b"body");
-        assert!(!verify(&header, &s, 1000, 300, "event", "id", b"bodx"));
-        assert!(!verify(&header, &s, 1000, 300, "command", "id", b"body"));
-        assert!(!verify(&header, &s, 1000, 300, "event", "id2", b"body"));
-        assert!(!verify(&header, &s, 1301, 300, "event", "id", b"body"));
-        assert!(verify(&header, &s, 1300, 300, "event", "id", b"body"));
-        assert!(!verify("v1=00", &s, 1000, 300, "event", "id", b"body"));
-    }
-}
+mod tests;

@@ -466,26 +466,10 @@ async fn small_binary_bodies_round_trip_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_bindings_route_and_retries_keep_the_original_routing_key() {
     let mut ctx = TestCtx::new("exchange").await;
-    let exchange = format!("t.{}.x", ctx.id);
-    ctx.event_extra = format!(
-        "exchange = \"{exchange}\"\nexchange_type = \"topic\"\nbinding_keys = [\"orders.*\"]\n"
-    );
+    let exchange = ctx.use_topic_exchange();
     let agent = ctx.start_agent().await;
-    let body = serde_json::json!({"id": "routed", "behave": "fail-until:2"}).to_string();
-    let confirm = ctx
-        .channel
-        .basic_publish(
-            exchange.as_str().into(),
-            "orders.created".into(),
-            Default::default(),
-            body.as_bytes(),
-            BasicProperties::default().with_message_id("routed".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    ctx.publish_json_to(&exchange, "orders.created", "routed", "fail-until:2")
+        .await;
     common::eventually(WAIT, "retried once", || async {
         ctx.records_by_id()
             .get("routed")
@@ -501,10 +485,6 @@ async fn exchange_bindings_route_and_retries_keep_the_original_routing_key() {
     }
     agent.drain().await;
     ctx.cleanup().await;
-    let _ = ctx
-        .channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

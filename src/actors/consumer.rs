@@ -268,7 +268,7 @@ impl Actor for QueueConsumer {
             state.acks.nack(tag);
         }
         if let Some(err) = failure {
-            error!(subject = %state.runtime.name, error = %err, "FPM worker failed; its message goes back to the queue and the worker is replaced");
+            error!(subject = %state.runtime.name, error = %crate::printable::printable(&err.to_string()).capped(1024), "FPM worker failed; its message goes back to the queue and the worker is replaced");
             SubjectStats::incr(&stats.worker_restarts);
             let labels = crate::telemetry::metrics::ActorLabels {
                 subject: state.runtime.name.clone(),

@@ -39,6 +39,8 @@ pub struct SubjectRuntime {
     pub hot: crate::telemetry::metrics::SubjectMetrics,
     /// One warning a minute for messages without `message_id`, however many arrive.
     pub missing_id_log: crate::telemetry::log_limit::LogEvery,
+    /// One warning a minute for ignored (unsealed) agent state headers.
+    pub untrusted_state_log: crate::telemetry::log_limit::LogEvery,
 }
 
 impl SubjectRuntime {
@@ -64,6 +66,9 @@ impl SubjectRuntime {
             hot: metrics.for_subject(subject),
             metrics,
             missing_id_log: crate::telemetry::log_limit::LogEvery::new(
+                std::time::Duration::from_secs(60),
+            ),
+            untrusted_state_log: crate::telemetry::log_limit::LogEvery::new(
                 std::time::Duration::from_secs(60),
             ),
         }

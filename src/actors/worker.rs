@@ -22,6 +22,8 @@ use crate::broker::Publisher;
 use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
 use crate::fastcgi::{FpmClient, Reply};
 use crate::outcome::{self, Decision, Verdict};
+use crate::printable::printable;
+use crate::provenance::{self, Binding};
 use crate::telemetry::{self, metrics::Metrics};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
@@ -127,9 +129,18 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     if message_id.starts_with("__panic__") && !delivery.redelivered {
         panic!("fault injection: worker panics on {message_id}");
     }
-    let attempt_header = contract::attempt_from_headers(headers);
-    let attempt = *attempt_header.as_ref().unwrap_or(&1);
     let queue = &runtime.subject().queue;
+    // Attempt and original route only from headers the agent sealed (see `provenance`).
+    let (agent_state, untrusted) = provenance::read(
+        headers,
+        &runtime.config.fpm.signing_secrets,
+        &Binding {
+            queue,
+            message_id: props.message_id().as_ref().map_or("", |id| id.as_str()),
+            body: &delivery.data,
+        },
+    );
+    let attempt = agent_state.attempt;
     // OpenTelemetry messaging conventions; `subject`, `message_id`, `attempt` and `trace_id`
     // also appear on every log line emitted inside the span.
     // Exported spans carry OpenTelemetry's messaging attributes; without an exporter the span
@@ -143,11 +154,11 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             messaging.system = "rabbitmq",
             messaging.operation.type = "process",
             messaging.destination.name = %queue,
-            messaging.message.id = %message_id,
-            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+            messaging.message.id = %printable(&message_id),
+            messaging.rabbitmq.destination.routing_key = %printable(delivery.routing_key.as_str()),
             messaging.message.body.size = delivery.data.len(),
             subject = %runtime.name,
-            message_id = %message_id,
+            message_id = %printable(&message_id),
             attempt,
             redelivered = delivery.redelivered,
             queue_wait_ms = tracing::field::Empty,
@@ -158,7 +169,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         tracing::info_span!(
             "message",
             subject = %runtime.name,
-            message_id = %message_id,
+            message_id = %printable(&message_id),
             attempt,
             trace_id = tracing::field::Empty,
         )
@@ -189,13 +200,13 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
                 );
             }
         }
-        if let Err(raw) = &attempt_header {
-            warn!(value = %raw, "Header x-agent-attempt is not a positive integer; treating the message as attempt 1");
+        if let Some(why) = &untrusted {
+            warn_untrusted(&runtime, why);
         }
         let traceparent = incoming_trace.filter(|tp| {
             let ok = valid_traceparent(tp);
             if !ok {
-                warn!(traceparent = %tp, "Malformed traceparent header; not forwarded to PHP");
+                warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
             }
             ok
         });
@@ -206,9 +217,11 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             message_id_generated: generated,
             attempt,
             redelivered: delivery.redelivered,
-            routing_key: contract::string_header(headers, contract::ORIGINAL_ROUTING_KEY_HEADER)
+            routing_key: agent_state
+                .original_routing_key
                 .unwrap_or(delivery.routing_key.as_str()),
-            exchange: contract::string_header(headers, contract::ORIGINAL_EXCHANGE_HEADER)
+            exchange: agent_state
+                .original_exchange
                 .unwrap_or(delivery.exchange.as_str()),
             content_type: props.content_type().as_ref().map(|s| s.as_str()),
             kind: props.kind().as_ref().map(|s| s.as_str()),
@@ -239,7 +252,8 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
             None => (traceparent, tracestate),
         };
-        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, trace) {
+        let now = contract::unix_now();
+        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, trace, now) {
             Err(e) => {
                 warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
                 let verdict = Verdict::Permanent {
@@ -261,6 +275,8 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             message_id: &message_id,
             generated,
             attempt,
+            exchange: envelope.exchange,
+            routing_key: envelope.routing_key,
             span: &process_span,
         };
         settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
@@ -339,6 +355,9 @@ struct Copy<'a> {
     message_id: &'a str,
     generated: bool,
     attempt: u32,
+    /// Where the message was first published (trusted, see `provenance`).
+    exchange: &'a str,
+    routing_key: &'a str,
     /// The message's process span: outcome recorded on it, its context carried by copies.
     span: &'a tracing::Span,
 }
@@ -367,10 +386,10 @@ async fn settle(
             next_attempt,
         } => {
             let (reason, detail) = describe(verdict);
-            info!(reason, detail = %detail, delay = ?delay, next_attempt, "Attempt failed; retrying later");
+            info!(reason, detail = %printable(&detail).capped(EXCERPT), delay = ?delay, next_attempt, "Attempt failed; retrying later");
             span.record("outcome", "retry");
             span.record("otel.status_code", "ERROR");
-            let props = republished(&copy, |h| {
+            let props = republished(runtime, &copy, |h| {
                 h.insert(
                     ATTEMPT_HEADER.into(),
                     AMQPValue::LongLongInt(i64::from(*next_attempt)),
@@ -387,14 +406,14 @@ async fn settle(
         }
         Decision::DeadLetter { reason } => {
             let (cause, detail) = describe(verdict);
-            warn!(reason, cause, detail = %detail, "Dead-lettering message");
+            warn!(reason, cause, detail = %printable(&detail).capped(EXCERPT), "Dead-lettering message");
             span.record("outcome", "dead_letter");
             span.record("otel.status_code", "ERROR");
             let status = match verdict {
                 Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
                 Verdict::Success => None,
             };
-            let props = republished(&copy, |h| {
+            let props = republished(runtime, &copy, |h| {
                 h.insert("x-agent-reason".into(), text(reason));
                 h.insert(
                     "x-agent-status".into(),
@@ -453,33 +472,71 @@ fn describe(verdict: &Verdict) -> (&'static str, String) {
 }
 
 /// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
-/// (possibly generated) message id, and where the message was first published, so later
-/// attempts still tell PHP the original exchange and routing key.
-fn republished(copy: &Copy<'_>, edit: impl FnOnce(&mut FieldTable)) -> BasicProperties {
+/// (possibly generated) message id, where the message was first published (so later attempts
+/// still tell PHP the original exchange and routing key) and the agent's seal over that state.
+fn republished(
+    runtime: &SubjectRuntime,
+    copy: &Copy<'_>,
+    edit: impl FnOnce(&mut FieldTable),
+) -> BasicProperties {
     let delivery = copy.delivery;
     let props = &delivery.properties;
     let mut headers = props.headers().clone().unwrap_or_default();
-    if !headers.contains_key(contract::ORIGINAL_EXCHANGE_HEADER) {
-        headers.insert(
-            contract::ORIGINAL_EXCHANGE_HEADER.into(),
-            text(delivery.exchange.as_str()),
-        );
-        headers.insert(
-            contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
-            text(delivery.routing_key.as_str()),
-        );
-    }
+    // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(copy.attempt)),
+    );
+    headers.insert(
+        contract::ORIGINAL_EXCHANGE_HEADER.into(),
+        text(copy.exchange),
+    );
+    headers.insert(
+        contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
+        text(copy.routing_key),
+    );
     // The next attempt continues this trace.
     telemetry::inject_into_headers(copy.span, &mut headers);
     edit(&mut headers);
+    let message_id = if copy.generated {
+        crate::broker::short(copy.message_id)
+    } else {
+        props.message_id().clone().unwrap_or_default()
+    };
+    provenance::seal(
+        &mut headers,
+        &runtime.config.fpm.signing_secrets,
+        &Binding {
+            queue: &runtime.subject().queue,
+            message_id: message_id.as_str(),
+            body: &delivery.data,
+        },
+    );
     let mut out = props.clone().with_headers(headers);
     if copy.generated {
-        out = out.with_message_id(crate::broker::short(copy.message_id));
+        out = out.with_message_id(message_id);
     }
     if props.delivery_mode().is_none() {
         out = out.with_delivery_mode(2);
     }
     out
+}
+
+/// Logs that a delivery's state headers were ignored, at most once a minute per subject.
+fn warn_untrusted(runtime: &SubjectRuntime, why: &provenance::Untrusted) {
+    let Some(count) = runtime.untrusted_state_log.note(Instant::now()) else {
+        return;
+    };
+    let value = match why {
+        provenance::Untrusted::Malformed(raw) => raw.as_str(),
+        _ => "",
+    };
+    warn!(
+        reason = why.reason(),
+        value = %printable(value),
+        count,
+        "Ignoring x-agent-* state headers the agent did not set; handling the message as attempt 1 on its own route ({count} such message(s) since the last warning)"
+    );
 }
 
 fn text(s: &str) -> AMQPValue {

@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::broker;
 use crate::config::Config;
 use crate::contract;
+use crate::printable::printable;
+use crate::provenance;
 
 /// `publish`: one message, confirmed.
 pub async fn publish(
@@ -207,16 +209,15 @@ pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::
             break;
         };
         let p = &msg.delivery.properties;
+        // Everything shown comes from the message: escaped, so it cannot drive the terminal.
+        let shown = |text: &str, max: usize| printable(text).capped(max).to_string();
         println!(
             "{:<38} {:<16} {:>6} {:>8}  {}",
-            p.message_id().as_ref().map_or("-", |s| s.as_str()),
-            header_text(p, "x-agent-reason"),
-            header_text(p, "x-agent-status"),
-            header_text(p, "x-agent-attempts"),
-            header_text(p, contract::LAST_ERROR_HEADER)
-                .chars()
-                .take(120)
-                .collect::<String>(),
+            shown(p.message_id().as_ref().map_or("-", |s| s.as_str()), 64),
+            shown(&header_text(p, "x-agent-reason"), 32),
+            shown(&header_text(p, "x-agent-status"), 16),
+            shown(&header_text(p, "x-agent-attempts"), 16),
+            shown(&header_text(p, contract::LAST_ERROR_HEADER), 120),
         );
         taken.push(msg);
     }
@@ -262,6 +263,20 @@ pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers = FieldTable::from(kept);
+        // Re-sealed so the agent keeps believing the original route it recorded.
+        provenance::seal(
+            &mut headers,
+            &config.fpm.signing_secrets,
+            &provenance::Binding {
+                queue: &main,
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map_or("", |id| id.as_str()),
+                body: &delivery.data,
+            },
+        );
         let props = delivery.properties.clone().with_headers(headers);
         broker::publish_confirmed(
             &channel,

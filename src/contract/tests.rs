@@ -36,6 +36,37 @@ fn envelope<'a>(headers: Option<&'a FieldTable>) -> Envelope<'a> {
     }
 }
 
+/// The signature timestamp the tests pass in.
+const NOW: u64 = 1_800_000_000;
+
+/// What PHP feeds into the signature check: the params as received, and the body.
+fn signed_as_sent<'a>(
+    params: &'a [(&'static str, Cow<'a, str>)],
+    body: &'a [u8],
+) -> crate::signature::Signed<'a> {
+    let param = |name| get(params, name).unwrap_or_else(|| panic!("{name} sent"));
+    crate::signature::Signed {
+        subject: param("HTTP_X_AGENT_SUBJECT"),
+        message_id: param("HTTP_X_AGENT_MESSAGE_ID"),
+        attempt: param("HTTP_X_AGENT_ATTEMPT").parse().unwrap(),
+        routing_key: param("HTTP_X_AGENT_ROUTING_KEY"),
+        exchange: param("HTTP_X_AGENT_EXCHANGE"),
+        content_type: param("HTTP_X_AGENT_CONTENT_TYPE"),
+        headers_json: param("HTTP_X_AGENT_HEADERS"),
+        body,
+    }
+}
+
+/// The v2 signature of `params` verifies for `signed` (v1 not accepted).
+fn verifies(
+    params: &[(&'static str, Cow<'_, str>)],
+    signed: &crate::signature::Signed<'_>,
+) -> bool {
+    let sig = get(params, "HTTP_X_AGENT_SIGNATURE").expect("signed");
+    let secrets = ["0123456789abcdef".to_owned()];
+    crate::signature::verify(sig, &secrets, NOW, 0, signed, false)
+}
+
 fn get<'a>(params: &'a [(&'static str, Cow<'a, str>)], name: &str) -> Option<&'a str> {
     params
         .iter()
@@ -47,7 +78,7 @@ fn get<'a>(params: &'a [(&'static str, Cow<'a, str>)], name: &str) -> Option<&'a
 fn builds_the_documented_params() {
     let template = RequestTemplate::new(&config(), "event");
     let env = envelope(None);
-    let params = template.params(&env, b"{}", (None, None)).unwrap();
+    let params = template.params(&env, b"{}", (None, None), NOW).unwrap();
     assert_eq!(get(&params, "REQUEST_METHOD"), Some("POST"));
     assert_eq!(
         get(&params, "SCRIPT_FILENAME"),
@@ -67,17 +98,12 @@ fn builds_the_documented_params() {
     assert_eq!(get(&params, "HTTP_X_AGENT_TIMESTAMP"), Some("1700000000"));
     assert_eq!(get(&params, "HTTP_X_AGENT_CORRELATION_ID"), None);
     assert_eq!(get(&params, "HTTP_X_AGENT_HEADERS"), Some("{}"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_CONTENT_TYPE"), Some(""));
+    assert_eq!(get(&params, "HTTP_X_AGENT_ROUTING_KEY"), Some("rk"));
+    assert_eq!(get(&params, "HTTP_X_AGENT_EXCHANGE"), Some("ex"));
     let sig = get(&params, "HTTP_X_AGENT_SIGNATURE").unwrap();
-    let now = unix_now();
-    assert!(crate::signature::verify(
-        sig,
-        &["0123456789abcdef".to_owned()],
-        now,
-        5,
-        "event",
-        "m-1",
-        b"{}"
-    ));
+    assert!(sig.starts_with(&format!("t={NOW},v1=")));
+    assert!(verifies(&params, &signed_as_sent(&params, b"{}")));
 }
 
 #[test]
@@ -98,7 +124,7 @@ fn header_names_never_become_params_and_values_are_clean() {
     let template = RequestTemplate::new(&config(), "event");
     let mut env = envelope(Some(&h));
     env.message_id = "id\r\nX: y".into();
-    let params = template.params(&env, b"", (None, None)).unwrap();
+    let params = template.params(&env, b"", (None, None), NOW).unwrap();
     assert_eq!(
         params
             .iter()
@@ -172,7 +198,7 @@ fn limits_reject_deep_or_large_headers_and_large_bodies() {
     let template = RequestTemplate::new(&config(), "event");
     let env = envelope(None);
     let big = vec![0u8; 8 * 1024 * 1024 + 1];
-    let err = template.params(&env, &big, (None, None)).unwrap_err();
+    let err = template.params(&env, &big, (None, None), NOW).unwrap_err();
     assert_eq!(err.reason(), "body_too_large");
 }
 
@@ -188,4 +214,89 @@ fn attempt_header_parsing() {
     assert!(attempt_from_headers(Some(&h)).is_err());
     h.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(0));
     assert!(attempt_from_headers(Some(&h)).is_err());
+}
+
+#[test]
+fn form_content_types_never_reach_content_type() {
+    for form in [
+        "multipart/form-data",
+        "multipart/form-data; boundary=----x",
+        "Multipart/Form-Data;boundary=x",
+        " application/x-www-form-urlencoded ",
+        "APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8",
+        "application/x-www-form-urlencoded,text/plain",
+        "multipart/ form-data",
+        "multipart/form-data\t;",
+        "",
+        "  ",
+    ] {
+        assert_eq!(
+            cgi_content_type(form),
+            "application/octet-stream",
+            "{form:?}"
+        );
+    }
+    for kept in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "multipart/mixed; boundary=x",
+        "application/x-www-form-urlencoded-not",
+        "application/octet-stream",
+    ] {
+        assert_eq!(cgi_content_type(kept), kept);
+    }
+}
+
+#[test]
+fn the_original_content_type_is_sent_and_signed() {
+    let template = RequestTemplate::new(&config(), "event");
+    let mut env = envelope(None);
+    env.content_type = Some("multipart/form-data; boundary=abc");
+    let body = b"--abc\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--abc--\r\n";
+    let params = template.params(&env, body, (None, None), NOW).unwrap();
+    assert_eq!(
+        get(&params, "CONTENT_TYPE"),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        get(&params, "HTTP_X_AGENT_CONTENT_TYPE"),
+        Some("multipart/form-data; boundary=abc")
+    );
+    env.content_type = Some("application/json");
+    let params = template.params(&env, body, (None, None), NOW).unwrap();
+    assert_eq!(get(&params, "CONTENT_TYPE"), Some("application/json"));
+    assert_eq!(
+        get(&params, "HTTP_X_AGENT_CONTENT_TYPE"),
+        Some("application/json")
+    );
+    // The signature covers the original type.
+    let signed = signed_as_sent(&params, body);
+    assert!(verifies(&params, &signed));
+    let other = crate::signature::Signed {
+        content_type: "multipart/form-data; boundary=abc",
+        ..signed
+    };
+    assert!(!verifies(&params, &other));
+}
+
+#[test]
+fn signed_values_are_the_cleaned_values_sent() {
+    let template = RequestTemplate::new(&config(), "event");
+    let mut env = envelope(None);
+    env.message_id = "id\r\nX".into();
+    env.routing_key = "a\nb";
+    env.content_type = Some("text/plain\r\n");
+    let params = template.params(&env, b"x", (None, None), NOW).unwrap();
+    let signed = signed_as_sent(&params, b"x");
+    assert_eq!(signed.message_id, "id  X");
+    assert_eq!(signed.routing_key, "a b");
+    assert_eq!(signed.content_type, "text/plain  ");
+    assert!(verifies(&params, &signed));
+    // Not the raw values.
+    let raw = crate::signature::Signed {
+        message_id: "id\r\nX",
+        ..signed
+    };
+    assert!(!verifies(&params, &raw));
 }

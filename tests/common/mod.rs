@@ -97,13 +97,11 @@ fn start_fpm() -> Fpm {
     } else {
         ""
     };
-    // AGENT_SIGNATURE_ALLOW_V1: the PHP packages verify v2 only unless told otherwise; drop it
-    // once the agent sends v2 signatures.
     let conf = format!(
         "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
          [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 24\n\
          clear_env = no\ncatch_workers_output = yes\nrequest_terminate_timeout = 0\n\
-         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\nenv[AGENT_SIGNATURE_ALLOW_V1] = 1\n\
+         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\n\
          php_admin_value[error_log] = {dir}/php.log\nphp_admin_value[memory_limit] = 256M\n\
          php_admin_value[post_max_size] = 64M\n",
         dir = dir.display(),
@@ -294,11 +292,32 @@ impl TestCtx {
     }
 
     pub async fn publish(&self, subject: &str, body: &[u8], props: BasicProperties) {
+        self.publish_to("", &self.queue(subject), body, props).await;
+    }
+
+    /// Routes the event queue from a topic exchange of this test (binding key `orders.*`), and
+    /// returns the exchange's name. Call before starting the agent.
+    pub fn use_topic_exchange(&mut self) -> String {
+        let exchange = format!("t.{}.x", self.id);
+        self.event_extra = format!(
+            "exchange = \"{exchange}\"\nexchange_type = \"topic\"\nbinding_keys = [\"orders.*\"]\n"
+        );
+        exchange
+    }
+
+    /// Publishes to `exchange` with `routing_key`, confirmed.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
         let confirm = self
             .channel
             .basic_publish(
-                "".into(),
-                self.queue(subject).as_str().into(),
+                exchange.into(),
+                routing_key.into(),
                 Default::default(),
                 body,
                 props,
@@ -312,11 +331,18 @@ impl TestCtx {
 
     /// Publishes a JSON body `{"id": id, "behave": behave}` with message_id = id.
     pub async fn publish_json(&self, subject: &str, id: &str, behave: &str) {
+        self.publish_json_to("", &self.queue(subject), id, behave)
+            .await;
+    }
+
+    /// [`TestCtx::publish_json`] to `exchange` with `routing_key`.
+    pub async fn publish_json_to(&self, exchange: &str, routing_key: &str, id: &str, behave: &str) {
         let body = serde_json::json!({"id": id, "behave": behave}).to_string();
         let props = BasicProperties::default()
             .with_message_id(id.into())
             .with_delivery_mode(2);
-        self.publish(subject, body.as_bytes(), props).await;
+        self.publish_to(exchange, routing_key, body.as_bytes(), props)
+            .await;
     }
 
     pub async fn declare(&self) {
@@ -440,6 +466,11 @@ impl TestCtx {
                     .await;
             }
         }
+        // The exchange of `use_topic_exchange`, if the test made one.
+        let exchange = format!("t.{}.x", self.id);
+        let _ = ch
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
     }
 }
 

@@ -9,8 +9,10 @@
  * Every request appends exactly one JSON line to "$RECORD_DIR/<testid>.jsonl"
  * BEFORE the behaviour runs, with the keys:
  *   test_id, params, body_b64 (null if body > 65536 bytes), body_len, body_sha256,
- *   json_id, pid, t_start_us, sig_ok (null if no secret configured), behave,
- *   ini_memory_limit
+ *   json_id, pid, t_start_us, sig_ok (v2 verifies; null if no secret configured),
+ *   sig_v1_ok (a v1 value verifies; null likewise), behave, ini_memory_limit
+ *
+ * The signature check follows src/signature.rs (known answers: tests/vectors/signature.json).
  *
  * Behaviour comes from the JSON body key "behave" (default "ok"):
  *   ok                   200 + X-Agent-Ack: 1
@@ -49,31 +51,57 @@ function env_value(string $name): ?string
     return is_string($value) && $value !== '' ? $value : null;
 }
 
-/** Same algorithm as examples/php/receiver.php (AgentSignature::verify). */
-function verify_signature(string $header, string $subject, string $messageId, string $body, array $secrets): bool
+/**
+ * Verifies HTTP_X_AGENT_SIGNATURE as src/signature.rs does: "v2" (length-prefixed fields) or,
+ * with $acceptV1, the legacy "v1" ("t.subject.id.body").
+ */
+function verify_signature(string $header, array $fields, string $body, array $secrets, bool $acceptV1): bool
 {
     $timestamp = null;
-    $candidates = [];
+    $v1 = [];
+    $v2 = [];
     foreach (explode(',', $header) as $part) {
         [$key, $value] = array_pad(explode('=', trim($part), 2), 2, '');
         if ($key === 't' && ctype_digit($value)) {
             $timestamp = (int) $value;
-        } elseif ($key === 'v1' && $value !== '') {
-            $candidates[] = strtolower($value);
+        } elseif ($key === 'v1' && $value !== '' && $acceptV1) {
+            $v1[] = strtolower($value);
+        } elseif ($key === 'v2' && $value !== '') {
+            $v2[] = strtolower($value);
         }
     }
-    if ($timestamp === null || $candidates === [] || $secrets === []) {
+    if ($timestamp === null || ($v1 === [] && $v2 === []) || $secrets === []) {
         return false;
     }
     if (abs(time() - $timestamp) > SIGNATURE_TOLERANCE_SECONDS) {
         return false;
     }
 
+    $message = 'amqp-agent.v2';
+    foreach ([
+        (string) $timestamp,
+        $fields['subject'],
+        $fields['message_id'],
+        $fields['attempt'],
+        $fields['routing_key'],
+        $fields['exchange'],
+        $fields['content_type'],
+        hash('sha256', $fields['headers_json']),
+        $body,
+    ] as $field) {
+        $message .= pack('N', strlen($field)) . $field;
+    }
+    $legacy = "{$timestamp}.{$fields['subject']}.{$fields['message_id']}.{$body}";
+
     $valid = false;
     foreach ($secrets as $secret) {
-        $expected = hash_hmac('sha256', "{$timestamp}.{$subject}.{$messageId}.{$body}", $secret);
-        foreach ($candidates as $candidate) {
-            $valid = hash_equals($expected, $candidate) || $valid;
+        $expected2 = hash_hmac('sha256', $message, $secret);
+        foreach ($v2 as $candidate) {
+            $valid = hash_equals($expected2, $candidate) || $valid;
+        }
+        $expected1 = hash_hmac('sha256', $legacy, $secret);
+        foreach ($v1 as $candidate) {
+            $valid = hash_equals($expected1, $candidate) || $valid;
         }
     }
 
@@ -136,15 +164,26 @@ ksort($params);
 
 $secretsRaw = env_value('AGENT_SIGNING_SECRET');
 $sigOk = null;
+$sigV1Ok = null;
 if ($secretsRaw !== null) {
     $secrets = array_values(array_filter(array_map('trim', explode(',', $secretsRaw)), 'strlen'));
-    $sigOk = verify_signature(
-        (string) ($_SERVER['HTTP_X_AGENT_SIGNATURE'] ?? ''),
-        (string) ($_SERVER['HTTP_X_AGENT_SUBJECT'] ?? ''),
-        (string) ($_SERVER['HTTP_X_AGENT_MESSAGE_ID'] ?? ''),
-        $body,
-        $secrets,
-    );
+    $header = (string) ($_SERVER['HTTP_X_AGENT_SIGNATURE'] ?? '');
+    $fields = [];
+    foreach ([
+        'subject' => 'HTTP_X_AGENT_SUBJECT',
+        'message_id' => 'HTTP_X_AGENT_MESSAGE_ID',
+        'attempt' => 'HTTP_X_AGENT_ATTEMPT',
+        'routing_key' => 'HTTP_X_AGENT_ROUTING_KEY',
+        'exchange' => 'HTTP_X_AGENT_EXCHANGE',
+        'content_type' => 'HTTP_X_AGENT_CONTENT_TYPE',
+        'headers_json' => 'HTTP_X_AGENT_HEADERS',
+    ] as $field => $param) {
+        $fields[$field] = (string) ($_SERVER[$param] ?? '');
+    }
+    $sigOk = verify_signature($header, $fields, $body, $secrets, false);
+    // v1 alone: the header without its v2 values, checked with v1 accepted.
+    $v1Only = implode(',', array_filter(explode(',', $header), fn ($p) => !str_starts_with(trim($p), 'v2=')));
+    $sigV1Ok = verify_signature($v1Only, $fields, $body, $secrets, true);
 }
 
 $record = [
@@ -157,6 +196,7 @@ $record = [
     'pid' => getmypid(),
     't_start_us' => $tStartUs,
     'sig_ok' => $sigOk,
+    'sig_v1_ok' => $sigV1Ok,
     'behave' => $behave,
     'ini_memory_limit' => ini_get('memory_limit'),
 ];

@@ -1,0 +1,301 @@
+//! Data that comes from a message: content types PHP must not parse, agent state headers a
+//! publisher may forge, and message text that must not forge log lines or drive a terminal.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp_agent::agent::Agent;
+use amqp_agent::config::Config;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+
+use common::procs::{AgentProcess, agent_cli};
+use common::{TestCtx, body_of};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_message_reaches_php_whole_in_php_input() {
+    let ctx = TestCtx::new("multipart").await;
+    let agent = ctx.start_agent().await;
+    let content_type = "multipart/form-data; boundary=XyZ";
+    // A well-formed form: PHP would parse it into $_POST/$_FILES (and empty php://input) if it
+    // saw this CONTENT_TYPE. The JSON id and behaviour ride in the first part.
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\n\
+                Content-Type: text/plain\r\n\r\n{\"id\":\"mp\"}\r\n--XyZ--\r\n";
+    let props = BasicProperties::default()
+        .with_message_id("mp".into())
+        .with_content_type(content_type.into());
+    ctx.publish("event", body.as_bytes(), props).await;
+    let form = "a=1&b=2";
+    let props = BasicProperties::default()
+        .with_message_id("form".into())
+        .with_content_type("Application/X-WWW-Form-URLEncoded ; charset=utf-8".into());
+    ctx.publish("event", form.as_bytes(), props).await;
+    let json = r#"{"id":"js"}"#;
+    let props = BasicProperties::default()
+        .with_message_id("js".into())
+        .with_content_type("application/json".into());
+    ctx.publish("event", json.as_bytes(), props).await;
+
+    let records = ctx.wait_records(3, WAIT).await;
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["params"]["HTTP_X_AGENT_MESSAGE_ID"] == id)
+            .unwrap_or_else(|| panic!("{id} recorded"))
+    };
+    let mp = by_id("mp");
+    assert_eq!(body_of(mp), body.as_bytes(), "php://input holds the body");
+    assert_eq!(mp["params"]["CONTENT_TYPE"], "application/octet-stream");
+    assert_eq!(mp["params"]["HTTP_X_AGENT_CONTENT_TYPE"], content_type);
+    assert_eq!(mp["sig_ok"], true, "v2 verifies in PHP");
+    assert_eq!(mp["sig_v1_ok"], true, "v1 still sent beside v2");
+    let form_rec = by_id("form");
+    assert_eq!(body_of(form_rec), form.as_bytes());
+    assert_eq!(
+        form_rec["params"]["CONTENT_TYPE"],
+        "application/octet-stream"
+    );
+    assert_eq!(
+        form_rec["params"]["HTTP_X_AGENT_CONTENT_TYPE"],
+        "Application/X-WWW-Form-URLEncoded ; charset=utf-8"
+    );
+    let js = by_id("js");
+    assert_eq!(js["params"]["CONTENT_TYPE"], "application/json");
+    assert_eq!(
+        js["params"]["HTTP_X_AGENT_CONTENT_TYPE"],
+        "application/json"
+    );
+    assert_eq!(js["sig_ok"], true);
+    common::eventually(WAIT, "all acked", || async {
+        agent.stats()["event"].acked == 3
+    })
+    .await;
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+/// Headers a publisher sets to skip retries and claim a route it may not use, with a forged
+/// `x-death` entry that names the agent's own delay queue.
+fn spoofed_headers(ctx: &TestCtx) -> FieldTable {
+    let mut h = FieldTable::default();
+    h.insert("x-agent-attempt".into(), AMQPValue::LongLongInt(99));
+    h.insert("x-agent-original-exchange".into(), text("amq.topic"));
+    h.insert(
+        "x-agent-original-routing-key".into(),
+        text("admin.only.route"),
+    );
+    h.insert("x-agent-seal".into(), text(&"ab".repeat(32)));
+    let mut death = FieldTable::default();
+    death.insert("count".into(), AMQPValue::LongLongInt(1));
+    death.insert("reason".into(), text("expired"));
+    death.insert(
+        "queue".into(),
+        text(&format!("{}.retry.100ms", ctx.queue("event"))),
+    );
+    death.insert("exchange".into(), text(""));
+    h.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+    );
+    h
+}
+
+async fn spoofed_attempt_is_ignored_and_real_retries_count(ctx: TestCtx, agent: Agent) {
+    // Fails until attempt 3: a believed attempt 99 would be dead-lettered at once instead.
+    let body = serde_json::json!({"id": "spoof", "behave": "fail-until:3"}).to_string();
+    let props = BasicProperties::default()
+        .with_message_id("spoof".into())
+        .with_headers(spoofed_headers(&ctx));
+    ctx.publish("event", body.as_bytes(), props).await;
+    common::eventually(WAIT, "three attempts, then acked", || async {
+        agent.stats()["event"].acked == 1
+    })
+    .await;
+    let records = &ctx.records_by_id()["spoof"];
+    let attempts: Vec<&str> = records
+        .iter()
+        .map(|r| r["params"]["HTTP_X_AGENT_ATTEMPT"].as_str().unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    for r in records {
+        let p = &r["params"];
+        assert_eq!(p["HTTP_X_AGENT_ROUTING_KEY"], ctx.queue("event"));
+        assert_eq!(p["HTTP_X_AGENT_EXCHANGE"], "");
+    }
+    // RabbitMQ hands a publisher's own `x-death` to the consumer unchanged: it cannot be the
+    // proof that a message came back through the delay queue.
+    let first: serde_json::Value = serde_json::from_str(
+        records[0]["params"]["HTTP_X_AGENT_HEADERS"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        first["x-death"][0]["queue"],
+        format!("{}.retry.100ms", ctx.queue("event"))
+    );
+    assert_eq!(agent.stats()["event"].retried, 2);
+    assert_eq!(agent.stats()["event"].dead_lettered, 0);
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_attempt_and_route_are_ignored_and_real_retries_still_count() {
+    let ctx = TestCtx::new("spoof").await;
+    let agent = ctx.start_agent().await;
+    spoofed_attempt_is_ignored_and_real_retries_count(ctx, agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_secrets_real_retries_count_through_x_death() {
+    let ctx = TestCtx::new("spoof-nokey").await;
+    let toml = ctx.toml().replace(
+        &format!("signing_secrets = [\"{}\"]", ctx.secret),
+        "signing_secrets = []",
+    );
+    assert!(!toml.contains(&ctx.secret));
+    let config = Config::from_toml(&toml, Path::new("test.toml"), |_| None).unwrap();
+    let agent = Agent::start(Arc::new(config)).await.unwrap();
+    agent.wait_consuming(WAIT).await.unwrap();
+    // A genuine retry is believed from RabbitMQ's own x-death entry of the delay queue.
+    let body = serde_json::json!({"id": "plain", "behave": "fail-until:3"}).to_string();
+    let props = BasicProperties::default().with_message_id("plain".into());
+    ctx.publish("event", body.as_bytes(), props).await;
+    common::eventually(WAIT, "three attempts, then acked", || async {
+        agent.stats()["event"].acked == 1
+    })
+    .await;
+    let attempts: Vec<String> = ctx.records_by_id()["plain"]
+        .iter()
+        .map(|r| {
+            r["params"]["HTTP_X_AGENT_ATTEMPT"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert_eq!(agent.stats()["event"].dead_lettered, 0);
+    agent.drain().await;
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_text_cannot_forge_log_lines_or_reach_the_terminal_raw() {
+    let ctx = TestCtx::new("logforge").await;
+    ctx.declare().await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let agent = AgentProcess::start(&ctx.write_config(), &log);
+    agent.wait_log("Consuming", 2, WAIT).await;
+
+    let forged = "2026-11-30T00:00:00.000000Z  INFO amqp_agent: FORGED";
+    let id = format!("evil\n{forged} id\x1b[2J\x1b]0;pwned\x07\r");
+    let mut h = FieldTable::default();
+    h.insert(
+        "traceparent".into(),
+        text(&format!("bad\n{forged} traceparent")),
+    );
+    h.insert(
+        "x-agent-attempt".into(),
+        text(&format!("1\n{forged} attempt\x1b[31m")),
+    );
+    let body = serde_json::json!({"id": "evil", "behave": "status:404"}).to_string();
+    let props = BasicProperties::default()
+        .with_message_id(id.as_str().into())
+        .with_headers(h);
+    ctx.publish("event", body.as_bytes(), props).await;
+    agent.wait_log("Dead-lettering message", 1, WAIT).await;
+
+    let raw = std::fs::read(&log).unwrap();
+    assert!(!raw.contains(&0x1b), "a raw ESC reached the log");
+    assert!(!raw.contains(&0x07), "a raw BEL reached the log");
+    let text = String::from_utf8(raw).unwrap();
+    let mut seen = 0;
+    for line in text.lines() {
+        if let Some(at) = line.find("FORGED") {
+            seen += 1;
+            assert!(!line.starts_with(forged), "forged line: {line}");
+            assert!(
+                line[..at].ends_with(&forged[..forged.len() - "FORGED".len()])
+                    && line[..at].contains("\\n"),
+                "FORGED not inside an escaped field: {line}"
+            );
+        }
+    }
+    assert!(
+        seen >= 3,
+        "id, traceparent and attempt were logged:\n{text}"
+    );
+    assert!(text.contains("evil\\n2026-11-30T00:00:00"), "{text}");
+    assert!(text.contains("\\x1b[2J"), "{text}");
+    drop(agent);
+
+    // The operator's listing escapes the same id.
+    let cfg = ctx.write_config();
+    let (code, listing) = agent_cli(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "dead-letters",
+        "list",
+        "event",
+    ]);
+    assert_eq!(code, 0, "{listing}");
+    assert!(
+        !listing.contains('\x1b') && !listing.contains('\x07'),
+        "{listing}"
+    );
+    assert!(listing.contains("evil\\n2026-11-30"), "{listing}");
+    assert!(
+        listing.lines().all(|l| !l.starts_with("2026-11-30")),
+        "{listing}"
+    );
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_keeps_its_original_route() {
+    let mut ctx = TestCtx::new("replay-route").await;
+    let exchange = ctx.use_topic_exchange();
+    let agent = ctx.start_agent().await;
+    ctx.publish_json_to(&exchange, "orders.created", "rr", "status:404")
+        .await;
+    common::eventually(WAIT, "dead-lettered", || async {
+        agent.stats()["event"].dead_lettered == 1
+    })
+    .await;
+    // The replayed copy comes through the default exchange: only the agent's re-seal keeps the
+    // original route believable.
+    let cfg = ctx.write_config();
+    let (code, out) = agent_cli(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "dead-letters",
+        "replay",
+        "event",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    common::eventually(WAIT, "dead-lettered again", || async {
+        agent.stats()["event"].dead_lettered == 2
+    })
+    .await;
+    let records = &ctx.records_by_id()["rr"];
+    assert_eq!(records.len(), 2);
+    for r in records {
+        let p = &r["params"];
+        assert_eq!(p["HTTP_X_AGENT_ROUTING_KEY"], "orders.created");
+        assert_eq!(p["HTTP_X_AGENT_EXCHANGE"], exchange.as_str());
+        assert_eq!(p["HTTP_X_AGENT_ATTEMPT"], "1");
+    }
+    agent.drain().await;
+    ctx.cleanup().await;
+}
