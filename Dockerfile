@@ -22,7 +22,7 @@ WORKDIR /src
 # Cargo.lock change. The [[test]] targets named in Cargo.toml must exist for Cargo to read
 # the manifest; tests/ is not part of the build context (.dockerignore), so stubs stay.
 COPY Cargo.toml Cargo.lock ./
-# fastcgi-client with amqp-agent's patch (vendor/fastcgi-client/PATCHES.md).
+# fastcgi-client and amq-protocol-types with amqp-agent's patches (vendor/*/PATCHES.md).
 COPY vendor ./vendor
 RUN mkdir -p src tests \
  && echo 'fn main() {}' > src/main.rs \

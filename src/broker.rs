@@ -209,6 +209,8 @@ pub struct Publisher {
     declare: bool,
     /// Delay queues known to exist (the scheduled ones, plus those made for `Retry-After`).
     delays: Arc<Mutex<HashSet<Duration>>>,
+    /// The connection's negotiated `frame_max`: a copy's content header must fit in one frame.
+    frame_max: u32,
 }
 
 impl Publisher {
@@ -235,7 +237,14 @@ impl Publisher {
             confirm_timeout: config.amqp.confirm_timeout,
             declare: config.amqp.declare,
             delays: Arc::new(Mutex::new(config.retry.delays.iter().copied().collect())),
+            frame_max: connection.configuration().frame_max(),
         })
+    }
+
+    /// The negotiated `frame_max`, the largest content header a copy may have.
+    #[must_use]
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
     }
 
     /// False once the channel is closed (connection lost, or closed by a channel error): the

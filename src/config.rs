@@ -285,12 +285,18 @@ pub struct LimitsConfig {
     /// Encoded `HTTP_X_AGENT_HEADERS` larger than this dead-letter the message.
     #[serde(default = "default_max_headers_bytes")]
     pub max_headers_bytes: usize,
-    /// Nesting depth of header tables/arrays beyond which a message is dead-lettered.
+    /// Nesting depth of header tables/arrays beyond which a message is dead-lettered. Must stay
+    /// below the AMQP parser's cap (64), past which headers arrive cut.
     #[serde(default = "default_max_header_depth")]
     pub max_header_depth: usize,
     /// A FastCGI reply larger than this is cut off and counted as a failed attempt.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Memory the prefetched deliveries may take: a full prefetch window of maximum-size bodies
+    /// (`max_body_bytes` × the window of every subject) over it is warned about. Bytes, or a
+    /// size such as `"1GiB"` or `"512MB"`.
+    #[serde(default = "default_memory_budget", deserialize_with = "size")]
+    pub memory_budget: u64,
 }
 
 impl Default for LimitsConfig {
@@ -300,6 +306,7 @@ impl Default for LimitsConfig {
             max_headers_bytes: default_max_headers_bytes(),
             max_header_depth: default_max_header_depth(),
             max_response_bytes: default_max_response_bytes(),
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -394,6 +401,9 @@ fn default_max_header_depth() -> usize {
 fn default_max_response_bytes() -> usize {
     16 * 1024 * 1024
 }
+fn default_memory_budget() -> u64 {
+    1 << 30
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -420,6 +430,46 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
         ))
     })
+}
+
+/// A size: a number of bytes, or a string with a unit (`B`, `KB`, `MB`, `GB`, `KiB`, `MiB`,
+/// `GiB`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    let text = match Size::deserialize(d)? {
+        Size::Bytes(n) => return Ok(n),
+        Size::Text(text) => text,
+    };
+    let digits = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = text.trim()[digits.len()..].to_ascii_lowercase();
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => 0,
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|_| scale > 0)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a size; write bytes, or e.g. \"512MiB\", \"2GiB\""
+            ))
+        })
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -645,6 +695,17 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        // Deeper headers arrive cut by the AMQP parser; below its cap, a cut header is always
+        // over the limit and dead-lettered, never handed to PHP with the cut in it.
+        if self.limits.max_header_depth >= crate::contract::PARSER_MAX_DEPTH {
+            return Err(invalid(
+                "limits.max_header_depth",
+                format!(
+                    "must be below {}, the depth past which the AMQP parser cuts header tables",
+                    crate::contract::PARSER_MAX_DEPTH
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -863,7 +924,46 @@ impl Config {
                 "admin.allow_unauthenticated_commands is ignored: admin.token is set".to_owned(),
             );
         }
+        out.extend(self.memory_warning());
         out
+    }
+
+    /// Warns when a full prefetch window of maximum-size bodies, at the configured pool sizes
+    /// or at `max_pool_size`, would exceed `limits.memory_budget`. lapin buffers a whole body
+    /// before `max_body_bytes` is checked, so only RabbitMQ's `max_message_size` bounds it.
+    fn memory_warning(&self) -> Option<String> {
+        let window = |pool: fn(&SubjectConfig) -> u16| -> u64 {
+            self.subjects
+                .values()
+                .map(|s| {
+                    let prefetch = crate::actors::consumer::prefetch(
+                        usize::from(pool(s)),
+                        self.amqp.prefetch_per_worker,
+                    );
+                    u64::from(prefetch)
+                })
+                .sum()
+        };
+        let body = self.limits.max_body_bytes as u64;
+        let budget = self.limits.memory_budget;
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        let (now, max) = (window(|s| s.pool_size), window(|s| s.max_pool_size));
+        let (pools, deliveries) = if body.saturating_mul(now) > budget {
+            ("the configured pool sizes", now)
+        } else if body.saturating_mul(max) > budget {
+            ("max_pool_size", max)
+        } else {
+            return None;
+        };
+        Some(format!(
+            "limits.max_body_bytes ({} MiB) × the prefetch window at {pools} ({deliveries} \
+             deliveries) is {} MiB, over limits.memory_budget ({} MiB): lower max_body_bytes, \
+             amqp.prefetch_per_worker or the pool sizes, or raise the budget; set RabbitMQ's \
+             max_message_size to at most max_body_bytes",
+            mib(body),
+            mib(body.saturating_mul(deliveries)),
+            mib(budget),
+        ))
     }
 }
 

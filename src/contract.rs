@@ -122,6 +122,10 @@ pub fn string_header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<
 /// Tables and arrays nest; byte arrays and non-UTF-8 long strings become base64 strings;
 /// timestamps become integers; NaN and infinities become null.
 ///
+/// Headers nested deeper than the AMQP parser's cap ([`PARSER_MAX_DEPTH`]) arrive cut, with a
+/// marker string where the parser stopped. Because `max_depth` is validated to be below that
+/// cap, such headers always fail here as too deep: a cut value never reaches PHP.
+///
 /// # Errors
 /// When nesting exceeds `max_depth` or the JSON exceeds `max_bytes`.
 pub fn headers_json(
@@ -207,6 +211,84 @@ fn value_to_json(
         AMQPValue::ByteArray(bytes) => b64(bytes.as_slice()),
         AMQPValue::Void => Value::Null,
     })
+}
+
+/// Tables and arrays nested deeper than this are cut by the (patched) AMQP parser, which skips
+/// them without parsing (`vendor/amq-protocol-types/PATCHES.md`). `limits.max_header_depth` must
+/// stay below it, so that a cut header is always over the limit.
+pub const PARSER_MAX_DEPTH: usize = lapin::types::parsing::MAX_NESTING_DEPTH;
+
+/// Removes the headers whose tables or arrays nest deeper than `max_depth` (the headers table
+/// itself is depth 1, as in [`headers_json`]) and returns their names, so that a dead-letter copy
+/// carries only headers that can be encoded again. The walk looks at most one level past
+/// `max_depth`, however deep a value nests.
+pub fn remove_too_deep(headers: &mut FieldTable, max_depth: usize) -> Vec<String> {
+    remove_where(headers, |_, value| nests_deeper(value, 2, max_depth))
+}
+
+/// Bytes of a copy's content-header frame kept for everything but the headers it inherits:
+/// frame and property overhead, the other properties (short strings of at most 255 bytes) and
+/// the headers the agent adds (`x-agent-last-error` is at most about 1 KiB).
+pub const COPY_FRAME_RESERVE: usize = 8 * 1024;
+
+/// Removes the largest headers until the table encodes in at most `budget` bytes, and returns
+/// their names. A copy of a message whose headers filled `frame_max` would not fit in one frame
+/// once the agent adds its own headers, and RabbitMQ closes the connection on such a frame.
+pub fn shrink_to_fit(headers: &mut FieldTable, budget: usize) -> Vec<String> {
+    let entry_len = |key: &str, value: &AMQPValue| {
+        let value_len = lapin::types::generation::gen_value(value)(Vec::new().into())
+            .map_or(usize::MAX / 2, |out| out.position as usize);
+        1 + key.len() + value_len
+    };
+    let mut sizes: Vec<(usize, &str)> = headers
+        .inner()
+        .iter()
+        .map(|(k, v)| (entry_len(k.as_str(), v), k.as_str()))
+        .collect();
+    let mut total = 4 + sizes.iter().map(|s| s.0).sum::<usize>();
+    if total <= budget {
+        return Vec::new();
+    }
+    sizes.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let mut over = Vec::new();
+    for (len, name) in sizes {
+        if total <= budget {
+            break;
+        }
+        total -= len;
+        over.push(name.to_owned());
+    }
+    remove_where(headers, |name, _| over.iter().any(|o| o == name))
+}
+
+/// Removes the headers `unwanted` picks and returns their names.
+fn remove_where(
+    headers: &mut FieldTable,
+    mut unwanted: impl FnMut(&str, &AMQPValue) -> bool,
+) -> Vec<String> {
+    let mut kept = FieldTable::default();
+    let mut removed = Vec::new();
+    for (key, value) in headers.inner() {
+        if unwanted(key.as_str(), value) {
+            removed.push(key.as_str().to_owned());
+        } else {
+            kept.insert(key.clone(), value.clone());
+        }
+    }
+    if !removed.is_empty() {
+        *headers = kept;
+    }
+    removed
+}
+
+/// True when `value`, if a table or array at `depth`, or anything inside it, is deeper than `max`.
+fn nests_deeper(value: &AMQPValue, depth: usize, max: usize) -> bool {
+    let deeper = |v: &AMQPValue| nests_deeper(v, depth + 1, max);
+    match value {
+        AMQPValue::FieldArray(items) => depth > max || items.as_slice().iter().any(deeper),
+        AMQPValue::FieldTable(table) => depth > max || table.inner().values().any(deeper),
+        _ => false,
+    }
 }
 
 /// Makes a value safe for a FastCGI param: CR, LF and NUL become spaces.

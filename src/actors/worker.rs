@@ -414,6 +414,22 @@ async fn settle(
                 Verdict::Success => None,
             };
             let props = republished(runtime, &copy, |h| {
+                // Headers too deep to encode (or cut by the AMQP parser), and the largest ones
+                // when the copy would not fit in one frame, are left out of the copy;
+                // x-agent-last-error names them.
+                let mut removed =
+                    contract::remove_too_deep(h, runtime.config.limits.max_header_depth);
+                let budget =
+                    (publisher.frame_max() as usize).saturating_sub(contract::COPY_FRAME_RESERVE);
+                removed.extend(contract::shrink_to_fit(h, budget));
+                let detail = if removed.is_empty() {
+                    detail
+                } else {
+                    truncate(
+                        &format!("{detail}; left out of this copy: {}", removed.join(", ")),
+                        EXCERPT,
+                    )
+                };
                 h.insert("x-agent-reason".into(), text(reason));
                 h.insert(
                     "x-agent-status".into(),

@@ -228,3 +228,76 @@ fn admin_settings_are_checked() {
         .is_ok()
     );
 }
+
+#[test]
+fn max_header_depth_stays_below_the_parser_cap() {
+    let limits = |depth: usize| format!("{MINIMAL}[limits]\nmax_header_depth = {depth}\n");
+    let cap = crate::contract::PARSER_MAX_DEPTH;
+    assert_eq!(
+        parse(&limits(cap - 1)).unwrap().limits.max_header_depth,
+        cap - 1
+    );
+    let e = error_of(&limits(cap));
+    assert!(
+        e.contains("limits.max_header_depth") && e.contains("64"),
+        "{e}"
+    );
+}
+
+fn memory_warnings(text: &str) -> Vec<String> {
+    parse(text)
+        .unwrap()
+        .warnings()
+        .into_iter()
+        .filter(|w| w.contains("memory_budget"))
+        .collect()
+}
+
+#[test]
+fn a_prefetch_window_of_large_bodies_over_the_memory_budget_warns() {
+    // 1 subject, pool 4 × prefetch 8 = 32 deliveries of 8 MiB = 256 MiB; max_pool_size 64 ×
+    // 8 = 512 deliveries = 4 GiB.
+    let pools = "max_pool_size = 4\n";
+    let fits = format!("{MINIMAL}{pools}[limits]\nmemory_budget = \"256MiB\"\n");
+    assert!(memory_warnings(&fits).is_empty());
+    let over = format!("{MINIMAL}{pools}[limits]\nmemory_budget = \"255MiB\"\n");
+    let w = memory_warnings(&over);
+    assert_eq!(w.len(), 1, "{w:?}");
+    for part in [
+        "8 MiB",
+        "32 deliveries",
+        "256 MiB",
+        "255 MiB",
+        "max_message_size",
+    ] {
+        assert!(w[0].contains(part), "`{part}` in {}", w[0]);
+    }
+    // The window the pools can grow to counts too: the default max_pool_size is 64.
+    let w = memory_warnings(&format!("{MINIMAL}[limits]\nmemory_budget = 268435456\n"));
+    assert!(
+        w.len() == 1 && w[0].contains("max_pool_size (512 deliveries) is 4096 MiB"),
+        "{w:?}"
+    );
+    // Smaller bodies fit the default budget (1 GiB) at max_pool_size: 512 × 2 MiB.
+    let small = format!("{MINIMAL}[limits]\nmax_body_bytes = 2097152\n");
+    assert!(memory_warnings(&small).is_empty());
+}
+
+#[test]
+fn sizes_take_units() {
+    let budget = |v: &str| {
+        parse(&format!("{MINIMAL}[limits]\nmemory_budget = {v}\n")).map(|c| c.limits.memory_budget)
+    };
+    assert_eq!(budget("1048576").unwrap(), 1 << 20);
+    assert_eq!(budget("\"2GiB\"").unwrap(), 2 << 30);
+    assert_eq!(budget("\"512 MiB\"").unwrap(), 512 << 20);
+    assert_eq!(budget("\"3GB\"").unwrap(), 3_000_000_000);
+    assert_eq!(budget("\"100kb\"").unwrap(), 100_000);
+    let e = budget("\"lots\"").unwrap_err().to_string();
+    assert!(
+        e.contains("memory_budget") && e.contains("not a size"),
+        "{e}"
+    );
+    assert!(budget("\"5 parsecs\"").is_err());
+    assert_eq!(parse(MINIMAL).unwrap().limits.memory_budget, 1 << 30);
+}

@@ -300,3 +300,88 @@ fn signed_values_are_the_cleaned_values_sent() {
     };
     assert!(!verifies(&params, &raw));
 }
+
+/// A headers table on the wire: `{"deep": <levels nested arrays>, "ok": "yes"}`, built without
+/// recursion, as a hostile publisher would send it.
+fn deep_headers_on_the_wire(levels: usize) -> Vec<u8> {
+    let mut content = vec![4];
+    content.extend_from_slice(b"deep");
+    for level in 1..=levels {
+        content.push(b'A');
+        content.extend_from_slice(&u32::try_from((levels - level) * 5).unwrap().to_be_bytes());
+    }
+    content.extend_from_slice(&[2, b'o', b'k', b'S', 0, 0, 0, 3, b'y', b'e', b's']);
+    let mut table = u32::try_from(content.len()).unwrap().to_be_bytes().to_vec();
+    table.extend_from_slice(&content);
+    table
+}
+
+fn names(headers: &FieldTable) -> Vec<&str> {
+    headers.inner().keys().map(|k| k.as_str()).collect()
+}
+
+fn parse_headers(bytes: &[u8]) -> FieldTable {
+    lapin::types::parsing::parse_field_table(bytes).unwrap().1
+}
+
+#[test]
+fn headers_cut_by_the_parser_are_always_too_deep() {
+    // 10,000 levels: the parser keeps PARSER_MAX_DEPTH of them and a marker; the deepest
+    // max_header_depth the config accepts still refuses the result.
+    let headers = parse_headers(&deep_headers_on_the_wire(10_000));
+    let err = headers_json(Some(&headers), PARSER_MAX_DEPTH - 1, 1 << 20).unwrap_err();
+    assert_eq!(err.reason(), "headers_unencodable");
+    assert!(err.to_string().contains("max_header_depth"), "{err}");
+    // Just under the cap the same shape is encodable: the refusal above is the cut.
+    let whole = parse_headers(&deep_headers_on_the_wire(PARSER_MAX_DEPTH - 2));
+    assert!(headers_json(Some(&whole), PARSER_MAX_DEPTH - 1, 1 << 20).is_ok());
+}
+
+#[test]
+fn too_deep_headers_are_removed_from_a_copy_and_named() {
+    let mut headers = parse_headers(&deep_headers_on_the_wire(2_000));
+    headers.insert(
+        "nested".into(),
+        AMQPValue::FieldArray(FieldArray::from(vec![])),
+    );
+    assert_eq!(remove_too_deep(&mut headers, 16), ["deep"]);
+    assert_eq!(names(&headers), ["nested", "ok"]);
+    assert!(headers_json(Some(&headers), 16, 1 << 20).is_ok());
+    assert!(remove_too_deep(&mut headers, 16).is_empty());
+    // A value exactly at the limit stays: `deep` holds 15 arrays, the deepest at depth 16.
+    let mut at_limit = parse_headers(&deep_headers_on_the_wire(15));
+    assert!(remove_too_deep(&mut at_limit, 16).is_empty());
+    assert!(headers_json(Some(&at_limit), 16, 1 << 20).is_ok());
+    let mut over = parse_headers(&deep_headers_on_the_wire(16));
+    assert_eq!(remove_too_deep(&mut over, 16), ["deep"]);
+}
+
+#[test]
+fn a_copy_sheds_its_largest_headers_to_fit_a_frame() {
+    let mut headers = FieldTable::default();
+    for (name, len) in [
+        ("small", 10),
+        ("big", 5000),
+        ("medium", 2000),
+        ("bigger", 8000),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString("x".repeat(len).into()));
+    }
+    // Entry: key length byte + key + type + 4-byte length + value; table: 4-byte length.
+    let size = |h: &FieldTable| {
+        4 + h
+            .inner()
+            .iter()
+            .map(|(k, v)| match v {
+                AMQPValue::LongString(s) => 1 + k.as_str().len() + 5 + s.len(),
+                _ => unreachable!(),
+            })
+            .sum::<usize>()
+    };
+    let all = size(&headers);
+    assert!(shrink_to_fit(&mut headers, all).is_empty());
+    assert_eq!(shrink_to_fit(&mut headers, all - 1), ["bigger"]);
+    assert_eq!(shrink_to_fit(&mut headers, 2000), ["big", "medium"]);
+    assert_eq!(names(&headers), ["small"]);
+    assert!(size(&headers) <= 2000);
+}

@@ -100,10 +100,40 @@ pub type ParserError = nom::Err<ParserErrors>;
 /// Return type of parsers
 pub type ParserResult<I, T> = Result<(I, T), ParserError>;
 
+/// Deepest field table or field array that is parsed (amqp-agent patch, see `PATCHES.md`).
+///
+/// The table or array read by a top-level call (e.g. a message's `headers`) is at depth 1; a
+/// table or array inside it is at depth 2, and so on. A table or array that would sit deeper
+/// than this is not parsed: it is skipped by its length prefix and replaced by
+/// [`nesting_truncated`], and the rest of the frame parses as usual. Parsing recurses once per
+/// level, so this bounds the stack one frame can use; it also bounds every other recursive walk
+/// over a parsed value (`Clone`, `Drop`, `Debug`, the generator).
+pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// Text of the value that stands for a field table or field array nested deeper than
+/// [`MAX_NESTING_DEPTH`] (see [`nesting_truncated`]).
+pub const NESTING_TRUNCATED: &str =
+    "amq-protocol-types: nested deeper than MAX_NESTING_DEPTH, skipped";
+
+/// The value that replaces a table or array nested deeper than [`MAX_NESTING_DEPTH`]: a
+/// `LongString` holding [`NESTING_TRUNCATED`].
+#[must_use]
+pub fn nesting_truncated() -> AMQPValue {
+    AMQPValue::LongString(NESTING_TRUNCATED.into())
+}
+
 /// Parse the [AMQPValue](../type.AMQPValue.html) of the given [AMQPType](../type.AMQPType.html)
 #[must_use]
 pub fn parse_raw_value<I: ParsableInput>(
     amqp_type: AMQPType,
+) -> impl Parser<I, Output = AMQPValue, Error = ParserErrors> {
+    parse_raw_value_at(amqp_type, 1)
+}
+
+/// `parse_raw_value` for a value whose table or array, if it is one, sits at `depth`.
+fn parse_raw_value_at<I: ParsableInput>(
+    amqp_type: AMQPType,
+    depth: usize,
 ) -> impl Parser<I, Output = AMQPValue, Error = ParserErrors> {
     context("parse_raw_value", move |i| match amqp_type {
         AMQPType::Boolean => map(parse_boolean, AMQPValue::Boolean).parse(i),
@@ -121,17 +151,41 @@ pub fn parse_raw_value<I: ParsableInput>(
         AMQPType::DecimalValue => map(parse_decimal_value, AMQPValue::DecimalValue).parse(i),
         AMQPType::ShortString => map(parse_short_string, AMQPValue::ShortString).parse(i),
         AMQPType::LongString => map(parse_long_string, AMQPValue::LongString).parse(i),
-        AMQPType::FieldArray => map(parse_field_array, AMQPValue::FieldArray).parse(i),
+        AMQPType::FieldArray | AMQPType::FieldTable if depth > MAX_NESTING_DEPTH => skip_nested(i),
+        AMQPType::FieldArray => {
+            map(|i| parse_field_array_at(i, depth), AMQPValue::FieldArray).parse(i)
+        }
         AMQPType::Timestamp => map(parse_timestamp, AMQPValue::Timestamp).parse(i),
-        AMQPType::FieldTable => map(parse_field_table, AMQPValue::FieldTable).parse(i),
+        AMQPType::FieldTable => {
+            map(|i| parse_field_table_at(i, depth), AMQPValue::FieldTable).parse(i)
+        }
         AMQPType::ByteArray => map(parse_byte_array, AMQPValue::ByteArray).parse(i),
         AMQPType::Void => Ok((i, AMQPValue::Void)),
     })
 }
 
+/// Consumes a length-prefixed table or array without looking inside it, so without recursing
+/// however deep it nests, and returns the marker.
+fn skip_nested<I: ParsableInput>(i: I) -> ParserResult<I, AMQPValue> {
+    context(
+        "skip_nested",
+        map(flat_map(parse_long_uint, take), |_| nesting_truncated()),
+    )
+    .parse(i)
+}
+
 /// Parse an [AMQPValue](../type.AMQPValue.html)
 pub fn parse_value<I: ParsableInput>(i: I) -> ParserResult<I, AMQPValue> {
-    context("parse_value", flat_map(parse_type, parse_raw_value)).parse(i)
+    parse_value_at(i, 1)
+}
+
+/// `parse_value` for a value whose table or array, if it is one, sits at `depth`.
+fn parse_value_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, AMQPValue> {
+    context(
+        "parse_value",
+        flat_map(parse_type, move |t| parse_raw_value_at(t, depth)),
+    )
+    .parse(i)
 }
 
 /// Parse an [AMQPType](../type.AMQPType.html)
@@ -244,12 +298,20 @@ pub fn parse_long_string<I: ParsableInput>(i: I) -> ParserResult<I, LongString> 
 
 /// Parse a [FieldArray](../type.FieldArray.html)
 pub fn parse_field_array<I: ParsableInput>(i: I) -> ParserResult<I, FieldArray> {
+    parse_field_array_at(i, 1)
+}
+
+/// `parse_field_array` for an array at `depth` (its elements are at `depth + 1`).
+fn parse_field_array_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldArray> {
     context(
         "parse_field_array",
         map_parser(
             flat_map(parse_long_uint, take),
             all_consuming(fold_many0(
-                context("parse_field_array_entry", complete(parse_value)),
+                context(
+                    "parse_field_array_entry",
+                    complete(move |i| parse_value_at(i, depth + 1)),
+                ),
                 FieldArray::default,
                 |mut acc, elem| {
                     acc.push(elem);
@@ -268,6 +330,11 @@ pub fn parse_timestamp<I: ParsableInput>(i: I) -> ParserResult<I, Timestamp> {
 
 /// Parse a [FieldTable](../type.FieldTable.html)
 pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> {
+    parse_field_table_at(i, 1)
+}
+
+/// `parse_field_table` for a table at `depth` (its values are at `depth + 1`).
+fn parse_field_table_at<I: ParsableInput>(i: I, depth: usize) -> ParserResult<I, FieldTable> {
     context(
         "parse_field_table",
         map_parser(
@@ -275,7 +342,9 @@ pub fn parse_field_table<I: ParsableInput>(i: I) -> ParserResult<I, FieldTable> 
             all_consuming(fold_many0(
                 context(
                     "parse_field_table_entry",
-                    complete(pair(parse_short_string, parse_value)),
+                    complete(pair(parse_short_string, move |i| {
+                        parse_value_at(i, depth + 1)
+                    })),
                 ),
                 FieldTable::default,
                 |mut acc, (key, value)| {
@@ -589,5 +658,171 @@ mod test {
             parse_flags(&[0b11011101, 0b00000010][..], &names),
             Ok((EMPTY, flags))
         );
+    }
+}
+
+/// The nesting limit (amqp-agent patch, see `PATCHES.md`).
+#[cfg(test)]
+mod nesting {
+    use super::*;
+    use crate::generation::gen_field_table;
+    use cookie_factory::r#gen as generate;
+
+    /// A field table `{"deep": <levels nested arrays or tables>, "more": "ok"}` on the wire.
+    /// Each level is written as `type, length, content`, so no recursion is needed to build it.
+    fn deep_table(levels: usize, kind: u8) -> Vec<u8> {
+        let per_level = if kind == b'A' { 5 } else { 7 }; // a table level also has its key "k"
+        let mut value = Vec::with_capacity(levels * per_level);
+        for level in 1..=levels {
+            if kind == b'F' && level > 1 {
+                value.extend_from_slice(&[1, b'k']);
+            }
+            value.push(kind);
+            let inner = (levels - level) * per_level;
+            value.extend_from_slice(&(inner as u32).to_be_bytes());
+        }
+        let mut content = vec![4];
+        content.extend_from_slice(b"deep");
+        content.extend_from_slice(&value);
+        content.extend_from_slice(&[4, b'm', b'o', b'r', b'e', b'S', 0, 0, 0, 2, b'o', b'k']);
+        let mut table = (content.len() as u32).to_be_bytes().to_vec();
+        table.extend_from_slice(&content);
+        table
+    }
+
+    /// Follows the chain of nested values down from `value`; returns the number of tables and
+    /// arrays on the way (an empty one at the bottom included) and the last value reached.
+    fn bottom(mut value: &AMQPValue) -> (usize, &AMQPValue) {
+        let mut containers = 0;
+        loop {
+            let first = match value {
+                AMQPValue::FieldArray(a) => a.as_slice().first(),
+                AMQPValue::FieldTable(t) => t.inner().values().next(),
+                _ => return (containers, value),
+            };
+            containers += 1;
+            match first {
+                Some(next) => value = next,
+                None => return (containers, value),
+            }
+        }
+    }
+
+    fn check_cut(levels: usize, kind: u8) {
+        let bytes = deep_table(levels, kind);
+        let trailing = [0xCE, 1, 2];
+        let input = [&bytes[..], &trailing[..]].concat();
+        let (rest, table) = parse_field_table(&input[..]).unwrap();
+        assert_eq!(
+            rest,
+            &trailing[..],
+            "the bytes after the table are left for the next field"
+        );
+        assert_eq!(
+            table.inner().get("more"),
+            Some(&AMQPValue::LongString("ok".into()))
+        );
+        // The headers table is depth 1, "deep" depth 2: MAX_NESTING_DEPTH - 1 levels are kept.
+        let (containers, last) = bottom(&table.inner()["deep"]);
+        assert_eq!(containers, MAX_NESTING_DEPTH - 1);
+        assert_eq!(last, &nesting_truncated());
+    }
+
+    #[test]
+    fn arrays_100000_levels_deep_are_cut_at_the_limit() {
+        check_cut(100_000, b'A');
+    }
+
+    #[test]
+    fn tables_100000_levels_deep_are_cut_at_the_limit() {
+        check_cut(100_000, b'F');
+    }
+
+    #[test]
+    fn one_level_past_the_limit_is_cut() {
+        check_cut(MAX_NESTING_DEPTH, b'A');
+        check_cut(MAX_NESTING_DEPTH, b'F');
+    }
+
+    fn round_trip(bytes: &[u8]) {
+        let (rest, table) = parse_field_table(bytes).unwrap();
+        assert!(rest.is_empty());
+        let (out, _) = generate(gen_field_table(&table), Vec::new()).unwrap();
+        assert_eq!(out, bytes, "parse then generate gives the same bytes");
+    }
+
+    #[test]
+    fn a_value_at_the_limit_parses_whole_and_byte_identical() {
+        // "deep" holds MAX_NESTING_DEPTH - 1 levels: the deepest is at depth MAX_NESTING_DEPTH.
+        for kind in [b'A', b'F'] {
+            let bytes = deep_table(MAX_NESTING_DEPTH - 1, kind);
+            round_trip(&bytes);
+            let (_, table) = parse_field_table(&bytes[..]).unwrap();
+            let (containers, last) = bottom(&table.inner()["deep"]);
+            assert_eq!(containers, MAX_NESTING_DEPTH - 1);
+            assert_ne!(last, &nesting_truncated());
+        }
+    }
+
+    #[test]
+    fn ordinary_headers_parse_byte_identical() {
+        // An x-death-like table with every value type, nested a few levels.
+        let mut death = FieldTable::default();
+        death.insert("count".into(), AMQPValue::LongLongInt(3));
+        death.insert("reason".into(), AMQPValue::LongString("expired".into()));
+        death.insert(
+            "routing-keys".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::LongString("a.b".into())].into()),
+        );
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+        );
+        headers.insert("t".into(), AMQPValue::Boolean(true));
+        headers.insert("b".into(), AMQPValue::ShortShortInt(-1));
+        headers.insert("B".into(), AMQPValue::ShortShortUInt(255));
+        headers.insert("s".into(), AMQPValue::ShortInt(-2));
+        headers.insert("u".into(), AMQPValue::ShortUInt(2));
+        headers.insert("I".into(), AMQPValue::LongInt(-3));
+        headers.insert("i".into(), AMQPValue::LongUInt(3));
+        headers.insert("l".into(), AMQPValue::LongLongInt(-4));
+        headers.insert("f".into(), AMQPValue::Float(1.5));
+        headers.insert("d".into(), AMQPValue::Double(2.5));
+        headers.insert(
+            "D".into(),
+            AMQPValue::DecimalValue(DecimalValue {
+                scale: 2,
+                value: 314,
+            }),
+        );
+        headers.insert("x".into(), AMQPValue::ByteArray(vec![0, 1, 2].into()));
+        headers.insert("V".into(), AMQPValue::Void);
+        headers.insert("empty".into(), AMQPValue::FieldTable(FieldTable::default()));
+        let (bytes, _) = generate(gen_field_table(&headers), Vec::new()).unwrap();
+        round_trip(&bytes);
+        assert_eq!(parse_field_table(&bytes[..]).unwrap().1, headers);
+    }
+
+    #[test]
+    fn a_value_at_the_limit_fits_a_small_stack() {
+        // Everything done with a parsed value recurses at most MAX_NESTING_DEPTH levels: parse,
+        // clone, format, generate, drop. Half of Rust's default 2 MiB thread stack is enough
+        // even for this unoptimised build (measured: parsing needs about 650 KiB here, 150 KiB
+        // in a release build; see PATCHES.md).
+        let bytes = deep_table(100_000, b'F');
+        std::thread::Builder::new()
+            .stack_size(1024 * 1024)
+            .spawn(move || {
+                let (_, table) = parse_field_table(&bytes[..]).unwrap();
+                let copy = table.clone();
+                assert!(format!("{copy:?}").contains("LongString"));
+                generate(gen_field_table(&copy), Vec::new()).unwrap();
+                drop(copy);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
