@@ -928,33 +928,30 @@ impl Config {
         out
     }
 
-    /// Warns when a full prefetch window of maximum-size bodies, at the configured pool sizes
-    /// or at `max_pool_size`, would exceed `limits.memory_budget`. lapin buffers a whole body
+    /// Warns when a full prefetch window of maximum-size bodies, at the configured pool sizes,
+    /// would exceed `limits.memory_budget`. (Growing a pool towards `max_pool_size` is an
+    /// operator's decision; the warning does not fire for every default config because of it.) lapin buffers a whole body
     /// before `max_body_bytes` is checked, so only RabbitMQ's `max_message_size` bounds it.
     fn memory_warning(&self) -> Option<String> {
         let window = |pool: fn(&SubjectConfig) -> u16| -> u64 {
             self.subjects
                 .values()
                 .map(|s| {
-                    let prefetch = crate::actors::consumer::prefetch(
+                    u64::from(prefetch(
                         usize::from(pool(s)),
                         self.amqp.prefetch_per_worker,
-                    );
-                    u64::from(prefetch)
+                    ))
                 })
                 .sum()
         };
         let body = self.limits.max_body_bytes as u64;
         let budget = self.limits.memory_budget;
         let mib = |bytes: u64| bytes.div_ceil(1 << 20);
-        let (now, max) = (window(|s| s.pool_size), window(|s| s.max_pool_size));
-        let (pools, deliveries) = if body.saturating_mul(now) > budget {
-            ("the configured pool sizes", now)
-        } else if body.saturating_mul(max) > budget {
-            ("max_pool_size", max)
-        } else {
+        let deliveries = window(|s| s.pool_size);
+        if body.saturating_mul(deliveries) <= budget {
             return None;
-        };
+        }
+        let pools = "the configured pool sizes";
         Some(format!(
             "limits.max_body_bytes ({} MiB) × the prefetch window at {pools} ({deliveries} \
              deliveries) is {} MiB, over limits.memory_budget ({} MiB): lower max_body_bytes, \
@@ -965,6 +962,13 @@ impl Config {
             mib(budget),
         ))
     }
+}
+
+/// The `basic.qos` prefetch of a subject: pool size × `prefetch_per_worker`, at least one
+/// worker's worth, at most 65535.
+#[must_use]
+pub fn prefetch(pool: usize, per_worker: u16) -> u16 {
+    u16::try_from(pool.max(1).saturating_mul(usize::from(per_worker))).unwrap_or(u16::MAX)
 }
 
 /// Hides the password of an AMQP URI for logs and status output.

@@ -370,7 +370,8 @@ async fn start_consuming(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    let prefetch = prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    let prefetch =
+        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
     if prefetch != state.prefetch {
         state
             .channel
@@ -480,12 +481,6 @@ async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
         }
     }
     let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
-}
-
-/// `basic.qos` prefetch for a pool.
-#[must_use]
-pub fn prefetch(pool: usize, per_worker: u16) -> u16 {
-    u16::try_from(pool.max(1).saturating_mul(usize::from(per_worker))).unwrap_or(u16::MAX)
 }
 
 /// Hands backlog deliveries to idle workers.
@@ -618,7 +613,8 @@ async fn resize(
     dispatch(state);
     // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
     // the pool by re-consuming. Deliveries already received stay valid on the channel.
-    let wanted = prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    let wanted =
+        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
     if state.consumer_tag.is_some() && wanted != state.prefetch {
         cancel_consumer(state).await;
         start_consuming(myself, state).await?;
