@@ -214,7 +214,12 @@ async fn message_text_cannot_forge_log_lines_or_reach_the_terminal_raw() {
         .with_message_id(id.as_str().into())
         .with_headers(h);
     ctx.publish("event", body.as_bytes(), props).await;
-    agent.wait_log("Dead-lettering message", 1, WAIT).await;
+    // Wait on the dead-letter queue itself: the log line comes before the copy is confirmed.
+    let dead = format!("{}.dead", ctx.queue("event"));
+    common::eventually(WAIT, "the message is in the dead-letter queue", || async {
+        ctx.queue_len(&dead).await == 1
+    })
+    .await;
 
     let raw = std::fs::read(&log).unwrap();
     assert!(!raw.contains(&0x1b), "a raw ESC reached the log");
