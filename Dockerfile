@@ -50,6 +50,9 @@ RUN groupadd --system --gid 10001 amqp-agent \
 
 COPY --from=builder /src/target/release/amqp-agent /usr/local/bin/amqp-agent
 COPY config/amqp-agent.example.toml /etc/amqp-agent/amqp-agent.toml
+# agent.state_dir: crash-loop protection's in-flight journal (docs/crash-loop.md). It survives a
+# restart of the same container; mount a volume here to keep it across re-creations.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/amqp-agent
 
 # Also used by `docker exec <ctr> amqp-agent status|publish|pool set|...`.
 ENV AMQP_AGENT_CONFIG=/etc/amqp-agent/amqp-agent.toml

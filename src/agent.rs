@@ -13,12 +13,15 @@ use tracing::{info, warn};
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::actors::stats::{StatsSnapshot, SubjectStats};
 use crate::config::Config;
+use crate::poison::journal::Tracker;
 use crate::telemetry::metrics::Metrics;
 
 /// A started agent (owns the supervision tree's join handle).
 pub struct Agent {
     handle: AgentHandle,
     join: tokio::task::JoinHandle<()>,
+    /// Crash-loop protection: closed on every orderly stop, so only a death counts.
+    crashes: Arc<Tracker>,
 }
 
 /// A cheap, cloneable view of the running agent: status, readiness, commands.
@@ -72,8 +75,10 @@ impl Agent {
     /// [`Agent::wait_consuming`] to wait until they are ready.
     ///
     /// # Errors
-    /// When the root actor cannot be spawned.
+    /// When the in-flight journal cannot be opened (`agent.state_dir`), or the root actor
+    /// cannot be spawned.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Self> {
+        let crashes = Arc::new(Tracker::open(&config)?);
         let stats: BTreeMap<String, Arc<SubjectStats>> = config
             .subjects
             .iter()
@@ -92,6 +97,7 @@ impl Agent {
             stats: stats.clone(),
             metrics: metrics.clone(),
             fatal: fatal.clone(),
+            crashes: crashes.clone(),
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
         let handle = AgentHandle {
@@ -105,7 +111,11 @@ impl Agent {
                 alive: true.into(),
             }),
         };
-        Ok(Self { handle, join })
+        Ok(Self {
+            handle,
+            join,
+            crashes,
+        })
     }
 
     /// A cloneable handle for status and commands.
@@ -180,6 +190,7 @@ impl Agent {
     pub async fn stop(self) -> Option<String> {
         self.handle.inner.root.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
+        self.crashes.close();
         self.handle.inner.alive.store(false, Ordering::Relaxed);
         self.handle.fatal()
     }
@@ -193,6 +204,7 @@ impl Agent {
     /// Waits until the supervision tree stops on its own (a fatal error).
     pub async fn stopped(&mut self) -> Option<String> {
         let _ = (&mut self.join).await;
+        self.crashes.close();
         self.handle.inner.alive.store(false, Ordering::Relaxed);
         self.handle.fatal()
     }

@@ -335,6 +335,15 @@ pub struct AgentConfig {
     /// cross-thread wake-ups), n > 1 a work-stealing pool of n, 0 one per core. Read at start.
     #[serde(default = "default_worker_threads")]
     pub worker_threads: usize,
+    /// Crash-loop protection: a message that was in flight each time the agent process died
+    /// (kill -9, OOM kill, abort) this many times is dead-lettered with reason `poison` on its
+    /// next delivery, without reaching FPM. 0 turns it off. Read at start.
+    #[serde(default = "default_poison_after")]
+    pub poison_after: u32,
+    /// Where crash-loop protection keeps its small in-flight journal (one file per agent; the
+    /// systemd unit's `StateDirectory=amqp-agent`). Read at start.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
 }
 
 impl Default for AgentConfig {
@@ -346,6 +355,8 @@ impl Default for AgentConfig {
             max_restarts: default_max_restarts(),
             restart_window: default_restart_window(),
             worker_threads: default_worker_threads(),
+            poison_after: default_poison_after(),
+            state_dir: default_state_dir(),
         }
     }
 }
@@ -421,6 +432,12 @@ fn default_worker_threads() -> usize {
 }
 fn default_restart_window() -> Duration {
     Duration::from_secs(60)
+}
+fn default_poison_after() -> u32 {
+    2
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/amqp-agent")
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -689,6 +706,9 @@ impl Config {
             self.validate_subject(name, subject)?;
         }
         self.validate_observability()?;
+        if self.agent.poison_after > 0 && !self.agent.state_dir.is_absolute() {
+            return Err(invalid("agent.state_dir", "must be an absolute path"));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid(
                 "limits.max_body_bytes",

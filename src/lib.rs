@@ -15,6 +15,7 @@
 //! - [`admin`]: the admin HTTP listener — `/metrics`, `/healthz`, `/readyz`, `/status`, commands.
 //! - [`cli`]: the command line: `run`, `check-config`, `publish`, and operator commands
 //!   (`status`, `pool set`, `pause`, `resume`, `dead-letters`).
+//! - [`poison`]: crash-loop protection — the in-flight journal and the `poison` decision.
 //! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
 pub mod actors;
@@ -27,6 +28,7 @@ pub mod contract;
 pub mod fastcgi;
 pub mod notify;
 pub mod outcome;
+pub mod poison;
 pub mod printable;
 pub mod provenance;
 pub mod signals;

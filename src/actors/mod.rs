@@ -41,6 +41,8 @@ pub struct SubjectRuntime {
     pub missing_id_log: crate::telemetry::log_limit::LogEvery,
     /// One warning a minute for ignored (unsealed) agent state headers.
     pub untrusted_state_log: crate::telemetry::log_limit::LogEvery,
+    /// Crash-loop protection: the agent's in-flight journal (shared by every subject).
+    pub crashes: Arc<crate::poison::journal::Tracker>,
 }
 
 impl SubjectRuntime {
@@ -71,7 +73,15 @@ impl SubjectRuntime {
             untrusted_state_log: crate::telemetry::log_limit::LogEvery::new(
                 std::time::Duration::from_secs(60),
             ),
+            crashes: Arc::new(crate::poison::journal::Tracker::disabled()),
         }
+    }
+
+    /// The same runtime, recording in-flight messages in `crashes`.
+    #[must_use]
+    pub fn with_crashes(mut self, crashes: Arc<crate::poison::journal::Tracker>) -> Self {
+        self.crashes = crashes;
+        self
     }
 
     /// The subject's configuration.

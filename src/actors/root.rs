@@ -67,6 +67,8 @@ pub struct RootArgs {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Set to the reason when the root gives up; the process then exits non-zero.
     pub fatal: Arc<Mutex<Option<String>>>,
+    /// Crash-loop protection, shared by every subject.
+    pub crashes: Arc<crate::poison::journal::Tracker>,
 }
 
 impl Actor for RootSupervisor {
@@ -81,12 +83,10 @@ impl Actor for RootSupervisor {
     ) -> Result<RootState, ActorProcessingErr> {
         let mut children = BTreeMap::new();
         for (name, stats) in args.stats {
-            let runtime = Arc::new(SubjectRuntime::new(
-                args.config.clone(),
-                &name,
-                stats,
-                args.metrics.clone(),
-            ));
+            let runtime = Arc::new(
+                SubjectRuntime::new(args.config.clone(), &name, stats, args.metrics.clone())
+                    .with_crashes(args.crashes.clone()),
+            );
             children.insert(
                 name.clone(),
                 Child {
@@ -249,12 +249,10 @@ fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessing
         );
         stats.target_pool.store(target, Ordering::Relaxed);
         let restart = !old.same_for_consumer(&new, name);
-        child.runtime = Arc::new(SubjectRuntime::new(
-            new.clone(),
-            name,
-            stats,
-            child.runtime.metrics.clone(),
-        ));
+        child.runtime = Arc::new(
+            SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
+                .with_crashes(child.runtime.crashes.clone()),
+        );
         let Some(actor) = child.actor.clone() else {
             continue;
         };

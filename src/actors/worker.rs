@@ -129,6 +129,10 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     if message_id.starts_with("__panic__") && !delivery.redelivered {
         panic!("fault injection: worker panics on {message_id}");
     }
+    // Crash-loop protection: the start record is written before FPM is called; dropping
+    // `tracked` when the delivery is settled records it as done.
+    let key = crate::poison::journal::key_of(&delivery);
+    let tracked = runtime.crashes.begin(&key, delivery.redelivered).await;
     let queue = &runtime.subject().queue;
     // Attempt and original route only from headers the agent sealed (see `provenance`).
     let (agent_state, untrusted) = provenance::read(
@@ -229,6 +233,21 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             timestamp: *props.timestamp(),
             headers,
         };
+        let copy = Copy {
+            delivery: &delivery,
+            message_id: &message_id,
+            generated,
+            attempt,
+            exchange: envelope.exchange,
+            routing_key: envelope.routing_key,
+            span: &process_span,
+        };
+        if let Some(crashes) = tracked.poison() {
+            let verdict = crate::poison::verdict(crashes);
+            let decision = runtime.policy.decide(&verdict, attempt);
+            settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
+            return false;
+        }
         let fcgi_span = if telemetry::enabled() {
             tracing::info_span!(
                 "fastcgi",
@@ -270,15 +289,6 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             }
         };
         let decision = runtime.policy.decide(&verdict, attempt);
-        let copy = Copy {
-            delivery: &delivery,
-            message_id: &message_id,
-            generated,
-            attempt,
-            exchange: envelope.exchange,
-            routing_key: envelope.routing_key,
-            span: &process_span,
-        };
         settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
         unreached
     }

@@ -29,6 +29,8 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.fpm.timeout, Duration::from_secs(30));
     assert!(c.fpm.require_ack_header);
     assert_eq!(c.limits.max_body_bytes, 8 * 1024 * 1024);
+    assert_eq!(c.agent.poison_after, 2);
+    assert_eq!(c.agent.state_dir, Path::new("/var/lib/amqp-agent"));
 }
 
 #[test]
@@ -103,6 +105,10 @@ fn bad_values_are_named() {
         (
             MINIMAL.replace("[fpm]", "[fpm]\nsigning_secrets = [\"short\"]"),
             "fpm.signing_secrets[0]",
+        ),
+        (
+            format!("{MINIMAL}[agent]\nstate_dir = \"state\"\n"),
+            "agent.state_dir",
         ),
     ];
     for (text, key) in cases {
@@ -293,4 +299,13 @@ fn sizes_take_units() {
     );
     assert!(budget("\"5 parsecs\"").is_err());
     assert_eq!(parse(MINIMAL).unwrap().limits.memory_budget, 1 << 30);
+}
+
+#[test]
+fn a_relative_state_dir_is_fine_when_crash_loop_protection_is_off() {
+    let c = parse(&format!(
+        "{MINIMAL}[agent]\npoison_after = 0\nstate_dir = \"state\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.agent.poison_after, 0);
 }

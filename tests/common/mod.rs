@@ -255,7 +255,7 @@ impl TestCtx {
             "[amqp]\nurl = \"{amqp}\"\nprefetch_per_worker = 2\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n\n{retry}\n\
              [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_toml}\n[agent]\nshutdown_timeout = \"10s\"\n{extra}\n",
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_toml}\n[agent]\nshutdown_timeout = \"10s\"\nstate_dir = \"{state}\"\n{extra}\n",
             amqp = self.amqp_url,
             pool = self.pool_size,
             event_extra = self.event_extra,
@@ -269,6 +269,7 @@ impl TestCtx {
             qe = self.queue("event"),
             qc = self.queue("command"),
             extra = self.extra_toml,
+            state = fpm().dir.join("state").display(),
         )
     }
 

@@ -1,0 +1,397 @@
+//! The in-flight journal on disk, and the [`Tracker`] the workers call.
+//!
+//! One append-only text file per agent, `<agent.state_dir>/inflight-<id>.journal`, where `<id>`
+//! is derived from the broker and the queues (so agents with other queues use other files). A
+//! start record is written with one plain `write()` before FPM is called; done records wait in
+//! memory and go out with the next start record, or as soon as nothing is in flight. No fsync:
+//! data written before a `kill -9`, an OOM kill or an abort is in the page cache and survives;
+//! a power loss can lose the tail, which for a heuristic is acceptable. Past [`COMPACT_AT`]
+//! bytes the file is rewritten from memory (write a temporary file, rename it over).
+//!
+//! A second agent with the same state directory and queues finds the journal locked (`flock`
+//! on `<name>.lock`, released by the kernel when a process dies) and takes the next free slot,
+//! `<name>.1.journal`, and so on.
+//!
+//! Invariant: the start record of a message is written (or its write failed and was logged)
+//! before the worker calls FPM; a clean stop leaves only crash counts in the file.
+
+use std::borrow::Cow;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::{Begin, Ledger, Record};
+use crate::config::Config;
+
+/// Journal size that triggers a compaction.
+pub const COMPACT_AT: u64 = 1 << 20;
+/// Held-back done records beyond this size are written at once.
+const PENDING_MAX: usize = 4096;
+/// Agents with the same state directory and queues that can run side by side.
+const SLOTS: usize = 8;
+/// Crashed keys logged one by one at start-up (then a count).
+const LOGGED_KEYS: usize = 20;
+
+/// A failure to set up the journal (start-up only; later write errors are logged).
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state directory or a file in it cannot be created, read or written.
+    #[error(
+        "agent.state_dir: {path}: {source} (set agent.state_dir to a writable directory, or agent.poison_after = 0 to turn crash-loop protection off)"
+    )]
+    Io {
+        /// The directory or file at fault.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Every slot is held by another running agent.
+    #[error(
+        "agent.state_dir: {dir}: {SLOTS} other agents with the same queues already hold the in-flight journals {name}.*"
+    )]
+    Busy {
+        /// The state directory.
+        dir: PathBuf,
+        /// The journal's base name.
+        name: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Tracks the messages in flight and decides which are poison. Shared by every worker.
+pub struct Tracker {
+    /// `agent.poison_after`: crashes after which a redelivery is dead-lettered.
+    threshold: u32,
+    /// `None` when crash-loop protection is off.
+    journal: Option<Mutex<Journal>>,
+    /// Every handled message holds it shared; a suspect (in flight during an earlier crash)
+    /// holds it alone, so a crash while it runs is counted against it only.
+    gate: tokio::sync::RwLock<()>,
+}
+
+struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Holds the slot; the kernel releases the lock when the process dies.
+    _lock: File,
+    ledger: Ledger,
+    /// Encoded records not written yet (done records wait for the next write).
+    pending: Vec<u8>,
+    /// Bytes in the file.
+    size: u64,
+    /// First line of the file: what it is and whose.
+    header: String,
+    /// After a clean stop nothing more is recorded.
+    closed: bool,
+    /// The last write failed (logged once until a write succeeds again).
+    failing: bool,
+}
+
+/// A delivery the tracker knows about. Dropping it records the message as done.
+pub struct Tracked<'a> {
+    tracker: &'a Tracker,
+    key: &'a str,
+    poison: Option<u32>,
+    recorded: bool,
+    /// Released after the done record (fields drop after `Drop::drop`).
+    _permit: Option<Permit<'a>>,
+}
+
+enum Permit<'a> {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
+    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
+}
+
+impl Tracked<'_> {
+    /// `Some(crashes)` when the delivery must be dead-lettered as poison instead of handled.
+    #[must_use]
+    pub fn poison(&self) -> Option<u32> {
+        self.poison
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if self.recorded {
+            self.tracker.end(self.key);
+        }
+    }
+}
+
+impl Tracker {
+    /// Crash-loop protection off: nothing is recorded, nothing is poison.
+    #[must_use]
+    pub fn disabled() -> Self {
+        Self {
+            threshold: 0,
+            journal: None,
+            gate: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    /// Opens (creating it if needed) this agent's journal in `agent.state_dir`, counts a crash
+    /// for every message the previous process died with, and compacts the file. Off when
+    /// `agent.poison_after` is 0.
+    ///
+    /// # Errors
+    /// The directory cannot be created or written, or every slot is held by a running agent.
+    pub fn open(config: &Config) -> Result<Self, JournalError> {
+        let threshold = config.agent.poison_after;
+        if threshold == 0 {
+            return Ok(Self::disabled());
+        }
+        let dir = &config.agent.state_dir;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (name, header) = identity(config);
+        for slot in 0..SLOTS {
+            let base = if slot == 0 {
+                name.clone()
+            } else {
+                format!("{name}.{slot}")
+            };
+            let lock_path = dir.join(format!("{base}.lock"));
+            let lock = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io(&lock_path))?;
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    info!(path = %lock_path.display(), "In-flight journal held by another agent; trying the next slot");
+                    continue;
+                }
+                Err(TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+            }
+            let path = dir.join(format!("{base}.journal"));
+            let journal = Journal::recover(path, lock, header)?;
+            return Ok(Self {
+                threshold,
+                journal: Some(Mutex::new(journal)),
+                gate: tokio::sync::RwLock::new(()),
+            });
+        }
+        Err(JournalError::Busy {
+            dir: dir.clone(),
+            name,
+        })
+    }
+
+    /// Decides on a delivery about to be handled and, unless it is poison, writes its start
+    /// record first. A suspect waits until it can run alone. `key` comes from [`super::key`].
+    pub async fn begin<'a>(&'a self, key: &'a str, redelivered: bool) -> Tracked<'a> {
+        let mut tracked = Tracked {
+            tracker: self,
+            key,
+            poison: None,
+            recorded: false,
+            _permit: None,
+        };
+        let Some(journal) = &self.journal else {
+            return tracked;
+        };
+        let decision =
+            journal
+                .lock()
+                .expect("journal lock")
+                .ledger
+                .decide(key, redelivered, self.threshold);
+        tracked._permit = Some(match decision {
+            Begin::Poison(crashes) => {
+                tracked.poison = Some(crashes);
+                return tracked;
+            }
+            Begin::Alone(crashes) => {
+                warn!(key = %key, crashes, "Message was in flight during an agent crash; handling it alone");
+                Permit::Alone(self.gate.write().await)
+            }
+            Begin::Handle => Permit::Shared(self.gate.read().await),
+        });
+        let mut journal = journal.lock().expect("journal lock");
+        if journal.closed {
+            return tracked;
+        }
+        let record = journal.ledger.start(key, redelivered);
+        record.encode(&mut journal.pending);
+        journal.flush();
+        tracked.recorded = true;
+        tracked
+    }
+
+    fn end(&self, key: &str) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let mut journal = journal.lock().expect("journal lock");
+        if journal.closed {
+            return;
+        }
+        let record = Record::Done(key);
+        journal.ledger.apply(record);
+        record.encode(&mut journal.pending);
+        if journal.ledger.idle() || journal.pending.len() >= PENDING_MAX {
+            journal.flush();
+        }
+    }
+
+    /// A clean stop: what is in flight is not a crash. Leaves only the crash counts in the
+    /// file; nothing is recorded afterwards.
+    pub fn close(&self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let mut journal = journal.lock().expect("journal lock");
+        if journal.closed {
+            return;
+        }
+        journal.ledger.forget_in_flight();
+        if let Err(e) = journal.compact() {
+            warn!(path = %journal.path.display(), error = %e, "Cannot rewrite the in-flight journal at stop; messages in flight may be counted as crashed");
+        }
+        journal.closed = true;
+        debug!(path = %journal.path.display(), "In-flight journal closed");
+    }
+
+    /// The journal file, when crash-loop protection is on.
+    #[must_use]
+    pub fn path(&self) -> Option<PathBuf> {
+        let journal = self.journal.as_ref()?;
+        Some(journal.lock().expect("journal lock").path.clone())
+    }
+}
+
+impl Journal {
+    /// Replays the file a previous process left, counts its crash, and compacts.
+    fn recover(path: PathBuf, lock: File, header: String) -> Result<Self, JournalError> {
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let mut ledger = Ledger::replay(&text);
+        let now = unix_now();
+        let crashed = ledger.count_crash(now);
+        ledger.prune(now);
+        for (key, count) in crashed.iter().take(LOGGED_KEYS) {
+            warn!(key = %key, crashes = count, "Message was in flight when the agent died; its crash count goes up");
+        }
+        if crashed.len() > LOGGED_KEYS {
+            warn!(
+                more = crashed.len() - LOGGED_KEYS,
+                "More messages were in flight when the agent died"
+            );
+        }
+        let tmp = path.with_extension("journal.tmp");
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut journal = Self {
+            path,
+            file,
+            _lock: lock,
+            ledger,
+            pending: Vec::new(),
+            size: 0,
+            header,
+            closed: false,
+            failing: false,
+        };
+        journal.compact().map_err(io(&journal.path))?;
+        info!(path = %journal.path.display(), crashed = crashed.len(), "Crash-loop protection: in-flight journal open");
+        Ok(journal)
+    }
+
+    /// Writes the pending records with one `write()`; compacts past [`COMPACT_AT`].
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.size += self.pending.len() as u64;
+                if self.failing {
+                    info!(path = %self.path.display(), "In-flight journal writable again");
+                }
+                self.failing = false;
+            }
+            Err(e) => {
+                if !self.failing {
+                    warn!(path = %self.path.display(), error = %e, "Cannot write the in-flight journal; crash-loop protection is degraded until it can");
+                }
+                self.failing = true;
+            }
+        }
+        self.pending.clear();
+        if self.size > COMPACT_AT
+            && let Err(e) = self.compact()
+        {
+            warn!(path = %self.path.display(), error = %e, "Cannot compact the in-flight journal");
+        }
+    }
+
+    /// Rewrites the file from memory: a temporary file, renamed over the journal.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(self.header.as_bytes());
+        self.ledger.snapshot(&mut buf);
+        let tmp = self.path.with_extension("journal.tmp");
+        let mut file = File::create(&tmp)?;
+        file.write_all(&buf)?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = file;
+        self.size = buf.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// The journal's base name and header line: derived from the broker (password left out) and
+/// the queues, so agents consuming other queues never share a file.
+fn identity(config: &Config) -> (String, String) {
+    let queues: Vec<&str> = config.subjects.values().map(|s| s.queue.as_str()).collect();
+    let broker = crate::config::redact_url(config.amqp_url());
+    let mut hash = Sha256::new();
+    hash.update(broker.as_bytes());
+    for queue in &queues {
+        hash.update([0]);
+        hash.update(queue.as_bytes());
+    }
+    let digest = hash.finalize();
+    let name = format!("inflight-{}", hex::encode(&digest[..6]));
+    let header = format!(
+        "# amqp-agent in-flight journal v1 (crash-loop protection) for {broker} queues {}\n",
+        queues.join(",")
+    );
+    (name, header)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The key of a delivery (see [`super::key`]).
+#[must_use]
+pub fn key_of(delivery: &lapin::message::Delivery) -> Cow<'_, str> {
+    let props = &delivery.properties;
+    super::key(
+        props.message_id().as_ref().map(|id| id.as_str()),
+        delivery.routing_key.as_str(),
+        props.headers().as_ref(),
+        &delivery.data,
+    )
+}
+
+#[cfg(test)]
+mod tests;
