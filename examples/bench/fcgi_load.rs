@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use amqp_agent::contract::{Envelope, RequestTemplate};
+use amqp_agent::contract::{self, Envelope, RequestTemplate};
 use amqp_agent::outcome::{self, Verdict};
 use anyhow::Context as _;
 use fastcgi_client::conn::KeepAlive;
@@ -87,7 +87,12 @@ impl RequestCtx {
             timestamp: None,
             headers: None,
         };
-        let params = self.templates[index % 2].params(&envelope, body.as_bytes(), (None, None))?;
+        let params = self.templates[index % 2].params(
+            &envelope,
+            body.as_bytes(),
+            (None, None),
+            contract::unix_now(),
+        )?;
         let mut fcgi_params = Params::default();
         for (name, value) in &params {
             fcgi_params = fcgi_params.custom(*name, value.as_ref());
