@@ -1,0 +1,256 @@
+//! The processes the bench starts: its own php-fpm pool and the agent under test, both tied
+//! to the bench (SIGTERM when it dies) and stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::POLL;
+use crate::args::Listen;
+
+pub fn newest_php_fpm() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/sbin")?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("php-fpm"))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .context("php-fpm not found: set PHP_FPM_BIN or run scripts/bench")
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Spawns `cmd` so that it gets SIGTERM if the bench dies.
+pub fn spawn_tied(cmd: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+pub fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// Waits for `child` to exit, polling; `None` if it is still running at the deadline.
+pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// php-fpm
+
+/// The bench's own php-fpm pool; stopped when dropped.
+pub struct Fpm {
+    pub child: Child,
+    /// The agent's `fpm.address`: `127.0.0.1:<port>` or `unix:<path>`.
+    pub address: String,
+}
+
+impl Fpm {
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        records: &Path,
+        children: usize,
+        listen: Listen,
+    ) -> anyhow::Result<Self> {
+        let (listen, address) = match listen {
+            Listen::Tcp => {
+                let port = free_port()?;
+                (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"))
+            }
+            Listen::Unix => {
+                let path = dir.join("fpm.sock");
+                let path = path.display();
+                (
+                    format!("{path}\nlisten.mode = 0666"),
+                    format!("unix:{path}"),
+                )
+            }
+        };
+        let is_root = unsafe { libc::geteuid() } == 0;
+        let user = if is_root {
+            "user = root\ngroup = root\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
+             [bench]\n{user}listen = {listen}\npm = static\npm.max_children = {children}\n\
+             pm.max_requests = 0\nclear_env = no\ncatch_workers_output = yes\n\
+             request_terminate_timeout = 0\nenv[RECORD_DIR] = {records}\n\
+             php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
+            dir = dir.display(),
+            records = records.display(),
+        );
+        let conf_path = dir.join("fpm.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&conf_path);
+        if is_root {
+            cmd.arg("-R");
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child =
+            spawn_tied(&mut cmd).with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut fpm = Self { child, address };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fpm.accepts() {
+            if let Ok(Some(status)) = fpm.child.try_wait() {
+                bail!(
+                    "php-fpm exited ({status}); see {}",
+                    dir.join("fpm.log").display()
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "php-fpm did not listen on {} within 20 s",
+                fpm.address
+            );
+            std::thread::sleep(POLL);
+        }
+        Ok(fpm)
+    }
+
+    fn accepts(&self) -> bool {
+        match self.address.strip_prefix("unix:") {
+            Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            None => std::net::TcpStream::connect(&self.address).is_ok(),
+        }
+    }
+}
+
+impl Drop for Fpm {
+    fn drop(&mut self) {
+        signal(self.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+                Ok(None) => std::thread::sleep(POLL),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent process
+
+/// `amqp-agent <args>` with no `AMQP_AGENT_*` overrides from the environment: only the
+/// generated config counts.
+pub fn agent_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AMQP_AGENT_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// The agent under test; killed when dropped unless [`AgentProc::stop`] stopped it.
+pub struct AgentProc {
+    child: Option<Child>,
+    pub pid: u32,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    /// `amqp-agent run --config <config>`, stderr into `log`.
+    pub fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+        let mut cmd = agent_command(bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?);
+        let child =
+            spawn_tied(&mut cmd).with_context(|| format!("cannot start {}", bin.display()))?;
+        Ok(Self {
+            pid: child.id(),
+            child: Some(child),
+            log: log.to_owned(),
+        })
+    }
+
+    /// The last 20 lines of the agent's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails when the agent exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            bail!("the agent exited early ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (drain), then waits for the exit; returns the exit code.
+    pub async fn stop(&mut self) -> anyhow::Result<i32> {
+        let Some(mut child) = self.child.take() else {
+            bail!("agent already stopped");
+        };
+        signal(self.pid, libc::SIGTERM);
+        match wait_exit(&mut child, Duration::from_secs(40)).await {
+            Some(status) => Ok(status.code().unwrap_or(-1)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the agent did not exit within 40 s of SIGTERM")
+            }
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

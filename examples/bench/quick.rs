@@ -1,0 +1,125 @@
+//! `--quick`: one measurement `--rounds` times, a line per round and the medians, nothing
+//! written: ceiling and drain, or the I/O-bound runs (`--io`), or steady state at a rate
+//! (`--steady-rate`).
+
+use anyhow::ensure;
+
+use crate::bench::{AgentPlan, Bench};
+use crate::report::median;
+
+impl Bench {
+    /// `--quick`: ceiling and drain only, medians printed.
+    pub async fn quick(&mut self) -> anyhow::Result<()> {
+        if self.args.io {
+            return self.quick_io().await;
+        }
+        if let Some(rate) = self.args.steady_rate {
+            return self.quick_steady(rate).await;
+        }
+        let (pool, n) = (self.args.pool, self.args.messages);
+        let concurrency = usize::from(pool) * 2;
+        let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 1..=self.args.rounds {
+            let ceiling = self.ceiling(concurrency, n, None, true, 0).await?;
+            let plan = AgentPlan::drain(pool, n, self.args.prefetch_per_worker);
+            let drain = self.agent_run(&plan).await?;
+            println!(
+                "[quick {r}] ceiling {:.0} req/s ({:.1} µs client CPU/req), drain {:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg, {:.2} context switches/msg, {:.1} MiB, lost/dup {}/{}",
+                ceiling.rate,
+                ceiling.client_us_per_req,
+                drain.rate,
+                drain.rate / ceiling.rate,
+                drain.cpu_us_per_msg,
+                drain.switches_per_msg,
+                drain.peak_rss_kib as f64 / 1024.0,
+                drain.check.lost,
+                drain.check.duplicates,
+            );
+            ensure!(drain.check.clean(), "messages lost or duplicated");
+            ceilings.push(ceiling.rate);
+            drains.push(drain.rate);
+            cpus.push(drain.cpu_us_per_msg);
+        }
+        let (c, d) = (median(ceilings), median(drains));
+        let least = cpus.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "[quick] medians of {}: ceiling {c:.0} req/s, drain {d:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg (least {least:.1})",
+            self.args.rounds,
+            d / c,
+            median(cpus)
+        );
+        Ok(())
+    }
+
+    /// `--quick --io`: the I/O-bound runs only, medians printed.
+    async fn quick_io(&mut self) -> anyhow::Result<()> {
+        let io_pool = self.args.io_pool;
+        let bound = 1000.0 / self.args.io_sleep_ms as f64 * f64::from(io_pool) * 2.0;
+        let (mut agent, mut direct) = (Vec::new(), Vec::new());
+        for r in 1..=self.args.rounds {
+            let (a, d) = self.io_bound().await?;
+            println!(
+                "[quick-io {r}] agent {:.0} msg/s ({:.1} % of {bound:.0}, turnaround p50 {:.2} ms p99 {:.2} ms), direct {:.0} req/s ({:.1} %, p50 {:.2} ms p99 {:.2} ms), lost/dup {}/{}",
+                a.rate,
+                a.rate / bound * 100.0,
+                a.cycle.p50_us / 1e3,
+                a.cycle.p99_us / 1e3,
+                d.rate,
+                d.rate / bound * 100.0,
+                d.cycle.p50_us / 1e3,
+                d.cycle.p99_us / 1e3,
+                a.check.lost,
+                a.check.duplicates,
+            );
+            ensure!(a.check.clean(), "messages lost or duplicated");
+            agent.push(a.rate);
+            direct.push(d.rate);
+        }
+        let (a, d) = (median(agent), median(direct));
+        println!(
+            "[quick-io] medians of {}: agent {a:.0} msg/s ({:.1} %), direct {d:.0} req/s ({:.1} %), agent/direct {:.3}",
+            self.args.rounds,
+            a / bound * 100.0,
+            d / bound * 100.0,
+            a / d
+        );
+        Ok(())
+    }
+
+    /// `--quick --steady-rate R`: the agent's steady state and RabbitMQ alone at R msg/s.
+    async fn quick_steady(&mut self, rate: f64) -> anyhow::Result<()> {
+        let (pool, secs) = (self.args.pool, self.args.steady_secs);
+        let (mut agent99, mut broker99) = (Vec::new(), Vec::new());
+        for r in 1..=self.args.rounds {
+            let plan = AgentPlan::drain(pool, 0, self.args.prefetch_per_worker);
+            let a = self.steady_at(&plan, rate).await?;
+            let window = pool * self.args.prefetch_per_worker.unwrap_or(8);
+            let b = self.broker_alone(rate, secs, window).await?;
+            let l = a.latency.unwrap_or_default();
+            println!(
+                "[quick-steady {r}] {:.0} msg/s, machine {:.0} % busy: agent p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({:.1} µs CPU/msg); RabbitMQ alone p50 {:.2} ms p99 {:.2} ms max {:.2} ms; lost/dup {}/{}",
+                a.offered_rate,
+                a.machine_busy * 100.0,
+                l.p50_us / 1e3,
+                l.p99_us / 1e3,
+                l.max_us / 1e3,
+                a.cpu_us_per_msg,
+                b.p50_us / 1e3,
+                b.p99_us / 1e3,
+                b.max_us / 1e3,
+                a.check.lost,
+                a.check.duplicates,
+            );
+            ensure!(a.check.clean(), "messages lost or duplicated");
+            agent99.push(l.p99_us);
+            broker99.push(b.p99_us);
+        }
+        println!(
+            "[quick-steady] medians of {}: p99 agent {:.2} ms, RabbitMQ alone {:.2} ms",
+            self.args.rounds,
+            median(agent99) / 1e3,
+            median(broker99) / 1e3
+        );
+        Ok(())
+    }
+}
