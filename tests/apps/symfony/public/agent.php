@@ -1,0 +1,16 @@
+<?php
+// Slim front controller for the agent's requests only (point fpm.script_filename here): boots the
+// kernel from its cached container and hands the FastCGI params and body straight to the bundle's
+// controller, skipping HttpFoundation's Request, routing and the kernel's request events.
+// The same bus, middleware and handlers as public/index.php; bench/RESULTS.md measures the gain.
+declare(strict_types=1);
+
+use AmqpAgent\SymfonyBundle\Controller\MessageController;
+use App\Kernel;
+
+require __DIR__ . '/../autoload.php';
+
+$kernel = new Kernel('prod', false);
+$kernel->boot();
+$controller = $kernel->getContainer()->get(MessageController::class);
+$controller->handle($_SERVER, (string) file_get_contents('php://input'))->send();
