@@ -91,6 +91,7 @@ class Bench:
             RECORD_DIR=self.records,
             AGENT_SIGNING_SECRET=SECRET,
             AGENT_SIGNATURE_ALLOW_V1="1",
+            TRIVIAL_APP=self.app,
         )
         return env
 
@@ -154,17 +155,20 @@ class Bench:
 
     # --- the two consumers -------------------------------------------------------------------
 
-    def messenger(self, workers):
+    def messenger(self, workers, trivial=False):
         n = self.args.messages
         run, env, pub = self.backlog(n)
         r0 = sum(proc_cpu(p) for p in self.rabbit)
         b0, t0j = machine_jiffies()
         load0 = loadavg()
         start = time.monotonic()
-        console = os.path.join(self.app, "bin", "console")
+        if trivial:
+            cmd = [os.path.join(HERE, "trivial-worker.php")]
+        else:
+            cmd = [os.path.join(self.app, "bin", "console"), "messenger:consume", "agent_events", "--no-interaction", "-q"]
         procs = [
             subprocess.Popen(
-                ["php", "-d", "opcache.enable_cli=1", console, "messenger:consume", "agent_events", "--no-interaction", "-q"],
+                ["php", "-d", "opcache.enable_cli=1", *cmd],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -188,7 +192,7 @@ class Bench:
         self.chores("delete", self.queues(run))
         lost, dup = self.verify(run, n)
         return dict(
-            label=f"messenger:consume × {workers}",
+            label=f"trivial: Messenger Worker × {workers}" if trivial else f"messenger:consume × {workers}",
             rate=n / (end - start),
             machine=(b1 - b0) / TICK / n * 1e6,
             machine_share=(b1 - b0) / max(1, t1j - t0j),
@@ -247,7 +251,7 @@ class Bench:
 
     def agent(self, pool, script="index.php", opcache=True, preload=False):
         n = self.args.messages
-        front = os.path.join(self.app, "public", script)
+        front = script if os.path.isabs(script) else os.path.join(self.app, "public", script)
         preload_list = self.class_list(front) if preload else None
         run, env, pub = self.backlog(n)
         fpm, sock, d = self.fpm_start(env, pool * 2, preload_list=preload_list, opcache=opcache)
@@ -279,7 +283,9 @@ class Bench:
         left = self.php(os.path.join(HERE, "queues.php"), "count", *q, *[f"{x}.dead" for x in q])
         self.chores("delete", [*q, *[f"{x}.dead" for x in q], *[f"{x}.retry.1000ms" for x in q]])
         lost, dup = self.verify(run, n)
-        label = f"agent pool {pool}+{pool} → php-fpm ({2 * pool}) → public/{script}"
+        label = f"agent pool {pool}+{pool} → php-fpm ({2 * pool}) → " + (
+            f"trivial: {os.path.basename(front)}" if os.path.isabs(script) else f"public/{script}"
+        )
         if not opcache:
             label += ", OPcache off"
         if preload:
@@ -381,6 +387,8 @@ def main():
         default="index,agent,index-preload,agent-preload,index-noopcache",
         help="agent-path variants at the best pool: front controller (index | agent), -preload, -noopcache",
     )
+    ap.add_argument("--trivial", action="store_true", help="also the trivial-handler pair (no kernel)")
+    ap.add_argument("--only-trivial", action="store_true", help="only the trivial-handler pair")
     ap.add_argument("--skip-peer", action="store_true", help="only the agent-path variants")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--agent-bin", default=os.path.join(ROOT, "target", "release", "amqp-agent"))
@@ -405,14 +413,25 @@ def main():
     try:
         for rnd in range(args.rounds):
             log(f"round {rnd + 1}")
+            if args.trivial or args.only_trivial:
+                for w in [int(x) for x in args.workers.split(",")]:
+                    record(b.messenger(w, trivial=True))
+                for p in [int(x) for x in args.pools.split(",")]:
+                    record(b.agent(p, os.path.join(HERE, "trivial-front.php")))
+            if args.only_trivial:
+                continue
             if not args.skip_peer:
                 for w in [int(x) for x in args.workers.split(",")]:
                     record(b.messenger(w))
             for p in [int(x) for x in args.pools.split(",")]:
                 record(b.agent(p))
+        if args.only_trivial:
+            return
         best_pool = max(
             (int(p) for p in args.pools.split(",")),
-            key=lambda p: statistics.median(r["rate"] for r in results if r["label"].startswith(f"agent pool {p}+")),
+            key=lambda p: statistics.median(
+                r["rate"] for r in results if r["label"].startswith(f"agent pool {p}+") and "public/index.php" in r["label"]
+            ),
         )
         log(f"variants at pool {best_pool}+{best_pool}")
         for rnd in range(args.rounds):
@@ -420,12 +439,12 @@ def main():
                 script = "agent.php" if v.startswith("agent") else "index.php"
                 record(b.agent(best_pool, script, opcache="noopcache" not in v, preload="preload" in v))
     finally:
-        print("\n| Run | msg/s | machine CPU µs/msg (busy) | consumers | php-fpm | RabbitMQ | load avg | lost/dup/left |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n| Run | msg/s | machine CPU µs/msg (busy) | consumers | php-fpm | RabbitMQ | these processes | load avg | lost/dup/left |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in results:
             print(
                 f"| {r['label']} | {r['rate']:.0f} | {r['machine']:.0f} ({100 * r['machine_share']:.0f} %) | "
-                f"{r['consumer']:.0f} | {r['fpm']:.0f} | {r['rabbit']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | "
+                f"{r['consumer']:.0f} | {r['fpm']:.0f} | {r['rabbit']:.0f} | {r['consumer'] + r['fpm'] + r['rabbit']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | "
                 f"{r['lost']}/{r['dup']}/{r['left']} |"
             )
         if not args.keep:

@@ -1,0 +1,16 @@
+<?php
+// php-fpm front controller of the trivial variant: the bundle's controller, built by hand around
+// the bus of trivial.php (signature check, envelope decoding, ReceivedStamp, exception mapping).
+declare(strict_types=1);
+
+use AmqpAgent\Receiver\Receiver;
+use AmqpAgent\Receiver\Signature;
+use AmqpAgent\Receiver\TraceContext;
+use AmqpAgent\SymfonyBundle\Controller\MessageController;
+use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
+use Symfony\Component\Messenger\Transport\Serialization\PhpSerializer;
+
+$bus = require __DIR__ . '/trivial.php';
+$controller = new MessageController(new Receiver(Signature::fromEnv($_SERVER)), new EnvelopeDecoder(new PhpSerializer()), $bus, new ExceptionMapper(), new TraceContext());
+$controller->handle($_SERVER, (string) file_get_contents('php://input'))->send();
