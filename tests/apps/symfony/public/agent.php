@@ -3,6 +3,9 @@
 // kernel from its cached container and hands the FastCGI params and body straight to the bundle's
 // controller, skipping HttpFoundation's Request, routing and the kernel's request events.
 // The same bus, middleware and handlers as public/index.php; bench/RESULTS.md measures the gain.
+// What it gives up: no kernel.request/response/terminate listeners run (no Request object), so an
+// app that relies on them for the agent's requests (e.g. work deferred to kernel.terminate) keeps
+// public/index.php.
 declare(strict_types=1);
 
 use AmqpAgent\SymfonyBundle\Controller\MessageController;
