@@ -39,6 +39,8 @@ struct Shared {
     fatal: Arc<Mutex<Option<String>>>,
     started: Instant,
     alive: std::sync::atomic::AtomicBool,
+    /// The FPM status reader and slow-request watch of the config in force.
+    fpm_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// `/status` document.
@@ -52,6 +54,8 @@ pub struct Status {
     pub ready: bool,
     /// Per subject.
     pub subjects: BTreeMap<String, SubjectStatus>,
+    /// FPM's status page as last read (`state` says whether it could be).
+    pub fpm: crate::fpm_status::StatusState,
 }
 
 /// One subject in `/status`.
@@ -100,6 +104,7 @@ impl Agent {
             crashes: crashes.clone(),
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
+        let fpm_tasks = crate::fpm_status::monitor::spawn(metrics.fpm.clone(), config.clone());
         let handle = AgentHandle {
             inner: Arc::new(Shared {
                 root,
@@ -109,6 +114,7 @@ impl Agent {
                 fatal,
                 started: Instant::now(),
                 alive: true.into(),
+                fpm_tasks: Mutex::new(fpm_tasks),
             }),
         };
         Ok(Self {
@@ -188,6 +194,7 @@ impl Agent {
 
     /// Immediate stop: nothing more is acked; unfinished deliveries return to their queues.
     pub async fn stop(self) -> Option<String> {
+        self.handle.stop_fpm_tasks();
         self.handle.inner.root.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
         self.crashes.close();
@@ -198,6 +205,12 @@ impl Agent {
     /// Applies a re-read configuration (SIGHUP): see the root supervisor's reload.
     pub fn reload(&self, config: Arc<Config>) {
         *self.handle.inner.config.lock().expect("config lock") = config.clone();
+        self.handle.stop_fpm_tasks();
+        *self.handle.inner.fpm_tasks.lock().expect("fpm tasks lock") =
+            crate::fpm_status::monitor::spawn(
+                self.handle.inner.metrics.fpm.clone(),
+                config.clone(),
+            );
         let _ = self.handle.inner.root.cast(RootMsg::Reload(config));
     }
 
@@ -304,6 +317,19 @@ impl AgentHandle {
             uptime_seconds: self.inner.started.elapsed().as_secs(),
             ready: self.not_ready().is_empty(),
             subjects,
+            fpm: self.inner.metrics.fpm.snapshot().shown,
+        }
+    }
+
+    fn stop_fpm_tasks(&self) {
+        for task in self
+            .inner
+            .fpm_tasks
+            .lock()
+            .expect("fpm tasks lock")
+            .drain(..)
+        {
+            task.abort();
         }
     }
 

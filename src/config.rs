@@ -222,6 +222,19 @@ pub struct FpmConfig {
     /// Success requires the response header `X-Agent-Ack: 1` besides a 2xx status.
     #[serde(default = "default_true")]
     pub require_ack_header: bool,
+    /// FPM's status page, as the pool's `pm.status_path` (e.g. `/fpm-status`); unset: not read.
+    #[serde(default)]
+    pub status_path: Option<String>,
+    /// How often the status page is read (on a FastCGI connection of its own).
+    #[serde(default = "default_status_interval", deserialize_with = "duration")]
+    pub status_interval: Duration,
+    /// A request running longer than this is logged once and counted (default: `timeout` / 2).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub slow_after: Option<Duration>,
+    /// The pool's `pm.max_children`, when the status page cannot tell it (`pm = dynamic` or
+    /// `ondemand`); with `pm = static` it is read from the status page.
+    #[serde(default)]
+    pub max_children: Option<u32>,
 }
 
 /// `[retry]`
@@ -379,6 +392,9 @@ fn default_server_name() -> String {
 fn default_fpm_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_status_interval() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_delays() -> Vec<Duration> {
     [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec()
 }
@@ -487,6 +503,10 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
                 "`{text}` is not a size; write bytes, or e.g. \"512MiB\", \"2GiB\""
             ))
         })
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -679,6 +699,7 @@ impl Config {
         if self.fpm.timeout.is_zero() {
             return Err(invalid("fpm.timeout", "must be greater than zero"));
         }
+        self.validate_fpm_status()?;
         for (i, secret) in self.fpm.signing_secrets.iter().enumerate() {
             if let Some(problem) = report::secret_problem(secret) {
                 return Err(invalid(format!("fpm.signing_secrets[{i}]"), problem));
@@ -727,6 +748,36 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_fpm_status(&self) -> Result<(), ConfigError> {
+        if self
+            .fpm
+            .status_path
+            .as_deref()
+            .is_some_and(|p| !p.starts_with('/') || p.contains(['?', '\r', '\n', '\0']))
+        {
+            return Err(invalid(
+                "fpm.status_path",
+                "must start with `/` and hold no query (as the pool's pm.status_path)",
+            ));
+        }
+        if self.fpm.status_interval < Duration::from_millis(100) {
+            return Err(invalid("fpm.status_interval", "must be at least 100ms"));
+        }
+        if self.fpm.slow_after.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("fpm.slow_after", "must be greater than zero"));
+        }
+        if self.fpm.max_children == Some(0) {
+            return Err(invalid("fpm.max_children", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// `fpm.slow_after`, or half of `fpm.timeout`.
+    #[must_use]
+    pub fn slow_after(&self) -> Duration {
+        self.fpm.slow_after.unwrap_or(self.fpm.timeout / 2)
     }
 
     fn validate_observability(&self) -> Result<(), ConfigError> {

@@ -92,6 +92,8 @@ pub struct FpmClient {
     address: FpmAddress,
     timeout: Duration,
     max_response: usize,
+    /// Bytes of stdout kept in [`Reply::stdout`].
+    keep_stdout: usize,
     conn: Option<Connection>,
 }
 
@@ -108,8 +110,43 @@ impl FpmClient {
             address,
             timeout,
             max_response,
+            keep_stdout: KEEP_STDOUT,
             conn: None,
         }
+    }
+
+    /// A client that keeps the whole stdout (up to `max_response`): for FPM's status page,
+    /// which is read in full.
+    #[must_use]
+    pub fn keeping_all(mut self) -> Self {
+        self.keep_stdout = self.max_response;
+        self
+    }
+
+    /// Closes the kept-alive connection, if any. php-fpm pins a child to a connection until the
+    /// client closes it, so a connection used now and then must not stay open.
+    pub fn close(&mut self) {
+        self.conn = None;
+    }
+
+    /// Reads FPM's status page (the pool's `pm.status_path`) as JSON with the per-process list
+    /// (`?json&full`). The reply is FPM's (CGI head and JSON body); the caller parses it.
+    ///
+    /// # Errors
+    /// [`FpmError`], as [`FpmClient::request`].
+    pub async fn status_page(&mut self, path: &str) -> Result<Reply, FpmError> {
+        const QUERY: &str = "json&full";
+        let params = [
+            ("GATEWAY_INTERFACE", "FastCGI/1.0".into()),
+            ("REQUEST_METHOD", "GET".into()),
+            ("SCRIPT_FILENAME", path.into()),
+            ("SCRIPT_NAME", path.into()),
+            ("REQUEST_URI", format!("{path}?{QUERY}").into()),
+            ("QUERY_STRING", QUERY.into()),
+            ("SERVER_PROTOCOL", "HTTP/1.1".into()),
+            ("CONTENT_LENGTH", "0".into()),
+        ];
+        self.request(&params, b"").await
     }
 
     /// Where this client sends requests.
@@ -204,7 +241,7 @@ impl FpmClient {
                 replied: reply.size > 0,
             })?;
             let (bytes, kept, keep) = match &content {
-                Content::Stdout(b) => (b, &mut reply.stdout, KEEP_STDOUT),
+                Content::Stdout(b) => (b, &mut reply.stdout, self.keep_stdout),
                 Content::Stderr(b) => (b, &mut reply.stderr, KEEP_STDERR),
             };
             reply.size += bytes.len();

@@ -8,7 +8,9 @@
 //! - [`printable`]: message-derived text escaped and capped for logs and terminals.
 //! - [`outcome`]: pure decisions — a FastCGI reply or error becomes ack, retry or dead-letter.
 //! - [`fastcgi`]: the only module that speaks FastCGI (connection, timeouts, reply limits).
+//! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
 //! - [`broker`]: the only module that speaks AMQP (connect, topology, confirmed publishing).
+//! - [`autoscale`]: the pure pool-sizing decision (backlogs and FPM capacity in, pool sizes out).
 //! - [`agent`]: the running agent as a value: start, drain, stop, read its counters.
 //! - [`actors`]: the supervision tree — root supervisor, one consumer per subject, FPM workers.
 //! - [`telemetry`]: logs, OpenTelemetry traces (context in and out) and Prometheus metrics.
@@ -21,11 +23,13 @@
 pub mod actors;
 pub mod admin;
 pub mod agent;
+pub mod autoscale;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod fastcgi;
+pub mod fpm_status;
 pub mod notify;
 pub mod outcome;
 pub mod poison;

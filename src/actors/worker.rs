@@ -283,6 +283,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
                 (verdict, false)
             }
             Ok(params) => {
+                let _running = runtime.metrics.fpm.running(&runtime.name, &message_id);
                 attempt_fpm(&runtime, &mut state.fpm, &params, &delivery.data)
                     .instrument(fcgi_span)
                     .await

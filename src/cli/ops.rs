@@ -179,7 +179,44 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
             v(&s["worker_restarts"]),
         );
     }
+    print_fpm(&doc["fpm"]);
     Ok(code)
+}
+
+/// The `fpm` part of `/status`: the status page's figures and busy children, or why it is unread.
+fn print_fpm(fpm: &serde_json::Value) {
+    let state = fpm["state"].as_str().unwrap_or("unknown");
+    let address = fpm["address"].as_str().unwrap_or("?");
+    if state != "ok" {
+        let why = fpm["error"].as_str().unwrap_or(match state {
+            "not_configured" => "set fpm.status_path to read it",
+            _ => "",
+        });
+        println!("FPM {address}  status page: {state}  {why}");
+        return;
+    }
+    let n = |k: &str| {
+        fpm[k]
+            .as_u64()
+            .map_or_else(|| "?".to_owned(), |v| v.to_string())
+    };
+    println!(
+        "FPM {address}  max children {}  active {}  idle {}  listen queue {}  max children reached {}  slow requests {}",
+        n("max_children"),
+        n("active"),
+        n("idle"),
+        n("listen_queue"),
+        n("max_children_reached"),
+        n("slow_requests"),
+    );
+    for child in fpm["busy"].as_array().into_iter().flatten() {
+        println!(
+            "  pid {:<8} {:>8} ms  {}",
+            child["pid"],
+            child["duration_ms"],
+            child["uri"].as_str().unwrap_or("-")
+        );
+    }
 }
 
 fn header_text(props: &BasicProperties, name: &str) -> String {

@@ -120,6 +120,8 @@ pub struct Metrics {
     consuming: Family<SubjectLabel, Gauge>,
     paused: Family<SubjectLabel, Gauge>,
     stats: BTreeMap<String, Arc<SubjectStats>>,
+    /// FPM's status page, its gauges, and the requests in flight (for `fpm.slow_after`).
+    pub fpm: Arc<crate::fpm_status::monitor::Monitor>,
 }
 
 impl Metrics {
@@ -147,7 +149,9 @@ impl Metrics {
             paused: Family::default(),
             registry: Registry::default(),
             stats,
+            fpm: Arc::default(),
         };
+        m.fpm.register(&mut registry);
         registry.register(
             "messages_received",
             "Deliveries received from RabbitMQ",

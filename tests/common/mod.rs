@@ -205,6 +205,8 @@ pub struct TestCtx {
     pub pool_size: usize,
     /// Extra lines for `[subjects.event]`.
     pub event_extra: String,
+    /// Extra lines for `[fpm]`.
+    pub fpm_extra: String,
     /// Port of the admin listener of an agent process started with this config.
     pub admin_port: u16,
     /// Lines for `[admin]` after `listen`; the default sets `token = ADMIN_TOKEN`.
@@ -241,6 +243,7 @@ impl TestCtx {
             amqp_url: AMQP_URL.to_owned(),
             pool_size: 4,
             event_extra: String::new(),
+            fpm_extra: String::new(),
             admin_port: free_port(),
             admin_toml: format!("token = \"{ADMIN_TOKEN}\"\n"),
         }
@@ -253,12 +256,13 @@ impl TestCtx {
     pub fn toml(&self) -> String {
         format!(
             "[amqp]\nurl = \"{amqp}\"\nprefetch_per_worker = 2\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
-             request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n\n{retry}\n\
+             request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n{fpm_extra}\n{retry}\n\
              [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_toml}\n[agent]\nshutdown_timeout = \"10s\"\nstate_dir = \"{state}\"\n{extra}\n",
             amqp = self.amqp_url,
             pool = self.pool_size,
             event_extra = self.event_extra,
+            fpm_extra = self.fpm_extra,
             admin = self.admin_port,
             admin_toml = self.admin_toml,
             port = self.fpm_port,

@@ -101,7 +101,13 @@ pub struct PrivateFpm {
 
 impl PrivateFpm {
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, 8, None)
+    }
+
+    /// A pool of `max_children` static children; `status_path` sets its `pm.status_path`.
+    pub fn start_with(name: &str, max_children: u32, status_path: Option<&str>) -> Self {
         let shared = fpm();
+        let status = status_path.map_or_else(String::new, |p| format!("pm.status_path = {p}\n"));
         let port = free_port();
         let dir = shared.dir.join(format!("fpm-{name}-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -116,7 +122,7 @@ impl PrivateFpm {
             &conf,
             format!(
                 "[global]\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n[p]\n{user}listen = 127.0.0.1:{port}\n\
-                 pm = static\npm.max_children = 8\nclear_env = no\nenv[RECORD_DIR] = {records}\n\
+                 pm = static\npm.max_children = {max_children}\n{status}clear_env = no\nenv[RECORD_DIR] = {records}\n\
                  env[AGENT_SIGNING_SECRET] = {SECRET}\nphp_admin_value[error_log] = {dir}/php.log\n",
                 dir = dir.display(),
                 records = shared.dir.join("records").display(),
