@@ -116,6 +116,7 @@ fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/pools/{subject}", post(set_pool))
+        .route("/pools/{subject}/auto", post(pool_auto))
         .route("/subjects/{subject}/pause", post(pause))
         .route("/subjects/{subject}/resume", post(resume))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -271,6 +272,17 @@ async fn set_pool(
 ) -> Response {
     match state.agent.set_pool(&subject, q.size) {
         Ok(size) => (StatusCode::OK, format!("{subject}: pool size {size}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn pool_auto(State(state): State<AdminState>, Path(subject): Path<String>) -> Response {
+    match state.agent.pool_auto(&subject) {
+        Ok(()) => (
+            StatusCode::OK,
+            format!("{subject}: pool sized by the autoscaler\n"),
+        )
+            .into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }

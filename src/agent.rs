@@ -39,8 +39,11 @@ struct Shared {
     fatal: Arc<Mutex<Option<String>>>,
     started: Instant,
     alive: std::sync::atomic::AtomicBool,
-    /// The FPM status reader and slow-request watch of the config in force.
+    /// The FPM status reader, slow-request watch and autoscaler of the config in force.
     fpm_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Subjects whose size an operator set (`pool set`, SIGTTIN, SIGTTOU): autoscaling leaves
+    /// them alone until `pool auto`. Kept across reloads.
+    pins: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// `/status` document.
@@ -88,9 +91,12 @@ impl Agent {
             .iter()
             .map(|(name, s)| {
                 let stats = Arc::new(SubjectStats::default());
-                stats
-                    .target_pool
-                    .store(u64::from(s.pool_size), Ordering::Relaxed);
+                // An auto pool starts small and grows on evidence (Horizon starts at max).
+                let start = match s.pool_mode {
+                    crate::autoscale::PoolMode::Fixed => s.pool_size,
+                    crate::autoscale::PoolMode::Auto => s.min_pool_size,
+                };
+                stats.target_pool.store(u64::from(start), Ordering::Relaxed);
                 (name.clone(), stats)
             })
             .collect();
@@ -115,8 +121,10 @@ impl Agent {
                 started: Instant::now(),
                 alive: true.into(),
                 fpm_tasks: Mutex::new(fpm_tasks),
+                pins: Mutex::default(),
             }),
         };
+        handle.spawn_sizer();
         Ok(Self {
             handle,
             join,
@@ -211,6 +219,7 @@ impl Agent {
                 self.handle.inner.metrics.fpm.clone(),
                 config.clone(),
             );
+        self.handle.spawn_sizer();
         let _ = self.handle.inner.root.cast(RootMsg::Reload(config));
     }
 
@@ -321,6 +330,53 @@ impl AgentHandle {
         }
     }
 
+    fn spawn_sizer(&self) {
+        let task = tokio::spawn(crate::sizer::run(self.clone()));
+        self.inner
+            .fpm_tasks
+            .lock()
+            .expect("fpm tasks lock")
+            .push(task);
+    }
+
+    /// Every subject's counters (for the autoscaler).
+    #[must_use]
+    pub fn subject_stats_all(&self) -> &BTreeMap<String, Arc<SubjectStats>> {
+        &self.inner.stats
+    }
+
+    /// Subjects pinned by an operator.
+    #[must_use]
+    pub fn pins(&self) -> std::collections::BTreeSet<String> {
+        self.inner.pins.lock().expect("pins lock").clone()
+    }
+
+    /// Releases an operator's pin: the subject's pool is sized by the autoscaler again.
+    ///
+    /// # Errors
+    /// Unknown subject, or a subject with `pool_mode = "fixed"`.
+    pub fn pool_auto(&self, subject: &str) -> anyhow::Result<()> {
+        self.subject_stats(subject)?;
+        let config = self.config();
+        if config.subjects[subject].pool_mode != crate::autoscale::PoolMode::Auto {
+            anyhow::bail!("`{subject}` has pool_mode = \"fixed\" (subjects.{subject}.pool_mode)");
+        }
+        self.inner.pins.lock().expect("pins lock").remove(subject);
+        info!(subject, "Pool released to the autoscaler");
+        Ok(())
+    }
+
+    /// Resizes without pinning (the autoscaler's path; bounds are the caller's).
+    pub fn resize(&self, subject: &str, size: usize) {
+        if let Some(stats) = self.inner.stats.get(subject) {
+            stats.target_pool.store(size as u64, Ordering::Relaxed);
+            let _ = self
+                .inner
+                .root
+                .cast(RootMsg::Resize(subject.to_owned(), size));
+        }
+    }
+
     fn stop_fpm_tasks(&self) {
         for task in self
             .inner
@@ -364,6 +420,13 @@ impl AgentHandle {
         self.inner
             .root
             .cast(RootMsg::Resize(subject.to_owned(), size))?;
+        if cfg.pool_mode == crate::autoscale::PoolMode::Auto {
+            self.inner
+                .pins
+                .lock()
+                .expect("pins lock")
+                .insert(subject.to_owned());
+        }
         info!(subject, size, "Pool resized");
         Ok(size)
     }

@@ -109,6 +109,11 @@ pub enum PoolAction {
         /// New size (within the subject's min/max pool size).
         size: usize,
     },
+    /// Release a subject pinned by `pool set`, SIGTTIN or SIGTTOU back to the autoscaler.
+    Auto {
+        /// Subject (with `pool_mode = "auto"`).
+        subject: String,
+    },
 }
 
 /// `dead-letters` actions.
@@ -217,6 +222,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
+        Cmd::Pool {
+            action: PoolAction::Auto { subject },
+        } => ops::admin_post(&Config::load(path)?, &format!("/pools/{subject}/auto")).await,
         Cmd::Pause { subject } => {
             ops::admin_post(&Config::load(path)?, &format!("/subjects/{subject}/pause")).await
         }

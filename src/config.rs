@@ -286,6 +286,19 @@ pub struct SubjectConfig {
     /// Binding keys of the queue on `exchange` (default: the queue name).
     #[serde(default)]
     pub binding_keys: Vec<String>,
+    /// `fixed`: `pool_size`, changed only by an operator. `auto`: starts at `min_pool_size` and
+    /// is sized from the backlog and FPM's capacity (needs `fpm.status_path`).
+    #[serde(default)]
+    pub pool_mode: crate::autoscale::PoolMode,
+    /// Share of FPM's children when several auto subjects have a backlog.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Most workers an auto pool gains or loses in one step.
+    #[serde(default = "default_max_shift")]
+    pub max_shift: u32,
+    /// Wait between two changes of an auto pool, and idle time before it shrinks.
+    #[serde(default = "default_cooldown", deserialize_with = "duration")]
+    pub cooldown: Duration,
 }
 
 /// `[limits]`
@@ -409,6 +422,15 @@ fn default_pool_size() -> u16 {
 }
 fn default_min_pool_size() -> u16 {
     1
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_max_shift() -> u32 {
+    4
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_max_pool_size() -> u16 {
     64
@@ -880,6 +902,18 @@ impl Config {
             return Err(invalid(
                 format!("{key}.pool_size"),
                 "must be between 1 and 1024",
+            ));
+        }
+        if subject.weight == 0 || subject.max_shift == 0 {
+            return Err(invalid(
+                format!("{key}.weight / {key}.max_shift"),
+                "must be at least 1",
+            ));
+        }
+        if subject.pool_mode == crate::autoscale::PoolMode::Auto && self.fpm.status_path.is_none() {
+            return Err(invalid(
+                format!("{key}.pool_mode"),
+                "`auto` needs fpm.status_path (FPM's capacity is read from its status page)",
             ));
         }
         if subject.min_pool_size == 0 || subject.min_pool_size > subject.max_pool_size {

@@ -11,6 +11,7 @@
 //! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
 //! - [`broker`]: the only module that speaks AMQP (connect, topology, confirmed publishing).
 //! - [`autoscale`]: the pure pool-sizing decision (backlogs and FPM capacity in, pool sizes out).
+//! - [`sizer`]: the autoscaler task (samples backlogs, applies [`autoscale`]'s decisions).
 //! - [`agent`]: the running agent as a value: start, drain, stop, read its counters.
 //! - [`actors`]: the supervision tree — root supervisor, one consumer per subject, FPM workers.
 //! - [`telemetry`]: logs, OpenTelemetry traces (context in and out) and Prometheus metrics.
@@ -37,4 +38,5 @@ pub mod printable;
 pub mod provenance;
 pub mod signals;
 pub mod signature;
+pub mod sizer;
 pub mod telemetry;

@@ -150,3 +150,69 @@ async fn a_request_past_slow_after_is_logged_once_with_its_child() {
     drop(agent);
     ctx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_pool_grows_from_min_within_max_children_and_shrinks_back() {
+    // FPM has 8 children; `command` is fixed at 1, so `event` may use 7.
+    let (mut ctx, _fpm) = with_pool("fpmauto", 8, true, 1).await;
+    ctx.event_extra =
+        "pool_mode = \"auto\"\nmin_pool_size = 1\nmax_pool_size = 32\ncooldown = \"1s\"\n"
+            .to_owned();
+    ctx.declare().await;
+    for i in 0..600 {
+        ctx.publish_json("event", &format!("a-{i}"), "sleep:20")
+            .await;
+    }
+    let agent = ctx.start_agent().await;
+    let handle = agent.handle();
+    assert_eq!(
+        handle.status().subjects["event"].target_pool_size,
+        1,
+        "starts at min"
+    );
+    let (mut peak, mut worst_sum) = (0, 0);
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    while ctx.records().len() < 600 {
+        assert!(std::time::Instant::now() < deadline, "backlog not drained");
+        let s = handle.status();
+        let sum: u64 = s
+            .subjects
+            .values()
+            .map(|s| s.stats.pool_size.max(s.target_pool_size))
+            .sum();
+        worst_sum = worst_sum.max(sum);
+        peak = peak.max(s.subjects["event"].target_pool_size);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "auto pool: 600 × 20 ms drained in {:?}, peak event pool {peak}, largest sum {worst_sum}",
+        started.elapsed()
+    );
+    assert!(
+        worst_sum <= 8,
+        "pools summed to {worst_sum} > max_children 8"
+    );
+    assert!(peak >= 5, "the auto pool grew only to {peak}");
+    // Pinned by an operator: the autoscaler leaves it alone until `pool auto`.
+    handle.set_pool("event", 3).unwrap();
+    assert_eq!(handle.pins().into_iter().collect::<Vec<_>>(), ["event"]);
+    // Ten status reads (2 s): without the pin the idle pool would shrink after its 1 s cooldown.
+    let mut reads = handle.metrics().fpm.subscribe();
+    for _ in 0..10 {
+        reads.changed().await.unwrap();
+    }
+    assert_eq!(
+        handle.status().subjects["event"].target_pool_size,
+        3,
+        "pinned"
+    );
+    handle.pool_auto("event").unwrap();
+    assert!(handle.pool_auto("command").is_err(), "command is fixed");
+    common::eventually(LONG, "the idle pool back at its minimum", || async {
+        handle.status().subjects["event"].target_pool_size == 1
+    })
+    .await;
+    agent.drain().await;
+    ctx.cleanup().await;
+}

@@ -312,7 +312,9 @@ fn status_timeout(config: &Config) -> Duration {
 
 /// The busy child most likely to run a request that, at the time of the read, had been running
 /// for `expected`: the one whose request duration is closest to it. FPM's duration can only be
-/// shorter (the request may have waited in the listen backlog), plus clock slack.
+/// shorter (the request may have waited in the listen backlog), plus clock slack. Only children
+/// in state `Running` count: a child held by an idle keep-alive connection is `Reading headers`
+/// with URI `-` and a duration that grows from the connection's start.
 #[must_use]
 pub fn match_child<'a>(
     status: &'a FpmStatus,
@@ -323,7 +325,7 @@ pub fn match_child<'a>(
     let slack = 250_000;
     status
         .busy_children(status_path)
-        .filter(|p| p.request_duration_us <= expected.saturating_add(slack))
+        .filter(|p| p.state == "Running" && p.request_duration_us <= expected.saturating_add(slack))
         .min_by_key(|p| p.request_duration_us.abs_diff(expected))
 }
 
@@ -391,15 +393,24 @@ mod tests {
     #[test]
     fn the_closest_busy_child_is_named() {
         let body = include_str!("testdata/saturated.json");
-        let status: FpmStatus = serde_json::from_str(body).unwrap();
+        let mut status: FpmStatus = serde_json::from_str(body).unwrap();
+        status.processes[0].state = "Running".to_owned();
         let durations: Vec<_> = status
             .busy_children("/fpm-status")
             .map(|p| (p.pid, p.request_duration_us))
             .collect();
+        assert_eq!(durations.len(), 2);
         for (pid, us) in &durations {
             let found = match_child(&status, "/fpm-status", Duration::from_micros(us + 20_000));
             assert_eq!(found.map(|p| p.pid), Some(*pid), "{durations:?}");
         }
+        // A child held by an idle keep-alive connection runs nothing.
+        status.processes[0].state = "Reading headers".to_owned();
+        let long = Duration::from_micros(status.processes[0].request_duration_us);
+        assert_eq!(
+            match_child(&status, "/fpm-status", long).map(|p| p.pid),
+            Some(2079)
+        );
         let idle: FpmStatus = serde_json::from_str(include_str!("testdata/idle.json")).unwrap();
         assert!(match_child(&idle, "/fpm-status", Duration::from_secs(1)).is_none());
     }

@@ -1,0 +1,144 @@
+//! The autoscaler task: samples each subject's busy workers and backlog, and after every read
+//! of FPM's status page feeds them to [`crate::autoscale::decide`] and applies its answer.
+//!
+//! Invariant: the only code that resizes pools without an operator; it never resizes a subject
+//! that is `fixed` or pinned, and it logs every change with the inputs that led to it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use crate::agent::AgentHandle;
+use crate::autoscale::{self, Capacity, PoolMode, SubjectInput};
+
+/// What the task remembers of a subject between two decisions.
+struct Seen {
+    busy_peak: u32,
+    backlog_peak: u64,
+    /// Last time the subject had a backlog or every worker busy.
+    last_used: Instant,
+    last_change: Instant,
+}
+
+/// Runs until aborted (on reload and stop).
+pub async fn run(agent: AgentHandle) {
+    let monitor = agent.metrics().fpm.clone();
+    let mut reads = monitor.subscribe();
+    let now = Instant::now();
+    let mut seen: BTreeMap<String, Seen> = agent
+        .config()
+        .subjects
+        .keys()
+        .map(|name| {
+            let s = Seen {
+                busy_peak: 0,
+                backlog_peak: 0,
+                last_used: now,
+                last_change: now,
+            };
+            (name.clone(), s)
+        })
+        .collect();
+    let mut sample = tokio::time::interval(Duration::from_millis(100));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sample.tick() => observe(&agent, &mut seen),
+            changed = reads.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                observe(&agent, &mut seen);
+                decide(&agent, &mut seen);
+            }
+        }
+    }
+}
+
+fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
+    let now = Instant::now();
+    for (name, stats) in agent.subject_stats_all() {
+        let Some(s) = seen.get_mut(name) else {
+            continue;
+        };
+        let snap = stats.snapshot();
+        let busy = u32::try_from(snap.busy).unwrap_or(u32::MAX);
+        let backlog = snap.in_flight.saturating_sub(snap.busy);
+        s.busy_peak = s.busy_peak.max(busy);
+        s.backlog_peak = s.backlog_peak.max(backlog);
+        if backlog > 0 || (snap.pool_size > 0 && snap.busy >= snap.pool_size) {
+            s.last_used = now;
+        }
+    }
+}
+
+fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
+    let config = agent.config();
+    if config
+        .subjects
+        .values()
+        .all(|s| s.pool_mode == PoolMode::Fixed)
+    {
+        return;
+    }
+    let snapshot = agent.metrics().fpm.snapshot();
+    let capacity = snapshot.status.as_ref().and_then(|status| {
+        let max = status.max_children(config.fpm.max_children)?;
+        Some(Capacity {
+            max_children: u32::try_from(max).unwrap_or(u32::MAX),
+            idle: u32::try_from(status.idle()).unwrap_or(u32::MAX),
+        })
+    });
+    let now = Instant::now();
+    let pins = agent.pins();
+    let mut names = Vec::new();
+    let mut inputs = Vec::new();
+    for (name, cfg) in &config.subjects {
+        let (Some(s), Some(stats)) = (seen.get(name), agent.subject_stats_all().get(name)) else {
+            continue;
+        };
+        names.push(name.clone());
+        inputs.push(SubjectInput {
+            mode: cfg.pool_mode,
+            pinned: pins.contains(name),
+            current: u32::try_from(stats.target_pool.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            busy_peak: s.busy_peak,
+            backlog: s.backlog_peak,
+            min: u32::from(cfg.min_pool_size),
+            max: u32::from(cfg.max_pool_size),
+            weight: cfg.weight,
+            max_shift: cfg.max_shift,
+            since_change: now.saturating_duration_since(s.last_change),
+            idle_for: now.saturating_duration_since(s.last_used),
+            cooldown: cfg.cooldown,
+        });
+    }
+    let targets = autoscale::decide(&inputs, capacity);
+    for ((name, input), target) in names.iter().zip(&inputs).zip(&targets) {
+        if let Some(s) = seen.get_mut(name) {
+            s.busy_peak = 0;
+            s.backlog_peak = 0;
+            if target.size != input.current {
+                s.last_change = now;
+            }
+        }
+        if target.size == input.current {
+            continue;
+        }
+        info!(
+            subject = %name,
+            from = input.current,
+            to = target.size,
+            why = target.why,
+            backlog = input.backlog,
+            busy_peak = input.busy_peak,
+            idle_for_ms = u64::try_from(input.idle_for.as_millis()).unwrap_or(u64::MAX),
+            fpm_max_children = capacity.map(|c| c.max_children),
+            fpm_idle = capacity.map(|c| c.idle),
+            "Autoscale: pool resized"
+        );
+        agent.resize(name, target.size as usize);
+    }
+}
