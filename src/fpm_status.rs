@@ -119,13 +119,17 @@ impl FpmStatus {
         }
     }
 
-    /// Idle children (from the per-process list when there is one).
+    /// Idle children (from the per-process list when there is one), the one that served this
+    /// status request included: it is free again once the page is read.
     #[must_use]
-    pub fn idle(&self) -> u64 {
+    pub fn idle(&self, status_path: &str) -> u64 {
         if self.processes.is_empty() {
-            self.idle_processes
+            self.idle_processes + 1
         } else {
-            self.processes.iter().filter(|p| !p.busy()).count() as u64
+            self.processes
+                .iter()
+                .filter(|p| !p.busy() || p.request_uri.starts_with(status_path))
+                .count() as u64
         }
     }
 
@@ -286,7 +290,7 @@ impl StatusState {
             state: "ok",
             max_children: status.max_children(max_children),
             active: Some(status.active_without_probe(status_path)),
-            idle: Some(status.idle()),
+            idle: Some(status.idle(status_path)),
             listen_queue: Some(status.listen_queue),
             max_children_reached: Some(status.max_children_reached),
             slow_requests: Some(status.slow_requests),

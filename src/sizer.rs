@@ -85,10 +85,14 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     }
     let snapshot = agent.metrics().fpm.snapshot();
     let capacity = snapshot.status.as_ref().and_then(|status| {
+        let path = config.fpm.status_path.as_deref()?;
         let max = status.max_children(config.fpm.max_children)?;
+        // One child stays free for the status page itself: when every child is pinned by a
+        // worker's keep-alive connection, the status request waits in FPM's backlog and times
+        // out, and the autoscaler would be blind (seen in tests/fpm_capacity.rs).
         Some(Capacity {
-            max_children: u32::try_from(max).unwrap_or(u32::MAX),
-            idle: u32::try_from(status.idle()).unwrap_or(u32::MAX),
+            max_children: u32::try_from(max.saturating_sub(1).max(1)).unwrap_or(u32::MAX),
+            idle: u32::try_from(status.idle(path)).unwrap_or(u32::MAX),
         })
     });
     let now = Instant::now();

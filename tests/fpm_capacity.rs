@@ -216,3 +216,48 @@ async fn an_auto_pool_grows_from_min_within_max_children_and_shrinks_back() {
     agent.drain().await;
     ctx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_auto_subjects_weighted_three_to_one_share_fpm_children_by_weight() {
+    let (mut ctx, _fpm) = with_pool("fpmweights", 8, true, 1).await;
+    let auto =
+        "pool_mode = \"auto\"\nmin_pool_size = 1\nmax_pool_size = 32\ncooldown = \"500ms\"\n";
+    ctx.event_extra = format!("{auto}weight = 3\n");
+    // `[subjects.command]` comes after `[subjects.event]` in the harness: append its keys there.
+    ctx.extra_toml = String::new();
+    ctx.declare().await;
+    for i in 0..700 {
+        ctx.publish_json("event", &format!("e-{i}"), "sleep:50")
+            .await;
+        ctx.publish_json("command", &format!("c-{i}"), "sleep:50")
+            .await;
+    }
+    let toml = ctx.toml().replace(
+        "pool_size = 1\n\n[admin]",
+        &format!("pool_size = 1\n{auto}weight = 1\n\n[admin]"),
+    );
+    let config = std::sync::Arc::new(
+        amqp_agent::config::Config::from_toml(&toml, std::path::Path::new("t.toml"), |_| None)
+            .unwrap(),
+    );
+    assert_eq!(
+        config.subjects["command"].pool_mode,
+        amqp_agent::autoscale::PoolMode::Auto
+    );
+    let agent = amqp_agent::agent::Agent::start(config).await.unwrap();
+    let handle = agent.handle();
+    let sizes = || {
+        let s = handle.status();
+        (
+            s.subjects["event"].target_pool_size,
+            s.subjects["command"].target_pool_size,
+        )
+    };
+    // One of the 8 children stays free for the status page: 7 shared 3 : 1.
+    common::eventually(LONG, "event 5 and command 2", || async {
+        sizes() == (5, 2)
+    })
+    .await;
+    agent.stop().await;
+    ctx.cleanup().await;
+}

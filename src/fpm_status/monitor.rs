@@ -203,7 +203,7 @@ impl Monitor {
                 let values = [
                     shown.max_children.unwrap_or(0),
                     shown.active.unwrap_or(0),
-                    status.idle(),
+                    status.idle(path),
                     status.listen_queue,
                     status.max_children_reached,
                     status.slow_requests,

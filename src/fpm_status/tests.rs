@@ -21,7 +21,11 @@ fn parses_an_idle_pool() {
     assert_eq!(s.max_children(None), Some(3));
     assert_eq!(s.max_children(Some(16)), Some(16));
     assert_eq!(s.active_without_probe("/fpm-status"), 0);
-    assert_eq!(s.idle(), 2);
+    assert_eq!(
+        s.idle("/fpm-status"),
+        3,
+        "the status request's child is free again"
+    );
     assert_eq!(s.processes.len(), 3);
     assert_eq!(
         s.busy_children("/fpm-status").count(),
@@ -57,6 +61,7 @@ fn parses_busy_children_with_duration_and_uri() {
 fn parses_a_saturated_pool_with_a_listen_queue() {
     let s = parse_reply(&reply("", SATURATED)).unwrap();
     assert_eq!(s.listen_queue, 2);
+    assert_eq!(s.idle("/fpm-status"), 1);
     assert_eq!(s.idle_processes, 0);
     assert_eq!(
         s.busy_children("/fpm-status").count(),
@@ -71,8 +76,12 @@ fn the_short_form_has_no_processes() {
     let s = parse_reply(&reply("", &short)).unwrap();
     assert!(s.processes.is_empty());
     assert_eq!(
-        (s.max_children(None), s.active_without_probe("/x"), s.idle()),
-        (Some(3), 0, 2)
+        (
+            s.max_children(None),
+            s.active_without_probe("/x"),
+            s.idle("/x")
+        ),
+        (Some(3), 0, 3)
     );
 }
 
