@@ -333,6 +333,10 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     })
     .await;
     assert!(standby.received("event").await > 0);
+    eprintln!(
+        "scenario 4: the standby took over; {} handled in order",
+        ids.len()
+    );
     let order: Vec<String> = sac
         .records()
         .iter()
@@ -377,11 +381,15 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
         handled(&ctx).0.is_superset(&expected6)
     })
     .await;
+    // The partition lasts 60 s, as a real one that heals would; the work went on meanwhile.
+    tokio::time::sleep_until((cut + Duration::from_secs(60)).into()).await;
     drop(wall);
     eventually(WAIT, "queues empty", || async {
         client.len(&ctx.queue("event")).await == 0
     })
     .await;
+    let (_, dupes) = handled(&ctx);
+    eprintln!("scenario 6: {dupes} duplicates in all (in flight at the faults)");
     let counts: BTreeMap<&str, usize> = [(
         "dead",
         client.len(&format!("{}.dead", ctx.queue("event"))).await as usize,
