@@ -192,6 +192,20 @@ async fn delivery_limit_dead_letters_a_message_that_keeps_killing_its_agent() {
         let agent = AgentProcess::start(&config, &log);
         if round == 1 {
             agent.wait_log("Consuming", 2, WAIT).await;
+            // The node each subject is connected to, in /metrics and /status.
+            let (_, metrics) = common::procs::http(ctx.admin_port, "GET", "/metrics", None)
+                .await
+                .expect("admin API");
+            assert!(
+                metrics.contains(
+                    "amqp_agent_connected_node{subject=\"event\",node=\"127.0.0.1:5672\"} 1"
+                ),
+                "{metrics}"
+            );
+            let (_, status) = common::procs::http(ctx.admin_port, "GET", "/status", None)
+                .await
+                .unwrap();
+            assert!(status.contains("\"node\":\"127.0.0.1:5672\""), "{status}");
             ctx.publish_json("event", "killer", "sleep:4000").await;
         }
         ctx.wait_records(round, WAIT).await;
@@ -218,4 +232,41 @@ async fn delivery_limit_dead_letters_a_message_that_keeps_killing_its_agent() {
     assert_eq!(reason, "delivery_limit", "{props:?}");
     assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
     ctx.cleanup().await;
+}
+
+/// With no node reachable the agent keeps trying every endpoint, and says so: `/readyz` is 503,
+/// `/status` shows the subjects disconnected with no node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_stays_honest_while_no_node_answers() {
+    let ctx = TestCtx::new("nonode").await;
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            format!(
+                "\"amqp://guest:guest@127.0.0.1:{}/%2f\"",
+                common::free_port()
+            )
+        })
+        .collect();
+    let toml = ctx.toml().replace(
+        &format!("url = \"{}\"", ctx.amqp_url),
+        &format!("urls = [{}]", dead.join(", ")),
+    );
+    let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
+    std::fs::write(&config, toml).unwrap();
+    let agent = AgentProcess::start(&config, &config.with_extension("log"));
+    // Both endpoints tried, for both subjects, at least twice (retrying, not giving up).
+    agent.wait_log("Cannot connect to this node", 8, WAIT).await;
+    let (code, body) = common::procs::http(ctx.admin_port, "GET", "/readyz", None)
+        .await
+        .expect("admin API");
+    assert_eq!(code, 503, "{body}");
+    let (_, status) = common::procs::http(ctx.admin_port, "GET", "/status", None)
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    for subject in ["event", "command"] {
+        assert_eq!(status["subjects"][subject]["connection"], "disconnected");
+        assert_eq!(status["subjects"][subject]["node"], serde_json::Value::Null);
+    }
+    assert!(!agent.log_text().contains("giving up"));
 }
