@@ -245,7 +245,14 @@ impl Inequivalence {
             Some(message[from..to].to_owned())
         };
         let argument = between("inequivalent arg '", "'");
-        let ours = between("received ", " but current is");
+        // The agent declares classic queues without `x-queue-type`.
+        let ours = between("received ", " but current is").map(|ours| {
+            if ours == "none" && argument.as_deref() == Some("x-queue-type") {
+                "none (queue_type = \"classic\")".to_owned()
+            } else {
+                ours
+            }
+        });
         let theirs = message
             .find("but current is ")
             .map(|i| message[i + "but current is ".len()..].trim().to_owned());
@@ -429,7 +436,7 @@ mod tests {
         );
         assert_eq!(i.name, "orders");
         assert_eq!(i.argument.as_deref(), Some("x-queue-type"));
-        assert_eq!(i.ours.as_deref(), Some("none"));
+        assert_eq!(i.ours.as_deref(), Some("none (queue_type = \"classic\")"));
         assert_eq!(
             i.theirs.as_deref(),
             Some("the value 'quorum' of type 'longstr'")
