@@ -31,6 +31,16 @@ fn list_queues(prefix: &str) -> String {
         .join("\n")
 }
 
+/// `amqp-agent check-config --broker --config FILE`: (exit code, output).
+fn check_broker(config: &std::path::Path) -> (i32, String) {
+    agent_cli(&[
+        "check-config",
+        "--broker",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_subjects_use_quorum_queues_for_main_delay_and_dead_letters() {
     let mut ctx = TestCtx::new("quorum").await;
@@ -118,12 +128,7 @@ async fn a_queue_declared_otherwise_stops_the_agent_once_with_a_config_error() {
     );
 
     // check-config --broker names the difference and exits 1, without consuming.
-    let (code, out) = agent_cli(&[
-        "check-config",
-        "--broker",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let (code, out) = check_broker(&config);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("DIFFERENT") && out.contains("x-queue-type"),
@@ -142,12 +147,7 @@ async fn without_declare_missing_queues_are_reported_and_refused() {
     );
     let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
     std::fs::write(&config, &toml).unwrap();
-    let (code, out) = agent_cli(&[
-        "check-config",
-        "--broker",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let (code, out) = check_broker(&config);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("MISSING") && out.contains(&ctx.queue("event")),
@@ -169,12 +169,7 @@ async fn without_declare_missing_queues_are_reported_and_refused() {
     // Once the platform declared everything (here: an agent with declare = true), both pass.
     let agent = ctx.start_agent().await;
     assert!(agent.drain().await.is_none());
-    let (code, out) = agent_cli(&[
-        "check-config",
-        "--broker",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    let (code, out) = check_broker(&config);
     assert_eq!(code, 0, "{out}");
     ctx.cleanup().await;
 }
