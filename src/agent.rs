@@ -72,6 +72,8 @@ pub struct SubjectStatus {
     pub idle: u64,
     /// `connected` or `disconnected`.
     pub connection: &'static str,
+    /// The broker node (`host:port`) the subject is connected to.
+    pub node: Option<String>,
     /// Counters and gauges.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
@@ -316,6 +318,7 @@ impl AgentHandle {
                     } else {
                         "disconnected"
                     },
+                    node: stats.node(),
                     stats: s,
                 };
                 (name.clone(), status)

@@ -10,14 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Confirmation;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Connection};
 
-use crate::config::{Config, SubjectConfig};
+use crate::config::{Config, QueueType};
+
+pub mod endpoints;
+pub mod topology;
+
+pub use topology::{Inequivalence, declare_subject};
 
 /// A broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,20 @@ pub enum BrokerError {
     /// No confirm arrived in time.
     #[error("no publisher confirm for `{0}` within {1:?}")]
     ConfirmTimeout(String, Duration),
+    /// A queue exists with other arguments than the configuration's (`PRECONDITION_FAILED`).
+    #[error("configuration does not match the broker: {0}")]
+    Inequivalent(Inequivalence),
+    /// A queue or exchange the configuration needs does not exist (and `amqp.declare = false`).
+    #[error(
+        "`{0}` does not exist on the broker (amqp.declare = false: create it, or set amqp.declare = true)"
+    )]
+    Missing(String),
+    /// The configuration cannot be used to connect (TLS files, URL).
+    #[error("{0}")]
+    Config(String),
+    /// A node did not answer a connection attempt in time.
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl BrokerError {
@@ -54,8 +70,19 @@ impl BrokerError {
                     | lapin::ErrorKind::InvalidConnectionState(_)
                     | lapin::ErrorKind::MissingHeartbeatError
             ),
+            Self::Timeout(_) => true,
             _ => false,
         }
+    }
+
+    /// True when the error is the configuration's, not the moment's: a restart cannot fix it,
+    /// so the agent stops once with this message instead of crash-restarting.
+    #[must_use]
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Inequivalent(_) | Self::Missing(_) | Self::Config(_)
+        )
     }
 }
 
@@ -64,17 +91,14 @@ fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError 
     move |source| BrokerError::Amqp { context, source }
 }
 
-/// Opens a connection named after the agent and `role`, so operators can tell them apart.
+/// Opens a connection named after the agent and `role`, so operators can tell them apart, to
+/// the first configured node that answers (see [`endpoints`]).
 ///
 /// # Errors
-/// When the broker cannot be reached or refuses the login.
-pub async fn connect(url: &str, role: &str) -> Result<Connection, BrokerError> {
-    let name = format!("amqp-agent {role} (pid {})", std::process::id());
-    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    Connection::connect(url, props).await.map_err(amqp(format!(
-        "cannot connect to {}",
-        crate::config::redact_url(url)
-    )))
+/// When no node can be reached, or one refuses the login.
+pub async fn connect(config: &Config, role: &str) -> Result<Connection, BrokerError> {
+    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    Ok(endpoints::connect(config, role, &cursor).await?.0)
 }
 
 /// Name of the queue that holds messages of `queue` waiting `delay` before their next attempt.
@@ -89,116 +113,6 @@ pub fn dead_queue_name(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declares one delay queue: messages expire after `delay` and are dead-lettered back to
-/// `queue` through the default exchange.
-///
-/// One queue per delay keeps every queue's messages in expiry order, so a long delay never holds
-/// back a shorter one (per-message TTLs in a shared queue would expire only at the head).
-/// Queues are never given `x-expires`: RabbitMQ deletes an expiring queue with its messages, and
-/// publishing does not count as use. `Retry-After` delays come from a bounded set instead
-/// ([`crate::outcome::RetryPolicy::retry_after_bucket`]), so their queues stay few.
-///
-/// # Errors
-/// When the declaration fails (for example, the queue exists with other arguments).
-pub async fn declare_delay_queue(
-    channel: &Channel,
-    queue: &str,
-    delay: Duration,
-) -> Result<(), BrokerError> {
-    let name = delay_queue_name(queue, delay);
-    let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-    let mut args = FieldTable::default();
-    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(queue.into()),
-    );
-    channel
-        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
-        .await
-        .map_err(amqp(format!("cannot declare delay queue `{name}`")))?;
-    Ok(())
-}
-
-/// Declares, idempotently, everything a subject needs: its queue, its delay queues and its
-/// dead-letter queue, plus the optional exchange and bindings.
-///
-/// # Errors
-/// When a declaration fails; the message names the queue or exchange.
-pub async fn declare_subject(
-    channel: &Channel,
-    config: &Config,
-    subject: &SubjectConfig,
-) -> Result<(), BrokerError> {
-    let queue = subject.queue.as_str();
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp(format!("cannot declare queue `{queue}`")))?;
-    let dead = dead_queue_name(queue);
-    channel
-        .queue_declare(
-            dead.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(amqp(format!("cannot declare queue `{dead}`")))?;
-    let delays: HashSet<Duration> = config.retry.delays.iter().copied().collect();
-    for delay in delays {
-        declare_delay_queue(channel, queue, delay).await?;
-    }
-    if let Some(exchange) = &subject.exchange {
-        let kind = match subject.exchange_type.as_str() {
-            "direct" => ExchangeKind::Direct,
-            "fanout" => ExchangeKind::Fanout,
-            "headers" => ExchangeKind::Headers,
-            _ => ExchangeKind::Topic,
-        };
-        let options = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                kind,
-                options,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp(format!("cannot declare exchange `{exchange}`")))?;
-        let keys = if subject.binding_keys.is_empty() {
-            vec![queue.to_owned()]
-        } else {
-            subject.binding_keys.clone()
-        };
-        for key in keys {
-            channel
-                .queue_bind(
-                    queue.into(),
-                    exchange.as_str().into(),
-                    key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(amqp(format!(
-                    "cannot bind `{queue}` to `{exchange}` with `{key}`"
-                )))?;
-        }
-    }
-    Ok(())
-}
-
 /// A channel in confirm mode for the retry and dead-letter paths of one subject.
 #[derive(Clone)]
 pub struct Publisher {
@@ -207,6 +121,8 @@ pub struct Publisher {
     confirm_timeout: Duration,
     /// `amqp.declare`: missing queues may be (re)declared.
     declare: bool,
+    /// Type of the subject's delay and dead-letter queues.
+    queue_type: QueueType,
     /// Delay queues known to exist (the scheduled ones, plus those made for `Retry-After`).
     delays: Arc<Mutex<HashSet<Duration>>>,
     /// The connection's negotiated `frame_max`: a copy's content header must fit in one frame.
@@ -221,6 +137,7 @@ impl Publisher {
     pub async fn open(
         connection: &Connection,
         queue: &str,
+        queue_type: QueueType,
         config: &Config,
     ) -> Result<Self, BrokerError> {
         let channel = connection
@@ -236,6 +153,7 @@ impl Publisher {
             queue: queue.into(),
             confirm_timeout: config.amqp.confirm_timeout,
             declare: config.amqp.declare,
+            queue_type,
             delays: Arc::new(Mutex::new(config.retry.delays.iter().copied().collect())),
             frame_max: connection.configuration().frame_max(),
         })
@@ -266,7 +184,7 @@ impl Publisher {
     ) -> Result<(), BrokerError> {
         let known = self.delays.lock().expect("delay set lock").contains(&delay);
         if !known && self.declare {
-            declare_delay_queue(&self.channel, &self.queue, delay).await?;
+            self.declare_delay_queue(delay).await?;
             self.delays.lock().expect("delay set lock").insert(delay);
         }
         let target = delay_queue_name(&self.queue, delay);
@@ -274,7 +192,7 @@ impl Publisher {
             // Someone deleted the delay queue: declare it again and retry once.
             Err(BrokerError::Unroutable(_)) if self.declare => {
                 tracing::warn!(queue = %target, "Delay queue is missing; declaring it again");
-                declare_delay_queue(&self.channel, &self.queue, delay).await?;
+                self.declare_delay_queue(delay).await?;
                 self.publish("", &target, body, props).await
             }
             other => other,
@@ -294,18 +212,24 @@ impl Publisher {
         match self.publish("", &target, body, props.clone()).await {
             Err(BrokerError::Unroutable(_)) if self.declare => {
                 tracing::warn!(queue = %target, "Dead-letter queue is missing; declaring it again");
-                self.channel
-                    .queue_declare(
-                        target.as_str().into(),
-                        QueueDeclareOptions::durable(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(amqp(format!("cannot declare queue `{target}`")))?;
+                let spec = topology::QueueSpec {
+                    name: target.clone(),
+                    args: topology::dead_queue_args(self.queue_type),
+                };
+                topology::declare_queue(&self.channel, &spec).await?;
                 self.publish("", &target, body, props).await
             }
             other => other,
         }
+    }
+
+    /// Declares the delay queue for `delay` (for a `Retry-After` or a deleted queue).
+    async fn declare_delay_queue(&self, delay: Duration) -> Result<(), BrokerError> {
+        let spec = topology::QueueSpec {
+            name: delay_queue_name(&self.queue, delay),
+            args: topology::delay_queue_args(self.queue_type, &self.queue, delay),
+        };
+        topology::declare_queue(&self.channel, &spec).await
     }
 
     /// Publishes with `mandatory` and waits for a positive, routed confirm.

@@ -51,7 +51,12 @@ pub enum Cmd {
     /// Consume every configured subject until SIGTERM / SIGINT (drain) or SIGQUIT (immediate).
     Run,
     /// Validate the config file and print warnings; exit 1 when it is invalid.
-    CheckConfig,
+    CheckConfig {
+        /// Also connect and check, without consuming or changing anything, every queue and
+        /// exchange the config needs; print what is missing or different (exit 1 on any).
+        #[arg(long)]
+        broker: bool,
+    },
     /// Publish one message to a subject's queue and wait for the broker's confirm.
     Publish {
         /// Subject (`event` or `command`).
@@ -194,7 +199,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     crate::telemetry::init(cli.log_format == Some(LogFormat::Json), Some("warn"), None)?;
     match cli.command {
         Cmd::Run => unreachable!("handled above"),
-        Cmd::CheckConfig => check_config(path),
+        Cmd::CheckConfig { broker } => {
+            let code = check_config(path)?;
+            if broker {
+                return ops::check_broker(&Config::load(path)?).await;
+            }
+            Ok(code)
+        }
         Cmd::Publish {
             subject,
             headers,
@@ -251,7 +262,9 @@ fn check_config(path: &Path) -> anyhow::Result<i32> {
         println!("warning: {warning}");
     }
     println!("{}: ok", path.display());
-    println!("  amqp.url     {}", redact_url(config.amqp_url()));
+    for url in config.amqp_urls() {
+        println!("  amqp.url     {}", redact_url(url));
+    }
     println!("  fpm.address  {}", config.fpm.address);
     let admin = if config.admin.listen.is_empty() {
         "off"
@@ -261,8 +274,12 @@ fn check_config(path: &Path) -> anyhow::Result<i32> {
     println!("  admin        {admin}");
     for (name, subject) in &config.subjects {
         println!(
-            "  subject {name:<8} queue={} pool_size={} ({}..={})",
-            subject.queue, subject.pool_size, subject.min_pool_size, subject.max_pool_size
+            "  subject {name:<8} queue={} ({}) pool_size={} ({}..={})",
+            subject.queue,
+            config.queue_type(subject).as_str(),
+            subject.pool_size,
+            subject.min_pool_size,
+            subject.max_pool_size
         );
     }
     Ok(0)

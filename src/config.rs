@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod amqp;
+pub use amqp::{QueueType, TlsConfig, amqp_value, check_argument};
+
 /// The two kinds of asynchronous work a PHP application publishes.
 pub const SUBJECTS: [&str; 2] = ["event", "command"];
 
@@ -191,6 +194,20 @@ pub struct AmqpConfig {
     /// How long to wait for a publisher confirm on the retry / dead-letter path.
     #[serde(default = "default_confirm_timeout", deserialize_with = "duration")]
     pub confirm_timeout: Duration,
+    /// Cluster endpoints: AMQP URIs of several nodes, tried from a random one on every
+    /// (re)connection. Use instead of `url`.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Default `queue_type` of every subject (`classic` or `quorum`).
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// AMQP heartbeat asked of the broker (e.g. "10s"): how soon a silent node is noticed.
+    /// Default: the broker's (60s on RabbitMQ). `?heartbeat=` in a URL wins.
+    #[serde(default, deserialize_with = "amqp::opt_duration")]
+    pub heartbeat: Option<Duration>,
+    /// TLS settings for `amqps://` URLs.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[fpm]`
@@ -299,6 +316,15 @@ pub struct SubjectConfig {
     /// Wait between two changes of an auto pool, and idle time before it shrinks.
     #[serde(default = "default_cooldown", deserialize_with = "duration")]
     pub cooldown: Duration,
+    /// `classic` or `quorum` for the main, delay and dead-letter queues (default: `amqp.queue_type`).
+    #[serde(default)]
+    pub queue_type: Option<QueueType>,
+    /// Extra arguments of the main queue (`x-max-length`, `x-delivery-limit`, ...), typed.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, toml::Value>,
+    /// One consumer at a time across all agents (strict ordering); others wait as standby.
+    #[serde(default)]
+    pub single_active_consumer: bool,
 }
 
 /// `[limits]`
@@ -625,6 +651,7 @@ impl Config {
                 return Err(invalid("amqp.url", format!("{ENV_AMQP_URL}: {problem}")));
             }
             self.amqp.url = Some(url);
+            self.amqp.urls.clear();
         } else if let (None, Some(file)) = (&self.amqp.url, &self.amqp.url_file) {
             let url = std::fs::read_to_string(file).map_err(|e| {
                 invalid(
@@ -699,15 +726,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let url = self.amqp.url.as_deref().ok_or_else(|| {
-            invalid(
-                "amqp.url",
-                format!("missing; set it, `amqp.url_file`, or {ENV_AMQP_URL}"),
-            )
-        })?;
-        if let Some(problem) = report::uri_problem(url) {
-            return Err(invalid("amqp.url", problem));
-        }
+        self.validate_amqp()?;
         if self.amqp.prefetch_per_worker == 0 {
             return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
         }
@@ -747,6 +766,7 @@ impl Config {
         }
         for (name, subject) in &self.subjects {
             self.validate_subject(name, subject)?;
+            self.validate_subject_queue(name, subject)?;
         }
         self.validate_observability()?;
         if self.agent.poison_after > 0 && !self.agent.state_dir.is_absolute() {
@@ -963,10 +983,10 @@ impl Config {
         Ok(())
     }
 
-    /// The AMQP URI (validated present).
+    /// The AMQP URI (validated present); the first endpoint when `amqp.urls` is set.
     #[must_use]
     pub fn amqp_url(&self) -> &str {
-        self.amqp.url.as_deref().unwrap_or_default()
+        self.amqp_urls().first().copied().unwrap_or_default()
     }
 
     /// The parsed FPM address (validated).
@@ -1030,6 +1050,7 @@ impl Config {
             );
         }
         out.extend(self.memory_warning());
+        out.extend(self.amqp_warnings());
         out
     }
 

@@ -107,6 +107,23 @@ pub fn attempt_from_headers(headers: Option<&FieldTable>) -> Result<u32, String>
     }
 }
 
+/// Quorum queues' `x-delivery-count`: how many times the broker delivered this message before
+/// (returned unacked: a crashed worker, a lost connection, a killed agent). Absent on classic
+/// queues and on a first delivery.
+#[must_use]
+pub fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
+    match headers?.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
 /// Reads a string header (W3C trace context), if present and textual.
 #[must_use]
 pub fn string_header<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
@@ -447,6 +464,9 @@ impl RequestTemplate {
         let message_id = clean_cow(env.message_id.clone());
         p.push(("HTTP_X_AGENT_MESSAGE_ID", message_id.clone()));
         p.push(("HTTP_X_AGENT_ATTEMPT", Cow::Owned(env.attempt.to_string())));
+        if let Some(count) = delivery_count(env.headers) {
+            p.push(("HTTP_X_AGENT_DELIVERY_COUNT", Cow::Owned(count.to_string())));
+        }
         p.push((
             "HTTP_X_AGENT_REDELIVERED",
             b(if env.redelivered { "1" } else { "0" }),

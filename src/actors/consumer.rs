@@ -112,11 +112,19 @@ impl Actor for QueueConsumer {
         runtime: Arc<SubjectRuntime>,
     ) -> Result<ConsumerState, ActorProcessingErr> {
         SubjectStats::incr(&runtime.stats.consumer_starts);
-        let connection = Arc::new(broker::connect(runtime.config.amqp_url(), &runtime.name).await?);
+        let (connection, node) = broker::endpoints::connect(
+            &runtime.config,
+            &runtime.name,
+            &runtime.stats.endpoint_cursor,
+        )
+        .await?;
+        let connection = Arc::new(connection);
+        runtime.stats.set_node(Some(node));
         match setup(&myself, &runtime, connection.clone()).await {
             Ok(state) => Ok(state),
             Err(e) => {
                 // No state means no post_stop: close the connection here.
+                runtime.stats.set_node(None);
                 let _ = connection
                     .close(200, "amqp-agent consumer failed to start".into())
                     .await;
@@ -132,6 +140,7 @@ impl Actor for QueueConsumer {
     ) -> Result<(), ActorProcessingErr> {
         let stats = &state.runtime.stats;
         stats.consuming.store(false, Ordering::Relaxed);
+        stats.set_node(None);
         if let Some(forwarder) = state.forwarder.take() {
             forwarder.abort();
         }
@@ -304,8 +313,12 @@ async fn setup(
     let acks = Acks::spawn(channel.clone(), runtime.clone());
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;
+    } else {
+        broker::topology::verify_subject(&connection, &config, subject).await?;
     }
-    let publisher = Arc::new(Publisher::open(&connection, &subject.queue, &config).await?);
+    let queue_type = config.queue_type(subject);
+    let publisher =
+        Arc::new(Publisher::open(&connection, &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
     let mut state = ConsumerState {

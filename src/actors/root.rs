@@ -287,12 +287,21 @@ async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) 
             child.started = Some(Instant::now());
         }
         Err(e) => {
-            let unreachable = match &e {
-                ractor::SpawnErr::StartupFailed(inner) => inner
-                    .downcast_ref::<crate::broker::BrokerError>()
-                    .is_some_and(crate::broker::BrokerError::is_unreachable),
-                _ => false,
+            let broker = match &e {
+                ractor::SpawnErr::StartupFailed(inner) => {
+                    inner.downcast_ref::<crate::broker::BrokerError>()
+                }
+                _ => None,
             };
+            if let Some(config_error) = broker.filter(|b| b.is_config_error()) {
+                // A restart cannot fix the configuration: stop once, with the broker's reason.
+                let reason = format!("subject `{name}`: {config_error}");
+                error!("{reason}");
+                *state.fatal.lock().expect("fatal lock") = Some(reason.clone());
+                myself.stop(Some(reason));
+                return;
+            }
+            let unreachable = broker.is_some_and(crate::broker::BrokerError::is_unreachable);
             if unreachable {
                 // An unreachable broker is retried with backoff for as long as it takes.
                 warn!(subject = %name, error = %e, "Cannot reach the broker; retrying");

@@ -1,6 +1,7 @@
 //! Per-subject counters and gauges, updated by the actors and read by status output and tests.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Counters of one subject. Relaxed atomics: each value is independent.
 #[derive(Debug, Default)]
@@ -35,6 +36,10 @@ pub struct SubjectStats {
     pub paused: AtomicBool,
     /// Operator pause asked for; survives consumer restarts.
     pub operator_paused: AtomicBool,
+    /// Where the next (re)connection starts in `amqp.urls`; survives consumer restarts.
+    pub endpoint_cursor: AtomicUsize,
+    /// The broker node (`host:port`) the consumer is connected to.
+    pub node: Mutex<Option<String>>,
 }
 
 impl SubjectStats {
@@ -53,6 +58,17 @@ impl SubjectStats {
         let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
             Some(v.saturating_sub(1))
         });
+    }
+
+    /// Records the node the consumer is connected to (`None`: not connected).
+    pub fn set_node(&self, node: Option<String>) {
+        *self.node.lock().expect("node lock") = node;
+    }
+
+    /// The node the consumer is connected to.
+    #[must_use]
+    pub fn node(&self) -> Option<String> {
+        self.node.lock().expect("node lock").clone()
     }
 
     /// A plain copy for status output.

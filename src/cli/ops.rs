@@ -56,7 +56,7 @@ pub async fn publish(
         .with_delivery_mode(2)
         .with_timestamp(contract::unix_now())
         .with_headers(table);
-    let connection = broker::connect(config.amqp_url(), "publish").await?;
+    let connection = broker::connect(config, "publish").await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -139,7 +139,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
         }
     );
     println!(
-        "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  state",
+        "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  {:<12} node",
         "subject",
         "queue",
         "pool",
@@ -150,7 +150,8 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
         "acked",
         "retried",
         "dead",
-        "restarts"
+        "restarts",
+        "state"
     );
     let subjects: BTreeMap<String, serde_json::Value> =
         serde_json::from_value(doc["subjects"].clone()).unwrap_or_default();
@@ -165,7 +166,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
             _ => "disconnected",
         };
         println!(
-            "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  {state}",
+            "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  {state:<12} {}",
             name,
             v(&s["queue"]),
             v(&s["pool_size"]),
@@ -177,6 +178,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
             v(&s["retried"]),
             v(&s["dead_lettered"]),
             v(&s["worker_restarts"]),
+            s["node"].as_str().unwrap_or("-"),
         );
     }
     print_fpm(&doc["fpm"]);
@@ -231,7 +233,7 @@ fn header_text(props: &BasicProperties, name: &str) -> String {
 /// `dead-letters list`: peeks without removing (every message taken is returned at the end).
 pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
     let queue = dead_queue(config, subject)?;
-    let connection = broker::connect(config.amqp_url(), "dead-letters").await?;
+    let connection = broker::connect(config, "dead-letters").await?;
     let channel = connection.create_channel().await?;
     let mut taken = Vec::new();
     println!(
@@ -278,7 +280,7 @@ pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::
 pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
     let queue = dead_queue(config, subject)?;
     let main = config.subjects[subject].queue.clone();
-    let connection = broker::connect(config.amqp_url(), "dead-letters").await?;
+    let connection = broker::connect(config, "dead-letters").await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -348,4 +350,37 @@ fn dead_queue(config: &Config, subject: &str) -> anyhow::Result<String> {
         .get(subject)
         .with_context(|| format!("subject `{subject}` is not configured"))?;
     Ok(broker::dead_queue_name(&s.queue))
+}
+
+/// `check-config --broker`: every queue and exchange each subject needs, checked passively.
+pub async fn check_broker(config: &Config) -> anyhow::Result<i32> {
+    use crate::broker::topology::{Check, check_subject};
+    let connection = broker::connect(config, "check-config").await?;
+    let mut problems = 0;
+    for (name, subject) in &config.subjects {
+        println!("subject {name}:");
+        for check in check_subject(&connection, config, subject).await? {
+            let (mark, text, problem) = match &check {
+                Check::Ok(t) => ("ok       ", t.clone(), false),
+                // With amqp.declare the agent creates what is missing at start.
+                Check::Missing(t) if config.amqp.declare => (
+                    "absent   ",
+                    format!("{t} (created at start: amqp.declare = true)"),
+                    false,
+                ),
+                Check::Missing(t) => ("MISSING  ", t.clone(), true),
+                Check::Different(t) => ("DIFFERENT", t.clone(), true),
+                Check::Unknown(t) => ("unchecked", t.clone(), false),
+            };
+            problems += usize::from(problem);
+            println!("  {mark} {text}");
+        }
+    }
+    let _ = connection.close(200, "check done".into()).await;
+    if problems > 0 {
+        println!("{problems} problem(s) on the broker");
+        return Ok(1);
+    }
+    println!("broker: ok");
+    Ok(0)
 }

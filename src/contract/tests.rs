@@ -385,3 +385,16 @@ fn a_copy_sheds_its_largest_headers_to_fit_a_frame() {
     assert_eq!(names(&headers), ["small"]);
     assert!(size(&headers) <= 2000);
 }
+
+#[test]
+fn quorum_delivery_count_reaches_php_only_when_the_broker_sets_it() {
+    let template = RequestTemplate::new(&config(), "event");
+    let none = envelope(None);
+    let params = template.params(&none, b"{}", (None, None), NOW).unwrap();
+    assert_eq!(get(&params, "HTTP_X_AGENT_DELIVERY_COUNT"), None);
+    let mut headers = FieldTable::default();
+    headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
+    let counted = envelope(Some(&headers));
+    let params = template.params(&counted, b"{}", (None, None), NOW).unwrap();
+    assert_eq!(get(&params, "HTTP_X_AGENT_DELIVERY_COUNT"), Some("3"));
+}

@@ -23,6 +23,15 @@ pub struct SubjectLabel {
     pub subject: String,
 }
 
+/// `subject` + `node` labels of the `connected_node` gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// `event` / `command`.
+    pub subject: String,
+    /// `host:port` of the broker node.
+    pub node: String,
+}
+
 /// `subject` + `reason` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -119,6 +128,7 @@ pub struct Metrics {
     busy: Family<SubjectLabel, Gauge>,
     consuming: Family<SubjectLabel, Gauge>,
     paused: Family<SubjectLabel, Gauge>,
+    node: Family<NodeLabels, Gauge>,
     stats: BTreeMap<String, Arc<SubjectStats>>,
     /// FPM's status page, its gauges, and the requests in flight (for `fpm.slow_after`).
     pub fpm: Arc<crate::fpm_status::monitor::Monitor>,
@@ -147,6 +157,7 @@ impl Metrics {
             busy: Family::default(),
             consuming: Family::default(),
             paused: Family::default(),
+            node: Family::default(),
             registry: Registry::default(),
             stats,
             fpm: Arc::default(),
@@ -233,6 +244,11 @@ impl Metrics {
             "1 while consumption is paused (FPM unreachable or operator)",
             m.paused.clone(),
         );
+        registry.register(
+            "connected_node",
+            "1 for the broker node (host:port) each subject is connected to",
+            m.node.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -311,6 +327,17 @@ impl Metrics {
             set(&self.busy, s.busy);
             set(&self.consuming, u64::from(s.consuming));
             set(&self.paused, u64::from(s.paused));
+        }
+        // Only the current node of each subject: a node left behind disappears.
+        self.node.clear();
+        for (name, stats) in &self.stats {
+            if let Some(node) = stats.node() {
+                let labels = NodeLabels {
+                    subject: name.clone(),
+                    node,
+                };
+                self.node.get_or_create(&labels).set(1);
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -22,6 +22,8 @@ use serde_json::Value;
 use amqp_agent::agent::Agent;
 
 pub mod apps;
+pub mod cluster;
+pub mod nft;
 pub mod procs;
 use amqp_agent::config::Config;
 
