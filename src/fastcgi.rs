@@ -149,6 +149,26 @@ impl FpmClient {
         self.request(&params, b"").await
     }
 
+    /// A client whose kept-alive connection is `stream`, already open: a fake FPM for tests and
+    /// the fuzz targets (`fuzz/`). Once `stream` fails it connects to `address` like [`Self::new`].
+    #[must_use]
+    pub fn with_stream(
+        address: FpmAddress,
+        timeout: Duration,
+        max_response: usize,
+        stream: impl AsyncRead + AsyncWrite + Send + 'static,
+    ) -> Self {
+        let ends = Arc::new(AtomicU64::new(0));
+        let watched = Watched::new(Box::pin(buffered(stream)), ends.clone());
+        Self {
+            conn: Some(Connection {
+                client: Client::new_keep_alive_tokio(watched),
+                ends,
+            }),
+            ..Self::new(address, timeout, max_response)
+        }
+    }
+
     /// Where this client sends requests.
     #[must_use]
     pub fn address(&self) -> &FpmAddress {
@@ -441,6 +461,29 @@ mod tests {
                 w.observe(part);
             }
             assert_eq!(ends.load(Ordering::Acquire), 1, "chunk size {chunk}");
+        }
+    }
+
+    /// Found by `fuzz/` (target `fastcgi_reply`): fastcgi-client panicked on an end-of-request
+    /// record shorter than 8 bytes (vendor/fastcgi-client/PATCHES.md).
+    #[tokio::test]
+    async fn a_short_end_request_record_is_a_protocol_error() {
+        use tokio::io::AsyncWriteExt as _;
+        for length in 0..8 {
+            let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+            let mut reply = record(6, b"Status: 200\r\n\r\nok", 0);
+            reply.extend(record(3, &[0; 8][..length], 0));
+            fpm_side.write_all(&reply).await.unwrap();
+            let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+            let mut client =
+                FpmClient::with_stream(address, Duration::from_secs(5), 1 << 20, agent_side);
+            let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+            let error = client.request(&params, b"{}").await.unwrap_err();
+            assert_eq!(
+                error.reason(),
+                "fpm_protocol_error",
+                "length {length}: {error}"
+            );
         }
     }
 

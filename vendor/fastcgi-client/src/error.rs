@@ -54,6 +54,13 @@ pub enum ClientError {
         request_type: RequestType,
     },
 
+    /// amqp-agent patch: an end-of-request record too short for its 8-byte body.
+    #[error("FCGI_END_REQUEST record has {length} content bytes, not 8")]
+    MalformedEndRequest {
+        /// Content length of the record
+        length: usize,
+    },
+
     /// Response not complete, first is protocol status and second is app
     /// status, see fastcgi protocol.
     #[error("This app can't multiplex [CantMpxConn]; AppStatus: {app_status}")]

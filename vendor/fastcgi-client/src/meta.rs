@@ -567,10 +567,10 @@ impl EndRequestRec {
     /// * `reader` - The reader to read content from
     pub(crate) async fn from_header<R: AsyncRead + Unpin>(
         header: &Header, reader: &mut R,
-    ) -> io::Result<Self> {
+    ) -> ClientResult<Self> {
         let header = header.clone();
         let content = &*header.read_content_from_stream(reader).await?;
-        Ok(Self::new_from_buf(header, content))
+        Self::new_from_buf(header, content)
     }
 
     /// Creates an end request record from a header and buffer.
@@ -579,19 +579,24 @@ impl EndRequestRec {
     ///
     /// * `header` - The FastCGI header
     /// * `buf` - The buffer containing the end request data
-    pub(crate) fn new_from_buf(header: Header, buf: &[u8]) -> Self {
-        let app_status = u32::from_be_bytes(<[u8; 4]>::try_from(&buf[0..4]).unwrap());
-        let protocol_status =
-            ProtocolStatus::from_u8(u8::from_be_bytes(<[u8; 1]>::try_from(&buf[4..5]).unwrap()));
-        let reserved = <[u8; 3]>::try_from(&buf[5..8]).unwrap();
-        Self {
+    ///
+    /// amqp-agent patch: a record shorter than its 8-byte body is an error. The original
+    /// indexed `buf[0..8]` and panicked on a short record from the server.
+    pub(crate) fn new_from_buf(header: Header, buf: &[u8]) -> ClientResult<Self> {
+        let Some(body) = buf.first_chunk::<8>() else {
+            return Err(ClientError::MalformedEndRequest { length: buf.len() });
+        };
+        let app_status = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        let protocol_status = ProtocolStatus::from_u8(body[4]);
+        let reserved = [body[5], body[6], body[7]];
+        Ok(Self {
             header,
             end_request: EndRequest {
                 app_status,
                 protocol_status,
                 reserved,
             },
-        }
+        })
     }
 }
 

@@ -241,10 +241,10 @@ impl<S: AsyncRead + Unpin> ResponseStream<S> {
                     return Ok(None);
                 };
 
-                let end = EndRequestRec::new_from_buf(header, &data);
+                self.eof = true;
+                let end = EndRequestRec::new_from_buf(header, &data)?;
                 debug!(id = self.id, ?end, "Receive from stream.");
 
-                self.eof = true;
                 end.end_request
                     .protocol_status
                     .convert_to_client_result(end.end_request.app_status)?;
@@ -451,5 +451,26 @@ mod amqp_agent_patch_tests {
         let mut stream = ResponseStream::new(OneShot { data, reads: 0 }, 1);
         let next = futures_util::FutureExt::now_or_never(stream.next()).unwrap();
         assert!(next.is_none());
+    }
+
+    /// Found by `fuzz/` (target `fastcgi_reply`): the original panicked on this record.
+    #[test]
+    fn a_short_end_request_record_is_an_error() {
+        for length in 0..8 {
+            let mut stream = ResponseStream::new(
+                OneShot {
+                    data: record(3, &[0; 8][..length], 0),
+                    reads: 0,
+                },
+                1,
+            );
+            let next = futures_util::FutureExt::now_or_never(stream.next()).unwrap();
+            assert!(
+                matches!(next, Some(Err(ClientError::MalformedEndRequest { length: l })) if l == length),
+                "length {length}"
+            );
+            let after = futures_util::FutureExt::now_or_never(stream.next()).unwrap();
+            assert!(after.is_none(), "the stream ends after the error");
+        }
     }
 }

@@ -1,0 +1,102 @@
+//! lapin's field-table parser (`amq-protocol-types`, as `Cargo.toml` resolves it) alone.
+//!
+//! Checked: no panic; what parses re-encodes to bytes that parse to the same table (the agent
+//! re-publishes parsed headers on retry and dead-letter copies); and parsing never recurses
+//! without bound. For the last, an input starting with `D` is nested 10,000 levels deep (arrays
+//! or tables, as the next byte chooses) around a table made of the rest, and parsed twice:
+//! - on a thread with a 256 MiB stack, where it must be refused: a parser without a depth limit
+//!   accepts it, and the target fails cleanly, with the input kept;
+//! - on a 2 MiB stack, the size of the thread lapin parses frames on: a depth limit too high for
+//!   that stack overflows it. That kills the process without a saved input (the targets have no
+//!   Rust runtime to turn a stack overflow into an abort); `scripts/fuzz` reports `exit 139`.
+#![no_main]
+
+use std::sync::Arc;
+
+use amq_protocol_types::FieldTable;
+use amq_protocol_types::generation::gen_field_table;
+use amq_protocol_types::parsing::parse_field_table;
+use libfuzzer_sys::fuzz_target;
+
+const DEEP_LEVELS: usize = 10_000;
+const ROOMY_STACK: usize = 256 * 1024 * 1024;
+const LAPIN_STACK: usize = 2 * 1024 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    if let [b'D', pattern, rest @ ..] = data {
+        let deep = Arc::new(nest(*pattern, rest));
+        assert!(
+            !accepted_on_stack(ROOMY_STACK, deep.clone()),
+            "{DEEP_LEVELS} levels of nesting accepted: the parser has no depth limit"
+        );
+        accepted_on_stack(LAPIN_STACK, deep);
+        return;
+    }
+    let Ok((_, table)) = parse_field_table(data) else {
+        return;
+    };
+    let encoded = encode(&table);
+    let (rest, again) = parse_field_table(encoded.as_slice()).expect("own encoding parses");
+    assert!(rest.is_empty());
+    // Compared as bytes: NaN floats make `PartialEq` on tables useless.
+    assert_eq!(encode(&again), encoded);
+});
+
+/// Parses `input` on a thread with a `stack`-byte stack; true when it parsed.
+fn accepted_on_stack(stack: usize, input: Arc<Vec<u8>>) -> bool {
+    std::thread::Builder::new()
+        .stack_size(stack)
+        .spawn(move || match parse_field_table(input.as_slice()) {
+            Ok((_, table)) => {
+                // Dropping a deep table recurses too; the caller fails anyway.
+                std::mem::forget(table);
+                true
+            }
+            Err(_) => false,
+        })
+        .expect("spawn")
+        .join()
+        .expect("parser thread")
+}
+
+fn encode(table: &FieldTable) -> Vec<u8> {
+    cookie_factory::gen_simple(gen_field_table(table), Vec::new()).expect("encodes")
+}
+
+/// `DEEP_LEVELS` levels of arrays (bit set in `pattern`) or one-entry tables around a table
+/// whose body is `inner`, as the body of a one-entry field table.
+fn nest(pattern: u8, inner: &[u8]) -> Vec<u8> {
+    // Each level is a prefix whose length field counts the value inside it, so the prefixes are
+    // made from the inside out. `len` is the size of the value the next level wraps.
+    let mut prefixes = Vec::with_capacity(DEEP_LEVELS);
+    let mut len = 1 + 4 + inner.len();
+    for level in 0..DEEP_LEVELS {
+        let mut prefix = Vec::with_capacity(7);
+        if pattern >> (level % 8) & 1 == 1 {
+            // An array holding the value: 'A', length.
+            prefix.push(b'A');
+            prefix.extend_from_slice(&be32(len));
+        } else {
+            // A table holding one entry `k` = the value: 'F', length, key.
+            prefix.push(b'F');
+            prefix.extend_from_slice(&be32(len + 2));
+            prefix.extend_from_slice(&[1, b'k']);
+        }
+        len += prefix.len();
+        prefixes.push(prefix);
+    }
+    let mut out = Vec::with_capacity(len + 16);
+    out.extend_from_slice(&be32(len + 2));
+    out.extend_from_slice(&[1, b'k']);
+    for prefix in prefixes.iter().rev() {
+        out.extend_from_slice(prefix);
+    }
+    out.push(b'F');
+    out.extend_from_slice(&be32(inner.len()));
+    out.extend_from_slice(inner);
+    out
+}
+
+fn be32(n: usize) -> [u8; 4] {
+    u32::try_from(n).expect("under 4 GiB").to_be_bytes()
+}
