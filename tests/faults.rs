@@ -381,19 +381,41 @@ async fn sigquit_stops_at_once_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_retry_publish_leaves_the_original_unacked() {
     let mut ctx = TestCtx::new("pubfail").await;
-    // Topology managed elsewhere and the delay queue missing: the retry copy is unroutable.
+    // Topology managed elsewhere (the agent only checks it, passively, at start); the event delay
+    // queue is deleted once the agent consumes, so the retry copy is unroutable.
     ctx.extra_toml = String::new();
     ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 5\n".to_owned();
     ctx.declare().await;
+    let delay_args = |subject: &str| {
+        let mut args = lapin::types::FieldTable::default();
+        args.insert(
+            "x-message-ttl".into(),
+            lapin::types::AMQPValue::LongLongInt(100),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            lapin::types::AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            lapin::types::AMQPValue::LongString(ctx.queue(subject).as_str().into()),
+        );
+        args
+    };
     for subject in ["event", "command"] {
-        ctx.channel
-            .queue_declare(
-                format!("{}.dead", ctx.queue(subject)).as_str().into(),
-                lapin::options::QueueDeclareOptions::durable(),
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        for (suffix, args) in [
+            ("dead", lapin::types::FieldTable::default()),
+            ("retry.100ms", delay_args(subject)),
+        ] {
+            ctx.channel
+                .queue_declare(
+                    format!("{}.{suffix}", ctx.queue(subject)).as_str().into(),
+                    lapin::options::QueueDeclareOptions::durable(),
+                    args,
+                )
+                .await
+                .unwrap();
+        }
     }
     let text = ctx.toml().replace("[amqp]\n", "[amqp]\ndeclare = false\n");
     let agent = amqp_agent::agent::Agent::start(std::sync::Arc::new(
@@ -403,6 +425,15 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     .await
     .unwrap();
     agent.wait_consuming(LONG).await.unwrap();
+    ctx.channel
+        .queue_delete(
+            format!("{}.retry.100ms", ctx.queue("event"))
+                .as_str()
+                .into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     ctx.publish_json("event", "comes-back", "fail-until:2")
         .await;
     // Attempt 1 fails, its retry copy cannot be stored: the original is returned, not acked, and
@@ -423,19 +454,7 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     );
     assert!(agent.stats()["event"].requeued >= 1);
     // Once the delay queue exists, the retry goes through and attempt 2 succeeds.
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-message-ttl".into(),
-        lapin::types::AMQPValue::LongLongInt(100),
-    );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        lapin::types::AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        lapin::types::AMQPValue::LongString(ctx.queue("event").as_str().into()),
-    );
+    let args = delay_args("event");
     ctx.channel
         .queue_declare(
             format!("{}.retry.100ms", ctx.queue("event"))

@@ -53,7 +53,7 @@ ensure_php_frameworks() {
     apt_install "${missing[@]}"
   fi
   command -v phpunit >/dev/null || die "phpunit still missing after install"
-  php -m | grep -qx amqp || die "the amqp extension is not loaded by php-cli"
+  php -m | grep -x amqp >/dev/null || die "the amqp extension is not loaded by php-cli"
 }
 
 ensure_rabbitmq() {

@@ -285,14 +285,21 @@ pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    // Only what is in the queue now: a replayed message that fails again while this runs comes
+    // back to the same queue and must not be replayed a second time.
+    let mut bound = limit;
     let mut replayed = 0;
-    while replayed < limit {
+    while replayed < bound {
         let Some(msg) = channel
             .basic_get(queue.as_str().into(), BasicGetOptions::default())
             .await?
         else {
             break;
         };
+        if replayed == 0 {
+            let present = usize::try_from(msg.message_count).unwrap_or(usize::MAX);
+            bound = bound.min(present.saturating_add(1));
+        }
         let delivery = &msg.delivery;
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let kept: BTreeMap<_, _> = headers
