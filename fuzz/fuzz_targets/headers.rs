@@ -14,6 +14,7 @@ use std::sync::LazyLock;
 use amq_protocol_types::FieldTable;
 use amqp_agent::config::Config;
 use amqp_agent::contract::{self, ContractError, Envelope, RequestTemplate};
+use amqp_agent::signature::{self, Signed};
 use amqp_agent_fuzz::{MAX_BUILT_DEPTH, nesting, parse_table_body, same_table, table};
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -94,6 +95,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
     let attempt: u32 = u.arbitrary()?;
     let redelivered: bool = u.arbitrary()?;
     let timestamp: Option<u64> = u.arbitrary()?;
+    let now: u64 = u.arbitrary()?;
     let body: &[u8] = u.arbitrary()?;
     let headers: Option<FieldTable> = match u.int_in_range(0..=2u8)? {
         0 => None,
@@ -135,19 +137,14 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         timestamp,
         headers: headers.as_ref(),
     };
-    match template.params(&env, body, trace) {
+    match template.params(&env, body, trace, now) {
         Err(ContractError::BodyTooLarge { size, limit }) => {
             assert!(size == body.len() && size > max_body && limit == max_body);
         }
         Err(ContractError::Headers(_)) => assert!(body.len() <= max_body && json.is_err()),
         Ok(params) => {
             assert!(body.len() <= max_body);
-            check_params(
-                &params,
-                json.as_deref().expect("params built"),
-                subject,
-                body,
-            );
+            check_params(&params, json.as_deref().expect("params built"), body, now);
         }
     }
     Ok(())
@@ -194,12 +191,7 @@ fn check_headers_json(
     result
 }
 
-fn check_params(
-    params: &[(&'static str, Cow<'_, str>)],
-    headers: &str,
-    subject: &str,
-    body: &[u8],
-) {
+fn check_params(params: &[(&'static str, Cow<'_, str>)], headers: &str, body: &[u8], now: u64) {
     for (i, (name, value)) in params.iter().enumerate() {
         assert!(NAMES.contains(name), "unexpected param {name}");
         assert!(
@@ -215,20 +207,22 @@ fn check_params(
         params
             .iter()
             .find(|(name, _)| *name == wanted)
-            .map(|(_, v)| v.as_ref())
+            .map_or_else(|| panic!("{wanted} not sent"), |(_, v)| v.as_ref())
     };
-    assert_eq!(get("HTTP_X_AGENT_HEADERS"), Some(headers));
-    assert_eq!(get("CONTENT_LENGTH"), Some(body.len().to_string().as_str()));
-    let signature = get("HTTP_X_AGENT_SIGNATURE").expect("signing secrets are configured");
-    let message_id = get("HTTP_X_AGENT_MESSAGE_ID").expect("always sent");
+    assert_eq!(get("HTTP_X_AGENT_HEADERS"), headers);
+    assert_eq!(get("CONTENT_LENGTH"), body.len().to_string());
+    // The signature covers the param values exactly as sent.
+    let fields = Signed {
+        subject: get("HTTP_X_AGENT_SUBJECT"),
+        message_id: get("HTTP_X_AGENT_MESSAGE_ID"),
+        attempt: get("HTTP_X_AGENT_ATTEMPT").parse().expect("a number"),
+        routing_key: get("HTTP_X_AGENT_ROUTING_KEY"),
+        exchange: get("HTTP_X_AGENT_EXCHANGE"),
+        content_type: get("HTTP_X_AGENT_CONTENT_TYPE"),
+        headers_json: get("HTTP_X_AGENT_HEADERS"),
+        body,
+    };
     let old = [SECRETS[1].to_owned()];
-    assert!(amqp_agent::signature::verify(
-        signature,
-        &old,
-        contract::unix_now(),
-        60,
-        subject,
-        message_id,
-        body
-    ));
+    let signature = get("HTTP_X_AGENT_SIGNATURE");
+    assert!(signature::verify(signature, &old, now, 0, &fields, false));
 }
