@@ -85,18 +85,11 @@ pub fn attempt_from_headers(headers: Option<&FieldTable>) -> Result<u32, String>
         return Ok(1);
     };
     let n: Option<i64> = match value {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
             .ok()
             .and_then(|s| s.trim().parse().ok()),
         AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
-        _ => None,
+        other => integer(other),
     };
     match n {
         Some(n) if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
@@ -112,14 +105,19 @@ pub fn attempt_from_headers(headers: Option<&FieldTable>) -> Result<u32, String>
 /// queues and on a first delivery.
 #[must_use]
 pub fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
-    match headers?.inner().get("x-delivery-count")? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+    integer(headers?.inner().get("x-delivery-count")?)
+}
+
+/// An AMQP integer of any width as `i64`; `None` for every other type.
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match value {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
         _ => None,
     }
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use common::cluster::Cluster;
 use common::procs::{AgentProcess, http};
 use common::{TestCtx, eventually, free_port};
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -32,14 +32,7 @@ struct Client {
 
 impl Client {
     async fn to(url: &str) -> Self {
-        let conn = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .expect("cluster node");
-        let channel = conn.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (conn, channel) = common::confirm_channel(url).await;
         Self {
             channel,
             _conn: conn,

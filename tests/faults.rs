@@ -425,15 +425,8 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     .await
     .unwrap();
     agent.wait_consuming(LONG).await.unwrap();
-    ctx.channel
-        .queue_delete(
-            format!("{}.retry.100ms", ctx.queue("event"))
-                .as_str()
-                .into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    ctx.delete_queue(&format!("{}.retry.100ms", ctx.queue("event")))
+        .await;
     ctx.publish_json("event", "comes-back", "fail-until:2")
         .await;
     // Attempt 1 fails, its retry copy cannot be stored: the original is returned, not acked, and

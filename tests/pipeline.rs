@@ -603,15 +603,8 @@ async fn deleted_queues_are_declared_again_and_consumption_resumes() {
     let ctx = TestCtx::new("deleted").await;
     let agent = ctx.start_agent().await;
     // Delete the delay queue: the next retry declares it again.
-    ctx.channel
-        .queue_delete(
-            format!("{}.retry.100ms", ctx.queue("event"))
-                .as_str()
-                .into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    ctx.delete_queue(&format!("{}.retry.100ms", ctx.queue("event")))
+        .await;
     ctx.publish_json("event", "retry-after-delete", "fail-until:2")
         .await;
     common::eventually(WAIT, "retried", || async {
@@ -621,10 +614,7 @@ async fn deleted_queues_are_declared_again_and_consumption_resumes() {
     })
     .await;
     // Delete the main queue: the broker cancels the consumer; the agent redeclares and consumes again.
-    ctx.channel
-        .queue_delete(ctx.queue("command").as_str().into(), Default::default())
-        .await
-        .unwrap();
+    ctx.delete_queue(&ctx.queue("command")).await;
     common::eventually(WAIT, "consumer restarted", || async {
         let s = agent.stats()["command"];
         s.consumer_starts >= 2 && s.consuming

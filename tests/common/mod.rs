@@ -225,14 +225,7 @@ impl TestCtx {
             .with_test_writer()
             .try_init();
         let id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
-        let channel = conn.create_channel().await.unwrap();
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let (conn, channel) = confirm_channel(AMQP_URL).await;
         Self {
             id,
             conn,
@@ -366,6 +359,14 @@ impl TestCtx {
         }
     }
 
+    /// Deletes one queue (a test's way to break the topology under a running agent).
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
     pub async fn queue_len(&self, queue: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
         let opts = QueueDeclareOptions {
@@ -479,6 +480,19 @@ impl TestCtx {
             .exchange_delete(exchange.as_str().into(), Default::default())
             .await;
     }
+}
+
+/// A connection to `url` and a channel on it in confirm mode (publishes wait for the broker).
+pub async fn confirm_channel(url: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ at {url}: {e}"));
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, channel)
 }
 
 pub fn header_str(props: &BasicProperties, name: &str) -> Option<String> {
