@@ -11,10 +11,12 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
-use crate::actors::stats::{StatsSnapshot, SubjectStats};
 use crate::config::Config;
 use crate::poison::journal::Tracker;
+use crate::stats::{StatsSnapshot, SubjectStats};
 use crate::telemetry::metrics::Metrics;
+
+mod sizer;
 
 /// A started agent (owns the supervision tree's join handle).
 pub struct Agent {
@@ -334,7 +336,7 @@ impl AgentHandle {
     }
 
     fn spawn_sizer(&self) {
-        let task = tokio::spawn(crate::sizer::run(self.clone()));
+        let task = tokio::spawn(sizer::run(self.clone()));
         self.inner
             .fpm_tasks
             .lock()

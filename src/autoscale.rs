@@ -8,16 +8,7 @@
 
 use std::time::Duration;
 
-/// How a subject's pool is sized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// `pool_size`, changed only by an operator.
-    #[default]
-    Fixed,
-    /// Sized from the backlog and FPM's capacity.
-    Auto,
-}
+pub use crate::config::PoolMode;
 
 /// One subject, as the decision sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -306,7 +306,7 @@ pub struct SubjectConfig {
     /// `fixed`: `pool_size`, changed only by an operator. `auto`: starts at `min_pool_size` and
     /// is sized from the backlog and FPM's capacity (needs `fpm.status_path`).
     #[serde(default)]
-    pub pool_mode: crate::autoscale::PoolMode,
+    pub pool_mode: PoolMode,
     /// Share of FPM's children when several auto subjects have a backlog.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -571,6 +571,77 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
         .collect()
 }
 
+/// How a subject's pool is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// `pool_size`, changed only by an operator.
+    #[default]
+    Fixed,
+    /// Sized from the backlog and FPM's capacity.
+    Auto,
+}
+
+/// Tables and arrays nested deeper than this are cut by the (patched) AMQP parser, which skips
+/// them without parsing (`vendor/amq-protocol-types/PATCHES.md`). `limits.max_header_depth` must
+/// stay below it, so that a cut header is always over the limit.
+pub const PARSER_MAX_DEPTH: usize = lapin::types::parsing::MAX_NESTING_DEPTH;
+
+/// Checks a `telemetry.log_level` value (a `RUST_LOG`-style filter).
+#[must_use]
+pub fn valid_log_level(level: &str) -> bool {
+    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+}
+
+/// A trace sampler, named as in `OTEL_TRACES_SAMPLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// `always_on`
+    AlwaysOn,
+    /// `always_off`
+    AlwaysOff,
+    /// `traceidratio`
+    #[serde(rename = "traceidratio")]
+    TraceIdRatio,
+    /// `parentbased_always_on` (the default)
+    #[serde(rename = "parentbased_always_on")]
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`
+    #[serde(rename = "parentbased_always_off")]
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`
+    #[serde(rename = "parentbased_traceidratio")]
+    ParentBasedTraceIdRatio,
+}
+
+impl SamplerKind {
+    /// Every sampler with its standard name.
+    pub const ALL: [(&'static str, Self); 6] = [
+        ("always_on", Self::AlwaysOn),
+        ("always_off", Self::AlwaysOff),
+        ("traceidratio", Self::TraceIdRatio),
+        ("parentbased_always_on", Self::ParentBasedAlwaysOn),
+        ("parentbased_always_off", Self::ParentBasedAlwaysOff),
+        ("parentbased_traceidratio", Self::ParentBasedTraceIdRatio),
+    ];
+
+    /// The sampler of a standard name (`OTEL_TRACES_SAMPLER`), or `None` for an unknown one.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+    }
+
+    /// The standard name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("parentbased_always_on", |(n, _)| n)
+    }
+}
+
 /// Where PHP-FPM listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FpmAddress {
@@ -780,12 +851,12 @@ impl Config {
         }
         // Deeper headers arrive cut by the AMQP parser; below its cap, a cut header is always
         // over the limit and dead-lettered, never handed to PHP with the cut in it.
-        if self.limits.max_header_depth >= crate::contract::PARSER_MAX_DEPTH {
+        if self.limits.max_header_depth >= PARSER_MAX_DEPTH {
             return Err(invalid(
                 "limits.max_header_depth",
                 format!(
                     "must be below {}, the depth past which the AMQP parser cuts header tables",
-                    crate::contract::PARSER_MAX_DEPTH
+                    PARSER_MAX_DEPTH
                 ),
             ));
         }
@@ -830,11 +901,7 @@ impl Config {
         {
             return Err(invalid("telemetry.log_format", "must be `text` or `json`"));
         }
-        if let Some(level) = t
-            .log_level
-            .as_deref()
-            .filter(|l| !crate::telemetry::valid_log_level(l))
-        {
+        if let Some(level) = t.log_level.as_deref().filter(|l| !valid_log_level(l)) {
             return Err(invalid(
                 "telemetry.log_level",
                 format!(
@@ -854,7 +921,7 @@ impl Config {
         if let Some(sampler) = t
             .sampler
             .as_deref()
-            .filter(|s| crate::telemetry::sampler(s, t.sampler_arg).is_none())
+            .filter(|s| SamplerKind::parse(s).is_none())
         {
             return Err(invalid(
                 "telemetry.sampler",
@@ -930,7 +997,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if subject.pool_mode == crate::autoscale::PoolMode::Auto && self.fpm.status_path.is_none() {
+        if subject.pool_mode == PoolMode::Auto && self.fpm.status_path.is_none() {
             return Err(invalid(
                 format!("{key}.pool_mode"),
                 "`auto` needs fpm.status_path (FPM's capacity is read from its status page)",

@@ -228,10 +228,7 @@ fn value_to_json(
     })
 }
 
-/// Tables and arrays nested deeper than this are cut by the (patched) AMQP parser, which skips
-/// them without parsing (`vendor/amq-protocol-types/PATCHES.md`). `limits.max_header_depth` must
-/// stay below it, so that a cut header is always over the limit.
-pub const PARSER_MAX_DEPTH: usize = lapin::types::parsing::MAX_NESTING_DEPTH;
+pub use crate::config::PARSER_MAX_DEPTH;
 
 /// Removes the headers whose tables or arrays nest deeper than `max_depth` (the headers table
 /// itself is depth 1, as in [`headers_json`]) and returns their names, so that a dead-letter copy

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::SubjectRuntime;
-use super::stats::SubjectStats;
+use crate::stats::SubjectStats;
 
 /// Longest time a finished delivery waits behind an older one still in flight before it is
 /// acked on its own.

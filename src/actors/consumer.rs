@@ -19,9 +19,9 @@ use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
-use super::stats::SubjectStats;
-use super::worker::{FpmWorker, Job, WorkerArgs, WorkerMsg};
+use super::worker::{FpmWorker, Job, WorkerArgs, WorkerIdle, WorkerMsg};
 use crate::broker::{self, Publisher};
+use crate::stats::SubjectStats;
 use crate::telemetry::metrics::Metrics;
 
 /// Longest wait for held acks to be written when draining or stopping; past it the broker
@@ -83,14 +83,7 @@ pub enum ConsumerMsg {
         reason: Option<String>,
     },
     /// A worker finished its message.
-    WorkerIdle {
-        /// Which worker.
-        worker: ActorId,
-        /// FPM could not be reached for that message.
-        fpm_unreachable: bool,
-        /// The publish channel is closed; this consumer incarnation must be replaced.
-        publisher_broken: bool,
-    },
+    WorkerIdle(WorkerIdle),
     /// Circuit breaker: check whether FPM accepts connections again.
     Probe,
     /// Operator pause (true) or resume (false).
@@ -99,6 +92,23 @@ pub enum ConsumerMsg {
     Drain(RpcReplyPort<()>),
     /// Change the pool size.
     Resize(usize),
+}
+
+impl From<WorkerIdle> for ConsumerMsg {
+    fn from(report: WorkerIdle) -> Self {
+        Self::WorkerIdle(report)
+    }
+}
+
+impl TryFrom<ConsumerMsg> for WorkerIdle {
+    type Error = ConsumerMsg;
+
+    fn try_from(msg: ConsumerMsg) -> Result<Self, ConsumerMsg> {
+        match msg {
+            ConsumerMsg::WorkerIdle(report) => Ok(report),
+            other => Err(other),
+        }
+    }
 }
 
 impl Actor for QueueConsumer {
@@ -183,11 +193,11 @@ impl Actor for QueueConsumer {
                 state.backlog.push_back(*delivery);
                 dispatch(state);
             }
-            ConsumerMsg::WorkerIdle {
+            ConsumerMsg::WorkerIdle(WorkerIdle {
                 worker,
                 fpm_unreachable,
                 publisher_broken,
-            } => {
+            }) => {
                 if publisher_broken && state.draining.is_none() {
                     return Err("the retry/dead-letter publish channel closed".into());
                 }
@@ -584,7 +594,7 @@ async fn resize(
         for _ in 0..missing {
             let args = WorkerArgs {
                 runtime: state.runtime.clone(),
-                consumer: myself.clone(),
+                consumer: myself.get_derived(),
             };
             let (actor, _) = Actor::spawn_linked(None, FpmWorker, args, myself.get_cell()).await?;
             state.idle.push_back(actor.get_id());

@@ -12,7 +12,6 @@
 pub mod acks;
 pub mod consumer;
 pub mod root;
-pub mod stats;
 pub mod worker;
 
 use std::sync::Arc;
@@ -32,7 +31,7 @@ pub struct SubjectRuntime {
     /// Retry schedule.
     pub policy: RetryPolicy,
     /// Counters and gauges, shared with the status endpoint.
-    pub stats: Arc<stats::SubjectStats>,
+    pub stats: Arc<crate::stats::SubjectStats>,
     /// Prometheus metrics of the agent.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// This subject's metrics, resolved once for the per-message path.
@@ -51,7 +50,7 @@ impl SubjectRuntime {
     pub fn new(
         config: Arc<Config>,
         subject: &str,
-        stats: Arc<stats::SubjectStats>,
+        stats: Arc<crate::stats::SubjectStats>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
         Self {

@@ -14,8 +14,8 @@ use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
 use super::consumer::{ConsumerMsg, QueueConsumer};
-use super::stats::SubjectStats;
 use crate::config::Config;
+use crate::stats::SubjectStats;
 
 /// The root supervisor actor.
 pub struct RootSupervisor;

@@ -11,20 +11,20 @@ use std::time::{Duration, Instant};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef};
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
-use super::consumer::ConsumerMsg;
-use super::stats::SubjectStats;
 use crate::broker::Publisher;
 use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
 use crate::fastcgi::{FpmClient, Reply};
 use crate::outcome::{self, Decision, Verdict};
 use crate::printable::printable;
 use crate::provenance::{self, Binding};
+use crate::stats::SubjectStats;
 use crate::telemetry::{self, metrics::Metrics};
+use crate::trace_context;
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
 const EXCERPT: usize = 1024;
@@ -36,7 +36,7 @@ pub struct FpmWorker;
 pub struct WorkerState {
     runtime: Arc<SubjectRuntime>,
     fpm: FpmClient,
-    consumer: ActorRef<ConsumerMsg>,
+    consumer: DerivedActorRef<WorkerIdle>,
 }
 
 /// Messages a worker accepts.
@@ -60,7 +60,20 @@ pub struct WorkerArgs {
     /// The subject's shared runtime.
     pub runtime: Arc<SubjectRuntime>,
     /// The consumer to report to.
-    pub consumer: ActorRef<ConsumerMsg>,
+    pub consumer: DerivedActorRef<WorkerIdle>,
+}
+
+/// What a worker reports to its consumer after each message: it is idle again, and what the
+/// consumer must act on. The consumer accepts it as one of its messages; the worker does not
+/// know the consumer's message type.
+#[derive(Debug)]
+pub struct WorkerIdle {
+    /// Which worker.
+    pub worker: ActorId,
+    /// FPM could not be reached for that message (opens the circuit breaker).
+    pub fpm_unreachable: bool,
+    /// The publish channel is closed; this consumer incarnation must be replaced.
+    pub publisher_broken: bool,
 }
 
 impl Actor for FpmWorker {
@@ -94,17 +107,15 @@ impl Actor for FpmWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Handle(job) => {
-                let publisher_usable = {
-                    let publisher = job.publisher.clone();
-                    let unreached = handle_job(state, *job).await;
-                    (unreached, publisher.usable())
+                let publisher = job.publisher.clone();
+                let fpm_unreachable = handle_job(state, *job).await;
+                let report = WorkerIdle {
+                    worker: myself.get_id(),
+                    fpm_unreachable,
+                    publisher_broken: !publisher.usable(),
                 };
                 // The consumer may be gone during shutdown; nothing to report to then.
-                let _ = state.consumer.cast(ConsumerMsg::WorkerIdle {
-                    worker: myself.get_id(),
-                    fpm_unreachable: publisher_usable.0,
-                    publisher_broken: !publisher_usable.1,
-                });
+                let _ = state.consumer.send_message(report);
             }
         }
         Ok(())
@@ -179,12 +190,10 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         )
     };
     telemetry::set_parent_from_headers(&span, headers);
-    let incoming_trace = contract::string_header(headers, "traceparent");
-    if let Some(id) = telemetry::trace_id(&span).or_else(|| {
-        incoming_trace
-            .filter(|tp| valid_traceparent(tp))
-            .map(|tp| tp[3..35].to_owned())
-    }) {
+    let incoming_trace = trace_context::read(headers);
+    if let Some(id) =
+        telemetry::trace_id(&span).or_else(|| incoming_trace.trace_id().map(str::to_owned))
+    {
         span.record("trace_id", id.as_str());
     }
     if let Some(ts) = *props.timestamp() {
@@ -207,14 +216,10 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         if let Some(why) = &untrusted {
             warn_untrusted(&runtime, why);
         }
-        let traceparent = incoming_trace.filter(|tp| {
-            let ok = valid_traceparent(tp);
-            if !ok {
-                warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
-            }
-            ok
-        });
-        let tracestate = traceparent.and(contract::string_header(headers, "tracestate"));
+        if let Some(tp) = incoming_trace.malformed {
+            warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
+        }
+        let (traceparent, tracestate) = (incoming_trace.traceparent, incoming_trace.tracestate);
         let envelope = Envelope {
             subject: &runtime.name,
             message_id: message_id.clone(),
@@ -598,23 +603,4 @@ fn truncate(s: &str, max: usize) -> String {
         out.push('…');
     }
     out
-}
-
-/// W3C traceparent: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
-#[must_use]
-pub fn valid_traceparent(tp: &str) -> bool {
-    let parts: Vec<&str> = tp.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2)
 }

@@ -21,7 +21,14 @@ use tracing::{info, warn};
 use super::{FpmProcess, FpmStatus, StatusError, StatusState};
 use crate::config::Config;
 use crate::fastcgi::FpmClient;
-use crate::telemetry::metrics::SubjectLabel;
+
+/// The `subject` label of the in-flight request gauges. (Its own type, not the metrics
+/// module's: `telemetry::metrics` holds the monitor, so the monitor does not import it back.)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabel {
+    /// `event` or `command`.
+    pub subject: String,
+}
 
 /// Largest status page read: `full` costs ~330 bytes per child.
 const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;

@@ -20,7 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::TelemetryConfig;
+use crate::config::{SamplerKind, TelemetryConfig};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -43,12 +43,6 @@ pub fn set_log_level(level: Option<&str>) {
     if let Some(handle) = FILTER.get() {
         let _ = handle.reload(filter_for(level));
     }
-}
-
-/// Checks a `telemetry.log_level` value.
-#[must_use]
-pub fn valid_log_level(level: &str) -> bool {
-    tracing_subscriber::EnvFilter::try_new(level).is_ok()
 }
 
 /// True when spans are exported over OTLP.
@@ -100,16 +94,15 @@ pub fn export_settings(
 #[must_use]
 pub fn sampler(name: &str, arg: Option<f64>) -> Option<Sampler> {
     let ratio = arg.unwrap_or(1.0).clamp(0.0, 1.0);
-    Some(match name {
-        "always_on" => Sampler::AlwaysOn,
-        "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
-        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        "parentbased_traceidratio" => {
+    Some(match SamplerKind::parse(name)? {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedTraceIdRatio => {
             Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
         }
-        _ => return None,
     })
 }
 
@@ -240,10 +233,12 @@ pub fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
     }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-    let parent = carrier.remove("traceparent")?;
+    let parent = carrier.remove(crate::trace_context::TRACEPARENT)?;
     Some((
         parent,
-        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        carrier
+            .remove(crate::trace_context::TRACESTATE)
+            .filter(|s| !s.is_empty()),
     ))
 }
 
@@ -262,12 +257,12 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 pub fn inject_into_headers(span: &tracing::Span, headers: &mut FieldTable) {
     if let Some((parent, state)) = context_of(span) {
         headers.insert(
-            "traceparent".into(),
+            crate::trace_context::TRACEPARENT.into(),
             AMQPValue::LongString(LongString::from(parent)),
         );
         if let Some(state) = state {
             headers.insert(
-                "tracestate".into(),
+                crate::trace_context::TRACESTATE.into(),
                 AMQPValue::LongString(LongString::from(state)),
             );
         }

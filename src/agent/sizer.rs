@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::agent::AgentHandle;
+use super::AgentHandle;
 use crate::autoscale::{self, Capacity, PoolMode, SubjectInput};
 
 /// What the task remembers of a subject between two decisions.
