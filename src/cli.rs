@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use crate::agent::Agent;
-use crate::config::{Config, redact_url};
+use crate::config::{Config, LogFormat, redact_url};
 use crate::notify::Notifier;
 use crate::signals::{self, Command};
 
@@ -34,15 +34,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Sub-commands.
@@ -287,10 +278,9 @@ fn check_config(path: &Path) -> anyhow::Result<i32> {
 
 async fn run(path: &Path, log_format: Option<LogFormat>) -> anyhow::Result<i32> {
     let config = Arc::new(Config::load(path)?);
-    let json = log_format.map_or(
-        config.telemetry.log_format.as_deref() == Some("json"),
-        |f| f == LogFormat::Json,
-    );
+    let json = log_format.map_or(config.telemetry.log_format == Some(LogFormat::Json), |f| {
+        f == LogFormat::Json
+    });
     let export = crate::telemetry::export_settings(&config.telemetry, |k| {
         std::env::var(k).ok().filter(|v| !v.is_empty())
     });

@@ -94,7 +94,7 @@ pub struct Config {
 pub struct TelemetryConfig {
     /// Log format: `text` (default) or `json`. `--log-format` overrides it.
     #[serde(default)]
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// Log filter, as `RUST_LOG` (default `info`); `RUST_LOG` overrides it. Applied on SIGHUP.
     #[serde(default)]
     pub log_level: Option<String>,
@@ -103,13 +103,13 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `grpc` (default) or `http/protobuf`. `OTEL_EXPORTER_OTLP_PROTOCOL` overrides it.
     #[serde(default)]
-    pub otlp_protocol: Option<String>,
+    pub otlp_protocol: Option<OtlpProtocol>,
     /// `service.name` of the spans (default `amqp-agent`). `OTEL_SERVICE_NAME` overrides it.
     #[serde(default)]
     pub service_name: Option<String>,
     /// Sampler, as `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`); the variable overrides it.
     #[serde(default)]
-    pub sampler: Option<String>,
+    pub sampler: Option<SamplerKind>,
     /// Sampler argument (ratio), as `OTEL_TRACES_SAMPLER_ARG`.
     #[serde(default)]
     pub sampler_arg: Option<f64>,
@@ -215,7 +215,7 @@ pub struct AmqpConfig {
 #[serde(deny_unknown_fields)]
 pub struct FpmConfig {
     /// `host:port` for TCP, or `unix:/path/to.sock`.
-    pub address: String,
+    pub address: FpmAddress,
     /// Absolute path of the PHP front controller, as FPM sees it.
     pub script_filename: String,
     /// `REQUEST_URI` sent to PHP; `{subject}` is replaced by the subject name.
@@ -297,9 +297,10 @@ pub struct SubjectConfig {
     /// Optional exchange to bind the queue to (declared as `exchange_type`, durable).
     #[serde(default)]
     pub exchange: Option<String>,
-    /// Exchange type used when declaring `exchange`.
-    #[serde(default = "default_exchange_type")]
-    pub exchange_type: String,
+    /// Exchange type used when declaring `exchange`: `direct`, `topic` (default), `fanout` or
+    /// `headers`.
+    #[serde(default)]
+    pub exchange_type: ExchangeType,
     /// Binding keys of the queue on `exchange` (default: the queue name).
     #[serde(default)]
     pub binding_keys: Vec<String>,
@@ -461,9 +462,6 @@ fn default_cooldown() -> Duration {
 fn default_max_pool_size() -> u16 {
     64
 }
-fn default_exchange_type() -> String {
-    "topic".to_owned()
-}
 fn default_max_body_bytes() -> usize {
     8 * 1024 * 1024
 }
@@ -594,7 +592,7 @@ pub fn valid_log_level(level: &str) -> bool {
 }
 
 /// A trace sampler, named as in `OTEL_TRACES_SAMPLER`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SamplerKind {
     /// `always_on`
@@ -605,6 +603,7 @@ pub enum SamplerKind {
     #[serde(rename = "traceidratio")]
     TraceIdRatio,
     /// `parentbased_always_on` (the default)
+    #[default]
     #[serde(rename = "parentbased_always_on")]
     ParentBasedAlwaysOn,
     /// `parentbased_always_off`
@@ -642,8 +641,68 @@ impl SamplerKind {
     }
 }
 
-/// Where PHP-FPM listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `telemetry.log_format` (and `--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `telemetry.otlp_protocol` (and `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum OtlpProtocol {
+    /// `grpc` (the default)
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// `http/protobuf`
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The protocol of a standard name, or `None` for an unknown one.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+
+    /// The standard name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// `subjects.<name>.exchange_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    /// Routing key equals the binding key.
+    Direct,
+    /// Binding keys are patterns (`orders.*`); the default.
+    #[default]
+    Topic,
+    /// Every bound queue.
+    Fanout,
+    /// Matching on headers.
+    Headers,
+}
+
+/// Where PHP-FPM listens (`fpm.address`), parsed when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum FpmAddress {
     /// `host:port`
     Tcp(String),
@@ -667,8 +726,16 @@ impl FpmAddress {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Self::Tcp(text.to_owned()))
             }
-            _ => Err(format!("`{text}` is neither `host:port` nor `unix:/path`")),
+            _ => Err("is neither `host:port` nor `unix:/path`".to_owned()),
         }
+    }
+}
+
+impl TryFrom<String> for FpmAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
     }
 }
 
@@ -801,7 +868,6 @@ impl Config {
         if self.amqp.prefetch_per_worker == 0 {
             return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
         }
-        FpmAddress::parse(&self.fpm.address).map_err(|m| invalid("fpm.address", m))?;
         if !self.fpm.script_filename.starts_with('/') {
             return Err(invalid("fpm.script_filename", "must be an absolute path"));
         }
@@ -895,37 +961,12 @@ impl Config {
 
     fn validate_observability(&self) -> Result<(), ConfigError> {
         let t = &self.telemetry;
-        if t.log_format
-            .as_deref()
-            .is_some_and(|f| !["text", "json"].contains(&f))
-        {
-            return Err(invalid("telemetry.log_format", "must be `text` or `json`"));
-        }
         if let Some(level) = t.log_level.as_deref().filter(|l| !valid_log_level(l)) {
             return Err(invalid(
                 "telemetry.log_level",
                 format!(
                     "`{level}` is not a log filter (e.g. `info`, `debug`, `warn,amqp_agent=debug`)"
                 ),
-            ));
-        }
-        if t.otlp_protocol
-            .as_deref()
-            .is_some_and(|p| !["grpc", "http/protobuf"].contains(&p))
-        {
-            return Err(invalid(
-                "telemetry.otlp_protocol",
-                "must be `grpc` or `http/protobuf`",
-            ));
-        }
-        if let Some(sampler) = t
-            .sampler
-            .as_deref()
-            .filter(|s| SamplerKind::parse(s).is_none())
-        {
-            return Err(invalid(
-                "telemetry.sampler",
-                format!("unknown sampler `{sampler}`"),
             ));
         }
         if self.admin.listen.is_empty() {
@@ -1038,12 +1079,6 @@ impl Config {
                 "must be 1 to 255 bytes long",
             ));
         }
-        if !["direct", "topic", "fanout", "headers"].contains(&subject.exchange_type.as_str()) {
-            return Err(invalid(
-                format!("{key}.exchange_type"),
-                "must be direct, topic, fanout or headers",
-            ));
-        }
         if !subject.binding_keys.is_empty() && subject.exchange.is_none() {
             return Err(invalid(format!("{key}.binding_keys"), "needs `exchange`"));
         }
@@ -1054,12 +1089,6 @@ impl Config {
     #[must_use]
     pub fn amqp_url(&self) -> &str {
         self.amqp_urls().first().copied().unwrap_or_default()
-    }
-
-    /// The parsed FPM address (validated).
-    #[must_use]
-    pub fn fpm_address(&self) -> FpmAddress {
-        FpmAddress::parse(&self.fpm.address).expect("validated at load")
     }
 
     /// True when `other` differs from `self` only in pool sizes, admin or telemetry settings —

@@ -461,7 +461,7 @@ async fn probe(
         return Ok(());
     };
     let config = &state.runtime.config;
-    if crate::fastcgi::probe(&config.fpm_address(), config.fpm.timeout)
+    if crate::fastcgi::probe(&config.fpm.address, config.fpm.timeout)
         .await
         .is_err()
     {

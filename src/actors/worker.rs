@@ -88,7 +88,7 @@ impl Actor for FpmWorker {
     ) -> Result<WorkerState, ActorProcessingErr> {
         let config = &args.runtime.config;
         let fpm = FpmClient::new(
-            config.fpm_address(),
+            config.fpm.address.clone(),
             config.fpm.timeout,
             config.limits.max_response_bytes,
         );

@@ -9,7 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use super::{BrokerError, amqp, dead_queue_name, delay_queue_name};
-use crate::config::{Config, QueueType, SubjectConfig};
+use crate::config::{Config, ExchangeType, QueueType, SubjectConfig};
 
 /// One queue the agent needs, with the arguments it declares it with.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,12 +128,12 @@ pub async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<(), Br
     Ok(())
 }
 
-fn exchange_kind(kind: &str) -> ExchangeKind {
+fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
     match kind {
-        "direct" => ExchangeKind::Direct,
-        "fanout" => ExchangeKind::Fanout,
-        "headers" => ExchangeKind::Headers,
-        _ => ExchangeKind::Topic,
+        ExchangeType::Direct => ExchangeKind::Direct,
+        ExchangeType::Topic => ExchangeKind::Topic,
+        ExchangeType::Fanout => ExchangeKind::Fanout,
+        ExchangeType::Headers => ExchangeKind::Headers,
     }
 }
 
@@ -162,7 +162,7 @@ pub async fn declare_subject(
     channel
         .exchange_declare(
             exchange.as_str().into(),
-            exchange_kind(&subject.exchange_type),
+            exchange_kind(subject.exchange_type),
             options,
             FieldTable::default(),
         )
@@ -322,7 +322,7 @@ pub async fn check_subject(
             passive: true,
             ..ExchangeDeclareOptions::default()
         };
-        let kind = exchange_kind(&subject.exchange_type);
+        let kind = exchange_kind(subject.exchange_type);
         let found = channel
             .exchange_declare(
                 exchange.as_str().into(),

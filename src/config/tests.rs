@@ -309,3 +309,49 @@ fn a_relative_state_dir_is_fine_when_crash_loop_protection_is_off() {
     .unwrap();
     assert_eq!(c.agent.poison_after, 0);
 }
+
+#[test]
+fn enumerated_values_are_checked_when_parsed_and_name_their_key() {
+    let cases = [
+        (
+            format!("{MINIMAL}exchange = \"x\"\nexchange_type = \"topik\"\n"),
+            "subjects.event.exchange_type",
+        ),
+        (
+            format!("{MINIMAL}[telemetry]\nlog_format = \"xml\"\n"),
+            "telemetry.log_format",
+        ),
+        (
+            format!("{MINIMAL}[telemetry]\notlp_protocol = \"http\"\n"),
+            "telemetry.otlp_protocol",
+        ),
+        (
+            format!("{MINIMAL}[telemetry]\nsampler = \"sometimes\"\n"),
+            "telemetry.sampler",
+        ),
+        (MINIMAL.replace("127.0.0.1:9000", "unix:"), "fpm.address"),
+    ];
+    for (text, key) in cases {
+        let e = error_of(&text);
+        assert!(e.contains(key), "expected `{key}` in: {e}");
+    }
+    let c = parse(&format!(
+        "{MINIMAL}exchange = \"x\"\nexchange_type = \"fanout\"\n[telemetry]\nlog_format = \"json\"\notlp_protocol = \"http/protobuf\"\nsampler = \"traceidratio\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.subjects["event"].exchange_type, ExchangeType::Fanout);
+    assert_eq!(c.telemetry.log_format, Some(LogFormat::Json));
+    assert_eq!(c.telemetry.otlp_protocol, Some(OtlpProtocol::HttpProtobuf));
+    assert_eq!(c.telemetry.sampler, Some(SamplerKind::TraceIdRatio));
+    assert_eq!(
+        parse(MINIMAL).unwrap().fpm.address,
+        FpmAddress::Tcp("127.0.0.1:9000".to_owned())
+    );
+    assert_eq!(
+        parse(&MINIMAL.replace("127.0.0.1:9000", "unix:/run/php/fpm.sock"))
+            .unwrap()
+            .fpm
+            .address,
+        FpmAddress::Unix("/run/php/fpm.sock".into())
+    );
+}

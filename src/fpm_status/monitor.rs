@@ -340,7 +340,7 @@ pub fn match_child<'a>(
 /// and the slow-request watch. Abort the handles to stop them (on reload and stop).
 #[must_use]
 pub fn spawn(monitor: Arc<Monitor>, config: Arc<Config>) -> Vec<tokio::task::JoinHandle<()>> {
-    let address = config.fpm.address.clone();
+    let address = config.fpm.address.to_string();
     let mut tasks = Vec::new();
     match config.fpm.status_path.clone() {
         None => {
@@ -375,7 +375,7 @@ pub fn spawn(monitor: Arc<Monitor>, config: Arc<Config>) -> Vec<tokio::task::Joi
 
 async fn read_loop(monitor: &Monitor, config: &Config, address: &str, path: &str) {
     let mut client = FpmClient::new(
-        config.fpm_address(),
+        config.fpm.address.clone(),
         status_timeout(config),
         MAX_STATUS_BYTES,
     )
