@@ -14,11 +14,14 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
+use super::exit::{ConnectionLost, ConsumerExit};
 use super::worker::{FpmWorker, Job, WorkerArgs, WorkerIdle, WorkerMsg};
 use crate::broker::{self, Publisher};
 use crate::stats::SubjectStats;
@@ -27,9 +30,6 @@ use crate::telemetry::metrics::Metrics;
 /// Longest wait for held acks to be written when draining or stopping; past it the broker
 /// redelivers those messages.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Prefix of the stop reason when the broker connection is gone (not a crash).
-pub const CONNECTION_LOST: &str = "connection to RabbitMQ lost";
 
 /// The consumer actor.
 pub struct QueueConsumer;
@@ -69,6 +69,8 @@ pub struct ConsumerState {
     circuit: Option<std::time::Duration>,
     /// An operator paused this subject.
     operator_paused: bool,
+    /// Why this consumer stops itself; read by the root from the final state.
+    exit: Option<ConsumerExit>,
 }
 
 /// Messages the consumer accepts.
@@ -229,7 +231,7 @@ impl Actor for QueueConsumer {
                 if !state.connection.status().connected() {
                     // Not a crash: the root reconnects without counting it towards the
                     // restart intensity.
-                    return Err(format!("{CONNECTION_LOST}: {reason}").into());
+                    return Err(ConnectionLost(reason).into());
                 }
                 return Err(format!(
                     "delivery stream of `{}` ended: {reason}",
@@ -259,6 +261,7 @@ impl Actor for QueueConsumer {
         .await;
         if let Err(e) = result {
             error!(subject = %state.runtime.name, error = %e, "Consumer failed; stopping it for a restart");
+            state.exit = Some(ConsumerExit::of(&*e));
             myself.stop(Some(e.to_string()));
         }
         Ok(())
@@ -311,6 +314,25 @@ impl Actor for QueueConsumer {
     }
 }
 
+/// The consumer and the reason of its end, from a supervision event of the root: a failed
+/// start or handler, or the exit it recorded before it stopped itself. `None` for other events.
+#[must_use]
+pub fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExit)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, ConsumerExit::of(&*err))),
+        SupervisionEvent::ActorTerminated(cell, state, reason) => {
+            let recorded = state
+                .and_then(|mut s| s.take::<ConsumerState>().ok())
+                .and_then(|s| s.exit);
+            let exit = recorded.unwrap_or_else(|| {
+                ConsumerExit::Crash(reason.unwrap_or_else(|| "stopped".to_owned()))
+            });
+            Some((cell, exit))
+        }
+        _ => None,
+    }
+}
+
 /// Opens channels, declares the topology, spawns the pool and starts consuming.
 async fn setup(
     myself: &ActorRef<ConsumerMsg>,
@@ -347,6 +369,7 @@ async fn setup(
         forwarder: None,
         circuit: None,
         operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
+        exit: None,
     };
     resize(myself, &mut state, target).await?;
     sync_consuming(myself, &mut state).await?;

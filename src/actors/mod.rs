@@ -11,6 +11,7 @@
 
 pub mod acks;
 pub mod consumer;
+pub mod exit;
 pub mod root;
 pub mod worker;
 
