@@ -17,6 +17,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use crate::config::{Config, QueueType};
 
 pub mod endpoints;
+pub mod session;
 pub mod topology;
 
 pub use topology::{Inequivalence, declare_subject};

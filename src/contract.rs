@@ -21,6 +21,18 @@ pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-agent-original-exchange";
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-agent-original-routing-key";
 /// AMQP header carrying the error of the previous attempt.
 pub const LAST_ERROR_HEADER: &str = "x-agent-last-error";
+/// Prefix of every header the agent writes on its copies.
+pub const AGENT_HEADER_PREFIX: &str = "x-agent-";
+/// AMQP header of dead-letter copies: why the message was dead-lettered (`max_attempts`, ...).
+pub const REASON_HEADER: &str = "x-agent-reason";
+/// AMQP header of dead-letter copies: the last HTTP status from PHP (0: none).
+pub const STATUS_HEADER: &str = "x-agent-status";
+/// AMQP header of dead-letter copies: how many attempts were made.
+pub const ATTEMPTS_HEADER: &str = "x-agent-attempts";
+/// AMQP header of dead-letter copies: the subject that consumed the message.
+pub const SUBJECT_HEADER: &str = "x-agent-subject";
+/// AMQP header of dead-letter copies: when the message was dead-lettered (AMQP timestamp).
+pub const DEAD_LETTERED_AT_HEADER: &str = "x-agent-dead-lettered-at";
 
 /// What the agent knows about one delivery, independent of the AMQP client types.
 #[derive(Debug, Clone)]

@@ -9,7 +9,8 @@
 //! - [`outcome`]: pure decisions — a FastCGI reply or error becomes ack, retry or dead-letter.
 //! - [`fastcgi`]: the only module that speaks FastCGI (connection, timeouts, reply limits).
 //! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
-//! - [`broker`]: the only module that speaks AMQP (connect, topology, confirmed publishing).
+//! - [`broker`]: the only module that connects to RabbitMQ, declares queues or publishes
+//!   (confirmed); also the CLI's one-off sessions. Consuming and settling are the actors'.
 //! - [`autoscale`]: the pure pool-sizing decision (backlogs and FPM capacity in, pool sizes out).
 //! - [`agent`]: the running agent as a value: start, drain, stop, read its counters; its
 //!   autoscaler task (`agent::sizer`) applies [`autoscale`]'s decisions.

@@ -238,7 +238,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             timestamp: *props.timestamp(),
             headers,
         };
-        let copy = Copy {
+        let original = Original {
             delivery: &delivery,
             message_id: &message_id,
             generated,
@@ -250,7 +250,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         if let Some(crashes) = tracked.poison() {
             let verdict = crate::poison::verdict(crashes);
             let decision = runtime.policy.decide(&verdict, attempt);
-            settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
+            settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
             return false;
         }
         let fcgi_span = if telemetry::enabled() {
@@ -295,7 +295,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             }
         };
         let decision = runtime.policy.decide(&verdict, attempt);
-        settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
+        settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
         unreached
     }
     .instrument(span)
@@ -365,8 +365,9 @@ async fn attempt_fpm(
     (verdict, unreached)
 }
 
-/// The delivery being settled and what identifies it.
-struct Copy<'a> {
+/// The delivery being settled (the original of any retry or dead-letter copy) and what
+/// identifies it.
+struct Original<'a> {
     delivery: &'a Delivery,
     message_id: &'a str,
     generated: bool,
@@ -383,13 +384,13 @@ async fn settle(
     runtime: &SubjectRuntime,
     publisher: &Publisher,
     acks: &Acks,
-    copy: Copy<'_>,
+    original: Original<'_>,
     verdict: &Verdict,
     decision: Decision,
 ) {
     let stats = &runtime.stats;
-    let delivery = copy.delivery;
-    let span = copy.span;
+    let delivery = original.delivery;
+    let span = original.span;
     let published = match &decision {
         Decision::Ack => {
             debug!("Handled");
@@ -405,7 +406,7 @@ async fn settle(
             info!(reason, detail = %printable(&detail).capped(EXCERPT), delay = ?delay, next_attempt, "Attempt failed; retrying later");
             span.record("outcome", "retry");
             span.record("otel.status_code", "ERROR");
-            let props = republished(runtime, &copy, |h| {
+            let props = republished(runtime, &original, |h| {
                 h.insert(
                     ATTEMPT_HEADER.into(),
                     AMQPValue::LongLongInt(i64::from(*next_attempt)),
@@ -429,7 +430,7 @@ async fn settle(
                 Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
                 Verdict::Success => None,
             };
-            let props = republished(runtime, &copy, |h| {
+            let props = republished(runtime, &original, |h| {
                 // Headers too deep to encode (or cut by the AMQP parser), and the largest ones
                 // when the copy would not fit in one frame, are left out of the copy;
                 // x-agent-last-error names them.
@@ -446,22 +447,22 @@ async fn settle(
                         EXCERPT,
                     )
                 };
-                h.insert("x-agent-reason".into(), text(reason));
+                h.insert(contract::REASON_HEADER.into(), text(reason));
                 h.insert(
-                    "x-agent-status".into(),
+                    contract::STATUS_HEADER.into(),
                     AMQPValue::LongLongInt(status.map_or(0, i64::from)),
                 );
                 h.insert(
-                    "x-agent-attempts".into(),
-                    AMQPValue::LongLongInt(i64::from(copy.attempt)),
+                    contract::ATTEMPTS_HEADER.into(),
+                    AMQPValue::LongLongInt(i64::from(original.attempt)),
                 );
                 h.insert(
                     LAST_ERROR_HEADER.into(),
                     text(&format!("{cause}: {detail}")),
                 );
-                h.insert("x-agent-subject".into(), text(&runtime.name));
+                h.insert(contract::SUBJECT_HEADER.into(), text(&runtime.name));
                 h.insert(
-                    "x-agent-dead-lettered-at".into(),
+                    contract::DEAD_LETTERED_AT_HEADER.into(),
                     AMQPValue::Timestamp(contract::unix_now()),
                 );
             });
@@ -508,30 +509,30 @@ fn describe(verdict: &Verdict) -> (&'static str, String) {
 /// still tell PHP the original exchange and routing key) and the agent's seal over that state.
 fn republished(
     runtime: &SubjectRuntime,
-    copy: &Copy<'_>,
+    original: &Original<'_>,
     edit: impl FnOnce(&mut FieldTable),
 ) -> BasicProperties {
-    let delivery = copy.delivery;
+    let delivery = original.delivery;
     let props = &delivery.properties;
     let mut headers = props.headers().clone().unwrap_or_default();
     // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
     headers.insert(
         ATTEMPT_HEADER.into(),
-        AMQPValue::LongLongInt(i64::from(copy.attempt)),
+        AMQPValue::LongLongInt(i64::from(original.attempt)),
     );
     headers.insert(
         contract::ORIGINAL_EXCHANGE_HEADER.into(),
-        text(copy.exchange),
+        text(original.exchange),
     );
     headers.insert(
         contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
-        text(copy.routing_key),
+        text(original.routing_key),
     );
     // The next attempt continues this trace.
-    telemetry::inject_into_headers(copy.span, &mut headers);
+    telemetry::inject_into_headers(original.span, &mut headers);
     edit(&mut headers);
-    let message_id = if copy.generated {
-        crate::broker::short(copy.message_id)
+    let message_id = if original.generated {
+        crate::broker::short(original.message_id)
     } else {
         props.message_id().clone().unwrap_or_default()
     };
@@ -545,7 +546,7 @@ fn republished(
         },
     );
     let mut out = props.clone().with_headers(headers);
-    if copy.generated {
+    if original.generated {
         out = out.with_message_id(message_id);
     }
     if props.delivery_mode().is_none() {
