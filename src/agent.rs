@@ -10,6 +10,7 @@ use ractor::{Actor, ActorRef};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::actors::hook::DeliveryHook;
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
 use crate::config::Config;
 use crate::poison::journal::Tracker;
@@ -89,6 +90,18 @@ impl Agent {
     /// When the in-flight journal cannot be opened (`agent.state_dir`), or the root actor
     /// cannot be spawned.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Self> {
+        Self::start_with_hook(config, None).await
+    }
+
+    /// [`Agent::start`], with a hook every worker calls with each delivery before handling it.
+    /// For tests only (see [`crate::actors::hook`]): `amqp-agent run` passes none.
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub async fn start_with_hook(
+        config: Arc<Config>,
+        hook: Option<DeliveryHook>,
+    ) -> anyhow::Result<Self> {
         let crashes = Arc::new(Tracker::open(&config)?);
         let stats: BTreeMap<String, Arc<SubjectStats>> = config
             .subjects
@@ -112,6 +125,7 @@ impl Agent {
             metrics: metrics.clone(),
             fatal: fatal.clone(),
             crashes: crashes.clone(),
+            hook,
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
         let fpm_tasks = crate::fpm_status::monitor::spawn(metrics.fpm.clone(), config.clone());

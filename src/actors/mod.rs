@@ -12,6 +12,7 @@
 pub mod acks;
 pub mod consumer;
 pub mod exit;
+pub mod hook;
 pub mod root;
 pub mod worker;
 
@@ -43,6 +44,8 @@ pub struct SubjectRuntime {
     pub untrusted_state_log: crate::telemetry::log_limit::LogEvery,
     /// Crash-loop protection: the agent's in-flight journal (shared by every subject).
     pub crashes: Arc<crate::poison::journal::Tracker>,
+    /// Tests only: called by a worker with each delivery before handling it (see [`hook`]).
+    pub hook: Option<hook::DeliveryHook>,
 }
 
 impl SubjectRuntime {
@@ -74,6 +77,7 @@ impl SubjectRuntime {
                 std::time::Duration::from_secs(60),
             ),
             crashes: Arc::new(crate::poison::journal::Tracker::disabled()),
+            hook: None,
         }
     }
 
@@ -81,6 +85,13 @@ impl SubjectRuntime {
     #[must_use]
     pub fn with_crashes(mut self, crashes: Arc<crate::poison::journal::Tracker>) -> Self {
         self.crashes = crashes;
+        self
+    }
+
+    /// The same runtime, calling `hook` with each delivery a worker is given (tests).
+    #[must_use]
+    pub fn with_hook(mut self, hook: Option<hook::DeliveryHook>) -> Self {
+        self.hook = hook;
         self
     }
 

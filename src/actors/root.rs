@@ -70,6 +70,8 @@ pub struct RootArgs {
     pub fatal: Arc<Mutex<Option<String>>>,
     /// Crash-loop protection, shared by every subject.
     pub crashes: Arc<crate::poison::journal::Tracker>,
+    /// Tests only: called by every worker with each delivery (see [`super::hook`]).
+    pub hook: Option<super::hook::DeliveryHook>,
 }
 
 impl Actor for RootSupervisor {
@@ -86,7 +88,8 @@ impl Actor for RootSupervisor {
         for (name, stats) in args.stats {
             let runtime = Arc::new(
                 SubjectRuntime::new(args.config.clone(), &name, stats, args.metrics.clone())
-                    .with_crashes(args.crashes.clone()),
+                    .with_crashes(args.crashes.clone())
+                    .with_hook(args.hook.clone()),
             );
             children.insert(
                 name.clone(),
@@ -245,7 +248,8 @@ fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessing
         let restart = !old.same_for_consumer(&new, name);
         child.runtime = Arc::new(
             SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
-                .with_crashes(child.runtime.crashes.clone()),
+                .with_crashes(child.runtime.crashes.clone())
+                .with_hook(child.runtime.hook.clone()),
         );
         let Some(actor) = child.actor.clone() else {
             continue;

@@ -107,6 +107,9 @@ impl Actor for FpmWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Handle(job) => {
+                if let Some(hook) = &state.runtime.hook {
+                    hook(&job.delivery);
+                }
                 let publisher = job.publisher.clone();
                 let fpm_unreachable = handle_job(state, *job).await;
                 let report = WorkerIdle {
@@ -136,10 +139,6 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
         _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
     };
-    #[cfg(feature = "fault-injection")]
-    if message_id.starts_with("__panic__") && !delivery.redelivered {
-        panic!("fault injection: worker panics on {message_id}");
-    }
     // Crash-loop protection: the start record is written before FPM is called; dropping
     // `tracked` when the delivery is settled records it as done.
     let key = crate::poison::journal::key_of(&delivery);
