@@ -119,20 +119,17 @@ impl Agent {
     }
 }
 
-fn cluster_toml(ctx: &TestCtx, cluster: &Cluster, extra_event: &str) -> String {
-    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    ctx.toml()
-        .replace(
-            &format!("url = \"{}\"", ctx.amqp_url),
-            &format!(
-                "urls = [{}]\nqueue_type = \"quorum\"\nheartbeat = \"3s\"",
-                urls.join(", ")
-            ),
-        )
-        .replace(
-            "[subjects.event]\n",
-            &format!("[subjects.event]\n{extra_event}"),
-        )
+/// The config of `ctx` on `cluster`'s nodes, quorum queues, with `event` keys set to `event`.
+fn cluster_toml(ctx: &TestCtx, cluster: &Cluster, event: &[(&str, toml::Value)]) -> String {
+    ctx.toml_with(|doc| {
+        common::remove_key(doc, "amqp.url");
+        common::set_key(doc, "amqp.urls", cluster.urls());
+        common::set_key(doc, "amqp.queue_type", "quorum");
+        common::set_key(doc, "amqp.heartbeat", "3s");
+        for (key, value) in event {
+            common::set_key(doc, &format!("subjects.event.{key}"), value.clone());
+        }
+    })
 }
 
 fn write(ctx: &TestCtx, name: &str, text: &str) -> PathBuf {
@@ -154,7 +151,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     let mut ctx = TestCtx::new("cluster").await;
     ctx.retry_toml = "[retry]\ndelays = [\"3s\"]\nmax_attempts = 3\n".to_owned();
     ctx.pool_size = 4;
-    let config = write(&ctx, "main", &cluster_toml(&ctx, &cluster, ""));
+    let config = write(&ctx, "main", &cluster_toml(&ctx, &cluster, &[]));
 
     // 1. Two agents drain quorum queues; both do a share.
     let a = Agent::start(&config, "a");
@@ -191,7 +188,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     let classic = write(
         &ctx,
         "classic",
-        &cluster_toml(&ctx, &cluster, "queue_type = \"classic\"\n"),
+        &cluster_toml(&ctx, &cluster, &[("queue_type", "classic".into())]),
     );
     let t = Instant::now();
     let mut wrong = Agent::start(&classic, "classic");
@@ -314,7 +311,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     let sac_config = write(
         &sac,
         "sac",
-        &cluster_toml(&sac, &cluster, "single_active_consumer = true\n"),
+        &cluster_toml(&sac, &cluster, &[("single_active_consumer", true.into())]),
     );
     let x = Agent::start(&sac_config, "x");
     x.wait_consuming().await;

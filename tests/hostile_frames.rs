@@ -283,5 +283,4 @@ async fn deeply_nested_headers_are_dead_lettered_and_the_agent_stays_up() {
         !agent.log_text().contains("overflowed its stack"),
         "no thread overflowed"
     );
-    ctx.cleanup().await;
 }
