@@ -85,7 +85,7 @@ async fn a_broker_restart_loses_nothing() {
             ctx2.queue_len(&q).await == 0
         })
         .await;
-        assert_eq!(ctx2.queue_len(&format!("{q}.dead")).await, 0);
+        assert_eq!(ctx2.queue_len(&ctx2.dead_queue(subject)).await, 0);
     }
     let by_id = ctx2.records_by_id();
     let duplicates: usize = ids.iter().map(|id| by_id[id].len() - 1).sum();

@@ -267,7 +267,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
             .await;
         expected3.insert(id);
     }
-    let delay = format!("{}.retry.3000ms", ctx.queue("event"));
+    let delay = ctx.delay_queue("event", Duration::from_secs(3));
     eventually(WAIT, "first attempts done, messages waiting", || async {
         let by_id = ctx.records_by_id();
         expected3.iter().all(|id| by_id.contains_key(id))
@@ -309,7 +309,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
         || async { back(&ctx) == expected3.len() },
     )
     .await;
-    assert_eq!(client.len(&format!("{}.dead", ctx.queue("event"))).await, 0);
+    assert_eq!(client.len(&ctx.dead_queue("event")).await, 0);
     drop(a);
     drop(b);
 
@@ -404,11 +404,8 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     .await;
     let (_, dupes) = handled(&ctx);
     eprintln!("scenario 6: {dupes} duplicates in all (in flight at the faults)");
-    let counts: BTreeMap<&str, usize> = [(
-        "dead",
-        client.len(&format!("{}.dead", ctx.queue("event"))).await as usize,
-    )]
-    .into();
+    let counts: BTreeMap<&str, usize> =
+        [("dead", client.len(&ctx.dead_queue("event")).await as usize)].into();
     assert_eq!(counts["dead"], 0);
     drop(c);
 }

@@ -74,7 +74,7 @@ async fn queues_empty(ctx: &TestCtx) {
         })
         .await;
         assert_eq!(
-            ctx.queue_len(&format!("{q}.dead")).await,
+            ctx.queue_len(&ctx.dead_queue(subject)).await,
             0,
             "nothing may be dead-lettered"
         );
@@ -83,7 +83,7 @@ async fn queues_empty(ctx: &TestCtx) {
 
 /// The 100 ms delay queue of `subject`.
 fn delay_queue(ctx: &TestCtx, subject: &str) -> String {
-    amqp_agent::broker::delay_queue_name(&ctx.queue(subject), Duration::from_millis(100))
+    ctx.delay_queue(subject, Duration::from_millis(100))
 }
 
 /// Time from `since` until the record count grows past `before`.
@@ -391,10 +391,7 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     };
     for subject in ["event", "command"] {
         for (name, args) in [
-            (
-                amqp_agent::broker::dead_queue_name(&ctx.queue(subject)),
-                lapin::types::FieldTable::default(),
-            ),
+            (ctx.dead_queue(subject), lapin::types::FieldTable::default()),
             (delay_queue(&ctx, subject), delay_args(subject)),
         ] {
             ctx.channel

@@ -95,7 +95,7 @@ fn spoofed_headers(ctx: &TestCtx) -> FieldTable {
     death.insert("reason".into(), text("expired"));
     death.insert(
         "queue".into(),
-        text(&format!("{}.retry.100ms", ctx.queue("event"))),
+        text(&ctx.delay_queue("event", Duration::from_millis(100))),
     );
     death.insert("exchange".into(), text(""));
     h.insert(
@@ -137,7 +137,7 @@ async fn spoofed_attempt_is_ignored_and_real_retries_count(ctx: TestCtx, agent: 
     .unwrap();
     assert_eq!(
         first["x-death"][0]["queue"],
-        format!("{}.retry.100ms", ctx.queue("event"))
+        ctx.delay_queue("event", Duration::from_millis(100))
     );
     assert_eq!(agent.stats()["event"].retried, 2);
     assert_eq!(agent.stats()["event"].dead_lettered, 0);
@@ -205,7 +205,7 @@ async fn message_text_cannot_forge_log_lines_or_reach_the_terminal_raw() {
         .with_headers(h);
     ctx.publish("event", body.as_bytes(), props).await;
     // Wait on the dead-letter queue itself: the log line comes before the copy is confirmed.
-    let dead = format!("{}.dead", ctx.queue("event"));
+    let dead = ctx.dead_queue("event");
     common::eventually(WAIT, "the message is in the dead-letter queue", || async {
         ctx.queue_len(&dead).await == 1
     })

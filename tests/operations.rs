@@ -302,7 +302,7 @@ async fn dead_letters_can_be_listed_and_replayed() {
     })
     .await;
     agent.drain().await;
-    let dead = format!("{}.dead", ctx.queue("event"));
+    let dead = ctx.dead_queue("event");
     let cfg = ctx.write_config();
     let cfg = cfg.to_str().unwrap();
     let (code, listing) = agent_cli(&["--config", cfg, "dead-letters", "list", "event"]);

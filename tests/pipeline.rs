@@ -593,7 +593,7 @@ async fn deleted_queues_are_declared_again_and_consumption_resumes() {
     let ctx = TestCtx::new("deleted").await;
     let agent = ctx.start_agent().await;
     // Delete the delay queue: the next retry declares it again.
-    ctx.delete_queue(&format!("{}.retry.100ms", ctx.queue("event")))
+    ctx.delete_queue(&ctx.delay_queue("event", Duration::from_millis(100)))
         .await;
     ctx.publish_json("event", "retry-after-delete", "fail-until:2")
         .await;

@@ -70,7 +70,7 @@ async fn a_message_that_kills_the_agent_is_dead_lettered_as_poison_after_two_cra
         ids.push(id);
     }
     let config = ctx.write_config();
-    let dead_queue = format!("{}.dead", ctx.queue("event"));
+    let dead_queue = ctx.dead_queue("event");
 
     // The supervisor: restart the agent whenever it dies, until the queue is drained.
     let deadline = Instant::now() + LONG;
@@ -167,7 +167,7 @@ async fn a_message_in_flight_at_a_clean_stop_is_not_counted() {
 
     // After the kill -9 (one crash), the next delivery is dead-lettered without FPM.
     let mut agent = AgentProcess::start(&config, &log);
-    let dead_queue = format!("{}.dead", ctx.queue("event"));
+    let dead_queue = ctx.dead_queue("event");
     common::eventually(LONG, "slow dead-lettered", || async {
         ctx.queue_len(&dead_queue).await == 1
     })

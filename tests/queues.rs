@@ -210,7 +210,7 @@ async fn delivery_limit_dead_letters_a_message_that_keeps_killing_its_agent() {
         records[1]["params"]["HTTP_X_AGENT_ATTEMPT"], "1",
         "no attempt was recorded"
     );
-    let dead = format!("{}.dead", ctx.queue("event"));
+    let dead = ctx.dead_queue("event");
     common::eventually(WAIT, "the broker dead-letters the message", || async {
         ctx.queue_len(&dead).await == 1
     })

@@ -443,10 +443,19 @@ impl TestCtx {
         n
     }
 
-    /// Takes every message from `<queue>.dead`.
+    /// The dead-letter queue of `subject`.
+    pub fn dead_queue(&self, subject: &str) -> String {
+        amqp_agent::broker::dead_queue_name(&self.queue(subject))
+    }
+
+    /// The delay queue of `subject` for `delay`.
+    pub fn delay_queue(&self, subject: &str, delay: Duration) -> String {
+        amqp_agent::broker::delay_queue_name(&self.queue(subject), delay)
+    }
+
+    /// Takes every message from the dead-letter queue of `subject`.
     pub async fn drain_dead(&self, subject: &str) -> Vec<(BasicProperties, Vec<u8>)> {
-        self.take_all(&format!("{}.dead", self.queue(subject)))
-            .await
+        self.take_all(&self.dead_queue(subject)).await
     }
 
     /// Takes (and acks) every message ready in `queue`.
