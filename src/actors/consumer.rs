@@ -9,23 +9,27 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
-use super::exit::{ConnectionLost, ConsumerExit};
-use super::worker::{FpmWorker, Job, WorkerArgs, WorkerIdle, WorkerMsg};
+use super::exit::ConsumerExit;
+use super::worker::WorkerIdle;
 use crate::broker::{self, Publisher};
 use crate::stats::SubjectStats;
 use crate::telemetry::metrics::Metrics;
+
+mod circuit;
+mod dispatch;
+mod pool;
+mod subscription;
+
+use pool::Slot;
 
 /// Longest wait for held acks to be written when draining or stopping; past it the broker
 /// redelivers those messages.
@@ -33,15 +37,6 @@ const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The consumer actor.
 pub struct QueueConsumer;
-
-/// A worker of the pool and what it holds.
-struct Slot {
-    actor: ActorRef<WorkerMsg>,
-    /// Delivery tag of the message the worker is handling.
-    busy: Option<DeliveryTag>,
-    /// Stop this worker as soon as it is idle (pool shrink).
-    retiring: bool,
-}
 
 /// The consumer's state.
 pub struct ConsumerState {
@@ -180,85 +175,7 @@ impl Actor for QueueConsumer {
     ) -> Result<(), ActorProcessingErr> {
         // ractor skips post_stop when a handler fails; stopping instead runs it, so the
         // connection closes (returning unacked deliveries) and the gauges reset.
-        let result: Result<(), ActorProcessingErr> = async {
-        match msg {
-            ConsumerMsg::Delivery(delivery) => {
-                SubjectStats::incr(&state.runtime.stats.received);
-                state.runtime.hot.received.inc();
-                SubjectStats::incr(&state.runtime.stats.in_flight);
-                // After a cancel, deliveries the client had buffered still arrive: while not
-                // consuming they go straight back (a dropped one would pin a prefetch slot).
-                if state.draining.is_some() || state.consumer_tag.is_none() {
-                    requeue(state, &delivery);
-                    return Ok(());
-                }
-                state.backlog.push_back(*delivery);
-                dispatch(state);
-            }
-            ConsumerMsg::WorkerIdle(WorkerIdle {
-                worker,
-                fpm_unreachable,
-                publisher_broken,
-            }) => {
-                if publisher_broken && state.draining.is_none() {
-                    return Err("the retry/dead-letter publish channel closed".into());
-                }
-                if fpm_unreachable && state.circuit.is_none() && state.draining.is_none() {
-                    open_circuit(&myself, state).await?;
-                }
-                let stats = &state.runtime.stats;
-                if let Some(slot) = state.workers.get_mut(&worker) {
-                    if slot.busy.take().is_some() {
-                        SubjectStats::decr(&stats.busy);
-                        SubjectStats::decr(&stats.in_flight);
-                    }
-                    if slot.retiring {
-                        slot.actor.stop(Some("pool shrink".into()));
-                    } else {
-                        state.idle.push_back(worker);
-                    }
-                }
-                dispatch(state);
-                finish_drain_if_idle(state);
-            }
-            ConsumerMsg::StreamEnded { tag, reason } => {
-                if state.consumer_tag.as_deref() != Some(tag.as_str()) {
-                    // A consumer we cancelled ourselves (drain, pause, resize).
-                    return Ok(());
-                }
-                let reason =
-                    reason.unwrap_or_else(|| "consumer cancelled by the broker".to_owned());
-                if !state.connection.status().connected() {
-                    // Not a crash: the root reconnects without counting it towards the
-                    // restart intensity.
-                    return Err(ConnectionLost(reason).into());
-                }
-                return Err(format!(
-                    "delivery stream of `{}` ended: {reason}",
-                    state.runtime.subject().queue
-                )
-                .into());
-            }
-            ConsumerMsg::Drain(reply) => {
-                if state.draining.is_none() {
-                    info!(subject = %state.runtime.name, "Draining: no new deliveries, finishing in-flight work");
-                    state.draining = Some(Vec::new());
-                    sync_consuming(&myself, state).await?;
-                }
-                state.draining.get_or_insert_with(Vec::new).push(reply);
-                finish_drain_if_idle(state);
-            }
-            ConsumerMsg::Resize(size) => resize(&myself, state, size).await?,
-            ConsumerMsg::Probe => probe(&myself, state).await?,
-            ConsumerMsg::SetPaused(paused) => {
-                info!(subject = %state.runtime.name, paused, "Operator {} consumption", if paused { "paused" } else { "resumed" });
-                state.operator_paused = paused;
-                sync_consuming(&myself, state).await?;
-            }
-        }
-        Ok(())
-        }
-        .await;
+        let result = on_message(&myself, msg, state).await;
         if let Err(e) = result {
             error!(subject = %state.runtime.name, error = %e, "Consumer failed; stopping it for a restart");
             state.exit = Some(ConsumerExit::of(&*e));
@@ -273,45 +190,55 @@ impl Actor for QueueConsumer {
         event: SupervisionEvent,
         state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failure) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
-            _ => return Ok(()),
-        };
-        let Some(slot) = state.workers.remove(&cell.get_id()) else {
-            return Ok(());
-        };
-        state.idle.retain(|id| *id != cell.get_id());
-        let stats = state.runtime.stats.clone();
-        SubjectStats::decr(&stats.pool_size);
-        if let Some(tag) = slot.busy {
-            SubjectStats::decr(&stats.busy);
-            SubjectStats::decr(&stats.in_flight);
-            state.acks.nack(tag);
-        }
-        if let Some(err) = failure {
-            error!(subject = %state.runtime.name, error = %crate::printable::printable(&err.to_string()).capped(1024), "FPM worker failed; its message goes back to the queue and the worker is replaced");
-            SubjectStats::incr(&stats.worker_restarts);
-            let labels = crate::telemetry::metrics::ActorLabels {
-                subject: state.runtime.name.clone(),
-                actor: "worker".to_owned(),
-            };
-            state
-                .runtime
-                .metrics
-                .actor_restarts
-                .get_or_create(&labels)
-                .inc();
-        }
-        if state.draining.is_none() && !slot.retiring {
-            // Keep the pool at its target size.
-            let target = state.target;
-            state.target = state.workers.len();
-            resize(&myself, state, target).await?;
-        }
-        finish_drain_if_idle(state);
-        Ok(())
+        pool::on_worker_ended(&myself, state, event).await
     }
+}
+
+/// Returns a delivery that no worker took (the settlement task counts it as requeued).
+fn requeue(state: &ConsumerState, delivery: &Delivery) {
+    state.acks.nack(delivery.delivery_tag);
+    SubjectStats::decr(&state.runtime.stats.in_flight);
+}
+
+/// Acts on one message; an error stops the consumer (see `handle`).
+async fn on_message(
+    myself: &ActorRef<ConsumerMsg>,
+    msg: ConsumerMsg,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        ConsumerMsg::Delivery(delivery) => dispatch::on_delivery(state, *delivery),
+        ConsumerMsg::WorkerIdle(report) => dispatch::on_worker_idle(myself, state, report).await?,
+        ConsumerMsg::StreamEnded { tag, reason } => {
+            subscription::on_stream_ended(state, &tag, reason)?;
+        }
+        ConsumerMsg::Drain(reply) => on_drain(myself, state, reply).await?,
+        ConsumerMsg::Resize(size) => pool::resize(myself, state, size).await?,
+        ConsumerMsg::Probe => circuit::probe(myself, state).await?,
+        ConsumerMsg::SetPaused(paused) => {
+            let verb = if paused { "paused" } else { "resumed" };
+            info!(subject = %state.runtime.name, paused, "Operator {verb} consumption");
+            state.operator_paused = paused;
+            subscription::sync_consuming(myself, state).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops taking deliveries; `reply` is answered once no worker is busy.
+async fn on_drain(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    reply: RpcReplyPort<()>,
+) -> Result<(), ActorProcessingErr> {
+    if state.draining.is_none() {
+        info!(subject = %state.runtime.name, "Draining: no new deliveries, finishing in-flight work");
+        state.draining = Some(Vec::new());
+        subscription::sync_consuming(myself, state).await?;
+    }
+    state.draining.get_or_insert_with(Vec::new).push(reply);
+    dispatch::finish_drain_if_idle(state);
+    Ok(())
 }
 
 /// The consumer and the reason of its end, from a supervision event of the root: a failed
@@ -371,8 +298,8 @@ async fn setup(
         operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
         exit: None,
     };
-    resize(myself, &mut state, target).await?;
-    sync_consuming(myself, &mut state).await?;
+    pool::resize(myself, &mut state, target).await?;
+    subscription::sync_consuming(myself, &mut state).await?;
     runtime.stats.consuming.store(true, Ordering::Relaxed);
     if runtime.stats.consumer_starts.load(Ordering::Relaxed) > 1 {
         runtime
@@ -383,287 +310,4 @@ async fn setup(
     }
     info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
     Ok(state)
-}
-
-/// First and largest delay between FPM probes while the circuit is open.
-const PROBE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
-const PROBE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Consumes when nothing says not to (draining, open circuit, operator pause), and reflects
-/// the state in the `paused` gauge.
-async fn sync_consuming(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    let wanted = state.draining.is_none() && state.circuit.is_none() && !state.operator_paused;
-    state.runtime.stats.paused.store(
-        state.circuit.is_some() || state.operator_paused,
-        Ordering::Relaxed,
-    );
-    match (wanted, state.consumer_tag.is_some()) {
-        (true, false) => start_consuming(myself, state).await,
-        (false, true) => {
-            stop_consuming(state).await;
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// `basic.qos` for the current pool, then a new `basic.consume`. RabbitMQ applies a per-consumer
-/// prefetch only to consumers created after it, which is why a resize re-consumes.
-async fn start_consuming(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    let prefetch =
-        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
-    if prefetch != state.prefetch {
-        state
-            .channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        state.prefetch = prefetch;
-        state.acks.set_window(prefetch);
-    }
-    let tag = new_consumer_tag(&state.runtime.name);
-    let consumer = state
-        .channel
-        .basic_consume(
-            state.runtime.subject().queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    state.consumer_tag = Some(tag);
-    state.forwarder = Some(tokio::spawn(forward(consumer, myself.clone())));
-    Ok(())
-}
-
-/// Cancels the consumer. Deliveries already received stay valid on the channel; the backlog
-/// (not yet with a worker) goes back to the queue.
-async fn stop_consuming(state: &mut ConsumerState) {
-    cancel_consumer(state).await;
-    while let Some(delivery) = state.backlog.pop_front() {
-        requeue(state, &delivery);
-    }
-}
-
-async fn cancel_consumer(state: &mut ConsumerState) {
-    if let Some(tag) = state.consumer_tag.take() {
-        let _ = state
-            .channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-    }
-    // The forwarder is not aborted: it hands over what the cancelled consumer had buffered and
-    // ends with the stream (a stale `StreamEnded` is ignored by tag).
-    state.forwarder = None;
-}
-
-/// Opens the circuit: stop taking deliveries while FPM is unreachable, so workers do not burn
-/// through the queue. Messages already taken are retried by their workers (an unreachable FPM
-/// does not use up attempts); the backlog goes back to the queue.
-async fn open_circuit(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "FPM unreachable; pausing consumption until it answers");
-    state.circuit = Some(PROBE_FIRST);
-    myself.send_after(PROBE_FIRST, || ConsumerMsg::Probe);
-    sync_consuming(myself, state).await
-}
-
-/// While the circuit is open: probe FPM; close it when FPM accepts connections, else back off.
-async fn probe(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    let Some(delay) = state.circuit else {
-        return Ok(());
-    };
-    let config = &state.runtime.config;
-    if crate::fastcgi::probe(&config.fpm.address, config.fpm.timeout)
-        .await
-        .is_err()
-    {
-        let next = (delay * 2).min(PROBE_MAX);
-        state.circuit = Some(next);
-        myself.send_after(next, || ConsumerMsg::Probe);
-        return Ok(());
-    }
-    info!(subject = %state.runtime.name, "FPM answers again; resuming consumption");
-    state.circuit = None;
-    sync_consuming(myself, state).await
-}
-
-fn new_consumer_tag(subject: &str) -> String {
-    format!(
-        "amqp-agent.{subject}.{}.{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// Forwards deliveries from the lapin consumer stream to the actor's mailbox.
-async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
-    let tag = consumer.tag().to_string();
-    while let Some(item) = consumer.next().await {
-        match item {
-            Ok(delivery) => {
-                if actor
-                    .cast(ConsumerMsg::Delivery(Box::new(delivery)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) => {
-                let reason = Some(e.to_string());
-                let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason });
-                return;
-            }
-        }
-    }
-    let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
-}
-
-/// Hands backlog deliveries to idle workers.
-fn dispatch(state: &mut ConsumerState) {
-    while !state.backlog.is_empty() {
-        let Some(id) = state.idle.pop_front() else {
-            return;
-        };
-        let Some(slot) = state.workers.get_mut(&id) else {
-            continue;
-        };
-        if slot.retiring {
-            slot.actor.stop(Some("pool shrink".into()));
-            continue;
-        }
-        let delivery = state.backlog.pop_front().expect("checked non-empty");
-        let tag = delivery.delivery_tag;
-        let job = Job {
-            delivery,
-            publisher: state.publisher.clone(),
-            acks: state.acks.clone(),
-        };
-        match slot.actor.cast(WorkerMsg::Handle(Box::new(job))) {
-            Ok(()) => {
-                slot.busy = Some(tag);
-                SubjectStats::incr(&state.runtime.stats.busy);
-            }
-            Err(e) => {
-                // The worker is stopping; its supervision event will replace it.
-                if let ractor::MessagingErr::SendErr(WorkerMsg::Handle(job)) = e {
-                    state.backlog.push_front(job.delivery);
-                }
-            }
-        }
-    }
-}
-
-/// Returns a delivery that no worker took (the settlement task counts it as requeued).
-fn requeue(state: &ConsumerState, delivery: &Delivery) {
-    state.acks.nack(delivery.delivery_tag);
-    SubjectStats::decr(&state.runtime.stats.in_flight);
-}
-
-fn finish_drain_if_idle(state: &mut ConsumerState) {
-    let busy = state.workers.values().any(|s| s.busy.is_some());
-    if busy {
-        return;
-    }
-    if let Some(waiters) = state.draining.as_mut() {
-        if waiters.is_empty() {
-            return;
-        }
-        // Drained once the acks of the finished messages are written.
-        let waiters = std::mem::take(waiters);
-        let acks = state.acks.clone();
-        tokio::spawn(async move {
-            // Bounded: a broker that blocks the connection (resource alarm) writes nothing.
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, acks.flush()).await;
-            for reply in waiters {
-                let _ = reply.send(());
-            }
-        });
-    }
-}
-
-/// Grows or shrinks the pool to `size`. Starting the pool is a resize from 0.
-///
-/// Growing spawns workers at once; shrinking stops idle workers first and marks busy ones to
-/// stop when their message is done, so no in-flight message is interrupted.
-async fn resize(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-    size: usize,
-) -> Result<(), ActorProcessingErr> {
-    let stats = state.runtime.stats.clone();
-    state.target = size;
-    let active = state.workers.values().filter(|s| !s.retiring).count();
-    if size > active {
-        // Reuse workers that were about to retire before spawning new ones.
-        let mut missing = size - active;
-        for slot in state.workers.values_mut().filter(|s| s.retiring) {
-            if missing == 0 {
-                break;
-            }
-            slot.retiring = false;
-            missing -= 1;
-        }
-        for _ in 0..missing {
-            let args = WorkerArgs {
-                runtime: state.runtime.clone(),
-                consumer: myself.get_derived(),
-            };
-            let (actor, _) = Actor::spawn_linked(None, FpmWorker, args, myself.get_cell()).await?;
-            state.idle.push_back(actor.get_id());
-            state.workers.insert(
-                actor.get_id(),
-                Slot {
-                    actor,
-                    busy: None,
-                    retiring: false,
-                },
-            );
-            SubjectStats::incr(&stats.pool_size);
-        }
-    } else {
-        let mut excess = active - size;
-        // Idle workers go first.
-        while excess > 0 {
-            let Some(id) = state.idle.pop_back() else {
-                break;
-            };
-            if let Some(slot) = state.workers.get_mut(&id) {
-                slot.retiring = true;
-                slot.actor.stop(Some("pool shrink".into()));
-                excess -= 1;
-            }
-        }
-        for slot in state
-            .workers
-            .values_mut()
-            .filter(|s| !s.retiring && s.busy.is_some())
-        {
-            if excess == 0 {
-                break;
-            }
-            slot.retiring = true;
-            excess -= 1;
-        }
-    }
-    dispatch(state);
-    // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
-    // the pool by re-consuming. Deliveries already received stay valid on the channel.
-    let wanted =
-        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
-    if state.consumer_tag.is_some() && wanted != state.prefetch {
-        cancel_consumer(state).await;
-        start_consuming(myself, state).await?;
-    }
-    Ok(())
 }

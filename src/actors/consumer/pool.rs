@@ -1,0 +1,144 @@
+//! The pool: growing and shrinking it without interrupting a message, and replacing a worker
+//! that failed (its message goes back to the queue).
+
+use lapin::types::DeliveryTag;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tracing::error;
+
+use super::dispatch::{dispatch, finish_drain_if_idle};
+use super::subscription::{cancel_consumer, start_consuming};
+use super::{ConsumerMsg, ConsumerState};
+use crate::actors::worker::{FpmWorker, WorkerArgs, WorkerMsg};
+use crate::stats::SubjectStats;
+
+/// A worker of the pool and what it holds.
+pub(super) struct Slot {
+    pub(super) actor: ActorRef<WorkerMsg>,
+    /// Delivery tag of the message the worker is handling.
+    pub(super) busy: Option<DeliveryTag>,
+    /// Stop this worker as soon as it is idle (pool shrink).
+    pub(super) retiring: bool,
+}
+
+/// A worker ended (a failure, or its stop after a shrink): its message goes back to the queue,
+/// and a failed one is replaced.
+pub(super) async fn on_worker_ended(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    event: SupervisionEvent,
+) -> Result<(), ActorProcessingErr> {
+    let (cell, failure) = match event {
+        SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+        SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+        _ => return Ok(()),
+    };
+    let Some(slot) = state.workers.remove(&cell.get_id()) else {
+        return Ok(());
+    };
+    state.idle.retain(|id| *id != cell.get_id());
+    let stats = state.runtime.stats.clone();
+    SubjectStats::decr(&stats.pool_size);
+    if let Some(tag) = slot.busy {
+        SubjectStats::decr(&stats.busy);
+        SubjectStats::decr(&stats.in_flight);
+        state.acks.nack(tag);
+    }
+    if let Some(err) = failure {
+        error!(subject = %state.runtime.name, error = %crate::printable::printable(&err.to_string()).capped(1024), "FPM worker failed; its message goes back to the queue and the worker is replaced");
+        SubjectStats::incr(&stats.worker_restarts);
+        let labels = crate::telemetry::metrics::ActorLabels {
+            subject: state.runtime.name.clone(),
+            actor: "worker".to_owned(),
+        };
+        state
+            .runtime
+            .metrics
+            .actor_restarts
+            .get_or_create(&labels)
+            .inc();
+    }
+    if state.draining.is_none() && !slot.retiring {
+        // Keep the pool at its target size.
+        let target = state.target;
+        state.target = state.workers.len();
+        resize(myself, state, target).await?;
+    }
+    finish_drain_if_idle(state);
+    Ok(())
+}
+
+/// Grows or shrinks the pool to `size`. Starting the pool is a resize from 0.
+///
+/// Growing spawns workers at once; shrinking stops idle workers first and marks busy ones to
+/// stop when their message is done, so no in-flight message is interrupted.
+pub(super) async fn resize(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    size: usize,
+) -> Result<(), ActorProcessingErr> {
+    let stats = state.runtime.stats.clone();
+    state.target = size;
+    let active = state.workers.values().filter(|s| !s.retiring).count();
+    if size > active {
+        // Reuse workers that were about to retire before spawning new ones.
+        let mut missing = size - active;
+        for slot in state.workers.values_mut().filter(|s| s.retiring) {
+            if missing == 0 {
+                break;
+            }
+            slot.retiring = false;
+            missing -= 1;
+        }
+        for _ in 0..missing {
+            let args = WorkerArgs {
+                runtime: state.runtime.clone(),
+                consumer: myself.get_derived(),
+            };
+            let (actor, _) = Actor::spawn_linked(None, FpmWorker, args, myself.get_cell()).await?;
+            state.idle.push_back(actor.get_id());
+            state.workers.insert(
+                actor.get_id(),
+                Slot {
+                    actor,
+                    busy: None,
+                    retiring: false,
+                },
+            );
+            SubjectStats::incr(&stats.pool_size);
+        }
+    } else {
+        let mut excess = active - size;
+        // Idle workers go first.
+        while excess > 0 {
+            let Some(id) = state.idle.pop_back() else {
+                break;
+            };
+            if let Some(slot) = state.workers.get_mut(&id) {
+                slot.retiring = true;
+                slot.actor.stop(Some("pool shrink".into()));
+                excess -= 1;
+            }
+        }
+        for slot in state
+            .workers
+            .values_mut()
+            .filter(|s| !s.retiring && s.busy.is_some())
+        {
+            if excess == 0 {
+                break;
+            }
+            slot.retiring = true;
+            excess -= 1;
+        }
+    }
+    dispatch(state);
+    // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
+    // the pool by re-consuming. Deliveries already received stay valid on the channel.
+    let wanted =
+        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    if state.consumer_tag.is_some() && wanted != state.prefetch {
+        cancel_consumer(state).await;
+        start_consuming(myself, state).await?;
+    }
+    Ok(())
+}
