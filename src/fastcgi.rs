@@ -95,6 +95,9 @@ pub struct FpmClient {
     /// Bytes of stdout kept in [`Reply::stdout`].
     keep_stdout: usize,
     conn: Option<Connection>,
+    /// Reply bytes read on any connection of this client: a request that read none at its
+    /// deadline may still wait in FPM's listen backlog (see [`FpmClient::request_patient`]).
+    received: Arc<AtomicU64>,
 }
 
 struct Connection {
@@ -112,15 +115,8 @@ impl FpmClient {
             max_response,
             keep_stdout: KEEP_STDOUT,
             conn: None,
+            received: Arc::default(),
         }
-    }
-
-    /// A client that keeps the whole stdout (up to `max_response`): for FPM's status page,
-    /// which is read in full.
-    #[must_use]
-    pub fn keeping_all(mut self) -> Self {
-        self.keep_stdout = self.max_response;
-        self
     }
 
     /// Closes the kept-alive connection, if any. php-fpm pins a child to a connection until the
@@ -129,12 +125,32 @@ impl FpmClient {
         self.conn = None;
     }
 
+    /// True while a kept-alive connection is open (and so pins an FPM child).
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
     /// Reads FPM's status page (the pool's `pm.status_path`) as JSON with the per-process list
-    /// (`?json&full`). The reply is FPM's (CGI head and JSON body); the caller parses it.
+    /// (`?json&full`), within `timeout` and `max_bytes` (kept whole) instead of the client's own
+    /// bounds. The reply is FPM's (CGI head and JSON body); the caller parses it.
     ///
     /// # Errors
     /// [`FpmError`], as [`FpmClient::request`].
-    pub async fn status_page(&mut self, path: &str) -> Result<Reply, FpmError> {
+    pub async fn status_page(
+        &mut self,
+        path: &str,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Reply, FpmError> {
+        let saved = (self.timeout, self.max_response, self.keep_stdout);
+        (self.timeout, self.max_response, self.keep_stdout) = (timeout, max_bytes, max_bytes);
+        let reply = self.status_request(path).await;
+        (self.timeout, self.max_response, self.keep_stdout) = saved;
+        reply
+    }
+
+    async fn status_request(&mut self, path: &str) -> Result<Reply, FpmError> {
         const QUERY: &str = "json&full";
         let params = [
             ("GATEWAY_INTERFACE", "FastCGI/1.0".into()),
@@ -159,12 +175,14 @@ impl FpmClient {
         stream: impl AsyncRead + AsyncWrite + Send + 'static,
     ) -> Self {
         let ends = Arc::new(AtomicU64::new(0));
-        let watched = Watched::new(Box::pin(buffered(stream)), ends.clone());
+        let received = Arc::new(AtomicU64::new(0));
+        let watched = Watched::new(Box::pin(buffered(stream)), ends.clone(), received.clone());
         Self {
             conn: Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
                 ends,
             }),
+            received,
             ..Self::new(address, timeout, max_response)
         }
     }
@@ -187,18 +205,57 @@ impl FpmClient {
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
     ) -> Result<Reply, FpmError> {
-        let deadline = Instant::now() + self.timeout;
-        let result =
-            tokio::time::timeout_at(deadline.into(), self.request_inner(params, body)).await;
+        self.request_patient(params, body, &|| false).await
+    }
+
+    /// [`FpmClient::request`], except that a request which has read no reply byte at its
+    /// deadline, while `queued()` says FPM's listen backlog is not empty, gets one more
+    /// `timeout`: it most likely waits for a child and has not run, and giving up would have it
+    /// retried and then run twice.
+    ///
+    /// # Errors
+    /// As [`FpmClient::request`].
+    pub async fn request_patient(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        queued: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Reply, FpmError> {
+        let received = self.received.clone();
+        let before = received.load(Ordering::Acquire);
+        let timeout = self.timeout;
+        let mut deadline = Instant::now() + timeout;
+        let mut extended = false;
+        let result = {
+            let request = self.request_inner(params, body);
+            tokio::pin!(request);
+            loop {
+                match tokio::time::timeout_at(deadline.into(), &mut request).await {
+                    Ok(result) => break Some(result),
+                    Err(_)
+                        if !extended && received.load(Ordering::Acquire) == before && queued() =>
+                    {
+                        tracing::info!(
+                            timeout = ?timeout,
+                            "No reply byte at fpm.timeout while FPM's listen queue is not empty: \
+                             the request likely waits for a child; waiting once more instead of retrying it"
+                        );
+                        extended = true;
+                        deadline += timeout;
+                    }
+                    Err(_) => break None,
+                }
+            }
+        };
         match result {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(e)) => {
                 self.conn = None;
                 Err(e)
             }
-            Err(_) => {
+            None => {
                 self.conn = None;
-                Err(FpmError::Timeout(self.timeout))
+                Err(FpmError::Timeout(timeout))
             }
         }
     }
@@ -233,7 +290,7 @@ impl FpmClient {
                 replied: false,
             })?;
             let ends = Arc::new(AtomicU64::new(0));
-            let watched = Watched::new(stream, ends.clone());
+            let watched = Watched::new(stream, ends.clone(), self.received.clone());
             self.conn = Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
                 ends,
@@ -351,6 +408,8 @@ pub async fn probe(address: &FpmAddress, timeout: Duration) -> Result<(), FpmErr
 struct Watched {
     inner: Stream,
     ends: Arc<AtomicU64>,
+    /// Bytes read, shared with the client.
+    received: Arc<AtomicU64>,
     header: [u8; 8],
     header_len: usize,
     remaining: usize,
@@ -358,10 +417,11 @@ struct Watched {
 }
 
 impl Watched {
-    fn new(inner: Stream, ends: Arc<AtomicU64>) -> Self {
+    fn new(inner: Stream, ends: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
         Self {
             inner,
             ends,
+            received,
             header: [0; 8],
             header_len: 0,
             remaining: 0,
@@ -410,6 +470,8 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let poll = this.inner.as_mut().poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
+            let read = buf.filled().len() - before;
+            this.received.fetch_add(read as u64, Ordering::Release);
             this.observe(&buf.filled()[before..]);
         }
         poll
@@ -447,7 +509,10 @@ mod tests {
     fn watcher() -> (Watched, Arc<AtomicU64>) {
         let ends = Arc::new(AtomicU64::new(0));
         let (a, _b) = tokio::io::duplex(8);
-        (Watched::new(Box::pin(a), ends.clone()), ends)
+        (
+            Watched::new(Box::pin(a), ends.clone(), Arc::default()),
+            ends,
+        )
     }
 
     #[tokio::test]

@@ -40,3 +40,4 @@ pub mod signals;
 pub mod signature;
 pub mod sizer;
 pub mod telemetry;
+pub mod upstreams;

@@ -74,6 +74,39 @@ fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     }
 }
 
+/// FPM's capacity: the sum over the upstreams that are up and whose status page was read.
+///
+/// No child is kept free for the status page any more: the status read takes a lease of its
+/// upstream's connection pool like a message (it may reuse a connection already open to a
+/// child), and connections are released when unused, so it never waits behind children held
+/// by idle keep-alive connections.
+fn capacity(agent: &AgentHandle, config: &crate::config::Config) -> Option<Capacity> {
+    let path = config.fpm.status_path.as_deref()?;
+    let monitor = agent.metrics().fpm.clone();
+    let upstreams = monitor.upstreams()?;
+    let reads = monitor.snapshots();
+    let mut total: Option<Capacity> = None;
+    for (upstream, read) in upstreams.list().iter().zip(&reads) {
+        let Some(status) = read.status.as_ref().filter(|_| upstream.health().up()) else {
+            continue;
+        };
+        let Some(max) = status.max_children(config.fpm.max_children) else {
+            continue;
+        };
+        let sum = total.get_or_insert(Capacity {
+            max_children: 0,
+            idle: 0,
+        });
+        sum.max_children = sum
+            .max_children
+            .saturating_add(u32::try_from(max).unwrap_or(u32::MAX));
+        sum.idle = sum
+            .idle
+            .saturating_add(u32::try_from(status.idle(path)).unwrap_or(u32::MAX));
+    }
+    total
+}
+
 fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     let config = agent.config();
     if config
@@ -83,18 +116,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     {
         return;
     }
-    let snapshot = agent.metrics().fpm.snapshot();
-    let capacity = snapshot.status.as_ref().and_then(|status| {
-        let path = config.fpm.status_path.as_deref()?;
-        let max = status.max_children(config.fpm.max_children)?;
-        // One child stays free for the status page itself: when every child is pinned by a
-        // worker's keep-alive connection, the status request waits in FPM's backlog and times
-        // out, and the autoscaler would be blind (seen in tests/fpm_capacity.rs).
-        Some(Capacity {
-            max_children: u32::try_from(max.saturating_sub(1).max(1)).unwrap_or(u32::MAX),
-            idle: u32::try_from(status.idle(path)).unwrap_or(u32::MAX),
-        })
-    });
+    let capacity = capacity(agent, &config);
     let now = Instant::now();
     let pins = agent.pins();
     let mut names = Vec::new();

@@ -43,6 +43,8 @@ pub struct SubjectRuntime {
     pub untrusted_state_log: crate::telemetry::log_limit::LogEvery,
     /// Crash-loop protection: the agent's in-flight journal (shared by every subject).
     pub crashes: Arc<crate::poison::journal::Tracker>,
+    /// The FPM upstreams and their connection pools (shared by every subject of the agent).
+    pub upstreams: Arc<crate::upstreams::Upstreams>,
 }
 
 impl SubjectRuntime {
@@ -63,6 +65,7 @@ impl SubjectRuntime {
                 max_retry_after: config.retry.max_retry_after,
                 extra_queues: config.amqp.declare,
             },
+            upstreams: metrics.fpm.upstreams_for(&config),
             config,
             stats,
             hot: metrics.for_subject(subject),
