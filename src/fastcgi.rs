@@ -552,6 +552,45 @@ mod tests {
         }
     }
 
+    /// A fake FPM that sends a complete reply after `delay`, on an open connection.
+    fn late_reply(delay: Duration) -> FpmClient {
+        use tokio::io::AsyncWriteExt as _;
+        let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut reply = record(6, b"Status: 200\r\n\r\nok", 0);
+            reply.extend(record(3, &[0; 8], 0));
+            let _ = fpm_side.write_all(&reply).await;
+            // Keep the connection open until the client is done.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+        FpmClient::with_stream(address, Duration::from_millis(300), 1 << 20, agent_side)
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_reply_byte_waits_once_more_only_while_fpm_has_a_backlog() {
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        let in_backlog = || true;
+        let no_backlog = || false;
+        let mut client = late_reply(Duration::from_millis(450));
+        let reply = client.request_patient(&params, b"{}", &in_backlog).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        let mut client = late_reply(Duration::from_millis(450));
+        let error = client
+            .request_patient(&params, b"{}", &no_backlog)
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "timeout");
+        // Only once: past twice the timeout it is a timeout all the same.
+        let mut client = late_reply(Duration::from_millis(900));
+        let error = client
+            .request_patient(&params, b"{}", &in_backlog)
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "timeout");
+    }
+
     #[tokio::test]
     async fn a_cut_reply_has_no_end() {
         let mut stream = record(6, b"Status: 200\r\n\r\nhello", 0);
