@@ -576,19 +576,17 @@ mod tests {
         let mut client = late_reply(Duration::from_millis(450));
         let reply = client.request_patient(&params, b"{}", &in_backlog).await;
         assert!(reply.is_ok(), "{reply:?}");
-        let mut client = late_reply(Duration::from_millis(450));
-        let error = client
-            .request_patient(&params, b"{}", &no_backlog)
-            .await
-            .unwrap_err();
-        assert_eq!(error.reason(), "timeout");
-        // Only once: past twice the timeout it is a timeout all the same.
-        let mut client = late_reply(Duration::from_millis(900));
-        let error = client
-            .request_patient(&params, b"{}", &in_backlog)
-            .await
-            .unwrap_err();
-        assert_eq!(error.reason(), "timeout");
+        // Without a backlog; and with one, only once: past twice the timeout it times out too.
+        let cases: [(u64, &(dyn Fn() -> bool + Sync)); 2] =
+            [(450, &no_backlog), (900, &in_backlog)];
+        for (delay, queued) in cases {
+            let mut client = late_reply(Duration::from_millis(delay));
+            let error = client
+                .request_patient(&params, b"{}", queued)
+                .await
+                .unwrap_err();
+            assert_eq!(error.reason(), "timeout", "reply after {delay} ms");
+        }
     }
 
     #[tokio::test]

@@ -59,6 +59,8 @@ async fn metric(port: u16, name: &str, label: &str) -> u64 {
 
 /// What the agents of one run did, from their own counters and from what PHP recorded.
 struct Run {
+    /// Messages that reached PHP at least once.
+    reached: usize,
     /// Messages per second, from the first to the last request PHP saw.
     rate: f64,
     timeouts: u64,
@@ -80,20 +82,23 @@ async fn drain_with_agents(ctx: &mut TestCtx, admin_ports: &[u16], n: usize, beh
         let log = common::fpm().dir.join(format!("{}-{i}.log", ctx.id));
         agents.push(AgentProcess::start(&config, &log));
     }
-    let mut acked = 0;
+    // Settled: acked after success, or dead-lettered.
+    let mut settled = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
-    while acked < n as u64 {
+    while settled < n as u64 {
         assert!(
             Instant::now() < deadline,
-            "only {acked} of {n} acked; logs: {:?}",
+            "only {settled} of {n} settled; logs: {:?}",
             agents.iter().map(|a| &a.log).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        acked = 0;
+        settled = 0;
         for port in admin_ports {
             if let Some((200, body)) = http(*port, "GET", "/status", None).await {
                 let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-                acked += doc["subjects"]["event"]["acked"].as_u64().unwrap_or(0);
+                let event = &doc["subjects"]["event"];
+                settled += event["acked"].as_u64().unwrap_or(0)
+                    + event["dead_lettered"].as_u64().unwrap_or(0);
             }
         }
     }
@@ -117,8 +122,8 @@ async fn drain_with_agents(ctx: &mut TestCtx, admin_ports: &[u16], n: usize, beh
         .collect();
     let (first, last) = (*starts.iter().min().unwrap(), *starts.iter().max().unwrap());
     let by_id = ctx.records_by_id();
-    assert_eq!(by_id.len(), n, "every message reached PHP");
     Run {
+        reached: by_id.len(),
         rate: (n - 1) as f64 / ((last - first) as f64 / 1e6),
         timeouts,
         retried,
@@ -185,6 +190,11 @@ async fn two_agents_over_max_children_drain_without_starving() {
         "timeouts, retries, dead letters, duplicates, dead-letter queue"
     );
     assert_eq!((one.timeouts, one.retried, one.duplicates), (0, 0, 0));
+    assert_eq!(
+        (one.reached, two.reached),
+        (N, N),
+        "every message reached PHP"
+    );
     // The issue asks for 10 %; on a shared 2-core machine the two runs are noisy, so the bound
     // asserted is looser (the figures are printed above).
     assert!(
