@@ -98,6 +98,9 @@ pub struct FpmClient {
     /// Reply bytes read on any connection of this client: a request that read none at its
     /// deadline may still wait in FPM's listen backlog (see [`FpmClient::request_patient`]).
     received: Arc<AtomicU64>,
+    /// A request started and did not finish: its future was dropped midway (a worker killed),
+    /// so the connection may hold half a request or reply and must not be reused.
+    in_request: bool,
 }
 
 struct Connection {
@@ -116,6 +119,7 @@ impl FpmClient {
             keep_stdout: KEEP_STDOUT,
             conn: None,
             received: Arc::default(),
+            in_request: false,
         }
     }
 
@@ -123,11 +127,15 @@ impl FpmClient {
     /// client closes it, so a connection used now and then must not stay open.
     pub fn close(&mut self) {
         self.conn = None;
+        self.in_request = false;
     }
 
-    /// True while a kept-alive connection is open (and so pins an FPM child).
-    #[must_use]
-    pub fn connected(&self) -> bool {
+    /// True while a kept-alive connection is open (and so pins an FPM child) and fit for the
+    /// next request; a connection whose request was abandoned midway is closed here.
+    pub fn reusable(&mut self) -> bool {
+        if self.in_request {
+            self.close();
+        }
         self.conn.is_some()
     }
 
@@ -221,6 +229,7 @@ impl FpmClient {
         body: &[u8],
         queued: &(dyn Fn() -> bool + Sync),
     ) -> Result<Reply, FpmError> {
+        self.in_request = true;
         let received = self.received.clone();
         let before = received.load(Ordering::Acquire);
         let timeout = self.timeout;
@@ -247,6 +256,7 @@ impl FpmClient {
                 }
             }
         };
+        self.in_request = false;
         match result {
             Some(Ok(reply)) => Ok(reply),
             Some(Err(e)) => {

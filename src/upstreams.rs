@@ -422,7 +422,7 @@ impl Upstream {
     /// idle pool (while keep-alive is on and the upstream not contended), else closed.
     fn release(&self, mut client: FpmClient) {
         let keep = !self.keep_alive_idle.is_zero() && !self.contended() && self.health().up();
-        if !keep {
+        if !keep || !client.reusable() {
             client.close();
         }
         let mut gate = self.gate.lock().expect("gate lock");
@@ -437,7 +437,7 @@ impl Upstream {
         gate.leased -= 1;
         self.metrics.in_flight.set(gauge(gate.leased));
         let room = gate.cap.is_none_or(|c| gate.leased + gate.idle.len() < c);
-        if client.connected() && room {
+        if client.reusable() && room {
             gate.idle.push((client, Instant::now()));
         }
     }

@@ -193,3 +193,21 @@ async fn idle_connections_close_after_keep_alive_idle() {
     drop(lease);
     assert_eq!(u.gate.lock().unwrap().idle.len(), 0);
 }
+
+#[tokio::test]
+async fn a_connection_whose_request_was_abandoned_is_not_reused() {
+    let u = upstream(Some(4), Duration::from_secs(60));
+    let mut lease = u.acquire().await;
+    // FPM never answers; the request's future is dropped midway (a worker killed).
+    let (agent_side, _fpm_side) = tokio::io::duplex(64 * 1024);
+    *lease.client() = FpmClient::with_stream(u.address.clone(), u.timeout, 1 << 20, agent_side);
+    let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(20),
+        lease.client().request(&params, b"{}"),
+    )
+    .await;
+    assert!(abandoned.is_err(), "still waiting for FPM");
+    drop(lease);
+    assert_eq!(u.gate.lock().unwrap().idle.len(), 0, "closed, not pooled");
+}
