@@ -287,3 +287,47 @@ async fn a_stopped_upstream_is_taken_out_and_comes_back() {
     agent.drain().await;
     ctx.cleanup().await;
 }
+
+/// The first measurement: a pool of 3 against `max_children = 2` stalled one worker
+/// for the whole `fpm.timeout`. Requests in flight are now capped at the known capacity (here
+/// `fpm.max_children`, without a status page): the third worker waits in the agent, and
+/// nothing times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_larger_than_max_children_waits_in_the_agent_not_in_fpm() {
+    const N: usize = 30;
+    let fpm = PrivateFpm::start_with("overpool", 2, None);
+    let mut ctx = TestCtx::new("overpool").await;
+    ctx.fpm_port = fpm.port;
+    ctx.pool_size = 3;
+    ctx.fpm_extra = "max_children = 2\n".to_owned();
+    ctx.declare().await;
+    publish_many(&ctx, "p", N, "sleep:300").await;
+    let toml = ctx.toml().replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let config = std::sync::Arc::new(
+        amqp_agent::config::Config::from_toml(&toml, std::path::Path::new("t.toml"), |_| None)
+            .unwrap(),
+    );
+    let agent = amqp_agent::agent::Agent::start(config).await.unwrap();
+    let handle = agent.handle();
+    let (mut most, mut waited) = (0, 0);
+    let deadline = Instant::now() + LONG;
+    while handle.stats()["event"].acked < N as u64 {
+        assert!(Instant::now() < deadline, "not drained");
+        let u = &handle.status().upstreams[0];
+        most = most.max(u.in_flight);
+        waited = waited.max(u.waiting);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = handle.stats()["event"];
+    eprintln!(
+        "pool 3 on 2 children: most in flight {most}, most waiting {waited}, retried {}",
+        stats.retried
+    );
+    assert_eq!(stats.retried, 0, "no request timed out in FPM's backlog");
+    assert_eq!(most, 2, "at most max_children requests in flight");
+    assert!(waited >= 1, "the third worker waited in the agent");
+    assert_eq!(ctx.records_by_id().len(), N);
+    assert!(ctx.records_by_id().values().all(|r| r.len() == 1));
+    agent.drain().await;
+    ctx.cleanup().await;
+}
