@@ -1,4 +1,5 @@
-//! The FastCGI side: one keep-alive connection to PHP-FPM per worker.
+//! The FastCGI side: one keep-alive connection to PHP-FPM per client (the clients are leased
+//! per request by `crate::upstreams`).
 //!
 //! Invariant: this is the only module that knows FastCGI. Every request is bounded by a timeout
 //! and by a reply-size cap, and a connection that saw any error or timeout is dropped, never

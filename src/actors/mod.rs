@@ -3,7 +3,8 @@
 //! ```text
 //! Root supervisor ── restarts consumers with backoff, escalates past the restart intensity
 //!   └─ Consumer (one per subject) ── owns the AMQP connection, dispatches deliveries
-//!        └─ FpmWorker × pool_size ── one message at a time over its own FastCGI connection
+//!        └─ FpmWorker × pool_size ── one message at a time, on a FastCGI connection leased
+//!                                    per request from the agent's pool (`crate::upstreams`)
 //! ```
 //!
 //! Each actor file follows ractor's example layout: the actor (unit struct), its `State`, its

@@ -1,4 +1,5 @@
-//! FPM worker: handles one delivery at a time over its own keep-alive FastCGI connection.
+//! FPM worker: handles one delivery at a time, on a FastCGI connection leased per request from
+//! the agent's pool (`crate::upstreams`).
 //!
 //! Invariant: a delivery is acked only after FPM answered with success, or after its retry or
 //! dead-letter copy was confirmed by the broker. Every other path leaves it unacked or nacks it
