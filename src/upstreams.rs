@@ -283,9 +283,15 @@ impl Upstreams {
         let mut skip = vec![false; self.list.len()];
         let mut last: Option<Sent> = None;
         loop {
-            let views: Vec<View> = self.list.iter().map(|u| u.view()).collect();
-            let start = self.next.fetch_add(1, Ordering::Relaxed) % self.list.len();
-            let Some(i) = pick(&views, start, &skip) else {
+            let choice = if let [only] = self.list.as_slice() {
+                // One upstream (the common case): nothing to weigh.
+                (only.health().up() && !skip[0]).then_some(0)
+            } else {
+                let views: Vec<View> = self.list.iter().map(|u| u.view()).collect();
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % self.list.len();
+                pick(&views, start, &skip)
+            };
+            let Some(i) = choice else {
                 return last.unwrap_or_else(|| self.all_down());
             };
             on_pick(i);
