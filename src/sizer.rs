@@ -85,12 +85,25 @@ fn capacity(agent: &AgentHandle, config: &crate::config::Config) -> Option<Capac
     let monitor = agent.metrics().fpm.clone();
     let upstreams = monitor.upstreams()?;
     let reads = monitor.snapshots();
+    let healthy = upstreams
+        .list()
+        .iter()
+        .zip(&reads)
+        .filter(|(u, _)| u.health().up())
+        .filter_map(|(_, read)| read.status.as_deref());
+    total_capacity(healthy, path, config.fpm.max_children)
+}
+
+/// The sum of the capacities of the status pages given (those of the upstreams that are up);
+/// `None` when none of them tells its `max_children`.
+fn total_capacity<'a>(
+    statuses: impl Iterator<Item = &'a crate::fpm_status::FpmStatus>,
+    path: &str,
+    configured: Option<u32>,
+) -> Option<Capacity> {
     let mut total: Option<Capacity> = None;
-    for (upstream, read) in upstreams.list().iter().zip(&reads) {
-        let Some(status) = read.status.as_ref().filter(|_| upstream.health().up()) else {
-            continue;
-        };
-        let Some(max) = status.max_children(config.fpm.max_children) else {
+    for status in statuses {
+        let Some(max) = status.max_children(configured) else {
             continue;
         };
         let sum = total.get_or_insert(Capacity {
@@ -166,5 +179,39 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             "Autoscale: pool resized"
         );
         agent.resize(name, target.size as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fpm_status::FpmStatus;
+
+    #[test]
+    fn capacity_is_summed_over_the_upstreams_given() {
+        let parse = |text: &str| serde_json::from_str::<FpmStatus>(text).unwrap();
+        let idle = parse(include_str!("fpm_status/testdata/idle.json"));
+        let saturated = parse(include_str!("fpm_status/testdata/saturated.json"));
+        let one = total_capacity([&idle].into_iter(), "/fpm-status", None).unwrap();
+        let both = total_capacity([&idle, &saturated].into_iter(), "/fpm-status", None).unwrap();
+        assert_eq!(one.max_children, 3);
+        assert_eq!(both.max_children, 6);
+        assert!(
+            both.idle > one.idle,
+            "the saturated pool's status child counts as idle"
+        );
+        assert_eq!(
+            total_capacity(std::iter::empty(), "/fpm-status", None),
+            None
+        );
+        // A dynamic pool tells no max_children: it counts only with fpm.max_children.
+        let mut dynamic = idle.clone();
+        dynamic.process_manager = "dynamic".to_owned();
+        assert_eq!(
+            total_capacity([&dynamic].into_iter(), "/fpm-status", None),
+            None
+        );
+        let known = total_capacity([&dynamic, &saturated].into_iter(), "/fpm-status", Some(5));
+        assert_eq!(known.map(|c| c.max_children), Some(10));
     }
 }
