@@ -257,6 +257,10 @@ pub struct FpmConfig {
     /// request). php-fpm pins a child to an open connection, so an idle one starves others.
     #[serde(default = "default_keep_alive_idle", deserialize_with = "duration")]
     pub keep_alive_idle: Duration,
+    /// Longest time an FPM connection is kept across requests; it is then closed after its
+    /// request, so that the child serves the connections waiting in FPM's backlog in turn.
+    #[serde(default = "default_keep_alive_max", deserialize_with = "duration")]
+    pub keep_alive_max: Duration,
 }
 
 /// `[retry]`
@@ -438,6 +442,9 @@ fn default_fpm_timeout() -> Duration {
 }
 fn default_keep_alive_idle() -> Duration {
     Duration::from_millis(100)
+}
+fn default_keep_alive_max() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_status_interval() -> Duration {
     Duration::from_secs(2)

@@ -107,6 +107,7 @@ pub struct FpmClient {
 struct Connection {
     client: Client<TokioCompat<Watched>, KeepAlive>,
     ends: Arc<AtomicU64>,
+    opened: Instant,
 }
 
 impl FpmClient {
@@ -131,10 +132,16 @@ impl FpmClient {
         self.in_request = false;
     }
 
-    /// True while a kept-alive connection is open (and so pins an FPM child) and fit for the
-    /// next request; a connection whose request was abandoned midway is closed here.
-    pub fn reusable(&mut self) -> bool {
-        if self.in_request {
+    /// True while a kept-alive connection is open (and so pins an FPM child), younger than
+    /// `max_age` and fit for the next request; one whose request was abandoned midway, or older,
+    /// is closed here.
+    pub fn reusable(&mut self, max_age: Duration) -> bool {
+        if self.in_request
+            || self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.opened.elapsed() >= max_age)
+        {
             self.close();
         }
         self.conn.is_some()
@@ -190,6 +197,7 @@ impl FpmClient {
             conn: Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
                 ends,
+                opened: Instant::now(),
             }),
             received,
             ..Self::new(address, timeout, max_response)
@@ -305,6 +313,7 @@ impl FpmClient {
             self.conn = Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
                 ends,
+                opened: Instant::now(),
             });
         }
         let conn = self.conn.as_mut().expect("connected above");

@@ -11,6 +11,10 @@
 //! - an upstream's leases are capped by its **capacity** (`pm.max_children` from its status
 //!   page, or `fpm.max_children`): a worker over the cap waits in the agent, where no timeout
 //!   runs, instead of in FPM's backlog, and open connections never outnumber the children;
+//! - a connection is kept across requests for at most `fpm.keep_alive_max`, then closed after
+//!   its request: its child then takes the oldest connection waiting in FPM's backlog, so under
+//!   steady load other clients wait at most about that long, even where FPM cannot report its
+//!   listen queue (Unix sockets) or no status page is read;
 //! - while FPM's **listen queue** is not empty (another client waits for a child) or the status
 //!   read itself timed out, the upstream is *contended*: every connection closes after its
 //!   request, so that FPM's backlog is served first-come first-served across clients. A
@@ -78,6 +82,7 @@ pub struct Upstream {
     timeout: Duration,
     max_response: usize,
     keep_alive_idle: Duration,
+    keep_alive_max: Duration,
     gate: Mutex<Gate>,
     health: Mutex<Health>,
     /// Contended until this instant (see the module doc).
@@ -238,6 +243,7 @@ impl Upstreams {
                     timeout: fpm.timeout,
                     max_response: config.limits.max_response_bytes,
                     keep_alive_idle: fpm.keep_alive_idle,
+                    keep_alive_max: fpm.keep_alive_max,
                     gate: Mutex::new(Gate {
                         cap: fpm.max_children.map(|c| c as usize),
                         leased: 0,
@@ -428,7 +434,7 @@ impl Upstream {
     /// idle pool (while keep-alive is on and the upstream not contended), else closed.
     fn release(&self, mut client: FpmClient) {
         let keep = !self.keep_alive_idle.is_zero() && !self.contended() && self.health().up();
-        if !keep || !client.reusable() {
+        if !keep || !client.reusable(self.keep_alive_max) {
             client.close();
         }
         let mut gate = self.gate.lock().expect("gate lock");
@@ -443,7 +449,7 @@ impl Upstream {
         gate.leased -= 1;
         self.metrics.in_flight.set(gauge(gate.leased));
         let room = gate.cap.is_none_or(|c| gate.leased + gate.idle.len() < c);
-        if client.reusable() && room {
+        if client.reusable(self.keep_alive_max) && room {
             gate.idle.push((client, Instant::now()));
         }
     }

@@ -73,16 +73,39 @@ struct Run {
     status_table: String,
 }
 
+impl Run {
+    /// No timeout, retry, dead letter or duplicate, and all `n` messages reached PHP.
+    fn assert_clean(&self, n: usize) {
+        assert_eq!(
+            (
+                self.timeouts,
+                self.retried,
+                self.dead,
+                self.duplicates,
+                self.reached
+            ),
+            (0, 0, 0, 0, n),
+            "timeouts, retries, dead letters, duplicates, messages that reached PHP"
+        );
+    }
+}
+
 /// Drains `n` messages of `behave` through one agent process per entry of `admin_ports`
-/// (their configs written from `ctx` with those ports), event pool `pool` each.
-async fn drain_with_agents(ctx: &mut TestCtx, admin_ports: &[u16], n: usize, behave: &str) -> Run {
+/// (their configs written from `ctx` with those ports, then passed through `edit`).
+async fn drain_with_agents(
+    ctx: &mut TestCtx,
+    admin_ports: &[u16],
+    n: usize,
+    behave: &str,
+    edit: &dyn Fn(String) -> String,
+) -> Run {
     ctx.declare().await;
     publish_many(ctx, &ctx.id.clone(), n, behave).await;
     let mut agents = Vec::new();
     for (i, port) in admin_ports.iter().enumerate() {
         ctx.admin_port = *port;
         let config = common::fpm().dir.join(format!("{}-{i}.toml", ctx.id));
-        std::fs::write(&config, ctx.toml()).unwrap();
+        std::fs::write(&config, edit(ctx.toml())).unwrap();
         let log = common::fpm().dir.join(format!("{}-{i}.log", ctx.id));
         agents.push(AgentProcess::start(&config, &log));
     }
@@ -170,7 +193,7 @@ async fn two_agents_over_max_children_drain_without_starving() {
             ctx.pool_size = CHILDREN;
             ctx.fpm_extra = READ_STATUS.to_owned();
             let ports: Vec<u16> = (0..agents).map(|_| common::free_port()).collect();
-            let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10").await;
+            let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10", &|t| t).await;
             ctx.cleanup().await;
             eprintln!(
                 "round {round}, {agents} agent(s) of {CHILDREN} on {CHILDREN} children, {N} × 10 ms: {:.0} msg/s; \
@@ -191,17 +214,7 @@ async fn two_agents_over_max_children_drain_without_starving() {
         }
     }
     for run in ones.iter().chain(&twos) {
-        assert_eq!(
-            (
-                run.timeouts,
-                run.retried,
-                run.dead,
-                run.duplicates,
-                run.reached
-            ),
-            (0, 0, 0, 0, N),
-            "timeouts, retries, dead letters, duplicates, messages that reached PHP"
-        );
+        run.assert_clean(N);
     }
     assert!(
         ones.iter().all(|r| r.contended == 0),
@@ -228,6 +241,38 @@ async fn two_agents_over_max_children_drain_without_starving() {
         ratio >= 0.8,
         "two agents drained at {ratio:.3} of one agent's rate"
     );
+}
+
+/// php-fpm reports no listen queue for a Unix socket (0, always: seen with 8.2), so agents
+/// sharing a pool there cannot see each other waiting. A connection is kept across requests
+/// for at most `fpm.keep_alive_max`: then the child takes the oldest connection in FPM's
+/// backlog, and no request waits anywhere near `fpm.timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_a_unix_socket_take_turns_without_a_listen_queue() {
+    const N: usize = 4000;
+    let fpm = PrivateFpm::start_unix("twounix", 8, Some("/fpm-status"));
+    let socket = fpm.socket.clone().unwrap();
+    let mut ctx = TestCtx::new("twounix").await;
+    ctx.pool_size = 8;
+    ctx.fpm_extra = format!("{READ_STATUS}keep_alive_max = \"500ms\"\n");
+    // Each run of the backlog is longer than fpm.timeout: a child held by one agent's
+    // connection for the whole run would time the other agent's requests out.
+    let address = format!("address = \"127.0.0.1:{}\"", ctx.fpm_port);
+    let edit = |toml: String| {
+        toml.replace(
+            &address,
+            &format!("address = \"unix:{}\"", socket.display()),
+        )
+        .replace("timeout = \"5s\"", "timeout = \"2s\"")
+    };
+    let ports = [common::free_port(), common::free_port()];
+    let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10", &edit).await;
+    ctx.cleanup().await;
+    eprintln!(
+        "Unix socket, 2 agents of 8 on 8 children, {N} × 10 ms: {:.0} msg/s; timeouts {}, retried {}, dead {}, duplicates {}, agents that saw a listen queue {}",
+        run.rate, run.timeouts, run.retried, run.dead, run.duplicates, run.contended
+    );
+    run.assert_clean(N);
 }
 
 /// Issue #15, test 4: two upstreams, one stopped mid-run: its work moves to the other, nothing

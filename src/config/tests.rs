@@ -315,6 +315,7 @@ fn fpm_address_is_one_string_or_a_list_of_distinct_addresses() {
     let c = parse(MINIMAL).unwrap();
     assert_eq!(c.fpm.address.0, ["127.0.0.1:9000"]);
     assert_eq!(c.fpm.keep_alive_idle, Duration::from_millis(100));
+    assert_eq!(c.fpm.keep_alive_max, Duration::from_secs(1));
     let list = MINIMAL.replace(
         "address = \"127.0.0.1:9000\"",
         "address = [\"10.0.0.1:9000\", \"unix:/run/php/fpm.sock\"]\nkeep_alive_idle = \"0s\"",

@@ -61,12 +61,21 @@ fn the_breaker_backs_off_and_keeps_its_start() {
 }
 
 fn upstream(cap: Option<usize>, keep_alive_idle: Duration) -> Arc<Upstream> {
+    upstream_with(cap, keep_alive_idle, Duration::from_secs(60))
+}
+
+fn upstream_with(
+    cap: Option<usize>,
+    keep_alive_idle: Duration,
+    keep_alive_max: Duration,
+) -> Arc<Upstream> {
     Arc::new(Upstream {
         address: FpmAddress::Unix("/nonexistent/fpm.sock".into()),
         label: "unix:/nonexistent/fpm.sock".to_owned(),
         timeout: Duration::from_secs(1),
         max_response: 1 << 20,
         keep_alive_idle,
+        keep_alive_max,
         gate: Mutex::new(Gate {
             cap,
             leased: 0,
@@ -210,4 +219,25 @@ async fn a_connection_whose_request_was_abandoned_is_not_reused() {
     assert!(abandoned.is_err(), "still waiting for FPM");
     drop(lease);
     assert_eq!(u.gate.lock().unwrap().idle.len(), 0, "closed, not pooled");
+}
+
+#[tokio::test]
+async fn a_connection_is_not_kept_past_keep_alive_max() {
+    let u = upstream_with(Some(4), Duration::from_secs(60), Duration::from_millis(30));
+    let open = |lease: &mut Lease| {
+        let (agent_side, fpm_side) = tokio::io::duplex(1024);
+        *lease.client() = FpmClient::with_stream(u.address.clone(), u.timeout, 1 << 20, agent_side);
+        fpm_side
+    };
+    let mut lease = u.acquire().await;
+    let _fpm = open(&mut lease);
+    drop(lease);
+    assert_eq!(u.gate.lock().unwrap().idle.len(), 1, "young: kept");
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    drop(u.acquire().await);
+    assert_eq!(
+        u.gate.lock().unwrap().idle.len(),
+        0,
+        "past keep_alive_max: closed"
+    );
 }
