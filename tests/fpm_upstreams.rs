@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestCtx;
-use common::procs::{AgentProcess, PrivateFpm, http};
+use common::procs::{AgentProcess, PrivateFpm};
 
 const LONG: Duration = Duration::from_secs(60);
 const READ_STATUS: &str = "status_path = \"/fpm-status\"\nstatus_interval = \"200ms\"\n";
@@ -39,22 +39,6 @@ async fn publish_many(ctx: &TestCtx, prefix: &str, n: usize, behave: &str) {
             }
         }
     }
-}
-
-/// `/status` of an agent process, as JSON.
-async fn status_of(port: u16) -> serde_json::Value {
-    let (code, body) = http(port, "GET", "/status", None).await.expect("/status");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// The sum of the `/metrics` samples of `name` whose labels contain `label`.
-async fn metric(port: u16, name: &str, label: &str) -> u64 {
-    let (_, text) = http(port, "GET", "/metrics", None).await.expect("/metrics");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// What the agents of one run did, from their own counters and from what PHP recorded.
@@ -91,25 +75,20 @@ impl Run {
 }
 
 /// Drains `n` messages of `behave` through one agent process per entry of `admin_ports`
-/// (their configs written from `ctx` with those ports, then passed through `edit`).
-async fn drain_with_agents(
-    ctx: &mut TestCtx,
-    admin_ports: &[u16],
-    n: usize,
-    behave: &str,
-    edit: &dyn Fn(String) -> String,
-) -> Run {
+/// (their configs rendered from `ctx` with those ports).
+async fn drain_with_agents(ctx: &mut TestCtx, admin_ports: &[u16], n: usize, behave: &str) -> Run {
     ctx.declare().await;
     publish_many(ctx, &ctx.id.clone(), n, behave).await;
     let mut agents = Vec::new();
     for (i, port) in admin_ports.iter().enumerate() {
         ctx.admin_port = *port;
         let config = common::fpm().dir.join(format!("{}-{i}.toml", ctx.id));
-        std::fs::write(&config, edit(ctx.toml())).unwrap();
+        std::fs::write(&config, ctx.toml()).unwrap();
         let log = common::fpm().dir.join(format!("{}-{i}.log", ctx.id));
         agents.push(AgentProcess::start(&config, &log));
     }
     // Settled: acked after success, or dead-lettered.
+    let event = |doc: &serde_json::Value, key: &str| doc["subjects"]["event"][key].as_u64();
     let mut settled = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     while settled < n as u64 {
@@ -121,25 +100,23 @@ async fn drain_with_agents(
         tokio::time::sleep(Duration::from_millis(100)).await;
         settled = 0;
         for port in admin_ports {
-            if let Some((200, body)) = http(*port, "GET", "/status", None).await {
-                let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let event = &doc["subjects"]["event"];
-                settled += event["acked"].as_u64().unwrap_or(0)
-                    + event["dead_lettered"].as_u64().unwrap_or(0);
+            if let Some(doc) = common::status(*port).await {
+                settled +=
+                    event(&doc, "acked").unwrap_or(0) + event(&doc, "dead_lettered").unwrap_or(0);
             }
         }
     }
     let (mut timeouts, mut retried, mut dead) = (0, 0, 0);
     for port in admin_ports {
-        let doc = status_of(*port).await;
-        retried += doc["subjects"]["event"]["retried"].as_u64().unwrap();
-        dead += doc["subjects"]["event"]["dead_lettered"].as_u64().unwrap();
-        timeouts += metric(
-            *port,
+        let doc = common::status(*port).await.expect("/status");
+        retried += event(&doc, "retried").unwrap();
+        dead += event(&doc, "dead_lettered").unwrap();
+        let metrics = common::metrics(*port).await.expect("/metrics");
+        timeouts += common::metric_sum(
+            &metrics,
             "amqp_agent_fpm_responses_total",
-            "status=\"timeout\"",
-        )
-        .await;
+            &[("status", "timeout")],
+        ) as u64;
     }
     let config = common::fpm().dir.join(format!("{}-0.toml", ctx.id));
     let (code, status_table) =
@@ -159,7 +136,7 @@ async fn drain_with_agents(
         .filter_map(|r| r["t_start_us"].as_u64())
         .collect();
     let (first, last) = (*starts.iter().min().unwrap(), *starts.iter().max().unwrap());
-    let dead_queue = ctx.queue_len(&format!("{}.dead", ctx.queue("event"))).await;
+    let dead_queue = ctx.queue_len(&ctx.dead_queue("event")).await;
     let by_id = ctx.records_by_id();
     Run {
         reached: by_id.len(),
@@ -193,8 +170,7 @@ async fn two_agents_over_max_children_drain_without_starving() {
             ctx.pool_size = CHILDREN;
             ctx.fpm_extra = READ_STATUS.to_owned();
             let ports: Vec<u16> = (0..agents).map(|_| common::free_port()).collect();
-            let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10", &|t| t).await;
-            ctx.cleanup().await;
+            let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10").await;
             eprintln!(
                 "round {round}, {agents} agent(s) of {CHILDREN} on {CHILDREN} children, {N} × 10 ms: {:.0} msg/s; \
                  timeouts {}, retried {}, dead {}, duplicates {}, reached PHP {}, agents that saw FPM's listen queue {}",
@@ -254,20 +230,14 @@ async fn two_agents_on_a_unix_socket_take_turns_without_a_listen_queue() {
     let socket = fpm.socket.clone().unwrap();
     let mut ctx = TestCtx::new("twounix").await;
     ctx.pool_size = 8;
-    ctx.fpm_extra = format!("{READ_STATUS}keep_alive_max = \"500ms\"\n");
+    ctx.fpm_extra = READ_STATUS.to_owned();
+    ctx.set("fpm.keep_alive_max", "500ms");
     // Each run of the backlog is longer than fpm.timeout: a child held by one agent's
     // connection for the whole run would time the other agent's requests out.
-    let address = format!("address = \"127.0.0.1:{}\"", ctx.fpm_port);
-    let edit = |toml: String| {
-        toml.replace(
-            &address,
-            &format!("address = \"unix:{}\"", socket.display()),
-        )
-        .replace("timeout = \"5s\"", "timeout = \"2s\"")
-    };
+    ctx.set("fpm.address", format!("unix:{}", socket.display()));
+    ctx.set("fpm.timeout", "2s");
     let ports = [common::free_port(), common::free_port()];
-    let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10", &edit).await;
-    ctx.cleanup().await;
+    let run = drain_with_agents(&mut ctx, &ports, N, "sleep:10").await;
     eprintln!(
         "Unix socket, 2 agents of 8 on 8 children, {N} × 10 ms: {:.0} msg/s; timeouts {}, retried {}, dead {}, duplicates {}, agents that saw a listen queue {}",
         run.rate, run.timeouts, run.retried, run.dead, run.duplicates, run.contended
@@ -291,14 +261,8 @@ async fn a_stopped_upstream_is_taken_out_and_comes_back() {
     );
     ctx.declare().await;
     publish_many(&ctx, "m", N, "sleep:40").await;
-    let toml = ctx.toml().replace(
-        &format!("address = \"127.0.0.1:{}\"", ctx.fpm_port),
-        &format!("address = [\"{addr_a}\", \"{addr_b}\"]"),
-    );
-    let config = std::sync::Arc::new(
-        amqp_agent::config::Config::from_toml(&toml, std::path::Path::new("t.toml"), |_| None)
-            .unwrap(),
-    );
+    ctx.set("fpm.address", vec![addr_a.clone(), addr_b.clone()]);
+    let config = ctx.config();
     assert_eq!(config.fpm.address.0, [addr_a.clone(), addr_b.clone()]);
     let agent = amqp_agent::agent::Agent::start(config).await.unwrap();
     agent.wait_consuming(LONG).await.unwrap();
@@ -357,7 +321,6 @@ async fn a_stopped_upstream_is_taken_out_and_comes_back() {
     assert_eq!(stats.dead_lettered, 0, "nothing dead-lettered");
     assert!(ctx.drain_dead("event").await.is_empty());
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 /// The issue's first measurement: a pool of 3 against `max_children = 2` stalled one worker
@@ -371,14 +334,11 @@ async fn a_pool_larger_than_max_children_waits_in_the_agent_not_in_fpm() {
     let mut ctx = TestCtx::new("overpool").await;
     ctx.fpm_port = fpm.port;
     ctx.pool_size = 3;
-    ctx.fpm_extra = "max_children = 2\n".to_owned();
+    ctx.set("fpm.max_children", 2);
     ctx.declare().await;
     publish_many(&ctx, "p", N, "sleep:300").await;
-    let toml = ctx.toml().replace("timeout = \"5s\"", "timeout = \"1s\"");
-    let config = std::sync::Arc::new(
-        amqp_agent::config::Config::from_toml(&toml, std::path::Path::new("t.toml"), |_| None)
-            .unwrap(),
-    );
+    ctx.set("fpm.timeout", "1s");
+    let config = ctx.config();
     let agent = amqp_agent::agent::Agent::start(config).await.unwrap();
     let handle = agent.handle();
     let (mut most, mut waited) = (0, 0);
@@ -401,5 +361,4 @@ async fn a_pool_larger_than_max_children_waits_in_the_agent_not_in_fpm() {
     assert_eq!(ctx.records_by_id().len(), N);
     assert!(ctx.records_by_id().values().all(|r| r.len() == 1));
     agent.drain().await;
-    ctx.cleanup().await;
 }
