@@ -30,7 +30,7 @@ mod warnings;
 pub use admin::AdminConfig;
 pub use agent::AgentConfig;
 pub use amqp::{AmqpConfig, QueueType, TlsConfig, amqp_value, check_argument};
-pub use fpm::{FpmAddress, FpmConfig};
+pub use fpm::{AddressList, FpmAddress, FpmConfig};
 pub use limits::{LimitsConfig, PARSER_MAX_DEPTH, RetryConfig};
 pub use report::ParseProblem;
 pub use subject::{ExchangeType, PoolMode, SubjectConfig};

@@ -44,3 +44,4 @@ pub mod signature;
 pub mod stats;
 pub mod telemetry;
 pub mod trace_context;
+pub mod upstreams;

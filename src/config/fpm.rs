@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::units::{duration, opt_duration};
 use super::{Config, ConfigError, default_true, invalid, report};
@@ -12,8 +12,10 @@ use super::{Config, ConfigError, default_true, invalid, report};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FpmConfig {
-    /// `host:port` for TCP, or `unix:/path/to.sock`.
-    pub address: FpmAddress,
+    /// `host:port` for TCP, or `unix:/path/to.sock`; or a list of them (several upstreams:
+    /// workers are spread over the healthy ones, docs/fpm-capacity.md). Parsed when the file is
+    /// read.
+    pub address: AddressList,
     /// Absolute path of the PHP front controller, as FPM sees it.
     pub script_filename: String,
     /// `REQUEST_URI` sent to PHP; `{subject}` is replaced by the subject name.
@@ -50,6 +52,14 @@ pub struct FpmConfig {
     /// `ondemand`); with `pm = static` it is read from the status page.
     #[serde(default)]
     pub max_children: Option<u32>,
+    /// How long an FPM connection no request uses stays open ("0s": closed after every
+    /// request). php-fpm pins a child to an open connection, so an idle one starves others.
+    #[serde(default = "default_keep_alive_idle", deserialize_with = "duration")]
+    pub keep_alive_idle: Duration,
+    /// Longest time an FPM connection is kept across requests; it is then closed after its
+    /// request, so that the child serves the connections waiting in FPM's backlog in turn.
+    #[serde(default = "default_keep_alive_max", deserialize_with = "duration")]
+    pub keep_alive_max: Duration,
 }
 
 fn default_request_uri() -> String {
@@ -61,13 +71,59 @@ fn default_server_name() -> String {
 fn default_fpm_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_keep_alive_idle() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_keep_alive_max() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_status_interval() -> Duration {
     Duration::from_secs(2)
 }
 
-/// Where PHP-FPM listens (`fpm.address`), parsed when the file is read.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+/// `fpm.address`: one address (a string) or several (a list), as written, each parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressList(pub Vec<FpmAddress>);
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let texts = match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(a)) => vec![a],
+            Ok(OneOrMany::Many(list)) => list,
+            Err(_) => {
+                return Err(serde::de::Error::custom(
+                    "expected an address (\"host:port\" or \"unix:/path\") or a list of them",
+                ));
+            }
+        };
+        texts
+            .iter()
+            .map(|text| FpmAddress::parse(text).map_err(serde::de::Error::custom))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+impl std::fmt::Display for AddressList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, address) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{address}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where PHP-FPM listens (one entry of `fpm.address`), parsed when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FpmAddress {
     /// `host:port`
     Tcp(String),
@@ -96,14 +152,6 @@ impl FpmAddress {
     }
 }
 
-impl TryFrom<String> for FpmAddress {
-    type Error = String;
-
-    fn try_from(text: String) -> Result<Self, String> {
-        Self::parse(&text)
-    }
-}
-
 impl std::fmt::Display for FpmAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -115,6 +163,18 @@ impl std::fmt::Display for FpmAddress {
 
 impl Config {
     pub(super) fn validate_fpm(&self) -> Result<(), ConfigError> {
+        let addresses = &self.fpm.address.0;
+        if addresses.is_empty() {
+            return Err(invalid("fpm.address", "needs at least one address"));
+        }
+        for (i, address) in addresses.iter().enumerate() {
+            if addresses[..i].contains(address) {
+                return Err(invalid(
+                    "fpm.address",
+                    format!("`{address}` is listed twice"),
+                ));
+            }
+        }
         if !self.fpm.script_filename.starts_with('/') {
             return Err(invalid("fpm.script_filename", "must be an absolute path"));
         }
@@ -155,6 +215,12 @@ impl Config {
             return Err(invalid("fpm.max_children", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The FPM addresses (parsed at load): one per upstream, in the order written.
+    #[must_use]
+    pub fn fpm_addresses(&self) -> Vec<FpmAddress> {
+        self.fpm.address.0.clone()
     }
 
     /// `fpm.slow_after`, or half of `fpm.timeout`.

@@ -345,14 +345,67 @@ fn enumerated_values_are_checked_when_parsed_and_name_their_key() {
     assert_eq!(c.telemetry.otlp_protocol, Some(OtlpProtocol::HttpProtobuf));
     assert_eq!(c.telemetry.sampler, Some(SamplerKind::TraceIdRatio));
     assert_eq!(
-        parse(MINIMAL).unwrap().fpm.address,
-        FpmAddress::Tcp("127.0.0.1:9000".to_owned())
+        parse(MINIMAL).unwrap().fpm.address.0,
+        [FpmAddress::Tcp("127.0.0.1:9000".to_owned())]
     );
     assert_eq!(
         parse(&MINIMAL.replace("127.0.0.1:9000", "unix:/run/php/fpm.sock"))
             .unwrap()
             .fpm
-            .address,
-        FpmAddress::Unix("/run/php/fpm.sock".into())
+            .address
+            .0,
+        [FpmAddress::Unix("/run/php/fpm.sock".into())]
+    );
+}
+
+#[test]
+fn fpm_address_is_one_string_or_a_list_of_distinct_addresses() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.fpm.address.0, [FpmAddress::Tcp("127.0.0.1:9000".into())]);
+    assert_eq!(c.fpm.keep_alive_idle, Duration::from_millis(100));
+    assert_eq!(c.fpm.keep_alive_max, Duration::from_secs(1));
+    let list = MINIMAL.replace(
+        "address = \"127.0.0.1:9000\"",
+        "address = [\"10.0.0.1:9000\", \"unix:/run/php/fpm.sock\"]\nkeep_alive_idle = \"0s\"",
+    );
+    let c = parse(&list).unwrap();
+    assert_eq!(
+        c.fpm_addresses(),
+        [
+            FpmAddress::Tcp("10.0.0.1:9000".into()),
+            FpmAddress::Unix("/run/php/fpm.sock".into())
+        ]
+    );
+    assert_eq!(
+        c.fpm.address.to_string(),
+        "10.0.0.1:9000, unix:/run/php/fpm.sock"
+    );
+    assert_eq!(c.fpm.keep_alive_idle, Duration::ZERO);
+    for (address, why) in [
+        ("[]", "at least one"),
+        ("[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]", "twice"),
+        ("[\"127.0.0.1:9000\", \"nowhere\"]", "neither"),
+        ("42", "list of them"),
+    ] {
+        let text = MINIMAL.replace("\"127.0.0.1:9000\"", address);
+        let error = error_of(&text);
+        assert!(
+            error.contains("fpm.address") && error.contains(why),
+            "{address}: {error}"
+        );
+    }
+}
+
+#[test]
+fn no_known_fpm_capacity_is_a_warning() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.warnings().iter().any(|w| w.contains("pm.max_children")));
+    let known = MINIMAL.replace("[subjects.event]", "max_children = 8\n[subjects.event]");
+    assert!(
+        !parse(&known)
+            .unwrap()
+            .warnings()
+            .iter()
+            .any(|w| w.contains("pm.max_children"))
     );
 }

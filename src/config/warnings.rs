@@ -18,6 +18,13 @@ impl Config {
                 "fpm.timeout is not below RabbitMQ's default consumer_timeout (30m)".to_owned(),
             );
         }
+        if self.fpm.status_path.is_none() && self.fpm.max_children.is_none() {
+            out.push(
+                "neither fpm.status_path nor fpm.max_children is set: requests in flight are not \
+                 capped at FPM's pm.max_children, so keep the pools' sum over all agents at or below it"
+                    .to_owned(),
+            );
+        }
         if !self.fpm.require_ack_header {
             out.push("fpm.require_ack_header = false: any 2xx counts as success".to_owned());
         }
