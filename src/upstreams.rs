@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
@@ -43,11 +44,17 @@ use tracing::{info, warn};
 
 use crate::config::{Config, FpmAddress, FpmConfig};
 use crate::fastcgi::{FpmClient, FpmError, Reply};
-use crate::fpm_status::monitor::UpstreamLabel;
 
 /// First and largest delay between probes of an upstream whose breaker is open.
 const PROBE_FIRST: Duration = Duration::from_millis(200);
 const PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// `upstream` label of the FPM gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    /// The FPM address (`fpm.address`).
+    pub upstream: String,
+}
 
 /// Every upstream of one `[fpm]` configuration.
 pub struct Upstreams {
@@ -192,9 +199,10 @@ pub struct Sent {
     pub result: Result<Reply, FpmError>,
 }
 
-/// `/status` view of one upstream.
+/// `/status` view of one upstream; `F` is its status page as last read, which the agent adds
+/// from `fpm_status::monitor`'s reads with [`UpstreamStatus::with_fpm`].
 #[derive(Debug, Clone, Serialize)]
-pub struct UpstreamStatus {
+pub struct UpstreamStatus<F = ()> {
     /// The address as written in `fpm.address`.
     pub address: String,
     /// `up`, or `down` (breaker open: it refused connections and is being probed).
@@ -219,7 +227,28 @@ pub struct UpstreamStatus {
     /// Requests given more time because they likely waited in FPM's backlog.
     pub backlog_waits: u64,
     /// Its status page, as last read.
-    pub fpm: crate::fpm_status::StatusState,
+    pub fpm: F,
+}
+
+impl UpstreamStatus {
+    /// The same view with its status page.
+    #[must_use]
+    pub fn with_fpm<F>(self, fpm: F) -> UpstreamStatus<F> {
+        UpstreamStatus {
+            address: self.address,
+            health: self.health,
+            down_for_ms: self.down_for_ms,
+            in_flight: self.in_flight,
+            waiting: self.waiting,
+            idle_connections: self.idle_connections,
+            capacity: self.capacity,
+            contended: self.contended,
+            requests: self.requests,
+            refused: self.refused,
+            backlog_waits: self.backlog_waits,
+            fpm,
+        }
+    }
 }
 
 impl Upstreams {
@@ -370,14 +399,10 @@ impl Upstreams {
         }
     }
 
-    /// Every upstream in `/status`, with `reads[i]` as its status page.
+    /// Every upstream in `/status` (without its status page: see [`UpstreamStatus::with_fpm`]).
     #[must_use]
-    pub fn status(&self, reads: &[crate::fpm_status::StatusState]) -> Vec<UpstreamStatus> {
-        self.list
-            .iter()
-            .enumerate()
-            .map(|(i, u)| u.status(reads.get(i).cloned()))
-            .collect()
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        self.list.iter().map(|u| u.status()).collect()
     }
 }
 
@@ -548,7 +573,7 @@ impl Upstream {
             .retain(|(_, since)| !all && now.saturating_duration_since(*since) < idle);
     }
 
-    fn status(&self, fpm: Option<crate::fpm_status::StatusState>) -> UpstreamStatus {
+    fn status(&self) -> UpstreamStatus {
         let gate = self.gate.lock().expect("gate lock");
         let health = self.health();
         UpstreamStatus {
@@ -568,9 +593,7 @@ impl Upstream {
             requests: self.metrics.requests.get(),
             refused: self.metrics.refused.get(),
             backlog_waits: self.metrics.backlog_waits.get(),
-            fpm: fpm.unwrap_or_else(|| {
-                crate::fpm_status::StatusState::empty(self.label.clone(), "not_configured")
-            }),
+            fpm: (),
         }
     }
 }

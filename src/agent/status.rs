@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::AgentHandle;
+use crate::fpm_status::StatusState;
 use crate::stats::StatsSnapshot;
+use crate::upstreams::UpstreamStatus;
 
 /// `/status` document.
 #[derive(Debug, Serialize)]
@@ -21,9 +23,9 @@ pub struct Status {
     pub subjects: BTreeMap<String, SubjectStatus>,
     /// FPM's status page as last read (`state` says whether it could be); with several
     /// upstreams, the first one's.
-    pub fpm: crate::fpm_status::StatusState,
+    pub fpm: StatusState,
     /// Every FPM upstream (`fpm.address`): breaker, requests in flight, capacity, status page.
-    pub upstreams: Vec<crate::upstreams::UpstreamStatus>,
+    pub upstreams: Vec<UpstreamStatus<StatusState>>,
 }
 
 /// One subject in `/status`.
@@ -102,12 +104,21 @@ impl AgentHandle {
         }
     }
 
-    fn upstreams(&self) -> Vec<crate::upstreams::UpstreamStatus> {
+    fn upstreams(&self) -> Vec<UpstreamStatus<StatusState>> {
         let monitor = &self.inner.metrics.fpm;
-        let reads: Vec<_> = monitor.snapshots().into_iter().map(|s| s.shown).collect();
-        monitor
-            .upstreams()
-            .map(|u| u.status(&reads))
-            .unwrap_or_default()
+        let mut reads = monitor.snapshots().into_iter().map(|s| s.shown);
+        let Some(upstreams) = monitor.upstreams() else {
+            return Vec::new();
+        };
+        upstreams
+            .status()
+            .into_iter()
+            .map(|u| {
+                let fpm = reads
+                    .next()
+                    .unwrap_or_else(|| StatusState::empty(u.address.clone(), "not_configured"));
+                u.with_fpm(fpm)
+            })
+            .collect()
     }
 }

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{FpmProcess, FpmStatus, StatusError, StatusState};
 use crate::config::Config;
-use crate::upstreams::{Upstream, UpstreamMetrics, Upstreams};
+use crate::upstreams::{Upstream, UpstreamLabel, UpstreamMetrics, Upstreams};
 
 /// The `subject` label of the in-flight request gauges. (Its own type, not the metrics
 /// module's: `telemetry::metrics` holds the monitor, so the monitor does not import it back.)
@@ -33,13 +33,6 @@ pub struct SubjectLabel {
 
 /// Largest status page read: `full` costs ~330 bytes per child.
 const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;
-
-/// `upstream` label of the FPM gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabel {
-    /// The FPM address (`fpm.address`).
-    pub upstream: String,
-}
 
 /// The last read of the status page.
 #[derive(Debug, Clone)]
