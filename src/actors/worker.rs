@@ -7,25 +7,27 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef};
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{Instrument, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
 use crate::broker::Publisher;
-use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
-use crate::fastcgi::Reply;
-use crate::outcome::{self, Decision, Verdict};
+use crate::contract::{self, Envelope};
 use crate::printable::printable;
 use crate::provenance::{self, Binding};
-use crate::stats::SubjectStats;
-use crate::telemetry::{self, metrics::Metrics};
+use crate::telemetry;
 use crate::trace_context;
+
+mod fpm;
+mod settle;
+
+use fpm::request;
+use settle::{Original, settle};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
 const EXCERPT: usize = 1024;
@@ -127,28 +129,99 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         acks,
     } = job;
     let runtime = state.runtime.clone();
-    let props = &delivery.properties;
-    let headers = props.headers().as_ref();
-    let (message_id, generated) = match props.message_id() {
-        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
-        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
-    };
+    let (message_id, generated) = message_id(&delivery.properties);
     // Crash-loop protection: the start record is written before FPM is called; dropping
     // `tracked` when the delivery is settled records it as done.
     let key = crate::poison::journal::key_of(&delivery);
     let tracked = runtime.crashes.begin(&key, delivery.redelivered).await;
-    let queue = &runtime.subject().queue;
-    // Attempt and original route only from headers the agent sealed (see `provenance`).
+    let (envelope, untrusted) = envelope_of(&runtime, &delivery, message_id.clone(), generated);
+    let attempt = envelope.attempt;
+    let incoming = trace_context::read(delivery.properties.headers().as_ref());
+    let span = message_span(&runtime, &delivery, &message_id, attempt, &incoming);
+    let process_span = span.clone();
+    async {
+        admitted(&runtime, generated, untrusted.as_ref(), &incoming);
+        let original = Original {
+            delivery: &delivery,
+            message_id: &message_id,
+            generated,
+            attempt,
+            exchange: envelope.exchange,
+            routing_key: envelope.routing_key,
+            span: &process_span,
+        };
+        // A redelivery that was in flight during `agent.poison_after` crashes never reaches FPM.
+        let (verdict, unreached) = match tracked.poison() {
+            Some(crashes) => (crate::poison::verdict(crashes), false),
+            None => request(&runtime, &envelope, &delivery.data, &incoming, &message_id).await,
+        };
+        let decision = runtime.policy.decide(&verdict, attempt);
+        settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
+        unreached
+    }
+    .instrument(span)
+    .await
+}
+
+/// The message id of a delivery, or a generated one (true).
+fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
+    match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
+        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
+    }
+}
+
+/// The envelope of a delivery: attempt and original route only from headers the agent sealed
+/// (see `provenance`), and why the others were ignored.
+fn envelope_of<'a>(
+    runtime: &'a SubjectRuntime,
+    delivery: &'a Delivery,
+    message_id: Cow<'a, str>,
+    generated: bool,
+) -> (Envelope<'a>, Option<provenance::Untrusted>) {
+    let props = &delivery.properties;
+    let headers = props.headers().as_ref();
     let (agent_state, untrusted) = provenance::read(
         headers,
         &runtime.config.fpm.signing_secrets,
         &Binding {
-            queue,
+            queue: &runtime.subject().queue,
             message_id: props.message_id().as_ref().map_or("", |id| id.as_str()),
             body: &delivery.data,
         },
     );
-    let attempt = agent_state.attempt;
+    let envelope = Envelope {
+        subject: &runtime.name,
+        message_id,
+        message_id_generated: generated,
+        attempt: agent_state.attempt,
+        redelivered: delivery.redelivered,
+        routing_key: agent_state
+            .original_routing_key
+            .unwrap_or(delivery.routing_key.as_str()),
+        exchange: agent_state
+            .original_exchange
+            .unwrap_or(delivery.exchange.as_str()),
+        content_type: props.content_type().as_ref().map(|s| s.as_str()),
+        kind: props.kind().as_ref().map(|s| s.as_str()),
+        correlation_id: props.correlation_id().as_ref().map(|s| s.as_str()),
+        timestamp: *props.timestamp(),
+        headers,
+    };
+    (envelope, untrusted)
+}
+
+/// The `message` span of a delivery (`<queue> process`; with export on, a child of its
+/// `traceparent`), with its trace id and queue wait recorded.
+fn message_span(
+    runtime: &SubjectRuntime,
+    delivery: &Delivery,
+    message_id: &str,
+    attempt: u32,
+    incoming: &trace_context::Incoming<'_>,
+) -> tracing::Span {
+    let queue = &runtime.subject().queue;
+    let props = &delivery.properties;
     // OpenTelemetry messaging conventions; `subject`, `message_id`, `attempt` and `trace_id`
     // also appear on every log line emitted inside the span.
     // Exported spans carry OpenTelemetry's messaging attributes; without an exporter the span
@@ -162,11 +235,11 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             messaging.system = "rabbitmq",
             messaging.operation.type = "process",
             messaging.destination.name = %queue,
-            messaging.message.id = %printable(&message_id),
+            messaging.message.id = %printable(message_id),
             messaging.rabbitmq.destination.routing_key = %printable(delivery.routing_key.as_str()),
             messaging.message.body.size = delivery.data.len(),
             subject = %runtime.name,
-            message_id = %printable(&message_id),
+            message_id = %printable(message_id),
             attempt,
             redelivered = delivery.redelivered,
             queue_wait_ms = tracing::field::Empty,
@@ -177,15 +250,13 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         tracing::info_span!(
             "message",
             subject = %runtime.name,
-            message_id = %printable(&message_id),
+            message_id = %printable(message_id),
             attempt,
             trace_id = tracing::field::Empty,
         )
     };
-    telemetry::set_parent_from_headers(&span, headers);
-    let incoming_trace = trace_context::read(headers);
-    if let Some(id) =
-        telemetry::trace_id(&span).or_else(|| incoming_trace.trace_id().map(str::to_owned))
+    telemetry::set_parent_from_headers(&span, props.headers().as_ref());
+    if let Some(id) = telemetry::trace_id(&span).or_else(|| incoming.trace_id().map(str::to_owned))
     {
         span.record("trace_id", id.as_str());
     }
@@ -194,362 +265,33 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         span.record("queue_wait_ms", wait * 1000);
         runtime.hot.queue_wait.observe(wait as f64);
     }
-    let process_span = span.clone();
-    async {
-        if generated {
-            runtime.hot.missing_message_id.inc();
-            if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
-                warn!(
-                    count,
-                    "Messages without message_id (count since the last such line, at most one a minute): \
-                     the agent generates ids; set the AMQP message_id when publishing (README: Message ids)"
-                );
-            }
-        }
-        if let Some(why) = &untrusted {
-            warn_untrusted(&runtime, why);
-        }
-        if let Some(tp) = incoming_trace.malformed {
-            warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
-        }
-        let (traceparent, tracestate) = (incoming_trace.traceparent, incoming_trace.tracestate);
-        let envelope = Envelope {
-            subject: &runtime.name,
-            message_id: message_id.clone(),
-            message_id_generated: generated,
-            attempt,
-            redelivered: delivery.redelivered,
-            routing_key: agent_state
-                .original_routing_key
-                .unwrap_or(delivery.routing_key.as_str()),
-            exchange: agent_state
-                .original_exchange
-                .unwrap_or(delivery.exchange.as_str()),
-            content_type: props.content_type().as_ref().map(|s| s.as_str()),
-            kind: props.kind().as_ref().map(|s| s.as_str()),
-            correlation_id: props.correlation_id().as_ref().map(|s| s.as_str()),
-            timestamp: *props.timestamp(),
-            headers,
-        };
-        let original = Original {
-            delivery: &delivery,
-            message_id: &message_id,
-            generated,
-            attempt,
-            exchange: envelope.exchange,
-            routing_key: envelope.routing_key,
-            span: &process_span,
-        };
-        if let Some(crashes) = tracked.poison() {
-            let verdict = crate::poison::verdict(crashes);
-            let decision = runtime.policy.decide(&verdict, attempt);
-            settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
-            return false;
-        }
-        let fcgi_span = if telemetry::enabled() {
-            tracing::info_span!(
-                "fastcgi",
-                otel.name = "FastCGI POST",
-                otel.kind = "client",
-                otel.status_code = tracing::field::Empty,
-                server.address = %runtime.config.fpm.address,
-                http.request.method = "POST",
-                url.path = %runtime.template.request_uri(),
-                http.response.status_code = tracing::field::Empty,
-                http.response.body.size = tracing::field::Empty,
-                error.type = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        // PHP continues the trace from the FastCGI span when traces are exported; otherwise
-        // it gets the publisher's context unchanged.
-        let exported = telemetry::context_of(&fcgi_span);
-        let trace = match &exported {
-            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
-            None => (traceparent, tracestate),
-        };
-        let now = contract::unix_now();
-        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, trace, now) {
-            Err(e) => {
-                warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
-                let verdict = Verdict::Permanent {
-                    reason: e.reason(),
-                    detail: e.to_string(),
-                    status: None,
-                };
-                (verdict, false)
-            }
-            Ok(params) => {
-                let running = runtime.metrics.fpm.running(&runtime.name, &message_id);
-                attempt_fpm(&runtime, &running, &params, &delivery.data)
-                    .instrument(fcgi_span)
-                    .await
-            }
-        };
-        let decision = runtime.policy.decide(&verdict, attempt);
-        settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
-        unreached
-    }
-    .instrument(span)
-    .await
+    span
 }
 
-/// One FastCGI request, timed and classified; records status and size on the current span.
-async fn attempt_fpm(
+/// Inside the message's span: logs what is wrong with the delivery (a generated id, ignored
+/// state headers, a malformed `traceparent`).
+fn admitted(
     runtime: &SubjectRuntime,
-    running: &crate::fpm_status::monitor::RunningGuard<'_>,
-    params: &[(&'static str, Cow<'_, str>)],
-    body: &[u8],
-) -> (Verdict, bool) {
-    let span = tracing::Span::current();
-    let started = Instant::now();
-    let sent = runtime
-        .upstreams
-        .request(params, body, |i| running.set_upstream(i))
-        .await;
-    let result = sent.result;
-    let elapsed = started.elapsed();
-    let require_ack = runtime.config.fpm.require_ack_header;
-    let (verdict, unreached, status) = match result {
-        Ok(reply) => {
-            span.record("http.response.body.size", reply.size);
-            match outcome::parse_head(&reply.stdout) {
-                Ok(head) => {
-                    span.record("http.response.status_code", head.status);
-                    let verdict = outcome::classify_reply(&head, require_ack, || excerpt(&reply));
-                    let status = if head.status == 200 {
-                        Cow::Borrowed("200")
-                    } else {
-                        Cow::Owned(head.status.to_string())
-                    };
-                    (verdict, false, status)
-                }
-                Err(e) => {
-                    let verdict = Verdict::Transient {
-                        reason: "fpm_malformed_reply",
-                        detail: format!("{e}: {}", excerpt(&reply)),
-                        status: None,
-                        retry_after: None,
-                        counts: true,
-                    };
-                    (verdict, false, Cow::Borrowed("fpm_malformed_reply"))
-                }
-            }
-        }
-        Err(e) => {
-            let unreached = e.unreached();
-            let verdict = Verdict::Transient {
-                reason: e.reason(),
-                detail: e.to_string(),
-                status: None,
-                retry_after: None,
-                counts: !unreached,
-            };
-            (verdict, unreached, Cow::Borrowed(e.reason()))
-        }
-    };
-    runtime.hot.fpm_duration.observe(elapsed.as_secs_f64());
-    if status == "200" {
-        runtime.hot.fpm_ok.inc();
-    } else {
-        runtime.metrics.fpm_response(&runtime.name, &status);
-    }
-    if !matches!(verdict, Verdict::Success) {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", describe(&verdict).0);
-    }
-    (verdict, unreached)
-}
-
-/// The delivery being settled (the original of any retry or dead-letter copy) and what
-/// identifies it.
-struct Original<'a> {
-    delivery: &'a Delivery,
-    message_id: &'a str,
     generated: bool,
-    attempt: u32,
-    /// Where the message was first published (trusted, see `provenance`).
-    exchange: &'a str,
-    routing_key: &'a str,
-    /// The message's process span: outcome recorded on it, its context carried by copies.
-    span: &'a tracing::Span,
-}
-
-/// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
-async fn settle(
-    runtime: &SubjectRuntime,
-    publisher: &Publisher,
-    acks: &Acks,
-    original: Original<'_>,
-    verdict: &Verdict,
-    decision: Decision,
+    untrusted: Option<&provenance::Untrusted>,
+    incoming: &trace_context::Incoming<'_>,
 ) {
-    let stats = &runtime.stats;
-    let delivery = original.delivery;
-    let span = original.span;
-    let published = match &decision {
-        Decision::Ack => {
-            debug!("Handled");
-            span.record("outcome", "ack");
-            acks.ack(delivery.delivery_tag, true);
-            return;
-        }
-        Decision::Retry {
-            delay,
-            next_attempt,
-        } => {
-            let (reason, detail) = describe(verdict);
-            info!(reason, detail = %printable(&detail).capped(EXCERPT), delay = ?delay, next_attempt, "Attempt failed; retrying later");
-            span.record("outcome", "retry");
-            span.record("otel.status_code", "ERROR");
-            let props = republished(runtime, &original, |h| {
-                h.insert(
-                    ATTEMPT_HEADER.into(),
-                    AMQPValue::LongLongInt(i64::from(*next_attempt)),
-                );
-                h.insert(
-                    LAST_ERROR_HEADER.into(),
-                    text(&format!("{reason}: {detail}")),
-                );
-            });
-            publisher
-                .publish_delayed(*delay, &delivery.data, props)
-                .await
-                .map(|()| reason)
-        }
-        Decision::DeadLetter { reason } => {
-            let (cause, detail) = describe(verdict);
-            warn!(reason, cause, detail = %printable(&detail).capped(EXCERPT), "Dead-lettering message");
-            span.record("outcome", "dead_letter");
-            span.record("otel.status_code", "ERROR");
-            let status = match verdict {
-                Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
-                Verdict::Success => None,
-            };
-            let props = republished(runtime, &original, |h| {
-                // Headers too deep to encode (or cut by the AMQP parser), and the largest ones
-                // when the copy would not fit in one frame, are left out of the copy;
-                // x-agent-last-error names them.
-                let mut removed =
-                    contract::remove_too_deep(h, runtime.config.limits.max_header_depth);
-                let budget =
-                    (publisher.frame_max() as usize).saturating_sub(contract::COPY_FRAME_RESERVE);
-                removed.extend(contract::shrink_to_fit(h, budget));
-                let detail = if removed.is_empty() {
-                    detail
-                } else {
-                    truncate(
-                        &format!("{detail}; left out of this copy: {}", removed.join(", ")),
-                        EXCERPT,
-                    )
-                };
-                h.insert(contract::REASON_HEADER.into(), text(reason));
-                h.insert(
-                    contract::STATUS_HEADER.into(),
-                    AMQPValue::LongLongInt(status.map_or(0, i64::from)),
-                );
-                h.insert(
-                    contract::ATTEMPTS_HEADER.into(),
-                    AMQPValue::LongLongInt(i64::from(original.attempt)),
-                );
-                h.insert(
-                    LAST_ERROR_HEADER.into(),
-                    text(&format!("{cause}: {detail}")),
-                );
-                h.insert(contract::SUBJECT_HEADER.into(), text(&runtime.name));
-                h.insert(
-                    contract::DEAD_LETTERED_AT_HEADER.into(),
-                    AMQPValue::Timestamp(contract::unix_now()),
-                );
-            });
-            publisher
-                .publish_dead(&delivery.data, props)
-                .await
-                .map(|()| *reason)
-        }
-    };
-    match published {
-        Ok(reason) => {
-            match decision {
-                Decision::Retry { .. } => {
-                    SubjectStats::incr(&stats.retried);
-                    Metrics::settled(&runtime.metrics.retried, &runtime.name, reason);
-                }
-                _ => {
-                    SubjectStats::incr(&stats.dead_lettered);
-                    Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
-                }
-            }
-            acks.ack(delivery.delivery_tag, false);
-        }
-        Err(e) => {
-            error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
-            // A short pause so a broker that refuses every publish does not spin the message.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            acks.nack(delivery.delivery_tag);
+    if generated {
+        runtime.hot.missing_message_id.inc();
+        if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
+            warn!(
+                count,
+                "Messages without message_id (count since the last such line, at most one a minute): \
+                 the agent generates ids; set the AMQP message_id when publishing (README: Message ids)"
+            );
         }
     }
-}
-
-fn describe(verdict: &Verdict) -> (&'static str, String) {
-    match verdict {
-        Verdict::Success => ("success", String::new()),
-        Verdict::Transient { reason, detail, .. } | Verdict::Permanent { reason, detail, .. } => {
-            (reason, truncate(detail, EXCERPT))
-        }
+    if let Some(why) = untrusted {
+        warn_untrusted(runtime, why);
     }
-}
-
-/// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
-/// (possibly generated) message id, where the message was first published (so later attempts
-/// still tell PHP the original exchange and routing key) and the agent's seal over that state.
-fn republished(
-    runtime: &SubjectRuntime,
-    original: &Original<'_>,
-    edit: impl FnOnce(&mut FieldTable),
-) -> BasicProperties {
-    let delivery = original.delivery;
-    let props = &delivery.properties;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
-    headers.insert(
-        ATTEMPT_HEADER.into(),
-        AMQPValue::LongLongInt(i64::from(original.attempt)),
-    );
-    headers.insert(
-        contract::ORIGINAL_EXCHANGE_HEADER.into(),
-        text(original.exchange),
-    );
-    headers.insert(
-        contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
-        text(original.routing_key),
-    );
-    // The next attempt continues this trace.
-    telemetry::inject_into_headers(original.span, &mut headers);
-    edit(&mut headers);
-    let message_id = if original.generated {
-        crate::broker::short(original.message_id)
-    } else {
-        props.message_id().clone().unwrap_or_default()
-    };
-    provenance::seal(
-        &mut headers,
-        &runtime.config.fpm.signing_secrets,
-        &Binding {
-            queue: &runtime.subject().queue,
-            message_id: message_id.as_str(),
-            body: &delivery.data,
-        },
-    );
-    let mut out = props.clone().with_headers(headers);
-    if original.generated {
-        out = out.with_message_id(message_id);
+    if let Some(tp) = incoming.malformed {
+        warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
     }
-    if props.delivery_mode().is_none() {
-        out = out.with_delivery_mode(2);
-    }
-    out
 }
 
 /// Logs that a delivery's state headers were ignored, at most once a minute per subject.
@@ -567,28 +309,6 @@ fn warn_untrusted(runtime: &SubjectRuntime, why: &provenance::Untrusted) {
         count,
         "Ignoring x-agent-* state headers the agent did not set; handling the message as attempt 1 on its own route ({count} such message(s) since the last warning)"
     );
-}
-
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-fn excerpt(reply: &Reply) -> String {
-    let out = String::from_utf8_lossy(&reply.stdout);
-    let body = out.split_once("\r\n\r\n").map_or(out.as_ref(), |(_, b)| b);
-    let mut s = truncate(body.trim(), EXCERPT / 2);
-    if !reply.stderr.is_empty() {
-        s.push_str(" | stderr: ");
-        s.push_str(&truncate(
-            String::from_utf8_lossy(&reply.stderr).trim(),
-            EXCERPT / 2,
-        ));
-    }
-    if s.is_empty() {
-        "(empty body)".to_owned()
-    } else {
-        s
-    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

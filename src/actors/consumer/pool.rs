@@ -76,60 +76,12 @@ pub(super) async fn resize(
     state: &mut ConsumerState,
     size: usize,
 ) -> Result<(), ActorProcessingErr> {
-    let stats = state.runtime.stats.clone();
     state.target = size;
     let active = state.workers.values().filter(|s| !s.retiring).count();
     if size > active {
-        // Reuse workers that were about to retire before spawning new ones.
-        let mut missing = size - active;
-        for slot in state.workers.values_mut().filter(|s| s.retiring) {
-            if missing == 0 {
-                break;
-            }
-            slot.retiring = false;
-            missing -= 1;
-        }
-        for _ in 0..missing {
-            let args = WorkerArgs {
-                runtime: state.runtime.clone(),
-                consumer: myself.get_derived(),
-            };
-            let (actor, _) = Actor::spawn_linked(None, FpmWorker, args, myself.get_cell()).await?;
-            state.idle.push_back(actor.get_id());
-            state.workers.insert(
-                actor.get_id(),
-                Slot {
-                    actor,
-                    busy: None,
-                    retiring: false,
-                },
-            );
-            SubjectStats::incr(&stats.pool_size);
-        }
+        grow(myself, state, size - active).await?;
     } else {
-        let mut excess = active - size;
-        // Idle workers go first.
-        while excess > 0 {
-            let Some(id) = state.idle.pop_back() else {
-                break;
-            };
-            if let Some(slot) = state.workers.get_mut(&id) {
-                slot.retiring = true;
-                slot.actor.stop(Some("pool shrink".into()));
-                excess -= 1;
-            }
-        }
-        for slot in state
-            .workers
-            .values_mut()
-            .filter(|s| !s.retiring && s.busy.is_some())
-        {
-            if excess == 0 {
-                break;
-            }
-            slot.retiring = true;
-            excess -= 1;
-        }
+        shrink(state, active - size);
     }
     dispatch(state);
     // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
@@ -141,4 +93,62 @@ pub(super) async fn resize(
         start_consuming(myself, state).await?;
     }
     Ok(())
+}
+
+/// Adds `missing` workers: those about to retire stay, then new ones are spawned.
+async fn grow(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    mut missing: usize,
+) -> Result<(), ActorProcessingErr> {
+    for slot in state.workers.values_mut().filter(|s| s.retiring) {
+        if missing == 0 {
+            break;
+        }
+        slot.retiring = false;
+        missing -= 1;
+    }
+    for _ in 0..missing {
+        let args = WorkerArgs {
+            runtime: state.runtime.clone(),
+            consumer: myself.get_derived(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, FpmWorker, args, myself.get_cell()).await?;
+        state.idle.push_back(actor.get_id());
+        state.workers.insert(
+            actor.get_id(),
+            Slot {
+                actor,
+                busy: None,
+                retiring: false,
+            },
+        );
+        SubjectStats::incr(&state.runtime.stats.pool_size);
+    }
+    Ok(())
+}
+
+/// Retires `excess` workers: idle ones stop at once, busy ones when their message is done.
+fn shrink(state: &mut ConsumerState, mut excess: usize) {
+    while excess > 0 {
+        let Some(id) = state.idle.pop_back() else {
+            break;
+        };
+        if let Some(slot) = state.workers.get_mut(&id) {
+            slot.retiring = true;
+            slot.actor.stop(Some("pool shrink".into()));
+            excess -= 1;
+        }
+    }
+    for slot in state
+        .workers
+        .values_mut()
+        .filter(|s| !s.retiring && s.busy.is_some())
+    {
+        if excess == 0 {
+            break;
+        }
+        slot.retiring = true;
+        excess -= 1;
+    }
 }
