@@ -8,6 +8,7 @@
 //! - [`printable`]: message-derived text escaped and capped for logs and terminals.
 //! - [`outcome`]: pure decisions — a FastCGI reply or error becomes ack, retry or dead-letter.
 //! - [`fastcgi`]: the only module that speaks FastCGI (connection, timeouts, reply limits).
+//! - [`upstreams`]: the FPM upstreams (`fpm.address`) and the FastCGI connections leased to them.
 //! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
 //! - [`broker`]: the only module that connects to RabbitMQ, declares queues or publishes
 //!   (confirmed); also the CLI's one-off sessions. Consuming and settling are the actors'.
