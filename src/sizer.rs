@@ -1,4 +1,5 @@
-//! The autoscaler task: samples each subject's busy workers and backlog, and after every read
+//! The autoscaler task: samples each subject's busy workers and backlog (prefetched, and ready
+//! in the queue: the consumer reads its depth), and after every read
 //! of FPM's status page feeds them to [`crate::autoscale::decide`] and applies its answer.
 //!
 //! Invariant: the only code that resizes pools without an operator; it never resizes a subject
@@ -68,7 +69,7 @@ fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
         let backlog = snap.in_flight.saturating_sub(snap.busy);
         s.busy_peak = s.busy_peak.max(busy);
         s.backlog_peak = s.backlog_peak.max(backlog);
-        if backlog > 0 || (snap.pool_size > 0 && snap.busy >= snap.pool_size) {
+        if backlog > 0 || snap.queued > 0 || (snap.pool_size > 0 && snap.busy >= snap.pool_size) {
             s.last_used = now;
         }
     }
@@ -145,6 +146,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             current: u32::try_from(stats.target_pool.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
             busy_peak: s.busy_peak,
             backlog: s.backlog_peak,
+            queued: stats.queued.load(Ordering::Relaxed),
             min: u32::from(cfg.min_pool_size),
             max: u32::from(cfg.max_pool_size),
             weight: cfg.weight,
@@ -172,6 +174,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             to = target.size,
             why = target.why,
             backlog = input.backlog,
+            queued = input.queued,
             busy_peak = input.busy_peak,
             idle_for_ms = u64::try_from(input.idle_for.as_millis()).unwrap_or(u64::MAX),
             fpm_max_children = capacity.map(|c| c.max_children),

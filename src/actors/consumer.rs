@@ -15,7 +15,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
@@ -65,6 +65,8 @@ pub struct ConsumerState {
     draining: Option<Vec<RpcReplyPort<()>>>,
     /// Task moving deliveries from the lapin consumer into the mailbox.
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Auto pools: the task reading the queue's depth for the autoscaler.
+    depth: Option<tokio::task::JoinHandle<()>>,
     /// Circuit breaker: `Some(next probe delay)` while FPM is unreachable.
     circuit: Option<std::time::Duration>,
     /// An operator paused this subject.
@@ -144,6 +146,9 @@ impl Actor for QueueConsumer {
         if let Some(forwarder) = state.forwarder.take() {
             forwarder.abort();
         }
+        if let Some(depth) = state.depth.take() {
+            depth.abort();
+        }
         for slot in state.workers.values() {
             slot.actor.kill();
         }
@@ -156,6 +161,7 @@ impl Actor for QueueConsumer {
             .await;
         stats.in_flight.store(0, Ordering::Relaxed);
         stats.busy.store(0, Ordering::Relaxed);
+        stats.queued.store(0, Ordering::Relaxed);
         stats.pool_size.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -321,6 +327,8 @@ async fn setup(
         Arc::new(Publisher::open(&connection, &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
+    let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)
+        .then(|| tokio::spawn(watch_depth(runtime.clone(), connection.clone())));
     let mut state = ConsumerState {
         runtime: runtime.clone(),
         connection,
@@ -335,6 +343,7 @@ async fn setup(
         target: 0,
         draining: None,
         forwarder: None,
+        depth,
         circuit: None,
         operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
     };
@@ -490,6 +499,28 @@ async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
         }
     }
     let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
+}
+
+/// Auto pools: reads the queue's depth every `fpm.status_interval` into the `queued` gauge, so
+/// the autoscaler sees the messages waiting in the queue and not only the prefetched ones. A
+/// failed read shows 0 (the autoscaler then sees the prefetched backlog only).
+async fn watch_depth(runtime: Arc<SubjectRuntime>, connection: Arc<Connection>) {
+    let every = runtime.config.fpm.status_interval;
+    let mut depth = broker::depth::QueueDepth::new(connection, &runtime.subject().queue);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let queued = match tokio::time::timeout(every.max(FLUSH_TIMEOUT), depth.read()).await {
+            Ok(Ok(n)) => u64::from(n),
+            Ok(Err(e)) => {
+                debug!(subject = %runtime.name, error = %e, "Queue depth not read");
+                0
+            }
+            Err(_) => 0,
+        };
+        runtime.stats.queued.store(queued, Ordering::Relaxed);
+    }
 }
 
 /// Hands backlog deliveries to idle workers.
