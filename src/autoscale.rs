@@ -148,6 +148,14 @@ fn deep(s: &SubjectInput) -> bool {
     waiting(s) >= u64::from(s.current.max(1))
 }
 
+/// An auto subject below its `max_pool_size` with a deep backlog: it would grow if FPM has
+/// idle children. The agent then reads FPM's status again soon instead of at its interval, so
+/// a drain ramps up in a few reads of ~100 ms whatever `fpm.status_interval` is.
+#[must_use]
+pub fn may_grow(s: &SubjectInput) -> bool {
+    s.mode == PoolMode::Auto && !s.pinned && s.current < s.max && deep(s)
+}
+
 /// Workers a subject could use now.
 fn demand(s: &SubjectInput) -> u32 {
     let wanted = if waiting(s) > 0 {

@@ -23,6 +23,10 @@ struct Seen {
     last_change: Instant,
 }
 
+/// Shortest time between a decision and a status read the autoscaler asks for: the workers it
+/// just added take their FPM children first, so the read counts them as busy.
+const RAMP_READ_GAP: Duration = Duration::from_millis(100);
+
 /// Runs until aborted (on reload and stop).
 pub async fn run(agent: AgentHandle) {
     let monitor = agent.metrics().fpm.clone();
@@ -44,15 +48,29 @@ pub async fn run(agent: AgentHandle) {
         .collect();
     let mut sample = tokio::time::interval(Duration::from_millis(100));
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A pool that may grow gets a status read soon instead of at the next interval, unless the
+    // last decision found it could not (FPM had no idle child): then it waits for the interval.
+    let (mut blocked, mut asked, mut decided) = (false, false, now);
     loop {
         tokio::select! {
-            _ = sample.tick() => observe(&agent, &mut seen),
+            _ = sample.tick() => {
+                observe(&agent, &mut seen);
+                if !blocked && !asked && decided.elapsed() >= RAMP_READ_GAP {
+                    let config = agent.config();
+                    let (_, inputs) = inputs(&agent, &config, &seen, Instant::now());
+                    if inputs.iter().any(autoscale::may_grow) {
+                        monitor.read_soon();
+                        asked = true;
+                    }
+                }
+            }
             changed = reads.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 observe(&agent, &mut seen);
-                decide(&agent, &mut seen);
+                blocked = decide(&agent, &mut seen);
+                (asked, decided) = (false, Instant::now());
             }
         }
     }
@@ -121,22 +139,19 @@ fn total_capacity<'a>(
     total
 }
 
-fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
-    let config = agent.config();
-    if config
-        .subjects
-        .values()
-        .all(|s| s.pool_mode == PoolMode::Fixed)
-    {
-        return;
-    }
-    let capacity = capacity(agent, &config);
-    let now = Instant::now();
+/// What [`autoscale::decide`] is given: the subjects' names and inputs, in config order.
+fn inputs(
+    agent: &AgentHandle,
+    config: &crate::config::Config,
+    seen: &BTreeMap<String, Seen>,
+    now: Instant,
+) -> (Vec<String>, Vec<SubjectInput>) {
     let pins = agent.pins();
+    let all = agent.subject_stats_all();
     let mut names = Vec::new();
     let mut inputs = Vec::new();
     for (name, cfg) in &config.subjects {
-        let (Some(s), Some(stats)) = (seen.get(name), agent.subject_stats_all().get(name)) else {
+        let (Some(s), Some(stats)) = (seen.get(name), all.get(name)) else {
             continue;
         };
         names.push(name.clone());
@@ -156,7 +171,24 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             cooldown: cfg.cooldown,
         });
     }
+    (names, inputs)
+}
+
+/// Decides and applies. True when a pool may grow but none did: FPM had no idle child for it.
+fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) -> bool {
+    let config = agent.config();
+    if config
+        .subjects
+        .values()
+        .all(|s| s.pool_mode == PoolMode::Fixed)
+    {
+        return false;
+    }
+    let capacity = capacity(agent, &config);
+    let now = Instant::now();
+    let (names, inputs) = inputs(agent, &config, seen, now);
     let targets = autoscale::decide(&inputs, capacity);
+    let mut grew = false;
     for ((name, input), target) in names.iter().zip(&inputs).zip(&targets) {
         if let Some(s) = seen.get_mut(name) {
             s.busy_peak = 0;
@@ -168,6 +200,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
         if target.size == input.current {
             continue;
         }
+        grew |= target.size > input.current;
         info!(
             subject = %name,
             from = input.current,
@@ -183,6 +216,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
         );
         agent.resize(name, target.size as usize);
     }
+    !grew && inputs.iter().any(autoscale::may_grow)
 }
 
 #[cfg(test)]

@@ -254,3 +254,19 @@ fn a_smaller_fpm_forces_a_shrink_at_once() {
     assert_eq!(sizes(&out), [4, 4]);
     assert_eq!(out[0].why, "above FPM's max_children");
 }
+
+#[test]
+fn only_an_auto_pool_below_max_with_a_deep_backlog_may_grow() {
+    let mut s = auto(4, 3);
+    assert!(!may_grow(&s), "3 waiting for 4 workers is not deep");
+    s.queued = 1;
+    assert!(may_grow(&s));
+    s.current = 32;
+    assert!(!may_grow(&s), "at max_pool_size");
+    s.current = 4;
+    s.pinned = true;
+    assert!(!may_grow(&s), "pinned");
+    s.pinned = false;
+    s.mode = PoolMode::Fixed;
+    assert!(!may_grow(&s), "fixed");
+}

@@ -62,6 +62,8 @@ struct Running {
 pub struct Monitor {
     /// One read per upstream, in `fpm.address` order.
     state: watch::Sender<Vec<Snapshot>>,
+    /// Wakes the status readers before their interval ends ([`Monitor::read_soon`]).
+    soon: tokio::sync::Notify,
     running: Mutex<HashMap<u64, Running>>,
     next: AtomicU64,
     /// `fpm_slow_messages{subject}`: requests that ran past `fpm.slow_after`.
@@ -90,6 +92,7 @@ impl Monitor {
         let g = Family::default;
         Self {
             state: watch::Sender::new(vec![Snapshot::empty(String::new(), "not_configured")]),
+            soon: tokio::sync::Notify::new(),
             upstreams: Mutex::default(),
             upstream_up: Family::default(),
             upstream_in_flight: Family::default(),
@@ -224,6 +227,13 @@ impl Monitor {
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
         }
         snaps
+    }
+
+    /// Asks every status reader waiting for its next interval to read now (the autoscaler,
+    /// while it grows a pool into a deep backlog: each step needs a fresh count of idle
+    /// children). A reader in the middle of a read is not asked again.
+    pub fn read_soon(&self) {
+        self.soon.notify_waiters();
     }
 
     /// A receiver woken after every read.
@@ -505,7 +515,10 @@ async fn read_loop(
     let mut every = tokio::time::interval(config.fpm.status_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            () = monitor.soon.notified() => every.reset(),
+        }
         let started = Instant::now();
         // Only a request that FPM itself left unanswered says children are held by others; a
         // read that found every slot of this agent busy says nothing about FPM's backlog.
