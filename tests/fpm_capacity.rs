@@ -347,7 +347,8 @@ async fn drain_backlog(ctx: &TestCtx, fpm_port: u16) -> (amqp_agent::agent::Agen
 /// Issue #15, tests 1 and 2: a backlog of 2,000 messages of 20 ms on FPM's 8 children. An auto
 /// pool (min 1, max 32, the other keys at their defaults) grows from 1, the pools never sum to
 /// more than FPM's `max_children` (read from FPM's status page by the test during the drain),
-/// and it drains within 1.25× the time of a fixed pool of 8 on the same FPM. Then the idle pool
+/// and it drains within 1.25× the time of a fixed pool of 8 on the same FPM (the faster of two
+/// runs of each, alternated). Then the idle pool
 /// shrinks back to its minimum, one `max_shift` step per cooldown. The status page is read at
 /// its default interval (2 s): while a pool grows into a deep backlog, the agent reads it again
 /// after each step instead of waiting that long.
@@ -372,36 +373,60 @@ async fn an_auto_pool_drains_a_backlog_within_a_quarter_of_a_fixed_pool_of_max_c
             ctx
         }
     };
-    let fixed_ctx = context("fpmdrain-fixed", false).await;
-    let (agent, fixed) = drain_backlog(&fixed_ctx, fpm.port).await;
-    agent.drain().await;
-    let auto_ctx = context("fpmdrain-auto", true).await;
-    let config = auto_ctx.config();
+    // Two pairs, alternated, and the faster run of each setup compared: the other tests of this
+    // file share the machine's two cores and may overlap one run more than the other.
+    let (mut fixed, mut auto) = (Vec::new(), Vec::new());
+    let mut last = None;
+    for pair in 1..=2 {
+        let ctx = context(&format!("fpmdrain-fixed{pair}"), false).await;
+        let (agent, seen) = drain_backlog(&ctx, fpm.port).await;
+        agent.drain().await;
+        fixed.push(seen);
+        let ctx = context(&format!("fpmdrain-auto{pair}"), true).await;
+        let (agent, seen) = drain_backlog(&ctx, fpm.port).await;
+        auto.push(seen);
+        if let Some((previous, _)) = last.replace((agent, ctx)) {
+            previous.drain().await;
+        }
+    }
+    let (agent, ctx) = last.unwrap();
+    let config = ctx.config();
     let event = &config.subjects["event"];
     let (cooldown, max_shift, interval) =
         (event.cooldown, event.max_shift, config.fpm.status_interval);
-    let (agent, auto) = drain_backlog(&auto_ctx, fpm.port).await;
-    let ratio = auto.took.as_secs_f64() / fixed.took.as_secs_f64();
+    let best = |runs: &[Drain]| runs.iter().map(|d| d.took).min().unwrap();
+    let ratio = best(&auto).as_secs_f64() / best(&fixed).as_secs_f64();
+    for (f, a) in fixed.iter().zip(&auto) {
+        eprintln!(
+            "{BACKLOG} × 20 ms on 8 FPM children: fixed pool of 8 {:?}, auto pool {:?} (peak {}, largest sum {}), {:.2}; \
+             FPM's status read {} and {} times: max_children {} and {}, most busy children {} and {}",
+            f.took,
+            a.took,
+            a.peak_pool,
+            a.worst_sum,
+            a.took.as_secs_f64() / f.took.as_secs_f64(),
+            f.fpm_reads,
+            a.fpm_reads,
+            f.fpm_max_children,
+            a.fpm_max_children,
+            f.fpm_peak_active,
+            a.fpm_peak_active,
+        );
+    }
     eprintln!(
-        "{BACKLOG} × 20 ms on 8 FPM children: fixed pool of 8 {:?}, auto pool {:?} (peak {}), ratio {ratio:.2}; \
-         FPM's status read {} and {} times, max_children {}, most busy children {} and {}",
-        fixed.took,
-        auto.took,
-        auto.peak_pool,
-        fixed.fpm_reads,
-        auto.fpm_reads,
-        auto.fpm_max_children,
-        fixed.fpm_peak_active,
-        auto.fpm_peak_active,
+        "best of each: fixed {:?}, auto {:?}, ratio {ratio:.2}",
+        best(&fixed),
+        best(&auto)
     );
-    assert_eq!(fixed.fpm_max_children, 8, "FPM's status page read");
-    assert_eq!(auto.fpm_max_children, 8, "FPM's status page read");
-    assert!(auto.worst_sum <= 8, "pools summed to {}", auto.worst_sum);
-    assert!(
-        auto.peak_pool >= 7,
-        "the auto pool grew only to {}",
-        auto.peak_pool
-    );
+    for a in &auto {
+        assert_eq!(a.fpm_max_children, 8, "FPM's status page read");
+        assert!(a.worst_sum <= 8, "pools summed to {}", a.worst_sum);
+        assert!(
+            a.peak_pool >= 7,
+            "the auto pool grew only to {}",
+            a.peak_pool
+        );
+    }
     assert!(
         ratio <= 1.25,
         "the auto pool took {ratio:.2}× the fixed pool's time"
@@ -409,12 +434,13 @@ async fn an_auto_pool_drains_a_backlog_within_a_quarter_of_a_fixed_pool_of_max_c
     // Test 2: idle, the pool shrinks to min_pool_size, by max_shift once per cooldown.
     let handle = agent.handle();
     let idle_since = std::time::Instant::now();
-    let steps = u32::try_from(auto.peak_pool.saturating_sub(1))
+    let steps = u32::try_from(auto[1].peak_pool.saturating_sub(1))
         .unwrap()
         .div_ceil(max_shift);
-    // Idle for a cooldown, then a step per cooldown, each at the next status read; slack for
-    // this load.
-    let bound = (cooldown + interval) * steps + Duration::from_secs(1);
+    // The queue's depth, read every status interval, may show the last messages for one more
+    // interval; then idle for a cooldown and a step per cooldown, each at the next status
+    // read; a second of slack for this load.
+    let bound = (cooldown + interval) * steps + interval + Duration::from_secs(1);
     common::eventually(
         bound,
         "the idle pool back at 1 within its cooldowns",
