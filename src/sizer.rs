@@ -25,7 +25,10 @@ struct Seen {
 
 /// Shortest time between a decision and a status read the autoscaler asks for: the workers it
 /// just added take their FPM children first, so the read counts them as busy.
-const RAMP_READ_GAP: Duration = Duration::from_millis(100);
+const RAMP_READ_GAP: Duration = Duration::from_millis(50);
+
+/// How often the subjects' busy workers and backlogs are sampled.
+const SAMPLE: Duration = Duration::from_millis(50);
 
 /// Runs until aborted (on reload and stop).
 pub async fn run(agent: AgentHandle) {
@@ -46,31 +49,45 @@ pub async fn run(agent: AgentHandle) {
             (name.clone(), s)
         })
         .collect();
-    let mut sample = tokio::time::interval(Duration::from_millis(100));
+    let mut sample = tokio::time::interval(SAMPLE);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // A pool that may grow gets a status read soon instead of at the next interval, unless the
-    // last decision found it could not (FPM had no idle child): then it waits for the interval.
+    // A pool that may grow gets a status read soon instead of at the next interval: right after
+    // RAMP_READ_GAP when the last decision grew a pool, at the next sample when a backlog turned
+    // deep. Not when the last decision found no idle FPM child for it: then at the interval.
     let (mut blocked, mut asked, mut decided) = (false, false, now);
+    let mut ramp = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut ramping = false;
     loop {
-        tokio::select! {
+        let due = tokio::select! {
             _ = sample.tick() => {
                 observe(&agent, &mut seen);
-                if !blocked && !asked && decided.elapsed() >= RAMP_READ_GAP {
-                    let config = agent.config();
-                    let (_, inputs) = inputs(&agent, &config, &seen, Instant::now());
-                    if inputs.iter().any(autoscale::may_grow) {
-                        monitor.read_soon();
-                        asked = true;
-                    }
-                }
+                !blocked && !asked && decided.elapsed() >= RAMP_READ_GAP
+            }
+            () = &mut ramp, if ramping => {
+                ramping = false;
+                !asked
             }
             changed = reads.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 observe(&agent, &mut seen);
-                blocked = decide(&agent, &mut seen);
+                let (grew, may_grow) = decide(&agent, &mut seen);
+                blocked = may_grow && !grew;
                 (asked, decided) = (false, Instant::now());
+                if grew && may_grow {
+                    ramp.as_mut().reset((decided + RAMP_READ_GAP).into());
+                    ramping = true;
+                }
+                false
+            }
+        };
+        if due {
+            let config = agent.config();
+            let (_, inputs) = inputs(&agent, &config, &seen, Instant::now());
+            if inputs.iter().any(autoscale::may_grow) {
+                monitor.read_soon();
+                asked = true;
             }
         }
     }
@@ -174,15 +191,16 @@ fn inputs(
     (names, inputs)
 }
 
-/// Decides and applies. True when a pool may grow but none did: FPM had no idle child for it.
-fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) -> bool {
+/// Decides and applies. Returns whether a pool grew, and whether a pool may grow (before this
+/// decision's sizes; a pool that grew may want more).
+fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) -> (bool, bool) {
     let config = agent.config();
     if config
         .subjects
         .values()
         .all(|s| s.pool_mode == PoolMode::Fixed)
     {
-        return false;
+        return (false, false);
     }
     let capacity = capacity(agent, &config);
     let now = Instant::now();
@@ -216,7 +234,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) -> bool {
         );
         agent.resize(name, target.size as usize);
     }
-    !grew && inputs.iter().any(autoscale::may_grow)
+    (grew, inputs.iter().any(autoscale::may_grow))
 }
 
 #[cfg(test)]
