@@ -150,7 +150,7 @@ fn deep(s: &SubjectInput) -> bool {
 
 /// An auto subject below its `max_pool_size` with a deep backlog: it would grow if FPM has
 /// idle children. The agent then reads FPM's status again soon instead of at its interval, so
-/// a drain ramps up in a few reads of ~100 ms whatever `fpm.status_interval` is.
+/// a drain ramps up in a few reads ~50 ms apart whatever `fpm.status_interval` is.
 #[must_use]
 pub fn may_grow(s: &SubjectInput) -> bool {
     s.mode == PoolMode::Auto && !s.pinned && s.current < s.max && deep(s)
