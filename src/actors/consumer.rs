@@ -15,7 +15,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
@@ -328,7 +328,7 @@ async fn setup(
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
     let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)
-        .then(|| tokio::spawn(watch_depth(runtime.clone(), connection.clone())));
+        .then(|| tokio::spawn(super::depth::watch(runtime.clone(), connection.clone())));
     let mut state = ConsumerState {
         runtime: runtime.clone(),
         connection,
@@ -499,28 +499,6 @@ async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
         }
     }
     let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
-}
-
-/// Auto pools: reads the queue's depth every `fpm.status_interval` into the `queued` gauge, so
-/// the autoscaler sees the messages waiting in the queue and not only the prefetched ones. A
-/// failed read shows 0 (the autoscaler then sees the prefetched backlog only).
-async fn watch_depth(runtime: Arc<SubjectRuntime>, connection: Arc<Connection>) {
-    let every = runtime.config.fpm.status_interval;
-    let mut depth = broker::depth::QueueDepth::new(connection, &runtime.subject().queue);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let queued = match tokio::time::timeout(every.max(FLUSH_TIMEOUT), depth.read()).await {
-            Ok(Ok(n)) => u64::from(n),
-            Ok(Err(e)) => {
-                debug!(subject = %runtime.name, error = %e, "Queue depth not read");
-                0
-            }
-            Err(_) => 0,
-        };
-        runtime.stats.queued.store(queued, Ordering::Relaxed);
-    }
 }
 
 /// Hands backlog deliveries to idle workers.

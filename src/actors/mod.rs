@@ -12,6 +12,7 @@
 
 pub mod acks;
 pub mod consumer;
+pub mod depth;
 pub mod root;
 pub mod stats;
 pub mod worker;
