@@ -16,6 +16,7 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use crate::config::{Config, QueueType};
 
+pub mod depth;
 pub mod endpoints;
 pub mod session;
 pub mod topology;

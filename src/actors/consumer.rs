@@ -60,6 +60,8 @@ pub struct ConsumerState {
     draining: Option<Vec<RpcReplyPort<()>>>,
     /// Task moving deliveries from the lapin consumer into the mailbox.
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Auto pools: the task reading the queue's depth for the autoscaler.
+    depth: Option<tokio::task::JoinHandle<()>>,
     /// Circuit breaker: `Some(next probe delay)` while FPM is unreachable.
     circuit: Option<std::time::Duration>,
     /// An operator paused this subject.
@@ -151,6 +153,9 @@ impl Actor for QueueConsumer {
         if let Some(forwarder) = state.forwarder.take() {
             forwarder.abort();
         }
+        if let Some(depth) = state.depth.take() {
+            depth.abort();
+        }
         for slot in state.workers.values() {
             slot.actor.kill();
         }
@@ -163,6 +168,7 @@ impl Actor for QueueConsumer {
             .await;
         stats.in_flight.store(0, Ordering::Relaxed);
         stats.busy.store(0, Ordering::Relaxed);
+        stats.queued.store(0, Ordering::Relaxed);
         stats.pool_size.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -280,6 +286,8 @@ async fn setup(
         Arc::new(Publisher::open(&connection, &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
+    let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)
+        .then(|| tokio::spawn(super::depth::watch(runtime.clone(), connection.clone())));
     let mut state = ConsumerState {
         runtime: runtime.clone(),
         connection,
@@ -294,6 +302,7 @@ async fn setup(
         target: 0,
         draining: None,
         forwarder: None,
+        depth,
         circuit: None,
         operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
         exit: None,

@@ -12,6 +12,7 @@
 
 pub mod acks;
 pub mod consumer;
+pub mod depth;
 pub mod exit;
 pub mod hook;
 pub mod root;

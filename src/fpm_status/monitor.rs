@@ -59,6 +59,8 @@ pub struct Snapshot {
 pub struct Monitor {
     /// One read per upstream, in `fpm.address` order.
     state: watch::Sender<Vec<Snapshot>>,
+    /// Wakes the status readers before their interval ends ([`Monitor::read_soon`]).
+    soon: tokio::sync::Notify,
     running: Mutex<HashMap<u64, Running>>,
     next: AtomicU64,
     /// `fpm_slow_messages{subject}`: requests that ran past `fpm.slow_after`.
@@ -87,6 +89,7 @@ impl Monitor {
         let g = Family::default;
         Self {
             state: watch::Sender::new(vec![Snapshot::empty(String::new(), "not_configured")]),
+            soon: tokio::sync::Notify::new(),
             upstreams: Mutex::default(),
             upstream_up: Family::default(),
             upstream_in_flight: Family::default(),
@@ -221,6 +224,13 @@ impl Monitor {
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
         }
         snaps
+    }
+
+    /// Asks every status reader waiting for its next interval to read now (the autoscaler,
+    /// while it grows a pool into a deep backlog: each step needs a fresh count of idle
+    /// children). A reader in the middle of a read is not asked again.
+    pub fn read_soon(&self) {
+        self.soon.notify_waiters();
     }
 
     /// A receiver woken after every read.

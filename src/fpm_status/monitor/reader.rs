@@ -82,7 +82,10 @@ async fn read_loop(
     let mut every = tokio::time::interval(config.fpm.status_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            () = monitor.soon.notified() => every.reset(),
+        }
         let started = Instant::now();
         // Only a request that FPM itself left unanswered says children are held by others; a
         // read that found every slot of this agent busy says nothing about FPM's backlog.
