@@ -325,6 +325,14 @@ pub struct SubjectConfig {
     /// One consumer at a time across all agents (strict ordering); others wait as standby.
     #[serde(default)]
     pub single_active_consumer: bool,
+    /// Most messages sent to PHP in one FastCGI request (docs/batches.md). 1 (the default): one
+    /// request per message. The PHP side must understand batches.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: u16,
+    /// How long an idle worker may wait for a batch to fill; 0 (the default) takes what is
+    /// already prefetched.
+    #[serde(default, deserialize_with = "duration")]
+    pub batch_wait: Duration,
 }
 
 /// `[limits]`
@@ -344,6 +352,10 @@ pub struct LimitsConfig {
     /// A FastCGI reply larger than this is cut off and counted as a failed attempt.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Most body bytes in one batch request (subjects with `batch_max` > 1); a message larger
+    /// than this goes alone, where `max_body_bytes` applies.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// Memory the prefetched deliveries may take: a full prefetch window of maximum-size bodies
     /// (`max_body_bytes` × the window of every subject) over it is warned about. Bytes, or a
     /// size such as `"1GiB"` or `"512MB"`.
@@ -358,6 +370,7 @@ impl Default for LimitsConfig {
             max_headers_bytes: default_max_headers_bytes(),
             max_header_depth: default_max_header_depth(),
             max_response_bytes: default_max_response_bytes(),
+            max_batch_bytes: default_max_batch_bytes(),
             memory_budget: default_memory_budget(),
         }
     }
@@ -472,6 +485,12 @@ fn default_max_headers_bytes() -> usize {
 }
 fn default_max_header_depth() -> usize {
     16
+}
+fn default_batch_max() -> u16 {
+    1
+}
+fn default_max_batch_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_max_response_bytes() -> usize {
     16 * 1024 * 1024
@@ -772,6 +791,12 @@ impl Config {
         if self.agent.poison_after > 0 && !self.agent.state_dir.is_absolute() {
             return Err(invalid("agent.state_dir", "must be an absolute path"));
         }
+        if self.limits.max_batch_bytes == 0 {
+            return Err(invalid(
+                "limits.max_batch_bytes",
+                "must be greater than zero",
+            ));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid(
                 "limits.max_body_bytes",
@@ -911,6 +936,12 @@ impl Config {
                 &key,
                 format!("unknown subject; expected one of {SUBJECTS:?}"),
             ));
+        }
+        if !(1..=1000).contains(&subject.batch_max) {
+            return Err(invalid(format!("{key}.batch_max"), "must be 1 to 1000"));
+        }
+        if subject.batch_wait > Duration::from_secs(10) {
+            return Err(invalid(format!("{key}.batch_wait"), "must be at most 10s"));
         }
         if subject.queue.is_empty() || subject.queue.len() > 200 {
             return Err(invalid(

@@ -187,9 +187,25 @@ impl FpmClient {
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
     ) -> Result<Reply, FpmError> {
+        self.request_streaming(params, body, &mut |_| Ok(())).await
+    }
+
+    /// [`Self::request`], handing each stdout chunk to `on_stdout` as it arrives (a batch's
+    /// outcome lines). An `Err` from `on_stdout` abandons the request: the connection is dropped
+    /// and the error is [`FpmError::Protocol`]. The timeout covers the whole request.
+    ///
+    /// # Errors
+    /// [`FpmError`]; the connection is dropped in every error case.
+    pub async fn request_streaming(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
+    ) -> Result<Reply, FpmError> {
         let deadline = Instant::now() + self.timeout;
         let result =
-            tokio::time::timeout_at(deadline.into(), self.request_inner(params, body)).await;
+            tokio::time::timeout_at(deadline.into(), self.request_inner(params, body, on_stdout))
+                .await;
         match result {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
@@ -207,16 +223,19 @@ impl FpmClient {
         &mut self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, FpmError> {
         let reused = self.conn.is_some();
-        match self.attempt(params, body).await {
+        match self.attempt(params, body, on_stdout).await {
             Err(Attempt {
                 error,
                 replied: false,
             }) if reused && !error.unreached() => {
                 tracing::debug!(%error, "Kept-alive FPM connection failed before replying; reconnecting");
                 self.conn = None;
-                self.attempt(params, body).await.map_err(|a| a.error)
+                self.attempt(params, body, on_stdout)
+                    .await
+                    .map_err(|a| a.error)
             }
             other => other.map_err(|a| a.error),
         }
@@ -226,6 +245,7 @@ impl FpmClient {
         &mut self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, Attempt> {
         if self.conn.is_none() {
             let stream = connect(&self.address).await.map_err(|e| Attempt {
@@ -273,6 +293,12 @@ impl FpmClient {
             }
             let room = keep.saturating_sub(kept.len());
             kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
+            if let Content::Stdout(b) = &content {
+                on_stdout(b).map_err(|e| Attempt {
+                    error: FpmError::Protocol(e),
+                    replied: true,
+                })?;
+            }
         }
         drop(stream);
         if conn.ends.load(Ordering::Acquire) == ends_before {

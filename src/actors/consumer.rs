@@ -37,8 +37,8 @@ pub struct QueueConsumer;
 /// A worker of the pool and what it holds.
 struct Slot {
     actor: ActorRef<WorkerMsg>,
-    /// Delivery tag of the message the worker is handling.
-    busy: Option<DeliveryTag>,
+    /// Delivery tags of the message (or batch) the worker is handling.
+    busy: Vec<DeliveryTag>,
     /// Stop this worker as soon as it is idle (pool shrink).
     retiring: bool,
 }
@@ -59,6 +59,14 @@ pub struct ConsumerState {
     idle: VecDeque<ActorId>,
     /// Deliveries received while every worker was busy.
     backlog: VecDeque<Delivery>,
+    /// When the backlog last went from empty to non-empty (no later than its oldest delivery
+    /// arrived): `batch_wait` counts from here.
+    backlog_since: std::time::Instant,
+    /// How deliveries are grouped into requests (`batch_max`, `batch_wait`).
+    batching: crate::batch::Batching,
+    /// A `Dispatch` is scheduled (an idle worker waits for a batch to fill).
+    dispatch_armed: bool,
+    myself: ActorRef<ConsumerMsg>,
     /// Wanted pool size.
     target: usize,
     /// Callers waiting for the drain to finish; `Some` once draining started.
@@ -99,6 +107,8 @@ pub enum ConsumerMsg {
     Drain(RpcReplyPort<()>),
     /// Change the pool size.
     Resize(usize),
+    /// `batch_wait` is over: hand the backlog to idle workers even if no batch is full.
+    Dispatch,
 }
 
 impl Actor for QueueConsumer {
@@ -180,6 +190,9 @@ impl Actor for QueueConsumer {
                     requeue(state, &delivery);
                     return Ok(());
                 }
+                if state.backlog.is_empty() {
+                    state.backlog_since = std::time::Instant::now();
+                }
                 state.backlog.push_back(*delivery);
                 dispatch(state);
             }
@@ -196,9 +209,12 @@ impl Actor for QueueConsumer {
                 }
                 let stats = &state.runtime.stats;
                 if let Some(slot) = state.workers.get_mut(&worker) {
-                    if slot.busy.take().is_some() {
+                    let held = std::mem::take(&mut slot.busy);
+                    if !held.is_empty() {
                         SubjectStats::decr(&stats.busy);
-                        SubjectStats::decr(&stats.in_flight);
+                        for _ in &held {
+                            SubjectStats::decr(&stats.in_flight);
+                        }
                     }
                     if slot.retiring {
                         slot.actor.stop(Some("pool shrink".into()));
@@ -237,6 +253,10 @@ impl Actor for QueueConsumer {
                 finish_drain_if_idle(state);
             }
             ConsumerMsg::Resize(size) => resize(&myself, state, size).await?,
+            ConsumerMsg::Dispatch => {
+                state.dispatch_armed = false;
+                dispatch(state);
+            }
             ConsumerMsg::Probe => probe(&myself, state).await?,
             ConsumerMsg::SetPaused(paused) => {
                 info!(subject = %state.runtime.name, paused, "Operator {} consumption", if paused { "paused" } else { "resumed" });
@@ -271,8 +291,11 @@ impl Actor for QueueConsumer {
         state.idle.retain(|id| *id != cell.get_id());
         let stats = state.runtime.stats.clone();
         SubjectStats::decr(&stats.pool_size);
-        if let Some(tag) = slot.busy {
+        if !slot.busy.is_empty() {
             SubjectStats::decr(&stats.busy);
+        }
+        // Tags of a batch already settled are not nacked again (the settlement task knows them).
+        for tag in slot.busy {
             SubjectStats::decr(&stats.in_flight);
             state.acks.nack(tag);
         }
@@ -332,6 +355,10 @@ async fn setup(
         workers: HashMap::new(),
         idle: VecDeque::new(),
         backlog: VecDeque::new(),
+        backlog_since: std::time::Instant::now(),
+        batching: crate::batch::Batching::of(&config, subject),
+        dispatch_armed: false,
+        myself: myself.clone(),
         target: 0,
         draining: None,
         forwarder: None,
@@ -383,8 +410,7 @@ async fn start_consuming(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    let prefetch =
-        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    let prefetch = crate::config::prefetch(state.target, per_worker(&state.runtime));
     if prefetch != state.prefetch {
         state
             .channel
@@ -496,9 +522,27 @@ async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
     let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
 }
 
-/// Hands backlog deliveries to idle workers.
+/// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
+fn per_worker(runtime: &SubjectRuntime) -> u16 {
+    crate::batch::prefetch_per_worker(&runtime.config, runtime.subject())
+}
+
+/// Hands backlog deliveries to idle workers: one per request, or up to `batch_max` in one (an
+/// idle worker waits up to `batch_wait` for a batch to fill).
 fn dispatch(state: &mut ConsumerState) {
     while !state.backlog.is_empty() {
+        if state.idle.is_empty() {
+            return;
+        }
+        let waited = state.backlog_since.elapsed();
+        if state.batching.should_wait(state.backlog.len(), waited) {
+            if !state.dispatch_armed {
+                state.dispatch_armed = true;
+                let left = state.batching.wait.saturating_sub(waited);
+                state.myself.send_after(left, || ConsumerMsg::Dispatch);
+            }
+            return;
+        }
         let Some(id) = state.idle.pop_front() else {
             return;
         };
@@ -509,22 +553,45 @@ fn dispatch(state: &mut ConsumerState) {
             slot.actor.stop(Some("pool shrink".into()));
             continue;
         }
-        let delivery = state.backlog.pop_front().expect("checked non-empty");
-        let tag = delivery.delivery_tag;
-        let job = Job {
-            delivery,
-            publisher: state.publisher.clone(),
-            acks: state.acks.clone(),
+        let n = state
+            .batching
+            .take(state.backlog.iter().map(|d| (d.data.len(), d.redelivered)));
+        let (msg, tags) = if n == 1 {
+            let delivery = state.backlog.pop_front().expect("checked non-empty");
+            let tags = vec![delivery.delivery_tag];
+            let job = Job {
+                delivery,
+                publisher: state.publisher.clone(),
+                acks: state.acks.clone(),
+            };
+            (WorkerMsg::Handle(Box::new(job)), tags)
+        } else {
+            let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
+            let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
+            let job = super::batch::BatchJob {
+                deliveries,
+                publisher: state.publisher.clone(),
+                acks: state.acks.clone(),
+            };
+            (WorkerMsg::Batch(Box::new(job)), tags)
         };
-        match slot.actor.cast(WorkerMsg::Handle(Box::new(job))) {
+        match slot.actor.cast(msg) {
             Ok(()) => {
-                slot.busy = Some(tag);
+                slot.busy = tags;
                 SubjectStats::incr(&state.runtime.stats.busy);
             }
             Err(e) => {
                 // The worker is stopping; its supervision event will replace it.
-                if let ractor::MessagingErr::SendErr(WorkerMsg::Handle(job)) = e {
-                    state.backlog.push_front(job.delivery);
+                match e {
+                    ractor::MessagingErr::SendErr(WorkerMsg::Handle(job)) => {
+                        state.backlog.push_front(job.delivery);
+                    }
+                    ractor::MessagingErr::SendErr(WorkerMsg::Batch(job)) => {
+                        for delivery in job.deliveries.into_iter().rev() {
+                            state.backlog.push_front(delivery);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -538,7 +605,7 @@ fn requeue(state: &ConsumerState, delivery: &Delivery) {
 }
 
 fn finish_drain_if_idle(state: &mut ConsumerState) {
-    let busy = state.workers.values().any(|s| s.busy.is_some());
+    let busy = state.workers.values().any(|s| !s.busy.is_empty());
     if busy {
         return;
     }
@@ -592,7 +659,7 @@ async fn resize(
                 actor.get_id(),
                 Slot {
                     actor,
-                    busy: None,
+                    busy: Vec::new(),
                     retiring: false,
                 },
             );
@@ -614,7 +681,7 @@ async fn resize(
         for slot in state
             .workers
             .values_mut()
-            .filter(|s| !s.retiring && s.busy.is_some())
+            .filter(|s| !s.retiring && !s.busy.is_empty())
         {
             if excess == 0 {
                 break;
@@ -626,8 +693,7 @@ async fn resize(
     dispatch(state);
     // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
     // the pool by re-consuming. Deliveries already received stay valid on the channel.
-    let wanted =
-        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    let wanted = crate::config::prefetch(state.target, per_worker(&state.runtime));
     if state.consumer_tag.is_some() && wanted != state.prefetch {
         cancel_consumer(state).await;
         start_consuming(myself, state).await?;

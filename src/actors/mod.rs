@@ -10,6 +10,7 @@
 //! `Msg`, its `Arguments`, then the `Actor` impl.
 
 pub mod acks;
+pub mod batch;
 pub mod consumer;
 pub mod root;
 pub mod stats;

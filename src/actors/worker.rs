@@ -27,15 +27,15 @@ use crate::provenance::{self, Binding};
 use crate::telemetry::{self, metrics::Metrics};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
-const EXCERPT: usize = 1024;
+pub(super) const EXCERPT: usize = 1024;
 
 /// The worker actor.
 pub struct FpmWorker;
 
 /// A worker's state: its FastCGI connection.
 pub struct WorkerState {
-    runtime: Arc<SubjectRuntime>,
-    fpm: FpmClient,
+    pub(super) runtime: Arc<SubjectRuntime>,
+    pub(super) fpm: FpmClient,
     consumer: ActorRef<ConsumerMsg>,
 }
 
@@ -43,6 +43,8 @@ pub struct WorkerState {
 pub enum WorkerMsg {
     /// Handle this delivery, then report back to the consumer.
     Handle(Box<Job>),
+    /// Handle these deliveries in one request (`batch_max` > 1), then report back.
+    Batch(Box<super::batch::BatchJob>),
 }
 
 /// One delivery and the publisher of the consumer incarnation that received it.
@@ -106,6 +108,15 @@ impl Actor for FpmWorker {
                     publisher_broken: !publisher_usable.1,
                 });
             }
+            WorkerMsg::Batch(job) => {
+                let publisher = job.publisher.clone();
+                let unreached = super::batch::handle_batch(state, *job).await;
+                let _ = state.consumer.cast(ConsumerMsg::WorkerIdle {
+                    worker: myself.get_id(),
+                    fpm_unreachable: unreached,
+                    publisher_broken: !publisher.usable(),
+                });
+            }
         }
         Ok(())
     }
@@ -121,10 +132,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     let runtime = state.runtime.clone();
     let props = &delivery.properties;
     let headers = props.headers().as_ref();
-    let (message_id, generated) = match props.message_id() {
-        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
-        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
-    };
+    let (message_id, generated) = message_id(props);
     #[cfg(feature = "fault-injection")]
     if message_id.starts_with("__panic__") && !delivery.redelivered {
         panic!("fault injection: worker panics on {message_id}");
@@ -133,18 +141,144 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
     // `tracked` when the delivery is settled records it as done.
     let key = crate::poison::journal::key_of(&delivery);
     let tracked = runtime.crashes.begin(&key, delivery.redelivered).await;
-    let queue = &runtime.subject().queue;
-    // Attempt and original route only from headers the agent sealed (see `provenance`).
+    let (envelope, untrusted) = envelope_of(&runtime, &delivery, message_id.clone(), generated);
+    let attempt = envelope.attempt;
+    let span = message_span(&runtime, &delivery, &message_id, attempt);
+    let process_span = span.clone();
+    async {
+        let (traceparent, tracestate) = admitted(&runtime, headers, generated, untrusted.as_ref());
+        let copy = Copy {
+            delivery: &delivery,
+            message_id: &message_id,
+            generated,
+            attempt,
+            exchange: envelope.exchange,
+            routing_key: envelope.routing_key,
+            span: &process_span,
+        };
+        if let Some(crashes) = tracked.poison() {
+            let verdict = crate::poison::verdict(crashes);
+            let decision = runtime.policy.decide(&verdict, attempt);
+            settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
+            return false;
+        }
+        let fcgi_span = fastcgi_span(&runtime);
+        // PHP continues the trace from the FastCGI span when traces are exported; otherwise
+        // it gets the publisher's context unchanged.
+        let exported = telemetry::context_of(&fcgi_span);
+        let trace = match &exported {
+            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
+            None => (traceparent, tracestate),
+        };
+        let now = contract::unix_now();
+        let (verdict, unreached) =
+            match runtime
+                .template
+                .params(&envelope, &delivery.data, trace, now)
+            {
+                Err(e) => {
+                    warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
+                    let verdict = Verdict::Permanent {
+                        reason: e.reason(),
+                        detail: e.to_string(),
+                        status: None,
+                    };
+                    (verdict, false)
+                }
+                Ok(params) => {
+                    let _running = runtime.metrics.fpm.running(&runtime.name, &message_id);
+                    attempt_fpm(&runtime, &mut state.fpm, &params, &delivery.data)
+                        .instrument(fcgi_span)
+                        .await
+                }
+            };
+        let decision = runtime.policy.decide(&verdict, attempt);
+        settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
+        unreached
+    }
+    .instrument(span)
+    .await
+}
+
+/// The `FastCGI POST` span of a request (a `none` span without trace export).
+pub(super) fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span {
+    if telemetry::enabled() {
+        tracing::info_span!(
+            "fastcgi",
+            otel.name = "FastCGI POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            server.address = %runtime.config.fpm.address,
+            http.request.method = "POST",
+            url.path = %runtime.template.request_uri(),
+            http.response.status_code = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            amqp_agent.batch.size = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// The envelope of a delivery: attempt and original route only from headers the agent sealed
+/// (see `provenance`), and why the others were ignored.
+pub(super) fn envelope_of<'a>(
+    runtime: &'a SubjectRuntime,
+    delivery: &'a Delivery,
+    message_id: Cow<'a, str>,
+    generated: bool,
+) -> (Envelope<'a>, Option<provenance::Untrusted>) {
+    let props = &delivery.properties;
+    let headers = props.headers().as_ref();
     let (agent_state, untrusted) = provenance::read(
         headers,
         &runtime.config.fpm.signing_secrets,
         &Binding {
-            queue,
+            queue: &runtime.subject().queue,
             message_id: props.message_id().as_ref().map_or("", |id| id.as_str()),
             body: &delivery.data,
         },
     );
-    let attempt = agent_state.attempt;
+    let envelope = Envelope {
+        subject: &runtime.name,
+        message_id,
+        message_id_generated: generated,
+        attempt: agent_state.attempt,
+        redelivered: delivery.redelivered,
+        routing_key: agent_state
+            .original_routing_key
+            .unwrap_or(delivery.routing_key.as_str()),
+        exchange: agent_state
+            .original_exchange
+            .unwrap_or(delivery.exchange.as_str()),
+        content_type: props.content_type().as_ref().map(|s| s.as_str()),
+        kind: props.kind().as_ref().map(|s| s.as_str()),
+        correlation_id: props.correlation_id().as_ref().map(|s| s.as_str()),
+        timestamp: *props.timestamp(),
+        headers,
+    };
+    (envelope, untrusted)
+}
+
+/// The message id of a delivery, or a generated one (true).
+pub(super) fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
+    match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
+        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
+    }
+}
+
+/// The `message` span of a delivery (`<queue> process`), a child of its `traceparent`.
+pub(super) fn message_span(
+    runtime: &SubjectRuntime,
+    delivery: &Delivery,
+    message_id: &str,
+    attempt: u32,
+) -> tracing::Span {
+    let queue = &runtime.subject().queue;
+    let props = &delivery.properties;
+    let headers = props.headers().as_ref();
     // OpenTelemetry messaging conventions; `subject`, `message_id`, `attempt` and `trace_id`
     // also appear on every log line emitted inside the span.
     // Exported spans carry OpenTelemetry's messaging attributes; without an exporter the span
@@ -158,11 +292,11 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             messaging.system = "rabbitmq",
             messaging.operation.type = "process",
             messaging.destination.name = %queue,
-            messaging.message.id = %printable(&message_id),
+            messaging.message.id = %printable(message_id),
             messaging.rabbitmq.destination.routing_key = %printable(delivery.routing_key.as_str()),
             messaging.message.body.size = delivery.data.len(),
             subject = %runtime.name,
-            message_id = %printable(&message_id),
+            message_id = %printable(message_id),
             attempt,
             redelivered = delivery.redelivered,
             queue_wait_ms = tracing::field::Empty,
@@ -173,7 +307,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         tracing::info_span!(
             "message",
             subject = %runtime.name,
-            message_id = %printable(&message_id),
+            message_id = %printable(message_id),
             attempt,
             trace_id = tracing::field::Empty,
         )
@@ -192,109 +326,41 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         span.record("queue_wait_ms", wait * 1000);
         runtime.hot.queue_wait.observe(wait as f64);
     }
-    let process_span = span.clone();
-    async {
-        if generated {
-            runtime.hot.missing_message_id.inc();
-            if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
-                warn!(
-                    count,
-                    "Messages without message_id (count since the last such line, at most one a minute): \
-                     the agent generates ids; set the AMQP message_id when publishing (README: Message ids)"
-                );
-            }
+    span
+}
+
+/// Inside the message's span: logs what is wrong with the delivery (a generated id, ignored
+/// state headers, a malformed `traceparent`) and returns the trace context to hand to PHP.
+pub(super) fn admitted<'a>(
+    runtime: &SubjectRuntime,
+    headers: Option<&'a FieldTable>,
+    generated: bool,
+    untrusted: Option<&provenance::Untrusted>,
+) -> (Option<&'a str>, Option<&'a str>) {
+    if generated {
+        runtime.hot.missing_message_id.inc();
+        if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
+            warn!(
+                count,
+                "Messages without message_id (count since the last such line, at most one a minute): \
+                 the agent generates ids; set the AMQP message_id when publishing (README: Message ids)"
+            );
         }
-        if let Some(why) = &untrusted {
-            warn_untrusted(&runtime, why);
-        }
-        let traceparent = incoming_trace.filter(|tp| {
-            let ok = valid_traceparent(tp);
-            if !ok {
-                warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
-            }
-            ok
-        });
-        let tracestate = traceparent.and(contract::string_header(headers, "tracestate"));
-        let envelope = Envelope {
-            subject: &runtime.name,
-            message_id: message_id.clone(),
-            message_id_generated: generated,
-            attempt,
-            redelivered: delivery.redelivered,
-            routing_key: agent_state
-                .original_routing_key
-                .unwrap_or(delivery.routing_key.as_str()),
-            exchange: agent_state
-                .original_exchange
-                .unwrap_or(delivery.exchange.as_str()),
-            content_type: props.content_type().as_ref().map(|s| s.as_str()),
-            kind: props.kind().as_ref().map(|s| s.as_str()),
-            correlation_id: props.correlation_id().as_ref().map(|s| s.as_str()),
-            timestamp: *props.timestamp(),
-            headers,
-        };
-        let copy = Copy {
-            delivery: &delivery,
-            message_id: &message_id,
-            generated,
-            attempt,
-            exchange: envelope.exchange,
-            routing_key: envelope.routing_key,
-            span: &process_span,
-        };
-        if let Some(crashes) = tracked.poison() {
-            let verdict = crate::poison::verdict(crashes);
-            let decision = runtime.policy.decide(&verdict, attempt);
-            settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
-            return false;
-        }
-        let fcgi_span = if telemetry::enabled() {
-            tracing::info_span!(
-                "fastcgi",
-                otel.name = "FastCGI POST",
-                otel.kind = "client",
-                otel.status_code = tracing::field::Empty,
-                server.address = %runtime.config.fpm.address,
-                http.request.method = "POST",
-                url.path = %runtime.template.request_uri(),
-                http.response.status_code = tracing::field::Empty,
-                http.response.body.size = tracing::field::Empty,
-                error.type = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        };
-        // PHP continues the trace from the FastCGI span when traces are exported; otherwise
-        // it gets the publisher's context unchanged.
-        let exported = telemetry::context_of(&fcgi_span);
-        let trace = match &exported {
-            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
-            None => (traceparent, tracestate),
-        };
-        let now = contract::unix_now();
-        let (verdict, unreached) = match runtime.template.params(&envelope, &delivery.data, trace, now) {
-            Err(e) => {
-                warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
-                let verdict = Verdict::Permanent {
-                    reason: e.reason(),
-                    detail: e.to_string(),
-                    status: None,
-                };
-                (verdict, false)
-            }
-            Ok(params) => {
-                let _running = runtime.metrics.fpm.running(&runtime.name, &message_id);
-                attempt_fpm(&runtime, &mut state.fpm, &params, &delivery.data)
-                    .instrument(fcgi_span)
-                    .await
-            }
-        };
-        let decision = runtime.policy.decide(&verdict, attempt);
-        settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
-        unreached
     }
-    .instrument(span)
-    .await
+    if let Some(why) = untrusted {
+        warn_untrusted(runtime, why);
+    }
+    let traceparent = contract::string_header(headers, "traceparent").filter(|tp| {
+        let ok = valid_traceparent(tp);
+        if !ok {
+            warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
+        }
+        ok
+    });
+    (
+        traceparent,
+        traceparent.and(contract::string_header(headers, "tracestate")),
+    )
 }
 
 /// One FastCGI request, timed and classified; records status and size on the current span.
@@ -361,20 +427,20 @@ async fn attempt_fpm(
 }
 
 /// The delivery being settled and what identifies it.
-struct Copy<'a> {
-    delivery: &'a Delivery,
-    message_id: &'a str,
-    generated: bool,
-    attempt: u32,
+pub(super) struct Copy<'a> {
+    pub(super) delivery: &'a Delivery,
+    pub(super) message_id: &'a str,
+    pub(super) generated: bool,
+    pub(super) attempt: u32,
     /// Where the message was first published (trusted, see `provenance`).
-    exchange: &'a str,
-    routing_key: &'a str,
+    pub(super) exchange: &'a str,
+    pub(super) routing_key: &'a str,
     /// The message's process span: outcome recorded on it, its context carried by copies.
-    span: &'a tracing::Span,
+    pub(super) span: &'a tracing::Span,
 }
 
 /// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
-async fn settle(
+pub(super) async fn settle(
     runtime: &SubjectRuntime,
     publisher: &Publisher,
     acks: &Acks,
@@ -489,7 +555,7 @@ async fn settle(
     }
 }
 
-fn describe(verdict: &Verdict) -> (&'static str, String) {
+pub(super) fn describe(verdict: &Verdict) -> (&'static str, String) {
     match verdict {
         Verdict::Success => ("success", String::new()),
         Verdict::Transient { reason, detail, .. } | Verdict::Permanent { reason, detail, .. } => {
