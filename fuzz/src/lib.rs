@@ -150,14 +150,15 @@ fn same_value(value: &AMQPValue, json: &Value) -> bool {
     }
 }
 
-/// Finite numbers survive (to the last bit or two: serde_json's default float parsing is not
-/// exact); NaN and infinities become null.
+/// Finite numbers survive to the last bit; NaN and infinities become null. The agent writes the
+/// shortest representation that reads back exactly (ryu), and this crate parses it exactly
+/// (serde_json's `float_roundtrip`): the default parser is off by more than a few ulps on
+/// subnormals, which is what the first crash of this target was (1.68786176167026e-309).
 fn same_float(x: f64, json: &Value) -> bool {
     if !x.is_finite() {
         return json.is_null();
     }
-    json.as_f64()
-        .is_some_and(|y| y == x || (y - x).abs() <= x.abs() * 4.0 * f64::EPSILON)
+    json.as_f64().is_some_and(|y| y.to_bits() == x.to_bits())
 }
 
 fn base64_of(json: &Value) -> Option<Vec<u8>> {

@@ -398,3 +398,30 @@ fn quorum_delivery_count_reaches_php_only_when_the_broker_sets_it() {
     let params = template.params(&counted, b"{}", (None, None), NOW).unwrap();
     assert_eq!(get(&params, "HTTP_X_AGENT_DELIVERY_COUNT"), Some("3"));
 }
+
+/// A double header must reach PHP with its exact value: the JSON holds the shortest text that
+/// reads back to the same bits with a correctly rounding parser (PHP's `json_decode`, Rust's
+/// `str::parse`), subnormals included. (The fuzz target `headers` once failed its own float
+/// check here: it parsed with serde_json's default parser, which is off on subnormals.)
+#[test]
+fn doubles_are_written_so_that_they_read_back_exactly() {
+    for bits in [
+        0x0001_36b5_3d66_b8dc_u64, // 1.68786176167026e-309: read back wrong by serde_json
+        0x0000_0000_0000_0001,     // the smallest subnormal
+        0x000f_ffff_ffff_ffff,     // the largest subnormal
+        0x3fb9_9999_9999_999a,     // 0.1
+        0x7fef_ffff_ffff_ffff,     // f64::MAX
+        0x8000_0000_0000_0000,     // -0.0
+    ] {
+        let x = f64::from_bits(bits);
+        let mut headers = FieldTable::default();
+        headers.insert("x".into(), AMQPValue::Double(x));
+        let json = headers_json(Some(&headers), 4, 1024).unwrap();
+        let text = json
+            .strip_prefix("{\"x\":")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("unexpected JSON {json}"));
+        let back: f64 = text.parse().unwrap();
+        assert_eq!(back.to_bits(), bits, "{x:e} written as {text}");
+    }
+}
