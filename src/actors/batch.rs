@@ -170,6 +170,8 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
                 tracked[i] = None;
             }
             Ok(params) => {
+                #[cfg(feature = "fault-injection")]
+                let params = forge_signature(params, &entry.envelope.message_id);
                 encoder.push(i, &params, &entry.delivery.data);
                 sent.push(i);
                 first.get_or_insert(params);
@@ -274,4 +276,26 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
             ..
         }
     )
+}
+
+/// Test-only (feature `fault-injection`): an entry whose message id starts with `__badsig__`
+/// carries a signature that does not verify (its last hex digit changed), as a hostile entry
+/// would: PHP must refuse that entry alone.
+#[cfg(feature = "fault-injection")]
+fn forge_signature<'a>(
+    mut params: Vec<(&'static str, std::borrow::Cow<'a, str>)>,
+    message_id: &str,
+) -> Vec<(&'static str, std::borrow::Cow<'a, str>)> {
+    if message_id.starts_with("__badsig__") {
+        for (name, value) in &mut params {
+            if *name == "HTTP_X_AGENT_SIGNATURE" {
+                let mut forged = value.to_string();
+                let last = if forged.ends_with('0') { "1" } else { "0" };
+                forged.pop();
+                forged.push_str(last);
+                *value = std::borrow::Cow::Owned(forged);
+            }
+        }
+    }
+    params
 }

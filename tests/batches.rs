@@ -1,0 +1,290 @@
+//! Batches (docs/batches.md) end to end: real RabbitMQ, the harness's php-fpm pool serving the
+//! php/receiver package's batch path (tests/php/batch-recorder.php), the agent in-process. Each
+//! test publishes 50 messages before the agent starts, so that one worker (pool 1, `batch_max`
+//! 50, `batch_wait` 2 s) sends them as one request.
+//!
+//! Requires the `fault-injection` feature (the hostile entry's forged signature).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp_agent::agent::Agent;
+use amqp_agent::config::Config;
+
+use common::{TestCtx, eventually, fpm, header_str};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+const N: usize = 50;
+
+/// The batch receiver next to the pool's copy of php/receiver (written by rename, so that a
+/// concurrent test never serves a half-written file).
+fn batch_script() -> PathBuf {
+    let dir = &fpm().dir;
+    let target = dir.join("batch-recorder.php");
+    let tmp = dir.join(format!(
+        "batch-recorder.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/php/batch-recorder.php"),
+        &tmp,
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    target
+}
+
+/// A test whose event subject sends batches of up to 50 through one worker.
+async fn ctx(name: &str) -> TestCtx {
+    let mut ctx = TestCtx::new(name).await;
+    ctx.script = batch_script();
+    ctx.pool_size = 1;
+    ctx.event_extra = "batch_max = 50\nbatch_wait = \"2s\"\n".to_owned();
+    ctx.declare().await;
+    ctx
+}
+
+/// Starts the agent of `ctx` with `fpm.timeout` = `fpm_timeout`.
+async fn start(ctx: &TestCtx, fpm_timeout: &str) -> Agent {
+    let toml = ctx
+        .toml()
+        .replace("timeout = \"5s\"", &format!("timeout = \"{fpm_timeout}\""));
+    assert!(toml.contains(&format!("timeout = \"{fpm_timeout}\"")));
+    let config = Config::from_toml(&toml, Path::new("test.toml"), |_| None).expect("valid config");
+    let agent = Agent::start(Arc::new(config)).await.unwrap();
+    agent.wait_consuming(Duration::from_secs(20)).await.unwrap();
+    agent
+}
+
+/// Publishes `m-0` … `m-49` to the event queue; `behave(i)` is message i's behaviour.
+async fn publish_fifty(ctx: &TestCtx, behave: impl Fn(usize) -> &'static str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let id = format!("m-{i}");
+        ctx.publish_json("event", &id, behave(i)).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Records by JSON id, each id's records in the order PHP wrote them.
+fn by_id(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in records {
+        map.entry(r["json_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(r.clone());
+    }
+    map
+}
+
+fn attempts(records: &[Value]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect()
+}
+
+/// The dead-letter queue holds exactly `id`, dead-lettered as `rejected` with `error` in its
+/// last error.
+async fn assert_dead_letter(ctx: &TestCtx, id: &str, error: &str) {
+    let dead = ctx.drain_dead("event").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0.message_id().as_ref().unwrap().as_str(), id);
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("rejected")
+    );
+    let last_error = header_str(&dead[0].0, "x-agent-last-error").unwrap();
+    assert!(last_error.contains(error), "{last_error}");
+}
+
+/// The first request's records: all 50 entries were sent as one batch of 50.
+fn assert_first_request_was_one_batch(records: &[Value], handled_in_it: usize) {
+    let first = &records[0]["request"];
+    let in_first: Vec<_> = records.iter().filter(|r| r["request"] == *first).collect();
+    assert_eq!(
+        in_first.len(),
+        handled_in_it,
+        "entries handled in the first request"
+    );
+    assert!(
+        in_first.iter().all(|r| r["batch_size"] == 50),
+        "{in_first:?}"
+    );
+    let order: Vec<_> = in_first
+        .iter()
+        .map(|r| r["json_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..handled_in_it).map(|i| format!("m-{i}")).collect();
+    assert_eq!(order, expected, "entries are handled in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_fifty_settles_each_message_by_its_own_outcome() {
+    let ctx = ctx("batch-outcomes").await;
+    publish_fifty(&ctx, |i| match i {
+        7 => "fail-once",
+        12 => "reject",
+        _ => "ok",
+    })
+    .await;
+    let agent = start(&ctx, "10s").await;
+    // 50 in the batch, then m-7's second attempt.
+    ctx.wait_records(N + 1, WAIT).await;
+    eventually(WAIT, "49 acked, 1 retried, 1 dead-lettered", || async {
+        let s = &agent.stats()["event"];
+        (s.acked, s.retried, s.dead_lettered) == (49, 1, 1)
+    })
+    .await;
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records, N);
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N);
+    for (id, recs) in &by_id {
+        let want: &[u64] = if id == "m-7" { &[1, 2] } else { &[1] };
+        assert_eq!(attempts(recs), want, "{id}");
+    }
+    // m-7's retry came back alone: an ordinary single request.
+    assert_eq!(by_id["m-7"][1]["batch_size"], Value::Null);
+    assert_dead_letter(&ctx, "m-12", "rejected by the handler").await;
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    let metrics = agent.handle().metrics().encode();
+    assert!(
+        metrics.contains("amqp_agent_batch_size_count{subject=\"event\"} 1"),
+        "one batch request: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("batch_size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(agent.drain().await.is_none());
+    ctx.cleanup().await;
+}
+
+/// How the batch fails at m-20, on its first attempt.
+enum Failure {
+    /// m-20 sleeps; once the agent has settled m-0 … m-19 the test kills the FPM child (-9).
+    Kill,
+    /// m-20 sleeps past `fpm.timeout`.
+    Timeout,
+}
+
+/// After a failure mid-batch, m-0 … m-19 have their outcome and are never handled again;
+/// m-20 … m-49 count one failed attempt and are handled on the second; nothing is lost.
+async fn failure_mid_batch(name: &str, failure: Failure) {
+    let ctx = ctx(name).await;
+    let (behave, fpm_timeout, stale_ok) = match failure {
+        Failure::Kill => ("sleep-once:30000", "60s", 0),
+        Failure::Timeout => ("sleep-once:3500", "2s", 2),
+    };
+    publish_fifty(&ctx, |i| if i == 20 { behave } else { "ok" }).await;
+    let agent = start(&ctx, fpm_timeout).await;
+    if let Failure::Kill = failure {
+        eventually(WAIT, "m-0 … m-19 settled, m-20 running", || async {
+            agent.stats()["event"].acked == 20 && by_id(&ctx.records()).contains_key("m-20")
+        })
+        .await;
+        let pid = by_id(&ctx.records())["m-20"][0]["pid"].as_i64().unwrap();
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    }
+    eventually(WAIT, "m-20 … m-49 handled on attempt 2", || async {
+        let by_id = by_id(&ctx.records());
+        (20..N).all(|i| {
+            by_id
+                .get(&format!("m-{i}"))
+                .is_some_and(|r| attempts(r).contains(&2))
+        })
+    })
+    .await;
+    eventually(WAIT, "50 acked", || async {
+        agent.stats()["event"].acked == N as u64
+    })
+    .await;
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records[..21], 21);
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N, "lost 0");
+    for i in 0..20 {
+        assert_eq!(
+            attempts(&by_id[&format!("m-{i}")]),
+            [1],
+            "m-{i} had its outcome"
+        );
+    }
+    assert_eq!(attempts(&by_id["m-20"]), [1, 2]);
+    // The rest were not reached (a killed child), or at most `stale_ok` of them by the child
+    // still running after the agent gave up (a timeout); each is handled once on attempt 2.
+    let stale: usize = (21..N)
+        .map(|i| {
+            attempts(&by_id[&format!("m-{i}")])
+                .iter()
+                .filter(|a| **a == 1)
+                .count()
+        })
+        .sum();
+    assert!(
+        stale <= stale_ok,
+        "{stale} handled on attempt 1 after the failure"
+    );
+    for i in 21..N {
+        let second = attempts(&by_id[&format!("m-{i}")])
+            .iter()
+            .filter(|a| **a == 2)
+            .count();
+        assert_eq!(second, 1, "m-{i} retried once");
+    }
+    let stats = agent.stats()["event"];
+    assert_eq!((stats.retried, stats.dead_lettered), (30, 0));
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    assert!(ctx.drain_dead("event").await.is_empty());
+    assert!(agent.drain().await.is_none());
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_mid_batch_fails_only_the_entries_without_an_outcome() {
+    failure_mid_batch("batch-kill", Failure::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_mid_batch_fails_only_the_entries_without_an_outcome() {
+    failure_mid_batch("batch-timeout", Failure::Timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_entry_is_rejected_alone() {
+    let ctx = ctx("batch-hostile").await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        // The agent (feature fault-injection) forges the signature of `__badsig__` entries.
+        let id = if i == 9 {
+            "__badsig__m-9".to_owned()
+        } else {
+            format!("m-{i}")
+        };
+        ctx.publish_json("event", &id, "ok").await;
+        ids.push(id);
+    }
+    let agent = start(&ctx, "10s").await;
+    eventually(WAIT, "49 acked, 1 dead-lettered", || async {
+        let s = &agent.stats()["event"];
+        (s.acked, s.dead_lettered) == (49, 1)
+    })
+    .await;
+    let records = ctx.records();
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N - 1);
+    assert!(!by_id.contains_key("__badsig__m-9"), "never handled");
+    assert!(by_id.values().all(|r| attempts(r) == [1]));
+    assert!(records.iter().all(|r| r["batch_size"] == 50));
+    assert_dead_letter(&ctx, "__badsig__m-9", "status 401").await;
+    assert!(agent.drain().await.is_none());
+    ctx.cleanup().await;
+}
