@@ -23,7 +23,7 @@ impl Bench {
     /// One agent run: backlog drain (publish first, then start the agent) or steady state.
     pub async fn agent_run(&mut self, plan: &AgentPlan) -> anyhow::Result<AgentResult> {
         let run = run_id();
-        self.declare(&run).await?;
+        self.declare(&run, plan.quorum).await?;
         let result = self.agent_run_inner(&run, plan).await;
         self.delete_run_queues(&run).await;
         result.with_context(|| format!("agent run `{}` ({run})", plan.label))

@@ -80,7 +80,7 @@ impl Bench {
     /// acks when it exits 0. msg/s from the consumers' start to the last exit.
     pub async fn process_per_message(&mut self, n: usize) -> anyhow::Result<(f64, Check)> {
         let run = run_id();
-        self.declare(&run).await?;
+        self.declare(&run, false).await?;
         self.publish_backlog(&run, n, 0).await?;
         let conn = Connection::connect(&self.args.amqp_url, ConnectionProperties::default())
             .await
@@ -126,7 +126,7 @@ impl Bench {
         window: u16,
     ) -> anyhow::Result<Latency> {
         let run = run_id();
-        self.declare(&run).await?;
+        self.declare(&run, false).await?;
         let n = (rate * (secs + WARMUP_SECS) as f64).round() as usize;
         let conn = Connection::connect(&self.args.amqp_url, ConnectionProperties::default())
             .await

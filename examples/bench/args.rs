@@ -96,6 +96,10 @@ pub struct Args {
     /// consumer) at the same rate, `--rounds` times.
     #[arg(long, requires = "quick", conflicts_with = "io")]
     pub steady_rate: Option<f64>,
+    /// With `--quick`: also drain the same backlog on quorum queues each round (row 2q of the
+    /// full bench), and print both medians.
+    #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate"])]
+    pub quorum: bool,
     /// `agent.worker_threads` of every agent run (default: the agent's default, 1).
     #[arg(long)]
     pub agent_worker_threads: Option<u16>,

@@ -10,7 +10,7 @@ use amqp_agent::config::Config;
 use amqp_agent::contract::RequestTemplate;
 use anyhow::Context as _;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::SUBJECTS;
@@ -104,6 +104,8 @@ pub struct AgentPlan {
     pub track_in_flight: bool,
     /// Record the agent with `perf record` into this file.
     pub perf: Option<PathBuf>,
+    /// Quorum queues (`amqp.queue_type = "quorum"`) instead of classic ones.
+    pub quorum: bool,
 }
 
 impl AgentPlan {
@@ -118,6 +120,16 @@ impl AgentPlan {
             steady: None,
             track_in_flight: false,
             perf: None,
+            quorum: false,
+        }
+    }
+
+    /// The same drain on quorum queues (row 2q).
+    pub fn drain_quorum(pool: u16, messages: usize, prefetch_per_worker: Option<u16>) -> Self {
+        Self {
+            label: format!("drain quorum pool={pool}"),
+            quorum: true,
+            ..Self::drain(pool, messages, prefetch_per_worker)
         }
     }
 }
@@ -131,6 +143,9 @@ impl Bench {
         let mut amqp = format!("url = \"{}\"\n", self.args.amqp_url);
         if let Some(p) = plan.prefetch_per_worker {
             let _ = writeln!(amqp, "prefetch_per_worker = {p}");
+        }
+        if plan.quorum {
+            amqp.push_str("queue_type = \"quorum\"\n");
         }
         let mut subjects = String::new();
         for subject in SUBJECTS {
@@ -180,14 +195,23 @@ impl Bench {
         out
     }
 
-    pub async fn declare(&mut self, run: &str) -> anyhow::Result<()> {
+    /// Declares the main queues of a run, as quorum queues with `quorum` (the agent then
+    /// declares them again with the same arguments, and its delay and dead-letter queues).
+    pub async fn declare(&mut self, run: &str, quorum: bool) -> anyhow::Result<()> {
         self.leftovers.extend(Self::run_queues(run));
+        let mut arguments = FieldTable::default();
+        if quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
         for subject in SUBJECTS {
             self.admin
                 .queue_declare(
                     queue_name(run, subject).as_str().into(),
                     QueueDeclareOptions::durable(),
-                    FieldTable::default(),
+                    arguments.clone(),
                 )
                 .await?;
         }
@@ -246,6 +270,7 @@ impl Bench {
             steady: None,
             track_in_flight: false,
             perf: None,
+            quorum: false,
         };
         let path = self.dir.join("probe.toml");
         if std::fs::write(&path, self.agent_toml("probe", &plan)).is_err() {

@@ -19,6 +19,7 @@ impl Bench {
         let (pool, n) = (self.args.pool, self.args.messages);
         let concurrency = usize::from(pool) * 2;
         let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut quorum_drains, mut quorum_cpus) = (Vec::new(), Vec::new());
         for r in 1..=self.args.rounds {
             let ceiling = self.ceiling(concurrency, n, None, true, 0).await?;
             let plan = AgentPlan::drain(pool, n, self.args.prefetch_per_worker);
@@ -36,6 +37,26 @@ impl Bench {
                 drain.check.duplicates,
             );
             ensure!(drain.check.clean(), "messages lost or duplicated");
+            if self.args.quorum {
+                let plan = AgentPlan::drain_quorum(pool, n, self.args.prefetch_per_worker);
+                let q = self.agent_run(&plan).await?;
+                println!(
+                    "[quick {r}] quorum queues: drain {:.0} msg/s ({:.2} of classic), agent {:.1} µs CPU/msg, RabbitMQ {:.1} µs CPU/msg (classic {:.1}), lost/dup {}/{}",
+                    q.rate,
+                    q.rate / drain.rate,
+                    q.cpu_us_per_msg,
+                    q.rabbitmq_us_per_msg,
+                    drain.rabbitmq_us_per_msg,
+                    q.check.lost,
+                    q.check.duplicates,
+                );
+                ensure!(
+                    q.check.clean(),
+                    "messages lost or duplicated on quorum queues"
+                );
+                quorum_drains.push(q.rate);
+                quorum_cpus.push(q.cpu_us_per_msg);
+            }
             ceilings.push(ceiling.rate);
             drains.push(drain.rate);
             cpus.push(drain.cpu_us_per_msg);
@@ -48,6 +69,15 @@ impl Bench {
             d / c,
             median(cpus)
         );
+        if self.args.quorum {
+            let q = median(quorum_drains);
+            println!(
+                "[quick] quorum queues, medians of {}: drain {q:.0} msg/s ({:.2} of classic), agent {:.1} µs CPU/msg",
+                self.args.rounds,
+                q / d,
+                median(quorum_cpus)
+            );
+        }
         Ok(())
     }
 

@@ -62,6 +62,8 @@ pub struct Round {
     pub steady_capacity: Option<(AgentResult, Latency)>,
     pub io_direct: CeilingResult,
     pub drain: AgentResult,
+    /// The same drain on quorum queues on the local node (row 2q).
+    pub drain_quorum: AgentResult,
     pub steady: AgentResult,
     pub steady_direct: CeilingResult,
     pub io: AgentResult,

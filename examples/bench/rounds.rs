@@ -20,6 +20,7 @@ impl Bench {
             steady: None,
             track_in_flight: false,
             perf: None,
+            quorum: false,
         };
         let agent = self.agent_run(&plan).await?;
         let direct = self
@@ -67,6 +68,7 @@ impl Bench {
                 steady: None,
                 track_in_flight: false,
                 perf: Some(perf),
+                quorum: false,
             };
             let r = self.agent_run(&plan).await?;
             eprintln!("[perf] drain under perf: {:.0} msg/s", r.rate);
@@ -126,6 +128,12 @@ impl Bench {
         eprintln!(
             "{tag} drain {n} msgs pool={pool}+{pool}: {:.0} msg/s ({:.1} µs CPU/msg)",
             round.drain.rate, round.drain.cpu_us_per_msg
+        );
+        let quorum = AgentPlan::drain_quorum(pool, n, self.args.prefetch_per_worker);
+        round.drain_quorum = self.agent_run(&quorum).await?;
+        eprintln!(
+            "{tag} drain {n} msgs pool={pool}+{pool}, quorum queues: {:.0} msg/s ({:.1} µs CPU/msg)",
+            round.drain_quorum.rate, round.drain_quorum.cpu_us_per_msg
         );
 
         let rate = round.ceiling.rate * self.args.steady_load;
@@ -240,6 +248,7 @@ impl Bench {
             steady: None,
             track_in_flight: true,
             perf: None,
+            quorum: false,
         };
         round.rss = self.agent_run(&plan).await?;
         eprintln!(

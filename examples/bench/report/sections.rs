@@ -50,6 +50,7 @@ fn background_per_run(rounds: &[Round]) -> Vec<(String, f64)> {
         }
         for (name, a) in [
             ("drain", &r.drain),
+            ("drain on quorum queues", &r.drain_quorum),
             ("steady", &r.steady),
             ("I/O-bound", &r.io),
             ("RSS", &r.rss),

@@ -64,6 +64,15 @@ fn drain(t: &mut String, args: &Args, s: &Summary) {
         s.mib(|r| r.drain.peak_rss_kib),
         fmt_check(checks(s.rounds, |r| r.drain.check))
     );
+    let quorum = med(s.rounds, |r| r.drain_quorum.rate);
+    let _ = writeln!(
+        t,
+        "| 2q. The same drain on quorum queues (local node, one replica) | {quorum:.0} | {:.2} | | | | {:.1} | {:.1} MiB | {} |",
+        quorum / s.ceiling,
+        med(s.rounds, |r| r.drain_quorum.cpu_us_per_msg),
+        s.mib(|r| r.drain_quorum.peak_rss_kib),
+        fmt_check(checks(s.rounds, |r| r.drain_quorum.check))
+    );
 }
 
 /// Row 3.
