@@ -258,10 +258,12 @@ async fn a_timeout_mid_batch_fails_only_the_entries_without_an_outcome() {
     failure_mid_batch("batch-timeout", Failure::Timeout).await;
 }
 
+/// A hostile entry (a signature that does not verify) and one over `limits.max_body_bytes` are
+/// dead-lettered alone; the other 48 of the batch are handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_entry_is_rejected_alone() {
-    let ctx = ctx("batch-hostile").await;
-    let mut ids = Vec::new();
+async fn a_hostile_or_oversized_entry_is_rejected_alone() {
+    let mut ctx = ctx("batch-hostile").await;
+    ctx.extra_toml = "[limits]\nmax_body_bytes = 1000\n".to_owned();
     for i in 0..N {
         // The agent (feature fault-injection) forges the signature of `__badsig__` entries.
         let id = if i == 9 {
@@ -269,22 +271,124 @@ async fn a_hostile_entry_is_rejected_alone() {
         } else {
             format!("m-{i}")
         };
-        ctx.publish_json("event", &id, "ok").await;
-        ids.push(id);
+        if i == 30 {
+            let body = serde_json::json!({"id": id, "pad": "x".repeat(2000)}).to_string();
+            let props = lapin::BasicProperties::default().with_message_id(id.as_str().into());
+            ctx.publish("event", body.as_bytes(), props).await;
+        } else {
+            ctx.publish_json("event", &id, "ok").await;
+        }
     }
     let agent = start(&ctx, "10s").await;
-    eventually(WAIT, "49 acked, 1 dead-lettered", || async {
+    eventually(WAIT, "48 acked, 2 dead-lettered", || async {
         let s = &agent.stats()["event"];
-        (s.acked, s.dead_lettered) == (49, 1)
+        (s.acked, s.dead_lettered) == (48, 2)
     })
     .await;
     let records = ctx.records();
     let by_id = by_id(&records);
-    assert_eq!(by_id.len(), N - 1);
+    assert_eq!(by_id.len(), N - 2);
     assert!(!by_id.contains_key("__badsig__m-9"), "never handled");
+    assert!(!by_id.contains_key("m-30"), "never sent to PHP");
     assert!(by_id.values().all(|r| attempts(r) == [1]));
-    assert!(records.iter().all(|r| r["batch_size"] == 50));
-    assert_dead_letter(&ctx, "__badsig__m-9", "status 401").await;
+    // The oversized entry was left out of the request: 49 entries went.
+    assert!(records.iter().all(|r| r["batch_size"] == 49), "{records:?}");
+    let dead = ctx.drain_dead("event").await;
+    let reasons: BTreeMap<String, (String, String)> = dead
+        .iter()
+        .map(|(props, _)| {
+            (
+                props.message_id().as_ref().unwrap().to_string(),
+                (
+                    header_str(props, "x-agent-reason").unwrap(),
+                    header_str(props, "x-agent-last-error").unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    let (reason, error) = &reasons["__badsig__m-9"];
+    assert_eq!(reason, "rejected");
+    assert!(error.contains("status 401"), "{error}");
+    assert_eq!(reasons["m-30"].0, "body_too_large");
     assert!(agent.drain().await.is_none());
+    ctx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
+    use common::procs::AgentProcess;
+    let (otlp_port, spans) = common::otlp::receiver().await;
+    let mut ctx = ctx("batch-trace").await;
+    ctx.event_extra = "batch_max = 5\nbatch_wait = \"2s\"\n".to_owned();
+    // Five messages, each in its own publisher trace.
+    let trace_of = |i: usize| format!("{:032x}", 0xabc0 + i);
+    for i in 0..5 {
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            lapin::types::AMQPValue::LongString(
+                format!("00-{}-00f067aa0ba902b7-01", trace_of(i)).into(),
+            ),
+        );
+        let body = serde_json::json!({"id": format!("t-{i}"), "behave": "ok"}).to_string();
+        let props = lapin::BasicProperties::default()
+            .with_message_id(format!("t-{i}").into())
+            .with_headers(headers);
+        ctx.publish("event", body.as_bytes(), props).await;
+    }
+    let log = fpm().dir.join(format!("{}.log", ctx.id));
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp_port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+    ];
+    let mut agent = AgentProcess::start_with(&ctx.write_config(), &log, &env, &[]);
+    ctx.wait_records(5, WAIT).await;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    eventually(WAIT, "spans exported", || async {
+        let spans = spans.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s.name.ends_with(" process"))
+            .count()
+            >= 5
+            && spans.iter().any(|s| s.name == "FastCGI POST")
+    })
+    .await;
+    let spans = spans.lock().unwrap().clone();
+    let fastcgi: Vec<_> = spans.iter().filter(|s| s.name == "FastCGI POST").collect();
+    assert_eq!(fastcgi.len(), 1, "one FastCGI span for the batch");
+    let process: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.ends_with(" process"))
+        .collect();
+    assert_eq!(process.len(), 5);
+    let mut linked: Vec<String> = fastcgi[0]
+        .links
+        .iter()
+        .map(|l| hex::encode(&l.span_id))
+        .collect();
+    let mut process_ids: Vec<String> = process.iter().map(|s| hex::encode(&s.span_id)).collect();
+    linked.sort();
+    process_ids.sort();
+    assert_eq!(linked, process_ids, "linked to each message's process span");
+    // Each entry continues its own message's trace: PHP's parent is that message's process span.
+    let records = ctx.records();
+    assert!(records.iter().all(|r| r["batch_size"] == 5));
+    for r in &records {
+        let i: usize = r["json_id"].as_str().unwrap()[2..].parse().unwrap();
+        let tp = r["traceparent"].as_str().unwrap();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts[1], trace_of(i), "{tp}");
+        let parent = process
+            .iter()
+            .find(|s| hex::encode(&s.span_id) == parts[2])
+            .expect("PHP's parent is a process span");
+        assert_eq!(hex::encode(&parent.trace_id), trace_of(i));
+    }
     ctx.cleanup().await;
 }

@@ -6,7 +6,7 @@
  *
  * Each handled message appends one JSON line to "$RECORD_DIR/<testid>.jsonl" before its
  * behaviour runs: json_id, attempt, pid, request (one random token per FastCGI request),
- * batch_size (HTTP_X_AGENT_BATCH_SIZE, null for a single request), behave.
+ * batch_size (HTTP_X_AGENT_BATCH_SIZE, null for a single request), behave, traceparent.
  *
  * Behaviour from the JSON body's "behave" (the `-once` ones only on attempt 1):
  *   ok                 handled (ack)
@@ -45,6 +45,7 @@ Receiver::run(static function (Message $message) use ($testId, $recordDir, $requ
         'request' => $request,
         'batch_size' => $batchSize,
         'behave' => $behave,
+        'traceparent' => $message->traceparent,
     ], JSON_THROW_ON_ERROR) . "\n";
     file_put_contents("{$recordDir}/{$testId}.jsonl", $line, FILE_APPEND | LOCK_EX);
     $first = $message->attempt === 1;
