@@ -239,13 +239,21 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
             reader.finish()
         }
     };
-    let status = failure.as_ref().map_or("200", Failure::reason);
+    if let Some(status) = reader.status() {
+        fcgi_span.record("http.response.status_code", status);
+    }
+    // Counted like a single reply: its status, or the error's reason.
+    let status = match (&failure, reader.status()) {
+        (None, _) => std::borrow::Cow::Borrowed("200"),
+        (Some(Failure::Whole(_)), Some(status)) => std::borrow::Cow::Owned(status.to_string()),
+        (Some(f), _) => std::borrow::Cow::Borrowed(f.reason()),
+    };
     if status == "200" {
         runtime.hot.fpm_ok.inc();
     } else {
-        runtime.metrics.fpm_response(&runtime.name, status);
+        runtime.metrics.fpm_response(&runtime.name, &status);
         fcgi_span.record("otel.status_code", "ERROR");
-        fcgi_span.record("error.type", status);
+        fcgi_span.record("error.type", status.as_ref());
     }
     let Some(failure) = failure else {
         return false;
@@ -258,7 +266,7 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         };
         warn!(
             subject = %runtime.name,
-            reason = status,
+            reason = %status,
             detail = %printable(&detail).capped(worker::EXCERPT),
             answered = sent.len() - unsettled.len(),
             unsettled = unsettled.len(),

@@ -60,6 +60,8 @@ pub struct Reader {
     require_ack: bool,
     buf: Vec<u8>,
     state: State,
+    /// The `Status` of the CGI head, once read.
+    status: Option<u16>,
 }
 
 impl Reader {
@@ -73,6 +75,7 @@ impl Reader {
             require_ack,
             buf: Vec::new(),
             state: State::Head,
+            status: None,
         }
     }
 
@@ -85,6 +88,12 @@ impl Reader {
     #[must_use]
     pub fn answered(&self, index: usize) -> bool {
         self.answered.contains(&index)
+    }
+
+    /// The reply's HTTP status, once its head was read.
+    #[must_use]
+    pub fn status(&self) -> Option<u16> {
+        self.status
     }
 
     /// The protocol error found, if any.
@@ -141,7 +150,9 @@ impl Reader {
                     let consumed = end - before;
                     data = &data[consumed.min(data.len())..];
                     let head = std::mem::take(&mut self.buf);
-                    match outcome::parse_head(&head[..end]) {
+                    let parsed = outcome::parse_head(&head[..end]);
+                    self.status = parsed.as_ref().ok().map(|h| h.status);
+                    match parsed {
                         Err(e) => return self.fail(e),
                         Ok(parsed) if parsed.status == 200 && is_batch_reply(&head[..end]) => {
                             self.state = State::Lines;

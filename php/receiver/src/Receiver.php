@@ -119,7 +119,8 @@ final class Receiver
 
     /**
      * The entries of a batch request, or the response that refuses it whole: wrong method, no
-     * secret (500: the agent retries), a malformed body (400). Frameworks call this before they
+     * secret or a body shorter than CONTENT_LENGTH (over post_max_size) (500: the agent
+     * retries), a malformed body (400). Frameworks call this before they
      * choose between that response and a streamed one.
      *
      * @return list<BatchEntry>|Response
@@ -133,6 +134,13 @@ final class Receiver
             ($this->log)('[amqp-agent] AGENT_SIGNING_SECRET is not set; refusing all messages');
 
             return Response::retry('signing secret not configured');
+        }
+        $announced = (string) ($server['CONTENT_LENGTH'] ?? '');
+        if (ctype_digit($announced) && (int) $announced !== strlen($body)) {
+            // PHP dropped the body (over post_max_size): a misconfiguration, not a bad batch.
+            ($this->log)("[amqp-agent] batch body of {$announced} bytes arrived with " . strlen($body) . ' (raise post_max_size above limits.max_batch_bytes)');
+
+            return Response::retry('batch body incomplete: raise post_max_size');
         }
         try {
             return Batch::parse($server, $body);

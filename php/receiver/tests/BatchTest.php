@@ -129,6 +129,7 @@ final class BatchTest extends TestCase
     {
         [$server, $body] = BatchFixture::request([['id' => 'a', 'body' => 'one'], ['id' => 'b', 'body' => 'two']]);
         [$server, $body] = $spoil($server, $body);
+        $server['CONTENT_LENGTH'] = (string) strlen($body); // the body as PHP received it
         $called = false;
         $response = $this->handle($server, $body, function () use (&$called): void {
             $called = true;
@@ -153,6 +154,18 @@ final class BatchTest extends TestCase
             'field outside the list' => [static fn (array $s, string $b) => [$s, str_replace('HTTP_X_AGENT_EXCHANGE=', 'HTTP_X_AGENT_SUBJEC=', $b)]],
             'trailing garbage' => [static fn (array $s, string $b) => [$s, $b . 'x']],
         ];
+    }
+
+    public function testABodyCutByPostMaxSizeIsARetryNotADeadLetter(): void
+    {
+        [$server, $body] = BatchFixture::request([['id' => 'a', 'body' => 'one']]);
+        $called = false;
+        $response = $this->handle($server, '', function () use (&$called): void {
+            $called = true;
+        });
+        self::assertSame(500, $response?->status);
+        self::assertFalse($called);
+        self::assertNotSame('', $body);
     }
 
     public function testTheRequestIsRefusedWithoutSecretOrPost(): void

@@ -228,3 +228,15 @@ fn only_expected_indices_count_and_a_skipped_one_is_unknown() {
             .contains("unknown entry index 1")
     );
 }
+
+#[test]
+fn the_reply_status_is_known_once_the_head_is_read() {
+    let mut reader = Reader::new(0..1, true);
+    assert_eq!(reader.status(), None);
+    reader
+        .feed(b"Status: 200\r\nX-Agent-Batch: 1\r\n\r\n", &mut |_, _| {})
+        .unwrap();
+    assert_eq!(reader.status(), Some(200));
+    let (_, _, reader) = read(0..1, b"Status: 503\r\n\r\n", 2);
+    assert_eq!(reader.status(), Some(503));
+}
