@@ -513,6 +513,53 @@ mod tests {
         }
     }
 
+    /// A batch's outcome lines reach the callback record by record, before the reply ends; an
+    /// error from the callback abandons the request as a protocol error.
+    #[tokio::test]
+    async fn stdout_is_streamed_to_the_callback_and_it_can_abandon_the_request() {
+        use tokio::io::AsyncWriteExt as _;
+        let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+        let mut reply = record(6, b"Status: 200\r\nX-Agent-Batch: 1\r\n\r\n0 ack\n", 0);
+        reply.extend(record(6, b"1 ack\n", 2));
+        reply.extend(record(7, b"a warning", 0));
+        reply.extend(record(6, b"done 2\n", 0));
+        reply.extend(record(3, &[0; 8], 0));
+        fpm_side.write_all(&reply).await.unwrap();
+        let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+        let mut client =
+            FpmClient::with_stream(address, Duration::from_secs(5), 1 << 20, agent_side);
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let reply = client
+            .request_streaming(&params, b"", &mut |c| {
+                chunks.push(c.to_vec());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            chunks.len(),
+            3,
+            "one call per stdout record, stderr left out"
+        );
+        assert_eq!(chunks[1], b"1 ack\n");
+        assert_eq!(reply.stderr, b"a warning");
+
+        let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+        let mut reply = record(6, b"Status: 200\r\n\r\n0 ack\n", 0);
+        reply.extend(record(3, &[0; 8], 0));
+        fpm_side.write_all(&reply).await.unwrap();
+        let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+        let mut client =
+            FpmClient::with_stream(address, Duration::from_secs(5), 1 << 20, agent_side);
+        let error = client
+            .request_streaming(&params, b"", &mut |_| Err("duplicate outcome".to_owned()))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "fpm_protocol_error");
+        assert!(client.conn.is_none(), "the connection is dropped");
+    }
+
     #[tokio::test]
     async fn a_cut_reply_has_no_end() {
         let mut stream = record(6, b"Status: 200\r\n\r\nhello", 0);
