@@ -98,7 +98,6 @@ async fn a_nack_inside_a_run_of_acks_returns_exactly_that_message() {
     // The multiple ack (up to m5) must not have covered m2: the broker sent it back at once,
     // and closing the channel returns nothing else.
     assert_eq!(returned(&ctx, channel, 1).await, vec!["m2".to_owned()]);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,5 +119,4 @@ async fn done_messages_behind_one_in_flight_are_acked_singly_and_the_rest_held()
     // h1 was never reported done: it alone comes back when the channel closes.
     assert_eq!(returned(&ctx, channel, 1).await, vec!["h1".to_owned()]);
     drop(acks);
-    ctx.cleanup().await;
 }

@@ -86,7 +86,7 @@ async fn two_thousand_idle_connections_do_not_starve_the_agent() {
     ctx.admin_toml
         .push_str("max_connections = 64\nheader_timeout = \"10s\"\n");
     let agent = start(&ctx);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     let port = ctx.admin_port;
     let pid = agent.child.id();
     let before = open_fds(pid);
@@ -146,14 +146,13 @@ async fn two_thousand_idle_connections_do_not_starve_the_agent() {
         agent.log_text()
     );
     drop(idle);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_need_the_token_and_browsers_are_refused() {
     let ctx = TestCtx::new("admintoken").await;
     let agent = start(&ctx);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     let port = ctx.admin_port;
     let pause = "/subjects/event/pause";
 
@@ -196,7 +195,6 @@ async fn commands_need_the_token_and_browsers_are_refused() {
     assert_eq!(code, 0, "{out}");
     assert!(!paused(port, "event").await);
     drop(agent);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -208,7 +206,7 @@ async fn without_a_token_commands_are_refused_unless_explicitly_opened() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("refuses every command"), "{out}");
     let agent = start(&ctx);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     let (code, body) = post(ctx.admin_port, "/subjects/event/pause", "").await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("admin.token is not set"), "{body}");
@@ -225,12 +223,11 @@ async fn without_a_token_commands_are_refused_unless_explicitly_opened() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("development only"), "{out}");
     let agent = start(&ctx);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     let (code, body) = post(ctx.admin_port, "/subjects/event/pause", "").await;
     assert_eq!(code, 200, "{body}");
     assert!(paused(ctx.admin_port, "event").await);
     drop(agent);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -238,7 +235,7 @@ async fn a_slow_loris_is_closed_after_the_header_timeout() {
     let mut ctx = TestCtx::new("adminloris").await;
     ctx.admin_toml.push_str("header_timeout = \"1s\"\n");
     let agent = start(&ctx);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     let mut stream = TcpStream::connect(("127.0.0.1", ctx.admin_port))
         .await
         .unwrap();
@@ -285,5 +282,4 @@ async fn a_slow_loris_is_closed_after_the_header_timeout() {
         200
     );
     drop(agent);
-    ctx.cleanup().await;
 }

@@ -8,12 +8,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
-
-use amqp_agent::agent::Agent;
-use amqp_agent::config::Config;
 
 use common::{TestCtx, eventually, fpm, header_str};
 use serde_json::Value;
@@ -39,26 +35,17 @@ fn batch_script() -> PathBuf {
     target
 }
 
-/// A test whose event subject sends batches of up to 50 through one worker.
-async fn ctx(name: &str) -> TestCtx {
+/// A test whose event subject sends batches of up to 50 through one worker, with
+/// `fpm.timeout` = `fpm_timeout`.
+async fn ctx(name: &str, fpm_timeout: &str) -> TestCtx {
     let mut ctx = TestCtx::new(name).await;
     ctx.script = batch_script();
     ctx.pool_size = 1;
-    ctx.event_extra = "batch_max = 50\nbatch_wait = \"2s\"\n".to_owned();
+    ctx.set("subjects.event.batch_max", 50);
+    ctx.set("subjects.event.batch_wait", "2s");
+    ctx.set("fpm.timeout", fpm_timeout);
     ctx.declare().await;
     ctx
-}
-
-/// Starts the agent of `ctx` with `fpm.timeout` = `fpm_timeout`.
-async fn start(ctx: &TestCtx, fpm_timeout: &str) -> Agent {
-    let toml = ctx
-        .toml()
-        .replace("timeout = \"5s\"", &format!("timeout = \"{fpm_timeout}\""));
-    assert!(toml.contains(&format!("timeout = \"{fpm_timeout}\"")));
-    let config = Config::from_toml(&toml, Path::new("test.toml"), |_| None).expect("valid config");
-    let agent = Agent::start(Arc::new(config)).await.unwrap();
-    agent.wait_consuming(Duration::from_secs(20)).await.unwrap();
-    agent
 }
 
 /// Publishes `m-0` … `m-49` to the event queue; `behave(i)` is message i's behaviour.
@@ -127,14 +114,14 @@ fn assert_first_request_was_one_batch(records: &[Value], handled_in_it: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_fifty_settles_each_message_by_its_own_outcome() {
-    let ctx = ctx("batch-outcomes").await;
+    let ctx = ctx("batch-outcomes", "10s").await;
     publish_fifty(&ctx, |i| match i {
         7 => "fail-once",
         12 => "reject",
         _ => "ok",
     })
     .await;
-    let agent = start(&ctx, "10s").await;
+    let agent = ctx.start_agent().await;
     // 50 in the batch, then m-7's second attempt.
     ctx.wait_records(N + 1, WAIT).await;
     eventually(WAIT, "49 acked, 1 retried, 1 dead-lettered", || async {
@@ -165,7 +152,6 @@ async fn a_batch_of_fifty_settles_each_message_by_its_own_outcome() {
             .join("\n")
     );
     assert!(agent.drain().await.is_none());
-    ctx.cleanup().await;
 }
 
 /// How the batch fails at m-20, on its first attempt.
@@ -179,13 +165,13 @@ enum Failure {
 /// After a failure mid-batch, m-0 … m-19 have their outcome and are never handled again;
 /// m-20 … m-49 count one failed attempt and are handled on the second; nothing is lost.
 async fn failure_mid_batch(name: &str, failure: Failure) {
-    let ctx = ctx(name).await;
     let (behave, fpm_timeout, stale_ok) = match failure {
         Failure::Kill => ("sleep-once:30000", "60s", 0),
         Failure::Timeout => ("sleep-once:3500", "2s", 2),
     };
+    let ctx = ctx(name, fpm_timeout).await;
     publish_fifty(&ctx, |i| if i == 20 { behave } else { "ok" }).await;
-    let agent = start(&ctx, fpm_timeout).await;
+    let agent = ctx.start_agent().await;
     if let Failure::Kill = failure {
         eventually(WAIT, "m-0 … m-19 settled, m-20 running", || async {
             agent.stats()["event"].acked == 20 && by_id(&ctx.records()).contains_key("m-20")
@@ -245,7 +231,6 @@ async fn failure_mid_batch(name: &str, failure: Failure) {
     assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
     assert!(ctx.drain_dead("event").await.is_empty());
     assert!(agent.drain().await.is_none());
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,8 +247,8 @@ async fn a_timeout_mid_batch_fails_only_the_entries_without_an_outcome() {
 /// dead-lettered alone; the other 48 of the batch are handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_or_oversized_entry_is_rejected_alone() {
-    let mut ctx = ctx("batch-hostile").await;
-    ctx.extra_toml = "[limits]\nmax_body_bytes = 1000\n".to_owned();
+    let mut ctx = ctx("batch-hostile", "10s").await;
+    ctx.set("limits.max_body_bytes", 1000);
     for i in 0..N {
         // The agent (feature fault-injection) forges the signature of `__badsig__` entries.
         let id = if i == 9 {
@@ -279,7 +264,7 @@ async fn a_hostile_or_oversized_entry_is_rejected_alone() {
             ctx.publish_json("event", &id, "ok").await;
         }
     }
-    let agent = start(&ctx, "10s").await;
+    let agent = ctx.start_agent().await;
     eventually(WAIT, "48 acked, 2 dead-lettered", || async {
         let s = &agent.stats()["event"];
         (s.acked, s.dead_lettered) == (48, 2)
@@ -312,15 +297,14 @@ async fn a_hostile_or_oversized_entry_is_rejected_alone() {
     assert!(error.contains("status 401"), "{error}");
     assert_eq!(reasons["m-30"].0, "body_too_large");
     assert!(agent.drain().await.is_none());
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
     use common::procs::AgentProcess;
     let (otlp_port, spans) = common::otlp::receiver().await;
-    let mut ctx = ctx("batch-trace").await;
-    ctx.event_extra = "batch_max = 5\nbatch_wait = \"2s\"\n".to_owned();
+    let mut ctx = ctx("batch-trace", "10s").await;
+    ctx.set("subjects.event.batch_max", 5);
     // Five messages, each in its own publisher trace.
     let trace_of = |i: usize| format!("{:032x}", 0xabc0 + i);
     for i in 0..5 {
@@ -390,5 +374,4 @@ async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
             .expect("PHP's parent is a process span");
         assert_eq!(hex::encode(&parent.trace_id), trace_of(i));
     }
-    ctx.cleanup().await;
 }

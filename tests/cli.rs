@@ -1,6 +1,10 @@
 //! The binary's command line: config errors are clear and name the key.
 
+mod common;
+
 use std::process::Command;
+
+use common::{edit_toml, set_key};
 
 fn check(text: &str) -> (bool, String) {
     let dir = std::env::temp_dir().join(format!(
@@ -55,20 +59,12 @@ fn a_valid_file_passes_and_hides_the_password() {
 
 #[test]
 fn bad_files_stop_with_a_message_naming_the_key() {
+    let with = |path: &str, value: toml::Value| edit_toml(GOOD, |doc| set_key(doc, path, value));
     let cases = [
-        (GOOD.replace("[fpm]", "[fpm]\ntimeuot = \"3s\""), "timeuot"),
-        (
-            GOOD.replace("pool", "x").replace(
-                "queue = \"messages.event\"",
-                "queue = \"messages.event\"\npool_size = -1",
-            ),
-            "pool_size",
-        ),
-        (GOOD.replace("127.0.0.1:9000", "localhost"), "fpm.address"),
-        (
-            format!("{GOOD}[retry]\ndelays = [\"1 fortnight\"]\n"),
-            "delays",
-        ),
+        (with("fpm.timeuot", "3s".into()), "timeuot"),
+        (with("subjects.event.pool_size", (-1).into()), "pool_size"),
+        (with("fpm.address", "localhost".into()), "fpm.address"),
+        (with("retry.delays", vec!["1 fortnight"].into()), "delays"),
         ("[amqp\n".to_owned(), "invalid config file"),
     ];
     for (text, key) in cases {

@@ -129,20 +129,17 @@ impl Agent {
     }
 }
 
-fn cluster_toml(ctx: &TestCtx, cluster: &Cluster, extra_event: &str) -> String {
-    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    ctx.toml()
-        .replace(
-            &format!("url = \"{}\"", ctx.amqp_url),
-            &format!(
-                "urls = [{}]\nqueue_type = \"quorum\"\nheartbeat = \"3s\"",
-                urls.join(", ")
-            ),
-        )
-        .replace(
-            "[subjects.event]\n",
-            &format!("[subjects.event]\n{extra_event}"),
-        )
+/// The config of `ctx` on `cluster`'s nodes, quorum queues, with `event` keys set to `event`.
+fn cluster_toml(ctx: &TestCtx, cluster: &Cluster, event: &[(&str, toml::Value)]) -> String {
+    ctx.toml_with(|doc| {
+        common::remove_key(doc, "amqp.url");
+        common::set_key(doc, "amqp.urls", cluster.urls());
+        common::set_key(doc, "amqp.queue_type", "quorum");
+        common::set_key(doc, "amqp.heartbeat", "3s");
+        for (key, value) in event {
+            common::set_key(doc, &format!("subjects.event.{key}"), value.clone());
+        }
+    })
 }
 
 fn write(ctx: &TestCtx, name: &str, text: &str) -> PathBuf {
@@ -164,7 +161,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     let mut ctx = TestCtx::new("cluster").await;
     ctx.retry_toml = "[retry]\ndelays = [\"3s\"]\nmax_attempts = 3\n".to_owned();
     ctx.pool_size = 4;
-    let config = write(&ctx, "main", &cluster_toml(&ctx, &cluster, ""));
+    let config = write(&ctx, "main", &cluster_toml(&ctx, &cluster, &[]));
 
     // 1. Two agents drain quorum queues; both do a share.
     let a = Agent::start(&config, "a");
@@ -200,7 +197,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     let classic = write(
         &ctx,
         "classic",
-        &cluster_toml(&ctx, &cluster, "queue_type = \"classic\"\n"),
+        &cluster_toml(&ctx, &cluster, &[("queue_type", "classic".into())]),
     );
     let t = Instant::now();
     let mut wrong = Agent::start(&classic, "classic");
@@ -270,7 +267,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
             .await;
         expected3.insert(id);
     }
-    let delay = format!("{}.retry.3000ms", ctx.queue("event"));
+    let delay = ctx.delay_queue("event", Duration::from_secs(3));
     eventually(WAIT, "first attempts done, messages waiting", || async {
         let by_id = ctx.records_by_id();
         expected3.iter().all(|id| by_id.contains_key(id))
@@ -312,7 +309,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
         || async { back(&ctx) == expected3.len() },
     )
     .await;
-    assert_eq!(client.len(&format!("{}.dead", ctx.queue("event"))).await, 0);
+    assert_eq!(client.len(&ctx.dead_queue("event")).await, 0);
     drop(a);
     drop(b);
 
@@ -323,7 +320,7 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     let sac_config = write(
         &sac,
         "sac",
-        &cluster_toml(&sac, &cluster, "single_active_consumer = true\n"),
+        &cluster_toml(&sac, &cluster, &[("single_active_consumer", true.into())]),
     );
     let x = Agent::start(&sac_config, "x");
     x.wait_consuming().await;
@@ -407,11 +404,8 @@ async fn a_three_node_cluster_with_two_agents_loses_nothing() {
     .await;
     let (_, dupes) = handled(&ctx);
     eprintln!("scenario 6: {dupes} duplicates in all (in flight at the faults)");
-    let counts: BTreeMap<&str, usize> = [(
-        "dead",
-        client.len(&format!("{}.dead", ctx.queue("event"))).await as usize,
-    )]
-    .into();
+    let counts: BTreeMap<&str, usize> =
+        [("dead", client.len(&ctx.dead_queue("event")).await as usize)].into();
     assert_eq!(counts["dead"], 0);
     drop(c);
 }

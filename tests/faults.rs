@@ -74,11 +74,16 @@ async fn queues_empty(ctx: &TestCtx) {
         })
         .await;
         assert_eq!(
-            ctx.queue_len(&format!("{q}.dead")).await,
+            ctx.queue_len(&ctx.dead_queue(subject)).await,
             0,
             "nothing may be dead-lettered"
         );
     }
+}
+
+/// The 100 ms delay queue of `subject`.
+fn delay_queue(ctx: &TestCtx, subject: &str) -> String {
+    ctx.delay_queue(subject, Duration::from_millis(100))
 }
 
 /// Time from `since` until the record count grows past `before`.
@@ -116,7 +121,6 @@ async fn kill_9_of_the_agent_mid_stream() {
     assert_eq!(f.lost, 0);
     // Only what was in flight can repeat: at most the prefetch of both subjects (2 × 4 × 2).
     assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,10 +135,8 @@ async fn broker_link_cut_and_restored() {
     common::eventually(LONG, "200 handled", || async { ctx.records().len() >= 200 }).await;
     proxy.cut();
     // While cut, no progress is possible; wait until the agent noticed and is reconnecting.
-    common::eventually(LONG, "agent noticed the cut", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("Consumer failed")
+    ctx.wait_status("a subject disconnected", |s| {
+        common::any_subject(s, |s| s["connection"] == "disconnected")
     })
     .await;
     let before = ctx.records().len();
@@ -147,7 +149,6 @@ async fn broker_link_cut_and_restored() {
     report("broker link cut", &f, Some(recover));
     assert_eq!(f.lost, 0);
     assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,24 +163,18 @@ async fn php_fpm_stopped_then_started_dead_letters_nothing() {
     let _agent = AgentProcess::start(&ctx.write_config(), &log);
     common::eventually(LONG, "100 handled", || async { ctx.records().len() >= 100 }).await;
     fpm.down();
-    common::eventually(LONG, "both subjects paused", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("pausing consumption")
-            .count()
-            >= 2
+    ctx.wait_status("both subjects paused", |s| {
+        common::all_subjects(s, |s| s["paused"] == true)
     })
     .await;
     let before = ctx.records().len();
     // The outage lasts well past max_attempts × delay: an unreachable FPM must not use up attempts.
     let outage = Instant::now();
-    common::eventually(LONG, "retries while FPM is down", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("fpm_unavailable")
-            .count()
-            >= 2
-            && outage.elapsed() > Duration::from_secs(2)
+    common::eventually(LONG, "attempts that did not reach FPM", || async {
+        common::metrics(ctx.admin_port).await.is_some_and(|m| {
+            let unreached = [("status", "fpm_unavailable")];
+            common::metric_sum(&m, "amqp_agent_fpm_responses_total", &unreached) >= 2.0
+        }) && outage.elapsed() > Duration::from_secs(2)
     })
     .await;
     fpm.up();
@@ -190,7 +185,6 @@ async fn php_fpm_stopped_then_started_dead_letters_nothing() {
     let f = tally(&ctx, &ids);
     report("php-fpm stopped and started", &f, Some(recover));
     assert_eq!(f.lost, 0);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -222,14 +216,12 @@ async fn an_fpm_child_killed_mid_request_gets_its_message_retried() {
     assert_eq!(f.lost, 0);
     assert_eq!(agent.stats()["event"].dead_lettered, 0);
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_message_and_a_slow_handler_do_not_hold_up_the_rest() {
     let mut ctx = TestCtx::new("poison").await;
     ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 3\n".to_owned();
-    ctx.extra_toml = String::new();
     let agent = ctx.start_agent().await;
     ctx.publish_json("event", "poison", "status:500").await;
     ctx.publish_json("event", "slow", "sleep:8000").await;
@@ -255,7 +247,6 @@ async fn a_poison_message_and_a_slow_handler_do_not_hold_up_the_rest() {
     report("poison + slow handler", &f, None);
     assert_eq!((f.lost, f.duplicates), (0, 0));
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -287,7 +278,6 @@ async fn sigterm_under_load_finishes_in_flight_work_and_exits_0() {
     assert_eq!(f.lost, 0);
     // In-flight requests finished and were acked before exit: nothing runs twice.
     assert_eq!(f.duplicates, 0);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -321,7 +311,6 @@ async fn a_panicking_worker_is_replaced_and_its_message_retried() {
     report("worker panic", &f, None);
     assert_eq!((f.lost, f.duplicates), (0, 0));
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -351,7 +340,6 @@ async fn past_the_restart_intensity_the_agent_exits_non_zero() {
     assert!(text.contains("giving up"), "{text}");
     assert!(text.contains("RESOURCE_LOCKED"), "{text}");
     println!("FAULT restart intensity: exit code {:?}", status.code());
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -375,7 +363,6 @@ async fn sigquit_stops_at_once_and_loses_nothing() {
     report("SIGQUIT under load", &f, Some(stop));
     assert_eq!(f.lost, 0);
     assert!(f.duplicates <= 16, "{} duplicates", f.duplicates);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -383,8 +370,8 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     let mut ctx = TestCtx::new("pubfail").await;
     // Topology managed elsewhere (the agent only checks it, passively, at start); the event delay
     // queue is deleted once the agent consumes, so the retry copy is unroutable.
-    ctx.extra_toml = String::new();
     ctx.retry_toml = "[retry]\ndelays = [\"100ms\"]\nmax_attempts = 5\n".to_owned();
+    ctx.set("amqp.declare", false);
     ctx.declare().await;
     let delay_args = |subject: &str| {
         let mut args = lapin::types::FieldTable::default();
@@ -403,13 +390,13 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
         args
     };
     for subject in ["event", "command"] {
-        for (suffix, args) in [
-            ("dead", lapin::types::FieldTable::default()),
-            ("retry.100ms", delay_args(subject)),
+        for (name, args) in [
+            (ctx.dead_queue(subject), lapin::types::FieldTable::default()),
+            (delay_queue(&ctx, subject), delay_args(subject)),
         ] {
             ctx.channel
                 .queue_declare(
-                    format!("{}.{suffix}", ctx.queue(subject)).as_str().into(),
+                    name.as_str().into(),
                     lapin::options::QueueDeclareOptions::durable(),
                     args,
                 )
@@ -417,16 +404,9 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
                 .unwrap();
         }
     }
-    let text = ctx.toml().replace("[amqp]\n", "[amqp]\ndeclare = false\n");
-    let agent = amqp_agent::agent::Agent::start(std::sync::Arc::new(
-        amqp_agent::config::Config::from_toml(&text, std::path::Path::new("t.toml"), |_| None)
-            .unwrap(),
-    ))
-    .await
-    .unwrap();
+    let agent = amqp_agent::agent::Agent::start(ctx.config()).await.unwrap();
     agent.wait_consuming(LONG).await.unwrap();
-    ctx.delete_queue(&format!("{}.retry.100ms", ctx.queue("event")))
-        .await;
+    ctx.delete_queue(&delay_queue(&ctx, "event")).await;
     ctx.publish_json("event", "comes-back", "fail-until:2")
         .await;
     // Attempt 1 fails, its retry copy cannot be stored: the original is returned, not acked, and
@@ -450,9 +430,7 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     let args = delay_args("event");
     ctx.channel
         .queue_declare(
-            format!("{}.retry.100ms", ctx.queue("event"))
-                .as_str()
-                .into(),
+            delay_queue(&ctx, "event").as_str().into(),
             lapin::options::QueueDeclareOptions::durable(),
             args,
         )
@@ -469,7 +447,6 @@ async fn a_failed_retry_publish_leaves_the_original_unacked() {
     })
     .await;
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 /// Acks are coalesced into `multiple` acks up to the oldest message still running; the ones that
@@ -490,23 +467,13 @@ async fn a_slow_message_does_not_hold_back_the_acks_of_later_ones() {
         ctx.publish_json("event", &id, "ok").await;
         fast.insert(id);
     }
-    let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
-    std::fs::write(
-        &config,
-        ctx.toml().replace("timeout = \"5s\"", "timeout = \"120s\""),
-    )
-    .unwrap();
+    ctx.set("fpm.timeout", "120s");
+    let config = ctx.write_config();
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
     let mut agent = AgentProcess::start(&config, &log);
     all_handled(&ctx, &fast, LONG).await;
-    common::eventually(LONG, "the ten quick messages acked", || async {
-        match common::procs::http(ctx.admin_port, "GET", "/status", None).await {
-            Some((200, body)) => {
-                let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                s["subjects"]["event"]["acked"] == 10
-            }
-            _ => false,
-        }
+    ctx.wait_status("the ten quick messages acked", |s| {
+        s["subjects"]["event"]["acked"] == 10
     })
     .await;
     assert!(
@@ -527,5 +494,4 @@ async fn a_slow_message_does_not_hold_back_the_acks_of_later_ones() {
         "only the running message returns"
     );
     drop(fpm);
-    ctx.cleanup().await;
 }

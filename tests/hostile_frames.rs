@@ -229,7 +229,7 @@ async fn deeply_nested_headers_are_dead_lettered_and_the_agent_stays_up() {
         raw.publish(&queue, &headers, id, br#"{"id":"hostile"}"#)
             .await;
 
-        let dead = format!("{queue}.dead");
+        let dead = ctx.dead_queue("event");
         let (c, d) = (&ctx, &dead);
         common::eventually(LONG, &format!("{id} dead-lettered"), || {
             assert_alive(&mut agent);
@@ -283,5 +283,4 @@ async fn deeply_nested_headers_are_dead_lettered_and_the_agent_stays_up() {
         !agent.log_text().contains("overflowed its stack"),
         "no thread overflowed"
     );
-    ctx.cleanup().await;
 }

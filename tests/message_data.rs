@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use amqp_agent::agent::Agent;
-use amqp_agent::config::Config;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 
@@ -80,7 +77,6 @@ async fn a_multipart_message_reaches_php_whole_in_php_input() {
     })
     .await;
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 /// Headers a publisher sets to skip retries and claim a route it may not use, with a forged
@@ -99,7 +95,7 @@ fn spoofed_headers(ctx: &TestCtx) -> FieldTable {
     death.insert("reason".into(), text("expired"));
     death.insert(
         "queue".into(),
-        text(&format!("{}.retry.100ms", ctx.queue("event"))),
+        text(&ctx.delay_queue("event", Duration::from_millis(100))),
     );
     death.insert("exchange".into(), text(""));
     h.insert(
@@ -141,12 +137,11 @@ async fn spoofed_attempt_is_ignored_and_real_retries_count(ctx: TestCtx, agent: 
     .unwrap();
     assert_eq!(
         first["x-death"][0]["queue"],
-        format!("{}.retry.100ms", ctx.queue("event"))
+        ctx.delay_queue("event", Duration::from_millis(100))
     );
     assert_eq!(agent.stats()["event"].retried, 2);
     assert_eq!(agent.stats()["event"].dead_lettered, 0);
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,14 +153,10 @@ async fn a_spoofed_attempt_and_route_are_ignored_and_real_retries_still_count() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_secrets_real_retries_count_through_x_death() {
-    let ctx = TestCtx::new("spoof-nokey").await;
-    let toml = ctx.toml().replace(
-        &format!("signing_secrets = [\"{}\"]", ctx.secret),
-        "signing_secrets = []",
-    );
-    assert!(!toml.contains(&ctx.secret));
-    let config = Config::from_toml(&toml, Path::new("test.toml"), |_| None).unwrap();
-    let agent = Agent::start(Arc::new(config)).await.unwrap();
+    let mut ctx = TestCtx::new("spoof-nokey").await;
+    ctx.set("fpm.signing_secrets", toml::value::Array::new());
+    assert!(!ctx.toml().contains(&ctx.secret));
+    let agent = Agent::start(ctx.config()).await.unwrap();
     agent.wait_consuming(WAIT).await.unwrap();
     // A genuine retry is believed from RabbitMQ's own x-death entry of the delay queue.
     let body = serde_json::json!({"id": "plain", "behave": "fail-until:3"}).to_string();
@@ -187,7 +178,6 @@ async fn without_secrets_real_retries_count_through_x_death() {
     assert_eq!(attempts, ["1", "2", "3"]);
     assert_eq!(agent.stats()["event"].dead_lettered, 0);
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +186,7 @@ async fn message_text_cannot_forge_log_lines_or_reach_the_terminal_raw() {
     ctx.declare().await;
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
     let agent = AgentProcess::start(&ctx.write_config(), &log);
-    agent.wait_log("Consuming", 2, WAIT).await;
+    ctx.wait_ready().await;
 
     let forged = "2026-11-30T00:00:00.000000Z  INFO amqp_agent: FORGED";
     let id = format!("evil\n{forged} id\x1b[2J\x1b]0;pwned\x07\r");
@@ -215,7 +205,7 @@ async fn message_text_cannot_forge_log_lines_or_reach_the_terminal_raw() {
         .with_headers(h);
     ctx.publish("event", body.as_bytes(), props).await;
     // Wait on the dead-letter queue itself: the log line comes before the copy is confirmed.
-    let dead = format!("{}.dead", ctx.queue("event"));
+    let dead = ctx.dead_queue("event");
     common::eventually(WAIT, "the message is in the dead-letter queue", || async {
         ctx.queue_len(&dead).await == 1
     })
@@ -264,7 +254,6 @@ async fn message_text_cannot_forge_log_lines_or_reach_the_terminal_raw() {
         listing.lines().all(|l| !l.starts_with("2026-11-30")),
         "{listing}"
     );
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,5 +291,4 @@ async fn a_replayed_dead_letter_keeps_its_original_route() {
         assert_eq!(p["HTTP_X_AGENT_ATTEMPT"], "1");
     }
     agent.drain().await;
-    ctx.cleanup().await;
 }

@@ -51,5 +51,4 @@ async fn missing_message_ids_are_counted_and_warned_about_once_a_minute() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("count=1"), "{}", lines[0]);
     assert_eq!(ctx.records().len(), 41);
-    ctx.cleanup().await;
 }

@@ -30,7 +30,7 @@ async fn one_trace_from_publisher_through_the_agent_to_php_across_retries() {
         ("OTEL_SERVICE_NAME", "amqp-agent-test".to_owned()),
     ];
     let mut agent = AgentProcess::start_with(&ctx.write_config(), &log, &env, &[]);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let publisher_span = "00f067aa0ba902b7";
@@ -147,7 +147,6 @@ async fn one_trace_from_publisher_through_the_agent_to_php_across_retries() {
         first.status.as_ref().is_some_and(|st| st.code == 2),
         "failed attempt has error status"
     );
-    ctx.cleanup().await;
 }
 
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
@@ -289,7 +288,6 @@ async fn metrics_count_what_was_published_and_readiness_follows_the_broker() {
         metric(&m, "amqp_agent_reconnects_total", "") >= 2.0,
         "both subjects reconnected"
     );
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -298,7 +296,7 @@ async fn json_logs_carry_subject_message_id_attempt_and_trace_id() {
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
     let _agent =
         AgentProcess::start_with(&ctx.write_config(), &log, &[], &["--log-format", "json"]);
-    _agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     let mut headers = FieldTable::default();
     headers.insert(
         "traceparent".into(),
@@ -315,13 +313,17 @@ async fn json_logs_carry_subject_message_id_attempt_and_trace_id() {
             .with_headers(headers),
     )
     .await;
-    _agent.wait_log("retrying later", 1, LONG).await;
+    ctx.wait_status("the first attempt retried", |s| {
+        s["subjects"]["command"]["retried"] == 1
+    })
+    .await;
+    // The retry decision's line: the one with the next attempt's number.
     let line = _agent
         .log_text()
         .lines()
-        .find(|l| l.contains("retrying later"))
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON log line"))
-        .unwrap();
+        .find(|l| l["next_attempt"] == 2)
+        .expect("a line for the retry");
     let span = &line["span"];
     assert_eq!(span["subject"], "command");
     assert_eq!(span["message_id"], "logged");
@@ -331,7 +333,6 @@ async fn json_logs_carry_subject_message_id_attempt_and_trace_id() {
         !_agent.log_text().contains("guest:guest"),
         "the AMQP password never reaches the logs"
     );
-    ctx.cleanup().await;
 }
 
 /// An OTLP/gRPC receiver (the collector's default protocol).
@@ -381,7 +382,7 @@ async fn traces_also_export_over_grpc() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
     ];
     let mut agent = AgentProcess::start_with(&ctx.write_config(), &log, &env, &[]);
-    agent.wait_log("Consuming", 2, LONG).await;
+    ctx.wait_ready().await;
     ctx.publish_json("command", "over-grpc", "ok").await;
     common::eventually(LONG, "handled", || async {
         ctx.records_by_id().contains_key("over-grpc")
@@ -395,5 +396,4 @@ async fn traces_also_export_over_grpc() {
             && spans.iter().any(|s| s.name == "FastCGI POST")
     })
     .await;
-    ctx.cleanup().await;
 }

@@ -27,6 +27,14 @@ async fn try_status(port: u16) -> serde_json::Value {
     }
 }
 
+/// Waits until `subject`'s pool size asked for is `size` (a signal or command took effect).
+async fn wait_target(port: u16, subject: &str, size: u64) {
+    common::wait_status(port, &format!("{subject} target {size}"), LONG, |s| {
+        s["subjects"][subject]["target_pool_size"] == size
+    })
+    .await;
+}
+
 async fn wait_pool(port: u16, subject: &str, size: u64) {
     common::eventually(LONG, &format!("{subject} pool at {size}"), || async {
         let s = try_status(port).await;
@@ -63,6 +71,22 @@ fn max_concurrency(ctx: &TestCtx, subject: &str, since_us: i64, dur_us: i64) -> 
         .unwrap_or(0)
 }
 
+/// Reads systemd notifications from `sock` until one contains `want`; returns it.
+fn recv_until(sock: &UnixDatagram, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no `{want}` from the agent (saw {seen:?}): {e}"));
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains(want) {
+            return msg;
+        }
+        seen.push(msg);
+    }
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -81,14 +105,20 @@ async fn signals_and_commands_resize_pools_and_the_fpm_side_follows() {
     }
     let config = ctx.write_config();
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
-    let agent = AgentProcess::start(&config, &log);
+    // systemd's notify socket: READY=1 after each reload says it was handled, taken or not.
+    let sock_path = common::fpm().dir.join(format!("{}.notify", ctx.id));
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(LONG)).unwrap();
+    let env = [("NOTIFY_SOCKET", sock_path.display().to_string())];
+    let agent = AgentProcess::start_with(&config, &log, &env, &[]);
     let port = ctx.admin_port;
     wait_pool(port, "event", 2).await;
 
-    // Three SIGTTIN with a short pause between them: three steps, even if deliveries coalesce.
-    for _ in 0..3 {
+    // Three SIGTTIN, each once the last one took effect: three steps, even if deliveries of
+    // the same signal would coalesce.
+    for size in 3..=5 {
         agent.signal(libc::SIGTTIN);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_target(port, "event", size).await;
     }
     wait_pool(port, "event", 5).await;
     wait_pool(port, "command", 5).await;
@@ -98,9 +128,9 @@ async fn signals_and_commands_resize_pools_and_the_fpm_side_follows() {
     })
     .await;
 
-    for _ in 0..2 {
+    for size in [4, 3] {
         agent.signal(libc::SIGTTOU);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_target(port, "event", size).await;
     }
     wait_pool(port, "event", 3).await;
     // Prefetch followed the pool: in-flight stays within 3 × prefetch_per_worker (2).
@@ -156,15 +186,12 @@ async fn signals_and_commands_resize_pools_and_the_fpm_side_follows() {
     .await;
 
     // SIGHUP: the file's command pool changes 2 → 4; event keeps its runtime size 6.
-    let text = std::fs::read_to_string(&config).unwrap();
-    let edited = text.replacen(
-        &format!("queue = \"{}\"\npool_size = 2", ctx.queue("command")),
-        &format!("queue = \"{}\"\npool_size = 4", ctx.queue("command")),
-        1,
-    );
-    assert_ne!(edited, text);
-    std::fs::write(&config, &edited).unwrap();
+    ctx.set("subjects.command.pool_size", 4);
+    let edited = ctx.toml();
+    ctx.write_toml(&edited);
     agent.signal(libc::SIGHUP);
+    recv_until(&sock, "RELOADING=1");
+    recv_until(&sock, "READY=1");
     wait_pool(port, "command", 4).await;
     assert_eq!(
         status(port).await["subjects"]["event"]["target_pool_size"],
@@ -172,13 +199,12 @@ async fn signals_and_commands_resize_pools_and_the_fpm_side_follows() {
         "runtime size survives a reload"
     );
     // An invalid file is rejected; the running configuration stays.
-    std::fs::write(
-        &config,
-        edited.replace("pool_size = 4", "pool_size = \"many\""),
-    )
-    .unwrap();
+    ctx.write_toml(&ctx.toml_with(|doc| {
+        common::set_key(doc, "subjects.command.pool_size", "many");
+    }));
     agent.signal(libc::SIGHUP);
-    agent.wait_log("Reload rejected", 1, LONG).await;
+    recv_until(&sock, "RELOADING=1");
+    recv_until(&sock, "READY=1");
     let s = status(port).await;
     assert_eq!(
         (
@@ -189,14 +215,13 @@ async fn signals_and_commands_resize_pools_and_the_fpm_side_follows() {
     );
 
     // Nothing lost or duplicated through all of it.
-    std::fs::write(&config, &edited).unwrap();
+    ctx.write_toml(&edited);
     common::eventually(Duration::from_secs(120), "all 600 handled", || async {
         ctx.records_by_id().len() == 600
     })
     .await;
     let dupes = ctx.records_by_id().values().filter(|r| r.len() > 1).count();
     assert_eq!(dupes, 0);
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -237,7 +262,6 @@ async fn shrinking_while_every_worker_is_busy_loses_nothing() {
         ctx.queue_len(&ctx.queue("event")).await == 0
     })
     .await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -254,30 +278,15 @@ async fn systemd_notify_ready_reloading_watchdog_stopping() {
         ("WATCHDOG_USEC", "400000".to_owned()),
     ];
     let mut agent = AgentProcess::start_with(&config, &log, &env, &[]);
-    let recv_until = |want: &str| {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 512];
-        loop {
-            let n = sock
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no `{want}` from the agent (saw {seen:?}): {e}"));
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if msg.contains(want) {
-                return msg;
-            }
-            seen.push(msg);
-        }
-    };
-    assert!(recv_until("READY=1").contains("STATUS="));
-    recv_until("WATCHDOG=1");
-    recv_until("WATCHDOG=1");
+    assert!(recv_until(&sock, "READY=1").contains("STATUS="));
+    recv_until(&sock, "WATCHDOG=1");
+    recv_until(&sock, "WATCHDOG=1");
     agent.signal(libc::SIGHUP);
-    assert!(recv_until("RELOADING=1").contains("MONOTONIC_USEC="));
-    recv_until("READY=1");
+    assert!(recv_until(&sock, "RELOADING=1").contains("MONOTONIC_USEC="));
+    recv_until(&sock, "READY=1");
     agent.signal(libc::SIGTERM);
-    recv_until("STOPPING=1");
+    recv_until(&sock, "STOPPING=1");
     assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -293,7 +302,7 @@ async fn dead_letters_can_be_listed_and_replayed() {
     })
     .await;
     agent.drain().await;
-    let dead = format!("{}.dead", ctx.queue("event"));
+    let dead = ctx.dead_queue("event");
     let cfg = ctx.write_config();
     let cfg = cfg.to_str().unwrap();
     let (code, listing) = agent_cli(&["--config", cfg, "dead-letters", "list", "event"]);
@@ -352,7 +361,6 @@ async fn dead_letters_can_be_listed_and_replayed() {
         }
         msg.delivery.acker.ack(Default::default()).await.unwrap();
     }
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -362,18 +370,18 @@ async fn sighup_with_a_new_retry_policy_restarts_the_consumers_gracefully() {
     let config = ctx.write_config();
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
     let agent = AgentProcess::start(&config, &log);
-    agent.wait_log("Consuming", 2, LONG).await;
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("delays = [\"100ms\"]", "delays = [\"1500ms\"]"),
-    )
-    .unwrap();
+    ctx.wait_ready().await;
+    ctx.set("retry.delays", vec!["1500ms"]);
+    ctx.write_config();
     agent.signal(libc::SIGHUP);
-    agent
-        .wait_log("draining the consumer to restart it", 2, LONG)
-        .await;
-    agent.wait_log("Consuming", 4, LONG).await;
+    // Each consumer was drained and started again, and consumes.
+    ctx.wait_status("both consumers restarted and consuming", |s| {
+        s["ready"] == true
+            && common::all_subjects(s, |s| {
+                s["consumer_starts"] == 2 && s["connection"] == "connected"
+            })
+    })
+    .await;
     ctx.publish_json("event", "after-reload", "fail-until:2")
         .await;
     common::eventually(LONG, "retried", || async {
@@ -392,5 +400,4 @@ async fn sighup_with_a_new_retry_policy_restarts_the_consumers_gracefully() {
         !agent.log_text().contains("Consumer failed"),
         "a reload is not a crash"
     );
-    ctx.cleanup().await;
 }

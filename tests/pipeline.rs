@@ -62,7 +62,6 @@ async fn thousands_of_messages_over_both_subjects_are_each_handled_once_and_acke
     for subject in ["event", "command"] {
         assert_eq!(ctx.queue_len(&ctx.queue(subject)).await, 0);
     }
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +185,6 @@ async fn params_arrive_byte_for_byte() {
     );
     assert_eq!(big_rec["params"]["HTTP_X_AGENT_SUBJECT"], "command");
     assert!(agent.drain().await.is_none());
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,8 +221,6 @@ async fn receiver_verifies_signatures_and_refuses_a_wrong_secret() {
         Some("rejected")
     );
     agent.drain().await;
-    good.cleanup().await;
-    bad.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +346,6 @@ async fn outcome_table_rows() {
     );
     assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +391,6 @@ async fn delays_really_wait_and_a_long_delay_does_not_block_a_short_one() {
         "Retry-After: 5 honoured, got {long_gap} µs"
     );
     agent.stop().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +437,6 @@ async fn odd_messages_are_still_delivered() {
     assert_eq!(r["weird"][0]["params"]["HTTP_X_AGENT_ATTEMPT"], "1");
     assert!(r["weird"][0]["params"].get("HTTP_TRACEPARENT").is_none());
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,7 +453,6 @@ async fn small_binary_bodies_round_trip_exactly() {
     let records = ctx.wait_records(1, WAIT).await;
     assert_eq!(body_of(&records[0]), body);
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +476,6 @@ async fn exchange_bindings_route_and_retries_keep_the_original_routing_key() {
         );
     }
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,7 +586,6 @@ async fn bad_input_is_dead_lettered_with_a_reason_or_handled() {
         assert_eq!(records[id].len(), 2, "{id}: two attempts");
     }
     agent.drain().await;
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,7 +593,7 @@ async fn deleted_queues_are_declared_again_and_consumption_resumes() {
     let ctx = TestCtx::new("deleted").await;
     let agent = ctx.start_agent().await;
     // Delete the delay queue: the next retry declares it again.
-    ctx.delete_queue(&format!("{}.retry.100ms", ctx.queue("event")))
+    ctx.delete_queue(&ctx.delay_queue("event", Duration::from_millis(100)))
         .await;
     ctx.publish_json("event", "retry-after-delete", "fail-until:2")
         .await;
@@ -627,5 +617,4 @@ async fn deleted_queues_are_declared_again_and_consumption_resumes() {
     .await;
     assert!(agent.fatal().is_none());
     agent.drain().await;
-    ctx.cleanup().await;
 }

@@ -70,7 +70,7 @@ async fn a_message_that_kills_the_agent_is_dead_lettered_as_poison_after_two_cra
         ids.push(id);
     }
     let config = ctx.write_config();
-    let dead_queue = format!("{}.dead", ctx.queue("event"));
+    let dead_queue = ctx.dead_queue("event");
 
     // The supervisor: restart the agent whenever it dies, until the queue is drained.
     let deadline = Instant::now() + LONG;
@@ -124,7 +124,6 @@ async fn a_message_that_kills_the_agent_is_dead_lettered_as_poison_after_two_cra
 
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(20)).success());
-    ctx.cleanup().await;
 }
 
 /// A clean stop is not a crash: with `poison_after = 1`, a message cut off by a SIGTERM drain
@@ -132,15 +131,11 @@ async fn a_message_that_kills_the_agent_is_dead_lettered_as_poison_after_two_cra
 /// it is dead-lettered on the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_in_flight_at_a_clean_stop_is_not_counted() {
-    let ctx = TestCtx::new("poison-clean").await;
+    let mut ctx = TestCtx::new("poison-clean").await;
     ctx.declare().await;
-    let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
-    let toml = ctx.toml().replace(
-        "shutdown_timeout = \"10s\"",
-        "shutdown_timeout = \"200ms\"\npoison_after = 1",
-    );
-    assert!(toml.contains("poison_after = 1"));
-    std::fs::write(&config, toml).unwrap();
+    ctx.set("agent.shutdown_timeout", "200ms");
+    ctx.set("agent.poison_after", 1);
+    let config = ctx.write_config();
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
     let handled = |n: usize| {
         let ctx = &ctx;
@@ -172,7 +167,7 @@ async fn a_message_in_flight_at_a_clean_stop_is_not_counted() {
 
     // After the kill -9 (one crash), the next delivery is dead-lettered without FPM.
     let mut agent = AgentProcess::start(&config, &log);
-    let dead_queue = format!("{}.dead", ctx.queue("event"));
+    let dead_queue = ctx.dead_queue("event");
     common::eventually(LONG, "slow dead-lettered", || async {
         ctx.queue_len(&dead_queue).await == 1
     })
@@ -185,5 +180,4 @@ async fn a_message_in_flight_at_a_clean_stop_is_not_counted() {
     assert_eq!(ctx.records_by_id()["slow"].len(), 3);
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(20)).success());
-    ctx.cleanup().await;
 }

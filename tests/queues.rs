@@ -84,7 +84,6 @@ async fn quorum_subjects_use_quorum_queues_for_main_delay_and_dead_letters() {
     );
     assert_eq!(ctx.take_ids(&format!("{main}.dead")).await, ["q-2"]);
     assert!(agent.drain().await.is_none());
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,19 +133,13 @@ async fn a_queue_declared_otherwise_stops_the_agent_once_with_a_config_error() {
         out.contains("DIFFERENT") && out.contains("x-queue-type"),
         "{out}"
     );
-    ctx.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_declare_missing_queues_are_reported_and_refused() {
     let mut ctx = TestCtx::new("passive").await;
-    ctx.extra_toml = String::new();
-    let toml = ctx.toml().replace(
-        "prefetch_per_worker = 2",
-        "prefetch_per_worker = 2\ndeclare = false",
-    );
-    let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
-    std::fs::write(&config, &toml).unwrap();
+    ctx.set("amqp.declare", false);
+    let config = ctx.write_config();
     let (code, out) = check_broker(&config);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -167,11 +160,11 @@ async fn without_declare_missing_queues_are_reported_and_refused() {
     assert!(list_queues(&ctx.queue("event")).is_empty());
 
     // Once the platform declared everything (here: an agent with declare = true), both pass.
+    ctx.set("amqp.declare", true);
     let agent = ctx.start_agent().await;
     assert!(agent.drain().await.is_none());
     let (code, out) = check_broker(&config);
     assert_eq!(code, 0, "{out}");
-    ctx.cleanup().await;
 }
 
 /// A message that kills whoever handles it (here: the agent, kill -9, so no attempt is
@@ -186,7 +179,7 @@ async fn delivery_limit_dead_letters_a_message_that_keeps_killing_its_agent() {
     for round in 1..=2 {
         let agent = AgentProcess::start(&config, &log);
         if round == 1 {
-            agent.wait_log("Consuming", 2, WAIT).await;
+            ctx.wait_ready().await;
             // The node each subject is connected to, in /metrics and /status.
             let (_, metrics) = common::procs::http(ctx.admin_port, "GET", "/metrics", None)
                 .await
@@ -217,7 +210,7 @@ async fn delivery_limit_dead_letters_a_message_that_keeps_killing_its_agent() {
         records[1]["params"]["HTTP_X_AGENT_ATTEMPT"], "1",
         "no attempt was recorded"
     );
-    let dead = format!("{}.dead", ctx.queue("event"));
+    let dead = ctx.dead_queue("event");
     common::eventually(WAIT, "the broker dead-letters the message", || async {
         ctx.queue_len(&dead).await == 1
     })
@@ -226,31 +219,26 @@ async fn delivery_limit_dead_letters_a_message_that_keeps_killing_its_agent() {
     let reason = common::header_str(&props, "x-first-death-reason").unwrap_or_default();
     assert_eq!(reason, "delivery_limit", "{props:?}");
     assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
-    ctx.cleanup().await;
 }
 
 /// With no node reachable the agent keeps trying every endpoint, and says so: `/readyz` is 503,
 /// `/status` shows the subjects disconnected with no node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_stays_honest_while_no_node_answers() {
-    let ctx = TestCtx::new("nonode").await;
+    let mut ctx = TestCtx::new("nonode").await;
     let dead: Vec<String> = (0..2)
-        .map(|_| {
-            format!(
-                "\"amqp://guest:guest@127.0.0.1:{}/%2f\"",
-                common::free_port()
-            )
-        })
+        .map(|_| format!("amqp://guest:guest@127.0.0.1:{}/%2f", common::free_port()))
         .collect();
-    let toml = ctx.toml().replace(
-        &format!("url = \"{}\"", ctx.amqp_url),
-        &format!("urls = [{}]", dead.join(", ")),
-    );
-    let config = common::fpm().dir.join(format!("{}.toml", ctx.id));
-    std::fs::write(&config, toml).unwrap();
+    ctx.unset("amqp.url");
+    ctx.set("amqp.urls", dead);
+    let config = ctx.write_config();
     let agent = AgentProcess::start(&config, &config.with_extension("log"));
-    // Both endpoints tried, for both subjects, at least twice (retrying, not giving up).
-    agent.wait_log("Cannot connect to this node", 8, WAIT).await;
+    // Both endpoints tried, for both subjects, at least twice (retrying, not giving up): each
+    // start of a consumer tries every endpoint, so the third start follows two failed rounds.
+    ctx.wait_status("three consumer starts of each subject", |s| {
+        common::all_subjects(s, |s| s["consumer_starts"].as_u64() >= Some(3))
+    })
+    .await;
     let (code, body) = common::procs::http(ctx.admin_port, "GET", "/readyz", None)
         .await
         .expect("admin API");

@@ -59,6 +59,7 @@ const NAMES: &[&str] = &[
     "HTTP_X_AGENT_SUBJECT",
     "HTTP_X_AGENT_MESSAGE_ID",
     "HTTP_X_AGENT_ATTEMPT",
+    "HTTP_X_AGENT_DELIVERY_COUNT",
     "HTTP_X_AGENT_REDELIVERED",
     "HTTP_X_AGENT_ROUTING_KEY",
     "HTTP_X_AGENT_EXCHANGE",
@@ -145,6 +146,15 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         Ok(params) => {
             assert!(body.len() <= max_body);
             check_params(&params, json.as_deref().expect("params built"), body, now);
+            // Quorum queues' x-delivery-count reaches PHP exactly when it is an integer.
+            let sent = params
+                .iter()
+                .find(|(n, _)| *n == "HTTP_X_AGENT_DELIVERY_COUNT");
+            let count = contract::delivery_count(headers.as_ref());
+            assert_eq!(
+                sent.map(|(_, v)| v.to_string()),
+                count.map(|c| c.to_string())
+            );
         }
     }
     Ok(())

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use amqp_agent::config::Config;
 
-use super::{AMQP_URL, TestCtx, copy_tree, eventually, fpm, header_str};
+use super::{AMQP_URL, TestCtx, copy_tree, eventually, fpm, header_str, set_key};
 
 static COPIED: OnceLock<()> = OnceLock::new();
 
@@ -34,18 +34,10 @@ pub fn app_dir(name: &str) -> PathBuf {
 
 /// The agent config of `ctx`, serving `script` at the packages' route.
 pub fn config(ctx: &TestCtx, script: &Path) -> Arc<Config> {
-    let mut ctx_toml = ctx.toml();
-    ctx_toml = ctx_toml.replace(
-        &format!("request_uri = \"/t/{}/{{subject}}\"", ctx.id),
-        "request_uri = \"/_agent/messages/{subject}\"",
-    );
-    ctx_toml = ctx_toml.replace(
-        &format!("script_filename = \"{}\"", ctx.script.display()),
-        &format!("script_filename = \"{}\"", script.display()),
-    );
-    assert!(
-        ctx_toml.contains("/_agent/messages/") && ctx_toml.contains(&*script.to_string_lossy())
-    );
+    let ctx_toml = ctx.toml_with(|doc| {
+        set_key(doc, "fpm.request_uri", "/_agent/messages/{subject}");
+        set_key(doc, "fpm.script_filename", script.display().to_string());
+    });
     Arc::new(Config::from_toml(&ctx_toml, Path::new("test.toml"), |_| None).expect("valid config"))
 }
 
@@ -207,5 +199,4 @@ pub async fn hundred_of_each(
     assert!(ctx.drain_dead("event").await.is_empty());
 
     agent.drain().await;
-    ctx.cleanup().await;
 }

@@ -5,10 +5,10 @@
 //! as the process; php-fpm gets SIGTERM when the test process exits (PR_SET_PDEATHSIG).
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -214,6 +214,10 @@ pub struct TestCtx {
     pub admin_port: u16,
     /// Lines for `[admin]` after `listen`; the default sets `token = ADMIN_TOKEN`.
     pub admin_toml: String,
+    /// Keys set (or, with `None`, removed) on top of the rendered config: see [`TestCtx::set`].
+    pub overrides: Vec<(String, Option<toml::Value>)>,
+    /// Deletes this test's queues and exchange when the test ends, also when it panics.
+    pub cleanup: Cleanup,
 }
 
 impl TestCtx {
@@ -227,7 +231,9 @@ impl TestCtx {
             .try_init();
         let id = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let (conn, channel) = confirm_channel(AMQP_URL).await;
-        Self {
+        let cleanup = Cleanup::default();
+        cleanup.exchange(&format!("t.{id}.x"));
+        let ctx = Self {
             id,
             conn,
             channel,
@@ -242,15 +248,33 @@ impl TestCtx {
             fpm_extra: String::new(),
             admin_port: free_port(),
             admin_toml: format!("token = \"{ADMIN_TOKEN}\"\n"),
-        }
+            overrides: Vec::new(),
+            cleanup,
+        };
+        // The queues of the default config, even if the test never renders one.
+        let _ = ctx.toml();
+        ctx
+    }
+
+    /// Sets `path` (dotted: `amqp.declare`, `subjects.command.pool_mode`) in every config this
+    /// context renders from now on.
+    pub fn set(&mut self, path: &str, value: impl Into<toml::Value>) {
+        self.overrides.push((path.to_owned(), Some(value.into())));
+    }
+
+    /// Removes `path` from every config this context renders from now on.
+    pub fn unset(&mut self, path: &str) {
+        self.overrides.push((path.to_owned(), None));
     }
 
     pub fn queue(&self, subject: &str) -> String {
         format!("t.{}.{subject}", self.id)
     }
 
+    /// The config text: the fields of this context, then [`TestCtx::set`]'s keys. Every config
+    /// rendered registers its queues (main, delay, dead) with [`TestCtx::cleanup`].
     pub fn toml(&self) -> String {
-        format!(
+        let base = format!(
             "[amqp]\nurl = \"{amqp}\"\nprefetch_per_worker = 2\n\n[fpm]\naddress = \"127.0.0.1:{port}\"\nscript_filename = \"{script}\"\n\
              request_uri = \"/t/{id}/{{subject}}\"\ntimeout = \"5s\"\nsigning_secrets = [\"{secret}\"]\n{fpm_extra}\n{retry}\n\
              [subjects.event]\nqueue = \"{qe}\"\npool_size = {pool}\n{event_extra}\n[subjects.command]\nqueue = \"{qc}\"\npool_size = {pool}\n\n\
@@ -270,7 +294,35 @@ impl TestCtx {
             qc = self.queue("command"),
             extra = self.extra_toml,
             state = fpm().dir.join("state").display(),
-        )
+        );
+        let text = if self.overrides.is_empty() {
+            base
+        } else {
+            edit_toml(&base, |doc| {
+                for (path, value) in &self.overrides {
+                    match value {
+                        Some(v) => set_key(doc, path, v.clone()),
+                        None => remove_key(doc, path),
+                    }
+                }
+            })
+        };
+        self.cleanup.config(&text);
+        text
+    }
+
+    /// [`TestCtx::toml`] with `edit` applied to it (for a variant the test writes itself).
+    pub fn toml_with(&self, edit: impl FnOnce(&mut toml::Table)) -> String {
+        let text = edit_toml(&self.toml(), edit);
+        self.cleanup.config(&text);
+        text
+    }
+
+    /// Writes `text` as this test's config file (the path [`TestCtx::write_config`] uses).
+    pub fn write_toml(&self, text: &str) -> PathBuf {
+        let path = fpm().dir.join(format!("{}.toml", self.id));
+        std::fs::write(&path, text).unwrap();
+        path
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -281,9 +333,18 @@ impl TestCtx {
     }
 
     pub fn write_config(&self) -> PathBuf {
-        let path = fpm().dir.join(format!("{}.toml", self.id));
-        std::fs::write(&path, self.toml()).unwrap();
-        path
+        self.write_toml(&self.toml())
+    }
+
+    /// Waits until the agent started with this config answers `/readyz` with 200: every
+    /// subject connected, consuming, not paused.
+    pub async fn wait_ready(&self) {
+        wait_ready(self.admin_port, WAIT).await;
+    }
+
+    /// Waits until `/status` of the agent started with this config satisfies `cond`; returns it.
+    pub async fn wait_status(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        wait_status(self.admin_port, what, WAIT, cond).await
     }
 
     pub async fn start_agent(&self) -> Agent {
@@ -383,10 +444,19 @@ impl TestCtx {
         n
     }
 
-    /// Takes every message from `<queue>.dead`.
+    /// The dead-letter queue of `subject`.
+    pub fn dead_queue(&self, subject: &str) -> String {
+        amqp_agent::broker::dead_queue_name(&self.queue(subject))
+    }
+
+    /// The delay queue of `subject` for `delay`.
+    pub fn delay_queue(&self, subject: &str, delay: Duration) -> String {
+        amqp_agent::broker::delay_queue_name(&self.queue(subject), delay)
+    }
+
+    /// Takes every message from the dead-letter queue of `subject`.
     pub async fn drain_dead(&self, subject: &str) -> Vec<(BasicProperties, Vec<u8>)> {
-        self.take_all(&format!("{}.dead", self.queue(subject)))
-            .await
+        self.take_all(&self.dead_queue(subject)).await
     }
 
     /// Takes (and acks) every message ready in `queue`.
@@ -458,29 +528,6 @@ impl TestCtx {
         .await;
         self.records()
     }
-
-    pub async fn cleanup(&self) {
-        let ch = self.conn.create_channel().await.unwrap();
-        for subject in ["event", "command"] {
-            let q = self.queue(subject);
-            let mut names = vec![q.clone(), format!("{q}.dead")];
-            for ms in [
-                100, 200, 300, 500, 1000, 2000, 3000, 4000, 5000, 8000, 16000, 32000, 60000,
-            ] {
-                names.push(format!("{q}.retry.{ms}ms"));
-            }
-            for name in names {
-                let _ = ch
-                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-        }
-        // The exchange of `use_topic_exchange`, if the test made one.
-        let exchange = format!("t.{}.x", self.id);
-        let _ = ch
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
-    }
 }
 
 /// A connection to `url` and a channel on it in confirm mode (publishes wait for the broker).
@@ -509,4 +556,222 @@ pub fn body_of(record: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(record["body_b64"].as_str().expect("body_b64"))
         .unwrap()
+}
+
+/// How long the helpers below wait for the agent by default.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Parses `text`, lets `edit` change it as a table, renders it again.
+pub fn edit_toml(text: &str, edit: impl FnOnce(&mut toml::Table)) -> String {
+    let mut doc: toml::Table = text.parse().expect("test TOML parses");
+    edit(&mut doc);
+    toml::to_string(&doc).expect("test TOML renders")
+}
+
+/// Sets the dotted `path` in `doc`, creating the tables on the way.
+pub fn set_key(doc: &mut toml::Table, path: &str, value: impl Into<toml::Value>) {
+    let (parents, key) = path
+        .rsplit_once('.')
+        .map_or((None, path), |(p, k)| (Some(p), k));
+    let mut table = doc;
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        table = table
+            .entry(part)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("`{part}` of `{path}` is not a table"));
+    }
+    table.insert(key.to_owned(), value.into());
+}
+
+/// Removes the dotted `path` from `doc` (nothing if it is not there).
+pub fn remove_key(doc: &mut toml::Table, path: &str) {
+    let (parents, key) = path
+        .rsplit_once('.')
+        .map_or((None, path), |(p, k)| (Some(p), k));
+    let mut table = doc;
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        match table.get_mut(part).and_then(toml::Value::as_table_mut) {
+            Some(t) => table = t,
+            None => return,
+        }
+    }
+    table.remove(key);
+}
+
+/// A test's broker objects, deleted when it is dropped: at the end of the test, or while a
+/// failed one unwinds. Queue names come from the configs the test rendered: each subject's
+/// queue, its dead-letter queue, and every delay queue the agent could declare for it (the
+/// scheduled delays and the `Retry-After` buckets, see `RetryPolicy::retry_after_bucket`).
+#[derive(Default)]
+pub struct Cleanup {
+    queues: Mutex<BTreeSet<String>>,
+    exchanges: Mutex<BTreeSet<String>>,
+}
+
+impl Cleanup {
+    /// Registers the queues of the config `text`.
+    pub fn config(&self, text: &str) {
+        let mut names = Vec::new();
+        if let Ok(config) = Config::from_toml(text, Path::new("test.toml"), |_| None) {
+            let retry = &config.retry;
+            let mut delays: BTreeSet<Duration> = retry.delays.iter().copied().collect();
+            let mut power = Duration::from_secs(1);
+            while power < retry.max_retry_after {
+                delays.insert(power);
+                power *= 2;
+            }
+            delays.insert(retry.max_retry_after);
+            for subject in config.subjects.values() {
+                names.push(subject.queue.clone());
+                names.push(amqp_agent::broker::dead_queue_name(&subject.queue));
+                for delay in &delays {
+                    names.push(amqp_agent::broker::delay_queue_name(&subject.queue, *delay));
+                }
+            }
+        } else if let Ok(doc) = text.parse::<toml::Table>() {
+            // A config the test made invalid on purpose: its subjects' queues still count.
+            let subjects = doc.get("subjects").and_then(toml::Value::as_table);
+            for subject in subjects.into_iter().flat_map(|s| s.values()) {
+                if let Some(queue) = subject.get("queue").and_then(toml::Value::as_str) {
+                    names.push(queue.to_owned());
+                    names.push(amqp_agent::broker::dead_queue_name(queue));
+                }
+            }
+        }
+        self.queues.lock().unwrap().extend(names);
+    }
+
+    /// Registers an exchange.
+    pub fn exchange(&self, name: &str) {
+        self.exchanges.lock().unwrap().insert(name.to_owned());
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()));
+        let exchanges =
+            std::mem::take(&mut *self.exchanges.lock().unwrap_or_else(|e| e.into_inner()));
+        // Drop may run inside the test's runtime (which must not block on itself) or while it
+        // unwinds: a thread of its own with a runtime of its own.
+        let deleter = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let connect = Connection::connect(AMQP_URL, ConnectionProperties::default());
+                let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(10), connect).await
+                else {
+                    return; // No broker (a test stopped it): nothing to delete on.
+                };
+                let mut channel = None;
+                for name in &queues {
+                    if channel.is_none() {
+                        channel = conn.create_channel().await.ok();
+                    }
+                    let Some(ch) = &channel else { break };
+                    // Deleting a queue that does not exist is fine; any error closes the
+                    // channel, so the next name opens a new one.
+                    if ch
+                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                        .await
+                        .is_err()
+                    {
+                        channel = None;
+                    }
+                }
+                if let Ok(ch) = conn.create_channel().await {
+                    for name in &exchanges {
+                        let _ = ch
+                            .exchange_delete(name.as_str().into(), Default::default())
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "test cleanup".into()).await;
+            });
+        });
+        let _ = deleter.join();
+    }
+}
+
+/// `/status` of the agent whose admin API listens on `port`, `None` while it does not answer.
+pub async fn status(port: u16) -> Option<Value> {
+    match procs::http(port, "GET", "/status", None).await {
+        Some((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+/// Waits until `/status` on `port` satisfies `cond`; returns the document that did.
+pub async fn wait_status(
+    port: u16,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let doc = status(port).await;
+        if let Some(doc) = doc.filter(|d| cond(d)) {
+            return doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what} in /status (last: {})",
+            status(port).await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `/readyz` on `port` answers 200.
+pub async fn wait_ready(port: u16, timeout: Duration) {
+    eventually(timeout, "/readyz to answer 200", || async {
+        matches!(
+            procs::http(port, "GET", "/readyz", None).await,
+            Some((200, _))
+        )
+    })
+    .await;
+}
+
+/// `/metrics` on `port`, `None` while it does not answer.
+pub async fn metrics(port: u16) -> Option<String> {
+    match procs::http(port, "GET", "/metrics", None).await {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// The sum of the samples of metric `name` (e.g. `amqp_agent_fpm_responses_total`) whose labels
+/// include every `labels` pair.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Every subject of a `/status` document satisfies `cond`.
+pub fn all_subjects(doc: &Value, cond: impl Fn(&Value) -> bool) -> bool {
+    doc["subjects"]
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.values().all(cond))
+}
+
+/// Some subject of a `/status` document satisfies `cond`.
+pub fn any_subject(doc: &Value, cond: impl Fn(&Value) -> bool) -> bool {
+    doc["subjects"]
+        .as_object()
+        .is_some_and(|s| s.values().any(cond))
 }

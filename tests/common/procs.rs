@@ -53,16 +53,6 @@ impl AgentProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the log has `n` lines containing `needle`.
-    pub async fn wait_log(&self, needle: &str, n: usize, timeout: Duration) {
-        super::eventually(
-            timeout,
-            &format!("{n}× `{needle}` in the agent log"),
-            || async { self.log_text().matches(needle).count() >= n },
-        )
-        .await;
-    }
-
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.child.id() as i32, sig);
