@@ -57,8 +57,11 @@ pub struct Status {
     pub ready: bool,
     /// Per subject.
     pub subjects: BTreeMap<String, SubjectStatus>,
-    /// FPM's status page as last read (`state` says whether it could be).
+    /// FPM's status page as last read (`state` says whether it could be); with several
+    /// upstreams, the first one's.
     pub fpm: crate::fpm_status::StatusState,
+    /// Every FPM upstream (`fpm.address`): breaker, requests in flight, capacity, status page.
+    pub upstreams: Vec<crate::upstreams::UpstreamStatus>,
 }
 
 /// One subject in `/status`.
@@ -330,7 +333,17 @@ impl AgentHandle {
             ready: self.not_ready().is_empty(),
             subjects,
             fpm: self.inner.metrics.fpm.snapshot().shown,
+            upstreams: self.upstreams(),
         }
+    }
+
+    fn upstreams(&self) -> Vec<crate::upstreams::UpstreamStatus> {
+        let monitor = &self.inner.metrics.fpm;
+        let reads: Vec<_> = monitor.snapshots().into_iter().map(|s| s.shown).collect();
+        monitor
+            .upstreams()
+            .map(|u| u.status(&reads))
+            .unwrap_or_default()
     }
 
     fn spawn_sizer(&self) {

@@ -214,8 +214,9 @@ pub struct AmqpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FpmConfig {
-    /// `host:port` for TCP, or `unix:/path/to.sock`.
-    pub address: String,
+    /// `host:port` for TCP, or `unix:/path/to.sock`; or a list of them (several upstreams:
+    /// workers are spread over the healthy ones, docs/fpm-capacity.md).
+    pub address: AddressList,
     /// Absolute path of the PHP front controller, as FPM sees it.
     pub script_filename: String,
     /// `REQUEST_URI` sent to PHP; `{subject}` is replaced by the subject name.
@@ -252,6 +253,14 @@ pub struct FpmConfig {
     /// `ondemand`); with `pm = static` it is read from the status page.
     #[serde(default)]
     pub max_children: Option<u32>,
+    /// How long an FPM connection no request uses stays open ("0s": closed after every
+    /// request). php-fpm pins a child to an open connection, so an idle one starves others.
+    #[serde(default = "default_keep_alive_idle", deserialize_with = "duration")]
+    pub keep_alive_idle: Duration,
+    /// Longest time an FPM connection is kept across requests; it is then closed after its
+    /// request, so that the child serves the connections waiting in FPM's backlog in turn.
+    #[serde(default = "default_keep_alive_max", deserialize_with = "duration")]
+    pub keep_alive_max: Duration,
 }
 
 /// `[retry]`
@@ -444,6 +453,12 @@ fn default_server_name() -> String {
 fn default_fpm_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_keep_alive_idle() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_keep_alive_max() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_status_interval() -> Duration {
     Duration::from_secs(2)
 }
@@ -588,6 +603,34 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
             })
         })
         .collect()
+}
+
+/// `fpm.address`: one address (a string) or several (a list), as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(a)) => Ok(Self(vec![a])),
+            Ok(OneOrMany::Many(list)) => Ok(Self(list)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected an address (\"host:port\" or \"unix:/path\") or a list of them",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AddressList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
 }
 
 /// Where PHP-FPM listens.
@@ -749,7 +792,18 @@ impl Config {
         if self.amqp.prefetch_per_worker == 0 {
             return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
         }
-        FpmAddress::parse(&self.fpm.address).map_err(|m| invalid("fpm.address", m))?;
+        if self.fpm.address.0.is_empty() {
+            return Err(invalid("fpm.address", "needs at least one address"));
+        }
+        for (i, address) in self.fpm.address.0.iter().enumerate() {
+            FpmAddress::parse(address).map_err(|m| invalid("fpm.address", m))?;
+            if self.fpm.address.0[..i].contains(address) {
+                return Err(invalid(
+                    "fpm.address",
+                    format!("`{address}` is listed twice"),
+                ));
+            }
+        }
         if !self.fpm.script_filename.starts_with('/') {
             return Err(invalid("fpm.script_filename", "must be an absolute path"));
         }
@@ -1020,10 +1074,15 @@ impl Config {
         self.amqp_urls().first().copied().unwrap_or_default()
     }
 
-    /// The parsed FPM address (validated).
+    /// The parsed FPM addresses (validated): one per upstream, in the order written.
     #[must_use]
-    pub fn fpm_address(&self) -> FpmAddress {
-        FpmAddress::parse(&self.fpm.address).expect("validated at load")
+    pub fn fpm_addresses(&self) -> Vec<FpmAddress> {
+        self.fpm
+            .address
+            .0
+            .iter()
+            .map(|a| FpmAddress::parse(a).expect("validated at load"))
+            .collect()
     }
 
     /// True when `other` differs from `self` only in pool sizes, admin or telemetry settings —
@@ -1059,6 +1118,13 @@ impl Config {
         if self.fpm.timeout >= Duration::from_secs(30 * 60) {
             out.push(
                 "fpm.timeout is not below RabbitMQ's default consumer_timeout (30m)".to_owned(),
+            );
+        }
+        if self.fpm.status_path.is_none() && self.fpm.max_children.is_none() {
+            out.push(
+                "neither fpm.status_path nor fpm.max_children is set: requests in flight are not \
+                 capped at FPM's pm.max_children, so keep the pools' sum over all agents at or below it"
+                    .to_owned(),
             );
         }
         if !self.fpm.require_ack_header {

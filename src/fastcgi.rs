@@ -1,4 +1,5 @@
-//! The FastCGI side: one keep-alive connection to PHP-FPM per worker.
+//! The FastCGI side: one keep-alive connection to PHP-FPM per client (the clients are leased
+//! per request by `crate::upstreams`).
 //!
 //! Invariant: this is the only module that knows FastCGI. Every request is bounded by a timeout
 //! and by a reply-size cap, and a connection that saw any error or timeout is dropped, never
@@ -95,11 +96,18 @@ pub struct FpmClient {
     /// Bytes of stdout kept in [`Reply::stdout`].
     keep_stdout: usize,
     conn: Option<Connection>,
+    /// Reply bytes read on any connection of this client: a request that read none at its
+    /// deadline may still wait in FPM's listen backlog (see [`FpmClient::request_patient`]).
+    received: Arc<AtomicU64>,
+    /// A request started and did not finish: its future was dropped midway (a worker killed),
+    /// so the connection may hold half a request or reply and must not be reused.
+    in_request: bool,
 }
 
 struct Connection {
     client: Client<TokioCompat<Watched>, KeepAlive>,
     ends: Arc<AtomicU64>,
+    opened: Instant,
 }
 
 impl FpmClient {
@@ -112,29 +120,53 @@ impl FpmClient {
             max_response,
             keep_stdout: KEEP_STDOUT,
             conn: None,
+            received: Arc::default(),
+            in_request: false,
         }
-    }
-
-    /// A client that keeps the whole stdout (up to `max_response`): for FPM's status page,
-    /// which is read in full.
-    #[must_use]
-    pub fn keeping_all(mut self) -> Self {
-        self.keep_stdout = self.max_response;
-        self
     }
 
     /// Closes the kept-alive connection, if any. php-fpm pins a child to a connection until the
     /// client closes it, so a connection used now and then must not stay open.
     pub fn close(&mut self) {
         self.conn = None;
+        self.in_request = false;
+    }
+
+    /// True while a kept-alive connection is open (and so pins an FPM child), younger than
+    /// `max_age` and fit for the next request; one whose request was abandoned midway, or older,
+    /// is closed here.
+    pub fn reusable(&mut self, max_age: Duration) -> bool {
+        if self.in_request
+            || self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.opened.elapsed() >= max_age)
+        {
+            self.close();
+        }
+        self.conn.is_some()
     }
 
     /// Reads FPM's status page (the pool's `pm.status_path`) as JSON with the per-process list
-    /// (`?json&full`). The reply is FPM's (CGI head and JSON body); the caller parses it.
+    /// (`?json&full`), within `timeout` and `max_bytes` (kept whole) instead of the client's own
+    /// bounds. The reply is FPM's (CGI head and JSON body); the caller parses it.
     ///
     /// # Errors
     /// [`FpmError`], as [`FpmClient::request`].
-    pub async fn status_page(&mut self, path: &str) -> Result<Reply, FpmError> {
+    pub async fn status_page(
+        &mut self,
+        path: &str,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Reply, FpmError> {
+        let saved = (self.timeout, self.max_response, self.keep_stdout);
+        (self.timeout, self.max_response, self.keep_stdout) = (timeout, max_bytes, max_bytes);
+        let reply = self.status_request(path).await;
+        (self.timeout, self.max_response, self.keep_stdout) = saved;
+        reply
+    }
+
+    async fn status_request(&mut self, path: &str) -> Result<Reply, FpmError> {
         const QUERY: &str = "json&full";
         let params = [
             ("GATEWAY_INTERFACE", "FastCGI/1.0".into()),
@@ -159,12 +191,15 @@ impl FpmClient {
         stream: impl AsyncRead + AsyncWrite + Send + 'static,
     ) -> Self {
         let ends = Arc::new(AtomicU64::new(0));
-        let watched = Watched::new(Box::pin(buffered(stream)), ends.clone());
+        let received = Arc::new(AtomicU64::new(0));
+        let watched = Watched::new(Box::pin(buffered(stream)), ends.clone(), received.clone());
         Self {
             conn: Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
                 ends,
+                opened: Instant::now(),
             }),
+            received,
             ..Self::new(address, timeout, max_response)
         }
     }
@@ -187,34 +222,77 @@ impl FpmClient {
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
     ) -> Result<Reply, FpmError> {
-        self.request_streaming(params, body, &mut |_| Ok(())).await
+        self.request_patient(params, body, &|| false).await
     }
 
-    /// [`Self::request`], handing each stdout chunk to `on_stdout` as it arrives (a batch's
-    /// outcome lines). An `Err` from `on_stdout` abandons the request: the connection is dropped
-    /// and the error is [`FpmError::Protocol`]. The timeout covers the whole request.
+    /// [`FpmClient::request`], except that a request which has read no reply byte at its
+    /// deadline, while `queued()` says FPM's listen backlog is not empty, gets one more
+    /// `timeout`: it most likely waits for a child and has not run, and giving up would have it
+    /// retried and then run twice.
     ///
     /// # Errors
-    /// [`FpmError`]; the connection is dropped in every error case.
+    /// As [`FpmClient::request`].
+    pub async fn request_patient(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        queued: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Reply, FpmError> {
+        self.request_streaming(params, body, queued, &mut |_| Ok(()))
+            .await
+    }
+
+    /// [`FpmClient::request_patient`], handing each stdout record to `on_stdout` as it arrives
+    /// (a batch's outcome lines). An `Err` from `on_stdout` abandons the request: the
+    /// connection is dropped and the error is [`FpmError::Protocol`]. The timeout covers the
+    /// whole request.
+    ///
+    /// # Errors
+    /// As [`FpmClient::request`].
     pub async fn request_streaming(
         &mut self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
+        queued: &(dyn Fn() -> bool + Sync),
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, FpmError> {
-        let deadline = Instant::now() + self.timeout;
-        let result =
-            tokio::time::timeout_at(deadline.into(), self.request_inner(params, body, on_stdout))
-                .await;
+        self.in_request = true;
+        let received = self.received.clone();
+        let before = received.load(Ordering::Acquire);
+        let timeout = self.timeout;
+        let mut deadline = Instant::now() + timeout;
+        let mut extended = false;
+        let result = {
+            let request = self.request_inner(params, body, on_stdout);
+            tokio::pin!(request);
+            loop {
+                match tokio::time::timeout_at(deadline.into(), &mut request).await {
+                    Ok(result) => break Some(result),
+                    Err(_)
+                        if !extended && received.load(Ordering::Acquire) == before && queued() =>
+                    {
+                        tracing::info!(
+                            timeout = ?timeout,
+                            "No reply byte at fpm.timeout while FPM's listen queue is not empty: \
+                             the request likely waits for a child; waiting once more instead of retrying it"
+                        );
+                        extended = true;
+                        deadline += timeout;
+                    }
+                    Err(_) => break None,
+                }
+            }
+        };
+        self.in_request = false;
         match result {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(e)) => {
                 self.conn = None;
                 Err(e)
             }
-            Err(_) => {
+            None => {
                 self.conn = None;
-                Err(FpmError::Timeout(self.timeout))
+                Err(FpmError::Timeout(timeout))
             }
         }
     }
@@ -253,10 +331,11 @@ impl FpmClient {
                 replied: false,
             })?;
             let ends = Arc::new(AtomicU64::new(0));
-            let watched = Watched::new(stream, ends.clone());
+            let watched = Watched::new(stream, ends.clone(), self.received.clone());
             self.conn = Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
                 ends,
+                opened: Instant::now(),
             });
         }
         let conn = self.conn.as_mut().expect("connected above");
@@ -377,6 +456,8 @@ pub async fn probe(address: &FpmAddress, timeout: Duration) -> Result<(), FpmErr
 struct Watched {
     inner: Stream,
     ends: Arc<AtomicU64>,
+    /// Bytes read, shared with the client.
+    received: Arc<AtomicU64>,
     header: [u8; 8],
     header_len: usize,
     remaining: usize,
@@ -384,10 +465,11 @@ struct Watched {
 }
 
 impl Watched {
-    fn new(inner: Stream, ends: Arc<AtomicU64>) -> Self {
+    fn new(inner: Stream, ends: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
         Self {
             inner,
             ends,
+            received,
             header: [0; 8],
             header_len: 0,
             remaining: 0,
@@ -436,6 +518,8 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let poll = this.inner.as_mut().poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
+            let read = buf.filled().len() - before;
+            this.received.fetch_add(read as u64, Ordering::Release);
             this.observe(&buf.filled()[before..]);
         }
         poll
@@ -473,7 +557,10 @@ mod tests {
     fn watcher() -> (Watched, Arc<AtomicU64>) {
         let ends = Arc::new(AtomicU64::new(0));
         let (a, _b) = tokio::io::duplex(8);
-        (Watched::new(Box::pin(a), ends.clone()), ends)
+        (
+            Watched::new(Box::pin(a), ends.clone(), Arc::default()),
+            ends,
+        )
     }
 
     #[tokio::test]
@@ -513,6 +600,43 @@ mod tests {
         }
     }
 
+    /// A fake FPM that sends a complete reply after `delay`, on an open connection.
+    fn late_reply(delay: Duration) -> FpmClient {
+        use tokio::io::AsyncWriteExt as _;
+        let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut reply = record(6, b"Status: 200\r\n\r\nok", 0);
+            reply.extend(record(3, &[0; 8], 0));
+            let _ = fpm_side.write_all(&reply).await;
+            // Keep the connection open until the client is done.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+        FpmClient::with_stream(address, Duration::from_millis(300), 1 << 20, agent_side)
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_reply_byte_waits_once_more_only_while_fpm_has_a_backlog() {
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        let in_backlog = || true;
+        let no_backlog = || false;
+        let mut client = late_reply(Duration::from_millis(450));
+        let reply = client.request_patient(&params, b"{}", &in_backlog).await;
+        assert!(reply.is_ok(), "{reply:?}");
+        // Without a backlog; and with one, only once: past twice the timeout it times out too.
+        let cases: [(u64, &(dyn Fn() -> bool + Sync)); 2] =
+            [(450, &no_backlog), (900, &in_backlog)];
+        for (delay, queued) in cases {
+            let mut client = late_reply(Duration::from_millis(delay));
+            let error = client
+                .request_patient(&params, b"{}", queued)
+                .await
+                .unwrap_err();
+            assert_eq!(error.reason(), "timeout", "reply after {delay} ms");
+        }
+    }
+
     /// A batch's outcome lines reach the callback record by record, before the reply ends; an
     /// error from the callback abandons the request as a protocol error.
     #[tokio::test]
@@ -531,7 +655,7 @@ mod tests {
         let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         let reply = client
-            .request_streaming(&params, b"", &mut |c| {
+            .request_streaming(&params, b"", &|| false, &mut |c| {
                 chunks.push(c.to_vec());
                 Ok(())
             })
@@ -553,7 +677,9 @@ mod tests {
         let mut client =
             FpmClient::with_stream(address, Duration::from_secs(5), 1 << 20, agent_side);
         let error = client
-            .request_streaming(&params, b"", &mut |_| Err("duplicate outcome".to_owned()))
+            .request_streaming(&params, b"", &|| false, &mut |_| {
+                Err("duplicate outcome".to_owned())
+            })
             .await
             .unwrap_err();
         assert_eq!(error.reason(), "fpm_protocol_error");

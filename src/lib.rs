@@ -42,3 +42,4 @@ pub mod signals;
 pub mod signature;
 pub mod sizer;
 pub mod telemetry;
+pub mod upstreams;

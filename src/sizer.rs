@@ -74,6 +74,52 @@ fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     }
 }
 
+/// FPM's capacity: the sum over the upstreams that are up and whose status page was read.
+///
+/// No child is kept free for the status page any more: the status read takes a lease of its
+/// upstream's connection pool like a message (it may reuse a connection already open to a
+/// child), and connections are released when unused, so it never waits behind children held
+/// by idle keep-alive connections.
+fn capacity(agent: &AgentHandle, config: &crate::config::Config) -> Option<Capacity> {
+    let path = config.fpm.status_path.as_deref()?;
+    let monitor = agent.metrics().fpm.clone();
+    let upstreams = monitor.upstreams()?;
+    let reads = monitor.snapshots();
+    let healthy = upstreams
+        .list()
+        .iter()
+        .zip(&reads)
+        .filter(|(u, _)| u.health().up())
+        .filter_map(|(_, read)| read.status.as_deref());
+    total_capacity(healthy, path, config.fpm.max_children)
+}
+
+/// The sum of the capacities of the status pages given (those of the upstreams that are up);
+/// `None` when none of them tells its `max_children`.
+fn total_capacity<'a>(
+    statuses: impl Iterator<Item = &'a crate::fpm_status::FpmStatus>,
+    path: &str,
+    configured: Option<u32>,
+) -> Option<Capacity> {
+    let mut total: Option<Capacity> = None;
+    for status in statuses {
+        let Some(max) = status.max_children(configured) else {
+            continue;
+        };
+        let sum = total.get_or_insert(Capacity {
+            max_children: 0,
+            idle: 0,
+        });
+        sum.max_children = sum
+            .max_children
+            .saturating_add(u32::try_from(max).unwrap_or(u32::MAX));
+        sum.idle = sum
+            .idle
+            .saturating_add(u32::try_from(status.idle(path)).unwrap_or(u32::MAX));
+    }
+    total
+}
+
 fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     let config = agent.config();
     if config
@@ -83,18 +129,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
     {
         return;
     }
-    let snapshot = agent.metrics().fpm.snapshot();
-    let capacity = snapshot.status.as_ref().and_then(|status| {
-        let path = config.fpm.status_path.as_deref()?;
-        let max = status.max_children(config.fpm.max_children)?;
-        // One child stays free for the status page itself: when every child is pinned by a
-        // worker's keep-alive connection, the status request waits in FPM's backlog and times
-        // out, and the autoscaler would be blind (seen in tests/fpm_capacity.rs).
-        Some(Capacity {
-            max_children: u32::try_from(max.saturating_sub(1).max(1)).unwrap_or(u32::MAX),
-            idle: u32::try_from(status.idle(path)).unwrap_or(u32::MAX),
-        })
-    });
+    let capacity = capacity(agent, &config);
     let now = Instant::now();
     let pins = agent.pins();
     let mut names = Vec::new();
@@ -144,5 +179,39 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             "Autoscale: pool resized"
         );
         agent.resize(name, target.size as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fpm_status::FpmStatus;
+
+    #[test]
+    fn capacity_is_summed_over_the_upstreams_given() {
+        let parse = |text: &str| serde_json::from_str::<FpmStatus>(text).unwrap();
+        let idle = parse(include_str!("fpm_status/testdata/idle.json"));
+        let saturated = parse(include_str!("fpm_status/testdata/saturated.json"));
+        let one = total_capacity([&idle].into_iter(), "/fpm-status", None).unwrap();
+        let both = total_capacity([&idle, &saturated].into_iter(), "/fpm-status", None).unwrap();
+        assert_eq!(one.max_children, 3);
+        assert_eq!(both.max_children, 6);
+        assert!(
+            both.idle > one.idle,
+            "the saturated pool's status child counts as idle"
+        );
+        assert_eq!(
+            total_capacity(std::iter::empty(), "/fpm-status", None),
+            None
+        );
+        // A dynamic pool tells no max_children: it counts only with fpm.max_children.
+        let mut dynamic = idle.clone();
+        dynamic.process_manager = "dynamic".to_owned();
+        assert_eq!(
+            total_capacity([&dynamic].into_iter(), "/fpm-status", None),
+            None
+        );
+        let known = total_capacity([&dynamic, &saturated].into_iter(), "/fpm-status", Some(5));
+        assert_eq!(known.map(|c| c.max_children), Some(10));
     }
 }

@@ -194,7 +194,6 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
     let mut reader = Reader::new(sent.iter().copied(), runtime.config.fpm.require_ack_header);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Verdict)>();
     let started = Instant::now();
-    let fpm = &mut state.fpm;
     let running = runtime.metrics.fpm.running(
         &runtime.name,
         &format!(
@@ -211,9 +210,12 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
                 })
                 .map_err(|e| e.to_string())
         };
-        let result = fpm.request_streaming(&params, &body, &mut on_stdout).await;
+        let sent = runtime
+            .upstreams
+            .request_streaming(&params, &body, |i| running.set_upstream(i), &mut on_stdout)
+            .await;
         drop(tx);
-        result
+        sent.result
     }
     .instrument(fcgi_span.clone());
     let settle_streamed = async {

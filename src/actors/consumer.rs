@@ -462,7 +462,7 @@ async fn open_circuit(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "FPM unreachable; pausing consumption until it answers");
+    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "No FPM upstream reachable; pausing consumption until one answers");
     state.circuit = Some(PROBE_FIRST);
     myself.send_after(PROBE_FIRST, || ConsumerMsg::Probe);
     sync_consuming(myself, state).await
@@ -476,17 +476,13 @@ async fn probe(
     let Some(delay) = state.circuit else {
         return Ok(());
     };
-    let config = &state.runtime.config;
-    if crate::fastcgi::probe(&config.fpm_address(), config.fpm.timeout)
-        .await
-        .is_err()
-    {
+    if !state.runtime.upstreams.probe(true).await {
         let next = (delay * 2).min(PROBE_MAX);
         state.circuit = Some(next);
         myself.send_after(next, || ConsumerMsg::Probe);
         return Ok(());
     }
-    info!(subject = %state.runtime.name, "FPM answers again; resuming consumption");
+    info!(subject = %state.runtime.name, "An FPM upstream answers again; resuming consumption");
     state.circuit = None;
     sync_consuming(myself, state).await
 }

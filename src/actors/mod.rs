@@ -3,7 +3,8 @@
 //! ```text
 //! Root supervisor ── restarts consumers with backoff, escalates past the restart intensity
 //!   └─ Consumer (one per subject) ── owns the AMQP connection, dispatches deliveries
-//!        └─ FpmWorker × pool_size ── one message at a time over its own FastCGI connection
+//!        └─ FpmWorker × pool_size ── one message at a time, on a FastCGI connection leased
+//!                                    per request from the agent's pool (`crate::upstreams`)
 //! ```
 //!
 //! Each actor file follows ractor's example layout: the actor (unit struct), its `State`, its
@@ -44,6 +45,8 @@ pub struct SubjectRuntime {
     pub untrusted_state_log: crate::telemetry::log_limit::LogEvery,
     /// Crash-loop protection: the agent's in-flight journal (shared by every subject).
     pub crashes: Arc<crate::poison::journal::Tracker>,
+    /// The FPM upstreams and their connection pools (shared by every subject of the agent).
+    pub upstreams: Arc<crate::upstreams::Upstreams>,
 }
 
 impl SubjectRuntime {
@@ -64,6 +67,7 @@ impl SubjectRuntime {
                 max_retry_after: config.retry.max_retry_after,
                 extra_queues: config.amqp.declare,
             },
+            upstreams: metrics.fpm.upstreams_for(&config),
             config,
             stats,
             hot: metrics.for_subject(subject),

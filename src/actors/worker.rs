@@ -1,4 +1,5 @@
-//! FPM worker: handles one delivery at a time over its own keep-alive FastCGI connection.
+//! FPM worker: handles one delivery at a time, on a FastCGI connection leased per request from
+//! the agent's pool (`crate::upstreams`).
 //!
 //! Invariant: a delivery is acked only after FPM answered with success, or after its retry or
 //! dead-letter copy was confirmed by the broker. Every other path leaves it unacked or nacks it
@@ -20,7 +21,7 @@ use super::consumer::ConsumerMsg;
 use super::stats::SubjectStats;
 use crate::broker::Publisher;
 use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
-use crate::fastcgi::{FpmClient, Reply};
+use crate::fastcgi::Reply;
 use crate::outcome::{self, Decision, Verdict};
 use crate::printable::printable;
 use crate::provenance::{self, Binding};
@@ -32,10 +33,10 @@ pub(super) const EXCERPT: usize = 1024;
 /// The worker actor.
 pub struct FpmWorker;
 
-/// A worker's state: its FastCGI connection.
+/// A worker's state. Its FastCGI connection is leased per request from the agent's pool
+/// (`upstreams`), so a worker with nothing to do holds no FPM child.
 pub struct WorkerState {
     pub(super) runtime: Arc<SubjectRuntime>,
-    pub(super) fpm: FpmClient,
     consumer: ActorRef<ConsumerMsg>,
 }
 
@@ -75,15 +76,8 @@ impl Actor for FpmWorker {
         _myself: ActorRef<Self::Msg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
-        let config = &args.runtime.config;
-        let fpm = FpmClient::new(
-            config.fpm_address(),
-            config.fpm.timeout,
-            config.limits.max_response_bytes,
-        );
         Ok(WorkerState {
             runtime: args.runtime,
-            fpm,
             consumer: args.consumer,
         })
     }
@@ -186,8 +180,8 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
                     (verdict, false)
                 }
                 Ok(params) => {
-                    let _running = runtime.metrics.fpm.running(&runtime.name, &message_id);
-                    attempt_fpm(&runtime, &mut state.fpm, &params, &delivery.data)
+                    let running = runtime.metrics.fpm.running(&runtime.name, &message_id);
+                    attempt_fpm(&runtime, &running, &params, &delivery.data)
                         .instrument(fcgi_span)
                         .await
                 }
@@ -366,13 +360,17 @@ pub(super) fn admitted<'a>(
 /// One FastCGI request, timed and classified; records status and size on the current span.
 async fn attempt_fpm(
     runtime: &SubjectRuntime,
-    fpm: &mut FpmClient,
+    running: &crate::fpm_status::monitor::RunningGuard<'_>,
     params: &[(&'static str, Cow<'_, str>)],
     body: &[u8],
 ) -> (Verdict, bool) {
     let span = tracing::Span::current();
     let started = Instant::now();
-    let result = fpm.request(params, body).await;
+    let sent = runtime
+        .upstreams
+        .request(params, body, |i| running.set_upstream(i))
+        .await;
+    let result = sent.result;
     let elapsed = started.elapsed();
     let require_ack = runtime.config.fpm.require_ack_header;
     let (verdict, unreached, status) = match result {

@@ -181,8 +181,43 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
             s["node"].as_str().unwrap_or("-"),
         );
     }
-    print_fpm(&doc["fpm"]);
+    match doc["upstreams"].as_array() {
+        Some(list) if !list.is_empty() => {
+            for upstream in list {
+                print_upstream(upstream);
+                print_fpm(&upstream["fpm"]);
+            }
+        }
+        _ => print_fpm(&doc["fpm"]),
+    }
     Ok(code)
+}
+
+/// One FPM upstream of `/status`: breaker, requests in flight over capacity, contention.
+fn print_upstream(u: &serde_json::Value) {
+    let n = |k: &str| {
+        u[k].as_u64()
+            .map_or_else(|| "?".to_owned(), |v| v.to_string())
+    };
+    let capacity = u["capacity"]
+        .as_u64()
+        .map_or_else(|| "unknown".to_owned(), |v| v.to_string());
+    println!(
+        "Upstream {}  {}  in flight {}/{capacity}  waiting {}  idle connections {}  requests {}  refused {}  backlog waits {}{}",
+        u["address"].as_str().unwrap_or("?"),
+        u["health"].as_str().unwrap_or("?"),
+        n("in_flight"),
+        n("waiting"),
+        n("idle_connections"),
+        n("requests"),
+        n("refused"),
+        n("backlog_waits"),
+        if u["contended"].as_bool() == Some(true) {
+            "  contended (connections close after each request)"
+        } else {
+            ""
+        },
+    );
 }
 
 /// The `fpm` part of `/status`: the status page's figures and busy children, or why it is unread.

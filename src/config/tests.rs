@@ -335,3 +335,55 @@ fn batches_are_off_by_default_and_bounded() {
     let e = error_of(&format!("{MINIMAL}[limits]\nmax_batch_bytes = 0\n"));
     assert!(e.contains("limits.max_batch_bytes"), "{e}");
 }
+
+#[test]
+fn fpm_address_is_one_string_or_a_list_of_distinct_addresses() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.fpm.address.0, ["127.0.0.1:9000"]);
+    assert_eq!(c.fpm.keep_alive_idle, Duration::from_millis(100));
+    assert_eq!(c.fpm.keep_alive_max, Duration::from_secs(1));
+    let list = MINIMAL.replace(
+        "address = \"127.0.0.1:9000\"",
+        "address = [\"10.0.0.1:9000\", \"unix:/run/php/fpm.sock\"]\nkeep_alive_idle = \"0s\"",
+    );
+    let c = parse(&list).unwrap();
+    assert_eq!(
+        c.fpm_addresses(),
+        [
+            FpmAddress::Tcp("10.0.0.1:9000".into()),
+            FpmAddress::Unix("/run/php/fpm.sock".into())
+        ]
+    );
+    assert_eq!(
+        c.fpm.address.to_string(),
+        "10.0.0.1:9000, unix:/run/php/fpm.sock"
+    );
+    assert_eq!(c.fpm.keep_alive_idle, Duration::ZERO);
+    for (address, why) in [
+        ("[]", "at least one"),
+        ("[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]", "twice"),
+        ("[\"127.0.0.1:9000\", \"nowhere\"]", "neither"),
+        ("42", "list of them"),
+    ] {
+        let text = MINIMAL.replace("\"127.0.0.1:9000\"", address);
+        let error = error_of(&text);
+        assert!(
+            error.contains("fpm.address") && error.contains(why),
+            "{address}: {error}"
+        );
+    }
+}
+
+#[test]
+fn no_known_fpm_capacity_is_a_warning() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.warnings().iter().any(|w| w.contains("pm.max_children")));
+    let known = MINIMAL.replace("[subjects.event]", "max_children = 8\n[subjects.event]");
+    assert!(
+        !parse(&known)
+            .unwrap()
+            .warnings()
+            .iter()
+            .any(|w| w.contains("pm.max_children"))
+    );
+}

@@ -2,8 +2,9 @@
 //! connection of its own, the gauges it feeds, and the watch that logs each request running
 //! past `fpm.slow_after` once, naming the FPM child that runs it.
 //!
-//! Invariant: reading the status page never blocks or fails a message; its connection is closed
-//! after every read (php-fpm pins a child to an open connection).
+//! Invariant: reading the status page never blocks or fails a message. The read takes a lease
+//! of its upstream's connection pool like a message does (`upstreams`), so it counts against
+//! FPM's capacity and its connection is closed like theirs once unused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -20,8 +21,8 @@ use tracing::{info, warn};
 
 use super::{FpmProcess, FpmStatus, StatusError, StatusState};
 use crate::config::Config;
-use crate::fastcgi::FpmClient;
 use crate::telemetry::metrics::SubjectLabel;
+use crate::upstreams::{Upstream, UpstreamMetrics, Upstreams};
 
 /// Largest status page read: `full` costs ~330 bytes per child.
 const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;
@@ -52,17 +53,28 @@ struct Running {
     message_id: String,
     started: Instant,
     reported: bool,
+    /// Index of the upstream it went to (in `fpm.address`).
+    upstream: usize,
 }
 
-/// FPM's status as last read, the requests in flight, and their gauges and counters.
+/// FPM's status as last read (one [`Snapshot`] per upstream), the requests in flight, the
+/// upstreams' connection pools, and their gauges and counters.
 pub struct Monitor {
-    state: watch::Sender<Snapshot>,
+    /// One read per upstream, in `fpm.address` order.
+    state: watch::Sender<Vec<Snapshot>>,
     running: Mutex<HashMap<u64, Running>>,
     next: AtomicU64,
     /// `fpm_slow_messages{subject}`: requests that ran past `fpm.slow_after`.
     pub slow: Family<SubjectLabel, Counter>,
     up: Family<UpstreamLabel, Gauge>,
     gauges: [(&'static str, &'static str, Family<UpstreamLabel, Gauge>); 7],
+    /// The upstreams of the `[fpm]` in force (replaced when a reload changes it).
+    upstreams: Mutex<Option<Arc<Upstreams>>>,
+    upstream_up: Family<UpstreamLabel, Gauge>,
+    upstream_in_flight: Family<UpstreamLabel, Gauge>,
+    upstream_requests: Family<UpstreamLabel, Counter>,
+    upstream_refused: Family<UpstreamLabel, Counter>,
+    backlog_waits: Family<UpstreamLabel, Counter>,
 }
 
 impl Default for Monitor {
@@ -77,12 +89,13 @@ impl Monitor {
     pub fn new() -> Self {
         let g = Family::default;
         Self {
-            state: watch::Sender::new(Snapshot {
-                shown: StatusState::empty(String::new(), "not_configured"),
-                status: None,
-                read_at: None,
-                last_ok: None,
-            }),
+            state: watch::Sender::new(vec![Snapshot::empty(String::new(), "not_configured")]),
+            upstreams: Mutex::default(),
+            upstream_up: Family::default(),
+            upstream_in_flight: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_refused: Family::default(),
+            backlog_waits: Family::default(),
             running: Mutex::default(),
             next: AtomicU64::new(0),
             slow: Family::default(),
@@ -142,21 +155,80 @@ impl Monitor {
             "Requests that ran past fpm.slow_after",
             self.slow.clone(),
         );
+        registry.register(
+            "fpm_upstream_up",
+            "1 while the upstream's circuit breaker is closed (it accepts connections)",
+            self.upstream_up.clone(),
+        );
+        registry.register(
+            "fpm_upstream_in_flight",
+            "Requests and status reads in flight on the upstream (capped by its max_children)",
+            self.upstream_in_flight.clone(),
+        );
+        registry.register(
+            "fpm_upstream_requests",
+            "Requests sent to the upstream",
+            self.upstream_requests.clone(),
+        );
+        registry.register(
+            "fpm_upstream_refused",
+            "Connections the upstream refused",
+            self.upstream_refused.clone(),
+        );
+        registry.register(
+            "fpm_backlog_waits",
+            "Requests with no reply byte at fpm.timeout while FPM's listen queue was not empty, given more time instead of a retry",
+            self.backlog_waits.clone(),
+        );
     }
 
-    /// The last read of the status page; changes are announced to [`Monitor::subscribe`].
+    /// The upstreams of `config`'s `[fpm]`: the ones in use when they serve the same `[fpm]`,
+    /// else new ones (a reload that changes `[fpm]` restarts the consumers, whose workers then
+    /// take the new ones).
+    pub fn upstreams_for(&self, config: &Config) -> Arc<Upstreams> {
+        let mut current = self.upstreams.lock().expect("upstreams lock");
+        if let Some(u) = current.as_ref().filter(|u| u.serves(config)) {
+            return u.clone();
+        }
+        let upstreams = Arc::new(Upstreams::new(config, |label| UpstreamMetrics {
+            up: self.upstream_up.get_or_create(label).clone(),
+            in_flight: self.upstream_in_flight.get_or_create(label).clone(),
+            requests: self.upstream_requests.get_or_create(label).clone(),
+            refused: self.upstream_refused.get_or_create(label).clone(),
+            backlog_waits: self.backlog_waits.get_or_create(label).clone(),
+        }));
+        *current = Some(upstreams.clone());
+        upstreams
+    }
+
+    /// The upstreams in use, if any were made yet.
+    #[must_use]
+    pub fn upstreams(&self) -> Option<Arc<Upstreams>> {
+        self.upstreams.lock().expect("upstreams lock").clone()
+    }
+
+    /// The last read of the first upstream's status page; changes are announced to
+    /// [`Monitor::subscribe`].
     #[must_use]
     pub fn snapshot(&self) -> Snapshot {
-        let mut snap = self.state.borrow().clone();
-        snap.shown.last_ok_ms_ago = snap
-            .last_ok
-            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
-        snap
+        self.snapshots().swap_remove(0)
+    }
+
+    /// The last read of every upstream's status page, in `fpm.address` order.
+    #[must_use]
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        let mut snaps = self.state.borrow().clone();
+        for snap in &mut snaps {
+            snap.shown.last_ok_ms_ago = snap
+                .last_ok
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        }
+        snaps
     }
 
     /// A receiver woken after every read.
     #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+    pub fn subscribe(&self) -> watch::Receiver<Vec<Snapshot>> {
         self.state.subscribe()
     }
 
@@ -171,6 +243,7 @@ impl Monitor {
                 message_id: message_id.to_owned(),
                 started: Instant::now(),
                 reported: false,
+                upstream: 0,
             },
         );
         RunningGuard { monitor: self, id }
@@ -178,17 +251,24 @@ impl Monitor {
 
     fn record(
         &self,
+        index: usize,
         address: &str,
         path: &str,
         config: &Config,
         result: Result<FpmStatus, StatusError>,
     ) {
         let now = Instant::now();
-        let previous = self.state.borrow().shown.state;
+        let (previous, last_ok) = {
+            let reads = self.state.borrow();
+            let read = reads.get(index);
+            (
+                read.map_or("pending", |r| r.shown.state),
+                read.and_then(|r| r.last_ok),
+            )
+        };
         let label = UpstreamLabel {
             upstream: address.to_owned(),
         };
-        let last_ok = self.state.borrow().last_ok;
         let snapshot = match result {
             Ok(status) => {
                 if previous != "ok" {
@@ -236,7 +316,11 @@ impl Monitor {
                 }
             }
         };
-        self.state.send_replace(snapshot);
+        self.state.send_modify(|reads| {
+            if let Some(read) = reads.get_mut(index) {
+                *read = snapshot;
+            }
+        });
     }
 
     /// Logs and counts, once each, the requests running past `slow_after`. When the status page
@@ -245,13 +329,16 @@ impl Monitor {
         let slow_after = config.slow_after();
         let polled = config.fpm.status_path.is_some();
         let patience = slow_after + 2 * config.fpm.status_interval + status_timeout(config);
-        let snap = self.state.borrow().clone();
+        let snaps = self.state.borrow().clone();
         let mut running = self.running.lock().expect("running lock");
         for r in running.values_mut().filter(|r| !r.reported) {
             let age = now.saturating_duration_since(r.started);
             if age < slow_after {
                 continue;
             }
+            let Some(snap) = snaps.get(r.upstream).or(snaps.first()) else {
+                continue;
+            };
             let read_at = snap.read_at.filter(|t| *t >= r.started + slow_after);
             if polled && read_at.is_none() && age < patience {
                 continue;
@@ -271,7 +358,7 @@ impl Monitor {
             warn!(
                 subject = %r.subject,
                 message_id = %r.message_id,
-                upstream = %config.fpm.address,
+                upstream = %config.fpm.address.0.get(r.upstream).map_or("?", String::as_str),
                 fpm_pid = %child.map_or_else(|| "unknown".to_owned(), |c| c.pid.to_string()),
                 fpm_uri = %child.map_or("-", |c| c.request_uri.as_str()),
                 running_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
@@ -286,6 +373,21 @@ impl Monitor {
 pub struct RunningGuard<'a> {
     monitor: &'a Monitor,
     id: u64,
+}
+
+impl RunningGuard<'_> {
+    /// Notes the upstream the request went to (index in `fpm.address`).
+    pub fn set_upstream(&self, upstream: usize) {
+        if let Some(r) = self
+            .monitor
+            .running
+            .lock()
+            .expect("running lock")
+            .get_mut(&self.id)
+        {
+            r.upstream = upstream;
+        }
+    }
 }
 
 impl Drop for RunningGuard<'_> {
@@ -329,28 +431,35 @@ pub fn match_child<'a>(
         .min_by_key(|p| p.request_duration_us.abs_diff(expected))
 }
 
-/// Starts the monitor's tasks for `config`: the status reader (when `fpm.status_path` is set)
-/// and the slow-request watch. Abort the handles to stop them (on reload and stop).
+/// Starts the monitor's tasks for `config`: one status reader per upstream (when
+/// `fpm.status_path` is set), the upstreams' upkeep (idle connections, breaker probes) and the
+/// slow-request watch. Abort the handles to stop them (on reload and stop).
 #[must_use]
 pub fn spawn(monitor: Arc<Monitor>, config: Arc<Config>) -> Vec<tokio::task::JoinHandle<()>> {
-    let address = config.fpm.address.clone();
-    let mut tasks = Vec::new();
-    match config.fpm.status_path.clone() {
-        None => {
-            monitor.state.send_replace(Snapshot {
-                shown: StatusState::empty(address, "not_configured"),
-                status: None,
-                read_at: None,
-                last_ok: None,
-            });
-        }
-        Some(path) => {
-            monitor
-                .state
-                .send_modify(|s| s.shown = StatusState::empty(address.clone(), "pending"));
-            let (m, c) = (monitor.clone(), config.clone());
+    let upstreams = monitor.upstreams_for(&config);
+    let mut tasks = vec![tokio::spawn(upstreams.clone().maintain())];
+    let state = if config.fpm.status_path.is_some() {
+        "pending"
+    } else {
+        "not_configured"
+    };
+    monitor.state.send_replace(
+        upstreams
+            .list()
+            .iter()
+            .map(|u| Snapshot::empty(u.label.clone(), state))
+            .collect(),
+    );
+    if let Some(path) = config.fpm.status_path.clone() {
+        for (index, upstream) in upstreams.list().iter().enumerate() {
+            let (m, c, u, p) = (
+                monitor.clone(),
+                config.clone(),
+                upstream.clone(),
+                path.clone(),
+            );
             tasks.push(tokio::spawn(async move {
-                read_loop(&m, &c, &address, &path).await
+                read_loop(&m, &c, index, &u, &p).await;
             }));
         }
     }
@@ -366,23 +475,67 @@ pub fn spawn(monitor: Arc<Monitor>, config: Arc<Config>) -> Vec<tokio::task::Joi
     tasks
 }
 
-async fn read_loop(monitor: &Monitor, config: &Config, address: &str, path: &str) {
-    let mut client = FpmClient::new(
-        config.fpm_address(),
-        status_timeout(config),
-        MAX_STATUS_BYTES,
-    )
-    .keeping_all();
+impl Snapshot {
+    fn empty(address: String, state: &'static str) -> Self {
+        Self {
+            shown: StatusState::empty(address, state),
+            status: None,
+            read_at: None,
+            last_ok: None,
+        }
+    }
+}
+
+/// How long an upstream counts as contended after a read that saw a listen queue.
+fn contention_hold(config: &Config) -> Duration {
+    (config.fpm.status_interval * 10).max(Duration::from_secs(2))
+}
+
+/// Reads `upstream`'s status page every `fpm.status_interval`. The read takes a lease like a
+/// message does: it counts against the upstream's capacity, waits its turn in the agent, and
+/// may reuse a connection already open to a child (so no child has to be kept free for it).
+async fn read_loop(
+    monitor: &Monitor,
+    config: &Config,
+    index: usize,
+    upstream: &Arc<Upstream>,
+    path: &str,
+) {
+    let timeout = status_timeout(config);
     let mut every = tokio::time::interval(config.fpm.status_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let result = client.status_page(path).await;
-        client.close();
-        let parsed = result
-            .map_err(|e| StatusError::Fpm(e.to_string()))
-            .and_then(|reply| super::parse_reply(&reply.stdout));
-        monitor.record(address, path, config, parsed);
+        let started = Instant::now();
+        // Only a request that FPM itself left unanswered says children are held by others; a
+        // read that found every slot of this agent busy says nothing about FPM's backlog.
+        let mut fpm_timed_out = false;
+        let result = match tokio::time::timeout(timeout, upstream.acquire()).await {
+            Ok(mut lease) => {
+                let left = timeout.saturating_sub(started.elapsed());
+                let reply = lease
+                    .client()
+                    .status_page(path, left.max(Duration::from_millis(1)), MAX_STATUS_BYTES)
+                    .await;
+                fpm_timed_out = matches!(reply, Err(crate::fastcgi::FpmError::Timeout(_)));
+                reply.map_err(|e| StatusError::Fpm(e.to_string()))
+            }
+            Err(_) => Err(StatusError::Fpm(format!(
+                "timed out after {timeout:?} waiting for a free slot: every FPM child is busy with this agent's requests"
+            ))),
+        };
+        let parsed = result.and_then(|reply| super::parse_reply(&reply.stdout));
+        let hold = contention_hold(config);
+        match &parsed {
+            Ok(status) => {
+                upstream.answered();
+                let cap = status.max_children(config.fpm.max_children);
+                upstream.set_capacity(cap.map(|c| usize::try_from(c).unwrap_or(usize::MAX)));
+                upstream.note_status(Some(status.listen_queue), false, hold);
+            }
+            Err(_) => upstream.note_status(None, fpm_timed_out, hold),
+        }
+        monitor.record(index, &upstream.label, path, config, parsed);
     }
 }
 

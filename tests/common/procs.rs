@@ -85,6 +85,8 @@ impl Drop for AgentProcess {
 /// A php-fpm pool of its own (the shared one must keep running for other tests).
 pub struct PrivateFpm {
     pub port: u16,
+    /// The Unix socket it listens on instead of `port` ([`PrivateFpm::start_unix`]).
+    pub socket: Option<PathBuf>,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -92,6 +94,21 @@ pub struct PrivateFpm {
 impl PrivateFpm {
     pub fn start(name: &str) -> Self {
         Self::start_with(name, 8, None)
+    }
+
+    /// [`PrivateFpm::start_with`] on a Unix socket (`socket`; `port` is unused).
+    pub fn start_unix(name: &str, max_children: u32, status_path: Option<&str>) -> Self {
+        let mut me = Self::start_with(name, max_children, status_path);
+        me.down();
+        let socket = me.conf.with_file_name("fpm.sock");
+        let conf = std::fs::read_to_string(&me.conf).unwrap().replace(
+            &format!("listen = 127.0.0.1:{}", me.port),
+            &format!("listen = {}\nlisten.mode = 0666", socket.display()),
+        );
+        std::fs::write(&me.conf, conf).unwrap();
+        me.socket = Some(socket);
+        me.up();
+        me
     }
 
     /// A pool of `max_children` static children; `status_path` sets its `pm.status_path`.
@@ -121,6 +138,7 @@ impl PrivateFpm {
         .unwrap();
         let mut me = Self {
             port,
+            socket: None,
             conf,
             child: None,
         };
@@ -136,10 +154,16 @@ impl PrivateFpm {
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("php-fpm"));
-        let port = self.port;
         wait_until(Duration::from_secs(20), "private php-fpm to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            self.accepts()
         });
+    }
+
+    fn accepts(&self) -> bool {
+        match &self.socket {
+            Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
+            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        }
     }
 
     /// Stops php-fpm (SIGTERM: the master kills its children at once) and waits until the port is closed.
@@ -150,9 +174,8 @@ impl PrivateFpm {
             }
             let _ = child.wait();
         }
-        let port = self.port;
         wait_until(Duration::from_secs(10), "php-fpm port closed", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            !self.accepts()
         });
     }
 }

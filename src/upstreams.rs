@@ -1,0 +1,621 @@
+//! The FPM upstreams (`fpm.address`, one or several) and the agent's FastCGI connections to
+//! them: who may send a request where, on which connection, and when a connection closes.
+//!
+//! php-fpm pins a child to a FastCGI connection until the client closes it. A connection that
+//! stays open while it carries no request therefore takes a child from every other client (the
+//! other workers, other agents, the status page), and their requests wait in FPM's listen
+//! backlog until they time out and are retried, after which they may run twice. So:
+//!
+//! - connections are **leased** per request from a pool per upstream, shared by every worker
+//!   of the agent; an unused connection is closed after `fpm.keep_alive_idle`;
+//! - an upstream's leases are capped by its **capacity** (`pm.max_children` from its status
+//!   page, or `fpm.max_children`): a worker over the cap waits in the agent, where no timeout
+//!   runs, instead of in FPM's backlog, and open connections never outnumber the children;
+//! - a connection is kept across requests for at most `fpm.keep_alive_max`, then closed after
+//!   its request: its child then takes the oldest connection waiting in FPM's backlog, so under
+//!   steady load other clients wait at most about that long, even where FPM cannot report its
+//!   listen queue (Unix sockets) or no status page is read;
+//! - while FPM's **listen queue** is not empty (another client waits for a child) or the status
+//!   read itself timed out, the upstream is *contended*: every connection closes after its
+//!   request, so that FPM's backlog is served first-come first-served across clients. A
+//!   request that has read no byte at `fpm.timeout` on a contended upstream is most likely
+//!   still in the backlog: it gets one more `fpm.timeout` instead of a retry that would run it
+//!   twice ([`FpmClient::request_patient`]);
+//! - each upstream has its own **circuit breaker**: one that refuses connections is taken out,
+//!   the request goes to another one (it never reached PHP, so nothing runs twice and no
+//!   attempt is used up), and the breaker probes it back in.
+//!
+//! Invariant: per upstream, leased plus idle-open connections never exceed its known capacity
+//! (a cap lowered below the leases in use takes effect as they come back); a lease waits its
+//! turn in FIFO order; a request goes only to an upstream whose breaker is closed, and one
+//! refused connection moves it to the next.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::config::{Config, FpmAddress, FpmConfig};
+use crate::fastcgi::{FpmClient, FpmError, Reply};
+use crate::fpm_status::monitor::UpstreamLabel;
+
+/// First and largest delay between probes of an upstream whose breaker is open.
+const PROBE_FIRST: Duration = Duration::from_millis(200);
+const PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// Every upstream of one `[fpm]` configuration.
+pub struct Upstreams {
+    fpm: FpmConfig,
+    max_response: usize,
+    list: Vec<Arc<Upstream>>,
+    next: AtomicUsize,
+}
+
+/// Per-upstream metrics (handles into the agent's registry, see `fpm_status::monitor`).
+#[derive(Clone, Default)]
+pub struct UpstreamMetrics {
+    /// `fpm_upstream_up`: 1 while the breaker is closed.
+    pub up: Gauge,
+    /// `fpm_upstream_in_flight`: leases in use (requests and status reads).
+    pub in_flight: Gauge,
+    /// `fpm_upstream_requests`: requests sent (refused connections not counted).
+    pub requests: Counter,
+    /// `fpm_upstream_refused`: connections refused (each opens the breaker or keeps it open).
+    pub refused: Counter,
+    /// `fpm_backlog_waits`: requests that read nothing by `fpm.timeout` on a contended upstream
+    /// and were given more time instead of a retry.
+    pub backlog_waits: Counter,
+}
+
+/// One FPM upstream: its connection pool, capacity, contention and breaker.
+pub struct Upstream {
+    /// Where it listens.
+    pub address: FpmAddress,
+    /// `address` as written in `fpm.address` (the metrics' `upstream` label).
+    pub label: String,
+    timeout: Duration,
+    max_response: usize,
+    keep_alive_idle: Duration,
+    keep_alive_max: Duration,
+    gate: Mutex<Gate>,
+    health: Mutex<Health>,
+    /// Contended until this instant (see the module doc).
+    contended_until: Mutex<Option<Instant>>,
+    metrics: UpstreamMetrics,
+}
+
+/// The connection pool and lease count of one upstream. Pure bookkeeping, no I/O.
+struct Gate {
+    /// Most leases at once; `None` while FPM's capacity is unknown.
+    cap: Option<usize>,
+    leased: usize,
+    /// Connections no lease uses, most recently returned last.
+    idle: Vec<(FpmClient, Instant)>,
+    /// Leases waiting for room, oldest first.
+    waiters: VecDeque<oneshot::Sender<FpmClient>>,
+}
+
+impl Gate {
+    fn room(&self) -> bool {
+        self.cap.is_none_or(|c| self.leased < c)
+    }
+}
+
+/// The breaker of one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Requests go there.
+    Up,
+    /// Refused a connection; probed at `next_probe`.
+    Down {
+        /// When it was taken out.
+        since: Instant,
+        /// The current probe delay (doubles up to 5 s).
+        delay: Duration,
+        /// When the next probe is due.
+        next_probe: Instant,
+    },
+}
+
+impl Health {
+    /// After a refused connection at `now`.
+    #[must_use]
+    pub fn tripped(self, now: Instant) -> Self {
+        match self {
+            Self::Up => Self::Down {
+                since: now,
+                delay: PROBE_FIRST,
+                next_probe: now + PROBE_FIRST,
+            },
+            down @ Self::Down { .. } => down,
+        }
+    }
+
+    /// After a failed probe at `now`: the next one later, up to 5 s apart.
+    #[must_use]
+    pub fn probe_failed(self, now: Instant) -> Self {
+        match self {
+            Self::Up => Self::Up,
+            Self::Down { since, delay, .. } => {
+                let delay = (delay * 2).min(PROBE_MAX);
+                Self::Down {
+                    since,
+                    delay,
+                    next_probe: now + delay,
+                }
+            }
+        }
+    }
+
+    /// True while requests may go there.
+    #[must_use]
+    pub fn up(self) -> bool {
+        self == Self::Up
+    }
+}
+
+/// What [`pick`] needs to know of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Its breaker is closed.
+    pub up: bool,
+    /// Leases in use.
+    pub leased: usize,
+    /// Its capacity, when known.
+    pub cap: Option<usize>,
+}
+
+/// The upstream for the next request: among those that are up and not in `skip`, the least
+/// loaded (leases over capacity; leases alone when the capacity is unknown); ties go to the
+/// first from `start` on, so equal upstreams take turns. `None` when every one is down.
+#[must_use]
+pub fn pick(views: &[View], start: usize, skip: &[bool]) -> Option<usize> {
+    let n = views.len();
+    let load = |v: &View| (v.leased * 1000) / v.cap.unwrap_or(1000).max(1);
+    (0..n)
+        .map(|k| (start + k) % n)
+        .filter(|&i| views[i].up && !skip.get(i).copied().unwrap_or(false))
+        .min_by_key(|&i| (load(&views[i]), (i + n - start % n) % n))
+}
+
+/// A request's result and the upstream that answered it (or refused it last).
+pub struct Sent {
+    /// Index of the upstream in `fpm.address`.
+    pub upstream: usize,
+    /// The reply, or why there is none.
+    pub result: Result<Reply, FpmError>,
+}
+
+/// `/status` view of one upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamStatus {
+    /// The address as written in `fpm.address`.
+    pub address: String,
+    /// `up`, or `down` (breaker open: it refused connections and is being probed).
+    pub health: &'static str,
+    /// Milliseconds since it was taken out, while down.
+    pub down_for_ms: Option<u64>,
+    /// Requests (and status reads) in flight on it.
+    pub in_flight: usize,
+    /// Leases waiting for room under its capacity.
+    pub waiting: usize,
+    /// Open connections no request uses (closed after `fpm.keep_alive_idle`).
+    pub idle_connections: usize,
+    /// Most requests at once: its `pm.max_children`, when known.
+    pub capacity: Option<usize>,
+    /// FPM's listen queue was not empty (or the status read timed out) lately: connections
+    /// close after each request.
+    pub contended: bool,
+    /// Requests sent.
+    pub requests: u64,
+    /// Connections it refused.
+    pub refused: u64,
+    /// Requests given more time because they likely waited in FPM's backlog.
+    pub backlog_waits: u64,
+    /// Its status page, as last read.
+    pub fpm: crate::fpm_status::StatusState,
+}
+
+impl Upstreams {
+    /// The upstreams of `config` (`fpm.address`), with `metrics(label)` for each.
+    #[must_use]
+    pub fn new(config: &Config, metrics: impl Fn(&UpstreamLabel) -> UpstreamMetrics) -> Self {
+        let fpm = &config.fpm;
+        let list = config
+            .fpm_addresses()
+            .into_iter()
+            .zip(&fpm.address.0)
+            .map(|(address, label)| {
+                let m = metrics(&UpstreamLabel {
+                    upstream: label.clone(),
+                });
+                m.up.set(1);
+                m.in_flight.set(0);
+                Arc::new(Upstream {
+                    address,
+                    label: label.clone(),
+                    timeout: fpm.timeout,
+                    max_response: config.limits.max_response_bytes,
+                    keep_alive_idle: fpm.keep_alive_idle,
+                    keep_alive_max: fpm.keep_alive_max,
+                    gate: Mutex::new(Gate {
+                        cap: fpm.max_children.map(|c| c as usize),
+                        leased: 0,
+                        idle: Vec::new(),
+                        waiters: VecDeque::new(),
+                    }),
+                    health: Mutex::new(Health::Up),
+                    contended_until: Mutex::new(None),
+                    metrics: m,
+                })
+            })
+            .collect();
+        Self {
+            fpm: fpm.clone(),
+            max_response: config.limits.max_response_bytes,
+            list,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// True when these upstreams were built for the same `[fpm]` and limits as `config`.
+    #[must_use]
+    pub fn serves(&self, config: &Config) -> bool {
+        self.fpm == config.fpm && self.max_response == config.limits.max_response_bytes
+    }
+
+    /// The upstreams, in `fpm.address` order.
+    #[must_use]
+    pub fn list(&self) -> &[Arc<Upstream>] {
+        &self.list
+    }
+
+    /// Sends one request to a healthy upstream. A refused connection takes that upstream out
+    /// (its breaker opens) and the request goes to the next healthy one; when none is left,
+    /// the last refusal is returned (the consumer's own circuit then pauses consumption).
+    /// `on_pick` is told each upstream tried.
+    pub async fn request(
+        &self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        on_pick: impl FnMut(usize),
+    ) -> Sent {
+        self.request_streaming(params, body, on_pick, &mut |_| Ok(()))
+            .await
+    }
+
+    /// [`Upstreams::request`], handing each stdout record to `on_stdout` as it arrives (a
+    /// batch's outcome lines, `FpmClient::request_streaming`). A refused connection read no
+    /// byte, so the next upstream starts `on_stdout` afresh.
+    pub async fn request_streaming(
+        &self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        mut on_pick: impl FnMut(usize),
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
+    ) -> Sent {
+        let mut skip = vec![false; self.list.len()];
+        let mut last: Option<Sent> = None;
+        loop {
+            let choice = if let [only] = self.list.as_slice() {
+                // One upstream (the common case): nothing to weigh.
+                (only.health().up() && !skip[0]).then_some(0)
+            } else {
+                let views: Vec<View> = self.list.iter().map(|u| u.view()).collect();
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % self.list.len();
+                pick(&views, start, &skip)
+            };
+            let Some(i) = choice else {
+                return last.unwrap_or_else(|| self.all_down());
+            };
+            on_pick(i);
+            let upstream = &self.list[i];
+            let mut lease = upstream.acquire().await;
+            let queued = || {
+                let queued = upstream.contended();
+                if queued {
+                    upstream.metrics.backlog_waits.inc();
+                }
+                queued
+            };
+            let result = lease
+                .client()
+                .request_streaming(params, body, &queued, on_stdout)
+                .await;
+            match result {
+                Err(error) if error.unreached() => {
+                    drop(lease);
+                    upstream.refused(&error);
+                    skip[i] = true;
+                    last = Some(Sent {
+                        upstream: i,
+                        result: Err(error),
+                    });
+                }
+                result => {
+                    upstream.metrics.requests.inc();
+                    return Sent {
+                        upstream: i,
+                        result,
+                    };
+                }
+            }
+        }
+    }
+
+    fn all_down(&self) -> Sent {
+        Sent {
+            upstream: 0,
+            result: Err(FpmError::Connect {
+                address: self.fpm.address.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "every FPM upstream is taken out by its circuit breaker",
+                ),
+            }),
+        }
+    }
+
+    /// Probes every upstream that is down and due (or all of them with `force`); returns true
+    /// when at least one is up afterwards.
+    pub async fn probe(&self, force: bool) -> bool {
+        for upstream in &self.list {
+            upstream.probe(force).await;
+        }
+        self.list.iter().any(|u| u.health().up())
+    }
+
+    /// Closes connections idle past `fpm.keep_alive_idle` (all of them on a contended
+    /// upstream), and probes the upstreams that are down. Runs until aborted.
+    pub async fn maintain(self: Arc<Self>) {
+        let tick = (self.fpm.keep_alive_idle / 2)
+            .clamp(Duration::from_millis(10), Duration::from_millis(100));
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            for upstream in &self.list {
+                upstream.reap(Instant::now());
+            }
+            self.probe(false).await;
+        }
+    }
+
+    /// Every upstream in `/status`, with `reads[i]` as its status page.
+    #[must_use]
+    pub fn status(&self, reads: &[crate::fpm_status::StatusState]) -> Vec<UpstreamStatus> {
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, u)| u.status(reads.get(i).cloned()))
+            .collect()
+    }
+}
+
+impl Upstream {
+    fn view(&self) -> View {
+        let gate = self.gate.lock().expect("gate lock");
+        View {
+            up: self.health().up(),
+            leased: gate.leased + gate.waiters.len(),
+            cap: gate.cap,
+        }
+    }
+
+    /// The breaker's state.
+    #[must_use]
+    pub fn health(&self) -> Health {
+        *self.health.lock().expect("health lock")
+    }
+
+    /// A connection slot on this upstream, waiting (FIFO) while its capacity is in use.
+    pub async fn acquire(self: &Arc<Self>) -> Lease {
+        loop {
+            let waiting = {
+                let mut gate = self.gate.lock().expect("gate lock");
+                if gate.waiters.is_empty() && gate.room() {
+                    gate.leased += 1;
+                    let client = gate.idle.pop().map_or_else(|| self.client(), |(c, _)| c);
+                    self.metrics.in_flight.set(gauge(gate.leased));
+                    return self.lease(client);
+                }
+                let (tx, rx) = oneshot::channel();
+                gate.waiters.push_back(tx);
+                rx
+            };
+            // A sender dropped without a handover cannot happen while `self` lives; retry.
+            if let Ok(client) = waiting.await {
+                return self.lease(client);
+            }
+        }
+    }
+
+    fn lease(self: &Arc<Self>, client: FpmClient) -> Lease {
+        Lease {
+            upstream: self.clone(),
+            client: Some(client),
+        }
+    }
+
+    fn client(&self) -> FpmClient {
+        FpmClient::new(self.address.clone(), self.timeout, self.max_response)
+    }
+
+    /// Takes a lease's connection back: to the oldest waiter if there is room, else to the
+    /// idle pool (while keep-alive is on and the upstream not contended), else closed.
+    fn release(&self, mut client: FpmClient) {
+        let keep = !self.keep_alive_idle.is_zero() && !self.contended() && self.health().up();
+        if !keep || !client.reusable(self.keep_alive_max) {
+            client.close();
+        }
+        let mut gate = self.gate.lock().expect("gate lock");
+        if gate.cap.is_none_or(|c| gate.leased <= c) {
+            while let Some(waiter) = gate.waiters.pop_front() {
+                match waiter.send(client) {
+                    Ok(()) => return,
+                    Err(back) => client = back,
+                }
+            }
+        }
+        gate.leased -= 1;
+        self.metrics.in_flight.set(gauge(gate.leased));
+        let room = gate.cap.is_none_or(|c| gate.leased + gate.idle.len() < c);
+        if client.reusable(self.keep_alive_max) && room {
+            gate.idle.push((client, Instant::now()));
+        }
+    }
+
+    /// Sets the capacity (`pm.max_children` as read); waiters that now fit get a slot.
+    pub fn set_capacity(&self, cap: Option<usize>) {
+        let mut gate = self.gate.lock().expect("gate lock");
+        if gate.cap == cap {
+            return;
+        }
+        gate.cap = cap;
+        while gate.room() {
+            let Some(waiter) = gate.waiters.pop_front() else {
+                break;
+            };
+            let client = gate.idle.pop().map_or_else(|| self.client(), |(c, _)| c);
+            if waiter.send(client).is_ok() {
+                gate.leased += 1;
+            }
+        }
+        let over = cap.map_or(0, |c| (gate.leased + gate.idle.len()).saturating_sub(c));
+        let keep = gate.idle.len().saturating_sub(over);
+        gate.idle.truncate(keep);
+        self.metrics.in_flight.set(gauge(gate.leased));
+    }
+
+    /// Notes a status read: a non-empty listen queue, or a read that timed out, means other
+    /// requests wait for a child.
+    pub fn note_status(&self, listen_queue: Option<u64>, timed_out: bool, hold: Duration) {
+        if timed_out || listen_queue.is_some_and(|q| q > 0) {
+            let mut until = self.contended_until.lock().expect("contended lock");
+            if until.is_none_or(|t| t <= Instant::now()) {
+                info!(upstream = %self.label, ?listen_queue, timed_out, "FPM's listen queue is not empty: closing connections after each request");
+            }
+            *until = Some(Instant::now() + hold);
+            drop(until);
+            self.reap(Instant::now());
+        }
+    }
+
+    /// True while the upstream counts as contended.
+    #[must_use]
+    pub fn contended(&self) -> bool {
+        self.contended_until
+            .lock()
+            .expect("contended lock")
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    fn refused(&self, error: &FpmError) {
+        self.metrics.refused.inc();
+        let mut health = self.health.lock().expect("health lock");
+        if health.up() {
+            warn!(upstream = %self.label, %error, "FPM upstream refuses connections: taken out (circuit breaker), its requests go to the other upstreams");
+            self.metrics.up.set(0);
+        }
+        *health = health.tripped(Instant::now());
+        drop(health);
+        self.reap(Instant::now());
+    }
+
+    /// Closes the breaker: the upstream answered (a probe, or a status read).
+    pub fn answered(&self) {
+        let mut health = self.health.lock().expect("health lock");
+        if let Health::Down { since, .. } = *health {
+            info!(upstream = %self.label, down_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX), "FPM upstream accepts connections again: back in use");
+        }
+        *health = Health::Up;
+        self.metrics.up.set(1);
+    }
+
+    async fn probe(&self, force: bool) {
+        let Health::Down { next_probe, .. } = self.health() else {
+            return;
+        };
+        if !force && Instant::now() < next_probe {
+            return;
+        }
+        let ok = crate::fastcgi::probe(&self.address, self.timeout.min(PROBE_MAX))
+            .await
+            .is_ok();
+        if ok {
+            self.answered();
+        } else {
+            let mut health = self.health.lock().expect("health lock");
+            *health = health.probe_failed(Instant::now());
+        }
+    }
+
+    /// Closes idle connections past `keep_alive_idle` (every idle one when contended or down).
+    fn reap(&self, now: Instant) {
+        let all = self.contended() || !self.health().up();
+        let mut gate = self.gate.lock().expect("gate lock");
+        let idle = self.keep_alive_idle;
+        gate.idle
+            .retain(|(_, since)| !all && now.saturating_duration_since(*since) < idle);
+    }
+
+    fn status(&self, fpm: Option<crate::fpm_status::StatusState>) -> UpstreamStatus {
+        let gate = self.gate.lock().expect("gate lock");
+        let health = self.health();
+        UpstreamStatus {
+            address: self.label.clone(),
+            health: if health.up() { "up" } else { "down" },
+            down_for_ms: match health {
+                Health::Up => None,
+                Health::Down { since, .. } => {
+                    Some(u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX))
+                }
+            },
+            in_flight: gate.leased,
+            waiting: gate.waiters.len(),
+            idle_connections: gate.idle.len(),
+            capacity: gate.cap,
+            contended: self.contended(),
+            requests: self.metrics.requests.get(),
+            refused: self.metrics.refused.get(),
+            backlog_waits: self.metrics.backlog_waits.get(),
+            fpm: fpm.unwrap_or_else(|| {
+                crate::fpm_status::StatusState::empty(self.label.clone(), "not_configured")
+            }),
+        }
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One connection slot on an upstream, returned when dropped.
+pub struct Lease {
+    upstream: Arc<Upstream>,
+    client: Option<FpmClient>,
+}
+
+impl Lease {
+    /// The lease's FastCGI client (its connection may be open from an earlier request).
+    pub fn client(&mut self) -> &mut FpmClient {
+        self.client.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.upstream.release(client);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
