@@ -7,14 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
-use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::actors::hook::DeliveryHook;
 use crate::actors::root::{RootArgs, RootMsg, RootSupervisor};
-use crate::actors::stats::{StatsSnapshot, SubjectStats};
 use crate::config::Config;
 use crate::poison::journal::Tracker;
+use crate::stats::{StatsSnapshot, SubjectStats};
 use crate::telemetry::metrics::Metrics;
+
+mod pools;
+mod sizer;
+mod status;
+
+pub use status::{Status, SubjectStatus};
 
 /// A started agent (owns the supervision tree's join handle).
 pub struct Agent {
@@ -46,42 +52,6 @@ struct Shared {
     pins: Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// `/status` document.
-#[derive(Debug, Serialize)]
-pub struct Status {
-    /// Agent version.
-    pub version: &'static str,
-    /// Seconds since start.
-    pub uptime_seconds: u64,
-    /// Ready to consume (every subject connected, consuming, not paused).
-    pub ready: bool,
-    /// Per subject.
-    pub subjects: BTreeMap<String, SubjectStatus>,
-    /// FPM's status page as last read (`state` says whether it could be); with several
-    /// upstreams, the first one's.
-    pub fpm: crate::fpm_status::StatusState,
-    /// Every FPM upstream (`fpm.address`): breaker, requests in flight, capacity, status page.
-    pub upstreams: Vec<crate::upstreams::UpstreamStatus>,
-}
-
-/// One subject in `/status`.
-#[derive(Debug, Serialize)]
-pub struct SubjectStatus {
-    /// Queue consumed.
-    pub queue: String,
-    /// Pool size the operator or config asked for.
-    pub target_pool_size: u64,
-    /// Idle workers.
-    pub idle: u64,
-    /// `connected` or `disconnected`.
-    pub connection: &'static str,
-    /// The broker node (`host:port`) the subject is connected to.
-    pub node: Option<String>,
-    /// Counters and gauges.
-    #[serde(flatten)]
-    pub stats: StatsSnapshot,
-}
-
 impl Agent {
     /// Starts the supervision tree. Consumers connect in the background; use
     /// [`Agent::wait_consuming`] to wait until they are ready.
@@ -90,6 +60,18 @@ impl Agent {
     /// When the in-flight journal cannot be opened (`agent.state_dir`), or the root actor
     /// cannot be spawned.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<Self> {
+        Self::start_with_hook(config, None).await
+    }
+
+    /// [`Agent::start`], with a hook every worker calls with each delivery before handling it.
+    /// For tests only (see [`crate::actors::hook`]): `amqp-agent run` passes none.
+    ///
+    /// # Errors
+    /// As [`Agent::start`].
+    pub async fn start_with_hook(
+        config: Arc<Config>,
+        hook: Option<DeliveryHook>,
+    ) -> anyhow::Result<Self> {
         let crashes = Arc::new(Tracker::open(&config)?);
         let stats: BTreeMap<String, Arc<SubjectStats>> = config
             .subjects
@@ -113,6 +95,7 @@ impl Agent {
             metrics: metrics.clone(),
             fatal: fatal.clone(),
             crashes: crashes.clone(),
+            hook,
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
         let fpm_tasks = crate::fpm_status::monitor::spawn(metrics.fpm.clone(), config.clone());
@@ -280,74 +263,8 @@ impl AgentHandle {
             .collect()
     }
 
-    /// Why the agent is not ready (empty: ready).
-    #[must_use]
-    pub fn not_ready(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !self.alive() {
-            problems.push("supervision tree stopped".to_owned());
-        }
-        for (name, stats) in self.stats() {
-            if !stats.consuming {
-                problems.push(format!("{name}: not connected to RabbitMQ"));
-            } else if stats.paused {
-                problems.push(format!(
-                    "{name}: paused (FPM unreachable or operator pause)"
-                ));
-            }
-        }
-        problems
-    }
-
-    /// The `/status` document.
-    #[must_use]
-    pub fn status(&self) -> Status {
-        let config = self.config();
-        let subjects = self
-            .inner
-            .stats
-            .iter()
-            .map(|(name, stats)| {
-                let s = stats.snapshot();
-                let status = SubjectStatus {
-                    queue: config
-                        .subjects
-                        .get(name)
-                        .map_or_else(String::new, |s| s.queue.clone()),
-                    target_pool_size: stats.target_pool.load(Ordering::Relaxed),
-                    idle: s.pool_size.saturating_sub(s.busy),
-                    connection: if s.consuming {
-                        "connected"
-                    } else {
-                        "disconnected"
-                    },
-                    node: stats.node(),
-                    stats: s,
-                };
-                (name.clone(), status)
-            })
-            .collect();
-        Status {
-            version: env!("CARGO_PKG_VERSION"),
-            uptime_seconds: self.inner.started.elapsed().as_secs(),
-            ready: self.not_ready().is_empty(),
-            subjects,
-            fpm: self.inner.metrics.fpm.snapshot().shown,
-            upstreams: self.upstreams(),
-        }
-    }
-
-    fn upstreams(&self) -> Vec<crate::upstreams::UpstreamStatus> {
-        let monitor = &self.inner.metrics.fpm;
-        let reads: Vec<_> = monitor.snapshots().into_iter().map(|s| s.shown).collect();
-        monitor
-            .upstreams()
-            .map(|u| u.status(&reads))
-            .unwrap_or_default()
-    }
-
     fn spawn_sizer(&self) {
-        let task = tokio::spawn(crate::sizer::run(self.clone()));
+        let task = tokio::spawn(sizer::run(self.clone()));
         self.inner
             .fpm_tasks
             .lock()
@@ -361,38 +278,6 @@ impl AgentHandle {
         &self.inner.stats
     }
 
-    /// Subjects pinned by an operator.
-    #[must_use]
-    pub fn pins(&self) -> std::collections::BTreeSet<String> {
-        self.inner.pins.lock().expect("pins lock").clone()
-    }
-
-    /// Releases an operator's pin: the subject's pool is sized by the autoscaler again.
-    ///
-    /// # Errors
-    /// Unknown subject, or a subject with `pool_mode = "fixed"`.
-    pub fn pool_auto(&self, subject: &str) -> anyhow::Result<()> {
-        self.subject_stats(subject)?;
-        let config = self.config();
-        if config.subjects[subject].pool_mode != crate::autoscale::PoolMode::Auto {
-            anyhow::bail!("`{subject}` has pool_mode = \"fixed\" (subjects.{subject}.pool_mode)");
-        }
-        self.inner.pins.lock().expect("pins lock").remove(subject);
-        info!(subject, "Pool released to the autoscaler");
-        Ok(())
-    }
-
-    /// Resizes without pinning (the autoscaler's path; bounds are the caller's).
-    pub fn resize(&self, subject: &str, size: usize) {
-        if let Some(stats) = self.inner.stats.get(subject) {
-            stats.target_pool.store(size as u64, Ordering::Relaxed);
-            let _ = self
-                .inner
-                .root
-                .cast(RootMsg::Resize(subject.to_owned(), size));
-        }
-    }
-
     fn stop_fpm_tasks(&self) {
         for task in self
             .inner
@@ -403,75 +288,5 @@ impl AgentHandle {
         {
             task.abort();
         }
-    }
-
-    fn subject_stats(&self, subject: &str) -> anyhow::Result<&Arc<SubjectStats>> {
-        self.inner
-            .stats
-            .get(subject)
-            .ok_or_else(|| anyhow::anyhow!("unknown subject `{subject}`"))
-    }
-
-    /// Sets a subject's pool size (within `min_pool_size..=max_pool_size`).
-    ///
-    /// # Errors
-    /// Unknown subject or size out of bounds.
-    pub fn set_pool(&self, subject: &str, size: usize) -> anyhow::Result<usize> {
-        let stats = self.subject_stats(subject)?;
-        let config = self.config();
-        let cfg = config
-            .subjects
-            .get(subject)
-            .ok_or_else(|| anyhow::anyhow!("unknown subject `{subject}`"))?;
-        let (min, max) = (
-            usize::from(cfg.min_pool_size),
-            usize::from(cfg.max_pool_size),
-        );
-        if !(min..=max).contains(&size) {
-            anyhow::bail!(
-                "pool size {size} for `{subject}` is outside {min}..={max} (subjects.{subject}.min_pool_size / max_pool_size)"
-            );
-        }
-        stats.target_pool.store(size as u64, Ordering::Relaxed);
-        self.inner
-            .root
-            .cast(RootMsg::Resize(subject.to_owned(), size))?;
-        if cfg.pool_mode == crate::autoscale::PoolMode::Auto {
-            self.inner
-                .pins
-                .lock()
-                .expect("pins lock")
-                .insert(subject.to_owned());
-        }
-        info!(subject, size, "Pool resized");
-        Ok(size)
-    }
-
-    /// Grows (`delta` > 0) or shrinks every pool by `delta`, clamped to each subject's bounds.
-    pub fn step_pools(&self, delta: i64) {
-        let config = self.config();
-        for (name, stats) in &self.inner.stats {
-            let Some(cfg) = config.subjects.get(name) else {
-                continue;
-            };
-            let current = stats.target_pool.load(Ordering::Relaxed) as i64;
-            let next =
-                (current + delta).clamp(i64::from(cfg.min_pool_size), i64::from(cfg.max_pool_size));
-            if next != current {
-                let _ = self.set_pool(name, next as usize);
-            }
-        }
-    }
-
-    /// Pauses or resumes consumption of a subject (operator command).
-    ///
-    /// # Errors
-    /// Unknown subject.
-    pub fn set_paused(&self, subject: &str, paused: bool) -> anyhow::Result<()> {
-        self.subject_stats(subject)?;
-        self.inner
-            .root
-            .cast(RootMsg::SetPaused(subject.to_owned(), paused))?;
-        Ok(())
     }
 }

@@ -8,16 +8,7 @@
 
 use std::time::Duration;
 
-/// How a subject's pool is sized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// `pool_size`, changed only by an operator.
-    #[default]
-    Fixed,
-    /// Sized from the backlog and FPM's capacity.
-    Auto,
-}
+pub use crate::config::PoolMode;
 
 /// One subject, as the decision sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +21,10 @@ pub struct SubjectInput {
     pub current: u32,
     /// Most workers busy at once since the last decision.
     pub busy_peak: u32,
-    /// Messages waiting for a worker: prefetched and not started, plus waiting in the queue.
+    /// Deliveries prefetched by the agent and not started (waiting for a worker).
     pub backlog: u64,
+    /// Messages ready in the queue (its depth at the last read; 0 when unknown).
+    pub queued: u64,
     /// `min_pool_size`.
     pub min: u32,
     /// `max_pool_size`.
@@ -135,10 +128,29 @@ pub fn decide(subjects: &[SubjectInput], capacity: Option<Capacity>) -> Vec<Targ
     out
 }
 
+/// Messages waiting for a worker: prefetched, and ready in the queue.
+fn waiting(s: &SubjectInput) -> u64 {
+    s.backlog.saturating_add(s.queued)
+}
+
+/// A backlog of at least one message per worker: growing into idle FPM children cannot be a
+/// flap, so the cooldown does not hold it (`max_shift` still does).
+fn deep(s: &SubjectInput) -> bool {
+    waiting(s) >= u64::from(s.current.max(1))
+}
+
+/// An auto subject below its `max_pool_size` with a deep backlog: it would grow if FPM has
+/// idle children. The agent then reads FPM's status again soon instead of at its interval, so
+/// a drain ramps up in a few reads ~50 ms apart whatever `fpm.status_interval` is.
+#[must_use]
+pub fn may_grow(s: &SubjectInput) -> bool {
+    s.mode == PoolMode::Auto && !s.pinned && s.current < s.max && deep(s)
+}
+
 /// Workers a subject could use now.
 fn demand(s: &SubjectInput) -> u32 {
-    let wanted = if s.backlog > 0 {
-        u64::from(s.busy_peak.max(s.current)) + s.backlog
+    let wanted = if waiting(s) > 0 {
+        u64::from(s.busy_peak.max(s.current)).saturating_add(waiting(s))
     } else if s.idle_for >= s.cooldown {
         // One spare worker: a pool that is just big enough does not shrink and grow back.
         u64::from(s.busy_peak.saturating_add(1).min(s.current))
@@ -180,7 +192,8 @@ fn share(
     alloc
 }
 
-/// One step from `current` towards `ideal`: at most `max_shift`, none during the cooldown.
+/// One step from `current` towards `ideal`: at most `max_shift`, none during the cooldown
+/// (except growth into a deep backlog).
 fn step(s: &SubjectInput, ideal: u32) -> Target {
     let current = s.current;
     let bounded = ideal.clamp(s.min, s.max.max(s.min));
@@ -196,7 +209,7 @@ fn step(s: &SubjectInput, ideal: u32) -> Target {
             why: "back within min_pool_size..=max_pool_size",
         };
     }
-    if s.since_change < s.cooldown {
+    if s.since_change < s.cooldown && !(bounded > current && deep(s)) {
         return Target {
             size: current,
             why: "cooldown",
@@ -206,12 +219,16 @@ fn step(s: &SubjectInput, ideal: u32) -> Target {
     if bounded > current {
         Target {
             size: bounded.min(current.saturating_add(shift)),
-            why: "backlog and free FPM children",
+            why: if s.queued > 0 {
+                "queue backlog and free FPM children"
+            } else {
+                "backlog and free FPM children"
+            },
         }
     } else {
         Target {
             size: bounded.max(current.saturating_sub(shift)),
-            why: if s.backlog > 0 {
+            why: if waiting(s) > 0 {
                 "fair share of FPM children"
             } else {
                 "idle"

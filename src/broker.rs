@@ -16,7 +16,9 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use crate::config::{Config, QueueType};
 
+pub mod depth;
 pub mod endpoints;
+pub mod session;
 pub mod topology;
 
 pub use topology::{Inequivalence, declare_subject};

@@ -1,146 +1,22 @@
 //! The command line: `run`, `check-config`, `publish`, and the operator commands (`status`,
 //! `pool set`, `pause`, `resume`, `dead-letters`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use tracing::{error, info, warn};
 
 use crate::agent::Agent;
-use crate::config::{Config, redact_url};
+use crate::config::{Config, LogFormat, redact_url};
 use crate::notify::Notifier;
 use crate::signals::{self, Command};
 
+mod args;
 mod ops;
 
-/// amqp-agent: RabbitMQ consumer that hands every message to PHP-FPM over FastCGI.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-pub struct Cli {
-    /// Log output format (default: `telemetry.log_format`, else text).
-    #[arg(long, global = true, value_enum, env = "AMQP_AGENT_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Config file.
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "amqp-agent.toml",
-        env = "AMQP_AGENT_CONFIG"
-    )]
-    pub config: PathBuf,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Cmd,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Sub-commands.
-#[derive(Debug, Subcommand)]
-pub enum Cmd {
-    /// Consume every configured subject until SIGTERM / SIGINT (drain) or SIGQUIT (immediate).
-    Run,
-    /// Validate the config file and print warnings; exit 1 when it is invalid.
-    CheckConfig {
-        /// Also connect and check, without consuming or changing anything, every queue and
-        /// exchange the config needs; print what is missing or different (exit 1 on any).
-        #[arg(long)]
-        broker: bool,
-    },
-    /// Publish one message to a subject's queue and wait for the broker's confirm.
-    Publish {
-        /// Subject (`event` or `command`).
-        #[arg(long)]
-        subject: String,
-        /// Application header `name=value` (repeatable).
-        #[arg(long = "header", value_name = "NAME=VALUE")]
-        headers: Vec<String>,
-        /// AMQP message_id (default: a random UUID).
-        #[arg(long)]
-        message_id: Option<String>,
-        /// AMQP content_type.
-        #[arg(long, default_value = "application/json")]
-        content_type: String,
-        /// Message body, or `-` to read it from stdin.
-        body: String,
-    },
-    /// Pools, in-flight work, paused subjects and counters of the running agent.
-    Status {
-        /// Print the raw JSON document.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Resize pools of the running agent.
-    Pool {
-        /// What to do with the pool.
-        #[command(subcommand)]
-        action: PoolAction,
-    },
-    /// Stop consuming a subject (in-flight work finishes; nothing is lost).
-    Pause {
-        /// Subject.
-        subject: String,
-    },
-    /// Resume consuming a subject.
-    Resume {
-        /// Subject.
-        subject: String,
-    },
-    /// Inspect or replay a subject's dead-letter queue.
-    DeadLetters {
-        /// What to do.
-        #[command(subcommand)]
-        action: DeadAction,
-    },
-}
-
-/// `pool` actions.
-#[derive(Debug, Subcommand)]
-pub enum PoolAction {
-    /// Set a subject's pool to an absolute size.
-    Set {
-        /// Subject.
-        subject: String,
-        /// New size (within the subject's min/max pool size).
-        size: usize,
-    },
-    /// Release a subject pinned by `pool set`, SIGTTIN or SIGTTOU back to the autoscaler.
-    Auto {
-        /// Subject (with `pool_mode = "auto"`).
-        subject: String,
-    },
-}
-
-/// `dead-letters` actions.
-#[derive(Debug, Subcommand)]
-pub enum DeadAction {
-    /// Show dead-lettered messages (they stay in the queue).
-    List {
-        /// Subject.
-        subject: String,
-        /// At most this many.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
-    /// Move dead-lettered messages back to the subject's queue, attempt counter reset.
-    Replay {
-        /// Subject.
-        subject: String,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-    },
-}
+pub use args::{Cli, Cmd, DeadAction, PoolAction};
 
 /// Parses the command line and runs it; returns the process exit code.
 #[must_use]
@@ -287,10 +163,9 @@ fn check_config(path: &Path) -> anyhow::Result<i32> {
 
 async fn run(path: &Path, log_format: Option<LogFormat>) -> anyhow::Result<i32> {
     let config = Arc::new(Config::load(path)?);
-    let json = log_format.map_or(
-        config.telemetry.log_format.as_deref() == Some("json"),
-        |f| f == LogFormat::Json,
-    );
+    let json = log_format.map_or(config.telemetry.log_format == Some(LogFormat::Json), |f| {
+        f == LogFormat::Json
+    });
     let export = crate::telemetry::export_settings(&config.telemetry, |k| {
         std::env::var(k).ok().filter(|v| !v.is_empty())
     });

@@ -4,6 +4,11 @@
 //! Invariant: this is the only module that knows FastCGI. Every request is bounded by a timeout
 //! and by a reply-size cap, and a connection that saw any error or timeout is dropped, never
 //! reused (fastcgi-client has no multiplexing, so a half-read reply would poison the next one).
+//!
+//! Over 400 lines on purpose: the client (`request`, `request_patient`, `status_page`), the
+//! connection types it wraps (`Watched`, the buffered stream) and `probe` share private types
+//! and one error model, and the request path reads best in one place. Its unit tests are inline
+//! (`mod tests` at the end).
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -9,16 +9,20 @@
 //! - [`outcome`]: pure decisions — a FastCGI reply or error becomes ack, retry or dead-letter.
 //! - [`batch`]: several messages per request — the wire format, the streamed outcomes, the retry rule.
 //! - [`fastcgi`]: the only module that speaks FastCGI (connection, timeouts, reply limits).
+//! - [`upstreams`]: the FPM upstreams (`fpm.address`) and the FastCGI connections leased to them.
 //! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
-//! - [`broker`]: the only module that speaks AMQP (connect, topology, confirmed publishing).
+//! - [`broker`]: the only module that connects to RabbitMQ, declares queues or publishes
+//!   (confirmed); also the CLI's one-off sessions. Consuming and settling are the actors'.
 //! - [`autoscale`]: the pure pool-sizing decision (backlogs and FPM capacity in, pool sizes out).
-//! - [`sizer`]: the autoscaler task (samples backlogs, applies [`autoscale`]'s decisions).
-//! - [`agent`]: the running agent as a value: start, drain, stop, read its counters.
+//! - [`agent`]: the running agent as a value: start, drain, stop, read its counters; its
+//!   autoscaler task (`agent::sizer`) applies [`autoscale`]'s decisions.
 //! - [`actors`]: the supervision tree — root supervisor, one consumer per subject, FPM workers.
+//! - [`trace_context`]: W3C trace context read from AMQP headers (pure).
 //! - [`telemetry`]: logs, OpenTelemetry traces (context in and out) and Prometheus metrics.
 //! - [`admin`]: the admin HTTP listener — `/metrics`, `/healthz`, `/readyz`, `/status`, commands.
 //! - [`cli`]: the command line: `run`, `check-config`, `publish`, and operator commands
 //!   (`status`, `pool set`, `pause`, `resume`, `dead-letters`).
+//! - [`stats`]: per-subject counters and gauges the actors update and status output reads.
 //! - [`poison`]: crash-loop protection — the in-flight journal and the `poison` decision.
 //! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
@@ -40,6 +44,7 @@ pub mod printable;
 pub mod provenance;
 pub mod signals;
 pub mod signature;
-pub mod sizer;
+pub mod stats;
 pub mod telemetry;
+pub mod trace_context;
 pub mod upstreams;

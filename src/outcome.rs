@@ -5,6 +5,9 @@
 
 use std::time::Duration;
 
+/// Response header of PHP's acknowledgement (`X-Agent-Ack: 1`), compared without case.
+pub const ACK_HEADER: &str = "x-agent-ack";
+
 /// The parsed head of a FastCGI (CGI) response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyHead {
@@ -44,7 +47,7 @@ pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
                 .ok()
                 .filter(|c| (100..=999).contains(c))
                 .ok_or_else(|| format!("bad Status header `{value}`"))?;
-        } else if name.eq_ignore_ascii_case(b"x-agent-ack") {
+        } else if name.eq_ignore_ascii_case(ACK_HEADER.as_bytes()) {
             head.acked = value == "1";
         } else if name.eq_ignore_ascii_case(b"retry-after") {
             head.retry_after = value.parse::<u64>().ok().map(Duration::from_secs);

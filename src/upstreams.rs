@@ -20,7 +20,7 @@
 //!   request, so that FPM's backlog is served first-come first-served across clients. A
 //!   request that has read no byte at `fpm.timeout` on a contended upstream is most likely
 //!   still in the backlog: it gets one more `fpm.timeout` instead of a retry that would run it
-//!   twice ([`FpmClient::request_patient`]);
+//!   twice ([`crate::fastcgi::FpmClient::request_patient`]);
 //! - each upstream has its own **circuit breaker**: one that refuses connections is taken out,
 //!   the request goes to another one (it never reached PHP, so nothing runs twice and no
 //!   attempt is used up), and the breaker probes it back in.
@@ -35,19 +35,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::{Config, FpmAddress, FpmConfig};
-use crate::fastcgi::{FpmClient, FpmError, Reply};
-use crate::fpm_status::monitor::UpstreamLabel;
+use crate::fastcgi::{FpmError, Reply};
+
+mod health;
+mod lease;
+mod status;
+
+pub use health::{Health, View, pick};
+use lease::Gate;
+pub use lease::Lease;
+pub use status::UpstreamStatus;
 
 /// First and largest delay between probes of an upstream whose breaker is open.
 const PROBE_FIRST: Duration = Duration::from_millis(200);
 const PROBE_MAX: Duration = Duration::from_secs(5);
+
+/// `upstream` label of the FPM gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    /// The FPM address (`fpm.address`).
+    pub upstream: String,
+}
 
 /// Every upstream of one `[fpm]` configuration.
 pub struct Upstreams {
@@ -90,136 +104,12 @@ pub struct Upstream {
     metrics: UpstreamMetrics,
 }
 
-/// The connection pool and lease count of one upstream. Pure bookkeeping, no I/O.
-struct Gate {
-    /// Most leases at once; `None` while FPM's capacity is unknown.
-    cap: Option<usize>,
-    leased: usize,
-    /// Connections no lease uses, most recently returned last.
-    idle: Vec<(FpmClient, Instant)>,
-    /// Leases waiting for room, oldest first.
-    waiters: VecDeque<oneshot::Sender<FpmClient>>,
-}
-
-impl Gate {
-    fn room(&self) -> bool {
-        self.cap.is_none_or(|c| self.leased < c)
-    }
-}
-
-/// The breaker of one upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Requests go there.
-    Up,
-    /// Refused a connection; probed at `next_probe`.
-    Down {
-        /// When it was taken out.
-        since: Instant,
-        /// The current probe delay (doubles up to 5 s).
-        delay: Duration,
-        /// When the next probe is due.
-        next_probe: Instant,
-    },
-}
-
-impl Health {
-    /// After a refused connection at `now`.
-    #[must_use]
-    pub fn tripped(self, now: Instant) -> Self {
-        match self {
-            Self::Up => Self::Down {
-                since: now,
-                delay: PROBE_FIRST,
-                next_probe: now + PROBE_FIRST,
-            },
-            down @ Self::Down { .. } => down,
-        }
-    }
-
-    /// After a failed probe at `now`: the next one later, up to 5 s apart.
-    #[must_use]
-    pub fn probe_failed(self, now: Instant) -> Self {
-        match self {
-            Self::Up => Self::Up,
-            Self::Down { since, delay, .. } => {
-                let delay = (delay * 2).min(PROBE_MAX);
-                Self::Down {
-                    since,
-                    delay,
-                    next_probe: now + delay,
-                }
-            }
-        }
-    }
-
-    /// True while requests may go there.
-    #[must_use]
-    pub fn up(self) -> bool {
-        self == Self::Up
-    }
-}
-
-/// What [`pick`] needs to know of an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct View {
-    /// Its breaker is closed.
-    pub up: bool,
-    /// Leases in use.
-    pub leased: usize,
-    /// Its capacity, when known.
-    pub cap: Option<usize>,
-}
-
-/// The upstream for the next request: among those that are up and not in `skip`, the least
-/// loaded (leases over capacity; leases alone when the capacity is unknown); ties go to the
-/// first from `start` on, so equal upstreams take turns. `None` when every one is down.
-#[must_use]
-pub fn pick(views: &[View], start: usize, skip: &[bool]) -> Option<usize> {
-    let n = views.len();
-    let load = |v: &View| (v.leased * 1000) / v.cap.unwrap_or(1000).max(1);
-    (0..n)
-        .map(|k| (start + k) % n)
-        .filter(|&i| views[i].up && !skip.get(i).copied().unwrap_or(false))
-        .min_by_key(|&i| (load(&views[i]), (i + n - start % n) % n))
-}
-
 /// A request's result and the upstream that answered it (or refused it last).
 pub struct Sent {
     /// Index of the upstream in `fpm.address`.
     pub upstream: usize,
     /// The reply, or why there is none.
     pub result: Result<Reply, FpmError>,
-}
-
-/// `/status` view of one upstream.
-#[derive(Debug, Clone, Serialize)]
-pub struct UpstreamStatus {
-    /// The address as written in `fpm.address`.
-    pub address: String,
-    /// `up`, or `down` (breaker open: it refused connections and is being probed).
-    pub health: &'static str,
-    /// Milliseconds since it was taken out, while down.
-    pub down_for_ms: Option<u64>,
-    /// Requests (and status reads) in flight on it.
-    pub in_flight: usize,
-    /// Leases waiting for room under its capacity.
-    pub waiting: usize,
-    /// Open connections no request uses (closed after `fpm.keep_alive_idle`).
-    pub idle_connections: usize,
-    /// Most requests at once: its `pm.max_children`, when known.
-    pub capacity: Option<usize>,
-    /// FPM's listen queue was not empty (or the status read timed out) lately: connections
-    /// close after each request.
-    pub contended: bool,
-    /// Requests sent.
-    pub requests: u64,
-    /// Connections it refused.
-    pub refused: u64,
-    /// Requests given more time because they likely waited in FPM's backlog.
-    pub backlog_waits: u64,
-    /// Its status page, as last read.
-    pub fpm: crate::fpm_status::StatusState,
 }
 
 impl Upstreams {
@@ -233,13 +123,13 @@ impl Upstreams {
             .zip(&fpm.address.0)
             .map(|(address, label)| {
                 let m = metrics(&UpstreamLabel {
-                    upstream: label.clone(),
+                    upstream: label.to_string(),
                 });
                 m.up.set(1);
                 m.in_flight.set(0);
                 Arc::new(Upstream {
                     address,
-                    label: label.clone(),
+                    label: label.to_string(),
                     timeout: fpm.timeout,
                     max_response: config.limits.max_response_bytes,
                     keep_alive_idle: fpm.keep_alive_idle,
@@ -387,14 +277,10 @@ impl Upstreams {
         }
     }
 
-    /// Every upstream in `/status`, with `reads[i]` as its status page.
+    /// Every upstream in `/status` (without its status page: see [`UpstreamStatus::with_fpm`]).
     #[must_use]
-    pub fn status(&self, reads: &[crate::fpm_status::StatusState]) -> Vec<UpstreamStatus> {
-        self.list
-            .iter()
-            .enumerate()
-            .map(|(i, u)| u.status(reads.get(i).cloned()))
-            .collect()
+    pub fn status(&self) -> Vec<UpstreamStatus> {
+        self.list.iter().map(|u| u.status()).collect()
     }
 }
 
@@ -412,63 +298,6 @@ impl Upstream {
     #[must_use]
     pub fn health(&self) -> Health {
         *self.health.lock().expect("health lock")
-    }
-
-    /// A connection slot on this upstream, waiting (FIFO) while its capacity is in use.
-    pub async fn acquire(self: &Arc<Self>) -> Lease {
-        loop {
-            let waiting = {
-                let mut gate = self.gate.lock().expect("gate lock");
-                if gate.waiters.is_empty() && gate.room() {
-                    gate.leased += 1;
-                    let client = gate.idle.pop().map_or_else(|| self.client(), |(c, _)| c);
-                    self.metrics.in_flight.set(gauge(gate.leased));
-                    return self.lease(client);
-                }
-                let (tx, rx) = oneshot::channel();
-                gate.waiters.push_back(tx);
-                rx
-            };
-            // A sender dropped without a handover cannot happen while `self` lives; retry.
-            if let Ok(client) = waiting.await {
-                return self.lease(client);
-            }
-        }
-    }
-
-    fn lease(self: &Arc<Self>, client: FpmClient) -> Lease {
-        Lease {
-            upstream: self.clone(),
-            client: Some(client),
-        }
-    }
-
-    fn client(&self) -> FpmClient {
-        FpmClient::new(self.address.clone(), self.timeout, self.max_response)
-    }
-
-    /// Takes a lease's connection back: to the oldest waiter if there is room, else to the
-    /// idle pool (while keep-alive is on and the upstream not contended), else closed.
-    fn release(&self, mut client: FpmClient) {
-        let keep = !self.keep_alive_idle.is_zero() && !self.contended() && self.health().up();
-        if !keep || !client.reusable(self.keep_alive_max) {
-            client.close();
-        }
-        let mut gate = self.gate.lock().expect("gate lock");
-        if gate.cap.is_none_or(|c| gate.leased <= c) {
-            while let Some(waiter) = gate.waiters.pop_front() {
-                match waiter.send(client) {
-                    Ok(()) => return,
-                    Err(back) => client = back,
-                }
-            }
-        }
-        gate.leased -= 1;
-        self.metrics.in_flight.set(gauge(gate.leased));
-        let room = gate.cap.is_none_or(|c| gate.leased + gate.idle.len() < c);
-        if client.reusable(self.keep_alive_max) && room {
-            gate.idle.push((client, Instant::now()));
-        }
     }
 
     /// Sets the capacity (`pm.max_children` as read); waiters that now fit get a slot.
@@ -564,57 +393,10 @@ impl Upstream {
         gate.idle
             .retain(|(_, since)| !all && now.saturating_duration_since(*since) < idle);
     }
-
-    fn status(&self, fpm: Option<crate::fpm_status::StatusState>) -> UpstreamStatus {
-        let gate = self.gate.lock().expect("gate lock");
-        let health = self.health();
-        UpstreamStatus {
-            address: self.label.clone(),
-            health: if health.up() { "up" } else { "down" },
-            down_for_ms: match health {
-                Health::Up => None,
-                Health::Down { since, .. } => {
-                    Some(u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX))
-                }
-            },
-            in_flight: gate.leased,
-            waiting: gate.waiters.len(),
-            idle_connections: gate.idle.len(),
-            capacity: gate.cap,
-            contended: self.contended(),
-            requests: self.metrics.requests.get(),
-            refused: self.metrics.refused.get(),
-            backlog_waits: self.metrics.backlog_waits.get(),
-            fpm: fpm.unwrap_or_else(|| {
-                crate::fpm_status::StatusState::empty(self.label.clone(), "not_configured")
-            }),
-        }
-    }
 }
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// One connection slot on an upstream, returned when dropped.
-pub struct Lease {
-    upstream: Arc<Upstream>,
-    client: Option<FpmClient>,
-}
-
-impl Lease {
-    /// The lease's FastCGI client (its connection may be open from an earlier request).
-    pub fn client(&mut self) -> &mut FpmClient {
-        self.client.as_mut().expect("present until drop")
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            self.upstream.release(client);
-        }
-    }
 }
 
 #[cfg(test)]

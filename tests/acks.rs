@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use amqp_agent::actors::SubjectRuntime;
 use amqp_agent::actors::acks::Acks;
-use amqp_agent::actors::stats::SubjectStats;
+use amqp_agent::stats::SubjectStats;
 use amqp_agent::telemetry::metrics::Metrics;
 use common::TestCtx;
 use futures_util::StreamExt;

@@ -2,8 +2,6 @@
 //! php/receiver package's batch path (tests/php/batch-recorder.php), the agent in-process. Each
 //! test publishes 50 messages before the agent starts, so that one worker (pool 1, `batch_max`
 //! 50, `batch_wait` 2 s) sends them as one request.
-//!
-//! Requires the `fault-injection` feature (the hostile entry's forged signature).
 
 mod common;
 
@@ -243,19 +241,14 @@ async fn a_timeout_mid_batch_fails_only_the_entries_without_an_outcome() {
     failure_mid_batch("batch-timeout", Failure::Timeout).await;
 }
 
-/// A hostile entry (a signature that does not verify) and one over `limits.max_body_bytes` are
-/// dead-lettered alone; the other 48 of the batch are handled once.
+/// An entry over `limits.max_body_bytes` is dead-lettered alone, without reaching PHP; the
+/// other 49 of the batch are handled once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hostile_or_oversized_entry_is_rejected_alone() {
-    let mut ctx = ctx("batch-hostile", "10s").await;
+async fn an_oversized_entry_is_dead_lettered_alone() {
+    let mut ctx = ctx("batch-oversized", "10s").await;
     ctx.set("limits.max_body_bytes", 1000);
     for i in 0..N {
-        // The agent (feature fault-injection) forges the signature of `__badsig__` entries.
-        let id = if i == 9 {
-            "__badsig__m-9".to_owned()
-        } else {
-            format!("m-{i}")
-        };
+        let id = format!("m-{i}");
         if i == 30 {
             let body = serde_json::json!({"id": id, "pad": "x".repeat(2000)}).to_string();
             let props = lapin::BasicProperties::default().with_message_id(id.as_str().into());
@@ -265,38 +258,128 @@ async fn a_hostile_or_oversized_entry_is_rejected_alone() {
         }
     }
     let agent = ctx.start_agent().await;
-    eventually(WAIT, "48 acked, 2 dead-lettered", || async {
+    eventually(WAIT, "49 acked, 1 dead-lettered", || async {
         let s = &agent.stats()["event"];
-        (s.acked, s.dead_lettered) == (48, 2)
+        (s.acked, s.dead_lettered) == (49, 1)
     })
     .await;
     let records = ctx.records();
     let by_id = by_id(&records);
-    assert_eq!(by_id.len(), N - 2);
-    assert!(!by_id.contains_key("__badsig__m-9"), "never handled");
+    assert_eq!(by_id.len(), N - 1);
     assert!(!by_id.contains_key("m-30"), "never sent to PHP");
     assert!(by_id.values().all(|r| attempts(r) == [1]));
     // The oversized entry was left out of the request: 49 entries went.
     assert!(records.iter().all(|r| r["batch_size"] == 49), "{records:?}");
     let dead = ctx.drain_dead("event").await;
-    let reasons: BTreeMap<String, (String, String)> = dead
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0.message_id().as_ref().unwrap().as_str(), "m-30");
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("body_too_large")
+    );
+    assert!(agent.drain().await.is_none());
+}
+
+/// A hostile batch sent straight to php-fpm, as someone who can reach FPM would: built with the
+/// agent's own encoder and signatures, then one entry's signature replaced by another entry's.
+/// The php/receiver package refuses that entry alone (401) and handles the 49 others; the
+/// agent's reply parser reads the 401 line as that entry's dead-letter verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_entry_is_rejected_alone() {
+    use amqp_agent::batch::outcomes::Reader;
+    use amqp_agent::batch::wire::Encoder;
+    use amqp_agent::contract::{Envelope, RequestTemplate};
+    use amqp_agent::outcome::Verdict;
+    let ctx = ctx("batch-hostile", "10s").await;
+    let config = ctx.config();
+    let template = RequestTemplate::new(&config, "event");
+    let bodies: Vec<String> = (0..N)
+        .map(|i| serde_json::json!({"id": format!("m-{i}"), "behave": "ok"}).to_string())
+        .collect();
+    let ids: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
+    let envelopes: Vec<Envelope<'_>> = ids
         .iter()
-        .map(|(props, _)| {
-            (
-                props.message_id().as_ref().unwrap().to_string(),
-                (
-                    header_str(props, "x-agent-reason").unwrap(),
-                    header_str(props, "x-agent-last-error").unwrap(),
-                ),
-            )
+        .map(|id| Envelope {
+            subject: "event",
+            message_id: id.as_str().into(),
+            message_id_generated: false,
+            attempt: 1,
+            redelivered: false,
+            routing_key: "event",
+            exchange: "",
+            content_type: Some("application/json"),
+            kind: None,
+            correlation_id: None,
+            timestamp: None,
+            headers: None,
         })
         .collect();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    let (reason, error) = &reasons["__badsig__m-9"];
-    assert_eq!(reason, "rejected");
-    assert!(error.contains("status 401"), "{error}");
-    assert_eq!(reasons["m-30"].0, "body_too_large");
-    assert!(agent.drain().await.is_none());
+    let now = amqp_agent::contract::unix_now();
+    let all: Vec<_> = envelopes
+        .iter()
+        .zip(&bodies)
+        .map(|(e, b)| template.params(e, b.as_bytes(), (None, None), now).unwrap())
+        .collect();
+    let signature = |p: &[(&'static str, std::borrow::Cow<'_, str>)]| {
+        p.iter()
+            .find(|(n, _)| *n == "HTTP_X_AGENT_SIGNATURE")
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let stolen = signature(&all[10]);
+    let mut encoder = Encoder::new(0);
+    for (i, params) in all.iter().enumerate() {
+        let mut params = params.clone();
+        if i == 9 {
+            for (name, value) in &mut params {
+                if *name == "HTTP_X_AGENT_SIGNATURE" {
+                    *value = stolen.clone().into();
+                }
+            }
+        }
+        encoder.push(i, &params, bodies[i].as_bytes());
+    }
+    let (params, body) = encoder.finish(&all[0]);
+    let mut fpm_client = amqp_agent::fastcgi::FpmClient::new(
+        config.fpm_addresses().remove(0),
+        Duration::from_secs(10),
+        1 << 20,
+    );
+    let mut reader = Reader::new(0..N, true);
+    let mut verdicts = BTreeMap::new();
+    fpm_client
+        .request_streaming(&params, &body, &|| false, &mut |chunk| {
+            reader
+                .feed(chunk, &mut |i, v| {
+                    verdicts.insert(i, v);
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(reader.finish(), None, "every entry answered");
+    assert_eq!(verdicts.len(), N);
+    for (i, verdict) in &verdicts {
+        if *i == 9 {
+            assert!(
+                matches!(
+                    verdict,
+                    Verdict::Permanent {
+                        status: Some(401),
+                        ..
+                    }
+                ),
+                "{verdict:?}"
+            );
+        } else {
+            assert_eq!(*verdict, Verdict::Success, "entry {i}");
+        }
+    }
+    let by_id = by_id(&ctx.records());
+    assert_eq!(by_id.len(), N - 1);
+    assert!(!by_id.contains_key("m-9"), "never handled");
+    assert!(by_id.values().all(|r| r.len() == 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

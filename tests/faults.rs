@@ -283,9 +283,15 @@ async fn sigterm_under_load_finishes_in_flight_work_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_panicking_worker_is_replaced_and_its_message_retried() {
     let ctx = TestCtx::new("panic").await;
-    let agent = ctx.start_agent().await;
-    // Message ids starting with `__panic__` make a worker panic (feature `fault-injection`),
-    // unless the delivery is a redelivery.
+    // A worker given a message whose id starts with `__panic__` panics, unless the delivery is
+    // a redelivery.
+    let hook: amqp_agent::actors::hook::DeliveryHook = std::sync::Arc::new(|delivery| {
+        let id = delivery.properties.message_id().as_ref();
+        if id.is_some_and(|id| id.as_str().starts_with("__panic__")) && !delivery.redelivered {
+            panic!("test hook: worker panics on {id:?}");
+        }
+    });
+    let agent = ctx.start_agent_with_hook(Some(hook)).await;
     ctx.publish_json("command", "__panic__1", "ok").await;
     let ids = publish_many(&ctx, "w", 200, "ok").await;
     all_handled(&ctx, &ids, LONG).await;

@@ -262,7 +262,10 @@ async fn a_stopped_upstream_is_taken_out_and_comes_back() {
     publish_many(&ctx, "m", N, "sleep:40").await;
     ctx.set("fpm.address", vec![addr_a.clone(), addr_b.clone()]);
     let config = ctx.config();
-    assert_eq!(config.fpm.address.0, [addr_a.clone(), addr_b.clone()]);
+    assert_eq!(
+        config.fpm.address.to_string(),
+        format!("{addr_a}, {addr_b}")
+    );
     let agent = amqp_agent::agent::Agent::start(config).await.unwrap();
     agent.wait_consuming(LONG).await.unwrap();
     let handle = agent.handle();

@@ -48,7 +48,13 @@ impl Bench {
         self.wait_quiet().await;
         let before = cpu_snapshot(self.fpm_pid);
         let spawned_us = now_us();
-        let mut agent = AgentProc::spawn(&self.args.agent_bin, &config, &log)?;
+        // Auto pools: the sizer's resize lines too (its module path before and after #12).
+        let rust_log = if plan.auto.is_some() {
+            "warn,amqp_agent::sizer=info,amqp_agent::agent::sizer=info"
+        } else {
+            "warn"
+        };
+        let mut agent = AgentProc::spawn(&self.args.agent_bin, &config, &log, rust_log)?;
         let mut perf = start_perf(plan, agent.pid)?;
         let mut records = Records::new(&self.records, run);
         let mut published_at = Vec::new();
@@ -68,6 +74,9 @@ impl Bench {
             stop_perf(perf).await;
         }
         result.exit_code = agent.stop().await?;
+        if plan.auto.is_some() {
+            result.autoscaled = agent.autoscaled_peaks();
+        }
         records.poll()?;
         let (first, last) = records.first_last();
         result.rate = n as f64 / ((last.saturating_sub(spawned_us)) as f64 / 1e6);

@@ -100,6 +100,12 @@ pub struct Args {
     /// full bench), and print both medians.
     #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate"])]
     pub quorum: bool,
+    /// With `--quick`: drains of `--messages` by fixed pools of every `--sweep-pools` size, then
+    /// by auto pools (`pool_mode = "auto"`, 1 to the largest sweep size per subject, FPM's
+    /// status page read), `--rounds` times; prints the auto pools' drain against the best
+    /// fixed pool (target ≥ 0.9). The full bench runs the auto drain after the sweep (row 6a).
+    #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate", "quorum"])]
+    pub auto: bool,
     /// `agent.worker_threads` of every agent run (default: the agent's default, 1).
     #[arg(long)]
     pub agent_worker_threads: Option<u16>,

@@ -19,7 +19,9 @@
 //! 4. **I/O-bound**: the handler sleeps 10 ms; throughput against the 1000/10 ms × processes
 //!    bound. Then the same with a prefetch that keeps ~1000 messages in the agent, for its RSS.
 //! 5. **Reference**: one `php` process per message (the rabbitmq-cli-consumer model).
-//! 6. **Sweep**: ceiling and drain at several pool sizes (chart in `throughput.svg`).
+//! 6. **Sweep**: ceiling and drain at several pool sizes (chart in `throughput.svg`); then
+//!    (row 6a) the same drain by auto pools (`pool_mode = "auto"`, 1 to the largest sweep size,
+//!    FPM's status page read), against the fastest fixed pool of the sweep.
 //!
 //! For every agent run it reads CPU time (utime + stime) and peak RSS (VmHWM) of the agent
 //! process from /proc, and compares the published ids with the ids the handler recorded.
@@ -73,6 +75,8 @@ const HANDLER: &str = "examples/php/bench-handler.php";
 const RECORD_LIB: &str = "examples/php/bench-record.php";
 /// The same work for the process-per-message reference (row 5), body on stdin.
 const CLI_HANDLER: &str = "examples/php/bench-cli-handler.php";
+/// The bench pool's `pm.status_path`, read by the agent in the auto-pool runs.
+const FPM_STATUS_PATH: &str = "/fpm-status";
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(20);
 /// Unconfirmed publishes allowed in flight while loading a backlog.

@@ -107,11 +107,13 @@ impl Fpm {
         let conf = format!(
             "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
              [bench]\n{user}listen = {listen}\npm = static\npm.max_children = {children}\n\
+             pm.status_path = {status}\n\
              pm.max_requests = 0\nclear_env = no\ncatch_workers_output = yes\n\
              request_terminate_timeout = 0\nenv[RECORD_DIR] = {records}\n\
              php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
             dir = dir.display(),
             records = records.display(),
+            status = crate::FPM_STATUS_PATH,
         );
         let conf_path = dir.join("fpm.conf");
         std::fs::write(&conf_path, conf)?;
@@ -193,13 +195,13 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// `amqp-agent run --config <config>`, stderr into `log`.
-    pub fn spawn(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Self> {
+    /// `amqp-agent run --config <config>`, stderr into `log`, filtered by `rust_log`.
+    pub fn spawn(bin: &Path, config: &Path, log: &Path, rust_log: &str) -> anyhow::Result<Self> {
         let mut cmd = agent_command(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?);
@@ -213,6 +215,35 @@ impl AgentProc {
     }
 
     /// The last 20 lines of the agent's log.
+    /// The largest size each subject's pool was given by the autoscaler ("event 8, command 7"),
+    /// from its "Autoscale: pool resized" lines (logged at info by the sizer).
+    pub fn autoscaled_peaks(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut peaks: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("Autoscale: pool resized"))
+        {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            if let (Some(subject), Some(to)) = (field("subject="), field("to=")) {
+                let peak = peaks.entry(subject).or_default();
+                *peak = (*peak).max(to.parse().unwrap_or(0));
+            }
+        }
+        if peaks.is_empty() {
+            return "never resized".to_owned();
+        }
+        peaks
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -1,6 +1,8 @@
 //! `--quick`: one measurement `--rounds` times, a line per round and the medians, nothing
 //! written: ceiling and drain, or the I/O-bound runs (`--io`), or steady state at a rate
-//! (`--steady-rate`).
+//! (`--steady-rate`), or auto pools against fixed ones (`--auto`).
+
+use std::fmt::Write as _;
 
 use anyhow::ensure;
 
@@ -15,6 +17,9 @@ impl Bench {
         }
         if let Some(rate) = self.args.steady_rate {
             return self.quick_steady(rate).await;
+        }
+        if self.args.auto {
+            return self.quick_auto().await;
         }
         let (pool, n) = (self.args.pool, self.args.messages);
         let concurrency = usize::from(pool) * 2;
@@ -78,6 +83,68 @@ impl Bench {
                 median(quorum_cpus)
             );
         }
+        Ok(())
+    }
+
+    /// `--quick --auto`: drains by fixed pools of every `--sweep-pools` size, then by auto pools
+    /// (1 to the largest size), medians printed with auto / best fixed.
+    async fn quick_auto(&mut self) -> anyhow::Result<()> {
+        let n = self.args.messages;
+        let pools = self.args.sweep_pools.clone();
+        let max = self.largest_sweep_pool();
+        let (mut fixed, mut auto) = (vec![Vec::new(); pools.len()], Vec::new());
+        for r in 1..=self.args.rounds {
+            let mut line = String::new();
+            // Pool, msg/s and agent CPU µs/msg of this round's fastest fixed pool.
+            let mut best = (0, 0.0_f64, 0.0_f64);
+            for (rates, &p) in fixed.iter_mut().zip(&pools) {
+                let plan = AgentPlan::drain(p, n, self.args.prefetch_per_worker);
+                let d = self.agent_run(&plan).await?;
+                ensure!(
+                    d.check.clean(),
+                    "messages lost or duplicated (pool {p}+{p})"
+                );
+                let _ = write!(line, "pool {p}+{p} {:.0}, ", d.rate);
+                if d.rate > best.1 {
+                    best = (p, d.rate, d.cpu_us_per_msg);
+                }
+                rates.push(d.rate);
+            }
+            let a = self.auto_drain(n).await?;
+            ensure!(a.check.clean(), "messages lost or duplicated (auto pools)");
+            println!(
+                "[quick-auto {r}] drain of {n}, msg/s: {line}auto 1..={max} {:.0} = {:.2} of the best (pool {}+{}); largest auto pools: {}; {:.1} µs CPU/msg (best fixed {:.1})",
+                a.rate,
+                a.rate / best.1,
+                best.0,
+                best.0,
+                a.autoscaled,
+                a.cpu_us_per_msg,
+                best.2,
+            );
+            auto.push(a.rate);
+        }
+        let medians: Vec<(u16, f64)> = pools
+            .iter()
+            .zip(fixed)
+            .map(|(&p, rates)| (p, median(rates)))
+            .collect();
+        let (best_pool, best) = medians
+            .iter()
+            .copied()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, f64::NAN));
+        let a = median(auto);
+        let all: Vec<String> = medians
+            .iter()
+            .map(|(p, rate)| format!("{p}+{p} {rate:.0}"))
+            .collect();
+        println!(
+            "[quick-auto] medians of {}: fixed pools {}; best {best_pool}+{best_pool} {best:.0} msg/s; auto 1..={max} {a:.0} msg/s = {:.2} of the best (target ≥ 0.9)",
+            self.args.rounds,
+            all.join(", "),
+            a / best
+        );
         Ok(())
     }
 

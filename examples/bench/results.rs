@@ -50,6 +50,8 @@ pub struct AgentResult {
     pub latency: Option<Latency>,
     /// Measured publish rate of the steady-state run.
     pub offered_rate: f64,
+    /// Auto pools: the largest size the autoscaler gave each subject.
+    pub autoscaled: String,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +71,8 @@ pub struct Round {
     pub io: AgentResult,
     pub rss: AgentResult,
     pub sweep: Vec<(CeilingResult, AgentResult)>,
+    /// The sweep's drain by auto pools (1 to the largest sweep pool per subject), row 6a.
+    pub auto: Option<AgentResult>,
     /// Reference: one `php` process per message (msg/s, ids recorded).
     pub spawn: Option<(f64, Check)>,
 }

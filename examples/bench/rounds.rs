@@ -21,6 +21,7 @@ impl Bench {
             track_in_flight: false,
             perf: None,
             quorum: false,
+            auto: None,
         };
         let agent = self.agent_run(&plan).await?;
         let direct = self
@@ -69,6 +70,7 @@ impl Bench {
                 track_in_flight: false,
                 perf: Some(perf),
                 quorum: false,
+                auto: None,
             };
             let r = self.agent_run(&plan).await?;
             eprintln!("[perf] drain under perf: {:.0} msg/s", r.rate);
@@ -249,6 +251,7 @@ impl Bench {
             track_in_flight: true,
             perf: None,
             quorum: false,
+            auto: None,
         };
         round.rss = self.agent_run(&plan).await?;
         eprintln!(
@@ -259,7 +262,8 @@ impl Bench {
         Ok(())
     }
 
-    /// The pool-size sweep: ceiling and drain at every `--sweep-pools` size.
+    /// The pool-size sweep: ceiling and drain at every `--sweep-pools` size, then the same
+    /// drain by auto pools (row 6a).
     async fn round_sweep(&mut self, tag: &str, round: &mut Round) -> anyhow::Result<()> {
         for p in self.args.sweep_pools.clone() {
             let n = self.args.sweep_messages;
@@ -275,6 +279,29 @@ impl Bench {
             );
             round.sweep.push((c, a));
         }
+        let a = self.auto_drain(self.args.sweep_messages).await?;
+        eprintln!(
+            "{tag} sweep, auto pools 1..={}: agent {:.0} msg/s (largest pools: {})",
+            self.largest_sweep_pool(),
+            a.rate,
+            a.autoscaled
+        );
+        round.auto = Some(a);
         Ok(())
+    }
+
+    /// The largest `--sweep-pools` size: the auto pools' `max_pool_size`.
+    pub fn largest_sweep_pool(&self) -> u16 {
+        self.args.sweep_pools.iter().copied().max().unwrap_or(1)
+    }
+
+    /// A drain of `messages` by auto pools of 1 to the largest sweep pool per subject.
+    pub async fn auto_drain(&mut self, messages: usize) -> anyhow::Result<AgentResult> {
+        let plan = AgentPlan::drain_auto(
+            self.largest_sweep_pool(),
+            messages,
+            self.args.prefetch_per_worker,
+        );
+        self.agent_run(&plan).await
     }
 }

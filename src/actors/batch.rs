@@ -14,7 +14,7 @@ use tracing::{Instrument, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
-use super::worker::{self, Copy, WorkerState};
+use super::worker::{self, Original, WorkerState};
 use crate::batch::outcomes::Reader;
 use crate::batch::retry::{self, Failure};
 use crate::batch::wire::Encoder;
@@ -42,7 +42,7 @@ struct Entry<'a> {
     span: tracing::Span,
     /// Trace context for PHP: the process span's when exported, else the publisher's.
     exported: Option<(String, Option<String>)>,
-    incoming: (Option<&'a str>, Option<&'a str>),
+    incoming: crate::trace_context::Incoming<'a>,
 }
 
 /// What settles an entry.
@@ -55,7 +55,7 @@ struct Settler<'a> {
 impl Settler<'_> {
     async fn settle(&self, entry: &Entry<'_>, verdict: Verdict) {
         let decision = self.runtime.policy.decide(&verdict, entry.envelope.attempt);
-        let copy = Copy {
+        let original = Original {
             delivery: entry.delivery,
             message_id: &entry.envelope.message_id,
             generated: entry.envelope.message_id_generated,
@@ -68,7 +68,7 @@ impl Settler<'_> {
             self.runtime,
             self.publisher,
             self.acks,
-            copy,
+            original,
             &verdict,
             decision,
         )
@@ -99,12 +99,6 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         .iter()
         .map(|d| worker::message_id(&d.properties))
         .collect();
-    #[cfg(feature = "fault-injection")]
-    for ((id, _), d) in ids.iter().zip(&deliveries) {
-        if id.starts_with("__panic__") && !d.redelivered {
-            panic!("fault injection: worker panics on {id}");
-        }
-    }
     // Crash-loop protection, as for single messages: a start record for each before FPM is
     // called, a done record when it is settled. No entry is a redelivery, so none runs alone.
     let keys: Vec<_> = deliveries
@@ -123,9 +117,10 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         .map(|(delivery, (id, generated))| {
             let (envelope, untrusted) =
                 worker::envelope_of(&runtime, delivery, id.clone(), *generated);
-            let span = worker::message_span(&runtime, delivery, id, envelope.attempt);
-            let incoming = span.in_scope(|| {
-                worker::admitted(&runtime, envelope.headers, *generated, untrusted.as_ref())
+            let incoming = crate::trace_context::read(envelope.headers);
+            let span = worker::message_span(&runtime, delivery, id, envelope.attempt, &incoming);
+            span.in_scope(|| {
+                worker::admitted(&runtime, *generated, untrusted.as_ref(), &incoming);
             });
             Entry {
                 delivery,
@@ -151,7 +146,7 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         }
         let trace = match &entry.exported {
             Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
-            None => entry.incoming,
+            None => (entry.incoming.traceparent, entry.incoming.tracestate),
         };
         match runtime
             .template
@@ -170,8 +165,6 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
                 tracked[i] = None;
             }
             Ok(params) => {
-                #[cfg(feature = "fault-injection")]
-                let params = forge_signature(params, &entry.envelope.message_id);
                 encoder.push(i, &params, &entry.delivery.data);
                 sent.push(i);
                 first.get_or_insert(params);
@@ -286,26 +279,4 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
             ..
         }
     )
-}
-
-/// Test-only (feature `fault-injection`): an entry whose message id starts with `__badsig__`
-/// carries a signature that does not verify (its last hex digit changed), as a hostile entry
-/// would: PHP must refuse that entry alone.
-#[cfg(feature = "fault-injection")]
-fn forge_signature<'a>(
-    mut params: Vec<(&'static str, std::borrow::Cow<'a, str>)>,
-    message_id: &str,
-) -> Vec<(&'static str, std::borrow::Cow<'a, str>)> {
-    if message_id.starts_with("__badsig__") {
-        for (name, value) in &mut params {
-            if *name == "HTTP_X_AGENT_SIGNATURE" {
-                let mut forged = value.to_string();
-                let last = if forged.ends_with('0') { "1" } else { "0" };
-                forged.pop();
-                forged.push_str(last);
-                *value = std::borrow::Cow::Owned(forged);
-            }
-        }
-    }
-    params
 }

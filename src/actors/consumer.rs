@@ -9,39 +9,34 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{error, info, warn};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use tracing::{error, info};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
-use super::stats::SubjectStats;
-use super::worker::{FpmWorker, Job, WorkerArgs, WorkerMsg};
+use super::exit::ConsumerExit;
+use super::worker::WorkerIdle;
 use crate::broker::{self, Publisher};
+use crate::stats::SubjectStats;
 use crate::telemetry::metrics::Metrics;
+
+mod circuit;
+mod dispatch;
+mod pool;
+mod subscription;
+
+use pool::Slot;
 
 /// Longest wait for held acks to be written when draining or stopping; past it the broker
 /// redelivers those messages.
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Prefix of the stop reason when the broker connection is gone (not a crash).
-pub const CONNECTION_LOST: &str = "connection to RabbitMQ lost";
-
 /// The consumer actor.
 pub struct QueueConsumer;
-
-/// A worker of the pool and what it holds.
-struct Slot {
-    actor: ActorRef<WorkerMsg>,
-    /// Delivery tags of the message (or batch) the worker is handling.
-    busy: Vec<DeliveryTag>,
-    /// Stop this worker as soon as it is idle (pool shrink).
-    retiring: bool,
-}
 
 /// The consumer's state.
 pub struct ConsumerState {
@@ -73,10 +68,14 @@ pub struct ConsumerState {
     draining: Option<Vec<RpcReplyPort<()>>>,
     /// Task moving deliveries from the lapin consumer into the mailbox.
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Auto pools: the task reading the queue's depth for the autoscaler.
+    depth: Option<tokio::task::JoinHandle<()>>,
     /// Circuit breaker: `Some(next probe delay)` while FPM is unreachable.
     circuit: Option<std::time::Duration>,
     /// An operator paused this subject.
     operator_paused: bool,
+    /// Why this consumer stops itself; read by the root from the final state.
+    exit: Option<ConsumerExit>,
 }
 
 /// Messages the consumer accepts.
@@ -91,14 +90,7 @@ pub enum ConsumerMsg {
         reason: Option<String>,
     },
     /// A worker finished its message.
-    WorkerIdle {
-        /// Which worker.
-        worker: ActorId,
-        /// FPM could not be reached for that message.
-        fpm_unreachable: bool,
-        /// The publish channel is closed; this consumer incarnation must be replaced.
-        publisher_broken: bool,
-    },
+    WorkerIdle(WorkerIdle),
     /// Circuit breaker: check whether FPM accepts connections again.
     Probe,
     /// Operator pause (true) or resume (false).
@@ -109,6 +101,23 @@ pub enum ConsumerMsg {
     Resize(usize),
     /// `batch_wait` is over: hand the backlog to idle workers even if no batch is full.
     Dispatch,
+}
+
+impl From<WorkerIdle> for ConsumerMsg {
+    fn from(report: WorkerIdle) -> Self {
+        Self::WorkerIdle(report)
+    }
+}
+
+impl TryFrom<ConsumerMsg> for WorkerIdle {
+    type Error = ConsumerMsg;
+
+    fn try_from(msg: ConsumerMsg) -> Result<Self, ConsumerMsg> {
+        match msg {
+            ConsumerMsg::WorkerIdle(report) => Ok(report),
+            other => Err(other),
+        }
+    }
 }
 
 impl Actor for QueueConsumer {
@@ -154,6 +163,9 @@ impl Actor for QueueConsumer {
         if let Some(forwarder) = state.forwarder.take() {
             forwarder.abort();
         }
+        if let Some(depth) = state.depth.take() {
+            depth.abort();
+        }
         for slot in state.workers.values() {
             slot.actor.kill();
         }
@@ -166,6 +178,7 @@ impl Actor for QueueConsumer {
             .await;
         stats.in_flight.store(0, Ordering::Relaxed);
         stats.busy.store(0, Ordering::Relaxed);
+        stats.queued.store(0, Ordering::Relaxed);
         stats.pool_size.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -178,97 +191,10 @@ impl Actor for QueueConsumer {
     ) -> Result<(), ActorProcessingErr> {
         // ractor skips post_stop when a handler fails; stopping instead runs it, so the
         // connection closes (returning unacked deliveries) and the gauges reset.
-        let result: Result<(), ActorProcessingErr> = async {
-        match msg {
-            ConsumerMsg::Delivery(delivery) => {
-                SubjectStats::incr(&state.runtime.stats.received);
-                state.runtime.hot.received.inc();
-                SubjectStats::incr(&state.runtime.stats.in_flight);
-                // After a cancel, deliveries the client had buffered still arrive: while not
-                // consuming they go straight back (a dropped one would pin a prefetch slot).
-                if state.draining.is_some() || state.consumer_tag.is_none() {
-                    requeue(state, &delivery);
-                    return Ok(());
-                }
-                if state.backlog.is_empty() {
-                    state.backlog_since = std::time::Instant::now();
-                }
-                state.backlog.push_back(*delivery);
-                dispatch(state);
-            }
-            ConsumerMsg::WorkerIdle {
-                worker,
-                fpm_unreachable,
-                publisher_broken,
-            } => {
-                if publisher_broken && state.draining.is_none() {
-                    return Err("the retry/dead-letter publish channel closed".into());
-                }
-                if fpm_unreachable && state.circuit.is_none() && state.draining.is_none() {
-                    open_circuit(&myself, state).await?;
-                }
-                let stats = &state.runtime.stats;
-                if let Some(slot) = state.workers.get_mut(&worker) {
-                    let held = std::mem::take(&mut slot.busy);
-                    if !held.is_empty() {
-                        SubjectStats::decr(&stats.busy);
-                        for _ in &held {
-                            SubjectStats::decr(&stats.in_flight);
-                        }
-                    }
-                    if slot.retiring {
-                        slot.actor.stop(Some("pool shrink".into()));
-                    } else {
-                        state.idle.push_back(worker);
-                    }
-                }
-                dispatch(state);
-                finish_drain_if_idle(state);
-            }
-            ConsumerMsg::StreamEnded { tag, reason } => {
-                if state.consumer_tag.as_deref() != Some(tag.as_str()) {
-                    // A consumer we cancelled ourselves (drain, pause, resize).
-                    return Ok(());
-                }
-                let reason =
-                    reason.unwrap_or_else(|| "consumer cancelled by the broker".to_owned());
-                if !state.connection.status().connected() {
-                    // Not a crash: the root reconnects without counting it towards the
-                    // restart intensity.
-                    return Err(format!("{CONNECTION_LOST}: {reason}").into());
-                }
-                return Err(format!(
-                    "delivery stream of `{}` ended: {reason}",
-                    state.runtime.subject().queue
-                )
-                .into());
-            }
-            ConsumerMsg::Drain(reply) => {
-                if state.draining.is_none() {
-                    info!(subject = %state.runtime.name, "Draining: no new deliveries, finishing in-flight work");
-                    state.draining = Some(Vec::new());
-                    sync_consuming(&myself, state).await?;
-                }
-                state.draining.get_or_insert_with(Vec::new).push(reply);
-                finish_drain_if_idle(state);
-            }
-            ConsumerMsg::Resize(size) => resize(&myself, state, size).await?,
-            ConsumerMsg::Dispatch => {
-                state.dispatch_armed = false;
-                dispatch(state);
-            }
-            ConsumerMsg::Probe => probe(&myself, state).await?,
-            ConsumerMsg::SetPaused(paused) => {
-                info!(subject = %state.runtime.name, paused, "Operator {} consumption", if paused { "paused" } else { "resumed" });
-                state.operator_paused = paused;
-                sync_consuming(&myself, state).await?;
-            }
-        }
-        Ok(())
-        }
-        .await;
+        let result = on_message(&myself, msg, state).await;
         if let Err(e) = result {
             error!(subject = %state.runtime.name, error = %e, "Consumer failed; stopping it for a restart");
+            state.exit = Some(ConsumerExit::of(&*e));
             myself.stop(Some(e.to_string()));
         }
         Ok(())
@@ -280,51 +206,86 @@ impl Actor for QueueConsumer {
         event: SupervisionEvent,
         state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failure) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
-            _ => return Ok(()),
-        };
-        let Some(slot) = state.workers.remove(&cell.get_id()) else {
-            return Ok(());
-        };
-        state.idle.retain(|id| *id != cell.get_id());
-        let stats = state.runtime.stats.clone();
-        SubjectStats::decr(&stats.pool_size);
-        if !slot.busy.is_empty() {
-            SubjectStats::decr(&stats.busy);
+        pool::on_worker_ended(&myself, state, event).await
+    }
+}
+
+/// Returns a delivery that no worker took (the settlement task counts it as requeued).
+fn requeue(state: &ConsumerState, delivery: &Delivery) {
+    state.acks.nack(delivery.delivery_tag);
+    SubjectStats::decr(&state.runtime.stats.in_flight);
+}
+
+/// Acts on one message; an error stops the consumer (see `handle`).
+async fn on_message(
+    myself: &ActorRef<ConsumerMsg>,
+    msg: ConsumerMsg,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        ConsumerMsg::Delivery(delivery) => dispatch::on_delivery(state, *delivery),
+        ConsumerMsg::WorkerIdle(report) => dispatch::on_worker_idle(myself, state, report).await?,
+        ConsumerMsg::StreamEnded { tag, reason } => {
+            subscription::on_stream_ended(state, &tag, reason)?;
         }
-        // Tags of a batch already settled are not nacked again (the settlement task knows them).
-        for tag in slot.busy {
-            SubjectStats::decr(&stats.in_flight);
-            state.acks.nack(tag);
+        ConsumerMsg::Drain(reply) => on_drain(myself, state, reply).await?,
+        ConsumerMsg::Resize(size) => pool::resize(myself, state, size).await?,
+        ConsumerMsg::Dispatch => {
+            state.dispatch_armed = false;
+            dispatch::dispatch(state);
         }
-        if let Some(err) = failure {
-            error!(subject = %state.runtime.name, error = %crate::printable::printable(&err.to_string()).capped(1024), "FPM worker failed; its message goes back to the queue and the worker is replaced");
-            SubjectStats::incr(&stats.worker_restarts);
-            let labels = crate::telemetry::metrics::ActorLabels {
-                subject: state.runtime.name.clone(),
-                actor: "worker".to_owned(),
-            };
-            state
-                .runtime
-                .metrics
-                .actor_restarts
-                .get_or_create(&labels)
-                .inc();
+        ConsumerMsg::Probe => circuit::probe(myself, state).await?,
+        ConsumerMsg::SetPaused(paused) => {
+            let verb = if paused { "paused" } else { "resumed" };
+            info!(subject = %state.runtime.name, paused, "Operator {verb} consumption");
+            state.operator_paused = paused;
+            subscription::sync_consuming(myself, state).await?;
         }
-        if state.draining.is_none() && !slot.retiring {
-            // Keep the pool at its target size.
-            let target = state.target;
-            state.target = state.workers.len();
-            resize(&myself, state, target).await?;
+    }
+    Ok(())
+}
+
+/// Stops taking deliveries; `reply` is answered once no worker is busy.
+async fn on_drain(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    reply: RpcReplyPort<()>,
+) -> Result<(), ActorProcessingErr> {
+    if state.draining.is_none() {
+        info!(subject = %state.runtime.name, "Draining: no new deliveries, finishing in-flight work");
+        state.draining = Some(Vec::new());
+        subscription::sync_consuming(myself, state).await?;
+    }
+    state.draining.get_or_insert_with(Vec::new).push(reply);
+    dispatch::finish_drain_if_idle(state);
+    Ok(())
+}
+
+/// The consumer and the reason of its end, from a supervision event of the root: a failed
+/// start or handler, or the exit it recorded before it stopped itself. `None` for other events.
+#[must_use]
+pub fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExit)> {
+    match event {
+        SupervisionEvent::ActorFailed(cell, err) => Some((cell, ConsumerExit::of(&*err))),
+        SupervisionEvent::ActorTerminated(cell, state, reason) => {
+            let recorded = state
+                .and_then(|mut s| s.take::<ConsumerState>().ok())
+                .and_then(|s| s.exit);
+            let exit = recorded.unwrap_or_else(|| {
+                ConsumerExit::Crash(reason.unwrap_or_else(|| "stopped".to_owned()))
+            });
+            Some((cell, exit))
         }
-        finish_drain_if_idle(state);
-        Ok(())
+        _ => None,
     }
 }
 
 /// Opens channels, declares the topology, spawns the pool and starts consuming.
+/// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
+fn per_worker(runtime: &SubjectRuntime) -> u16 {
+    crate::batch::prefetch_per_worker(&runtime.config, runtime.subject())
+}
+
 async fn setup(
     myself: &ActorRef<ConsumerMsg>,
     runtime: &Arc<SubjectRuntime>,
@@ -344,6 +305,8 @@ async fn setup(
         Arc::new(Publisher::open(&connection, &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
+    let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)
+        .then(|| tokio::spawn(super::depth::watch(runtime.clone(), connection.clone())));
     let mut state = ConsumerState {
         runtime: runtime.clone(),
         connection,
@@ -362,11 +325,13 @@ async fn setup(
         target: 0,
         draining: None,
         forwarder: None,
+        depth,
         circuit: None,
         operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
+        exit: None,
     };
-    resize(myself, &mut state, target).await?;
-    sync_consuming(myself, &mut state).await?;
+    pool::resize(myself, &mut state, target).await?;
+    subscription::sync_consuming(myself, &mut state).await?;
     runtime.stats.consuming.store(true, Ordering::Relaxed);
     if runtime.stats.consumer_starts.load(Ordering::Relaxed) > 1 {
         runtime
@@ -377,322 +342,4 @@ async fn setup(
     }
     info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
     Ok(state)
-}
-
-/// First and largest delay between FPM probes while the circuit is open.
-const PROBE_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
-const PROBE_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Consumes when nothing says not to (draining, open circuit, operator pause), and reflects
-/// the state in the `paused` gauge.
-async fn sync_consuming(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    let wanted = state.draining.is_none() && state.circuit.is_none() && !state.operator_paused;
-    state.runtime.stats.paused.store(
-        state.circuit.is_some() || state.operator_paused,
-        Ordering::Relaxed,
-    );
-    match (wanted, state.consumer_tag.is_some()) {
-        (true, false) => start_consuming(myself, state).await,
-        (false, true) => {
-            stop_consuming(state).await;
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// `basic.qos` for the current pool, then a new `basic.consume`. RabbitMQ applies a per-consumer
-/// prefetch only to consumers created after it, which is why a resize re-consumes.
-async fn start_consuming(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    let prefetch = crate::config::prefetch(state.target, per_worker(&state.runtime));
-    if prefetch != state.prefetch {
-        state
-            .channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        state.prefetch = prefetch;
-        state.acks.set_window(prefetch);
-    }
-    let tag = new_consumer_tag(&state.runtime.name);
-    let consumer = state
-        .channel
-        .basic_consume(
-            state.runtime.subject().queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    state.consumer_tag = Some(tag);
-    state.forwarder = Some(tokio::spawn(forward(consumer, myself.clone())));
-    Ok(())
-}
-
-/// Cancels the consumer. Deliveries already received stay valid on the channel; the backlog
-/// (not yet with a worker) goes back to the queue.
-async fn stop_consuming(state: &mut ConsumerState) {
-    cancel_consumer(state).await;
-    while let Some(delivery) = state.backlog.pop_front() {
-        requeue(state, &delivery);
-    }
-}
-
-async fn cancel_consumer(state: &mut ConsumerState) {
-    if let Some(tag) = state.consumer_tag.take() {
-        let _ = state
-            .channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-    }
-    // The forwarder is not aborted: it hands over what the cancelled consumer had buffered and
-    // ends with the stream (a stale `StreamEnded` is ignored by tag).
-    state.forwarder = None;
-}
-
-/// Opens the circuit: stop taking deliveries while FPM is unreachable, so workers do not burn
-/// through the queue. Messages already taken are retried by their workers (an unreachable FPM
-/// does not use up attempts); the backlog goes back to the queue.
-async fn open_circuit(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    warn!(subject = %state.runtime.name, fpm = %state.runtime.config.fpm.address, "No FPM upstream reachable; pausing consumption until one answers");
-    state.circuit = Some(PROBE_FIRST);
-    myself.send_after(PROBE_FIRST, || ConsumerMsg::Probe);
-    sync_consuming(myself, state).await
-}
-
-/// While the circuit is open: probe FPM; close it when FPM accepts connections, else back off.
-async fn probe(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-) -> Result<(), ActorProcessingErr> {
-    let Some(delay) = state.circuit else {
-        return Ok(());
-    };
-    if !state.runtime.upstreams.probe(true).await {
-        let next = (delay * 2).min(PROBE_MAX);
-        state.circuit = Some(next);
-        myself.send_after(next, || ConsumerMsg::Probe);
-        return Ok(());
-    }
-    info!(subject = %state.runtime.name, "An FPM upstream answers again; resuming consumption");
-    state.circuit = None;
-    sync_consuming(myself, state).await
-}
-
-fn new_consumer_tag(subject: &str) -> String {
-    format!(
-        "amqp-agent.{subject}.{}.{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    )
-}
-
-/// Forwards deliveries from the lapin consumer stream to the actor's mailbox.
-async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
-    let tag = consumer.tag().to_string();
-    while let Some(item) = consumer.next().await {
-        match item {
-            Ok(delivery) => {
-                if actor
-                    .cast(ConsumerMsg::Delivery(Box::new(delivery)))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(e) => {
-                let reason = Some(e.to_string());
-                let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason });
-                return;
-            }
-        }
-    }
-    let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
-}
-
-/// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
-fn per_worker(runtime: &SubjectRuntime) -> u16 {
-    crate::batch::prefetch_per_worker(&runtime.config, runtime.subject())
-}
-
-/// Hands backlog deliveries to idle workers: one per request, or up to `batch_max` in one (an
-/// idle worker waits up to `batch_wait` for a batch to fill).
-fn dispatch(state: &mut ConsumerState) {
-    while !state.backlog.is_empty() {
-        if state.idle.is_empty() {
-            return;
-        }
-        let waited = state.backlog_since.elapsed();
-        if state.batching.should_wait(state.backlog.len(), waited) {
-            if !state.dispatch_armed {
-                state.dispatch_armed = true;
-                let left = state.batching.wait.saturating_sub(waited);
-                state.myself.send_after(left, || ConsumerMsg::Dispatch);
-            }
-            return;
-        }
-        let Some(id) = state.idle.pop_front() else {
-            return;
-        };
-        let Some(slot) = state.workers.get_mut(&id) else {
-            continue;
-        };
-        if slot.retiring {
-            slot.actor.stop(Some("pool shrink".into()));
-            continue;
-        }
-        let n = state
-            .batching
-            .take(state.backlog.iter().map(|d| (d.data.len(), d.redelivered)));
-        let (msg, tags) = if n == 1 {
-            let delivery = state.backlog.pop_front().expect("checked non-empty");
-            let tags = vec![delivery.delivery_tag];
-            let job = Job {
-                delivery,
-                publisher: state.publisher.clone(),
-                acks: state.acks.clone(),
-            };
-            (WorkerMsg::Handle(Box::new(job)), tags)
-        } else {
-            let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
-            let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
-            let job = super::batch::BatchJob {
-                deliveries,
-                publisher: state.publisher.clone(),
-                acks: state.acks.clone(),
-            };
-            (WorkerMsg::Batch(Box::new(job)), tags)
-        };
-        match slot.actor.cast(msg) {
-            Ok(()) => {
-                slot.busy = tags;
-                SubjectStats::incr(&state.runtime.stats.busy);
-            }
-            Err(e) => {
-                // The worker is stopping; its supervision event will replace it.
-                match e {
-                    ractor::MessagingErr::SendErr(WorkerMsg::Handle(job)) => {
-                        state.backlog.push_front(job.delivery);
-                    }
-                    ractor::MessagingErr::SendErr(WorkerMsg::Batch(job)) => {
-                        for delivery in job.deliveries.into_iter().rev() {
-                            state.backlog.push_front(delivery);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-}
-
-/// Returns a delivery that no worker took (the settlement task counts it as requeued).
-fn requeue(state: &ConsumerState, delivery: &Delivery) {
-    state.acks.nack(delivery.delivery_tag);
-    SubjectStats::decr(&state.runtime.stats.in_flight);
-}
-
-fn finish_drain_if_idle(state: &mut ConsumerState) {
-    let busy = state.workers.values().any(|s| !s.busy.is_empty());
-    if busy {
-        return;
-    }
-    if let Some(waiters) = state.draining.as_mut() {
-        if waiters.is_empty() {
-            return;
-        }
-        // Drained once the acks of the finished messages are written.
-        let waiters = std::mem::take(waiters);
-        let acks = state.acks.clone();
-        tokio::spawn(async move {
-            // Bounded: a broker that blocks the connection (resource alarm) writes nothing.
-            let _ = tokio::time::timeout(FLUSH_TIMEOUT, acks.flush()).await;
-            for reply in waiters {
-                let _ = reply.send(());
-            }
-        });
-    }
-}
-
-/// Grows or shrinks the pool to `size`. Starting the pool is a resize from 0.
-///
-/// Growing spawns workers at once; shrinking stops idle workers first and marks busy ones to
-/// stop when their message is done, so no in-flight message is interrupted.
-async fn resize(
-    myself: &ActorRef<ConsumerMsg>,
-    state: &mut ConsumerState,
-    size: usize,
-) -> Result<(), ActorProcessingErr> {
-    let stats = state.runtime.stats.clone();
-    state.target = size;
-    let active = state.workers.values().filter(|s| !s.retiring).count();
-    if size > active {
-        // Reuse workers that were about to retire before spawning new ones.
-        let mut missing = size - active;
-        for slot in state.workers.values_mut().filter(|s| s.retiring) {
-            if missing == 0 {
-                break;
-            }
-            slot.retiring = false;
-            missing -= 1;
-        }
-        for _ in 0..missing {
-            let args = WorkerArgs {
-                runtime: state.runtime.clone(),
-                consumer: myself.clone(),
-            };
-            let (actor, _) = Actor::spawn_linked(None, FpmWorker, args, myself.get_cell()).await?;
-            state.idle.push_back(actor.get_id());
-            state.workers.insert(
-                actor.get_id(),
-                Slot {
-                    actor,
-                    busy: Vec::new(),
-                    retiring: false,
-                },
-            );
-            SubjectStats::incr(&stats.pool_size);
-        }
-    } else {
-        let mut excess = active - size;
-        // Idle workers go first.
-        while excess > 0 {
-            let Some(id) = state.idle.pop_back() else {
-                break;
-            };
-            if let Some(slot) = state.workers.get_mut(&id) {
-                slot.retiring = true;
-                slot.actor.stop(Some("pool shrink".into()));
-                excess -= 1;
-            }
-        }
-        for slot in state
-            .workers
-            .values_mut()
-            .filter(|s| !s.retiring && !s.busy.is_empty())
-        {
-            if excess == 0 {
-                break;
-            }
-            slot.retiring = true;
-            excess -= 1;
-        }
-    }
-    dispatch(state);
-    // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
-    // the pool by re-consuming. Deliveries already received stay valid on the channel.
-    let wanted = crate::config::prefetch(state.target, per_worker(&state.runtime));
-    if state.consumer_tag.is_some() && wanted != state.prefetch {
-        cancel_consumer(state).await;
-        start_consuming(myself, state).await?;
-    }
-    Ok(())
 }

@@ -13,8 +13,10 @@
 pub mod acks;
 pub mod batch;
 pub mod consumer;
+pub mod depth;
+pub mod exit;
+pub mod hook;
 pub mod root;
-pub mod stats;
 pub mod worker;
 
 use std::sync::Arc;
@@ -34,7 +36,7 @@ pub struct SubjectRuntime {
     /// Retry schedule.
     pub policy: RetryPolicy,
     /// Counters and gauges, shared with the status endpoint.
-    pub stats: Arc<stats::SubjectStats>,
+    pub stats: Arc<crate::stats::SubjectStats>,
     /// Prometheus metrics of the agent.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// This subject's metrics, resolved once for the per-message path.
@@ -47,6 +49,8 @@ pub struct SubjectRuntime {
     pub crashes: Arc<crate::poison::journal::Tracker>,
     /// The FPM upstreams and their connection pools (shared by every subject of the agent).
     pub upstreams: Arc<crate::upstreams::Upstreams>,
+    /// Tests only: called by a worker with each delivery before handling it (see [`hook`]).
+    pub hook: Option<hook::DeliveryHook>,
 }
 
 impl SubjectRuntime {
@@ -55,7 +59,7 @@ impl SubjectRuntime {
     pub fn new(
         config: Arc<Config>,
         subject: &str,
-        stats: Arc<stats::SubjectStats>,
+        stats: Arc<crate::stats::SubjectStats>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
         Self {
@@ -79,6 +83,7 @@ impl SubjectRuntime {
                 std::time::Duration::from_secs(60),
             ),
             crashes: Arc::new(crate::poison::journal::Tracker::disabled()),
+            hook: None,
         }
     }
 
@@ -86,6 +91,13 @@ impl SubjectRuntime {
     #[must_use]
     pub fn with_crashes(mut self, crashes: Arc<crate::poison::journal::Tracker>) -> Self {
         self.crashes = crashes;
+        self
+    }
+
+    /// The same runtime, calling `hook` with each delivery a worker is given (tests).
+    #[must_use]
+    pub fn with_hook(mut self, hook: Option<hook::DeliveryHook>) -> Self {
+        self.hook = hook;
         self
     }
 

@@ -13,9 +13,10 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
-use super::consumer::{ConsumerMsg, QueueConsumer};
-use super::stats::SubjectStats;
+use super::consumer::{self, ConsumerMsg, QueueConsumer};
+use super::exit::ConsumerExit;
 use crate::config::Config;
+use crate::stats::SubjectStats;
 
 /// The root supervisor actor.
 pub struct RootSupervisor;
@@ -69,6 +70,8 @@ pub struct RootArgs {
     pub fatal: Arc<Mutex<Option<String>>>,
     /// Crash-loop protection, shared by every subject.
     pub crashes: Arc<crate::poison::journal::Tracker>,
+    /// Tests only: called by every worker with each delivery (see [`super::hook`]).
+    pub hook: Option<super::hook::DeliveryHook>,
 }
 
 impl Actor for RootSupervisor {
@@ -85,7 +88,8 @@ impl Actor for RootSupervisor {
         for (name, stats) in args.stats {
             let runtime = Arc::new(
                 SubjectRuntime::new(args.config.clone(), &name, stats, args.metrics.clone())
-                    .with_crashes(args.crashes.clone()),
+                    .with_crashes(args.crashes.clone())
+                    .with_hook(args.hook.clone()),
             );
             children.insert(
                 name.clone(),
@@ -178,12 +182,8 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
-            }
-            _ => return Ok(()),
+        let Some((cell, exit)) = consumer::exit_of(event) else {
+            return Ok(());
         };
         let Some(name) = state.ids.remove(&cell.get_id()) else {
             return Ok(());
@@ -198,7 +198,7 @@ impl Actor for RootSupervisor {
             myself.cast(RootMsg::Start(name))?;
             return Ok(());
         }
-        error!(subject = %name, error = %reason, "Consumer failed");
+        error!(subject = %name, error = %exit.reason(), "Consumer failed");
         if let Some(child) = state.children.get(&name) {
             let labels = crate::telemetry::metrics::ActorLabels {
                 subject: name.clone(),
@@ -211,10 +211,7 @@ impl Actor for RootSupervisor {
                 .get_or_create(&labels)
                 .inc();
         }
-        // A lost connection is retried for as long as it takes; only real crashes count
-        // towards the restart intensity.
-        let crash = !reason.starts_with(super::consumer::CONNECTION_LOST);
-        failed(&myself, state, name, crash);
+        ended(&myself, state, name, &exit);
         Ok(())
     }
 }
@@ -251,7 +248,8 @@ fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessing
         let restart = !old.same_for_consumer(&new, name);
         child.runtime = Arc::new(
             SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
-                .with_crashes(child.runtime.crashes.clone()),
+                .with_crashes(child.runtime.crashes.clone())
+                .with_hook(child.runtime.hook.clone()),
         );
         let Some(actor) = child.actor.clone() else {
             continue;
@@ -287,30 +285,36 @@ async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) 
             child.started = Some(Instant::now());
         }
         Err(e) => {
-            let broker = match &e {
-                ractor::SpawnErr::StartupFailed(inner) => {
-                    inner.downcast_ref::<crate::broker::BrokerError>()
-                }
-                _ => None,
+            let exit = match &e {
+                ractor::SpawnErr::StartupFailed(inner) => ConsumerExit::of(&**inner),
+                other => ConsumerExit::Crash(other.to_string()),
             };
-            if let Some(config_error) = broker.filter(|b| b.is_config_error()) {
-                // A restart cannot fix the configuration: stop once, with the broker's reason.
-                let reason = format!("subject `{name}`: {config_error}");
-                error!("{reason}");
-                *state.fatal.lock().expect("fatal lock") = Some(reason.clone());
-                myself.stop(Some(reason));
-                return;
-            }
-            let unreachable = broker.is_some_and(crate::broker::BrokerError::is_unreachable);
-            if unreachable {
+            match &exit {
                 // An unreachable broker is retried with backoff for as long as it takes.
-                warn!(subject = %name, error = %e, "Cannot reach the broker; retrying");
-            } else {
-                error!(subject = %name, error = %e, "Cannot start consumer");
+                ConsumerExit::Unreachable(_) => {
+                    warn!(subject = %name, error = %e, "Cannot reach the broker; retrying");
+                }
+                ConsumerExit::Crash(_) => {
+                    error!(subject = %name, error = %e, "Cannot start consumer");
+                }
+                ConsumerExit::Config(_) => {}
             }
-            failed(myself, state, name, !unreachable);
+            ended(myself, state, name, &exit);
         }
     }
+}
+
+/// Acts on a consumer's end: a configuration the broker refused stops the agent once (a
+/// restart cannot fix it); anything else schedules a restart.
+fn ended(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String, exit: &ConsumerExit) {
+    if let ConsumerExit::Config(why) = exit {
+        let reason = format!("subject `{name}`: {why}");
+        error!("{reason}");
+        *state.fatal.lock().expect("fatal lock") = Some(reason.clone());
+        myself.stop(Some(reason));
+        return;
+    }
+    failed(myself, state, name, exit.is_crash());
 }
 
 /// Schedules a restart; a crash counts towards the restart intensity.

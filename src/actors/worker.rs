@@ -7,25 +7,28 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tracing::{Instrument, debug, error, info, warn};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, DerivedActorRef};
+use tracing::{Instrument, warn};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
-use super::consumer::ConsumerMsg;
-use super::stats::SubjectStats;
 use crate::broker::Publisher;
-use crate::contract::{self, ATTEMPT_HEADER, Envelope, LAST_ERROR_HEADER};
-use crate::fastcgi::Reply;
-use crate::outcome::{self, Decision, Verdict};
+use crate::contract::{self, Envelope};
 use crate::printable::printable;
 use crate::provenance::{self, Binding};
-use crate::telemetry::{self, metrics::Metrics};
+use crate::telemetry;
+use crate::trace_context;
+
+mod fpm;
+mod settle;
+
+pub(super) use fpm::fastcgi_span;
+use fpm::request;
+pub(super) use settle::{Original, settle};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
 pub(super) const EXCERPT: usize = 1024;
@@ -37,7 +40,7 @@ pub struct FpmWorker;
 /// (`upstreams`), so a worker with nothing to do holds no FPM child.
 pub struct WorkerState {
     pub(super) runtime: Arc<SubjectRuntime>,
-    consumer: ActorRef<ConsumerMsg>,
+    consumer: DerivedActorRef<WorkerIdle>,
 }
 
 /// Messages a worker accepts.
@@ -63,7 +66,20 @@ pub struct WorkerArgs {
     /// The subject's shared runtime.
     pub runtime: Arc<SubjectRuntime>,
     /// The consumer to report to.
-    pub consumer: ActorRef<ConsumerMsg>,
+    pub consumer: DerivedActorRef<WorkerIdle>,
+}
+
+/// What a worker reports to its consumer after each message: it is idle again, and what the
+/// consumer must act on. The consumer accepts it as one of its messages; the worker does not
+/// know the consumer's message type.
+#[derive(Debug)]
+pub struct WorkerIdle {
+    /// Which worker.
+    pub worker: ActorId,
+    /// FPM could not be reached for that message (opens the circuit breaker).
+    pub fpm_unreachable: bool,
+    /// The publish channel is closed; this consumer incarnation must be replaced.
+    pub publisher_broken: bool,
 }
 
 impl Actor for FpmWorker {
@@ -90,26 +106,33 @@ impl Actor for FpmWorker {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Handle(job) => {
-                let publisher_usable = {
-                    let publisher = job.publisher.clone();
-                    let unreached = handle_job(state, *job).await;
-                    (unreached, publisher.usable())
+                if let Some(hook) = &state.runtime.hook {
+                    hook(&job.delivery);
+                }
+                let publisher = job.publisher.clone();
+                let fpm_unreachable = handle_job(state, *job).await;
+                let report = WorkerIdle {
+                    worker: myself.get_id(),
+                    fpm_unreachable,
+                    publisher_broken: !publisher.usable(),
                 };
                 // The consumer may be gone during shutdown; nothing to report to then.
-                let _ = state.consumer.cast(ConsumerMsg::WorkerIdle {
-                    worker: myself.get_id(),
-                    fpm_unreachable: publisher_usable.0,
-                    publisher_broken: !publisher_usable.1,
-                });
+                let _ = state.consumer.send_message(report);
             }
             WorkerMsg::Batch(job) => {
+                if let Some(hook) = &state.runtime.hook {
+                    for delivery in &job.deliveries {
+                        hook(delivery);
+                    }
+                }
                 let publisher = job.publisher.clone();
-                let unreached = super::batch::handle_batch(state, *job).await;
-                let _ = state.consumer.cast(ConsumerMsg::WorkerIdle {
+                let fpm_unreachable = super::batch::handle_batch(state, *job).await;
+                let report = WorkerIdle {
                     worker: myself.get_id(),
-                    fpm_unreachable: unreached,
+                    fpm_unreachable,
                     publisher_broken: !publisher.usable(),
-                });
+                };
+                let _ = state.consumer.send_message(report);
             }
         }
         Ok(())
@@ -124,24 +147,19 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
         acks,
     } = job;
     let runtime = state.runtime.clone();
-    let props = &delivery.properties;
-    let headers = props.headers().as_ref();
-    let (message_id, generated) = message_id(props);
-    #[cfg(feature = "fault-injection")]
-    if message_id.starts_with("__panic__") && !delivery.redelivered {
-        panic!("fault injection: worker panics on {message_id}");
-    }
+    let (message_id, generated) = message_id(&delivery.properties);
     // Crash-loop protection: the start record is written before FPM is called; dropping
     // `tracked` when the delivery is settled records it as done.
     let key = crate::poison::journal::key_of(&delivery);
     let tracked = runtime.crashes.begin(&key, delivery.redelivered).await;
     let (envelope, untrusted) = envelope_of(&runtime, &delivery, message_id.clone(), generated);
     let attempt = envelope.attempt;
-    let span = message_span(&runtime, &delivery, &message_id, attempt);
+    let incoming = trace_context::read(delivery.properties.headers().as_ref());
+    let span = message_span(&runtime, &delivery, &message_id, attempt, &incoming);
     let process_span = span.clone();
     async {
-        let (traceparent, tracestate) = admitted(&runtime, headers, generated, untrusted.as_ref());
-        let copy = Copy {
+        admitted(&runtime, generated, untrusted.as_ref(), &incoming);
+        let original = Original {
             delivery: &delivery,
             message_id: &message_id,
             generated,
@@ -150,68 +168,24 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             routing_key: envelope.routing_key,
             span: &process_span,
         };
-        if let Some(crashes) = tracked.poison() {
-            let verdict = crate::poison::verdict(crashes);
-            let decision = runtime.policy.decide(&verdict, attempt);
-            settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
-            return false;
-        }
-        let fcgi_span = fastcgi_span(&runtime);
-        // PHP continues the trace from the FastCGI span when traces are exported; otherwise
-        // it gets the publisher's context unchanged.
-        let exported = telemetry::context_of(&fcgi_span);
-        let trace = match &exported {
-            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
-            None => (traceparent, tracestate),
+        // A redelivery that was in flight during `agent.poison_after` crashes never reaches FPM.
+        let (verdict, unreached) = match tracked.poison() {
+            Some(crashes) => (crate::poison::verdict(crashes), false),
+            None => request(&runtime, &envelope, &delivery.data, &incoming, &message_id).await,
         };
-        let now = contract::unix_now();
-        let (verdict, unreached) =
-            match runtime
-                .template
-                .params(&envelope, &delivery.data, trace, now)
-            {
-                Err(e) => {
-                    warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
-                    let verdict = Verdict::Permanent {
-                        reason: e.reason(),
-                        detail: e.to_string(),
-                        status: None,
-                    };
-                    (verdict, false)
-                }
-                Ok(params) => {
-                    let running = runtime.metrics.fpm.running(&runtime.name, &message_id);
-                    attempt_fpm(&runtime, &running, &params, &delivery.data)
-                        .instrument(fcgi_span)
-                        .await
-                }
-            };
         let decision = runtime.policy.decide(&verdict, attempt);
-        settle(&runtime, &publisher, &acks, copy, &verdict, decision).await;
+        settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
         unreached
     }
     .instrument(span)
     .await
 }
 
-/// The `FastCGI POST` span of a request (a `none` span without trace export).
-pub(super) fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span {
-    if telemetry::enabled() {
-        tracing::info_span!(
-            "fastcgi",
-            otel.name = "FastCGI POST",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            server.address = %runtime.config.fpm.address,
-            http.request.method = "POST",
-            url.path = %runtime.template.request_uri(),
-            http.response.status_code = tracing::field::Empty,
-            http.response.body.size = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-            amqp_agent.batch.size = tracing::field::Empty,
-        )
-    } else {
-        tracing::Span::none()
+/// The message id of a delivery, or a generated one (true).
+pub(super) fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
+    match props.message_id() {
+        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
+        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
     }
 }
 
@@ -255,24 +229,17 @@ pub(super) fn envelope_of<'a>(
     (envelope, untrusted)
 }
 
-/// The message id of a delivery, or a generated one (true).
-pub(super) fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
-    match props.message_id() {
-        Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
-        _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
-    }
-}
-
-/// The `message` span of a delivery (`<queue> process`), a child of its `traceparent`.
+/// The `message` span of a delivery (`<queue> process`; with export on, a child of its
+/// `traceparent`), with its trace id and queue wait recorded.
 pub(super) fn message_span(
     runtime: &SubjectRuntime,
     delivery: &Delivery,
     message_id: &str,
     attempt: u32,
+    incoming: &trace_context::Incoming<'_>,
 ) -> tracing::Span {
     let queue = &runtime.subject().queue;
     let props = &delivery.properties;
-    let headers = props.headers().as_ref();
     // OpenTelemetry messaging conventions; `subject`, `message_id`, `attempt` and `trace_id`
     // also appear on every log line emitted inside the span.
     // Exported spans carry OpenTelemetry's messaging attributes; without an exporter the span
@@ -306,13 +273,9 @@ pub(super) fn message_span(
             trace_id = tracing::field::Empty,
         )
     };
-    telemetry::set_parent_from_headers(&span, headers);
-    let incoming_trace = contract::string_header(headers, "traceparent");
-    if let Some(id) = telemetry::trace_id(&span).or_else(|| {
-        incoming_trace
-            .filter(|tp| valid_traceparent(tp))
-            .map(|tp| tp[3..35].to_owned())
-    }) {
+    telemetry::set_parent_from_headers(&span, props.headers().as_ref());
+    if let Some(id) = telemetry::trace_id(&span).or_else(|| incoming.trace_id().map(str::to_owned))
+    {
         span.record("trace_id", id.as_str());
     }
     if let Some(ts) = *props.timestamp() {
@@ -324,13 +287,13 @@ pub(super) fn message_span(
 }
 
 /// Inside the message's span: logs what is wrong with the delivery (a generated id, ignored
-/// state headers, a malformed `traceparent`) and returns the trace context to hand to PHP.
-pub(super) fn admitted<'a>(
+/// state headers, a malformed `traceparent`).
+pub(super) fn admitted(
     runtime: &SubjectRuntime,
-    headers: Option<&'a FieldTable>,
     generated: bool,
     untrusted: Option<&provenance::Untrusted>,
-) -> (Option<&'a str>, Option<&'a str>) {
+    incoming: &trace_context::Incoming<'_>,
+) {
     if generated {
         runtime.hot.missing_message_id.inc();
         if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
@@ -344,273 +307,9 @@ pub(super) fn admitted<'a>(
     if let Some(why) = untrusted {
         warn_untrusted(runtime, why);
     }
-    let traceparent = contract::string_header(headers, "traceparent").filter(|tp| {
-        let ok = valid_traceparent(tp);
-        if !ok {
-            warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
-        }
-        ok
-    });
-    (
-        traceparent,
-        traceparent.and(contract::string_header(headers, "tracestate")),
-    )
-}
-
-/// One FastCGI request, timed and classified; records status and size on the current span.
-async fn attempt_fpm(
-    runtime: &SubjectRuntime,
-    running: &crate::fpm_status::monitor::RunningGuard<'_>,
-    params: &[(&'static str, Cow<'_, str>)],
-    body: &[u8],
-) -> (Verdict, bool) {
-    let span = tracing::Span::current();
-    let started = Instant::now();
-    let sent = runtime
-        .upstreams
-        .request(params, body, |i| running.set_upstream(i))
-        .await;
-    let result = sent.result;
-    let elapsed = started.elapsed();
-    let require_ack = runtime.config.fpm.require_ack_header;
-    let (verdict, unreached, status) = match result {
-        Ok(reply) => {
-            span.record("http.response.body.size", reply.size);
-            match outcome::parse_head(&reply.stdout) {
-                Ok(head) => {
-                    span.record("http.response.status_code", head.status);
-                    let verdict = outcome::classify_reply(&head, require_ack, || excerpt(&reply));
-                    let status = if head.status == 200 {
-                        Cow::Borrowed("200")
-                    } else {
-                        Cow::Owned(head.status.to_string())
-                    };
-                    (verdict, false, status)
-                }
-                Err(e) => {
-                    let verdict = Verdict::Transient {
-                        reason: "fpm_malformed_reply",
-                        detail: format!("{e}: {}", excerpt(&reply)),
-                        status: None,
-                        retry_after: None,
-                        counts: true,
-                    };
-                    (verdict, false, Cow::Borrowed("fpm_malformed_reply"))
-                }
-            }
-        }
-        Err(e) => {
-            let unreached = e.unreached();
-            let verdict = Verdict::Transient {
-                reason: e.reason(),
-                detail: e.to_string(),
-                status: None,
-                retry_after: None,
-                counts: !unreached,
-            };
-            (verdict, unreached, Cow::Borrowed(e.reason()))
-        }
-    };
-    runtime.hot.fpm_duration.observe(elapsed.as_secs_f64());
-    if status == "200" {
-        runtime.hot.fpm_ok.inc();
-    } else {
-        runtime.metrics.fpm_response(&runtime.name, &status);
+    if let Some(tp) = incoming.malformed {
+        warn!(traceparent = %printable(tp), "Malformed traceparent header; not forwarded to PHP");
     }
-    if !matches!(verdict, Verdict::Success) {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", describe(&verdict).0);
-    }
-    (verdict, unreached)
-}
-
-/// The delivery being settled and what identifies it.
-pub(super) struct Copy<'a> {
-    pub(super) delivery: &'a Delivery,
-    pub(super) message_id: &'a str,
-    pub(super) generated: bool,
-    pub(super) attempt: u32,
-    /// Where the message was first published (trusted, see `provenance`).
-    pub(super) exchange: &'a str,
-    pub(super) routing_key: &'a str,
-    /// The message's process span: outcome recorded on it, its context carried by copies.
-    pub(super) span: &'a tracing::Span,
-}
-
-/// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
-pub(super) async fn settle(
-    runtime: &SubjectRuntime,
-    publisher: &Publisher,
-    acks: &Acks,
-    copy: Copy<'_>,
-    verdict: &Verdict,
-    decision: Decision,
-) {
-    let stats = &runtime.stats;
-    let delivery = copy.delivery;
-    let span = copy.span;
-    let published = match &decision {
-        Decision::Ack => {
-            debug!("Handled");
-            span.record("outcome", "ack");
-            acks.ack(delivery.delivery_tag, true);
-            return;
-        }
-        Decision::Retry {
-            delay,
-            next_attempt,
-        } => {
-            let (reason, detail) = describe(verdict);
-            info!(reason, detail = %printable(&detail).capped(EXCERPT), delay = ?delay, next_attempt, "Attempt failed; retrying later");
-            span.record("outcome", "retry");
-            span.record("otel.status_code", "ERROR");
-            let props = republished(runtime, &copy, |h| {
-                h.insert(
-                    ATTEMPT_HEADER.into(),
-                    AMQPValue::LongLongInt(i64::from(*next_attempt)),
-                );
-                h.insert(
-                    LAST_ERROR_HEADER.into(),
-                    text(&format!("{reason}: {detail}")),
-                );
-            });
-            publisher
-                .publish_delayed(*delay, &delivery.data, props)
-                .await
-                .map(|()| reason)
-        }
-        Decision::DeadLetter { reason } => {
-            let (cause, detail) = describe(verdict);
-            warn!(reason, cause, detail = %printable(&detail).capped(EXCERPT), "Dead-lettering message");
-            span.record("outcome", "dead_letter");
-            span.record("otel.status_code", "ERROR");
-            let status = match verdict {
-                Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
-                Verdict::Success => None,
-            };
-            let props = republished(runtime, &copy, |h| {
-                // Headers too deep to encode (or cut by the AMQP parser), and the largest ones
-                // when the copy would not fit in one frame, are left out of the copy;
-                // x-agent-last-error names them.
-                let mut removed =
-                    contract::remove_too_deep(h, runtime.config.limits.max_header_depth);
-                let budget =
-                    (publisher.frame_max() as usize).saturating_sub(contract::COPY_FRAME_RESERVE);
-                removed.extend(contract::shrink_to_fit(h, budget));
-                let detail = if removed.is_empty() {
-                    detail
-                } else {
-                    truncate(
-                        &format!("{detail}; left out of this copy: {}", removed.join(", ")),
-                        EXCERPT,
-                    )
-                };
-                h.insert("x-agent-reason".into(), text(reason));
-                h.insert(
-                    "x-agent-status".into(),
-                    AMQPValue::LongLongInt(status.map_or(0, i64::from)),
-                );
-                h.insert(
-                    "x-agent-attempts".into(),
-                    AMQPValue::LongLongInt(i64::from(copy.attempt)),
-                );
-                h.insert(
-                    LAST_ERROR_HEADER.into(),
-                    text(&format!("{cause}: {detail}")),
-                );
-                h.insert("x-agent-subject".into(), text(&runtime.name));
-                h.insert(
-                    "x-agent-dead-lettered-at".into(),
-                    AMQPValue::Timestamp(contract::unix_now()),
-                );
-            });
-            publisher
-                .publish_dead(&delivery.data, props)
-                .await
-                .map(|()| *reason)
-        }
-    };
-    match published {
-        Ok(reason) => {
-            match decision {
-                Decision::Retry { .. } => {
-                    SubjectStats::incr(&stats.retried);
-                    Metrics::settled(&runtime.metrics.retried, &runtime.name, reason);
-                }
-                _ => {
-                    SubjectStats::incr(&stats.dead_lettered);
-                    Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
-                }
-            }
-            acks.ack(delivery.delivery_tag, false);
-        }
-        Err(e) => {
-            error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
-            // A short pause so a broker that refuses every publish does not spin the message.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            acks.nack(delivery.delivery_tag);
-        }
-    }
-}
-
-pub(super) fn describe(verdict: &Verdict) -> (&'static str, String) {
-    match verdict {
-        Verdict::Success => ("success", String::new()),
-        Verdict::Transient { reason, detail, .. } | Verdict::Permanent { reason, detail, .. } => {
-            (reason, truncate(detail, EXCERPT))
-        }
-    }
-}
-
-/// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
-/// (possibly generated) message id, where the message was first published (so later attempts
-/// still tell PHP the original exchange and routing key) and the agent's seal over that state.
-fn republished(
-    runtime: &SubjectRuntime,
-    copy: &Copy<'_>,
-    edit: impl FnOnce(&mut FieldTable),
-) -> BasicProperties {
-    let delivery = copy.delivery;
-    let props = &delivery.properties;
-    let mut headers = props.headers().clone().unwrap_or_default();
-    // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
-    headers.insert(
-        ATTEMPT_HEADER.into(),
-        AMQPValue::LongLongInt(i64::from(copy.attempt)),
-    );
-    headers.insert(
-        contract::ORIGINAL_EXCHANGE_HEADER.into(),
-        text(copy.exchange),
-    );
-    headers.insert(
-        contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
-        text(copy.routing_key),
-    );
-    // The next attempt continues this trace.
-    telemetry::inject_into_headers(copy.span, &mut headers);
-    edit(&mut headers);
-    let message_id = if copy.generated {
-        crate::broker::short(copy.message_id)
-    } else {
-        props.message_id().clone().unwrap_or_default()
-    };
-    provenance::seal(
-        &mut headers,
-        &runtime.config.fpm.signing_secrets,
-        &Binding {
-            queue: &runtime.subject().queue,
-            message_id: message_id.as_str(),
-            body: &delivery.data,
-        },
-    );
-    let mut out = props.clone().with_headers(headers);
-    if copy.generated {
-        out = out.with_message_id(message_id);
-    }
-    if props.delivery_mode().is_none() {
-        out = out.with_delivery_mode(2);
-    }
-    out
 }
 
 /// Logs that a delivery's state headers were ignored, at most once a minute per subject.
@@ -630,28 +329,6 @@ fn warn_untrusted(runtime: &SubjectRuntime, why: &provenance::Untrusted) {
     );
 }
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-fn excerpt(reply: &Reply) -> String {
-    let out = String::from_utf8_lossy(&reply.stdout);
-    let body = out.split_once("\r\n\r\n").map_or(out.as_ref(), |(_, b)| b);
-    let mut s = truncate(body.trim(), EXCERPT / 2);
-    if !reply.stderr.is_empty() {
-        s.push_str(" | stderr: ");
-        s.push_str(&truncate(
-            String::from_utf8_lossy(&reply.stderr).trim(),
-            EXCERPT / 2,
-        ));
-    }
-    if s.is_empty() {
-        "(empty body)".to_owned()
-    } else {
-        s
-    }
-}
-
 fn truncate(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
@@ -662,23 +339,4 @@ fn truncate(s: &str, max: usize) -> String {
         out.push('…');
     }
     out
-}
-
-/// W3C traceparent: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
-#[must_use]
-pub fn valid_traceparent(tp: &str) -> bool {
-    let parts: Vec<&str> = tp.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2)
 }

@@ -9,6 +9,7 @@ fn auto(current: u32, backlog: u64) -> SubjectInput {
         current,
         busy_peak: current,
         backlog,
+        queued: 0,
         min: 1,
         max: 32,
         weight: 1,
@@ -155,11 +156,70 @@ fn shrinks_an_idle_pool_after_the_cooldown_by_max_shift() {
 }
 
 #[test]
-fn cooldown_holds_a_change() {
-    let mut s = auto(2, 100);
+fn cooldown_holds_a_change_but_not_growth_into_a_deep_backlog() {
+    // One message waiting for two workers: not deep, the cooldown holds the growth.
+    let mut s = auto(2, 1);
     s.since_change = Duration::from_secs(1);
-    let out = decide(&[s], cap(8, 6));
+    let out = decide(&[s.clone()], cap(8, 6));
     assert_eq!((out[0].size, out[0].why), (2, "cooldown"));
+    // A message or more per worker, and idle children: grow by max_shift at once.
+    s.backlog = 2;
+    let out = decide(&[s.clone()], cap(8, 6));
+    assert_eq!(
+        (out[0].size, out[0].why),
+        (4, "backlog and free FPM children")
+    );
+    // No idle child: nothing to grow into, deep or not.
+    assert_eq!(sizes(&decide(&[s.clone()], cap(8, 0))), [2]);
+    // The cooldown still holds a shrink.
+    let mut idle = auto(8, 0);
+    idle.busy_peak = 0;
+    idle.idle_for = LONG;
+    idle.since_change = Duration::from_secs(1);
+    let out = decide(&[idle], cap(8, 8));
+    assert_eq!((out[0].size, out[0].why), (8, "cooldown"));
+}
+
+#[test]
+fn a_deep_queue_grows_the_pool_even_with_a_small_prefetch() {
+    // prefetch_per_worker = 1: the one worker holds the only delivery, nothing is prefetched.
+    let mut s = auto(1, 0);
+    s.since_change = Duration::ZERO;
+    assert_eq!(
+        sizes(&decide(&[s.clone()], cap(8, 7))),
+        [1],
+        "the prefetch alone shows no backlog"
+    );
+    s.queued = 2000;
+    let out = decide(&[s.clone()], cap(8, 7));
+    assert_eq!(
+        (out[0].size, out[0].why),
+        (5, "queue backlog and free FPM children")
+    );
+    // One status read later (the cooldown not over), up to FPM's 8 children, then steady.
+    s.current = 5;
+    s.busy_peak = 5;
+    assert_eq!(sizes(&decide(&[s.clone()], cap(8, 3))), [8]);
+    s.current = 8;
+    s.busy_peak = 8;
+    let out = decide(&[s.clone()], cap(8, 0));
+    assert_eq!((out[0].size, out[0].why), (8, "no free FPM child"));
+    // Within max_pool_size, however deep the queue.
+    s.max = 6;
+    s.current = 4;
+    assert_eq!(sizes(&decide(&[s], cap(64, 60))), [6]);
+}
+
+#[test]
+fn a_queue_backlog_is_shared_by_weight() {
+    // Two deep queues, nothing prefetched: weights 3 and 1 still share 8 as 6 and 2.
+    let mut heavy = auto(1, 0);
+    heavy.queued = 1000;
+    heavy.weight = 3;
+    let mut light = auto(1, 0);
+    light.queued = 1000;
+    let last = run(vec![heavy, light], 8).pop().unwrap();
+    assert_eq!(last, [6, 2]);
 }
 
 #[test]
@@ -193,4 +253,20 @@ fn a_smaller_fpm_forces_a_shrink_at_once() {
     let out = decide(&[a, b], cap(8, 0));
     assert_eq!(sizes(&out), [4, 4]);
     assert_eq!(out[0].why, "above FPM's max_children");
+}
+
+#[test]
+fn only_an_auto_pool_below_max_with_a_deep_backlog_may_grow() {
+    let mut s = auto(4, 3);
+    assert!(!may_grow(&s), "3 waiting for 4 workers is not deep");
+    s.queued = 1;
+    assert!(may_grow(&s));
+    s.current = 32;
+    assert!(!may_grow(&s), "at max_pool_size");
+    s.current = 4;
+    s.pinned = true;
+    assert!(!may_grow(&s), "pinned");
+    s.pinned = false;
+    s.mode = PoolMode::Fixed;
+    assert!(!may_grow(&s), "fixed");
 }

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::broker;
+use crate::broker::session::Session;
 use crate::config::Config;
 use crate::contract;
 use crate::printable::printable;
@@ -56,13 +56,9 @@ pub async fn publish(
         .with_delivery_mode(2)
         .with_timestamp(contract::unix_now())
         .with_headers(table);
-    let connection = broker::connect(config, "publish").await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    broker::publish_confirmed(&channel, "", queue, &body, props, Duration::from_secs(10)).await?;
-    let _ = connection.close(200, "bye".into()).await;
+    let session = Session::open(config, "publish", true).await?;
+    session.publish(queue, &body, props).await?;
+    session.close().await;
     println!(
         "published {id} to {queue} ({} bytes, confirmed)",
         body.len()
@@ -268,45 +264,37 @@ fn header_text(props: &BasicProperties, name: &str) -> String {
 /// `dead-letters list`: peeks without removing (every message taken is returned at the end).
 pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
     let queue = dead_queue(config, subject)?;
-    let connection = broker::connect(config, "dead-letters").await?;
-    let channel = connection.create_channel().await?;
+    let session = Session::open(config, "dead-letters", false).await?;
     let mut taken = Vec::new();
     println!(
         "{:<38} {:<16} {:>6} {:>8}  last error",
         "message id", "reason", "status", "attempts"
     );
     while taken.len() < limit {
-        let Some(msg) = channel
-            .basic_get(queue.as_str().into(), BasicGetOptions::default())
-            .await?
-        else {
+        let Some(msg) = session.get(&queue).await? else {
             break;
         };
-        let p = &msg.delivery.properties;
+        let p = &msg.delivery().properties;
         // Everything shown comes from the message: escaped, so it cannot drive the terminal.
         let shown = |text: &str, max: usize| printable(text).capped(max).to_string();
         println!(
             "{:<38} {:<16} {:>6} {:>8}  {}",
             shown(p.message_id().as_ref().map_or("-", |s| s.as_str()), 64),
-            shown(&header_text(p, "x-agent-reason"), 32),
-            shown(&header_text(p, "x-agent-status"), 16),
-            shown(&header_text(p, "x-agent-attempts"), 16),
+            shown(&header_text(p, contract::REASON_HEADER), 32),
+            shown(&header_text(p, contract::STATUS_HEADER), 16),
+            shown(&header_text(p, contract::ATTEMPTS_HEADER), 16),
             shown(&header_text(p, contract::LAST_ERROR_HEADER), 120),
         );
         taken.push(msg);
     }
     for msg in &taken {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        msg.delivery.acker.nack(requeue).await?;
+        msg.requeue().await?;
     }
     println!(
         "{} message(s) shown from {queue}; they remain there",
         taken.len()
     );
-    let _ = connection.close(200, "bye".into()).await;
+    session.close().await;
     Ok(0)
 }
 
@@ -315,27 +303,20 @@ pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::
 pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
     let queue = dead_queue(config, subject)?;
     let main = config.subjects[subject].queue.clone();
-    let connection = broker::connect(config, "dead-letters").await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let session = Session::open(config, "dead-letters", true).await?;
     // Only what is in the queue now: a replayed message that fails again while this runs comes
     // back to the same queue and must not be replayed a second time.
     let mut bound = limit;
     let mut replayed = 0;
     while replayed < bound {
-        let Some(msg) = channel
-            .basic_get(queue.as_str().into(), BasicGetOptions::default())
-            .await?
-        else {
+        let Some(msg) = session.get(&queue).await? else {
             break;
         };
         if replayed == 0 {
-            let present = usize::try_from(msg.message_count).unwrap_or(usize::MAX);
+            let present = usize::try_from(msg.remaining()).unwrap_or(usize::MAX);
             bound = bound.min(present.saturating_add(1));
         }
-        let delivery = &msg.delivery;
+        let delivery = msg.delivery();
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         let kept: BTreeMap<_, _> = headers
             .inner()
@@ -359,26 +340,18 @@ pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow
             },
         );
         let props = delivery.properties.clone().with_headers(headers);
-        broker::publish_confirmed(
-            &channel,
-            "",
-            &main,
-            &delivery.data,
-            props,
-            Duration::from_secs(10),
-        )
-        .await?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        session.publish(&main, &delivery.data, props).await?;
+        msg.ack().await?;
         replayed += 1;
     }
     println!("replayed {replayed} message(s) from {queue} to {main}");
-    let _ = connection.close(200, "bye".into()).await;
+    session.close().await;
     Ok(0)
 }
 
 /// Headers the agent writes to track attempts and failures (not the original-route ones).
 fn is_agent_state(name: &str) -> bool {
-    name.starts_with("x-agent-")
+    name.starts_with(contract::AGENT_HEADER_PREFIX)
         && name != contract::ORIGINAL_EXCHANGE_HEADER
         && name != contract::ORIGINAL_ROUTING_KEY_HEADER
         || name == "x-death"

@@ -4,9 +4,52 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, LongString};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use super::{Config, ConfigError, SubjectConfig, invalid};
+use super::units::{duration, opt_duration};
+use super::{Config, ConfigError, SubjectConfig, default_true, invalid};
+
+/// `[amqp]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// AMQP URI. Overridden by `AMQP_AGENT_AMQP_URL`; may be omitted when `url_file` is set.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A file whose (trimmed) content is the AMQP URI, for secrets kept out of the config.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// Declare queues at start-up. Set to false when the topology is managed elsewhere.
+    #[serde(default = "default_true")]
+    pub declare: bool,
+    /// Deliveries prefetched per FPM worker (`basic.qos` = pool_size × this).
+    #[serde(default = "default_prefetch_per_worker")]
+    pub prefetch_per_worker: u16,
+    /// How long to wait for a publisher confirm on the retry / dead-letter path.
+    #[serde(default = "default_confirm_timeout", deserialize_with = "duration")]
+    pub confirm_timeout: Duration,
+    /// Cluster endpoints: AMQP URIs of several nodes, tried from a random one on every
+    /// (re)connection. Use instead of `url`.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Default `queue_type` of every subject (`classic` or `quorum`).
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// AMQP heartbeat asked of the broker (e.g. "10s"): how soon a silent node is noticed.
+    /// Default: the broker's (60s on RabbitMQ). `?heartbeat=` in a URL wins.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub heartbeat: Option<Duration>,
+    /// TLS settings for `amqps://` URLs.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_prefetch_per_worker() -> u16 {
+    8
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// Which kind of RabbitMQ queue a subject uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -180,10 +223,6 @@ fn check_known(known: &Known, value: &toml::Value, queue_type: QueueType) -> Res
     }
 }
 
-pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    super::duration(d).map(Some)
-}
-
 fn check_file(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
     std::fs::metadata(path)
         .and_then(|m| {
@@ -277,6 +316,9 @@ impl Config {
         if tls.server_name.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("amqp.tls.server_name", "must not be empty"));
         }
+        if self.amqp.prefetch_per_worker == 0 {
+            return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -328,85 +370,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = "[fpm]\naddress = \"127.0.0.1:9000\"\nscript_filename = \"/srv/index.php\"\n\
-                        [subjects.event]\nqueue = \"q\"\n";
-
-    fn error_of(amqp: &str, subject: &str) -> String {
-        let text = format!("[amqp]\n{amqp}\n{BASE}{subject}");
-        Config::from_toml(&text, std::path::Path::new("t.toml"), |_| None)
-            .unwrap_err()
-            .to_string()
-    }
-
-    #[test]
-    fn endpoints_tls_and_arguments_are_validated_naming_the_key() {
-        let e = error_of("url = \"amqp://a\"\nurls = [\"amqp://b\"]", "");
-        assert!(e.contains("amqp.urls"), "{e}");
-        let e = error_of("urls = [\"amqp://a\", \"http://b\"]", "");
-        assert!(e.contains("amqp.urls[1]"), "{e}");
-        let e = error_of("url = \"amqp://a\"\n[amqp.tls]\nca_file = \"/x\"", "");
-        assert!(e.contains("amqp.tls") && e.contains("amqps"), "{e}");
-        let e = error_of(
-            "url = \"amqps://a\"\n[amqp.tls]\nca_file = \"/nonexistent.pem\"",
-            "",
-        );
-        assert!(
-            e.contains("amqp.tls.ca_file") && e.contains("/nonexistent.pem"),
-            "{e}"
-        );
-        let e = error_of(
-            "url = \"amqp://a\"",
-            "arguments = { \"x-delivery-limit\" = 3 }\n",
-        );
-        assert!(
-            e.contains("subjects.event.arguments.x-delivery-limit") && e.contains("quorum"),
-            "{e}"
-        );
-        let ok = format!(
-            "[amqp]\nurls = [\"amqp://a\", \"amqp://b\"]\nqueue_type = \"quorum\"\n{BASE}arguments = {{ \"x-delivery-limit\" = 3 }}\n"
-        );
-        let c = Config::from_toml(&ok, std::path::Path::new("t.toml"), |_| None).unwrap();
-        assert_eq!(c.amqp_urls(), ["amqp://a", "amqp://b"]);
-        assert_eq!(c.amqp_url(), "amqp://a");
-        assert_eq!(c.queue_type(&c.subjects["event"]), QueueType::Quorum);
-    }
-
-    #[test]
-    fn integers_stay_integers_and_strings_stay_strings() {
-        assert_eq!(
-            amqp_value(&toml::Value::Integer(5)).unwrap(),
-            AMQPValue::LongLongInt(5)
-        );
-        assert_eq!(
-            amqp_value(&toml::Value::String("reject-publish".into())).unwrap(),
-            AMQPValue::LongString("reject-publish".into())
-        );
-        assert_eq!(
-            amqp_value(&toml::Value::Boolean(true)).unwrap(),
-            AMQPValue::Boolean(true)
-        );
-        assert!(amqp_value(&toml::Value::Array(vec![])).is_err());
-    }
-
-    #[test]
-    fn arguments_are_checked_by_name_type_and_queue_type() {
-        let int = toml::Value::Integer(5);
-        let text = toml::Value::String("5".into());
-        assert!(check_argument("x-delivery-limit", &int, QueueType::Quorum).is_ok());
-        let quoted = check_argument("x-delivery-limit", &text, QueueType::Quorum).unwrap_err();
-        assert!(quoted.contains("integer"), "{quoted}");
-        let classic = check_argument("x-delivery-limit", &int, QueueType::Classic).unwrap_err();
-        assert!(classic.contains("only applies to quorum"), "{classic}");
-        let conflict = check_argument("x-queue-type", &text, QueueType::Quorum).unwrap_err();
-        assert!(conflict.contains("queue_type"), "{conflict}");
-        let dlx = check_argument("x-dead-letter-exchange", &text, QueueType::Classic).unwrap_err();
-        assert!(dlx.contains("conflicts"), "{dlx}");
-        let unknown = check_argument("x-max-lenght", &int, QueueType::Classic).unwrap_err();
-        assert!(unknown.contains("x-max-length"), "{unknown}");
-        let overflow = toml::Value::String("drop-tail".into());
-        assert!(check_argument("x-overflow", &overflow, QueueType::Classic).is_err());
-    }
-}
+mod tests;

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -337,9 +338,56 @@ fn batches_are_off_by_default_and_bounded() {
 }
 
 #[test]
+fn enumerated_values_are_checked_when_parsed_and_name_their_key() {
+    let cases = [
+        (
+            format!("{MINIMAL}exchange = \"x\"\nexchange_type = \"topik\"\n"),
+            "subjects.event.exchange_type",
+        ),
+        (
+            format!("{MINIMAL}[telemetry]\nlog_format = \"xml\"\n"),
+            "telemetry.log_format",
+        ),
+        (
+            format!("{MINIMAL}[telemetry]\notlp_protocol = \"http\"\n"),
+            "telemetry.otlp_protocol",
+        ),
+        (
+            format!("{MINIMAL}[telemetry]\nsampler = \"sometimes\"\n"),
+            "telemetry.sampler",
+        ),
+        (MINIMAL.replace("127.0.0.1:9000", "unix:"), "fpm.address"),
+    ];
+    for (text, key) in cases {
+        let e = error_of(&text);
+        assert!(e.contains(key), "expected `{key}` in: {e}");
+    }
+    let c = parse(&format!(
+        "{MINIMAL}exchange = \"x\"\nexchange_type = \"fanout\"\n[telemetry]\nlog_format = \"json\"\notlp_protocol = \"http/protobuf\"\nsampler = \"traceidratio\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.subjects["event"].exchange_type, ExchangeType::Fanout);
+    assert_eq!(c.telemetry.log_format, Some(LogFormat::Json));
+    assert_eq!(c.telemetry.otlp_protocol, Some(OtlpProtocol::HttpProtobuf));
+    assert_eq!(c.telemetry.sampler, Some(SamplerKind::TraceIdRatio));
+    assert_eq!(
+        parse(MINIMAL).unwrap().fpm.address.0,
+        [FpmAddress::Tcp("127.0.0.1:9000".to_owned())]
+    );
+    assert_eq!(
+        parse(&MINIMAL.replace("127.0.0.1:9000", "unix:/run/php/fpm.sock"))
+            .unwrap()
+            .fpm
+            .address
+            .0,
+        [FpmAddress::Unix("/run/php/fpm.sock".into())]
+    );
+}
+
+#[test]
 fn fpm_address_is_one_string_or_a_list_of_distinct_addresses() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.fpm.address.0, ["127.0.0.1:9000"]);
+    assert_eq!(c.fpm.address.0, [FpmAddress::Tcp("127.0.0.1:9000".into())]);
     assert_eq!(c.fpm.keep_alive_idle, Duration::from_millis(100));
     assert_eq!(c.fpm.keep_alive_max, Duration::from_secs(1));
     let list = MINIMAL.replace(

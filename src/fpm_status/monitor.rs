@@ -7,7 +7,7 @@
 //! FPM's capacity and its connection is closed like theirs once unused.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,18 +21,25 @@ use tracing::{info, warn};
 
 use super::{FpmProcess, FpmStatus, StatusError, StatusState};
 use crate::config::Config;
-use crate::telemetry::metrics::SubjectLabel;
-use crate::upstreams::{Upstream, UpstreamMetrics, Upstreams};
+use crate::upstreams::{UpstreamLabel, UpstreamMetrics, Upstreams};
+
+/// The `subject` label of the in-flight request gauges. (Its own type, not the metrics
+/// module's: `telemetry::metrics` holds the monitor, so the monitor does not import it back.)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabel {
+    /// `event` or `command`.
+    pub subject: String,
+}
+
+mod reader;
+mod slow;
+
+pub use reader::spawn;
+use slow::Running;
+pub use slow::{RunningGuard, match_child};
 
 /// Largest status page read: `full` costs ~330 bytes per child.
 const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;
-
-/// `upstream` label of the FPM gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UpstreamLabel {
-    /// The FPM address (`fpm.address`).
-    pub upstream: String,
-}
 
 /// The last read of the status page.
 #[derive(Debug, Clone)]
@@ -47,21 +54,13 @@ pub struct Snapshot {
     pub last_ok: Option<Instant>,
 }
 
-/// A request the worker has sent to FPM and not yet finished.
-struct Running {
-    subject: String,
-    message_id: String,
-    started: Instant,
-    reported: bool,
-    /// Index of the upstream it went to (in `fpm.address`).
-    upstream: usize,
-}
-
 /// FPM's status as last read (one [`Snapshot`] per upstream), the requests in flight, the
 /// upstreams' connection pools, and their gauges and counters.
 pub struct Monitor {
     /// One read per upstream, in `fpm.address` order.
     state: watch::Sender<Vec<Snapshot>>,
+    /// Wakes the status readers before their interval ends ([`Monitor::read_soon`]).
+    soon: tokio::sync::Notify,
     running: Mutex<HashMap<u64, Running>>,
     next: AtomicU64,
     /// `fpm_slow_messages{subject}`: requests that ran past `fpm.slow_after`.
@@ -90,6 +89,7 @@ impl Monitor {
         let g = Family::default;
         Self {
             state: watch::Sender::new(vec![Snapshot::empty(String::new(), "not_configured")]),
+            soon: tokio::sync::Notify::new(),
             upstreams: Mutex::default(),
             upstream_up: Family::default(),
             upstream_in_flight: Family::default(),
@@ -226,27 +226,17 @@ impl Monitor {
         snaps
     }
 
+    /// Asks every status reader waiting for its next interval to read now (the autoscaler,
+    /// while it grows a pool into a deep backlog: each step needs a fresh count of idle
+    /// children). A reader in the middle of a read is not asked again.
+    pub fn read_soon(&self) {
+        self.soon.notify_waiters();
+    }
+
     /// A receiver woken after every read.
     #[must_use]
     pub fn subscribe(&self) -> watch::Receiver<Vec<Snapshot>> {
         self.state.subscribe()
-    }
-
-    /// Notes a request sent to FPM until the returned guard drops.
-    #[must_use]
-    pub fn running(&self, subject: &str, message_id: &str) -> RunningGuard<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.running.lock().expect("running lock").insert(
-            id,
-            Running {
-                subject: subject.to_owned(),
-                message_id: message_id.to_owned(),
-                started: Instant::now(),
-                reported: false,
-                upstream: 0,
-            },
-        );
-        RunningGuard { monitor: self, id }
     }
 
     fn record(
@@ -322,82 +312,6 @@ impl Monitor {
             }
         });
     }
-
-    /// Logs and counts, once each, the requests running past `slow_after`. When the status page
-    /// is read, waits for a read taken after the threshold so the child can be named.
-    fn check_slow(&self, config: &Config, now: Instant) {
-        let slow_after = config.slow_after();
-        let polled = config.fpm.status_path.is_some();
-        let patience = slow_after + 2 * config.fpm.status_interval + status_timeout(config);
-        let snaps = self.state.borrow().clone();
-        let mut running = self.running.lock().expect("running lock");
-        for r in running.values_mut().filter(|r| !r.reported) {
-            let age = now.saturating_duration_since(r.started);
-            if age < slow_after {
-                continue;
-            }
-            let Some(snap) = snaps.get(r.upstream).or(snaps.first()) else {
-                continue;
-            };
-            let read_at = snap.read_at.filter(|t| *t >= r.started + slow_after);
-            if polled && read_at.is_none() && age < patience {
-                continue;
-            }
-            let child = match (&snap.status, read_at, &config.fpm.status_path) {
-                (Some(status), Some(at), Some(path)) => {
-                    match_child(status, path, at.saturating_duration_since(r.started))
-                }
-                _ => None,
-            };
-            r.reported = true;
-            self.slow
-                .get_or_create(&SubjectLabel {
-                    subject: r.subject.clone(),
-                })
-                .inc();
-            warn!(
-                subject = %r.subject,
-                message_id = %r.message_id,
-                upstream = %config.fpm.address.0.get(r.upstream).map_or("?", String::as_str),
-                fpm_pid = %child.map_or_else(|| "unknown".to_owned(), |c| c.pid.to_string()),
-                fpm_uri = %child.map_or("-", |c| c.request_uri.as_str()),
-                running_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
-                slow_after = ?slow_after,
-                "Request running past fpm.slow_after"
-            );
-        }
-    }
-}
-
-/// Removes its request from the monitor when the request finishes (or its future is dropped).
-pub struct RunningGuard<'a> {
-    monitor: &'a Monitor,
-    id: u64,
-}
-
-impl RunningGuard<'_> {
-    /// Notes the upstream the request went to (index in `fpm.address`).
-    pub fn set_upstream(&self, upstream: usize) {
-        if let Some(r) = self
-            .monitor
-            .running
-            .lock()
-            .expect("running lock")
-            .get_mut(&self.id)
-        {
-            r.upstream = upstream;
-        }
-    }
-}
-
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        self.monitor
-            .running
-            .lock()
-            .expect("running lock")
-            .remove(&self.id);
-    }
 }
 
 fn set(family: &Family<UpstreamLabel, Gauge>, label: &UpstreamLabel, v: u64) {
@@ -412,159 +326,5 @@ fn status_timeout(config: &Config) -> Duration {
         .min(config.fpm.status_interval.max(Duration::from_secs(1)))
 }
 
-/// The busy child most likely to run a request that, at the time of the read, had been running
-/// for `expected`: the one whose request duration is closest to it. FPM's duration can only be
-/// shorter (the request may have waited in the listen backlog), plus clock slack. Only children
-/// in state `Running` count: a child held by an idle keep-alive connection is `Reading headers`
-/// with URI `-` and a duration that grows from the connection's start.
-#[must_use]
-pub fn match_child<'a>(
-    status: &'a FpmStatus,
-    status_path: &'a str,
-    expected: Duration,
-) -> Option<&'a FpmProcess> {
-    let expected = u64::try_from(expected.as_micros()).unwrap_or(u64::MAX);
-    let slack = 250_000;
-    status
-        .busy_children(status_path)
-        .filter(|p| p.state == "Running" && p.request_duration_us <= expected.saturating_add(slack))
-        .min_by_key(|p| p.request_duration_us.abs_diff(expected))
-}
-
-/// Starts the monitor's tasks for `config`: one status reader per upstream (when
-/// `fpm.status_path` is set), the upstreams' upkeep (idle connections, breaker probes) and the
-/// slow-request watch. Abort the handles to stop them (on reload and stop).
-#[must_use]
-pub fn spawn(monitor: Arc<Monitor>, config: Arc<Config>) -> Vec<tokio::task::JoinHandle<()>> {
-    let upstreams = monitor.upstreams_for(&config);
-    let mut tasks = vec![tokio::spawn(upstreams.clone().maintain())];
-    let state = if config.fpm.status_path.is_some() {
-        "pending"
-    } else {
-        "not_configured"
-    };
-    monitor.state.send_replace(
-        upstreams
-            .list()
-            .iter()
-            .map(|u| Snapshot::empty(u.label.clone(), state))
-            .collect(),
-    );
-    if let Some(path) = config.fpm.status_path.clone() {
-        for (index, upstream) in upstreams.list().iter().enumerate() {
-            let (m, c, u, p) = (
-                monitor.clone(),
-                config.clone(),
-                upstream.clone(),
-                path.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                read_loop(&m, &c, index, &u, &p).await;
-            }));
-        }
-    }
-    let tick = (config.slow_after() / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    tasks.push(tokio::spawn(async move {
-        let mut every = tokio::time::interval(tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            monitor.check_slow(&config, Instant::now());
-        }
-    }));
-    tasks
-}
-
-impl Snapshot {
-    fn empty(address: String, state: &'static str) -> Self {
-        Self {
-            shown: StatusState::empty(address, state),
-            status: None,
-            read_at: None,
-            last_ok: None,
-        }
-    }
-}
-
-/// How long an upstream counts as contended after a read that saw a listen queue.
-fn contention_hold(config: &Config) -> Duration {
-    (config.fpm.status_interval * 10).max(Duration::from_secs(2))
-}
-
-/// Reads `upstream`'s status page every `fpm.status_interval`. The read takes a lease like a
-/// message does: it counts against the upstream's capacity, waits its turn in the agent, and
-/// may reuse a connection already open to a child (so no child has to be kept free for it).
-async fn read_loop(
-    monitor: &Monitor,
-    config: &Config,
-    index: usize,
-    upstream: &Arc<Upstream>,
-    path: &str,
-) {
-    let timeout = status_timeout(config);
-    let mut every = tokio::time::interval(config.fpm.status_interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let started = Instant::now();
-        // Only a request that FPM itself left unanswered says children are held by others; a
-        // read that found every slot of this agent busy says nothing about FPM's backlog.
-        let mut fpm_timed_out = false;
-        let result = match tokio::time::timeout(timeout, upstream.acquire()).await {
-            Ok(mut lease) => {
-                let left = timeout.saturating_sub(started.elapsed());
-                let reply = lease
-                    .client()
-                    .status_page(path, left.max(Duration::from_millis(1)), MAX_STATUS_BYTES)
-                    .await;
-                fpm_timed_out = matches!(reply, Err(crate::fastcgi::FpmError::Timeout(_)));
-                reply.map_err(|e| StatusError::Fpm(e.to_string()))
-            }
-            Err(_) => Err(StatusError::Fpm(format!(
-                "timed out after {timeout:?} waiting for a free slot: every FPM child is busy with this agent's requests"
-            ))),
-        };
-        let parsed = result.and_then(|reply| super::parse_reply(&reply.stdout));
-        let hold = contention_hold(config);
-        match &parsed {
-            Ok(status) => {
-                upstream.answered();
-                let cap = status.max_children(config.fpm.max_children);
-                upstream.set_capacity(cap.map(|c| usize::try_from(c).unwrap_or(usize::MAX)));
-                upstream.note_status(Some(status.listen_queue), false, hold);
-            }
-            Err(_) => upstream.note_status(None, fpm_timed_out, hold),
-        }
-        monitor.record(index, &upstream.label, path, config, parsed);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_closest_busy_child_is_named() {
-        let body = include_str!("testdata/saturated.json");
-        let mut status: FpmStatus = serde_json::from_str(body).unwrap();
-        status.processes[0].state = "Running".to_owned();
-        let durations: Vec<_> = status
-            .busy_children("/fpm-status")
-            .map(|p| (p.pid, p.request_duration_us))
-            .collect();
-        assert_eq!(durations.len(), 2);
-        for (pid, us) in &durations {
-            let found = match_child(&status, "/fpm-status", Duration::from_micros(us + 20_000));
-            assert_eq!(found.map(|p| p.pid), Some(*pid), "{durations:?}");
-        }
-        // A child held by an idle keep-alive connection runs nothing.
-        status.processes[0].state = "Reading headers".to_owned();
-        let long = Duration::from_micros(status.processes[0].request_duration_us);
-        assert_eq!(
-            match_child(&status, "/fpm-status", long).map(|p| p.pid),
-            Some(2079)
-        );
-        let idle: FpmStatus = serde_json::from_str(include_str!("testdata/idle.json")).unwrap();
-        assert!(match_child(&idle, "/fpm-status", Duration::from_secs(1)).is_none());
-    }
-}
+mod tests;

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::actors::stats::SubjectStats;
+use crate::stats::SubjectStats;
 
 /// `subject` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

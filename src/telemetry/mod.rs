@@ -20,7 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::TelemetryConfig;
+use crate::config::{OtlpProtocol, SamplerKind, TelemetryConfig};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
@@ -45,12 +45,6 @@ pub fn set_log_level(level: Option<&str>) {
     }
 }
 
-/// Checks a `telemetry.log_level` value.
-#[must_use]
-pub fn valid_log_level(level: &str) -> bool {
-    tracing_subscriber::EnvFilter::try_new(level).is_ok()
-}
-
 /// True when spans are exported over OTLP.
 #[must_use]
 pub fn enabled() -> bool {
@@ -63,11 +57,11 @@ pub struct Export {
     /// OTLP endpoint.
     pub endpoint: String,
     /// `grpc` or `http/protobuf`.
-    pub protocol: String,
+    pub protocol: OtlpProtocol,
     /// `service.name`.
     pub service_name: String,
-    /// Sampler name.
-    pub sampler: String,
+    /// Sampler.
+    pub sampler: SamplerKind,
     /// Sampler argument.
     pub sampler_arg: Option<f64>,
 }
@@ -81,36 +75,38 @@ pub fn export_settings(
     let endpoint = env("OTEL_EXPORTER_OTLP_ENDPOINT").or_else(|| config.otlp_endpoint.clone())?;
     Some(Export {
         endpoint,
+        // An unknown name in a variable falls back to the default, as the SDKs do.
         protocol: env("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .or_else(|| config.otlp_protocol.clone())
-            .unwrap_or_else(|| "grpc".to_owned()),
+            .and_then(|p| OtlpProtocol::parse(&p))
+            .or(config.otlp_protocol)
+            .unwrap_or_default(),
         service_name: env("OTEL_SERVICE_NAME")
             .or_else(|| config.service_name.clone())
             .unwrap_or_else(|| "amqp-agent".to_owned()),
         sampler: env("OTEL_TRACES_SAMPLER")
-            .or_else(|| config.sampler.clone())
-            .unwrap_or_else(|| "parentbased_always_on".to_owned()),
+            .and_then(|s| SamplerKind::parse(&s))
+            .or(config.sampler)
+            .unwrap_or_default(),
         sampler_arg: env("OTEL_TRACES_SAMPLER_ARG")
             .and_then(|a| a.parse().ok())
             .or(config.sampler_arg),
     })
 }
 
-/// The sampler named as in `OTEL_TRACES_SAMPLER`, or `None` for an unknown name.
+/// The OpenTelemetry sampler of `kind`; `arg` is the ratio of the ratio-based ones.
 #[must_use]
-pub fn sampler(name: &str, arg: Option<f64>) -> Option<Sampler> {
+pub fn sampler(kind: SamplerKind, arg: Option<f64>) -> Sampler {
     let ratio = arg.unwrap_or(1.0).clamp(0.0, 1.0);
-    Some(match name {
-        "always_on" => Sampler::AlwaysOn,
-        "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
-        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        "parentbased_traceidratio" => {
+    match kind {
+        SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+        SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+        SamplerKind::TraceIdRatio => Sampler::TraceIdRatioBased(ratio),
+        SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerKind::ParentBasedTraceIdRatio => {
             Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
         }
-        _ => return None,
-    })
+    }
 }
 
 /// Colour (ANSI escapes) only for a terminal, and never when `NO_COLOR` is set to a non-empty
@@ -157,7 +153,7 @@ pub fn init(json: bool, level: Option<&str>, export: Option<&Export>) -> anyhow:
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let _ = PROVIDER.set(provider);
     ENABLED.store(true, Ordering::Relaxed);
-    tracing::info!(endpoint = %export.endpoint, protocol = %export.protocol, sampler = %export.sampler, "Exporting traces over OTLP");
+    tracing::info!(endpoint = %export.endpoint, protocol = export.protocol.name(), sampler = export.sampler.name(), "Exporting traces over OTLP");
     Ok(())
 }
 
@@ -165,8 +161,8 @@ use tracing_subscriber::Layer as _;
 
 fn provider(export: &Export) -> anyhow::Result<SdkTracerProvider> {
     use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-    let exporter = match export.protocol.as_str() {
-        "http/protobuf" => {
+    let exporter = match export.protocol {
+        OtlpProtocol::HttpProtobuf => {
             // A base endpoint gets the signal path, as OTEL_EXPORTER_OTLP_ENDPOINT does.
             let url = if export.endpoint.ends_with("/v1/traces") {
                 export.endpoint.clone()
@@ -178,7 +174,7 @@ fn provider(export: &Export) -> anyhow::Result<SdkTracerProvider> {
                 .with_endpoint(url)
                 .build()?
         }
-        _ => SpanExporter::builder()
+        OtlpProtocol::Grpc => SpanExporter::builder()
             .with_tonic()
             .with_endpoint(export.endpoint.clone())
             .build()?,
@@ -194,10 +190,7 @@ fn provider(export: &Export) -> anyhow::Result<SdkTracerProvider> {
         .build();
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(
-            sampler(&export.sampler, export.sampler_arg)
-                .unwrap_or(Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
-        )
+        .with_sampler(sampler(export.sampler, export.sampler_arg))
         .with_resource(resource)
         .build())
 }
@@ -240,10 +233,12 @@ pub fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
     }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
-    let parent = carrier.remove("traceparent")?;
+    let parent = carrier.remove(crate::trace_context::TRACEPARENT)?;
     Some((
         parent,
-        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+        carrier
+            .remove(crate::trace_context::TRACESTATE)
+            .filter(|s| !s.is_empty()),
     ))
 }
 
@@ -274,12 +269,12 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 pub fn inject_into_headers(span: &tracing::Span, headers: &mut FieldTable) {
     if let Some((parent, state)) = context_of(span) {
         headers.insert(
-            "traceparent".into(),
+            crate::trace_context::TRACEPARENT.into(),
             AMQPValue::LongString(LongString::from(parent)),
         );
         if let Some(state) = state {
             headers.insert(
-                "tracestate".into(),
+                crate::trace_context::TRACESTATE.into(),
                 AMQPValue::LongString(LongString::from(state)),
             );
         }
@@ -294,7 +289,7 @@ mod tests {
     fn standard_variables_win_over_the_file() {
         let file = TelemetryConfig {
             otlp_endpoint: Some("http://file:4317".into()),
-            otlp_protocol: Some("grpc".into()),
+            otlp_protocol: Some(OtlpProtocol::Grpc),
             service_name: Some("from-file".into()),
             ..TelemetryConfig::default()
         };
@@ -304,12 +299,8 @@ mod tests {
         );
         let e = export_settings(&file, |_| None).unwrap();
         assert_eq!(
-            (
-                e.endpoint.as_str(),
-                e.protocol.as_str(),
-                e.service_name.as_str()
-            ),
-            ("http://file:4317", "grpc", "from-file")
+            (e.endpoint.as_str(), e.protocol, e.service_name.as_str()),
+            ("http://file:4317", OtlpProtocol::Grpc, "from-file")
         );
         let e = export_settings(&file, |k| match k {
             "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env:4318".into()),
@@ -321,27 +312,35 @@ mod tests {
         })
         .unwrap();
         assert_eq!(e.endpoint, "http://env:4318");
-        assert_eq!(e.protocol, "http/protobuf");
+        assert_eq!(e.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(e.service_name, "from-env");
         assert_eq!(
-            (e.sampler.as_str(), e.sampler_arg),
-            ("traceidratio", Some(0.25))
+            (e.sampler, e.sampler_arg),
+            (SamplerKind::TraceIdRatio, Some(0.25))
         );
     }
 
     #[test]
     fn samplers_are_the_standard_names() {
-        for name in [
-            "always_on",
-            "always_off",
-            "traceidratio",
-            "parentbased_always_on",
-            "parentbased_always_off",
-            "parentbased_traceidratio",
-        ] {
-            assert!(sampler(name, Some(0.5)).is_some(), "{name}");
+        for (name, kind) in SamplerKind::ALL {
+            assert_eq!(SamplerKind::parse(name), Some(kind), "{name}");
+            assert_eq!(kind.name(), name);
         }
-        assert!(sampler("sometimes", None).is_none());
+        assert!(SamplerKind::parse("sometimes").is_none());
+        let unknown = export_settings(
+            &TelemetryConfig {
+                otlp_endpoint: Some("http://file:4317".into()),
+                sampler: Some(SamplerKind::AlwaysOff),
+                ..TelemetryConfig::default()
+            },
+            |k| (k == "OTEL_TRACES_SAMPLER").then(|| "sometimes".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(
+            unknown.sampler,
+            SamplerKind::AlwaysOff,
+            "an unknown name is ignored"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::fastcgi::FpmClient;
 
 fn view(up: bool, leased: usize, cap: Option<usize>) -> View {
     View { up, leased, cap }

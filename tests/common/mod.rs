@@ -348,7 +348,16 @@ impl TestCtx {
     }
 
     pub async fn start_agent(&self) -> Agent {
-        let agent = Agent::start(self.config()).await.unwrap();
+        self.start_agent_with_hook(None).await
+    }
+
+    /// Starts the agent in-process with a hook every worker calls with each delivery
+    /// (`amqp_agent::actors::hook`), e.g. to make a worker panic on a chosen message.
+    pub async fn start_agent_with_hook(
+        &self,
+        hook: Option<amqp_agent::actors::hook::DeliveryHook>,
+    ) -> Agent {
+        let agent = Agent::start_with_hook(self.config(), hook).await.unwrap();
         agent.wait_consuming(Duration::from_secs(20)).await.unwrap();
         agent
     }

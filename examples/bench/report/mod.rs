@@ -27,7 +27,7 @@ pub fn render(args: &Args, report: &Report, total: Duration, php_fpm: &Path) -> 
     let s = Summary::new(args, report);
     let parts = text::Parts {
         table: table::results(args, &s),
-        sweep_table: sections::sweep_table(&s.sweep),
+        sweep_table: sections::sweep_table(&s.sweep, s.auto.as_ref()),
         budget: sections::cpu_budget(args, &s),
         targets: sections::targets(args, &s),
         cycle_note: sections::cycle_note(args, s.rounds),
@@ -54,6 +54,44 @@ pub struct SweepPoint {
     pub check: Check,
 }
 
+/// The drain by auto pools (row 6a) against the best fixed pool of the sweep, medians.
+pub struct AutoPoint {
+    /// `max_pool_size` per subject (`min_pool_size` is 1).
+    pub max: u16,
+    /// Drain, msg/s.
+    pub agent: f64,
+    /// Agent CPU µs/msg.
+    pub cpu: f64,
+    /// Agent peak RSS, MiB.
+    pub rss_mib: f64,
+    /// Lost/duplicate ids over all rounds.
+    pub check: Check,
+    /// The sweep point with the fastest drain: pool per subject and msg/s.
+    pub best_pool: u16,
+    pub best: f64,
+}
+
+impl AutoPoint {
+    fn new(rounds: &[Round], sweep: &[SweepPoint]) -> Option<Self> {
+        let runs: Vec<&AgentResult> = rounds.iter().filter_map(|r| r.auto.as_ref()).collect();
+        let best = sweep.iter().max_by(|a, b| a.agent.total_cmp(&b.agent))?;
+        (!runs.is_empty()).then(|| Self {
+            max: sweep.iter().map(|p| p.pool).max().unwrap_or(1),
+            agent: med(&runs, |a| a.rate),
+            cpu: med(&runs, |a| a.cpu_us_per_msg),
+            rss_mib: med(&runs, |a| a.peak_rss_kib as f64) / 1024.0,
+            check: checks(&runs, |a| a.check),
+            best_pool: best.pool,
+            best: best.agent,
+        })
+    }
+
+    /// Auto pools' drain over the best fixed pool's.
+    pub fn ratio(&self) -> f64 {
+        self.agent / self.best
+    }
+}
+
 /// The medians over the rounds that more than one section of the report reads.
 struct Summary<'a> {
     rounds: &'a [Round],
@@ -76,6 +114,8 @@ struct Summary<'a> {
     cap_rate: f64,
     cap_busy: f64,
     sweep: Vec<SweepPoint>,
+    /// Row 6a, when the sweep ran.
+    auto: Option<AutoPoint>,
 }
 
 impl<'a> Summary<'a> {
@@ -85,7 +125,10 @@ impl<'a> Summary<'a> {
             .iter()
             .filter_map(|r| r.steady_capacity.as_ref().map(|(a, _)| a))
             .collect();
+        let sweep = sweep_points(rounds);
         Self {
+            auto: AutoPoint::new(rounds, &sweep),
+            sweep,
             rounds,
             pool: args.pool,
             io_bound: (usize::from(args.io_pool) * 2) as f64 * 1000.0 / args.io_sleep_ms as f64,
@@ -106,7 +149,6 @@ impl<'a> Summary<'a> {
                 .iter()
                 .filter_map(|r| r.steady_capacity.as_ref().map(|(_, l)| *l))
                 .collect(),
-            sweep: sweep_points(rounds),
         }
     }
 

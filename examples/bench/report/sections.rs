@@ -3,13 +3,14 @@
 
 use std::fmt::Write as _;
 
-use super::{Summary, SweepPoint, fmt_check, med, met, ms};
+use super::{AutoPoint, Summary, SweepPoint, fmt_check, med, met, ms};
 use crate::args::Args;
 use crate::records::{Check, Latency};
 use crate::results::{AgentResult, Round};
 
-/// The sweep table; empty when the sweep did not run.
-pub fn sweep_table(sweep: &[SweepPoint]) -> String {
+/// The sweep table, and the auto pools' drain as its last row; empty when the sweep did not
+/// run.
+pub fn sweep_table(sweep: &[SweepPoint], auto: Option<&AutoPoint>) -> String {
     let mut t = String::new();
     if sweep.is_empty() {
         return t;
@@ -30,6 +31,20 @@ pub fn sweep_table(sweep: &[SweepPoint]) -> String {
             p.agent / p.ceiling,
             p.cpu,
             fmt_check(p.check)
+        );
+    }
+    if let Some(a) = auto {
+        let _ = writeln!(
+            t,
+            "| auto 1..={} | up to {} | | {:.0} | {:.2} of pool {}+{} | {:.1} | {} |",
+            a.max,
+            usize::from(a.max) * 2,
+            a.agent,
+            a.ratio(),
+            a.best_pool,
+            a.best_pool,
+            a.cpu,
+            fmt_check(a.check)
         );
     }
     t
@@ -72,6 +87,9 @@ fn background_per_run(rounds: &[Round]) -> Vec<(String, f64)> {
                 format!("round {round} sweep {} agent", a.pool),
                 a.background_cores,
             ));
+        }
+        if let Some(a) = &r.auto {
+            background.push((format!("round {round} sweep auto"), a.background_cores));
         }
     }
     background
@@ -179,6 +197,9 @@ pub fn targets(args: &Args, s: &Summary) -> String {
     let _ = writeln!(t, "| Target | Measured | |");
     let _ = writeln!(t, "|---|---|---|");
     target_drain(&mut t, s);
+    if let Some(a) = &s.auto {
+        target_auto(&mut t, a);
+    }
     target_io(&mut t, s);
     target_cpu(&mut t, s);
     target_rss(&mut t, args, s);
@@ -209,6 +230,21 @@ fn target_drain(t: &mut String, s: &Summary) {
         best.1,
         best_ratio,
         met(best_ratio >= 0.85)
+    );
+}
+
+/// Auto pools ≥ 0.9 × the best fixed pool of the sweep, which they are not told.
+fn target_auto(t: &mut String, a: &AutoPoint) {
+    let _ = writeln!(
+        t,
+        "| Auto pools' drain ≥ 0.9 × the best fixed pool of the sweep | auto 1..={}: {:.0} msg/s vs pool {}+{}: {:.0} msg/s = {:.2} | {} |",
+        a.max,
+        a.agent,
+        a.best_pool,
+        a.best_pool,
+        a.best,
+        a.ratio(),
+        met(a.ratio() >= 0.9)
     );
 }
 
@@ -295,6 +331,7 @@ fn target_no_loss(t: &mut String, rounds: &[Round]) {
         for a in [&r.drain, &r.steady, &r.io, &r.rss]
             .into_iter()
             .chain(r.steady_capacity.as_ref().map(|(a, _)| a))
+            .chain(r.auto.as_ref())
         {
             all_checks.add(a.check);
             left += a.left_in_queues;

@@ -27,6 +27,7 @@ pub fn results(args: &Args, s: &Summary) -> String {
     io_direct(&mut t, args, s);
     rss(&mut t, args, s);
     process_per_message(&mut t, args, s);
+    auto_pools(&mut t, args, s);
     t
 }
 
@@ -193,5 +194,26 @@ fn process_per_message(t: &mut String, args: &Args, s: &Summary) {
         "| 5. Reference: one `php` process per message (rabbitmq-cli-consumer model), {} msgs, a consumer per subject, prefetch 1 | {rate:.0} | | | | | | | {} |",
         args.spawn_messages,
         fmt_check(checks(&spawn_runs, |(_, c)| *c))
+    );
+}
+
+/// Row 6a, when the sweep ran: the sweep's drain by auto pools, against its best fixed pool.
+fn auto_pools(t: &mut String, args: &Args, s: &Summary) {
+    let Some(a) = &s.auto else {
+        return;
+    };
+    let _ = writeln!(
+        t,
+        "| 6a. Auto pools: drain of {} msgs (as the sweep), `pool_mode = \"auto\"` 1..={} per subject, FPM status page read; vs the sweep's best fixed pool {}+{} ({:.0} msg/s) | {:.0} | {:.2} of best fixed | | | | {:.1} | {:.1} MiB | {} |",
+        args.sweep_messages,
+        a.max,
+        a.best_pool,
+        a.best_pool,
+        a.best,
+        a.agent,
+        a.ratio(),
+        a.cpu,
+        a.rss_mib,
+        fmt_check(a.check)
     );
 }

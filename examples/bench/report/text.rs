@@ -132,6 +132,11 @@ fn md_setup(md: &mut String, args: &Args) {
          rates); the machine's measured busy share is shown. Row 3d publishes at that rate to a bare lapin consumer \
          (own connection, the agent's window, ack on arrival): what RabbitMQ costs any consumer; \
          the agent's added latency is 3c's p99 minus 3d's.\n\
+         - **Row 6a** (with the sweep): the sweep's backlog drained by auto pools \
+         (`pool_mode = \"auto\"`, `min_pool_size = 1`, `max_pool_size` the largest sweep size, \
+         other autoscaling keys and `fpm.status_interval` at their defaults; the pool's \
+         `pm.status_path` is read), against the sweep's fastest fixed pool, which the \
+         autoscaler is not told.\n\
          - **Row 5** is the model of rabbitmq-cli-consumer and `amqp-consume`: a consumer per \
          subject (prefetch 1, in the bench process) starts `php \
          examples/php/bench-cli-handler.php` for every message with the body on stdin (the same \

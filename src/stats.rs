@@ -21,6 +21,9 @@ pub struct SubjectStats {
     pub in_flight: AtomicU64,
     /// Workers currently handling a message.
     pub busy: AtomicU64,
+    /// Messages ready in the queue at the last read (auto pools only, every
+    /// `fpm.status_interval`; 0 when unread): the backlog the autoscaler sees besides `in_flight`.
+    pub queued: AtomicU64,
     /// Current pool size.
     pub pool_size: AtomicU64,
     /// Pool size asked for (config, signals, `pool set`); survives consumer restarts.
@@ -83,6 +86,7 @@ impl SubjectStats {
             requeued: get(&self.requeued),
             in_flight: get(&self.in_flight),
             busy: get(&self.busy),
+            queued: get(&self.queued),
             pool_size: get(&self.pool_size),
             consumer_starts: get(&self.consumer_starts),
             worker_restarts: get(&self.worker_restarts),
@@ -103,6 +107,7 @@ pub struct StatsSnapshot {
     pub requeued: u64,
     pub in_flight: u64,
     pub busy: u64,
+    pub queued: u64,
     pub pool_size: u64,
     pub consumer_starts: u64,
     pub worker_restarts: u64,

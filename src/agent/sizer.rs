@@ -1,4 +1,5 @@
-//! The autoscaler task: samples each subject's busy workers and backlog, and after every read
+//! The autoscaler task: samples each subject's busy workers and backlog (prefetched, and ready
+//! in the queue: the consumer reads its depth), and after every read
 //! of FPM's status page feeds them to [`crate::autoscale::decide`] and applies its answer.
 //!
 //! Invariant: the only code that resizes pools without an operator; it never resizes a subject
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::agent::AgentHandle;
+use super::AgentHandle;
 use crate::autoscale::{self, Capacity, PoolMode, SubjectInput};
 
 /// What the task remembers of a subject between two decisions.
@@ -21,6 +22,13 @@ struct Seen {
     last_used: Instant,
     last_change: Instant,
 }
+
+/// Shortest time between a decision and a status read the autoscaler asks for: the workers it
+/// just added take their FPM children first, so the read counts them as busy.
+const RAMP_READ_GAP: Duration = Duration::from_millis(50);
+
+/// How often the subjects' busy workers and backlogs are sampled.
+const SAMPLE: Duration = Duration::from_millis(50);
 
 /// Runs until aborted (on reload and stop).
 pub async fn run(agent: AgentHandle) {
@@ -41,17 +49,45 @@ pub async fn run(agent: AgentHandle) {
             (name.clone(), s)
         })
         .collect();
-    let mut sample = tokio::time::interval(Duration::from_millis(100));
+    let mut sample = tokio::time::interval(SAMPLE);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A pool that may grow gets a status read soon instead of at the next interval: right after
+    // RAMP_READ_GAP when the last decision grew a pool, at the next sample when a backlog turned
+    // deep. Not when the last decision found no idle FPM child for it: then at the interval.
+    let (mut blocked, mut asked, mut decided) = (false, false, now);
+    let mut ramp = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut ramping = false;
     loop {
-        tokio::select! {
-            _ = sample.tick() => observe(&agent, &mut seen),
+        let due = tokio::select! {
+            _ = sample.tick() => {
+                observe(&agent, &mut seen);
+                !blocked && !asked && decided.elapsed() >= RAMP_READ_GAP
+            }
+            () = &mut ramp, if ramping => {
+                ramping = false;
+                !asked
+            }
             changed = reads.changed() => {
                 if changed.is_err() {
                     return;
                 }
                 observe(&agent, &mut seen);
-                decide(&agent, &mut seen);
+                let (grew, may_grow) = decide(&agent, &mut seen);
+                blocked = may_grow && !grew;
+                (asked, decided) = (false, Instant::now());
+                if grew && may_grow {
+                    ramp.as_mut().reset((decided + RAMP_READ_GAP).into());
+                    ramping = true;
+                }
+                false
+            }
+        };
+        if due {
+            let config = agent.config();
+            let (_, inputs) = inputs(&agent, &config, &seen, Instant::now());
+            if inputs.iter().any(autoscale::may_grow) {
+                monitor.read_soon();
+                asked = true;
             }
         }
     }
@@ -68,7 +104,7 @@ fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
         let backlog = snap.in_flight.saturating_sub(snap.busy);
         s.busy_peak = s.busy_peak.max(busy);
         s.backlog_peak = s.backlog_peak.max(backlog);
-        if backlog > 0 || (snap.pool_size > 0 && snap.busy >= snap.pool_size) {
+        if backlog > 0 || snap.queued > 0 || (snap.pool_size > 0 && snap.busy >= snap.pool_size) {
             s.last_used = now;
         }
     }
@@ -120,22 +156,19 @@ fn total_capacity<'a>(
     total
 }
 
-fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
-    let config = agent.config();
-    if config
-        .subjects
-        .values()
-        .all(|s| s.pool_mode == PoolMode::Fixed)
-    {
-        return;
-    }
-    let capacity = capacity(agent, &config);
-    let now = Instant::now();
+/// What [`autoscale::decide`] is given: the subjects' names and inputs, in config order.
+fn inputs(
+    agent: &AgentHandle,
+    config: &crate::config::Config,
+    seen: &BTreeMap<String, Seen>,
+    now: Instant,
+) -> (Vec<String>, Vec<SubjectInput>) {
     let pins = agent.pins();
+    let all = agent.subject_stats_all();
     let mut names = Vec::new();
     let mut inputs = Vec::new();
     for (name, cfg) in &config.subjects {
-        let (Some(s), Some(stats)) = (seen.get(name), agent.subject_stats_all().get(name)) else {
+        let (Some(s), Some(stats)) = (seen.get(name), all.get(name)) else {
             continue;
         };
         names.push(name.clone());
@@ -145,6 +178,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             current: u32::try_from(stats.target_pool.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
             busy_peak: s.busy_peak,
             backlog: s.backlog_peak,
+            queued: stats.queued.load(Ordering::Relaxed),
             min: u32::from(cfg.min_pool_size),
             max: u32::from(cfg.max_pool_size),
             weight: cfg.weight,
@@ -154,7 +188,25 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
             cooldown: cfg.cooldown,
         });
     }
+    (names, inputs)
+}
+
+/// Decides and applies. Returns whether a pool grew, and whether a pool may grow (before this
+/// decision's sizes; a pool that grew may want more).
+fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) -> (bool, bool) {
+    let config = agent.config();
+    if config
+        .subjects
+        .values()
+        .all(|s| s.pool_mode == PoolMode::Fixed)
+    {
+        return (false, false);
+    }
+    let capacity = capacity(agent, &config);
+    let now = Instant::now();
+    let (names, inputs) = inputs(agent, &config, seen, now);
     let targets = autoscale::decide(&inputs, capacity);
+    let mut grew = false;
     for ((name, input), target) in names.iter().zip(&inputs).zip(&targets) {
         if let Some(s) = seen.get_mut(name) {
             s.busy_peak = 0;
@@ -166,12 +218,14 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
         if target.size == input.current {
             continue;
         }
+        grew |= target.size > input.current;
         info!(
             subject = %name,
             from = input.current,
             to = target.size,
             why = target.why,
             backlog = input.backlog,
+            queued = input.queued,
             busy_peak = input.busy_peak,
             idle_for_ms = u64::try_from(input.idle_for.as_millis()).unwrap_or(u64::MAX),
             fpm_max_children = capacity.map(|c| c.max_children),
@@ -180,6 +234,7 @@ fn decide(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
         );
         agent.resize(name, target.size as usize);
     }
+    (grew, inputs.iter().any(autoscale::may_grow))
 }
 
 #[cfg(test)]
@@ -190,8 +245,8 @@ mod tests {
     #[test]
     fn capacity_is_summed_over_the_upstreams_given() {
         let parse = |text: &str| serde_json::from_str::<FpmStatus>(text).unwrap();
-        let idle = parse(include_str!("fpm_status/testdata/idle.json"));
-        let saturated = parse(include_str!("fpm_status/testdata/saturated.json"));
+        let idle = parse(include_str!("../fpm_status/testdata/idle.json"));
+        let saturated = parse(include_str!("../fpm_status/testdata/saturated.json"));
         let one = total_capacity([&idle].into_iter(), "/fpm-status", None).unwrap();
         let both = total_capacity([&idle, &saturated].into_iter(), "/fpm-status", None).unwrap();
         assert_eq!(one.max_children, 3);

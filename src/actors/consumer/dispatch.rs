@@ -1,0 +1,156 @@
+//! Dispatch: deliveries into the backlog and from it to idle workers, workers back to idle,
+//! and the end of a drain.
+
+use lapin::message::Delivery;
+use ractor::{ActorProcessingErr, ActorRef};
+
+use super::circuit::open_circuit;
+use super::{ConsumerMsg, ConsumerState, FLUSH_TIMEOUT};
+use crate::actors::worker::{Job, WorkerIdle, WorkerMsg};
+use crate::stats::SubjectStats;
+
+/// A delivery from the broker: to the backlog and on to an idle worker, or straight back to its
+/// queue while not consuming.
+pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
+    SubjectStats::incr(&state.runtime.stats.received);
+    state.runtime.hot.received.inc();
+    SubjectStats::incr(&state.runtime.stats.in_flight);
+    // After a cancel, deliveries the client had buffered still arrive: while not consuming they
+    // go straight back (a dropped one would pin a prefetch slot).
+    if state.draining.is_some() || state.consumer_tag.is_none() {
+        super::requeue(state, &delivery);
+        return;
+    }
+    if state.backlog.is_empty() {
+        state.backlog_since = std::time::Instant::now();
+    }
+    state.backlog.push_back(delivery);
+    dispatch(state);
+}
+
+/// A worker finished its message: it takes the next one (or retires), and what it reports opens
+/// the circuit or fails the consumer.
+pub(super) async fn on_worker_idle(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    report: WorkerIdle,
+) -> Result<(), ActorProcessingErr> {
+    let WorkerIdle {
+        worker,
+        fpm_unreachable,
+        publisher_broken,
+    } = report;
+    if publisher_broken && state.draining.is_none() {
+        return Err("the retry/dead-letter publish channel closed".into());
+    }
+    if fpm_unreachable && state.circuit.is_none() && state.draining.is_none() {
+        open_circuit(myself, state).await?;
+    }
+    let stats = &state.runtime.stats;
+    if let Some(slot) = state.workers.get_mut(&worker) {
+        let held = std::mem::take(&mut slot.busy);
+        if !held.is_empty() {
+            SubjectStats::decr(&stats.busy);
+            for _ in &held {
+                SubjectStats::decr(&stats.in_flight);
+            }
+        }
+        if slot.retiring {
+            slot.actor.stop(Some("pool shrink".into()));
+        } else {
+            state.idle.push_back(worker);
+        }
+    }
+    dispatch(state);
+    finish_drain_if_idle(state);
+    Ok(())
+}
+
+/// Hands backlog deliveries to idle workers: one per request, or up to `batch_max` in one (an
+/// idle worker waits up to `batch_wait` for a batch to fill).
+pub(super) fn dispatch(state: &mut ConsumerState) {
+    while !state.backlog.is_empty() {
+        if state.idle.is_empty() {
+            return;
+        }
+        let waited = state.backlog_since.elapsed();
+        if state.batching.should_wait(state.backlog.len(), waited) {
+            if !state.dispatch_armed {
+                state.dispatch_armed = true;
+                let left = state.batching.wait.saturating_sub(waited);
+                state.myself.send_after(left, || ConsumerMsg::Dispatch);
+            }
+            return;
+        }
+        let Some(id) = state.idle.pop_front() else {
+            return;
+        };
+        let Some(slot) = state.workers.get_mut(&id) else {
+            continue;
+        };
+        if slot.retiring {
+            slot.actor.stop(Some("pool shrink".into()));
+            continue;
+        }
+        let n = state
+            .batching
+            .take(state.backlog.iter().map(|d| (d.data.len(), d.redelivered)));
+        let (msg, tags) = if n == 1 {
+            let delivery = state.backlog.pop_front().expect("checked non-empty");
+            let tags = vec![delivery.delivery_tag];
+            let job = Job {
+                delivery,
+                publisher: state.publisher.clone(),
+                acks: state.acks.clone(),
+            };
+            (WorkerMsg::Handle(Box::new(job)), tags)
+        } else {
+            let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
+            let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
+            let job = crate::actors::batch::BatchJob {
+                deliveries,
+                publisher: state.publisher.clone(),
+                acks: state.acks.clone(),
+            };
+            (WorkerMsg::Batch(Box::new(job)), tags)
+        };
+        match slot.actor.cast(msg) {
+            Ok(()) => {
+                slot.busy = tags;
+                SubjectStats::incr(&state.runtime.stats.busy);
+            }
+            // The worker is stopping; its supervision event will replace it.
+            Err(ractor::MessagingErr::SendErr(WorkerMsg::Handle(job))) => {
+                state.backlog.push_front(job.delivery);
+            }
+            Err(ractor::MessagingErr::SendErr(WorkerMsg::Batch(job))) => {
+                for delivery in job.deliveries.into_iter().rev() {
+                    state.backlog.push_front(delivery);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+pub(super) fn finish_drain_if_idle(state: &mut ConsumerState) {
+    let busy = state.workers.values().any(|s| !s.busy.is_empty());
+    if busy {
+        return;
+    }
+    if let Some(waiters) = state.draining.as_mut() {
+        if waiters.is_empty() {
+            return;
+        }
+        // Drained once the acks of the finished messages are written.
+        let waiters = std::mem::take(waiters);
+        let acks = state.acks.clone();
+        tokio::spawn(async move {
+            // Bounded: a broker that blocks the connection (resource alarm) writes nothing.
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, acks.flush()).await;
+            for reply in waiters {
+                let _ = reply.send(());
+            }
+        });
+    }
+}

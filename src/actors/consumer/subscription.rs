@@ -1,0 +1,138 @@
+//! The subscription: `basic.qos` and `basic.consume` following the pool and the pause state,
+//! the forwarder task that moves deliveries into the mailbox, and the end of its stream.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use ractor::{ActorProcessingErr, ActorRef};
+
+use super::{ConsumerMsg, ConsumerState, requeue};
+use crate::actors::exit::ConnectionLost;
+
+/// Consumes when nothing says not to (draining, open circuit, operator pause), and reflects
+/// the state in the `paused` gauge.
+pub(super) async fn sync_consuming(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    let wanted = state.draining.is_none() && state.circuit.is_none() && !state.operator_paused;
+    state.runtime.stats.paused.store(
+        state.circuit.is_some() || state.operator_paused,
+        Ordering::Relaxed,
+    );
+    match (wanted, state.consumer_tag.is_some()) {
+        (true, false) => start_consuming(myself, state).await,
+        (false, true) => {
+            stop_consuming(state).await;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `basic.qos` for the current pool, then a new `basic.consume`. RabbitMQ applies a per-consumer
+/// prefetch only to consumers created after it, which is why a resize re-consumes.
+pub(super) async fn start_consuming(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    let prefetch = crate::config::prefetch(state.target, super::per_worker(&state.runtime));
+    if prefetch != state.prefetch {
+        state
+            .channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        state.prefetch = prefetch;
+        state.acks.set_window(prefetch);
+    }
+    let tag = new_consumer_tag(&state.runtime.name);
+    let consumer = state
+        .channel
+        .basic_consume(
+            state.runtime.subject().queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    state.consumer_tag = Some(tag);
+    state.forwarder = Some(tokio::spawn(forward(consumer, myself.clone())));
+    Ok(())
+}
+
+/// Cancels the consumer. Deliveries already received stay valid on the channel; the backlog
+/// (not yet with a worker) goes back to the queue.
+pub(super) async fn stop_consuming(state: &mut ConsumerState) {
+    cancel_consumer(state).await;
+    while let Some(delivery) = state.backlog.pop_front() {
+        requeue(state, &delivery);
+    }
+}
+
+pub(super) async fn cancel_consumer(state: &mut ConsumerState) {
+    if let Some(tag) = state.consumer_tag.take() {
+        let _ = state
+            .channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+    // The forwarder is not aborted: it hands over what the cancelled consumer had buffered and
+    // ends with the stream (a stale `StreamEnded` is ignored by tag).
+    state.forwarder = None;
+}
+
+/// The delivery stream of consumer `tag` ended: an error for the current consumer (a lost
+/// connection is [`ConnectionLost`], not a crash); nothing for one cancelled on purpose.
+pub(super) fn on_stream_ended(
+    state: &ConsumerState,
+    tag: &str,
+    reason: Option<String>,
+) -> Result<(), ActorProcessingErr> {
+    if state.consumer_tag.as_deref() != Some(tag) {
+        // A consumer we cancelled ourselves (drain, pause, resize).
+        return Ok(());
+    }
+    let reason = reason.unwrap_or_else(|| "consumer cancelled by the broker".to_owned());
+    if !state.connection.status().connected() {
+        // Not a crash: the root reconnects without counting it towards the restart intensity.
+        return Err(ConnectionLost(reason).into());
+    }
+    Err(format!(
+        "delivery stream of `{}` ended: {reason}",
+        state.runtime.subject().queue
+    )
+    .into())
+}
+
+fn new_consumer_tag(subject: &str) -> String {
+    format!(
+        "amqp-agent.{subject}.{}.{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Forwards deliveries from the lapin consumer stream to the actor's mailbox.
+async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
+    let tag = consumer.tag().to_string();
+    while let Some(item) = consumer.next().await {
+        match item {
+            Ok(delivery) => {
+                if actor
+                    .cast(ConsumerMsg::Delivery(Box::new(delivery)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                let reason = Some(e.to_string());
+                let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason });
+                return;
+            }
+        }
+    }
+    let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
+}

@@ -1,0 +1,173 @@
+//! One attempt at FPM: the request's params, its `fastcgi` span, the request on a leased
+//! connection, and the reply judged as a verdict.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use tracing::{Instrument, warn};
+
+use super::settle::describe;
+use super::{EXCERPT, truncate};
+use crate::actors::SubjectRuntime;
+use crate::contract::{self, Envelope};
+use crate::fastcgi::Reply;
+use crate::outcome::{self, Verdict};
+use crate::telemetry;
+use crate::trace_context;
+
+/// The `FastCGI POST` span of a request (a `none` span without trace export); a batch records
+/// its size on it.
+pub(in crate::actors) fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span {
+    if telemetry::enabled() {
+        tracing::info_span!(
+            "fastcgi",
+            otel.name = "FastCGI POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            server.address = %runtime.config.fpm.address,
+            http.request.method = "POST",
+            url.path = %runtime.template.request_uri(),
+            http.response.status_code = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            amqp_agent.batch.size = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// Builds the attempt's params and sends them to FPM inside a `fastcgi` span; a message that
+/// cannot become a request is a permanent verdict. Returns the verdict and whether FPM was
+/// unreachable.
+pub(super) async fn request(
+    runtime: &SubjectRuntime,
+    envelope: &Envelope<'_>,
+    body: &[u8],
+    incoming: &trace_context::Incoming<'_>,
+    message_id: &str,
+) -> (Verdict, bool) {
+    let fcgi_span = fastcgi_span(runtime);
+    // PHP continues the trace from the FastCGI span when traces are exported; otherwise it gets
+    // the publisher's context unchanged.
+    let exported = telemetry::context_of(&fcgi_span);
+    let trace = match &exported {
+        Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
+        None => (incoming.traceparent, incoming.tracestate),
+    };
+    match runtime
+        .template
+        .params(envelope, body, trace, contract::unix_now())
+    {
+        Err(e) => {
+            warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
+            let verdict = Verdict::Permanent {
+                reason: e.reason(),
+                detail: e.to_string(),
+                status: None,
+            };
+            (verdict, false)
+        }
+        Ok(params) => {
+            let running = runtime.metrics.fpm.running(&runtime.name, message_id);
+            attempt_fpm(runtime, &running, &params, body)
+                .instrument(fcgi_span)
+                .await
+        }
+    }
+}
+
+/// One FastCGI request, timed and classified; records status and size on the current span.
+async fn attempt_fpm(
+    runtime: &SubjectRuntime,
+    running: &crate::fpm_status::monitor::RunningGuard<'_>,
+    params: &[(&'static str, Cow<'_, str>)],
+    body: &[u8],
+) -> (Verdict, bool) {
+    let span = tracing::Span::current();
+    let started = Instant::now();
+    let sent = runtime
+        .upstreams
+        .request(params, body, |i| running.set_upstream(i))
+        .await;
+    let result = sent.result;
+    let elapsed = started.elapsed();
+    let require_ack = runtime.config.fpm.require_ack_header;
+    let (verdict, unreached, status) = judged(result, require_ack, &span);
+    runtime.hot.fpm_duration.observe(elapsed.as_secs_f64());
+    if status == "200" {
+        runtime.hot.fpm_ok.inc();
+    } else {
+        runtime.metrics.fpm_response(&runtime.name, &status);
+    }
+    if !matches!(verdict, Verdict::Success) {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", describe(&verdict).0);
+    }
+    (verdict, unreached)
+}
+
+/// A FastCGI result as a verdict, whether FPM was unreachable, and the `status` label of the
+/// `fpm_responses` metric; the reply's status and size are recorded on `span`.
+fn judged(
+    result: Result<Reply, crate::fastcgi::FpmError>,
+    require_ack: bool,
+    span: &tracing::Span,
+) -> (Verdict, bool, Cow<'static, str>) {
+    match result {
+        Ok(reply) => {
+            span.record("http.response.body.size", reply.size);
+            match outcome::parse_head(&reply.stdout) {
+                Ok(head) => {
+                    span.record("http.response.status_code", head.status);
+                    let verdict = outcome::classify_reply(&head, require_ack, || excerpt(&reply));
+                    let status = if head.status == 200 {
+                        Cow::Borrowed("200")
+                    } else {
+                        Cow::Owned(head.status.to_string())
+                    };
+                    (verdict, false, status)
+                }
+                Err(e) => {
+                    let verdict = Verdict::Transient {
+                        reason: "fpm_malformed_reply",
+                        detail: format!("{e}: {}", excerpt(&reply)),
+                        status: None,
+                        retry_after: None,
+                        counts: true,
+                    };
+                    (verdict, false, Cow::Borrowed("fpm_malformed_reply"))
+                }
+            }
+        }
+        Err(e) => {
+            let unreached = e.unreached();
+            let verdict = Verdict::Transient {
+                reason: e.reason(),
+                detail: e.to_string(),
+                status: None,
+                retry_after: None,
+                counts: !unreached,
+            };
+            (verdict, unreached, Cow::Borrowed(e.reason()))
+        }
+    }
+}
+
+fn excerpt(reply: &Reply) -> String {
+    let out = String::from_utf8_lossy(&reply.stdout);
+    let body = out.split_once("\r\n\r\n").map_or(out.as_ref(), |(_, b)| b);
+    let mut s = truncate(body.trim(), EXCERPT / 2);
+    if !reply.stderr.is_empty() {
+        s.push_str(" | stderr: ");
+        s.push_str(&truncate(
+            String::from_utf8_lossy(&reply.stderr).trim(),
+            EXCERPT / 2,
+        ));
+    }
+    if s.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        s
+    }
+}

@@ -1,0 +1,244 @@
+//! Settling a delivery on its decision: ack; or publish its retry or dead-letter copy (confirmed)
+//! and then ack; or, when the copy was not stored, nack it back to its queue.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use tracing::{debug, error, info, warn};
+
+use super::{EXCERPT, truncate};
+use crate::actors::SubjectRuntime;
+use crate::actors::acks::Acks;
+use crate::broker::{BrokerError, Publisher};
+use crate::contract::{self, ATTEMPT_HEADER, LAST_ERROR_HEADER};
+use crate::outcome::{Decision, Verdict};
+use crate::printable::printable;
+use crate::provenance::{self, Binding};
+use crate::stats::SubjectStats;
+use crate::telemetry::{self, metrics::Metrics};
+
+/// The delivery being settled (the original of any retry or dead-letter copy) and what
+/// identifies it.
+pub(in crate::actors) struct Original<'a> {
+    pub(in crate::actors) delivery: &'a Delivery,
+    pub(in crate::actors) message_id: &'a str,
+    pub(in crate::actors) generated: bool,
+    pub(in crate::actors) attempt: u32,
+    /// Where the message was first published (trusted, see `provenance`).
+    pub(in crate::actors) exchange: &'a str,
+    pub(in crate::actors) routing_key: &'a str,
+    /// The message's process span: outcome recorded on it, its context carried by copies.
+    pub(in crate::actors) span: &'a tracing::Span,
+}
+
+/// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
+pub(in crate::actors) async fn settle(
+    runtime: &SubjectRuntime,
+    publisher: &Publisher,
+    acks: &Acks,
+    original: Original<'_>,
+    verdict: &Verdict,
+    decision: Decision,
+) {
+    let stats = &runtime.stats;
+    let tag = original.delivery.delivery_tag;
+    let published = match &decision {
+        Decision::Ack => {
+            debug!("Handled");
+            original.span.record("outcome", "ack");
+            acks.ack(tag, true);
+            return;
+        }
+        Decision::Retry {
+            delay,
+            next_attempt,
+        } => {
+            publish_retry(
+                runtime,
+                publisher,
+                &original,
+                verdict,
+                *delay,
+                *next_attempt,
+            )
+            .await
+        }
+        Decision::DeadLetter { reason } => {
+            publish_dead(runtime, publisher, &original, verdict, reason).await
+        }
+    };
+    match published {
+        Ok(reason) => {
+            match decision {
+                Decision::Retry { .. } => {
+                    SubjectStats::incr(&stats.retried);
+                    Metrics::settled(&runtime.metrics.retried, &runtime.name, reason);
+                }
+                _ => {
+                    SubjectStats::incr(&stats.dead_lettered);
+                    Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
+                }
+            }
+            acks.ack(tag, false);
+        }
+        Err(e) => {
+            error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
+            // A short pause so a broker that refuses every publish does not spin the message.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            acks.nack(tag);
+        }
+    }
+}
+
+/// Publishes the retry copy (attempt + 1, the failure as `x-agent-last-error`) to the delay
+/// queue of `delay`; returns the failure's reason once the broker confirmed it.
+async fn publish_retry(
+    runtime: &SubjectRuntime,
+    publisher: &Publisher,
+    original: &Original<'_>,
+    verdict: &Verdict,
+    delay: Duration,
+    next_attempt: u32,
+) -> Result<&'static str, BrokerError> {
+    let (reason, detail) = describe(verdict);
+    info!(reason, detail = %printable(&detail).capped(EXCERPT), delay = ?delay, next_attempt, "Attempt failed; retrying later");
+    original.span.record("outcome", "retry");
+    original.span.record("otel.status_code", "ERROR");
+    let props = republished(runtime, original, |h| {
+        h.insert(
+            ATTEMPT_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(next_attempt)),
+        );
+        h.insert(
+            LAST_ERROR_HEADER.into(),
+            text(&format!("{reason}: {detail}")),
+        );
+    });
+    publisher
+        .publish_delayed(delay, &original.delivery.data, props)
+        .await
+        .map(|()| reason)
+}
+
+/// Publishes the dead-letter copy with why, the last status, the attempts, the subject and when;
+/// returns `reason` once the broker confirmed it.
+async fn publish_dead(
+    runtime: &SubjectRuntime,
+    publisher: &Publisher,
+    original: &Original<'_>,
+    verdict: &Verdict,
+    reason: &'static str,
+) -> Result<&'static str, BrokerError> {
+    let (cause, detail) = describe(verdict);
+    warn!(reason, cause, detail = %printable(&detail).capped(EXCERPT), "Dead-lettering message");
+    original.span.record("outcome", "dead_letter");
+    original.span.record("otel.status_code", "ERROR");
+    let status = match verdict {
+        Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
+        Verdict::Success => None,
+    };
+    let props = republished(runtime, original, |h| {
+        // Headers too deep to encode (or cut by the AMQP parser), and the largest ones when the
+        // copy would not fit in one frame, are left out of the copy; x-agent-last-error names
+        // them.
+        let mut removed = contract::remove_too_deep(h, runtime.config.limits.max_header_depth);
+        let budget = (publisher.frame_max() as usize).saturating_sub(contract::COPY_FRAME_RESERVE);
+        removed.extend(contract::shrink_to_fit(h, budget));
+        let detail = if removed.is_empty() {
+            detail
+        } else {
+            truncate(
+                &format!("{detail}; left out of this copy: {}", removed.join(", ")),
+                EXCERPT,
+            )
+        };
+        h.insert(contract::REASON_HEADER.into(), text(reason));
+        h.insert(
+            contract::STATUS_HEADER.into(),
+            AMQPValue::LongLongInt(status.map_or(0, i64::from)),
+        );
+        h.insert(
+            contract::ATTEMPTS_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(original.attempt)),
+        );
+        h.insert(
+            LAST_ERROR_HEADER.into(),
+            text(&format!("{cause}: {detail}")),
+        );
+        h.insert(contract::SUBJECT_HEADER.into(), text(&runtime.name));
+        h.insert(
+            contract::DEAD_LETTERED_AT_HEADER.into(),
+            AMQPValue::Timestamp(contract::unix_now()),
+        );
+    });
+    publisher
+        .publish_dead(&original.delivery.data, props)
+        .await
+        .map(|()| reason)
+}
+
+pub(super) fn describe(verdict: &Verdict) -> (&'static str, String) {
+    match verdict {
+        Verdict::Success => ("success", String::new()),
+        Verdict::Transient { reason, detail, .. } | Verdict::Permanent { reason, detail, .. } => {
+            (reason, truncate(detail, EXCERPT))
+        }
+    }
+}
+
+/// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
+/// (possibly generated) message id, where the message was first published (so later attempts
+/// still tell PHP the original exchange and routing key) and the agent's seal over that state.
+fn republished(
+    runtime: &SubjectRuntime,
+    original: &Original<'_>,
+    edit: impl FnOnce(&mut FieldTable),
+) -> BasicProperties {
+    let delivery = original.delivery;
+    let props = &delivery.properties;
+    let mut headers = props.headers().clone().unwrap_or_default();
+    // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
+    headers.insert(
+        ATTEMPT_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(original.attempt)),
+    );
+    headers.insert(
+        contract::ORIGINAL_EXCHANGE_HEADER.into(),
+        text(original.exchange),
+    );
+    headers.insert(
+        contract::ORIGINAL_ROUTING_KEY_HEADER.into(),
+        text(original.routing_key),
+    );
+    // The next attempt continues this trace.
+    telemetry::inject_into_headers(original.span, &mut headers);
+    edit(&mut headers);
+    let message_id = if original.generated {
+        crate::broker::short(original.message_id)
+    } else {
+        props.message_id().clone().unwrap_or_default()
+    };
+    provenance::seal(
+        &mut headers,
+        &runtime.config.fpm.signing_secrets,
+        &Binding {
+            queue: &runtime.subject().queue,
+            message_id: message_id.as_str(),
+            body: &delivery.data,
+        },
+    );
+    let mut out = props.clone().with_headers(headers);
+    if original.generated {
+        out = out.with_message_id(message_id);
+    }
+    if props.delivery_mode().is_none() {
+        out = out.with_delivery_mode(2);
+    }
+    out
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}

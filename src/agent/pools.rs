@@ -1,0 +1,115 @@
+//! Operator commands on the pools: resize, step (SIGTTIN/SIGTTOU), pin and release an auto pool,
+//! pause and resume.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::info;
+
+use super::AgentHandle;
+use crate::actors::root::RootMsg;
+use crate::stats::SubjectStats;
+
+impl AgentHandle {
+    /// Subjects pinned by an operator.
+    #[must_use]
+    pub fn pins(&self) -> std::collections::BTreeSet<String> {
+        self.inner.pins.lock().expect("pins lock").clone()
+    }
+
+    /// Releases an operator's pin: the subject's pool is sized by the autoscaler again.
+    ///
+    /// # Errors
+    /// Unknown subject, or a subject with `pool_mode = "fixed"`.
+    pub fn pool_auto(&self, subject: &str) -> anyhow::Result<()> {
+        self.subject_stats(subject)?;
+        let config = self.config();
+        if config.subjects[subject].pool_mode != crate::autoscale::PoolMode::Auto {
+            anyhow::bail!("`{subject}` has pool_mode = \"fixed\" (subjects.{subject}.pool_mode)");
+        }
+        self.inner.pins.lock().expect("pins lock").remove(subject);
+        info!(subject, "Pool released to the autoscaler");
+        Ok(())
+    }
+
+    /// Resizes without pinning (the autoscaler's path; bounds are the caller's).
+    pub fn resize(&self, subject: &str, size: usize) {
+        if let Some(stats) = self.inner.stats.get(subject) {
+            stats.target_pool.store(size as u64, Ordering::Relaxed);
+            let _ = self
+                .inner
+                .root
+                .cast(RootMsg::Resize(subject.to_owned(), size));
+        }
+    }
+
+    fn subject_stats(&self, subject: &str) -> anyhow::Result<&Arc<SubjectStats>> {
+        self.inner
+            .stats
+            .get(subject)
+            .ok_or_else(|| anyhow::anyhow!("unknown subject `{subject}`"))
+    }
+
+    /// Sets a subject's pool size (within `min_pool_size..=max_pool_size`).
+    ///
+    /// # Errors
+    /// Unknown subject or size out of bounds.
+    pub fn set_pool(&self, subject: &str, size: usize) -> anyhow::Result<usize> {
+        let stats = self.subject_stats(subject)?;
+        let config = self.config();
+        let cfg = config
+            .subjects
+            .get(subject)
+            .ok_or_else(|| anyhow::anyhow!("unknown subject `{subject}`"))?;
+        let (min, max) = (
+            usize::from(cfg.min_pool_size),
+            usize::from(cfg.max_pool_size),
+        );
+        if !(min..=max).contains(&size) {
+            anyhow::bail!(
+                "pool size {size} for `{subject}` is outside {min}..={max} (subjects.{subject}.min_pool_size / max_pool_size)"
+            );
+        }
+        stats.target_pool.store(size as u64, Ordering::Relaxed);
+        self.inner
+            .root
+            .cast(RootMsg::Resize(subject.to_owned(), size))?;
+        if cfg.pool_mode == crate::autoscale::PoolMode::Auto {
+            self.inner
+                .pins
+                .lock()
+                .expect("pins lock")
+                .insert(subject.to_owned());
+        }
+        info!(subject, size, "Pool resized");
+        Ok(size)
+    }
+
+    /// Grows (`delta` > 0) or shrinks every pool by `delta`, clamped to each subject's bounds.
+    pub fn step_pools(&self, delta: i64) {
+        let config = self.config();
+        for (name, stats) in &self.inner.stats {
+            let Some(cfg) = config.subjects.get(name) else {
+                continue;
+            };
+            let current = stats.target_pool.load(Ordering::Relaxed) as i64;
+            let next =
+                (current + delta).clamp(i64::from(cfg.min_pool_size), i64::from(cfg.max_pool_size));
+            if next != current {
+                let _ = self.set_pool(name, next as usize);
+            }
+        }
+    }
+
+    /// Pauses or resumes consumption of a subject (operator command).
+    ///
+    /// # Errors
+    /// Unknown subject.
+    pub fn set_paused(&self, subject: &str, paused: bool) -> anyhow::Result<()> {
+        self.subject_stats(subject)?;
+        self.inner
+            .root
+            .cast(RootMsg::SetPaused(subject.to_owned(), paused))?;
+        Ok(())
+    }
+}

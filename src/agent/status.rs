@@ -1,0 +1,124 @@
+//! What the agent reports about itself: `/status` and readiness.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use super::AgentHandle;
+use crate::fpm_status::StatusState;
+use crate::stats::StatsSnapshot;
+use crate::upstreams::UpstreamStatus;
+
+/// `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Agent version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Ready to consume (every subject connected, consuming, not paused).
+    pub ready: bool,
+    /// Per subject.
+    pub subjects: BTreeMap<String, SubjectStatus>,
+    /// FPM's status page as last read (`state` says whether it could be); with several
+    /// upstreams, the first one's.
+    pub fpm: StatusState,
+    /// Every FPM upstream (`fpm.address`): breaker, requests in flight, capacity, status page.
+    pub upstreams: Vec<UpstreamStatus<StatusState>>,
+}
+
+/// One subject in `/status`.
+#[derive(Debug, Serialize)]
+pub struct SubjectStatus {
+    /// Queue consumed.
+    pub queue: String,
+    /// Pool size the operator or config asked for.
+    pub target_pool_size: u64,
+    /// Idle workers.
+    pub idle: u64,
+    /// `connected` or `disconnected`.
+    pub connection: &'static str,
+    /// The broker node (`host:port`) the subject is connected to.
+    pub node: Option<String>,
+    /// Counters and gauges.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+}
+
+impl AgentHandle {
+    /// Why the agent is not ready (empty: ready).
+    #[must_use]
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.alive() {
+            problems.push("supervision tree stopped".to_owned());
+        }
+        for (name, stats) in self.stats() {
+            if !stats.consuming {
+                problems.push(format!("{name}: not connected to RabbitMQ"));
+            } else if stats.paused {
+                problems.push(format!(
+                    "{name}: paused (FPM unreachable or operator pause)"
+                ));
+            }
+        }
+        problems
+    }
+
+    /// The `/status` document.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let config = self.config();
+        let subjects = self
+            .inner
+            .stats
+            .iter()
+            .map(|(name, stats)| {
+                let s = stats.snapshot();
+                let status = SubjectStatus {
+                    queue: config
+                        .subjects
+                        .get(name)
+                        .map_or_else(String::new, |s| s.queue.clone()),
+                    target_pool_size: stats.target_pool.load(Ordering::Relaxed),
+                    idle: s.pool_size.saturating_sub(s.busy),
+                    connection: if s.consuming {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    node: stats.node(),
+                    stats: s,
+                };
+                (name.clone(), status)
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+            ready: self.not_ready().is_empty(),
+            subjects,
+            fpm: self.inner.metrics.fpm.snapshot().shown,
+            upstreams: self.upstreams(),
+        }
+    }
+
+    fn upstreams(&self) -> Vec<UpstreamStatus<StatusState>> {
+        let monitor = &self.inner.metrics.fpm;
+        let mut reads = monitor.snapshots().into_iter().map(|s| s.shown);
+        let Some(upstreams) = monitor.upstreams() else {
+            return Vec::new();
+        };
+        upstreams
+            .status()
+            .into_iter()
+            .map(|u| {
+                let fpm = reads
+                    .next()
+                    .unwrap_or_else(|| StatusState::empty(u.address.clone(), "not_configured"));
+                u.with_fpm(fpm)
+            })
+            .collect()
+    }
+}

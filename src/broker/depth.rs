@@ -1,0 +1,59 @@
+//! How many messages wait in a subject's queue: its `message_count`, read by a passive
+//! `queue.declare` on a channel of its own (the autoscaler's backlog signal).
+//!
+//! Invariant: a read never changes the queue (passive), and a failed read closes only its own
+//! channel: the next read opens another.
+
+use std::sync::Arc;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+
+use super::{BrokerError, amqp, short};
+
+/// Reads one queue's depth on the connection of its consumer.
+pub struct QueueDepth {
+    connection: Arc<Connection>,
+    queue: String,
+    channel: Option<Channel>,
+}
+
+impl QueueDepth {
+    /// Reads `queue`'s depth on `connection` (no channel is opened before the first read).
+    #[must_use]
+    pub fn new(connection: Arc<Connection>, queue: &str) -> Self {
+        Self {
+            connection,
+            queue: queue.to_owned(),
+            channel: None,
+        }
+    }
+
+    /// Messages ready in the queue: waiting for a consumer, not counting those delivered and
+    /// not yet acked.
+    ///
+    /// # Errors
+    /// When no channel can be opened or the queue cannot be declared passively (deleted, or
+    /// the connection is gone).
+    pub async fn read(&mut self) -> Result<u32, BrokerError> {
+        let channel = match self.channel.take().filter(|c| c.status().connected()) {
+            Some(channel) => channel,
+            None => self
+                .connection
+                .create_channel()
+                .await
+                .map_err(amqp("cannot open a channel to read the queue depth"))?,
+        };
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(short(&self.queue), passive, FieldTable::default())
+            .await
+            .map_err(amqp(format!("cannot read the depth of `{}`", self.queue)))?;
+        self.channel = Some(channel);
+        Ok(queue.message_count())
+    }
+}

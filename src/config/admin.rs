@@ -1,0 +1,111 @@
+//! `[admin]`: the admin HTTP listener, its token and its bounds.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::duration;
+use super::{Config, ConfigError, invalid};
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the admin HTTP listener; empty string turns it off.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Bearer token that every command (POST) must carry, on any address; reads (GET) never
+    /// need it. At least 16 bytes. Without it, commands are refused unless
+    /// `allow_unauthenticated_commands` is set. `AMQP_AGENT_ADMIN_TOKEN` overrides it.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Development only: accept commands without a token when none is configured. Refused on a
+    /// listener that is not on loopback; `check-config` warns about it.
+    #[serde(default)]
+    pub allow_unauthenticated_commands: bool,
+    /// Most admin connections open at once. One more is answered `503` and closed at once, so
+    /// the listener never holds more file descriptors than this.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+    /// A connection must send its complete request head within this time, else it is closed.
+    #[serde(
+        default = "default_admin_header_timeout",
+        deserialize_with = "duration"
+    )]
+    pub header_timeout: Duration,
+    /// Longest time a request may take once its head has arrived (handler and response).
+    #[serde(
+        default = "default_admin_request_timeout",
+        deserialize_with = "duration"
+    )]
+    pub request_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+            allow_unauthenticated_commands: false,
+            max_connections: default_admin_max_connections(),
+            header_timeout: default_admin_header_timeout(),
+            request_timeout: default_admin_request_timeout(),
+        }
+    }
+}
+
+fn default_admin_max_connections() -> usize {
+    64
+}
+fn default_admin_header_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_admin_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9466".to_owned()
+}
+
+impl Config {
+    pub(super) fn validate_admin(&self) -> Result<(), ConfigError> {
+        if self.admin.listen.is_empty() {
+            return Ok(());
+        }
+        let addr: std::net::SocketAddr = self.admin.listen.parse().map_err(|_| {
+            invalid(
+                "admin.listen",
+                format!("`{}` is not `ip:port`", self.admin.listen),
+            )
+        })?;
+        let loopback = addr.ip().is_loopback();
+        let a = &self.admin;
+        if a.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin.token", "must be at least 16 bytes"));
+        }
+        if !loopback && a.token.is_none() {
+            return Err(invalid(
+                "admin.token",
+                "required when admin.listen is not a loopback address",
+            ));
+        }
+        if !loopback && a.allow_unauthenticated_commands {
+            return Err(invalid(
+                "admin.allow_unauthenticated_commands",
+                "only allowed when admin.listen is a loopback address",
+            ));
+        }
+        if !(1..=1024).contains(&a.max_connections) {
+            return Err(invalid("admin.max_connections", "must be 1 to 1024"));
+        }
+        for (key, value) in [
+            ("admin.header_timeout", a.header_timeout),
+            ("admin.request_timeout", a.request_timeout),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(300) {
+                return Err(invalid(key, "must be above 0 and at most 5m"));
+            }
+        }
+        Ok(())
+    }
+}

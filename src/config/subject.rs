@@ -1,0 +1,199 @@
+//! `[subjects.<name>]`: the queue, its pool and its exchange binding.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::duration;
+use super::{Config, ConfigError, QueueType, SUBJECTS, invalid};
+
+/// `[subjects.<name>]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectConfig {
+    /// Queue to consume. Its retry queues are `<queue>.retry.<ms>`, its dead-letter queue `<queue>.dead`.
+    pub queue: String,
+    /// FPM workers (concurrent requests) for this subject.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u16,
+    /// Lower bound for runtime resizing (SIGTTOU, `pool set`).
+    #[serde(default = "default_min_pool_size")]
+    pub min_pool_size: u16,
+    /// Upper bound for runtime resizing (SIGTTIN, `pool set`).
+    #[serde(default = "default_max_pool_size")]
+    pub max_pool_size: u16,
+    /// Optional exchange to bind the queue to (declared as `exchange_type`, durable).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// Exchange type used when declaring `exchange`: `direct`, `topic` (default), `fanout` or
+    /// `headers`.
+    #[serde(default)]
+    pub exchange_type: ExchangeType,
+    /// Binding keys of the queue on `exchange` (default: the queue name).
+    #[serde(default)]
+    pub binding_keys: Vec<String>,
+    /// `fixed`: `pool_size`, changed only by an operator. `auto`: starts at `min_pool_size` and
+    /// is sized from the backlog and FPM's capacity (needs `fpm.status_path`).
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// Share of FPM's children when several auto subjects have a backlog.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Most workers an auto pool gains or loses in one step.
+    #[serde(default = "default_max_shift")]
+    pub max_shift: u32,
+    /// Wait between two changes of an auto pool, and idle time before it shrinks.
+    #[serde(default = "default_cooldown", deserialize_with = "duration")]
+    pub cooldown: Duration,
+    /// `classic` or `quorum` for the main, delay and dead-letter queues (default: `amqp.queue_type`).
+    #[serde(default)]
+    pub queue_type: Option<QueueType>,
+    /// Extra arguments of the main queue (`x-max-length`, `x-delivery-limit`, ...), typed.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, toml::Value>,
+    /// One consumer at a time across all agents (strict ordering); others wait as standby.
+    #[serde(default)]
+    pub single_active_consumer: bool,
+    /// Most messages sent to PHP in one FastCGI request (docs/batches.md). 1 (the default): one
+    /// request per message. The PHP side must understand batches.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: u16,
+    /// How long an idle worker may wait for a batch to fill; 0 (the default) takes what is
+    /// already prefetched.
+    #[serde(default, deserialize_with = "duration")]
+    pub batch_wait: Duration,
+}
+
+/// How a subject's pool is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// `pool_size`, changed only by an operator.
+    #[default]
+    Fixed,
+    /// Sized from the backlog and FPM's capacity.
+    Auto,
+}
+
+/// `subjects.<name>.exchange_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    /// Routing key equals the binding key.
+    Direct,
+    /// Binding keys are patterns (`orders.*`); the default.
+    #[default]
+    Topic,
+    /// Every bound queue.
+    Fanout,
+    /// Matching on headers.
+    Headers,
+}
+
+fn default_batch_max() -> u16 {
+    1
+}
+fn default_pool_size() -> u16 {
+    4
+}
+fn default_min_pool_size() -> u16 {
+    1
+}
+fn default_max_pool_size() -> u16 {
+    64
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_max_shift() -> u32 {
+    4
+}
+fn default_cooldown() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Config {
+    pub(super) fn validate_subject(
+        &self,
+        name: &str,
+        subject: &SubjectConfig,
+    ) -> Result<(), ConfigError> {
+        let key = format!("subjects.{name}");
+        if !SUBJECTS.contains(&name) {
+            return Err(invalid(
+                &key,
+                format!("unknown subject; expected one of {SUBJECTS:?}"),
+            ));
+        }
+        if !(1..=1000).contains(&subject.batch_max) {
+            return Err(invalid(format!("{key}.batch_max"), "must be 1 to 1000"));
+        }
+        if subject.batch_wait > Duration::from_secs(10) {
+            return Err(invalid(format!("{key}.batch_wait"), "must be at most 10s"));
+        }
+        if subject.queue.is_empty() || subject.queue.len() > 200 {
+            return Err(invalid(
+                format!("{key}.queue"),
+                "must be 1 to 200 bytes long",
+            ));
+        }
+        if subject.pool_size == 0 || subject.pool_size > 1024 {
+            return Err(invalid(
+                format!("{key}.pool_size"),
+                "must be between 1 and 1024",
+            ));
+        }
+        if subject.weight == 0 || subject.max_shift == 0 {
+            return Err(invalid(
+                format!("{key}.weight / {key}.max_shift"),
+                "must be at least 1",
+            ));
+        }
+        if subject.pool_mode == PoolMode::Auto && self.fpm.status_path.is_none() {
+            return Err(invalid(
+                format!("{key}.pool_mode"),
+                "`auto` needs fpm.status_path (FPM's capacity is read from its status page)",
+            ));
+        }
+        if subject.min_pool_size == 0 || subject.min_pool_size > subject.max_pool_size {
+            return Err(invalid(
+                format!("{key}.min_pool_size"),
+                "must be at least 1 and at most max_pool_size",
+            ));
+        }
+        if !(subject.min_pool_size..=subject.max_pool_size).contains(&subject.pool_size) {
+            return Err(invalid(
+                format!("{key}.pool_size"),
+                format!(
+                    "must be within min_pool_size..=max_pool_size ({}..={})",
+                    subject.min_pool_size, subject.max_pool_size
+                ),
+            ));
+        }
+        if self
+            .subjects
+            .iter()
+            .any(|(other, s)| other != name && s.queue == subject.queue)
+        {
+            return Err(invalid(
+                format!("{key}.queue"),
+                "two subjects cannot share a queue",
+            ));
+        }
+        if subject
+            .exchange
+            .as_deref()
+            .is_some_and(|e| e.is_empty() || e.len() > 255)
+        {
+            return Err(invalid(
+                format!("{key}.exchange"),
+                "must be 1 to 255 bytes long",
+            ));
+        }
+        if !subject.binding_keys.is_empty() && subject.exchange.is_none() {
+            return Err(invalid(format!("{key}.binding_keys"), "needs `exchange`"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! Non-fatal remarks about legal but risky settings (`check-config` and the start log).
+
+use std::time::Duration;
+
+use super::{Config, SubjectConfig, prefetch};
+
+impl Config {
+    /// Non-fatal remarks an operator should read (printed by `check-config` and at start).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.fpm.signing_secrets.is_empty() {
+            out.push("fpm.signing_secrets is empty: requests to PHP are not signed".to_owned());
+        }
+        // RabbitMQ closes a channel whose delivery stays unacked longer than consumer_timeout.
+        if self.fpm.timeout >= Duration::from_secs(30 * 60) {
+            out.push(
+                "fpm.timeout is not below RabbitMQ's default consumer_timeout (30m)".to_owned(),
+            );
+        }
+        if self.fpm.status_path.is_none() && self.fpm.max_children.is_none() {
+            out.push(
+                "neither fpm.status_path nor fpm.max_children is set: requests in flight are not \
+                 capped at FPM's pm.max_children, so keep the pools' sum over all agents at or below it"
+                    .to_owned(),
+            );
+        }
+        if !self.fpm.require_ack_header {
+            out.push("fpm.require_ack_header = false: any 2xx counts as success".to_owned());
+        }
+        if !self.admin.listen.is_empty() && self.admin.token.is_none() {
+            out.push(if self.admin.allow_unauthenticated_commands {
+                "admin.allow_unauthenticated_commands = true: any local process (or a request \
+                 forged by one) can pause subjects and resize pools; development only"
+                    .to_owned()
+            } else {
+                "admin.token is not set: the admin API refuses every command \
+                 (pool set, pause, resume)"
+                    .to_owned()
+            });
+        }
+        if self.admin.token.is_some() && self.admin.allow_unauthenticated_commands {
+            out.push(
+                "admin.allow_unauthenticated_commands is ignored: admin.token is set".to_owned(),
+            );
+        }
+        out.extend(self.memory_warning());
+        out.extend(self.amqp_warnings());
+        out
+    }
+
+    /// Warns when a full prefetch window of maximum-size bodies, at the configured pool sizes,
+    /// would exceed `limits.memory_budget`. (Growing a pool towards `max_pool_size` is an
+    /// operator's decision; the warning does not fire for every default config because of it.) lapin buffers a whole body
+    /// before `max_body_bytes` is checked, so only RabbitMQ's `max_message_size` bounds it.
+    fn memory_warning(&self) -> Option<String> {
+        let window = |pool: fn(&SubjectConfig) -> u16| -> u64 {
+            self.subjects
+                .values()
+                .map(|s| {
+                    u64::from(prefetch(
+                        usize::from(pool(s)),
+                        crate::batch::prefetch_per_worker(self, s),
+                    ))
+                })
+                .sum()
+        };
+        let body = self.limits.max_body_bytes as u64;
+        let budget = self.limits.memory_budget;
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        let deliveries = window(|s| s.pool_size);
+        if body.saturating_mul(deliveries) <= budget {
+            return None;
+        }
+        let pools = "the configured pool sizes";
+        Some(format!(
+            "limits.max_body_bytes ({} MiB) × the prefetch window at {pools} ({deliveries} \
+             deliveries) is {} MiB, over limits.memory_budget ({} MiB): lower max_body_bytes, \
+             amqp.prefetch_per_worker or the pool sizes, or raise the budget; set RabbitMQ's \
+             max_message_size to at most max_body_bytes",
+            mib(body),
+            mib(body.saturating_mul(deliveries)),
+            mib(budget),
+        ))
+    }
+}

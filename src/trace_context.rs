@@ -1,0 +1,128 @@
+//! W3C trace context (`traceparent`, `tracestate`) as a publisher sends it in AMQP headers.
+//!
+//! Invariant: pure: no I/O, no clock, no global state. A `traceparent` is forwarded (to PHP, to
+//! the span's `trace_id`) only when it is well-formed, and a `tracestate` only with one.
+
+use lapin::types::FieldTable;
+
+use crate::contract::string_header;
+
+/// Header (and FastCGI param source) of the W3C trace parent.
+pub const TRACEPARENT: &str = "traceparent";
+/// Header of the W3C trace state.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The trace context a delivery carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Incoming<'a> {
+    /// A well-formed `traceparent`.
+    pub traceparent: Option<&'a str>,
+    /// The `tracestate` that goes with it (`None` without a well-formed parent).
+    pub tracestate: Option<&'a str>,
+    /// A `traceparent` header that is not well-formed (to be logged, never forwarded).
+    pub malformed: Option<&'a str>,
+}
+
+impl<'a> Incoming<'a> {
+    /// The trace id (32 hex digits) of the well-formed parent.
+    #[must_use]
+    pub fn trace_id(&self) -> Option<&'a str> {
+        self.traceparent.map(|tp| &tp[3..35])
+    }
+}
+
+/// Reads the trace context from a delivery's headers.
+#[must_use]
+pub fn read(headers: Option<&FieldTable>) -> Incoming<'_> {
+    let Some(tp) = string_header(headers, TRACEPARENT) else {
+        return Incoming::default();
+    };
+    if !valid_traceparent(tp) {
+        return Incoming {
+            malformed: Some(tp),
+            ..Incoming::default()
+        };
+    }
+    Incoming {
+        traceparent: Some(tp),
+        tracestate: string_header(headers, TRACESTATE),
+        malformed: None,
+    }
+}
+
+/// W3C traceparent: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
+#[must_use]
+pub fn valid_traceparent(tp: &str) -> bool {
+    let parts: Vec<&str> = tp.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, LongString};
+
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(pairs: &[(&str, &str)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert(
+                (*k).into(),
+                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn traceparent_must_be_well_formed() {
+        assert!(valid_traceparent(TP));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx: y",
+        ] {
+            assert!(!valid_traceparent(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn state_goes_only_with_a_well_formed_parent() {
+        let good = headers(&[(TRACEPARENT, TP), (TRACESTATE, "k=v")]);
+        let read_good = read(Some(&good));
+        assert_eq!(read_good.traceparent, Some(TP));
+        assert_eq!(read_good.tracestate, Some("k=v"));
+        assert_eq!(
+            read_good.trace_id(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let bad = headers(&[(TRACEPARENT, "nonsense"), (TRACESTATE, "k=v")]);
+        let read_bad = read(Some(&bad));
+        assert_eq!(
+            read_bad,
+            Incoming {
+                malformed: Some("nonsense"),
+                ..Incoming::default()
+            }
+        );
+        assert_eq!(read(None), Incoming::default());
+    }
+}
