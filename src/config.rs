@@ -116,6 +116,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// Deliveries per worker the subject's `basic.qos` allows: `amqp.prefetch_per_worker`, or
+    /// `batch_max` when larger, so that a full batch can be prefetched.
+    #[must_use]
+    pub fn prefetch_per_worker(&self, subject: &SubjectConfig) -> u16 {
+        self.amqp.prefetch_per_worker.max(subject.batch_max)
+    }
+
     /// Reads, parses, applies environment overrides and validates a config file.
     ///
     /// # Errors

@@ -283,7 +283,7 @@ pub fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExit)> {
 /// Opens channels, declares the topology, spawns the pool and starts consuming.
 /// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
 fn per_worker(runtime: &SubjectRuntime) -> u16 {
-    crate::batch::prefetch_per_worker(&runtime.config, runtime.subject())
+    runtime.config.prefetch_per_worker(runtime.subject())
 }
 
 async fn setup(

@@ -11,7 +11,6 @@
 //! `Msg`, its `Arguments`, then the `Actor` impl.
 
 pub mod acks;
-pub mod batch;
 pub mod consumer;
 pub mod depth;
 pub mod exit;

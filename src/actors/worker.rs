@@ -23,6 +23,7 @@ use crate::provenance::{self, Binding};
 use crate::telemetry;
 use crate::trace_context;
 
+pub mod batch;
 mod fpm;
 mod settle;
 
@@ -48,7 +49,7 @@ pub enum WorkerMsg {
     /// Handle this delivery, then report back to the consumer.
     Handle(Box<Job>),
     /// Handle these deliveries in one request (`batch_max` > 1), then report back.
-    Batch(Box<super::batch::BatchJob>),
+    Batch(Box<batch::BatchJob>),
 }
 
 /// One delivery and the publisher of the consumer incarnation that received it.
@@ -126,7 +127,7 @@ impl Actor for FpmWorker {
                     }
                 }
                 let publisher = job.publisher.clone();
-                let fpm_unreachable = super::batch::handle_batch(state, *job).await;
+                let fpm_unreachable = batch::handle_batch(state, *job).await;
                 let report = WorkerIdle {
                     worker: myself.get_id(),
                     fpm_unreachable,

@@ -17,13 +17,6 @@ use std::time::Duration;
 
 use crate::config::{Config, SubjectConfig};
 
-/// Deliveries per worker the subject's `basic.qos` allows: `amqp.prefetch_per_worker`, or
-/// `batch_max` when larger, so that a full batch can be prefetched.
-#[must_use]
-pub fn prefetch_per_worker(config: &Config, subject: &SubjectConfig) -> u16 {
-    config.amqp.prefetch_per_worker.max(subject.batch_max)
-}
-
 /// How a consumer forms batches (from the subject's config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {

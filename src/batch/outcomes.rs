@@ -378,12 +378,15 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// The reply header by which PHP says it answered a batch (`X-Agent-Batch: 1`).
+pub const BATCH_HEADER: &str = "x-agent-batch";
+
 /// True when the head has `X-Agent-Batch: 1`.
 fn is_batch_reply(head: &[u8]) -> bool {
     head.split(|b| *b == b'\n').any(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         line.iter().position(|b| *b == b':').is_some_and(|colon| {
-            line[..colon].eq_ignore_ascii_case(b"x-agent-batch")
+            line[..colon].eq_ignore_ascii_case(BATCH_HEADER.as_bytes())
                 && line[colon + 1..].trim_ascii() == b"1"
         })
     })

@@ -321,10 +321,7 @@ fn batches_are_off_by_default_and_bounded() {
     assert_eq!(c.subjects["event"].batch_max, 50);
     assert_eq!(c.subjects["event"].batch_wait, Duration::from_millis(20));
     // The per-worker prefetch holds a full batch.
-    assert_eq!(
-        crate::batch::prefetch_per_worker(&c, &c.subjects["event"]),
-        50
-    );
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 50);
     for (extra, key) in [
         ("batch_max = 0\n", "subjects.event.batch_max"),
         ("batch_max = 1001\n", "subjects.event.batch_max"),

@@ -57,12 +57,7 @@ impl Config {
         let window = |pool: fn(&SubjectConfig) -> u16| -> u64 {
             self.subjects
                 .values()
-                .map(|s| {
-                    u64::from(prefetch(
-                        usize::from(pool(s)),
-                        crate::batch::prefetch_per_worker(self, s),
-                    ))
-                })
+                .map(|s| u64::from(prefetch(usize::from(pool(s)), self.prefetch_per_worker(s))))
                 .sum()
         };
         let body = self.limits.max_body_bytes as u64;

@@ -107,7 +107,7 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
         } else {
             let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
             let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
-            let job = crate::actors::batch::BatchJob {
+            let job = crate::actors::worker::batch::BatchJob {
                 deliveries,
                 publisher: state.publisher.clone(),
                 acks: state.acks.clone(),

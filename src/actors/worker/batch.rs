@@ -12,9 +12,10 @@ use std::time::Instant;
 use lapin::message::Delivery;
 use tracing::{Instrument, warn};
 
-use super::SubjectRuntime;
-use super::acks::Acks;
-use super::worker::{self, Original, WorkerState};
+use super::{Original, WorkerState};
+use crate::actors::SubjectRuntime;
+use crate::actors::acks::Acks;
+use crate::actors::worker;
 use crate::batch::outcomes::Reader;
 use crate::batch::retry::{self, Failure};
 use crate::batch::wire::Encoder;
