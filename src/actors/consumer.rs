@@ -22,7 +22,7 @@ use super::exit::ConsumerExit;
 use super::worker::WorkerIdle;
 use crate::broker::{self, Publisher};
 use crate::stats::SubjectStats;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::events::Event;
 
 mod circuit;
 mod dispatch;
@@ -120,7 +120,7 @@ impl Actor for QueueConsumer {
         myself: ActorRef<ConsumerMsg>,
         runtime: Arc<SubjectRuntime>,
     ) -> Result<ConsumerState, ActorProcessingErr> {
-        SubjectStats::incr(&runtime.stats.consumer_starts);
+        runtime.events.emit(Event::ConsumerStarting);
         let (connection, node) = broker::endpoints::connect(
             &runtime.config,
             &runtime.name,
@@ -309,14 +309,7 @@ async fn setup(
     };
     pool::resize(myself, &mut state, target).await?;
     subscription::sync_consuming(myself, &mut state).await?;
-    runtime.stats.consuming.store(true, Ordering::Relaxed);
-    if runtime.stats.consumer_starts.load(Ordering::Relaxed) > 1 {
-        runtime
-            .metrics
-            .reconnects
-            .get_or_create(&Metrics::subject(&runtime.name))
-            .inc();
-    }
+    runtime.events.emit(Event::Consuming);
     info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
     Ok(state)
 }

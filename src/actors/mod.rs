@@ -40,6 +40,8 @@ pub struct SubjectRuntime {
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// This subject's metrics, resolved once for the per-message path.
     pub hot: crate::telemetry::metrics::SubjectMetrics,
+    /// This subject's events: each feeds its `/status` counter and its metric in one call.
+    pub events: crate::telemetry::events::SubjectEvents,
     /// One warning a minute for messages without `message_id`, however many arrive.
     pub missing_id_log: crate::telemetry::log_limit::LogEvery,
     /// One warning a minute for ignored (unsealed) agent state headers.
@@ -72,6 +74,11 @@ impl SubjectRuntime {
             },
             upstreams: metrics.fpm.upstreams_for(&config),
             config,
+            events: crate::telemetry::events::SubjectEvents::new(
+                subject,
+                stats.clone(),
+                metrics.clone(),
+            ),
             stats,
             hot: metrics.for_subject(subject),
             metrics,

@@ -17,6 +17,7 @@ use super::consumer::{self, ConsumerMsg, QueueConsumer};
 use super::exit::ConsumerExit;
 use crate::config::Config;
 use crate::stats::SubjectStats;
+use crate::telemetry::events::Event;
 
 /// The root supervisor actor.
 pub struct RootSupervisor;
@@ -200,16 +201,7 @@ impl Actor for RootSupervisor {
         }
         error!(subject = %name, error = %exit.reason(), "Consumer failed");
         if let Some(child) = state.children.get(&name) {
-            let labels = crate::telemetry::metrics::ActorLabels {
-                subject: name.clone(),
-                actor: "consumer".to_owned(),
-            };
-            child
-                .runtime
-                .metrics
-                .actor_restarts
-                .get_or_create(&labels)
-                .inc();
+            child.runtime.events.emit(Event::ConsumerFailed);
         }
         ended(&myself, state, name, &exit);
         Ok(())
