@@ -1,6 +1,7 @@
 //! The endpoint contract: how one message attempt becomes one FastCGI request.
 //!
-//! Invariant: every FastCGI param *name* sent to PHP is a fixed string from this module. Nothing
+//! Invariant: every FastCGI param *name* sent to PHP is a fixed string from this module (a
+//! batch's own params: `batch::wire`). Nothing
 //! from a message (header names included) can become a param name, so a message cannot set
 //! `PHP_VALUE`, `PHP_ADMIN_VALUE` or `SCRIPT_FILENAME`. Param values never contain CR, LF or NUL.
 

@@ -243,6 +243,24 @@ impl FpmClient {
         body: &[u8],
         queued: &(dyn Fn() -> bool + Sync),
     ) -> Result<Reply, FpmError> {
+        self.request_streaming(params, body, queued, &mut |_| Ok(()))
+            .await
+    }
+
+    /// [`FpmClient::request_patient`], handing each stdout record to `on_stdout` as it arrives
+    /// (a batch's outcome lines). An `Err` from `on_stdout` abandons the request: the
+    /// connection is dropped and the error is [`FpmError::Protocol`]. The timeout covers the
+    /// whole request.
+    ///
+    /// # Errors
+    /// As [`FpmClient::request`].
+    pub async fn request_streaming(
+        &mut self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        queued: &(dyn Fn() -> bool + Sync),
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
+    ) -> Result<Reply, FpmError> {
         self.in_request = true;
         let received = self.received.clone();
         let before = received.load(Ordering::Acquire);
@@ -250,7 +268,7 @@ impl FpmClient {
         let mut deadline = Instant::now() + timeout;
         let mut extended = false;
         let result = {
-            let request = self.request_inner(params, body);
+            let request = self.request_inner(params, body, on_stdout);
             tokio::pin!(request);
             loop {
                 match tokio::time::timeout_at(deadline.into(), &mut request).await {
@@ -288,16 +306,19 @@ impl FpmClient {
         &mut self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, FpmError> {
         let reused = self.conn.is_some();
-        match self.attempt(params, body).await {
+        match self.attempt(params, body, on_stdout).await {
             Err(Attempt {
                 error,
                 replied: false,
             }) if reused && !error.unreached() => {
                 tracing::debug!(%error, "Kept-alive FPM connection failed before replying; reconnecting");
                 self.conn = None;
-                self.attempt(params, body).await.map_err(|a| a.error)
+                self.attempt(params, body, on_stdout)
+                    .await
+                    .map_err(|a| a.error)
             }
             other => other.map_err(|a| a.error),
         }
@@ -307,6 +328,7 @@ impl FpmClient {
         &mut self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, Attempt> {
         if self.conn.is_none() {
             let stream = connect(&self.address).await.map_err(|e| Attempt {
@@ -355,6 +377,12 @@ impl FpmClient {
             }
             let room = keep.saturating_sub(kept.len());
             kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
+            if let Content::Stdout(b) = &content {
+                on_stdout(b).map_err(|e| Attempt {
+                    error: FpmError::Protocol(e),
+                    replied: true,
+                })?;
+            }
         }
         drop(stream);
         if conn.ends.load(Ordering::Acquire) == ends_before {
@@ -612,6 +640,55 @@ mod tests {
                 .unwrap_err();
             assert_eq!(error.reason(), "timeout", "reply after {delay} ms");
         }
+    }
+
+    /// A batch's outcome lines reach the callback record by record, before the reply ends; an
+    /// error from the callback abandons the request as a protocol error.
+    #[tokio::test]
+    async fn stdout_is_streamed_to_the_callback_and_it_can_abandon_the_request() {
+        use tokio::io::AsyncWriteExt as _;
+        let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+        let mut reply = record(6, b"Status: 200\r\nX-Agent-Batch: 1\r\n\r\n0 ack\n", 0);
+        reply.extend(record(6, b"1 ack\n", 2));
+        reply.extend(record(7, b"a warning", 0));
+        reply.extend(record(6, b"done 2\n", 0));
+        reply.extend(record(3, &[0; 8], 0));
+        fpm_side.write_all(&reply).await.unwrap();
+        let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+        let mut client =
+            FpmClient::with_stream(address, Duration::from_secs(5), 1 << 20, agent_side);
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let reply = client
+            .request_streaming(&params, b"", &|| false, &mut |c| {
+                chunks.push(c.to_vec());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            chunks.len(),
+            3,
+            "one call per stdout record, stderr left out"
+        );
+        assert_eq!(chunks[1], b"1 ack\n");
+        assert_eq!(reply.stderr, b"a warning");
+
+        let (agent_side, mut fpm_side) = tokio::io::duplex(64 * 1024);
+        let mut reply = record(6, b"Status: 200\r\n\r\n0 ack\n", 0);
+        reply.extend(record(3, &[0; 8], 0));
+        fpm_side.write_all(&reply).await.unwrap();
+        let address = FpmAddress::Unix("/nonexistent/fpm.sock".into());
+        let mut client =
+            FpmClient::with_stream(address, Duration::from_secs(5), 1 << 20, agent_side);
+        let error = client
+            .request_streaming(&params, b"", &|| false, &mut |_| {
+                Err("duplicate outcome".to_owned())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "fpm_protocol_error");
+        assert!(client.conn.is_none(), "the connection is dropped");
     }
 
     #[tokio::test]

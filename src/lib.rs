@@ -7,6 +7,7 @@
 //! - [`provenance`]: which agent state headers of a delivery are believed (the agent's seal).
 //! - [`printable`]: message-derived text escaped and capped for logs and terminals.
 //! - [`outcome`]: pure decisions — a FastCGI reply or error becomes ack, retry or dead-letter.
+//! - [`batch`]: several messages per request — the wire format, the streamed outcomes, the retry rule.
 //! - [`fastcgi`]: the only module that speaks FastCGI (connection, timeouts, reply limits).
 //! - [`upstreams`]: the FPM upstreams (`fpm.address`) and the FastCGI connections leased to them.
 //! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
@@ -29,6 +30,7 @@ pub mod actors;
 pub mod admin;
 pub mod agent;
 pub mod autoscale;
+pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -174,7 +174,21 @@ impl Upstreams {
         &self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
+        on_pick: impl FnMut(usize),
+    ) -> Sent {
+        self.request_streaming(params, body, on_pick, &mut |_| Ok(()))
+            .await
+    }
+
+    /// [`Upstreams::request`], handing each stdout record to `on_stdout` as it arrives (a
+    /// batch's outcome lines, `FpmClient::request_streaming`). A refused connection read no
+    /// byte, so the next upstream starts `on_stdout` afresh.
+    pub async fn request_streaming(
+        &self,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
         mut on_pick: impl FnMut(usize),
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Sent {
         let mut skip = vec![false; self.list.len()];
         let mut last: Option<Sent> = None;
@@ -200,7 +214,10 @@ impl Upstreams {
                 }
                 queued
             };
-            let result = lease.client().request_patient(params, body, &queued).await;
+            let result = lease
+                .client()
+                .request_streaming(params, body, &queued, on_stdout)
+                .await;
             match result {
                 Err(error) if error.unreached() => {
                     drop(lease);

@@ -7,5 +7,18 @@ mod common;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_jobs_reach_their_handlers_once() {
     // RetryLater once; PermanentFailure always.
-    common::apps::hundred_of_each("laravel", "retry-once", "permanent").await;
+    common::apps::hundred_of_each("laravel", "retry-once", "permanent", None).await;
+}
+
+/// The same with the events in batches of up to 10 (docs/batches.md): each event still reaches
+/// its handler once, `e7` is retried alone, and the app is reset as by queue:work between entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_jobs_reach_their_handlers_once_in_batches() {
+    common::apps::hundred_of_each(
+        "laravel",
+        "retry-once",
+        "permanent",
+        Some("batch_max = 10\nbatch_wait = \"200ms\"\n"),
+    )
+    .await;
 }

@@ -249,14 +249,14 @@ class Bench:
             time.sleep(0.02)
         return proc, sock, d
 
-    def agent(self, pool, script="index.php", opcache=True, preload=False):
+    def agent(self, pool, script="index.php", opcache=True, preload=False, batch=1):
         n = self.args.messages
         front = script if os.path.isabs(script) else os.path.join(self.app, "public", script)
         preload_list = self.class_list(front) if preload else None
         run, env, pub = self.backlog(n)
         fpm, sock, d = self.fpm_start(env, pool * 2, preload_list=preload_list, opcache=opcache)
         try:
-            cfg = self.agent_toml(run, sock, front, pool, d)
+            cfg = self.agent_toml(run, sock, front, pool, d, batch)
             r0 = sum(proc_cpu(p) for p in self.rabbit)
             f0 = fpm_cpu(fpm.pid)
             b0, t0j = machine_jiffies()
@@ -290,6 +290,8 @@ class Bench:
             label += ", OPcache off"
         if preload:
             label += ", preloaded"
+        if batch > 1:
+            label += f", batch_max {batch}"
         return dict(
             label=label,
             rate=n / (end - start),
@@ -305,8 +307,11 @@ class Bench:
             publish=pub,
         )
 
-    def agent_toml(self, run, sock, front, pool, d):
+    def agent_toml(self, run, sock, front, pool, d, batch=1):
         q = self.queues(run)
+        # batch_max > 1 (docs/batches.md): up to that many messages per request; batch_wait 0,
+        # the backlog is prefetched.
+        batch_line = f"batch_max = {batch}\n" if batch > 1 else ""
         text = f"""[amqp]
 url = "{AMQP}"
 
@@ -323,11 +328,11 @@ delays = ["1s"]
 [subjects.event]
 queue = "{q[0]}"
 pool_size = {pool}
-
+{batch_line}
 [subjects.command]
 queue = "{q[1]}"
 pool_size = {pool}
-
+{batch_line}
 [admin]
 listen = ""
 """
@@ -387,6 +392,11 @@ def main():
         default="index,agent,index-preload,agent-preload,index-noopcache",
         help="agent-path variants at the best pool: front controller (index | agent), -preload, -noopcache",
     )
+    ap.add_argument(
+        "--batches",
+        default="1",
+        help="batch_max values of the agent rows (docs/batches.md), e.g. 1,10,50; 1 is one request per message",
+    )
     ap.add_argument("--trivial", action="store_true", help="also the trivial-handler pair (no kernel)")
     ap.add_argument("--only-trivial", action="store_true", help="only the trivial-handler pair")
     ap.add_argument("--skip-peer", action="store_true", help="only the agent-path variants")
@@ -417,20 +427,24 @@ def main():
                 for w in [int(x) for x in args.workers.split(",")]:
                     record(b.messenger(w, trivial=True))
                 for p in [int(x) for x in args.pools.split(",")]:
-                    record(b.agent(p, os.path.join(HERE, "trivial-front.php")))
+                    for batch in [int(x) for x in args.batches.split(",")]:
+                        record(b.agent(p, os.path.join(HERE, "trivial-front.php"), batch=batch))
             if args.only_trivial:
                 continue
             if not args.skip_peer:
                 for w in [int(x) for x in args.workers.split(",")]:
                     record(b.messenger(w))
             for p in [int(x) for x in args.pools.split(",")]:
-                record(b.agent(p))
+                for batch in [int(x) for x in args.batches.split(",")]:
+                    record(b.agent(p, batch=batch))
         if args.only_trivial:
             return
         best_pool = max(
             (int(p) for p in args.pools.split(",")),
             key=lambda p: statistics.median(
-                r["rate"] for r in results if r["label"].startswith(f"agent pool {p}+") and "public/index.php" in r["label"]
+                r["rate"]
+                for r in results
+                if r["label"].startswith(f"agent pool {p}+") and r["label"].endswith("public/index.php")
             ),
         )
         log(f"variants at pool {best_pool}+{best_pool}")

@@ -54,6 +54,14 @@ pub struct ConsumerState {
     idle: VecDeque<ActorId>,
     /// Deliveries received while every worker was busy.
     backlog: VecDeque<Delivery>,
+    /// When the backlog last went from empty to non-empty (no later than its oldest delivery
+    /// arrived): `batch_wait` counts from here.
+    backlog_since: std::time::Instant,
+    /// How deliveries are grouped into requests (`batch_max`, `batch_wait`).
+    batching: crate::batch::Batching,
+    /// A `Dispatch` is scheduled (an idle worker waits for a batch to fill).
+    dispatch_armed: bool,
+    myself: ActorRef<ConsumerMsg>,
     /// Wanted pool size.
     target: usize,
     /// Callers waiting for the drain to finish; `Some` once draining started.
@@ -91,6 +99,8 @@ pub enum ConsumerMsg {
     Drain(RpcReplyPort<()>),
     /// Change the pool size.
     Resize(usize),
+    /// `batch_wait` is over: hand the backlog to idle workers even if no batch is full.
+    Dispatch,
 }
 
 impl From<WorkerIdle> for ConsumerMsg {
@@ -231,6 +241,10 @@ async fn on_message(
         }
         ConsumerMsg::Drain(reply) => on_drain(myself, state, reply).await?,
         ConsumerMsg::Resize(size) => pool::resize(myself, state, size).await?,
+        ConsumerMsg::Dispatch => {
+            state.dispatch_armed = false;
+            dispatch::dispatch(state);
+        }
         ConsumerMsg::Probe => circuit::probe(myself, state).await?,
         ConsumerMsg::SetPaused(paused) => {
             let verb = if paused { "paused" } else { "resumed" };
@@ -278,6 +292,11 @@ pub fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExit)> {
 }
 
 /// Opens channels, declares the topology, spawns the pool and starts consuming.
+/// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
+fn per_worker(runtime: &SubjectRuntime) -> u16 {
+    crate::batch::prefetch_per_worker(&runtime.config, runtime.subject())
+}
+
 async fn setup(
     myself: &ActorRef<ConsumerMsg>,
     args: &ConsumerArgs,
@@ -311,6 +330,10 @@ async fn setup(
         workers: HashMap::new(),
         idle: VecDeque::new(),
         backlog: VecDeque::new(),
+        backlog_since: std::time::Instant::now(),
+        batching: crate::batch::Batching::of(&config, subject),
+        dispatch_armed: false,
+        myself: myself.clone(),
         target: 0,
         draining: None,
         forwarder: None,

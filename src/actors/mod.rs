@@ -11,6 +11,7 @@
 //! `Msg`, its `Arguments`, then the `Actor` impl.
 
 pub mod acks;
+pub mod batch;
 pub mod consumer;
 pub mod depth;
 pub mod exit;

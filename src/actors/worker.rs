@@ -26,11 +26,12 @@ use crate::trace_context;
 mod fpm;
 mod settle;
 
+pub(super) use fpm::fastcgi_span;
 use fpm::request;
-use settle::{Original, settle};
+pub(super) use settle::{Original, settle};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
-const EXCERPT: usize = 1024;
+pub(super) const EXCERPT: usize = 1024;
 
 /// The worker actor.
 pub struct FpmWorker;
@@ -38,7 +39,7 @@ pub struct FpmWorker;
 /// A worker's state. Its FastCGI connection is leased per request from the agent's pool
 /// (`upstreams`), so a worker with nothing to do holds no FPM child.
 pub struct WorkerState {
-    runtime: Arc<SubjectRuntime>,
+    pub(super) runtime: Arc<SubjectRuntime>,
     consumer: DerivedActorRef<WorkerIdle>,
 }
 
@@ -46,6 +47,8 @@ pub struct WorkerState {
 pub enum WorkerMsg {
     /// Handle this delivery, then report back to the consumer.
     Handle(Box<Job>),
+    /// Handle these deliveries in one request (`batch_max` > 1), then report back.
+    Batch(Box<super::batch::BatchJob>),
 }
 
 /// One delivery and the publisher of the consumer incarnation that received it.
@@ -116,6 +119,21 @@ impl Actor for FpmWorker {
                 // The consumer may be gone during shutdown; nothing to report to then.
                 let _ = state.consumer.send_message(report);
             }
+            WorkerMsg::Batch(job) => {
+                if let Some(hook) = &state.runtime.hook {
+                    for delivery in &job.deliveries {
+                        hook(delivery);
+                    }
+                }
+                let publisher = job.publisher.clone();
+                let fpm_unreachable = super::batch::handle_batch(state, *job).await;
+                let report = WorkerIdle {
+                    worker: myself.get_id(),
+                    fpm_unreachable,
+                    publisher_broken: !publisher.usable(),
+                };
+                let _ = state.consumer.send_message(report);
+            }
         }
         Ok(())
     }
@@ -164,7 +182,7 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
 }
 
 /// The message id of a delivery, or a generated one (true).
-fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
+pub(super) fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
     match props.message_id() {
         Some(id) if !id.as_str().is_empty() => (Cow::Borrowed(id.as_str()), false),
         _ => (Cow::Owned(uuid::Uuid::new_v4().to_string()), true),
@@ -173,7 +191,7 @@ fn message_id(props: &BasicProperties) -> (Cow<'_, str>, bool) {
 
 /// The envelope of a delivery: attempt and original route only from headers the agent sealed
 /// (see `provenance`), and why the others were ignored.
-fn envelope_of<'a>(
+pub(super) fn envelope_of<'a>(
     runtime: &'a SubjectRuntime,
     delivery: &'a Delivery,
     message_id: Cow<'a, str>,
@@ -213,7 +231,7 @@ fn envelope_of<'a>(
 
 /// The `message` span of a delivery (`<queue> process`; with export on, a child of its
 /// `traceparent`), with its trace id and queue wait recorded.
-fn message_span(
+pub(super) fn message_span(
     runtime: &SubjectRuntime,
     delivery: &Delivery,
     message_id: &str,
@@ -270,7 +288,7 @@ fn message_span(
 
 /// Inside the message's span: logs what is wrong with the delivery (a generated id, ignored
 /// state headers, a malformed `traceparent`).
-fn admitted(
+pub(super) fn admitted(
     runtime: &SubjectRuntime,
     generated: bool,
     untrusted: Option<&provenance::Untrusted>,

@@ -54,6 +54,10 @@ pub struct LimitsConfig {
     /// A FastCGI reply larger than this is cut off and counted as a failed attempt.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Most body bytes in one batch request (subjects with `batch_max` > 1); a message larger
+    /// than this goes alone, where `max_body_bytes` applies.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// Memory the prefetched deliveries may take: a full prefetch window of maximum-size bodies
     /// (`max_body_bytes` × the window of every subject) over it is warned about. Bytes, or a
     /// size such as `"1GiB"` or `"512MB"`.
@@ -68,6 +72,7 @@ impl Default for LimitsConfig {
             max_headers_bytes: default_max_headers_bytes(),
             max_header_depth: default_max_header_depth(),
             max_response_bytes: default_max_response_bytes(),
+            max_batch_bytes: default_max_batch_bytes(),
             memory_budget: default_memory_budget(),
         }
     }
@@ -90,6 +95,9 @@ fn default_max_headers_bytes() -> usize {
 }
 fn default_max_header_depth() -> usize {
     16
+}
+fn default_max_batch_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_max_response_bytes() -> usize {
     16 * 1024 * 1024
@@ -116,6 +124,12 @@ impl Config {
     }
 
     pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.limits.max_batch_bytes == 0 {
+            return Err(invalid(
+                "limits.max_batch_bytes",
+                "must be greater than zero",
+            ));
+        }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid(
                 "limits.max_body_bytes",

@@ -55,6 +55,14 @@ pub struct SubjectConfig {
     /// One consumer at a time across all agents (strict ordering); others wait as standby.
     #[serde(default)]
     pub single_active_consumer: bool,
+    /// Most messages sent to PHP in one FastCGI request (docs/batches.md). 1 (the default): one
+    /// request per message. The PHP side must understand batches.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: u16,
+    /// How long an idle worker may wait for a batch to fill; 0 (the default) takes what is
+    /// already prefetched.
+    #[serde(default, deserialize_with = "duration")]
+    pub batch_wait: Duration,
 }
 
 /// How a subject's pool is sized.
@@ -83,6 +91,9 @@ pub enum ExchangeType {
     Headers,
 }
 
+fn default_batch_max() -> u16 {
+    1
+}
 fn default_pool_size() -> u16 {
     4
 }
@@ -114,6 +125,12 @@ impl Config {
                 &key,
                 format!("unknown subject; expected one of {SUBJECTS:?}"),
             ));
+        }
+        if !(1..=1000).contains(&subject.batch_max) {
+            return Err(invalid(format!("{key}.batch_max"), "must be 1 to 1000"));
+        }
+        if subject.batch_wait > Duration::from_secs(10) {
+            return Err(invalid(format!("{key}.batch_wait"), "must be at most 10s"));
         }
         if subject.queue.is_empty() || subject.queue.len() > 200 {
             return Err(invalid(

@@ -312,6 +312,32 @@ fn a_relative_state_dir_is_fine_when_crash_loop_protection_is_off() {
 }
 
 #[test]
+fn batches_are_off_by_default_and_bounded() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.subjects["event"].batch_max, 1);
+    assert_eq!(c.subjects["event"].batch_wait, Duration::ZERO);
+    assert_eq!(c.limits.max_batch_bytes, 16 * 1024 * 1024);
+    let c = parse(&format!("{MINIMAL}batch_max = 50\nbatch_wait = \"20ms\"\n")).unwrap();
+    assert_eq!(c.subjects["event"].batch_max, 50);
+    assert_eq!(c.subjects["event"].batch_wait, Duration::from_millis(20));
+    // The per-worker prefetch holds a full batch.
+    assert_eq!(
+        crate::batch::prefetch_per_worker(&c, &c.subjects["event"]),
+        50
+    );
+    for (extra, key) in [
+        ("batch_max = 0\n", "subjects.event.batch_max"),
+        ("batch_max = 1001\n", "subjects.event.batch_max"),
+        ("batch_wait = \"11s\"\n", "subjects.event.batch_wait"),
+    ] {
+        let e = error_of(&format!("{MINIMAL}{extra}"));
+        assert!(e.contains(key), "expected `{key}` in: {e}");
+    }
+    let e = error_of(&format!("{MINIMAL}[limits]\nmax_batch_bytes = 0\n"));
+    assert!(e.contains("limits.max_batch_bytes"), "{e}");
+}
+
+#[test]
 fn enumerated_values_are_checked_when_parsed_and_name_their_key() {
     let cases = [
         (

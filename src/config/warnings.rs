@@ -60,7 +60,7 @@ impl Config {
                 .map(|s| {
                     u64::from(prefetch(
                         usize::from(pool(s)),
-                        self.amqp.prefetch_per_worker,
+                        crate::batch::prefetch_per_worker(self, s),
                     ))
                 })
                 .sum()

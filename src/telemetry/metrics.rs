@@ -68,6 +68,10 @@ pub struct ActorLabels {
     pub actor: String,
 }
 
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0])
+}
+
 fn seconds_histogram() -> Histogram {
     // 0.5 ms … ~65 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
@@ -116,6 +120,8 @@ pub struct Metrics {
     pub fpm_duration: Family<SubjectLabel, Histogram, fn() -> Histogram>,
     /// Time between publish (AMQP timestamp) and the start of handling.
     pub queue_wait: Family<SubjectLabel, Histogram, fn() -> Histogram>,
+    /// Messages per batch request (subjects with `batch_max` > 1).
+    pub batch_size: Family<SubjectLabel, Histogram, fn() -> Histogram>,
     /// Consumer reconnects (restarts after the first start).
     pub reconnects: Family<SubjectLabel, Counter>,
     /// Actors restarted after a failure.
@@ -149,6 +155,7 @@ impl Metrics {
             fpm_responses: Family::default(),
             fpm_duration: Family::new_with_constructor(seconds_histogram),
             queue_wait: Family::new_with_constructor(seconds_histogram),
+            batch_size: Family::new_with_constructor(batch_histogram),
             reconnects: Family::default(),
             actor_restarts: Family::default(),
             ack_frames: Family::default(),
@@ -203,6 +210,11 @@ impl Metrics {
             "queue_wait_seconds",
             "Time from publish (AMQP timestamp) to handling",
             m.queue_wait.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Messages per batch request (docs/batches.md)",
+            m.batch_size.clone(),
         );
         registry.register(
             "reconnects",

@@ -243,6 +243,18 @@ pub fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
     ))
 }
 
+/// Links `span` to `other` (a batch's FastCGI span to each message's process span), when traces
+/// are exported.
+pub fn link(span: &tracing::Span, other: &tracing::Span) {
+    if !enabled() {
+        return;
+    }
+    let sc = other.context().span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
+
 /// The trace id of `span` as hex, when traces are exported.
 #[must_use]
 pub fn trace_id(span: &tracing::Span) -> Option<String> {

@@ -97,9 +97,19 @@ pub fn trace_id_of(id: &str) -> String {
 /// and 100 commands, `e7` and `c7` fail once with `fail_once`, `c13` always with `fail_always`.
 /// Every other message reaches its handler exactly once with the traceparent set at dispatch,
 /// the two are retried once and then handled, and `c13` ends in `.dead` as `rejected` (422).
-pub async fn hundred_of_each(name: &str, fail_once: &str, fail_always: &str) {
+/// With `event_batches` (lines for `[subjects.event]`: `batch_max`, `batch_wait`), the events go
+/// in batches (docs/batches.md), and at least one batch request is checked to have been sent.
+pub async fn hundred_of_each(
+    name: &str,
+    fail_once: &str,
+    fail_always: &str,
+    event_batches: Option<&str>,
+) {
     const WAIT: Duration = Duration::from_secs(90);
-    let ctx = TestCtx::new(name).await;
+    let mut ctx = TestCtx::new(name).await;
+    if let Some(lines) = event_batches {
+        ctx.event_extra = lines.to_owned();
+    }
     let app = app_dir(name);
     let agent = amqp_agent::agent::Agent::start(config(&ctx, &app.join("public/index.php")))
         .await
@@ -165,6 +175,16 @@ pub async fn hundred_of_each(name: &str, fail_once: &str, fail_always: &str) {
     }
     assert_eq!(agent.stats()["event"].retried, 1);
     assert_eq!(agent.stats()["command"].retried, 1);
+    let text = metrics.encode();
+    let batches = text
+        .lines()
+        .find_map(|l| l.strip_prefix("amqp_agent_batch_size_count{subject=\"event\"} "))
+        .map_or(0, |n| n.trim().parse::<u64>().unwrap());
+    assert_eq!(
+        batches > 0,
+        event_batches.is_some(),
+        "{batches} batch requests"
+    );
 
     let dead = ctx.drain_dead("command").await;
     assert_eq!(dead.len(), 1);

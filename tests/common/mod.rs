@@ -24,6 +24,7 @@ use amqp_agent::agent::Agent;
 pub mod apps;
 pub mod cluster;
 pub mod nft;
+pub mod otlp;
 pub mod procs;
 use amqp_agent::config::Config;
 

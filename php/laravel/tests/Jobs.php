@@ -37,3 +37,22 @@ final class PlaceOrder implements ShouldQueue
         Recorded::$handled[] = [$this->orderId, $trace->traceparent()];
     }
 }
+
+/** Records which instance (its number `n`) of the scoped `agent.test.scoped` binding it saw, twice. */
+final class SeesScoped implements ShouldQueue
+{
+    use InteractsWithQueue;
+    use Queueable;
+
+    public function __construct(public string $orderId)
+    {
+    }
+
+    public function handle(): void
+    {
+        $container = \Illuminate\Container\Container::getInstance();
+        $first = $container->make('agent.test.scoped')->n;
+        $second = $container->make('agent.test.scoped')->n;
+        Recorded::$handled[] = [$this->orderId, "{$first}/{$second}"];
+    }
+}

@@ -26,12 +26,29 @@ final class Receiver
         };
     }
 
-    /** The request from the PHP globals, verified and handled; the response sent. */
-    public static function run(callable $handler, ?Signature $signature = null): void
+    /**
+     * The request from the PHP globals, verified and handled; the response sent. A batch request
+     * (docs/batches.md) has each entry verified and handled in turn, its outcome line flushed as
+     * soon as it is done; $reset runs between entries (what your app must forget between
+     * messages).
+     *
+     * @param (callable(): void)|null $reset
+     */
+    public static function run(callable $handler, ?Signature $signature = null, ?callable $reset = null): void
     {
         $receiver = new self($signature ?? Signature::fromEnv($_SERVER));
         // Always php://input: the agent may neutralise CONTENT_TYPE, and $_POST is never the message.
-        $receiver->handle($_SERVER, (string) file_get_contents('php://input'), $handler)->send();
+        $body = (string) file_get_contents('php://input');
+        if (Batch::isBatch($_SERVER)) {
+            $output = null;
+            $refused = $receiver->handleBatch($_SERVER, $body, $handler, static function () use (&$output): BatchOutput {
+                return $output ??= BatchOutput::sapi();
+            }, $reset);
+            $refused?->send();
+
+            return;
+        }
+        $receiver->handle($_SERVER, $body, $handler)->send();
     }
 
     /**
@@ -77,6 +94,97 @@ final class Receiver
         }
 
         return Response::ack();
+    }
+
+    /**
+     * Handles a batch: each entry exactly as handle() would handle it as a single request (its
+     * own signature, its own outcome), in order. Returns the response that refuses the whole
+     * request (nothing was handled), or null once every outcome line and the trailer were
+     * written through the output that $open returns (called once, before the first line).
+     *
+     * @param callable(Message): mixed      $handler
+     * @param callable(): BatchOutput       $open
+     * @param (callable(): void)|null       $reset runs between entries
+     */
+    public function handleBatch(array $server, string $body, callable $handler, callable $open, ?callable $reset = null, ?int $now = null): ?Response
+    {
+        $entries = $this->openBatch($server, $body);
+        if ($entries instanceof Response) {
+            return $entries;
+        }
+        $this->runBatch($entries, fn (array $s, string $b): Response => $this->handle($s, $b, $handler, $now), $open(), $reset);
+
+        return null;
+    }
+
+    /**
+     * The entries of a batch request, or the response that refuses it whole: wrong method, no
+     * secret or a body shorter than CONTENT_LENGTH (over post_max_size) (500: the agent
+     * retries), a malformed body (400). Frameworks call this before they
+     * choose between that response and a streamed one.
+     *
+     * @return list<BatchEntry>|Response
+     */
+    public function openBatch(array $server, string $body): array|Response
+    {
+        if (($server['REQUEST_METHOD'] ?? '') !== 'POST') {
+            return Response::methodNotAllowed();
+        }
+        if (!$this->signature->hasSecrets()) {
+            ($this->log)('[amqp-agent] AGENT_SIGNING_SECRET is not set; refusing all messages');
+
+            return Response::retry('signing secret not configured');
+        }
+        $announced = (string) ($server['CONTENT_LENGTH'] ?? '');
+        if (ctype_digit($announced) && (int) $announced !== strlen($body)) {
+            // PHP dropped the body (over post_max_size): a misconfiguration, not a bad batch.
+            ($this->log)("[amqp-agent] batch body of {$announced} bytes arrived with " . strlen($body) . ' (raise post_max_size above limits.max_batch_bytes)');
+
+            return Response::retry('batch body incomplete: raise post_max_size');
+        }
+        try {
+            return Batch::parse($server, $body);
+        } catch (MalformedBatch $e) {
+            ($this->log)("[amqp-agent] malformed batch: {$e->getMessage()}");
+
+            return new Response(400, [], "malformed batch: {$e->getMessage()}\n");
+        }
+    }
+
+    /**
+     * Runs $exchange (an entry's params and body in, its response out: the framework's
+     * single-message path, signature check included) for each entry in order, writing each
+     * outcome line as soon as the entry is done; then the trailer. Output of the exchange is
+     * kept out of the reply. $reset runs between entries: what the app must forget between
+     * messages (the framework's long-running worker resets).
+     *
+     * @param list<BatchEntry>                         $entries
+     * @param callable(array, string): Response         $exchange
+     * @param (callable(): void)|null                  $reset
+     */
+    public function runBatch(array $entries, callable $exchange, BatchOutput $output, ?callable $reset = null): void
+    {
+        $last = count($entries) - 1;
+        foreach ($entries as $i => $entry) {
+            $level = ob_get_level();
+            ob_start();
+            try {
+                $response = $exchange($entry->server, $entry->body);
+            } catch (\Throwable $e) {
+                // The exchange maps handler failures itself; this is a bug in the bridge.
+                ($this->log)(sprintf('[amqp-agent] batch entry %d: %s: %s', $entry->index, $e::class, $e->getMessage()));
+                $response = Response::retry();
+            } finally {
+                while (ob_get_level() > $level) {
+                    ob_end_clean();
+                }
+            }
+            $output->outcome($entry->index, $response);
+            if ($reset !== null && $i !== $last) {
+                $reset();
+            }
+        }
+        $output->done(count($entries));
     }
 
     /** The response for a handler's exception: PermanentFailure 422, RetryLater 503, else 500. */

@@ -18,6 +18,7 @@ if (is_file(__DIR__ . '/../vendor/autoload.php')) {
 }
 require_once __DIR__ . '/../../receiver/autoload.php';
 require_once __DIR__ . '/../../receiver/tests/Vectors.php'; // the shared known-answer vectors
+require_once __DIR__ . '/../../receiver/tests/BatchFixture.php'; // batches as the agent encodes them
 spl_autoload_register(static function (string $class): void {
     foreach (['AmqpAgent\\SymfonyBundle\\Tests\\' => '/', 'AmqpAgent\\SymfonyBundle\\' => '/../src/'] as $prefix => $dir) {
         if (str_starts_with($class, $prefix)) {

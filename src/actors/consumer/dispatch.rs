@@ -21,6 +21,9 @@ pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
         super::requeue(state, &delivery);
         return;
     }
+    if state.backlog.is_empty() {
+        state.backlog_since = std::time::Instant::now();
+    }
     state.backlog.push_back(delivery);
     dispatch(state);
 }
@@ -45,9 +48,12 @@ pub(super) async fn on_worker_idle(
     }
     let stats = &state.runtime.stats;
     if let Some(slot) = state.workers.get_mut(&worker) {
-        if slot.busy.take().is_some() {
+        let held = std::mem::take(&mut slot.busy);
+        if !held.is_empty() {
             SubjectStats::decr(&stats.busy);
-            SubjectStats::decr(&stats.in_flight);
+            for _ in &held {
+                SubjectStats::decr(&stats.in_flight);
+            }
         }
         if slot.retiring {
             slot.actor.stop(Some("pool shrink".into()));
@@ -60,9 +66,22 @@ pub(super) async fn on_worker_idle(
     Ok(())
 }
 
-/// Hands backlog deliveries to idle workers.
+/// Hands backlog deliveries to idle workers: one per request, or up to `batch_max` in one (an
+/// idle worker waits up to `batch_wait` for a batch to fill).
 pub(super) fn dispatch(state: &mut ConsumerState) {
     while !state.backlog.is_empty() {
+        if state.idle.is_empty() {
+            return;
+        }
+        let waited = state.backlog_since.elapsed();
+        if state.batching.should_wait(state.backlog.len(), waited) {
+            if !state.dispatch_armed {
+                state.dispatch_armed = true;
+                let left = state.batching.wait.saturating_sub(waited);
+                state.myself.send_after(left, || ConsumerMsg::Dispatch);
+            }
+            return;
+        }
         let Some(id) = state.idle.pop_front() else {
             return;
         };
@@ -73,30 +92,49 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
             slot.actor.stop(Some("pool shrink".into()));
             continue;
         }
-        let delivery = state.backlog.pop_front().expect("checked non-empty");
-        let tag = delivery.delivery_tag;
-        let job = Job {
-            delivery,
-            publisher: state.publisher.clone(),
-            acks: state.acks.clone(),
+        let n = state
+            .batching
+            .take(state.backlog.iter().map(|d| (d.data.len(), d.redelivered)));
+        let (msg, tags) = if n == 1 {
+            let delivery = state.backlog.pop_front().expect("checked non-empty");
+            let tags = vec![delivery.delivery_tag];
+            let job = Job {
+                delivery,
+                publisher: state.publisher.clone(),
+                acks: state.acks.clone(),
+            };
+            (WorkerMsg::Handle(Box::new(job)), tags)
+        } else {
+            let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
+            let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
+            let job = crate::actors::batch::BatchJob {
+                deliveries,
+                publisher: state.publisher.clone(),
+                acks: state.acks.clone(),
+            };
+            (WorkerMsg::Batch(Box::new(job)), tags)
         };
-        match slot.actor.cast(WorkerMsg::Handle(Box::new(job))) {
+        match slot.actor.cast(msg) {
             Ok(()) => {
-                slot.busy = Some(tag);
+                slot.busy = tags;
                 SubjectStats::incr(&state.runtime.stats.busy);
             }
-            Err(e) => {
-                // The worker is stopping; its supervision event will replace it.
-                if let ractor::MessagingErr::SendErr(WorkerMsg::Handle(job)) = e {
-                    state.backlog.push_front(job.delivery);
+            // The worker is stopping; its supervision event will replace it.
+            Err(ractor::MessagingErr::SendErr(WorkerMsg::Handle(job))) => {
+                state.backlog.push_front(job.delivery);
+            }
+            Err(ractor::MessagingErr::SendErr(WorkerMsg::Batch(job))) => {
+                for delivery in job.deliveries.into_iter().rev() {
+                    state.backlog.push_front(delivery);
                 }
             }
+            Err(_) => {}
         }
     }
 }
 
 pub(super) fn finish_drain_if_idle(state: &mut ConsumerState) {
-    let busy = state.workers.values().any(|s| s.busy.is_some());
+    let busy = state.workers.values().any(|s| !s.busy.is_empty());
     if busy {
         return;
     }

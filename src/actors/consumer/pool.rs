@@ -15,8 +15,8 @@ use crate::telemetry::events::Event;
 /// A worker of the pool and what it holds.
 pub(super) struct Slot {
     pub(super) actor: ActorRef<WorkerMsg>,
-    /// Delivery tag of the message the worker is handling.
-    pub(super) busy: Option<DeliveryTag>,
+    /// Delivery tags of the message (or batch) the worker is handling.
+    pub(super) busy: Vec<DeliveryTag>,
     /// Stop this worker as soon as it is idle (pool shrink).
     pub(super) retiring: bool,
 }
@@ -39,8 +39,11 @@ pub(super) async fn on_worker_ended(
     state.idle.retain(|id| *id != cell.get_id());
     let stats = state.runtime.stats.clone();
     SubjectStats::decr(&stats.pool_size);
-    if let Some(tag) = slot.busy {
+    if !slot.busy.is_empty() {
         SubjectStats::decr(&stats.busy);
+    }
+    // Tags of a batch already settled are not nacked again (the settlement task knows them).
+    for tag in slot.busy {
         SubjectStats::decr(&stats.in_flight);
         state.acks.nack(tag);
     }
@@ -77,8 +80,7 @@ pub(super) async fn resize(
     dispatch(state);
     // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
     // the pool by re-consuming. Deliveries already received stay valid on the channel.
-    let wanted =
-        crate::config::prefetch(state.target, state.runtime.config.amqp.prefetch_per_worker);
+    let wanted = crate::config::prefetch(state.target, super::per_worker(&state.runtime));
     if state.consumer_tag.is_some() && wanted != state.prefetch {
         cancel_consumer(state).await;
         start_consuming(myself, state).await?;
@@ -110,7 +112,7 @@ async fn grow(
             actor.get_id(),
             Slot {
                 actor,
-                busy: None,
+                busy: Vec::new(),
                 retiring: false,
             },
         );
@@ -134,7 +136,7 @@ fn shrink(state: &mut ConsumerState, mut excess: usize) {
     for slot in state
         .workers
         .values_mut()
-        .filter(|s| !s.retiring && s.busy.is_some())
+        .filter(|s| !s.retiring && !s.busy.is_empty())
     {
         if excess == 0 {
             break;

@@ -15,8 +15,9 @@ use crate::outcome::{self, Verdict};
 use crate::telemetry;
 use crate::trace_context;
 
-/// The `FastCGI POST` span of a request (a `none` span without trace export).
-fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span {
+/// The `FastCGI POST` span of a request (a `none` span without trace export); a batch records
+/// its size on it.
+pub(in crate::actors) fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span {
     if telemetry::enabled() {
         tracing::info_span!(
             "fastcgi",
@@ -29,6 +30,7 @@ fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span {
             http.response.status_code = tracing::field::Empty,
             http.response.body.size = tracing::field::Empty,
             error.type = tracing::field::Empty,
+            amqp_agent.batch.size = tracing::field::Empty,
         )
     } else {
         tracing::Span::none()

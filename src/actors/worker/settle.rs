@@ -20,20 +20,20 @@ use crate::telemetry::{self, events::Event};
 
 /// The delivery being settled (the original of any retry or dead-letter copy) and what
 /// identifies it.
-pub(super) struct Original<'a> {
-    pub(super) delivery: &'a Delivery,
-    pub(super) message_id: &'a str,
-    pub(super) generated: bool,
-    pub(super) attempt: u32,
+pub(in crate::actors) struct Original<'a> {
+    pub(in crate::actors) delivery: &'a Delivery,
+    pub(in crate::actors) message_id: &'a str,
+    pub(in crate::actors) generated: bool,
+    pub(in crate::actors) attempt: u32,
     /// Where the message was first published (trusted, see `provenance`).
-    pub(super) exchange: &'a str,
-    pub(super) routing_key: &'a str,
+    pub(in crate::actors) exchange: &'a str,
+    pub(in crate::actors) routing_key: &'a str,
     /// The message's process span: outcome recorded on it, its context carried by copies.
-    pub(super) span: &'a tracing::Span,
+    pub(in crate::actors) span: &'a tracing::Span,
 }
 
 /// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
-pub(super) async fn settle(
+pub(in crate::actors) async fn settle(
     runtime: &SubjectRuntime,
     publisher: &Publisher,
     acks: &Acks,

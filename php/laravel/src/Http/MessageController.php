@@ -6,6 +6,8 @@ namespace AmqpAgent\Laravel\Http;
 
 use AmqpAgent\Laravel\AgentContext;
 use AmqpAgent\Laravel\PayloadDecoder;
+use AmqpAgent\Receiver\Batch;
+use AmqpAgent\Receiver\BatchOutput;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\Response as AgentResponse;
 use AmqpAgent\Receiver\TraceContext;
@@ -14,12 +16,19 @@ use Illuminate\Contracts\Container\Container;
 use Illuminate\Contracts\Encryption\Encrypter;
 use Illuminate\Http\Request;
 use Illuminate\Http\Response;
+use Illuminate\Support\Facades\Facade;
+use Symfony\Component\HttpFoundation\Response as SymfonyResponse;
+use Symfony\Component\HttpFoundation\StreamedResponse;
 
 /**
  * POST /_agent/messages/{subject}: verify the agent's signature, turn the Laravel job payload
  * back into the job, run it with Bus::dispatchSync() and answer with the outcome the agent acts
  * on: ack; PermanentFailure 422 (dead-letter); RetryLater 503 + Retry-After; anything else 500
  * (retry on the agent's schedule); a bad signature 401.
+ *
+ * A batch (docs/batches.md) is a streamed response: each entry goes through the same path as a
+ * single message, its outcome line is flushed as soon as it is done, and between entries the
+ * app is reset as `queue:work` resets it between jobs (reset()).
  */
 final class MessageController
 {
@@ -32,10 +41,47 @@ final class MessageController
     ) {
     }
 
-    public function __invoke(Request $request, string $subject): Response
+    public function __invoke(Request $request, string $subject): SymfonyResponse
     {
-        $response = $this->handle($request->server->all(), $request->getContent());
+        $server = $request->server->all();
+        if (Batch::isBatch($server)) {
+            return $this->batch($server, $request->getContent());
+        }
 
+        return self::toHttp($this->handle($server, $request->getContent()));
+    }
+
+    /** A batch request: the refusal of the whole, or the streamed outcome lines. */
+    public function batch(array $server, string $body, ?BatchOutput $output = null): SymfonyResponse
+    {
+        $entries = $this->receiver->openBatch($server, $body);
+        if ($entries instanceof AgentResponse) {
+            return self::toHttp($entries);
+        }
+
+        return new StreamedResponse(function () use ($entries, $output): void {
+            $this->receiver->runBatch($entries, $this->handle(...), $output ?? BatchOutput::stream(), $this->reset(...));
+        }, 200, BatchOutput::HEADERS);
+    }
+
+    /**
+     * What the queue worker resets between two jobs (QueueServiceProvider's reset scope): the
+     * log context, the container's scoped instances, the facades' resolved instances.
+     */
+    public function reset(): void
+    {
+        if ($this->container->bound('log') && method_exists($log = $this->container->make('log'), 'driver')
+            && method_exists($log->driver(), 'withoutContext')) {
+            $log->withoutContext();
+        }
+        if (method_exists($this->container, 'forgetScopedInstances')) {
+            $this->container->forgetScopedInstances();
+        }
+        Facade::clearResolvedInstances();
+    }
+
+    private static function toHttp(AgentResponse $response): Response
+    {
         return new Response($response->body, $response->status, $response->headers + ['Content-Type' => 'text/plain; charset=utf-8']);
     }
 

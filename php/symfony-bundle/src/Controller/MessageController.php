@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace AmqpAgent\SymfonyBundle\Controller;
 
+use AmqpAgent\Receiver\Batch;
+use AmqpAgent\Receiver\BatchOutput;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\Response as AgentResponse;
 use AmqpAgent\SymfonyBundle\Messenger\AgentMessageStamp;
@@ -14,6 +16,7 @@ use AmqpAgent\Receiver\TraceContext;
 use Psr\Log\LoggerInterface;
 use Symfony\Component\HttpFoundation\Request;
 use Symfony\Component\HttpFoundation\Response;
+use Symfony\Component\HttpFoundation\StreamedResponse;
 use Symfony\Component\Messenger\MessageBusInterface;
 use Symfony\Component\Messenger\Stamp\ConsumedByWorkerStamp;
 use Symfony\Component\Messenger\Stamp\ReceivedStamp;
@@ -23,6 +26,11 @@ use Symfony\Component\Messenger\Stamp\TransportMessageIdStamp;
  * POST /_agent/messages/{subject}: verify the agent's signature, decode the Messenger envelope,
  * dispatch it synchronously on the bus (a ReceivedStamp keeps routing from sending it again),
  * and answer with the outcome the agent acts on (see ExceptionMapper).
+ *
+ * A batch (docs/batches.md) is a streamed response: each entry goes through the same path as a
+ * single message, its outcome line is flushed as soon as it is done, and between entries the
+ * container is reset as Messenger's worker resets it between messages (`services_resetter`,
+ * then every Doctrine entity manager cleared).
  */
 final class MessageController
 {
@@ -34,12 +42,47 @@ final class MessageController
         private readonly TraceContext $trace,
         private readonly string $transportName = 'amqp-agent',
         private readonly ?LoggerInterface $logger = null,
+        /** `services_resetter` (Symfony\Component\HttpKernel\DependencyInjection\ServicesResetter), if any. */
+        private readonly ?object $resetter = null,
+        /** `doctrine` (Doctrine\Persistence\ManagerRegistry), if any. */
+        private readonly ?object $doctrine = null,
     ) {
     }
 
     public function __invoke(Request $request, string $subject): Response
     {
-        return self::toHttp($this->handle($request->server->all(), $request->getContent()));
+        $server = $request->server->all();
+        if (Batch::isBatch($server)) {
+            return $this->batch($server, $request->getContent());
+        }
+
+        return self::toHttp($this->handle($server, $request->getContent()));
+    }
+
+    /** A batch request: the refusal of the whole, or the streamed outcome lines. */
+    public function batch(array $server, string $body, ?BatchOutput $output = null): Response
+    {
+        $entries = $this->receiver->openBatch($server, $body);
+        if ($entries instanceof AgentResponse) {
+            return self::toHttp($entries);
+        }
+
+        return new StreamedResponse(function () use ($entries, $output): void {
+            $this->receiver->runBatch($entries, $this->handle(...), $output ?? BatchOutput::stream(), $this->reset(...));
+        }, 200, BatchOutput::HEADERS);
+    }
+
+    /** What Messenger's worker does between two messages. */
+    public function reset(): void
+    {
+        if ($this->resetter !== null && method_exists($this->resetter, 'reset')) {
+            $this->resetter->reset();
+        }
+        if ($this->doctrine !== null && method_exists($this->doctrine, 'getManagers')) {
+            foreach ($this->doctrine->getManagers() as $manager) {
+                $manager->clear();
+            }
+        }
     }
 
     /** The whole exchange without HttpFoundation: $server are the FastCGI params. */

@@ -43,6 +43,8 @@ final class AmqpAgentExtension extends Extension
             new Reference('amqp_agent.trace_context'),
             $config['transport_name'],
             new Reference('logger', ContainerBuilder::NULL_ON_INVALID_REFERENCE),
+            new Reference('services_resetter', ContainerBuilder::NULL_ON_INVALID_REFERENCE),
+            new Reference('doctrine', ContainerBuilder::NULL_ON_INVALID_REFERENCE),
         ]))->setPublic(true)->addTag('controller.service_arguments'));
     }
 }

@@ -1,0 +1,80 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\Laravel\Tests;
+
+use AmqpAgent\Laravel\Http\MessageController;
+use AmqpAgent\Receiver\BatchOutput;
+use AmqpAgent\Receiver\Tests\BatchFixture;
+use Illuminate\Http\Request;
+use PHPUnit\Framework\TestCase;
+use Symfony\Component\HttpFoundation\StreamedResponse;
+
+final class BatchTest extends TestCase
+{
+    /** @var list<string> */
+    private array $written = [];
+
+    protected function setUp(): void
+    {
+        Recorded::$handled = [];
+    }
+
+    public function testEachJobRunsWithItsOutcomeStreamed(): void
+    {
+        $singles = [
+            TestApp::request(new PlaceOrder('o-1'), 'job-1'),
+            TestApp::request(new PlaceOrder('o-2', 'permanent'), 'job-2'),
+            TestApp::request(new PlaceOrder('o-3', 'retry'), 'job-3'),
+            TestApp::request(new PlaceOrder('o-4'), 'job-4'),
+            TestApp::request(new PlaceOrder('o-5', 'fail'), 'job-5'),
+        ];
+        // Entry 3 carries entry 0's signature: refused alone, never run.
+        $singles[3][0]['HTTP_X_AGENT_SIGNATURE'] = $singles[0][0]['HTTP_X_AGENT_SIGNATURE'];
+        [$server, $body] = BatchFixture::encode($singles, 'command');
+        $controller = TestApp::make()->make(MessageController::class);
+
+        $response = $controller(Request::create('/_agent/messages/command', 'POST', [], [], [], $server, $body), 'command');
+        self::assertInstanceOf(StreamedResponse::class, $response);
+        self::assertSame('1', $response->headers->get('X-Agent-Batch'));
+
+        $controller->batch($server, $body, new BatchOutput(fn (string $c) => $this->written[] = $c))->sendContent();
+        self::assertSame([
+            "0 ack\n",
+            "1 reject 422 bad order\n",
+            "2 retry 503 30 retry later\n",
+            "3 reject 401 invalid signature\n",
+            "4 retry 500 - handler failed\n",
+            "done 5\n",
+        ], $this->written);
+        self::assertSame([['o-1', null]], Recorded::$handled);
+    }
+
+    public function testScopedInstancesAreForgottenBetweenJobsAsTheQueueWorkerDoes(): void
+    {
+        $app = TestApp::make();
+        $made = 0;
+        $app->scoped('agent.test.scoped', static function () use (&$made): object {
+            return (object) ['n' => ++$made];
+        });
+        [$server, $body] = BatchFixture::encode([
+            TestApp::request(new SeesScoped('a'), 'job-a'),
+            TestApp::request(new SeesScoped('b'), 'job-b'),
+        ], 'command');
+        $app->make(MessageController::class)->batch($server, $body, new BatchOutput(fn (string $c) => $this->written[] = $c))->sendContent();
+        self::assertSame(["0 ack\n", "1 ack\n", "done 2\n"], $this->written);
+        [[, $a], [, $b]] = Recorded::$handled;
+        [$a1, $a2] = explode('/', $a);
+        self::assertSame($a1, $a2, 'one instance within a job');
+        self::assertSame(['1/1', '2/2'], [$a, $b], 'a fresh instance for the next job');
+    }
+
+    public function testAMalformedBatchIsRefusedWhole(): void
+    {
+        [$server, $body] = BatchFixture::encode([TestApp::request(new PlaceOrder('o-1'))], 'command');
+        $response = TestApp::make()->make(MessageController::class)->batch(['HTTP_X_AGENT_BATCH_SIZE' => '2'] + $server, $body);
+        self::assertSame(400, $response->getStatusCode());
+        self::assertSame([], Recorded::$handled);
+    }
+}

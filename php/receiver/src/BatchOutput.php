@@ -1,0 +1,97 @@
+<?php
+
+declare(strict_types=1);
+
+namespace AmqpAgent\Receiver;
+
+/**
+ * Writes a batch reply: one outcome line per entry, flushed at once so the agent settles the
+ * entry while the next one runs, then the `done` trailer.
+ *
+ *     <index> ack
+ *     <index> retry <status> <Retry-After seconds or -> <reason>
+ *     <index> reject <status> <reason>
+ *     done <count>
+ *
+ * The head (`Status: 200`, `X-Agent-Batch: 1`) must be sent before the first line: sapi() does
+ * it itself; a framework sends it with its streamed response.
+ */
+final class BatchOutput
+{
+    /** Head the reply of a batch carries. */
+    public const HEADERS = ['X-Agent-Batch' => Batch::VERSION, 'Content-Type' => 'text/plain; charset=utf-8'];
+
+    /** @var \Closure(string): void */
+    private readonly \Closure $write;
+
+    /** @param callable(string): void $write writes and flushes one chunk of the reply body */
+    public function __construct(callable $write)
+    {
+        $this->write = \Closure::fromCallable($write);
+    }
+
+    /** Through PHP's SAPI: the head now, every line echoed and flushed past any output buffer. */
+    public static function sapi(): self
+    {
+        while (ob_get_level() > 0) {
+            ob_end_clean();
+        }
+        http_response_code(200);
+        foreach (self::HEADERS as $name => $value) {
+            header("{$name}: {$value}");
+        }
+
+        return new self(static function (string $chunk): void {
+            echo $chunk;
+            flush();
+        });
+    }
+
+    /**
+     * Inside a framework's streamed response, whose head is already sent: every line echoed and
+     * flushed past any output buffer (php.ini's `output_buffering` opens one).
+     */
+    public static function stream(): self
+    {
+        while (ob_get_level() > 0) {
+            ob_end_flush();
+        }
+
+        return new self(static function (string $chunk): void {
+            echo $chunk;
+            flush();
+        });
+    }
+
+    public function outcome(int $index, Response $response): void
+    {
+        ($this->write)(self::line($index, $response));
+    }
+
+    public function done(int $count): void
+    {
+        ($this->write)("done {$count}\n");
+    }
+
+    /** The outcome line of a response: what that response would mean for a single message. */
+    public static function line(int $index, Response $response): string
+    {
+        if ($response->isAck()) {
+            return "{$index} ack\n";
+        }
+        $status = $response->status;
+        $reason = trim(str_replace(["\r", "\n", "\0"], ' ', $response->body));
+        $reason = substr($reason !== '' ? $reason : 'no reason given', 0, 1000);
+        if ($status >= 400 && $status < 500 && !in_array($status, [408, 425, 429], true)) {
+            return "{$index} reject {$status} {$reason}\n";
+        }
+        if (!in_array($status, [408, 425, 429], true) && ($status < 500 || $status > 599)) {
+            // 200 without the ack, 3xx: a retry, as a single reply with that status would be.
+            $reason = "status {$status}: {$reason}";
+            $status = 500;
+        }
+        $after = $response->headers['Retry-After'] ?? '-';
+
+        return sprintf("%d retry %d %s %s\n", $index, $status, ctype_digit($after) ? $after : '-', $reason);
+    }
+}

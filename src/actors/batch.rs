@@ -1,0 +1,282 @@
+//! A worker's batch: several deliveries of its subject in one FastCGI request
+//! ([docs/batches.md](../../docs/batches.md)), each settled as soon as its outcome line arrives.
+//!
+//! Invariant: every delivery of the batch is settled exactly once, as the worker settles a single
+//! message (ack; or the retry or dead-letter copy confirmed, then the ack; or a nack): by its
+//! outcome line while the reply streams in, or before the request (limits, `poison`), or after
+//! it by `batch::retry` when the request ended without its line.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lapin::message::Delivery;
+use tracing::{Instrument, warn};
+
+use super::SubjectRuntime;
+use super::acks::Acks;
+use super::worker::{self, Original, WorkerState};
+use crate::batch::outcomes::Reader;
+use crate::batch::retry::{self, Failure};
+use crate::batch::wire::Encoder;
+use crate::broker::Publisher;
+use crate::contract::{self, Envelope};
+use crate::outcome::Verdict;
+use crate::printable::printable;
+use crate::telemetry::{self, metrics::Metrics};
+
+/// Deliveries a worker sends in one request, and the publisher of their consumer incarnation.
+pub struct BatchJob {
+    /// The deliveries, oldest first (none redelivered; see `batch::Batching::take`).
+    pub deliveries: Vec<Delivery>,
+    /// Confirm-mode channel for retry and dead-letter copies.
+    pub publisher: Arc<Publisher>,
+    /// Settles the deliveries on their channel.
+    pub acks: Acks,
+}
+
+/// One delivery of the batch and what the worker knows of it.
+struct Entry<'a> {
+    delivery: &'a Delivery,
+    envelope: Envelope<'a>,
+    /// The message's `process` span.
+    span: tracing::Span,
+    /// Trace context for PHP: the process span's when exported, else the publisher's.
+    exported: Option<(String, Option<String>)>,
+    incoming: crate::trace_context::Incoming<'a>,
+}
+
+/// What settles an entry.
+struct Settler<'a> {
+    runtime: &'a SubjectRuntime,
+    publisher: &'a Publisher,
+    acks: &'a Acks,
+}
+
+impl Settler<'_> {
+    async fn settle(&self, entry: &Entry<'_>, verdict: Verdict) {
+        let decision = self.runtime.policy.decide(&verdict, entry.envelope.attempt);
+        let original = Original {
+            delivery: entry.delivery,
+            message_id: &entry.envelope.message_id,
+            generated: entry.envelope.message_id_generated,
+            attempt: entry.envelope.attempt,
+            exchange: entry.envelope.exchange,
+            routing_key: entry.envelope.routing_key,
+            span: &entry.span,
+        };
+        worker::settle(
+            self.runtime,
+            self.publisher,
+            self.acks,
+            original,
+            &verdict,
+            decision,
+        )
+        .instrument(entry.span.clone())
+        .await;
+    }
+}
+
+/// Handles a batch end to end. Returns true when FPM could not be reached.
+pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool {
+    let BatchJob {
+        deliveries,
+        publisher,
+        acks,
+    } = job;
+    let runtime = state.runtime.clone();
+    let settler = Settler {
+        runtime: &runtime,
+        publisher: &publisher,
+        acks: &acks,
+    };
+    runtime
+        .metrics
+        .batch_size
+        .get_or_create(&Metrics::subject(&runtime.name))
+        .observe(deliveries.len() as f64);
+    let ids: Vec<_> = deliveries
+        .iter()
+        .map(|d| worker::message_id(&d.properties))
+        .collect();
+    // Crash-loop protection, as for single messages: a start record for each before FPM is
+    // called, a done record when it is settled. No entry is a redelivery, so none runs alone.
+    let keys: Vec<_> = deliveries
+        .iter()
+        .map(crate::poison::journal::key_of)
+        .collect();
+    let mut tracked = Vec::with_capacity(deliveries.len());
+    for (d, key) in deliveries.iter().zip(&keys) {
+        tracked.push(Some(
+            runtime.crashes.begin(key.as_ref(), d.redelivered).await,
+        ));
+    }
+    let entries: Vec<Entry<'_>> = deliveries
+        .iter()
+        .zip(&ids)
+        .map(|(delivery, (id, generated))| {
+            let (envelope, untrusted) =
+                worker::envelope_of(&runtime, delivery, id.clone(), *generated);
+            let incoming = crate::trace_context::read(envelope.headers);
+            let span = worker::message_span(&runtime, delivery, id, envelope.attempt, &incoming);
+            span.in_scope(|| {
+                worker::admitted(&runtime, *generated, untrusted.as_ref(), &incoming);
+            });
+            Entry {
+                delivery,
+                envelope,
+                exported: telemetry::context_of(&span),
+                span,
+                incoming,
+            }
+        })
+        .collect();
+
+    // Entries that never reach PHP are settled first; the others are encoded.
+    let now = contract::unix_now();
+    let capacity = deliveries.iter().map(|d| d.data.len()).sum();
+    let mut encoder = Encoder::new(capacity);
+    let mut first = None;
+    let mut sent = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        if let Some(crashes) = tracked[i].as_ref().and_then(|t| t.poison()) {
+            settler.settle(entry, crate::poison::verdict(crashes)).await;
+            tracked[i] = None;
+            continue;
+        }
+        let trace = match &entry.exported {
+            Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
+            None => (entry.incoming.traceparent, entry.incoming.tracestate),
+        };
+        match runtime
+            .template
+            .params(&entry.envelope, &entry.delivery.data, trace, now)
+        {
+            Err(e) => {
+                entry.span.in_scope(|| {
+                    warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
+                });
+                let verdict = Verdict::Permanent {
+                    reason: e.reason(),
+                    detail: e.to_string(),
+                    status: None,
+                };
+                settler.settle(entry, verdict).await;
+                tracked[i] = None;
+            }
+            Ok(params) => {
+                encoder.push(i, &params, &entry.delivery.data);
+                sent.push(i);
+                first.get_or_insert(params);
+            }
+        }
+    }
+    let Some(first) = first else {
+        return false;
+    };
+    let (params, body) = encoder.finish(&first);
+
+    let fcgi_span = worker::fastcgi_span(&runtime);
+    fcgi_span.record("amqp_agent.batch.size", sent.len());
+    for &i in &sent {
+        telemetry::link(&fcgi_span, &entries[i].span);
+    }
+
+    // The reply is read while the outcomes are settled: an ack goes out as soon as its line
+    // arrives, a retry copy is published while PHP works on the next entry.
+    let mut reader = Reader::new(sent.iter().copied(), runtime.config.fpm.require_ack_header);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Verdict)>();
+    let started = Instant::now();
+    let running = runtime.metrics.fpm.running(
+        &runtime.name,
+        &format!(
+            "batch of {} from {}",
+            sent.len(),
+            entries[sent[0]].envelope.message_id
+        ),
+    );
+    let request = async {
+        let mut on_stdout = |chunk: &[u8]| {
+            reader
+                .feed(chunk, &mut |i, verdict| {
+                    let _ = tx.send((i, verdict));
+                })
+                .map_err(|e| e.to_string())
+        };
+        let sent = runtime
+            .upstreams
+            .request_streaming(&params, &body, |i| running.set_upstream(i), &mut on_stdout)
+            .await;
+        drop(tx);
+        sent.result
+    }
+    .instrument(fcgi_span.clone());
+    let settle_streamed = async {
+        while let Some((i, verdict)) = rx.recv().await {
+            settler.settle(&entries[i], verdict).await;
+            tracked[i] = None;
+        }
+    };
+    let (result, ()) = tokio::join!(request, settle_streamed);
+    drop(running);
+    runtime
+        .hot
+        .fpm_duration
+        .observe(started.elapsed().as_secs_f64());
+
+    let failure = match &result {
+        Err(_) if reader.error().is_some() => Some(Failure::Protocol(
+            reader.error().map(|e| e.0.clone()).unwrap_or_default(),
+        )),
+        Err(e) => Some(Failure::fpm(e)),
+        Ok(reply) => {
+            fcgi_span.record("http.response.body.size", reply.size);
+            reader.finish()
+        }
+    };
+    if let Some(status) = reader.status() {
+        fcgi_span.record("http.response.status_code", status);
+    }
+    // Counted like a single reply: its status, or the error's reason.
+    let status = match (&failure, reader.status()) {
+        (None, _) => std::borrow::Cow::Borrowed("200"),
+        (Some(Failure::Whole(_)), Some(status)) => std::borrow::Cow::Owned(status.to_string()),
+        (Some(f), _) => std::borrow::Cow::Borrowed(f.reason()),
+    };
+    if status == "200" {
+        runtime.hot.fpm_ok.inc();
+    } else {
+        runtime.metrics.fpm_response(&runtime.name, &status);
+        fcgi_span.record("otel.status_code", "ERROR");
+        fcgi_span.record("error.type", status.as_ref());
+    }
+    let Some(failure) = failure else {
+        return false;
+    };
+    let unsettled = retry::unsettled(sent.iter().copied(), |i| reader.answered(i), &failure);
+    if !unsettled.is_empty() {
+        let detail = match failure.verdict() {
+            Verdict::Transient { detail, .. } | Verdict::Permanent { detail, .. } => detail,
+            Verdict::Success => String::new(),
+        };
+        warn!(
+            subject = %runtime.name,
+            reason = %status,
+            detail = %printable(&detail).capped(worker::EXCERPT),
+            answered = sent.len() - unsettled.len(),
+            unsettled = unsettled.len(),
+            "Batch request ended without an outcome for every message; only those without one count a failed attempt"
+        );
+    }
+    for (i, verdict) in unsettled {
+        settler.settle(&entries[i], verdict).await;
+        tracked[i] = None;
+    }
+    matches!(
+        failure,
+        Failure::Fpm {
+            unreached: true,
+            ..
+        }
+    )
+}

@@ -1,0 +1,124 @@
+//! Batches: several deliveries of one subject in one FastCGI request, each outcome streamed back
+//! as PHP finishes the entry ([docs/batches.md](../../docs/batches.md)).
+//!
+//! - [`wire`]: the request body (versioned; raw bytes; every entry signed on its own).
+//! - [`outcomes`]: the incremental parser of the reply (one outcome line per entry).
+//! - [`retry`]: what the entries without an outcome get when the request failed.
+//!
+//! Invariant: pure, no I/O. An entry is settled at most once: by its own outcome line, or, when
+//! the request ends without one, by [`retry::unsettled`]; an entry that has an outcome is never
+//! counted as a failed attempt again.
+
+pub mod outcomes;
+pub mod retry;
+pub mod wire;
+
+use std::time::Duration;
+
+use crate::config::{Config, SubjectConfig};
+
+/// Deliveries per worker the subject's `basic.qos` allows: `amqp.prefetch_per_worker`, or
+/// `batch_max` when larger, so that a full batch can be prefetched.
+#[must_use]
+pub fn prefetch_per_worker(config: &Config, subject: &SubjectConfig) -> u16 {
+    config.amqp.prefetch_per_worker.max(subject.batch_max)
+}
+
+/// How a consumer forms batches (from the subject's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Most deliveries in one request (1: every message is its own request, as without batches).
+    pub max: usize,
+    /// How long an idle worker may wait for the backlog to fill a batch.
+    pub wait: Duration,
+    /// Most body bytes in one batch; a delivery larger than this alone goes as a single request.
+    pub max_bytes: usize,
+}
+
+impl Batching {
+    /// From the subject's `batch_max` and `batch_wait` and `limits.max_batch_bytes`.
+    #[must_use]
+    pub fn of(config: &Config, subject: &SubjectConfig) -> Self {
+        Self {
+            max: usize::from(subject.batch_max.max(1)),
+            wait: subject.batch_wait,
+            max_bytes: config.limits.max_batch_bytes,
+        }
+    }
+
+    /// How many of the backlog's deliveries (body size, redelivered; oldest first) go into the
+    /// next request: at least one, at most `max`, no more body bytes than `max_bytes` (a body
+    /// over it goes alone), and a redelivery only alone: it may have been in flight during a
+    /// crash, and crash-loop protection (`poison`) may make it run alone.
+    #[must_use]
+    pub fn take(&self, backlog: impl IntoIterator<Item = (usize, bool)>) -> usize {
+        let mut n = 0;
+        let mut bytes = 0usize;
+        for (size, redelivered) in backlog.into_iter().take(self.max) {
+            bytes = bytes.saturating_add(size);
+            if n > 0 && (bytes > self.max_bytes || redelivered) {
+                break;
+            }
+            n += 1;
+            if bytes > self.max_bytes || redelivered {
+                break;
+            }
+        }
+        n.max(1)
+    }
+
+    /// True when an idle worker should wait for more deliveries: batches are on, the backlog
+    /// holds fewer than `max` and the oldest has waited less than `wait`.
+    #[must_use]
+    pub fn should_wait(&self, backlog: usize, oldest_waited: Duration) -> bool {
+        self.max > 1 && backlog < self.max && oldest_waited < self.wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batching(max: usize, max_bytes: usize) -> Batching {
+        Batching {
+            max,
+            wait: Duration::from_millis(50),
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn takes_up_to_max_within_the_byte_bound() {
+        let b = batching(3, 100);
+        let fresh = |sizes: &[usize]| sizes.iter().map(|s| (*s, false)).collect::<Vec<_>>();
+        assert_eq!(b.take(fresh(&[10, 10, 10, 10])), 3);
+        assert_eq!(b.take(fresh(&[10])), 1);
+        assert_eq!(b.take(fresh(&[60, 50, 10])), 1);
+        assert_eq!(b.take(fresh(&[50, 50, 10])), 2);
+        // A body over the bound on its own goes alone; one behind it waits for the next request.
+        assert_eq!(b.take(fresh(&[500, 1])), 1);
+        assert_eq!(b.take(fresh(&[1, 500])), 1);
+        assert_eq!(batching(1, 100).take(fresh(&[1, 1, 1])), 1);
+    }
+
+    #[test]
+    fn a_redelivery_goes_alone() {
+        let b = batching(10, 100);
+        assert_eq!(b.take([(1, true), (1, false)]), 1);
+        assert_eq!(b.take([(1, false), (1, false), (1, true), (1, false)]), 2);
+    }
+
+    #[test]
+    fn waits_only_with_batches_and_a_short_backlog_within_the_wait() {
+        let b = batching(10, 1000);
+        assert!(b.should_wait(3, Duration::from_millis(10)));
+        assert!(!b.should_wait(10, Duration::from_millis(10)));
+        assert!(!b.should_wait(3, Duration::from_millis(50)));
+        assert!(!batching(1, 1000).should_wait(0, Duration::ZERO));
+        let no_wait = Batching {
+            wait: Duration::ZERO,
+            ..b
+        };
+        assert!(!no_wait.should_wait(1, Duration::ZERO));
+    }
+}

@@ -1,0 +1,140 @@
+//! The request of a batch: its params and its body (docs/batches.md, "The request").
+//!
+//! ```text
+//! AMQP-AGENT-BATCH 1\n                          magic and format version
+//! <index> <fields length> <body length>\n      for each entry, in order:
+//! <NAME>=<value>\n …                           its per-message params (fields length bytes)
+//! <body>\n                                     its raw body (body length bytes), then LF
+//! ```
+//!
+//! Each entry's fields are exactly the per-message params a single request of that message
+//! carries ([`ENTRY_FIELDS`]), signature included: an entry's `HTTP_X_AGENT_SIGNATURE` is the
+//! one its own single request would carry, over its own id, attempt, route, headers and body, so
+//! PHP verifies each entry with the single-message code and one bad entry cannot pass under
+//! another's signature. Values never hold CR, LF or NUL (`contract`), so a field is one line.
+//! Bodies are raw bytes, length-prefixed: a 1 MiB binary body adds 1 MiB.
+//!
+//! Invariant: every param *name*, of the request and of its entries, is a fixed string from
+//! `contract` or this module.
+
+use std::borrow::Cow;
+
+/// First line of a batch body: magic and version.
+pub const MAGIC: &str = "AMQP-AGENT-BATCH";
+/// Format version, in the magic line and in `HTTP_X_AGENT_BATCH`.
+pub const VERSION: u32 = 1;
+/// `CONTENT_TYPE` of a batch request.
+pub const CONTENT_TYPE: &str = "application/vnd.amqp-agent.batch";
+/// Request param: the format version; its presence says the request is a batch.
+pub const BATCH_PARAM: &str = "HTTP_X_AGENT_BATCH";
+/// Request param: how many entries the body holds.
+pub const BATCH_SIZE_PARAM: &str = "HTTP_X_AGENT_BATCH_SIZE";
+
+/// The per-message params: an entry carries these (those its message has), the request none.
+pub const ENTRY_FIELDS: [&str; 14] = [
+    "HTTP_X_AGENT_MESSAGE_ID",
+    "HTTP_X_AGENT_ATTEMPT",
+    "HTTP_X_AGENT_DELIVERY_COUNT",
+    "HTTP_X_AGENT_REDELIVERED",
+    "HTTP_X_AGENT_ROUTING_KEY",
+    "HTTP_X_AGENT_EXCHANGE",
+    "HTTP_X_AGENT_CONTENT_TYPE",
+    "HTTP_X_AGENT_TYPE",
+    "HTTP_X_AGENT_CORRELATION_ID",
+    "HTTP_X_AGENT_TIMESTAMP",
+    "HTTP_X_AGENT_SIGNATURE",
+    "HTTP_X_AGENT_HEADERS",
+    "HTTP_TRACEPARENT",
+    "HTTP_TRACESTATE",
+];
+
+/// True for the name of a per-message param.
+#[must_use]
+pub fn is_entry_field(name: &str) -> bool {
+    ENTRY_FIELDS.contains(&name)
+}
+
+/// Builds a batch body entry by entry.
+#[derive(Debug)]
+pub struct Encoder {
+    body: Vec<u8>,
+    count: usize,
+}
+
+impl Encoder {
+    /// An empty batch; `capacity` is a hint (the sum of the bodies).
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        let mut body = Vec::with_capacity(capacity + 64);
+        body.extend_from_slice(MAGIC.as_bytes());
+        body.push(b' ');
+        body.extend_from_slice(VERSION.to_string().as_bytes());
+        body.push(b'\n');
+        Self { body, count: 0 }
+    }
+
+    /// Appends entry `index` from the params of its single request (`contract::RequestTemplate::
+    /// params`, signature included) and its body. Only the per-message params are written.
+    pub fn push(&mut self, index: usize, params: &[(&'static str, Cow<'_, str>)], body: &[u8]) {
+        let fields: usize = params
+            .iter()
+            .filter(|(name, _)| is_entry_field(name))
+            .map(|(name, value)| name.len() + value.len() + 2)
+            .sum();
+        let head = format!("{index} {fields} {}\n", body.len());
+        self.body.reserve(head.len() + fields + body.len() + 1);
+        self.body.extend_from_slice(head.as_bytes());
+        for (name, value) in params.iter().filter(|(name, _)| is_entry_field(name)) {
+            self.body.extend_from_slice(name.as_bytes());
+            self.body.push(b'=');
+            self.body.extend_from_slice(value.as_bytes());
+            self.body.push(b'\n');
+        }
+        self.body.extend_from_slice(body);
+        self.body.push(b'\n');
+        self.count += 1;
+    }
+
+    /// Entries so far.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes so far.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// True before the first entry.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The request's params and body. `first` is the params of any entry's single request: the
+    /// request keeps its fixed params (script, URI, subject), without any per-message one, with
+    /// the batch's content type and length and the batch params.
+    #[must_use]
+    pub fn finish<'a>(
+        self,
+        first: &[(&'static str, Cow<'a, str>)],
+    ) -> (Vec<(&'static str, Cow<'a, str>)>, Vec<u8>) {
+        let mut params: Vec<(&'static str, Cow<'a, str>)> = first
+            .iter()
+            .filter(|(name, _)| {
+                !is_entry_field(name) && *name != "CONTENT_TYPE" && *name != "CONTENT_LENGTH"
+            })
+            .cloned()
+            .collect();
+        params.push(("CONTENT_TYPE", Cow::Borrowed(CONTENT_TYPE)));
+        params.push(("CONTENT_LENGTH", Cow::Owned(self.body.len().to_string())));
+        params.push((BATCH_PARAM, Cow::Owned(VERSION.to_string())));
+        params.push((BATCH_SIZE_PARAM, Cow::Owned(self.count.to_string())));
+        (params, self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,460 @@
+//! Batches (docs/batches.md) end to end: real RabbitMQ, the harness's php-fpm pool serving the
+//! php/receiver package's batch path (tests/php/batch-recorder.php), the agent in-process. Each
+//! test publishes 50 messages before the agent starts, so that one worker (pool 1, `batch_max`
+//! 50, `batch_wait` 2 s) sends them as one request.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{TestCtx, eventually, fpm, header_str};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+const N: usize = 50;
+
+/// The batch receiver next to the pool's copy of php/receiver (written by rename, so that a
+/// concurrent test never serves a half-written file).
+fn batch_script() -> PathBuf {
+    let dir = &fpm().dir;
+    let target = dir.join("batch-recorder.php");
+    let tmp = dir.join(format!(
+        "batch-recorder.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/php/batch-recorder.php"),
+        &tmp,
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &target).unwrap();
+    target
+}
+
+/// A test whose event subject sends batches of up to 50 through one worker, with
+/// `fpm.timeout` = `fpm_timeout`.
+async fn ctx(name: &str, fpm_timeout: &str) -> TestCtx {
+    let mut ctx = TestCtx::new(name).await;
+    ctx.script = batch_script();
+    ctx.pool_size = 1;
+    ctx.set("subjects.event.batch_max", 50);
+    ctx.set("subjects.event.batch_wait", "2s");
+    ctx.set("fpm.timeout", fpm_timeout);
+    ctx.declare().await;
+    ctx
+}
+
+/// Publishes `m-0` … `m-49` to the event queue; `behave(i)` is message i's behaviour.
+async fn publish_fifty(ctx: &TestCtx, behave: impl Fn(usize) -> &'static str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let id = format!("m-{i}");
+        ctx.publish_json("event", &id, behave(i)).await;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Records by JSON id, each id's records in the order PHP wrote them.
+fn by_id(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut map: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in records {
+        map.entry(r["json_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(r.clone());
+    }
+    map
+}
+
+fn attempts(records: &[Value]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect()
+}
+
+/// The dead-letter queue holds exactly `id`, dead-lettered as `rejected` with `error` in its
+/// last error.
+async fn assert_dead_letter(ctx: &TestCtx, id: &str, error: &str) {
+    let dead = ctx.drain_dead("event").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0.message_id().as_ref().unwrap().as_str(), id);
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("rejected")
+    );
+    let last_error = header_str(&dead[0].0, "x-agent-last-error").unwrap();
+    assert!(last_error.contains(error), "{last_error}");
+}
+
+/// The first request's records: all 50 entries were sent as one batch of 50.
+fn assert_first_request_was_one_batch(records: &[Value], handled_in_it: usize) {
+    let first = &records[0]["request"];
+    let in_first: Vec<_> = records.iter().filter(|r| r["request"] == *first).collect();
+    assert_eq!(
+        in_first.len(),
+        handled_in_it,
+        "entries handled in the first request"
+    );
+    assert!(
+        in_first.iter().all(|r| r["batch_size"] == 50),
+        "{in_first:?}"
+    );
+    let order: Vec<_> = in_first
+        .iter()
+        .map(|r| r["json_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..handled_in_it).map(|i| format!("m-{i}")).collect();
+    assert_eq!(order, expected, "entries are handled in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_fifty_settles_each_message_by_its_own_outcome() {
+    let ctx = ctx("batch-outcomes", "10s").await;
+    publish_fifty(&ctx, |i| match i {
+        7 => "fail-once",
+        12 => "reject",
+        _ => "ok",
+    })
+    .await;
+    let agent = ctx.start_agent().await;
+    // 50 in the batch, then m-7's second attempt.
+    ctx.wait_records(N + 1, WAIT).await;
+    eventually(WAIT, "49 acked, 1 retried, 1 dead-lettered", || async {
+        let s = &agent.stats()["event"];
+        (s.acked, s.retried, s.dead_lettered) == (49, 1, 1)
+    })
+    .await;
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records, N);
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N);
+    for (id, recs) in &by_id {
+        let want: &[u64] = if id == "m-7" { &[1, 2] } else { &[1] };
+        assert_eq!(attempts(recs), want, "{id}");
+    }
+    // m-7's retry came back alone: an ordinary single request.
+    assert_eq!(by_id["m-7"][1]["batch_size"], Value::Null);
+    assert_dead_letter(&ctx, "m-12", "rejected by the handler").await;
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    let metrics = agent.handle().metrics().encode();
+    assert!(
+        metrics.contains("amqp_agent_batch_size_count{subject=\"event\"} 1"),
+        "one batch request: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("batch_size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(agent.drain().await.is_none());
+}
+
+/// How the batch fails at m-20, on its first attempt.
+enum Failure {
+    /// m-20 sleeps; once the agent has settled m-0 … m-19 the test kills the FPM child (-9).
+    Kill,
+    /// m-20 sleeps past `fpm.timeout`.
+    Timeout,
+}
+
+/// After a failure mid-batch, m-0 … m-19 have their outcome and are never handled again;
+/// m-20 … m-49 count one failed attempt and are handled on the second; nothing is lost.
+async fn failure_mid_batch(name: &str, failure: Failure) {
+    let (behave, fpm_timeout, stale_ok) = match failure {
+        Failure::Kill => ("sleep-once:30000", "60s", 0),
+        Failure::Timeout => ("sleep-once:3500", "2s", 2),
+    };
+    let ctx = ctx(name, fpm_timeout).await;
+    publish_fifty(&ctx, |i| if i == 20 { behave } else { "ok" }).await;
+    let agent = ctx.start_agent().await;
+    if let Failure::Kill = failure {
+        eventually(WAIT, "m-0 … m-19 settled, m-20 running", || async {
+            agent.stats()["event"].acked == 20 && by_id(&ctx.records()).contains_key("m-20")
+        })
+        .await;
+        let pid = by_id(&ctx.records())["m-20"][0]["pid"].as_i64().unwrap();
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    }
+    eventually(WAIT, "m-20 … m-49 handled on attempt 2", || async {
+        let by_id = by_id(&ctx.records());
+        (20..N).all(|i| {
+            by_id
+                .get(&format!("m-{i}"))
+                .is_some_and(|r| attempts(r).contains(&2))
+        })
+    })
+    .await;
+    eventually(WAIT, "50 acked", || async {
+        agent.stats()["event"].acked == N as u64
+    })
+    .await;
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records[..21], 21);
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N, "lost 0");
+    for i in 0..20 {
+        assert_eq!(
+            attempts(&by_id[&format!("m-{i}")]),
+            [1],
+            "m-{i} had its outcome"
+        );
+    }
+    assert_eq!(attempts(&by_id["m-20"]), [1, 2]);
+    // The rest were not reached (a killed child), or at most `stale_ok` of them by the child
+    // still running after the agent gave up (a timeout); each is handled once on attempt 2.
+    let stale: usize = (21..N)
+        .map(|i| {
+            attempts(&by_id[&format!("m-{i}")])
+                .iter()
+                .filter(|a| **a == 1)
+                .count()
+        })
+        .sum();
+    assert!(
+        stale <= stale_ok,
+        "{stale} handled on attempt 1 after the failure"
+    );
+    for i in 21..N {
+        let second = attempts(&by_id[&format!("m-{i}")])
+            .iter()
+            .filter(|a| **a == 2)
+            .count();
+        assert_eq!(second, 1, "m-{i} retried once");
+    }
+    let stats = agent.stats()["event"];
+    assert_eq!((stats.retried, stats.dead_lettered), (30, 0));
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    assert!(ctx.drain_dead("event").await.is_empty());
+    assert!(agent.drain().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_mid_batch_fails_only_the_entries_without_an_outcome() {
+    failure_mid_batch("batch-kill", Failure::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_mid_batch_fails_only_the_entries_without_an_outcome() {
+    failure_mid_batch("batch-timeout", Failure::Timeout).await;
+}
+
+/// An entry over `limits.max_body_bytes` is dead-lettered alone, without reaching PHP; the
+/// other 49 of the batch are handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_entry_is_dead_lettered_alone() {
+    let mut ctx = ctx("batch-oversized", "10s").await;
+    ctx.set("limits.max_body_bytes", 1000);
+    for i in 0..N {
+        let id = format!("m-{i}");
+        if i == 30 {
+            let body = serde_json::json!({"id": id, "pad": "x".repeat(2000)}).to_string();
+            let props = lapin::BasicProperties::default().with_message_id(id.as_str().into());
+            ctx.publish("event", body.as_bytes(), props).await;
+        } else {
+            ctx.publish_json("event", &id, "ok").await;
+        }
+    }
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "49 acked, 1 dead-lettered", || async {
+        let s = &agent.stats()["event"];
+        (s.acked, s.dead_lettered) == (49, 1)
+    })
+    .await;
+    let records = ctx.records();
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N - 1);
+    assert!(!by_id.contains_key("m-30"), "never sent to PHP");
+    assert!(by_id.values().all(|r| attempts(r) == [1]));
+    // The oversized entry was left out of the request: 49 entries went.
+    assert!(records.iter().all(|r| r["batch_size"] == 49), "{records:?}");
+    let dead = ctx.drain_dead("event").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0.message_id().as_ref().unwrap().as_str(), "m-30");
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("body_too_large")
+    );
+    assert!(agent.drain().await.is_none());
+}
+
+/// A hostile batch sent straight to php-fpm, as someone who can reach FPM would: built with the
+/// agent's own encoder and signatures, then one entry's signature replaced by another entry's.
+/// The php/receiver package refuses that entry alone (401) and handles the 49 others; the
+/// agent's reply parser reads the 401 line as that entry's dead-letter verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_entry_is_rejected_alone() {
+    use amqp_agent::batch::outcomes::Reader;
+    use amqp_agent::batch::wire::Encoder;
+    use amqp_agent::contract::{Envelope, RequestTemplate};
+    use amqp_agent::outcome::Verdict;
+    let ctx = ctx("batch-hostile", "10s").await;
+    let config = ctx.config();
+    let template = RequestTemplate::new(&config, "event");
+    let bodies: Vec<String> = (0..N)
+        .map(|i| serde_json::json!({"id": format!("m-{i}"), "behave": "ok"}).to_string())
+        .collect();
+    let ids: Vec<String> = (0..N).map(|i| format!("m-{i}")).collect();
+    let envelopes: Vec<Envelope<'_>> = ids
+        .iter()
+        .map(|id| Envelope {
+            subject: "event",
+            message_id: id.as_str().into(),
+            message_id_generated: false,
+            attempt: 1,
+            redelivered: false,
+            routing_key: "event",
+            exchange: "",
+            content_type: Some("application/json"),
+            kind: None,
+            correlation_id: None,
+            timestamp: None,
+            headers: None,
+        })
+        .collect();
+    let now = amqp_agent::contract::unix_now();
+    let all: Vec<_> = envelopes
+        .iter()
+        .zip(&bodies)
+        .map(|(e, b)| template.params(e, b.as_bytes(), (None, None), now).unwrap())
+        .collect();
+    let signature = |p: &[(&'static str, std::borrow::Cow<'_, str>)]| {
+        p.iter()
+            .find(|(n, _)| *n == "HTTP_X_AGENT_SIGNATURE")
+            .unwrap()
+            .1
+            .to_string()
+    };
+    let stolen = signature(&all[10]);
+    let mut encoder = Encoder::new(0);
+    for (i, params) in all.iter().enumerate() {
+        let mut params = params.clone();
+        if i == 9 {
+            for (name, value) in &mut params {
+                if *name == "HTTP_X_AGENT_SIGNATURE" {
+                    *value = stolen.clone().into();
+                }
+            }
+        }
+        encoder.push(i, &params, bodies[i].as_bytes());
+    }
+    let (params, body) = encoder.finish(&all[0]);
+    let mut fpm_client = amqp_agent::fastcgi::FpmClient::new(
+        config.fpm_addresses().remove(0),
+        Duration::from_secs(10),
+        1 << 20,
+    );
+    let mut reader = Reader::new(0..N, true);
+    let mut verdicts = BTreeMap::new();
+    fpm_client
+        .request_streaming(&params, &body, &|| false, &mut |chunk| {
+            reader
+                .feed(chunk, &mut |i, v| {
+                    verdicts.insert(i, v);
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(reader.finish(), None, "every entry answered");
+    assert_eq!(verdicts.len(), N);
+    for (i, verdict) in &verdicts {
+        if *i == 9 {
+            assert!(
+                matches!(
+                    verdict,
+                    Verdict::Permanent {
+                        status: Some(401),
+                        ..
+                    }
+                ),
+                "{verdict:?}"
+            );
+        } else {
+            assert_eq!(*verdict, Verdict::Success, "entry {i}");
+        }
+    }
+    let by_id = by_id(&ctx.records());
+    assert_eq!(by_id.len(), N - 1);
+    assert!(!by_id.contains_key("m-9"), "never handled");
+    assert!(by_id.values().all(|r| r.len() == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
+    use common::procs::AgentProcess;
+    let (otlp_port, spans) = common::otlp::receiver().await;
+    let mut ctx = ctx("batch-trace", "10s").await;
+    ctx.set("subjects.event.batch_max", 5);
+    // Five messages, each in its own publisher trace.
+    let trace_of = |i: usize| format!("{:032x}", 0xabc0 + i);
+    for i in 0..5 {
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            lapin::types::AMQPValue::LongString(
+                format!("00-{}-00f067aa0ba902b7-01", trace_of(i)).into(),
+            ),
+        );
+        let body = serde_json::json!({"id": format!("t-{i}"), "behave": "ok"}).to_string();
+        let props = lapin::BasicProperties::default()
+            .with_message_id(format!("t-{i}").into())
+            .with_headers(headers);
+        ctx.publish("event", body.as_bytes(), props).await;
+    }
+    let log = fpm().dir.join(format!("{}.log", ctx.id));
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp_port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+    ];
+    let mut agent = AgentProcess::start_with(&ctx.write_config(), &log, &env, &[]);
+    ctx.wait_records(5, WAIT).await;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    eventually(WAIT, "spans exported", || async {
+        let spans = spans.lock().unwrap();
+        spans
+            .iter()
+            .filter(|s| s.name.ends_with(" process"))
+            .count()
+            >= 5
+            && spans.iter().any(|s| s.name == "FastCGI POST")
+    })
+    .await;
+    let spans = spans.lock().unwrap().clone();
+    let fastcgi: Vec<_> = spans.iter().filter(|s| s.name == "FastCGI POST").collect();
+    assert_eq!(fastcgi.len(), 1, "one FastCGI span for the batch");
+    let process: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.ends_with(" process"))
+        .collect();
+    assert_eq!(process.len(), 5);
+    let mut linked: Vec<String> = fastcgi[0]
+        .links
+        .iter()
+        .map(|l| hex::encode(&l.span_id))
+        .collect();
+    let mut process_ids: Vec<String> = process.iter().map(|s| hex::encode(&s.span_id)).collect();
+    linked.sort();
+    process_ids.sort();
+    assert_eq!(linked, process_ids, "linked to each message's process span");
+    // Each entry continues its own message's trace: PHP's parent is that message's process span.
+    let records = ctx.records();
+    assert!(records.iter().all(|r| r["batch_size"] == 5));
+    for r in &records {
+        let i: usize = r["json_id"].as_str().unwrap()[2..].parse().unwrap();
+        let tp = r["traceparent"].as_str().unwrap();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts[1], trace_of(i), "{tp}");
+        let parent = process
+            .iter()
+            .find(|s| hex::encode(&s.span_id) == parts[2])
+            .expect("PHP's parent is a process span");
+        assert_eq!(hex::encode(&parent.trace_id), trace_of(i));
+    }
+}

@@ -1,0 +1,70 @@
+<?php
+/**
+ * Test-harness receiver for batches (tests/batches.rs): the php/receiver package's own batch
+ * path (Receiver::run), in the harness's php-fpm pool, next to its copy of the package
+ * (php-receiver/). REQUEST_URI "/t/<testid>/<subject>".
+ *
+ * Each handled message appends one JSON line to "$RECORD_DIR/<testid>.jsonl" before its
+ * behaviour runs: json_id, attempt, pid, request (one random token per FastCGI request),
+ * batch_size (HTTP_X_AGENT_BATCH_SIZE, null for a single request), behave, traceparent.
+ *
+ * Behaviour from the JSON body's "behave" (the `-once` ones only on attempt 1):
+ *   ok                 handled (ack)
+ *   fail-once          RuntimeException: 500, retried
+ *   reject             PermanentFailure: 422, dead-lettered
+ *   kill-once          SIGKILL of this FPM child (the request dies mid-batch)
+ *   sleep-once:MS      sleep MS milliseconds, then handled
+ */
+
+declare(strict_types=1);
+
+require __DIR__ . '/php-receiver/autoload.php';
+
+use AmqpAgent\Receiver\Message;
+use AmqpAgent\Receiver\PermanentFailure;
+use AmqpAgent\Receiver\Receiver;
+
+if (!preg_match('#^/t/([A-Za-z0-9_-]+)/[A-Za-z0-9_.-]+$#D', (string) ($_SERVER['REQUEST_URI'] ?? ''), $m)) {
+    http_response_code(400);
+    echo "bad uri\n";
+    exit;
+}
+$testId = $m[1];
+$recordDir = getenv('RECORD_DIR') ?: (string) ($_SERVER['RECORD_DIR'] ?? '');
+$request = bin2hex(random_bytes(8));
+$batchSize = isset($_SERVER['HTTP_X_AGENT_BATCH_SIZE']) ? (int) $_SERVER['HTTP_X_AGENT_BATCH_SIZE'] : null;
+
+Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize): void {
+    $json = $message->json() ?? [];
+    $behave = is_string($json['behave'] ?? null) ? $json['behave'] : 'ok';
+    $line = json_encode([
+        'json_id' => $json['id'] ?? null,
+        'message_id' => $message->messageId,
+        'attempt' => $message->attempt,
+        'pid' => getmypid(),
+        'request' => $request,
+        'batch_size' => $batchSize,
+        'behave' => $behave,
+        'traceparent' => $message->traceparent,
+    ], JSON_THROW_ON_ERROR) . "\n";
+    file_put_contents("{$recordDir}/{$testId}.jsonl", $line, FILE_APPEND | LOCK_EX);
+    $first = $message->attempt === 1;
+    if ($behave === 'fail-once' && $first) {
+        throw new \RuntimeException('fails on its first attempt');
+    }
+    if ($behave === 'reject') {
+        throw new PermanentFailure('rejected by the handler');
+    }
+    if ($behave === 'kill-once' && $first) {
+        // 9: SIGKILL (the constant comes with pcntl, which FPM may not load).
+        if (function_exists('posix_kill')) {
+            posix_kill(getmypid(), 9);
+        } else {
+            exec('kill -9 ' . getmypid());
+        }
+        sleep(5);
+    }
+    if (str_starts_with($behave, 'sleep-once:') && $first) {
+        usleep(1000 * (int) substr($behave, strlen('sleep-once:')));
+    }
+});
