@@ -352,13 +352,10 @@ impl Settler {
         if handled > 0 {
             self.runtime.events.emit(Event::Acked(handled));
         }
-        let hot = &self.runtime.hot;
-        if plan.multiple.is_some() {
-            hot.ack_multiple.inc();
-        }
-        if !plan.single.is_empty() {
-            hot.ack_single.inc_by(plan.single.len() as u64);
-        }
+        self.runtime.events.emit(Event::AckFrames {
+            multiple: plan.multiple.is_some(),
+            single: plan.single.len() as u64,
+        });
     }
 }
 

@@ -1,11 +1,12 @@
-//! The agent's internal events (vector's pattern): each event that both `/status` and
-//! `/metrics` count is one typed value, emitted once where it happens.
+//! The agent's internal events (vector's pattern): each event the actors count, in `/status`,
+//! in `/metrics` or both, is one typed value, emitted once where it happens.
 //!
 //! Invariant: an event's `/status` counter ([`SubjectStats`]) and its Prometheus metric are
 //! updated here and nowhere else, so the two can never disagree on what was counted.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::metrics::{ActorLabels, Metrics, SubjectMetrics};
 use crate::stats::SubjectStats;
@@ -37,6 +38,32 @@ pub enum Event<'a> {
     Consuming,
     /// A consumer failed and the root restarts it.
     ConsumerFailed,
+    /// FPM replied to a request (or a batch) with `status`, or the error's reason.
+    FpmReplied {
+        /// HTTP status of the reply, or the error reason when there was none.
+        status: &'a str,
+        /// How long the request took.
+        elapsed: Duration,
+    },
+    /// A delivery's AMQP timestamp says it waited `seconds` before handling began.
+    QueueWait {
+        /// Whole seconds since publication.
+        seconds: u64,
+    },
+    /// A batch of `size` deliveries goes to FPM as one request.
+    BatchSent {
+        /// Deliveries in the batch.
+        size: usize,
+    },
+    /// A delivery came without an AMQP `message_id` (the agent generated one).
+    MissingMessageId,
+    /// `basic.ack` frames went out: one `multiple` ack (or none) and `single` others.
+    AckFrames {
+        /// A `multiple` ack was sent.
+        multiple: bool,
+        /// Single acks sent.
+        single: u64,
+    },
 }
 
 /// Where one subject's events go: its `/status` counters and its metrics, resolved once.
@@ -99,6 +126,33 @@ impl SubjectEvents {
                 }
             }
             Event::ConsumerFailed => self.actor_restart("consumer"),
+            Event::FpmReplied { status, elapsed } => {
+                self.hot.fpm_duration.observe(elapsed.as_secs_f64());
+                if status == "200" {
+                    self.hot.fpm_ok.inc();
+                } else {
+                    self.metrics.fpm_response(&self.subject, status);
+                }
+            }
+            #[allow(clippy::cast_precision_loss)]
+            Event::QueueWait { seconds } => self.hot.queue_wait.observe(seconds as f64),
+            #[allow(clippy::cast_precision_loss)]
+            Event::BatchSent { size } => self
+                .metrics
+                .batch_size
+                .get_or_create(&Metrics::subject(&self.subject))
+                .observe(size as f64),
+            Event::MissingMessageId => {
+                self.hot.missing_message_id.inc();
+            }
+            Event::AckFrames { multiple, single } => {
+                if multiple {
+                    self.hot.ack_multiple.inc();
+                }
+                if single > 0 {
+                    self.hot.ack_single.inc_by(single);
+                }
+            }
         }
     }
 
@@ -135,6 +189,19 @@ mod tests {
             reason: "max_attempts",
         });
         events.emit(Event::WorkerFailed);
+        events.emit(Event::FpmReplied {
+            status: "200",
+            elapsed: Duration::from_millis(3),
+        });
+        events.emit(Event::FpmReplied {
+            status: "timeout",
+            elapsed: Duration::from_secs(1),
+        });
+        events.emit(Event::MissingMessageId);
+        events.emit(Event::AckFrames {
+            multiple: true,
+            single: 2,
+        });
         let s = stats.snapshot();
         assert_eq!(
             (s.received, s.acked, s.requeued, s.retried, s.dead_lettered),
@@ -149,6 +216,12 @@ mod tests {
             r#"amqp_agent_messages_retried_total{subject="event",reason="timeout"} 1"#,
             r#"amqp_agent_messages_dead_lettered_total{subject="event",reason="max_attempts"} 1"#,
             r#"amqp_agent_actor_restarts_total{subject="event",actor="worker"} 1"#,
+            r#"amqp_agent_fpm_responses_total{subject="event",status="200"} 1"#,
+            r#"amqp_agent_fpm_responses_total{subject="event",status="timeout"} 1"#,
+            r#"amqp_agent_fpm_request_duration_seconds_count{subject="event"} 2"#,
+            r#"amqp_agent_messages_without_message_id_total{subject="event"} 1"#,
+            r#"amqp_agent_ack_frames_total{subject="event",kind="multiple"} 1"#,
+            r#"amqp_agent_ack_frames_total{subject="event",kind="single"} 2"#,
         ] {
             assert!(count(&text, line), "{line} in\n{text}");
         }
