@@ -50,6 +50,10 @@ struct Shared {
     /// Subjects whose size an operator set (`pool set`, SIGTTIN, SIGTTOU): autoscaling leaves
     /// them alone until `pool auto`. Kept across reloads.
     pins: Mutex<std::collections::BTreeSet<String>>,
+    /// Pool size asked for per subject (config, reload, signals, `pool set`, the autoscaler).
+    /// The agent owns it and passes it down to the root (`RootArgs`, `Resize`, `Reload`);
+    /// `SubjectStats::target_pool` is its copy for `/status`, never read back.
+    targets: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Agent {
@@ -75,16 +79,19 @@ impl Agent {
         let crashes = Arc::new(Tracker::open(&config)?);
         let stats: BTreeMap<String, Arc<SubjectStats>> = config
             .subjects
+            .keys()
+            .map(|name| (name.clone(), Arc::new(SubjectStats::default())))
+            .collect();
+        // An auto pool starts small and grows on evidence (Horizon starts at max).
+        let targets: BTreeMap<String, usize> = config
+            .subjects
             .iter()
             .map(|(name, s)| {
-                let stats = Arc::new(SubjectStats::default());
-                // An auto pool starts small and grows on evidence (Horizon starts at max).
                 let start = match s.pool_mode {
                     crate::autoscale::PoolMode::Fixed => s.pool_size,
                     crate::autoscale::PoolMode::Auto => s.min_pool_size,
                 };
-                stats.target_pool.store(u64::from(start), Ordering::Relaxed);
-                (name.clone(), stats)
+                (name.clone(), usize::from(start))
             })
             .collect();
         let metrics = Arc::new(Metrics::new(stats.clone()));
@@ -92,6 +99,7 @@ impl Agent {
         let args = RootArgs {
             config: config.clone(),
             stats: stats.clone(),
+            targets: targets.clone(),
             metrics: metrics.clone(),
             fatal: fatal.clone(),
             crashes: crashes.clone(),
@@ -110,8 +118,12 @@ impl Agent {
                 alive: true.into(),
                 fpm_tasks: Mutex::new(fpm_tasks),
                 pins: Mutex::default(),
+                targets: Mutex::default(),
             }),
         };
+        for (name, size) in targets {
+            handle.record_target(&name, size);
+        }
         handle.spawn_sizer();
         Ok(Self {
             handle,
@@ -200,6 +212,7 @@ impl Agent {
 
     /// Applies a re-read configuration (SIGHUP): see the root supervisor's reload.
     pub fn reload(&self, config: Arc<Config>) {
+        let old = self.handle.config();
         *self.handle.inner.config.lock().expect("config lock") = config.clone();
         self.handle.stop_fpm_tasks();
         *self.handle.inner.fpm_tasks.lock().expect("fpm tasks lock") =
@@ -208,7 +221,12 @@ impl Agent {
                 config.clone(),
             );
         self.handle.spawn_sizer();
-        let _ = self.handle.inner.root.cast(RootMsg::Reload(config));
+        let targets = self.handle.reload_targets(&old, &config);
+        let _ = self
+            .handle
+            .inner
+            .root
+            .cast(RootMsg::Reload(config, targets));
     }
 
     /// Waits until the supervision tree stops on its own (a fatal error).

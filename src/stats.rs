@@ -1,7 +1,12 @@
 //! Per-subject counters and gauges, updated by the actors and read by status output and tests.
+//!
+//! Invariant: observations only. State that decisions read (the pool size asked for, the
+//! operator's pause, the next broker endpoint) lives with its owner (the agent, the root's child
+//! record) and is passed down; counters with a Prometheus twin are written by
+//! `telemetry::events` only.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters of one subject. Relaxed atomics: each value is independent.
 #[derive(Debug, Default)]
@@ -26,7 +31,8 @@ pub struct SubjectStats {
     pub queued: AtomicU64,
     /// Current pool size.
     pub pool_size: AtomicU64,
-    /// Pool size asked for (config, signals, `pool set`); survives consumer restarts.
+    /// Pool size asked for (config, reload, signals, `pool set`, the autoscaler): the agent's
+    /// copy for `/status`, written when it changes; nothing decides on it.
     pub target_pool: AtomicU64,
     /// Consumer (re)starts, the first one included.
     pub consumer_starts: AtomicU64,
@@ -37,10 +43,6 @@ pub struct SubjectStats {
     /// True while consumption is paused because FPM is unreachable (circuit open) or an
     /// operator paused it.
     pub paused: AtomicBool,
-    /// Operator pause asked for; survives consumer restarts.
-    pub operator_paused: AtomicBool,
-    /// Where the next (re)connection starts in `amqp.urls`; survives consumer restarts.
-    pub endpoint_cursor: AtomicUsize,
     /// The broker node (`host:port`) the consumer is connected to.
     pub node: Mutex<Option<String>>,
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::SubjectRuntime;
-use crate::stats::SubjectStats;
+use crate::telemetry::events::Event;
 
 /// Longest time a finished delivery waits behind an older one still in flight before it is
 /// acked on its own.
@@ -288,8 +288,7 @@ impl Settler {
             {
                 match result {
                     Ok(()) => {
-                        SubjectStats::incr(&self.runtime.stats.requeued);
-                        self.runtime.hot.requeued.inc();
+                        self.runtime.events.emit(Event::Requeued);
                     }
                     Err(e) => {
                         warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
@@ -351,16 +350,12 @@ impl Settler {
             return;
         }
         if handled > 0 {
-            SubjectStats::add(&self.runtime.stats.acked, handled);
-            self.runtime.hot.acked.inc_by(handled);
+            self.runtime.events.emit(Event::Acked(handled));
         }
-        let hot = &self.runtime.hot;
-        if plan.multiple.is_some() {
-            hot.ack_multiple.inc();
-        }
-        if !plan.single.is_empty() {
-            hot.ack_single.inc_by(plan.single.len() as u64);
-        }
+        self.runtime.events.emit(Event::AckFrames {
+            multiple: plan.multiple.is_some(),
+            single: plan.single.len() as u64,
+        });
     }
 }
 

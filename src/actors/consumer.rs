@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lapin::message::Delivery;
 use lapin::{Channel, Connection};
@@ -22,7 +22,7 @@ use super::exit::ConsumerExit;
 use super::worker::WorkerIdle;
 use crate::broker::{self, Publisher};
 use crate::stats::SubjectStats;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::events::Event;
 
 mod circuit;
 mod dispatch;
@@ -120,26 +120,37 @@ impl TryFrom<ConsumerMsg> for WorkerIdle {
     }
 }
 
+/// What a consumer incarnation starts with: its subject's runtime, and the state that its root
+/// keeps for the subject across incarnations (the root's child record owns it).
+pub struct ConsumerArgs {
+    /// The subject's runtime.
+    pub runtime: Arc<SubjectRuntime>,
+    /// Pool size asked for (config, reload, signals, `pool set`, the autoscaler).
+    pub target: usize,
+    /// An operator paused the subject.
+    pub operator_paused: bool,
+    /// Where the next (re)connection starts in `amqp.urls`.
+    pub endpoint_cursor: Arc<AtomicUsize>,
+}
+
 impl Actor for QueueConsumer {
     type Msg = ConsumerMsg;
     type State = ConsumerState;
-    type Arguments = Arc<SubjectRuntime>;
+    type Arguments = ConsumerArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<ConsumerMsg>,
-        runtime: Arc<SubjectRuntime>,
+        args: ConsumerArgs,
     ) -> Result<ConsumerState, ActorProcessingErr> {
-        SubjectStats::incr(&runtime.stats.consumer_starts);
-        let (connection, node) = broker::endpoints::connect(
-            &runtime.config,
-            &runtime.name,
-            &runtime.stats.endpoint_cursor,
-        )
-        .await?;
+        let runtime = args.runtime.clone();
+        runtime.events.emit(Event::ConsumerStarting);
+        let (connection, node) =
+            broker::endpoints::connect(&runtime.config, &runtime.name, &args.endpoint_cursor)
+                .await?;
         let connection = Arc::new(connection);
         runtime.stats.set_node(Some(node));
-        match setup(&myself, &runtime, connection.clone()).await {
+        match setup(&myself, &args, connection.clone()).await {
             Ok(state) => Ok(state),
             Err(e) => {
                 // No state means no post_stop: close the connection here.
@@ -288,9 +299,10 @@ fn per_worker(runtime: &SubjectRuntime) -> u16 {
 
 async fn setup(
     myself: &ActorRef<ConsumerMsg>,
-    runtime: &Arc<SubjectRuntime>,
+    args: &ConsumerArgs,
     connection: Arc<Connection>,
 ) -> Result<ConsumerState, ActorProcessingErr> {
+    let runtime = &args.runtime;
     let config = runtime.config.clone();
     let subject = runtime.subject();
     let channel = connection.create_channel().await?;
@@ -304,7 +316,7 @@ async fn setup(
     let publisher =
         Arc::new(Publisher::open(&connection, &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
-    let target = usize::try_from(runtime.stats.target_pool.load(Ordering::Relaxed)).unwrap_or(1);
+    let target = args.target;
     let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)
         .then(|| tokio::spawn(super::depth::watch(runtime.clone(), connection.clone())));
     let mut state = ConsumerState {
@@ -327,19 +339,12 @@ async fn setup(
         forwarder: None,
         depth,
         circuit: None,
-        operator_paused: runtime.stats.operator_paused.load(Ordering::Relaxed),
+        operator_paused: args.operator_paused,
         exit: None,
     };
     pool::resize(myself, &mut state, target).await?;
     subscription::sync_consuming(myself, &mut state).await?;
-    runtime.stats.consuming.store(true, Ordering::Relaxed);
-    if runtime.stats.consumer_starts.load(Ordering::Relaxed) > 1 {
-        runtime
-            .metrics
-            .reconnects
-            .get_or_create(&Metrics::subject(&runtime.name))
-            .inc();
-    }
+    runtime.events.emit(Event::Consuming);
     info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
     Ok(state)
 }

@@ -38,8 +38,9 @@ pub struct SubjectRuntime {
     pub stats: Arc<crate::stats::SubjectStats>,
     /// Prometheus metrics of the agent.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// This subject's metrics, resolved once for the per-message path.
-    pub hot: crate::telemetry::metrics::SubjectMetrics,
+    /// This subject's events: each feeds its `/status` counter and its metric in one call (the
+    /// metrics resolved once for the per-message path).
+    pub events: crate::telemetry::events::SubjectEvents,
     /// One warning a minute for messages without `message_id`, however many arrive.
     pub missing_id_log: crate::telemetry::log_limit::LogEvery,
     /// One warning a minute for ignored (unsealed) agent state headers.
@@ -72,8 +73,12 @@ impl SubjectRuntime {
             },
             upstreams: metrics.fpm.upstreams_for(&config),
             config,
+            events: crate::telemetry::events::SubjectEvents::new(
+                subject,
+                stats.clone(),
+                metrics.clone(),
+            ),
             stats,
-            hot: metrics.for_subject(subject),
             metrics,
             missing_id_log: crate::telemetry::log_limit::LogEvery::new(
                 std::time::Duration::from_secs(60),

@@ -6,6 +6,7 @@
 //! reach the broker is not a crash: it is retried with backoff for as long as it takes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,10 +14,11 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use tracing::{error, info, warn};
 
 use super::SubjectRuntime;
-use super::consumer::{self, ConsumerMsg, QueueConsumer};
+use super::consumer::{self, ConsumerArgs, ConsumerMsg, QueueConsumer};
 use super::exit::ConsumerExit;
 use crate::config::Config;
 use crate::stats::SubjectStats;
+use crate::telemetry::events::Event;
 
 /// The root supervisor actor.
 pub struct RootSupervisor;
@@ -31,6 +33,12 @@ struct Child {
     crashes: VecDeque<Instant>,
     /// The consumer is being replaced after a reload: its stop is not a crash.
     replacing: bool,
+    /// Pool size asked for, as the agent passed it down; survives consumer restarts.
+    target: usize,
+    /// An operator paused the subject; survives consumer restarts.
+    operator_paused: bool,
+    /// Where the next (re)connection starts in `amqp.urls`; survives consumer restarts.
+    endpoint_cursor: Arc<AtomicUsize>,
 }
 
 /// The root's state.
@@ -52,8 +60,8 @@ pub enum RootMsg {
     Resize(String, usize),
     /// Pause (true) or resume (false) a subject's consumption.
     SetPaused(String, bool),
-    /// Apply a re-read configuration (SIGHUP).
-    Reload(Arc<Config>),
+    /// Apply a re-read configuration (SIGHUP), with the pool sizes asked for under it.
+    Reload(Arc<Config>, BTreeMap<String, usize>),
     /// Liveness check (the systemd watchdog pings only while this answers).
     Ping(RpcReplyPort<()>),
 }
@@ -64,6 +72,8 @@ pub struct RootArgs {
     pub config: Arc<Config>,
     /// Per-subject counters, created by the caller so it can read them.
     pub stats: BTreeMap<String, Arc<SubjectStats>>,
+    /// Per-subject pool size to start with.
+    pub targets: BTreeMap<String, usize>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Set to the reason when the root gives up; the process then exits non-zero.
@@ -86,22 +96,24 @@ impl Actor for RootSupervisor {
     ) -> Result<RootState, ActorProcessingErr> {
         let mut children = BTreeMap::new();
         for (name, stats) in args.stats {
+            let target = args.targets.get(&name).copied().unwrap_or(1);
             let runtime = Arc::new(
                 SubjectRuntime::new(args.config.clone(), &name, stats, args.metrics.clone())
                     .with_crashes(args.crashes.clone())
                     .with_hook(args.hook.clone()),
             );
-            children.insert(
-                name.clone(),
-                Child {
-                    runtime,
-                    actor: None,
-                    started: None,
-                    backoff: args.config.agent.restart_backoff,
-                    crashes: VecDeque::new(),
-                    replacing: false,
-                },
-            );
+            let child = Child {
+                runtime,
+                actor: None,
+                started: None,
+                backoff: args.config.agent.restart_backoff,
+                crashes: VecDeque::new(),
+                replacing: false,
+                target,
+                operator_paused: false,
+                endpoint_cursor: Arc::default(),
+            };
+            children.insert(name.clone(), child);
             myself.cast(RootMsg::Start(name))?;
         }
         Ok(RootState {
@@ -151,22 +163,21 @@ impl Actor for RootSupervisor {
                 });
             }
             RootMsg::Resize(name, size) => {
-                // A consumer (re)started later reads the size from its stats' target.
-                if let Some(actor) = state.children.get(&name).and_then(|c| c.actor.as_ref()) {
-                    actor.cast(ConsumerMsg::Resize(size))?;
+                // A consumer (re)started later is given the child's target.
+                if let Some(child) = state.children.get_mut(&name) {
+                    child.target = size;
+                    if let Some(actor) = &child.actor {
+                        actor.cast(ConsumerMsg::Resize(size))?;
+                    }
                 }
             }
-            RootMsg::Reload(config) => reload(state, config)?,
+            RootMsg::Reload(config, targets) => reload(state, config, &targets)?,
             RootMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
             RootMsg::SetPaused(name, paused) => {
-                if let Some(child) = state.children.get(&name) {
-                    child
-                        .runtime
-                        .stats
-                        .operator_paused
-                        .store(paused, std::sync::atomic::Ordering::Relaxed);
+                if let Some(child) = state.children.get_mut(&name) {
+                    child.operator_paused = paused;
                     if let Some(actor) = &child.actor {
                         actor.cast(ConsumerMsg::SetPaused(paused))?;
                     }
@@ -200,27 +211,21 @@ impl Actor for RootSupervisor {
         }
         error!(subject = %name, error = %exit.reason(), "Consumer failed");
         if let Some(child) = state.children.get(&name) {
-            let labels = crate::telemetry::metrics::ActorLabels {
-                subject: name.clone(),
-                actor: "consumer".to_owned(),
-            };
-            child
-                .runtime
-                .metrics
-                .actor_restarts
-                .get_or_create(&labels)
-                .inc();
+            child.runtime.events.emit(Event::ConsumerFailed);
         }
         ended(&myself, state, name, &exit);
         Ok(())
     }
 }
 
-/// Applies a new configuration as a diff: pool sizes that changed in the file are resized in
-/// place (sizes set at run time survive for the others); a subject whose connection, FPM,
+/// Applies a new configuration as a diff: pools are resized in place to the sizes the agent
+/// asked for under it (`AgentHandle::reload_targets`); a subject whose connection, FPM,
 /// retry or limit settings changed is drained and restarted with the new settings.
-fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessingErr> {
-    use std::sync::atomic::Ordering;
+fn reload(
+    state: &mut RootState,
+    new: Arc<Config>,
+    targets: &BTreeMap<String, usize>,
+) -> Result<(), ActorProcessingErr> {
     let old = state.config.clone();
     for name in new
         .subjects
@@ -230,21 +235,13 @@ fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessing
         warn!(subject = %name, "New subjects are started by a restart, not a reload");
     }
     for (name, child) in &mut state.children {
-        let Some(subject) = new.subjects.get(name) else {
+        if !new.subjects.contains_key(name) {
             warn!(subject = %name, "Removing a subject needs a restart; it keeps running");
             continue;
-        };
-        let stats = child.runtime.stats.clone();
-        if subject.pool_size != old.subjects[name].pool_size {
-            stats
-                .target_pool
-                .store(u64::from(subject.pool_size), Ordering::Relaxed);
         }
-        let target = stats.target_pool.load(Ordering::Relaxed).clamp(
-            u64::from(subject.min_pool_size),
-            u64::from(subject.max_pool_size),
-        );
-        stats.target_pool.store(target, Ordering::Relaxed);
+        let stats = child.runtime.stats.clone();
+        let target = targets.get(name).copied().unwrap_or(child.target);
+        child.target = target;
         let restart = !old.same_for_consumer(&new, name);
         child.runtime = Arc::new(
             SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
@@ -263,7 +260,7 @@ fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessing
                 actor.stop(Some("reload".to_owned()));
             });
         } else {
-            actor.cast(ConsumerMsg::Resize(usize::try_from(target).unwrap_or(1)))?;
+            actor.cast(ConsumerMsg::Resize(target))?;
         }
     }
     state.config = new;
@@ -277,8 +274,13 @@ async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) 
     let Some(child) = state.children.get_mut(&name) else {
         return;
     };
-    let runtime = child.runtime.clone();
-    match Actor::spawn_linked(None, QueueConsumer, runtime, myself.get_cell()).await {
+    let args = ConsumerArgs {
+        runtime: child.runtime.clone(),
+        target: child.target,
+        operator_paused: child.operator_paused,
+        endpoint_cursor: child.endpoint_cursor.clone(),
+    };
+    match Actor::spawn_linked(None, QueueConsumer, args, myself.get_cell()).await {
         Ok((actor, _)) => {
             state.ids.insert(actor.get_id(), name.clone());
             child.actor = Some(actor);

@@ -20,7 +20,7 @@ use crate::broker::Publisher;
 use crate::contract::{self, Envelope};
 use crate::printable::printable;
 use crate::provenance::{self, Binding};
-use crate::telemetry;
+use crate::telemetry::{self, events::Event};
 use crate::trace_context;
 
 pub mod batch;
@@ -282,7 +282,7 @@ pub(super) fn message_span(
     if let Some(ts) = *props.timestamp() {
         let wait = contract::unix_now().saturating_sub(ts);
         span.record("queue_wait_ms", wait * 1000);
-        runtime.hot.queue_wait.observe(wait as f64);
+        runtime.events.emit(Event::QueueWait { seconds: wait });
     }
     span
 }
@@ -296,7 +296,7 @@ pub(super) fn admitted(
     incoming: &trace_context::Incoming<'_>,
 ) {
     if generated {
-        runtime.hot.missing_message_id.inc();
+        runtime.events.emit(Event::MissingMessageId);
         if let Some(count) = runtime.missing_id_log.note(Instant::now()) {
             warn!(
                 count,

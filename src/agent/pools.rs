@@ -8,7 +8,9 @@ use tracing::info;
 
 use super::AgentHandle;
 use crate::actors::root::RootMsg;
+use crate::config::Config;
 use crate::stats::SubjectStats;
+use std::collections::BTreeMap;
 
 impl AgentHandle {
     /// Subjects pinned by an operator.
@@ -34,13 +36,60 @@ impl AgentHandle {
 
     /// Resizes without pinning (the autoscaler's path; bounds are the caller's).
     pub fn resize(&self, subject: &str, size: usize) {
-        if let Some(stats) = self.inner.stats.get(subject) {
-            stats.target_pool.store(size as u64, Ordering::Relaxed);
+        if self.inner.stats.contains_key(subject) {
+            self.record_target(subject, size);
             let _ = self
                 .inner
                 .root
                 .cast(RootMsg::Resize(subject.to_owned(), size));
         }
+    }
+
+    /// The pool size asked for `subject`.
+    #[must_use]
+    pub fn target(&self, subject: &str) -> Option<usize> {
+        self.inner
+            .targets
+            .lock()
+            .expect("targets lock")
+            .get(subject)
+            .copied()
+    }
+
+    /// Records the pool size asked for `subject`, and shows it in `/status`.
+    pub(super) fn record_target(&self, subject: &str, size: usize) {
+        self.inner
+            .targets
+            .lock()
+            .expect("targets lock")
+            .insert(subject.to_owned(), size);
+        if let Some(stats) = self.inner.stats.get(subject) {
+            stats.target_pool.store(size as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies a reload to the sizes asked for: a `pool_size` changed in the file becomes the
+    /// new target (else the size set at run time stays), clamped to the new bounds. Returns
+    /// the targets for the root.
+    pub(super) fn reload_targets(&self, old: &Config, new: &Config) -> BTreeMap<String, usize> {
+        let mut targets = BTreeMap::new();
+        for (name, subject) in &new.subjects {
+            let (Some(current), Some(before)) = (self.target(name), old.subjects.get(name)) else {
+                continue;
+            };
+            let asked = if subject.pool_size == before.pool_size {
+                current
+            } else {
+                usize::from(subject.pool_size)
+            };
+            let target = asked.clamp(
+                usize::from(subject.min_pool_size),
+                usize::from(subject.max_pool_size),
+            );
+            self.record_target(name, target);
+            targets.insert(name.clone(), target);
+        }
+        targets
     }
 
     fn subject_stats(&self, subject: &str) -> anyhow::Result<&Arc<SubjectStats>> {
@@ -55,7 +104,6 @@ impl AgentHandle {
     /// # Errors
     /// Unknown subject or size out of bounds.
     pub fn set_pool(&self, subject: &str, size: usize) -> anyhow::Result<usize> {
-        let stats = self.subject_stats(subject)?;
         let config = self.config();
         let cfg = config
             .subjects
@@ -70,7 +118,8 @@ impl AgentHandle {
                 "pool size {size} for `{subject}` is outside {min}..={max} (subjects.{subject}.min_pool_size / max_pool_size)"
             );
         }
-        stats.target_pool.store(size as u64, Ordering::Relaxed);
+        self.subject_stats(subject)?;
+        self.record_target(subject, size);
         self.inner
             .root
             .cast(RootMsg::Resize(subject.to_owned(), size))?;
@@ -88,11 +137,11 @@ impl AgentHandle {
     /// Grows (`delta` > 0) or shrinks every pool by `delta`, clamped to each subject's bounds.
     pub fn step_pools(&self, delta: i64) {
         let config = self.config();
-        for (name, stats) in &self.inner.stats {
-            let Some(cfg) = config.subjects.get(name) else {
+        for name in self.inner.stats.keys() {
+            let (Some(cfg), Some(current)) = (config.subjects.get(name), self.target(name)) else {
                 continue;
             };
-            let current = stats.target_pool.load(Ordering::Relaxed) as i64;
+            let current = current as i64;
             let next =
                 (current + delta).clamp(i64::from(cfg.min_pool_size), i64::from(cfg.max_pool_size));
             if next != current {

@@ -175,7 +175,9 @@ fn inputs(
         inputs.push(SubjectInput {
             mode: cfg.pool_mode,
             pinned: pins.contains(name),
-            current: u32::try_from(stats.target_pool.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            current: agent
+                .target(name)
+                .map_or(u32::MAX, |t| u32::try_from(t).unwrap_or(u32::MAX)),
             busy_peak: s.busy_peak,
             backlog: s.backlog_peak,
             queued: stats.queued.load(Ordering::Relaxed),

@@ -1,7 +1,8 @@
 //! Prometheus metrics (prometheus-client encodes the exposition format).
 //!
-//! Invariant: one [`Metrics`] per agent; counters are incremented where the event happens,
-//! gauges are copied from the actors' [`SubjectStats`] when `/metrics` is scraped.
+//! Invariant: one [`Metrics`] per agent; counters are incremented where the event happens (a
+//! counter that `/status` shows too, through [`super::events`] only), gauges are copied from the
+//! actors' [`SubjectStats`] when `/metrics` is scraped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

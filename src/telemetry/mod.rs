@@ -4,6 +4,7 @@
 //! Invariant: with no OTLP endpoint configured, no OpenTelemetry layer is installed and
 //! [`enabled`] is false, so the per-message cost is a plain tracing span.
 
+pub mod events;
 pub mod log_limit;
 pub mod metrics;
 

@@ -8,12 +8,12 @@ use super::circuit::open_circuit;
 use super::{ConsumerMsg, ConsumerState, FLUSH_TIMEOUT};
 use crate::actors::worker::{Job, WorkerIdle, WorkerMsg};
 use crate::stats::SubjectStats;
+use crate::telemetry::events::Event;
 
 /// A delivery from the broker: to the backlog and on to an idle worker, or straight back to its
 /// queue while not consuming.
 pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
-    SubjectStats::incr(&state.runtime.stats.received);
-    state.runtime.hot.received.inc();
+    state.runtime.events.emit(Event::Received);
     SubjectStats::incr(&state.runtime.stats.in_flight);
     // After a cancel, deliveries the client had buffered still arrive: while not consuming they
     // go straight back (a dropped one would pin a prefetch slot).

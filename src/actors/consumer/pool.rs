@@ -10,6 +10,7 @@ use super::subscription::{cancel_consumer, start_consuming};
 use super::{ConsumerMsg, ConsumerState};
 use crate::actors::worker::{FpmWorker, WorkerArgs, WorkerMsg};
 use crate::stats::SubjectStats;
+use crate::telemetry::events::Event;
 
 /// A worker of the pool and what it holds.
 pub(super) struct Slot {
@@ -48,17 +49,7 @@ pub(super) async fn on_worker_ended(
     }
     if let Some(err) = failure {
         error!(subject = %state.runtime.name, error = %crate::printable::printable(&err.to_string()).capped(1024), "FPM worker failed; its message goes back to the queue and the worker is replaced");
-        SubjectStats::incr(&stats.worker_restarts);
-        let labels = crate::telemetry::metrics::ActorLabels {
-            subject: state.runtime.name.clone(),
-            actor: "worker".to_owned(),
-        };
-        state
-            .runtime
-            .metrics
-            .actor_restarts
-            .get_or_create(&labels)
-            .inc();
+        state.runtime.events.emit(Event::WorkerFailed);
     }
     if state.draining.is_none() && !slot.retiring {
         // Keep the pool at its target size.

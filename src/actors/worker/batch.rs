@@ -23,7 +23,7 @@ use crate::broker::Publisher;
 use crate::contract::{self, Envelope};
 use crate::outcome::Verdict;
 use crate::printable::printable;
-use crate::telemetry::{self, metrics::Metrics};
+use crate::telemetry::{self, events::Event};
 
 /// Deliveries a worker sends in one request, and the publisher of their consumer incarnation.
 pub struct BatchJob {
@@ -91,11 +91,9 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         publisher: &publisher,
         acks: &acks,
     };
-    runtime
-        .metrics
-        .batch_size
-        .get_or_create(&Metrics::subject(&runtime.name))
-        .observe(deliveries.len() as f64);
+    runtime.events.emit(Event::BatchSent {
+        size: deliveries.len(),
+    });
     let ids: Vec<_> = deliveries
         .iter()
         .map(|d| worker::message_id(&d.properties))
@@ -220,10 +218,7 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
     };
     let (result, ()) = tokio::join!(request, settle_streamed);
     drop(running);
-    runtime
-        .hot
-        .fpm_duration
-        .observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
 
     let failure = match &result {
         Err(_) if reader.error().is_some() => Some(Failure::Protocol(
@@ -244,10 +239,11 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         (Some(Failure::Whole(_)), Some(status)) => std::borrow::Cow::Owned(status.to_string()),
         (Some(f), _) => std::borrow::Cow::Borrowed(f.reason()),
     };
-    if status == "200" {
-        runtime.hot.fpm_ok.inc();
-    } else {
-        runtime.metrics.fpm_response(&runtime.name, &status);
+    runtime.events.emit(Event::FpmReplied {
+        status: &status,
+        elapsed,
+    });
+    if status != "200" {
         fcgi_span.record("otel.status_code", "ERROR");
         fcgi_span.record("error.type", status.as_ref());
     }

@@ -12,7 +12,7 @@ use crate::actors::SubjectRuntime;
 use crate::contract::{self, Envelope};
 use crate::fastcgi::Reply;
 use crate::outcome::{self, Verdict};
-use crate::telemetry;
+use crate::telemetry::{self, events::Event};
 use crate::trace_context;
 
 /// The `FastCGI POST` span of a request (a `none` span without trace export); a batch records
@@ -94,12 +94,10 @@ async fn attempt_fpm(
     let elapsed = started.elapsed();
     let require_ack = runtime.config.fpm.require_ack_header;
     let (verdict, unreached, status) = judged(result, require_ack, &span);
-    runtime.hot.fpm_duration.observe(elapsed.as_secs_f64());
-    if status == "200" {
-        runtime.hot.fpm_ok.inc();
-    } else {
-        runtime.metrics.fpm_response(&runtime.name, &status);
-    }
+    runtime.events.emit(Event::FpmReplied {
+        status: &status,
+        elapsed,
+    });
     if !matches!(verdict, Verdict::Success) {
         span.record("otel.status_code", "ERROR");
         span.record("error.type", describe(&verdict).0);

@@ -16,8 +16,7 @@ use crate::contract::{self, ATTEMPT_HEADER, LAST_ERROR_HEADER};
 use crate::outcome::{Decision, Verdict};
 use crate::printable::printable;
 use crate::provenance::{self, Binding};
-use crate::stats::SubjectStats;
-use crate::telemetry::{self, metrics::Metrics};
+use crate::telemetry::{self, events::Event};
 
 /// The delivery being settled (the original of any retry or dead-letter copy) and what
 /// identifies it.
@@ -42,7 +41,6 @@ pub(in crate::actors) async fn settle(
     verdict: &Verdict,
     decision: Decision,
 ) {
-    let stats = &runtime.stats;
     let tag = original.delivery.delivery_tag;
     let published = match &decision {
         Decision::Ack => {
@@ -72,14 +70,8 @@ pub(in crate::actors) async fn settle(
     match published {
         Ok(reason) => {
             match decision {
-                Decision::Retry { .. } => {
-                    SubjectStats::incr(&stats.retried);
-                    Metrics::settled(&runtime.metrics.retried, &runtime.name, reason);
-                }
-                _ => {
-                    SubjectStats::incr(&stats.dead_lettered);
-                    Metrics::settled(&runtime.metrics.dead_lettered, &runtime.name, reason);
-                }
+                Decision::Retry { .. } => runtime.events.emit(Event::Retried { reason }),
+                _ => runtime.events.emit(Event::DeadLettered { reason }),
             }
             acks.ack(tag, false);
         }
