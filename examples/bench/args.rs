@@ -106,6 +106,10 @@ pub struct Args {
     /// fixed pool (target ≥ 0.9). The full bench runs the auto drain after the sweep (row 6a).
     #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate", "quorum"])]
     pub auto: bool,
+    /// `batch_max` values of extra drains in the full bench (rows 2b; `--batches ""` for none).
+    /// The handler answers batches with php/receiver's parser.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    pub batches: Vec<u16>,
     /// `agent.worker_threads` of every agent run (default: the agent's default, 1).
     #[arg(long)]
     pub agent_worker_threads: Option<u16>,

@@ -109,6 +109,8 @@ pub struct AgentPlan {
     /// Auto pools instead of `pool`: `pool_mode = "auto"`, `min_pool_size = 1` and this
     /// `max_pool_size` per subject, FPM's status page read (`fpm.status_path`).
     pub auto: Option<u16>,
+    /// `batch_max` of both subjects (1: one request per message, as without batches).
+    pub batch_max: u16,
 }
 
 impl AgentPlan {
@@ -125,6 +127,7 @@ impl AgentPlan {
             perf: None,
             quorum: false,
             auto: None,
+            batch_max: 1,
         }
     }
 
@@ -134,6 +137,20 @@ impl AgentPlan {
             label: format!("drain auto pools 1..={max}"),
             auto: Some(max),
             ..Self::drain(1, messages, prefetch_per_worker)
+        }
+    }
+
+    /// The same drain with `batch_max` deliveries per FastCGI request (rows 2b).
+    pub fn drain_batched(
+        pool: u16,
+        batch_max: u16,
+        messages: usize,
+        prefetch_per_worker: Option<u16>,
+    ) -> Self {
+        Self {
+            label: format!("drain pool={pool} batch_max={batch_max}"),
+            batch_max,
+            ..Self::drain(pool, messages, prefetch_per_worker)
         }
     }
 
@@ -170,8 +187,13 @@ impl Bench {
             };
             let _ = write!(
                 subjects,
-                "[subjects.{subject}]\nqueue = \"{}\"\n{pool}\n",
+                "[subjects.{subject}]\nqueue = \"{}\"\n{pool}{batch}\n",
                 queue_name(run, subject),
+                batch = if plan.batch_max > 1 {
+                    format!("batch_max = {}\n", plan.batch_max)
+                } else {
+                    String::new()
+                },
             );
         }
         let status = if plan.auto.is_some() {
@@ -295,6 +317,7 @@ impl Bench {
             perf: None,
             quorum: false,
             auto: None,
+            batch_max: 1,
         };
         let path = self.dir.join("probe.toml");
         if std::fs::write(&path, self.agent_toml("probe", &plan)).is_err() {

@@ -77,6 +77,8 @@ const RECORD_LIB: &str = "examples/php/bench-record.php";
 const CLI_HANDLER: &str = "examples/php/bench-cli-handler.php";
 /// The bench pool's `pm.status_path`, read by the agent in the auto-pool runs.
 const FPM_STATUS_PATH: &str = "/fpm-status";
+/// The receiver package, whose batch parser the handler uses for the batch rows.
+const RECEIVER: &str = "php/receiver";
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(20);
 /// Unconfirmed publishes allowed in flight while loading a backlog.
@@ -176,6 +178,28 @@ fn prepare_work_dir(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
     for p in [&script, &record] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))?;
+    }
+    // The batch rows' handler parses batches with the receiver package (php/receiver).
+    let receiver = dir.join("receiver");
+    std::fs::create_dir_all(receiver.join("src"))?;
+    std::fs::set_permissions(&receiver, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(receiver.join("src"), std::fs::Permissions::from_mode(0o755))?;
+    let mut files = vec![(
+        PathBuf::from(RECEIVER).join("autoload.php"),
+        receiver.join("autoload.php"),
+    )];
+    for entry in std::fs::read_dir(Path::new(RECEIVER).join("src"))? {
+        let path = entry?.path();
+        files.push((
+            path.clone(),
+            receiver
+                .join("src")
+                .join(path.file_name().unwrap_or_default()),
+        ));
+    }
+    for (from, to) in files {
+        std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
     }
     Ok((records, script))
 }

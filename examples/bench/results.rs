@@ -66,6 +66,8 @@ pub struct Round {
     pub drain: AgentResult,
     /// The same drain on quorum queues on the local node (row 2q).
     pub drain_quorum: AgentResult,
+    /// The same drain with each `--batches` value as `batch_max` (rows 2b).
+    pub drain_batches: Vec<(u16, AgentResult)>,
     pub steady: AgentResult,
     pub steady_direct: CeilingResult,
     pub io: AgentResult,

@@ -22,6 +22,7 @@ impl Bench {
             perf: None,
             quorum: false,
             auto: None,
+            batch_max: 1,
         };
         let agent = self.agent_run(&plan).await?;
         let direct = self
@@ -71,6 +72,7 @@ impl Bench {
                 perf: Some(perf),
                 quorum: false,
                 auto: None,
+                batch_max: 1,
             };
             let r = self.agent_run(&plan).await?;
             eprintln!("[perf] drain under perf: {:.0} msg/s", r.rate);
@@ -131,6 +133,15 @@ impl Bench {
             "{tag} drain {n} msgs pool={pool}+{pool}: {:.0} msg/s ({:.1} µs CPU/msg)",
             round.drain.rate, round.drain.cpu_us_per_msg
         );
+        for batch_max in self.args.batches.clone() {
+            let plan = AgentPlan::drain_batched(pool, batch_max, n, self.args.prefetch_per_worker);
+            let r = self.agent_run(&plan).await?;
+            eprintln!(
+                "{tag} drain {n} msgs pool={pool}+{pool}, batch_max {batch_max}: {:.0} msg/s ({:.1} µs CPU/msg)",
+                r.rate, r.cpu_us_per_msg
+            );
+            round.drain_batches.push((batch_max, r));
+        }
         let quorum = AgentPlan::drain_quorum(pool, n, self.args.prefetch_per_worker);
         round.drain_quorum = self.agent_run(&quorum).await?;
         eprintln!(
@@ -252,6 +263,7 @@ impl Bench {
             perf: None,
             quorum: false,
             auto: None,
+            batch_max: 1,
         };
         round.rss = self.agent_run(&plan).await?;
         eprintln!(

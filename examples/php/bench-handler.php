@@ -17,6 +17,26 @@ declare(strict_types=1);
 
 $start = microtime(true);
 require __DIR__ . '/bench-record.php';
+
+if (isset($_SERVER['HTTP_X_AGENT_BATCH'])) {
+    // batch_max > 1 (docs/batches.md): the receiver package's parser and outcome writer (the
+    // bench copies php/receiver next to this file); each entry is recorded at its own start.
+    require __DIR__ . '/receiver/autoload.php';
+    $out = AmqpAgent\Receiver\BatchOutput::sapi();
+    $entries = AmqpAgent\Receiver\Batch::parse($_SERVER, (string) file_get_contents('php://input'));
+    foreach ($entries as $entry) {
+        $message = bench_record($entry->body, microtime(true));
+        $sleep = (int) ($message['sleep_ms'] ?? 0);
+        if ($sleep > 0) {
+            usleep($sleep * 1000);
+        }
+        $out->outcome($entry->index, $message === null
+            ? AmqpAgent\Receiver\Response::permanent('bench-handler: body must be the bench JSON')
+            : AmqpAgent\Receiver\Response::ack());
+    }
+    $out->done(count($entries));
+    return;
+}
 $message = bench_record((string) file_get_contents('php://input'), $start);
 if ($message === null) {
     http_response_code(422);

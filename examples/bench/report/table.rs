@@ -65,6 +65,23 @@ fn drain(t: &mut String, args: &Args, s: &Summary) {
         s.mib(|r| r.drain.peak_rss_kib),
         fmt_check(checks(s.rounds, |r| r.drain.check))
     );
+    for (i, batch_max) in args.batches.iter().enumerate() {
+        let of = |r: &crate::results::Round| {
+            r.drain_batches
+                .get(i)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default()
+        };
+        let rate = med(s.rounds, |r| of(r).rate);
+        let _ = writeln!(
+            t,
+            "| 2b. The same drain, `batch_max = {batch_max}` (one FastCGI request per batch, each outcome streamed) | {rate:.0} | {:.2} | | | | {:.1} | {:.1} MiB | {} |",
+            rate / s.ceiling,
+            med(s.rounds, |r| of(r).cpu_us_per_msg),
+            med(s.rounds, |r| of(r).peak_rss_kib as f64) / 1024.0,
+            fmt_check(checks(s.rounds, |r| of(r).check))
+        );
+    }
     let quorum = med(s.rounds, |r| r.drain_quorum.rate);
     let _ = writeln!(
         t,
