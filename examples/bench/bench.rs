@@ -308,16 +308,7 @@ impl Bench {
         self.admin_section = true;
         let plan = AgentPlan {
             label: "probe".into(),
-            pool: 1,
-            prefetch_per_worker: None,
-            sleep_ms: 0,
-            messages: 0,
-            steady: None,
-            track_in_flight: false,
-            perf: None,
-            quorum: false,
-            auto: None,
-            batch_max: 1,
+            ..AgentPlan::drain(1, 0, None)
         };
         let path = self.dir.join("probe.toml");
         if std::fs::write(&path, self.agent_toml("probe", &plan)).is_err() {

@@ -13,16 +13,12 @@ impl Bench {
         let io_pool = self.args.io_pool;
         let plan = AgentPlan {
             label: format!("io-bound pool={io_pool}"),
-            pool: io_pool,
-            prefetch_per_worker: self.args.prefetch_per_worker,
             sleep_ms: self.args.io_sleep_ms,
-            messages: self.args.io_messages,
-            steady: None,
-            track_in_flight: false,
-            perf: None,
-            quorum: false,
-            auto: None,
-            batch_max: 1,
+            ..AgentPlan::drain(
+                io_pool,
+                self.args.io_messages,
+                self.args.prefetch_per_worker,
+            )
         };
         let agent = self.agent_run(&plan).await?;
         let direct = self
@@ -63,16 +59,12 @@ impl Bench {
             );
             let plan = AgentPlan {
                 label: "perf drain".into(),
-                pool: self.args.pool,
-                prefetch_per_worker: self.args.prefetch_per_worker,
-                sleep_ms: 0,
-                messages: self.args.messages,
-                steady: None,
-                track_in_flight: false,
                 perf: Some(perf),
-                quorum: false,
-                auto: None,
-                batch_max: 1,
+                ..AgentPlan::drain(
+                    self.args.pool,
+                    self.args.messages,
+                    self.args.prefetch_per_worker,
+                )
             };
             let r = self.agent_run(&plan).await?;
             eprintln!("[perf] drain under perf: {:.0} msg/s", r.rate);
@@ -254,16 +246,13 @@ impl Bench {
         // The I/O-bound setup (pool, handler sleep), with a window of about `rss_in_flight`.
         let plan = AgentPlan {
             label: "rss".into(),
-            pool: io_pool,
-            prefetch_per_worker: Some(u16::try_from(per_worker).unwrap_or(u16::MAX)),
             sleep_ms: self.args.io_sleep_ms,
-            messages: self.args.rss_messages,
-            steady: None,
             track_in_flight: true,
-            perf: None,
-            quorum: false,
-            auto: None,
-            batch_max: 1,
+            ..AgentPlan::drain(
+                io_pool,
+                self.args.rss_messages,
+                Some(u16::try_from(per_worker).unwrap_or(u16::MAX)),
+            )
         };
         round.rss = self.agent_run(&plan).await?;
         eprintln!(

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::{Summary, checks, fmt_check, med, ms};
 use crate::args::Args;
 use crate::records::Check;
+use crate::results::{AgentResult, Round};
 
 /// The whole table, header included; rows 3c/3d and 5 only when they ran.
 pub fn results(args: &Args, s: &Summary) -> String {
@@ -54,42 +55,35 @@ fn ceiling_unbuffered(t: &mut String, s: &Summary) {
     );
 }
 
-/// Row 2.
+/// Rows 2, 2b and 2q.
 fn drain(t: &mut String, args: &Args, s: &Summary) {
-    let (pool, drain, drain_cpu) = (s.pool, s.drain, s.drain_cpu);
-    let _ = writeln!(
-        t,
-        "| 2. Agent drain: {} msgs backlog, pool {pool}+{pool} | {drain:.0} | {:.2} | | | | {drain_cpu:.1} | {:.1} MiB | {} |",
-        args.messages,
-        drain / s.ceiling,
-        s.mib(|r| r.drain.peak_rss_kib),
-        fmt_check(checks(s.rounds, |r| r.drain.check))
+    let pool = s.pool;
+    let label = format!(
+        "2. Agent drain: {} msgs backlog, pool {pool}+{pool}",
+        args.messages
     );
+    drain_row(t, s, &label, |r| &r.drain);
+    // Every round ran one drain per `--batches` value, in that order.
     for (i, batch_max) in args.batches.iter().enumerate() {
-        let of = |r: &crate::results::Round| {
-            r.drain_batches
-                .get(i)
-                .map(|(_, a)| a.clone())
-                .unwrap_or_default()
-        };
-        let rate = med(s.rounds, |r| of(r).rate);
-        let _ = writeln!(
-            t,
-            "| 2b. The same drain, `batch_max = {batch_max}` (one FastCGI request per batch, each outcome streamed) | {rate:.0} | {:.2} | | | | {:.1} | {:.1} MiB | {} |",
-            rate / s.ceiling,
-            med(s.rounds, |r| of(r).cpu_us_per_msg),
-            med(s.rounds, |r| of(r).peak_rss_kib as f64) / 1024.0,
-            fmt_check(checks(s.rounds, |r| of(r).check))
+        let label = format!(
+            "2b. The same drain, `batch_max = {batch_max}` (one FastCGI request per batch, each outcome streamed)"
         );
+        drain_row(t, s, &label, |r| &r.drain_batches[i].1);
     }
-    let quorum = med(s.rounds, |r| r.drain_quorum.rate);
+    let label = "2q. The same drain on quorum queues (local node, one replica)";
+    drain_row(t, s, label, |r| &r.drain_quorum);
+}
+
+/// One drain row: medians over the rounds of the run `run` picks from each round.
+fn drain_row(t: &mut String, s: &Summary, label: &str, run: impl Fn(&Round) -> &AgentResult) {
+    let rate = med(s.rounds, |r| run(r).rate);
     let _ = writeln!(
         t,
-        "| 2q. The same drain on quorum queues (local node, one replica) | {quorum:.0} | {:.2} | | | | {:.1} | {:.1} MiB | {} |",
-        quorum / s.ceiling,
-        med(s.rounds, |r| r.drain_quorum.cpu_us_per_msg),
-        s.mib(|r| r.drain_quorum.peak_rss_kib),
-        fmt_check(checks(s.rounds, |r| r.drain_quorum.check))
+        "| {label} | {rate:.0} | {:.2} | | | | {:.1} | {:.1} MiB | {} |",
+        rate / s.ceiling,
+        med(s.rounds, |r| run(r).cpu_us_per_msg),
+        med(s.rounds, |r| run(r).peak_rss_kib as f64) / 1024.0,
+        fmt_check(checks(s.rounds, |r| run(r).check))
     );
 }
 
