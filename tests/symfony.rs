@@ -1,7 +1,9 @@
 //! End to end with a real Symfony app (tests/apps/symfony: FrameworkBundle, Messenger's AMQP
 //! transport, the bundle, prod environment): the app's own bus publishes (events inside a
 //! current trace context, commands with a TraceparentStamp), the agent consumes and php-fpm
-//! serves the bundle's /_agent/messages route, which dispatches on the same bus.
+//! serves the bundle's /_agent/messages route, which dispatches on the same bus. The app loads
+//! the bundle's recipe (php/symfony-bundle/recipe/config) as shipped; every handled record also
+//! shows the publisher's stamps as the transport serializer decoded them.
 
 mod common;
 
@@ -20,6 +22,23 @@ async fn messenger_published_events_and_commands_reach_their_handlers_once_in_ba
         "recover-once",
         "unrecoverable",
         Some("batch_max = 10\nbatch_wait = \"200ms\"\n"),
+    )
+    .await;
+}
+
+/// The same with the app's transports on the Symfony Serializer (JSON body, `type` and
+/// `X-Message-Stamp-*` headers) instead of PhpSerializer: the recipe's
+/// `amqp_agent.transport_serializer` set to `messenger.transport.symfony_serializer`, so the
+/// real AmqpSender publishes JSON and the bundle decodes with the same serializer. The bundle's
+/// MessageIdStamp and TraceparentStamp come back from their stamp headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messenger_published_json_events_and_commands_reach_their_handlers_once() {
+    common::apps::hundred_of_each_with(
+        "symfony",
+        "recover-once",
+        "unrecoverable",
+        None,
+        &[("APP_MESSENGER_SERIALIZER", "json")],
     )
     .await;
 }

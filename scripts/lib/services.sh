@@ -46,7 +46,7 @@ ensure_php_frameworks() {
   local missing=() pkg
   for pkg in php-cli php-fpm php-amqp phpunit php-symfony-messenger php-symfony-amqp-messenger \
              php-symfony-framework-bundle php-symfony-serializer php-symfony-property-access \
-             php-laravel-framework; do
+             php-symfony-property-info php-symfony-yaml php-laravel-framework; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then

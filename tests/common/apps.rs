@@ -41,8 +41,9 @@ pub fn config(ctx: &TestCtx, script: &Path) -> Arc<Config> {
     Arc::new(Config::from_toml(&ctx_toml, Path::new("test.toml"), |_| None).expect("valid config"))
 }
 
-/// Runs `php <script> <args>` with the test's queues in the environment; panics on failure.
-pub fn php(script: &Path, ctx: &TestCtx, args: &[&str]) -> String {
+/// Runs `php <script> <args>` with the test's queues and `app_env` in the environment; panics on
+/// failure.
+pub fn php(script: &Path, ctx: &TestCtx, args: &[&str], app_env: &[(&str, &str)]) -> String {
     let out = Command::new("php")
         .arg(script)
         .args(args)
@@ -50,6 +51,7 @@ pub fn php(script: &Path, ctx: &TestCtx, args: &[&str]) -> String {
         .env("AGENT_EVENT_QUEUE", ctx.queue("event"))
         .env("AGENT_COMMAND_QUEUE", ctx.queue("command"))
         .env("RECORD_DIR", fpm().dir.join("records"))
+        .envs(app_env.iter().copied())
         .output()
         .expect("php CLI");
     assert!(
@@ -60,6 +62,32 @@ pub fn php(script: &Path, ctx: &TestCtx, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The front controller php-fpm serves for this test: the app's `public/index.php`, or with
+/// `app_env`, a script that sets those variables and requires it: what they would do in the pool's
+/// environment, which the tests of a binary share.
+pub fn front_controller(app: &Path, ctx: &TestCtx, app_env: &[(&str, &str)]) -> PathBuf {
+    let index = app.join("public/index.php");
+    if app_env.is_empty() {
+        return index;
+    }
+    let mut php = String::from(
+        "<?php\n// Written by tests/common/apps.rs: the pool's environment, for this test only.\n",
+    );
+    for (name, value) in app_env {
+        assert!(
+            (name.chars().chain(value.chars())).all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "plain names and values only: {name}={value}"
+        );
+        php.push_str(&format!(
+            "$_SERVER['{name}'] = '{value}';\nputenv('{name}={value}');\n"
+        ));
+    }
+    php.push_str("require __DIR__ . '/index.php';\n");
+    let script = app.join(format!("public/index-{}.php", ctx.id));
+    std::fs::write(&script, php).unwrap();
+    script
 }
 
 /// The handlers' records of app `app` for this test (complete lines only).
@@ -105,13 +133,28 @@ pub async fn hundred_of_each(
     fail_always: &str,
     event_batches: Option<&str>,
 ) {
+    hundred_of_each_with(name, fail_once, fail_always, event_batches, &[]).await;
+}
+
+/// [`hundred_of_each`] with `app_env` in the environment of the publisher and of the app php-fpm
+/// serves (e.g. the Symfony app's `APP_MESSENGER_SERIALIZER`). For the Symfony app, each handled
+/// record must also show the publisher's stamps as the transport serializer decoded them: the
+/// `MessageIdStamp` is the agent's message id, the `TraceparentStamp` the one set at dispatch.
+pub async fn hundred_of_each_with(
+    name: &str,
+    fail_once: &str,
+    fail_always: &str,
+    event_batches: Option<&str>,
+    app_env: &[(&str, &str)],
+) {
     const WAIT: Duration = Duration::from_secs(90);
     let mut ctx = TestCtx::new(name).await;
     if let Some(lines) = event_batches {
         ctx.event_extra = lines.to_owned();
     }
     let app = app_dir(name);
-    let agent = amqp_agent::agent::Agent::start(config(&ctx, &app.join("public/index.php")))
+    let script = front_controller(&app, &ctx, app_env);
+    let agent = amqp_agent::agent::Agent::start(config(&ctx, &script))
         .await
         .unwrap();
     agent.wait_consuming(WAIT).await.unwrap(); // the agent declares the queues
@@ -124,6 +167,7 @@ pub async fn hundred_of_each(
         &app.join("bin/publish.php"),
         &ctx,
         &[&ctx.id, "100", "100", &e7, &c7, &c13],
+        app_env,
     );
     assert!(
         out.contains("published 100 events and 100 commands"),
@@ -156,6 +200,20 @@ pub async fn hundred_of_each(
         // span: the same trace id.
         let tp = recs[0]["traceparent"].as_str().unwrap_or_default();
         assert_eq!(tp.get(3..35), Some(trace_id_of(id).as_str()), "{id}: {tp}");
+        if name == "symfony" {
+            let agent_id = recs[0]["agent_id"].as_str().unwrap_or_default();
+            assert!(!agent_id.is_empty(), "{id}: {:?}", recs[0]);
+            assert_eq!(
+                recs[0]["stamp_id"], agent_id,
+                "{id}: MessageIdStamp decoded"
+            );
+            let stamped = recs[0]["stamp_traceparent"].as_str().unwrap_or_default();
+            assert_eq!(
+                stamped.get(3..35),
+                Some(trace_id_of(id).as_str()),
+                "{id}: TraceparentStamp decoded: {stamped}"
+            );
+        }
     }
     let mut failed: Vec<&str> = records
         .iter()
