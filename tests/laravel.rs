@@ -1,6 +1,8 @@
 //! End to end with a real Laravel app (tests/apps/laravel: Bus, the sync queue, the package's
 //! provider): the package's Publisher sends Laravel job payloads, the agent consumes and php-fpm
 //! serves the package's /_agent/messages route, which runs each job with Bus::dispatchSync.
+//! The commands (`ShipOrder`) are `ShouldBeEncrypted`: published encrypted with the app's
+//! APP_KEY and decrypted by the route; the events stay plain.
 
 mod common;
 

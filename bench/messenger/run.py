@@ -75,6 +75,14 @@ class Bench:
         shutil.copytree(os.path.join(ROOT, "php"), os.path.join(self.dir, "php"))
         self.app = os.path.join(self.dir, "tests", "apps", "symfony")
         shutil.copytree(os.path.join(ROOT, "tests", "apps", "symfony"), self.app)
+        # Variant index-debug: the same front controller with the kernel in debug mode, which
+        # checks every cached resource's freshness on each boot (what `debug = false` and
+        # `cache:warmup` at deploy spare an app: "a cached container").
+        with open(os.path.join(self.app, "public", "index.php")) as f:
+            index = f.read()
+        assert "new Kernel('prod', false)" in index, "public/index.php no longer builds Kernel('prod', false)"
+        with open(os.path.join(self.app, "public", "index-debug.php"), "w") as f:
+            f.write(index.replace("new Kernel('prod', false)", "new Kernel('prod', true)"))
         self.records = os.path.join(self.dir, "records")
         os.mkdir(self.records)
         self.run_no = 0
@@ -389,8 +397,9 @@ def main():
     ap.add_argument("--pools", default="1,2,4", help="agent pool sizes per subject (FPM children = 2 × pool)")
     ap.add_argument(
         "--variants",
-        default="index,agent,index-preload,agent-preload,index-noopcache",
-        help="agent-path variants at the best pool: front controller (index | agent), -preload, -noopcache",
+        default="index,agent,index-preload,agent-preload,index-debug,index-noopcache",
+        help="agent-path variants at the best pool: front controller (index | agent), -preload, -noopcache, "
+        "-debug (kernel debug = true: no trusted cached container)",
     )
     ap.add_argument(
         "--batches",
@@ -450,7 +459,7 @@ def main():
         log(f"variants at pool {best_pool}+{best_pool}")
         for rnd in range(args.rounds):
             for v in [x for x in args.variants.split(",") if x and x != "index"]:
-                script = "agent.php" if v.startswith("agent") else "index.php"
+                script = "agent.php" if v.startswith("agent") else "index-debug.php" if "debug" in v else "index.php"
                 record(b.agent(best_pool, script, opcache="noopcache" not in v, preload="preload" in v))
     finally:
         print("\n| Run | msg/s | machine CPU µs/msg (busy) | consumers | php-fpm | RabbitMQ | these processes | load avg | lost/dup/left |")

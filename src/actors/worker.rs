@@ -301,7 +301,7 @@ pub(super) fn admitted(
             warn!(
                 count,
                 "Messages without message_id (count since the last such line, at most one a minute): \
-                 the agent generates ids; set the AMQP message_id when publishing (README: Message ids)"
+                 the agent generates ids; set the AMQP message_id when publishing (see docs/php-frameworks.md#message-ids)"
             );
         }
     }

@@ -9,6 +9,7 @@ use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\Signature;
 use AmqpAgent\Receiver\TraceContext;
 use Illuminate\Contracts\Container\Container as Application;
+use Illuminate\Contracts\Encryption\Encrypter;
 use Illuminate\Support\ServiceProvider;
 
 /** Registers the receiver, the trace context, the publisher and the /_agent/messages route. */
@@ -40,6 +41,7 @@ final class AgentServiceProvider extends ServiceProvider
             $app->make(Transport::class),
             $app->make(TraceContext::class),
             $app['config']->get('amqp-agent.queues', []),
+            static fn (): ?Encrypter => $app->bound(Encrypter::class) ? $app->make(Encrypter::class) : null,
         ));
     }
 

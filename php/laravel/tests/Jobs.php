@@ -8,6 +8,7 @@ use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\RetryLater;
 use AmqpAgent\Receiver\TraceContext;
 use Illuminate\Bus\Queueable;
+use Illuminate\Contracts\Queue\ShouldBeEncrypted;
 use Illuminate\Contracts\Queue\ShouldQueue;
 use Illuminate\Queue\InteractsWithQueue;
 
@@ -35,6 +36,40 @@ final class PlaceOrder implements ShouldQueue
             default => null,
         };
         Recorded::$handled[] = [$this->orderId, $trace->traceparent()];
+    }
+}
+
+/** A job whose payload Laravel encrypts (ShouldBeEncrypted): its card number must not travel in plaintext. */
+final class PlaceSecretOrder implements ShouldQueue, ShouldBeEncrypted
+{
+    use InteractsWithQueue;
+    use Queueable;
+
+    public function __construct(public string $orderId, public string $cardNumber)
+    {
+    }
+
+    public function handle(TraceContext $trace): void
+    {
+        Recorded::$handled[] = [$this->orderId . ':' . $this->cardNumber, $trace->traceparent()];
+    }
+}
+
+/** Encrypted by its $shouldBeEncrypted property instead of the interface (Queue::jobShouldBeEncrypted()). */
+final class PlaceFlaggedOrder implements ShouldQueue
+{
+    use InteractsWithQueue;
+    use Queueable;
+
+    public bool $shouldBeEncrypted = true;
+
+    public function __construct(public string $orderId)
+    {
+    }
+
+    public function handle(): void
+    {
+        Recorded::$handled[] = [$this->orderId, null];
     }
 }
 

@@ -6,6 +6,7 @@ namespace AmqpAgent\Laravel\Tests;
 
 use AmqpAgent\Laravel\Http\MessageController;
 use Illuminate\Http\Request;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 
 final class MessageControllerTest extends TestCase
@@ -40,6 +41,7 @@ final class MessageControllerTest extends TestCase
     }
 
     /** @dataProvider outcomes */
+    #[DataProvider('outcomes')]
     public function testExceptionMapping(string $behave, int $status, ?string $retryAfter): void
     {
         [$server, $body] = TestApp::request(new PlaceOrder('o-2', $behave));
@@ -49,7 +51,7 @@ final class MessageControllerTest extends TestCase
         self::assertSame([], Recorded::$handled);
     }
 
-    public function outcomes(): array
+    public static function outcomes(): array
     {
         return [
             'PermanentFailure → 422' => ['permanent', 422, null],

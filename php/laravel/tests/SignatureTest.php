@@ -7,12 +7,14 @@ namespace AmqpAgent\Laravel\Tests;
 use AmqpAgent\Receiver\Signature;
 use AmqpAgent\Receiver\SignatureCheck;
 use AmqpAgent\Receiver\Tests\Vectors;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 
 /** The provider's Signature, configured as an app would, against the shared known-answer vectors. */
 final class SignatureTest extends TestCase
 {
     /** @dataProvider vectors */
+    #[DataProvider('vectors')]
     public function testTheConfiguredSignatureVerifiesTheAgentsVectors(array $case): void
     {
         $app = TestApp::make(['signing_secrets' => implode(',', $case['secrets'])]);
@@ -31,7 +33,7 @@ final class SignatureTest extends TestCase
         self::assertSame(SignatureCheck::Valid, $allowing->check($server, $body, $case['t']));
     }
 
-    public function vectors(): array
+    public static function vectors(): array
     {
         return Vectors::cases();
     }

@@ -38,7 +38,12 @@ final class TestApp
     /** @return array{0: array<string, string>, 1: string} the agent's request for a published job */
     public static function request(object $job, string $id = 'job-1', ?string $traceparent = null): array
     {
-        $body = Publisher::payload($job, $id);
+        return self::signed(Publisher::payload($job, $id), $id, $traceparent);
+    }
+
+    /** @return array{0: array<string, string>, 1: string} the agent's request for a message body */
+    public static function signed(string $body, string $id, ?string $traceparent = null): array
+    {
         $server = [
             'REQUEST_METHOD' => 'POST',
             'CONTENT_TYPE' => 'application/json',

@@ -12,6 +12,7 @@ use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\RetryLater;
 use AmqpAgent\Receiver\Signature;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 
 final class BatchTest extends TestCase
@@ -125,6 +126,7 @@ final class BatchTest extends TestCase
     }
 
     /** @dataProvider malformed */
+    #[DataProvider('malformed')]
     public function testAMalformedBatchIsRefusedWholeAndNothingRuns(callable $spoil): void
     {
         [$server, $body] = BatchFixture::request([['id' => 'a', 'body' => 'one'], ['id' => 'b', 'body' => 'two']]);
@@ -140,7 +142,7 @@ final class BatchTest extends TestCase
         self::assertSame([], $this->written, 'no head, no line: the agent judges the batch by the 400');
     }
 
-    public function malformed(): array
+    public static function malformed(): array
     {
         $cut = static fn (int $n) => static fn (array $s, string $b) => [$s, substr($b, 0, $n)];
 

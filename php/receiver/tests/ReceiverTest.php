@@ -9,6 +9,7 @@ use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\RetryLater;
 use AmqpAgent\Receiver\Signature;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 
 final class ReceiverTest extends TestCase
@@ -31,6 +32,7 @@ final class ReceiverTest extends TestCase
     }
 
     /** @dataProvider outcomes */
+    #[DataProvider('outcomes')]
     public function testExceptionMapping(\Throwable $thrown, int $status, ?string $retryAfter): void
     {
         [$server, $body, $t] = $this->request();
@@ -43,7 +45,7 @@ final class ReceiverTest extends TestCase
         self::assertCount(1, $this->logged);
     }
 
-    public function outcomes(): array
+    public static function outcomes(): array
     {
         return [
             'permanent → 422' => [new PermanentFailure('bad input'), 422, null],

@@ -7,6 +7,7 @@ namespace AmqpAgent\Receiver\Tests;
 use AmqpAgent\Receiver\Signature;
 use AmqpAgent\Receiver\SignatureCheck;
 use AmqpAgent\Receiver\SignedFields;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 
 final class SignatureTest extends TestCase
@@ -17,6 +18,7 @@ final class SignatureTest extends TestCase
     }
 
     /** @dataProvider vectors */
+    #[DataProvider('vectors')]
     public function testWeComputeTheAgentsExactHeader(array $case): void
     {
         $server = Vectors::server($case);
@@ -25,6 +27,7 @@ final class SignatureTest extends TestCase
     }
 
     /** @dataProvider vectors */
+    #[DataProvider('vectors')]
     public function testEachSecretAloneVerifiesV2(array $case): void
     {
         foreach ($case['secrets'] as $secret) {
@@ -34,6 +37,7 @@ final class SignatureTest extends TestCase
     }
 
     /** @dataProvider vectors */
+    #[DataProvider('vectors')]
     public function testV2OnlyHeaderVerifiesAndV1OnlyNeedsAllowV1(array $case): void
     {
         [$t, $v1, $v2] = self::split($case['signature']);
@@ -50,6 +54,7 @@ final class SignatureTest extends TestCase
     }
 
     /** @dataProvider vectors */
+    #[DataProvider('vectors')]
     public function testEverySignedFieldMatters(array $case): void
     {
         $signature = new Signature($case['secrets']);
@@ -129,7 +134,7 @@ final class SignatureTest extends TestCase
         self::assertSame(SignatureCheck::Stale, $signature->check($server, Vectors::body($case), $case['t'] + 11));
     }
 
-    public function vectors(): array
+    public static function vectors(): array
     {
         return Vectors::cases();
     }

@@ -267,3 +267,78 @@ fn the_known_answer_batch_is_unchanged() {
     }
     assert_eq!(std::fs::read(&path).unwrap(), body, "{}", path.display());
 }
+
+/// `ENTRY_FIELDS` is a list kept beside `contract::RequestTemplate::params`: a per-message param
+/// added there and not here would reach PHP with the first entry's value for every entry. Two
+/// messages that differ in every property show which params are per message.
+#[test]
+fn entry_fields_are_exactly_the_params_that_differ_between_messages() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let template = RequestTemplate::new(&config(), "event");
+    let headers = |count: i64, tag: &str| {
+        let mut h = FieldTable::default();
+        h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(count));
+        h.insert("tag".into(), AMQPValue::LongString(tag.into()));
+        h
+    };
+    let (ha, hb) = (headers(1, "a"), headers(2, "b"));
+    // A struct literal on purpose: a new Envelope field does not compile here until it is
+    // given two different values.
+    let a = Envelope {
+        subject: "event",
+        message_id: "m-a".into(),
+        message_id_generated: false,
+        attempt: 1,
+        redelivered: false,
+        routing_key: "user.created",
+        exchange: "events",
+        content_type: Some("application/json"),
+        kind: Some("user.created"),
+        correlation_id: Some("c-a"),
+        timestamp: Some(1_700_000_000),
+        headers: Some(&ha),
+    };
+    let b = Envelope {
+        subject: "event",
+        message_id: "m-b".into(),
+        message_id_generated: true,
+        attempt: 2,
+        redelivered: true,
+        routing_key: "user.deleted",
+        exchange: "other",
+        content_type: Some("text/plain"),
+        kind: Some("user.deleted"),
+        correlation_id: Some("c-b"),
+        timestamp: Some(1_700_000_001),
+        headers: Some(&hb),
+    };
+    let tp_a = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let tp_b = "00-1af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01";
+    let pa = template
+        .params(&a, b"body a", (Some(tp_a), Some("k=a")), NOW)
+        .unwrap();
+    let pb = template
+        .params(&b, b"body bb", (Some(tp_b), Some("k=b")), NOW)
+        .unwrap();
+    let map = |p: &[(&'static str, std::borrow::Cow<'_, str>)]| -> BTreeMap<&'static str, String> {
+        p.iter().map(|(k, v)| (*k, v.to_string())).collect()
+    };
+    let (ma, mb) = (map(&pa), map(&pb));
+    // The batch request sets its own body framing: CONTENT_TYPE and CONTENT_LENGTH are the
+    // request's (the message's content type travels per entry as HTTP_X_AGENT_CONTENT_TYPE).
+    let request_level = ["CONTENT_TYPE", "CONTENT_LENGTH"];
+    let differing: Vec<&str> = ma
+        .keys()
+        .chain(mb.keys())
+        .copied()
+        .filter(|k| ma.get(k) != mb.get(k) && !request_level.contains(k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut listed = ENTRY_FIELDS.to_vec();
+    listed.sort_unstable();
+    assert_eq!(
+        differing, listed,
+        "ENTRY_FIELDS must name exactly the per-message params"
+    );
+}
