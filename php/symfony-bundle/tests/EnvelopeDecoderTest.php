@@ -6,6 +6,7 @@ namespace AmqpAgent\SymfonyBundle\Tests;
 
 use AmqpAgent\Receiver\Message;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\Messenger\Envelope;
 use Symfony\Component\Messenger\Exception\MessageDecodingFailedException;
@@ -18,6 +19,7 @@ use Symfony\Component\Messenger\Transport\Serialization\SerializerInterface;
 final class EnvelopeDecoderTest extends TestCase
 {
     /** @dataProvider serializers */
+    #[DataProvider('serializers')]
     public function testDecodesWhatTheAmqpTransportPublished(SerializerInterface $serializer): void
     {
         $sent = new Envelope(new OrderPlaced('o-1', 42, "quote ' and \\ and \"é\""), [new BusNameStamp('messenger.bus.default')]);
@@ -29,7 +31,7 @@ final class EnvelopeDecoderTest extends TestCase
         self::assertSame('messenger.bus.default', $envelope->last(BusNameStamp::class)?->getBusName());
     }
 
-    public function serializers(): array
+    public static function serializers(): array
     {
         return [
             'PhpSerializer (the default)' => [new PhpSerializer()],

@@ -7,6 +7,7 @@ namespace AmqpAgent\SymfonyBundle\Tests;
 use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\RetryLater;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\Messenger\Envelope;
 use Symfony\Component\Messenger\Exception\DelayedMessageHandlingException;
@@ -18,6 +19,7 @@ use Symfony\Component\Messenger\Exception\UnrecoverableMessageHandlingException;
 final class ExceptionMapperTest extends TestCase
 {
     /** @dataProvider cases */
+    #[DataProvider('cases')]
     public function testMapping(\Throwable $e, int $status, ?string $retryAfter): void
     {
         $response = (new ExceptionMapper())->map($e);
@@ -25,7 +27,7 @@ final class ExceptionMapperTest extends TestCase
         self::assertSame($retryAfter, $response->headers['Retry-After'] ?? null);
     }
 
-    public function cases(): array
+    public static function cases(): array
     {
         $failed = static fn (\Throwable ...$e) => new HandlerFailedException(new Envelope(new OrderPlaced()), $e);
         $recoverable = new RecoverableMessageHandlingException('busy');

@@ -8,6 +8,7 @@ use AmqpAgent\Receiver\SignatureCheck;
 use AmqpAgent\Receiver\Tests\Vectors;
 use AmqpAgent\SymfonyBundle\DependencyInjection\Configuration;
 use AmqpAgent\SymfonyBundle\DependencyInjection\SignatureFactory;
+use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\Config\Definition\Processor;
 
@@ -24,6 +25,7 @@ final class SignatureTest extends TestCase
     }
 
     /** @dataProvider vectors */
+    #[DataProvider('vectors')]
     public function testTheConfiguredSignatureVerifiesTheAgentsVectors(array $case): void
     {
         $config = (new Processor())->processConfiguration(new Configuration(), [['signing_secrets' => implode(',', $case['secrets'])]]);
@@ -39,7 +41,7 @@ final class SignatureTest extends TestCase
         self::assertSame(SignatureCheck::Valid, SignatureFactory::create($config['signing_secrets'], 300, true)->check($server, $body, $case['t']));
     }
 
-    public function vectors(): array
+    public static function vectors(): array
     {
         return Vectors::cases();
     }
