@@ -38,7 +38,24 @@ async fn messenger_published_json_events_and_commands_reach_their_handlers_once(
         "recover-once",
         "unrecoverable",
         None,
+        "index.php",
         &[("APP_MESSENGER_SERIALIZER", "json")],
+    )
+    .await;
+}
+
+/// The same through the slim front controller `public/agent.php` (the bundle README's
+/// "Throughput" section: the cached kernel and the bundle's controller, no HttpKernel), with the
+/// events in batches of up to 10, as the README's snippet serves both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slim_front_controller_serves_single_messages_and_batches() {
+    common::apps::hundred_of_each_with(
+        "symfony",
+        "recover-once",
+        "unrecoverable",
+        Some("batch_max = 10\nbatch_wait = \"200ms\"\n"),
+        "agent.php",
+        &[],
     )
     .await;
 }

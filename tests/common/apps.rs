@@ -64,11 +64,16 @@ pub fn php(script: &Path, ctx: &TestCtx, args: &[&str], app_env: &[(&str, &str)]
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The front controller php-fpm serves for this test: the app's `public/index.php`, or with
+/// The front controller php-fpm serves for this test: the app's `public/<front>`, or with
 /// `app_env`, a script that sets those variables and requires it: what they would do in the pool's
 /// environment, which the tests of a binary share.
-pub fn front_controller(app: &Path, ctx: &TestCtx, app_env: &[(&str, &str)]) -> PathBuf {
-    let index = app.join("public/index.php");
+pub fn front_controller(
+    app: &Path,
+    ctx: &TestCtx,
+    front: &str,
+    app_env: &[(&str, &str)],
+) -> PathBuf {
+    let index = app.join("public").join(front);
     if app_env.is_empty() {
         return index;
     }
@@ -84,7 +89,7 @@ pub fn front_controller(app: &Path, ctx: &TestCtx, app_env: &[(&str, &str)]) -> 
             "$_SERVER['{name}'] = '{value}';\nputenv('{name}={value}');\n"
         ));
     }
-    php.push_str("require __DIR__ . '/index.php';\n");
+    php.push_str(&format!("require __DIR__ . '/{front}';\n"));
     let script = app.join(format!("public/index-{}.php", ctx.id));
     std::fs::write(&script, php).unwrap();
     script
@@ -133,10 +138,19 @@ pub async fn hundred_of_each(
     fail_always: &str,
     event_batches: Option<&str>,
 ) {
-    hundred_of_each_with(name, fail_once, fail_always, event_batches, &[]).await;
+    hundred_of_each_with(
+        name,
+        fail_once,
+        fail_always,
+        event_batches,
+        "index.php",
+        &[],
+    )
+    .await;
 }
 
-/// [`hundred_of_each`] with `app_env` in the environment of the publisher and of the app php-fpm
+/// [`hundred_of_each`] through the app's `public/<front>` (`index.php`, or the Symfony app's slim
+/// `agent.php`), with `app_env` in the environment of the publisher and of the app php-fpm
 /// serves (e.g. the Symfony app's `APP_MESSENGER_SERIALIZER`). For the Symfony app, each handled
 /// record must also show the publisher's stamps as the transport serializer decoded them: the
 /// `MessageIdStamp` is the agent's message id, the `TraceparentStamp` the one set at dispatch.
@@ -145,6 +159,7 @@ pub async fn hundred_of_each_with(
     fail_once: &str,
     fail_always: &str,
     event_batches: Option<&str>,
+    front: &str,
     app_env: &[(&str, &str)],
 ) {
     const WAIT: Duration = Duration::from_secs(90);
@@ -153,7 +168,7 @@ pub async fn hundred_of_each_with(
         ctx.event_extra = lines.to_owned();
     }
     let app = app_dir(name);
-    let script = front_controller(&app, &ctx, app_env);
+    let script = front_controller(&app, &ctx, front, app_env);
     let agent = amqp_agent::agent::Agent::start(config(&ctx, &script))
         .await
         .unwrap();

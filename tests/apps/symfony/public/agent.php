@@ -5,9 +5,11 @@
 // The same bus, middleware and handlers as public/index.php; bench/RESULTS.md measures the gain.
 // What it gives up: no kernel.request/response/terminate listeners run (no Request object), so an
 // app that relies on them for the agent's requests (e.g. work deferred to kernel.terminate) keeps
-// public/index.php.
+// public/index.php. php/symfony-bundle/README.md ("Throughput") shows the same file;
+// tests/symfony.rs serves single messages and batches through it.
 declare(strict_types=1);
 
+use AmqpAgent\Receiver\Batch;
 use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use App\Kernel;
 
@@ -16,4 +18,9 @@ require __DIR__ . '/../autoload.php';
 $kernel = new Kernel('prod', false);
 $kernel->boot();
 $controller = $kernel->getContainer()->get(MessageController::class);
-$controller->handle($_SERVER, (string) file_get_contents('php://input'))->send();
+$body = (string) file_get_contents('php://input');
+if (Batch::isBatch($_SERVER)) {
+    $controller->batch($_SERVER, $body)->send();
+} else {
+    $controller->handle($_SERVER, $body)->send();
+}
