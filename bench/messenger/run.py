@@ -420,7 +420,8 @@ def main():
     b.php(os.path.join(b.app, "bin", "console"), "cache:warmup", env=b.env("warmup"))
     results = []
 
-    def record(r):
+    def record(r, rnd, group, side, batch=1):
+        r.update(round=rnd, group=group, side=side, batch=batch)
         results.append(r)
         log(
             f"{r['label']}: {r['rate']:.0f} msg/s, machine {r['machine']:.0f} µs/msg "
@@ -434,18 +435,18 @@ def main():
             log(f"round {rnd + 1}")
             if args.trivial or args.only_trivial:
                 for w in [int(x) for x in args.workers.split(",")]:
-                    record(b.messenger(w, trivial=True))
+                    record(b.messenger(w, trivial=True), rnd, "trivial", "peer")
                 for p in [int(x) for x in args.pools.split(",")]:
                     for batch in [int(x) for x in args.batches.split(",")]:
-                        record(b.agent(p, os.path.join(HERE, "trivial-front.php"), batch=batch))
+                        record(b.agent(p, os.path.join(HERE, "trivial-front.php"), batch=batch), rnd, "trivial", "agent", batch)
             if args.only_trivial:
                 continue
             if not args.skip_peer:
                 for w in [int(x) for x in args.workers.split(",")]:
-                    record(b.messenger(w))
+                    record(b.messenger(w), rnd, "kernel", "peer")
             for p in [int(x) for x in args.pools.split(",")]:
                 for batch in [int(x) for x in args.batches.split(",")]:
-                    record(b.agent(p, batch=batch))
+                    record(b.agent(p, batch=batch), rnd, "kernel", "agent", batch)
         if args.only_trivial:
             return
         best_pool = max(
@@ -460,7 +461,7 @@ def main():
         for rnd in range(args.rounds):
             for v in [x for x in args.variants.split(",") if x and x != "index"]:
                 script = "agent.php" if v.startswith("agent") else "index-debug.php" if "debug" in v else "index.php"
-                record(b.agent(best_pool, script, opcache="noopcache" not in v, preload="preload" in v))
+                record(b.agent(best_pool, script, opcache="noopcache" not in v, preload="preload" in v), rnd, "kernel", f"variant {v}")
     finally:
         print("\n| Run | msg/s | machine CPU µs/msg (busy) | consumers | php-fpm | RabbitMQ | these processes | load avg | lost/dup/left |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -470,8 +471,38 @@ def main():
                 f"{r['consumer']:.0f} | {r['fpm']:.0f} | {r['rabbit']:.0f} | {r['consumer'] + r['fpm'] + r['rabbit']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | "
                 f"{r['lost']}/{r['dup']}/{r['left']} |"
             )
+        summary(results)
         if not args.keep:
             shutil.rmtree(b.dir, ignore_errors=True)
+    bad = [r["label"] for r in results if r["lost"] or r["dup"] or r["left"]]
+    if bad:
+        sys.exit(f"FAILED: messages lost, duplicated or left behind in: {'; '.join(bad)}")
+
+
+def summary(results):
+    """Best of each side per round and handler: the agent's rows as a share of the peer's best."""
+    rows = []
+    for group, peer_name in (("kernel", "messenger:consume"), ("trivial", "Messenger Worker")):
+        for rnd in sorted({r["round"] for r in results if r["group"] == group}):
+            mine = [r for r in results if r["group"] == group and r["round"] == rnd]
+            peers = [r for r in mine if r["side"] == "peer"]
+            if not peers:
+                continue
+            best = max(peers, key=lambda r: r["rate"])
+            rows.append((group, rnd, f"{peer_name} best: {best['label']}", best, None))
+            sides = sorted({(r["side"], r["batch"]) for r in mine if r["side"] != "peer"}, key=str)
+            for side, batch in sides:
+                cands = [r for r in mine if r["side"] == side and r["batch"] == batch]
+                top = max(cands, key=lambda r: r["rate"])
+                rows.append((group, rnd, top["label"], top, best))
+    if not rows:
+        return
+    print("\n| Handler | Round | Best of its kind | msg/s | × peer msg/s | machine CPU µs/msg | × peer CPU |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for group, rnd, label, r, peer in rows:
+        ratio = f"{r['rate'] / peer['rate']:.2f}×" if peer else "—"
+        cpu = f"{r['machine'] / peer['machine']:.2f}×" if peer else "—"
+        print(f"| {group} | {rnd + 1} | {label} | {r['rate']:.0f} | {ratio} | {r['machine']:.0f} | {cpu} |")
 
 
 if __name__ == "__main__":
