@@ -398,7 +398,9 @@ async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
                 format!("00-{}-00f067aa0ba902b7-01", trace_of(i)).into(),
             ),
         );
-        let body = serde_json::json!({"id": format!("t-{i}"), "behave": "ok"}).to_string();
+        // The last entry takes a second: the others' process spans must end before it.
+        let behave = if i == 4 { "sleep-once:1000" } else { "ok" };
+        let body = serde_json::json!({"id": format!("t-{i}"), "behave": behave}).to_string();
         let props = lapin::BasicProperties::default()
             .with_message_id(format!("t-{i}").into())
             .with_headers(headers);
@@ -456,5 +458,23 @@ async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
             .find(|s| hex::encode(&s.span_id) == parts[2])
             .expect("PHP's parent is a process span");
         assert_eq!(hex::encode(&parent.trace_id), trace_of(i));
+    }
+    // A message's process span ends with its own outcome, not with the batch: t-0..t-3 were
+    // settled as their lines arrived, a second before t-4's. (tracing-opentelemetry takes a
+    // span's end time from its last exit, which is the end of its settlement; the batch's
+    // entries live until the batch is done, so nothing may enter their spans after settling.)
+    let end_of = |i: usize| {
+        process
+            .iter()
+            .find(|s| hex::encode(&s.trace_id) == trace_of(i))
+            .map(|s| s.end_time_unix_nano)
+            .expect("a process span per message")
+    };
+    for i in 0..4 {
+        let gap_ms = end_of(4).saturating_sub(end_of(i)) / 1_000_000;
+        assert!(
+            gap_ms >= 500,
+            "t-{i}'s process span ended {gap_ms} ms before t-4's (t-4's handler slept 1000 ms)"
+        );
     }
 }
