@@ -231,10 +231,8 @@ impl Reader {
         let first = words.next().unwrap_or_default();
         let rest = words.next().unwrap_or_default();
         if first == "done" {
-            let count: usize = rest
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad trailer `{}`", quoted()))?;
+            let count =
+                decimal(rest.trim()).ok_or_else(|| format!("bad trailer `{}`", quoted()))?;
             if count != self.expected.len() {
                 return Err(format!(
                     "trailer says {count} entries, the request had {}",
@@ -250,9 +248,7 @@ impl Reader {
             self.state = State::Done;
             return Ok(());
         }
-        let index: usize = first
-            .parse()
-            .map_err(|_| format!("not an outcome line: `{}`", quoted()))?;
+        let index = decimal(first).ok_or_else(|| format!("not an outcome line: `{}`", quoted()))?;
         if !self.expected.contains(&index) {
             return Err(format!("unknown entry index {index}"));
         }
@@ -265,6 +261,15 @@ impl Reader {
         emit(index, verdict);
         Ok(())
     }
+}
+
+/// A number as PHP writes it (`%d`): ASCII digits, no sign, no leading zero. `str::parse`
+/// alone would also take `+3` and `03` for entry 3.
+fn decimal(text: &str) -> Option<usize> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// `ack`, `retry <status> <seconds|-> [reason]` or `reject <status> [reason]` as a verdict.

@@ -115,6 +115,10 @@ fn a_duplicate_or_unknown_index_is_a_protocol_error() {
         ),
         ("0 ack\n7 ack\n1 ack\n", "unknown entry index 7"),
         ("0 ack\n-1 ack\n", "not an outcome line"),
+        // Found by the batch_reply fuzz target: `str::parse` took `+1` for entry 1.
+        ("0 ack\n+1 ack\n", "not an outcome line"),
+        ("0 ack\n01 ack\n", "not an outcome line"),
+        ("0 ack\n1 ack\n2 ack\ndone +3\n", "bad trailer"),
         ("0 ack\nhello from a handler\n", "not an outcome line"),
         ("0 ack\n1 retry 422 - wrong verb\n", "not a retry status"),
         ("0 ack\n1 reject 503 wrong verb\n", "not a reject status"),
