@@ -13,10 +13,5 @@ use Symfony\Component\Messenger\Transport\Serialization\PhpSerializer;
 
 $bus = require __DIR__ . '/trivial.php';
 $controller = new MessageController(new Receiver(Signature::fromEnv($_SERVER)), new EnvelopeDecoder(new PhpSerializer()), $bus, new ExceptionMapper(), new TraceContext());
-$body = (string) file_get_contents('php://input');
-if (AmqpAgent\Receiver\Batch::isBatch($_SERVER)) {
-    // batch_max > 1 (docs/batches.md): the controller's streamed batch reply.
-    $controller->batch($_SERVER, $body)->send();
-} else {
-    $controller->handle($_SERVER, $body)->send();
-}
+// A single message's outcome, or with batch_max > 1 (docs/batches.md) the streamed batch reply.
+$controller->serve($_SERVER, (string) file_get_contents('php://input'))->send();

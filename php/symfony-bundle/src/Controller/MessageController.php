@@ -51,12 +51,18 @@ final class MessageController
 
     public function __invoke(Request $request, string $subject): Response
     {
-        $server = $request->server->all();
-        if (Batch::isBatch($server)) {
-            return $this->batch($server, $request->getContent());
-        }
+        $response = $this->serve($request->server->all(), $request->getContent());
 
-        return self::toHttp($this->handle($server, $request->getContent()));
+        return $response instanceof AgentResponse ? self::toHttp($response) : $response;
+    }
+
+    /**
+     * Any request of the agent, from the FastCGI params and the body (what a slim front
+     * controller calls): a single message's outcome, or a batch's streamed response. Both send().
+     */
+    public function serve(array $server, string $body): AgentResponse|Response
+    {
+        return Batch::isBatch($server) ? $this->batch($server, $body) : $this->handle($server, $body);
     }
 
     /** A batch request: the refusal of the whole, or the streamed outcome lines. */

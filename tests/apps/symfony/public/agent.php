@@ -9,7 +9,6 @@
 // tests/symfony.rs serves single messages and batches through it.
 declare(strict_types=1);
 
-use AmqpAgent\Receiver\Batch;
 use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use App\Kernel;
 
@@ -17,10 +16,4 @@ require __DIR__ . '/../autoload.php';
 
 $kernel = new Kernel('prod', false);
 $kernel->boot();
-$controller = $kernel->getContainer()->get(MessageController::class);
-$body = (string) file_get_contents('php://input');
-if (Batch::isBatch($_SERVER)) {
-    $controller->batch($_SERVER, $body)->send();
-} else {
-    $controller->handle($_SERVER, $body)->send();
-}
+$kernel->getContainer()->get(MessageController::class)->serve($_SERVER, (string) file_get_contents('php://input'))->send();
