@@ -54,6 +54,9 @@ pub enum BrokerError {
     /// The configuration cannot be used to connect (TLS files, URL).
     #[error("{0}")]
     Config(String),
+    /// A copy's content header would not fit one frame (it was not sent).
+    #[error("{0}")]
+    CopyTooLarge(String),
     /// A node did not answer a connection attempt in time.
     #[error("{0}")]
     Timeout(String),
@@ -73,6 +76,21 @@ impl BrokerError {
                     | lapin::ErrorKind::MissingHeartbeatError
             ),
             Self::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
+    /// True when the broker refused this publish itself (it closed the channel over it, or
+    /// nacked it): the copy, not the connection, is at fault, and another copy may go through.
+    #[must_use]
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Self::Amqp { source, .. } => matches!(
+                source.kind(),
+                lapin::ErrorKind::ProtocolError(e)
+                    if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+            ),
+            Self::Nacked(_) => true,
             _ => false,
         }
     }
@@ -115,10 +133,14 @@ pub fn dead_queue_name(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// A channel in confirm mode for the retry and dead-letter paths of one subject.
-#[derive(Clone)]
+/// A channel in confirm mode for the retry and dead-letter paths of one subject. When the
+/// broker closes it over one copy (a property it refuses, say), the next publish opens a new
+/// one on the same connection: one message's copy never takes the subject down.
 pub struct Publisher {
-    channel: Channel,
+    connection: Arc<Connection>,
+    channel: Mutex<Channel>,
+    /// Held while a closed channel is replaced, so that workers open one new channel, not many.
+    reopening: tokio::sync::Mutex<()>,
     queue: Arc<str>,
     confirm_timeout: Duration,
     /// `amqp.declare`: missing queues may be (re)declared.
@@ -137,28 +159,42 @@ impl Publisher {
     /// # Errors
     /// When the channel cannot be opened.
     pub async fn open(
-        connection: &Connection,
+        connection: Arc<Connection>,
         queue: &str,
         queue_type: QueueType,
         config: &Config,
     ) -> Result<Self, BrokerError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(amqp("cannot open publish channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("cannot enable publisher confirms"))?;
+        let channel = confirm_channel(&connection).await?;
+        let frame_max = connection.configuration().frame_max();
         Ok(Self {
-            channel,
+            connection,
+            channel: Mutex::new(channel),
+            reopening: tokio::sync::Mutex::new(()),
             queue: queue.into(),
             confirm_timeout: config.amqp.confirm_timeout,
             declare: config.amqp.declare,
             queue_type,
             delays: Arc::new(Mutex::new(config.retry.delays.iter().copied().collect())),
-            frame_max: connection.configuration().frame_max(),
+            frame_max,
         })
+    }
+
+    /// The channel to publish on: the current one, or a new one if the broker closed it (over
+    /// a copy it refused) while the connection is still up.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let current = self.channel.lock().expect("publish channel lock").clone();
+        if current.status().connected() || !self.connection.status().connected() {
+            return Ok(current);
+        }
+        let _one = self.reopening.lock().await;
+        let current = self.channel.lock().expect("publish channel lock").clone();
+        if current.status().connected() {
+            return Ok(current);
+        }
+        let fresh = confirm_channel(&self.connection).await?;
+        tracing::info!(queue = %self.queue, "Reopened the retry/dead-letter publish channel");
+        *self.channel.lock().expect("publish channel lock") = fresh.clone();
+        Ok(fresh)
     }
 
     /// The negotiated `frame_max`, the largest content header a copy may have.
@@ -167,11 +203,11 @@ impl Publisher {
         self.frame_max
     }
 
-    /// False once the channel is closed (connection lost, or closed by a channel error): the
-    /// consumer that owns it must be restarted.
+    /// False once the connection is lost: the consumer that owns it must be restarted. A
+    /// channel closed by the broker is replaced by the next publish.
     #[must_use]
     pub fn usable(&self) -> bool {
-        self.channel.status().connected()
+        self.connection.status().connected()
     }
 
     /// Publishes to the delay queue for `delay`, declaring it first if it is not a scheduled one.
@@ -218,7 +254,7 @@ impl Publisher {
                     name: target.clone(),
                     args: topology::dead_queue_args(self.queue_type),
                 };
-                topology::declare_queue(&self.channel, &spec).await?;
+                topology::declare_queue(&self.channel().await?, &spec).await?;
                 self.publish("", &target, body, props).await
             }
             other => other,
@@ -231,7 +267,7 @@ impl Publisher {
             name: delay_queue_name(&self.queue, delay),
             args: topology::delay_queue_args(self.queue_type, &self.queue, delay),
         };
-        topology::declare_queue(&self.channel, &spec).await
+        topology::declare_queue(&self.channel().await?, &spec).await
     }
 
     /// Publishes with `mandatory` and waits for a positive, routed confirm.
@@ -246,7 +282,7 @@ impl Publisher {
         props: BasicProperties,
     ) -> Result<(), BrokerError> {
         publish_confirmed(
-            &self.channel,
+            &self.channel().await?,
             exchange,
             routing_key,
             body,
@@ -255,6 +291,18 @@ impl Publisher {
         )
         .await
     }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(amqp("cannot open publish channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("cannot enable publisher confirms"))?;
+    Ok(channel)
 }
 
 /// Publishes one message as `mandatory` and waits for its confirm on a confirm-mode `channel`.

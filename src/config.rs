@@ -31,7 +31,7 @@ pub use admin::AdminConfig;
 pub use agent::AgentConfig;
 pub use amqp::{AmqpConfig, QueueType, TlsConfig, amqp_value, check_argument};
 pub use fpm::{AddressList, FpmAddress, FpmConfig};
-pub use limits::{LimitsConfig, PARSER_MAX_DEPTH, RetryConfig};
+pub use limits::{LimitsConfig, MAX_HEADERS_PARAM, PARSER_MAX_DEPTH, RetryConfig};
 pub use report::ParseProblem;
 pub use subject::{ExchangeType, PoolMode, SubjectConfig};
 pub use telemetry::{LogFormat, OtlpProtocol, SamplerKind, TelemetryConfig, valid_log_level};

@@ -32,6 +32,12 @@ pub const ATTEMPTS_HEADER: &str = "x-agent-attempts";
 pub const SUBJECT_HEADER: &str = "x-agent-subject";
 /// AMQP header of dead-letter copies: when the message was dead-lettered (AMQP timestamp).
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-agent-dead-lettered-at";
+/// On a copy: the original's properties that were not UTF-8, by name, as their bytes.
+pub const NOT_UTF8_HEADER: &str = "x-agent-not-utf8";
+/// On a copy: the original's headers whose names were not UTF-8, as `[name bytes, value]`.
+pub const NOT_UTF8_HEADERS_HEADER: &str = "x-agent-not-utf8-headers";
+/// On a copy: the original's `user_id` property (the broker refuses a copy that keeps it).
+pub const USER_ID_HEADER: &str = "x-agent-user-id";
 
 /// What the agent knows about one delivery, independent of the AMQP client types.
 #[derive(Debug, Clone)]
@@ -76,6 +82,14 @@ pub enum ContractError {
     /// The headers cannot be encoded within the limits.
     #[error("headers cannot be encoded: {0}")]
     Headers(String),
+    /// A property, the route or a header name is not UTF-8 (bytes in hex).
+    #[error("{field} is not UTF-8 (bytes {bytes})")]
+    NotUtf8 {
+        /// Which field.
+        field: String,
+        /// Its bytes, in hex.
+        bytes: String,
+    },
 }
 
 impl ContractError {
@@ -85,6 +99,7 @@ impl ContractError {
         match self {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::Headers(_) => "headers_unencodable",
+            Self::NotUtf8 { .. } => "malformed_properties",
         }
     }
 }
@@ -218,6 +233,23 @@ impl RequestTemplate {
                 limit: self.max_body_bytes,
             });
         }
+        let fields = [
+            (
+                "message_id",
+                (!env.message_id_generated).then_some(&*env.message_id),
+            ),
+            ("routing_key", Some(env.routing_key)),
+            ("exchange", Some(env.exchange)),
+            ("content_type", env.content_type),
+            ("type", env.kind),
+            ("correlation_id", env.correlation_id),
+        ];
+        if let Some((field, bytes)) = copy::first_not_utf8(fields, env.headers) {
+            return Err(ContractError::NotUtf8 {
+                field,
+                bytes: copy::describe_not_utf8(&bytes),
+            });
+        }
         let headers = headers_json(env.headers, self.max_header_depth, self.max_headers_bytes)?;
         let b = |s: &'a str| Cow::Borrowed(s);
         let mut p: Vec<(&'static str, Cow<'a, str>)> = Vec::with_capacity(28);
@@ -298,6 +330,7 @@ fn clean_cow(value: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
+pub mod copy;
 mod headers;
 pub use crate::config::PARSER_MAX_DEPTH;
 pub use headers::{

@@ -551,6 +551,13 @@ impl AsyncWrite for Watched {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_largest_headers_param_fits_one_params_record() {
+        // The pair: two 4-byte lengths, the name, the value (see config's MAX_HEADERS_PARAM).
+        let pair = 8 + "HTTP_X_AGENT_HEADERS".len() + crate::config::MAX_HEADERS_PARAM;
+        assert_eq!(pair, fastcgi_client::MAX_PARAMS_RECORD);
+    }
+
     fn record(kind: u8, content: &[u8], padding: u8) -> Vec<u8> {
         let len = u16::try_from(content.len()).unwrap().to_be_bytes();
         let mut r = vec![1, kind, 0, 1, len[0], len[1], padding, 0];

@@ -10,11 +10,11 @@ apt_install() {
   [ "$(id -u)" = 0 ] || die "need root to install $* (or install it yourself)"
   if [ "$APT_UPDATED" = 0 ]; then
     log "apt-get update"
-    apt-get update -qq >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
     APT_UPDATED=1
   fi
   log "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 # Waits until 127.0.0.1:$1 accepts connections, for at most $2 seconds.

@@ -314,7 +314,7 @@ async fn setup(
     }
     let queue_type = config.queue_type(subject);
     let publisher =
-        Arc::new(Publisher::open(&connection, &subject.queue, queue_type, &config).await?);
+        Arc::new(Publisher::open(connection.clone(), &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = args.target;
     let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)

@@ -91,8 +91,14 @@ fn default_max_body_bytes() -> usize {
     8 * 1024 * 1024
 }
 fn default_max_headers_bytes() -> usize {
-    64 * 1024
+    MAX_HEADERS_PARAM
 }
+
+/// The largest `HTTP_X_AGENT_HEADERS` value one FastCGI params record can carry: php-fpm reads
+/// each record's pairs on their own and refuses a record over 65,528 bytes, so the pair
+/// (8 length bytes, the 20-byte name, the value) must fit in one (65,500 bytes). `fastcgi`'s
+/// tests check it against the patched client's `MAX_PARAMS_RECORD`.
+pub const MAX_HEADERS_PARAM: usize = 65_528 - 8 - "HTTP_X_AGENT_HEADERS".len();
 fn default_max_header_depth() -> usize {
     16
 }
@@ -124,6 +130,14 @@ impl Config {
     }
 
     pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.limits.max_headers_bytes > MAX_HEADERS_PARAM {
+            return Err(invalid(
+                "limits.max_headers_bytes",
+                format!(
+                    "must be at most {MAX_HEADERS_PARAM}: the encoded headers travel as one FastCGI param, and php-fpm refuses a params record larger than that"
+                ),
+            ));
+        }
         if self.limits.max_batch_bytes == 0 {
             return Err(invalid(
                 "limits.max_batch_bytes",

@@ -251,6 +251,21 @@ fn max_header_depth_stays_below_the_parser_cap() {
     );
 }
 
+#[test]
+fn max_headers_bytes_fits_one_fastcgi_params_record() {
+    let limits = |n: usize| format!("{MINIMAL}[limits]\nmax_headers_bytes = {n}\n");
+    assert_eq!(parse(MINIMAL).unwrap().limits.max_headers_bytes, 65_500);
+    assert_eq!(
+        parse(&limits(65_500)).unwrap().limits.max_headers_bytes,
+        65_500
+    );
+    let e = error_of(&limits(65_501));
+    assert!(
+        e.contains("limits.max_headers_bytes") && e.contains("65500"),
+        "{e}"
+    );
+}
+
 fn memory_warnings(text: &str) -> Vec<String> {
     parse(text)
         .unwrap()

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod nft;
 pub mod otlp;
 pub mod procs;
+pub mod raw;
 use amqp_agent::config::Config;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

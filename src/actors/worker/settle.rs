@@ -67,11 +67,23 @@ pub(in crate::actors) async fn settle(
             publish_dead(runtime, publisher, &original, verdict, reason).await
         }
     };
+    let published = match published {
+        // The copy could not be stored as it is (it would not fit a frame, or the broker
+        // refused it and closed the channel over it): a lean dead-letter copy, which carries
+        // only what the agent writes, is sure to be accepted.
+        Err(e) if e.is_refused() || matches!(e, BrokerError::CopyTooLarge(_)) => {
+            warn!(error = %e, "The broker would not take this message's copy; dead-lettering a lean copy");
+            publish_lean(runtime, publisher, &original, verdict, &e).await
+        }
+        other => other,
+    };
     match published {
         Ok(reason) => {
-            match decision {
-                Decision::Retry { .. } => runtime.events.emit(Event::Retried { reason }),
-                _ => runtime.events.emit(Event::DeadLettered { reason }),
+            match (&decision, reason) {
+                (Decision::Retry { .. }, reason) if reason != COPY_REFUSED => {
+                    runtime.events.emit(Event::Retried { reason });
+                }
+                (_, reason) => runtime.events.emit(Event::DeadLettered { reason }),
             }
             acks.ack(tag, false);
         }
@@ -83,6 +95,9 @@ pub(in crate::actors) async fn settle(
         }
     }
 }
+
+/// `x-agent-reason` of a lean copy: the full copy was refused or would not fit a frame.
+const COPY_REFUSED: &str = "copy_refused";
 
 /// Publishes the retry copy (attempt + 1, the failure as `x-agent-last-error`) to the delay
 /// queue of `delay`; returns the failure's reason once the broker confirmed it.
@@ -98,20 +113,95 @@ async fn publish_retry(
     info!(reason, detail = %printable(&detail).capped(EXCERPT), delay = ?delay, next_attempt, "Attempt failed; retrying later");
     original.span.record("outcome", "retry");
     original.span.record("otel.status_code", "ERROR");
-    let props = republished(runtime, original, |h| {
+    let retry_headers = |h: &mut FieldTable, last_error: &str| {
         h.insert(
             ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(i64::from(next_attempt)),
         );
-        h.insert(
-            LAST_ERROR_HEADER.into(),
-            text(&format!("{reason}: {detail}")),
-        );
+        h.insert(LAST_ERROR_HEADER.into(), text(last_error));
+    };
+    let limit =
+        (publisher.frame_max() as usize).saturating_sub(contract::copy::DEAD_LETTERING_GROWTH);
+    let mut props = republished(runtime, original, Keep::All, |h| {
+        retry_headers(h, &format!("{reason}: {detail}"));
     });
+    if contract::copy::header_frame_len(&props) > limit {
+        // The original's headers stay whole; what the agent adds is cut to the minimum.
+        props = republished(runtime, original, Keep::Untraced, |h| {
+            retry_headers(h, reason);
+        });
+    }
+    let len = contract::copy::header_frame_len(&props);
+    if len > limit {
+        return Err(BrokerError::CopyTooLarge(format!(
+            "the retry copy's content header would be {len} bytes, over frame_max less room for x-death ({limit})"
+        )));
+    }
     publisher
         .publish_delayed(delay, &original.delivery.data, props)
         .await
         .map(|()| reason)
+}
+
+/// Publishes the lean dead-letter copy: the body, `delivery_mode`, the message id and content
+/// type when they are clean, and the agent's own headers only (the original's headers and
+/// other properties are left out, and `x-agent-last-error` says why).
+async fn publish_lean(
+    runtime: &SubjectRuntime,
+    publisher: &Publisher,
+    original: &Original<'_>,
+    verdict: &Verdict,
+    refused: &BrokerError,
+) -> Result<&'static str, BrokerError> {
+    let (cause, detail) = describe(verdict);
+    original.span.record("outcome", "dead_letter");
+    let status = status_of(verdict);
+    let why = truncate(
+        &format!(
+            "{cause}: {detail}; the full copy was not stored ({refused}), so this copy carries the body and the agent's headers only"
+        ),
+        EXCERPT,
+    );
+    let props = republished(runtime, original, Keep::Lean, |h| {
+        dead_headers(h, runtime, original, COPY_REFUSED, status, &why);
+    });
+    publisher
+        .publish_dead(&original.delivery.data, props)
+        .await
+        .map(|()| COPY_REFUSED)
+}
+
+fn status_of(verdict: &Verdict) -> Option<u16> {
+    match verdict {
+        Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
+        Verdict::Success => None,
+    }
+}
+
+/// The headers of a dead-letter copy.
+fn dead_headers(
+    h: &mut FieldTable,
+    runtime: &SubjectRuntime,
+    original: &Original<'_>,
+    reason: &str,
+    status: Option<u16>,
+    last_error: &str,
+) {
+    h.insert(contract::REASON_HEADER.into(), text(reason));
+    h.insert(
+        contract::STATUS_HEADER.into(),
+        AMQPValue::LongLongInt(status.map_or(0, i64::from)),
+    );
+    h.insert(
+        contract::ATTEMPTS_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(original.attempt)),
+    );
+    h.insert(LAST_ERROR_HEADER.into(), text(last_error));
+    h.insert(contract::SUBJECT_HEADER.into(), text(&runtime.name));
+    h.insert(
+        contract::DEAD_LETTERED_AT_HEADER.into(),
+        AMQPValue::Timestamp(contract::unix_now()),
+    );
 }
 
 /// Publishes the dead-letter copy with why, the last status, the attempts, the subject and when;
@@ -127,11 +217,8 @@ async fn publish_dead(
     warn!(reason, cause, detail = %printable(&detail).capped(EXCERPT), "Dead-lettering message");
     original.span.record("outcome", "dead_letter");
     original.span.record("otel.status_code", "ERROR");
-    let status = match verdict {
-        Verdict::Transient { status, .. } | Verdict::Permanent { status, .. } => *status,
-        Verdict::Success => None,
-    };
-    let props = republished(runtime, original, |h| {
+    let status = status_of(verdict);
+    let props = republished(runtime, original, Keep::All, |h| {
         // Headers too deep to encode (or cut by the AMQP parser), and the largest ones when the
         // copy would not fit in one frame, are left out of the copy; x-agent-last-error names
         // them.
@@ -146,25 +233,22 @@ async fn publish_dead(
                 EXCERPT,
             )
         };
-        h.insert(contract::REASON_HEADER.into(), text(reason));
-        h.insert(
-            contract::STATUS_HEADER.into(),
-            AMQPValue::LongLongInt(status.map_or(0, i64::from)),
-        );
-        h.insert(
-            contract::ATTEMPTS_HEADER.into(),
-            AMQPValue::LongLongInt(i64::from(original.attempt)),
-        );
-        h.insert(
-            LAST_ERROR_HEADER.into(),
-            text(&format!("{cause}: {detail}")),
-        );
-        h.insert(contract::SUBJECT_HEADER.into(), text(&runtime.name));
-        h.insert(
-            contract::DEAD_LETTERED_AT_HEADER.into(),
-            AMQPValue::Timestamp(contract::unix_now()),
+        dead_headers(
+            h,
+            runtime,
+            original,
+            reason,
+            status,
+            &format!("{cause}: {detail}"),
         );
     });
+    let len = contract::copy::header_frame_len(&props);
+    let frame_max = publisher.frame_max() as usize;
+    if len > frame_max {
+        return Err(BrokerError::CopyTooLarge(format!(
+            "the dead-letter copy's content header would be {len} bytes, over frame_max {frame_max}"
+        )));
+    }
     publisher
         .publish_dead(&original.delivery.data, props)
         .await
@@ -180,16 +264,44 @@ pub(super) fn describe(verdict: &Verdict) -> (&'static str, String) {
     }
 }
 
-/// Properties of a retry or dead-letter copy: the original's, with the edited headers, the
-/// (possibly generated) message id, where the message was first published (so later attempts
-/// still tell PHP the original exchange and routing key) and the agent's seal over that state.
+/// What a copy keeps of its original.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Every property and header the broker accepts again, and the trace context.
+    All,
+    /// The same without the trace context (a copy at the edge of `frame_max`).
+    Untraced,
+    /// Only `delivery_mode`, a clean message id and content type, and the agent's headers.
+    Lean,
+}
+
+/// Properties of a retry or dead-letter copy: the original's, less what the broker could refuse
+/// (see `contract::copy`), with the edited headers, the (possibly generated) message id, where
+/// the message was first published (so later attempts still tell PHP the original exchange and
+/// routing key) and the agent's seal over that state.
 fn republished(
     runtime: &SubjectRuntime,
     original: &Original<'_>,
+    keep: Keep,
     edit: impl FnOnce(&mut FieldTable),
 ) -> BasicProperties {
     let delivery = original.delivery;
-    let props = &delivery.properties;
+    let (clean, moved) = contract::copy::sanitized(&delivery.properties);
+    if !moved.is_empty() {
+        debug!(moved = ?moved, "Copy keeps these properties as headers");
+    }
+    let props = if keep == Keep::Lean {
+        let mut lean = BasicProperties::default();
+        if let Some(id) = clean.message_id() {
+            lean = lean.with_message_id(id.clone());
+        }
+        if let Some(t) = clean.content_type() {
+            lean = lean.with_content_type(t.clone());
+        }
+        lean
+    } else {
+        clean
+    };
     let mut headers = props.headers().clone().unwrap_or_default();
     // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
     headers.insert(
@@ -205,7 +317,9 @@ fn republished(
         text(original.routing_key),
     );
     // The next attempt continues this trace.
-    telemetry::inject_into_headers(original.span, &mut headers);
+    if keep == Keep::All {
+        telemetry::inject_into_headers(original.span, &mut headers);
+    }
     edit(&mut headers);
     let message_id = if original.generated {
         crate::broker::short(original.message_id)
@@ -221,11 +335,11 @@ fn republished(
             body: &delivery.data,
         },
     );
-    let mut out = props.clone().with_headers(headers);
+    let mut out = props.with_headers(headers);
     if original.generated {
         out = out.with_message_id(message_id);
     }
-    if props.delivery_mode().is_none() {
+    if delivery.properties.delivery_mode().is_none() || keep == Keep::Lean {
         out = out.with_delivery_mode(2);
     }
     out

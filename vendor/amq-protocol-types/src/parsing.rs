@@ -2,7 +2,7 @@ use crate::{flags::*, types::*, value::*};
 use nom::{
     self, Parser,
     bytes::streaming::take,
-    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser, map_res},
+    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser},
     error::{ContextError, ErrorKind, ParseError, context},
     multi::fold_many0,
     number::streaming::{
@@ -269,18 +269,57 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
     .parse(i)
 }
 
-fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(i.iter_elements().collect())
+/// Start of the text that stands for a short string whose bytes are not UTF-8 (see
+/// [`not_utf8`]). It begins with U+FFFD, the replacement character.
+pub const NOT_UTF8_PREFIX: &str = "\u{FFFD}amqp-not-utf8:";
+
+/// The `ShortString` that stands for `bytes`, which are not UTF-8: [`NOT_UTF8_PREFIX`] followed
+/// by the bytes in lowercase hex. The original returned a parse error, which lapin treats as a
+/// connection error: a message with such a property (RabbitMQ accepts them) then killed every
+/// connection it was delivered on. Its text may be longer than 255 bytes: it must be read with
+/// [`not_utf8_bytes`] and never generated again.
+#[must_use]
+pub fn not_utf8(bytes: &[u8]) -> ShortString {
+    let mut text = String::with_capacity(NOT_UTF8_PREFIX.len() + bytes.len() * 2);
+    text.push_str(NOT_UTF8_PREFIX);
+    for b in bytes {
+        text.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        text.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    ShortString::unchecked(text)
+}
+
+/// The original bytes of a short string that [`not_utf8`] stands for, or `None` for any other
+/// text.
+#[must_use]
+pub fn not_utf8_bytes(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix(NOT_UTF8_PREFIX)?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |c: u8| char::from(c).to_digit(16);
+            Some(u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?)
+        })
+        .collect()
+}
+
+fn make_short_string<I: Input<Item = u8>>(i: I) -> ShortString {
+    let bytes: Vec<u8> = i.iter_elements().collect();
+    match String::from_utf8(bytes) {
+        Ok(text) => ShortString::from(text),
+        Err(e) => not_utf8(e.as_bytes()),
+    }
 }
 
 /// Parse a [ShortString](../type.ShortString.html)
 pub fn parse_short_string<I: ParsableInput>(i: I) -> ParserResult<I, ShortString> {
     context(
         "parse_short_string",
-        map(
-            map_res(flat_map(parse_short_short_uint, take), make_str),
-            ShortString::from,
-        ),
+        // amqp-agent patch: bytes that are not UTF-8 become `not_utf8(bytes)`, not an error.
+        map(flat_map(parse_short_short_uint, take), make_short_string),
     )
     .parse(i)
 }
@@ -824,5 +863,51 @@ mod nesting {
             .unwrap()
             .join()
             .unwrap();
+    }
+}
+
+/// Short strings that are not UTF-8 (amqp-agent patch, see `PATCHES.md`).
+#[cfg(test)]
+mod not_utf8_strings {
+    use super::*;
+
+    #[test]
+    fn utf8_short_strings_parse_as_before() {
+        let input = [5, b'h', 0xc3, 0xa9, b'l', b'o'];
+        assert_eq!(
+            parse_short_string(&input[..]),
+            Ok((&[][..], ShortString::from("h\u{e9}lo")))
+        );
+    }
+
+    #[test]
+    fn other_bytes_become_a_marker_that_gives_them_back() {
+        for bytes in [vec![0xff, 0xfe], vec![b'c', b'a', b'f', 0xe9], vec![0x80; 255], vec![0xc3]] {
+            let mut input = vec![u8::try_from(bytes.len()).unwrap()];
+            input.extend_from_slice(&bytes);
+            input.push(7); // what follows is left for the next parser
+            let (rest, parsed) = parse_short_string(&input[..]).unwrap();
+            assert_eq!(rest, &[7][..]);
+            assert!(parsed.as_str().starts_with(NOT_UTF8_PREFIX));
+            assert_eq!(not_utf8_bytes(parsed.as_str()), Some(bytes));
+        }
+        assert_eq!(not_utf8_bytes("plain"), None);
+        assert_eq!(not_utf8_bytes(&format!("{NOT_UTF8_PREFIX}abc")), None);
+        assert_eq!(not_utf8_bytes(&format!("{NOT_UTF8_PREFIX}zz")), None);
+    }
+
+    #[test]
+    fn a_table_with_a_latin1_key_parses_with_the_marker_as_key() {
+        // {"k\xe9y": "v", "ok": "yes"}
+        let mut content = vec![3, b'k', 0xe9, b'y', b'S', 0, 0, 0, 1, b'v'];
+        content.extend_from_slice(&[2, b'o', b'k', b'S', 0, 0, 0, 3, b'y', b'e', b's']);
+        let mut input = (content.len() as u32).to_be_bytes().to_vec();
+        input.extend_from_slice(&content);
+        let (_, table) = parse_field_table(&input[..]).unwrap();
+        let keys: Vec<String> = table.inner().keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"ok".to_owned()));
+        let marker = keys.iter().find(|k| k.as_str() != "ok").unwrap();
+        assert_eq!(not_utf8_bytes(marker), Some(vec![b'k', 0xe9, b'y']));
     }
 }

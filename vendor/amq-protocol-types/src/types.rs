@@ -199,6 +199,12 @@ impl ShortString {
         self.0.as_str()
     }
 
+    /// amqp-agent patch: a `ShortString` of any length, for the parser's stand-in of bytes
+    /// that are not UTF-8 (`parsing::not_utf8`), which must never be generated again.
+    pub(crate) fn unchecked(s: String) -> Self {
+        Self(s)
+    }
+
     /// Fallibly construct a [ShortString], returning an error if the string exceeds [MAX_SHORT_STRING_LENGTH] bytes
     pub fn try_new(s: impl Into<String>) -> Result<Self, ShortStringError> {
         let s = s.into();

@@ -363,17 +363,12 @@ async fn handle_request_params<S: AsyncWrite + Unpin>(
     let param_pairs = ParamPairs::new(params);
     debug!(id, ?param_pairs, "Params will be sent.");
 
-    Header::write_to_stream_batches(
-        RequestType::Params,
-        id,
-        stream,
-        &mut &param_pairs.to_content().await?[..],
-        Some(|header| {
-            debug!(id, ?header, "Send to stream for Params.");
-            header
-        }),
-    )
-    .await?;
+    // amqp-agent patch: one record per group of whole pairs (see `ParamPairs::to_records`).
+    for record in param_pairs.to_records()? {
+        let header = Header::new(RequestType::Params, id, &record);
+        debug!(id, ?header, "Send to stream for Params.");
+        header.write_to_stream(stream, &record).await?;
+    }
 
     Header::write_to_stream_batches(
         RequestType::Params,

@@ -29,4 +29,6 @@ pub mod response;
 /// Re Export StreamExt for .next support
 pub use futures_util::stream::StreamExt;
 
+/// amqp-agent patch: the largest `FCGI_PARAMS` record content php-fpm accepts (whole pairs only).
+pub use crate::meta::MAX_PARAMS_RECORD;
 pub use crate::{client::Client, error::*, params::Params, request::Request, response::Response};

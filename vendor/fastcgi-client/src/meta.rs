@@ -37,6 +37,11 @@ pub(crate) const VERSION_1: u8 = 1;
 pub(crate) const MAX_LENGTH: usize = 0xffff;
 /// First read buffer of a record stream (amqp-agent patch).
 const FIRST_CHUNK: usize = 4096;
+/// Most content bytes of one `FCGI_PARAMS` record (amqp-agent patch). php-fpm parses each
+/// params record on its own (`fcgi_read_request`: `fcgi_get_params` per record), so a
+/// name-value pair must never be split across two records, and it refuses a record whose
+/// content plus padding exceeds 65,535 bytes: 65,528 is the largest 8-aligned length.
+pub const MAX_PARAMS_RECORD: usize = 0xfff8;
 /// Length of FastCGI header in bytes
 pub(crate) const HEADER_LEN: usize = size_of::<Header>();
 
@@ -166,7 +171,7 @@ impl Header {
     /// * `r#type` - The type of FastCGI record
     /// * `request_id` - The request ID
     /// * `content` - The content data
-    fn new(r#type: RequestType, request_id: u16, content: &[u8]) -> Self {
+    pub(crate) fn new(r#type: RequestType, request_id: u16, content: &[u8]) -> Self {
         let content_length = min(content.len(), MAX_LENGTH) as u16;
         Self {
             version: VERSION_1,
@@ -184,7 +189,7 @@ impl Header {
     ///
     /// * `writer` - The writer to write to
     /// * `content` - The content to write
-    async fn write_to_stream<W: AsyncWrite + Unpin>(
+    pub(crate) async fn write_to_stream<W: AsyncWrite + Unpin>(
         self, writer: &mut W, content: &[u8],
     ) -> io::Result<()> {
         let mut buf: Vec<u8> = Vec::with_capacity(HEADER_LEN);
@@ -393,7 +398,6 @@ impl ParamLength {
             ParamLength::Long(_) => 4,
         }
     }
-
 }
 
 /// A single parameter name-value pair.
@@ -465,7 +469,47 @@ impl<'a> ParamPairs<'a> {
         Self(param_pairs)
     }
 
+    /// amqp-agent patch: the contents of the `FCGI_PARAMS` records, each holding whole pairs
+    /// and at most [`MAX_PARAMS_RECORD`] bytes (the original cut the encoded pairs every 4 KiB
+    /// and 64 KiB, splitting a pair across records, and php-fpm reset the connection).
+    ///
+    /// # Errors
+    /// `InvalidInput` when one pair alone is larger than a record can hold.
+    pub(crate) fn to_records(&self) -> io::Result<Vec<Vec<u8>>> {
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut current: Vec<u8> = Vec::new();
+        for pair in self.iter() {
+            let len = pair.encoded_len();
+            if len > MAX_PARAMS_RECORD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "FastCGI param {} is {len} bytes encoded; one params record holds at most {MAX_PARAMS_RECORD}",
+                        pair.name_data
+                    ),
+                ));
+            }
+            if current.len() + len > MAX_PARAMS_RECORD {
+                records.push(std::mem::take(&mut current));
+            }
+            if current.is_empty() {
+                current.reserve_exact(
+                    self.iter()
+                        .map(ParamPair::encoded_len)
+                        .sum::<usize>()
+                        .min(MAX_PARAMS_RECORD),
+                );
+            }
+            pair.encode_into(&mut current);
+        }
+        if !current.is_empty() {
+            records.push(current);
+        }
+        Ok(records)
+    }
+
     /// Converts the parameter pairs to bytes.
+    #[cfg(test)]
     pub(crate) async fn to_content(&self) -> io::Result<Vec<u8>> {
         // amqp-agent patch: one allocation of the exact size, encoded synchronously.
         let mut buf: Vec<u8> = Vec::with_capacity(self.iter().map(ParamPair::encoded_len).sum());
@@ -646,5 +690,96 @@ mod amqp_agent_patch_tests {
             .unwrap();
         assert_eq!(content, reference(&pairs));
         assert_eq!(content.capacity(), content.len());
+    }
+
+    fn pairs(list: &[(String, String)]) -> ParamPairs<'static> {
+        ParamPairs(
+            list.iter()
+                .map(|(n, v)| ParamPair::new(Cow::Owned(n.clone()), Cow::Owned(v.clone())))
+                .collect(),
+        )
+    }
+
+    /// Decodes one record's content into pairs, as php-fpm's `fcgi_get_params` does: a pair
+    /// that runs past the record's end is an error.
+    fn decode_record(mut content: &[u8]) -> Result<Vec<(String, String)>, String> {
+        fn len(input: &mut &[u8]) -> Result<usize, String> {
+            let first = *input.first().ok_or("length past the record")?;
+            if first < 128 {
+                *input = &input[1..];
+                Ok(usize::from(first))
+            } else {
+                let bytes: [u8; 4] = input
+                    .get(..4)
+                    .ok_or("length past the record")?
+                    .try_into()
+                    .unwrap();
+                *input = &input[4..];
+                Ok((u32::from_be_bytes(bytes) & 0x7fff_ffff) as usize)
+            }
+        }
+        let mut out = Vec::new();
+        while !content.is_empty() {
+            let n = len(&mut content)?;
+            let v = len(&mut content)?;
+            if content.len() < n + v {
+                return Err(format!("pair of {} bytes split at the record end", n + v));
+            }
+            out.push((
+                String::from_utf8(content[..n].to_vec()).unwrap(),
+                String::from_utf8(content[n..n + v].to_vec()).unwrap(),
+            ));
+            content = &content[n + v..];
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn records_never_split_a_pair_and_fit_php_fpm() {
+        // Sizes around the old 4 KiB and 64 KiB cuts, and many pairs that add up past 64 KiB.
+        for size in [0, 1, 127, 128, 4_000, 4_090, 4_096, 8_192, 65_000, 65_500] {
+            let list: Vec<(String, String)> = vec![
+                ("SCRIPT_FILENAME".into(), "/srv/app.php".into()),
+                ("HTTP_X_AGENT_HEADERS".into(), "h".repeat(size)),
+                ("HTTP_X_AGENT_MESSAGE_ID".into(), "m".repeat(size / 3)),
+                ("REQUEST_METHOD".into(), "POST".into()),
+            ];
+            let records = pairs(&list).to_records().unwrap();
+            let mut decoded = Vec::new();
+            for record in &records {
+                assert!(!record.is_empty());
+                assert!(record.len() <= MAX_PARAMS_RECORD, "{} bytes", record.len());
+                let header = Header::new(RequestType::Params, 1, record);
+                assert!(
+                    usize::from(header.content_length) + usize::from(header.padding_length)
+                        <= 0xffff
+                );
+                decoded
+                    .extend(decode_record(record).unwrap_or_else(|e| panic!("size {size}: {e}")));
+            }
+            let mut expected = list.clone();
+            expected.sort();
+            decoded.sort();
+            assert_eq!(decoded, expected, "size {size}");
+        }
+        let many: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("P{i}"), "v".repeat(3_000)))
+            .collect();
+        let records = pairs(&many).to_records().unwrap();
+        assert_eq!(records.len(), 2, "120 KB of pairs take two records");
+        let total: usize = records
+            .iter()
+            .map(|r| decode_record(r).unwrap().len())
+            .sum();
+        assert_eq!(total, 40);
+    }
+
+    #[test]
+    fn a_pair_larger_than_a_record_is_an_error() {
+        let list = vec![("BIG".to_string(), "x".repeat(MAX_PARAMS_RECORD))];
+        let err = pairs(&list).to_records().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("BIG"), "{err}");
+        assert!(pairs(&[]).to_records().unwrap().is_empty());
     }
 }

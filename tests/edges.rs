@@ -1,0 +1,402 @@
+//! At the byte edges: messages that RabbitMQ accepts but that a client library would clean or
+//! refuse, published frame by frame (`common::raw`), and params at FastCGI's record limits.
+//! Each must be handled or dead-lettered with a reason, never cost a connection, and never
+//! stall the messages behind it.
+
+mod common;
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use common::raw::{RawPublisher, entry, flag, long_string, short_bytes, table};
+use common::{TestCtx, header_str};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A JSON body for the recorder: `{"id": id, "behave": behave}`.
+fn body(id: &str, behave: &str) -> Vec<u8> {
+    serde_json::json!({"id": id, "behave": behave})
+        .to_string()
+        .into_bytes()
+}
+
+/// Waits until every message of `ids` was recorded by PHP.
+async fn wait_handled(ctx: &TestCtx, ids: &[&str]) {
+    common::eventually(WAIT, &format!("{ids:?} handled"), || async {
+        let records = ctx.records_by_id();
+        ids.iter().all(|id| records.contains_key(*id))
+    })
+    .await;
+}
+
+/// Takes `n` dead letters (waiting for them) and returns them.
+async fn wait_dead(ctx: &TestCtx, subject: &str, n: usize) -> Vec<(BasicProperties, Vec<u8>)> {
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} dead letters",
+            dead.len()
+        );
+        let more = ctx.drain_dead(subject).await;
+        if more.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dead.extend(more);
+    }
+    dead
+}
+
+fn id_of(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// Raw properties: flags, then message_id (if given) and the rest in spec order.
+fn props_with(
+    message_id: &[u8],
+    extra_flag: u16,
+    before_id: &[u8],
+    after_id: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut out = before_id.to_vec();
+    short_bytes(&mut out, message_id);
+    out.extend_from_slice(after_id);
+    (flag::MESSAGE_ID | extra_flag, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_that_are_not_utf8_never_stall_the_subject() {
+    let ctx = TestCtx::new("not-utf8").await;
+    ctx.declare().await;
+    let queue = ctx.queue("event");
+    let mut raw = RawPublisher::connect().await;
+    // message_id ff fe.
+    let (flags, props) = props_with(&[0xff, 0xfe], 0, &[], &[]);
+    raw.publish_raw(&queue, flags, &props, &body("bad-id", "ok"))
+        .await
+        .unwrap();
+    // A Latin-1 `type` (comes after message_id and timestamp in the list).
+    let mut after = Vec::new();
+    short_bytes(&mut after, b"caf\xe9");
+    let (flags, props) = props_with(b"bad-type", flag::TYPE, &[], &after);
+    raw.publish_raw(&queue, flags, &props, &body("bad-type", "ok"))
+        .await
+        .unwrap();
+    // A Latin-1 header name.
+    let headers = table(&[entry(b"k\xe9y", b'S', &long_string(b"v"))]);
+    let (flags, props) = props_with(b"bad-header", flag::HEADERS, &headers, &[]);
+    raw.publish_raw(&queue, flags, &props, &body("bad-header", "ok"))
+        .await
+        .unwrap();
+    // A Latin-1 `app_id`: PHP never sees it, so the message is handled.
+    let mut after = Vec::new();
+    short_bytes(&mut after, b"\xe9app");
+    let (flags, props) = props_with(b"bad-app-id", flag::APP_ID, &[], &after);
+    raw.publish_raw(&queue, flags, &props, &body("bad-app-id", "ok"))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        ctx.publish_json("event", &format!("after-{i}"), "ok").await;
+    }
+
+    let agent = ctx.start_agent().await;
+    wait_handled(&ctx, &["after-0", "after-1", "after-2", "bad-app-id"]).await;
+    let dead = wait_dead(&ctx, "event", 3).await;
+    let mut ids: Vec<String> = dead.iter().map(|(_, b)| id_of(b)).collect();
+    ids.sort();
+    assert_eq!(ids, ["bad-header", "bad-id", "bad-type"]);
+    for (props, body) in &dead {
+        let id = id_of(body);
+        assert_eq!(
+            header_str(props, "x-agent-reason").as_deref(),
+            Some("malformed_properties"),
+            "{id}"
+        );
+        let error = header_str(props, "x-agent-last-error").unwrap();
+        assert!(error.contains("not UTF-8"), "{id}: {error}");
+        let h = props.headers().as_ref().unwrap().inner();
+        match id.as_str() {
+            "bad-id" => {
+                assert!(error.contains("fffe"), "{error}");
+                let Some(AMQPValue::FieldTable(raw)) = h.get("x-agent-not-utf8") else {
+                    panic!("bad-id: the original bytes are kept: {h:?}")
+                };
+                assert_eq!(
+                    raw.inner().get("message_id"),
+                    Some(&AMQPValue::LongString(LongString::from(vec![0xff, 0xfe])))
+                );
+            }
+            "bad-type" => {
+                let Some(AMQPValue::FieldTable(raw)) = h.get("x-agent-not-utf8") else {
+                    panic!("bad-type: the original bytes are kept: {h:?}")
+                };
+                assert_eq!(
+                    raw.inner().get("type"),
+                    Some(&AMQPValue::LongString(LongString::from(&b"caf\xe9"[..])))
+                );
+                assert_eq!(props.message_id().as_ref().unwrap().as_str(), "bad-type");
+            }
+            _ => assert!(h.contains_key("x-agent-not-utf8-headers"), "{h:?}"),
+        }
+    }
+    assert!(
+        !ctx.records_by_id().contains_key("bad-id"),
+        "PHP never saw it"
+    );
+    let stats = agent.stats()["event"];
+    assert_eq!(
+        stats.consumer_starts, 1,
+        "no connection was lost to a message"
+    );
+    assert_eq!(ctx.queue_len(&queue).await, 0);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_header_of_frame_max_payload_is_handled() {
+    let ctx = TestCtx::new("frame-fudge").await;
+    ctx.declare().await;
+    let queue = ctx.queue("event");
+    let mut raw = RawPublisher::connect().await;
+    let frame_max = raw.frame_max as usize;
+    // Payloads of frame_max - 4 and frame_max (RabbitMQ accepts up to frame_max + 8 in all):
+    // the frame is 4 and 8 bytes over what the original lapin took.
+    for (id, payload) in [("fudge-4", frame_max - 4), ("fudge-0", frame_max)] {
+        let mut after = Vec::new();
+        short_bytes(&mut after, id.as_bytes());
+        // content header payload: 12 (class, weight, size) + 2 (flags) + headers + id
+        let fixed = 12 + 2 + 4 + entry(b"pad", b'S', &long_string(b"")).len() + after.len();
+        let pad = vec![b'x'; payload - fixed];
+        let headers = table(&[entry(b"pad", b'S', &long_string(&pad))]);
+        let mut props = headers.clone();
+        props.extend_from_slice(&after);
+        raw.publish_raw(
+            &queue,
+            flag::HEADERS | flag::MESSAGE_ID,
+            &props,
+            &body(id, "ok"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{id}: broker refused: {e}"));
+    }
+    ctx.publish_json("event", "behind", "ok").await;
+    let agent = ctx.start_agent().await;
+    wait_handled(&ctx, &["behind"]).await;
+    // 131 KB of headers is over limits.max_headers_bytes: dead-lettered with that reason.
+    let dead = wait_dead(&ctx, "event", 2).await;
+    for (props, _) in &dead {
+        assert_eq!(
+            header_str(props, "x-agent-reason").as_deref(),
+            Some("headers_unencodable")
+        );
+    }
+    assert_eq!(agent.stats()["event"].consumer_starts, 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn params_of_any_size_up_to_the_limit_reach_php_also_on_retries() {
+    let mut ctx = TestCtx::new("params-size").await;
+    ctx.pool_size = 2;
+    let agent = ctx.start_agent().await;
+    let sizes = [3_000usize, 4_000, 4_090, 8_192, 30_000, 64_000];
+    for size in sizes {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "big".into(),
+            AMQPValue::LongString(LongString::from(vec![b'h'; size])),
+        );
+        let id = format!("size-{size}");
+        // The first attempt fails: the retry copy adds the agent's headers to the request.
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_headers(headers);
+        ctx.publish("event", &body(&id, "fail-until:2"), props)
+            .await;
+    }
+    common::eventually(WAIT, "every size handled on its second attempt", || async {
+        let records = ctx.records_by_id();
+        sizes.iter().all(|s| {
+            records
+                .get(&format!("size-{s}"))
+                .is_some_and(|r| r.len() == 2)
+        })
+    })
+    .await;
+    for size in sizes {
+        let records = &ctx.records_by_id()[&format!("size-{size}")];
+        for record in records {
+            let json = record["params"]["HTTP_X_AGENT_HEADERS"].as_str().unwrap();
+            let headers: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(headers["big"].as_str().unwrap().len(), size);
+            assert_eq!(record["sig_ok"], true, "size {size}");
+        }
+    }
+    assert!(ctx.drain_dead("event").await.is_empty());
+    agent.stop().await;
+}
+
+/// Creates (once) a broker user other than guest, as a publisher with its own user would have.
+fn publisher_user() -> &'static str {
+    const USER: &str = "amqp-agent-test-publisher";
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .expect("rabbitmqctl runs");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        let err = run(&["add_user", USER, USER]);
+        assert!(err.is_empty() || err.contains("already exists"), "{err}");
+        run(&["set_permissions", "-p", "/", USER, ".*", ".*", ".*"]);
+    });
+    USER
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_id_of_another_broker_user_is_retried_once_not_for_ever() {
+    let ctx = TestCtx::new("user-id").await;
+    let user = publisher_user();
+    let agent = ctx.start_agent().await;
+    let url = format!("amqp://{user}:{user}@127.0.0.1:5672/%2f");
+    let (_conn, channel) = common::confirm_channel(&url).await;
+    let props = BasicProperties::default()
+        .with_message_id("uid".into())
+        .with_user_id(user.into());
+    channel
+        .basic_publish(
+            "".into(),
+            ctx.queue("event").as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            &body("uid", "fail-until:2"),
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    ctx.publish_json("event", "behind", "ok").await;
+    common::eventually(WAIT, "uid handled on attempt 2", || async {
+        ctx.records_by_id().get("uid").is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    wait_handled(&ctx, &["behind"]).await;
+    let records = &ctx.records_by_id()["uid"];
+    let attempts: Vec<&str> = records
+        .iter()
+        .map(|r| r["params"]["HTTP_X_AGENT_ATTEMPT"].as_str().unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2"]);
+    let headers: serde_json::Value = serde_json::from_str(
+        records[1]["params"]["HTTP_X_AGENT_HEADERS"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        headers["x-agent-user-id"], user,
+        "the original user_id travels as a header"
+    );
+    let stats = agent.stats()["event"];
+    assert_eq!(stats.consumer_starts, 1, "no restart: {stats:?}");
+    assert_eq!(stats.retried, 1);
+    agent.stop().await;
+}
+
+/// A header table of one array of `n` zero LongLongInts: 9 bytes each on the wire, 2 in JSON,
+/// so a content header near `frame_max` still encodes to JSON within the limits.
+fn zeros(n: usize) -> Vec<u8> {
+    let mut items = Vec::with_capacity(n * 9);
+    for _ in 0..n {
+        items.push(b'l');
+        items.extend_from_slice(&0i64.to_be_bytes());
+    }
+    let mut value = u32::try_from(items.len()).unwrap().to_be_bytes().to_vec();
+    value.extend_from_slice(&items);
+    table(&[entry(b"nums", b'A', &value)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_copy_at_the_frame_limit_never_closes_the_connection() {
+    let mut ctx = TestCtx::new("copy-fit").await;
+    ctx.set("limits.max_headers_bytes", 65_500);
+    ctx.declare().await;
+    let queue = ctx.queue("event");
+    let mut raw = RawPublisher::connect().await;
+    let frame_max = raw.frame_max as usize;
+    // Content headers 40 and 3,000 bytes under frame_max: the full retry copy (the agent's
+    // headers, the trace, room for x-death) is over it; the second leaves room for a lean one.
+    for (id, room) in [("tight-40", 40usize), ("tight-3000", 3_000)] {
+        let mut after = Vec::new();
+        short_bytes(&mut after, id.as_bytes());
+        let fixed = 8 + 12 + 2 + zeros(0).len() + after.len();
+        let n = (frame_max - room - fixed) / 9;
+        let mut props = zeros(n);
+        props.extend_from_slice(&after);
+        raw.publish_raw(
+            &queue,
+            flag::HEADERS | flag::MESSAGE_ID,
+            &props,
+            &body(id, "fail-until:2"),
+        )
+        .await
+        .unwrap();
+    }
+    ctx.publish_json("event", "behind", "ok").await;
+    let agent = ctx.start_agent().await;
+    wait_handled(&ctx, &["behind", "tight-40", "tight-3000"]).await;
+    // Each ran once, failed, and was either retried (a copy that fits) or dead-lettered by a
+    // copy that fits; none ran again at attempt 1.
+    let mut settled = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut dead = Vec::new();
+    while settled < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "both settled");
+        dead.extend(ctx.drain_dead("event").await);
+        let records = ctx.records_by_id();
+        settled = ["tight-40", "tight-3000"]
+            .iter()
+            .filter(|id| {
+                let runs = records.get(**id).map_or(0, Vec::len);
+                runs == 2 || dead.iter().any(|(_, b)| id_of(b) == **id)
+            })
+            .count();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = ctx.records_by_id();
+    for id in ["tight-40", "tight-3000"] {
+        let attempts: Vec<&str> = records[id]
+            .iter()
+            .map(|r| r["params"]["HTTP_X_AGENT_ATTEMPT"].as_str().unwrap())
+            .collect();
+        assert!(
+            attempts == ["1"] || attempts == ["1", "2"],
+            "{id}: attempts {attempts:?}"
+        );
+    }
+    assert_eq!(
+        records["tight-3000"].len(),
+        2,
+        "3,000 bytes leave room for a lean retry copy"
+    );
+    for (props, body) in &dead {
+        assert_eq!(
+            header_str(props, "x-agent-reason").as_deref(),
+            Some("copy_refused"),
+            "{}",
+            id_of(body)
+        );
+    }
+    assert_eq!(
+        agent.stats()["event"].consumer_starts,
+        1,
+        "no connection lost"
+    );
+    agent.stop().await;
+}
