@@ -478,3 +478,180 @@ async fn one_fastcgi_span_per_batch_linked_to_each_message_span() {
         );
     }
 }
+
+/// Message `bad` of a batch of 50 misbehaves on every attempt (`behave`), with
+/// `retry.max_attempts` = 3. Every other message is handled exactly once (at most `stale_ok` of
+/// them twice: a timed-out child runs on after the agent gave up), none is dead-lettered; the
+/// bad one is dead-lettered (`max_attempts`) after its three attempts.
+async fn one_bad_message(
+    name: &str,
+    bad: usize,
+    behave: &'static str,
+    fpm_timeout: &str,
+    stale_ok: usize,
+) {
+    let ctx = ctx(name, fpm_timeout).await;
+    publish_fifty(&ctx, |i| if i == bad { behave } else { "ok" }).await;
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "every message acked or dead-lettered", || async {
+        let s = agent.stats()["event"];
+        s.acked + s.dead_lettered == N as u64
+    })
+    .await;
+    let bad_id = format!("m-{bad}");
+    let dead = ctx.take_ids(&ctx.dead_queue("event")).await;
+    let innocents: Vec<&String> = dead.iter().filter(|id| **id != bad_id).collect();
+    assert!(
+        innocents.is_empty(),
+        "{} innocent messages dead-lettered: {innocents:?}",
+        innocents.len()
+    );
+    assert_eq!(dead, [bad_id.clone()]);
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records[..bad + 1], bad + 1);
+    let by_id = by_id(&records);
+    assert_eq!(attempts(&by_id[&bad_id]), [1, 2, 3], "{bad_id}");
+    let mut twice = 0;
+    for i in (0..N).filter(|i| *i != bad) {
+        let recs = by_id.get(&format!("m-{i}")).map_or(&[][..], Vec::as_slice);
+        assert!(!recs.is_empty(), "m-{i} never handled");
+        assert!(recs.iter().all(|r| r["attempt"] == 1), "m-{i}: {recs:?}");
+        twice += recs.len() - 1;
+    }
+    assert!(twice <= stale_ok, "{twice} messages handled twice");
+    let stats = agent.stats()["event"];
+    assert_eq!(
+        (stats.acked, stats.dead_lettered, stats.retried),
+        (49, 1, 2)
+    );
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    assert!(agent.drain().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_exits_php_costs_no_neighbour() {
+    one_bad_message("batch-exit", 0, "exit", "10s", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_kills_its_child_costs_no_neighbour() {
+    one_bad_message("batch-kill-always", 20, "kill", "10s", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_always_times_out_costs_no_neighbour() {
+    one_bad_message("batch-timeout-always", 20, "sleep:3000", "1s", 2).await;
+}
+
+/// Publishes `m-0` … `m-4`; `behave(i)` is message i's behaviour.
+async fn publish_five(ctx: &TestCtx, behave: impl Fn(usize) -> &'static str) {
+    for i in 0..5 {
+        ctx.publish_json("event", &format!("m-{i}"), behave(i))
+            .await;
+    }
+}
+
+/// A reason with a byte that is not UTF-8, cut by PHP's 1,000-byte limit: the entry is
+/// dead-lettered with what it said (the bytes replaced, the cut on a character boundary), and
+/// its neighbours are handled once, never a batch protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reason_that_is_not_utf8_costs_no_neighbour() {
+    let ctx = ctx("batch-utf8", "10s").await;
+    publish_five(&ctx, |i| if i == 2 { "reject-cut" } else { "ok" }).await;
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "every message acked or dead-lettered", || async {
+        let s = agent.stats()["event"];
+        s.acked + s.dead_lettered == 5
+    })
+    .await;
+    let by_id = by_id(&ctx.records());
+    for i in 0..5 {
+        assert_eq!(attempts(&by_id[&format!("m-{i}")]), [1], "m-{i}");
+    }
+    assert!(by_id.values().all(|r| r[0]["batch_size"] == 5));
+    assert_dead_letter(&ctx, "m-2", "bad \u{fffd} byte aaaa").await;
+    let stats = agent.stats()["event"];
+    assert_eq!((stats.acked, stats.dead_lettered, stats.retried), (4, 1, 0));
+    assert!(agent.drain().await.is_none());
+}
+
+/// A handler prints what looks like outcome lines (`1 ack`, `2 ack`) and exits: PHP flushes its
+/// output buffers on exit, yet no entry is acked without having run. The printing message is
+/// dead-lettered after its attempts; the others are each handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_after_exit_acks_nothing() {
+    let ctx = ctx("batch-print-exit", "10s").await;
+    publish_five(&ctx, |i| if i == 0 { "print-exit" } else { "ok" }).await;
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "every message acked or dead-lettered", || async {
+        let s = agent.stats()["event"];
+        s.acked + s.dead_lettered == 5
+    })
+    .await;
+    let by_id = by_id(&ctx.records());
+    for i in 1..5 {
+        let id = format!("m-{i}");
+        assert_eq!(
+            by_id.get(&id).map(|r| attempts(r)),
+            Some(vec![1]),
+            "{id} acked without being handled once"
+        );
+    }
+    assert_eq!(attempts(&by_id["m-0"]), [1, 2, 3]);
+    assert_eq!(ctx.take_ids(&ctx.dead_queue("event")).await, ["m-0"]);
+    let stats = agent.stats()["event"];
+    assert_eq!((stats.acked, stats.dead_lettered), (4, 1));
+    assert!(agent.drain().await.is_none());
+}
+
+/// Entries with 4 KiB of headers each and tiny bodies: `limits.max_batch_bytes` bounds the whole
+/// request body PHP receives (the headers JSON and every field included), not the bodies only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_bound_counts_every_byte_of_an_entry() {
+    const BOUND: u64 = 64 * 1024;
+    let mut ctx = ctx("batch-header-bytes", "10s").await;
+    ctx.set("limits.max_batch_bytes", BOUND as i64);
+    for i in 0..N {
+        let id = format!("m-{i}");
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            "pad".into(),
+            lapin::types::AMQPValue::LongString("h".repeat(4096).into()),
+        );
+        let body = serde_json::json!({"id": id, "behave": "ok"}).to_string();
+        let props = lapin::BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_headers(headers);
+        ctx.publish("event", body.as_bytes(), props).await;
+    }
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "50 acked", || async {
+        agent.stats()["event"].acked == N as u64
+    })
+    .await;
+    let records = ctx.records();
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N);
+    assert!(by_id.values().all(|r| attempts(r) == [1]));
+    let sizes: Vec<(u64, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["batch_size"].as_u64().unwrap_or(1),
+                r["batch_bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        sizes.iter().all(|(_, bytes)| *bytes <= BOUND),
+        "a request body over limits.max_batch_bytes ({BOUND}): {sizes:?}"
+    );
+    // Still batches: 4 KiB entries fill a 64 KiB bound about 15 at a time.
+    assert!(sizes.iter().any(|(size, _)| *size >= 10), "{sizes:?}");
+    assert_eq!(
+        agent.stats()["event"].requeued,
+        0,
+        "no entry left out of its request"
+    );
+    assert!(agent.drain().await.is_none());
+}
