@@ -160,8 +160,10 @@ enum Failure {
     Timeout,
 }
 
-/// After a failure mid-batch, m-0 … m-19 have their outcome and are never handled again;
-/// m-20 … m-49 count one failed attempt and are handled on the second; nothing is lost.
+/// After a failure mid-batch, m-0 … m-19 have their outcome and are never handled again; m-20,
+/// which PHP was running, counts one failed attempt and is handled on its second; m-21 … m-49
+/// never ran: they go back to the queue without using an attempt and are handled alone, on
+/// attempt 1. Nothing is lost.
 async fn failure_mid_batch(name: &str, failure: Failure) {
     let (behave, fpm_timeout, stale_ok) = match failure {
         Failure::Kill => ("sleep-once:30000", "60s", 0),
@@ -178,15 +180,6 @@ async fn failure_mid_batch(name: &str, failure: Failure) {
         let pid = by_id(&ctx.records())["m-20"][0]["pid"].as_i64().unwrap();
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     }
-    eventually(WAIT, "m-20 … m-49 handled on attempt 2", || async {
-        let by_id = by_id(&ctx.records());
-        (20..N).all(|i| {
-            by_id
-                .get(&format!("m-{i}"))
-                .is_some_and(|r| attempts(r).contains(&2))
-        })
-    })
-    .await;
     eventually(WAIT, "50 acked", || async {
         agent.stats()["event"].acked == N as u64
     })
@@ -203,41 +196,36 @@ async fn failure_mid_batch(name: &str, failure: Failure) {
         );
     }
     assert_eq!(attempts(&by_id["m-20"]), [1, 2]);
-    // The rest were not reached (a killed child), or at most `stale_ok` of them by the child
-    // still running after the agent gave up (a timeout); each is handled once on attempt 2.
-    let stale: usize = (21..N)
-        .map(|i| {
-            attempts(&by_id[&format!("m-{i}")])
-                .iter()
-                .filter(|a| **a == 1)
-                .count()
-        })
-        .sum();
-    assert!(
-        stale <= stale_ok,
-        "{stale} handled on attempt 1 after the failure"
-    );
+    // The rest ran once, alone, on attempt 1; after a timeout at most `stale_ok` of them ran a
+    // second time, in the child still running the batch after the agent gave up.
+    let mut twice = 0;
     for i in 21..N {
-        let second = attempts(&by_id[&format!("m-{i}")])
-            .iter()
-            .filter(|a| **a == 2)
-            .count();
-        assert_eq!(second, 1, "m-{i} retried once");
+        let recs = &by_id[&format!("m-{i}")];
+        assert!(recs.iter().all(|r| r["attempt"] == 1), "m-{i}: {recs:?}");
+        assert!(
+            recs.iter().any(|r| r["batch_size"] == Value::Null),
+            "m-{i} handled alone: {recs:?}"
+        );
+        twice += recs.len() - 1;
     }
+    assert!(twice <= stale_ok, "{twice} handled twice after the failure");
     let stats = agent.stats()["event"];
-    assert_eq!((stats.retried, stats.dead_lettered), (30, 0));
+    assert_eq!(
+        (stats.retried, stats.requeued, stats.dead_lettered),
+        (1, 29, 0)
+    );
     assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
     assert!(ctx.drain_dead("event").await.is_empty());
     assert!(agent.drain().await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_child_killed_mid_batch_fails_only_the_entries_without_an_outcome() {
+async fn a_child_killed_mid_batch_blames_only_the_running_entry() {
     failure_mid_batch("batch-kill", Failure::Kill).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_timeout_mid_batch_fails_only_the_entries_without_an_outcome() {
+async fn a_timeout_mid_batch_blames_only_the_running_entry() {
     failure_mid_batch("batch-timeout", Failure::Timeout).await;
 }
 
@@ -328,7 +316,8 @@ async fn a_hostile_entry_is_rejected_alone() {
             .to_string()
     };
     let stolen = signature(&all[10]);
-    let mut encoder = Encoder::new(0);
+    let nonce = "feedc0defeedc0defeedc0defeedc0de";
+    let mut encoder = Encoder::new(0, nonce);
     for (i, params) in all.iter().enumerate() {
         let mut params = params.clone();
         if i == 9 {
@@ -346,7 +335,7 @@ async fn a_hostile_entry_is_rejected_alone() {
         Duration::from_secs(10),
         1 << 20,
     );
-    let mut reader = Reader::new(0..N, true);
+    let mut reader = Reader::new(0..N, true, nonce);
     let mut verdicts = BTreeMap::new();
     fpm_client
         .request_streaming(&params, &body, &|| false, &mut |chunk| {
@@ -506,11 +495,18 @@ async fn one_bad_message(
         "{} innocent messages dead-lettered: {innocents:?}",
         innocents.len()
     );
-    assert_eq!(dead, [bad_id.clone()]);
+    assert_eq!(dead, std::slice::from_ref(&bad_id));
     let records = ctx.records();
     assert_first_request_was_one_batch(&records[..bad + 1], bad + 1);
     let by_id = by_id(&records);
-    assert_eq!(attempts(&by_id[&bad_id]), [1, 2, 3], "{bad_id}");
+    // Its attempts 1, 2, 3, in order. A run may repeat an attempt without using it: a killed
+    // child's `start` line can be lost with the connection (nobody blamed, retried alone), and
+    // a request that died alone before any reply byte on a reused connection is sent once more
+    // (the FastCGI client's idle-close rule: fastcgi.rs). At most 1 + 2 per attempt.
+    let mut bad_attempts = attempts(&by_id[&bad_id]);
+    assert!(bad_attempts.len() <= 7, "{bad_id}: {bad_attempts:?}");
+    bad_attempts.dedup();
+    assert_eq!(bad_attempts, [1, 2, 3], "{bad_id}");
     let mut twice = 0;
     for i in (0..N).filter(|i| *i != bad) {
         let recs = by_id.get(&format!("m-{i}")).map_or(&[][..], Vec::as_slice);
