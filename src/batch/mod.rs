@@ -3,11 +3,12 @@
 //!
 //! - [`wire`]: the request body (versioned; raw bytes; every entry signed on its own).
 //! - [`outcomes`]: the incremental parser of the reply (one outcome line per entry).
-//! - [`retry`]: what the entries without an outcome get when the request failed.
+//! - [`retry`]: what the entries without an outcome get when the request failed: only the one
+//!   PHP was running uses an attempt; the others go back to the queue and are retried alone.
 //!
 //! Invariant: pure, no I/O. An entry is settled at most once: by its own outcome line, or, when
 //! the request ends without one, by [`retry::unsettled`]; an entry that has an outcome is never
-//! counted as a failed attempt again.
+//! counted as a failed attempt again, and no entry uses an attempt for another's failure.
 
 pub mod outcomes;
 pub mod retry;
@@ -24,7 +25,8 @@ pub struct Batching {
     pub max: usize,
     /// How long an idle worker may wait for the backlog to fill a batch.
     pub wait: Duration,
-    /// Most body bytes in one batch; a delivery larger than this alone goes as a single request.
+    /// Most bytes of one batch body, every byte of every entry counted (head, fields with the
+    /// headers JSON, body); an entry larger than this alone goes as a single request.
     pub max_bytes: usize,
 }
 
@@ -39,10 +41,11 @@ impl Batching {
         }
     }
 
-    /// How many of the backlog's deliveries (body size, redelivered; oldest first) go into the
-    /// next request: at least one, at most `max`, no more body bytes than `max_bytes` (a body
-    /// over it goes alone), and a redelivery only alone: it may have been in flight during a
-    /// crash, and crash-loop protection (`poison`) may make it run alone.
+    /// How many of the backlog's deliveries (entry size from [`entry_bytes`], redelivered;
+    /// oldest first) go into the next request: at least one, at most `max`, no more than
+    /// `max_bytes` (an entry over it goes alone), and a redelivery only alone: it may have been
+    /// in flight during a crash (crash-loop protection may make it run alone), or it was sent
+    /// back from a broken batch (`retry::Fate::Alone`) to be tried on its own.
     #[must_use]
     pub fn take(&self, backlog: impl IntoIterator<Item = (usize, bool)>) -> usize {
         let mut n = 0;
@@ -66,6 +69,19 @@ impl Batching {
     pub fn should_wait(&self, backlog: usize, oldest_waited: Duration) -> bool {
         self.max > 1 && backlog < self.max && oldest_waited < self.wait
     }
+}
+
+/// Bytes an entry's fields other than the headers JSON take at most in practice (names, ids,
+/// route, signature, trace context, head line). An estimate: the worker checks the exact size
+/// as it encodes (`wire::Encoder::entry_len`) and sends an entry that does not fit back alone.
+pub const ENTRY_FIELDS_RESERVE: usize = 1024;
+
+/// The size a delivery is expected to take in a batch body: its body, its headers as JSON and
+/// [`ENTRY_FIELDS_RESERVE`].
+#[must_use]
+pub fn entry_bytes(body: usize, headers_json: usize) -> usize {
+    body.saturating_add(headers_json)
+        .saturating_add(ENTRY_FIELDS_RESERVE)
 }
 
 #[cfg(test)]
@@ -92,6 +108,16 @@ mod tests {
         assert_eq!(b.take(fresh(&[500, 1])), 1);
         assert_eq!(b.take(fresh(&[1, 500])), 1);
         assert_eq!(batching(1, 100).take(fresh(&[1, 1, 1])), 1);
+    }
+
+    #[test]
+    fn headers_count_toward_the_bound() {
+        let b = batching(50, 64 * 1024);
+        // Tiny bodies with 4 KiB of headers each: about 12 fit, not 50.
+        let entries: Vec<_> = (0..50).map(|_| (entry_bytes(40, 4106), false)).collect();
+        let n = b.take(entries);
+        assert!((10..=13).contains(&n), "{n}");
+        assert!(n * entry_bytes(40, 4106) <= 64 * 1024);
     }
 
     #[test]

@@ -1,21 +1,30 @@
 //! The reply of a batch, read as it arrives (docs/batches.md, "The reply").
 //!
 //! ```text
-//! Status: 200\r\n X-Agent-Batch: 1\r\n … \r\n      the CGI head, once, before the first outcome
-//! <index> ack\n                                    handled
-//! <index> retry <status> <seconds|-> <reason>\n     408/425/429/5xx: retry (Retry-After or `-`)
-//! <index> reject <status> <reason>\n               other 4xx: dead-letter
-//! done <count>\n                                   optional trailer: every entry answered
+//! Status: 200\r\n X-Agent-Batch: 2\r\n … \r\n      the CGI head, once, before the first line
+//! <nonce> <index> start\n                          PHP starts handling the entry
+//! <nonce> <index> ack\n                            handled
+//! <nonce> <index> retry <status> <seconds|-> <reason>\n   408/425/429/5xx: retry
+//! <nonce> <index> reject <status> <reason>\n       other 4xx: dead-letter
+//! <nonce> done <count>\n                           optional trailer: every entry answered
 //! ```
+//!
+//! Every line carries the request's nonce (`wire::Encoder::new`): a random token the agent
+//! chose for this request, so output that a handler leaks into the reply (PHP flushes its output
+//! buffers on `exit()` and on a fatal error) cannot pass for an outcome. An outcome is accepted
+//! only for the entry PHP said it started and has not answered yet, one entry at a time, so the
+//! reader also knows which entry PHP was running when a request breaks ([`Reader::running`]).
 //!
 //! An outcome line means for its entry exactly what a reply with that status (and
 //! `X-Agent-Ack: 1` for `ack`, `Retry-After` for `retry`) means for a single message
-//! (`outcome::classify_reply`). A reply that is not a batch reply (no `X-Agent-Batch: 1`: a PHP
-//! error page, a refusal, a receiver that does not know batches) judges every entry by its head.
+//! (`outcome::classify_reply`). A reason's bytes that are not UTF-8 are replaced (U+FFFD), never
+//! an error. A reply that is not a batch reply (no `X-Agent-Batch: 2`: a PHP error page, a
+//! refusal, a receiver that does not know this version) judges no entry: see `retry`.
 //!
-//! Invariant: each expected entry gets at most one verdict from the reply; an unknown or repeated
-//! index, a line that is not an outcome, an outcome that contradicts its status or anything after
-//! the trailer or the request's end is a [`ProtocolError`], after which nothing more is read.
+//! Invariant: each expected entry gets at most one verdict from the reply, and only after its
+//! `start` line; a line without the nonce, an unknown, repeated or unstarted index, a line that
+//! is not an outcome, an outcome that contradicts its status or anything after the trailer or
+//! the request's end is a [`ProtocolError`], after which nothing more is read.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -57,6 +66,10 @@ enum State {
 pub struct Reader {
     expected: BTreeSet<usize>,
     answered: BTreeSet<usize>,
+    /// The entry PHP started and has not answered yet.
+    running: Option<usize>,
+    /// The request's nonce and a space: the prefix of every line.
+    prefix: String,
     require_ack: bool,
     buf: Vec<u8>,
     state: State,
@@ -65,13 +78,15 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A reader for a request whose entries have these indices. `require_ack` is
-    /// `fpm.require_ack_header` (a whole reply with 2xx needs `X-Agent-Ack: 1`).
+    /// A reader for a request whose entries have these indices and whose body carried `nonce`.
+    /// `require_ack` is `fpm.require_ack_header` (a whole reply with 2xx needs `X-Agent-Ack: 1`).
     #[must_use]
-    pub fn new(indices: impl IntoIterator<Item = usize>, require_ack: bool) -> Self {
+    pub fn new(indices: impl IntoIterator<Item = usize>, require_ack: bool, nonce: &str) -> Self {
         Self {
             expected: indices.into_iter().collect(),
             answered: BTreeSet::new(),
+            running: None,
+            prefix: format!("{nonce} "),
             require_ack,
             buf: Vec::new(),
             state: State::Head,
@@ -88,6 +103,13 @@ impl Reader {
     #[must_use]
     pub fn answered(&self, index: usize) -> bool {
         self.answered.contains(&index)
+    }
+
+    /// The entry PHP said it started and did not answer: the one it was running when the reply
+    /// ended or broke, if any.
+    #[must_use]
+    pub fn running(&self) -> Option<usize> {
+        self.running
     }
 
     /// The reply's HTTP status, once its head was read.
@@ -222,11 +244,20 @@ impl Reader {
 
     fn line(&mut self, line: &[u8], emit: &mut impl FnMut(usize, Verdict)) -> Result<(), String> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = std::str::from_utf8(line).map_err(|_| "outcome line is not UTF-8".to_owned())?;
-        if text.is_empty() {
+        if line.is_empty() {
             return Ok(());
         }
-        let quoted = || crate::printable::printable(text).capped(200).to_string();
+        // Before the nonce is checked nothing of the line is trusted, not even its encoding.
+        let Some(line) = line.strip_prefix(self.prefix.as_bytes()) else {
+            let text = String::from_utf8_lossy(line);
+            return Err(format!(
+                "a line without the request's nonce (a handler's own output?): `{}`",
+                crate::printable::printable(&text).capped(120)
+            ));
+        };
+        // Only a reason may hold any bytes: replaced, never an error for the other entries.
+        let text = String::from_utf8_lossy(line);
+        let quoted = || crate::printable::printable(&text).capped(200).to_string();
         let mut words = text.splitn(2, ' ');
         let first = words.next().unwrap_or_default();
         let rest = words.next().unwrap_or_default();
@@ -253,11 +284,26 @@ impl Reader {
             return Err(format!("unknown entry index {index}"));
         }
         if self.answered.contains(&index) {
-            return Err(format!("duplicate outcome for entry {index}"));
+            return Err(format!("entry {index} was answered already"));
+        }
+        if rest == "start" {
+            if let Some(running) = self.running {
+                return Err(format!(
+                    "entry {index} started while entry {running} has no outcome"
+                ));
+            }
+            self.running = Some(index);
+            return Ok(());
+        }
+        if self.running != Some(index) {
+            return Err(format!(
+                "outcome for entry {index}, which PHP did not start"
+            ));
         }
         let verdict =
             parse_outcome(rest, self.require_ack).map_err(|e| format!("entry {index}: {e}"))?;
         self.answered.insert(index);
+        self.running = None;
         emit(index, verdict);
         Ok(())
     }
@@ -343,15 +389,15 @@ fn reason_text(reason: &str) -> String {
     }
 }
 
-/// The verdict of every entry of a reply that is not a batch reply: as a single message's reply
-/// with that head, except that a success without `X-Agent-Batch: 1` acknowledges nothing (the
-/// PHP side answered as if the batch were one message).
+/// The verdict a reply that is not a batch reply would give: as a single message's reply with
+/// that head, except that a success without `X-Agent-Batch: 2` acknowledges nothing (the PHP
+/// side answered as if the batch were one message).
 fn whole_verdict(head: &ReplyHead, require_ack: bool, excerpt: impl FnOnce() -> String) -> Verdict {
     if (200..=299).contains(&head.status) {
         return Verdict::Transient {
             reason: "fpm_malformed_reply",
             detail: format!(
-                "status {} without X-Agent-Batch: 1 (does the PHP side handle batches?): {}",
+                "status {} without X-Agent-Batch: 2 (does the PHP side handle this batch version?): {}",
                 head.status,
                 excerpt()
             ),
@@ -383,16 +429,16 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// The reply header by which PHP says it answered a batch (`X-Agent-Batch: 1`).
+/// The reply header by which PHP says it answered a batch (`X-Agent-Batch: <version>`).
 pub const BATCH_HEADER: &str = "x-agent-batch";
 
-/// True when the head has `X-Agent-Batch: 1`.
+/// True when the head has `X-Agent-Batch` with this format's version.
 fn is_batch_reply(head: &[u8]) -> bool {
     head.split(|b| *b == b'\n').any(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         line.iter().position(|b| *b == b':').is_some_and(|colon| {
             line[..colon].eq_ignore_ascii_case(BATCH_HEADER.as_bytes())
-                && line[colon + 1..].trim_ascii() == b"1"
+                && line[colon + 1..].trim_ascii() == super::wire::VERSION.to_string().as_bytes()
         })
     })
 }

@@ -1,11 +1,16 @@
 //! The retry rule of a batch: when the request fails (timeout, broken connection, crashed FPM
-//! child, malformed or protocol-breaking reply), the entries that already have an outcome keep
-//! it, and only the entries without one get the failure's verdict: a failed attempt, exactly as
-//! a single message whose request failed that way.
+//! child, `exit()` or a fatal error, a malformed or protocol-breaking reply, a reply that is not a
+//! batch reply), the entries that already have an outcome keep it, and of the others **only the
+//! entry PHP was running** (it said `start`, then nothing) gets the failure's verdict: a failed
+//! attempt, exactly as a single message whose request failed that way. Every other entry without
+//! an outcome never ran, or cannot be blamed: it is [`Fate::Alone`], returned to its queue
+//! without using an attempt, and the broker's redelivery goes alone, one message per request
+//! (`Batching::take`), where its own fate is decided as for any single message. So a message
+//! that kills PHP costs its neighbours one more delivery, never an attempt, and is itself
+//! retried and dead-lettered after `max_attempts` (or `poison`) as it would be alone.
 //!
-//! Invariant: pure. [`unsettled`] never returns an entry the reply answered, and an entry's
-//! attempt counts exactly when the same failure would count for a single message (an FPM that
-//! could not be reached at all does not count).
+//! Invariant: pure. [`unsettled`] never returns an entry the reply answered; at most one entry
+//! per failed request counts an attempt; an FPM that could not be reached at all counts none.
 
 use crate::fastcgi::FpmError;
 use crate::outcome::Verdict;
@@ -87,17 +92,42 @@ impl Failure {
     }
 }
 
-/// The verdict of each entry of `entries` that `answered` says has no outcome.
+/// What an entry without an outcome gets after a failed batch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Settled with this verdict: the entry PHP was running (the failure's verdict, an attempt
+    /// used), or every entry when FPM could not be reached (retried as the same attempt).
+    Settle(Verdict),
+    /// Back to its queue (nack with requeue), no attempt used: the redelivery goes alone.
+    Alone,
+}
+
+/// The fate of each entry of `entries` that `answered` says has no outcome; `running` is the
+/// entry PHP had started and not answered (`outcomes::Reader::running`).
 #[must_use]
 pub fn unsettled(
     entries: impl IntoIterator<Item = usize>,
     answered: impl Fn(usize) -> bool,
+    running: Option<usize>,
     failure: &Failure,
-) -> Vec<(usize, Verdict)> {
+) -> Vec<(usize, Fate)> {
+    let unreached = matches!(
+        failure,
+        Failure::Fpm {
+            unreached: true,
+            ..
+        }
+    );
     entries
         .into_iter()
         .filter(|i| !answered(*i))
-        .map(|i| (i, failure.verdict()))
+        .map(|i| {
+            if unreached || running == Some(i) {
+                (i, Fate::Settle(failure.verdict()))
+            } else {
+                (i, Fate::Alone)
+            }
+        })
         .collect()
 }
 
@@ -116,45 +146,88 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_entries_without_an_outcome_fail() {
-        let answered = |i: usize| i < 20;
-        let timeout = Failure::fpm(&FpmError::Timeout(Duration::from_secs(30)));
-        let failed = unsettled(0..50, answered, &timeout);
-        assert_eq!(
-            failed.iter().map(|f| f.0).collect::<Vec<_>>(),
-            (20..50).collect::<Vec<_>>()
-        );
-        for (_, verdict) in &failed {
-            assert!(matches!(
-                verdict,
-                Verdict::Transient {
-                    reason: "timeout",
-                    counts: true,
-                    ..
-                }
-            ));
-            // A failed attempt: the next attempt is 2, or dead-letter after max_attempts.
-            assert_eq!(
-                policy().decide(verdict, 1),
-                Decision::Retry {
-                    delay: Duration::from_secs(1),
-                    next_attempt: 2
-                }
-            );
-            assert_eq!(
-                policy().decide(verdict, 3),
-                Decision::DeadLetter {
-                    reason: "max_attempts"
-                }
-            );
-        }
-        // Every entry answered: nothing to do, whatever happened after.
-        assert!(unsettled(0..50, |_| true, &timeout).is_empty());
+    fn settled(fates: &[(usize, Fate)]) -> Vec<(usize, &Verdict)> {
+        fates
+            .iter()
+            .filter_map(|(i, f)| match f {
+                Fate::Settle(v) => Some((*i, v)),
+                Fate::Alone => None,
+            })
+            .collect()
+    }
+
+    fn alone(fates: &[(usize, Fate)]) -> Vec<usize> {
+        fates
+            .iter()
+            .filter(|(_, f)| *f == Fate::Alone)
+            .map(|(i, _)| *i)
+            .collect()
     }
 
     #[test]
-    fn each_failure_counts_as_it_would_for_one_message() {
+    fn only_the_running_entry_uses_an_attempt() {
+        let answered = |i: usize| i < 20;
+        let timeout = Failure::fpm(&FpmError::Timeout(Duration::from_secs(30)));
+        let fates = unsettled(0..50, answered, Some(20), &timeout);
+        assert_eq!(
+            fates.iter().map(|f| f.0).collect::<Vec<_>>(),
+            (20..50).collect::<Vec<_>>()
+        );
+        let counted = settled(&fates);
+        assert_eq!(counted.len(), 1);
+        assert_eq!(counted[0].0, 20);
+        assert!(matches!(
+            counted[0].1,
+            Verdict::Transient {
+                reason: "timeout",
+                counts: true,
+                ..
+            }
+        ));
+        // A failed attempt: the next attempt is 2, or dead-letter after max_attempts.
+        assert_eq!(
+            policy().decide(counted[0].1, 1),
+            Decision::Retry {
+                delay: Duration::from_secs(1),
+                next_attempt: 2
+            }
+        );
+        assert_eq!(
+            policy().decide(counted[0].1, 3),
+            Decision::DeadLetter {
+                reason: "max_attempts"
+            }
+        );
+        // The 29 that never ran go back alone, whatever their attempt.
+        assert_eq!(alone(&fates), (21..50).collect::<Vec<_>>());
+        // Every entry answered: nothing to do, whatever happened after.
+        assert!(unsettled(0..50, |_| true, None, &timeout).is_empty());
+    }
+
+    #[test]
+    fn without_a_running_entry_nobody_is_blamed() {
+        let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let permanent = Verdict::Permanent {
+            reason: "rejected",
+            detail: "status 400: malformed batch".into(),
+            status: Some(400),
+        };
+        let failures = [
+            Failure::fpm(&FpmError::Io(lost)),
+            Failure::fpm(&FpmError::Truncated(120)),
+            Failure::fpm(&FpmError::Timeout(Duration::from_secs(1))),
+            Failure::Protocol("a line without the request's nonce".into()),
+            Failure::Incomplete("empty reply".into()),
+            Failure::Whole(permanent),
+        ];
+        for failure in failures {
+            let fates = unsettled([0, 2, 5], |i| i == 2, None, &failure);
+            assert_eq!(alone(&fates), vec![0, 5], "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn each_failure_counts_for_the_running_entry_as_it_would_for_one_message() {
         let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let cases = [
             (
@@ -168,14 +241,6 @@ mod tests {
                 true,
             ),
             (
-                Failure::fpm(&FpmError::Connect {
-                    address: "127.0.0.1:9".into(),
-                    source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no"),
-                }),
-                "fpm_unavailable",
-                false,
-            ),
-            (
                 Failure::Protocol("duplicate outcome for entry 3".into()),
                 "batch_protocol_error",
                 true,
@@ -187,38 +252,56 @@ mod tests {
             ),
         ];
         for (failure, reason, counts) in cases {
-            let failed = unsettled([0, 2, 5], |i| i == 2, &failure);
-            assert_eq!(failed.iter().map(|f| f.0).collect::<Vec<_>>(), vec![0, 5]);
-            match &failed[0].1 {
-                Verdict::Transient {
-                    reason: r,
-                    counts: c,
-                    ..
-                } => assert_eq!((*r, *c), (reason, counts), "{failure:?}"),
+            let fates = unsettled([0, 2, 5], |i| i == 2, Some(5), &failure);
+            assert_eq!(alone(&fates), vec![0]);
+            let counted = settled(&fates);
+            assert_eq!(counted.len(), 1);
+            match counted[0] {
+                (
+                    5,
+                    Verdict::Transient {
+                        reason: r,
+                        counts: c,
+                        ..
+                    },
+                ) => assert_eq!((*r, *c), (reason, counts), "{failure:?}"),
                 other => panic!("{other:?}"),
             }
-            // Unreached: retried as the same attempt.
-            let next = if counts { 2 } else { 1 };
             assert!(matches!(
-                policy().decide(&failed[0].1, 1),
-                Decision::Retry { next_attempt, .. } if next_attempt == next
+                policy().decide(counted[0].1, 1),
+                Decision::Retry {
+                    next_attempt: 2,
+                    ..
+                }
             ));
         }
     }
 
     #[test]
-    fn a_whole_reply_judges_every_remaining_entry_like_one_message() {
-        let permanent = Verdict::Permanent {
-            reason: "rejected",
-            detail: "status 401: invalid signature".into(),
-            status: Some(401),
-        };
-        let failed = unsettled(0..3, |_| false, &Failure::Whole(permanent.clone()));
-        assert_eq!(failed.len(), 3);
-        assert!(failed.iter().all(|(_, v)| *v == permanent));
-        assert_eq!(
-            policy().decide(&failed[0].1, 1),
-            Decision::DeadLetter { reason: "rejected" }
-        );
+    fn an_unreachable_fpm_retries_every_entry_as_the_same_attempt() {
+        let unreachable = Failure::fpm(&FpmError::Connect {
+            address: "127.0.0.1:9".into(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no"),
+        });
+        let fates = unsettled(0..3, |_| false, None, &unreachable);
+        let counted = settled(&fates);
+        assert_eq!(counted.len(), 3);
+        for (_, verdict) in counted {
+            assert!(matches!(
+                verdict,
+                Verdict::Transient {
+                    reason: "fpm_unavailable",
+                    counts: false,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                policy().decide(verdict, 1),
+                Decision::Retry {
+                    next_attempt: 1,
+                    ..
+                }
+            ));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The request of a batch: its params and its body (docs/batches.md, "The request").
 //!
 //! ```text
-//! AMQP-AGENT-BATCH 1\n                          magic and format version
+//! AMQP-AGENT-BATCH 2 <nonce>\n                  magic, format version, the request's nonce
 //! <index> <fields length> <body length>\n      for each entry, in order:
 //! <NAME>=<value>\n …                           its per-message params (fields length bytes)
 //! <body>\n                                     its raw body (body length bytes), then LF
@@ -12,7 +12,9 @@
 //! one its own single request would carry, over its own id, attempt, route, headers and body, so
 //! PHP verifies each entry with the single-message code and one bad entry cannot pass under
 //! another's signature. Values never hold CR, LF or NUL (`contract`), so a field is one line.
-//! Bodies are raw bytes, length-prefixed: a 1 MiB binary body adds 1 MiB.
+//! Bodies are raw bytes, length-prefixed: a 1 MiB binary body adds 1 MiB. The nonce is a
+//! random token the agent draws for each request (32 lowercase hex digits); PHP starts every
+//! line of its reply with it (`outcomes`), so a handler's own output cannot pass for an outcome.
 //!
 //! Invariant: every param *name*, of the request and of its entries, is a fixed string from
 //! `contract` or this module.
@@ -21,8 +23,9 @@ use std::borrow::Cow;
 
 /// First line of a batch body: magic and version.
 pub const MAGIC: &str = "AMQP-AGENT-BATCH";
-/// Format version, in the magic line and in `HTTP_X_AGENT_BATCH`.
-pub const VERSION: u32 = 1;
+/// Format version, in the magic line, in `HTTP_X_AGENT_BATCH` and in the reply's
+/// `X-Agent-Batch` (2: the nonce and the `start` lines).
+pub const VERSION: u32 = 2;
 /// `CONTENT_TYPE` of a batch request.
 pub const CONTENT_TYPE: &str = "application/vnd.amqp-agent.batch";
 /// Request param: the format version; its presence says the request is a batch.
@@ -62,25 +65,33 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An empty batch; `capacity` is a hint (the sum of the bodies).
+    /// An empty batch whose reply lines must start with `nonce` (random per request, drawn by
+    /// the caller: this module is pure); `capacity` is a hint (the sum of the bodies).
     #[must_use]
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, nonce: &str) -> Self {
         let mut body = Vec::with_capacity(capacity + 64);
         body.extend_from_slice(MAGIC.as_bytes());
         body.push(b' ');
         body.extend_from_slice(VERSION.to_string().as_bytes());
+        body.push(b' ');
+        body.extend_from_slice(nonce.as_bytes());
         body.push(b'\n');
         Self { body, count: 0 }
+    }
+
+    /// The bytes entry `index` adds to the body: its head line, its fields and its body.
+    /// `limits.max_batch_bytes` bounds the sum (PHP's `post_max_size` sees every byte).
+    #[must_use]
+    pub fn entry_len(index: usize, params: &[(&'static str, Cow<'_, str>)], body: usize) -> usize {
+        let fields = fields_len(params);
+        let head = format!("{index} {fields} {body}\n").len();
+        head + fields + body + 1
     }
 
     /// Appends entry `index` from the params of its single request (`contract::RequestTemplate::
     /// params`, signature included) and its body. Only the per-message params are written.
     pub fn push(&mut self, index: usize, params: &[(&'static str, Cow<'_, str>)], body: &[u8]) {
-        let fields: usize = params
-            .iter()
-            .filter(|(name, _)| is_entry_field(name))
-            .map(|(name, value)| name.len() + value.len() + 2)
-            .sum();
+        let fields = fields_len(params);
         let head = format!("{index} {fields} {}\n", body.len());
         self.body.reserve(head.len() + fields + body.len() + 1);
         self.body.extend_from_slice(head.as_bytes());
@@ -134,6 +145,15 @@ impl Encoder {
         params.push((BATCH_SIZE_PARAM, Cow::Owned(self.count.to_string())));
         (params, self.body)
     }
+}
+
+/// Bytes of an entry's fields block: `<NAME>=<value>\n` for each per-message param.
+fn fields_len(params: &[(&'static str, Cow<'_, str>)]) -> usize {
+    params
+        .iter()
+        .filter(|(name, _)| is_entry_field(name))
+        .map(|(name, value)| name.len() + value.len() + 2)
+        .sum()
 }
 
 #[cfg(test)]

@@ -54,8 +54,10 @@ pub struct LimitsConfig {
     /// A FastCGI reply larger than this is cut off and counted as a failed attempt.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
-    /// Most body bytes in one batch request (subjects with `batch_max` > 1); a message larger
-    /// than this goes alone, where `max_body_bytes` applies.
+    /// Most bytes of one batch request's body (subjects with `batch_max` > 1), every byte of
+    /// every entry counted (its fields with the headers JSON, and its body): keep PHP's
+    /// `post_max_size` above it. A message larger than this goes alone, where `max_body_bytes`
+    /// applies.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: usize,
     /// Memory the prefetched deliveries may take: a full prefetch window of maximum-size bodies

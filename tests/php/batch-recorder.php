@@ -14,6 +14,12 @@
  *   reject             PermanentFailure: 422, dead-lettered
  *   kill-once          SIGKILL of this FPM child (the request dies mid-batch)
  *   sleep-once:MS      sleep MS milliseconds, then handled
+ *   exit               exit() on every attempt (PHP ends the request mid-batch)
+ *   print-exit         prints "1 ack\n2 ack\n" (a forged v1 reply) and exits, every attempt
+ *   kill               SIGKILL of this FPM child on every attempt
+ *   sleep:MS           sleep MS milliseconds on every attempt, then handled
+ *   reject-cut         PermanentFailure whose 1,001-byte reason holds a byte that is not UTF-8
+ *                      and ends with a two-byte character cut by the 1,000-byte limit
  */
 
 declare(strict_types=1);
@@ -33,8 +39,9 @@ $testId = $m[1];
 $recordDir = getenv('RECORD_DIR') ?: (string) ($_SERVER['RECORD_DIR'] ?? '');
 $request = bin2hex(random_bytes(8));
 $batchSize = isset($_SERVER['HTTP_X_AGENT_BATCH_SIZE']) ? (int) $_SERVER['HTTP_X_AGENT_BATCH_SIZE'] : null;
+$batchBytes = $batchSize !== null ? (int) ($_SERVER['CONTENT_LENGTH'] ?? 0) : null;
 
-Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize): void {
+Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize, $batchBytes): void {
     $json = $message->json() ?? [];
     $behave = is_string($json['behave'] ?? null) ? $json['behave'] : 'ok';
     $line = json_encode([
@@ -44,6 +51,7 @@ Receiver::run(static function (Message $message) use ($testId, $recordDir, $requ
         'pid' => getmypid(),
         'request' => $request,
         'batch_size' => $batchSize,
+        'batch_bytes' => $batchBytes,
         'behave' => $behave,
         'traceparent' => $message->traceparent,
     ], JSON_THROW_ON_ERROR) . "\n";
@@ -66,5 +74,26 @@ Receiver::run(static function (Message $message) use ($testId, $recordDir, $requ
     }
     if (str_starts_with($behave, 'sleep-once:') && $first) {
         usleep(1000 * (int) substr($behave, strlen('sleep-once:')));
+    }
+    if ($behave === 'exit') {
+        exit(0);
+    }
+    if ($behave === 'print-exit') {
+        echo "1 ack\n2 ack\n";
+        exit(0);
+    }
+    if ($behave === 'kill') {
+        if (function_exists('posix_kill')) {
+            posix_kill(getmypid(), 9);
+        } else {
+            exec('kill -9 ' . getmypid());
+        }
+        sleep(5);
+    }
+    if (str_starts_with($behave, 'sleep:')) {
+        usleep(1000 * (int) substr($behave, strlen('sleep:')));
+    }
+    if ($behave === 'reject-cut') {
+        throw new PermanentFailure("bad \xff byte " . str_repeat('a', 988) . "\u{e9}");
     }
 });

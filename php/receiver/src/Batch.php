@@ -8,13 +8,16 @@ namespace AmqpAgent\Receiver;
  * The body of a batch request (docs/batches.md): several messages in one FastCGI request, each
  * with its own per-message params (signature included) and raw body.
  *
- *     AMQP-AGENT-BATCH 1\n
+ *     AMQP-AGENT-BATCH 2 <nonce>\n
  *     <index> <fields length> <body length>\n <NAME>=<value>\n … <body>\n      per entry
+ *
+ * The nonce is a random token of the request; every line of the reply starts with it
+ * (BatchOutput), so a handler's own output can never pass for an outcome.
  */
 final class Batch
 {
-    public const VERSION = '1';
-    private const MAGIC = "AMQP-AGENT-BATCH 1\n";
+    public const VERSION = '2';
+    private const MAGIC = '/\AAMQP-AGENT-BATCH 2 ([0-9a-f]{16,64})\n/';
 
     /** The per-message params: only these may appear in an entry, and the request has none. */
     public const ENTRY_FIELDS = [
@@ -51,13 +54,14 @@ final class Batch
         if (!ctype_digit($count)) {
             throw new MalformedBatch('HTTP_X_AGENT_BATCH_SIZE is not a number');
         }
-        if (strncmp($body, self::MAGIC, strlen(self::MAGIC)) !== 0) {
-            throw new MalformedBatch('not a version 1 batch body');
+        if (preg_match(self::MAGIC, substr($body, 0, 100), $magic) !== 1) {
+            throw new MalformedBatch('not a version 2 batch body');
         }
+        $nonce = $magic[1];
         $base = array_diff_key($server, self::ENTRY_FIELDS);
         unset($base['HTTP_X_AGENT_BATCH'], $base['HTTP_X_AGENT_BATCH_SIZE']);
         $length = strlen($body);
-        $pos = strlen(self::MAGIC);
+        $pos = strlen($magic[0]);
         $entries = [];
         $seen = [];
         while ($pos < $length) {
@@ -87,7 +91,7 @@ final class Batch
             }
             ++$pos;
             $fields['CONTENT_LENGTH'] = (string) $bodyLength;
-            $entries[] = new BatchEntry($index, $fields + $base, $entryBody);
+            $entries[] = new BatchEntry($index, $fields + $base, $entryBody, $nonce);
         }
         if (count($entries) !== (int) $count) {
             throw new MalformedBatch(sprintf('%d entries, %s announced', count($entries), $count));

@@ -13,6 +13,8 @@ final class BatchEntry
         /** The request's params overlaid with the entry's own (as its single request's). */
         public readonly array $server,
         public readonly string $body,
+        /** The request's nonce: the first word of every line of the reply. */
+        public readonly string $nonce,
     ) {
     }
 }

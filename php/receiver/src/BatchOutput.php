@@ -5,15 +5,18 @@ declare(strict_types=1);
 namespace AmqpAgent\Receiver;
 
 /**
- * Writes a batch reply: one outcome line per entry, flushed at once so the agent settles the
- * entry while the next one runs, then the `done` trailer.
+ * Writes a batch reply: a `start` line before each entry runs and its outcome line once it is
+ * done, each flushed at once (the agent settles the entry while the next one runs, and knows
+ * which entry PHP was running if the request dies), then the `done` trailer. Every line starts
+ * with the request's nonce (BatchEntry::$nonce): the agent takes no line without it.
  *
- *     <index> ack
- *     <index> retry <status> <Retry-After seconds or -> <reason>
- *     <index> reject <status> <reason>
- *     done <count>
+ *     <nonce> <index> start
+ *     <nonce> <index> ack
+ *     <nonce> <index> retry <status> <Retry-After seconds or -> <reason>
+ *     <nonce> <index> reject <status> <reason>
+ *     <nonce> done <count>
  *
- * The head (`Status: 200`, `X-Agent-Batch: 1`) must be sent before the first line: sapi() does
+ * The head (`Status: 200`, `X-Agent-Batch: 2`) must be sent before the first line: sapi() does
  * it itself; a framework sends it with its streamed response.
  */
 final class BatchOutput
@@ -63,17 +66,27 @@ final class BatchOutput
         });
     }
 
-    public function outcome(int $index, Response $response): void
+    /** PHP is about to run this entry. */
+    public function start(BatchEntry $entry): void
     {
-        ($this->write)(self::line($index, $response));
+        ($this->write)("{$entry->nonce} {$entry->index} start\n");
     }
 
-    public function done(int $count): void
+    public function outcome(BatchEntry $entry, Response $response): void
     {
-        ($this->write)("done {$count}\n");
+        ($this->write)($entry->nonce . ' ' . self::line($entry->index, $response));
     }
 
-    /** The outcome line of a response: what that response would mean for a single message. */
+    public function done(string $nonce, int $count): void
+    {
+        ($this->write)("{$nonce} done {$count}\n");
+    }
+
+    /**
+     * The outcome line of a response (without the nonce in front): what that response would
+     * mean for a single message. The reason is one line of at most 1,000 bytes, cut on a
+     * character boundary.
+     */
     public static function line(int $index, Response $response): string
     {
         if ($response->isAck()) {
@@ -81,7 +94,7 @@ final class BatchOutput
         }
         $status = $response->status;
         $reason = trim(str_replace(["\r", "\n", "\0"], ' ', $response->body));
-        $reason = substr($reason !== '' ? $reason : 'no reason given', 0, 1000);
+        $reason = Response::cut($reason !== '' ? $reason : 'no reason given', 1000);
         if ($status >= 400 && $status < 500 && !in_array($status, [408, 425, 429], true)) {
             return "{$index} reject {$status} {$reason}\n";
         }

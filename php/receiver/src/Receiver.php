@@ -153,10 +153,12 @@ final class Receiver
 
     /**
      * Runs $exchange (an entry's params and body in, its response out: the framework's
-     * single-message path, signature check included) for each entry in order, writing each
-     * outcome line as soon as the entry is done; then the trailer. Output of the exchange is
-     * kept out of the reply. $reset runs between entries: what the app must forget between
-     * messages (the framework's long-running worker resets).
+     * single-message path, signature check included) for each entry in order: its `start` line,
+     * then the entry, then its outcome line, each written as soon as it is known; then the
+     * trailer. Output of the exchange never reaches the reply, not even when the handler calls
+     * exit() or dies of a fatal error (PHP flushes open output buffers then): it goes to a
+     * buffer whose handler discards it. $reset runs between entries: what the app must forget
+     * between messages (the framework's long-running worker resets).
      *
      * @param list<BatchEntry>                         $entries
      * @param callable(array, string): Response         $exchange
@@ -166,8 +168,11 @@ final class Receiver
     {
         $last = count($entries) - 1;
         foreach ($entries as $i => $entry) {
+            $output->start($entry);
             $level = ob_get_level();
-            ob_start();
+            // Whatever flushes this buffer (the handler, exit(), a fatal error) goes through its
+            // handler, which discards it.
+            ob_start(static fn (string $buffer): string => '');
             try {
                 $response = $exchange($entry->server, $entry->body);
             } catch (\Throwable $e) {
@@ -179,12 +184,12 @@ final class Receiver
                     ob_end_clean();
                 }
             }
-            $output->outcome($entry->index, $response);
+            $output->outcome($entry, $response);
             if ($reset !== null && $i !== $last) {
                 $reset();
             }
         }
-        $output->done(count($entries));
+        $output->done($entries[0]->nonce ?? '', count($entries));
     }
 
     /** The response for a handler's exception: PermanentFailure 422, RetryLater 503, else 500. */

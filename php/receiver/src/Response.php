@@ -72,6 +72,24 @@ final class Response
     /** One line of text, without control characters (the agent logs response bodies). */
     private static function line(string $text): string
     {
-        return substr(addcslashes($text, "\0..\37\177"), 0, 1000) . "\n";
+        return self::cut(addcslashes($text, "\0..\37\177"), 1000) . "\n";
+    }
+
+    /**
+     * At most $max bytes of $text, never ending inside a UTF-8 character: a character the limit
+     * would split is left out whole. (Bytes that are not UTF-8 stay; the agent replaces them.)
+     */
+    public static function cut(string $text, int $max): string
+    {
+        if (strlen($text) <= $max) {
+            return $text;
+        }
+        $end = $max;
+        // Back over continuation bytes (10xxxxxx) to the start of the character cut at $end.
+        while ($end > 0 && $end > $max - 4 && (ord($text[$end]) & 0xC0) === 0x80) {
+            --$end;
+        }
+
+        return substr($text, 0, $end);
     }
 }

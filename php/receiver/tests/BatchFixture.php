@@ -15,6 +15,8 @@ final class BatchFixture
 {
     public const SECRET = 's3cret';
     public const T = 1800000000;
+    /** The nonce of every fixture batch: the first word of each reply line. */
+    public const NONCE = '00112233445566778899aabbccddeeff';
 
     /**
      * @param list<array{id: string, body: string}|array{id: string, body: string, attempt: int}> $messages
@@ -22,7 +24,7 @@ final class BatchFixture
      */
     public static function request(array $messages, string $subject = 'event', array $extra = []): array
     {
-        $body = "AMQP-AGENT-BATCH 1\n";
+        $body = "AMQP-AGENT-BATCH 2 " . self::NONCE . "\n";
         foreach ($messages as $index => $m) {
             $fields = [
                 'HTTP_X_AGENT_MESSAGE_ID' => $m['id'],
@@ -57,7 +59,7 @@ final class BatchFixture
             'CONTENT_TYPE' => 'application/vnd.amqp-agent.batch',
             'CONTENT_LENGTH' => (string) strlen($body),
             'HTTP_X_AGENT_SUBJECT' => $subject,
-            'HTTP_X_AGENT_BATCH' => '1',
+            'HTTP_X_AGENT_BATCH' => '2',
             'HTTP_X_AGENT_BATCH_SIZE' => (string) count($messages),
         ];
 
@@ -73,7 +75,7 @@ final class BatchFixture
      */
     public static function encode(array $singles, string $subject = 'event'): array
     {
-        $body = "AMQP-AGENT-BATCH 1\n";
+        $body = "AMQP-AGENT-BATCH 2 " . self::NONCE . "\n";
         foreach ($singles as $index => [$server, $entryBody]) {
             $block = '';
             foreach (array_intersect_key($server, \AmqpAgent\Receiver\Batch::ENTRY_FIELDS) as $name => $value) {
@@ -86,7 +88,7 @@ final class BatchFixture
             'REQUEST_METHOD' => 'POST',
             'CONTENT_TYPE' => 'application/vnd.amqp-agent.batch',
             'HTTP_X_AGENT_SUBJECT' => $subject,
-            'HTTP_X_AGENT_BATCH' => '1',
+            'HTTP_X_AGENT_BATCH' => '2',
             'HTTP_X_AGENT_BATCH_SIZE' => (string) count($singles),
         ], $body];
     }
@@ -102,5 +104,41 @@ final class BatchFixture
         }
 
         return substr($out, 0, $bytes);
+    }
+
+    /**
+     * The outcome lines and trailer of a written reply, without the nonce, after checking the
+     * framing the agent requires: every write starts with the nonce, and each outcome follows
+     * the `start` line of its own entry.
+     *
+     * @param list<string> $written one entry per write
+     * @return list<string>
+     */
+    public static function outcomes(array $written, string $nonce = self::NONCE): array
+    {
+        $lines = [];
+        $started = null;
+        foreach ($written as $chunk) {
+            if (!str_starts_with($chunk, "{$nonce} ")) {
+                throw new \LogicException("a write without the nonce: {$chunk}");
+            }
+            $line = substr($chunk, strlen($nonce) + 1);
+            if (preg_match('/^(\d+) start\n$/D', $line, $m) === 1) {
+                if ($started !== null) {
+                    throw new \LogicException("entry {$m[1]} started before entry {$started} was answered");
+                }
+                $started = $m[1];
+                continue;
+            }
+            if (preg_match('/^(\d+) /', $line, $m) === 1) {
+                if ($m[1] !== $started) {
+                    throw new \LogicException("an outcome for entry {$m[1]}, which was not started");
+                }
+                $started = null;
+            }
+            $lines[] = $line;
+        }
+
+        return $lines;
     }
 }

@@ -48,7 +48,7 @@ final class BatchTest extends TestCase
             "3 retry 500 - handler failed\n",
             "4 ack\n",
             "done 5\n",
-        ], $this->written, 'one write (and flush) per outcome, as each entry is done');
+        ], BatchFixture::outcomes($this->written), 'one write (and flush) per line, as each entry starts and is done');
     }
 
     public function testAnEntryWithABadSignatureIsRejectedAlone(): void
@@ -63,7 +63,7 @@ final class BatchTest extends TestCase
             $handled[] = $m->messageId;
         });
         self::assertSame(['a', 'c'], $handled);
-        self::assertSame(["0 ack\n", "1 reject 401 invalid signature\n", "2 ack\n", "done 3\n"], $this->written);
+        self::assertSame(["0 ack\n", "1 reject 401 invalid signature\n", "2 ack\n", "done 3\n"], BatchFixture::outcomes($this->written));
     }
 
     public function testOneMibBinaryEntriesArriveByteForByte(): void
@@ -82,7 +82,7 @@ final class BatchTest extends TestCase
         $this->handle($server, $body, function (Message $m) use (&$got): void {
             $got[$m->messageId] = $m->body;
         });
-        self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], $this->written);
+        self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], BatchFixture::outcomes($this->written));
         self::assertSame(hash('sha256', $first), hash('sha256', $got['bin-1']));
         self::assertSame('x', $got['small']);
         self::assertSame(hash('sha256', $second), hash('sha256', $got['bin-2']));
@@ -121,7 +121,7 @@ final class BatchTest extends TestCase
             ++$resets;
         });
         self::assertSame($level, ob_get_level());
-        self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], $this->written);
+        self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], BatchFixture::outcomes($this->written));
         self::assertSame(2, $resets, 'between entries, not after the last');
     }
 
@@ -151,7 +151,10 @@ final class BatchTest extends TestCase
             'cut before the last LF' => [$cut(-1)],
             'cut in an entry head' => [static fn (array $s, string $b) => [$s, substr($b, 0, 22)]],
             'count differs' => [static fn (array $s, string $b) => [['HTTP_X_AGENT_BATCH_SIZE' => '3'] + $s, $b]],
-            'other version' => [static fn (array $s, string $b) => [['HTTP_X_AGENT_BATCH' => '2'] + $s, $b]],
+            'other version' => [static fn (array $s, string $b) => [['HTTP_X_AGENT_BATCH' => '1'] + $s, $b]],
+            'version 1 body' => [static fn (array $s, string $b) => [$s, "AMQP-AGENT-BATCH 1\n" . substr($b, strpos($b, "\n") + 1)]],
+            'no nonce' => [static fn (array $s, string $b) => [$s, "AMQP-AGENT-BATCH 2\n" . substr($b, strpos($b, "\n") + 1)]],
+            'nonce not hex' => [static fn (array $s, string $b) => [$s, "AMQP-AGENT-BATCH 2 0123456789ABCDEFxyz\n" . substr($b, strpos($b, "\n") + 1)]],
             'other magic' => [static fn (array $s, string $b) => [$s, 'X' . substr($b, 1)]],
             'field outside the list' => [static fn (array $s, string $b) => [$s, str_replace('HTTP_X_AGENT_EXCHANGE=', 'HTTP_X_AGENT_SUBJEC=', $b)]],
             'trailing garbage' => [static fn (array $s, string $b) => [$s, $b . 'x']],
@@ -184,11 +187,11 @@ final class BatchTest extends TestCase
     public function testTheAgentsKnownAnswerBatchParsesAndVerifies(): void
     {
         $dir = __DIR__ . '/../../../tests/vectors';
-        $body = (string) file_get_contents("{$dir}/batch-v1.bin");
+        $body = (string) file_get_contents("{$dir}/batch-v2.bin");
         $server = [
             'REQUEST_METHOD' => 'POST',
             'HTTP_X_AGENT_SUBJECT' => 'event',
-            'HTTP_X_AGENT_BATCH' => '1',
+            'HTTP_X_AGENT_BATCH' => '2',
             'HTTP_X_AGENT_BATCH_SIZE' => '2',
         ];
         $receiver = new Receiver(new Signature(['0123456789abcdef']), static fn () => null);
@@ -198,7 +201,23 @@ final class BatchTest extends TestCase
         }, fn () => new BatchOutput(fn (string $c) => $this->written[] = $c), null, 1800000000);
         self::assertNull($refused);
         self::assertSame([['m-0', 2, '{"a":1}', 'user.created'], ['m-2', 2, "line\nwith\r\nbreaks and \0 NUL", 'user.created']], $seen);
-        self::assertSame(["0 ack\n", "2 ack\n", "done 2\n"], $this->written);
+        self::assertSame(["0 ack\n", "2 ack\n", "done 2\n"], BatchFixture::outcomes($this->written, '0123456789abcdef0123456789abcdef'));
+    }
+
+    public function testAReasonIsCutOnACharacterBoundary(): void
+    {
+        // 999 bytes, then é (C3 A9): a cut at 1,000 bytes would split it.
+        $reason = str_repeat('a', 999) . "\u{e9}tat";
+        $line = BatchOutput::line(3, new \AmqpAgent\Receiver\Response(422, [], $reason));
+        self::assertSame('3 reject 422 ' . str_repeat('a', 999) . "\n", $line);
+        self::assertSame(1, preg_match('//u', $line), 'valid UTF-8');
+        // Through Response::permanent (the single reply's body is cut the same way).
+        $body = \AmqpAgent\Receiver\Response::permanent(str_repeat('b', 998) . "\u{20ac}")->body;
+        self::assertSame(str_repeat('b', 998) . "\n", $body);
+        self::assertSame("\u{20ac}", \AmqpAgent\Receiver\Response::cut("\u{20ac}x", 3));
+        self::assertSame('', \AmqpAgent\Receiver\Response::cut("\u{20ac}x", 2));
+        // Bytes that are not UTF-8 are left to the agent (it replaces them), never cut into more.
+        self::assertSame("\xff\xfe", \AmqpAgent\Receiver\Response::cut("\xff\xfe\xfd", 2));
     }
 
     public function testOutcomeLinesMapEveryResponse(): void

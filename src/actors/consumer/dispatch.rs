@@ -92,9 +92,17 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
             slot.actor.stop(Some("pool shrink".into()));
             continue;
         }
-        let n = state
-            .batching
-            .take(state.backlog.iter().map(|d| (d.data.len(), d.redelivered)));
+        let n = if state.batching.max > 1 {
+            let limits = &state.runtime.config.limits;
+            state.batching.take(
+                state
+                    .backlog
+                    .iter()
+                    .map(|d| (entry_bytes(d, limits), d.redelivered)),
+            )
+        } else {
+            1
+        };
         let (msg, tags) = if n == 1 {
             let delivery = state.backlog.pop_front().expect("checked non-empty");
             let tags = vec![delivery.delivery_tag];
@@ -131,6 +139,18 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
             Err(_) => {}
         }
     }
+}
+
+/// The bytes a delivery is expected to take in a batch body: `limits.max_batch_bytes` counts
+/// its headers too (a header over the limits is left to the worker, which dead-letters it).
+fn entry_bytes(delivery: &Delivery, limits: &crate::config::LimitsConfig) -> usize {
+    let headers = crate::contract::headers_json(
+        delivery.properties.headers().as_ref(),
+        limits.max_header_depth,
+        limits.max_headers_bytes,
+    )
+    .map_or(0, |json| json.len());
+    crate::batch::entry_bytes(delivery.data.len(), headers)
 }
 
 pub(super) fn finish_drain_if_idle(state: &mut ConsumerState) {

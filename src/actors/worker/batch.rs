@@ -4,7 +4,9 @@
 //! Invariant: every delivery of the batch is settled exactly once, as the worker settles a single
 //! message (ack; or the retry or dead-letter copy confirmed, then the ack; or a nack): by its
 //! outcome line while the reply streams in, or before the request (limits, `poison`), or after
-//! it by `batch::retry` when the request ended without its line.
+//! it by `batch::retry` when the request ended without its line. An entry is nacked back to its
+//! queue, without using an attempt, when it did not fit the request or when the request broke
+//! while PHP was not running it: its redelivery goes alone.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use crate::actors::SubjectRuntime;
 use crate::actors::acks::Acks;
 use crate::actors::worker;
 use crate::batch::outcomes::Reader;
-use crate::batch::retry::{self, Failure};
+use crate::batch::retry::{self, Failure, Fate};
 use crate::batch::wire::Encoder;
 use crate::broker::Publisher;
 use crate::contract::{self, Envelope};
@@ -54,6 +56,16 @@ struct Settler<'a> {
 }
 
 impl Settler<'_> {
+    /// Returns the entry to its queue without using an attempt: the broker redelivers it with
+    /// `redelivered` set, and a redelivery goes alone (`batch::Batching::take`).
+    fn alone(&self, entry: &Entry<'_>) {
+        entry.span.in_scope(|| {
+            tracing::debug!("Returned to the queue, to be retried alone");
+        });
+        entry.span.record("outcome", "requeued");
+        self.acks.nack(entry.delivery.delivery_tag);
+    }
+
     async fn settle(&self, entry: &Entry<'_>, verdict: Verdict) {
         let decision = self.runtime.policy.decide(&verdict, entry.envelope.attempt);
         let original = Original {
@@ -134,7 +146,10 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
     // Entries that never reach PHP are settled first; the others are encoded.
     let now = contract::unix_now();
     let capacity = deliveries.iter().map(|d| d.data.len()).sum();
-    let mut encoder = Encoder::new(capacity);
+    // Every line of the reply must carry it: a handler's own output cannot pass for an outcome.
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mut encoder = Encoder::new(capacity, &nonce);
+    let max_bytes = runtime.config.limits.max_batch_bytes;
     let mut first = None;
     let mut sent = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
@@ -164,6 +179,13 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
                 tracked[i] = None;
             }
             Ok(params) => {
+                // The consumer estimated the entries' sizes; the bound is checked here exactly.
+                let len = Encoder::entry_len(i, &params, entry.delivery.data.len());
+                if !encoder.is_empty() && encoder.len() + len > max_bytes {
+                    settler.alone(entry);
+                    tracked[i] = None;
+                    continue;
+                }
                 encoder.push(i, &params, &entry.delivery.data);
                 sent.push(i);
                 first.get_or_insert(params);
@@ -183,7 +205,11 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
 
     // The reply is read while the outcomes are settled: an ack goes out as soon as its line
     // arrives, a retry copy is published while PHP works on the next entry.
-    let mut reader = Reader::new(sent.iter().copied(), runtime.config.fpm.require_ack_header);
+    let mut reader = Reader::new(
+        sent.iter().copied(),
+        runtime.config.fpm.require_ack_header,
+        &nonce,
+    );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Verdict)>();
     let started = Instant::now();
     let running = runtime.metrics.fpm.running(
@@ -250,23 +276,35 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
     let Some(failure) = failure else {
         return false;
     };
-    let unsettled = retry::unsettled(sent.iter().copied(), |i| reader.answered(i), &failure);
+    let running = reader.running();
+    let unsettled = retry::unsettled(
+        sent.iter().copied(),
+        |i| reader.answered(i),
+        running,
+        &failure,
+    );
     if !unsettled.is_empty() {
         let detail = match failure.verdict() {
             Verdict::Transient { detail, .. } | Verdict::Permanent { detail, .. } => detail,
             Verdict::Success => String::new(),
         };
+        let alone = unsettled.iter().filter(|(_, f)| *f == Fate::Alone).count();
+        let running = running.map(|i| entries[i].envelope.message_id.to_string());
         warn!(
             subject = %runtime.name,
             reason = %status,
             detail = %printable(&detail).capped(worker::EXCERPT),
             answered = sent.len() - unsettled.len(),
-            unsettled = unsettled.len(),
-            "Batch request ended without an outcome for every message; only those without one count a failed attempt"
+            running = %printable(running.as_deref().unwrap_or("-")),
+            alone,
+            "Batch request ended without an outcome for every message; the one PHP was running counts a failed attempt, the others go back to the queue to be retried alone"
         );
     }
-    for (i, verdict) in unsettled {
-        settler.settle(&entries[i], verdict).await;
+    for (i, fate) in unsettled {
+        match fate {
+            Fate::Settle(verdict) => settler.settle(&entries[i], verdict).await,
+            Fate::Alone => settler.alone(&entries[i]),
+        }
         tracked[i] = None;
     }
     matches!(

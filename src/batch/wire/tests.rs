@@ -7,6 +7,8 @@ use crate::contract::{Envelope, RequestTemplate};
 
 const SECRET: &str = "0123456789abcdef";
 const NOW: u64 = 1_800_000_000;
+/// The nonce of every test batch (and of the known-answer vector).
+const NONCE: &str = "0123456789abcdef0123456789abcdef";
 
 fn config() -> Config {
     let text = format!(
@@ -66,7 +68,7 @@ fn decode(mut data: &[u8], count: usize) -> Result<Vec<Entry>, String> {
         *data = rest;
         Ok(head)
     }
-    if line(&mut data)? != format!("{MAGIC} {VERSION}") {
+    if line(&mut data)? != format!("{MAGIC} {VERSION} {NONCE}") {
         return Err("bad magic or version".into());
     }
     let mut entries = Vec::new();
@@ -141,7 +143,7 @@ fn entries_round_trip_each_with_its_own_signature() {
     let ids = ["m-0", "m-1", "m-2"];
     let bodies: [&[u8]; 3] = [b"{\"a\":1}", b"", b"line\nwith\r\nbreaks and \0 NUL"];
     let envelopes: Vec<_> = ids.iter().map(|id| envelope(id, 2)).collect();
-    let mut encoder = Encoder::new(64);
+    let mut encoder = Encoder::new(64, NONCE);
     let mut first = None;
     for (i, (env, body)) in envelopes.iter().zip(bodies).enumerate() {
         let params = template.params(env, body, (None, None), NOW).unwrap();
@@ -158,7 +160,7 @@ fn entries_round_trip_each_with_its_own_signature() {
         param(&params, "CONTENT_LENGTH"),
         Some(body.len().to_string().as_str())
     );
-    assert_eq!(param(&params, BATCH_PARAM), Some("1"));
+    assert_eq!(param(&params, BATCH_PARAM), Some("2"));
     assert_eq!(param(&params, BATCH_SIZE_PARAM), Some("2"));
     assert_eq!(param(&params, "HTTP_X_AGENT_SUBJECT"), Some("event"));
     assert_eq!(
@@ -185,7 +187,7 @@ fn entries_round_trip_each_with_its_own_signature() {
 fn an_entry_signature_covers_only_its_own_entry() {
     let template = RequestTemplate::new(&config(), "event");
     let (a, b) = (envelope("m-a", 1), envelope("m-b", 1));
-    let mut encoder = Encoder::new(0);
+    let mut encoder = Encoder::new(0, NONCE);
     let pa = template.params(&a, b"pay 10", (None, None), NOW).unwrap();
     let pb = template.params(&b, b"pay 99", (None, None), NOW).unwrap();
     encoder.push(0, &pa, b"pay 10");
@@ -210,6 +212,22 @@ fn an_entry_signature_covers_only_its_own_entry() {
 }
 
 #[test]
+fn entry_len_is_what_push_adds() {
+    let template = RequestTemplate::new(&config(), "event");
+    let mut encoder = Encoder::new(0, NONCE);
+    for (i, body) in [&b"{}"[..], &[7u8; 3000][..], b""].into_iter().enumerate() {
+        let env = envelope("m-len", 3);
+        let params = template.params(&env, body, (None, None), NOW).unwrap();
+        let before = encoder.len();
+        encoder.push(i * 100, &params, body);
+        assert_eq!(
+            encoder.len() - before,
+            Encoder::entry_len(i * 100, &params, body.len())
+        );
+    }
+}
+
+#[test]
 fn binary_bodies_travel_raw() {
     let template = RequestTemplate::new(&config(), "event");
     let mib: Vec<u8> = (0..1 << 20)
@@ -217,7 +235,7 @@ fn binary_bodies_travel_raw() {
         .collect();
     let env = envelope("m-big", 1);
     let params = template.params(&env, &mib, (None, None), NOW).unwrap();
-    let mut encoder = Encoder::new(2 * mib.len());
+    let mut encoder = Encoder::new(2 * mib.len(), NONCE);
     encoder.push(0, &params, &mib);
     encoder.push(1, &params, &mib);
     let (_, body) = encoder.finish(&params);
@@ -234,7 +252,7 @@ fn the_decoder_refuses_what_the_format_does_not_allow() {
     let template = RequestTemplate::new(&config(), "event");
     let env = envelope("m-0", 1);
     let params = template.params(&env, b"x", (None, None), NOW).unwrap();
-    let mut encoder = Encoder::new(0);
+    let mut encoder = Encoder::new(0, NONCE);
     encoder.push(0, &params, b"x");
     let (_, body) = encoder.finish(&params);
     assert!(decode(&body, 1).is_ok());
@@ -242,12 +260,15 @@ fn the_decoder_refuses_what_the_format_does_not_allow() {
     for cut in 1..body.len() {
         assert!(decode(&body[..cut], 1).is_err(), "cut at {cut}");
     }
-    let other_version = String::from_utf8_lossy(&body).replacen(" 1\n", " 2\n", 1);
+    let other_version = String::from_utf8_lossy(&body).replacen(" 2 ", " 1 ", 1);
     assert!(decode(other_version.as_bytes(), 1).is_err());
+    let other_nonce = String::from_utf8_lossy(&body).replacen(NONCE, &"f".repeat(32), 1);
+    assert!(decode(other_nonce.as_bytes(), 1).is_err());
 }
 
-/// The known-answer batch the PHP receiver's tests parse and verify (`tests/vectors/batch-v1.bin`,
-/// secret `0123456789abcdef`, t = 1800000000): entries 0 and 2 of the round-trip test.
+/// The known-answer batch the PHP receiver's tests parse and verify (`tests/vectors/batch-v2.bin`,
+/// secret `0123456789abcdef`, t = 1800000000, nonce [`NONCE`]): entries 0 and 2 of the
+/// round-trip test.
 /// `UPDATE_VECTORS=1 cargo test --lib batch::wire` rewrites it.
 #[test]
 fn the_known_answer_batch_is_unchanged() {
@@ -255,13 +276,13 @@ fn the_known_answer_batch_is_unchanged() {
     let a = envelope("m-0", 2);
     let c = envelope("m-2", 2);
     let bodies: [&[u8]; 2] = [b"{\"a\":1}", b"line\nwith\r\nbreaks and \0 NUL"];
-    let mut encoder = Encoder::new(0);
+    let mut encoder = Encoder::new(0, NONCE);
     let pa = template.params(&a, bodies[0], (None, None), NOW).unwrap();
     let pc = template.params(&c, bodies[1], (None, None), NOW).unwrap();
     encoder.push(0, &pa, bodies[0]);
     encoder.push(2, &pc, bodies[1]);
     let (_, body) = encoder.finish(&pa);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/batch-v1.bin");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/batch-v2.bin");
     if std::env::var_os("UPDATE_VECTORS").is_some() {
         std::fs::write(&path, &body).unwrap();
     }
