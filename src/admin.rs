@@ -4,13 +4,22 @@
 //! so reads are open to probes and scrapers. Every command (any method but `GET` and `HEAD`)
 //! needs the bearer token, on loopback too; without a configured token commands are refused,
 //! unless `admin.allow_unauthenticated_commands` (loopback only) opts out. A request with an
-//! `Origin` header (a browser) is refused whatever it asks for. At most `admin.max_connections`
-//! connections are open at once, and each is closed at the latest `header_timeout +
-//! request_timeout` after it was accepted: the listener's file descriptors stay bounded.
+//! `Origin` header (a browser) is refused whatever it asks for, and so is one whose `Host` is not
+//! the listener's own address or one of `admin.allowed_hosts` (DNS rebinding, `host`). `/status`
+//! shows FPM children's request URIs without their query strings unless the token is given. At
+//! most `admin.max_connections` connections are open at once, and each is closed at the latest
+//! `header_timeout + request_timeout` after it was accepted: the listener's file descriptors
+//! stay bounded. At the cap, a new connection closes the oldest one that has not sent its
+//! request yet (`conns`), so idle connections cannot keep `/healthz` and `/readyz` from
+//! answering.
+
+mod conns;
+mod host;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::HttpBody;
 use axum::extract::{Path, Query, Request, State};
@@ -22,10 +31,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tracing::warn;
 
 use crate::agent::AgentHandle;
+use conns::{Admission, Conn, Conns};
 
 /// No endpoint reads a body; a client may still send a small one (`{}`), nothing larger.
 pub const MAX_BODY_BYTES: u64 = 4096;
@@ -46,6 +55,8 @@ struct AdminState {
     open_commands: bool,
     /// `admin.request_timeout`: bound on one request's handling.
     request_timeout: Duration,
+    /// `admin.allowed_hosts`, lowercased: names a `Host` header may carry.
+    allowed_hosts: Arc<[String]>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves. Connections still open then
@@ -64,6 +75,7 @@ pub async fn serve(
         token: admin.token.as_deref().map(Arc::from),
         open_commands: admin.allow_unauthenticated_commands,
         request_timeout: admin.request_timeout,
+        allowed_hosts: host::normalized(&admin.allowed_hosts).into(),
         agent,
     });
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -72,7 +84,7 @@ pub async fn serve(
         .keep_alive(false)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
-    let slots = Arc::new(Semaphore::new(admin.max_connections));
+    let conns = Conns::new(admin.max_connections);
     let lifetime = admin.header_timeout + admin.request_timeout;
     let mut complaints = Complaints::default();
     tokio::pin!(shutdown);
@@ -89,21 +101,38 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            complaints.note(|| {
-                warn!(
-                    max_connections = admin.max_connections,
-                    "Admin connection refused: admin.max_connections are open"
-                );
-            });
-            refuse(stream);
-            continue;
+        let slot = match conns.admit(stream.local_addr().ok()) {
+            Admission::Admitted(slot) => slot,
+            Admission::Evicted(slot) => {
+                complaints.note(|| {
+                    warn!(
+                        max_connections = admin.max_connections,
+                        "Admin connections at the cap: closing the oldest one that sent no request"
+                    );
+                });
+                slot
+            }
+            Admission::Full => {
+                complaints.note(|| {
+                    warn!(
+                        max_connections = admin.max_connections,
+                        "Admin connection refused: admin.max_connections are being answered"
+                    );
+                });
+                refuse(stream);
+                continue;
+            }
         };
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = Arc::clone(&slot.conn);
+        let service = app.clone().layer(Extension(Arc::clone(&conn)));
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         tokio::spawn(async move {
-            // Covers a client that never reads the response, which no hyper timeout does.
-            let _ = tokio::time::timeout(lifetime, conn).await;
+            tokio::select! {
+                // Covers a client that never reads the response, which no hyper timeout does.
+                _ = tokio::time::timeout(lifetime, connection) => {}
+                () = conn.evicted() => {}
+            }
             drop(slot);
         });
     }
@@ -154,9 +183,21 @@ impl Complaints {
     }
 }
 
-/// Every request passes here before routing: browsers, oversized bodies and unauthorized
-/// commands are refused, and the handler is bounded by `admin.request_timeout`.
+/// Every request passes here before routing: foreign `Host`s, browsers, oversized bodies and
+/// unauthorized commands are refused, and the handler is bounded by `admin.request_timeout`.
 async fn guard(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let conn = request.extensions().get::<Arc<Conn>>();
+    if let Some(conn) = conn {
+        conn.head_read();
+    }
+    let host = request.headers().get(header::HOST).map(|h| h.as_bytes());
+    if !host::allowed(host, conn.and_then(|c| c.local), &state.allowed_hosts) {
+        return (
+            StatusCode::FORBIDDEN,
+            "the Host header names neither this listener's address nor one of admin.allowed_hosts\n",
+        )
+            .into_response();
+    }
     if request.headers().contains_key(header::ORIGIN) {
         return (
             StatusCode::FORBIDDEN,
@@ -189,7 +230,7 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
 /// Why a command is refused, if it is: it passes with the right bearer token, or with none
 /// configured and the explicit development opt-out.
 fn refusal(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &state.token else {
+    if state.token.is_none() {
         return (!state.open_commands).then(|| {
             (
                 StatusCode::FORBIDDEN,
@@ -197,22 +238,27 @@ fn refusal(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
             )
                 .into_response()
         });
+    }
+    (!has_token(state, headers)).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or wrong bearer token\n",
+        )
+            .into_response()
+    })
+}
+
+/// True when the request carries the configured bearer token (never without one configured).
+fn has_token(state: &AdminState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return false;
     };
-    let given = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => None,
-        _ => Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "missing or wrong bearer token\n",
-            )
-                .into_response(),
-        ),
-    }
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -256,8 +302,15 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn status(State(state): State<AdminState>) -> Response {
-    axum::Json(state.agent.status()).into_response()
+/// The query strings of FPM's busy children belong to other requests on the pool (a web
+/// app's `?token=…`): only a caller with the token sees them.
+async fn status(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let status = state.agent.status();
+    if has_token(&state, &headers) {
+        axum::Json(status).into_response()
+    } else {
+        axum::Json(status.without_queries()).into_response()
+    }
 }
 
 #[derive(Deserialize)]

@@ -95,6 +95,9 @@ impl Agent {
             })
             .collect();
         let metrics = Arc::new(Metrics::new(stats.clone()));
+        metrics
+            .crash_loop_protection
+            .set(i64::from(crashes.enabled()));
         let fatal = Arc::new(Mutex::new(None));
         let args = RootArgs {
             config: config.clone(),

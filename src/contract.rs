@@ -129,11 +129,32 @@ pub fn cgi_content_type(original: &str) -> &str {
     }
 }
 
+/// The media type as PHP reads `CONTENT_TYPE` before it decides whether to parse the body
+/// (`sapi_read_post_data` in PHP's main/SAPI.c): cut at the first `;`, `,` or space, and
+/// compared lowercased. Nothing is trimmed: a leading space gives the empty type.
+#[must_use]
+pub fn php_media_type(content_type: &str) -> &str {
+    content_type
+        .split([';', ',', ' '])
+        .next()
+        .unwrap_or_default()
+}
+
+/// The two types PHP parses into `$_POST` / `$_FILES` itself.
+const FORM_TYPES: [&str; 2] = ["multipart/form-data", "application/x-www-form-urlencoded"];
+
 /// True for no content type and for the form types PHP would parse itself.
 fn opaque_to_php(content_type: &str) -> bool {
-    // PHP cuts the type at the first `;`, `,` or space and compares it lowercased; ignoring all
-    // whitespace up to the first `;` or `,` covers that and any looser reading.
-    let essence = || {
+    let is_form = |t: &str| FORM_TYPES.iter().any(|f| t.eq_ignore_ascii_case(f));
+    // PHP's own reading decides. Two looser ones err on the side of opaque, for a SAPI or a
+    // PHP version that reads further: leading whitespace skipped and the type cut at any
+    // whitespace, and every whitespace before the first `;` or `,` ignored.
+    let first_word = content_type
+        .trim_start()
+        .split(|c: char| c == ';' || c == ',' || c.is_ascii_whitespace())
+        .next()
+        .unwrap_or_default();
+    let squeezed = || {
         content_type
             .split([';', ','])
             .next()
@@ -142,10 +163,10 @@ fn opaque_to_php(content_type: &str) -> bool {
             .filter(|b| !b.is_ascii_whitespace())
             .map(|b| b.to_ascii_lowercase())
     };
-    let is = |form: &str| essence().eq(form.bytes());
-    essence().next().is_none()
-        || is("multipart/form-data")
-        || is("application/x-www-form-urlencoded")
+    squeezed().next().is_none()
+        || is_form(php_media_type(content_type))
+        || is_form(first_word)
+        || FORM_TYPES.iter().any(|f| squeezed().eq(f.bytes()))
 }
 
 /// Seconds since the Unix epoch.

@@ -259,6 +259,17 @@ pub struct ChildLast {
 }
 
 impl StatusState {
+    /// Cuts each busy child's URI at its `?`: on a pool the web app shares, the query belongs to
+    /// someone else's request (`/reset-password?token=…`). `/status` shows it only to a caller
+    /// with the admin token.
+    pub fn hide_queries(&mut self) {
+        for child in &mut self.busy {
+            if let Some(at) = child.uri.find('?') {
+                child.uri.truncate(at);
+            }
+        }
+    }
+
     /// The state without any read: `not_configured` or `pending`.
     #[must_use]
     pub fn empty(address: String, state: &'static str) -> Self {

@@ -26,7 +26,7 @@ async fn post(port: u16, path: &str, headers: &str) -> (u16, String) {
     raw(
         port,
         &format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         ),
     )
     .await
@@ -102,7 +102,8 @@ async fn two_thousand_idle_connections_do_not_starve_the_agent() {
     })
     .await
     .unwrap();
-    // Everything over the cap is closed at once; the agent holds at most 64 of them.
+    // Everything over the cap is closed at once (each newer connection closes the oldest idle
+    // one); the agent holds at most 64 of them.
     common::eventually(LONG, "1,936 connections over the cap closed", || async {
         closed_by_peer(&idle) >= 2000 - 64
     })
@@ -113,11 +114,12 @@ async fn two_thousand_idle_connections_do_not_starve_the_agent() {
         during <= before + 64 + 8,
         "the agent holds {during} fds with 2,000 idle admin connections (was {before})"
     );
+    // A probe over the cap closes the oldest idle connection and is answered at once.
     let started = Instant::now();
-    let over = http(port, "GET", "/healthz", None).await;
+    let probe = http(port, "GET", "/healthz", None).await;
     assert!(
-        started.elapsed() < Duration::from_secs(2) && !matches!(over, Some((200, _))),
-        "a connection over the cap is refused at once: {over:?} after {:?}",
+        started.elapsed() < Duration::from_secs(2) && matches!(probe, Some((200, _))),
+        "a probe during the flood is answered at once: {probe:?} after {:?}",
         started.elapsed()
     );
 
@@ -125,11 +127,6 @@ async fn two_thousand_idle_connections_do_not_starve_the_agent() {
     ctx.publish_json("event", "flood-1", "ok").await;
     common::eventually(LONG, "php-fpm handled the message", || async {
         ctx.records_by_id().contains_key("flood-1")
-    })
-    .await;
-    // The idle ones are closed after header_timeout: health answers again, still during the flood.
-    common::eventually(Duration::from_secs(30), "/healthz answers 200", || async {
-        matches!(http(port, "GET", "/healthz", None).await, Some((200, _)))
     })
     .await;
     // Each held connection is closed header_timeout after its own accept, so the last ones
@@ -172,7 +169,7 @@ async fn commands_need_the_token_and_browsers_are_refused() {
     // Reads too, from a browser; without Origin they are open.
     let (code, _) = raw(
         port,
-        "GET /status HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n",
+        "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
@@ -180,7 +177,7 @@ async fn commands_need_the_token_and_browsers_are_refused() {
     assert_eq!(http(port, "GET", "/readyz", None).await.unwrap().0, 200);
     // A body over the limit, or one without a length.
     let big = format!(
-        "POST {pause} HTTP/1.1\r\nHost: x\r\n{}Content-Length: 100000\r\nConnection: close\r\n\r\n",
+        "POST {pause} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}Content-Length: 100000\r\nConnection: close\r\n\r\n",
         bearer(ADMIN_TOKEN)
     );
     let (code, _) = raw(port, &big).await.unwrap();
@@ -241,7 +238,7 @@ async fn a_slow_loris_is_closed_after_the_header_timeout() {
         .unwrap();
     let opened = Instant::now();
     stream
-        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         .await
         .unwrap();
     // Trickle one header line every 100 ms, never the blank line that ends the head.
@@ -281,5 +278,186 @@ async fn a_slow_loris_is_closed_after_the_header_timeout() {
             .0,
         200
     );
+    drop(agent);
+}
+
+/// GET with a `Host` header of the caller's choice: (status, body).
+async fn get_with_host(port: u16, path: &str, host: &str) -> (u16, String) {
+    raw(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .expect("admin API answers")
+}
+
+/// DNS rebinding: a page on `evil.example` whose name now resolves to the agent reaches it
+/// with `Host: evil.example` and no `Origin` on a simple GET (issue #22, hole 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_host_is_refused_on_every_route() {
+    let mut ctx = TestCtx::new("adminhost").await;
+    ctx.admin_toml
+        .push_str("allowed_hosts = [\"agent.internal\", \"Admin.Example.\"]\n");
+    let agent = start(&ctx);
+    ctx.wait_ready().await;
+    let port = ctx.admin_port;
+    for path in ["/healthz", "/readyz", "/metrics", "/status"] {
+        for host in [
+            "evil.example",
+            &format!("evil.example:{port}"),
+            "127.0.0.1.evil.example",
+        ] {
+            let (code, body) = get_with_host(port, path, host).await;
+            assert_eq!(code, 403, "{path} with Host {host}: {body}");
+        }
+        for host in [
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1".to_owned(),
+            format!("localhost:{port}"),
+            format!("agent.internal:{port}"),
+            "admin.example".to_owned(),
+        ] {
+            let (code, body) = get_with_host(port, path, &host).await;
+            assert_eq!(code, 200, "{path} with Host {host}: {body}");
+        }
+    }
+    // Commands too, with the right token.
+    let (code, body) = raw(
+        port,
+        &format!(
+            "POST /subjects/event/pause HTTP/1.1\r\nHost: evil.example\r\n{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            bearer(ADMIN_TOKEN)
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(!paused(port, "event").await);
+    drop(agent);
+}
+
+/// FPM's status page lists each busy child's request URI with its query string; on a pool the
+/// web app shares, that is another request's `?token=…` (issue #22, hole 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_shows_request_uris_without_their_query_unless_the_token_is_given() {
+    let mut ctx = TestCtx::new("adminquery").await;
+    let fpm = common::procs::PrivateFpm::start_with("adminquery", 2, Some("/fpm-status"));
+    ctx.fpm_port = fpm.port;
+    ctx.fpm_extra = "status_path = \"/fpm-status\"\nstatus_interval = \"200ms\"\n".to_owned();
+    let agent = start(&ctx);
+    ctx.wait_ready().await;
+    let port = ctx.admin_port;
+    // A web request on the same pool, as nginx would send it: the query in QUERY_STRING.
+    let script = ctx.script.display().to_string();
+    let uri = format!("/t/{}/web?token=s3cret-reset", ctx.id);
+    let web = tokio::spawn(async move {
+        let body = serde_json::json!({"id": "web", "behave": "sleep:4000"}).to_string();
+        let mut client = amqp_agent::fastcgi::FpmClient::new(
+            amqp_agent::config::FpmAddress::Tcp(format!("127.0.0.1:{}", fpm.port)),
+            Duration::from_secs(20),
+            1 << 20,
+        );
+        let params: Vec<(&'static str, std::borrow::Cow<'_, str>)> = vec![
+            ("REQUEST_METHOD", "POST".into()),
+            ("SCRIPT_FILENAME", script.into()),
+            ("SCRIPT_NAME", "/recorder.php".into()),
+            ("REQUEST_URI", uri.into()),
+            ("QUERY_STRING", "token=s3cret-reset".into()),
+            ("CONTENT_TYPE", "application/json".into()),
+            ("CONTENT_LENGTH", body.len().to_string().into()),
+        ];
+        let reply = client.request(&params, body.as_bytes()).await;
+        (reply.is_ok(), fpm)
+    });
+    let busy_uris = |doc: &serde_json::Value| -> Vec<String> {
+        let mut uris: Vec<String> = doc["fpm"]["busy"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["uri"].as_str().map(str::to_owned))
+            .collect();
+        for u in doc["upstreams"].as_array().into_iter().flatten() {
+            uris.extend(
+                u["fpm"]["busy"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["uri"].as_str().map(str::to_owned)),
+            );
+        }
+        uris
+    };
+    let deadline = Instant::now() + LONG;
+    let with_token = loop {
+        let (_, body) = http(port, "GET", "/status", Some(ADMIN_TOKEN))
+            .await
+            .unwrap();
+        let uris = busy_uris(&serde_json::from_str(&body).unwrap());
+        if uris.iter().any(|u| u.contains("recorder.php")) {
+            break uris;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no busy child in /status: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        with_token.iter().any(|u| u.contains("?token=s3cret-reset")),
+        "the operator sees the query: {with_token:?}"
+    );
+    let (code, body) = http(port, "GET", "/status", None).await.unwrap();
+    assert_eq!(code, 200);
+    let open = busy_uris(&serde_json::from_str(&body).unwrap());
+    assert!(open.iter().any(|u| u.contains("recorder.php")), "{open:?}");
+    assert!(!body.contains("s3cret"), "{body}");
+    let (_, body) = http(port, "GET", "/status", Some("test-admin-token-wrong-one"))
+        .await
+        .unwrap();
+    assert!(
+        !body.contains("s3cret"),
+        "a wrong token sees no query: {body}"
+    );
+    let (answered, _fpm) = web.await.unwrap();
+    assert!(answered, "the web request was answered");
+    drop(agent);
+}
+
+/// 64 idle connections (the default `admin.max_connections`) and then some: liveness and
+/// readiness probes still answer at once (issue #22, hole 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn health_answers_while_the_connection_cap_is_held_by_idle_connections() {
+    raise_fd_limit(1024);
+    let ctx = TestCtx::new("adminprobe").await;
+    let agent = start(&ctx);
+    ctx.wait_ready().await;
+    let port = ctx.admin_port;
+    let mut idle = Vec::new();
+    for wave in 0..3 {
+        idle.extend(
+            tokio::task::spawn_blocking(move || {
+                (0..80)
+                    .map(|_| {
+                        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        s.set_nonblocking(true).unwrap();
+                        s
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap(),
+        );
+        for path in ["/healthz", "/readyz"] {
+            let started = Instant::now();
+            let answer = http(port, "GET", path, None).await;
+            assert!(
+                matches!(answer, Some((200, _))) && started.elapsed() < Duration::from_secs(2),
+                "wave {wave}: {path} answered {answer:?} after {:?} with {} idle connections",
+                started.elapsed(),
+                idle.len()
+            );
+        }
+    }
+    drop(idle);
     drop(agent);
 }

@@ -292,3 +292,103 @@ async fn a_replayed_dead_letter_keeps_its_original_route() {
     }
     agent.drain().await;
 }
+
+/// PHP cuts the media type at the first space: these reach it as forms unless the agent reads
+/// them the same way (issue #22, hole 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_types_with_a_word_after_a_space_reach_php_opaque() {
+    let ctx = TestCtx::new("formspace").await;
+    let agent = ctx.start_agent().await;
+    let multipart = "multipart/form-data x; boundary=XyZ";
+    let body = "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\n\
+                Content-Type: text/plain\r\n\r\n{\"id\":\"mpx\"}\r\n--XyZ--\r\n";
+    let props = BasicProperties::default()
+        .with_message_id("mpx".into())
+        .with_content_type(multipart.into());
+    ctx.publish("event", body.as_bytes(), props).await;
+    let urlencoded = "application/x-www-form-urlencoded x";
+    let form = "a=1&b=2";
+    let props = BasicProperties::default()
+        .with_message_id("formx".into())
+        .with_content_type(urlencoded.into());
+    ctx.publish("event", form.as_bytes(), props).await;
+
+    let records = ctx.wait_records(2, WAIT).await;
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["params"]["HTTP_X_AGENT_MESSAGE_ID"] == id)
+            .unwrap_or_else(|| panic!("{id} recorded"))
+    };
+    for (id, sent, content_type) in [("mpx", body, multipart), ("formx", form, urlencoded)] {
+        let record = by_id(id);
+        assert_eq!(
+            body_of(record),
+            sent.as_bytes(),
+            "{id}: php://input holds the body (PHP did not parse it as a form)"
+        );
+        assert_eq!(record["params"]["CONTENT_TYPE"], "application/octet-stream");
+        assert_eq!(record["params"]["HTTP_X_AGENT_CONTENT_TYPE"], content_type);
+    }
+    agent.drain().await;
+}
+
+/// Route headers and a made-up seal published straight into `Q.dead` (default exchange): the
+/// replay must not seal them (issue #22, hole 1). The message is replayed on its own route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_drops_a_route_forged_in_the_dead_letter_queue() {
+    let ctx = TestCtx::new("replay-forged").await;
+    let agent = ctx.start_agent().await;
+    let mut h = FieldTable::default();
+    h.insert("x-agent-attempt".into(), AMQPValue::LongLongInt(3));
+    h.insert("x-agent-original-exchange".into(), text("billing"));
+    h.insert(
+        "x-agent-original-routing-key".into(),
+        text("refund.approve"),
+    );
+    h.insert("x-agent-seal".into(), text(&"ab".repeat(32)));
+    h.insert("x-agent-reason".into(), text("http_404"));
+    h.insert("tenant".into(), text("acme"));
+    let body = serde_json::json!({"id": "forged", "behave": "ok"}).to_string();
+    let props = BasicProperties::default()
+        .with_message_id("forged".into())
+        .with_headers(h);
+    ctx.publish_to("", &ctx.dead_queue("event"), body.as_bytes(), props)
+        .await;
+    let cfg = ctx.write_config();
+    let (code, out) = agent_cli(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "dead-letters",
+        "replay",
+        "event",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("replayed 1"), "{out}");
+    let record = ctx.wait_records(1, WAIT).await.remove(0);
+    let p = &record["params"];
+    assert_eq!(p["HTTP_X_AGENT_MESSAGE_ID"], "forged");
+    assert_eq!(p["HTTP_X_AGENT_EXCHANGE"], "", "{p}");
+    assert_eq!(
+        p["HTTP_X_AGENT_ROUTING_KEY"],
+        ctx.queue("event").as_str(),
+        "{p}"
+    );
+    assert_eq!(p["HTTP_X_AGENT_ATTEMPT"], "1");
+    let headers: serde_json::Value =
+        serde_json::from_str(p["HTTP_X_AGENT_HEADERS"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        headers["tenant"], "acme",
+        "other headers are kept: {headers}"
+    );
+    assert!(
+        headers.get("x-agent-original-routing-key").is_none(),
+        "{headers}"
+    );
+    assert!(out.contains("1 unverified route(s) dropped"), "{out}");
+    common::eventually(WAIT, "acked", || async {
+        agent.stats()["event"].acked == 1
+    })
+    .await;
+    agent.drain().await;
+}

@@ -28,6 +28,19 @@ pub struct Status {
     pub upstreams: Vec<UpstreamStatus<StatusState>>,
 }
 
+impl Status {
+    /// The document for a caller without the admin token: FPM children's request URIs without
+    /// their query strings (see [`StatusState::hide_queries`]).
+    #[must_use]
+    pub fn without_queries(mut self) -> Self {
+        self.fpm.hide_queries();
+        for upstream in &mut self.upstreams {
+            upstream.fpm.hide_queries();
+        }
+        self
+    }
+}
+
 /// One subject in `/status`.
 #[derive(Debug, Serialize)]
 pub struct SubjectStatus {

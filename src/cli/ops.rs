@@ -299,15 +299,20 @@ pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::
 }
 
 /// `dead-letters replay`: back to the main queue, attempt counter reset, confirmed before the
-/// dead-letter copy is removed.
+/// dead-letter copy is removed. The original route is kept (and sealed again) only when the dead
+/// letter's seal verifies with a configured secret: anyone who may publish to the default
+/// exchange can put a message with made-up route headers into `Q.dead`, and a replay must not
+/// launder them. Such a route is dropped, each one logged and all counted.
 pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
     let queue = dead_queue(config, subject)?;
     let main = config.subjects[subject].queue.clone();
+    let secrets = &config.fpm.signing_secrets;
     let session = Session::open(config, "dead-letters", true).await?;
     // Only what is in the queue now: a replayed message that fails again while this runs comes
     // back to the same queue and must not be replayed a second time.
     let mut bound = limit;
     let mut replayed = 0;
+    let mut dropped = 0;
     while replayed < bound {
         let Some(msg) = session.get(&queue).await? else {
             break;
@@ -317,36 +322,66 @@ pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow
             bound = bound.min(present.saturating_add(1));
         }
         let delivery = msg.delivery();
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        let kept: BTreeMap<_, _> = headers
-            .inner()
-            .iter()
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map_or("", |id| id.as_str());
+        let binding = provenance::Binding {
+            queue: &main,
+            message_id,
+            body: &delivery.data,
+        };
+        let original = delivery.properties.headers().as_ref();
+        let route = match provenance::read(original, secrets, &binding) {
+            // Without a secret nothing can be verified: the route is not kept either.
+            (_, None) if secrets.is_empty() => Route::Unverifiable,
+            (_, None) => Route::Verified,
+            (_, Some(why)) => {
+                dropped += 1;
+                eprintln!(
+                    "dropped the unverified route of dead letter {}: {}",
+                    printable(message_id).capped(64),
+                    why.reason()
+                );
+                Route::Dropped
+            }
+        };
+        let kept: BTreeMap<_, _> = original
+            .map(|h| h.inner().clone())
+            .unwrap_or_default()
+            .into_iter()
             .filter(|(k, _)| !is_agent_state(k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| route == Route::Verified || !is_route(k.as_str()))
             .collect();
-        headers = FieldTable::from(kept);
+        let mut headers = FieldTable::from(kept);
         // Re-sealed so the agent keeps believing the original route it recorded.
-        provenance::seal(
-            &mut headers,
-            &config.fpm.signing_secrets,
-            &provenance::Binding {
-                queue: &main,
-                message_id: delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map_or("", |id| id.as_str()),
-                body: &delivery.data,
-            },
-        );
+        provenance::seal(&mut headers, secrets, &binding);
         let props = delivery.properties.clone().with_headers(headers);
         session.publish(&main, &delivery.data, props).await?;
         msg.ack().await?;
         replayed += 1;
     }
-    println!("replayed {replayed} message(s) from {queue} to {main}");
+    println!(
+        "replayed {replayed} message(s) from {queue} to {main}; {dropped} unverified route(s) dropped"
+    );
     session.close().await;
     Ok(0)
+}
+
+/// Whether a dead letter's original route may travel with its replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Its seal verifies (or it claims no state at all).
+    Verified,
+    /// No seal that verifies: made up by whoever published it, or altered.
+    Dropped,
+    /// No signing secret configured: nothing can be verified, nothing is kept.
+    Unverifiable,
+}
+
+fn is_route(name: &str) -> bool {
+    name == contract::ORIGINAL_EXCHANGE_HEADER || name == contract::ORIGINAL_ROUTING_KEY_HEADER
 }
 
 /// Headers the agent writes to track attempts and failures (not the original-route ones).

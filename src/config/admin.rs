@@ -39,6 +39,14 @@ pub struct AdminConfig {
         deserialize_with = "duration"
     )]
     pub request_timeout: Duration,
+    /// Host names (without port) a request's `Host` header may carry, besides `localhost` and
+    /// an IP address of the listener's own (its address, loopback, or the unspecified address
+    /// it is bound to). Any other `Host` is refused on every route, which closes DNS rebinding:
+    /// a web page whose name was made to resolve to the agent still sends its own name. Add the
+    /// names your probes, scrapers and operators use (`agent.internal`); compared without case
+    /// and without a trailing dot.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -50,6 +58,7 @@ impl Default for AdminConfig {
             max_connections: default_admin_max_connections(),
             header_timeout: default_admin_header_timeout(),
             request_timeout: default_admin_request_timeout(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -98,6 +107,12 @@ impl Config {
         if !(1..=1024).contains(&a.max_connections) {
             return Err(invalid("admin.max_connections", "must be 1 to 1024"));
         }
+        if !a.allowed_hosts.iter().all(|h| valid_host_name(h)) {
+            return Err(invalid(
+                "admin.allowed_hosts",
+                "every entry must be a host name or IP address (letters, digits, `-`, `.`; no port)",
+            ));
+        }
         for (key, value) in [
             ("admin.header_timeout", a.header_timeout),
             ("admin.request_timeout", a.request_timeout),
@@ -108,4 +123,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A DNS name or an IP address, without port or scheme.
+fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && (name.parse::<std::net::IpAddr>().is_ok()
+            || name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
 }

@@ -6,11 +6,17 @@
 //! quote the value (`invalid type: string "…"`), so neither is shown as is: an error names the
 //! key (a dotted path), the line and the column, and a message scrubbed of values.
 
-/// Values shipped in `config/amqp-agent.example.toml` (baked into the container image): a
-/// deployment still using one has not set its own secret.
-pub(super) const PLACEHOLDER_SECRETS: [&str; 2] = [
+/// Values shipped in `config/amqp-agent.example.toml` (baked into the container image) and in
+/// the demo configs (`config/demo.toml`, `deploy/`): public, so a deployment still using one
+/// has not set its own secret. The demos pass generated secrets in the environment.
+pub(super) const PLACEHOLDER_SECRETS: [&str; 7] = [
     "change-me-to-a-long-random-secret",
     "a-long-random-admin-token",
+    "demo-signing-secret-change-me",
+    "demo-admin-token-change-me",
+    "compose-demo-signing-secret-change-me",
+    "compose-demo-admin-token-change-me",
+    "compose-cluster-signing-secret-change-me",
 ];
 
 /// Shortest signing secret accepted, in bytes.
@@ -20,7 +26,8 @@ pub(super) const MIN_SECRET_BYTES: usize = 16;
 pub(super) fn secret_problem(secret: &str) -> Option<String> {
     if PLACEHOLDER_SECRETS.contains(&secret) {
         return Some(
-            "is the example file's placeholder; set a long random secret of your own".to_owned(),
+            "is a placeholder or public demo value; set a long random secret of your own"
+                .to_owned(),
         );
     }
     (secret.len() < MIN_SECRET_BYTES)

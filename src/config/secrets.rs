@@ -43,7 +43,7 @@ impl Config {
         {
             return Err(invalid(
                 "admin.token",
-                "is the example file's placeholder; set a long random token of your own",
+                "is a placeholder or public demo value; set a long random token of your own",
             ));
         }
         if let Some(listen) = env(ENV_ADMIN_LISTEN) {

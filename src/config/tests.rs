@@ -447,3 +447,26 @@ fn no_known_fpm_capacity_is_a_warning() {
             .any(|w| w.contains("pm.max_children"))
     );
 }
+
+/// The demo configs' secrets are public (issue #22, hole 6): a copied demo config must not run
+/// with them. `scripts/demo` and the compose stacks pass generated ones in the environment.
+#[test]
+fn the_demo_configs_are_refused_with_their_public_secrets() {
+    for file in [
+        "config/demo.toml",
+        "deploy/amqp-agent.toml",
+        "deploy/cluster/amqp-agent.toml",
+    ] {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+        let e = error_of(&text);
+        assert!(e.contains("placeholder"), "{file}: {e}");
+        // With secrets of its own from the environment, as the demo passes them, it loads.
+        Config::from_toml(&text, Path::new(file), |name| match name {
+            ENV_SIGNING_SECRET => Some("a-generated-secret-0123456789".to_owned()),
+            ENV_ADMIN_TOKEN => Some("a-generated-admin-token-0123456789".to_owned()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+}

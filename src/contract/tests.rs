@@ -425,3 +425,52 @@ fn doubles_are_written_so_that_they_read_back_exactly() {
         assert_eq!(back.to_bits(), bits, "{x:e} written as {text}");
     }
 }
+
+/// PHP's own reading of `CONTENT_TYPE` (`sapi_read_post_data` in main/SAPI.c): lowercased and
+/// cut at the first `;`, `,` or space, then looked up among the form types. Each row is the
+/// type PHP sees; every row that PHP reads as a form must reach it as opaque.
+#[test]
+fn the_media_type_is_read_as_php_reads_it() {
+    for (content_type, php_sees) in [
+        ("multipart/form-data x; boundary=XyZ", "multipart/form-data"),
+        (
+            "application/x-www-form-urlencoded x",
+            "application/x-www-form-urlencoded",
+        ),
+        (
+            "Application/X-WWW-Form-URLEncoded junk",
+            "application/x-www-form-urlencoded",
+        ),
+        ("multipart/form-data,x", "multipart/form-data"),
+        ("multipart/form-data;x", "multipart/form-data"),
+        ("multipart/form-data", "multipart/form-data"),
+        (" multipart/form-data", ""),
+        ("multipart/ form-data", "multipart/"),
+        ("multipart/form-data\tx", "multipart/form-data\tx"),
+        ("application/json x", "application/json"),
+        ("text/plain", "text/plain"),
+    ] {
+        assert_eq!(
+            php_media_type(content_type).to_ascii_lowercase(),
+            php_sees,
+            "{content_type:?}"
+        );
+        let form = matches!(
+            php_sees,
+            "multipart/form-data" | "application/x-www-form-urlencoded"
+        );
+        if form {
+            assert_eq!(
+                cgi_content_type(content_type),
+                "application/octet-stream",
+                "{content_type:?}"
+            );
+        }
+    }
+    // Tab, CR and the like are not where PHP cuts, but whatever ends the type there counts too.
+    assert_eq!(
+        cgi_content_type("multipart/form-data\tx"),
+        "application/octet-stream"
+    );
+    assert_eq!(cgi_content_type("application/json x"), "application/json x");
+}

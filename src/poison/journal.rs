@@ -12,18 +12,25 @@
 //! on `<name>.lock`, released by the kernel when a process dies) and takes the next free slot,
 //! `<name>.1.journal`, and so on.
 //!
+//! Every file is opened with `O_NOFOLLOW`, and a state directory that others may write to, or
+//! that belongs to another user than the agent's or root, is refused (as sshd's StrictModes):
+//! someone else's symlink or file there could make the agent overwrite a file of its choice. A
+//! full disk at start turns the protection off, logged as an error and shown as
+//! `amqp_agent_crash_loop_protection 0`, instead of keeping the agent from starting.
+//!
 //! Invariant: the start record of a message is written (or its write failed and was logged)
 //! before the worker calls FPM; a clean stop leaves only crash counts in the file.
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::io::{Read as _, Write};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Begin, Ledger, Record};
 use crate::config::Config;
@@ -50,6 +57,16 @@ pub enum JournalError {
         /// Why.
         source: std::io::Error,
     },
+    /// The state directory may be written by others, or belongs to another user.
+    #[error(
+        "agent.state_dir: {path}: {why} (a symlink planted there could redirect the agent's writes; use a directory only the agent's user can write)"
+    )]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// Every slot is held by another running agent.
     #[error(
         "agent.state_dir: {dir}: {SLOTS} other agents with the same queues already hold the in-flight journals {name}.*"
@@ -75,6 +92,8 @@ pub struct Tracker {
     threshold: u32,
     /// `None` when crash-loop protection is off.
     journal: Option<Mutex<Journal>>,
+    /// Why the protection is off although configured on (a full disk at start).
+    degraded: Option<String>,
     /// Every handled message holds it shared; a suspect (in flight during an earlier crash)
     /// holds it alone, so a crash while it runs is counted against it only.
     gate: tokio::sync::RwLock<()>,
@@ -136,8 +155,21 @@ impl Tracker {
         Self {
             threshold: 0,
             journal: None,
+            degraded: None,
             gate: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Why crash-loop protection is off although `agent.poison_after` turns it on.
+    #[must_use]
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
+    /// True while messages are journaled (configured on, and not degraded).
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.journal.is_some()
     }
 
     /// Opens (creating it if needed) this agent's journal in `agent.state_dir`, counts a crash
@@ -147,12 +179,27 @@ impl Tracker {
     /// # Errors
     /// The directory cannot be created or written, or every slot is held by a running agent.
     pub fn open(config: &Config) -> Result<Self, JournalError> {
+        match Self::open_journal(config) {
+            Err(JournalError::Io { path, source }) if disk_full(&source) => {
+                let why = format!("{}: {source}", path.display());
+                error!(path = %path.display(), error = %source, "Crash-loop protection is OFF: the state directory's disk is full; messages that crash the agent will not be dead-lettered as poison until it restarts with room");
+                Ok(Self {
+                    degraded: Some(why),
+                    ..Self::disabled()
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn open_journal(config: &Config) -> Result<Self, JournalError> {
         let threshold = config.agent.poison_after;
         if threshold == 0 {
             return Ok(Self::disabled());
         }
         let dir = &config.agent.state_dir;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        check_owner_and_mode(dir)?;
         let (name, header) = identity(config);
         for slot in 0..SLOTS {
             let base = if slot == 0 {
@@ -165,6 +212,7 @@ impl Tracker {
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&lock_path)
                 .map_err(io(&lock_path))?;
             match lock.try_lock() {
@@ -180,6 +228,7 @@ impl Tracker {
             return Ok(Self {
                 threshold,
                 journal: Some(Mutex::new(journal)),
+                degraded: None,
                 gate: tokio::sync::RwLock::new(()),
             });
         }
@@ -275,7 +324,7 @@ impl Tracker {
 impl Journal {
     /// Replays the file a previous process left, counts its crash, and compacts.
     fn recover(path: PathBuf, lock: File, header: String) -> Result<Self, JournalError> {
-        let text = match std::fs::read(&path) {
+        let text = match read_nofollow(&path) {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(&path)(e)),
@@ -294,7 +343,7 @@ impl Journal {
             );
         }
         let tmp = path.with_extension("journal.tmp");
-        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let file = create_nofollow(&tmp).map_err(io(&tmp))?;
         let mut journal = Self {
             path,
             file,
@@ -345,7 +394,7 @@ impl Journal {
         buf.extend_from_slice(self.header.as_bytes());
         self.ledger.snapshot(&mut buf);
         let tmp = self.path.with_extension("journal.tmp");
-        let mut file = File::create(&tmp)?;
+        let mut file = create_nofollow(&tmp)?;
         file.write_all(&buf)?;
         std::fs::rename(&tmp, &self.path)?;
         self.file = file;
@@ -353,6 +402,54 @@ impl Journal {
         self.pending.clear();
         Ok(())
     }
+}
+
+/// `File::create` that refuses a symlink in the last component (`ELOOP`).
+fn create_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// `fs::read` that refuses a symlink in the last component.
+fn read_nofollow(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// sshd's StrictModes for the state directory: owned by the agent's user or root, and not
+/// writable by group or others.
+fn check_owner_and_mode(dir: &Path) -> Result<(), JournalError> {
+    let meta = std::fs::metadata(dir).map_err(io(dir))?;
+    let unsafe_dir = |why| JournalError::Unsafe {
+        path: dir.to_owned(),
+        why,
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_dir("owned by another user"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir("writable by others (group or world)"));
+    }
+    Ok(())
+}
+
+/// No room to write: the disk or the quota is full, or the file size limit is reached.
+fn disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+    )
 }
 
 /// The journal's base name and header line: derived from the broker (password left out) and

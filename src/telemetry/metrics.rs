@@ -137,6 +137,9 @@ pub struct Metrics {
     paused: Family<SubjectLabel, Gauge>,
     node: Family<NodeLabels, Gauge>,
     stats: BTreeMap<String, Arc<SubjectStats>>,
+    /// 1 while crash-loop protection journals messages; 0 when off by config or degraded (a
+    /// full disk at start). Set once by the agent when it opens the journal.
+    pub crash_loop_protection: Gauge,
     /// FPM's status page, its gauges, and the requests in flight (for `fpm.slow_after`).
     pub fpm: Arc<crate::fpm_status::monitor::Monitor>,
 }
@@ -168,6 +171,7 @@ impl Metrics {
             node: Family::default(),
             registry: Registry::default(),
             stats,
+            crash_loop_protection: Gauge::default(),
             fpm: Arc::default(),
         };
         m.fpm.register(&mut registry);
@@ -261,6 +265,11 @@ impl Metrics {
             "connected_node",
             "1 for the broker node (host:port) each subject is connected to",
             m.node.clone(),
+        );
+        registry.register(
+            "crash_loop_protection",
+            "1 while crash-loop protection journals messages; 0 when off by config or degraded (full disk at start)",
+            m.crash_loop_protection.clone(),
         );
         Self { registry, ..m }
     }

@@ -165,3 +165,61 @@ async fn a_suspect_runs_alone() {
     drop(suspect);
     assert!(tracker.begin("n", false).now_or_never().is_some());
 }
+
+/// A symlink planted where the journal writes (issue #22, hole 5): the agent must not write
+/// through it.
+#[test]
+fn a_symlink_in_the_state_dir_is_refused_and_not_written_through() {
+    let dir = temp_dir();
+    let tracker = Tracker::open(&config(&dir, "q", 2)).unwrap();
+    let path = tracker.path().unwrap();
+    tracker.close();
+    drop(tracker);
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let tmp = path.with_extension("journal.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    let opened = Tracker::open(&config(&dir, "q", 2));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(opened.is_err(), "a symlinked journal file is refused");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    assert!(Tracker::open(&config(&dir, "q", 2)).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// As sshd's StrictModes: a state directory anyone may write to is refused.
+#[test]
+fn a_world_writable_state_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir();
+    for mode in [0o777, 0o1777] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = Tracker::open(&config(&dir, "q", 2)).err().expect("refused");
+        assert!(e.to_string().contains("writable by others"), "{e}");
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    Tracker::open(&config(&dir, "q", 2)).unwrap();
+}
+
+/// A full disk at start turns the protection off, loudly, instead of stopping the agent
+/// (a 4 KiB tmpfs, filled; needs root to mount, as the test machine runs).
+#[test]
+fn a_full_disk_at_start_turns_protection_off_instead_of_refusing_to_start() {
+    let dir = temp_dir();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k,mode=0755", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "this test mounts a tmpfs (root)");
+    let fill = std::fs::write(dir.join("fill"), vec![0u8; 64 * 1024]);
+    assert!(fill.is_err(), "the tmpfs is full");
+    let tracker = Tracker::open(&config(&dir, "q", 2));
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let tracker = tracker.expect("the agent starts");
+    assert!(tracker.path().is_none(), "protection is off");
+    assert!(tracker.degraded().is_some(), "and says why");
+}
