@@ -8,6 +8,10 @@ use std::time::Duration;
 /// Response header of PHP's acknowledgement (`X-Agent-Ack: 1`), compared without case.
 pub const ACK_HEADER: &str = "x-agent-ack";
 
+/// Reason of a 401 reply: PHP refused the signature. The worker reports it, and the consumer
+/// pauses the subject as it does for an unreachable FPM.
+pub const SIGNATURE_REJECTED: &str = "signature_rejected";
+
 /// The parsed head of a FastCGI (CGI) response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyHead {
@@ -106,6 +110,19 @@ pub fn classify_reply(
             status: Some(status),
             retry_after: None,
             counts: true,
+        },
+        // The receiver refused the agent's signature: the secrets differ (a rotation done in
+        // the wrong order). That is the configuration's fault, not the message's: it uses no
+        // attempt, and the subject pauses (see `SIGNATURE_REJECTED`).
+        401 => Verdict::Transient {
+            reason: SIGNATURE_REJECTED,
+            detail: format!(
+                "status 401: PHP refused the agent's signature: {}",
+                excerpt()
+            ),
+            status: Some(status),
+            retry_after: None,
+            counts: false,
         },
         408 | 425 | 429 | 500..=599 => Verdict::Transient {
             reason: "http_status",

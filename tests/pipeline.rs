@@ -201,25 +201,50 @@ async fn receiver_verifies_signatures_and_refuses_a_wrong_secret() {
     assert_eq!(agent.stats()["event"].dead_lettered, 0);
     agent.drain().await;
 
+    // A rotation done in the wrong order: PHP's secret is not one of the agent's. Every request
+    // would be refused; that is the configuration's fault, not the messages': the subject
+    // pauses, no message is dead-lettered or uses an attempt, and all are handled once the
+    // secrets agree again (issue #20, case 5; before, all five were dead-lettered at once).
     let mut bad = TestCtx::new("sig-bad").await;
     bad.script = common::fpm().receiver.clone();
     bad.secret = "a-wrong-secret-0123456789".to_owned();
+    bad.retry_toml = "[retry]\ndelays = [\"200ms\"]\nmax_attempts = 1\n".to_owned();
     let agent = bad.start_agent().await;
-    bad.publish_json("event", "s2", "ok").await;
-    common::eventually(WAIT, "dead-lettered", || async {
-        agent.stats()["event"].dead_lettered == 1
+    for i in 0..5 {
+        bad.publish_json("event", &format!("s2-{i}"), "ok").await;
+    }
+    common::eventually(WAIT, "paused after a refused signature", || async {
+        agent.stats()["event"].paused
     })
     .await;
-    let dead = bad.drain_dead("event").await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(
-        header_str(&dead[0].0, "x-agent-status").as_deref(),
-        Some("401")
+    let metrics = agent.handle().metrics().encode();
+    assert!(
+        common::metric_sum(
+            &metrics,
+            "amqp_agent_signature_rejected_total",
+            &[("subject", "event")]
+        ) >= 1.0,
+        "{metrics}"
     );
-    assert_eq!(
-        header_str(&dead[0].0, "x-agent-reason").as_deref(),
-        Some("rejected")
+    let stats = agent.stats()["event"];
+    assert_eq!((stats.dead_lettered, stats.acked), (0, 0), "{stats:?}");
+    assert!(bad.drain_dead("event").await.is_empty());
+    // The operator fixes the agent's side (SIGHUP with the right secret).
+    bad.secret = common::SECRET.to_owned();
+    agent.reload(bad.config());
+    common::eventually(WAIT, "all five handled once the secrets agree", || async {
+        agent.stats()["event"].acked == 5
+    })
+    .await;
+    assert_eq!(agent.stats()["event"].dead_lettered, 0);
+    assert!(
+        bad.drain_dead("event").await.is_empty(),
+        "max_attempts = 1 and none used"
     );
+    common::eventually(WAIT, "consuming again", || async {
+        !agent.stats()["event"].paused
+    })
+    .await;
     agent.drain().await;
 }
 

@@ -72,10 +72,21 @@ pub struct ConsumerState {
     depth: Option<tokio::task::JoinHandle<()>>,
     /// Circuit breaker: `Some(next probe delay)` while FPM is unreachable.
     circuit: Option<std::time::Duration>,
+    /// Paused because PHP refuses the agent's signature.
+    signature: SignatureHold,
     /// An operator paused this subject.
     operator_paused: bool,
     /// Why this consumer stops itself; read by the root from the final state.
     exit: Option<ConsumerExit>,
+}
+
+/// The pause of a subject whose signature PHP refuses (`circuit::signature_rejected`).
+#[derive(Debug, Default)]
+struct SignatureHold {
+    /// Not consuming until the pause is over.
+    paused: bool,
+    /// The last pause, doubled on the next refusal; `None` once a request went through.
+    backoff: Option<std::time::Duration>,
 }
 
 /// Messages the consumer accepts.
@@ -93,6 +104,8 @@ pub enum ConsumerMsg {
     WorkerIdle(WorkerIdle),
     /// Circuit breaker: check whether FPM accepts connections again.
     Probe,
+    /// The pause after a refused signature is over.
+    SignatureRetry,
     /// Operator pause (true) or resume (false).
     SetPaused(bool),
     /// Stop taking deliveries; reply once no worker is busy.
@@ -246,6 +259,7 @@ async fn on_message(
             dispatch::dispatch(state);
         }
         ConsumerMsg::Probe => circuit::probe(myself, state).await?,
+        ConsumerMsg::SignatureRetry => circuit::signature_retry(myself, state).await?,
         ConsumerMsg::SetPaused(paused) => {
             let verb = if paused { "paused" } else { "resumed" };
             info!(subject = %state.runtime.name, paused, "Operator {verb} consumption");
@@ -339,6 +353,7 @@ async fn setup(
         forwarder: None,
         depth,
         circuit: None,
+        signature: SignatureHold::default(),
         operator_paused: args.operator_paused,
         exit: None,
     };

@@ -79,6 +79,8 @@ pub struct WorkerIdle {
     pub worker: ActorId,
     /// FPM could not be reached for that message (opens the circuit breaker).
     pub fpm_unreachable: bool,
+    /// PHP refused the request's signature (401): the secrets differ, the subject pauses.
+    pub signature_rejected: bool,
     /// The publish channel is closed; this consumer incarnation must be replaced.
     pub publisher_broken: bool,
 }
@@ -111,10 +113,11 @@ impl Actor for FpmWorker {
                     hook(&job.delivery);
                 }
                 let publisher = job.publisher.clone();
-                let fpm_unreachable = handle_job(state, *job).await;
+                let (fpm_unreachable, signature_rejected) = handle_job(state, *job).await;
                 let report = WorkerIdle {
                     worker: myself.get_id(),
                     fpm_unreachable,
+                    signature_rejected,
                     publisher_broken: !publisher.usable(),
                 };
                 // The consumer may be gone during shutdown; nothing to report to then.
@@ -128,9 +131,12 @@ impl Actor for FpmWorker {
                 }
                 let publisher = job.publisher.clone();
                 let fpm_unreachable = batch::handle_batch(state, *job).await;
+                // A refused batch sends its entries back to go alone; their single requests
+                // report a refused signature.
                 let report = WorkerIdle {
                     worker: myself.get_id(),
                     fpm_unreachable,
+                    signature_rejected: false,
                     publisher_broken: !publisher.usable(),
                 };
                 let _ = state.consumer.send_message(report);
@@ -140,8 +146,9 @@ impl Actor for FpmWorker {
     }
 }
 
-/// Handles one delivery end to end. Returns true when FPM could not be reached.
-async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
+/// Handles one delivery end to end. Returns whether FPM could not be reached, and whether PHP
+/// refused the request's signature.
+async fn handle_job(state: &mut WorkerState, job: Job) -> (bool, bool) {
     let Job {
         delivery,
         publisher,
@@ -174,9 +181,19 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> bool {
             Some(crashes) => (crate::poison::verdict(crashes), false),
             None => request(&runtime, &envelope, &delivery.data, &incoming, &message_id).await,
         };
+        let rejected = matches!(
+            verdict,
+            crate::outcome::Verdict::Transient {
+                reason: crate::outcome::SIGNATURE_REJECTED,
+                ..
+            }
+        );
+        if rejected {
+            runtime.events.emit(Event::SignatureRejected);
+        }
         let decision = runtime.policy.decide(&verdict, attempt);
         settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
-        unreached
+        (unreached, rejected)
     }
     .instrument(span)
     .await

@@ -75,7 +75,7 @@ fn outcome_table() {
             "{status}"
         );
     }
-    for status in [400, 401, 403, 404, 409, 422] {
+    for status in [400, 403, 404, 409, 422] {
         assert!(
             matches!(
                 classify_reply(&head(status, true), true, none),
@@ -84,6 +84,32 @@ fn outcome_table() {
             "{status}"
         );
     }
+    // A refused signature is the configuration's fault: no attempt used, never dead-lettered.
+    let refused = classify_reply(&head(401, false), true, none);
+    assert!(
+        matches!(
+            refused,
+            Verdict::Transient {
+                reason: SIGNATURE_REJECTED,
+                counts: false,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let policy = RetryPolicy {
+        delays: vec![Duration::from_secs(1)],
+        max_attempts: 1,
+        max_retry_after: Duration::from_secs(60),
+        extra_queues: true,
+    };
+    assert!(matches!(
+        policy.decide(&refused, 1),
+        Decision::Retry {
+            next_attempt: 1,
+            ..
+        }
+    ));
     assert!(matches!(
         classify_reply(&head(302, true), true, none),
         Verdict::Transient { .. }

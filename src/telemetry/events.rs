@@ -57,6 +57,8 @@ pub enum Event<'a> {
     },
     /// A delivery came without an AMQP `message_id` (the agent generated one).
     MissingMessageId,
+    /// PHP refused a request for its signature (401): the secrets differ.
+    SignatureRejected,
     /// `basic.ack` frames went out: one `multiple` ack (or none) and `single` others.
     AckFrames {
         /// A `multiple` ack was sent.
@@ -145,6 +147,9 @@ impl SubjectEvents {
             Event::MissingMessageId => {
                 self.hot.missing_message_id.inc();
             }
+            Event::SignatureRejected => {
+                self.hot.signature_rejected.inc();
+            }
             Event::AckFrames { multiple, single } => {
                 if multiple {
                     self.hot.ack_multiple.inc();
@@ -198,6 +203,7 @@ mod tests {
             elapsed: Duration::from_secs(1),
         });
         events.emit(Event::MissingMessageId);
+        events.emit(Event::SignatureRejected);
         events.emit(Event::AckFrames {
             multiple: true,
             single: 2,
@@ -210,6 +216,7 @@ mod tests {
         assert_eq!(s.worker_restarts, 1);
         let text = metrics.encode();
         for line in [
+            r#"amqp_agent_signature_rejected_total{subject="event"} 1"#,
             r#"amqp_agent_messages_received_total{subject="event"} 1"#,
             r#"amqp_agent_messages_acked_total{subject="event"} 3"#,
             r#"amqp_agent_messages_requeued_total{subject="event"} 1"#,

@@ -99,6 +99,8 @@ pub struct SubjectMetrics {
     pub ack_single: Counter,
     /// `messages_without_message_id{subject}`.
     pub missing_message_id: Counter,
+    /// `signature_rejected{subject}`.
+    pub signature_rejected: Counter,
 }
 
 /// Every metric of the agent.
@@ -130,6 +132,8 @@ pub struct Metrics {
     pub ack_frames: Family<KindLabels, Counter>,
     /// Deliveries without an AMQP `message_id` (the agent generated one).
     pub missing_message_id: Family<SubjectLabel, Counter>,
+    /// Requests PHP refused for their signature (401): the secrets differ.
+    pub signature_rejected: Family<SubjectLabel, Counter>,
     in_flight: Family<SubjectLabel, Gauge>,
     pool_size: Family<SubjectLabel, Gauge>,
     busy: Family<SubjectLabel, Gauge>,
@@ -163,6 +167,7 @@ impl Metrics {
             actor_restarts: Family::default(),
             ack_frames: Family::default(),
             missing_message_id: Family::default(),
+            signature_rejected: Family::default(),
             in_flight: Family::default(),
             pool_size: Family::default(),
             busy: Family::default(),
@@ -241,6 +246,11 @@ impl Metrics {
             m.missing_message_id.clone(),
         );
         registry.register(
+            "signature_rejected",
+            "Requests PHP refused for their signature (401): the agent's and PHP's signing secrets differ; the subject pauses",
+            m.signature_rejected.clone(),
+        );
+        registry.register(
             "in_flight",
             "Deliveries held by the agent",
             m.in_flight.clone(),
@@ -302,6 +312,7 @@ impl Metrics {
             ack_multiple: self.ack_frame(subject, "multiple"),
             ack_single: self.ack_frame(subject, "single"),
             missing_message_id: self.missing_message_id.get_or_create(&label).clone(),
+            signature_rejected: self.signature_rejected.get_or_create(&label).clone(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! growing delay; the first probe that connects resumes it.
 
 use ractor::{ActorProcessingErr, ActorRef};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::subscription::sync_consuming;
 use super::{ConsumerMsg, ConsumerState};
@@ -41,4 +41,47 @@ pub(super) async fn probe(
     info!(subject = %state.runtime.name, "An FPM upstream answers again; resuming consumption");
     state.circuit = None;
     sync_consuming(myself, state).await
+}
+
+/// First and largest pause of a subject whose requests PHP refuses for their signature.
+const SIGNATURE_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const SIGNATURE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// PHP refused a request's signature (401): the agent's and PHP's secrets differ, which every
+/// message would meet. Pause the subject (once per episode; the refused messages were retried
+/// without using an attempt) and try again after a growing pause: a message then tests it.
+pub(super) async fn signature_rejected(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    if state.signature.paused {
+        return Ok(());
+    }
+    let pause = state
+        .signature
+        .backoff
+        .map_or(SIGNATURE_FIRST, |d| (d * 2).min(SIGNATURE_MAX));
+    state.signature.backoff = Some(pause);
+    state.signature.paused = true;
+    error!(subject = %state.runtime.name, pause = ?pause, "PHP refused the agent's signature (401): fpm.signing_secrets and PHP's AGENT_SIGNING_SECRET differ. Pausing the subject; refused messages keep their attempts (docs/operations.md, \"Rotating the signing secret\")");
+    myself.send_after(pause, || ConsumerMsg::SignatureRetry);
+    sync_consuming(myself, state).await
+}
+
+/// The pause after a refused signature is over: consume again; the next reply says whether
+/// the secrets agree now.
+pub(super) async fn signature_retry(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    state.signature.paused = false;
+    info!(subject = %state.runtime.name, "Trying the signature again after a pause");
+    sync_consuming(myself, state).await
+}
+
+/// A request went through without a refused signature: the episode is over.
+pub(super) fn signature_accepted(state: &mut ConsumerState) {
+    if !state.signature.paused && state.signature.backoff.take().is_some() {
+        info!(subject = %state.runtime.name, "PHP accepts the agent's signature again");
+    }
 }

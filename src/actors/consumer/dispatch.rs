@@ -38,6 +38,7 @@ pub(super) async fn on_worker_idle(
     let WorkerIdle {
         worker,
         fpm_unreachable,
+        signature_rejected,
         publisher_broken,
     } = report;
     if publisher_broken && state.draining.is_none() {
@@ -45,6 +46,11 @@ pub(super) async fn on_worker_idle(
     }
     if fpm_unreachable && state.circuit.is_none() && state.draining.is_none() {
         open_circuit(myself, state).await?;
+    }
+    if signature_rejected && state.draining.is_none() {
+        super::circuit::signature_rejected(myself, state).await?;
+    } else if !fpm_unreachable {
+        super::circuit::signature_accepted(state);
     }
     let stats = &state.runtime.stats;
     if let Some(slot) = state.workers.get_mut(&worker) {

@@ -17,11 +17,13 @@ pub(super) async fn sync_consuming(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    let wanted = state.draining.is_none() && state.circuit.is_none() && !state.operator_paused;
-    state.runtime.stats.paused.store(
-        state.circuit.is_some() || state.operator_paused,
-        Ordering::Relaxed,
-    );
+    let held = state.circuit.is_some() || state.signature.paused;
+    let wanted = state.draining.is_none() && !held && !state.operator_paused;
+    state
+        .runtime
+        .stats
+        .paused
+        .store(held || state.operator_paused, Ordering::Relaxed);
     match (wanted, state.consumer_tag.is_some()) {
         (true, false) => start_consuming(myself, state).await,
         (false, true) => {
