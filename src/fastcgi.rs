@@ -111,6 +111,9 @@ pub struct FpmClient {
 
 struct Connection {
     client: Client<TokioCompat<Watched>, KeepAlive>,
+    /// The socket, to see whether FPM closed it before it is used again (it lives as long as
+    /// `client`, which owns it); `None` for a stream given by a test.
+    fd: Option<std::os::fd::RawFd>,
     ends: Arc<AtomicU64>,
     opened: Instant,
 }
@@ -201,6 +204,7 @@ impl FpmClient {
         Self {
             conn: Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
+                fd: None,
                 ends,
                 opened: Instant::now(),
             }),
@@ -308,20 +312,23 @@ impl FpmClient {
         body: &[u8],
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, FpmError> {
-        let reused = self.conn.is_some();
-        match self.attempt(params, body, on_stdout).await {
-            Err(Attempt {
-                error,
-                replied: false,
-            }) if reused && !error.unreached() => {
-                tracing::debug!(%error, "Kept-alive FPM connection failed before replying; reconnecting");
-                self.conn = None;
-                self.attempt(params, body, on_stdout)
-                    .await
-                    .map_err(|a| a.error)
-            }
-            other => other.map_err(|a| a.error),
+        // At most one run per attempt: a request is sent once. A kept-alive connection that FPM
+        // closed while it sat idle (a child recycled by pm.max_requests, a pool reload) is seen
+        // before anything is sent, and replaced. Once sent, a failure is the attempt's result,
+        // even before the first reply byte: PHP may have run the message (a child killed
+        // mid-handler), and sending it again would run it twice.
+        if self
+            .conn
+            .as_ref()
+            .and_then(|c| c.fd)
+            .is_some_and(peer_closed)
+        {
+            tracing::debug!(
+                "Kept-alive FPM connection was closed by FPM; reconnecting before sending"
+            );
+            self.conn = None;
         }
+        self.attempt(params, body, on_stdout).await
     }
 
     async fn attempt(
@@ -329,16 +336,14 @@ impl FpmClient {
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
-    ) -> Result<Reply, Attempt> {
+    ) -> Result<Reply, FpmError> {
         if self.conn.is_none() {
-            let stream = connect(&self.address).await.map_err(|e| Attempt {
-                error: e,
-                replied: false,
-            })?;
+            let (stream, fd) = connect(&self.address).await?;
             let ends = Arc::new(AtomicU64::new(0));
             let watched = Watched::new(stream, ends.clone(), self.received.clone());
             self.conn = Some(Connection {
                 client: Client::new_keep_alive_tokio(watched),
+                fd: Some(fd),
                 ends,
                 opened: Instant::now(),
             });
@@ -354,57 +359,37 @@ impl FpmClient {
             .client
             .execute_stream(request)
             .await
-            .map_err(|e| Attempt {
-                error: client_error(e),
-                replied: false,
-            })?;
+            .map_err(client_error)?;
         let mut reply = Reply::default();
         while let Some(item) = stream.next().await {
-            let content = item.map_err(|e| Attempt {
-                error: client_error(e),
-                replied: reply.size > 0,
-            })?;
+            let content = item.map_err(client_error)?;
             let (bytes, kept, keep) = match &content {
                 Content::Stdout(b) => (b, &mut reply.stdout, self.keep_stdout),
                 Content::Stderr(b) => (b, &mut reply.stderr, KEEP_STDERR),
             };
             reply.size += bytes.len();
             if reply.size > self.max_response {
-                return Err(Attempt {
-                    error: FpmError::TooLarge(self.max_response),
-                    replied: true,
-                });
+                return Err(FpmError::TooLarge(self.max_response));
             }
             let room = keep.saturating_sub(kept.len());
             kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
             if let Content::Stdout(b) = &content {
-                on_stdout(b).map_err(|e| Attempt {
-                    error: FpmError::Protocol(e),
-                    replied: true,
-                })?;
+                on_stdout(b).map_err(FpmError::Protocol)?;
             }
         }
         drop(stream);
         if conn.ends.load(Ordering::Acquire) == ends_before {
-            return Err(Attempt {
-                error: if reply.size == 0 {
-                    FpmError::Io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "FPM closed the connection",
-                    ))
-                } else {
-                    FpmError::Truncated(reply.size)
-                },
-                replied: reply.size > 0,
+            return Err(if reply.size == 0 {
+                FpmError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "FPM closed the connection",
+                ))
+            } else {
+                FpmError::Truncated(reply.size)
             });
         }
         Ok(reply)
     }
-}
-
-struct Attempt {
-    error: FpmError,
-    replied: bool,
 }
 
 fn client_error(e: ClientError) -> FpmError {
@@ -414,7 +399,24 @@ fn client_error(e: ClientError) -> FpmError {
     }
 }
 
-async fn connect(address: &FpmAddress) -> Result<Stream, FpmError> {
+/// True when the peer closed the connection (or sent bytes nobody asked for): a non-blocking
+/// peek that reads nothing. An idle kept-alive connection has nothing to read.
+fn peer_closed(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is an open socket owned by the connection's client, and `byte` is a valid
+    // one-byte buffer; MSG_PEEK leaves the socket's data in place.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+}
+
+async fn connect(address: &FpmAddress) -> Result<(Stream, std::os::fd::RawFd), FpmError> {
     let err = |source| FpmError::Connect {
         address: address.to_string(),
         source,
@@ -426,11 +428,14 @@ async fn connect(address: &FpmAddress) -> Result<Stream, FpmError> {
                 .map_err(err)?;
             // Without this every request waits ~40 ms on Nagle + delayed ACK.
             stream.set_nodelay(true).map_err(err)?;
-            Ok(Box::pin(buffered(stream)))
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            Ok((Box::pin(buffered(stream)), fd))
         }
-        FpmAddress::Unix(path) => Ok(Box::pin(buffered(
-            tokio::net::UnixStream::connect(path).await.map_err(err)?,
-        ))),
+        FpmAddress::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await.map_err(err)?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            Ok((Box::pin(buffered(stream)), fd))
+        }
     }
 }
 

@@ -400,3 +400,26 @@ async fn a_retry_copy_at_the_frame_limit_never_closes_the_connection() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_killed_before_replying_on_a_kept_alive_connection_runs_once_per_attempt() {
+    let mut ctx = TestCtx::new("once-per-attempt").await;
+    // One worker: the second message goes out on the connection the first one kept alive.
+    ctx.pool_size = 1;
+    let agent = ctx.start_agent().await;
+    ctx.publish_json("event", "warm", "ok").await;
+    wait_handled(&ctx, &["warm"]).await;
+    ctx.publish_json("event", "killed", "kill-silently").await;
+    let dead = wait_dead(&ctx, "event", 1).await;
+    assert_eq!(id_of(&dead[0].1), "killed");
+    assert_eq!(
+        header_str(&dead[0].0, "x-agent-reason").as_deref(),
+        Some("max_attempts")
+    );
+    let attempts: Vec<String> = ctx.records_by_id()["killed"]
+        .iter()
+        .map(|r| r["params"]["HTTP_X_AGENT_ATTEMPT"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"], "one run per attempt");
+    agent.stop().await;
+}

@@ -26,6 +26,7 @@
  *   stderr-only          write to stderr (error_log + php://stderr), exit with no output
  *   huge                 200 + ack, then 50 MiB of 'x' in 1 MiB chunks
  *   exit-midway          200 + ack, partial output flushed, then SIGKILL of the worker
+ *   kill-silently        SIGKILL of the worker before any output (after the record is written)
  *   anything else        400 "unknown behave"
  */
 
@@ -270,6 +271,14 @@ switch ($parts[0]) {
         for ($i = 0; $i < 50; $i++) {
             echo $chunk;
             flush();
+        }
+        exit;
+
+    case 'kill-silently':
+        if (function_exists('posix_kill')) {
+            posix_kill(getmypid(), 9);
+        } else {
+            exec('kill -9 ' . getmypid());
         }
         exit;
 
