@@ -69,12 +69,7 @@ impl BrokerError {
     #[must_use]
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Amqp { source, .. } => matches!(
-                source.kind(),
-                lapin::ErrorKind::IOError(_)
-                    | lapin::ErrorKind::InvalidConnectionState(_)
-                    | lapin::ErrorKind::MissingHeartbeatError
-            ),
+            Self::Amqp { source, .. } => lost_connection(source),
             Self::Timeout(_) => true,
             _ => false,
         }
@@ -104,6 +99,18 @@ impl BrokerError {
             Self::Inequivalent(_) | Self::Missing(_) | Self::Config(_)
         )
     }
+}
+
+/// True when a client error means the connection is gone (I/O, a connection no longer open,
+/// missed heartbeats): worth reconnecting for, not a crash.
+#[must_use]
+pub fn lost_connection(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::IOError(_)
+            | lapin::ErrorKind::InvalidConnectionState(_)
+            | lapin::ErrorKind::MissingHeartbeatError
+    )
 }
 
 fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {

@@ -167,14 +167,14 @@ impl FpmClient {
         timeout: Duration,
         max_bytes: usize,
     ) -> Result<Reply, FpmError> {
-        let saved = (self.timeout, self.max_response, self.keep_stdout);
-        (self.timeout, self.max_response, self.keep_stdout) = (timeout, max_bytes, max_bytes);
-        let reply = self.status_request(path).await;
-        (self.timeout, self.max_response, self.keep_stdout) = saved;
-        reply
-    }
-
-    async fn status_request(&mut self, path: &str) -> Result<Reply, FpmError> {
+        // The page's limits go with this request only: nothing of the client's own is changed,
+        // so a status read cancelled mid-way (a reload aborts the reader) leaves the pooled
+        // client with the message limits it had.
+        let limits = Limits {
+            timeout,
+            max_response: max_bytes,
+            keep_stdout: max_bytes,
+        };
         const QUERY: &str = "json&full";
         let params = [
             ("GATEWAY_INTERFACE", "FastCGI/1.0".into()),
@@ -186,7 +186,8 @@ impl FpmClient {
             ("SERVER_PROTOCOL", "HTTP/1.1".into()),
             ("CONTENT_LENGTH", "0".into()),
         ];
-        self.request(&params, b"").await
+        self.send(limits, &params, b"", &|| false, &mut |_| Ok(()))
+            .await
     }
 
     /// A client whose kept-alive connection is `stream`, already open: a fake FPM for tests and
@@ -265,14 +266,30 @@ impl FpmClient {
         queued: &(dyn Fn() -> bool + Sync),
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, FpmError> {
+        let limits = Limits {
+            timeout: self.timeout,
+            max_response: self.max_response,
+            keep_stdout: self.keep_stdout,
+        };
+        self.send(limits, params, body, queued, on_stdout).await
+    }
+
+    async fn send(
+        &mut self,
+        limits: Limits,
+        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        body: &[u8],
+        queued: &(dyn Fn() -> bool + Sync),
+        on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
+    ) -> Result<Reply, FpmError> {
         self.in_request = true;
         let received = self.received.clone();
         let before = received.load(Ordering::Acquire);
-        let timeout = self.timeout;
+        let timeout = limits.timeout;
         let mut deadline = Instant::now() + timeout;
         let mut extended = false;
         let result = {
-            let request = self.request_inner(params, body, on_stdout);
+            let request = self.request_inner(limits, params, body, on_stdout);
             tokio::pin!(request);
             loop {
                 match tokio::time::timeout_at(deadline.into(), &mut request).await {
@@ -308,6 +325,7 @@ impl FpmClient {
 
     async fn request_inner(
         &mut self,
+        limits: Limits,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
@@ -328,11 +346,12 @@ impl FpmClient {
             );
             self.conn = None;
         }
-        self.attempt(params, body, on_stdout).await
+        self.attempt(limits, params, body, on_stdout).await
     }
 
     async fn attempt(
         &mut self,
+        limits: Limits,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
@@ -364,12 +383,12 @@ impl FpmClient {
         while let Some(item) = stream.next().await {
             let content = item.map_err(client_error)?;
             let (bytes, kept, keep) = match &content {
-                Content::Stdout(b) => (b, &mut reply.stdout, self.keep_stdout),
+                Content::Stdout(b) => (b, &mut reply.stdout, limits.keep_stdout),
                 Content::Stderr(b) => (b, &mut reply.stderr, KEEP_STDERR),
             };
             reply.size += bytes.len();
-            if reply.size > self.max_response {
-                return Err(FpmError::TooLarge(self.max_response));
+            if reply.size > limits.max_response {
+                return Err(FpmError::TooLarge(limits.max_response));
             }
             let room = keep.saturating_sub(kept.len());
             kept.extend_from_slice(&bytes[..room.min(bytes.len())]);
@@ -390,6 +409,14 @@ impl FpmClient {
         }
         Ok(reply)
     }
+}
+
+/// What one request may take: its deadline, its reply size, the stdout bytes kept.
+#[derive(Clone, Copy)]
+struct Limits {
+    timeout: Duration,
+    max_response: usize,
+    keep_stdout: usize,
 }
 
 fn client_error(e: ClientError) -> FpmError {
@@ -615,6 +642,25 @@ mod tests {
                 "length {length}: {error}"
             );
         }
+    }
+
+    /// A status read cancelled mid-way (a reload aborts the reader) leaves the pooled client with
+    /// the limits of its messages, not the status page's (issue #20, case 8).
+    #[tokio::test]
+    async fn a_cancelled_status_read_keeps_the_client_limits() {
+        let mut client = late_reply(Duration::from_secs(60));
+        let limits = (client.timeout, client.max_response, client.keep_stdout);
+        let read = client.status_page("/status", Duration::from_secs(1), 4 << 20);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), read)
+                .await
+                .is_err(),
+            "cancelled before any reply"
+        );
+        assert_eq!(
+            (client.timeout, client.max_response, client.keep_stdout),
+            limits
+        );
     }
 
     /// A fake FPM that sends a complete reply after `delay`, on an open connection.

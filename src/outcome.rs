@@ -28,9 +28,7 @@ pub struct ReplyHead {
 /// # Errors
 /// When there is no header/body separator or the `Status` line is not a number.
 pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
-    let end = find(stdout, b"\r\n\r\n")
-        .or_else(|| find(stdout, b"\n\n"))
-        .ok_or_else(|| "reply has no CGI header block".to_owned())?;
+    let end = head_end(stdout).ok_or_else(|| "reply has no CGI header block".to_owned())?;
     let mut head = ReplyHead {
         status: 200,
         acked: false,
@@ -60,8 +58,16 @@ pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
     Ok(head)
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// End of the CGI head (the index just after its blank line, `\r\n\r\n` or `\n\n`, whichever
+/// comes first), if the head is complete. The one rule for single replies and batch replies.
+#[must_use]
+pub fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// What one attempt amounted to, before the retry policy is applied.

@@ -418,7 +418,12 @@ async fn a_child_killed_before_replying_on_a_kept_alive_connection_runs_once_per
     );
     let attempts: Vec<String> = ctx.records_by_id()["killed"]
         .iter()
-        .map(|r| r["params"]["HTTP_X_AGENT_ATTEMPT"].as_str().unwrap().to_owned())
+        .map(|r| {
+            r["params"]["HTTP_X_AGENT_ATTEMPT"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(attempts, ["1", "2", "3"], "one run per attempt");
     agent.stop().await;

@@ -34,6 +34,15 @@ impl ConsumerExit {
         if error.is::<ConnectionLost>() {
             return Self::Unreachable(text);
         }
+        // A client error straight from lapin (`basic_qos`, `basic_consume` of a re-subscribe
+        // on a connection that just died) is judged like a broker error.
+        if let Some(client) = error.downcast_ref::<lapin::Error>() {
+            return if crate::broker::lost_connection(client) {
+                Self::Unreachable(text)
+            } else {
+                Self::Crash(text)
+            };
+        }
         match error.downcast_ref::<BrokerError>() {
             Some(broker) if broker.is_config_error() => Self::Config(text),
             Some(broker) if broker.is_unreachable() => Self::Unreachable(text),
@@ -77,6 +86,16 @@ mod tests {
             ConsumerExit::of(&*timeout),
             ConsumerExit::Unreachable(_)
         ));
+        // A raw client error from a re-subscribe on a dead connection (issue #20, case 8).
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let raw: Box<dyn Error + Send + Sync> = Box::new(lapin::Error::from(io));
+        assert!(matches!(
+            ConsumerExit::of(&*raw),
+            ConsumerExit::Unreachable(_)
+        ));
+        let raw: Box<dyn Error + Send + Sync> =
+            Box::new(lapin::Error::from(lapin::ErrorKind::MissingHeartbeatError));
+        assert!(!ConsumerExit::of(&*raw).is_crash());
         // A message that merely reads like a lost connection is a crash.
         let text: Box<dyn Error + Send + Sync> = "connection to RabbitMQ lost: x".into();
         let exit = ConsumerExit::of(&*text);

@@ -163,7 +163,7 @@ impl Reader {
                     }
                     let before = self.buf.len();
                     self.buf.extend_from_slice(data);
-                    let Some(end) = head_end(&self.buf) else {
+                    let Some(end) = outcome::head_end(&self.buf) else {
                         if self.buf.len() > MAX_HEAD {
                             return self.fail("CGI head too long".to_owned());
                         }
@@ -416,16 +416,6 @@ fn excerpt(body: &[u8]) -> String {
         "(empty body)".to_owned()
     } else {
         crate::contract::clean(text).into_owned()
-    }
-}
-
-/// End of the CGI head (the index after its blank line), if complete.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

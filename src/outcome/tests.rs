@@ -230,3 +230,14 @@ fn retry_after_uses_a_bounded_set_of_delays() {
         "the largest scheduled delay"
     );
 }
+
+/// Single replies and batch replies end their CGI head by one rule: the first blank line, of
+/// either kind (issue #20, case 8: `parse_head` preferred a later `\r\n\r\n`).
+#[test]
+fn the_head_ends_at_the_first_blank_line_of_either_kind() {
+    let reply = b"Status: 500\n\nStatus: 200\r\n\r\nbody";
+    assert_eq!(parse_head(reply).unwrap().status, 500);
+    assert_eq!(head_end(reply), Some(13));
+    assert_eq!(head_end(b"Status: 200\r\n\r\nx\n\n"), Some(15));
+    assert_eq!(head_end(b"Status: 200\r\n"), None);
+}

@@ -268,15 +268,28 @@ fn a_reply_that_is_not_a_batch_reply_judges_every_entry() {
     assert!(
         matches!(v, Verdict::Transient { status: Some(500), counts: true, ref detail, .. } if detail.contains("Fatal"))
     );
-    // A refusal: as for one message.
+    // A refused signature: as for one message (the secrets differ, no attempt used).
     let (_, _, mut reader) = read(0..3, b"Status: 401\r\n\r\ninvalid signature\n", 4);
     let Some(Failure::Whole(v)) = reader.finish() else {
         panic!()
     };
     assert!(matches!(
         v,
-        Verdict::Permanent {
+        Verdict::Transient {
             status: Some(401),
+            counts: false,
+            ..
+        }
+    ));
+    // Another refusal: as for one message.
+    let (_, _, mut reader) = read(0..3, b"Status: 403\r\n\r\nforbidden\n", 4);
+    let Some(Failure::Whole(v)) = reader.finish() else {
+        panic!()
+    };
+    assert!(matches!(
+        v,
+        Verdict::Permanent {
+            status: Some(403),
             ..
         }
     ));
