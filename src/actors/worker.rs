@@ -130,13 +130,11 @@ impl Actor for FpmWorker {
                     }
                 }
                 let publisher = job.publisher.clone();
-                let fpm_unreachable = batch::handle_batch(state, *job).await;
-                // A refused batch sends its entries back to go alone; their single requests
-                // report a refused signature.
+                let (fpm_unreachable, signature_rejected) = batch::handle_batch(state, *job).await;
                 let report = WorkerIdle {
                     worker: myself.get_id(),
                     fpm_unreachable,
-                    signature_rejected: false,
+                    signature_rejected,
                     publisher_broken: !publisher.usable(),
                 };
                 let _ = state.consumer.send_message(report);

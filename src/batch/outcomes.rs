@@ -370,6 +370,9 @@ fn parse_outcome(text: &str, require_ack: bool) -> Result<Verdict, String> {
             };
             match outcome::classify_reply(&head, require_ack, || reason_text(reason)) {
                 v @ Verdict::Permanent { .. } => Ok(v),
+                // PHP refused the entry's signature: as for a single request, the secrets
+                // differ (no attempt used, the subject pauses).
+                v @ Verdict::Transient { counts: false, .. } if status == 401 => Ok(v),
                 _ => Err(format!("status {status} is not a reject status")),
             }
         }

@@ -53,6 +53,8 @@ struct Settler<'a> {
     runtime: &'a SubjectRuntime,
     publisher: &'a Publisher,
     acks: &'a Acks,
+    /// PHP refused an entry's signature (the secrets differ): the subject pauses.
+    rejected: std::sync::atomic::AtomicBool,
 }
 
 impl Settler<'_> {
@@ -67,6 +69,17 @@ impl Settler<'_> {
     }
 
     async fn settle(&self, entry: &Entry<'_>, verdict: Verdict) {
+        if matches!(
+            verdict,
+            Verdict::Transient {
+                reason: crate::outcome::SIGNATURE_REJECTED,
+                ..
+            }
+        ) {
+            self.runtime.events.emit(Event::SignatureRejected);
+            self.rejected
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let decision = self.runtime.policy.decide(&verdict, entry.envelope.attempt);
         let original = Original {
             delivery: entry.delivery,
@@ -91,7 +104,8 @@ impl Settler<'_> {
 }
 
 /// Handles a batch end to end. Returns true when FPM could not be reached.
-pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool {
+/// Returns whether FPM could not be reached, and whether PHP refused an entry's signature.
+pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (bool, bool) {
     let BatchJob {
         deliveries,
         publisher,
@@ -102,7 +116,10 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         runtime: &runtime,
         publisher: &publisher,
         acks: &acks,
+        rejected: std::sync::atomic::AtomicBool::new(false),
     };
+    let rejected =
+        |settler: &Settler<'_>| settler.rejected.load(std::sync::atomic::Ordering::Relaxed);
     runtime.events.emit(Event::BatchSent {
         size: deliveries.len(),
     });
@@ -193,7 +210,7 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         }
     }
     let Some(first) = first else {
-        return false;
+        return (false, rejected(&settler));
     };
     let (params, body) = encoder.finish(&first);
 
@@ -274,7 +291,7 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         fcgi_span.record("error.type", status.as_ref());
     }
     let Some(failure) = failure else {
-        return false;
+        return (false, rejected(&settler));
     };
     let running = reader.running();
     let unsettled = retry::unsettled(
@@ -307,11 +324,12 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> bool
         }
         tracked[i] = None;
     }
-    matches!(
+    let unreached = matches!(
         failure,
         Failure::Fpm {
             unreached: true,
             ..
         }
-    )
+    );
+    (unreached, rejected(&settler))
 }
