@@ -68,7 +68,7 @@ final class ClassAllowlist
     public function firstRefused(string $serialized): ?string
     {
         foreach (self::namedIn($serialized) as $class) {
-            if (!in_array(strtolower($class), self::PHP_VALUES, true) && !(self::isClassName($class) && enum_exists($class)) && !$this->allows($class)) {
+            if (!self::isPlainValue($class) && !$this->allows($class)) {
                 return $class;
             }
         }
@@ -100,7 +100,14 @@ final class ClassAllowlist
         return preg_match('/\A[OC]:[+-]?\d+:"([^"]*)"/i', $serialized, $m) === 1 ? ltrim($m[1], '\\') : null;
     }
 
-    private static function isClassName(string $name): bool
+    /** An enum or one of PHP's date classes: nothing of the app runs when one is unserialized. */
+    public static function isPlainValue(string $class): bool
+    {
+        return in_array(strtolower($class), self::PHP_VALUES, true) || (self::isClassName($class) && enum_exists($class));
+    }
+
+    /** Whether $name may be autoloaded: a class name, nothing a naive autoloader makes a path of. */
+    public static function isClassName(string $name): bool
     {
         return preg_match('/\A[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*(?:\\\\[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)*\z/', $name) === 1;
     }
