@@ -24,3 +24,24 @@ async fn published_jobs_reach_their_handlers_once_in_batches() {
     )
     .await;
 }
+
+/// Publish rights are not PHP object injection (issue #22, hole 7): a job payload of an app class
+/// outside `amqp-agent.allowed_jobs` (`App\Spy\Gadget`, which appends to a file when
+/// unserialized) is dead-lettered with `class not allowed: App\Spy\Gadget` and never built, and
+/// a `ShouldBeEncrypted` job (`ShipOrder`) published in plaintext is dead-lettered instead of
+/// run; the jobs the package's Publisher sends are handled as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_outside_the_allowlist_and_plaintext_encrypted_jobs_are_dead_lettered() {
+    common::apps::hostile_messages_are_dead_lettered(
+        "laravel",
+        &["{test}", "{gadget}"],
+        &[
+            ("gadget", r"class not allowed: App\Spy\Gadget"),
+            (
+                "plain",
+                r"job App\Jobs\ShipOrder should be encrypted and arrived in plaintext",
+            ),
+        ],
+    )
+    .await;
+}

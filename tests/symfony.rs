@@ -59,3 +59,17 @@ async fn the_slim_front_controller_serves_single_messages_and_batches() {
     )
     .await;
 }
+
+/// Publish rights are not PHP object injection (issue #22, hole 7): a PhpSerializer envelope whose
+/// message is an app class that Messenger's routing does not name (`App\Spy\Gadget`, which
+/// appends to a file when unserialized) is dead-lettered with `class not allowed: App\Spy\Gadget`
+/// and never built; the app's routed messages are handled as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_class_outside_the_routing_is_dead_lettered_unbuilt() {
+    common::apps::hostile_messages_are_dead_lettered(
+        "symfony",
+        &["{gadget}"],
+        &[("gadget", r"class not allowed: App\Spy\Gadget")],
+    )
+    .await;
+}

@@ -273,3 +273,109 @@ pub async fn hundred_of_each_with(
 
     agent.drain().await;
 }
+
+/// Hostile messages against app `name` (issue #22, hole 7): its publisher sends 3 events and 3
+/// commands; then `bin/hostile.php` (run with `hostile_args`, `{test}` and `{gadget}` replaced
+/// by the test's id and the file its gadget would append to when unserialized) prints what a
+/// publisher with nothing but publish rights could send, published raw. Each one must end in
+/// `.dead` as rejected, 422, with a last error containing the reason `refused` gives for its id;
+/// the gadget never runs, and the six genuine messages are each handled once.
+pub async fn hostile_messages_are_dead_lettered(
+    name: &str,
+    hostile_args: &[&str],
+    refused: &[(&str, &str)],
+) {
+    use base64::Engine as _;
+
+    const WAIT: Duration = Duration::from_secs(90);
+    let ctx = TestCtx::new(name).await;
+    let app = app_dir(name);
+    let script = front_controller(&app, &ctx, "index.php", &[]);
+    let agent = amqp_agent::agent::Agent::start(config(&ctx, &script))
+        .await
+        .unwrap();
+    agent.wait_consuming(WAIT).await.unwrap();
+    let out = php(
+        &app.join("bin/publish.php"),
+        &ctx,
+        &[&ctx.id, "3", "3"],
+        &[],
+    );
+    assert!(out.contains("published 3 events and 3 commands"), "{out}");
+
+    let gadget = fpm().dir.join(format!("records/gadget-{}", ctx.id));
+    let gadget_arg = gadget.display().to_string();
+    let args: Vec<&str> = hostile_args
+        .iter()
+        .map(|a| match *a {
+            "{test}" => ctx.id.as_str(),
+            "{gadget}" => gadget_arg.as_str(),
+            other => other,
+        })
+        .collect();
+    let mut dead_by_subject: BTreeMap<String, u64> = BTreeMap::new();
+    for line in php(&app.join("bin/hostile.php"), &ctx, &args, &[]).lines() {
+        let msg: Value = serde_json::from_str(line).expect("a JSON line");
+        let id = msg["id"].as_str().unwrap();
+        let subject = msg["subject"].as_str().unwrap_or("event");
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(msg["body"].as_str().unwrap())
+            .unwrap();
+        let props = lapin::BasicProperties::default().with_message_id(id.into());
+        ctx.publish(subject, &body, props).await;
+        *dead_by_subject.entry(subject.to_owned()).or_default() += 1;
+    }
+    assert_eq!(
+        dead_by_subject.values().sum::<u64>(),
+        refused.len() as u64,
+        "one reason per hostile message"
+    );
+
+    eventually(
+        WAIT,
+        "6 acked and the hostile ones dead-lettered",
+        || async {
+            let s = agent.stats();
+            ["event", "command"].iter().all(|subject| {
+                s[*subject].acked == 3
+                    && s[*subject].dead_lettered
+                        == dead_by_subject.get(*subject).copied().unwrap_or(0)
+            })
+        },
+    )
+    .await;
+
+    let mut dead = ctx.drain_dead("event").await;
+    dead.extend(ctx.drain_dead("command").await);
+    assert_eq!(dead.len(), refused.len());
+    for (id, reason) in refused {
+        let (props, _) = dead
+            .iter()
+            .find(|(p, _)| p.message_id().as_ref().map(|m| m.as_str()) == Some(*id))
+            .unwrap_or_else(|| panic!("{id} dead-lettered"));
+        assert_eq!(
+            header_str(props, "x-agent-reason").as_deref(),
+            Some("rejected"),
+            "{id}"
+        );
+        assert_eq!(
+            header_str(props, "x-agent-status").as_deref(),
+            Some("422"),
+            "{id}"
+        );
+        let last_error = header_str(props, "x-agent-last-error").unwrap_or_default();
+        assert!(last_error.contains(reason), "{id}: {last_error}");
+    }
+    assert!(!gadget.exists(), "the gadget was never unserialized");
+
+    let handled = handled(&records(name, &ctx));
+    let expected = ["c0", "c1", "c2", "e0", "e1", "e2"];
+    assert_eq!(
+        handled.keys().collect::<Vec<_>>(),
+        expected,
+        "only the genuine messages ran"
+    );
+    assert!(handled.values().all(|r| r.len() == 1), "{handled:?}");
+
+    agent.drain().await;
+}

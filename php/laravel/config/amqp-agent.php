@@ -10,6 +10,18 @@ return [
     // Seconds a signature timestamp may differ from this clock; beyond: 503, retried.
     'clock_skew' => (int) env('AGENT_SIGNATURE_TOLERANCE', 300),
 
+    // The job classes the route runs: class or interface names, or namespaces ('App\\Jobs\\').
+    // Checked before the payload is unserialized: a job of any other class is refused (422,
+    // dead-lettered with "class not allowed: <class>") and never constructed, so publish rights
+    // on the agent's queues do not mean PHP object injection. Laravel's own wrappers (queued
+    // closures, listeners, notifications, mail) are not what the Publisher sends; list one to
+    // accept it. Too broad: ShouldQueue::class (every job of every installed package).
+    'allowed_jobs' => ['App\\Jobs\\'],
+
+    // Other classes a job may hold (value objects, collections), same forms. Enums, PHP's dates,
+    // Carbon and SerializesModels' ModelIdentifier always may.
+    'allowed_classes' => [],
+
     // The endpoint the agent's request_uri points at ("/_agent/messages/{subject}").
     'route' => [
         'enabled' => true,

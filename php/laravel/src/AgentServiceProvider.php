@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace AmqpAgent\Laravel;
 
 use AmqpAgent\Laravel\Http\MessageController;
+use AmqpAgent\Receiver\ClassAllowlist;
 use AmqpAgent\Receiver\Receiver;
 use AmqpAgent\Receiver\Signature;
 use AmqpAgent\Receiver\TraceContext;
@@ -34,6 +35,11 @@ final class AgentServiceProvider extends ServiceProvider
 
                 return [$request?->headers->get('traceparent'), $request?->headers->get('tracestate')];
             },
+        ));
+        $this->app->bind(PayloadDecoder::class, static fn (Application $app): PayloadDecoder => new PayloadDecoder(
+            new ClassAllowlist((array) $app['config']->get('amqp-agent.allowed_jobs', ['App\\Jobs\\'])),
+            new ClassAllowlist((array) $app['config']->get('amqp-agent.allowed_classes', [])),
+            $app->bound(Encrypter::class) ? $app->make(Encrypter::class) : null,
         ));
         $this->app->singleton(AgentContext::class);
         $this->app->singleton(Transport::class, static fn (Application $app): Transport => new AmqpExtTransport($app['config']->get('amqp-agent.amqp', [])));

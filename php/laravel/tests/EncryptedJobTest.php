@@ -8,6 +8,7 @@ use AmqpAgent\Laravel\Http\MessageController;
 use AmqpAgent\Laravel\PayloadDecoder;
 use AmqpAgent\Laravel\Publisher;
 use AmqpAgent\Laravel\Transport;
+use AmqpAgent\Receiver\ClassAllowlist;
 use AmqpAgent\Receiver\TraceContext;
 use Illuminate\Container\Container;
 use Illuminate\Contracts\Encryption\Encrypter as EncrypterContract;
@@ -86,7 +87,7 @@ final class EncryptedJobTest extends TestCase
 
         self::assertSame($laravels['commandName'], $ours['commandName']);
         self::assertSame($encrypter->decrypt($laravels['command']), $encrypter->decrypt($ours['command']), 'the same serialized job under the encryption');
-        self::assertEquals(new PlaceSecretOrder('o-2', self::CARD), (new PayloadDecoder($encrypter))->decode(json_encode(['data' => $laravels])));
+        self::assertEquals(new PlaceSecretOrder('o-2', self::CARD), (new PayloadDecoder(new ClassAllowlist([PlaceSecretOrder::class]), null, $encrypter))->decode(json_encode(['data' => $laravels])));
     }
 
     public function testWithoutAnEncrypterNothingIsSentInPlaintext(): void

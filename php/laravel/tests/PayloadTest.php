@@ -7,6 +7,7 @@ namespace AmqpAgent\Laravel\Tests;
 use AmqpAgent\Laravel\PayloadDecoder;
 use AmqpAgent\Laravel\Publisher;
 use AmqpAgent\Laravel\Transport;
+use AmqpAgent\Receiver\ClassAllowlist;
 use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\TraceContext;
 use Illuminate\Container\Container;
@@ -24,7 +25,7 @@ final class PayloadTest extends TestCase
         $create->setAccessible(true);
         $body = $create->invoke($queue, new PlaceOrder('o-1', 'x'), 'default');
 
-        self::assertEquals(new PlaceOrder('o-1', 'x'), (new PayloadDecoder())->decode($body));
+        self::assertEquals(new PlaceOrder('o-1', 'x'), self::decoder()->decode($body));
     }
 
     public function testDecodesAnEncryptedJob(): void
@@ -32,15 +33,20 @@ final class PayloadTest extends TestCase
         $encrypter = new Encrypter(random_bytes(32), 'aes-256-cbc');
         $body = json_encode(['data' => ['commandName' => PlaceOrder::class, 'command' => $encrypter->encrypt(serialize(new PlaceOrder('o-2')))]]);
 
-        self::assertEquals(new PlaceOrder('o-2'), (new PayloadDecoder($encrypter))->decode($body));
+        self::assertEquals(new PlaceOrder('o-2'), self::decoder($encrypter)->decode($body));
         $this->expectException(PermanentFailure::class);
-        (new PayloadDecoder())->decode($body);
+        self::decoder()->decode($body);
     }
 
     public function testAnUnknownClassIsPermanent(): void
     {
         $this->expectException(PermanentFailure::class);
-        (new PayloadDecoder())->decode(json_encode(['data' => ['command' => 'O:7:"Missing":0:{}']]));
+        self::decoder()->decode(json_encode(['data' => ['command' => 'O:7:"Missing":0:{}']]));
+    }
+
+    private static function decoder(?Encrypter $encrypter = null): PayloadDecoder
+    {
+        return new PayloadDecoder(new ClassAllowlist(['AmqpAgent\\Laravel\\Tests\\']), null, $encrypter);
     }
 
     public function testThePublisherSetsMessageIdTraceparentAndTheSubjectQueue(): void
@@ -65,7 +71,7 @@ final class PayloadTest extends TestCase
         self::assertSame($id, json_decode($body, true)['uuid'], 'message_id is the payload uuid');
         self::assertSame(['traceparent' => $tp], $props['headers']);
         self::assertSame(PlaceOrder::class, $props['type']);
-        self::assertEquals(new PlaceOrder('o-3'), (new PayloadDecoder())->decode($body));
+        self::assertEquals(new PlaceOrder('o-3'), self::decoder()->decode($body));
 
         self::assertSame(['app.event', 'fixed-id', []], [$transport->sent[1][0], $transport->sent[1][2]['message_id'], $transport->sent[1][2]['headers']]);
         $this->expectException(\InvalidArgumentException::class);

@@ -24,7 +24,7 @@ final class TestApp
         $app->instance('path.config', sys_get_temp_dir());
         $app->instance(\Illuminate\Contracts\Container\Container::class, $app);
         Container::setInstance($app);
-        $app->instance('config', new Repository(['amqp-agent' => $config + ['signing_secrets' => self::SECRET]]));
+        $app->instance('config', new Repository(['amqp-agent' => $config + ['signing_secrets' => self::SECRET, 'allowed_jobs' => ['AmqpAgent\\Laravel\\Tests\\']]]));
         $app->instance('events', new Events($app));
         $app->instance('router', new Router($app['events'], $app));
         $app->singleton(\Illuminate\Contracts\Bus\Dispatcher::class, static fn ($app) => new \Illuminate\Bus\Dispatcher($app));

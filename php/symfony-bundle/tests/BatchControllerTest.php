@@ -11,6 +11,7 @@ use AmqpAgent\Receiver\TraceContext;
 use AmqpAgent\Receiver\Tests\BatchFixture;
 use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use AmqpAgent\SymfonyBundle\Messenger\MessageAllowlist;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\HttpFoundation\Request;
@@ -104,7 +105,7 @@ final class BatchControllerTest extends TestCase
 
         return new MessageController(
             new Receiver(new Signature([Fixtures::SECRET]), static fn () => null),
-            new EnvelopeDecoder(new PhpSerializer()),
+            new EnvelopeDecoder(new PhpSerializer(), new MessageAllowlist([OrderPlaced::class])),
             new MessageBus([new HandleMessageMiddleware(new HandlersLocator([OrderPlaced::class => [$handler]]))]),
             new ExceptionMapper(),
             new TraceContext(),

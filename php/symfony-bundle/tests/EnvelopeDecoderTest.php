@@ -6,6 +6,7 @@ namespace AmqpAgent\SymfonyBundle\Tests;
 
 use AmqpAgent\Receiver\Message;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use AmqpAgent\SymfonyBundle\Messenger\MessageAllowlist;
 use PHPUnit\Framework\Attributes\DataProvider;
 use PHPUnit\Framework\TestCase;
 use Symfony\Component\Messenger\Envelope;
@@ -25,7 +26,7 @@ final class EnvelopeDecoderTest extends TestCase
         $sent = new Envelope(new OrderPlaced('o-1', 42, "quote ' and \\ and \"é\""), [new BusNameStamp('messenger.bus.default')]);
         [$server, $body] = Fixtures::request($serializer, $sent);
 
-        $envelope = (new EnvelopeDecoder($serializer))->decode(Message::fromServer($server, $body));
+        $envelope = (new EnvelopeDecoder($serializer, new MessageAllowlist([OrderPlaced::class])))->decode(Message::fromServer($server, $body));
 
         self::assertEquals($sent->getMessage(), $envelope->getMessage());
         self::assertSame('messenger.bus.default', $envelope->last(BusNameStamp::class)?->getBusName());
@@ -57,7 +58,7 @@ final class EnvelopeDecoderTest extends TestCase
         self::assertSame('application/json', $server['HTTP_X_AGENT_CONTENT_TYPE']);
         self::assertJson($body);
 
-        $envelope = (new EnvelopeDecoder(Serializer::create()))->decode(Message::fromServer($server, $body));
+        $envelope = (new EnvelopeDecoder(Serializer::create(), new MessageAllowlist([OrderPlaced::class])))->decode(Message::fromServer($server, $body));
         self::assertSame(5, $envelope->last(DelayStamp::class)?->getDelay());
         self::assertEquals(new OrderPlaced('o-3', 7), $envelope->getMessage());
     }
@@ -67,13 +68,13 @@ final class EnvelopeDecoderTest extends TestCase
         // Symfony ≥ 6.x's PhpSerializer base64-encodes bodies that are not valid UTF-8.
         $sent = new Envelope(new OrderPlaced('o-4', 1, "\xff\xfe binary"));
         [$server, $body] = Fixtures::request(new PhpSerializer(), $sent);
-        $envelope = (new EnvelopeDecoder(new PhpSerializer()))->decode(Message::fromServer($server, $body));
+        $envelope = (new EnvelopeDecoder(new PhpSerializer(), new MessageAllowlist([OrderPlaced::class])))->decode(Message::fromServer($server, $body));
         self::assertEquals($sent->getMessage(), $envelope->getMessage());
     }
 
     public function testSomethingElseIsADecodingFailure(): void
     {
         $this->expectException(MessageDecodingFailedException::class);
-        (new EnvelopeDecoder(Serializer::create()))->decode(Message::fromServer(['HTTP_X_AGENT_HEADERS' => '{}'], '{"a":1}'));
+        (new EnvelopeDecoder(Serializer::create(), new MessageAllowlist([OrderPlaced::class])))->decode(Message::fromServer(['HTTP_X_AGENT_HEADERS' => '{}'], '{"a":1}'));
     }
 }

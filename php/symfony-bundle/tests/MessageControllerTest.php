@@ -9,6 +9,7 @@ use AmqpAgent\Receiver\Signature;
 use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use AmqpAgent\SymfonyBundle\Messenger\AgentMessageStamp;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
+use AmqpAgent\SymfonyBundle\Messenger\MessageAllowlist;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
 use AmqpAgent\Receiver\TraceContext;
 use PHPUnit\Framework\TestCase;
@@ -102,7 +103,7 @@ final class MessageControllerTest extends TestCase
 
         return new MessageController(
             new Receiver(new Signature([Fixtures::SECRET]), static fn () => null),
-            new EnvelopeDecoder(new PhpSerializer()),
+            new EnvelopeDecoder(new PhpSerializer(), new MessageAllowlist([OrderPlaced::class])),
             $bus,
             new ExceptionMapper(),
             $trace,

@@ -13,7 +13,6 @@ use AmqpAgent\Receiver\Response as AgentResponse;
 use AmqpAgent\Receiver\TraceContext;
 use Illuminate\Contracts\Bus\Dispatcher;
 use Illuminate\Contracts\Container\Container;
-use Illuminate\Contracts\Encryption\Encrypter;
 use Illuminate\Http\Request;
 use Illuminate\Http\Response;
 use Illuminate\Support\Facades\Facade;
@@ -23,8 +22,9 @@ use Symfony\Component\HttpFoundation\StreamedResponse;
 /**
  * POST /_agent/messages/{subject}: verify the agent's signature, turn the Laravel job payload
  * back into the job, run it with Bus::dispatchSync() and answer with the outcome the agent acts
- * on: ack; PermanentFailure 422 (dead-letter); RetryLater 503 + Retry-After; anything else 500
- * (retry on the agent's schedule); a bad signature 401.
+ * on: ack; PermanentFailure 422 (dead-letter), a job class not allowed included (PayloadDecoder);
+ * RetryLater 503 + Retry-After; anything else 500 (retry on the agent's schedule); a bad
+ * signature 401.
  *
  * A batch (docs/batches.md) is a streamed response: each entry goes through the same path as a
  * single message, its outcome line is flushed as soon as it is done, and between entries the
@@ -93,8 +93,7 @@ final class MessageController
         }
 
         try {
-            $encrypter = $this->container->bound(Encrypter::class) ? $this->container->make(Encrypter::class) : null;
-            $job = (new PayloadDecoder($encrypter))->decode($body);
+            $job = $this->container->make(PayloadDecoder::class)->decode($body);
             $this->context->within($message, fn () => $this->trace->within(
                 $message->traceparent,
                 $message->tracestate,

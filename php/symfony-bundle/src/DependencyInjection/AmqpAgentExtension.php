@@ -9,6 +9,7 @@ use AmqpAgent\Receiver\Signature;
 use AmqpAgent\SymfonyBundle\Controller\MessageController;
 use AmqpAgent\SymfonyBundle\Messenger\EnvelopeDecoder;
 use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
+use AmqpAgent\SymfonyBundle\Messenger\MessageAllowlist;
 use AmqpAgent\SymfonyBundle\Messenger\PublishMiddleware;
 use AmqpAgent\Receiver\TraceContext;
 use Symfony\Component\DependencyInjection\ContainerBuilder;
@@ -31,7 +32,9 @@ final class AmqpAgentExtension extends Extension
             ->setFactory([TraceContextFactory::class, 'create'])
             ->setArguments([new Reference('request_stack', ContainerBuilder::NULL_ON_INVALID_REFERENCE)]));
         $container->setAlias(TraceContext::class, 'amqp_agent.trace_context')->setPublic(true);
-        $container->setDefinition('amqp_agent.envelope_decoder', new Definition(EnvelopeDecoder::class, [new Reference($config['serializer'])]));
+        // The routing's types join allowed_messages in RoutedMessagesPass, once FrameworkBundle set them.
+        $container->setDefinition(RoutedMessagesPass::ALLOWLIST, new Definition(MessageAllowlist::class, [$config['allowed_messages'], $config['allowed_classes']]));
+        $container->setDefinition('amqp_agent.envelope_decoder', new Definition(EnvelopeDecoder::class, [new Reference($config['serializer']), new Reference(RoutedMessagesPass::ALLOWLIST)]));
         $container->setDefinition('amqp_agent.exception_mapper', new Definition(ExceptionMapper::class));
         $container->setDefinition('amqp_agent.publish_middleware', new Definition(PublishMiddleware::class, [new Reference('amqp_agent.trace_context')]));
 

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace AmqpAgent\SymfonyBundle\Messenger;
 
+use AmqpAgent\Receiver\ClassNotAllowed;
 use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\Response;
 use AmqpAgent\Receiver\RetryLater;
@@ -19,14 +20,18 @@ use Symfony\Component\Messenger\Exception\UnrecoverableExceptionInterface;
  *
  *  - any recoverable exception (RecoverableExceptionInterface, RetryLater): 503, retried, with
  *    Retry-After when it carries a delay (getRetryDelay(), milliseconds, Symfony ≥ 7.2);
- *  - every exception unrecoverable (UnrecoverableExceptionInterface, PermanentFailure), or an
- *    envelope that cannot be decoded: 422, dead-lettered at once;
+ *  - every exception unrecoverable (UnrecoverableExceptionInterface, PermanentFailure), an
+ *    envelope that cannot be decoded, or a class the allowlist refuses (`class not allowed: …`):
+ *    422, dead-lettered at once;
  *  - anything else: 500, retried on the agent's schedule, dead-lettered after max_attempts.
  */
 final class ExceptionMapper
 {
     public function map(\Throwable $e): Response
     {
+        if ($e instanceof ClassNotAllowed) {
+            return Response::permanent($e->getMessage());
+        }
         if ($e instanceof MessageDecodingFailedException) {
             return Response::permanent('cannot decode the envelope: ' . $e->getMessage());
         }
