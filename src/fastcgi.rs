@@ -76,6 +76,14 @@ impl FpmError {
     pub fn unreached(&self) -> bool {
         matches!(self, Self::Connect { .. })
     }
+
+    /// True when FPM reset the connection (RST): the kernel then drops reply bytes that had
+    /// arrived but were not read yet, so the reply read so far may be missing its tail (a
+    /// killed child whose socket still held unread input resets instead of closing).
+    #[must_use]
+    pub fn reply_may_be_cut(&self) -> bool {
+        matches!(self, Self::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
 }
 
 /// A complete FastCGI reply (possibly with stdout/stderr cut to what is kept).

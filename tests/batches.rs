@@ -195,7 +195,16 @@ async fn failure_mid_batch(name: &str, failure: Failure) {
             "m-{i} had its outcome"
         );
     }
-    assert_eq!(attempts(&by_id["m-20"]), [1, 2]);
+    // A timeout blames m-20 (an attempt). A killed child whose socket still held unread input
+    // resets the connection, and a reset may drop lines the agent had not read: then nobody is
+    // blamed and m-20 goes alone like the others, without using an attempt (it is then blamed
+    // for what it does alone). Either way no other entry uses an attempt.
+    let m20 = attempts(&by_id["m-20"]);
+    let blamed = m20 == [1, 2];
+    assert!(
+        blamed || (matches!(failure, Failure::Kill) && m20 == [1, 1]),
+        "m-20: {m20:?}"
+    );
     // The rest ran once, alone, on attempt 1; after a timeout at most `stale_ok` of them ran a
     // second time, in the child still running the batch after the agent gave up.
     let mut twice = 0;
@@ -210,9 +219,10 @@ async fn failure_mid_batch(name: &str, failure: Failure) {
     }
     assert!(twice <= stale_ok, "{twice} handled twice after the failure");
     let stats = agent.stats()["event"];
+    let expected = if blamed { (1, 29, 0) } else { (0, 30, 0) };
     assert_eq!(
         (stats.retried, stats.requeued, stats.dead_lettered),
-        (1, 29, 0)
+        expected
     );
     assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
     assert!(ctx.drain_dead("event").await.is_empty());
@@ -503,9 +513,8 @@ async fn one_bad_message(
     assert_first_request_was_one_batch(&records[..bad + 1], bad + 1);
     let by_id = by_id(&records);
     // Its attempts 1, 2, 3, in order. A run may repeat an attempt without using it: a killed
-    // child's `start` line can be lost with the connection (nobody blamed, retried alone), and
-    // a request that died alone before any reply byte on a reused connection is sent once more
-    // (the FastCGI client's idle-close rule: fastcgi.rs). At most 1 + 2 per attempt.
+    // child's connection can be reset, which drops its unread lines (nobody is blamed, each
+    // entry is retried alone). At most 1 + 2 per attempt.
     let mut bad_attempts = attempts(&by_id[&bad_id]);
     assert!(bad_attempts.len() <= 7, "{bad_id}: {bad_attempts:?}");
     bad_attempts.dedup();
@@ -534,7 +543,11 @@ async fn a_message_that_exits_php_costs_no_neighbour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_kills_its_child_costs_no_neighbour() {
-    one_bad_message("batch-kill-always", 20, "kill", "10s", 0).await;
+    // A killed child resets its connection, which can drop outcome lines the agent had not read
+    // yet: those entries ran, are retried alone on attempt 1 and run again (at-least-once). They
+    // never use an attempt and are never dead-lettered; how many depends on timing, so the
+    // bound is loose.
+    one_bad_message("batch-kill-always", 20, "kill", "10s", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

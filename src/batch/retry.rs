@@ -27,6 +27,9 @@ pub enum Failure {
         detail: String,
         /// True when FPM could not be reached: no entry was tried.
         unreached: bool,
+        /// True when FPM reset the connection: lines PHP wrote may have been dropped unread, so
+        /// the last `start` read need not be the entry PHP was running; nobody is blamed.
+        cut: bool,
     },
     /// The reply broke the batch protocol (unknown or repeated index, a line that is not an
     /// outcome, output after the end).
@@ -46,6 +49,7 @@ impl Failure {
             reason: error.reason(),
             detail: error.to_string(),
             unreached: error.unreached(),
+            cut: error.reply_may_be_cut(),
         }
     }
 
@@ -57,6 +61,7 @@ impl Failure {
                 reason,
                 detail,
                 unreached,
+                ..
             } => Verdict::Transient {
                 reason,
                 detail: detail.clone(),
@@ -118,6 +123,10 @@ pub fn unsettled(
             ..
         }
     );
+    // After a reset, the running entry read may be an innocent whose outcome line was dropped
+    // with the connection: every entry goes alone, where its own fate is decided.
+    let cut = matches!(failure, Failure::Fpm { cut: true, .. });
+    let running = if cut { None } else { running };
     entries
         .into_iter()
         .filter(|i| !answered(*i))
@@ -228,7 +237,7 @@ mod tests {
 
     #[test]
     fn each_failure_counts_for_the_running_entry_as_it_would_for_one_message() {
-        let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let lost = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "FPM closed");
         let cases = [
             (
                 Failure::fpm(&FpmError::Io(lost)),
@@ -275,6 +284,18 @@ mod tests {
                 }
             ));
         }
+    }
+
+    /// A reset drops reply bytes the agent had not read yet: the last `start` it read may be an
+    /// innocent whose outcome line was lost (an innocent used two attempts this way in a run of
+    /// tests/batches a_message_that_kills_its_child_costs_no_neighbour). Nobody is blamed.
+    #[test]
+    fn after_a_reset_nobody_is_blamed() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let failure = Failure::fpm(&FpmError::Io(reset));
+        let fates = unsettled(0..50, |i| i < 8, Some(8), &failure);
+        assert!(settled(&fates).is_empty(), "{fates:?}");
+        assert_eq!(alone(&fates), (8..50).collect::<Vec<_>>());
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Config {
         let addr: std::net::SocketAddr = self.admin.listen.parse().map_err(|_| {
             invalid(
                 "admin.listen",
-                format!("`{}` is not `ip:port`", self.admin.listen),
+                "is not `ip:port` (the value is not repeated here)",
             )
         })?;
         let loopback = addr.ip().is_loopback();

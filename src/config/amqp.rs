@@ -293,6 +293,11 @@ impl Config {
         {
             return Err(invalid("amqp.heartbeat", "must be at most 65535s"));
         }
+        // Before the TLS checks, whose absence returns early: a 0 here was once accepted
+        // without `[amqp.tls]` and quietly became 1 at run time.
+        if self.amqp.prefetch_per_worker == 0 {
+            return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
+        }
         let Some(tls) = &self.amqp.tls else {
             return Ok(());
         };
@@ -315,9 +320,6 @@ impl Config {
         }?;
         if tls.server_name.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("amqp.tls.server_name", "must not be empty"));
-        }
-        if self.amqp.prefetch_per_worker == 0 {
-            return Err(invalid("amqp.prefetch_per_worker", "must be at least 1"));
         }
         Ok(())
     }

@@ -171,7 +171,7 @@ impl Config {
             if addresses[..i].contains(address) {
                 return Err(invalid(
                     "fpm.address",
-                    format!("`{address}` is listed twice"),
+                    format!("entry {} repeats an earlier one", i + 1),
                 ));
             }
         }

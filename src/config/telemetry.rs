@@ -134,12 +134,10 @@ impl SamplerKind {
 impl Config {
     pub(super) fn validate_observability(&self) -> Result<(), ConfigError> {
         let t = &self.telemetry;
-        if let Some(level) = t.log_level.as_deref().filter(|l| !valid_log_level(l)) {
+        if t.log_level.as_deref().is_some_and(|l| !valid_log_level(l)) {
             return Err(invalid(
                 "telemetry.log_level",
-                format!(
-                    "`{level}` is not a log filter (e.g. `info`, `debug`, `warn,amqp_agent=debug`)"
-                ),
+                "is not a log filter (e.g. `info`, `debug`, `warn,amqp_agent=debug`; the value is not repeated here)",
             ));
         }
         self.validate_admin()

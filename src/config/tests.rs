@@ -117,7 +117,10 @@ fn bad_values_are_named() {
         assert!(e.contains(key), "expected `{key}` in: {e}");
     }
     let e = error_of(&format!("{MINIMAL}[retry]\ndelays = [\"soon\"]\n"));
-    assert!(e.contains("delays") && e.contains("soon"), "{e}");
+    assert!(
+        e.contains("delays") && !e.contains("soon"),
+        "named, not quoted: {e}"
+    );
     let e = error_of(&MINIMAL.replace("[fpm]", "[fpm]\ntimeout = 30"));
     assert!(e.contains("timeout"), "{e}");
 }
@@ -249,6 +252,32 @@ fn max_header_depth_stays_below_the_parser_cap() {
         e.contains("limits.max_header_depth") && e.contains("64"),
         "{e}"
     );
+}
+
+/// Errors name the key, never the value (it may be a secret pasted in the wrong place).
+#[test]
+fn errors_never_quote_a_value() {
+    let secret = "s3cr3t-Value-9";
+    let cases = [
+        MINIMAL.replace("[fpm]\n", &format!("[fpm]\ntimeout = \"{secret}\"\n")),
+        format!("{MINIMAL}[admin]\nlisten = \"{secret}\"\n"),
+        format!("{MINIMAL}[telemetry]\nlog_level = \"{secret}=x=y\"\n"),
+        MINIMAL.replace(
+            "address = \"127.0.0.1:9000\"",
+            &format!("address = [\"127.0.0.1:9{0}\", \"127.0.0.1:9{0}\"]", 123),
+        ),
+        format!("{MINIMAL}[limits]\nmemory_budget = \"{secret}\"\n"),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let e = error_of(text);
+        assert!(!e.contains(secret) && !e.contains("9123"), "case {i}: {e}");
+    }
+}
+
+#[test]
+fn prefetch_per_worker_zero_is_refused_without_tls_too() {
+    let e = error_of(&MINIMAL.replace("[amqp]\n", "[amqp]\nprefetch_per_worker = 0\n"));
+    assert!(e.contains("amqp.prefetch_per_worker"), "{e}");
 }
 
 #[test]
@@ -421,7 +450,10 @@ fn fpm_address_is_one_string_or_a_list_of_distinct_addresses() {
     assert_eq!(c.fpm.keep_alive_idle, Duration::ZERO);
     for (address, why) in [
         ("[]", "at least one"),
-        ("[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]", "twice"),
+        (
+            "[\"127.0.0.1:9000\", \"127.0.0.1:9000\"]",
+            "entry 2 repeats",
+        ),
         ("[\"127.0.0.1:9000\", \"nowhere\"]", "neither"),
         ("42", "list of them"),
     ] {

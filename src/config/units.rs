@@ -6,11 +6,8 @@ use serde::{Deserialize, Deserializer};
 
 pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
-        ))
-    })
+    // The value is not quoted: a misplaced secret must not reach a log.
+    humantime::parse_duration(&text).map_err(|_| not_a_duration())
 }
 
 /// A size: a number of bytes, or a string with a unit (`B`, `KB`, `MB`, `GB`, `KiB`, `MiB`,
@@ -47,10 +44,16 @@ pub(super) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         .and_then(|n| n.checked_mul(scale))
         .filter(|_| scale > 0)
         .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a size; write bytes, or e.g. \"512MiB\", \"2GiB\""
-            ))
+            serde::de::Error::custom(
+                "not a size; write bytes, or e.g. \"512MiB\", \"2GiB\" (the value is not repeated here)",
+            )
         })
+}
+
+fn not_a_duration<E: serde::de::Error>() -> E {
+    E::custom(
+        "not a duration; write e.g. \"500ms\", \"30s\", \"2m\" (the value is not repeated here)",
+    )
 }
 
 pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -61,12 +64,6 @@ pub(super) fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>
     let texts = Vec::<String>::deserialize(d)?;
     texts
         .iter()
-        .map(|text| {
-            humantime::parse_duration(text).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"2m\""
-                ))
-            })
-        })
+        .map(|text| humantime::parse_duration(text).map_err(|_| not_a_duration()))
         .collect()
 }
