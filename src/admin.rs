@@ -147,6 +147,7 @@ fn router(state: AdminState) -> Router {
         .route("/pools/{subject}", post(set_pool))
         .route("/pools/{subject}/auto", post(pool_auto))
         .route("/subjects/{subject}/pause", post(pause))
+        .route("/subjects/{subject}/rate", post(set_rate))
         .route("/subjects/{subject}/resume", post(resume))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
@@ -336,6 +337,43 @@ async fn pool_auto(State(state): State<AdminState>, Path(subject): Path<String>)
             format!("{subject}: pool sized by the autoscaler\n"),
         )
             .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RateQuery {
+    /// `50/s`, `300/m`, `3600/h`, or `none` to lift the limit.
+    limit: String,
+    /// The bucket's size (default 1).
+    burst: Option<u32>,
+}
+
+async fn set_rate(
+    State(state): State<AdminState>,
+    Path(subject): Path<String>,
+    Query(q): Query<RateQuery>,
+) -> Response {
+    let rate = if q.limit == "none" {
+        None
+    } else {
+        let burst = q.burst.unwrap_or(1);
+        if !(1..=100_000).contains(&burst) {
+            return (StatusCode::BAD_REQUEST, "burst must be 1 to 100000\n").into_response();
+        }
+        match crate::config::Rate::parse(&q.limit) {
+            Ok(rate) => Some(crate::rate::RateLimit { rate, burst }),
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("limit: {e}\n")).into_response(),
+        }
+    };
+    match state.agent.set_rate(&subject, rate) {
+        Ok(()) => {
+            let shown = rate.map_or_else(
+                || "no rate limit".to_owned(),
+                |l| format!("rate limit {}, burst {}", l.rate, l.burst),
+            );
+            (StatusCode::OK, format!("{subject}: {shown}\n")).into_response()
+        }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }

@@ -16,7 +16,7 @@ use crate::signals::{self, Command};
 mod args;
 mod ops;
 
-pub use args::{Cli, Cmd, DeadAction, PoolAction};
+pub use args::{Cli, Cmd, DeadAction, PoolAction, RateAction};
 
 /// Parses the command line and runs it; returns the process exit code.
 #[must_use]
@@ -112,6 +112,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Pool {
             action: PoolAction::Auto { subject },
         } => ops::admin_post(&Config::load(path)?, &format!("/pools/{subject}/auto")).await,
+        Cmd::Rate {
+            action:
+                RateAction::Set {
+                    subject,
+                    limit,
+                    burst,
+                },
+        } => {
+            crate::config::Rate::parse(&limit).map_err(|e| anyhow::anyhow!("LIMIT: {e}"))?;
+            ops::admin_post(
+                &Config::load(path)?,
+                &format!("/subjects/{subject}/rate?limit={limit}&burst={burst}"),
+            )
+            .await
+        }
+        Cmd::Rate {
+            action: RateAction::Clear { subject },
+        } => {
+            ops::admin_post(
+                &Config::load(path)?,
+                &format!("/subjects/{subject}/rate?limit=none"),
+            )
+            .await
+        }
         Cmd::Pause { subject } => {
             ops::admin_post(&Config::load(path)?, &format!("/subjects/{subject}/pause")).await
         }

@@ -20,6 +20,7 @@ mod agent;
 mod amqp;
 mod fpm;
 mod limits;
+mod rate;
 mod report;
 mod secrets;
 mod subject;
@@ -32,6 +33,7 @@ pub use agent::AgentConfig;
 pub use amqp::{AmqpConfig, QueueType, TlsConfig, amqp_value, check_argument};
 pub use fpm::{AddressList, FpmAddress, FpmConfig};
 pub use limits::{LimitsConfig, MAX_HEADERS_PARAM, PARSER_MAX_DEPTH, RetryConfig};
+pub use rate::{Rate, RateLimit};
 pub use report::ParseProblem;
 pub use subject::{ExchangeType, PoolMode, SubjectConfig};
 pub use telemetry::{LogFormat, OtlpProtocol, SamplerKind, TelemetryConfig, valid_log_level};
@@ -189,6 +191,9 @@ impl Config {
                 s.pool_size = 0;
                 s.min_pool_size = 0;
                 s.max_pool_size = 0;
+                // Applied live by the consumer (`RootMsg::SetRate`), no restart.
+                s.rate_limit = None;
+                s.rate_burst = 0;
             }
             (
                 c.amqp.clone(),

@@ -42,6 +42,7 @@ pub mod outcome;
 pub mod poison;
 pub mod printable;
 pub mod provenance;
+pub mod rate;
 pub mod signals;
 pub mod signature;
 pub mod stats;

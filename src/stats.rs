@@ -45,6 +45,9 @@ pub struct SubjectStats {
     pub paused: AtomicBool,
     /// The broker node (`host:port`) the consumer is connected to.
     pub node: Mutex<Option<String>>,
+    /// The rate limit in force, as shown (`50/s, burst 1`); a copy for `/status`, written by
+    /// the consumer from the root's record.
+    pub rate_limit: Mutex<Option<String>>,
 }
 
 impl SubjectStats {
@@ -68,6 +71,12 @@ impl SubjectStats {
     /// Records the node the consumer is connected to (`None`: not connected).
     pub fn set_node(&self, node: Option<String>) {
         *self.node.lock().expect("node lock") = node;
+    }
+
+    /// The rate limit in force, as shown.
+    #[must_use]
+    pub fn rate_limit(&self) -> Option<String> {
+        self.rate_limit.lock().expect("rate lock").clone()
     }
 
     /// The node the consumer is connected to.

@@ -76,6 +76,10 @@ pub struct ConsumerState {
     signature: SignatureHold,
     /// An operator paused this subject.
     operator_paused: bool,
+    /// The rate limit's bucket; `None`: no limit.
+    bucket: Option<crate::rate::Bucket>,
+    /// A `Dispatch` is scheduled for the bucket's next token.
+    rate_armed: bool,
     /// Why this consumer stops itself; read by the root from the final state.
     exit: Option<ConsumerExit>,
 }
@@ -108,12 +112,16 @@ pub enum ConsumerMsg {
     SignatureRetry,
     /// Operator pause (true) or resume (false).
     SetPaused(bool),
+    /// A new rate limit (`None`: no limit).
+    SetRate(Option<crate::rate::RateLimit>),
     /// Stop taking deliveries; reply once no worker is busy.
     Drain(RpcReplyPort<()>),
     /// Change the pool size.
     Resize(usize),
     /// `batch_wait` is over: hand the backlog to idle workers even if no batch is full.
     Dispatch,
+    /// The rate limit's next token is due.
+    RateDispatch,
 }
 
 impl From<WorkerIdle> for ConsumerMsg {
@@ -142,6 +150,8 @@ pub struct ConsumerArgs {
     pub target: usize,
     /// An operator paused the subject.
     pub operator_paused: bool,
+    /// The rate limit in force.
+    pub rate: Option<crate::rate::RateLimit>,
     /// Where the next (re)connection starts in `amqp.urls`.
     pub endpoint_cursor: Arc<AtomicUsize>,
 }
@@ -258,6 +268,14 @@ async fn on_message(
             state.dispatch_armed = false;
             dispatch::dispatch(state);
         }
+        ConsumerMsg::RateDispatch => {
+            state.rate_armed = false;
+            dispatch::dispatch(state);
+        }
+        ConsumerMsg::SetRate(rate) => {
+            dispatch::set_rate(state, rate);
+            dispatch::dispatch(state);
+        }
         ConsumerMsg::Probe => circuit::probe(myself, state).await?,
         ConsumerMsg::SignatureRetry => circuit::signature_retry(myself, state).await?,
         ConsumerMsg::SetPaused(paused) => {
@@ -355,8 +373,11 @@ async fn setup(
         circuit: None,
         signature: SignatureHold::default(),
         operator_paused: args.operator_paused,
+        bucket: None,
+        rate_armed: false,
         exit: None,
     };
+    dispatch::set_rate(&mut state, args.rate);
     pool::resize(myself, &mut state, target).await?;
     subscription::sync_consuming(myself, &mut state).await?;
     runtime.events.emit(Event::Consuming);

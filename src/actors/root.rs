@@ -37,6 +37,9 @@ struct Child {
     target: usize,
     /// An operator paused the subject; survives consumer restarts.
     operator_paused: bool,
+    /// The subject's rate limit in force (the file's, or an operator's); survives consumer
+    /// restarts, and reloads unless the file's value changes.
+    rate: Option<crate::rate::RateLimit>,
     /// Where the next (re)connection starts in `amqp.urls`; survives consumer restarts.
     endpoint_cursor: Arc<AtomicUsize>,
 }
@@ -60,6 +63,8 @@ pub enum RootMsg {
     Resize(String, usize),
     /// Pause (true) or resume (false) a subject's consumption.
     SetPaused(String, bool),
+    /// Set (or lift, `None`) a subject's rate limit.
+    SetRate(String, Option<crate::rate::RateLimit>),
     /// Apply a re-read configuration (SIGHUP), with the pool sizes asked for under it.
     Reload(Arc<Config>, BTreeMap<String, usize>),
     /// Liveness check (the systemd watchdog pings only while this answers).
@@ -111,6 +116,7 @@ impl Actor for RootSupervisor {
                 replacing: false,
                 target,
                 operator_paused: false,
+                rate: args.config.subjects[&name].rate(),
                 endpoint_cursor: Arc::default(),
             };
             children.insert(name.clone(), child);
@@ -174,6 +180,14 @@ impl Actor for RootSupervisor {
             RootMsg::Reload(config, targets) => reload(state, config, &targets)?,
             RootMsg::Ping(reply) => {
                 let _ = reply.send(());
+            }
+            RootMsg::SetRate(name, rate) => {
+                if let Some(child) = state.children.get_mut(&name) {
+                    child.rate = rate;
+                    if let Some(actor) = &child.actor {
+                        actor.cast(ConsumerMsg::SetRate(rate))?;
+                    }
+                }
             }
             RootMsg::SetPaused(name, paused) => {
                 if let Some(child) = state.children.get_mut(&name) {
@@ -243,6 +257,13 @@ fn reload(
         let target = targets.get(name).copied().unwrap_or(child.target);
         child.target = target;
         let restart = !old.same_for_consumer(&new, name);
+        // A rate limit changed in the file replaces the one in force (an operator's too); an
+        // unchanged one leaves the operator's.
+        let file_rate = new.subjects[name].rate();
+        let rate_changed = old.subjects.get(name).and_then(|s| s.rate()) != file_rate;
+        if rate_changed {
+            child.rate = file_rate;
+        }
         child.runtime = Arc::new(
             SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
                 .with_crashes(child.runtime.crashes.clone())
@@ -261,6 +282,9 @@ fn reload(
             });
         } else {
             actor.cast(ConsumerMsg::Resize(target))?;
+            if rate_changed {
+                actor.cast(ConsumerMsg::SetRate(child.rate))?;
+            }
         }
     }
     state.config = new;
@@ -278,6 +302,7 @@ async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) 
         runtime: child.runtime.clone(),
         target: child.target,
         operator_paused: child.operator_paused,
+        rate: child.rate,
         endpoint_cursor: child.endpoint_cursor.clone(),
     };
     match Actor::spawn_linked(None, QueueConsumer, args, myself.get_cell()).await {

@@ -150,6 +150,23 @@ impl AgentHandle {
         }
     }
 
+    /// Sets (or lifts, `None`) a subject's rate limit (operator command). It applies at once
+    /// and is kept over reloads unless the file's `rate_limit` changes.
+    ///
+    /// # Errors
+    /// Unknown subject.
+    pub fn set_rate(
+        &self,
+        subject: &str,
+        rate: Option<crate::rate::RateLimit>,
+    ) -> anyhow::Result<()> {
+        self.subject_stats(subject)?;
+        self.inner
+            .root
+            .cast(RootMsg::SetRate(subject.to_owned(), rate))?;
+        Ok(())
+    }
+
     /// Pauses or resumes consumption of a subject (operator command).
     ///
     /// # Errors

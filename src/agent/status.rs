@@ -54,6 +54,8 @@ pub struct SubjectStatus {
     pub connection: &'static str,
     /// The broker node (`host:port`) the subject is connected to.
     pub node: Option<String>,
+    /// The rate limit in force (`50/s, burst 1`), or null.
+    pub rate_limit: Option<String>,
     /// Counters and gauges.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
@@ -102,6 +104,7 @@ impl AgentHandle {
                         "disconnected"
                     },
                     node: stats.node(),
+                    rate_limit: stats.rate_limit(),
                     stats: s,
                 };
                 (name.clone(), status)

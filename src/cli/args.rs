@@ -78,6 +78,13 @@ pub enum Cmd {
         /// Subject.
         subject: String,
     },
+    /// Set or lift a subject's rate limit on the running agent (per agent; kept over SIGHUP
+    /// unless the file's `rate_limit` changes).
+    Rate {
+        /// What to do.
+        #[command(subcommand)]
+        action: RateAction,
+    },
     /// Inspect or replay a subject's dead-letter queue.
     DeadLetters {
         /// What to do.
@@ -99,6 +106,26 @@ pub enum PoolAction {
     /// Release a subject pinned by `pool set`, SIGTTIN or SIGTTOU back to the autoscaler.
     Auto {
         /// Subject (with `pool_mode = "auto"`).
+        subject: String,
+    },
+}
+
+/// `rate` actions.
+#[derive(Debug, Subcommand)]
+pub enum RateAction {
+    /// Hold a subject to `LIMIT` messages handed to PHP: `50/s`, `300/m`, `3600/h`.
+    Set {
+        /// Subject.
+        subject: String,
+        /// The rate.
+        limit: String,
+        /// Messages that may go at once after a quiet spell.
+        #[arg(long, default_value_t = 1)]
+        burst: u32,
+    },
+    /// Lift a subject's rate limit.
+    Clear {
+        /// Subject.
         subject: String,
     },
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::rate::{Rate, RateLimit};
 use super::units::duration;
 use super::{Config, ConfigError, QueueType, SUBJECTS, invalid};
 
@@ -63,6 +64,31 @@ pub struct SubjectConfig {
     /// already prefetched.
     #[serde(default, deserialize_with = "duration")]
     pub batch_wait: Duration,
+    /// Most messages handed to PHP per second, minute or hour (`"50/s"`, `"300/m"`), per agent:
+    /// messages over it wait prefetched (never requeued). None (the default): no limit.
+    /// Changed at run time by `rate set` / `POST /rate/{subject}`, kept over SIGHUP unless the
+    /// file's value changes.
+    #[serde(default, deserialize_with = "super::rate::opt_rate")]
+    pub rate_limit: Option<Rate>,
+    /// Messages that may go at once after a quiet spell (the bucket's size). Default 1: the
+    /// rate is held evenly.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+}
+
+fn default_rate_burst() -> u32 {
+    1
+}
+
+impl SubjectConfig {
+    /// The subject's rate limit from the file, if any.
+    #[must_use]
+    pub fn rate(&self) -> Option<RateLimit> {
+        self.rate_limit.map(|rate| RateLimit {
+            rate,
+            burst: self.rate_burst,
+        })
+    }
 }
 
 /// How a subject's pool is sized.
@@ -131,6 +157,9 @@ impl Config {
         }
         if subject.batch_wait > Duration::from_secs(10) {
             return Err(invalid(format!("{key}.batch_wait"), "must be at most 10s"));
+        }
+        if !(1..=100_000).contains(&subject.rate_burst) {
+            return Err(invalid(format!("{key}.rate_burst"), "must be 1 to 100000"));
         }
         if subject.queue.is_empty() || subject.queue.len() > 200 {
             return Err(invalid(

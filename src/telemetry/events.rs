@@ -59,6 +59,11 @@ pub enum Event<'a> {
     MissingMessageId,
     /// PHP refused a request for its signature (401): the secrets differ.
     SignatureRejected,
+    /// Ready messages and an idle worker wait `waited` for the rate limit's next token.
+    RateLimited {
+        /// Until the next token.
+        waited: Duration,
+    },
     /// `basic.ack` frames went out: one `multiple` ack (or none) and `single` others.
     AckFrames {
         /// A `multiple` ack was sent.
@@ -150,6 +155,9 @@ impl SubjectEvents {
             Event::SignatureRejected => {
                 self.hot.signature_rejected.inc();
             }
+            Event::RateLimited { waited } => {
+                self.hot.rate_limit_wait.inc_by(waited.as_secs_f64());
+            }
             Event::AckFrames { multiple, single } => {
                 if multiple {
                     self.hot.ack_multiple.inc();
@@ -204,6 +212,9 @@ mod tests {
         });
         events.emit(Event::MissingMessageId);
         events.emit(Event::SignatureRejected);
+        events.emit(Event::RateLimited {
+            waited: Duration::from_millis(250),
+        });
         events.emit(Event::AckFrames {
             multiple: true,
             single: 2,
@@ -216,6 +227,7 @@ mod tests {
         assert_eq!(s.worker_restarts, 1);
         let text = metrics.encode();
         for line in [
+            r#"amqp_agent_rate_limit_wait_seconds_total{subject="event"} 0.25"#,
             r#"amqp_agent_signature_rejected_total{subject="event"} 1"#,
             r#"amqp_agent_messages_received_total{subject="event"} 1"#,
             r#"amqp_agent_messages_acked_total{subject="event"} 3"#,

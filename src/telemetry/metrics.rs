@@ -101,6 +101,8 @@ pub struct SubjectMetrics {
     pub missing_message_id: Counter,
     /// `signature_rejected{subject}`.
     pub signature_rejected: Counter,
+    /// `rate_limit_wait_seconds{subject}`.
+    pub rate_limit_wait: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 /// Every metric of the agent.
@@ -134,6 +136,8 @@ pub struct Metrics {
     pub missing_message_id: Family<SubjectLabel, Counter>,
     /// Requests PHP refused for their signature (401): the secrets differ.
     pub signature_rejected: Family<SubjectLabel, Counter>,
+    /// Seconds ready messages and an idle worker waited for the rate limit.
+    pub rate_limit_wait: Family<SubjectLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     in_flight: Family<SubjectLabel, Gauge>,
     pool_size: Family<SubjectLabel, Gauge>,
     busy: Family<SubjectLabel, Gauge>,
@@ -168,6 +172,7 @@ impl Metrics {
             ack_frames: Family::default(),
             missing_message_id: Family::default(),
             signature_rejected: Family::default(),
+            rate_limit_wait: Family::default(),
             in_flight: Family::default(),
             pool_size: Family::default(),
             busy: Family::default(),
@@ -251,6 +256,11 @@ impl Metrics {
             m.signature_rejected.clone(),
         );
         registry.register(
+            "rate_limit_wait_seconds",
+            "Seconds during which ready messages and an idle worker waited for the subject's rate limit",
+            m.rate_limit_wait.clone(),
+        );
+        registry.register(
             "in_flight",
             "Deliveries held by the agent",
             m.in_flight.clone(),
@@ -313,6 +323,7 @@ impl Metrics {
             ack_single: self.ack_frame(subject, "single"),
             missing_message_id: self.missing_message_id.get_or_create(&label).clone(),
             signature_rejected: self.signature_rejected.get_or_create(&label).clone(),
+            rate_limit_wait: self.rate_limit_wait.get_or_create(&label).clone(),
         }
     }
 

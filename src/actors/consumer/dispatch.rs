@@ -109,6 +109,30 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
         } else {
             1
         };
+        // The rate limit: one token per message (per entry of a batch). Without one, the
+        // worker goes back to the front of the idle list and the backlog waits, prefetched,
+        // for the bucket's next token.
+        let n = match state.bucket.as_mut() {
+            None => n,
+            Some(bucket) => {
+                let now = std::time::Instant::now();
+                let granted = bucket.take(n, now);
+                if granted == 0 {
+                    let wait = bucket.next_in(now).max(std::time::Duration::from_millis(1));
+                    state.idle.push_front(id);
+                    if !state.rate_armed {
+                        state.rate_armed = true;
+                        state
+                            .runtime
+                            .events
+                            .emit(Event::RateLimited { waited: wait });
+                        state.myself.send_after(wait, || ConsumerMsg::RateDispatch);
+                    }
+                    return;
+                }
+                granted
+            }
+        };
         let (msg, tags) = if n == 1 {
             let delivery = state.backlog.pop_front().expect("checked non-empty");
             let tags = vec![delivery.delivery_tag];
@@ -178,5 +202,20 @@ pub(super) fn finish_drain_if_idle(state: &mut ConsumerState) {
                 let _ = reply.send(());
             }
         });
+    }
+}
+
+/// Puts `rate` in force: a new bucket (full), the limit changed in place, or none.
+pub(super) fn set_rate(state: &mut ConsumerState, rate: Option<crate::rate::RateLimit>) {
+    let now = std::time::Instant::now();
+    match (rate, state.bucket.as_mut()) {
+        (None, _) => state.bucket = None,
+        (Some(limit), Some(bucket)) => bucket.set(limit, now),
+        (Some(limit), None) => state.bucket = Some(crate::rate::Bucket::new(limit, now)),
+    }
+    *state.runtime.stats.rate_limit.lock().expect("rate lock") =
+        rate.map(|l| format!("{}, burst {}", l.rate, l.burst));
+    if let Some(limit) = rate {
+        tracing::info!(subject = %state.runtime.name, rate = %limit.rate, burst = limit.burst, "Rate limit in force");
     }
 }
