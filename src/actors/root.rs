@@ -5,13 +5,15 @@
 //! fatal reason and the process exits non-zero, so systemd or supervisord take over. Failing to
 //! reach the broker is not a crash: it is retried with backoff for as long as it takes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info, warn};
+
+mod intensity;
 
 use super::SubjectRuntime;
 use super::consumer::{self, ConsumerArgs, ConsumerMsg, QueueConsumer};
@@ -28,9 +30,8 @@ struct Child {
     runtime: Arc<SubjectRuntime>,
     actor: Option<ActorRef<ConsumerMsg>>,
     started: Option<Instant>,
-    backoff: Duration,
-    /// Times of recent crashes, for the restart intensity.
-    crashes: VecDeque<Instant>,
+    /// Restart intensity and backoff (`root/intensity`).
+    intensity: intensity::Intensity,
     /// The consumer is being replaced after a reload: its stop is not a crash.
     replacing: bool,
     /// Pool size asked for, as the agent passed it down; survives consumer restarts.
@@ -111,8 +112,7 @@ impl Actor for RootSupervisor {
                 runtime,
                 actor: None,
                 started: None,
-                backoff: args.config.agent.restart_backoff,
-                crashes: VecDeque::new(),
+                intensity: intensity::Intensity::new(&policy(&args.config.agent)),
                 replacing: false,
                 target,
                 operator_paused: false,
@@ -351,41 +351,36 @@ fn failed(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String, crash
         return;
     };
     child.actor = None;
-    // A consumer that ran for a while earns a fresh backoff.
-    if child
-        .started
-        .take()
-        .is_some_and(|t| t.elapsed() > agent.restart_window)
+    let started = child.started.take();
+    match child
+        .intensity
+        .ended(&policy(agent), started, crash, Instant::now())
     {
-        child.backoff = agent.restart_backoff;
-    }
-    if crash {
-        let now = Instant::now();
-        child.crashes.push_back(now);
-        while child
-            .crashes
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > agent.restart_window)
-        {
-            child.crashes.pop_front();
-        }
-        if child.crashes.len() > agent.max_restarts as usize {
+        intensity::Next::GiveUp(crashes) => {
             let reason = format!(
-                "consumer `{name}` crashed {} times within {:?} (agent.max_restarts = {}); giving up",
-                child.crashes.len(),
-                agent.restart_window,
-                agent.max_restarts
+                "consumer `{name}` crashed {crashes} times within {:?} (agent.max_restarts = {}); giving up",
+                agent.restart_window, agent.max_restarts
             );
             error!("{reason}");
             *state.fatal.lock().expect("fatal lock") = Some(reason.clone());
             myself.stop(Some(reason));
-            return;
+        }
+        intensity::Next::RestartAfter(backoff) => {
+            let delay = jitter(backoff);
+            info!(subject = %name, delay = ?delay, "Restarting consumer after backoff");
+            myself.send_after(delay, move || RootMsg::Start(name));
         }
     }
-    let delay = jitter(child.backoff);
-    child.backoff = (child.backoff * 2).min(agent.restart_backoff_max);
-    info!(subject = %name, delay = ?delay, "Restarting consumer after backoff");
-    myself.send_after(delay, move || RootMsg::Start(name));
+}
+
+/// The restart policy of the `[agent]` settings in force.
+fn policy(agent: &crate::config::AgentConfig) -> intensity::Policy {
+    intensity::Policy {
+        max_restarts: agent.max_restarts,
+        window: agent.restart_window,
+        backoff: agent.restart_backoff,
+        backoff_max: agent.restart_backoff_max,
+    }
 }
 
 /// ±20 % jitter so that subjects (and agents) do not reconnect in lockstep.
