@@ -18,7 +18,7 @@ ok() { PASSED=$((PASSED + 1)); printf 'package: ok   %s\n' "$*"; }
 bad() { FAILED=$((FAILED + 1)); printf 'package: FAIL %s\n' "$*"; }
 check() { # check DESCRIPTION COMMAND...
   local what=$1; shift
-  if "$@"; then ok "$what"; else bad "$what"; fi
+  if "$@"; then ok "$what"; else bad "$what"; printf '    (failed: %s)\n' "$*"; fi
 }
 die() { printf 'package: %s\n' "$*" >&2; exit 1; }
 
@@ -45,11 +45,11 @@ trap cleanup EXIT
 mode_owner() { stat -c '%a %U:%G' "$1" 2>/dev/null; }
 is() { [ "$1" = "$2" ] || { echo "    expected '$2', got '$1'"; return 1; }; }
 
-started=$(date +%s.%N)
+started=$(date +%s%N)
 deb=$(scripts/package --binary "$BINARY" --output "$WORK" 2>"$WORK/package.log" | tail -1) || {
   cat "$WORK/package.log"; die "scripts/package failed"; }
-built=$(date +%s.%N)
-printf 'package: built %s (%s bytes) in %.1f s\n' "$(basename "$deb")" "$(stat -c %s "$deb")" "$(echo "$built - $started" | bc)"
+built=$(date +%s%N)
+printf 'package: built %s (%s bytes) in %s ms\n' "$(basename "$deb")" "$(stat -c %s "$deb")" "$(( (built - started) / 1000000 ))"
 check "control: Depends has adduser" grep -q '^Depends:.*adduser' <(dpkg-deb -f "$deb")
 check "the .deb lists /etc/amqp-agent/amqp-agent.toml as a conffile" \
   grep -qx /etc/amqp-agent/amqp-agent.toml <(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)
@@ -142,6 +142,6 @@ check "no file of the package left" bash -c '! ls /usr/share/amqp-agent /usr/sha
 check "purge printed no warning" bash -c '! grep -i "warning" "$0"' "$WORK/purge.log"
 check "user and group kept after purge (Debian practice for system users)" bash -c 'getent passwd amqp-agent >/dev/null && getent group amqp-agent >/dev/null'
 
-printf 'package: %.1f s in all\n' "$(echo "$(date +%s.%N) - $started" | bc)"
+printf 'package: %s ms in all\n' "$(( ($(date +%s%N) - started) / 1000000 ))"
 echo "package: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
