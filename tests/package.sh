@@ -28,12 +28,28 @@ command -v dpkg >/dev/null || die "needs dpkg"
 if dpkg-query -W -f='${Status}' amqp-agent 2>/dev/null | grep -q 'installed\|config-files'; then
   die "amqp-agent is already installed on this machine (dpkg -l amqp-agent): the test would replace it"
 fi
+for path in /etc/amqp-agent /usr/bin/amqp-agent; do
+  [ ! -e "$path" ] || die "$path exists (a hand install?): the package would take it over; remove it first"
+done
 USER_EXISTED=0
 getent passwd amqp-agent >/dev/null && USER_EXISTED=1
 
 WORK=$(mktemp -d)
+# /var/lib/amqp-agent is also the default agent.state_dir, so an agent run as root (other tests
+# of this repository, a demo) may have made it: purge removes it, and the test puts it back as
+# it was. An agent running meanwhile would lose its crash-loop journal for those seconds: run
+# this test alone (scripts/test runs it after cargo test).
+STATE_EXISTED=0
+if [ -e /var/lib/amqp-agent ]; then
+  STATE_EXISTED=1
+  cp -a /var/lib/amqp-agent "$WORK/state-before"
+  echo "package: note: /var/lib/amqp-agent exists already ($(stat -c '%a %U:%G' /var/lib/amqp-agent)): restored after the test"
+fi
 cleanup() {
   dpkg --purge amqp-agent >/dev/null 2>&1 || true
+  if [ "$STATE_EXISTED" = 1 ] && [ ! -e /var/lib/amqp-agent ]; then
+    cp -a "$WORK/state-before" /var/lib/amqp-agent
+  fi
   if [ "$USER_EXISTED" = 0 ] && getent passwd amqp-agent >/dev/null; then
     deluser --system --quiet amqp-agent >/dev/null 2>&1 || userdel amqp-agent 2>/dev/null || true
     getent group amqp-agent >/dev/null && { delgroup --system --quiet amqp-agent >/dev/null 2>&1 || groupdel amqp-agent 2>/dev/null || true; }
