@@ -152,6 +152,47 @@ pub fn classify_reply(
     }
 }
 
+/// The text of a reply body as the agent quotes it (log, `x-agent-last-error`, `dead-letters
+/// list`): the body itself, except an HTML page (a framework's error page, whose cause is in
+/// PHP's error log), which is reduced to `HTML page: <its title>`. The PHP packages answer their
+/// own failures as one line of plain text (`amqp-agent: …`), which passes unchanged.
+#[must_use]
+pub fn reply_text(body: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = body.trim_start();
+    let head = trimmed.get(..trimmed.len().min(64)).unwrap_or(trimmed);
+    let lower = head.to_ascii_lowercase();
+    if !(lower.starts_with("<!doctype html") || lower.starts_with("<html")) {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let title = html_title(body).unwrap_or_default();
+    if title.is_empty() {
+        "HTML page without a title".into()
+    } else {
+        format!("HTML page: {title}").into()
+    }
+}
+
+/// The text of the first `<title>` of an HTML page: whitespace collapsed, the common entities
+/// decoded. ASCII case-insensitive search, so byte offsets match the original.
+fn html_title(page: &str) -> Option<String> {
+    let lower = page.to_ascii_lowercase();
+    let open = lower.find("<title")?;
+    let start = open + lower[open..].find('>')? + 1;
+    let end = start + lower[start..].find("</title")?;
+    let text = page[start..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(
+        text.replace("&quot;", "\"")
+            .replace("&#039;", "'")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&"),
+    )
+}
+
 /// What the worker does with the delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

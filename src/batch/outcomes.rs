@@ -414,6 +414,7 @@ fn whole_verdict(head: &ReplyHead, require_ack: bool, excerpt: impl FnOnce() -> 
 
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
+    let text = outcome::reply_text(&text);
     let text = text.trim();
     if text.is_empty() {
         "(empty body)".to_owned()

@@ -241,3 +241,31 @@ fn the_head_ends_at_the_first_blank_line_of_either_kind() {
     assert_eq!(head_end(b"Status: 200\r\n\r\nx\n\n"), Some(15));
     assert_eq!(head_end(b"Status: 200\r\n"), None);
 }
+
+#[test]
+fn an_html_page_is_quoted_by_its_title_and_plain_text_as_it_is() {
+    let page = "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"UTF-8\" />\n\
+        <TITLE>\n  Environment variable not found: &quot;AGENT_SIGNING_SECRET&quot;. (500 Internal Server Error)\n</title>\
+        <style>body { color: red }</style></head><body>…</body></html>";
+    assert_eq!(
+        reply_text(page),
+        "HTML page: Environment variable not found: \"AGENT_SIGNING_SECRET\". (500 Internal Server Error)"
+    );
+    assert_eq!(
+        reply_text("  <html><body>Oops</body></html>"),
+        "HTML page without a title"
+    );
+    assert_eq!(
+        reply_text("<!doctype html><title>An Error Occurred: Internal Server Error</title>"),
+        "HTML page: An Error Occurred: Internal Server Error"
+    );
+    // The packages' own answers, and any other text, pass unchanged.
+    for text in [
+        "amqp-agent: signing secret not configured\n",
+        "LogicException: <html> in a message",
+        "",
+        "é<title>x</title>",
+    ] {
+        assert_eq!(reply_text(text), text);
+    }
+}

@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace AmqpAgent\Laravel;
 
+use AmqpAgent\Laravel\Console\CheckCommand;
 use AmqpAgent\Laravel\Http\MessageController;
 use AmqpAgent\Receiver\ClassAllowlist;
 use AmqpAgent\Receiver\Receiver;
@@ -13,7 +14,10 @@ use Illuminate\Contracts\Container\Container as Application;
 use Illuminate\Contracts\Encryption\Encrypter;
 use Illuminate\Support\ServiceProvider;
 
-/** Registers the receiver, the trace context, the publisher and the /_agent/messages route. */
+/**
+ * Registers the receiver, the trace context, the publisher, the /_agent/messages route and, in
+ * the console, `amqp-agent:check`.
+ */
 final class AgentServiceProvider extends ServiceProvider
 {
     public function register(): void
@@ -54,6 +58,9 @@ final class AgentServiceProvider extends ServiceProvider
     public function boot(): void
     {
         $this->publishes([__DIR__ . '/../config/amqp-agent.php' => $this->app->make('path.config') . '/amqp-agent.php'], 'amqp-agent-config');
+        if (method_exists($this->app, 'runningInConsole') && $this->app->runningInConsole()) {
+            $this->commands([CheckCommand::class]);
+        }
 
         if ($this->app['config']->get('amqp-agent.route.enabled', true)) {
             $this->app['router']->post($this->app['config']->get('amqp-agent.route.path'), MessageController::class)

@@ -42,10 +42,10 @@ final class BatchTest extends TestCase
         $controller->batch($server, $body, new BatchOutput(fn (string $c) => $this->written[] = $c))->sendContent();
         self::assertSame([
             "0 ack\n",
-            "1 reject 422 bad order\n",
-            "2 retry 503 30 retry later\n",
+            "1 reject 422 unrecoverable: AmqpAgent\\Receiver\\PermanentFailure: bad order\n",
+            "2 retry 503 30 recoverable: AmqpAgent\\Receiver\\RetryLater: stock service busy\n",
             "3 reject 401 invalid signature\n",
-            "4 retry 500 - handler failed\n",
+            "4 retry 500 - RuntimeException: db down\n",
             "done 5\n",
         ], BatchFixture::outcomes($this->written));
         self::assertSame([['o-1', null]], Recorded::$handled);

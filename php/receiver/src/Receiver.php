@@ -62,9 +62,7 @@ final class Receiver
         }
         if (!$this->signature->hasSecrets()) {
             // Misconfiguration, not a bad request: fail closed, and let the agent retry.
-            ($this->log)('[amqp-agent] AGENT_SIGNING_SECRET is not set; refusing all messages');
-
-            return Response::retry('signing secret not configured');
+            return $this->secretNotConfigured();
         }
 
         return match ($this->signature->check($server, $body, $now)) {
@@ -118,9 +116,9 @@ final class Receiver
     }
 
     /**
-     * The entries of a batch request, or the response that refuses it whole: wrong method, no
-     * secret or a body shorter than CONTENT_LENGTH (over post_max_size) (500: the agent
-     * retries), a malformed body (400). Frameworks call this before they
+     * The entries of a batch request, or the response that refuses it whole: wrong method (405),
+     * no secret or a body shorter than CONTENT_LENGTH (over post_max_size) (503 `amqp-agent: …`:
+     * the agent retries), a malformed body (400). Frameworks call this before they
      * choose between that response and a streamed one.
      *
      * @return list<BatchEntry>|Response
@@ -131,16 +129,14 @@ final class Receiver
             return Response::methodNotAllowed();
         }
         if (!$this->signature->hasSecrets()) {
-            ($this->log)('[amqp-agent] AGENT_SIGNING_SECRET is not set; refusing all messages');
-
-            return Response::retry('signing secret not configured');
+            return $this->secretNotConfigured();
         }
         $announced = (string) ($server['CONTENT_LENGTH'] ?? '');
         if (ctype_digit($announced) && (int) $announced !== strlen($body)) {
             // PHP dropped the body (over post_max_size): a misconfiguration, not a bad batch.
             ($this->log)("[amqp-agent] batch body of {$announced} bytes arrived with " . strlen($body) . ' (raise post_max_size above limits.max_batch_bytes)');
 
-            return Response::retry('batch body incomplete: raise post_max_size');
+            return Response::misconfigured('batch body incomplete: raise post_max_size');
         }
         try {
             return Batch::parse($server, $body);
@@ -192,24 +188,51 @@ final class Receiver
         $output->done($entries[0]->nonce ?? '', count($entries));
     }
 
-    /** The response for a handler's exception: PermanentFailure 422, RetryLater 503, else 500. */
+    /**
+     * The response for a handler's exception, with the same reasons as the Symfony bundle's
+     * ExceptionMapper (the exception's class and message, one line of at most 1,000 bytes cut
+     * on a character boundary):
+     *   ClassNotAllowed   422 `class not allowed: …`
+     *   PermanentFailure  422 `unrecoverable: <class>: <message>`
+     *   RetryLater        503 + Retry-After, `recoverable: <class>: <message>`
+     *   anything else     500 `<class>: <message>`
+     */
     public function failed(Message $message, \Throwable $e): Response
     {
         $context = sprintf('message %s (attempt %d)', $message->messageId, $message->attempt);
+        if ($e instanceof ClassNotAllowed) {
+            ($this->log)("[amqp-agent] {$context} refused: {$e->getMessage()}");
+
+            return Response::permanent($e->getMessage());
+        }
         if ($e instanceof PermanentFailure) {
             ($this->log)("[amqp-agent] {$context} failed permanently: {$e->getMessage()}");
 
-            return Response::permanent($e->getMessage() !== '' ? $e->getMessage() : 'permanent failure');
+            return Response::permanent('unrecoverable: ' . self::describe($e));
         }
         if ($e instanceof RetryLater) {
             $reason = $e->getMessage() !== '' ? ": {$e->getMessage()}" : '';
             ($this->log)("[amqp-agent] {$context} retry in {$e->seconds}s{$reason}");
 
-            return Response::retryAfter($e->seconds);
+            return Response::retryAfter($e->seconds, 'recoverable: ' . self::describe($e));
         }
-        ($this->log)(sprintf('[amqp-agent] %s failed: %s: %s', $context, $e::class, $e->getMessage()));
+        ($this->log)(sprintf('[amqp-agent] %s failed: %s', $context, self::describe($e)));
 
-        return Response::retry();
+        return Response::retry(self::describe($e));
+    }
+
+    /** `<class>: <message>` (the class alone when the message is empty). */
+    public static function describe(\Throwable $e): string
+    {
+        return $e->getMessage() === '' ? $e::class : $e::class . ': ' . $e->getMessage();
+    }
+
+    /** No AGENT_SIGNING_SECRET: every message is refused with 503 (retried) and a stable reason. */
+    private function secretNotConfigured(): Response
+    {
+        ($this->log)('[amqp-agent] AGENT_SIGNING_SECRET is not set; refusing all messages');
+
+        return Response::misconfigured(Response::SECRET_NOT_CONFIGURED);
     }
 
     private function stale(array $server): Response

@@ -12,9 +12,19 @@ namespace AmqpAgent\Receiver;
  *     500                    retry        retry()
  *     422                    dead-letter  permanent()
  *     401                    dead-letter  unauthorized() (bad signature: never handled)
+ *     503 `amqp-agent: …`    retry        misconfigured() (the package cannot serve: no secret, …)
+ *
+ * Every body is one line of plain text (`Content-Type: text/plain`): the agent quotes it in its
+ * log, in `x-agent-last-error` and in `dead-letters list`.
  */
 final class Response
 {
+    /** The prefix of every answer about the package's own configuration (misconfigured()). */
+    public const PREFIX = 'amqp-agent: ';
+
+    /** The reason given when AGENT_SIGNING_SECRET is not set (stable: match on it). */
+    public const SECRET_NOT_CONFIGURED = 'signing secret not configured';
+
     /** @param array<string, string> $headers */
     public function __construct(
         public readonly int $status,
@@ -41,6 +51,17 @@ final class Response
     public static function permanent(string $reason = 'permanent failure'): self
     {
         return new self(422, [], self::line($reason));
+    }
+
+    /**
+     * The package itself cannot serve (its configuration, not the message): 503 without
+     * Retry-After, so the agent retries on its schedule, with the body `amqp-agent: <reason>`.
+     * Reasons: SECRET_NOT_CONFIGURED, `configuration error: <class>: <message>`, `batch body
+     * incomplete: raise post_max_size`.
+     */
+    public static function misconfigured(string $reason): self
+    {
+        return new self(503, [], self::line(self::PREFIX . $reason));
     }
 
     public static function unauthorized(): self

@@ -68,6 +68,14 @@ final class Signature
         return $this->secrets !== [];
     }
 
+    /** What is configured, without a secret: `2 signing secrets, v1 refused, clock skew 300 s`. */
+    public function summary(): string
+    {
+        $n = count($this->secrets);
+
+        return sprintf('%d signing secret%s, v1 %s, clock skew %d s', $n, $n === 1 ? '' : 's', $this->allowV1 ? 'accepted' : 'refused', $this->toleranceSeconds);
+    }
+
     /** Checks the request of $server (FastCGI params) and its raw body. */
     public function check(array $server, string $body, ?int $now = null): SignatureCheck
     {

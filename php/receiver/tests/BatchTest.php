@@ -43,9 +43,9 @@ final class BatchTest extends TestCase
         self::assertSame(['a@1', 'b@1', 'c@1', 'd@1', 'e@1'], $seen);
         self::assertSame([
             "0 ack\n",
-            "1 reject 422 bad\\ninput\n",
-            "2 retry 503 30 retry later\n",
-            "3 retry 500 - handler failed\n",
+            "1 reject 422 unrecoverable: AmqpAgent\\Receiver\\PermanentFailure: bad\\ninput\n",
+            "2 retry 503 30 recoverable: AmqpAgent\\Receiver\\RetryLater: busy\n",
+            "3 retry 500 - LogicException: bug\n",
             "4 ack\n",
             "done 5\n",
         ], BatchFixture::outcomes($this->written), 'one write (and flush) per line, as each entry starts and is done');
@@ -168,7 +168,8 @@ final class BatchTest extends TestCase
         $response = $this->handle($server, '', function () use (&$called): void {
             $called = true;
         });
-        self::assertSame(500, $response?->status);
+        self::assertSame(503, $response?->status);
+        self::assertSame("amqp-agent: batch body incomplete: raise post_max_size\n", $response?->body);
         self::assertFalse($called);
         self::assertNotSame('', $body);
     }
@@ -178,7 +179,9 @@ final class BatchTest extends TestCase
         [$server, $body] = BatchFixture::request([['id' => 'a', 'body' => 'one']]);
         $receiver = new Receiver(new Signature([]), static fn () => null);
         $open = fn () => new BatchOutput(fn (string $c) => $this->written[] = $c);
-        self::assertSame(500, $receiver->handleBatch($server, $body, static fn () => null, $open, null, BatchFixture::T)?->status);
+        $refused = $receiver->handleBatch($server, $body, static fn () => null, $open, null, BatchFixture::T);
+        self::assertSame(503, $refused?->status);
+        self::assertSame("amqp-agent: signing secret not configured\n", $refused?->body);
         $receiver = new Receiver(new Signature([BatchFixture::SECRET]), static fn () => null);
         self::assertSame(405, $receiver->handleBatch(['REQUEST_METHOD' => 'GET'] + $server, $body, static fn () => null, $open, null, BatchFixture::T)?->status);
         self::assertSame([], $this->written);

@@ -4,6 +4,8 @@ declare(strict_types=1);
 
 namespace AmqpAgent\Receiver\Tests;
 
+use AmqpAgent\Receiver\ClassNotAllowed;
+use AmqpAgent\Receiver\ConfigCheck;
 use AmqpAgent\Receiver\Message;
 use AmqpAgent\Receiver\PermanentFailure;
 use AmqpAgent\Receiver\Receiver;
@@ -83,7 +85,48 @@ final class ReceiverTest extends TestCase
         [$server, $body, $t] = $this->request();
         $response = (new Receiver(new Signature([]), fn (string $l) => $this->logged[] = $l))
             ->handle($server, $body, static fn () => null, $t);
-        self::assertSame(500, $response->status);
+        // 503 without Retry-After: the agent retries on its schedule; the body is the package's
+        // stable reason, which the agent quotes in its log and x-agent-last-error.
+        self::assertSame(503, $response->status);
+        self::assertArrayNotHasKey('Retry-After', $response->headers);
+        self::assertSame("amqp-agent: signing secret not configured\n", $response->body);
+        self::assertSame(['[amqp-agent] AGENT_SIGNING_SECRET is not set; refusing all messages'], $this->logged);
+    }
+
+    /**
+     * The reasons name the exception's class and message, as the Symfony bundle's
+     * ExceptionMapper does, cut at 1,000 bytes on a character boundary.
+     *
+     * @dataProvider failures
+     */
+    #[DataProvider('failures')]
+    public function testAFailureNamesTheExceptionClassAndMessage(\Throwable $e, int $status, string $body): void
+    {
+        [$server, $body0, $t] = $this->request();
+        $response = $this->receiver()->handle($server, $body0, static fn () => throw $e, $t);
+        self::assertSame($status, $response->status);
+        self::assertSame($body, $response->body);
+    }
+
+    public static function failures(): array
+    {
+        return [
+            'anything else' => [new \LogicException('bug'), 500, "LogicException: bug\n"],
+            'no message' => [new \LogicException(), 500, "LogicException\n"],
+            'permanent' => [new PermanentFailure('bad'), 422, "unrecoverable: AmqpAgent\\Receiver\\PermanentFailure: bad\n"],
+            'class not allowed' => [new ClassNotAllowed('App\\X', 'allowed_jobs'), 422, "class not allowed: App\\X (not in allowed_jobs)\n"],
+            'retry later' => [new RetryLater(7, 'busy'), 503, "recoverable: AmqpAgent\\Receiver\\RetryLater: busy\n"],
+            'long, cut at a character' => [new \RuntimeException(str_repeat('a', 980) . str_repeat("\u{20ac}", 10)), 500, 'RuntimeException: ' . str_repeat('a', 980) . "\n"],
+        ];
+    }
+
+    public function testTheConfigCheckSaysWhatIsMissing(): void
+    {
+        self::assertSame([true, 'ok: 2 signing secrets, v1 refused, clock skew 300 s'], ConfigCheck::signature(static fn () => new Signature(['a', 'b'])));
+        self::assertSame([false, 'amqp-agent: signing secret not configured (AGENT_SIGNING_SECRET is empty)'], ConfigCheck::signature(static fn () => new Signature([])));
+        self::assertSame([false, 'amqp-agent: signing secret not configured: Environment variable not found: "AGENT_SIGNING_SECRET".'], ConfigCheck::signature(static fn () => throw new \RuntimeException('Environment variable not found: "AGENT_SIGNING_SECRET".')));
+        self::assertSame([true, 'ok: x'], ConfigCheck::builds('x', static fn () => 1));
+        self::assertSame([false, 'amqp-agent: configuration error: LogicException: no bus'], ConfigCheck::builds('x', static fn () => throw new \LogicException('no bus')));
     }
 
     public function testOnlyPost(): void

@@ -155,7 +155,7 @@ fn judged(
 fn excerpt(reply: &Reply) -> String {
     let out = String::from_utf8_lossy(&reply.stdout);
     let body = out.split_once("\r\n\r\n").map_or(out.as_ref(), |(_, b)| b);
-    let mut s = truncate(body.trim(), EXCERPT / 2);
+    let mut s = truncate(outcome::reply_text(body).trim(), EXCERPT / 2);
     if !reply.stderr.is_empty() {
         s.push_str(" | stderr: ");
         s.push_str(&truncate(

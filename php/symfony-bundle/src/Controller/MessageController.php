@@ -14,6 +14,7 @@ use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
 use AmqpAgent\SymfonyBundle\Messenger\MessageIdStamp;
 use AmqpAgent\Receiver\TraceContext;
 use Psr\Log\LoggerInterface;
+use Symfony\Component\DependencyInjection\Exception\EnvNotFoundException;
 use Symfony\Component\HttpFoundation\Request;
 use Symfony\Component\HttpFoundation\Response;
 use Symfony\Component\HttpFoundation\StreamedResponse;
@@ -31,11 +32,19 @@ use Symfony\Component\Messenger\Stamp\TransportMessageIdStamp;
  * single message, its outcome line is flushed as soon as it is done, and between entries the
  * container is reset as Messenger's worker resets it between messages (`services_resetter`,
  * then every Doctrine entity manager cleared).
+ *
+ * The receiver is built on the first request (a closure from the container): when it cannot be
+ * (no AGENT_SIGNING_SECRET in the pool: `%env(AGENT_SIGNING_SECRET)%` not found), the answer is
+ * the package's own 503 `amqp-agent: signing secret not configured: …` (retried by the agent,
+ * and quoted in its log and dead letters), not Symfony's HTML error page.
  */
 final class MessageController
 {
+    private ?Receiver $built = null;
+
     public function __construct(
-        private readonly Receiver $receiver,
+        /** The receiver, or a closure that builds it (the container's service closure). */
+        private readonly Receiver|\Closure $receiver,
         private readonly EnvelopeDecoder $decoder,
         private readonly MessageBusInterface $bus,
         private readonly ExceptionMapper $mapper,
@@ -68,13 +77,17 @@ final class MessageController
     /** A batch request: the refusal of the whole, or the streamed outcome lines. */
     public function batch(array $server, string $body, ?BatchOutput $output = null): Response
     {
-        $entries = $this->receiver->openBatch($server, $body);
+        $receiver = $this->receiver();
+        if ($receiver instanceof AgentResponse) {
+            return self::toHttp($receiver);
+        }
+        $entries = $receiver->openBatch($server, $body);
         if ($entries instanceof AgentResponse) {
             return self::toHttp($entries);
         }
 
-        return new StreamedResponse(function () use ($entries, $output): void {
-            $this->receiver->runBatch($entries, $this->handle(...), $output ?? BatchOutput::stream(), $this->reset(...));
+        return new StreamedResponse(function () use ($receiver, $entries, $output): void {
+            $receiver->runBatch($entries, $this->handle(...), $output ?? BatchOutput::stream(), $this->reset(...));
         }, 200, BatchOutput::HEADERS);
     }
 
@@ -94,7 +107,11 @@ final class MessageController
     /** The whole exchange without HttpFoundation: $server are the FastCGI params. */
     public function handle(array $server, string $body): AgentResponse
     {
-        $message = $this->receiver->admit($server, $body);
+        $receiver = $this->receiver();
+        if ($receiver instanceof AgentResponse) {
+            return $receiver;
+        }
+        $message = $receiver->admit($server, $body);
         if ($message instanceof AgentResponse) {
             return $message;
         }
@@ -124,6 +141,28 @@ final class MessageController
         }
 
         return AgentResponse::ack();
+    }
+
+    /**
+     * The receiver, or the package's answer when it cannot be built: 503 `amqp-agent: signing
+     * secret not configured: <why>` for an environment variable not found (the secrets are the
+     * receiver's only one), 503 `amqp-agent: configuration error: <class>: <message>` otherwise.
+     */
+    public function receiver(): Receiver|AgentResponse
+    {
+        if ($this->receiver instanceof Receiver) {
+            return $this->receiver;
+        }
+        try {
+            return $this->built ??= ($this->receiver)();
+        } catch (\Throwable $e) {
+            $reason = $e instanceof EnvNotFoundException
+                ? AgentResponse::SECRET_NOT_CONFIGURED . ': ' . $e->getMessage()
+                : 'configuration error: ' . Receiver::describe($e);
+            $this->logger?->error('amqp-agent: cannot serve the agent: {reason}', ['reason' => $reason, 'exception' => $e]);
+
+            return AgentResponse::misconfigured($reason);
+        }
     }
 
     public static function toHttp(AgentResponse $response): Response

@@ -12,6 +12,9 @@ use AmqpAgent\SymfonyBundle\Messenger\ExceptionMapper;
 use AmqpAgent\SymfonyBundle\Messenger\MessageAllowlist;
 use AmqpAgent\SymfonyBundle\Messenger\PublishMiddleware;
 use AmqpAgent\Receiver\TraceContext;
+use AmqpAgent\SymfonyBundle\Command\CheckCommand;
+use Symfony\Component\Console\Command\Command;
+use Symfony\Component\DependencyInjection\Argument\ServiceClosureArgument;
 use Symfony\Component\DependencyInjection\ContainerBuilder;
 use Symfony\Component\DependencyInjection\Definition;
 use Symfony\Component\DependencyInjection\Extension\Extension;
@@ -38,8 +41,10 @@ final class AmqpAgentExtension extends Extension
         $container->setDefinition('amqp_agent.exception_mapper', new Definition(ExceptionMapper::class));
         $container->setDefinition('amqp_agent.publish_middleware', new Definition(PublishMiddleware::class, [new Reference('amqp_agent.trace_context')]));
 
+        // A closure: the receiver (and the secrets' environment variable) is resolved on the
+        // first request, so a missing secret is the package's 503, not an error page.
         $container->setDefinition(MessageController::class, (new Definition(MessageController::class, [
-            new Reference('amqp_agent.receiver'),
+            new ServiceClosureArgument(new Reference('amqp_agent.receiver')),
             new Reference('amqp_agent.envelope_decoder'),
             new Reference($config['bus']),
             new Reference('amqp_agent.exception_mapper'),
@@ -49,5 +54,12 @@ final class AmqpAgentExtension extends Extension
             new Reference('services_resetter', ContainerBuilder::NULL_ON_INVALID_REFERENCE),
             new Reference('doctrine', ContainerBuilder::NULL_ON_INVALID_REFERENCE),
         ]))->setPublic(true)->addTag('controller.service_arguments'));
+
+        if (class_exists(Command::class)) {
+            $container->setDefinition(CheckCommand::class, (new Definition(CheckCommand::class, [
+                new ServiceClosureArgument(new Reference('amqp_agent.signature')),
+                new ServiceClosureArgument(new Reference(MessageController::class)),
+            ]))->addTag('console.command', ['command' => CheckCommand::NAME]));
+        }
     }
 }
