@@ -25,6 +25,7 @@ pub mod apps;
 pub mod cluster;
 pub mod nft;
 pub mod otlp;
+pub mod php_way;
 pub mod procs;
 pub mod raw;
 use amqp_agent::config::Config;
