@@ -194,6 +194,7 @@ fn router(state: AdminState) -> Router {
             get(|State(s): State<AdminState>| async move { dashboard::history(&s.history) }),
         )
         .route("/assets/{name}", get(dashboard::asset))
+        .route("/favicon.ico", get(dashboard::favicon))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -37,16 +37,20 @@ async fn the_dashboard_in_chromium() {
     let fpm = PrivateFpm::start_with("dash", 6, Some("/fpm-status"));
     let mut ctx = TestCtx::new("dash").await;
     ctx.fpm_port = fpm.port;
+    // FPM's status page shows SCRIPT_NAME: a front controller at `/<script>alert(3)</script>.php`
+    // under the document root (a directory `<script>alert(3)<` holding `script>.php`).
+    let root = common::fpm().dir.join(format!("dash-root-{}", ctx.id));
+    std::fs::create_dir_all(root.join("<script>alert(3)<")).unwrap();
+    let script = root.join("<script>alert(3)<").join("script>.php");
+    std::fs::copy(driver_dir().join("app.php"), &script).unwrap();
+    ctx.script = script;
     ctx.pool_size = 2;
     ctx.fpm_extra =
         "status_path = \"/fpm-status\"\nstatus_interval = \"200ms\"\nslow_after = \"700ms\"\n"
             .to_owned();
     let hostile_queue = format!("t.{}.{HOSTILE}", ctx.id);
     ctx.set("subjects.command.queue", hostile_queue.as_str());
-    ctx.set(
-        "fpm.request_uri",
-        format!("/t/{}/<script>alert(3)</script>/{{subject}}", ctx.id),
-    );
+    ctx.set("fpm.document_root", root.to_str().unwrap());
     let config = ctx.write_config();
     let log = common::fpm().dir.join(format!("{}.log", ctx.id));
     let agent = AgentProcess::start(&config, &log);
@@ -55,7 +59,8 @@ async fn the_dashboard_in_chromium() {
     // Some traffic on both subjects, then a quiet agent whose numbers hold still.
     for i in 0..4 {
         ctx.publish_json("event", &format!("e{i}"), "ok").await;
-        ctx.publish_json("command", &format!("c{i}"), "ok").await;
+        ctx.publish_json_to("", &hostile_queue, &format!("c{i}"), "ok")
+            .await;
     }
     let port = ctx.admin_port;
     eventually(WAIT, "8 messages acked", || async move {

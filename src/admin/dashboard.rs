@@ -33,7 +33,12 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
     connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Assets compiled in: (name, content type, bytes). uPlot is vendored with its licence.
-const ASSETS: [(&str, &str, &[u8]); 5] = [
+const ASSETS: [(&str, &str, &[u8]); 6] = [
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_bytes!("../../assets/icon.svg"),
+    ),
     (
         "dashboard.js",
         "text/javascript; charset=utf-8",
@@ -161,6 +166,11 @@ pub fn data(agent: &AgentHandle, history: &SharedHistory) -> Response {
 /// `/dashboard/history.json`
 pub fn history(history: &SharedHistory) -> Response {
     axum::Json(history.lock().expect("history lock").view(false)).into_response()
+}
+
+/// `/favicon.ico`, which browsers ask for whatever the page says.
+pub async fn favicon() -> Response {
+    asset(Path("icon.svg".to_owned())).await
 }
 
 /// `/assets/{name}`

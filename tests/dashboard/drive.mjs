@@ -49,6 +49,7 @@ try {
   page.on("dialog", async (d) => { dialogs.push(d.type() + ": " + d.message()); await d.dismiss(); });
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push("pageerror: " + e.message));
+  page.on("response", (r) => { if (r.status() >= 400) consoleErrors.push("HTTP " + r.status() + " " + r.url()); });
 
   // --- Overview: every subject, numbers as /status has them, the hostile name as text. ---
   const before = await status();

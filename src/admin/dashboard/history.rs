@@ -272,6 +272,6 @@ mod tests {
         assert_eq!(h.view(false).subjects["command"].rate.len(), SAMPLES);
         // 720 × (8 + 2 × 32) bytes.
         assert_eq!(size_of::<Point>(), 32);
-        assert!(before >= SAMPLES * (8 + 2 * 32) && before < 2 * SAMPLES * (8 + 2 * 32));
+        assert!((SAMPLES * (8 + 2 * 32)..2 * SAMPLES * (8 + 2 * 32)).contains(&before));
     }
 }

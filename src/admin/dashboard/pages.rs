@@ -77,6 +77,7 @@ fn layout(page: Page, status: &Status, body: &Markup) -> String {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="referrer" content="no-referrer";
                 title { "amqp-agent · " (page.title()) }
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/assets/uPlot.min.css";
                 link rel="stylesheet" href="/assets/dashboard.css";
                 script src="/assets/uPlot.iife.min.js" defer {}
@@ -192,7 +193,9 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
         ("acked", s.stats.acked.to_string()),
         (
             "rate_limit",
-            s.rate_limit.clone().unwrap_or_else(|| "—".to_owned()),
+            s.rate_limit
+                .as_deref()
+                .map_or_else(|| "—".to_owned(), shown),
         ),
     ]
 }
@@ -327,7 +330,7 @@ pub fn fpm(status: &Status, slow_ms: u64) -> String {
                             @let slow = busy.is_some_and(|b| b.duration_ms >= slow_ms);
                             tr data-slow=(slow) {
                                 td { (c.pid) }
-                                td { (busy.map_or("Idle", |b| b.state.as_str())) }
+                                td { (busy.map_or_else(|| "Idle".to_owned(), |b| shown(&b.state))) }
                                 td.uri { (busy.map_or_else(String::new, |b| shown(&b.uri))) }
                                 td { @if let Some(b) = busy { (b.duration_ms) " ms" @if slow { " " span.slow { "slow" } } } }
                                 td { (c.requests) }
@@ -338,7 +341,7 @@ pub fn fpm(status: &Status, slow_ms: u64) -> String {
                         @for b in u.fpm.busy.iter().filter(|b| !u.fpm.children.iter().any(|c| c.pid == b.pid)) {
                             @let slow = b.duration_ms >= slow_ms;
                             tr data-slow=(slow) {
-                                td { (b.pid) } td { (b.state) } td.uri { (shown(&b.uri)) }
+                                td { (b.pid) } td { (shown(&b.state)) } td.uri { (shown(&b.uri)) }
                                 td { (b.duration_ms) " ms" @if slow { " " span.slow { "slow" } } }
                                 td {} td {} td {}
                             }
