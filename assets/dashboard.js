@@ -57,7 +57,7 @@
     const opts = {
       width: width(el, 120), height: 28, legend: { show: false }, cursor: { show: false },
       select: { show: false }, axes: [{ show: false }, { show: false }],
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: xRange }, y: { range: (u, min, max) => [0, Math.max(max, 1)] } },
       series: [{}, { stroke: "#2f5bd3", width: 1, fill: "rgba(47,91,211,0.12)", spanGaps: false }],
     };
     return new uPlot(opts, [t, ys], el);
@@ -66,11 +66,13 @@
     const colors = ["#2f5bd3", "#cf222e", "#1a7f37", "#9a6700"];
     const opts = {
       width: width(el, 420), height: 200,
-      scales: { x: { time: true } },
-      series: [{}].concat(series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 1.5 }))),
+      scales: { x: { time: true, range: xRange }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 1)] } },
+      series: [{}].concat(series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 1.5, points: { size: 4 } }))),
     };
     return new uPlot(opts, [t].concat(series.map((s) => s.data)), el);
   }
+  // The x axis spans at least 5 minutes, ending now: a young history is not stretched.
+  const xRange = (u, min, max) => [Math.min(min, max - 300), max];
   const nulls = (ys) => ys.map((y) => (y === null || Number.isFinite(y) ? y : null));
 
   // --- Overview. ---

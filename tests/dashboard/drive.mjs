@@ -44,12 +44,23 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
 });
 try {
-  const context = await browser.newContext({ viewport: { width: 1500, height: 900 } });
+  const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
   const page = await context.newPage();
   page.on("dialog", async (d) => { dialogs.push(d.type() + ": " + d.message()); await d.dismiss(); });
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push("pageerror: " + e.message));
   page.on("response", (r) => { if (r.status() >= 400) consoleErrors.push("HTTP " + r.status() + " " + r.url()); });
+
+  // A few samples of history (one per 5 s) with a trickle of messages, then a quiet agent.
+  await until("4 samples of history", 60000, async () => {
+    publish("event", "sleep:50", 1);
+    const h = await (await fetch(BASE + "/dashboard/history.json")).json();
+    return h.t.length >= 4;
+  });
+  await until("a quiet agent", 30000, async () => {
+    const s = await status();
+    return Object.values(s.subjects).every((x) => x.busy === 0 && x.in_flight === 0);
+  });
 
   // --- Overview: every subject, numbers as /status has them, the hostile name as text. ---
   const before = await status();
