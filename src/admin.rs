@@ -4,8 +4,12 @@
 //! so reads are open to probes and scrapers. Every command (any method but `GET` and `HEAD`)
 //! needs the bearer token, on loopback too; without a configured token commands are refused,
 //! unless `admin.allow_unauthenticated_commands` (loopback only) opts out. A request with an
-//! `Origin` header (a browser) is refused whatever it asks for, and so is one whose `Host` is not
-//! the listener's own address or one of `admin.allowed_hosts` (DNS rebinding, `host`). `/status`
+//! `Origin` header other than the listener's own (a browser on another site) is refused
+//! whatever it asks for, and so is one whose `Host` is not the listener's own address or one
+//! of `admin.allowed_hosts` (DNS rebinding, `host`). The web dashboard (`dashboard`) is served
+//! at `/` with its assets; its script sends the commands with the token the operator typed,
+//! as a header (never a cookie), so a same-origin command needs the token like any other.
+//! Every response carries a strict Content-Security-Policy and `X-Content-Type-Options`. `/status`
 //! shows FPM children's request URIs without their query strings unless the token is given. At
 //! most `admin.max_connections` connections are open at once, and each is closed at the latest
 //! `header_timeout + request_timeout` after it was accepted: the listener's file descriptors
@@ -14,6 +18,7 @@
 //! answering.
 
 mod conns;
+pub mod dashboard;
 mod host;
 
 use std::sync::Arc;
@@ -57,6 +62,8 @@ struct AdminState {
     request_timeout: Duration,
     /// `admin.allowed_hosts`, lowercased: names a `Host` header may carry.
     allowed_hosts: Arc<[String]>,
+    /// The dashboard's last hour.
+    history: dashboard::SharedHistory,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves. Connections still open then
@@ -71,7 +78,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = agent.config();
     let admin = config.admin.clone();
+    let history = dashboard::new_history(&agent);
+    let sampler = AbortOnDrop(tokio::spawn(dashboard::sample(
+        agent.clone(),
+        Arc::clone(&history),
+    )));
     let app = router(AdminState {
+        history,
         token: admin.token.as_deref().map(Arc::from),
         open_commands: admin.allow_unauthenticated_commands,
         request_timeout: admin.request_timeout,
@@ -88,6 +101,7 @@ pub async fn serve(
     let lifetime = admin.header_timeout + admin.request_timeout;
     let mut complaints = Complaints::default();
     tokio::pin!(shutdown);
+    let _sampler = sampler;
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => return Ok(()),
@@ -138,8 +152,49 @@ pub async fn serve(
     }
 }
 
+/// Aborts the task when dropped (the dashboard's sampler ends with the listener).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn router(state: AdminState) -> Router {
     Router::new()
+        .route(
+            "/",
+            get(|State(s): State<AdminState>| async move {
+                dashboard::overview(&s.agent, &s.history)
+            }),
+        )
+        .route(
+            "/dashboard/metrics",
+            get(|State(s): State<AdminState>| async move {
+                dashboard::metrics(&s.agent, &s.history)
+            }),
+        )
+        .route(
+            "/dashboard/fpm",
+            get(|State(s): State<AdminState>| async move { dashboard::fpm(&s.agent) }),
+        )
+        .route(
+            "/dashboard/actions",
+            get(|State(s): State<AdminState>| async move { dashboard::actions(&s.agent) }),
+        )
+        .route(
+            "/dashboard/data.json",
+            get(|State(s): State<AdminState>| async move {
+                dashboard::data(&s.agent, &s.history)
+            }),
+        )
+        .route(
+            "/dashboard/history.json",
+            get(|State(s): State<AdminState>| async move { dashboard::history(&s.history) }),
+        )
+        .route("/assets/{name}", get(dashboard::asset))
+        .route("/favicon.ico", get(dashboard::favicon))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -199,10 +254,10 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
         )
             .into_response();
     }
-    if request.headers().contains_key(header::ORIGIN) {
+    if !same_origin(request.headers()) {
         return (
             StatusCode::FORBIDDEN,
-            "requests with an Origin header (browsers) are refused\n",
+            "requests from another Origin (a browser on another site) are refused\n",
         )
             .into_response();
     }
@@ -222,10 +277,64 @@ async fn guard(State(state): State<AdminState>, request: Request, next: Next) ->
     if !read && let Some(refused) = refusal(&state, request.headers()) {
         return refused;
     }
-    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+    let mut response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "admin request timed out\n").into_response(),
-    }
+    };
+    secure(response.headers_mut());
+    response
+}
+
+/// True for a request a browser did not send from another site: no `Origin` (curl, the CLI,
+/// Prometheus, a browser's same-origin GET), or an `Origin` that is this very listener as the
+/// request names it (`http://` + its `Host`, which `host::allowed` vetted), and no
+/// `Sec-Fetch-Site` saying otherwise. The dashboard's own commands pass; a page elsewhere
+/// (even one whose name resolves here) cannot.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let fetch_site_ok = headers
+        .get("sec-fetch-site")
+        .is_none_or(|v| matches!(v.as_bytes(), b"same-origin" | b"none"));
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return fetch_site_ok;
+    };
+    let Some(host) = headers.get(header::HOST) else {
+        return false;
+    };
+    let origin = origin.as_bytes();
+    fetch_site_ok
+        && origin.len() == "http://".len() + host.len()
+        && origin[.."http://".len()].eq_ignore_ascii_case(b"http://")
+        && origin["http://".len()..].eq_ignore_ascii_case(host.as_bytes())
+}
+
+/// Headers on every admin response: the dashboard's Content-Security-Policy, no framing, no
+/// content sniffing, no referrer, nothing cached.
+fn secure(headers: &mut HeaderMap) {
+    use axum::http::HeaderValue;
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(dashboard::CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
 }
 
 /// Why a command is refused, if it is: it passes with the right bearer token, or with none
@@ -378,8 +487,46 @@ async fn set_rate(
     }
 }
 
-async fn pause(State(state): State<AdminState>, Path(subject): Path<String>) -> Response {
-    command_pause(&state, &subject, true)
+#[derive(Deserialize)]
+struct PauseQuery {
+    /// How long (`90s`, `15m`, `2h`): the subject resumes by itself after it. Absent: until
+    /// resumed.
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+/// The longest timed pause: a typo (`15h` for `15m`) should not hold a queue for weeks.
+const MAX_PAUSE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+async fn pause(
+    State(state): State<AdminState>,
+    Path(subject): Path<String>,
+    Query(q): Query<PauseQuery>,
+) -> Response {
+    let Some(text) = q.duration.filter(|t| !t.is_empty()) else {
+        return command_pause(&state, &subject, true);
+    };
+    let duration = match humantime::parse_duration(&text) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= MAX_PAUSE => d,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "for: a duration from 1s to 7d, such as 90s, 15m or 2h\n",
+            )
+                .into_response();
+        }
+    };
+    match state.agent.pause_for(&subject, duration) {
+        Ok(()) => (
+            StatusCode::OK,
+            format!(
+                "{subject}: paused for {}\n",
+                humantime::format_duration(duration)
+            ),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn resume(State(state): State<AdminState>, Path(subject): Path<String>) -> Response {

@@ -136,8 +136,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Cmd::Pause { subject } => {
-            ops::admin_post(&Config::load(path)?, &format!("/subjects/{subject}/pause")).await
+        Cmd::Pause { subject, duration } => {
+            let query = match duration {
+                Some(d) => {
+                    humantime::parse_duration(&d)
+                        .map_err(|e| anyhow::anyhow!("--for `{d}`: {e}"))?;
+                    format!("?for={}", d.replace(' ', ""))
+                }
+                None => String::new(),
+            };
+            ops::admin_post(
+                &Config::load(path)?,
+                &format!("/subjects/{subject}/pause{query}"),
+            )
+            .await
         }
         Cmd::Resume { subject } => {
             ops::admin_post(&Config::load(path)?, &format!("/subjects/{subject}/resume")).await

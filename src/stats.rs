@@ -38,11 +38,28 @@ pub struct SubjectStats {
     pub consumer_starts: AtomicU64,
     /// Worker actors replaced after a failure.
     pub worker_restarts: AtomicU64,
+    /// FPM replies (or errors) timed, and their total time in microseconds: the dashboard's
+    /// mean runtime per interval (the Prometheus histogram has the distribution).
+    pub fpm_requests: AtomicU64,
+    /// See `fpm_requests`.
+    pub fpm_micros: AtomicU64,
+    /// Deliveries whose AMQP timestamp gave a queue wait, the waits' sum and the last one
+    /// (whole seconds).
+    pub queue_waits: AtomicU64,
+    /// See `queue_waits`.
+    pub queue_wait_seconds: AtomicU64,
+    /// See `queue_waits`.
+    pub queue_wait_last_seconds: AtomicU64,
     /// True while the subject's consumer is connected and consuming.
     pub consuming: AtomicBool,
     /// True while consumption is paused because FPM is unreachable (circuit open) or an
     /// operator paused it.
     pub paused: AtomicBool,
+    /// An operator paused the subject: the root's copy for `/status`.
+    pub operator_paused: AtomicBool,
+    /// When an operator's timed pause ends (Unix seconds; 0: none): the root's copy for
+    /// `/status`; the root's own timer resumes the subject.
+    pub paused_until: AtomicU64,
     /// The broker node (`host:port`) the consumer is connected to.
     pub node: Mutex<Option<String>>,
     /// The rate limit in force, as shown (`50/s, burst 1`); a copy for `/status`, written by
@@ -66,6 +83,22 @@ impl SubjectStats {
         let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
             Some(v.saturating_sub(1))
         });
+    }
+
+    /// Records an operator's pause (`until`: when a timed one ends) for status output.
+    pub fn set_operator_pause(&self, paused: bool, until: Option<std::time::SystemTime>) {
+        let secs = until
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs().max(1));
+        self.paused_until.store(secs, Ordering::Relaxed);
+        self.operator_paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// When an operator's timed pause ends (Unix seconds), if one is in force.
+    #[must_use]
+    pub fn paused_until(&self) -> Option<u64> {
+        let secs = self.paused_until.load(Ordering::Relaxed);
+        (secs > 0 && self.operator_paused.load(Ordering::Relaxed)).then_some(secs)
     }
 
     /// Records the node the consumer is connected to (`None`: not connected).
@@ -101,6 +134,11 @@ impl SubjectStats {
             pool_size: get(&self.pool_size),
             consumer_starts: get(&self.consumer_starts),
             worker_restarts: get(&self.worker_restarts),
+            fpm_requests: get(&self.fpm_requests),
+            fpm_micros: get(&self.fpm_micros),
+            queue_waits: get(&self.queue_waits),
+            queue_wait_seconds: get(&self.queue_wait_seconds),
+            queue_wait_last_seconds: get(&self.queue_wait_last_seconds),
             consuming: self.consuming.load(Ordering::Relaxed),
             paused: self.paused.load(Ordering::Relaxed),
         }
@@ -122,6 +160,11 @@ pub struct StatsSnapshot {
     pub pool_size: u64,
     pub consumer_starts: u64,
     pub worker_restarts: u64,
+    pub fpm_requests: u64,
+    pub fpm_micros: u64,
+    pub queue_waits: u64,
+    pub queue_wait_seconds: u64,
+    pub queue_wait_last_seconds: u64,
     pub consuming: bool,
     pub paused: bool,
 }

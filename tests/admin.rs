@@ -461,3 +461,137 @@ async fn health_answers_while_the_connection_cap_is_held_by_idle_connections() {
     drop(idle);
     drop(agent);
 }
+
+/// A timed pause (`pause --for`) shows `paused_until`, survives a reload (SIGHUP) and ends by
+/// itself; a later resume ends one early. Bad durations are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_pause_survives_sighup_and_ends_by_itself() {
+    let ctx = TestCtx::new("adminpausefor").await;
+    let config = ctx.write_config();
+    let agent = start(&ctx);
+    ctx.wait_ready().await;
+    let port = ctx.admin_port;
+    let config_arg = config.to_str().unwrap();
+
+    for bad in ["0s", "8d", "soon"] {
+        let (code, body) = post(
+            port,
+            &format!("/subjects/event/pause?for={bad}"),
+            &bearer(ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    let (code, out) = agent_cli(&["--config", config_arg, "pause", "event", "--for", "8s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("paused for 8s"), "{out}");
+    let doc = ctx
+        .wait_status("event paused until", |d| {
+            d["subjects"]["event"]["paused_until"].is_string()
+        })
+        .await;
+    assert_eq!(doc["subjects"]["event"]["state"], "paused");
+    assert_eq!(doc["subjects"]["command"]["state"], "consuming");
+    let (_, table) = agent_cli(&["--config", config_arg, "status"]);
+    assert!(table.contains("paused until "), "{table}");
+
+    // A reload keeps it (checked while the pause still has a second to run).
+    let until = doc["subjects"]["event"]["paused_until_unix"]
+        .as_u64()
+        .unwrap();
+    agent.signal(libc::SIGHUP);
+    common::eventually(LONG, "the reload logged", || async {
+        agent.log_text().contains("Configuration reloaded")
+    })
+    .await;
+    let doc = common::status(port).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        now + 1 < until,
+        "the reload took the whole pause: cannot tell"
+    );
+    assert_eq!(
+        doc["subjects"]["event"]["paused_until_unix"], until,
+        "{doc}"
+    );
+    assert_eq!(doc["subjects"]["event"]["state"], "paused", "{doc}");
+    // It ends by itself.
+    ctx.wait_status("event consuming again", |d| {
+        d["subjects"]["event"]["state"] == "consuming"
+            && d["subjects"]["event"]["paused_until"].is_null()
+    })
+    .await;
+    ctx.wait_ready().await;
+
+    // A resume ends a timed pause early, and its timer then changes nothing.
+    let (code, _) = post(port, "/subjects/event/pause?for=1h", &bearer(ADMIN_TOKEN)).await;
+    assert_eq!(code, 200);
+    ctx.wait_status("paused for an hour", |d| {
+        d["subjects"]["event"]["operator_paused"] == true
+    })
+    .await;
+    let (code, _) = post(port, "/subjects/event/resume", &bearer(ADMIN_TOKEN)).await;
+    assert_eq!(code, 200);
+    ctx.wait_ready().await;
+}
+
+/// The dashboard's own commands (a same-origin `Origin`) pass with the token; another site's,
+/// or a `Sec-Fetch-Site: cross-site`, are refused even with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboards_origin_passes_and_other_sites_do_not() {
+    let ctx = TestCtx::new("adminorigin").await;
+    let _agent = start(&ctx);
+    ctx.wait_ready().await;
+    let port = ctx.admin_port;
+    let send = |origin: String, extra: &'static str| async move {
+        raw(
+            port,
+            &format!(
+                "POST /subjects/command/pause HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\n{extra}{}Content-Length: 0\r\nConnection: close\r\n\r\n",
+                bearer(ADMIN_TOKEN)
+            ),
+        )
+        .await
+        .unwrap()
+    };
+    let (code, body) = send(format!("http://evil.example:{port}"), "").await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = send(
+        format!("http://127.0.0.1:{port}"),
+        "Sec-Fetch-Site: cross-site\r\n",
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(!paused(port, "command").await);
+    let (code, body) = send(
+        format!("http://127.0.0.1:{port}"),
+        "Sec-Fetch-Site: same-origin\r\n",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("paused"), "{body}");
+    // Without the token, the same-origin page is read-only.
+    let (code, _) = raw(
+        port,
+        &format!("POST /subjects/command/resume HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 401);
+    // Every answer carries the CSP; the dashboard is served.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("<h1>subjects</h1>"), "{head}");
+    assert!(head.contains("frame-ancestors 'none'"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+}

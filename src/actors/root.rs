@@ -36,8 +36,11 @@ struct Child {
     replacing: bool,
     /// Pool size asked for, as the agent passed it down; survives consumer restarts.
     target: usize,
-    /// An operator paused the subject; survives consumer restarts.
+    /// An operator paused the subject; survives consumer restarts and reloads.
     operator_paused: bool,
+    /// Counts operator pauses and resumes: a timed pause's expiry resumes the subject only if
+    /// nothing was commanded since.
+    pause_generation: u64,
     /// The subject's rate limit in force (the file's, or an operator's); survives consumer
     /// restarts, and reloads unless the file's value changes.
     rate: Option<crate::rate::RateLimit>,
@@ -62,8 +65,11 @@ pub enum RootMsg {
     Drain(RpcReplyPort<()>),
     /// Resize a subject's pool.
     Resize(String, usize),
-    /// Pause (true) or resume (false) a subject's consumption.
-    SetPaused(String, bool),
+    /// Pause (true) or resume (false) a subject's consumption; a pause with a duration ends
+    /// by itself.
+    SetPaused(String, bool, Option<Duration>),
+    /// A timed pause of this generation ran out.
+    PauseExpired(String, u64),
     /// Set (or lift, `None`) a subject's rate limit.
     SetRate(String, Option<crate::rate::RateLimit>),
     /// Apply a re-read configuration (SIGHUP), with the pool sizes asked for under it.
@@ -116,6 +122,7 @@ impl Actor for RootSupervisor {
                 replacing: false,
                 target,
                 operator_paused: false,
+                pause_generation: 0,
                 rate: args.config.subjects[&name].rate(),
                 endpoint_cursor: Arc::default(),
             };
@@ -189,12 +196,28 @@ impl Actor for RootSupervisor {
                     }
                 }
             }
-            RootMsg::SetPaused(name, paused) => {
+            RootMsg::SetPaused(name, paused, duration) => {
                 if let Some(child) = state.children.get_mut(&name) {
-                    child.operator_paused = paused;
-                    if let Some(actor) = &child.actor {
-                        actor.cast(ConsumerMsg::SetPaused(paused))?;
-                    }
+                    child.pause_generation += 1;
+                    let until = duration.filter(|_| paused).map(|d| {
+                        let generation = child.pause_generation;
+                        let expired = name.clone();
+                        myself.send_after(d, move || RootMsg::PauseExpired(expired, generation));
+                        std::time::SystemTime::now() + d
+                    });
+                    child.runtime.stats.set_operator_pause(paused, until);
+                    set_paused(child, paused)?;
+                }
+            }
+            RootMsg::PauseExpired(name, generation) => {
+                if let Some(child) = state
+                    .children
+                    .get_mut(&name)
+                    .filter(|c| c.pause_generation == generation && c.operator_paused)
+                {
+                    info!(subject = %name, "Timed pause ran out: resuming consumption");
+                    child.runtime.stats.set_operator_pause(false, None);
+                    set_paused(child, false)?;
                 }
             }
         }
@@ -288,6 +311,15 @@ fn reload(
         }
     }
     state.config = new;
+    Ok(())
+}
+
+/// Records the operator's pause in the child and tells its consumer, if one runs.
+fn set_paused(child: &mut Child, paused: bool) -> Result<(), ActorProcessingErr> {
+    child.operator_paused = paused;
+    if let Some(actor) = &child.actor {
+        actor.cast(ConsumerMsg::SetPaused(paused))?;
+    }
     Ok(())
 }
 

@@ -172,10 +172,29 @@ impl AgentHandle {
     /// # Errors
     /// Unknown subject.
     pub fn set_paused(&self, subject: &str, paused: bool) -> anyhow::Result<()> {
+        self.pause(subject, paused, None)
+    }
+
+    /// Pauses a subject for `duration`, after which it resumes by itself (operator command).
+    /// The pause is the root's: it survives consumer restarts and reloads (SIGHUP). A later
+    /// pause or resume replaces it.
+    ///
+    /// # Errors
+    /// Unknown subject.
+    pub fn pause_for(&self, subject: &str, duration: std::time::Duration) -> anyhow::Result<()> {
+        self.pause(subject, true, Some(duration))
+    }
+
+    fn pause(
+        &self,
+        subject: &str,
+        paused: bool,
+        duration: Option<std::time::Duration>,
+    ) -> anyhow::Result<()> {
         self.subject_stats(subject)?;
         self.inner
             .root
-            .cast(RootMsg::SetPaused(subject.to_owned(), paused))?;
+            .cast(RootMsg::SetPaused(subject.to_owned(), paused, duration))?;
         Ok(())
     }
 }

@@ -48,6 +48,14 @@ pub struct SubjectStatus {
     pub queue: String,
     /// Pool size the operator or config asked for.
     pub target_pool_size: u64,
+    /// `fixed` or `auto` (`pool_mode`).
+    pub pool_mode: &'static str,
+    /// `min_pool_size`.
+    pub min_pool_size: u16,
+    /// `max_pool_size`.
+    pub max_pool_size: u16,
+    /// Messages ready in the queue at the last read, where the agent reads it (auto pools).
+    pub queue_depth: Option<u64>,
     /// Idle workers.
     pub idle: u64,
     /// `connected` or `disconnected`.
@@ -56,6 +64,15 @@ pub struct SubjectStatus {
     pub node: Option<String>,
     /// The rate limit in force (`50/s, burst 1`), or null.
     pub rate_limit: Option<String>,
+    /// `consuming`, `paused` (an operator's pause), `circuit_open` (FPM unreachable, or PHP
+    /// refusing the signature: consumption held until a probe succeeds) or `disconnected`.
+    pub state: &'static str,
+    /// An operator paused the subject (indefinitely, or until `paused_until`).
+    pub operator_paused: bool,
+    /// When an operator's timed pause ends and the subject resumes by itself (RFC 3339, UTC).
+    pub paused_until: Option<String>,
+    /// The same, as Unix seconds.
+    pub paused_until_unix: Option<u64>,
     /// Counters and gauges.
     #[serde(flatten)]
     pub stats: StatsSnapshot,
@@ -91,7 +108,32 @@ impl AgentHandle {
             .iter()
             .map(|(name, stats)| {
                 let s = stats.snapshot();
+                let operator_paused = stats.operator_paused.load(Ordering::Relaxed);
+                let until = stats.paused_until();
+                let cfg = config.subjects.get(name);
+                let auto = cfg.is_some_and(|c| c.pool_mode == crate::config::PoolMode::Auto);
                 let status = SubjectStatus {
+                    pool_mode: if auto { "auto" } else { "fixed" },
+                    min_pool_size: cfg.map_or(0, |c| c.min_pool_size),
+                    max_pool_size: cfg.map_or(0, |c| c.max_pool_size),
+                    queue_depth: auto.then_some(s.queued),
+                    state: if !s.consuming {
+                        "disconnected"
+                    } else if operator_paused {
+                        "paused"
+                    } else if s.paused {
+                        "circuit_open"
+                    } else {
+                        "consuming"
+                    },
+                    operator_paused,
+                    paused_until: until.map(|secs| {
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                        )
+                        .to_string()
+                    }),
+                    paused_until_unix: until,
                     queue: config
                         .subjects
                         .get(name)

@@ -72,6 +72,9 @@ pub enum Cmd {
     Pause {
         /// Subject.
         subject: String,
+        /// Resume by itself after this long (`90s`, `15m`, `2h`; at most 7d); kept over SIGHUP.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
     },
     /// Resume consuming a subject.
     Resume {

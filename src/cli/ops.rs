@@ -157,9 +157,15 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
     };
     for (name, s) in subjects {
         let state = match (s["connection"].as_str(), s["paused"].as_bool()) {
-            (Some("connected"), Some(true)) => "paused",
-            (Some("connected"), _) => "consuming",
-            _ => "disconnected",
+            _ if s["paused_until"].is_string() => {
+                format!("paused until {}", v(&s["paused_until"]))
+            }
+            (Some("connected"), Some(true)) if s["state"] == "circuit_open" => {
+                "circuit open".to_owned()
+            }
+            (Some("connected"), Some(true)) => "paused".to_owned(),
+            (Some("connected"), _) => "consuming".to_owned(),
+            _ => "disconnected".to_owned(),
         };
         println!(
             "{:<8} {:<24} {:>5} {:>5} {:>5} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8}  {state:<12} {}",

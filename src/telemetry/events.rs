@@ -135,6 +135,11 @@ impl SubjectEvents {
             Event::ConsumerFailed => self.actor_restart("consumer"),
             Event::FpmReplied { status, elapsed } => {
                 self.hot.fpm_duration.observe(elapsed.as_secs_f64());
+                SubjectStats::incr(&stats.fpm_requests);
+                SubjectStats::add(
+                    &stats.fpm_micros,
+                    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                );
                 if status == "200" {
                     self.hot.fpm_ok.inc();
                 } else {
@@ -142,7 +147,14 @@ impl SubjectEvents {
                 }
             }
             #[allow(clippy::cast_precision_loss)]
-            Event::QueueWait { seconds } => self.hot.queue_wait.observe(seconds as f64),
+            Event::QueueWait { seconds } => {
+                self.hot.queue_wait.observe(seconds as f64);
+                SubjectStats::incr(&stats.queue_waits);
+                SubjectStats::add(&stats.queue_wait_seconds, seconds);
+                stats
+                    .queue_wait_last_seconds
+                    .store(seconds, Ordering::Relaxed);
+            }
             #[allow(clippy::cast_precision_loss)]
             Event::BatchSent { size } => self
                 .metrics

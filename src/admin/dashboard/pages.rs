@@ -1,0 +1,404 @@
+//! The dashboard's HTML, rendered with maud: every value is escaped by the template, nothing
+//! is marked pre-escaped, and no element carries an inline script or style (the CSP forbids
+//! them).
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::history::Point;
+use crate::agent::{Status, SubjectStatus};
+
+/// The pages, in the navigation's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/`
+    Overview,
+    /// `/dashboard/metrics`
+    Metrics,
+    /// `/dashboard/fpm`
+    Fpm,
+    /// `/dashboard/actions`
+    Actions,
+}
+
+impl Page {
+    const ALL: [Self; 4] = [Self::Overview, Self::Metrics, Self::Fpm, Self::Actions];
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Overview => "/",
+            Self::Metrics => "/dashboard/metrics",
+            Self::Fpm => "/dashboard/fpm",
+            Self::Actions => "/dashboard/actions",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Overview => "Overview",
+            Self::Metrics => "Metrics",
+            Self::Fpm => "FPM",
+            Self::Actions => "Actions",
+        }
+    }
+
+    fn id(self) -> &'static str {
+        match self {
+            Self::Overview => "overview",
+            Self::Metrics => "metrics",
+            Self::Fpm => "fpm",
+            Self::Actions => "actions",
+        }
+    }
+}
+
+/// Longest text shown of one value (a queue name, a URI): a 1 MiB line is cut, and says so.
+pub const MAX_SHOWN: usize = 300;
+
+/// `text`, cut at [`MAX_SHOWN`] bytes (on a character boundary) with a note of its length.
+#[must_use]
+pub fn shown(text: &str) -> String {
+    if text.len() <= MAX_SHOWN {
+        return text.to_owned();
+    }
+    let mut end = MAX_SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+fn layout(page: Page, status: &Status, body: &Markup) -> String {
+    let ready = if status.ready { "ready" } else { "not ready" };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="referrer" content="no-referrer";
+                title { "amqp-agent · " (page.title()) }
+                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
+                link rel="stylesheet" href="/assets/uPlot.min.css";
+                link rel="stylesheet" href="/assets/dashboard.css";
+                script src="/assets/uPlot.iife.min.js" defer {}
+                script src="/assets/dashboard.js" defer {}
+            }
+            body data-page=(page.id()) {
+                header {
+                    div.brand {
+                        strong { "amqp-agent" }
+                        span.meta {
+                            " " (status.version) " · up " (uptime(status.uptime_seconds)) " · "
+                            span.ready data-ready=(status.ready) { (ready) }
+                        }
+                    }
+                    nav {
+                        @for p in Page::ALL {
+                            @if p == page {
+                                a href=(p.path()) aria-current="page" { (p.title()) }
+                            } @else {
+                                a href=(p.path()) { (p.title()) }
+                            }
+                        }
+                    }
+                    div.controls {
+                        label.refresh {
+                            input #autorefresh type="checkbox" checked;
+                            " Auto-refresh"
+                        }
+                        form #token-form autocomplete="off" {
+                            label for="token" { "Admin token" }
+                            input #token type="password" placeholder="for actions";
+                            button type="submit" { "Unlock" }
+                        }
+                        span #auth-state { "read-only" }
+                        button #lock type="button" hidden { "Forget token" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn number(x: f32, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "—".to_owned()
+    }
+}
+
+/// The state as the overview shows it.
+#[must_use]
+pub fn state_text(s: &SubjectStatus) -> String {
+    match s.state {
+        "paused" => s
+            .paused_until
+            .as_ref()
+            .map_or_else(|| "paused".to_owned(), |t| format!("paused until {t}")),
+        "circuit_open" => "circuit open".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// One overview row: (field, text) pairs, in column order. The page and
+/// `/dashboard/data.json` both come from here, so a refresh shows what a reload would.
+#[must_use]
+pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, String)> {
+    let p = latest.unwrap_or(Point {
+        rate: f32::NAN,
+        busy: f32::NAN,
+        pool: f32::NAN,
+        in_flight: f32::NAN,
+        runtime_ms: f32::NAN,
+        wait_s: f32::NAN,
+        retries_pm: f32::NAN,
+        dead_pm: f32::NAN,
+    });
+    vec![
+        ("queue", shown(&s.queue)),
+        ("state", state_text(s)),
+        (
+            "queue_depth",
+            s.queue_depth
+                .map_or_else(|| "—".to_owned(), |d| d.to_string()),
+        ),
+        ("in_flight", s.stats.in_flight.to_string()),
+        ("pool_size", s.stats.pool_size.to_string()),
+        ("target_pool_size", s.target_pool_size.to_string()),
+        (
+            "min_max",
+            format!("{}–{}", s.min_pool_size, s.max_pool_size),
+        ),
+        ("pool_mode", s.pool_mode.to_owned()),
+        ("busy", s.stats.busy.to_string()),
+        ("idle", s.idle.to_string()),
+        ("rate", number(p.rate, 1)),
+        ("runtime_ms", number(p.runtime_ms, 1)),
+        ("wait", format!("{} s", s.stats.queue_wait_last_seconds)),
+        ("retries_pm", number(p.retries_pm, 1)),
+        ("dead_pm", number(p.dead_pm, 1)),
+        ("received", s.stats.received.to_string()),
+        ("acked", s.stats.acked.to_string()),
+        (
+            "rate_limit",
+            s.rate_limit
+                .as_deref()
+                .map_or_else(|| "—".to_owned(), shown),
+        ),
+    ]
+}
+
+const COLUMNS: [(&str, &str); 19] = [
+    ("queue", "Queue"),
+    ("state", "State"),
+    ("queue_depth", "Ready"),
+    ("in_flight", "In flight"),
+    ("pool_size", "Pool"),
+    ("target_pool_size", "Target"),
+    ("min_max", "Min–max"),
+    ("pool_mode", "Mode"),
+    ("busy", "Busy"),
+    ("idle", "Idle"),
+    ("rate", "msg/s"),
+    ("spark", "Last hour"),
+    ("runtime_ms", "FPM ms"),
+    ("wait", "Last wait"),
+    ("retries_pm", "Retries/min"),
+    ("dead_pm", "Dead/min"),
+    ("received", "Received"),
+    ("acked", "Acked"),
+    ("rate_limit", "Rate limit"),
+];
+
+/// `/`: one row per subject.
+#[must_use]
+pub fn overview(status: &Status, latest: impl Fn(&str) -> Option<Point>) -> String {
+    let body = html! {
+        h1 { "Subjects" }
+        p.hint {
+            "msg/s, FPM ms, retries and dead letters are over the last "
+            (super::history::SAMPLE_EVERY.as_secs()) " s; the sparkline is the last hour of msg/s."
+        }
+        div.scroll {
+            table #overview {
+                thead { tr {
+                    th { "Subject" }
+                    @for (_, title) in COLUMNS { th { (title) } }
+                } }
+                tbody {
+                    @for (name, s) in &status.subjects {
+                        @let cells = row(s, latest(name));
+                        tr data-subject=(name) data-state=(s.state) {
+                            th scope="row" { (shown(name)) }
+                            @for (field, _) in COLUMNS {
+                                @if field == "spark" {
+                                    td.spark { div.sparkline data-subject=(name) {} }
+                                } @else {
+                                    td data-field=(field) {
+                                        (cells.iter().find(|(f, _)| *f == field).map_or("", |(_, v)| v.as_str()))
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p #updated.hint {}
+    };
+    layout(Page::Overview, status, &body)
+}
+
+/// `/dashboard/metrics`: charts per subject, drawn by the page's script from the history.
+#[must_use]
+pub fn metrics(status: &Status, history_bytes: usize) -> String {
+    let charts = [
+        ("throughput", "Throughput (msg/s)"),
+        ("runtime", "FPM runtime (mean ms)"),
+        ("wait", "Queue wait (mean s)"),
+        ("failures", "Retries and dead letters (per min)"),
+        ("pool", "Pool, busy, in flight"),
+    ];
+    let body = html! {
+        h1 { "Last hour" }
+        p.hint {
+            "One point every " (super::history::SAMPLE_EVERY.as_secs()) " s, "
+            (super::history::SAMPLES) " per subject, kept in memory ("
+            (history_bytes / 1024) " KiB for every subject); the history starts when the agent does."
+        }
+        @for name in status.subjects.keys() {
+            section.subject {
+                h2 { (shown(name)) }
+                div.charts {
+                    @for (chart, title) in charts {
+                        figure {
+                            figcaption { (title) }
+                            div.chart data-subject=(name) data-chart=(chart) {}
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(Page::Metrics, status, &body)
+}
+
+/// `/dashboard/fpm`: each upstream and its children; requests running longer than
+/// `slow_ms` are marked.
+#[must_use]
+pub fn fpm(status: &Status, slow_ms: u64) -> String {
+    let body = html! {
+        h1 { "FPM upstreams" }
+        p.hint { "Requests running for " (slow_ms) " ms or more (fpm.slow_after) are marked slow. "
+            "Query strings are hidden: the page is read without the admin token." }
+        @if status.upstreams.is_empty() { p { "No upstream." } }
+        @for u in &status.upstreams {
+            section.upstream data-health=(u.health) {
+                h2 { (shown(&u.address)) " " span.badge data-health=(u.health) { (u.health) } }
+                dl.facts {
+                    dt { "Breaker" } dd { @if let Some(ms) = u.down_for_ms { "open for " (ms) " ms" } @else { "closed" } }
+                    dt { "Capacity" } dd { (u.capacity.map_or_else(|| "unknown".to_owned(), |c| c.to_string())) }
+                    dt { "In flight" } dd { (u.in_flight) }
+                    dt { "Waiting" } dd { (u.waiting) }
+                    dt { "Idle connections" } dd { (u.idle_connections) }
+                    dt { "Contended" } dd { (u.contended) }
+                    dt { "Requests" } dd { (u.requests) }
+                    dt { "Refused" } dd { (u.refused) }
+                    dt { "Status page" } dd { (u.fpm.state) @if let Some(e) = &u.fpm.error { " — " (shown(e)) } }
+                    dt { "Active / idle" } dd { (opt(u.fpm.active)) " / " (opt(u.fpm.idle)) }
+                    dt { "Listen queue" } dd { (opt(u.fpm.listen_queue)) }
+                    dt { "Max children" } dd { (opt(u.fpm.max_children)) " (reached " (opt(u.fpm.max_children_reached)) " times)" }
+                    dt { "Slow requests" } dd { (opt(u.fpm.slow_requests)) }
+                }
+                table.children {
+                    thead { tr { th { "PID" } th { "State" } th { "Current request" } th { "Duration" } th { "Requests" } th { "Last memory" } th { "Last CPU" } } }
+                    tbody {
+                        @for c in &u.fpm.children {
+                            @let busy = u.fpm.busy.iter().find(|b| b.pid == c.pid);
+                            @let slow = busy.is_some_and(|b| b.duration_ms >= slow_ms);
+                            tr data-slow=(slow) {
+                                td { (c.pid) }
+                                td { (busy.map_or_else(|| "Idle".to_owned(), |b| shown(&b.state))) }
+                                td.uri { (busy.map_or_else(String::new, |b| shown(&b.uri))) }
+                                td { @if let Some(b) = busy { (b.duration_ms) " ms" @if slow { " " span.slow { "slow" } } } }
+                                td { (c.requests) }
+                                td { (c.last_request_memory / 1024) " KiB" }
+                                td { (format!("{:.1}", c.last_request_cpu)) " %" }
+                            }
+                        }
+                        @for b in u.fpm.busy.iter().filter(|b| !u.fpm.children.iter().any(|c| c.pid == b.pid)) {
+                            @let slow = b.duration_ms >= slow_ms;
+                            tr data-slow=(slow) {
+                                td { (b.pid) } td { (shown(&b.state)) } td.uri { (shown(&b.uri)) }
+                                td { (b.duration_ms) " ms" @if slow { " " span.slow { "slow" } } }
+                                td {} td {} td {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(Page::Fpm, status, &body)
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| v.to_string())
+}
+
+/// `/dashboard/actions`: the operator's commands; the page's script sends them with the token.
+#[must_use]
+pub fn actions(status: &Status) -> String {
+    let select = html! {
+        select name="subject" required {
+            @for name in status.subjects.keys() { option value=(name) { (shown(name)) } }
+        }
+    };
+    let body = html! {
+        h1 { "Actions" }
+        p.hint { "Every action needs the admin token (typed above, kept for this tab only)." }
+        div.actions {
+            form.action data-action="pause" {
+                h2 { "Pause" }
+                label { "Subject " (select) }
+                label { "For " input name="for" type="text" placeholder="15m (empty: until resumed)" maxlength="20"; }
+                button type="submit" { "Pause" }
+            }
+            form.action data-action="resume" {
+                h2 { "Resume" }
+                label { "Subject " (select) }
+                button type="submit" { "Resume" }
+            }
+            form.action data-action="pool" {
+                h2 { "Pool size" }
+                label { "Subject " (select) }
+                label { "Size " input name="size" type="number" min="1" max="1024" required; }
+                button type="submit" { "Set pool size" }
+                button type="submit" name="auto" value="1" formnovalidate { "Release to auto" }
+            }
+            form.action data-action="rate" {
+                h2 { "Rate limit" }
+                label { "Subject " (select) }
+                label { "Limit " input name="limit" type="text" placeholder="50/s, 300/m, 3600/h" maxlength="30"; }
+                label { "Burst " input name="burst" type="number" min="1" max="100000" value="1"; }
+                button type="submit" { "Set rate limit" }
+                button type="submit" name="clear" value="1" { "Clear rate limit" }
+            }
+        }
+        h2 { "Result" }
+        output #result role="status" {}
+    };
+    layout(Page::Actions, status, &body)
+}

@@ -1,0 +1,142 @@
+//! The web dashboard in a real browser: Debian's chromium, driven by Playwright
+//! (`tests/dashboard/drive.mjs`), against the agent binary on the real RabbitMQ and a php-fpm
+//! pool with its status page. `scripts/test` installs chromium and playwright-core.
+//!
+//! What it shows: the overview lists every subject with the numbers `/status` has; a queue
+//! name and a request URI holding markup render as text and run nothing (no dialog, no console
+//! error, no CSP violation); a subject paused from the page for a few seconds (the token typed
+//! in) shows "paused until …", consumes nothing meanwhile and resumes by itself. Screenshots
+//! of every page go to `target/dashboard/` (linked from docs/dashboard.md).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::procs::{AgentProcess, PrivateFpm, http};
+use common::{ADMIN_TOKEN, TestCtx, WAIT, eventually};
+use serde_json::Value;
+
+const HOSTILE: &str = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
+
+fn driver_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_in_chromium() {
+    assert!(
+        chromium().exists() && driver_dir().join("node_modules/playwright-core").exists(),
+        "chromium or playwright-core missing: run scripts/test (it installs both), or \
+         `apt-get install chromium` and `npm ci` in tests/dashboard"
+    );
+    let fpm = PrivateFpm::start_with("dash", 6, Some("/fpm-status"));
+    let mut ctx = TestCtx::new("dash").await;
+    ctx.fpm_port = fpm.port;
+    // FPM's status page shows SCRIPT_NAME: a front controller at `/<script>alert(3)</script>.php`
+    // under the document root (a directory `<script>alert(3)<` holding `script>.php`).
+    let root = common::fpm().dir.join(format!("dash-root-{}", ctx.id));
+    std::fs::create_dir_all(root.join("<script>alert(3)<")).unwrap();
+    let script = root.join("<script>alert(3)<").join("script>.php");
+    std::fs::copy(driver_dir().join("app.php"), &script).unwrap();
+    ctx.script = script;
+    ctx.pool_size = 2;
+    ctx.fpm_extra =
+        "status_path = \"/fpm-status\"\nstatus_interval = \"200ms\"\nslow_after = \"700ms\"\n"
+            .to_owned();
+    let hostile_queue = format!("t.{}.{HOSTILE}", ctx.id);
+    ctx.set("subjects.command.queue", hostile_queue.as_str());
+    ctx.set("fpm.document_root", root.to_str().unwrap());
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let agent = AgentProcess::start(&config, &log);
+    ctx.wait_ready().await;
+
+    // Some traffic on both subjects, then a quiet agent whose numbers hold still.
+    for i in 0..4 {
+        ctx.publish_json("event", &format!("e{i}"), "ok").await;
+        ctx.publish_json_to("", &hostile_queue, &format!("c{i}"), "ok")
+            .await;
+    }
+    let port = ctx.admin_port;
+    eventually(WAIT, "8 messages acked", || async move {
+        let Some((200, body)) = http(port, "GET", "/status", None).await else {
+            return false;
+        };
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        ["event", "command"]
+            .iter()
+            .all(|s| doc["subjects"][s]["acked"] == 4 && doc["subjects"][s]["in_flight"] == 0)
+    })
+    .await;
+
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard");
+    let run = Command::new("node")
+        .arg(driver_dir().join("drive.mjs"))
+        .env("BASE", format!("http://127.0.0.1:{port}"))
+        .env("TOKEN", ADMIN_TOKEN)
+        .env("OUT", &out)
+        .env("AGENT_BIN", env!("CARGO_BIN_EXE_amqp-agent"))
+        .env("CONFIG", &config)
+        .env("HOSTILE", &hostile_queue)
+        .env("CHROMIUM", chromium())
+        .output()
+        .expect("node runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "the browser run failed:\n{stderr}\nagent log:\n{}",
+        agent.log_text()
+    );
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+
+    // The overview's numbers are /status's (taken on the quiet agent just before the page).
+    let before = &result["status_before"]["subjects"];
+    let rows = result["overview"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        let name = row["subject"].as_str().unwrap();
+        let s = &before[name];
+        let cell = |f: &str| row["cells"][f].as_str().unwrap().to_owned();
+        for field in [
+            "pool_size",
+            "target_pool_size",
+            "busy",
+            "idle",
+            "in_flight",
+            "received",
+            "acked",
+        ] {
+            let want = match field {
+                "target_pool_size" => s["target_pool_size"].to_string(),
+                f => s[f].to_string(),
+            };
+            assert_eq!(cell(field), want, "{name}.{field}: page vs /status");
+        }
+        assert_eq!(cell("queue"), s["queue"].as_str().unwrap());
+        assert_eq!(cell("pool_mode"), s["pool_mode"].as_str().unwrap());
+        assert_eq!(
+            cell("min_max"),
+            format!("{}–{}", s["min_pool_size"], s["max_pool_size"])
+        );
+        assert_eq!(cell("state"), "consuming");
+        assert_eq!(row["state"], s["state"]);
+    }
+    assert_eq!(result["dialogs"], serde_json::json!([]));
+    assert_eq!(result["console_errors"], serde_json::json!([]));
+    assert!(
+        result["paused_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused until ")
+    );
+    for shot in ["overview", "metrics", "fpm", "actions", "overview-paused"] {
+        assert!(out.join(format!("{shot}.png")).exists(), "{shot}.png");
+    }
+    drop(fpm);
+}

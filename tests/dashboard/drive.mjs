@@ -1,0 +1,179 @@
+// Drives Debian's chromium against a running agent's dashboard; called by tests/dashboard.rs.
+// Environment: BASE (http://127.0.0.1:PORT), TOKEN, OUT (screenshots and result.json),
+// AGENT_BIN and CONFIG (to publish with `amqp-agent publish`), HOSTILE (the queue name holding
+// markup), CHROMIUM (default /usr/bin/chromium). Exits non-zero with a message on any failure.
+// Every wait has a deadline; nothing sleeps a fixed time.
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+
+const { BASE, TOKEN, OUT, AGENT_BIN, CONFIG, HOSTILE } = process.env;
+const PAUSE_FOR = process.env.PAUSE_FOR || "6s";
+mkdirSync(OUT, { recursive: true });
+
+const problems = [];
+const dialogs = [];
+const consoleErrors = [];
+const result = { steps: [] };
+const step = (s) => { result.steps.push(s); console.error("drive: " + s); };
+function check(cond, what) { if (!cond) throw new Error("check failed: " + what); }
+
+async function status() {
+  const r = await fetch(BASE + "/status");
+  check(r.ok, "/status answers");
+  return r.json();
+}
+async function until(what, ms, cond) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await cond();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+function publish(subject, behave, n) {
+  for (let i = 0; i < n; i++) {
+    execFileSync(AGENT_BIN, ["--config", CONFIG, "publish", "--subject", subject,
+      JSON.stringify({ id: "dash-" + subject + "-" + Date.now() + "-" + i, behave })], { stdio: "ignore" });
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+try {
+  const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
+  const page = await context.newPage();
+  page.on("dialog", async (d) => { dialogs.push(d.type() + ": " + d.message()); await d.dismiss(); });
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+  page.on("pageerror", (e) => consoleErrors.push("pageerror: " + e.message));
+  page.on("response", (r) => { if (r.status() >= 400) consoleErrors.push("HTTP " + r.status() + " " + r.url()); });
+
+  // A few samples of history (one per 5 s) with a trickle of messages, then a quiet agent.
+  await until("4 samples of history", 60000, async () => {
+    publish("event", "sleep:50", 1);
+    const h = await (await fetch(BASE + "/dashboard/history.json")).json();
+    return h.t.length >= 4;
+  });
+  await until("a quiet agent", 30000, async () => {
+    const s = await status();
+    return Object.values(s.subjects).every((x) => x.busy === 0 && x.in_flight === 0);
+  });
+
+  // --- Overview: every subject, numbers as /status has them, the hostile name as text. ---
+  const before = await status();
+  await page.goto(BASE + "/");
+  await page.waitForSelector("tr[data-subject]");
+  const rows = await page.$$eval("tr[data-subject]", (trs) => trs.map((tr) => {
+    const cells = {};
+    tr.querySelectorAll("td[data-field]").forEach((td) => { cells[td.dataset.field] = td.textContent; });
+    return { subject: tr.dataset.subject, state: tr.dataset.state, cells };
+  }));
+  result.overview = rows;
+  result.status_before = before;
+  check(rows.length === Object.keys(before.subjects).length, "one row per subject");
+  const hostileCell = rows.find((r) => r.cells.queue === HOSTILE);
+  check(hostileCell, "the queue name holding markup shows as text, exactly");
+  check(await page.$$eval("main img, main svg, main iframe", (x) => x.length) === 0, "no element injected");
+  // Sparklines drawn once the data arrived.
+  await page.waitForSelector(".sparkline canvas", { timeout: 15000 });
+  await page.screenshot({ path: OUT + "/overview.png", fullPage: true });
+  step("overview");
+
+  // --- Metrics: charts per subject. ---
+  await page.goto(BASE + "/dashboard/metrics");
+  await page.waitForSelector(".chart canvas", { timeout: 15000 });
+  const charts = await page.$$eval(".chart canvas", (x) => x.length);
+  check(charts >= 2 * Object.keys(before.subjects).length, "charts for every subject: " + charts);
+  await page.screenshot({ path: OUT + "/metrics.png", fullPage: true });
+  step("metrics");
+
+  // --- FPM: children from the status page, slow requests marked. ---
+  publish("event", "sleep:4000", 2);
+  await until("slow requests on the status page", 20000, async () => {
+    const s = await status();
+    return s.upstreams.some((u) => u.fpm.busy.some((b) => b.duration_ms >= 700));
+  });
+  await page.goto(BASE + "/dashboard/fpm");
+  await page.waitForSelector("table.children tbody tr");
+  result.slow_marked = await page.$$eval("tr[data-slow=true] .slow", (x) => x.length);
+  check(result.slow_marked >= 1, "a slow request is marked");
+  result.fpm_uris = await page.$$eval("td.uri", (x) => x.map((td) => td.textContent).filter((t) => t));
+  check(result.fpm_uris.some((u) => u.includes("<script>")), "a URI holding <script> shows as text");
+  await page.screenshot({ path: OUT + "/fpm.png", fullPage: true });
+  step("fpm");
+  await until("the slow requests to end", 30000, async () => {
+    const s = await status();
+    return Object.values(s.subjects).every((x) => x.busy === 0 && x.in_flight === 0);
+  });
+
+  // --- Actions: read-only without the token; pause `event` for a while with it. ---
+  await page.goto(BASE + "/dashboard/actions");
+  check(await page.$eval("form.action[data-action=pause] button", (b) => b.disabled), "actions locked without the token");
+  await page.fill("#token", TOKEN);
+  await page.click("#token-form button");
+  await page.waitForSelector("#auth-state[data-unlocked=true]");
+  check(await page.evaluate(() => document.cookie) === "", "no cookie");
+  await page.selectOption("form.action[data-action=pause] select", "event");
+  await page.fill("form.action[data-action=pause] input[name=for]", PAUSE_FOR);
+  await page.click("form.action[data-action=pause] button");
+  await page.waitForFunction(() => document.querySelector("#result").textContent.includes("paused for"), null, { timeout: 10000 });
+  result.pause_answer = await page.textContent("#result");
+  await page.screenshot({ path: OUT + "/actions.png", fullPage: true });
+  step("paused: " + result.pause_answer.trim());
+
+  // Shown as "paused until …" on the overview and in /status; nothing consumed meanwhile.
+  await page.goto(BASE + "/");
+  const pausedText = await page.textContent("tr[data-subject=event] td[data-field=state]");
+  check(pausedText.startsWith("paused until "), "overview says paused until: " + pausedText);
+  result.paused_text = pausedText;
+  const paused = await status();
+  check(paused.subjects.event.paused_until, "/status has paused_until");
+  check(paused.subjects.event.state === "paused", "/status state paused");
+  await page.screenshot({ path: OUT + "/overview-paused.png", fullPage: true });
+  const received = paused.subjects.event.received;
+  const acked = paused.subjects.event.acked;
+  publish("event", "ok", 3);
+  // Watch until a second before the pause ends: the 3 confirmed messages wait in the queue.
+  const endsAt = paused.subjects.event.paused_until_unix;
+  let watched = 0;
+  await until("the end of the pause's window", 60000, async () => {
+    const s = await status();
+    check(s.subjects.event.received === received, "nothing consumed while paused");
+    watched++;
+    return Date.now() / 1000 >= endsAt - 1;
+  });
+  check(watched >= 3, "watched the paused subject a while: " + watched);
+  result.paused_status = (await status()).subjects.event;
+  step("paused on the page");
+
+  // It resumes by itself; the page (auto-refresh) says so and the 3 messages are handled.
+  await page.waitForFunction(
+    () => document.querySelector("tr[data-subject=event] td[data-field=state]").textContent === "consuming",
+    null, { timeout: 30000 });
+  await until("the 3 messages acked after the pause", 30000, async () => {
+    const s = await status();
+    return s.subjects.event.acked >= acked + 3 ? s : null;
+  });
+  result.resumed_status = (await status()).subjects.event;
+  check(result.resumed_status.paused_until === null, "no paused_until after it ran out");
+  step("resumed by itself");
+
+  // --- Nothing ran: no dialog, no console error, no CSP violation. ---
+  result.dialogs = dialogs;
+  result.console_errors = consoleErrors;
+  check(dialogs.length === 0, "no dialog: " + dialogs.join("; "));
+  check(consoleErrors.length === 0, "no console error: " + consoleErrors.join("; "));
+  step("no dialog, no console error");
+} catch (e) {
+  problems.push(String(e && e.stack || e));
+} finally {
+  result.problems = problems;
+  result.dialogs = dialogs;
+  result.console_errors = consoleErrors;
+  writeFileSync(OUT + "/result.json", JSON.stringify(result, null, 2));
+  await browser.close();
+}
+if (problems.length) { console.error(problems.join("\n")); process.exit(1); }
