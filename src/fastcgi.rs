@@ -456,13 +456,105 @@ async fn connect(address: &FpmAddress) -> Result<(Stream, std::os::fd::RawFd), F
             // Without this every request waits ~40 ms on Nagle + delayed ACK.
             stream.set_nodelay(true).map_err(err)?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-            Ok((Box::pin(buffered(stream)), fd))
+            if quick_ack_enabled() {
+                Ok((Box::pin(buffered(QuickAck::new(stream, fd))), fd))
+            } else {
+                Ok((Box::pin(buffered(stream)), fd))
+            }
         }
         FpmAddress::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await.map_err(err)?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             Ok((Box::pin(buffered(stream)), fd))
         }
+    }
+}
+
+/// A TCP connection to FPM that ACKs what it reads at once (`TCP_QUICKACK`, re-armed after
+/// every read that returned bytes).
+///
+/// Why: php-fpm leaves Nagle's algorithm on for its sockets (it never sets `TCP_NODELAY`), so
+/// a reply that PHP writes in several pieces (a batch flushing each outcome line as
+/// docs/batches.md asks, or a handler calling `flush()`) leaves php-fpm as one small segment,
+/// and every later piece waits in php-fpm's kernel until that segment is ACKed. Linux delays
+/// that ACK on our side: sending the request a moment after the previous reply arrived puts the
+/// socket in "pingpong" (interactive) mode, where an ACK waits for data of ours to ride on (none
+/// comes until the reply is complete) or for the delayed-ACK timer, at least 40 ms
+/// (`TCP_DELACK_MIN`). So over TCP each streamed reply stalled ~40 ms per request, whatever
+/// its size, while php-fpm's child sat idle; on a Unix socket there is no Nagle and no stall.
+/// docs/performance.md ("Streamed replies over TCP") has the measurements.
+///
+/// A receiver cannot set options on php-fpm's socket, so the fix is on our side:
+/// `TCP_QUICKACK` leaves pingpong mode and sends a pending ACK at once. It is not sticky (tcp(7):
+/// "subsequent operation of the TCP protocol will once again enter/leave quickack mode"): every
+/// request we send re-enters pingpong mode. It is set again after every read that returned
+/// bytes, which ACKs the segment just read right away: one `setsockopt` per read (under a µs),
+/// and php-fpm's next segment leaves as soon as we have read the previous one.
+///
+/// `AMQP_AGENT_TCP_QUICKACK=0` turns it off (to measure the stall; see docs/performance.md).
+struct QuickAck<S> {
+    inner: S,
+    fd: std::os::fd::RawFd,
+}
+
+impl<S> QuickAck<S> {
+    fn new(inner: S, fd: std::os::fd::RawFd) -> Self {
+        Self { inner, fd }
+    }
+}
+
+/// False when `AMQP_AGENT_TCP_QUICKACK=0` (read once).
+fn quick_ack_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("AMQP_AGENT_TCP_QUICKACK").map_or(true, |v| v != "0"))
+}
+
+/// Sets `TCP_QUICKACK` on `fd`: leaves delayed-ACK (pingpong) mode and sends a pending ACK now.
+/// A failure only costs the stall it avoids, so it is ignored.
+fn quick_ack(fd: std::os::fd::RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is the open TCP socket owned by the stream this is called for; the option
+    // value is a valid c_int of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for QuickAck<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            quick_ack(this.fd);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for QuickAck<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -747,6 +839,97 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.reason(), "fpm_protocol_error");
         assert!(client.conn.is_none(), "the connection is dropped");
+    }
+
+    /// Whether the socket is in quick-ACK mode (Linux reports "not in pingpong mode").
+    fn quick_ack_on(fd: std::os::fd::RawFd) -> bool {
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is an open TCP socket; `value` and `len` are valid for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        value == 1
+    }
+
+    /// A fake FPM on loopback TCP: reads whole requests and answers each in two writes (as PHP
+    /// flushing a line, then the rest), on one kept-alive connection.
+    async fn two_write_fpm() -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            loop {
+                // Records until the empty FCGI_STDIN that ends a request.
+                loop {
+                    let mut header = [0u8; 8];
+                    if socket.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                    let mut content = vec![0; len + usize::from(header[6])];
+                    socket.read_exact(&mut content).await.unwrap();
+                    if header[1] == 5 && len == 0 {
+                        break;
+                    }
+                }
+                let first = record(6, b"Status: 200\r\nX-Agent-Ack: 1\r\n\r\npart 1\n", 0);
+                socket.write_all(&first).await.unwrap();
+                let mut rest = record(6, b"ok\n", 0);
+                rest.extend(record(3, &[0; 8], 0));
+                socket.write_all(&rest).await.unwrap();
+            }
+        });
+        address
+    }
+
+    /// Issue #24, item 0: the agent's TCP connection to FPM leaves delayed-ACK mode after it
+    /// reads, although every request it sends puts it back (here forced with
+    /// `TCP_QUICKACK = 0`, as Linux does when a request follows a reply within the ACK timeout),
+    /// so php-fpm's later writes of a reply do not wait ~40 ms for our ACK (see `QuickAck`).
+    #[tokio::test]
+    async fn the_tcp_connection_re_arms_quick_ack_after_reading() {
+        if !quick_ack_enabled() {
+            // AMQP_AGENT_TCP_QUICKACK=0 in the test's environment turns the fix off.
+            return;
+        }
+        let address = FpmAddress::Tcp(two_write_fpm().await);
+        let mut client = FpmClient::new(address, Duration::from_secs(5), 1 << 20);
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        for round in 0..3 {
+            if let Some(fd) = client.conn.as_ref().and_then(|c| c.fd) {
+                // Delayed-ACK (pingpong) mode, as the kernel enters it when we send a request
+                // shortly after a reply.
+                let off: libc::c_int = 0;
+                // SAFETY: `fd` is the client's open TCP socket; the value is a valid c_int.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::IPPROTO_TCP,
+                        libc::TCP_QUICKACK,
+                        (&raw const off).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0);
+                assert!(!quick_ack_on(fd), "round {round}: pingpong mode forced");
+            }
+            let reply = client.request(&params, b"{}").await.unwrap();
+            assert_eq!(
+                reply.stdout,
+                b"Status: 200\r\nX-Agent-Ack: 1\r\n\r\npart 1\nok\n"
+            );
+            let fd = client.conn.as_ref().and_then(|c| c.fd).expect("kept alive");
+            assert!(quick_ack_on(fd), "round {round}: TCP_QUICKACK re-armed");
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! `--quick`: one measurement `--rounds` times, a line per round and the medians, nothing
 //! written: ceiling and drain, or the I/O-bound runs (`--io`), or steady state at a rate
-//! (`--steady-rate`), or auto pools against fixed ones (`--auto`).
+//! (`--steady-rate`), or auto pools against fixed ones (`--auto`), or streamed replies on
+//! loopback TCP against a Unix socket (`--streamed`).
 
 use std::fmt::Write as _;
 
@@ -20,6 +21,9 @@ impl Bench {
         }
         if self.args.auto {
             return self.quick_auto().await;
+        }
+        if self.args.streamed {
+            return self.quick_streamed().await;
         }
         let (pool, n) = (self.args.pool, self.args.messages);
         let concurrency = usize::from(pool) * 2;
@@ -217,6 +221,167 @@ impl Bench {
             median(agent99) / 1e3,
             median(broker99) / 1e3
         );
+        Ok(())
+    }
+}
+
+/// One drain of `--quick --streamed`: where php-fpm listens, how PHP flushes, the agent's
+/// `TCP_QUICKACK` on or off.
+struct Streamed {
+    name: &'static str,
+    tcp: bool,
+    query: &'static str,
+    quickack_off: bool,
+    /// One request per message (`batch_max = 1`) instead of the largest `--batches` value.
+    single: bool,
+}
+
+const STREAMED: [Streamed; 7] = [
+    Streamed {
+        name: "TCP, per line, QUICKACK off",
+        tcp: true,
+        query: "",
+        quickack_off: true,
+        single: false,
+    },
+    Streamed {
+        name: "TCP, per line",
+        tcp: true,
+        query: "",
+        quickack_off: false,
+        single: false,
+    },
+    Streamed {
+        name: "TCP, once",
+        tcp: true,
+        query: "?flush=once",
+        quickack_off: false,
+        single: false,
+    },
+    Streamed {
+        name: "Unix, per line",
+        tcp: false,
+        query: "",
+        quickack_off: false,
+        single: false,
+    },
+    Streamed {
+        name: "TCP, 2 flushes, QUICKACK off",
+        tcp: true,
+        query: "?flushes=2",
+        quickack_off: true,
+        single: true,
+    },
+    Streamed {
+        name: "TCP, 2 flushes",
+        tcp: true,
+        query: "?flushes=2",
+        quickack_off: false,
+        single: true,
+    },
+    Streamed {
+        name: "Unix, 2 flushes",
+        tcp: false,
+        query: "?flushes=2",
+        quickack_off: false,
+        single: true,
+    },
+];
+
+impl Bench {
+    /// `--quick --streamed`: at every `--sweep-pools` size, batch drains whose replies PHP
+    /// flushes line by line over TCP (the agent's `TCP_QUICKACK` off, then on), once at the end
+    /// over TCP, and line by line over a Unix socket; then one request per message with the
+    /// reply in two flushes (a tenth of `--messages`). Medians printed as a Markdown table.
+    async fn quick_streamed(&mut self) -> anyhow::Result<()> {
+        let n = self.args.messages;
+        let single_n = (n / 10).max(2);
+        let batch = self.args.batches.iter().copied().max().unwrap_or(50).max(2);
+        let pools = self.args.sweep_pools.clone();
+        let alt = self
+            .fpm_alt_address
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--streamed needs the second php-fpm pool"))?;
+        let main = self.fpm_address.clone();
+        let (tcp, unix) = if main.starts_with("unix:") {
+            (alt, main)
+        } else {
+            (main, alt)
+        };
+        // rates[pool][variant]: one rate per round.
+        let mut rates = vec![vec![Vec::new(); STREAMED.len()]; pools.len()];
+        for r in 1..=self.args.rounds {
+            for (p, &pool) in pools.iter().enumerate() {
+                let mut line = String::new();
+                for (v, variant) in STREAMED.iter().enumerate() {
+                    let (batch_max, messages) = if variant.single {
+                        (1, single_n)
+                    } else {
+                        (batch, n)
+                    };
+                    let plan = AgentPlan {
+                        label: format!("streamed pool={pool} {}", variant.name),
+                        fpm_address: Some(if variant.tcp {
+                            tcp.clone()
+                        } else {
+                            unix.clone()
+                        }),
+                        query: variant.query,
+                        env: if variant.quickack_off {
+                            vec![("AMQP_AGENT_TCP_QUICKACK", "0")]
+                        } else {
+                            Vec::new()
+                        },
+                        ..AgentPlan::drain_batched(
+                            pool,
+                            batch_max,
+                            messages,
+                            self.args.prefetch_per_worker,
+                        )
+                    };
+                    let d = self.agent_run(&plan).await?;
+                    ensure!(
+                        d.check.clean(),
+                        "messages lost or duplicated ({})",
+                        plan.label
+                    );
+                    let _ = write!(line, "{} {:.0}; ", variant.name, d.rate);
+                    rates[p][v].push(d.rate);
+                }
+                println!(
+                    "[streamed {r}] pool {pool}+{pool}, batch_max {batch} ({n} msgs) / 1 ({single_n} msgs), msg/s: {line}"
+                );
+            }
+        }
+        println!(
+            "\n[streamed] medians of {} rounds; batch rows: batch_max {batch}, {n} messages; \
+             single rows: batch_max 1, {single_n} messages, the reply in 2 flushes\n",
+            self.args.rounds
+        );
+        let mut head = String::from("| pool |");
+        let mut rule = String::from("|---|");
+        for variant in &STREAMED {
+            let _ = write!(head, " {} |", variant.name);
+            rule.push_str("---:|");
+        }
+        head.push_str(" TCP per line / Unix | TCP per line / TCP once | TCP 2 flushes / Unix |");
+        rule.push_str("---:|---:|---:|");
+        println!("{head}\n{rule}");
+        for (p, &pool) in pools.iter().enumerate() {
+            let m: Vec<f64> = rates[p].iter().cloned().map(median).collect();
+            let mut row = format!("| {pool}+{pool} |");
+            for rate in &m {
+                let _ = write!(row, " {rate:.0} |");
+            }
+            let _ = write!(
+                row,
+                " {:.2} | {:.2} | {:.2} |",
+                m[1] / m[3],
+                m[1] / m[2],
+                m[5] / m[6]
+            );
+            println!("{row}");
+        }
         Ok(())
     }
 }
