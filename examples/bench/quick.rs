@@ -234,68 +234,81 @@ struct Streamed {
     quickack_off: bool,
     /// One request per message (`batch_max = 1`) instead of the largest `--batches` value.
     single: bool,
+    /// A tenth of `--messages` (the reply in two flushes without the fix: ~40 ms a message).
+    few: bool,
 }
 
-const STREAMED: [Streamed; 7] = [
+const fn streamed(name: &'static str, tcp: bool, query: &'static str) -> Streamed {
     Streamed {
-        name: "TCP, per line, QUICKACK off",
-        tcp: true,
-        query: "",
+        name,
+        tcp,
+        query,
+        quickack_off: false,
+        single: false,
+        few: false,
+    }
+}
+
+/// The rows of `--quick --streamed`; the ratios printed refer to them by index.
+const STREAMED: [Streamed; 9] = [
+    Streamed {
         quickack_off: true,
-        single: false,
+        ..streamed(
+            "batch, TCP, flush per line, QUICKACK off (before)",
+            true,
+            "",
+        )
     },
+    streamed("batch, TCP, flush per line", true, ""),
+    streamed("batch, TCP, flush once", true, "?flush=once"),
+    streamed("batch, Unix socket, flush per line", false, ""),
     Streamed {
-        name: "TCP, per line",
-        tcp: true,
-        query: "",
-        quickack_off: false,
-        single: false,
-    },
-    Streamed {
-        name: "TCP, once",
-        tcp: true,
-        query: "?flush=once",
-        quickack_off: false,
-        single: false,
-    },
-    Streamed {
-        name: "Unix, per line",
-        tcp: false,
-        query: "",
-        quickack_off: false,
-        single: false,
-    },
-    Streamed {
-        name: "TCP, 2 flushes, QUICKACK off",
-        tcp: true,
-        query: "?flushes=2",
         quickack_off: true,
         single: true,
+        few: true,
+        ..streamed(
+            "single, TCP, 2 flushes, QUICKACK off (before)",
+            true,
+            "?flushes=2",
+        )
     },
     Streamed {
-        name: "TCP, 2 flushes",
-        tcp: true,
-        query: "?flushes=2",
-        quickack_off: false,
         single: true,
+        few: true,
+        ..streamed("single, TCP, 2 flushes", true, "?flushes=2")
     },
     Streamed {
-        name: "Unix, 2 flushes",
-        tcp: false,
-        query: "?flushes=2",
-        quickack_off: false,
         single: true,
+        few: true,
+        ..streamed("single, Unix socket, 2 flushes", false, "?flushes=2")
+    },
+    Streamed {
+        quickack_off: true,
+        single: true,
+        ..streamed("single, TCP, 1 write, QUICKACK off (before)", true, "")
+    },
+    Streamed {
+        single: true,
+        ..streamed("single, TCP, 1 write", true, "")
     },
 ];
 
+/// (label, numerator row, denominator row) of the ratios printed under the table.
+const STREAMED_RATIOS: [(&str, usize, usize); 4] = [
+    ("batch: TCP per line / Unix per line", 1, 3),
+    ("batch: TCP per line / TCP once", 1, 2),
+    ("single, 2 flushes: TCP / Unix", 5, 6),
+    ("single, 1 write: TCP / TCP before", 8, 7),
+];
+
 impl Bench {
-    /// `--quick --streamed`: at every `--sweep-pools` size, batch drains whose replies PHP
-    /// flushes line by line over TCP (the agent's `TCP_QUICKACK` off, then on), once at the end
-    /// over TCP, and line by line over a Unix socket; then one request per message with the
-    /// reply in two flushes (a tenth of `--messages`). Medians printed as a Markdown table.
+    /// `--quick --streamed`: at every `--sweep-pools` size, the [`STREAMED`] drains (batches of
+    /// the largest `--batches` value, PHP flushing each line over TCP with the agent's
+    /// `TCP_QUICKACK` off and on, once over TCP, each line over a Unix socket; single messages
+    /// replied in two flushes or in one write). Medians printed as Markdown tables.
     async fn quick_streamed(&mut self) -> anyhow::Result<()> {
         let n = self.args.messages;
-        let single_n = (n / 10).max(2);
+        let few = (n / 10).max(2);
         let batch = self.args.batches.iter().copied().max().unwrap_or(50).max(2);
         let pools = self.args.sweep_pools.clone();
         let alt = self
@@ -308,26 +321,18 @@ impl Bench {
         } else {
             (main, alt)
         };
-        // rates[pool][variant]: one rate per round.
-        let mut rates = vec![vec![Vec::new(); STREAMED.len()]; pools.len()];
+        // (rate, agent CPU µs/msg) per round, [row][pool].
+        let mut runs = vec![vec![(Vec::new(), Vec::new()); pools.len()]; STREAMED.len()];
         for r in 1..=self.args.rounds {
             for (p, &pool) in pools.iter().enumerate() {
-                let mut line = String::new();
-                for (v, variant) in STREAMED.iter().enumerate() {
-                    let (batch_max, messages) = if variant.single {
-                        (1, single_n)
-                    } else {
-                        (batch, n)
-                    };
+                for (v, row) in STREAMED.iter().enumerate() {
+                    let batch_max = if row.single { 1 } else { batch };
+                    let messages = if row.few { few } else { n };
                     let plan = AgentPlan {
-                        label: format!("streamed pool={pool} {}", variant.name),
-                        fpm_address: Some(if variant.tcp {
-                            tcp.clone()
-                        } else {
-                            unix.clone()
-                        }),
-                        query: variant.query,
-                        env: if variant.quickack_off {
+                        label: format!("streamed pool={pool}: {}", row.name),
+                        fpm_address: Some(if row.tcp { tcp.clone() } else { unix.clone() }),
+                        query: row.query,
+                        env: if row.quickack_off {
                             vec![("AMQP_AGENT_TCP_QUICKACK", "0")]
                         } else {
                             Vec::new()
@@ -345,42 +350,49 @@ impl Bench {
                         "messages lost or duplicated ({})",
                         plan.label
                     );
-                    let _ = write!(line, "{} {:.0}; ", variant.name, d.rate);
-                    rates[p][v].push(d.rate);
+                    println!(
+                        "[streamed {r}] pool {pool}+{pool}, {} ({messages} msgs): {:.0} msg/s, agent {:.1} µs CPU/msg",
+                        row.name, d.rate, d.cpu_us_per_msg
+                    );
+                    runs[v][p].0.push(d.rate);
+                    runs[v][p].1.push(d.cpu_us_per_msg);
                 }
-                println!(
-                    "[streamed {r}] pool {pool}+{pool}, batch_max {batch} ({n} msgs) / 1 ({single_n} msgs), msg/s: {line}"
-                );
             }
         }
+        // Medians, [row][pool].
+        let medians: Vec<Vec<(f64, f64)>> = runs
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|(rates, cpus)| (median(rates), median(cpus)))
+                    .collect()
+            })
+            .collect();
         println!(
-            "\n[streamed] medians of {} rounds; batch rows: batch_max {batch}, {n} messages; \
-             single rows: batch_max 1, {single_n} messages, the reply in 2 flushes\n",
+            "\n[streamed] medians of {} rounds; batches: batch_max {batch}, {n} messages; \
+             single: batch_max 1, {n} messages ({few} with 2 flushes); msg/s (agent µs CPU/msg)\n",
             self.args.rounds
         );
-        let mut head = String::from("| pool |");
+        let mut head = String::from("| |");
         let mut rule = String::from("|---|");
-        for variant in &STREAMED {
-            let _ = write!(head, " {} |", variant.name);
+        for pool in &pools {
+            let _ = write!(head, " pool {pool}+{pool} |");
             rule.push_str("---:|");
         }
-        head.push_str(" TCP per line / Unix | TCP per line / TCP once | TCP 2 flushes / Unix |");
-        rule.push_str("---:|---:|---:|");
         println!("{head}\n{rule}");
-        for (p, &pool) in pools.iter().enumerate() {
-            let m: Vec<f64> = rates[p].iter().cloned().map(median).collect();
-            let mut row = format!("| {pool}+{pool} |");
-            for rate in &m {
-                let _ = write!(row, " {rate:.0} |");
+        for (row, m) in STREAMED.iter().zip(&medians) {
+            let mut line = format!("| {} |", row.name);
+            for (rate, cpu) in m {
+                let _ = write!(line, " {rate:.0} ({cpu:.1}) |");
             }
-            let _ = write!(
-                row,
-                " {:.2} | {:.2} | {:.2} |",
-                m[1] / m[3],
-                m[1] / m[2],
-                m[5] / m[6]
-            );
-            println!("{row}");
+            println!("{line}");
+        }
+        for (label, a, b) in STREAMED_RATIOS {
+            let mut line = format!("| {label} |");
+            for (x, y) in medians[a].iter().zip(&medians[b]) {
+                let _ = write!(line, " **{:.2}** |", x.0 / y.0);
+            }
+            println!("{line}");
         }
         Ok(())
     }
