@@ -470,29 +470,32 @@ async fn connect(address: &FpmAddress) -> Result<(Stream, std::os::fd::RawFd), F
     }
 }
 
-/// A TCP connection to FPM that ACKs what it reads at once (`TCP_QUICKACK`, re-armed after
-/// every read that returned bytes).
+/// A TCP connection to FPM that ACKs a reply's pieces as soon as it reads them
+/// (`TCP_QUICKACK`, armed again after each request we send).
 ///
 /// Why: php-fpm leaves Nagle's algorithm on for its sockets (it never sets `TCP_NODELAY`), so
-/// a reply that PHP writes in several pieces (a batch flushing each outcome line as
-/// docs/batches.md asks, or a handler calling `flush()`) leaves php-fpm as one small segment,
-/// and every later piece waits in php-fpm's kernel until that segment is ACKed. Linux delays
-/// that ACK on our side: sending the request a moment after the previous reply arrived puts the
-/// socket in "pingpong" (interactive) mode, where an ACK waits for data of ours to ride on (none
-/// comes until the reply is complete) or for the delayed-ACK timer, at least 40 ms
-/// (`TCP_DELACK_MIN`). So over TCP each streamed reply stalled ~40 ms per request, whatever
-/// its size, while php-fpm's child sat idle; on a Unix socket there is no Nagle and no stall.
-/// docs/performance.md ("Streamed replies over TCP") has the measurements.
+/// when PHP writes a reply in several pieces (a batch flushing each line as docs/batches.md
+/// asks, or a handler calling `flush()`), the first piece leaves at once and every later one
+/// waits in php-fpm's kernel until we have ACKed it (Linux's Nagle holds a small segment while
+/// an earlier small one is unacknowledged; php-fpm's `write()` returns at once). And Linux
+/// delays that ACK on our side: sending a request a moment after the previous reply arrived
+/// puts our socket in "pingpong" (interactive) mode, where an ACK waits for data of ours to ride
+/// on (none comes before the reply is complete) or for the delayed-ACK timer, at least 40 ms
+/// (`TCP_DELACK_MIN`). So each reply written in pieces over TCP stalled ~40 ms, whatever its
+/// size: a batch of 50 lost ~1 ms per entry, a single reply in two flushes 40 ms per message,
+/// while php-fpm's child sat idle waiting for our next request. A Unix socket has no Nagle and
+/// no ACKs. docs/performance.md ("Streamed replies over TCP") has the measurements.
 ///
 /// A receiver cannot set options on php-fpm's socket, so the fix is on our side:
 /// `TCP_QUICKACK` leaves pingpong mode and sends a pending ACK at once. It is not sticky (tcp(7):
 /// "subsequent operation of the TCP protocol will once again enter/leave quickack mode"): every
-/// request we send re-enters pingpong mode. It is set again after every read that returned
-/// bytes, which ACKs the segment just read right away, and php-fpm's next segment leaves as
-/// soon as we have read the previous one. Except after a read that ends exactly with the
-/// reply's `FCGI_END_REQUEST`: FPM has nothing more to send, so the ACK may wait and ride on our
-/// next request, as before; a reply in one write (the usual single message) costs no extra
-/// syscall and no extra packet.
+/// request we send re-enters pingpong mode (data sent soon after data received), so it is armed
+/// again after the first read of each reply, once per request; out of pingpong mode the kernel
+/// then ACKs each small segment as we read it, and php-fpm's next piece leaves as soon as we
+/// have read the previous one. It is not armed by a read that ends exactly with the reply's
+/// `FCGI_END_REQUEST` (FPM has nothing more to send: the ACK may wait and ride on our next
+/// request, as before), so a reply in one write, the usual single message, costs no syscall and
+/// no ACK packet more than before.
 ///
 /// `AMQP_AGENT_TCP_QUICKACK=0` turns it off (to measure the stall; see docs/performance.md).
 struct QuickAck<S> {
@@ -500,6 +503,8 @@ struct QuickAck<S> {
     fd: std::os::fd::RawFd,
     /// Where the bytes read stand in the reply's records.
     records: RecordScanner,
+    /// `TCP_QUICKACK` set since we last sent bytes.
+    armed: bool,
 }
 
 impl<S> QuickAck<S> {
@@ -508,6 +513,7 @@ impl<S> QuickAck<S> {
             inner,
             fd,
             records: RecordScanner::default(),
+            armed: false,
         }
     }
 }
@@ -547,8 +553,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for QuickAck<S> {
         if matches!(poll, Poll::Ready(Ok(())))
             && buf.filled().len() > before
             && !this.records.ends_reply(&buf.filled()[before..])
+            && !this.armed
         {
             quick_ack(this.fd);
+            this.armed = true;
         }
         poll
     }
@@ -560,7 +568,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for QuickAck<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            // Data sent a moment after data received puts the socket back in pingpong mode.
+            self.armed = false;
+        }
+        poll
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -911,13 +924,16 @@ mod tests {
         assert!(!quick_ack_on(fd), "pingpong mode set");
     }
 
-    /// Issue #24, item 0: a read of part of a reply on the agent's TCP connection to FPM leaves
-    /// delayed-ACK (pingpong) mode at once, so php-fpm's next write (held by its Nagle until we
-    /// ACK) is not held ~40 ms by our delayed-ACK timer (see `QuickAck`). Without the re-arm the
-    /// socket is still in pingpong mode when the read returns (this test would then pass only
-    /// if that timer had fired first, 40 ms later: it cannot fail by being slow).
+    /// Issue #24, item 0: on the agent's TCP connection to FPM, the first read of part of a
+    /// reply leaves delayed-ACK (pingpong) mode, into which each request we send puts the socket
+    /// (forced here, as Linux does it only when the request follows a reply within its ACK
+    /// timeout), so php-fpm's next write (held by its Nagle until we ACK) is not held ~40 ms by
+    /// our delayed-ACK timer (see `QuickAck`). Without the re-arm the socket is still in pingpong
+    /// mode when the read returns (the test could then pass only if that timer had fired first,
+    /// 40 ms later: it cannot fail by being slow). Later reads of the same reply need no
+    /// re-arm: the kernel leaves the mode off until we send again (checked here too).
     #[tokio::test]
-    async fn a_read_of_part_of_a_reply_re_arms_quick_ack() {
+    async fn a_read_of_part_of_a_reply_re_arms_quick_ack_once_per_request() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let agent_side = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
@@ -934,24 +950,27 @@ mod tests {
         reply.extend(record(6, b"abc 0 ack\n", 0));
         reply.extend(record(3, &[0; 8], 0));
         let parts = [&reply[..48], &reply[48..70], &reply[70..]];
-        let mut read = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
+        for request in 0..2 {
+            stream.write_all(b"request").await.unwrap();
+            let mut sent = [0; 7];
+            fpm_side.read_exact(&mut sent).await.unwrap();
             delay_acks(fd);
-            fpm_side.write_all(part).await.unwrap();
-            let mut buf = vec![0; 64 * 1024];
-            while read.len() < parts[..=i].iter().map(|p| p.len()).sum() {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0, "connection open");
-                read.extend_from_slice(&buf[..n]);
-            }
-            if i + 1 < parts.len() {
+            let mut read = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                fpm_side.write_all(part).await.unwrap();
+                let mut buf = vec![0; 64 * 1024];
+                while read.len() < parts[..=i].iter().map(|p| p.len()).sum() {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "connection open");
+                    read.extend_from_slice(&buf[..n]);
+                }
                 assert!(
                     quick_ack_on(fd),
-                    "part {i}: TCP_QUICKACK re-armed by the read"
+                    "request {request}, part {i}: out of pingpong mode"
                 );
             }
+            assert_eq!(read, reply);
         }
-        assert_eq!(read, reply);
     }
 
     /// A fake FPM on loopback TCP: reads whole requests and answers each in two writes (as PHP
