@@ -464,13 +464,130 @@ async fn connect(address: &FpmAddress) -> Result<(Stream, std::os::fd::RawFd), F
             // Without this every request waits ~40 ms on Nagle + delayed ACK.
             stream.set_nodelay(true).map_err(err)?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-            Ok((Box::pin(buffered(stream)), fd))
+            if quick_ack_enabled() {
+                Ok((Box::pin(buffered(QuickAck::new(stream, fd))), fd))
+            } else {
+                Ok((Box::pin(buffered(stream)), fd))
+            }
         }
         FpmAddress::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await.map_err(err)?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
             Ok((Box::pin(buffered(stream)), fd))
         }
+    }
+}
+
+/// A TCP connection to FPM that ACKs a reply's pieces as soon as it reads them
+/// (`TCP_QUICKACK`, armed again after each request we send).
+///
+/// Why: php-fpm leaves Nagle's algorithm on for its sockets (it never sets `TCP_NODELAY`), so
+/// when PHP writes a reply in several pieces (a batch flushing each line as docs/batches.md
+/// asks, or a handler calling `flush()`), the first piece leaves at once and every later one
+/// waits in php-fpm's kernel until we have ACKed it (Linux's Nagle holds a small segment while
+/// an earlier small one is unacknowledged; php-fpm's `write()` returns at once). And Linux
+/// delays that ACK on our side: sending a request a moment after the previous reply arrived
+/// puts our socket in "pingpong" (interactive) mode, where an ACK waits for data of ours to ride
+/// on (none comes before the reply is complete) or for the delayed-ACK timer, at least 40 ms
+/// (`TCP_DELACK_MIN`). So each reply written in pieces over TCP stalled ~40 ms, whatever its
+/// size: a batch of 50 lost ~1 ms per entry, a single reply in two flushes 40 ms per message,
+/// while php-fpm's child sat idle waiting for our next request. A Unix socket has no Nagle and
+/// no ACKs. docs/performance.md ("Streamed replies over TCP") has the measurements.
+///
+/// A receiver cannot set options on php-fpm's socket, so the fix is on our side:
+/// `TCP_QUICKACK` leaves pingpong mode and sends a pending ACK at once. It is not sticky (tcp(7):
+/// "subsequent operation of the TCP protocol will once again enter/leave quickack mode"): every
+/// request we send re-enters pingpong mode (data sent soon after data received), so it is armed
+/// again after the first read of each reply, once per request; out of pingpong mode the kernel
+/// then ACKs each small segment as we read it, and php-fpm's next piece leaves as soon as we
+/// have read the previous one. It is not armed by a read that ends exactly with the reply's
+/// `FCGI_END_REQUEST` (FPM has nothing more to send: the ACK may wait and ride on our next
+/// request, as before), so a reply in one write, the usual single message, costs no syscall and
+/// no ACK packet more than before.
+///
+/// `AMQP_AGENT_TCP_QUICKACK=0` turns it off (to measure the stall; see docs/performance.md).
+struct QuickAck<S> {
+    inner: S,
+    fd: std::os::fd::RawFd,
+    /// Where the bytes read stand in the reply's records.
+    records: RecordScanner,
+    /// `TCP_QUICKACK` set since we last sent bytes.
+    armed: bool,
+}
+
+impl<S> QuickAck<S> {
+    fn new(inner: S, fd: std::os::fd::RawFd) -> Self {
+        Self {
+            inner,
+            fd,
+            records: RecordScanner::default(),
+            armed: false,
+        }
+    }
+}
+
+/// False when `AMQP_AGENT_TCP_QUICKACK=0` (read once).
+fn quick_ack_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("AMQP_AGENT_TCP_QUICKACK").map_or(true, |v| v != "0"))
+}
+
+/// Sets `TCP_QUICKACK` on `fd`: leaves delayed-ACK (pingpong) mode and sends a pending ACK now.
+/// A failure only costs the stall it avoids, so it is ignored.
+fn quick_ack(fd: std::os::fd::RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is the open TCP socket owned by the stream this is called for; the option
+    // value is a valid c_int of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for QuickAck<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && !this.records.ends_reply(&buf.filled()[before..])
+            && !this.armed
+        {
+            quick_ack(this.fd);
+            this.armed = true;
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for QuickAck<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            // Data sent a moment after data received puts the socket back in pingpong mode.
+            self.armed = false;
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -495,35 +612,21 @@ pub async fn probe(address: &FpmAddress, timeout: Duration) -> Result<(), FpmErr
     }
 }
 
-/// A stream wrapper that follows FastCGI record boundaries in what it reads and counts complete
-/// `FCGI_END_REQUEST` records, so a reply cut off by a closed connection is told apart from a
-/// complete one (fastcgi-client reports both as the end of the stream).
-struct Watched {
-    inner: Stream,
-    ends: Arc<AtomicU64>,
-    /// Bytes read, shared with the client.
-    received: Arc<AtomicU64>,
+/// Follows FastCGI record boundaries in a byte stream read in pieces of any size.
+#[derive(Default)]
+struct RecordScanner {
     header: [u8; 8],
     header_len: usize,
     remaining: usize,
     in_end_record: bool,
 }
 
-impl Watched {
-    fn new(inner: Stream, ends: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
-        Self {
-            inner,
-            ends,
-            received,
-            header: [0; 8],
-            header_len: 0,
-            remaining: 0,
-            in_end_record: false,
-        }
-    }
-
-    fn observe(&mut self, mut data: &[u8]) {
+impl RecordScanner {
+    /// Scans the next bytes of the stream; returns how many `FCGI_END_REQUEST` records they
+    /// completed.
+    fn scan(&mut self, mut data: &[u8]) -> u64 {
         const END_REQUEST: u8 = 3;
+        let mut ends = 0;
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len());
@@ -531,7 +634,7 @@ impl Watched {
                 data = &data[n..];
                 if self.remaining == 0 && self.in_end_record {
                     self.in_end_record = false;
-                    self.ends.fetch_add(1, Ordering::Release);
+                    ends += 1;
                 }
                 continue;
             }
@@ -546,9 +649,45 @@ impl Watched {
                 self.in_end_record = self.header[1] == END_REQUEST;
                 if self.remaining == 0 && self.in_end_record {
                     self.in_end_record = false;
-                    self.ends.fetch_add(1, Ordering::Release);
+                    ends += 1;
                 }
             }
+        }
+        ends
+    }
+
+    /// Scans the next bytes; true when they end exactly with the end of a reply (an
+    /// `FCGI_END_REQUEST` record complete, nothing after it): FPM has nothing more to send.
+    fn ends_reply(&mut self, data: &[u8]) -> bool {
+        self.scan(data) > 0 && self.header_len == 0 && self.remaining == 0
+    }
+}
+
+/// A stream wrapper that follows FastCGI record boundaries in what it reads and counts complete
+/// `FCGI_END_REQUEST` records, so a reply cut off by a closed connection is told apart from a
+/// complete one (fastcgi-client reports both as the end of the stream).
+struct Watched {
+    inner: Stream,
+    ends: Arc<AtomicU64>,
+    /// Bytes read, shared with the client.
+    received: Arc<AtomicU64>,
+    records: RecordScanner,
+}
+
+impl Watched {
+    fn new(inner: Stream, ends: Arc<AtomicU64>, received: Arc<AtomicU64>) -> Self {
+        Self {
+            inner,
+            ends,
+            received,
+            records: RecordScanner::default(),
+        }
+    }
+
+    fn observe(&mut self, data: &[u8]) {
+        let ends = self.records.scan(data);
+        if ends > 0 {
+            self.ends.fetch_add(ends, Ordering::Release);
         }
     }
 }
@@ -755,6 +894,162 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.reason(), "fpm_protocol_error");
         assert!(client.conn.is_none(), "the connection is dropped");
+    }
+
+    /// Whether the socket is in quick-ACK mode (Linux reports "not in pingpong mode").
+    fn quick_ack_on(fd: std::os::fd::RawFd) -> bool {
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is an open TCP socket; `value` and `len` are valid for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        value == 1
+    }
+
+    /// Puts `fd` in delayed-ACK (pingpong) mode, as Linux does when we send a request shortly
+    /// after a reply.
+    fn delay_acks(fd: std::os::fd::RawFd) {
+        let off: libc::c_int = 0;
+        // SAFETY: `fd` is an open TCP socket; the value is a valid c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&raw const off).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        assert!(!quick_ack_on(fd), "pingpong mode set");
+    }
+
+    /// Issue #24, item 0: on the agent's TCP connection to FPM, the first read of part of a
+    /// reply leaves delayed-ACK (pingpong) mode, into which each request we send puts the socket
+    /// (forced here, as Linux does it only when the request follows a reply within its ACK
+    /// timeout), so php-fpm's next write (held by its Nagle until we ACK) is not held ~40 ms by
+    /// our delayed-ACK timer (see `QuickAck`). Without the re-arm the socket is still in pingpong
+    /// mode when the read returns (the test could then pass only if that timer had fired first,
+    /// 40 ms later: it cannot fail by being slow). Later reads of the same reply need no
+    /// re-arm: the kernel leaves the mode off until we send again (checked here too).
+    #[tokio::test]
+    async fn a_read_of_part_of_a_reply_re_arms_quick_ack_once_per_request() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent_side = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut fpm_side, _) = listener.accept().await.unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&agent_side);
+        let mut stream = QuickAck::new(agent_side, fd);
+        let mut reply = record(
+            6,
+            b"Status: 200\r\nX-Agent-Batch: 2\r\n\r\nabc 0 start\n",
+            0,
+        );
+        reply.extend(record(6, b"abc 0 ack\n", 0));
+        reply.extend(record(3, &[0; 8], 0));
+        let parts = [&reply[..48], &reply[48..70], &reply[70..]];
+        for request in 0..2 {
+            stream.write_all(b"request").await.unwrap();
+            let mut sent = [0; 7];
+            fpm_side.read_exact(&mut sent).await.unwrap();
+            delay_acks(fd);
+            let mut read = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                fpm_side.write_all(part).await.unwrap();
+                let mut buf = vec![0; 64 * 1024];
+                while read.len() < parts[..=i].iter().map(|p| p.len()).sum() {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "connection open");
+                    read.extend_from_slice(&buf[..n]);
+                }
+                assert!(
+                    quick_ack_on(fd),
+                    "request {request}, part {i}: out of pingpong mode"
+                );
+            }
+            assert_eq!(read, reply);
+        }
+    }
+
+    /// A fake FPM on loopback TCP: reads whole requests and answers each in two writes (as PHP
+    /// flushing a line, then the rest), on one kept-alive connection.
+    async fn two_write_fpm() -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            loop {
+                // Records until the empty FCGI_STDIN that ends a request.
+                loop {
+                    let mut header = [0u8; 8];
+                    if socket.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                    let mut content = vec![0; len + usize::from(header[6])];
+                    socket.read_exact(&mut content).await.unwrap();
+                    if header[1] == 5 && len == 0 {
+                        break;
+                    }
+                }
+                let first = record(6, b"Status: 200\r\nX-Agent-Ack: 1\r\n\r\npart 1\n", 0);
+                socket.write_all(&first).await.unwrap();
+                let mut rest = record(6, b"ok\n", 0);
+                rest.extend(record(3, &[0; 8], 0));
+                socket.write_all(&rest).await.unwrap();
+            }
+        });
+        address
+    }
+
+    /// Replies in two writes come back whole through the TCP connection's layers (`QuickAck`
+    /// under the buffer), request after request on the kept-alive connection.
+    #[tokio::test]
+    async fn replies_in_two_writes_over_tcp_are_read_whole() {
+        let address = FpmAddress::Tcp(two_write_fpm().await);
+        let mut client = FpmClient::new(address, Duration::from_secs(5), 1 << 20);
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        for round in 0..3 {
+            let reply = client.request(&params, b"{}").await.unwrap();
+            assert_eq!(
+                reply.stdout, b"Status: 200\r\nX-Agent-Ack: 1\r\n\r\npart 1\nok\n",
+                "round {round}"
+            );
+        }
+    }
+
+    /// `QuickAck` skips the re-arm only after a read that ends exactly with the reply's end
+    /// record, wherever the reads split the reply; every other read re-arms it.
+    #[test]
+    fn only_a_read_that_ends_the_reply_skips_the_quick_ack() {
+        let mut reply = record(6, b"Status: 200\r\n\r\nabc 0 start\n", 3);
+        reply.extend(record(7, b"warning", 1));
+        reply.extend(record(6, b"abc 0 ack\n", 0));
+        reply.extend(record(3, &[0; 8], 0));
+        for split in 1..reply.len() {
+            let mut records = RecordScanner::default();
+            assert!(
+                !records.ends_reply(&reply[..split]),
+                "first read of {split}"
+            );
+            assert!(records.ends_reply(&reply[split..]), "rest after {split}");
+        }
+        let mut records = RecordScanner::default();
+        assert!(records.ends_reply(&reply), "the whole reply in one read");
+        // The next reply on the kept-alive connection starts afresh.
+        assert!(!records.ends_reply(&reply[..20]));
+        assert!(records.ends_reply(&reply[20..]));
     }
 
     #[tokio::test]

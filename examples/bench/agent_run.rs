@@ -54,7 +54,7 @@ impl Bench {
         } else {
             "warn"
         };
-        let mut agent = AgentProc::spawn(&self.args.agent_bin, &config, &log, rust_log)?;
+        let mut agent = AgentProc::spawn(&self.args.agent_bin, &config, &log, rust_log, &plan.env)?;
         let mut perf = start_perf(plan, agent.pid)?;
         let mut records = Records::new(&self.records, run);
         let mut published_at = Vec::new();

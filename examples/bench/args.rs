@@ -106,6 +106,15 @@ pub struct Args {
     /// fixed pool (target ≥ 0.9). The full bench runs the auto drain after the sweep (row 6a).
     #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate", "quorum"])]
     pub auto: bool,
+    /// With `--quick`: streamed batch replies on loopback TCP against a Unix socket (issue #24,
+    /// item 0). At every `--sweep-pools` size, drains of `--messages` with `batch_max` the
+    /// largest `--batches` value: PHP flushing every outcome line over TCP with the agent's
+    /// `TCP_QUICKACK` off (`AMQP_AGENT_TCP_QUICKACK=0`, the agent before the fix) and on, PHP
+    /// flushing the reply once at the end over TCP, and flushing every line over a Unix socket;
+    /// then one request per message with the reply in two flushes (TCP off, on; Unix). php-fpm
+    /// runs a second pool on the other listen type. Target: TCP per line ≥ 0.9 of both.
+    #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate", "quorum", "auto"])]
+    pub streamed: bool,
     /// `batch_max` values of extra drains in the full bench (rows 2b; `--batches ""` for none).
     /// The handler answers batches with php/receiver's parser.
     #[arg(long, value_delimiter = ',', default_value = "10,50")]

@@ -115,13 +115,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("amqp-agent-bench-{}", std::process::id()));
     let (records, script) = prepare_work_dir(&dir)?;
     let children = args.fpm_children();
-    let fpm = Fpm::start(&php_fpm, &dir, &records, children, args.fpm_listen)?;
+    // `--quick --streamed` compares both listen types: a second pool listens the other way.
+    let alt = args.streamed.then_some(match args.fpm_listen {
+        args::Listen::Tcp => args::Listen::Unix,
+        args::Listen::Unix => args::Listen::Tcp,
+    });
+    let fpm = Fpm::start(&php_fpm, &dir, &records, children, args.fpm_listen, alt)?;
     eprintln!(
         "php-fpm {} listening on {} (pm.max_children = {children}); work dir {}",
         php_fpm.display(),
         fpm.address,
         dir.display()
     );
+    if let Some(alt) = &fpm.alt_address {
+        eprintln!("  and a second pool on {alt}");
+    }
     let mut bench = Bench::connect(args, dir.clone(), records, script, &fpm).await?;
     // Warm every FPM child up (OPcache, first accept) before anything is measured.
     let warm_up = usize::from(bench.args.pool.max(bench.args.io_pool)) * 2;

@@ -74,46 +74,65 @@ pub struct Fpm {
     pub child: Child,
     /// The agent's `fpm.address`: `127.0.0.1:<port>` or `unix:<path>`.
     pub address: String,
+    /// The second pool's, listening the other way (`--quick --streamed`).
+    pub alt_address: Option<String>,
 }
 
 impl Fpm {
+    /// Starts php-fpm with one pool listening as `listen` and, with `alt`, a second pool of as
+    /// many children listening the other way (`--quick --streamed` compares the two).
     pub fn start(
         bin: &Path,
         dir: &Path,
         records: &Path,
         children: usize,
         listen: Listen,
+        alt: Option<Listen>,
     ) -> anyhow::Result<Self> {
-        let (listen, address) = match listen {
-            Listen::Tcp => {
-                let port = free_port()?;
-                (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"))
-            }
-            Listen::Unix => {
-                let path = dir.join("fpm.sock");
-                let path = path.display();
-                (
-                    format!("{path}\nlisten.mode = 0666"),
-                    format!("unix:{path}"),
-                )
-            }
-        };
         let is_root = unsafe { libc::geteuid() } == 0;
         let user = if is_root {
             "user = root\ngroup = root\n"
         } else {
             ""
         };
+        let pool = |name: &str, listen: Listen| {
+            let (listen, address) = match listen {
+                Listen::Tcp => {
+                    let port = free_port()?;
+                    (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"))
+                }
+                Listen::Unix => {
+                    let path = dir.join(format!("{name}.sock"));
+                    let path = path.display();
+                    (
+                        format!("{path}\nlisten.mode = 0666"),
+                        format!("unix:{path}"),
+                    )
+                }
+            };
+            let section = format!(
+                "[{name}]\n{user}listen = {listen}\npm = static\npm.max_children = {children}\n\
+                 pm.status_path = {status}\n\
+                 pm.max_requests = 0\nclear_env = no\ncatch_workers_output = yes\n\
+                 request_terminate_timeout = 0\nenv[RECORD_DIR] = {records}\n\
+                 php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
+                dir = dir.display(),
+                records = records.display(),
+                status = crate::FPM_STATUS_PATH,
+            );
+            anyhow::Ok((section, address))
+        };
+        let (main, address) = pool("bench", listen)?;
+        let (alt, alt_address) = match alt {
+            Some(l) => {
+                let (section, address) = pool("bench_alt", l)?;
+                (section, Some(address))
+            }
+            None => (String::new(), None),
+        };
         let conf = format!(
-            "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
-             [bench]\n{user}listen = {listen}\npm = static\npm.max_children = {children}\n\
-             pm.status_path = {status}\n\
-             pm.max_requests = 0\nclear_env = no\ncatch_workers_output = yes\n\
-             request_terminate_timeout = 0\nenv[RECORD_DIR] = {records}\n\
-             php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
+            "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n{main}\n{alt}",
             dir = dir.display(),
-            records = records.display(),
-            status = crate::FPM_STATUS_PATH,
         );
         let conf_path = dir.join("fpm.conf");
         std::fs::write(&conf_path, conf)?;
@@ -127,7 +146,11 @@ impl Fpm {
             .stderr(Stdio::null());
         let child =
             spawn_tied(&mut cmd).with_context(|| format!("cannot start {}", bin.display()))?;
-        let mut fpm = Self { child, address };
+        let mut fpm = Self {
+            child,
+            address,
+            alt_address,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !fpm.accepts() {
             if let Ok(Some(status)) = fpm.child.try_wait() {
@@ -147,10 +170,11 @@ impl Fpm {
     }
 
     fn accepts(&self) -> bool {
-        match self.address.strip_prefix("unix:") {
+        let accepts = |address: &str| match address.strip_prefix("unix:") {
             Some(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
-            None => std::net::TcpStream::connect(&self.address).is_ok(),
-        }
+            None => std::net::TcpStream::connect(address).is_ok(),
+        };
+        accepts(&self.address) && self.alt_address.as_deref().is_none_or(accepts)
     }
 }
 
@@ -195,9 +219,17 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// `amqp-agent run --config <config>`, stderr into `log`, filtered by `rust_log`.
-    pub fn spawn(bin: &Path, config: &Path, log: &Path, rust_log: &str) -> anyhow::Result<Self> {
+    /// `amqp-agent run --config <config>`, stderr into `log`, filtered by `rust_log`, with `env`
+    /// set.
+    pub fn spawn(
+        bin: &Path,
+        config: &Path,
+        log: &Path,
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = agent_command(bin);
+        cmd.envs(env.iter().copied());
         cmd.arg("run")
             .arg("--config")
             .arg(config)

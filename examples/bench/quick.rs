@@ -1,6 +1,7 @@
 //! `--quick`: one measurement `--rounds` times, a line per round and the medians, nothing
 //! written: ceiling and drain, or the I/O-bound runs (`--io`), or steady state at a rate
-//! (`--steady-rate`), or auto pools against fixed ones (`--auto`).
+//! (`--steady-rate`), or auto pools against fixed ones (`--auto`), or streamed replies on
+//! loopback TCP against a Unix socket (`--streamed`).
 
 use std::fmt::Write as _;
 
@@ -20,6 +21,9 @@ impl Bench {
         }
         if self.args.auto {
             return self.quick_auto().await;
+        }
+        if self.args.streamed {
+            return self.quick_streamed().await;
         }
         let (pool, n) = (self.args.pool, self.args.messages);
         let concurrency = usize::from(pool) * 2;
@@ -217,6 +221,179 @@ impl Bench {
             median(agent99) / 1e3,
             median(broker99) / 1e3
         );
+        Ok(())
+    }
+}
+
+/// One drain of `--quick --streamed`: where php-fpm listens, how PHP flushes, the agent's
+/// `TCP_QUICKACK` on or off.
+struct Streamed {
+    name: &'static str,
+    tcp: bool,
+    query: &'static str,
+    quickack_off: bool,
+    /// One request per message (`batch_max = 1`) instead of the largest `--batches` value.
+    single: bool,
+    /// A tenth of `--messages` (the reply in two flushes without the fix: ~40 ms a message).
+    few: bool,
+}
+
+const fn streamed(name: &'static str, tcp: bool, query: &'static str) -> Streamed {
+    Streamed {
+        name,
+        tcp,
+        query,
+        quickack_off: false,
+        single: false,
+        few: false,
+    }
+}
+
+/// The rows of `--quick --streamed`; the ratios printed refer to them by index.
+const STREAMED: [Streamed; 9] = [
+    Streamed {
+        quickack_off: true,
+        ..streamed(
+            "batch, TCP, flush per line, QUICKACK off (before)",
+            true,
+            "",
+        )
+    },
+    streamed("batch, TCP, flush per line", true, ""),
+    streamed("batch, TCP, flush once", true, "?flush=once"),
+    streamed("batch, Unix socket, flush per line", false, ""),
+    Streamed {
+        quickack_off: true,
+        single: true,
+        few: true,
+        ..streamed(
+            "single, TCP, 2 flushes, QUICKACK off (before)",
+            true,
+            "?flushes=2",
+        )
+    },
+    Streamed {
+        single: true,
+        few: true,
+        ..streamed("single, TCP, 2 flushes", true, "?flushes=2")
+    },
+    Streamed {
+        single: true,
+        few: true,
+        ..streamed("single, Unix socket, 2 flushes", false, "?flushes=2")
+    },
+    Streamed {
+        quickack_off: true,
+        single: true,
+        ..streamed("single, TCP, 1 write, QUICKACK off (before)", true, "")
+    },
+    Streamed {
+        single: true,
+        ..streamed("single, TCP, 1 write", true, "")
+    },
+];
+
+/// (label, numerator row, denominator row) of the ratios printed under the table.
+const STREAMED_RATIOS: [(&str, usize, usize); 4] = [
+    ("batch: TCP per line / Unix per line", 1, 3),
+    ("batch: TCP per line / TCP once", 1, 2),
+    ("single, 2 flushes: TCP / Unix", 5, 6),
+    ("single, 1 write: TCP / TCP before", 8, 7),
+];
+
+impl Bench {
+    /// `--quick --streamed`: at every `--sweep-pools` size, the [`STREAMED`] drains (batches of
+    /// the largest `--batches` value, PHP flushing each line over TCP with the agent's
+    /// `TCP_QUICKACK` off and on, once over TCP, each line over a Unix socket; single messages
+    /// replied in two flushes or in one write). Medians printed as Markdown tables.
+    async fn quick_streamed(&mut self) -> anyhow::Result<()> {
+        let n = self.args.messages;
+        let few = (n / 10).max(2);
+        let batch = self.args.batches.iter().copied().max().unwrap_or(50).max(2);
+        let pools = self.args.sweep_pools.clone();
+        let alt = self
+            .fpm_alt_address
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--streamed needs the second php-fpm pool"))?;
+        let main = self.fpm_address.clone();
+        let (tcp, unix) = if main.starts_with("unix:") {
+            (alt, main)
+        } else {
+            (main, alt)
+        };
+        // (rate, agent CPU µs/msg) per round, [row][pool].
+        let mut runs = vec![vec![(Vec::new(), Vec::new()); pools.len()]; STREAMED.len()];
+        for r in 1..=self.args.rounds {
+            for (p, &pool) in pools.iter().enumerate() {
+                for (v, row) in STREAMED.iter().enumerate() {
+                    let batch_max = if row.single { 1 } else { batch };
+                    let messages = if row.few { few } else { n };
+                    let plan = AgentPlan {
+                        label: format!("streamed pool={pool}: {}", row.name),
+                        fpm_address: Some(if row.tcp { tcp.clone() } else { unix.clone() }),
+                        query: row.query,
+                        env: if row.quickack_off {
+                            vec![("AMQP_AGENT_TCP_QUICKACK", "0")]
+                        } else {
+                            Vec::new()
+                        },
+                        ..AgentPlan::drain_batched(
+                            pool,
+                            batch_max,
+                            messages,
+                            self.args.prefetch_per_worker,
+                        )
+                    };
+                    let d = self.agent_run(&plan).await?;
+                    ensure!(
+                        d.check.clean(),
+                        "messages lost or duplicated ({})",
+                        plan.label
+                    );
+                    println!(
+                        "[streamed {r}] pool {pool}+{pool}, {} ({messages} msgs): {:.0} msg/s, agent {:.1} µs CPU/msg",
+                        row.name, d.rate, d.cpu_us_per_msg
+                    );
+                    runs[v][p].0.push(d.rate);
+                    runs[v][p].1.push(d.cpu_us_per_msg);
+                }
+            }
+        }
+        // Medians, [row][pool].
+        let medians: Vec<Vec<(f64, f64)>> = runs
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|(rates, cpus)| (median(rates), median(cpus)))
+                    .collect()
+            })
+            .collect();
+        println!(
+            "\n[streamed] medians of {} rounds; batches: batch_max {batch}, {n} messages; \
+             single: batch_max 1, {n} messages ({few} with 2 flushes); msg/s (agent µs CPU/msg)\n",
+            self.args.rounds
+        );
+        let mut head = String::from("| |");
+        let mut rule = String::from("|---|");
+        for pool in &pools {
+            let _ = write!(head, " pool {pool}+{pool} |");
+            rule.push_str("---:|");
+        }
+        println!("{head}\n{rule}");
+        for (row, m) in STREAMED.iter().zip(&medians) {
+            let mut line = format!("| {} |", row.name);
+            for (rate, cpu) in m {
+                let _ = write!(line, " {rate:.0} ({cpu:.1}) |");
+            }
+            println!("{line}");
+        }
+        for (label, a, b) in STREAMED_RATIOS {
+            let mut line = format!("| {label} |");
+            for (x, y) in medians[a].iter().zip(&medians[b]) {
+                let _ = write!(line, " **{:.2}** |", x.0 / y.0);
+            }
+            println!("{line}");
+        }
         Ok(())
     }
 }

@@ -21,20 +21,37 @@ require __DIR__ . '/bench-record.php';
 if (isset($_SERVER['HTTP_X_AGENT_BATCH'])) {
     // batch_max > 1 (docs/batches.md): the receiver package's parser and outcome writer (the
     // bench copies php/receiver next to this file); each entry is recorded at its own start.
+    // Every line is flushed at once, as the docs say (BatchOutput::sapi()), unless the request
+    // URI asks for `flush=once` (scripts/bench --quick --streamed): the whole reply then leaves
+    // PHP in one write at the end.
     require __DIR__ . '/receiver/autoload.php';
-    $out = AmqpAgent\Receiver\BatchOutput::sapi();
+    $once = str_contains($_SERVER['REQUEST_URI'] ?? '', 'flush=once');
+    $reply = '';
+    if ($once) {
+        http_response_code(200);
+        foreach (AmqpAgent\Receiver\BatchOutput::HEADERS as $name => $value) {
+            header("{$name}: {$value}");
+        }
+        $out = new AmqpAgent\Receiver\BatchOutput(static function (string $chunk) use (&$reply): void {
+            $reply .= $chunk;
+        });
+    } else {
+        $out = AmqpAgent\Receiver\BatchOutput::sapi();
+    }
     $entries = AmqpAgent\Receiver\Batch::parse($_SERVER, (string) file_get_contents('php://input'));
     foreach ($entries as $entry) {
+        $out->start($entry);
         $message = bench_record($entry->body, microtime(true));
         $sleep = (int) ($message['sleep_ms'] ?? 0);
         if ($sleep > 0) {
             usleep($sleep * 1000);
         }
-        $out->outcome($entry->index, $message === null
+        $out->outcome($entry, $message === null
             ? AmqpAgent\Receiver\Response::permanent('bench-handler: body must be the bench JSON')
             : AmqpAgent\Receiver\Response::ack());
     }
-    $out->done(count($entries));
+    $out->done($entries[0]->nonce ?? '', count($entries));
+    echo $reply;
     return;
 }
 $message = bench_record((string) file_get_contents('php://input'), $start);
@@ -49,4 +66,14 @@ if ($sleep > 0) {
 }
 header('X-Agent-Ack: 1');
 header('Content-Type: text/plain');
+// `flushes=N` in the request URI (scripts/bench --quick --streamed): the reply leaves PHP in N
+// writes, as a handler that calls flush() does; php-fpm sends each as its own record.
+$flushes = preg_match('/flushes=(\d+)/', $_SERVER['REQUEST_URI'] ?? '', $m) === 1 ? (int) $m[1] : 1;
+while (ob_get_level() > 0 && $flushes > 1) {
+    ob_end_clean();
+}
+for ($i = 1; $i < $flushes; $i++) {
+    echo "part {$i}\n";
+    flush();
+}
 echo "ok\n";
