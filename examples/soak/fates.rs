@@ -533,7 +533,7 @@ fn twice_cause(
     let agent = format!("agent {}", ["a", "b"][lane.agent]);
     let fault = events.iter().find(|e| {
         e.fault.can_duplicate()
-            && e.end_us + 1_000_000 >= first
+            && e.end_us >= first
             && e.at_us <= next.at_us
             && (e.target == agent || e.target == "php-fpm")
     });
