@@ -89,12 +89,13 @@ impl Records {
     }
 }
 
-/// Waits until every confirmed message was handled or dead-lettered, at most `timeout`;
+/// Waits until every confirmed message was handled or dead-lettered (the dead-letter queues
+/// swept on each turn), at most `timeout`;
 /// returns how long it waited.
 pub async fn wait_all_fates(
     records: &mut Records,
     sent: &Arc<Mutex<Vec<Sent>>>,
-    dead: &DeadLetters,
+    dead: &mut DeadLetters,
     publisher: &Publisher,
     lanes: &[Lane],
     timeout: Duration,
@@ -102,6 +103,7 @@ pub async fn wait_all_fates(
     let started = Instant::now();
     let mut said = Instant::now();
     loop {
+        dead.sweep().await;
         if let Err(e) = records.poll() {
             eprintln!("  cannot read the records: {e:#}");
         }

@@ -1,14 +1,13 @@
 //! The steady load (persistent messages, publisher confirms, paced) and the dead-letter
 //! consumers that record every dead-lettered message while the soak runs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -112,17 +111,22 @@ impl Publisher {
     }
 
     /// Publishes `rate` messages per second, round-robin over `lanes`, for `duration` or until
-    /// `stop`; then waits (at most 30 s) for the outstanding confirms.
+    /// `stop`; then waits (at most 30 s) for the outstanding confirms. When its connection
+    /// breaks (RabbitMQ restarted by someone else on a shared machine), the message being
+    /// published counts as unconfirmed and the publisher connects again (`reconnects`).
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
+        url: String,
         rate: f64,
         duration: Duration,
         lanes: Vec<Lane>,
         seed: u64,
         sent: Arc<Mutex<Vec<Sent>>>,
         stop: Arc<AtomicBool>,
+        reconnects: Arc<AtomicUsize>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
-        let channel = self.channel.clone();
+        let mut channel = self.channel.clone();
         let run = self.run.clone();
         async move {
             let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15);
@@ -131,6 +135,8 @@ impl Publisher {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let mut n: u64 = 0;
             let pad = "x".repeat(160);
+            // Kept alive with the channel it carries (the first is the Publisher's own).
+            let mut _conn: Option<Connection> = None;
             while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let due = (rate * started.elapsed().as_secs_f64()) as u64;
@@ -148,11 +154,13 @@ impl Publisher {
                         published_us,
                         confirmed: None,
                     });
+                    let index = n as usize;
+                    n += 1;
                     let props = BasicProperties::default()
-                        .with_message_id(format!("soak-{run}-{n}").into())
+                        .with_message_id(format!("soak-{run}-{index}").into())
                         .with_content_type("application/json".into())
                         .with_delivery_mode(2);
-                    let confirm = channel
+                    let published = channel
                         .basic_publish(
                             "".into(),
                             lanes[lane].queue.as_str().into(),
@@ -160,15 +168,24 @@ impl Publisher {
                             body.as_bytes(),
                             props,
                         )
-                        .await
-                        .with_context(|| format!("publishing message {n}"))?;
+                        .await;
+                    let confirm = match published {
+                        Ok(confirm) => confirm,
+                        Err(e) => {
+                            sent.lock().unwrap()[index].confirmed = Some(false);
+                            eprintln!("  publisher: {e}; connecting again");
+                            reconnects.fetch_add(1, Ordering::Relaxed);
+                            let (c, ch) = reconnect(&url, &run, started + duration).await?;
+                            _conn = Some(c);
+                            channel = ch;
+                            break;
+                        }
+                    };
                     let sent = sent.clone();
-                    let index = n as usize;
                     confirms.spawn(async move {
                         let ok = matches!(confirm.await, Ok(c) if c.is_ack());
                         sent.lock().unwrap()[index].confirmed = Some(ok);
                     });
-                    n += 1;
                 }
                 // Reap finished confirm tasks as we go.
                 while confirms.try_join_next().is_some() {}
@@ -222,6 +239,33 @@ impl Publisher {
     }
 }
 
+/// A new connection and confirm channel, tried every second until `deadline` (at least 60 s).
+async fn reconnect(
+    url: &str,
+    run: &str,
+    deadline: Instant,
+) -> anyhow::Result<(Connection, Channel)> {
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(60));
+    loop {
+        let attempt = async {
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("soak publisher {run}").into());
+            let conn = Connection::connect(url, props).await?;
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            anyhow::Ok((conn, channel))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(pair)) => return Ok(pair),
+            Ok(Err(e)) if Instant::now() >= deadline => return Err(e.context("reconnecting")),
+            Err(_) if Instant::now() >= deadline => anyhow::bail!("reconnecting timed out"),
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
 /// One message read from a dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct Dead {
@@ -229,56 +273,77 @@ pub struct Dead {
     pub reason: String,
 }
 
-/// Consumers of every lane's dead-letter queue (auto-ack: the soak is the one reader).
+/// The dead-letter queues, read with `basic.get` (auto-ack: the soak is the one reader) on a
+/// connection of their own that is opened again when it broke: a sweep reads what is there.
 pub struct DeadLetters {
-    _conn: Connection,
-    seen: Arc<Mutex<Vec<Dead>>>,
+    url: String,
+    conn: Option<Connection>,
+    queues: Vec<String>,
+    seen: Vec<Dead>,
 }
 
 impl DeadLetters {
-    pub async fn start(url: &str, lanes: &[Lane]) -> anyhow::Result<Self> {
-        let props =
-            ConnectionProperties::default().with_connection_name("soak dead-letter reader".into());
-        let conn = Connection::connect(url, props).await?;
-        let seen: Arc<Mutex<Vec<Dead>>> = Arc::default();
-        for lane in lanes {
-            let channel = conn.create_channel().await?;
-            let queue = format!("{}.dead", lane.queue);
-            let mut consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "soak".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming {queue}"))?;
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let _channel = channel;
-                while let Some(Ok(delivery)) = consumer.next().await {
-                    let id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
-                        .ok()
-                        .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok()))
-                        .unwrap_or(u64::MAX);
-                    let reason = delivery
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|h| h.inner().get("x-agent-reason").cloned())
-                        .map_or_else(|| "?".to_owned(), |v| value_text(&v));
-                    seen.lock().unwrap().push(Dead { id, reason });
-                }
-            });
+    pub fn new(url: &str, lanes: &[Lane]) -> Self {
+        Self {
+            url: url.to_owned(),
+            conn: None,
+            queues: lanes.iter().map(|l| format!("{}.dead", l.queue)).collect(),
+            seen: Vec::new(),
         }
-        Ok(Self { _conn: conn, seen })
+    }
+
+    /// Reads every message now in the dead-letter queues; an error is reported and the next
+    /// sweep tries again.
+    pub async fn sweep(&mut self) {
+        if let Err(e) = self.try_sweep().await {
+            eprintln!("  dead-letter sweep: {e:#} (trying again later)");
+            self.conn = None;
+        }
+    }
+
+    async fn try_sweep(&mut self) -> anyhow::Result<()> {
+        if !self.conn.as_ref().is_some_and(|c| c.status().connected()) {
+            let props = ConnectionProperties::default()
+                .with_connection_name("soak dead-letter reader".into());
+            let conn = tokio::time::timeout(
+                Duration::from_secs(10),
+                Connection::connect(&self.url, props),
+            )
+            .await
+            .context("connect timed out")??;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_ref().context("no connection")?;
+        for queue in &self.queues {
+            let channel = conn.create_channel().await?;
+            let opts = BasicGetOptions { no_ack: true };
+            while let Some(got) = tokio::time::timeout(
+                Duration::from_secs(10),
+                channel.basic_get(queue.as_str().into(), opts),
+            )
+            .await
+            .context("basic.get timed out")??
+            {
+                let delivery = got.delivery;
+                let id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok()))
+                    .unwrap_or(u64::MAX);
+                let reason = delivery
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-agent-reason").cloned())
+                    .map_or_else(|| "?".to_owned(), |v| value_text(&v));
+                self.seen.push(Dead { id, reason });
+            }
+            let _ = channel.close(200, "swept".into()).await;
+        }
+        Ok(())
     }
 
     pub fn snapshot(&self) -> Vec<Dead> {
-        self.seen.lock().unwrap().clone()
+        self.seen.clone()
     }
 }
 

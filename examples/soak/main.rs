@@ -30,7 +30,7 @@ mod load;
 mod procs;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -176,7 +176,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         agent.wait_ready(Duration::from_secs(60)).await?;
     }
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let dead = DeadLetters::start(&args.amqp_url, &lanes).await?;
+    let mut dead = DeadLetters::new(&args.amqp_url, &lanes);
     let publisher = Publisher::connect(&args.amqp_url, &run).await?;
     let faults_log = FaultLog::default();
     let started = Instant::now();
@@ -185,13 +185,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         agent.sample_rss();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let reconnects = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(publisher.run(
+        args.amqp_url.clone(),
         args.rate,
         args.duration,
         lanes.clone(),
         seed,
         sent.clone(),
         stop.clone(),
+        reconnects.clone(),
     ));
     let interval = args.fault_every.unwrap_or_else(|| {
         (args.duration / 24).clamp(Duration::from_secs(3), Duration::from_secs(20))
@@ -223,7 +226,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let drained = fates::wait_all_fates(
         &mut records_reader,
         &sent,
-        &dead,
+        &mut dead,
         &publisher,
         &lanes,
         args.drain_timeout,
@@ -237,6 +240,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         exits.push(agent.stop().await);
     }
     records_reader.poll()?;
+    dead.sweep().await;
     let sent = sent.lock().unwrap().clone();
     let dead = dead.snapshot();
     let report = Report::build(
@@ -264,6 +268,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         interval.as_secs_f64()
     );
     print!("{}", report.render(&faults_log.events(), &exits));
+    let reconnects = reconnects.load(Ordering::Relaxed);
+    if reconnects > 0 {
+        println!(
+            "the soak's publisher lost its broker connection {reconnects} times (RabbitMQ restarted by another process?)"
+        );
+    }
     if let Err(e) = soak.and(load_result) {
         println!("soak incomplete: {e:#}");
     }
