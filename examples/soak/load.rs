@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
@@ -273,58 +274,94 @@ pub struct Dead {
     pub reason: String,
 }
 
-/// The dead-letter queues, read with `basic.get` (auto-ack: the soak is the one reader) on a
-/// connection of their own that is opened again when it broke: a sweep reads what is there.
+/// Consumers of every lane's dead-letter queue (auto-ack: the soak is the one reader), on a
+/// connection of their own that a background task opens again whenever it broke (RabbitMQ
+/// restarted by another process on a shared machine): what waits in the queues meanwhile is
+/// read after the reconnection.
 pub struct DeadLetters {
-    url: String,
-    conn: Option<Connection>,
-    queues: Vec<String>,
-    seen: Vec<Dead>,
+    seen: Arc<Mutex<Vec<Dead>>>,
+    connected: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl DeadLetters {
-    pub fn new(url: &str, lanes: &[Lane]) -> Self {
+    pub fn start(url: &str, lanes: &[Lane]) -> Self {
+        let seen: Arc<Mutex<Vec<Dead>>> = Arc::default();
+        let connected = Arc::new(AtomicBool::new(false));
+        let queues: Vec<String> = lanes.iter().map(|l| format!("{}.dead", l.queue)).collect();
+        let url = url.to_owned();
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            let connected = connected.clone();
+            async move {
+                let mut conn: Option<Connection> = None;
+                loop {
+                    if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+                        connected.store(false, Ordering::Relaxed);
+                        match consume(&url, &queues, &seen).await {
+                            Ok(c) => {
+                                conn = Some(c);
+                                connected.store(true, Ordering::Relaxed);
+                            }
+                            Err(e) => eprintln!("  dead-letter reader: {e:#} (trying again)"),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
         Self {
-            url: url.to_owned(),
-            conn: None,
-            queues: lanes.iter().map(|l| format!("{}.dead", l.queue)).collect(),
-            seen: Vec::new(),
+            seen,
+            connected,
+            task,
         }
     }
 
-    /// Reads every message now in the dead-letter queues; an error is reported and the next
-    /// sweep tries again.
-    pub async fn sweep(&mut self) {
-        if let Err(e) = self.try_sweep().await {
-            eprintln!("  dead-letter sweep: {e:#} (trying again later)");
-            self.conn = None;
-        }
+    /// Whether the consumers are up (the drain waits for them before it trusts the counts).
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
-    async fn try_sweep(&mut self) -> anyhow::Result<()> {
-        if !self.conn.as_ref().is_some_and(|c| c.status().connected()) {
-            let props = ConnectionProperties::default()
-                .with_connection_name("soak dead-letter reader".into());
-            let conn = tokio::time::timeout(
-                Duration::from_secs(10),
-                Connection::connect(&self.url, props),
+    pub fn snapshot(&self) -> Vec<Dead> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for DeadLetters {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A connection with one consumer per dead-letter queue, each read by a task into `seen`.
+async fn consume(
+    url: &str,
+    queues: &[String],
+    seen: &Arc<Mutex<Vec<Dead>>>,
+) -> anyhow::Result<Connection> {
+    let props =
+        ConnectionProperties::default().with_connection_name("soak dead-letter reader".into());
+    let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
+        .await
+        .context("connect timed out")??;
+    for queue in queues {
+        let channel = conn.create_channel().await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "soak".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
             )
             .await
-            .context("connect timed out")??;
-            self.conn = Some(conn);
-        }
-        let conn = self.conn.as_ref().context("no connection")?;
-        for queue in &self.queues {
-            let channel = conn.create_channel().await?;
-            let opts = BasicGetOptions { no_ack: true };
-            while let Some(got) = tokio::time::timeout(
-                Duration::from_secs(10),
-                channel.basic_get(queue.as_str().into(), opts),
-            )
-            .await
-            .context("basic.get timed out")??
-            {
-                let delivery = got.delivery;
+            .with_context(|| format!("consuming {queue}"))?;
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
                 let id = serde_json::from_slice::<serde_json::Value>(&delivery.data)
                     .ok()
                     .and_then(|v| v["id"].as_str().and_then(|s| s.parse().ok()))
@@ -335,16 +372,11 @@ impl DeadLetters {
                     .as_ref()
                     .and_then(|h| h.inner().get("x-agent-reason").cloned())
                     .map_or_else(|| "?".to_owned(), |v| value_text(&v));
-                self.seen.push(Dead { id, reason });
+                seen.lock().unwrap().push(Dead { id, reason });
             }
-            let _ = channel.close(200, "swept".into()).await;
-        }
-        Ok(())
+        });
     }
-
-    pub fn snapshot(&self) -> Vec<Dead> {
-        self.seen.clone()
-    }
+    Ok(conn)
 }
 
 fn value_text(v: &AMQPValue) -> String {

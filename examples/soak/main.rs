@@ -176,7 +176,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         agent.wait_ready(Duration::from_secs(60)).await?;
     }
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let mut dead = DeadLetters::new(&args.amqp_url, &lanes);
+    let dead = DeadLetters::start(&args.amqp_url, &lanes);
     let publisher = Publisher::connect(&args.amqp_url, &run).await?;
     let faults_log = FaultLog::default();
     let started = Instant::now();
@@ -226,7 +226,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let drained = fates::wait_all_fates(
         &mut records_reader,
         &sent,
-        &mut dead,
+        &dead,
         &publisher,
         &lanes,
         args.drain_timeout,
@@ -240,7 +240,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         exits.push(agent.stop().await);
     }
     records_reader.poll()?;
-    dead.sweep().await;
+    // What the consumers received last.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = sent.lock().unwrap().clone();
     let dead = dead.snapshot();
     let report = Report::build(
