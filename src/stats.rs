@@ -65,6 +65,8 @@ pub struct SubjectStats {
     /// The rate limit in force, as shown (`50/s, burst 1`); a copy for `/status`, written by
     /// the consumer from the root's record.
     pub rate_limit: Mutex<Option<String>>,
+    /// Messages wait in the queue longer than the subject's `wait_threshold` (an episode).
+    pub long_wait: AtomicBool,
 }
 
 impl SubjectStats {

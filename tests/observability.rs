@@ -10,6 +10,8 @@ use std::time::Duration;
 use common::TestCtx;
 use common::procs::{AgentProcess, TcpProxy, http};
 use lapin::BasicProperties;
+
+const WAIT: Duration = Duration::from_secs(30);
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -396,4 +398,57 @@ async fn traces_also_export_over_grpc() {
             && spans.iter().any(|s| s.name == "FastCGI POST")
     })
     .await;
+}
+
+/// Long-wait detection (issue #25, item 2): messages that waited past `wait_threshold` mark the
+/// subject (`/status`, gauge, one episode counted), and one that waited less ends the episode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_is_detected_once_and_ends() {
+    let mut ctx = TestCtx::new("long-wait").await;
+    ctx.set("subjects.event.wait_threshold", "60s");
+    let agent = ctx.start_agent().await;
+    let long_wait = |agent: &amqp_agent::agent::Agent| {
+        serde_json::to_value(agent.handle().status()).unwrap()["subjects"]["event"]["long_wait"]
+            == true
+    };
+    let old = amqp_agent::contract::unix_now() - 120;
+    for i in 0..3 {
+        let id = format!("old-{i}");
+        let props = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_timestamp(old);
+        let body = serde_json::json!({"id": id, "behave": "ok"}).to_string();
+        ctx.publish("event", body.as_bytes(), props).await;
+    }
+    common::eventually(WAIT, "three old messages handled", || async {
+        agent.stats()["event"].acked == 3
+    })
+    .await;
+    assert!(long_wait(&agent));
+    let m = agent.handle().metrics().encode();
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "amqp_agent_long_wait_episodes_total",
+            &[("subject", "event")]
+        ),
+        1.0,
+        "one episode for three long waits"
+    );
+    assert_eq!(
+        common::metric_sum(&m, "amqp_agent_long_wait", &[("subject", "event")]),
+        1.0
+    );
+    let props = BasicProperties::default()
+        .with_message_id("fresh".into())
+        .with_timestamp(amqp_agent::contract::unix_now());
+    let body = serde_json::json!({"id": "fresh", "behave": "ok"}).to_string();
+    ctx.publish("event", body.as_bytes(), props).await;
+    common::eventually(WAIT, "the episode ends", || async { !long_wait(&agent) }).await;
+    let m = agent.handle().metrics().encode();
+    assert_eq!(
+        common::metric_sum(&m, "amqp_agent_long_wait", &[("subject", "event")]),
+        0.0
+    );
+    agent.stop().await;
 }

@@ -62,6 +62,7 @@ impl SubjectRuntime {
         stats: Arc<crate::stats::SubjectStats>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
+        let wait_threshold = config.subjects[subject].wait_threshold;
         Self {
             name: subject.to_owned(),
             template: RequestTemplate::new(&config, subject),
@@ -77,7 +78,8 @@ impl SubjectRuntime {
                 subject,
                 stats.clone(),
                 metrics.clone(),
-            ),
+            )
+            .with_wait_threshold(wait_threshold),
             stats,
             metrics,
             missing_id_log: crate::telemetry::log_limit::LogEvery::new(

@@ -64,6 +64,8 @@ pub struct SubjectStatus {
     pub node: Option<String>,
     /// The rate limit in force (`50/s, burst 1`), or null.
     pub rate_limit: Option<String>,
+    /// Messages wait longer than the subject's `wait_threshold` (an episode is under way).
+    pub long_wait: bool,
     /// `consuming`, `paused` (an operator's pause), `circuit_open` (FPM unreachable, or PHP
     /// refusing the signature: consumption held until a probe succeeds) or `disconnected`.
     pub state: &'static str,
@@ -147,6 +149,7 @@ impl AgentHandle {
                     },
                     node: stats.node(),
                     rate_limit: stats.rate_limit(),
+                    long_wait: stats.long_wait.load(std::sync::atomic::Ordering::Relaxed),
                     stats: s,
                 };
                 (name.clone(), status)

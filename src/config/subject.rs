@@ -74,6 +74,13 @@ pub struct SubjectConfig {
     /// rate is held evenly.
     #[serde(default = "default_rate_burst")]
     pub rate_burst: u32,
+    /// Long-wait detection (Horizon's `LongWaitDetected`): a message handed over after waiting
+    /// in the queue at least this long (from its AMQP `timestamp`) marks the subject as waiting
+    /// long: `amqp_agent_long_wait` is 1, `amqp_agent_long_wait_episodes_total` counts the
+    /// episode, and one warning is logged; a message that waited less ends the episode.
+    /// None (the default): off.
+    #[serde(default, deserialize_with = "super::units::opt_duration")]
+    pub wait_threshold: Option<Duration>,
 }
 
 fn default_rate_burst() -> u32 {

@@ -80,6 +80,8 @@ pub struct SubjectEvents {
     stats: Arc<SubjectStats>,
     hot: SubjectMetrics,
     metrics: Arc<Metrics>,
+    /// `subjects.<name>.wait_threshold`: long-wait detection, off when `None`.
+    wait_threshold: Option<Duration>,
 }
 
 impl SubjectEvents {
@@ -91,6 +93,35 @@ impl SubjectEvents {
             hot: metrics.for_subject(subject),
             stats,
             metrics,
+            wait_threshold: None,
+        }
+    }
+
+    /// With long-wait detection at `threshold` (`subjects.<name>.wait_threshold`).
+    #[must_use]
+    pub fn with_wait_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.wait_threshold = threshold;
+        self
+    }
+
+    /// A message handed over after `seconds` in the queue: starts or ends a long-wait episode.
+    fn long_wait(&self, seconds: u64) {
+        let Some(threshold) = self.wait_threshold else {
+            return;
+        };
+        let long = Duration::from_secs(seconds) >= threshold;
+        let was = self.stats.long_wait.swap(long, Ordering::Relaxed);
+        match (was, long) {
+            (false, true) => {
+                self.hot.long_wait.set(1);
+                self.hot.long_wait_episodes.inc();
+                tracing::warn!(subject = %self.subject, waited_s = seconds, threshold = ?threshold, "Long wait detected: messages wait in the queue longer than subjects.<name>.wait_threshold (a larger pool, more agents, or a rate limit too low?)");
+            }
+            (true, false) => {
+                self.hot.long_wait.set(0);
+                tracing::info!(subject = %self.subject, waited_s = seconds, "Long wait over: messages wait less than the threshold again");
+            }
+            _ => {}
         }
     }
 
@@ -148,6 +179,7 @@ impl SubjectEvents {
             }
             #[allow(clippy::cast_precision_loss)]
             Event::QueueWait { seconds } => {
+                self.long_wait(seconds);
                 self.hot.queue_wait.observe(seconds as f64);
                 SubjectStats::incr(&stats.queue_waits);
                 SubjectStats::add(&stats.queue_wait_seconds, seconds);
@@ -272,5 +304,41 @@ mod tests {
         events.emit(Event::Consuming);
         assert!(count(&metrics.encode(), reconnects));
         assert_eq!(stats.snapshot().consumer_starts, 2);
+    }
+
+    #[test]
+    fn a_long_wait_is_one_episode_until_a_message_waits_less() {
+        let stats = Arc::new(SubjectStats::default());
+        let metrics = Arc::new(Metrics::new(std::collections::BTreeMap::new()));
+        let events = SubjectEvents::new("event", stats.clone(), metrics.clone())
+            .with_wait_threshold(Some(Duration::from_secs(60)));
+        for seconds in [5, 61, 90, 120] {
+            events.emit(Event::QueueWait { seconds });
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"amqp_agent_long_wait{subject="event"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"amqp_agent_long_wait_episodes_total{subject="event"} 1"#),
+            "{text}"
+        );
+        assert!(stats.long_wait.load(Ordering::Relaxed));
+        events.emit(Event::QueueWait { seconds: 2 });
+        events.emit(Event::QueueWait { seconds: 75 });
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"amqp_agent_long_wait_episodes_total{subject="event"} 2"#),
+            "{text}"
+        );
+        // Off without a threshold.
+        let quiet = SubjectEvents::new("command", stats.clone(), metrics.clone());
+        quiet.emit(Event::QueueWait { seconds: 10_000 });
+        assert!(
+            !metrics
+                .encode()
+                .contains(r#"amqp_agent_long_wait_episodes_total{subject="command"} 1"#)
+        );
     }
 }

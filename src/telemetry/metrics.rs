@@ -103,6 +103,10 @@ pub struct SubjectMetrics {
     pub signature_rejected: Counter,
     /// `rate_limit_wait_seconds{subject}`.
     pub rate_limit_wait: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// `long_wait{subject}`.
+    pub long_wait: Gauge,
+    /// `long_wait_episodes{subject}`.
+    pub long_wait_episodes: Counter,
 }
 
 /// Every metric of the agent.
@@ -138,6 +142,10 @@ pub struct Metrics {
     pub signature_rejected: Family<SubjectLabel, Counter>,
     /// Seconds ready messages and an idle worker waited for the rate limit.
     pub rate_limit_wait: Family<SubjectLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while a subject's messages wait longer than its `wait_threshold`.
+    pub long_wait: Family<SubjectLabel, Gauge>,
+    /// Long-wait episodes begun.
+    pub long_wait_episodes: Family<SubjectLabel, Counter>,
     in_flight: Family<SubjectLabel, Gauge>,
     pool_size: Family<SubjectLabel, Gauge>,
     busy: Family<SubjectLabel, Gauge>,
@@ -173,6 +181,8 @@ impl Metrics {
             missing_message_id: Family::default(),
             signature_rejected: Family::default(),
             rate_limit_wait: Family::default(),
+            long_wait: Family::default(),
+            long_wait_episodes: Family::default(),
             in_flight: Family::default(),
             pool_size: Family::default(),
             busy: Family::default(),
@@ -261,6 +271,16 @@ impl Metrics {
             m.rate_limit_wait.clone(),
         );
         registry.register(
+            "long_wait",
+            "1 while the subject's messages wait in the queue longer than its wait_threshold",
+            m.long_wait.clone(),
+        );
+        registry.register(
+            "long_wait_episodes",
+            "Episodes of messages waiting longer than the subject's wait_threshold",
+            m.long_wait_episodes.clone(),
+        );
+        registry.register(
             "in_flight",
             "Deliveries held by the agent",
             m.in_flight.clone(),
@@ -324,6 +344,8 @@ impl Metrics {
             missing_message_id: self.missing_message_id.get_or_create(&label).clone(),
             signature_rejected: self.signature_rejected.get_or_create(&label).clone(),
             rate_limit_wait: self.rate_limit_wait.get_or_create(&label).clone(),
+            long_wait: self.long_wait.get_or_create(&label).clone(),
+            long_wait_episodes: self.long_wait_episodes.get_or_create(&label).clone(),
         }
     }
 

@@ -186,7 +186,14 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
         ("idle", s.idle.to_string()),
         ("rate", number(p.rate, 1)),
         ("runtime_ms", number(p.runtime_ms, 1)),
-        ("wait", format!("{} s", s.stats.queue_wait_last_seconds)),
+        (
+            "wait",
+            if s.long_wait {
+                format!("{} s (long wait)", s.stats.queue_wait_last_seconds)
+            } else {
+                format!("{} s", s.stats.queue_wait_last_seconds)
+            },
+        ),
         ("retries_pm", number(p.retries_pm, 1)),
         ("dead_pm", number(p.dead_pm, 1)),
         ("received", s.stats.received.to_string()),

@@ -23,6 +23,7 @@ fn subject(queue: &str) -> SubjectStatus {
         connection: "connected",
         node: None,
         rate_limit: Some(HOSTILE[1].to_owned()),
+        long_wait: false,
         state: "paused",
         operator_paused: true,
         paused_until: Some("2030-01-01T00:00:00Z".to_owned()),
