@@ -12,6 +12,49 @@ pub const ACK_HEADER: &str = "x-agent-ack";
 /// pauses the subject as it does for an unreachable FPM.
 pub const SIGNATURE_REJECTED: &str = "signature_rejected";
 
+/// Reason of a `503` whose body starts with `amqp-agent: `: the PHP package answers that it
+/// cannot serve for its own configuration (no `AGENT_SIGNING_SECRET` in the pool, …), which
+/// every message would meet. As for a refused signature, no attempt is used and the subject
+/// pauses.
+pub const RECEIVER_MISCONFIGURED: &str = "receiver_misconfigured";
+
+/// The start of the packages' answers about their own configuration (`Response::PREFIX`).
+pub const MISCONFIGURED_PREFIX: &[u8] = b"amqp-agent: ";
+
+/// True for a verdict that is the configuration's fault, not the message's: the subject
+/// pauses and the message keeps its attempt.
+#[must_use]
+pub fn pauses_subject(verdict: &Verdict) -> bool {
+    matches!(
+        verdict,
+        Verdict::Transient { reason, .. }
+            if *reason == SIGNATURE_REJECTED || *reason == RECEIVER_MISCONFIGURED
+    )
+}
+
+/// Judges a reply whose head is `head` and whose stdout is `stdout`: as [`classify_reply`],
+/// except that a `503` without `Retry-After` whose body starts with `amqp-agent: ` is the
+/// package's configuration fault ([`RECEIVER_MISCONFIGURED`]).
+#[must_use]
+pub fn classify_full_reply(
+    head: &ReplyHead,
+    stdout: &[u8],
+    require_ack: bool,
+    excerpt: impl FnOnce() -> String,
+) -> Verdict {
+    let body = head_end(stdout).map_or(&[][..], |end| &stdout[end..]);
+    if head.status == 503 && head.retry_after.is_none() && body.starts_with(MISCONFIGURED_PREFIX) {
+        return Verdict::Transient {
+            reason: RECEIVER_MISCONFIGURED,
+            detail: format!("status 503: {}", excerpt()),
+            status: Some(503),
+            retry_after: None,
+            counts: false,
+        };
+    }
+    classify_reply(head, require_ack, excerpt)
+}
+
 /// The parsed head of a FastCGI (CGI) response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyHead {

@@ -8,8 +8,9 @@
 //! - 100 messages (50 events, 50 commands) published by the app's own publisher (Messenger's bus,
 //!   the Laravel package's Publisher) reach their handlers exactly once;
 //! - with a pool without `AGENT_SIGNING_SECRET`, `amqp-agent:check` fails with the reason, and a
-//!   message is retried and dead-lettered with `amqp-agent: signing secret not configured` in
-//!   `x-agent-last-error` and in `amqp-agent dead-letters list`, not an HTML page.
+//!   subject pauses (a configuration fault: no attempt used, nothing dead-lettered) and the
+//!   waiting message carries `amqp-agent: signing secret not configured` in
+//!   `x-agent-last-error`, not an HTML page.
 
 mod common;
 
@@ -253,29 +254,37 @@ async fn fresh_app(spec: &Spec) {
         &with_secret,
     );
     assert!(code == 0 && out.contains("published 1 events"), "{out}");
-    eventually(WAIT, "the event dead-lettered", || async {
-        agent.stats()["event"].dead_lettered == 1
+    // The package answers `503 amqp-agent: signing secret not configured`: the agent takes it
+    // for what it is, a configuration fault every message would meet. The subject pauses, the
+    // message keeps its attempt (max_attempts = 2 would otherwise dead-letter it at once) and
+    // waits, with the package's text as its last error, until the pool has the secret.
+    eventually(WAIT, "the subject paused, the message retried", || async {
+        let s = agent.stats()["event"];
+        s.paused && s.retried >= 2
     })
     .await;
-    assert_eq!(agent.stats()["event"].retried, 1, "retried once, then dead");
+    assert_eq!(agent.stats()["event"].dead_lettered, 0, "nothing dead-lettered");
     agent.drain().await;
 
-    // What the operator sees: `amqp-agent dead-letters list` and the dead letter's headers.
-    let cfg = ctx.write_config();
-    let (code, listing) = common::procs::agent_cli(&[
-        "--config",
-        cfg.to_str().unwrap(),
-        "dead-letters",
-        "list",
-        "event",
-    ]);
-    assert_eq!(code, 0, "{listing}");
-    assert!(listing.contains(MISSING), "dead-letters list: {listing}");
-    let dead = ctx.drain_dead("event").await;
-    assert_eq!(dead.len(), 1);
-    let last_error = header_str(&dead[0].0, "x-agent-last-error").unwrap_or_default();
+    // What the operator sees: the waiting copy's headers (attempt 1 still, the text, no HTML).
+    let mut waiting = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while waiting.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no waiting copy");
+        for queue in [
+            ctx.queue("event"),
+            ctx.delay_queue("event", Duration::from_millis(100)),
+        ] {
+            waiting.extend(ctx.take_all(&queue).await);
+        }
+        if waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (props, _) = &waiting[0];
+    let last_error = header_str(props, "x-agent-last-error").unwrap_or_default();
     assert!(
-        last_error.contains(MISSING),
+        last_error.contains(MISSING) && last_error.contains("receiver_misconfigured"),
         "x-agent-last-error: {last_error:?}\n{}",
         pool.logs()
     );
@@ -283,9 +292,11 @@ async fn fresh_app(spec: &Spec) {
         assert!(!last_error.contains(html), "an HTML page: {last_error:?}");
     }
     assert_eq!(
-        header_str(&dead[0].0, "x-agent-status").as_deref(),
-        Some("503")
+        header_str(props, "x-agent-attempt").as_deref(),
+        Some("1"),
+        "no attempt used"
     );
+    assert!(ctx.drain_dead("event").await.is_empty());
     assert_eq!(
         php_way::records(&ws, &ctx.id).len(),
         100,

@@ -179,14 +179,14 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> (bool, bool) {
             Some(crashes) => (crate::poison::verdict(crashes), false),
             None => request(&runtime, &envelope, &delivery.data, &incoming, &message_id).await,
         };
-        let rejected = matches!(
+        let rejected = crate::outcome::pauses_subject(&verdict);
+        if matches!(
             verdict,
             crate::outcome::Verdict::Transient {
                 reason: crate::outcome::SIGNATURE_REJECTED,
                 ..
             }
-        );
-        if rejected {
+        ) {
             runtime.events.emit(Event::SignatureRejected);
         }
         let decision = runtime.policy.decide(&verdict, attempt);

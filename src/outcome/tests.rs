@@ -269,3 +269,25 @@ fn an_html_page_is_quoted_by_its_title_and_plain_text_as_it_is() {
         assert_eq!(reply_text(text), text);
     }
 }
+
+/// The packages' own configuration answer (`503 amqp-agent: …`) pauses like a 401; any other
+/// 503, or one with Retry-After, is an ordinary retry.
+#[test]
+fn a_package_configuration_fault_uses_no_attempt() {
+    let none = || String::new();
+    let head = |retry| ReplyHead {
+        status: 503,
+        acked: false,
+        retry_after: retry,
+    };
+    let reply = b"Status: 503\r\nContent-Type: text/plain\r\n\r\namqp-agent: signing secret not configured\n";
+    let v = classify_full_reply(&head(None), reply, true, none);
+    assert!(matches!(v, Verdict::Transient { reason: RECEIVER_MISCONFIGURED, counts: false, .. }), "{v:?}");
+    assert!(pauses_subject(&v));
+    let other = b"Status: 503\r\n\r\nbusy\n";
+    let v = classify_full_reply(&head(None), other, true, none);
+    assert!(matches!(v, Verdict::Transient { reason: "http_status", counts: true, .. }));
+    assert!(!pauses_subject(&v));
+    let v = classify_full_reply(&head(Some(Duration::from_secs(5))), reply, true, none);
+    assert!(matches!(v, Verdict::Transient { counts: true, .. }));
+}

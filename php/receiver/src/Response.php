@@ -12,7 +12,7 @@ namespace AmqpAgent\Receiver;
  *     500                    retry        retry()
  *     422                    dead-letter  permanent()
  *     401                    dead-letter  unauthorized() (bad signature: never handled)
- *     503 `amqp-agent: …`    retry        misconfigured() (the package cannot serve: no secret, …)
+ *     503 `amqp-agent: …`    pause        misconfigured() (the package cannot serve: no secret, …)
  *
  * Every body is one line of plain text (`Content-Type: text/plain`): the agent quotes it in its
  * log, in `x-agent-last-error` and in `dead-letters list`.

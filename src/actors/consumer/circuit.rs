@@ -63,7 +63,7 @@ pub(super) async fn signature_rejected(
         .map_or(SIGNATURE_FIRST, |d| (d * 2).min(SIGNATURE_MAX));
     state.signature.backoff = Some(pause);
     state.signature.paused = true;
-    error!(subject = %state.runtime.name, pause = ?pause, "PHP refused the agent's signature (401): fpm.signing_secrets and PHP's AGENT_SIGNING_SECRET differ. Pausing the subject; refused messages keep their attempts (docs/operations.md, \"Rotating the signing secret\")");
+    error!(subject = %state.runtime.name, pause = ?pause, "PHP refuses every request for its configuration: a refused signature (401: fpm.signing_secrets and PHP's AGENT_SIGNING_SECRET differ) or the package's own `amqp-agent: …` answer (e.g. no AGENT_SIGNING_SECRET in the pool; the message's x-agent-last-error says which). Pausing the subject; refused messages keep their attempts (docs/endpoint-contract.md)");
     myself.send_after(pause, || ConsumerMsg::SignatureRetry);
     sync_consuming(myself, state).await
 }

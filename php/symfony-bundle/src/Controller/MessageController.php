@@ -35,8 +35,8 @@ use Symfony\Component\Messenger\Stamp\TransportMessageIdStamp;
  *
  * The receiver is built on the first request (a closure from the container): when it cannot be
  * (no AGENT_SIGNING_SECRET in the pool: `%env(AGENT_SIGNING_SECRET)%` not found), the answer is
- * the package's own 503 `amqp-agent: signing secret not configured: …` (retried by the agent,
- * and quoted in its log and dead letters), not Symfony's HTML error page.
+ * the package's own 503 `amqp-agent: signing secret not configured: …` (a configuration fault
+ * to the agent: it pauses the subject and quotes the text), not Symfony's HTML error page.
  */
 final class MessageController
 {
