@@ -263,7 +263,11 @@ async fn fresh_app(spec: &Spec) {
         s.paused && s.retried >= 2
     })
     .await;
-    assert_eq!(agent.stats()["event"].dead_lettered, 0, "nothing dead-lettered");
+    assert_eq!(
+        agent.stats()["event"].dead_lettered,
+        0,
+        "nothing dead-lettered"
+    );
     agent.drain().await;
 
     // What the operator sees: the waiting copy's headers (attempt 1 still, the text, no HTML).

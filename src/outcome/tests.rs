@@ -282,11 +282,28 @@ fn a_package_configuration_fault_uses_no_attempt() {
     };
     let reply = b"Status: 503\r\nContent-Type: text/plain\r\n\r\namqp-agent: signing secret not configured\n";
     let v = classify_full_reply(&head(None), reply, true, none);
-    assert!(matches!(v, Verdict::Transient { reason: RECEIVER_MISCONFIGURED, counts: false, .. }), "{v:?}");
+    assert!(
+        matches!(
+            v,
+            Verdict::Transient {
+                reason: RECEIVER_MISCONFIGURED,
+                counts: false,
+                ..
+            }
+        ),
+        "{v:?}"
+    );
     assert!(pauses_subject(&v));
     let other = b"Status: 503\r\n\r\nbusy\n";
     let v = classify_full_reply(&head(None), other, true, none);
-    assert!(matches!(v, Verdict::Transient { reason: "http_status", counts: true, .. }));
+    assert!(matches!(
+        v,
+        Verdict::Transient {
+            reason: "http_status",
+            counts: true,
+            ..
+        }
+    ));
     assert!(!pauses_subject(&v));
     let v = classify_full_reply(&head(Some(Duration::from_secs(5))), reply, true, none);
     assert!(matches!(v, Verdict::Transient { counts: true, .. }));

@@ -118,9 +118,10 @@ fn judged(
             match outcome::parse_head(&reply.stdout) {
                 Ok(head) => {
                     span.record("http.response.status_code", head.status);
-                    let verdict = outcome::classify_full_reply(&head, &reply.stdout, require_ack, || {
-                        excerpt(&reply)
-                    });
+                    let verdict =
+                        outcome::classify_full_reply(&head, &reply.stdout, require_ack, || {
+                            excerpt(&reply)
+                        });
                     let status = if head.status == 200 {
                         Cow::Borrowed("200")
                     } else {
