@@ -51,6 +51,8 @@ mod args;
 mod bench;
 mod fcgi_load;
 mod messages;
+#[path = "../shared/os.rs"]
+mod os;
 mod procs;
 mod quick;
 mod records;

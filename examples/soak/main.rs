@@ -27,6 +27,8 @@
 mod fates;
 mod faults;
 mod load;
+#[path = "../shared/os.rs"]
+mod os;
 mod procs;
 
 use std::path::{Path, PathBuf};

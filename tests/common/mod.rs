@@ -68,6 +68,38 @@ pub fn php_fpm_binary() -> PathBuf {
         .expect("php-fpm not found: run scripts/test (it installs php-fpm) or set PHP_FPM_BIN")
 }
 
+/// The pool lines that run php-fpm's children as root when the tests run as root (php-fpm then
+/// needs `-R`, which [`fpm_command`] adds).
+pub fn pool_user() -> &'static str {
+    if unsafe { libc::geteuid() } == 0 {
+        "user = root\ngroup = root\n"
+    } else {
+        ""
+    }
+}
+
+/// php-fpm `bin` in the foreground on `conf` (`-R` as root), its output discarded.
+pub fn fpm_command(bin: &Path, conf: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--nodaemonize").arg("--fpm-config").arg(conf);
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("-R");
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd
+}
+
+/// SIGTERM to the child when the thread that forks it exits (PR_SET_PDEATHSIG).
+pub fn tie_to_thread(cmd: &mut Command) {
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,12 +128,7 @@ fn start_fpm() -> Fpm {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     let port = free_port();
-    let is_root = unsafe { libc::geteuid() } == 0;
-    let user = if is_root {
-        "user = root\ngroup = root\n"
-    } else {
-        ""
-    };
+    let user = pool_user();
     let conf = format!(
         "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
          [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 24\n\
@@ -118,19 +145,8 @@ fn start_fpm() -> Fpm {
     let (tx, rx) = std::sync::mpsc::channel();
     // PR_SET_PDEATHSIG fires when the *thread* that forked exits, so fork from one that never does.
     std::thread::spawn(move || {
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&conf_path);
-        if is_root {
-            cmd.arg("-R");
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        let mut cmd = fpm_command(&bin, &conf_path);
+        tie_to_thread(&mut cmd);
         let mut child: Child = cmd.spawn().expect("cannot start php-fpm");
         tx.send(child.id()).unwrap();
         // Reap php-fpm if it exits; the thread then parks for the rest of the process.

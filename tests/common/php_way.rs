@@ -5,7 +5,7 @@
 //! without `AGENT_SIGNING_SECRET`), `clear_env = yes` and `env[...]` lines, as the docs say.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::{copy_tree, free_port, php_fpm_binary, wait_until};
@@ -129,12 +129,7 @@ pub struct Pool {
 impl Pool {
     pub fn start(ws: &Workspace, name: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let is_root = unsafe { libc::geteuid() } == 0;
-        let user = if is_root {
-            "user = root\ngroup = root\n"
-        } else {
-            ""
-        };
+        let user = super::pool_user();
         let log = ws.root.join(format!("fpm-{name}.log"));
         let php_log = ws.root.join(format!("php-{name}.log"));
         let mut conf = format!(
@@ -152,19 +147,8 @@ impl Pool {
         }
         let conf_path = ws.root.join(format!("fpm-{name}.conf"));
         std::fs::write(&conf_path, conf).unwrap();
-        let mut cmd = Command::new(php_fpm_binary());
-        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&conf_path);
-        if is_root {
-            cmd.arg("-R");
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        let mut cmd = super::fpm_command(&php_fpm_binary(), &conf_path);
+        super::tie_to_thread(&mut cmd);
         let child = cmd.spawn().expect("cannot start php-fpm");
         wait_until(
             Duration::from_secs(20),

@@ -118,12 +118,7 @@ impl PrivateFpm {
         let port = free_port();
         let dir = shared.dir.join(format!("fpm-{name}-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let is_root = unsafe { libc::geteuid() } == 0;
-        let user = if is_root {
-            "user = root\ngroup = root\n"
-        } else {
-            ""
-        };
+        let user = super::pool_user();
         let conf = dir.join("fpm.conf");
         std::fs::write(
             &conf,
@@ -147,12 +142,7 @@ impl PrivateFpm {
     }
 
     pub fn up(&mut self) {
-        let mut cmd = Command::new(super::php_fpm_binary());
-        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&self.conf);
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.arg("-R");
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut cmd = super::fpm_command(&super::php_fpm_binary(), &self.conf);
         self.child = Some(cmd.spawn().expect("php-fpm"));
         wait_until(Duration::from_secs(20), "private php-fpm to listen", || {
             self.accepts()

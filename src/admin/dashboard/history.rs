@@ -179,7 +179,8 @@ impl History {
 
 #[allow(clippy::cast_precision_loss)]
 impl Point {
-    fn gap() -> Self {
+    /// A point with no value (drawn as a gap).
+    pub(super) fn gap() -> Self {
         Self {
             rate: f32::NAN,
             busy: f32::NAN,

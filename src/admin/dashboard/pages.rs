@@ -156,16 +156,7 @@ pub fn state_text(s: &SubjectStatus) -> String {
 /// `/dashboard/data.json` both come from here, so a refresh shows what a reload would.
 #[must_use]
 pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, String)> {
-    let p = latest.unwrap_or(Point {
-        rate: f32::NAN,
-        busy: f32::NAN,
-        pool: f32::NAN,
-        in_flight: f32::NAN,
-        runtime_ms: f32::NAN,
-        wait_s: f32::NAN,
-        retries_pm: f32::NAN,
-        dead_pm: f32::NAN,
-    });
+    let p = latest.unwrap_or_else(Point::gap);
     vec![
         ("queue", shown(&s.queue)),
         ("state", state_text(s)),
