@@ -122,6 +122,9 @@ pub enum ConsumerMsg {
     Dispatch,
     /// The rate limit's next token is due.
     RateDispatch,
+    /// A delivery that came without its body (see [`crate::broker::gate`]): the oversized body
+    /// that was held is gone, so it goes back to its queue to be received whole.
+    Deferred(Box<Delivery>),
 }
 
 impl From<WorkerIdle> for ConsumerMsg {
@@ -258,6 +261,7 @@ async fn on_message(
 ) -> Result<(), ActorProcessingErr> {
     match msg {
         ConsumerMsg::Delivery(delivery) => dispatch::on_delivery(state, *delivery),
+        ConsumerMsg::Deferred(delivery) => requeue(state, &delivery),
         ConsumerMsg::WorkerIdle(report) => dispatch::on_worker_idle(myself, state, report).await?,
         ConsumerMsg::StreamEnded { tag, reason } => {
             subscription::on_stream_ended(state, &tag, reason)?;
@@ -338,6 +342,10 @@ async fn setup(
     let config = runtime.config.clone();
     let subject = runtime.subject();
     let channel = connection.create_channel().await?;
+    // Before any consumer starts on it: the gate is asked about each body before it arrives.
+    channel.set_body_gate(Arc::new(broker::gate::ChannelGate(
+        runtime.body_gate.clone(),
+    )));
     let acks = Acks::spawn(channel.clone(), runtime.clone());
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;

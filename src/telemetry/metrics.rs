@@ -101,6 +101,8 @@ pub struct SubjectMetrics {
     pub missing_message_id: Counter,
     /// `signature_rejected{subject}`.
     pub signature_rejected: Counter,
+    /// `body_deferred{subject}`.
+    pub body_deferred: Counter,
     /// `rate_limit_wait_seconds{subject}`.
     pub rate_limit_wait: Counter<f64, std::sync::atomic::AtomicU64>,
     /// `long_wait{subject}`.
@@ -140,6 +142,8 @@ pub struct Metrics {
     pub missing_message_id: Family<SubjectLabel, Counter>,
     /// Requests PHP refused for their signature (401): the secrets differ.
     pub signature_rejected: Family<SubjectLabel, Counter>,
+    /// Deliveries over `limits.max_body_bytes` not received while another such body was held.
+    pub body_deferred: Family<SubjectLabel, Counter>,
     /// Seconds ready messages and an idle worker waited for the rate limit.
     pub rate_limit_wait: Family<SubjectLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// 1 while a subject's messages wait longer than its `wait_threshold`.
@@ -180,6 +184,7 @@ impl Metrics {
             ack_frames: Family::default(),
             missing_message_id: Family::default(),
             signature_rejected: Family::default(),
+            body_deferred: Family::default(),
             rate_limit_wait: Family::default(),
             long_wait: Family::default(),
             long_wait_episodes: Family::default(),
@@ -266,6 +271,11 @@ impl Metrics {
             m.signature_rejected.clone(),
         );
         registry.register(
+            "body_deferred",
+            "Deliveries over limits.max_body_bytes whose body was not received because another such body was held; returned to the queue unread, to be dead-lettered in turn",
+            m.body_deferred.clone(),
+        );
+        registry.register(
             "rate_limit_wait_seconds",
             "Seconds during which ready messages and an idle worker waited for the subject's rate limit",
             m.rate_limit_wait.clone(),
@@ -343,6 +353,7 @@ impl Metrics {
             ack_single: self.ack_frame(subject, "single"),
             missing_message_id: self.missing_message_id.get_or_create(&label).clone(),
             signature_rejected: self.signature_rejected.get_or_create(&label).clone(),
+            body_deferred: self.body_deferred.get_or_create(&label).clone(),
             rate_limit_wait: self.rate_limit_wait.get_or_create(&label).clone(),
             long_wait: self.long_wait.get_or_create(&label).clone(),
             long_wait_episodes: self.long_wait_episodes.get_or_create(&label).clone(),

@@ -21,11 +21,35 @@ pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
         super::requeue(state, &delivery);
         return;
     }
+    if delivery.body_discarded {
+        defer(state, delivery);
+        return;
+    }
     if state.backlog.is_empty() {
         state.backlog_since = std::time::Instant::now();
     }
     state.backlog.push_back(delivery);
     dispatch(state);
+}
+
+/// An oversized delivery that came without its body, because another oversized body is held
+/// (`broker::gate`): back to its queue, unread and without using an attempt, once that one is
+/// gone. Until then it keeps its prefetch slot, not its bytes (a nack at once would have the
+/// broker send the same body again and again while the permit is taken).
+fn defer(state: &ConsumerState, delivery: Delivery) {
+    state.runtime.events.emit(Event::BodyDeferred);
+    tracing::debug!(
+        subject = %state.runtime.name,
+        size = delivery.body_size,
+        "A body over limits.max_body_bytes waits for the one held to be dead-lettered"
+    );
+    let gate = state.runtime.body_gate.clone();
+    let myself = state.myself.clone();
+    tokio::spawn(async move {
+        gate.freed().await;
+        // A consumer that stopped meanwhile closed its channel: the broker has it back.
+        let _ = myself.cast(ConsumerMsg::Deferred(Box::new(delivery)));
+    });
 }
 
 /// A worker finished its message: it takes the next one (or retires), and what it reports opens
