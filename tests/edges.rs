@@ -531,6 +531,32 @@ fn generated_cases() -> Vec<Case> {
             handled: true,
         });
     }
+    // Odd encodings RabbitMQ accepts: a reserved property-flag bit, a boolean byte other than
+    // 0 or 1, a decimal with a scale beyond any number's digits.
+    let odd: [(&str, u16, Vec<u8>); 3] = [
+        ("flag-reserved-bit", 1 << 1, Vec::new()),
+        (
+            "header-bool-7",
+            flag::HEADERS,
+            table(&[entry(b"h", b't', &[7])]),
+        ),
+        (
+            "header-decimal-scale-200",
+            flag::HEADERS,
+            table(&[entry(b"h", b'D', &[200, 0, 0, 0, 1])]),
+        ),
+    ];
+    for (kind, bits, mut props) in odd {
+        let name = format!("gen-{kind}");
+        short_bytes(&mut props, name.as_bytes());
+        cases.push(Case {
+            flags: bits | flag::MESSAGE_ID,
+            props,
+            body: body(&name, "ok"),
+            name,
+            handled: true,
+        });
+    }
     // Empty and non-UTF-8 header names, a body that is not JSON, an empty body.
     for (kind, key, handled) in [
         ("key-empty", &b""[..], true),
@@ -693,4 +719,65 @@ async fn oversized_bodies_are_held_one_at_a_time() {
         "peak RSS {peak} bytes: more than one oversized body was held at once"
     );
     assert!(deferred > 0.0, "the others waited without their bytes");
+}
+
+/// The encodings a parser could choke on never reach the agent: RabbitMQ 3.10 decodes every
+/// published content header and refuses these (`INTERNAL_ERROR`, or `PRECONDITION_FAILED` for a
+/// delivery mode it does not know), so no frame it delivers fails lapin's parser. If a broker
+/// version starts accepting one, this fails and the case must join `generated_cases`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn property_encodings_no_parser_could_read_are_refused_by_the_broker() {
+    let ctx = TestCtx::new("edges-refused").await;
+    ctx.declare().await;
+    let queue = ctx.queue("event");
+    let with_id = |mut props: Vec<u8>, name: &str| {
+        short_bytes(&mut props, name.as_bytes());
+        props
+    };
+    let array_of_unknown = long_string(b"Z");
+    let mut padded = entry(b"h", b't', &[1]);
+    padded.extend_from_slice(&[0xff, 0xff]);
+    let padded = [
+        u32::try_from(padded.len()).unwrap().to_be_bytes().to_vec(),
+        padded,
+    ]
+    .concat();
+    let cases: Vec<(&str, u16, Vec<u8>)> = vec![
+        (
+            "header type Z",
+            flag::HEADERS,
+            table(&[entry(b"h", b'Z', &[])]),
+        ),
+        (
+            "header type U",
+            flag::HEADERS,
+            table(&[entry(b"h", b'U', &[0, 1])]),
+        ),
+        (
+            "header type c",
+            flag::HEADERS,
+            table(&[entry(b"h", b'c', &[1])]),
+        ),
+        (
+            "array of type Z",
+            flag::HEADERS,
+            table(&[entry(b"h", b'A', &array_of_unknown)]),
+        ),
+        ("table with trailing bytes", flag::HEADERS, padded),
+        ("property flags continued", 1, vec![0, 0]),
+        ("bytes after the properties", 0, Vec::new()),
+        ("delivery mode 7", flag::DELIVERY_MODE, vec![7]),
+    ];
+    for (name, bits, props) in cases {
+        let mut props = with_id(props, "refused");
+        if name == "bytes after the properties" {
+            props.extend_from_slice(b"GARBAGE");
+        }
+        let mut raw = RawPublisher::connect().await;
+        let refused = raw
+            .publish_raw(&queue, bits | flag::MESSAGE_ID, &props, b"{}")
+            .await;
+        assert!(refused.is_err(), "{name}: the broker accepted it");
+    }
+    assert_eq!(ctx.queue_len(&queue).await, 0, "nothing was stored");
 }
