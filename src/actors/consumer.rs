@@ -59,6 +59,8 @@ pub struct ConsumerState {
     backlog_since: std::time::Instant,
     /// How deliveries are grouped into requests (`batch_max`, `batch_wait`).
     batching: crate::batch::Batching,
+    /// With `batch_max = "auto"`: what sizes each request (learns from the workers' reports).
+    auto: Option<crate::batch::auto::Auto>,
     /// A `Dispatch` is scheduled (an idle worker waits for a batch to fill).
     dispatch_armed: bool,
     myself: ActorRef<ConsumerMsg>,
@@ -372,6 +374,13 @@ async fn setup(
         backlog: VecDeque::new(),
         backlog_since: std::time::Instant::now(),
         batching: crate::batch::Batching::of(&config, subject),
+        auto: (subject.batch_max == crate::config::BatchMax::Auto).then(|| {
+            crate::batch::auto::Auto::new(
+                usize::from(subject.batch_limit),
+                subject.batch_latency,
+                config.fpm.timeout,
+            )
+        }),
         dispatch_armed: false,
         myself: myself.clone(),
         target: 0,

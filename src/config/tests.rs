@@ -358,18 +358,38 @@ fn a_relative_state_dir_is_fine_when_crash_loop_protection_is_off() {
 #[test]
 fn batches_are_off_by_default_and_bounded() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.subjects["event"].batch_max, 1);
+    assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(1));
     assert_eq!(c.subjects["event"].batch_wait, Duration::ZERO);
     assert_eq!(c.limits.max_batch_bytes, 16 * 1024 * 1024);
     let c = parse(&format!("{MINIMAL}batch_max = 50\nbatch_wait = \"20ms\"\n")).unwrap();
-    assert_eq!(c.subjects["event"].batch_max, 50);
+    assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(50));
     assert_eq!(c.subjects["event"].batch_wait, Duration::from_millis(20));
     // The per-worker prefetch holds a full batch.
     assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 50);
+    // "auto": up to batch_limit (default 50), within batch_latency (default 100 ms).
+    let c = parse(&format!("{MINIMAL}batch_max = \"auto\"\n")).unwrap();
+    let s = &c.subjects["event"];
+    assert_eq!(s.batch_max, BatchMax::Auto);
+    assert_eq!((s.batch_limit, s.batch_ceiling()), (50, 50));
+    assert_eq!(s.batch_latency, Duration::from_millis(100));
+    assert_eq!(c.prefetch_per_worker(s), 50);
+    let c = parse(&format!(
+        "{MINIMAL}batch_max = \"auto\"\nbatch_limit = 200\nbatch_latency = \"20ms\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.subjects["event"].batch_ceiling(), 200);
     for (extra, key) in [
         ("batch_max = 0\n", "subjects.event.batch_max"),
         ("batch_max = 1001\n", "subjects.event.batch_max"),
+        ("batch_max = -1\n", "subjects.event.batch_max"),
+        ("batch_max = \"fast\"\n", "batch_max"),
         ("batch_wait = \"11s\"\n", "subjects.event.batch_wait"),
+        ("batch_limit = 0\n", "subjects.event.batch_limit"),
+        ("batch_latency = \"61s\"\n", "subjects.event.batch_latency"),
+        (
+            "batch_max = \"auto\"\nbatch_wait = \"5ms\"\n",
+            "subjects.event.batch_wait",
+        ),
     ] {
         let e = error_of(&format!("{MINIMAL}{extra}"));
         assert!(e.contains(key), "expected `{key}` in: {e}");

@@ -64,7 +64,11 @@ pub(super) async fn on_worker_idle(
         fpm_unreachable,
         signature_rejected,
         publisher_broken,
+        observed,
     } = report;
+    if let (Some(auto), Some(observed)) = (state.auto.as_mut(), observed) {
+        auto.observe(observed);
+    }
     if publisher_broken && state.draining.is_none() {
         return Err("the retry/dead-letter publish channel closed".into());
     }
@@ -124,7 +128,31 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
         }
         let n = if state.batching.max > 1 {
             let limits = &state.runtime.config.limits;
-            state.batching.take(
+            let batching = match &state.auto {
+                None => state.batching,
+                Some(auto) => {
+                    // The free workers: this one and those still idle.
+                    let sizing = auto.size(state.backlog.len(), state.idle.len() + 1);
+                    let before = state.runtime.stats.set_batch_sizing(sizing);
+                    if before.is_none_or(|b| (b.size, b.bound) != (sizing.size, sizing.bound)) {
+                        tracing::debug!(
+                            subject = %state.runtime.name,
+                            size = sizing.size,
+                            bound = ?sizing.bound,
+                            backlog = sizing.backlog,
+                            free_workers = sizing.free_workers,
+                            boot_ms = ?sizing.boot_ms,
+                            entry_ms = ?sizing.entry_ms,
+                            "batch size (batch_max = \"auto\")"
+                        );
+                    }
+                    crate::batch::Batching {
+                        max: sizing.size,
+                        ..state.batching
+                    }
+                }
+            };
+            batching.take(
                 state
                     .backlog
                     .iter()
