@@ -422,3 +422,60 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod drift_tests {
+    /// The names the agent registers, read from the sources that register them: the string
+    /// literal of `registry.register("name", …` or alone on the line after it, before the tests.
+    fn registered() -> std::collections::BTreeSet<String> {
+        let sources = [
+            include_str!("metrics.rs"),
+            include_str!("../fpm_status/monitor.rs"),
+        ];
+        sources
+            .iter()
+            .flat_map(|src| {
+                let code = src.split("#[cfg(test)]").next().unwrap_or(src);
+                code.lines().filter_map(|l| {
+                    let l = l.trim();
+                    // `registry.register("name", …` on one line, or the name alone on its own.
+                    let name = match l.split_once("register(\"") {
+                        Some((_, rest)) => rest.split_once('"')?.0,
+                        None => l.strip_prefix('"')?.strip_suffix("\",")?,
+                    };
+                    name.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                        .then(|| name.to_owned())
+                })
+            })
+            .collect()
+    }
+
+    /// Every metric the agent registers is in the reference (`docs/observability.md`), and every
+    /// `amqp_agent_*` name the reference's tables list is registered.
+    #[test]
+    fn the_metric_reference_lists_every_metric_and_nothing_else() {
+        let docs = include_str!("../../docs/observability.md");
+        let registered = registered();
+        assert!(registered.len() > 30, "{registered:?}");
+        assert!(registered.contains("messages_received") && registered.contains("fpm_status_up"));
+        let missing: Vec<_> = registered
+            .iter()
+            .filter(|name| {
+                !docs.contains(&format!("`amqp_agent_{name}`"))
+                    && !docs.contains(&format!("`amqp_agent_{name}_total`"))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/observability.md: {missing:?}"
+        );
+        let stale: Vec<_> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `amqp_agent_"))
+            .filter_map(|l| l.split_once('`').map(|(n, _)| n))
+            .filter(|n| !registered.contains(n.strip_suffix("_total").unwrap_or(n)))
+            .collect();
+        assert!(stale.is_empty(), "documented but not registered: {stale:?}");
+    }
+}
