@@ -47,6 +47,9 @@ struct Shared {
     alive: std::sync::atomic::AtomicBool,
     /// The FPM status reader, slow-request watch and autoscaler of the config in force.
     fpm_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The FPM upstreams and their connection pools: owned here, used by every subject's
+    /// workers, observed by the status monitor and the metrics.
+    upstreams: Arc<crate::upstreams::InForce>,
     /// Subjects whose size an operator set (`pool set`, SIGTTIN, SIGTTOU): autoscaling leaves
     /// them alone until `pool auto`. Kept across reloads.
     pins: Mutex<std::collections::BTreeSet<String>>,
@@ -94,7 +97,10 @@ impl Agent {
                 (name.clone(), usize::from(start))
             })
             .collect();
-        let metrics = Arc::new(Metrics::new(stats.clone()));
+        // The FPM connection pools: the agent owns them, the runtimes use them, the metrics and
+        // the status monitor observe them.
+        let upstreams = Arc::new(crate::upstreams::InForce::default());
+        let metrics = Arc::new(Metrics::new(stats.clone(), &upstreams));
         metrics
             .crash_loop_protection
             .set(i64::from(crashes.enabled()));
@@ -106,10 +112,15 @@ impl Agent {
             metrics: metrics.clone(),
             fatal: fatal.clone(),
             crashes: crashes.clone(),
+            upstreams: upstreams.clone(),
             hook,
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
-        let fpm_tasks = crate::fpm_status::monitor::spawn(metrics.fpm.clone(), config.clone());
+        let fpm_tasks = crate::fpm_status::monitor::spawn(
+            metrics.fpm.clone(),
+            upstreams.for_config(&config),
+            config.clone(),
+        );
         let handle = AgentHandle {
             inner: Arc::new(Shared {
                 root,
@@ -120,6 +131,7 @@ impl Agent {
                 started: Instant::now(),
                 alive: true.into(),
                 fpm_tasks: Mutex::new(fpm_tasks),
+                upstreams,
                 pins: Mutex::default(),
                 targets: Mutex::default(),
             }),
@@ -221,6 +233,7 @@ impl Agent {
         *self.handle.inner.fpm_tasks.lock().expect("fpm tasks lock") =
             crate::fpm_status::monitor::spawn(
                 self.handle.inner.metrics.fpm.clone(),
+                self.handle.inner.upstreams.for_config(&config),
                 config.clone(),
             );
         self.handle.spawn_sizer();
@@ -248,7 +261,13 @@ impl AgentHandle {
         self.inner.config.lock().expect("config lock").clone()
     }
 
-    /// The metrics registry.
+    /// The FPM upstreams in use (none before the first subject started).
+    #[must_use]
+    pub fn fpm_upstreams(&self) -> Option<Arc<crate::upstreams::Upstreams>> {
+        self.inner.upstreams.get()
+    }
+
+    /// The agent's metrics.
     #[must_use]
     pub fn metrics(&self) -> Arc<Metrics> {
         self.inner.metrics.clone()

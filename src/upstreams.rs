@@ -63,6 +63,75 @@ pub struct UpstreamLabel {
     pub upstream: String,
 }
 
+/// The upstreams of the `[fpm]` in force, and their metric families: the one owner of every
+/// FastCGI connection pool the agent has. The agent holds it; each subject's runtime takes its
+/// [`Upstreams`] from it, and the FPM monitor reads through what it is handed.
+#[derive(Default)]
+pub struct InForce {
+    current: Mutex<Option<Arc<Upstreams>>>,
+    up: prometheus_client::metrics::family::Family<UpstreamLabel, Gauge>,
+    in_flight: prometheus_client::metrics::family::Family<UpstreamLabel, Gauge>,
+    requests: prometheus_client::metrics::family::Family<UpstreamLabel, Counter>,
+    refused: prometheus_client::metrics::family::Family<UpstreamLabel, Counter>,
+    backlog_waits: prometheus_client::metrics::family::Family<UpstreamLabel, Counter>,
+}
+
+impl InForce {
+    /// The upstreams of `config`'s `[fpm]`: the ones in use when they serve the same `[fpm]`,
+    /// else new ones (a reload that changes `[fpm]` restarts the consumers, whose workers then
+    /// take the new ones).
+    pub fn for_config(&self, config: &Config) -> Arc<Upstreams> {
+        let mut current = self.current.lock().expect("upstreams lock");
+        if let Some(u) = current.as_ref().filter(|u| u.serves(config)) {
+            return u.clone();
+        }
+        let upstreams = Arc::new(Upstreams::new(config, |label| UpstreamMetrics {
+            up: self.up.get_or_create(label).clone(),
+            in_flight: self.in_flight.get_or_create(label).clone(),
+            requests: self.requests.get_or_create(label).clone(),
+            refused: self.refused.get_or_create(label).clone(),
+            backlog_waits: self.backlog_waits.get_or_create(label).clone(),
+        }));
+        *current = Some(upstreams.clone());
+        upstreams
+    }
+
+    /// The upstreams in use, if any were made yet.
+    #[must_use]
+    pub fn get(&self) -> Option<Arc<Upstreams>> {
+        self.current.lock().expect("upstreams lock").clone()
+    }
+
+    /// Registers the upstreams' gauges and counters (the registry observes, it does not own).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "fpm_upstream_up",
+            "1 while the upstream's circuit breaker is closed (it accepts connections)",
+            self.up.clone(),
+        );
+        registry.register(
+            "fpm_upstream_in_flight",
+            "Requests and status reads in flight on the upstream (capped by its max_children)",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "fpm_upstream_requests",
+            "Requests sent to the upstream",
+            self.requests.clone(),
+        );
+        registry.register(
+            "fpm_upstream_refused",
+            "Connections the upstream refused",
+            self.refused.clone(),
+        );
+        registry.register(
+            "fpm_backlog_waits",
+            "Requests with no reply byte at fpm.timeout while FPM's listen queue was not empty, given more time instead of a retry",
+            self.backlog_waits.clone(),
+        );
+    }
+}
+
 /// Every upstream of one `[fpm]` configuration.
 pub struct Upstreams {
     fpm: FpmConfig,

@@ -60,11 +60,19 @@ async fn take(ctx: &TestCtx, ids: &[&str]) -> (lapin::Channel, BTreeMap<String, 
 
 fn runtime(ctx: &TestCtx) -> (Arc<SubjectRuntime>, Arc<SubjectStats>) {
     let stats = Arc::new(SubjectStats::default());
-    let metrics = Arc::new(Metrics::new(BTreeMap::from([(
-        "event".to_owned(),
+    let upstreams = amqp_agent::upstreams::InForce::default();
+    let metrics = Arc::new(Metrics::new(
+        BTreeMap::from([("event".to_owned(), stats.clone())]),
+        &upstreams,
+    ));
+    let config = ctx.config();
+    let runtime = SubjectRuntime::new(
+        config.clone(),
+        "event",
         stats.clone(),
-    )])));
-    let runtime = SubjectRuntime::new(ctx.config(), "event", stats.clone(), metrics);
+        metrics,
+        upstreams.for_config(&config),
+    );
     (Arc::new(runtime), stats)
 }
 

@@ -63,6 +63,7 @@ impl SubjectRuntime {
         subject: &str,
         stats: Arc<crate::stats::SubjectStats>,
         metrics: Arc<crate::telemetry::metrics::Metrics>,
+        upstreams: Arc<crate::upstreams::Upstreams>,
     ) -> Self {
         let wait_threshold = config.subjects[subject].wait_threshold;
         let config_max_body = config.limits.max_body_bytes;
@@ -75,7 +76,7 @@ impl SubjectRuntime {
                 max_retry_after: config.retry.max_retry_after,
                 extra_queues: config.amqp.declare,
             },
-            upstreams: metrics.fpm.upstreams_for(&config),
+            upstreams,
             config,
             events: crate::telemetry::events::SubjectEvents::new(
                 subject,

@@ -55,6 +55,8 @@ pub struct RootState {
     ids: HashMap<ActorId, String>,
     draining: bool,
     fatal: Arc<Mutex<Option<String>>>,
+    /// The FPM upstreams in force: a reload takes the runtimes' from here.
+    upstreams: Arc<crate::upstreams::InForce>,
 }
 
 /// Messages the root accepts.
@@ -92,6 +94,8 @@ pub struct RootArgs {
     pub fatal: Arc<Mutex<Option<String>>>,
     /// Crash-loop protection, shared by every subject.
     pub crashes: Arc<crate::poison::journal::Tracker>,
+    /// The FPM upstreams in force, shared by every subject (the agent owns them).
+    pub upstreams: Arc<crate::upstreams::InForce>,
     /// Tests only: called by every worker with each delivery (see [`super::hook`]).
     pub hook: Option<super::hook::DeliveryHook>,
 }
@@ -111,10 +115,16 @@ impl Actor for RootSupervisor {
         for (name, stats) in args.stats {
             let target = args.targets.get(&name).copied().unwrap_or(1);
             let runtime = Arc::new(
-                SubjectRuntime::new(args.config.clone(), &name, stats, args.metrics.clone())
-                    .with_crashes(args.crashes.clone())
-                    .with_body_gate(gate.clone())
-                    .with_hook(args.hook.clone()),
+                SubjectRuntime::new(
+                    args.config.clone(),
+                    &name,
+                    stats,
+                    args.metrics.clone(),
+                    args.upstreams.for_config(&args.config),
+                )
+                .with_crashes(args.crashes.clone())
+                .with_body_gate(gate.clone())
+                .with_hook(args.hook.clone()),
             );
             let child = Child {
                 runtime,
@@ -137,6 +147,7 @@ impl Actor for RootSupervisor {
             ids: HashMap::new(),
             draining: false,
             fatal: args.fatal,
+            upstreams: args.upstreams,
         })
     }
 
@@ -290,10 +301,16 @@ fn reload(
             child.rate = file_rate;
         }
         child.runtime = Arc::new(
-            SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
-                .with_crashes(child.runtime.crashes.clone())
-                .with_body_gate(child.runtime.body_gate.clone())
-                .with_hook(child.runtime.hook.clone()),
+            SubjectRuntime::new(
+                new.clone(),
+                name,
+                stats,
+                child.runtime.metrics.clone(),
+                state.upstreams.for_config(&new),
+            )
+            .with_crashes(child.runtime.crashes.clone())
+            .with_body_gate(child.runtime.body_gate.clone())
+            .with_hook(child.runtime.hook.clone()),
         );
         let Some(actor) = child.actor.clone() else {
             continue;

@@ -119,7 +119,7 @@ fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
 fn capacity(agent: &AgentHandle, config: &crate::config::Config) -> Option<Capacity> {
     let path = config.fpm.status_path.as_deref()?;
     let monitor = agent.metrics().fpm.clone();
-    let upstreams = monitor.upstreams()?;
+    let upstreams = agent.fpm_upstreams()?;
     let reads = monitor.snapshots();
     let healthy = upstreams
         .list()

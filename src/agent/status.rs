@@ -172,7 +172,7 @@ impl AgentHandle {
     fn upstreams(&self) -> Vec<UpstreamStatus<StatusState>> {
         let monitor = &self.inner.metrics.fpm;
         let mut reads = monitor.snapshots().into_iter().map(|s| s.shown);
-        let Some(upstreams) = monitor.upstreams() else {
+        let Some(upstreams) = self.fpm_upstreams() else {
             return Vec::new();
         };
         upstreams

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{FpmProcess, FpmStatus, StatusError, StatusState};
 use crate::config::Config;
-use crate::upstreams::{UpstreamLabel, UpstreamMetrics, Upstreams};
+use crate::upstreams::UpstreamLabel;
 
 /// The `subject` label of the in-flight request gauges. (Its own type, not the metrics
 /// module's: `telemetry::metrics` holds the monitor, so the monitor does not import it back.)
@@ -67,13 +67,6 @@ pub struct Monitor {
     pub slow: Family<SubjectLabel, Counter>,
     up: Family<UpstreamLabel, Gauge>,
     gauges: [(&'static str, &'static str, Family<UpstreamLabel, Gauge>); 7],
-    /// The upstreams of the `[fpm]` in force (replaced when a reload changes it).
-    upstreams: Mutex<Option<Arc<Upstreams>>>,
-    upstream_up: Family<UpstreamLabel, Gauge>,
-    upstream_in_flight: Family<UpstreamLabel, Gauge>,
-    upstream_requests: Family<UpstreamLabel, Counter>,
-    upstream_refused: Family<UpstreamLabel, Counter>,
-    backlog_waits: Family<UpstreamLabel, Counter>,
 }
 
 impl Default for Monitor {
@@ -90,12 +83,6 @@ impl Monitor {
         Self {
             state: watch::Sender::new(vec![Snapshot::empty(String::new(), "not_configured")]),
             soon: tokio::sync::Notify::new(),
-            upstreams: Mutex::default(),
-            upstream_up: Family::default(),
-            upstream_in_flight: Family::default(),
-            upstream_requests: Family::default(),
-            upstream_refused: Family::default(),
-            backlog_waits: Family::default(),
             running: Mutex::default(),
             next: AtomicU64::new(0),
             slow: Family::default(),
@@ -155,56 +142,6 @@ impl Monitor {
             "Requests that ran past fpm.slow_after",
             self.slow.clone(),
         );
-        registry.register(
-            "fpm_upstream_up",
-            "1 while the upstream's circuit breaker is closed (it accepts connections)",
-            self.upstream_up.clone(),
-        );
-        registry.register(
-            "fpm_upstream_in_flight",
-            "Requests and status reads in flight on the upstream (capped by its max_children)",
-            self.upstream_in_flight.clone(),
-        );
-        registry.register(
-            "fpm_upstream_requests",
-            "Requests sent to the upstream",
-            self.upstream_requests.clone(),
-        );
-        registry.register(
-            "fpm_upstream_refused",
-            "Connections the upstream refused",
-            self.upstream_refused.clone(),
-        );
-        registry.register(
-            "fpm_backlog_waits",
-            "Requests with no reply byte at fpm.timeout while FPM's listen queue was not empty, given more time instead of a retry",
-            self.backlog_waits.clone(),
-        );
-    }
-
-    /// The upstreams of `config`'s `[fpm]`: the ones in use when they serve the same `[fpm]`,
-    /// else new ones (a reload that changes `[fpm]` restarts the consumers, whose workers then
-    /// take the new ones).
-    pub fn upstreams_for(&self, config: &Config) -> Arc<Upstreams> {
-        let mut current = self.upstreams.lock().expect("upstreams lock");
-        if let Some(u) = current.as_ref().filter(|u| u.serves(config)) {
-            return u.clone();
-        }
-        let upstreams = Arc::new(Upstreams::new(config, |label| UpstreamMetrics {
-            up: self.upstream_up.get_or_create(label).clone(),
-            in_flight: self.upstream_in_flight.get_or_create(label).clone(),
-            requests: self.upstream_requests.get_or_create(label).clone(),
-            refused: self.upstream_refused.get_or_create(label).clone(),
-            backlog_waits: self.backlog_waits.get_or_create(label).clone(),
-        }));
-        *current = Some(upstreams.clone());
-        upstreams
-    }
-
-    /// The upstreams in use, if any were made yet.
-    #[must_use]
-    pub fn upstreams(&self) -> Option<Arc<Upstreams>> {
-        self.upstreams.lock().expect("upstreams lock").clone()
     }
 
     /// The last read of the first upstream's status page; changes are announced to

@@ -239,10 +239,10 @@ mod tests {
     #[test]
     fn each_event_feeds_status_and_metrics_once() {
         let stats = Arc::new(SubjectStats::default());
-        let metrics = Arc::new(Metrics::new(std::collections::BTreeMap::from([(
-            "event".to_owned(),
-            stats.clone(),
-        )])));
+        let metrics = Arc::new(Metrics::new(
+            std::collections::BTreeMap::from([("event".to_owned(), stats.clone())]),
+            &crate::upstreams::InForce::default(),
+        ));
         let events = SubjectEvents::new("event", stats.clone(), metrics.clone());
         events.emit(Event::Received);
         events.emit(Event::Acked(3));
@@ -301,7 +301,10 @@ mod tests {
     #[test]
     fn only_a_second_start_counts_as_a_reconnect() {
         let stats = Arc::new(SubjectStats::default());
-        let metrics = Arc::new(Metrics::new(std::collections::BTreeMap::new()));
+        let metrics = Arc::new(Metrics::new(
+            std::collections::BTreeMap::new(),
+            &crate::upstreams::InForce::default(),
+        ));
         let events = SubjectEvents::new("event", stats.clone(), metrics.clone());
         let reconnects = r#"amqp_agent_reconnects_total{subject="event"} 1"#;
         events.emit(Event::ConsumerStarting);
@@ -317,7 +320,10 @@ mod tests {
     #[test]
     fn a_long_wait_is_one_episode_until_a_message_waits_less() {
         let stats = Arc::new(SubjectStats::default());
-        let metrics = Arc::new(Metrics::new(std::collections::BTreeMap::new()));
+        let metrics = Arc::new(Metrics::new(
+            std::collections::BTreeMap::new(),
+            &crate::upstreams::InForce::default(),
+        ));
         let events = SubjectEvents::new("event", stats.clone(), metrics.clone())
             .with_wait_threshold(Some(Duration::from_secs(60)));
         for seconds in [5, 61, 90, 120] {

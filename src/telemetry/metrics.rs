@@ -165,9 +165,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric; `stats` feeds the gauges.
+    /// Registers every metric; `stats` feeds the gauges. The FPM upstreams' gauges and counters
+    /// are `upstreams`' own: registered here, owned there.
     #[must_use]
-    pub fn new(stats: BTreeMap<String, Arc<SubjectStats>>) -> Self {
+    pub fn new(
+        stats: BTreeMap<String, Arc<SubjectStats>>,
+        upstreams: &crate::upstreams::InForce,
+    ) -> Self {
         let mut registry = Registry::with_prefix("amqp_agent");
         let m = Self {
             received: Family::default(),
@@ -200,6 +204,7 @@ impl Metrics {
             fpm: Arc::default(),
         };
         m.fpm.register(&mut registry);
+        upstreams.register(&mut registry);
         registry.register(
             "messages_received",
             "Deliveries received from RabbitMQ",
@@ -431,6 +436,7 @@ mod drift_tests {
         let sources = [
             include_str!("metrics.rs"),
             include_str!("../fpm_status/monitor.rs"),
+            include_str!("../upstreams.rs"),
         ];
         sources
             .iter()

@@ -8,12 +8,15 @@ use super::{MAX_STATUS_BYTES, Monitor, Snapshot, StatusError, StatusState, statu
 use crate::config::Config;
 use crate::upstreams::Upstream;
 
-/// Starts the monitor's tasks for `config`: one status reader per upstream (when
-/// `fpm.status_path` is set), the upstreams' upkeep (idle connections, breaker probes) and the
-/// slow-request watch. Abort the handles to stop them (on reload and stop).
+/// Starts the monitor's tasks for `config` and its `upstreams`: one status reader per upstream
+/// (when `fpm.status_path` is set), the upstreams' upkeep (idle connections, breaker probes) and
+/// the slow-request watch. Abort the handles to stop them (on reload and stop).
 #[must_use]
-pub fn spawn(monitor: Arc<Monitor>, config: Arc<Config>) -> Vec<tokio::task::JoinHandle<()>> {
-    let upstreams = monitor.upstreams_for(&config);
+pub fn spawn(
+    monitor: Arc<Monitor>,
+    upstreams: Arc<crate::upstreams::Upstreams>,
+    config: Arc<Config>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(upstreams.clone().maintain())];
     let state = if config.fpm.status_path.is_some() {
         "pending"
