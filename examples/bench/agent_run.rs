@@ -56,6 +56,11 @@ impl Bench {
         };
         let mut agent = AgentProc::spawn(&self.args.agent_bin, &config, &log, rust_log, &plan.env)?;
         let mut perf = start_perf(plan, agent.pid)?;
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let dashboard = plan.dashboard.map(|every| {
+            let port = admin_port(&std::fs::read_to_string(&config).unwrap_or_default());
+            tokio::spawn(crate::dashboard::open(port, every, fetches.clone()))
+        });
         let mut records = Records::new(&self.records, run);
         let mut published_at = Vec::new();
         if let Some((rate, _)) = plan.steady {
@@ -66,6 +71,10 @@ impl Bench {
         }
         self.wait_handled(run, plan, &mut agent, &mut records, &mut result)
             .await?;
+        if let Some(task) = dashboard {
+            task.abort();
+            result.dashboard_fetches = fetches.load(std::sync::atomic::Ordering::Relaxed);
+        }
         let (user, sys) = cpu_ticks(agent.pid)?;
         result.switches_per_msg = context_switches(agent.pid) as f64 / n as f64;
         let after = cpu_snapshot(self.fpm_pid);
@@ -227,4 +236,14 @@ fn steady_latency(records: &Records, published_at: &[u64]) -> anyhow::Result<Lat
         std::fs::write(path, out)?;
     }
     Ok(records.latency_after_warm_up(published_at))
+}
+
+/// The admin listener's port in a generated config (`listen = "127.0.0.1:PORT"`).
+fn admin_port(config: &str) -> u16 {
+    config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("listen = \"127.0.0.1:"))
+        .filter_map(|rest| rest.trim_end_matches('"').parse().ok())
+        .next()
+        .unwrap_or(9466)
 }

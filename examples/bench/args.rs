@@ -85,6 +85,14 @@ pub struct Args {
     /// into this file (with `--quick`: the quick drain's plan, `--quick-batch` included).
     #[arg(long)]
     pub perf: Option<PathBuf>,
+    /// `--quick`: each round drains twice, without and with a dashboard open (page loaded, its
+    /// data and history fetched every `--dashboard-every-ms`, 5000 as the page does), and
+    /// prints the agent's CPU per message of both.
+    #[arg(long, requires = "quick")]
+    pub dashboard: bool,
+    /// See `--dashboard`.
+    #[arg(long, default_value_t = 5000)]
+    pub dashboard_every_ms: u64,
     /// `--quick`: the drain with this `batch_max` (default 1: one request per message).
     #[arg(long, default_value_t = 1)]
     pub quick_batch: u16,

@@ -120,6 +120,9 @@ pub struct AgentPlan {
     pub query: &'static str,
     /// Environment of the agent process (`AMQP_AGENT_TCP_QUICKACK=0`).
     pub env: Vec<(&'static str, &'static str)>,
+    /// A dashboard open during the run: the overview page loaded, then its data and the
+    /// metrics page's history fetched every this often, as the page's auto-refresh does.
+    pub dashboard: Option<Duration>,
 }
 
 impl AgentPlan {
@@ -136,6 +139,7 @@ impl AgentPlan {
             perf: None,
             quorum: false,
             auto: None,
+            dashboard: None,
             batch_max: 1,
             fpm_address: None,
             query: "",

@@ -49,6 +49,7 @@ mod agent_run;
 mod amqp_load;
 mod args;
 mod bench;
+mod dashboard;
 mod fcgi_load;
 mod messages;
 #[path = "../shared/os.rs"]

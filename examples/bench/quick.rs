@@ -29,6 +29,7 @@ impl Bench {
         let concurrency = usize::from(pool) * 2;
         let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
         let (mut quorum_drains, mut quorum_cpus) = (Vec::new(), Vec::new());
+        let mut dashboard_cpus = Vec::new();
         let plan = AgentPlan::drain_batched(
             pool,
             self.args.quick_batch.max(1),
@@ -51,6 +52,26 @@ impl Bench {
                 drain.check.duplicates,
             );
             ensure!(drain.check.clean(), "messages lost or duplicated");
+            if self.args.dashboard {
+                let every = std::time::Duration::from_millis(self.args.dashboard_every_ms);
+                let open = AgentPlan {
+                    label: format!("{} dashboard open", plan.label),
+                    dashboard: Some(every),
+                    ..plan.clone()
+                };
+                let with = self.agent_run(&open).await?;
+                ensure!(with.check.clean(), "messages lost or duplicated");
+                println!(
+                    "[quick {r}] dashboard open (refresh every {} ms, {} fetches): drain {:.0} msg/s, agent {:.2} µs CPU/msg against {:.2} without ({:+.1} %)",
+                    every.as_millis(),
+                    with.dashboard_fetches,
+                    with.rate,
+                    with.cpu_us_per_msg,
+                    drain.cpu_us_per_msg,
+                    (with.cpu_us_per_msg / drain.cpu_us_per_msg - 1.0) * 100.0,
+                );
+                dashboard_cpus.push(with.cpu_us_per_msg);
+            }
             if self.args.quorum {
                 let plan = AgentPlan::drain_quorum(pool, n, self.args.prefetch_per_worker);
                 let q = self.agent_run(&plan).await?;
@@ -81,7 +102,7 @@ impl Bench {
             "[quick] medians of {}: ceiling {c:.0} req/s, drain {d:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg (least {least:.1})",
             self.args.rounds,
             d / c,
-            median(cpus)
+            median(cpus.clone())
         );
         if self.args.quorum {
             let q = median(quorum_drains);
@@ -90,6 +111,14 @@ impl Bench {
                 self.args.rounds,
                 q / d,
                 median(quorum_cpus)
+            );
+        }
+        if self.args.dashboard {
+            let (without, with) = (median(cpus.clone()), median(dashboard_cpus));
+            println!(
+                "[quick] dashboard, medians of {}: agent {with:.2} µs CPU/msg with a dashboard open against {without:.2} without ({:+.1} %)",
+                self.args.rounds,
+                (with / without - 1.0) * 100.0
             );
         }
         if let Some(perf) = self.args.perf.clone() {

@@ -48,6 +48,8 @@ pub struct AgentResult {
     pub left_in_queues: u32,
     pub exit_code: i32,
     pub latency: Option<Latency>,
+    /// HTTP fetches a dashboard made during the run (`--dashboard`).
+    pub dashboard_fetches: u64,
     /// Measured publish rate of the steady-state run.
     pub offered_rate: f64,
     /// Auto pools: the largest size the autoscaler gave each subject.
