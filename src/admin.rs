@@ -19,6 +19,7 @@
 
 mod conns;
 pub mod dashboard;
+mod dead;
 mod host;
 
 use std::sync::Arc;
@@ -64,6 +65,8 @@ struct AdminState {
     allowed_hosts: Arc<[String]>,
     /// The dashboard's last hour.
     history: dashboard::SharedHistory,
+    /// Dead-letter replays and discards, running and finished.
+    jobs: dead::SharedJobs,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves. Connections still open then
@@ -85,6 +88,7 @@ pub async fn serve(
     )));
     let app = router(AdminState {
         history,
+        jobs: dead::SharedJobs::default(),
         token: admin.token.as_deref().map(Arc::from),
         open_commands: admin.allow_unauthenticated_commands,
         request_timeout: admin.request_timeout,
@@ -193,6 +197,19 @@ fn router(state: AdminState) -> Router {
             "/dashboard/history.json",
             get(|State(s): State<AdminState>| async move { dashboard::history(&s.history) }),
         )
+        .route(
+            "/dashboard/dead-letters",
+            get(
+                |State(s): State<AdminState>, Query(q): Query<dashboard::DeadPageQuery>| async move {
+                    dashboard::dead_letters(&s.agent, q)
+                },
+            ),
+        )
+        .route("/dead-letter-jobs/{id}", get(dead::job))
+        .route("/dead-letters/{subject}", get(dead::list))
+        .route("/dead-letters/{subject}/message", get(dead::message))
+        .route("/dead-letters/{subject}/replay", post(dead::replay))
+        .route("/dead-letters/{subject}/discard", post(dead::discard))
         .route("/assets/{name}", get(dashboard::asset))
         .route("/favicon.ico", get(dashboard::favicon))
         .route("/healthz", get(healthz))
