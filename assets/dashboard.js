@@ -193,6 +193,8 @@
     return e;
   }
   const dash = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
+  // x-agent-status 0: PHP gave no status (a timeout, a body refused before PHP).
+  const httpStatus = (v) => (v === 0 ? "none" : dash(v));
   function age(s) {
     if (s === null || s === undefined) return "—";
     if (s < 120) return s + " s";
@@ -255,7 +257,7 @@
       tr.append(el("td", dash(l.message_id), { "data-field": "message_id" }));
       tr.append(el("td", dash(l.type), { "data-field": "type" }));
       tr.append(el("td", dash(l.reason), { "data-field": "reason" }));
-      tr.append(el("td", dash(l.status), { "data-field": "status" }));
+      tr.append(el("td", httpStatus(l.status), { "data-field": "status" }));
       tr.append(el("td", dash(l.attempts), { "data-field": "attempts" }));
       tr.append(el("td", age(l.age_seconds), { "data-field": "age" }));
       tr.append(el("td", dash(l.last_error), { "data-field": "last_error" }));
@@ -314,7 +316,7 @@
     facts.replaceChildren();
     const fact = (name, value) => { facts.append(el("dt", name)); const dd = el("dd"); if (value instanceof Node) dd.append(value); else dd.textContent = dash(value); facts.append(dd); return dd; };
     fact("Reason", d.reason);
-    fact("Status", d.status);
+    fact("Status", httpStatus(d.status));
     fact("Attempts", d.attempts);
     fact("Type", d.type);
     fact("Dead-lettered", d.dead_lettered_at === null ? null : new Date(d.dead_lettered_at * 1000).toISOString() + " (" + age(d.age_seconds) + " ago)");
