@@ -4,14 +4,22 @@
 //! both call these functions; neither has logic of its own.
 //!
 //! AMQP has no way to read a queue without taking its messages, so every operation is a *walk*:
-//! one session takes the messages with `basic.get`, one at a time, as many as the queue held
-//! when the walk began (a message that comes back while it runs, such as a replay that failed
-//! again, is not seen twice). The messages not acted on stay unacked until the walk ends, then
-//! go back with one `basic.nack` (`multiple`, requeue). RabbitMQ puts a requeued message back
-//! at its original position in a classic queue, so the order of the messages left is the order
-//! they had; a message dead-lettered while the walk ran is behind them, as it would be anyway.
-//! If the session ends early (an error, a lost connection), the broker requeues them all the
-//! same. A walk must end within the broker's `consumer_timeout` (30 min by default).
+//! one session takes the messages with `basic.get`, one at a time, at most as many as the
+//! queue held when the walk began (a message that comes back while it runs, such as a replay
+//! that failed again, is not seen twice). The messages not acted on stay unacked until the walk
+//! ends, then go back with one `basic.nack` (`multiple`, requeue), and the order of the queue
+//! is kept as far as AMQP allows:
+//! - a classic queue puts a requeued message back at its original position, so a walk may stop
+//!   early (a full page, a key found, the limit reached);
+//! - a quorum queue (RabbitMQ 3.x, no delivery limit) puts it at its back, so a walk that
+//!   stops early first takes the rest of what the queue held, and all go back in their order;
+//! - either way, a message that arrived while the walk ran (dead-lettered meanwhile) ends up
+//!   ahead of the messages put back on a quorum queue, behind them on a classic one.
+//!
+//! If the session ends early (an error, a lost connection), the broker requeues what it held
+//! all the same (on a quorum queue, behind what it did not take). A walk must end within the
+//! broker's `consumer_timeout` (30 min by default). A replayed or discarded message is gone
+//! from the queue; the others keep their relative order.
 //!
 //! Invariant: a replayed dead letter is acked only after its copy was confirmed by the broker
 //! (mandatory publish to the subject's queue); a discarded one is acked and nothing else. A dead
@@ -28,7 +36,7 @@ use tracing::warn;
 
 use crate::broker::session::{Session, Taken};
 use crate::broker::{self, BrokerError};
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::contract;
 use crate::printable::printable;
 use crate::provenance;
@@ -66,13 +74,22 @@ pub struct Budget {
     pub max_scan: usize,
     /// When to stop looking (the admin API answers within its request timeout).
     pub deadline: Option<Instant>,
+    /// Whether to go on past a full page, to count every match.
+    pub count_all: bool,
 }
 
 impl Budget {
-    /// No bound but the queue's length.
+    /// No bound but the queue's length; every match counted.
     pub const UNBOUNDED: Self = Self {
         max_scan: usize::MAX,
         deadline: None,
+        count_all: true,
+    };
+
+    /// No bound, but the walk ends with the page (the CLI's `list`).
+    pub const PAGE: Self = Self {
+        count_all: false,
+        ..Self::UNBOUNDED
     };
 
     fn spent(&self, scanned: usize) -> bool {
@@ -103,6 +120,9 @@ pub struct Browse {
 struct Walk {
     session: Session,
     queue: String,
+    /// A quorum queue puts a returned message at its back: to keep the order, a walk takes
+    /// every message the queue held before it returns them.
+    whole: bool,
     /// Messages the queue held when the walk began (known at the first take).
     total: Option<usize>,
     scanned: usize,
@@ -112,10 +132,20 @@ struct Walk {
 }
 
 impl Walk {
-    async fn open(config: &Config, queue: String, confirm: bool) -> Result<Self, BrokerError> {
+    async fn open(
+        config: &Config,
+        subject: &str,
+        queue: String,
+        confirm: bool,
+    ) -> Result<Self, BrokerError> {
+        let whole = config
+            .subjects
+            .get(subject)
+            .is_some_and(|s| config.queue_type(s) == QueueType::Quorum);
         Ok(Self {
             session: Session::open(config, "dead-letters", confirm).await?,
             queue,
+            whole,
             total: None,
             scanned: 0,
             kept: None,
@@ -150,8 +180,21 @@ impl Walk {
         self.total.unwrap_or(0)
     }
 
-    /// Puts back what was kept and closes the session.
-    async fn finish(self) -> Result<(), BrokerError> {
+    /// Puts back what was kept and closes the session. On a quorum queue, the messages not
+    /// looked at yet are taken first, so that all go back in their order.
+    async fn finish(mut self) -> Result<(), BrokerError> {
+        if self.whole && self.kept.is_some() {
+            loop {
+                match self.next().await {
+                    Ok(Some(msg)) => self.keep(msg),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.session.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let result = match &self.kept {
             Some(last) => last.requeue_through().await,
             None => Ok(()),
@@ -176,12 +219,12 @@ pub async fn browse(
     now: u64,
 ) -> Result<Browse, DeadLetterError> {
     let (_, queue) = queues(config, subject)?;
-    let mut walk = Walk::open(config, queue.clone(), false).await?;
+    let mut walk = Walk::open(config, subject, queue.clone(), false).await?;
     let mut letters = Vec::new();
     let mut matched = 0;
     let result: Result<bool, BrokerError> = async {
         loop {
-            if budget.spent(walk.scanned) {
+            if budget.spent(walk.scanned) || !budget.count_all && letters.len() >= limit {
                 return Ok(false);
             }
             let Some(msg) = walk.next().await? else {
@@ -233,7 +276,7 @@ pub async fn open(
     now: u64,
 ) -> Result<Option<Detail>, DeadLetterError> {
     let (_, queue) = queues(config, subject)?;
-    let mut walk = Walk::open(config, queue, false).await?;
+    let mut walk = Walk::open(config, subject, queue, false).await?;
     let found: Result<Option<Detail>, BrokerError> = async {
         while !budget.spent(walk.scanned) {
             let Some(msg) = walk.next().await? else {
@@ -326,7 +369,7 @@ pub async fn act(
     mut progress: impl FnMut(&Progress),
 ) -> Result<Progress, DeadLetterError> {
     let (main, queue) = queues(config, subject)?;
-    let mut walk = Walk::open(config, queue, action == Action::Replay).await?;
+    let mut walk = Walk::open(config, subject, queue, action == Action::Replay).await?;
     let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
     if let Selection::Keys(keys) = selection {
         for key in keys {

@@ -136,6 +136,7 @@ fn budget(state: &AdminState) -> Budget {
     Budget {
         max_scan: MAX_SCAN,
         deadline: Some(Instant::now() + state.request_timeout.mul_f32(0.6)),
+        count_all: true,
     }
 }
 
@@ -161,19 +162,17 @@ pub(super) async fn list(
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let config = state.agent.config();
     let now = crate::contract::unix_now();
-    match dead_letters::browse(
-        &config,
-        &subject,
-        &filter,
-        q.offset.unwrap_or(0),
-        limit,
-        budget(&state),
-        now,
-    )
-    .await
-    {
-        Ok(page) => axum::Json(page).into_response(),
-        Err(e) => failed(&e),
+    let budget = budget(&state);
+    let offset = q.offset.unwrap_or(0);
+    // A task of its own: should the request time out, the walk still ends cleanly (the
+    // messages go back in order) instead of being dropped halfway.
+    let walk = tokio::spawn(async move {
+        dead_letters::browse(&config, &subject, &filter, offset, limit, budget, now).await
+    });
+    match walk.await {
+        Ok(Ok(page)) => axum::Json(page).into_response(),
+        Ok(Err(e)) => failed(&e),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the walk failed\n").into_response(),
     }
 }
 
@@ -200,7 +199,16 @@ pub(super) async fn message(
     };
     let config = state.agent.config();
     let now = crate::contract::unix_now();
-    match dead_letters::open(&config, &subject, &key, budget(&state), now).await {
+    let budget = budget(&state);
+    let walk = {
+        let config = Arc::clone(&config);
+        // A task of its own, as for the list.
+        tokio::spawn(async move { dead_letters::open(&config, &subject, &key, budget, now).await })
+    };
+    let Ok(found) = walk.await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "the walk failed\n").into_response();
+    };
+    match found {
         Ok(Some(detail)) => {
             let trace_url = detail
                 .summary

@@ -306,10 +306,10 @@ pub async fn dead_list(
             shown(l.last_error.as_deref(), 120),
         );
     }
-    let more = if page.matched > page.letters.len() {
-        format!(" ({} match in all)", page.matched)
-    } else {
+    let more = if page.complete {
         String::new()
+    } else {
+        " (more may match: --limit)".to_owned()
     };
     println!(
         "{} message(s) shown of {} in {}{more}; they remain there",

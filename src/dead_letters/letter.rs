@@ -18,6 +18,8 @@ use crate::contract::{
 
 /// Symfony Messenger's AMQP transport puts the message class in this header.
 pub const TYPE_HEADER: &str = "type";
+/// What a quorum queue counts a message's returns in.
+const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The broker's record of each time it dead-lettered the message.
 const X_DEATH: &str = "x-death";
 /// The broker's reason for the first time it dead-lettered the message.
@@ -54,11 +56,24 @@ impl<'a> Letter<'a> {
     }
 
     /// Names the letter among the others of its queue: 16 hex digits of a SHA-256 of its
-    /// properties (headers included) and body. Two copies alike in every byte share it.
+    /// properties (headers included, but not the `x-delivery-count` a quorum queue adds each
+    /// time a message goes back to it) and body. Two copies alike in every byte share it.
     #[must_use]
     pub fn key(&self) -> String {
         let mut hash = Sha256::new();
-        hash.update(format!("{:?}", self.props).as_bytes());
+        let counted = self
+            .headers()
+            .is_some_and(|h| h.inner().contains_key(DELIVERY_COUNT));
+        if counted {
+            let mut headers = self.headers().cloned().unwrap_or_default();
+            let mut kept = headers.inner().clone();
+            kept.remove(DELIVERY_COUNT);
+            headers = FieldTable::from(kept);
+            let props = self.props.clone().with_headers(headers);
+            hash.update(format!("{props:?}").as_bytes());
+        } else {
+            hash.update(format!("{:?}", self.props).as_bytes());
+        }
         hash.update([0]);
         hash.update(self.body);
         hex::encode(&hash.finalize()[..8])

@@ -271,6 +271,11 @@ fn the_summary_and_the_detail_show_what_was_recorded() {
     assert_eq!(s.key.len(), 16);
     assert_eq!(s.key, Letter::new(&props, br#"{"a":[1,2]}"#).key());
     assert_ne!(s.key, Letter::new(&props, br#"{"a":[1,3]}"#).key());
+    // A quorum queue counts each return of the message in a header: the key stays.
+    let mut counted = props.headers().clone().unwrap();
+    counted.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+    let returned = props.clone().with_headers(counted);
+    assert_eq!(s.key, Letter::new(&returned, br#"{"a":[1,2]}"#).key());
     assert_eq!(s.reason.as_deref(), Some("rejected"));
     assert_eq!(s.status, Some(404));
     assert_eq!(s.attempts, Some(3));
