@@ -21,6 +21,8 @@ use common::{ADMIN_TOKEN, TestCtx, WAIT, eventually};
 use serde_json::Value;
 
 const HOSTILE: &str = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
+/// The trace of a dead letter.
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 /// The start of a dead letter's body.
 const BODY_MARKUP: &str = "<script>alert(5)</script>\"><img src=x onerror=alert(6)>";
 
@@ -55,6 +57,10 @@ async fn the_dashboard_in_chromium() {
             .to_owned();
     // A body over this is dead-lettered as `body_too_large` without PHP (the third reason).
     ctx.set("limits.max_body_bytes", 2048);
+    ctx.set(
+        "admin.trace_url",
+        "http://traces.invalid/trace/{trace_id}?from=agent",
+    );
     let hostile_queue = format!("t.{}.{HOSTILE}", ctx.id);
     ctx.set("subjects.command.queue", hostile_queue.as_str());
     ctx.set("fpm.document_root", root.to_str().unwrap());
@@ -95,8 +101,23 @@ async fn the_dashboard_in_chromium() {
         .await;
     }
     for i in 0..4 {
-        ctx.publish_json("event", &format!("failing-{i}"), "status:503")
-            .await;
+        // The first carries its publisher's trace context: the page links its trace id.
+        let mut headers = lapin::types::FieldTable::default();
+        if i == 0 {
+            headers.insert(
+                "traceparent".into(),
+                lapin::types::AMQPValue::LongString(
+                    format!("00-{TRACE_ID}-b7ad6b7169203331-01").into(),
+                ),
+            );
+        }
+        let id = format!("failing-{i}");
+        let body = serde_json::json!({"id": id, "behave": "status:503"}).to_string();
+        let props = lapin::BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        ctx.publish("event", body.as_bytes(), props).await;
     }
     let padding = "x".repeat(3000);
     let bodies: [(&str, Vec<u8>); 3] = [
@@ -198,6 +219,13 @@ async fn the_dashboard_in_chromium() {
     // 7 still dead, none waiting in the subject's queue (the 3 were handled: acked, not
     // dead-lettered again).
     assert_eq!(result["dead"]["listed"], 10);
+    assert_eq!(
+        result["dead"]["trace_link"],
+        serde_json::json!([
+            TRACE_ID,
+            format!("http://traces.invalid/trace/{TRACE_ID}?from=agent")
+        ])
+    );
     assert_eq!(
         result["dead"]["filtered"],
         serde_json::json!(["rejected", "rejected", "rejected"])

@@ -200,6 +200,8 @@ try {
   check((await page.getAttribute("#dd-body", "data-view")) === "json", "a JSON body pretty-printed");
   check((await page.textContent("#dd-body")).includes('\n  "behave": "status:503"'), "pretty JSON");
   check((await page.textContent("#dd-error")).includes("503"), "the last error");
+  // Its trace id links to admin.trace_url (not followed: it leads nowhere in the test).
+  result.dead.trace_link = await page.$eval("#dd-trace", (a) => [a.textContent, a.getAttribute("href")]);
   step("dead letters opened: text, hex, JSON");
 
   // Filter on reason: 3 of 10; replay every match; the count at the end.
