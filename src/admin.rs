@@ -1,7 +1,8 @@
 //! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/status`, and operator commands.
 //!
 //! Invariant: nothing secret is ever rendered (no AMQP password, no signing secret, no token),
-//! so reads are open to probes and scrapers. Every command (any method but `GET` and `HEAD`)
+//! so reads are open to probes and scrapers; the dead letters (`dead`) are the application's
+//! data, and their reads need the token like a command. Every command (any method but `GET` and `HEAD`)
 //! needs the bearer token, on loopback too; without a configured token commands are refused,
 //! unless `admin.allow_unauthenticated_commands` (loopback only) opts out. A request with an
 //! `Origin` header other than the listener's own (a browser on another site) is refused
