@@ -248,6 +248,44 @@ async fn the_dashboard_in_chromium() {
         })
         .await;
     assert_eq!(doc["subjects"]["event"]["dead_lettered"], 10);
+    // The admin API behind the page: the token is needed to read dead letters too.
+    for (method, path) in [
+        ("GET", "/dead-letters/event"),
+        ("GET", "/dead-letters/event/message?key=0123456789abcdef"),
+        (
+            "POST",
+            "/dead-letters/event/discard?reason=nothing-has-this",
+        ),
+        ("GET", "/dead-letter-jobs/0123456789abcdef"),
+    ] {
+        let (code, _) = http(port, method, path, None).await.unwrap();
+        assert_eq!(code, 401, "{method} {path} without the token");
+    }
+    let (code, body) = http(
+        port,
+        "GET",
+        "/dead-letters/event?status=6xx",
+        Some(ADMIN_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("status"), "{body}");
+    let (code, body) = http(
+        port,
+        "GET",
+        "/dead-letters/event?reason=max_attempts",
+        Some(ADMIN_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), page["matched"].as_u64()),
+        (Some(7), Some(4))
+    );
+    assert_eq!(page["complete"], true);
     assert_eq!(
         result["dead"]["acked_after"].as_u64().unwrap(),
         result["dead"]["acked_before"].as_u64().unwrap() + 3

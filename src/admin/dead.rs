@@ -24,7 +24,7 @@ pub const MAX_PAGE: usize = 500;
 /// Most messages a browse or an open looks at (the rest of the queue is not seen).
 pub const MAX_SCAN: usize = 50_000;
 /// Most keys one action names.
-pub const MAX_KEYS: usize = 1000;
+pub const MAX_KEYS: usize = 500;
 /// Jobs remembered (the oldest finished one is forgotten first).
 const KEPT_JOBS: usize = 32;
 
