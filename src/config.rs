@@ -35,7 +35,7 @@ pub use fpm::{AddressList, FpmAddress, FpmConfig};
 pub use limits::{LimitsConfig, MAX_HEADERS_PARAM, PARSER_MAX_DEPTH, RetryConfig};
 pub use rate::{Rate, RateLimit};
 pub use report::ParseProblem;
-pub use subject::{ExchangeType, PoolMode, SubjectConfig};
+pub use subject::{BatchMax, ExchangeType, PoolMode, SubjectConfig};
 pub use telemetry::{LogFormat, OtlpProtocol, SamplerKind, TelemetryConfig, valid_log_level};
 
 /// The two kinds of asynchronous work a PHP application publishes.
@@ -122,7 +122,7 @@ impl Config {
     /// `batch_max` when larger, so that a full batch can be prefetched.
     #[must_use]
     pub fn prefetch_per_worker(&self, subject: &SubjectConfig) -> u16 {
-        self.amqp.prefetch_per_worker.max(subject.batch_max)
+        self.amqp.prefetch_per_worker.max(subject.batch_ceiling())
     }
 
     /// Reads, parses, applies environment overrides and validates a config file.

@@ -67,6 +67,8 @@ pub struct SubjectStats {
     pub rate_limit: Mutex<Option<String>>,
     /// Messages wait in the queue longer than the subject's `wait_threshold` (an episode).
     pub long_wait: AtomicBool,
+    /// With `batch_max = "auto"`: the last sizing decision, for `/status`.
+    pub batch_sizing: Mutex<Option<crate::batch::auto::Sizing>>,
 }
 
 impl SubjectStats {
@@ -112,6 +114,23 @@ impl SubjectStats {
     #[must_use]
     pub fn rate_limit(&self) -> Option<String> {
         self.rate_limit.lock().expect("rate lock").clone()
+    }
+
+    /// Records a `batch_max = "auto"` decision; returns the one before.
+    pub fn set_batch_sizing(
+        &self,
+        sizing: crate::batch::auto::Sizing,
+    ) -> Option<crate::batch::auto::Sizing> {
+        self.batch_sizing
+            .lock()
+            .expect("batch sizing lock")
+            .replace(sizing)
+    }
+
+    /// The last `batch_max = "auto"` decision.
+    #[must_use]
+    pub fn batch_sizing(&self) -> Option<crate::batch::auto::Sizing> {
+        *self.batch_sizing.lock().expect("batch sizing lock")
     }
 
     /// The node the consumer is connected to.

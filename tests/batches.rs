@@ -667,3 +667,130 @@ async fn the_batch_bound_counts_every_byte_of_an_entry() {
     );
     assert!(agent.drain().await.is_none());
 }
+
+/// A subject with `batch_max = "auto"` on `pool` workers (no `batch_wait`: "auto" never waits).
+async fn auto_ctx(name: &str, pool: usize) -> TestCtx {
+    let mut ctx = TestCtx::new(name).await;
+    ctx.script = batch_script();
+    ctx.pool_size = pool;
+    ctx.set("subjects.event.batch_max", "auto");
+    ctx.set("fpm.timeout", "5s");
+    ctx.declare().await;
+    ctx
+}
+
+/// `batch_max = "auto"`: a backlog goes in large batches, then a trickle one message per
+/// request, each handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_sends_a_backlog_in_batches_and_a_trickle_one_by_one() {
+    let ctx = auto_ctx("batches-auto", 2).await;
+    for i in 0..300 {
+        ctx.publish_json("event", &format!("b-{i}"), "ok").await;
+    }
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "the backlog handled", || async {
+        agent.stats()["event"].acked == 300
+    })
+    .await;
+    let backlog = by_id(&ctx.records());
+    assert_eq!(backlog.len(), 300);
+    assert!(backlog.values().all(|r| r.len() == 1), "each handled once");
+    let largest = backlog
+        .values()
+        .filter_map(|r| r[0]["batch_size"].as_u64())
+        .max()
+        .unwrap_or(0);
+    eprintln!("auto: largest batch of the backlog {largest}");
+    assert!(
+        largest >= 10,
+        "largest batch {largest}: a backlog goes in batches"
+    );
+
+    // A trickle: each message alone in the queue, two idle workers.
+    for i in 0..10 {
+        let id = format!("t-{i}");
+        ctx.publish_json("event", &id, "ok").await;
+        eventually(WAIT, &format!("{id} handled"), || async {
+            by_id(&ctx.records()).contains_key(&id)
+        })
+        .await;
+    }
+    let records = by_id(&ctx.records());
+    for i in 0..10 {
+        let r = &records[&format!("t-{i}")];
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0]["batch_size"],
+            Value::Null,
+            "t-{i} went in a request of its own"
+        );
+    }
+    let status = serde_json::to_value(agent.handle().status()).unwrap();
+    let auto = &status["subjects"]["event"]["batch_auto"];
+    assert_eq!(auto["size"], 1, "{auto}");
+    assert!(auto["entry_ms"].as_f64().is_some(), "{auto}");
+    agent.stop().await;
+}
+
+/// `batch_max = "auto"` follows a handler that turns slow (10 ms, then 200 ms a message):
+/// batches shrink to one message per request after the first slow batch, no request reaches
+/// `fpm.timeout` (5 s) and no message is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_shrinks_batches_when_the_handler_turns_slow() {
+    let ctx = auto_ctx("batches-auto-slow", 1).await;
+    for i in 0..100 {
+        ctx.publish_json("event", &format!("fast-{i}"), "sleep:10")
+            .await;
+    }
+    for i in 0..20 {
+        ctx.publish_json("event", &format!("slow-{i}"), "sleep:200")
+            .await;
+    }
+    let agent = ctx.start_agent().await;
+    eventually(
+        Duration::from_secs(120),
+        "every message handled",
+        || async { agent.stats()["event"].acked == 120 },
+    )
+    .await;
+    let records = ctx.records();
+    assert!(
+        records.iter().all(|r| r["attempt"] == 1),
+        "no message was retried"
+    );
+    assert_eq!(agent.stats()["event"].retried, 0);
+    let by = by_id(&records);
+    assert_eq!(by.len(), 120);
+    let fast_batched = (0..100)
+        .filter(|i| by[&format!("fast-{i}")][0]["batch_size"].as_u64() > Some(1))
+        .count();
+    assert!(
+        fast_batched >= 50,
+        "fast messages in batches: {fast_batched}"
+    );
+    // After the first batch that met slow messages, they go alone: at most the first batch's
+    // (1 + 100 ms / 10 ms = 11) and one shrinking step's were sent together.
+    let slow_alone = (0..20)
+        .filter(|i| by[&format!("slow-{i}")][0]["batch_size"].is_null())
+        .count();
+    eprintln!("auto: fast in batches {fast_batched} of 100, slow alone {slow_alone} of 20");
+    assert!(
+        slow_alone >= 7,
+        "slow messages sent alone: {slow_alone} of 20"
+    );
+    let largest_slow_batch = (0..20)
+        .filter_map(|i| by[&format!("slow-{i}")][0]["batch_size"].as_u64())
+        .max()
+        .unwrap_or(1);
+    assert!(
+        largest_slow_batch <= 11,
+        "a batch held {largest_slow_batch} messages of 200 ms"
+    );
+    let status = serde_json::to_value(agent.handle().status()).unwrap();
+    let auto = &status["subjects"]["event"]["batch_auto"];
+    assert!(
+        auto["entry_ms"].as_f64().unwrap() > 100.0,
+        "the estimate follows the slower handler: {auto}"
+    );
+    agent.stop().await;
+}

@@ -531,6 +531,32 @@ fn generated_cases() -> Vec<Case> {
             handled: true,
         });
     }
+    // Odd encodings RabbitMQ accepts: a reserved property-flag bit, a boolean byte other than
+    // 0 or 1, a decimal with a scale beyond any number's digits.
+    let odd: [(&str, u16, Vec<u8>); 3] = [
+        ("flag-reserved-bit", 1 << 1, Vec::new()),
+        (
+            "header-bool-7",
+            flag::HEADERS,
+            table(&[entry(b"h", b't', &[7])]),
+        ),
+        (
+            "header-decimal-scale-200",
+            flag::HEADERS,
+            table(&[entry(b"h", b'D', &[200, 0, 0, 0, 1])]),
+        ),
+    ];
+    for (kind, bits, mut props) in odd {
+        let name = format!("gen-{kind}");
+        short_bytes(&mut props, name.as_bytes());
+        cases.push(Case {
+            flags: bits | flag::MESSAGE_ID,
+            props,
+            body: body(&name, "ok"),
+            name,
+            handled: true,
+        });
+    }
     // Empty and non-UTF-8 header names, a body that is not JSON, an empty body.
     for (kind, key, handled) in [
         ("key-empty", &b""[..], true),
@@ -612,4 +638,146 @@ async fn generated_edge_cases_are_each_handled_or_dead_lettered_and_the_subject_
         behind.len()
     );
     agent.stop().await;
+}
+
+/// Peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// Case 7: memory follows the agent's own `limits.max_body_bytes`, not the broker's
+/// `max_message_size`. A full prefetch window (16) of 8 MB bodies over a 64 KiB limit used to be
+/// received whole (128 MB at once) before the limit was checked; now one oversized body is held at
+/// a time (`broker::gate`), the others wait without their bytes. Each is still dead-lettered with
+/// every byte, and the ordinary messages behind them are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_held_one_at_a_time() {
+    const BIG: usize = 8_000_000;
+    const N: u8 = 16;
+    let mut ctx = TestCtx::new("edges-oversized").await;
+    ctx.pool_size = 8; // × prefetch_per_worker 2: a window of 16
+    ctx.set("limits.max_body_bytes", 65_536);
+    ctx.declare().await;
+    for i in 0..N {
+        let props = BasicProperties::default().with_message_id(format!("big-{i}").into());
+        ctx.publish("event", &vec![b'a' + i; BIG], props).await;
+    }
+    let behind = ["behind-1", "behind-2", "behind-3"];
+    for id in behind {
+        ctx.publish_json("event", id, "ok").await;
+    }
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = common::procs::AgentProcess::start(&config, &log);
+    common::wait_ready(ctx.admin_port, WAIT).await; // it declared the dead-letter queue
+
+    let dead_queue = ctx.dead_queue("event");
+    common::eventually(Duration::from_secs(120), "16 dead letters", || async {
+        ctx.queue_len(&dead_queue).await == u32::from(N)
+    })
+    .await;
+    wait_handled(&ctx, &behind).await;
+    let peak = peak_rss(agent.child.id());
+    let metrics = common::metrics(ctx.admin_port).await.unwrap_or_default();
+    let deferred = common::metric_sum(&metrics, "amqp_agent_body_deferred_total", &[]);
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+
+    let dead = ctx.drain_dead("event").await;
+    assert_eq!(dead.len(), usize::from(N));
+    let mut seen = Vec::new();
+    for (props, body) in &dead {
+        let id = props.message_id().as_ref().unwrap().to_string();
+        let i: u8 = id.strip_prefix("big-").unwrap().parse().unwrap();
+        assert_eq!(
+            header_str(props, "x-agent-reason").as_deref(),
+            Some("body_too_large"),
+            "{id}"
+        );
+        assert!(
+            body.len() == BIG && body.iter().all(|b| *b == b'a' + i),
+            "{id}: the dead letter keeps every byte"
+        );
+        seen.push(i);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>());
+    eprintln!(
+        "oversized: peak RSS {:.1} MiB for {N} × {BIG} bytes in a window of 16; {deferred} deferred",
+        peak as f64 / f64::from(1 << 20)
+    );
+    // Received whole, the window alone is 128 MB; one body at a time (with its dead-letter copy
+    // being encoded) stays far below.
+    assert!(
+        peak < 96 << 20,
+        "peak RSS {peak} bytes: more than one oversized body was held at once"
+    );
+    assert!(deferred > 0.0, "the others waited without their bytes");
+}
+
+/// The encodings a parser could choke on never reach the agent: RabbitMQ 3.10 decodes every
+/// published content header and refuses these (`INTERNAL_ERROR`, or `PRECONDITION_FAILED` for a
+/// delivery mode it does not know), so no frame it delivers fails lapin's parser. If a broker
+/// version starts accepting one, this fails and the case must join `generated_cases`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn property_encodings_no_parser_could_read_are_refused_by_the_broker() {
+    let ctx = TestCtx::new("edges-refused").await;
+    ctx.declare().await;
+    let queue = ctx.queue("event");
+    let with_id = |mut props: Vec<u8>, name: &str| {
+        short_bytes(&mut props, name.as_bytes());
+        props
+    };
+    let array_of_unknown = long_string(b"Z");
+    let mut padded = entry(b"h", b't', &[1]);
+    padded.extend_from_slice(&[0xff, 0xff]);
+    let padded = [
+        u32::try_from(padded.len()).unwrap().to_be_bytes().to_vec(),
+        padded,
+    ]
+    .concat();
+    let cases: Vec<(&str, u16, Vec<u8>)> = vec![
+        (
+            "header type Z",
+            flag::HEADERS,
+            table(&[entry(b"h", b'Z', &[])]),
+        ),
+        (
+            "header type U",
+            flag::HEADERS,
+            table(&[entry(b"h", b'U', &[0, 1])]),
+        ),
+        (
+            "header type c",
+            flag::HEADERS,
+            table(&[entry(b"h", b'c', &[1])]),
+        ),
+        (
+            "array of type Z",
+            flag::HEADERS,
+            table(&[entry(b"h", b'A', &array_of_unknown)]),
+        ),
+        ("table with trailing bytes", flag::HEADERS, padded),
+        ("property flags continued", 1, vec![0, 0]),
+        ("bytes after the properties", 0, Vec::new()),
+        ("delivery mode 7", flag::DELIVERY_MODE, vec![7]),
+    ];
+    for (name, bits, props) in cases {
+        let mut props = with_id(props, "refused");
+        if name == "bytes after the properties" {
+            props.extend_from_slice(b"GARBAGE");
+        }
+        let mut raw = RawPublisher::connect().await;
+        let refused = raw
+            .publish_raw(&queue, bits | flag::MESSAGE_ID, &props, b"{}")
+            .await;
+        assert!(refused.is_err(), "{name}: the broker accepted it");
+    }
+    assert_eq!(ctx.queue_len(&queue).await, 0, "nothing was stored");
 }

@@ -298,7 +298,7 @@ class Bench:
             label += ", OPcache off"
         if preload:
             label += ", preloaded"
-        if batch > 1:
+        if batch == "auto" or batch > 1:
             label += f", batch_max {batch}"
         return dict(
             label=label,
@@ -319,7 +319,11 @@ class Bench:
         q = self.queues(run)
         # batch_max > 1 (docs/batches.md): up to that many messages per request; batch_wait 0,
         # the backlog is prefetched.
-        batch_line = f"batch_max = {batch}\n" if batch > 1 else ""
+        # "auto" (docs/batches.md): each request sized from the backlog and measured costs.
+        if batch == "auto":
+            batch_line = 'batch_max = "auto"\n'
+        else:
+            batch_line = f"batch_max = {batch}\n" if batch > 1 else ""
         text = f"""[amqp]
 url = "{AMQP}"
 
@@ -404,7 +408,7 @@ def main():
     ap.add_argument(
         "--batches",
         default="1",
-        help="batch_max values of the agent rows (docs/batches.md), e.g. 1,10,50; 1 is one request per message",
+        help='batch_max values of the agent rows (docs/batches.md), e.g. 1,10,50,auto; 1 is one request per message, "auto" sizes each request',
     )
     ap.add_argument("--trivial", action="store_true", help="also the trivial-handler pair (no kernel)")
     ap.add_argument("--only-trivial", action="store_true", help="only the trivial-handler pair")
@@ -437,7 +441,7 @@ def main():
                 for w in [int(x) for x in args.workers.split(",")]:
                     record(b.messenger(w, trivial=True), rnd, "trivial", "peer")
                 for p in [int(x) for x in args.pools.split(",")]:
-                    for batch in [int(x) for x in args.batches.split(",")]:
+                    for batch in batch_values(args.batches):
                         record(b.agent(p, os.path.join(HERE, "trivial-front.php"), batch=batch), rnd, "trivial", "agent", batch)
             if args.only_trivial:
                 continue
@@ -445,7 +449,7 @@ def main():
                 for w in [int(x) for x in args.workers.split(",")]:
                     record(b.messenger(w), rnd, "kernel", "peer")
             for p in [int(x) for x in args.pools.split(",")]:
-                for batch in [int(x) for x in args.batches.split(",")]:
+                for batch in batch_values(args.batches):
                     record(b.agent(p, batch=batch), rnd, "kernel", "agent", batch)
         if args.only_trivial:
             return
@@ -503,6 +507,11 @@ def summary(results):
         ratio = f"{r['rate'] / peer['rate']:.2f}×" if peer else "—"
         cpu = f"{r['machine'] / peer['machine']:.2f}×" if peer else "—"
         print(f"| {group} | {rnd + 1} | {label} | {r['rate']:.0f} | {ratio} | {r['machine']:.0f} | {cpu} |")
+
+
+def batch_values(text):
+    """`--batches`: numbers, or "auto"."""
+    return [x if x == "auto" else int(x) for x in text.split(",") if x]
 
 
 if __name__ == "__main__":

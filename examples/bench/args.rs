@@ -82,9 +82,12 @@ pub struct Args {
     #[arg(long)]
     pub no_write: bool,
     /// Also run one extra drain (not part of the results) under `perf record --call-graph dwarf`,
-    /// into this file.
+    /// into this file (with `--quick`: the quick drain's plan, `--quick-batch` included).
     #[arg(long)]
     pub perf: Option<PathBuf>,
+    /// `--quick`: the drain with this `batch_max` (default 1: one request per message).
+    #[arg(long, default_value_t = 1)]
+    pub quick_batch: u16,
     /// Quick check while optimising: only the ceiling and the drain, `--rounds` times; prints
     /// one line per round and the medians, writes nothing.
     #[arg(long)]

@@ -29,9 +29,14 @@ impl Bench {
         let concurrency = usize::from(pool) * 2;
         let (mut ceilings, mut drains, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
         let (mut quorum_drains, mut quorum_cpus) = (Vec::new(), Vec::new());
+        let plan = AgentPlan::drain_batched(
+            pool,
+            self.args.quick_batch.max(1),
+            n,
+            self.args.prefetch_per_worker,
+        );
         for r in 1..=self.args.rounds {
             let ceiling = self.ceiling(concurrency, n, None, true, 0).await?;
-            let plan = AgentPlan::drain(pool, n, self.args.prefetch_per_worker);
             let drain = self.agent_run(&plan).await?;
             println!(
                 "[quick {r}] ceiling {:.0} req/s ({:.1} µs client CPU/req), drain {:.0} msg/s ({:.2}), agent {:.1} µs CPU/msg, {:.2} context switches/msg, {:.1} MiB, lost/dup {}/{}",
@@ -85,6 +90,19 @@ impl Bench {
                 self.args.rounds,
                 q / d,
                 median(quorum_cpus)
+            );
+        }
+        if let Some(perf) = self.args.perf.clone() {
+            let plan = AgentPlan {
+                label: "perf drain".into(),
+                perf: Some(perf.clone()),
+                ..plan
+            };
+            let r = self.agent_run(&plan).await?;
+            println!(
+                "[quick] drain under perf record -> {}: {:.0} msg/s",
+                perf.display(),
+                r.rate
             );
         }
         Ok(())

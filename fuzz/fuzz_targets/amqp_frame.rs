@@ -4,7 +4,7 @@
 //! Checked: parsing never panics; a content header's properties, after
 //! `contract::copy::sanitized` (what every retry and dead-letter copy goes through), encode
 //! again without panicking (a stand-in for bytes that are not UTF-8 must never reach the
-//! generator, whose length byte would be cut) and parse back to the same properties; and a short
+//! generator, whose length byte would be cut) and parse back to the same bytes; and a short
 //! string that is not UTF-8 is found by `first_not_utf8` and read back to its original bytes.
 #![no_main]
 
@@ -35,7 +35,12 @@ fuzz_target!(|data: &[u8]| {
         let AMQPFrame::Header(_, parsed) = parsed else {
             panic!("a header frame parses as a header frame")
         };
-        assert_eq!(parsed.properties, clean, "a copy's properties survive the round trip");
+        // Compared as bytes: a NaN float header (RabbitMQ refuses it, but a parser sees it) is
+        // never equal to itself as a value.
+        let round_trip = gen_frame(&AMQPFrame::Header(channel, parsed))(Vec::new().into())
+            .expect("what parsed encodes")
+            .write;
+        assert_eq!(round_trip, bytes, "a copy's properties survive the round trip");
         if let Some(id) = header.properties.message_id() {
             if let Some(bytes) = copy::not_utf8(id.as_str()) {
                 assert!(std::str::from_utf8(&bytes).is_err(), "only bytes that are not UTF-8");

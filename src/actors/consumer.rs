@@ -59,6 +59,8 @@ pub struct ConsumerState {
     backlog_since: std::time::Instant,
     /// How deliveries are grouped into requests (`batch_max`, `batch_wait`).
     batching: crate::batch::Batching,
+    /// With `batch_max = "auto"`: what sizes each request (learns from the workers' reports).
+    auto: Option<crate::batch::auto::Auto>,
     /// A `Dispatch` is scheduled (an idle worker waits for a batch to fill).
     dispatch_armed: bool,
     myself: ActorRef<ConsumerMsg>,
@@ -122,6 +124,9 @@ pub enum ConsumerMsg {
     Dispatch,
     /// The rate limit's next token is due.
     RateDispatch,
+    /// A delivery that came without its body (see [`crate::broker::gate`]): the oversized body
+    /// that was held is gone, so it goes back to its queue to be received whole.
+    Deferred(Box<Delivery>),
 }
 
 impl From<WorkerIdle> for ConsumerMsg {
@@ -258,6 +263,7 @@ async fn on_message(
 ) -> Result<(), ActorProcessingErr> {
     match msg {
         ConsumerMsg::Delivery(delivery) => dispatch::on_delivery(state, *delivery),
+        ConsumerMsg::Deferred(delivery) => requeue(state, &delivery),
         ConsumerMsg::WorkerIdle(report) => dispatch::on_worker_idle(myself, state, report).await?,
         ConsumerMsg::StreamEnded { tag, reason } => {
             subscription::on_stream_ended(state, &tag, reason)?;
@@ -338,6 +344,10 @@ async fn setup(
     let config = runtime.config.clone();
     let subject = runtime.subject();
     let channel = connection.create_channel().await?;
+    // Before any consumer starts on it: the gate is asked about each body before it arrives.
+    channel.set_body_gate(Arc::new(broker::gate::ChannelGate(
+        runtime.body_gate.clone(),
+    )));
     let acks = Acks::spawn(channel.clone(), runtime.clone());
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;
@@ -364,6 +374,13 @@ async fn setup(
         backlog: VecDeque::new(),
         backlog_since: std::time::Instant::now(),
         batching: crate::batch::Batching::of(&config, subject),
+        auto: (subject.batch_max == crate::config::BatchMax::Auto).then(|| {
+            crate::batch::auto::Auto::new(
+                usize::from(subject.batch_limit),
+                subject.batch_latency,
+                config.fpm.timeout,
+            )
+        }),
         dispatch_armed: false,
         myself: myself.clone(),
         target: 0,

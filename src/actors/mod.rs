@@ -51,6 +51,8 @@ pub struct SubjectRuntime {
     pub upstreams: Arc<crate::upstreams::Upstreams>,
     /// Tests only: called by a worker with each delivery before handling it (see [`hook`]).
     pub hook: Option<hook::DeliveryHook>,
+    /// Bodies over `limits.max_body_bytes`: one held at a time (shared by every subject).
+    pub body_gate: Arc<crate::broker::gate::OversizeGate>,
 }
 
 impl SubjectRuntime {
@@ -63,6 +65,7 @@ impl SubjectRuntime {
         metrics: Arc<crate::telemetry::metrics::Metrics>,
     ) -> Self {
         let wait_threshold = config.subjects[subject].wait_threshold;
+        let config_max_body = config.limits.max_body_bytes;
         Self {
             name: subject.to_owned(),
             template: RequestTemplate::new(&config, subject),
@@ -90,7 +93,17 @@ impl SubjectRuntime {
             ),
             crashes: Arc::new(crate::poison::journal::Tracker::disabled()),
             hook: None,
+            body_gate: crate::broker::gate::OversizeGate::new(config_max_body),
         }
+    }
+
+    /// The same runtime, sharing `gate` (the agent's one) and moving it to this configuration's
+    /// `limits.max_body_bytes`.
+    #[must_use]
+    pub fn with_body_gate(mut self, gate: Arc<crate::broker::gate::OversizeGate>) -> Self {
+        gate.set_limit(self.config.limits.max_body_bytes);
+        self.body_gate = gate;
+        self
     }
 
     /// The same runtime, recording in-flight messages in `crashes`.

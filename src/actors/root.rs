@@ -107,11 +107,13 @@ impl Actor for RootSupervisor {
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
         let mut children = BTreeMap::new();
+        let gate = crate::broker::gate::OversizeGate::new(args.config.limits.max_body_bytes);
         for (name, stats) in args.stats {
             let target = args.targets.get(&name).copied().unwrap_or(1);
             let runtime = Arc::new(
                 SubjectRuntime::new(args.config.clone(), &name, stats, args.metrics.clone())
                     .with_crashes(args.crashes.clone())
+                    .with_body_gate(gate.clone())
                     .with_hook(args.hook.clone()),
             );
             let child = Child {
@@ -290,6 +292,7 @@ fn reload(
         child.runtime = Arc::new(
             SubjectRuntime::new(new.clone(), name, stats, child.runtime.metrics.clone())
                 .with_crashes(child.runtime.crashes.clone())
+                .with_body_gate(child.runtime.body_gate.clone())
                 .with_hook(child.runtime.hook.clone()),
         );
         let Some(actor) = child.actor.clone() else {

@@ -83,6 +83,20 @@ pub struct WorkerIdle {
     pub signature_rejected: bool,
     /// The publish channel is closed; this consumer incarnation must be replaced.
     pub publisher_broken: bool,
+    /// The request's timing, when every message got an outcome (`batch_max = "auto"` learns
+    /// from it).
+    pub observed: Option<crate::batch::auto::Observed>,
+}
+
+/// What handling a message or a batch tells the worker's report.
+#[derive(Debug, Default)]
+pub(super) struct Handled {
+    /// FPM could not be reached.
+    pub fpm_unreachable: bool,
+    /// PHP refused a signature (401).
+    pub signature_rejected: bool,
+    /// See [`WorkerIdle::observed`].
+    pub observed: Option<crate::batch::auto::Observed>,
 }
 
 impl Actor for FpmWorker {
@@ -113,12 +127,13 @@ impl Actor for FpmWorker {
                     hook(&job.delivery);
                 }
                 let publisher = job.publisher.clone();
-                let (fpm_unreachable, signature_rejected) = handle_job(state, *job).await;
+                let handled = handle_job(state, *job).await;
                 let report = WorkerIdle {
                     worker: myself.get_id(),
-                    fpm_unreachable,
-                    signature_rejected,
+                    fpm_unreachable: handled.fpm_unreachable,
+                    signature_rejected: handled.signature_rejected,
                     publisher_broken: !publisher.usable(),
+                    observed: handled.observed,
                 };
                 // The consumer may be gone during shutdown; nothing to report to then.
                 let _ = state.consumer.send_message(report);
@@ -130,12 +145,13 @@ impl Actor for FpmWorker {
                     }
                 }
                 let publisher = job.publisher.clone();
-                let (fpm_unreachable, signature_rejected) = batch::handle_batch(state, *job).await;
+                let handled = batch::handle_batch(state, *job).await;
                 let report = WorkerIdle {
                     worker: myself.get_id(),
-                    fpm_unreachable,
-                    signature_rejected,
+                    fpm_unreachable: handled.fpm_unreachable,
+                    signature_rejected: handled.signature_rejected,
                     publisher_broken: !publisher.usable(),
+                    observed: handled.observed,
                 };
                 let _ = state.consumer.send_message(report);
             }
@@ -144,9 +160,8 @@ impl Actor for FpmWorker {
     }
 }
 
-/// Handles one delivery end to end. Returns whether FPM could not be reached, and whether PHP
-/// refused the request's signature.
-async fn handle_job(state: &mut WorkerState, job: Job) -> (bool, bool) {
+/// Handles one delivery end to end.
+async fn handle_job(state: &mut WorkerState, job: Job) -> Handled {
     let Job {
         delivery,
         publisher,
@@ -175,10 +190,14 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> (bool, bool) {
             span: &process_span,
         };
         // A redelivery that was in flight during `agent.poison_after` crashes never reaches FPM.
+        let started = std::time::Instant::now();
         let (verdict, unreached) = match tracked.poison() {
             Some(crashes) => (crate::poison::verdict(crashes), false),
             None => request(&runtime, &envelope, &delivery.data, &incoming, &message_id).await,
         };
+        // Only a handled message times the handler.
+        let observed = matches!(verdict, crate::outcome::Verdict::Success)
+            .then(|| crate::batch::auto::Observed::Single(started.elapsed()));
         let rejected = crate::outcome::pauses_subject(&verdict);
         if matches!(
             verdict,
@@ -191,7 +210,11 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> (bool, bool) {
         }
         let decision = runtime.policy.decide(&verdict, attempt);
         settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
-        (unreached, rejected)
+        Handled {
+            fpm_unreachable: unreached,
+            signature_rejected: rejected,
+            observed,
+        }
     }
     .instrument(span)
     .await

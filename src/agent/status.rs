@@ -66,6 +66,9 @@ pub struct SubjectStatus {
     pub rate_limit: Option<String>,
     /// Messages wait longer than the subject's `wait_threshold` (an episode is under way).
     pub long_wait: bool,
+    /// With `batch_max = "auto"`: the last batch size chosen, the bound that chose it and its
+    /// inputs (backlog, free workers, the estimated cost of a request and of an entry).
+    pub batch_auto: Option<crate::batch::auto::Sizing>,
     /// `consuming`, `paused` (an operator's pause), `circuit_open` (FPM unreachable, or PHP
     /// refusing the signature: consumption held until a probe succeeds) or `disconnected`.
     pub state: &'static str,
@@ -150,6 +153,7 @@ impl AgentHandle {
                     node: stats.node(),
                     rate_limit: stats.rate_limit(),
                     long_wait: stats.long_wait.load(std::sync::atomic::Ordering::Relaxed),
+                    batch_auto: stats.batch_sizing(),
                     stats: s,
                 };
                 (name.clone(), status)

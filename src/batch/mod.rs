@@ -10,6 +10,7 @@
 //! the request ends without one, by [`retry::unsettled`]; an entry that has an outcome is never
 //! counted as a failed attempt again, and no entry uses an attempt for another's failure.
 
+pub mod auto;
 pub mod outcomes;
 pub mod retry;
 pub mod wire;
@@ -35,7 +36,7 @@ impl Batching {
     #[must_use]
     pub fn of(config: &Config, subject: &SubjectConfig) -> Self {
         Self {
-            max: usize::from(subject.batch_max.max(1)),
+            max: usize::from(subject.batch_ceiling().max(1)),
             wait: subject.batch_wait,
             max_bytes: config.limits.max_batch_bytes,
         }

@@ -57,11 +57,19 @@ pub struct SubjectConfig {
     #[serde(default)]
     pub single_active_consumer: bool,
     /// Most messages sent to PHP in one FastCGI request (docs/batches.md). 1 (the default): one
-    /// request per message. The PHP side must understand batches.
-    #[serde(default = "default_batch_max")]
-    pub batch_max: u16,
+    /// request per message. `"auto"`: sized per request from what the agent observes, up to
+    /// `batch_limit` (`batch::auto`). The PHP side must understand batches.
+    #[serde(default, deserialize_with = "batch_max")]
+    pub batch_max: BatchMax,
+    /// With `batch_max = "auto"`: the largest batch (1 to 1000, default 50).
+    #[serde(default = "default_batch_limit")]
+    pub batch_limit: u16,
+    /// With `batch_max = "auto"`: how long a batch may keep a message waiting behind the entries
+    /// before it (default 100 ms); a trickle then goes one message per request.
+    #[serde(default = "default_batch_latency", deserialize_with = "duration")]
+    pub batch_latency: Duration,
     /// How long an idle worker may wait for a batch to fill; 0 (the default) takes what is
-    /// already prefetched.
+    /// already prefetched. Only with a fixed `batch_max`.
     #[serde(default, deserialize_with = "duration")]
     pub batch_wait: Duration,
     /// Most messages handed to PHP per second, minute or hour (`"50/s"`, `"300/m"`), per agent:
@@ -124,8 +132,55 @@ pub enum ExchangeType {
     Headers,
 }
 
-fn default_batch_max() -> u16 {
-    1
+/// `batch_max`: a fixed size, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMax {
+    /// At most this many messages per request.
+    Fixed(u16),
+    /// Sized per request (`batch::auto`), at most `batch_limit`.
+    Auto,
+}
+
+impl Default for BatchMax {
+    fn default() -> Self {
+        Self::Fixed(1)
+    }
+}
+
+/// A number, or the string `"auto"`; a number out of range is kept as 0 so that validation
+/// names the key.
+fn batch_max<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BatchMax, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(BatchMax::Fixed(u16::try_from(n).unwrap_or(0))),
+        Raw::Text(t) if t == "auto" => Ok(BatchMax::Auto),
+        Raw::Text(_) => Err(serde::de::Error::custom(
+            "batch_max: expected a number from 1 to 1000 or \"auto\"",
+        )),
+    }
+}
+
+impl SubjectConfig {
+    /// The most messages one request may carry: `batch_max`, or `batch_limit` with `"auto"`.
+    #[must_use]
+    pub fn batch_ceiling(&self) -> u16 {
+        match self.batch_max {
+            BatchMax::Fixed(n) => n,
+            BatchMax::Auto => self.batch_limit,
+        }
+    }
+}
+
+fn default_batch_limit() -> u16 {
+    50
+}
+fn default_batch_latency() -> Duration {
+    Duration::from_millis(100)
 }
 fn default_pool_size() -> u16 {
     4
@@ -159,8 +214,28 @@ impl Config {
                 format!("unknown subject; expected one of {SUBJECTS:?}"),
             ));
         }
-        if !(1..=1000).contains(&subject.batch_max) {
-            return Err(invalid(format!("{key}.batch_max"), "must be 1 to 1000"));
+        if let BatchMax::Fixed(n) = subject.batch_max
+            && !(1..=1000).contains(&n)
+        {
+            return Err(invalid(
+                format!("{key}.batch_max"),
+                "must be 1 to 1000, or \"auto\"",
+            ));
+        }
+        if !(1..=1000).contains(&subject.batch_limit) {
+            return Err(invalid(format!("{key}.batch_limit"), "must be 1 to 1000"));
+        }
+        if subject.batch_latency > Duration::from_secs(60) {
+            return Err(invalid(
+                format!("{key}.batch_latency"),
+                "must be at most 60s",
+            ));
+        }
+        if subject.batch_max == BatchMax::Auto && !subject.batch_wait.is_zero() {
+            return Err(invalid(
+                format!("{key}.batch_wait"),
+                "only with a fixed batch_max: \"auto\" never waits for a batch to fill",
+            ));
         }
         if subject.batch_wait > Duration::from_secs(10) {
             return Err(invalid(format!("{key}.batch_wait"), "must be at most 10s"));

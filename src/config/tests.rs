@@ -378,18 +378,38 @@ fn a_relative_state_dir_is_fine_when_crash_loop_protection_is_off() {
 #[test]
 fn batches_are_off_by_default_and_bounded() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.subjects["event"].batch_max, 1);
+    assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(1));
     assert_eq!(c.subjects["event"].batch_wait, Duration::ZERO);
     assert_eq!(c.limits.max_batch_bytes, 16 * 1024 * 1024);
     let c = parse(&format!("{MINIMAL}batch_max = 50\nbatch_wait = \"20ms\"\n")).unwrap();
-    assert_eq!(c.subjects["event"].batch_max, 50);
+    assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(50));
     assert_eq!(c.subjects["event"].batch_wait, Duration::from_millis(20));
     // The per-worker prefetch holds a full batch.
     assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 50);
+    // "auto": up to batch_limit (default 50), within batch_latency (default 100 ms).
+    let c = parse(&format!("{MINIMAL}batch_max = \"auto\"\n")).unwrap();
+    let s = &c.subjects["event"];
+    assert_eq!(s.batch_max, BatchMax::Auto);
+    assert_eq!((s.batch_limit, s.batch_ceiling()), (50, 50));
+    assert_eq!(s.batch_latency, Duration::from_millis(100));
+    assert_eq!(c.prefetch_per_worker(s), 50);
+    let c = parse(&format!(
+        "{MINIMAL}batch_max = \"auto\"\nbatch_limit = 200\nbatch_latency = \"20ms\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.subjects["event"].batch_ceiling(), 200);
     for (extra, key) in [
         ("batch_max = 0\n", "subjects.event.batch_max"),
         ("batch_max = 1001\n", "subjects.event.batch_max"),
+        ("batch_max = -1\n", "subjects.event.batch_max"),
+        ("batch_max = \"fast\"\n", "batch_max"),
         ("batch_wait = \"11s\"\n", "subjects.event.batch_wait"),
+        ("batch_limit = 0\n", "subjects.event.batch_limit"),
+        ("batch_latency = \"61s\"\n", "subjects.event.batch_latency"),
+        (
+            "batch_max = \"auto\"\nbatch_wait = \"5ms\"\n",
+            "subjects.event.batch_wait",
+        ),
     ] {
         let e = error_of(&format!("{MINIMAL}{extra}"));
         assert!(e.contains(key), "expected `{key}` in: {e}");
@@ -521,4 +541,105 @@ fn the_demo_configs_are_refused_with_their_public_secrets() {
         })
         .unwrap_or_else(|e| panic!("{file}: {e}"));
     }
+}
+
+/// The configuration reference (`docs/configuration.md`) lists every key of every section, and
+/// no key the sections do not have: the fields are read from the structs' sources, the keys from
+/// the first column of each section's table (`tls.*` rows belong to `[amqp.tls]`).
+#[test]
+fn the_configuration_reference_lists_every_key_and_nothing_else() {
+    let docs = include_str!("../../docs/configuration.md");
+    let sources = [
+        ("amqp", include_str!("amqp.rs"), "AmqpConfig", ""),
+        ("amqp", include_str!("amqp.rs"), "TlsConfig", "tls."),
+        ("fpm", include_str!("fpm.rs"), "FpmConfig", ""),
+        ("retry", include_str!("limits.rs"), "RetryConfig", ""),
+        (
+            "subjects.<name>",
+            include_str!("subject.rs"),
+            "SubjectConfig",
+            "",
+        ),
+        ("limits", include_str!("limits.rs"), "LimitsConfig", ""),
+        ("agent", include_str!("agent.rs"), "AgentConfig", ""),
+        (
+            "telemetry",
+            include_str!("telemetry.rs"),
+            "TelemetryConfig",
+            "",
+        ),
+        ("admin", include_str!("admin.rs"), "AdminConfig", ""),
+    ];
+    let fields = |src: &str, name: &str| -> Vec<String> {
+        let start = src
+            .find(&format!("pub struct {name} {{"))
+            .unwrap_or_else(|| panic!("struct {name}"));
+        let body = &src[start..];
+        let body = &body[..body.find("\n}").expect("end of struct")];
+        body.lines()
+            .filter_map(|l| l.strip_prefix("    pub "))
+            .filter_map(|l| l.split_once(':').map(|(f, _)| f.to_owned()))
+            .collect()
+    };
+    // The keys of a section's table: every `code` span of the first column.
+    let keys = |section: &str| -> Vec<String> {
+        let head = format!("## `[{section}]`");
+        let start = docs
+            .find(&head)
+            .unwrap_or_else(|| panic!("no section {head}"));
+        let text = &docs[start + head.len()..];
+        let text = &text[..text.find("\n## ").unwrap_or(text.len())];
+        text.lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                let first = l[1..].split(" | ").next().unwrap_or("");
+                first
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut documented_by_section: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut fields_by_section: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (section, src, name, prefix) in sources {
+        documented_by_section
+            .entry(section)
+            .or_insert_with(|| keys(section));
+        let entry = fields_by_section.entry(section).or_default();
+        for f in fields(src, name) {
+            // `amqp.tls` is a table of its own, documented by its keys.
+            if !(name == "AmqpConfig" && f == "tls") {
+                entry.push(format!("{prefix}{f}"));
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    let mut stale = Vec::new();
+    for (section, fields) in &fields_by_section {
+        let documented = &documented_by_section[section];
+        assert!(!documented.is_empty(), "[{section}] has no table");
+        missing.extend(
+            fields
+                .iter()
+                .filter(|f| !documented.contains(f))
+                .map(|f| format!("{section}.{f}")),
+        );
+        stale.extend(
+            documented
+                .iter()
+                .filter(|k| !fields.contains(k))
+                .map(|k| format!("{section}.{k}")),
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in docs/configuration.md but not a key: {stale:?}"
+    );
 }

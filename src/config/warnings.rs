@@ -51,8 +51,9 @@ impl Config {
 
     /// Warns when a full prefetch window of maximum-size bodies, at the configured pool sizes,
     /// would exceed `limits.memory_budget`. (Growing a pool towards `max_pool_size` is an
-    /// operator's decision; the warning does not fire for every default config because of it.) lapin buffers a whole body
-    /// before `max_body_bytes` is checked, so only RabbitMQ's `max_message_size` bounds it.
+    /// operator's decision; the warning does not fire for every default config because of it.)
+    /// A body over `max_body_bytes` is received only one at a time in the whole agent
+    /// (`broker::gate`), so it adds at most one broker-sized message (`max_message_size`).
     fn memory_warning(&self) -> Option<String> {
         let window = |pool: fn(&SubjectConfig) -> u16| -> u64 {
             self.subjects
@@ -71,8 +72,8 @@ impl Config {
         Some(format!(
             "limits.max_body_bytes ({} MiB) × the prefetch window at {pools} ({deliveries} \
              deliveries) is {} MiB, over limits.memory_budget ({} MiB): lower max_body_bytes, \
-             amqp.prefetch_per_worker or the pool sizes, or raise the budget; set RabbitMQ's \
-             max_message_size to at most max_body_bytes",
+             amqp.prefetch_per_worker or the pool sizes, or raise the budget (one larger body, \
+             up to RabbitMQ's max_message_size, may be held on top of it)",
             mib(body),
             mib(body.saturating_mul(deliveries)),
             mib(budget),

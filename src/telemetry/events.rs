@@ -59,6 +59,9 @@ pub enum Event<'a> {
     MissingMessageId,
     /// PHP refused a request for its signature (401): the secrets differ.
     SignatureRejected,
+    /// A delivery over `limits.max_body_bytes` came without its body (another such body was
+    /// held): it goes back to its queue unread.
+    BodyDeferred,
     /// Ready messages and an idle worker wait `waited` for the rate limit's next token.
     RateLimited {
         /// Until the next token.
@@ -199,6 +202,9 @@ impl SubjectEvents {
             Event::SignatureRejected => {
                 self.hot.signature_rejected.inc();
             }
+            Event::BodyDeferred => {
+                self.hot.body_deferred.inc();
+            }
             Event::RateLimited { waited } => {
                 self.hot.rate_limit_wait.inc_by(waited.as_secs_f64());
             }
@@ -256,6 +262,7 @@ mod tests {
         });
         events.emit(Event::MissingMessageId);
         events.emit(Event::SignatureRejected);
+        events.emit(Event::BodyDeferred);
         events.emit(Event::RateLimited {
             waited: Duration::from_millis(250),
         });
@@ -273,6 +280,7 @@ mod tests {
         for line in [
             r#"amqp_agent_rate_limit_wait_seconds_total{subject="event"} 0.25"#,
             r#"amqp_agent_signature_rejected_total{subject="event"} 1"#,
+            r#"amqp_agent_body_deferred_total{subject="event"} 1"#,
             r#"amqp_agent_messages_received_total{subject="event"} 1"#,
             r#"amqp_agent_messages_acked_total{subject="event"} 3"#,
             r#"amqp_agent_messages_requeued_total{subject="event"} 1"#,

@@ -101,6 +101,8 @@ pub struct SubjectMetrics {
     pub missing_message_id: Counter,
     /// `signature_rejected{subject}`.
     pub signature_rejected: Counter,
+    /// `body_deferred{subject}`.
+    pub body_deferred: Counter,
     /// `rate_limit_wait_seconds{subject}`.
     pub rate_limit_wait: Counter<f64, std::sync::atomic::AtomicU64>,
     /// `long_wait{subject}`.
@@ -140,6 +142,8 @@ pub struct Metrics {
     pub missing_message_id: Family<SubjectLabel, Counter>,
     /// Requests PHP refused for their signature (401): the secrets differ.
     pub signature_rejected: Family<SubjectLabel, Counter>,
+    /// Deliveries over `limits.max_body_bytes` not received while another such body was held.
+    pub body_deferred: Family<SubjectLabel, Counter>,
     /// Seconds ready messages and an idle worker waited for the rate limit.
     pub rate_limit_wait: Family<SubjectLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// 1 while a subject's messages wait longer than its `wait_threshold`.
@@ -180,6 +184,7 @@ impl Metrics {
             ack_frames: Family::default(),
             missing_message_id: Family::default(),
             signature_rejected: Family::default(),
+            body_deferred: Family::default(),
             rate_limit_wait: Family::default(),
             long_wait: Family::default(),
             long_wait_episodes: Family::default(),
@@ -266,6 +271,11 @@ impl Metrics {
             m.signature_rejected.clone(),
         );
         registry.register(
+            "body_deferred",
+            "Deliveries over limits.max_body_bytes whose body was not received because another such body was held; returned to the queue unread, to be dead-lettered in turn",
+            m.body_deferred.clone(),
+        );
+        registry.register(
             "rate_limit_wait_seconds",
             "Seconds during which ready messages and an idle worker waited for the subject's rate limit",
             m.rate_limit_wait.clone(),
@@ -343,6 +353,7 @@ impl Metrics {
             ack_single: self.ack_frame(subject, "single"),
             missing_message_id: self.missing_message_id.get_or_create(&label).clone(),
             signature_rejected: self.signature_rejected.get_or_create(&label).clone(),
+            body_deferred: self.body_deferred.get_or_create(&label).clone(),
             rate_limit_wait: self.rate_limit_wait.get_or_create(&label).clone(),
             long_wait: self.long_wait.get_or_create(&label).clone(),
             long_wait_episodes: self.long_wait_episodes.get_or_create(&label).clone(),
@@ -409,5 +420,62 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod drift_tests {
+    /// The names the agent registers, read from the sources that register them: the string
+    /// literal of `registry.register("name", …` or alone on the line after it, before the tests.
+    fn registered() -> std::collections::BTreeSet<String> {
+        let sources = [
+            include_str!("metrics.rs"),
+            include_str!("../fpm_status/monitor.rs"),
+        ];
+        sources
+            .iter()
+            .flat_map(|src| {
+                let code = src.split("#[cfg(test)]").next().unwrap_or(src);
+                code.lines().filter_map(|l| {
+                    let l = l.trim();
+                    // `registry.register("name", …` on one line, or the name alone on its own.
+                    let name = match l.split_once("register(\"") {
+                        Some((_, rest)) => rest.split_once('"')?.0,
+                        None => l.strip_prefix('"')?.strip_suffix("\",")?,
+                    };
+                    name.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                        .then(|| name.to_owned())
+                })
+            })
+            .collect()
+    }
+
+    /// Every metric the agent registers is in the reference (`docs/observability.md`), and every
+    /// `amqp_agent_*` name the reference's tables list is registered.
+    #[test]
+    fn the_metric_reference_lists_every_metric_and_nothing_else() {
+        let docs = include_str!("../../docs/observability.md");
+        let registered = registered();
+        assert!(registered.len() > 30, "{registered:?}");
+        assert!(registered.contains("messages_received") && registered.contains("fpm_status_up"));
+        let missing: Vec<_> = registered
+            .iter()
+            .filter(|name| {
+                !docs.contains(&format!("`amqp_agent_{name}`"))
+                    && !docs.contains(&format!("`amqp_agent_{name}_total`"))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/observability.md: {missing:?}"
+        );
+        let stale: Vec<_> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `amqp_agent_"))
+            .filter_map(|l| l.split_once('`').map(|(n, _)| n))
+            .filter(|n| !registered.contains(n.strip_suffix("_total").unwrap_or(n)))
+            .collect();
+        assert!(stale.is_empty(), "documented but not registered: {stale:?}");
     }
 }

@@ -21,11 +21,35 @@ pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
         super::requeue(state, &delivery);
         return;
     }
+    if delivery.body_discarded {
+        defer(state, delivery);
+        return;
+    }
     if state.backlog.is_empty() {
         state.backlog_since = std::time::Instant::now();
     }
     state.backlog.push_back(delivery);
     dispatch(state);
+}
+
+/// An oversized delivery that came without its body, because another oversized body is held
+/// (`broker::gate`): back to its queue, unread and without using an attempt, once that one is
+/// gone. Until then it keeps its prefetch slot, not its bytes (a nack at once would have the
+/// broker send the same body again and again while the permit is taken).
+fn defer(state: &ConsumerState, delivery: Delivery) {
+    state.runtime.events.emit(Event::BodyDeferred);
+    tracing::debug!(
+        subject = %state.runtime.name,
+        size = delivery.body_size,
+        "A body over limits.max_body_bytes waits for the one held to be dead-lettered"
+    );
+    let gate = state.runtime.body_gate.clone();
+    let myself = state.myself.clone();
+    tokio::spawn(async move {
+        gate.freed().await;
+        // A consumer that stopped meanwhile closed its channel: the broker has it back.
+        let _ = myself.cast(ConsumerMsg::Deferred(Box::new(delivery)));
+    });
 }
 
 /// A worker finished its message: it takes the next one (or retires), and what it reports opens
@@ -40,7 +64,11 @@ pub(super) async fn on_worker_idle(
         fpm_unreachable,
         signature_rejected,
         publisher_broken,
+        observed,
     } = report;
+    if let (Some(auto), Some(observed)) = (state.auto.as_mut(), observed) {
+        auto.observe(observed);
+    }
     if publisher_broken && state.draining.is_none() {
         return Err("the retry/dead-letter publish channel closed".into());
     }
@@ -100,7 +128,31 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
         }
         let n = if state.batching.max > 1 {
             let limits = &state.runtime.config.limits;
-            state.batching.take(
+            let batching = match &state.auto {
+                None => state.batching,
+                Some(auto) => {
+                    // The free workers: this one and those still idle.
+                    let sizing = auto.size(state.backlog.len(), state.idle.len() + 1);
+                    let before = state.runtime.stats.set_batch_sizing(sizing);
+                    if before.is_none_or(|b| (b.size, b.bound) != (sizing.size, sizing.bound)) {
+                        tracing::debug!(
+                            subject = %state.runtime.name,
+                            size = sizing.size,
+                            bound = ?sizing.bound,
+                            backlog = sizing.backlog,
+                            free_workers = sizing.free_workers,
+                            boot_ms = ?sizing.boot_ms,
+                            entry_ms = ?sizing.entry_ms,
+                            "batch size (batch_max = \"auto\")"
+                        );
+                    }
+                    crate::batch::Batching {
+                        max: sizing.size,
+                        ..state.batching
+                    }
+                }
+            };
+            batching.take(
                 state
                     .backlog
                     .iter()

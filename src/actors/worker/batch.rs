@@ -103,9 +103,8 @@ impl Settler<'_> {
     }
 }
 
-/// Handles a batch end to end. Returns true when FPM could not be reached.
-/// Returns whether FPM could not be reached, and whether PHP refused an entry's signature.
-pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (bool, bool) {
+/// Handles a batch end to end.
+pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> worker::Handled {
     let BatchJob {
         deliveries,
         publisher,
@@ -210,7 +209,10 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (boo
         }
     }
     let Some(first) = first else {
-        return (false, rejected(&settler));
+        return worker::Handled {
+            signature_rejected: rejected(&settler),
+            ..worker::Handled::default()
+        };
     };
     let (params, body) = encoder.finish(&first);
 
@@ -229,6 +231,8 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (boo
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Verdict)>();
     let started = Instant::now();
+    // When the first and the last outcome line arrived, and how many did (`batch::auto`).
+    let mut lines: (usize, Option<Instant>, Option<Instant>) = (0, None, None);
     let running = runtime.metrics.fpm.running(
         &runtime.name,
         &format!(
@@ -241,6 +245,10 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (boo
         let mut on_stdout = |chunk: &[u8]| {
             reader
                 .feed(chunk, &mut |i, verdict| {
+                    let now = Instant::now();
+                    lines.0 += 1;
+                    lines.1.get_or_insert(now);
+                    lines.2 = Some(now);
                     let _ = tx.send((i, verdict));
                 })
                 .map_err(|e| e.to_string())
@@ -291,7 +299,21 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (boo
         fcgi_span.record("error.type", status.as_ref());
     }
     let Some(failure) = failure else {
-        return (false, rejected(&settler));
+        let observed = match lines {
+            (n, Some(first), Some(last)) if n == sent.len() => {
+                Some(crate::batch::auto::Observed::Batch {
+                    lines: n,
+                    first: first - started,
+                    last: last - started,
+                })
+            }
+            _ => None,
+        };
+        return worker::Handled {
+            signature_rejected: rejected(&settler),
+            observed,
+            ..worker::Handled::default()
+        };
     };
     let running = reader.running();
     let unsettled = retry::unsettled(
@@ -331,5 +353,9 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> (boo
             ..
         }
     );
-    (unreached, rejected(&settler))
+    worker::Handled {
+        fpm_unreachable: unreached,
+        signature_rejected: rejected(&settler),
+        observed: None,
+    }
 }

@@ -24,6 +24,7 @@ fn subject(queue: &str) -> SubjectStatus {
         node: None,
         rate_limit: Some(HOSTILE[1].to_owned()),
         long_wait: false,
+        batch_auto: None,
         state: "paused",
         operator_paused: true,
         paused_until: Some("2030-01-01T00:00:00Z".to_owned()),

@@ -71,6 +71,7 @@ pub struct Channel {
     channel_closer: Option<Arc<ChannelCloser>>,
     _connection_closer: Option<Arc<ConnectionCloser>>,
     recovery_config: RecoveryConfig,
+    body_gate: Arc<std::sync::Mutex<Option<Arc<dyn crate::BodyGate>>>>,
 }
 
 impl PartialEq for Channel {
@@ -136,7 +137,17 @@ impl Channel {
             channel_closer,
             _connection_closer: connection_closer,
             recovery_config,
+            body_gate: Arc::default(),
         }
+    }
+
+    /// Sets the gate asked about each body before it is received, for consumers started on this
+    /// channel (and its clones) from now on (amqp-agent patch, see [`BodyGate`](crate::BodyGate)).
+    pub fn set_body_gate(&self, gate: Arc<dyn crate::BodyGate>) {
+        *self
+            .body_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(gate);
     }
 
     /// Return a snapshot of the current channel state.
@@ -1238,6 +1249,10 @@ impl Channel {
                 queue,
                 options,
                 arguments,
+                self.body_gate
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
             )
         });
         self.consumers

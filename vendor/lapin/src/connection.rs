@@ -663,6 +663,7 @@ mod tests {
             queue_name.clone(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
+            None,
         );
         if let Some(c) = channels.get(channel.id()) {
             c.register_consumer(consumer_tag.clone(), consumer);
@@ -729,6 +730,7 @@ mod tests {
             queue_name.clone(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
+            None,
         );
         if let Some(c) = channels.get(channel.id()) {
             c.register_consumer(consumer_tag.clone(), consumer);

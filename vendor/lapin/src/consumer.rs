@@ -156,16 +156,15 @@ impl Consumer {
         queue: ShortString,
         options: BasicConsumeOptions,
         arguments: FieldTable,
+        body_gate: Option<Arc<dyn crate::BodyGate>>,
     ) -> Self {
         let (sender, receiver) = flume::unbounded();
         let status = ConsumerStatus::default();
+        let mut inner = Inner::new(consumer_tag.clone(), receiver, internal_rpc.clone());
+        inner.body_gate = body_gate;
         Self {
-            consumer_tag: consumer_tag.clone(),
-            inner: Arc::new(Mutex::new(Inner::new(
-                consumer_tag,
-                receiver,
-                internal_rpc.clone(),
-            ))),
+            consumer_tag,
+            inner: Arc::new(Mutex::new(inner)),
             status,
             internal_rpc,
             channel_closer,
@@ -347,6 +346,7 @@ impl Drop for Consumer {
 
 struct Inner {
     current_message: Option<Delivery>,
+    body_gate: Option<Arc<dyn crate::BodyGate>>,
     deliveries_out: Receiver<DeliveryResult>,
     internal_rpc: InternalRPCHandle,
     tag: ShortString,
@@ -360,6 +360,7 @@ impl Inner {
     ) -> Self {
         Self {
             current_message: None,
+            body_gate: None,
             deliveries_out,
             internal_rpc,
             tag: consumer_tag,
@@ -384,6 +385,7 @@ impl Inner {
     ) -> Option<Delivery> {
         if let Some(delivery) = self.current_message.as_mut() {
             delivery.properties = properties;
+            delivery.admit_body(size, self.body_gate.as_deref());
         }
         self.check_new_delivery_complete(size == 0)
     }
@@ -509,6 +511,7 @@ mod test {
             queue.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
+            None,
         )
     }
 

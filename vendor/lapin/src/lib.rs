@@ -152,6 +152,7 @@ pub use amq_protocol::{
 };
 
 pub use acker::Acker;
+pub use body_gate::{Admission, BodyGate, BodyPermit};
 pub use channel::{Channel, options};
 pub use channel_status::{ChannelQos, ChannelState, ChannelStatus};
 pub use configuration::Configuration;
@@ -178,6 +179,7 @@ use promise::{Promise, PromiseResolver};
 mod acker;
 mod acknowledgement;
 mod basic_get_delivery;
+mod body_gate;
 mod buffer;
 mod channel;
 mod channel_closer;

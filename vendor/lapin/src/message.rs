@@ -45,6 +45,17 @@ pub struct Delivery {
     /// The payload of the message in binary format.
     pub data: Vec<u8>,
 
+    /// The body size announced by the content header (amqp-agent patch).
+    pub body_size: u64,
+
+    /// Set when the channel's [`BodyGate`](crate::BodyGate) refused the body: `data` is empty,
+    /// the body frames were dropped as they arrived (amqp-agent patch).
+    pub body_discarded: bool,
+
+    /// What the channel's [`BodyGate`](crate::BodyGate) keeps with this delivery, released when
+    /// it is dropped (amqp-agent patch).
+    pub body_permit: Option<crate::BodyPermit>,
+
     /// The acker used to ack/nack the message
     pub acker: Acker,
 }
@@ -88,12 +99,27 @@ impl Delivery {
             redelivered,
             properties: BasicProperties::default(),
             data: Vec::default(),
+            body_size: 0,
+            body_discarded: false,
+            body_permit: None,
             acker: Acker::new(channel_id, delivery_tag, internal_rpc, poison),
         }
     }
 
     pub(crate) fn receive_content(&mut self, data: Vec<u8>) {
-        self.data.extend(data);
+        if !self.body_discarded {
+            self.data.extend(data);
+        }
+    }
+
+    /// Asks `gate` about the body the content header announced (amqp-agent patch).
+    pub(crate) fn admit_body(&mut self, size: u64, gate: Option<&dyn crate::BodyGate>) {
+        self.body_size = size;
+        match gate.map_or(crate::Admission::Hold, |gate| gate.admit(size)) {
+            crate::Admission::Hold => {}
+            crate::Admission::HoldWith(permit) => self.body_permit = Some(permit),
+            crate::Admission::Discard => self.body_discarded = true,
+        }
     }
 }
 

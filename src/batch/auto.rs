@@ -1,0 +1,316 @@
+//! `batch_max = "auto"`: the size of each batch from what the consumer observes.
+//!
+//! A batch amortises what PHP pays once per request (the framework's boot, the front
+//! controller: `boot`) over its entries, at the price of the time an entry waits behind the ones
+//! before it in the same request (`entry` each). Both are read off the streamed replies: the
+//! first outcome line comes after `boot + entry`, the next ones `entry` apart. The size is then
+//! the smallest of:
+//! - **the backlog's share**: the prefetched deliveries spread over the free workers, so a
+//!   trickle goes one message per request and a backlog goes in large batches;
+//! - **the latency bound**: no message waits more than `batch_latency` behind the entries before
+//!   it, `1 + batch_latency / entry`;
+//! - **the timeout**: the expected duration, `boot + n × entry`, stays within half of
+//!   `fpm.timeout`;
+//! - `batch_limit`.
+//!
+//! Invariant: pure (no clock, no I/O): [`Auto::observe`] takes durations measured by the worker,
+//! [`Auto::size`] is a function of them and of its arguments.
+
+use std::time::Duration;
+
+/// What a worker measured on a request that ended with an outcome for every entry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Observed {
+    /// One message, one request: its whole duration.
+    Single(Duration),
+    /// A batch: its outcome lines, the time to the first one and to the last one.
+    Batch {
+        /// Outcome lines read.
+        lines: usize,
+        /// From the request's start to the first outcome line.
+        first: Duration,
+        /// From the request's start to the last outcome line.
+        last: Duration,
+    },
+}
+
+/// Which bound chose the size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// The prefetched deliveries spread over the free workers.
+    Backlog,
+    /// `batch_latency` over the time per entry.
+    Latency,
+    /// Half of `fpm.timeout`.
+    Timeout,
+    /// `batch_limit`.
+    Limit,
+    /// Nothing observed yet: one message per request until a reply was timed.
+    Unmeasured,
+    /// No batch timed yet: two messages, to tell a request's cost from an entry's.
+    Probe,
+}
+
+/// One decision, with its inputs (logged and shown in `/status`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Sizing {
+    /// Messages in the next request.
+    pub size: usize,
+    /// The bound that chose it.
+    pub bound: Bound,
+    /// Prefetched deliveries waiting.
+    pub backlog: usize,
+    /// Workers free to take them (the one asking included).
+    pub free_workers: usize,
+    /// Estimated cost of a request, milliseconds (None until measured).
+    pub boot_ms: Option<f64>,
+    /// Estimated cost of an entry, milliseconds (None until measured).
+    pub entry_ms: Option<f64>,
+}
+
+/// A subject's estimator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Auto {
+    limit: usize,
+    latency: f64,
+    timeout: f64,
+    boot: Option<f64>,
+    entry: Option<f64>,
+}
+
+/// Weight of a new measurement when the estimate grows (slower handlers are followed at once)
+/// and when it shrinks (faster ones a little more carefully).
+const RISE: f64 = 0.5;
+const FALL: f64 = 0.25;
+/// The smallest time per entry taken seriously (a clock's resolution, not a handler's cost).
+const MIN_ENTRY: f64 = 1e-6;
+
+fn ewma(old: Option<f64>, sample: f64) -> f64 {
+    match old {
+        None => sample,
+        Some(old) => {
+            let weight = if sample > old { RISE } else { FALL };
+            old + weight * (sample - old)
+        }
+    }
+}
+
+impl Auto {
+    /// An estimator for batches of at most `limit`, within `latency` and `timeout`.
+    #[must_use]
+    pub fn new(limit: usize, latency: Duration, timeout: Duration) -> Self {
+        Self {
+            limit: limit.max(1),
+            latency: latency.as_secs_f64(),
+            timeout: timeout.as_secs_f64(),
+            boot: None,
+            entry: None,
+        }
+    }
+
+    /// Takes a measurement in.
+    pub fn observe(&mut self, observed: Observed) {
+        match observed {
+            Observed::Batch { lines, first, last } if lines >= 2 => {
+                #[allow(clippy::cast_precision_loss)]
+                let gap = last.saturating_sub(first).as_secs_f64() / (lines - 1) as f64;
+                let gap = gap.max(MIN_ENTRY);
+                let boot = (first.as_secs_f64() - gap).max(0.0);
+                if self.boot.is_none() {
+                    // The first batch: the single requests before it counted the request's own
+                    // cost as the entry's; start over from what it shows.
+                    self.entry = Some(gap);
+                    self.boot = Some(boot);
+                } else {
+                    self.entry = Some(ewma(self.entry, gap));
+                    self.boot = Some(ewma(self.boot, boot));
+                }
+            }
+            Observed::Batch { first: total, .. } | Observed::Single(total) => {
+                // One entry: its time is the request's less what a request costs by itself
+                // (unknown until a batch was timed: then the whole of it).
+                let boot = self.boot.unwrap_or(0.0);
+                let entry = (total.as_secs_f64() - boot).max(MIN_ENTRY);
+                self.entry = Some(ewma(self.entry, entry));
+            }
+        }
+    }
+
+    /// The size of the next request for a backlog of `backlog` deliveries and `free_workers`
+    /// workers free to take them (at least the one asking).
+    #[must_use]
+    pub fn size(&self, backlog: usize, free_workers: usize) -> Sizing {
+        let sizing = |size: usize, bound| Sizing {
+            size: size.max(1),
+            bound,
+            backlog,
+            free_workers,
+            boot_ms: self.boot.map(|s| s * 1e3),
+            entry_ms: self.entry.map(|s| s * 1e3),
+        };
+        let Some(entry) = self.entry else {
+            return sizing(1, Bound::Unmeasured);
+        };
+        let share = backlog.div_ceil(free_workers.max(1)).max(1);
+        // Single requests time a request and its entry together: a slow framework boot would
+        // pass for a slow handler, and batches would never start. Two entries tell them apart.
+        let Some(boot) = self.boot else {
+            return if share >= 2 && self.limit >= 2 {
+                sizing(2, Bound::Probe)
+            } else {
+                sizing(1, Bound::Backlog)
+            };
+        };
+        let latency = cap(1.0 + self.latency / entry);
+        let timeout = cap((self.timeout / 2.0 - boot) / entry);
+        [
+            (share, Bound::Backlog),
+            (latency, Bound::Latency),
+            (timeout, Bound::Timeout),
+            (self.limit, Bound::Limit),
+        ]
+        .into_iter()
+        .min_by_key(|(n, _)| *n)
+        .map_or_else(|| sizing(1, Bound::Unmeasured), |(n, b)| sizing(n, b))
+    }
+}
+
+/// A count from a ratio: rounded down, at least 1, saturating.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn cap(ratio: f64) -> usize {
+    if ratio.is_nan() || ratio < 1.0 {
+        1
+    } else if ratio >= 1e9 {
+        1_000_000_000
+    } else {
+        // A hair over, so that 19.999… from a clean division counts as the 20 it is.
+        (ratio + 1e-9).floor() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: f64) -> Duration {
+        Duration::from_secs_f64(n / 1e3)
+    }
+
+    /// An estimator that measured `boot` and `entry` (milliseconds) on a batch of 10.
+    fn measured(boot: f64, entry: f64) -> Auto {
+        let mut a = Auto::new(50, ms(100.0), Duration::from_secs(30));
+        a.observe(Observed::Batch {
+            lines: 10,
+            first: ms(boot + entry),
+            last: ms(boot + 10.0 * entry),
+        });
+        a
+    }
+
+    #[test]
+    fn one_message_per_request_until_a_reply_was_timed() {
+        let a = Auto::new(50, ms(100.0), Duration::from_secs(30));
+        let s = a.size(1000, 1);
+        assert_eq!((s.size, s.bound), (1, Bound::Unmeasured));
+    }
+
+    #[test]
+    fn single_requests_alone_probe_with_two_when_a_backlog_allows() {
+        let mut a = Auto::new(50, ms(100.0), Duration::from_secs(30));
+        // 150 ms per request: as an entry's cost that would mean one by one for ever.
+        a.observe(Observed::Single(ms(150.0)));
+        assert_eq!(a.size(1, 2).size, 1, "a trickle stays single");
+        let s = a.size(100, 2);
+        assert_eq!((s.size, s.bound), (2, Bound::Probe));
+        // The probe shows the 150 ms are the request's, not the entries'.
+        a.observe(Observed::Batch {
+            lines: 2,
+            first: ms(150.5),
+            last: ms(151.0),
+        });
+        let s = a.size(100, 2);
+        assert_eq!((s.size, s.bound), (50, Bound::Backlog), "{s:?}");
+    }
+
+    #[test]
+    fn a_batch_reply_splits_boot_and_entry() {
+        let a = measured(20.0, 0.5);
+        let s = a.size(1000, 1);
+        assert!((s.boot_ms.unwrap() - 20.0).abs() < 1e-6, "{s:?}");
+        assert!((s.entry_ms.unwrap() - 0.5).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn table() {
+        // (boot ms, entry ms, backlog, free workers) -> (size, bound)
+        let rows: [(f64, f64, usize, usize, usize, Bound); 9] = [
+            // A trickle: one message, idle workers: one per request.
+            (20.0, 0.5, 1, 4, 1, Bound::Backlog),
+            (20.0, 0.5, 3, 4, 1, Bound::Backlog),
+            // A backlog shared by the free workers.
+            (20.0, 0.5, 100, 4, 25, Bound::Backlog),
+            (20.0, 0.5, 101, 4, 26, Bound::Backlog),
+            // A deep backlog: the limit.
+            (20.0, 0.5, 10_000, 2, 50, Bound::Limit),
+            // Slow entries: the latency bound (1 + 100 / 10).
+            (20.0, 10.0, 10_000, 2, 11, Bound::Latency),
+            // Slower than the latency bound: one by one.
+            (20.0, 200.0, 10_000, 2, 1, Bound::Latency),
+            // Fast entries but a request near half the timeout: (15 s - 14 s) / 0.5 ms.
+            (14_000.0, 0.5, 10_000, 1, 50, Bound::Limit),
+            (14_990.0, 0.5, 10_000, 1, 20, Bound::Timeout),
+        ];
+        for (boot, entry, backlog, free, size, bound) in rows {
+            let mut a = measured(boot, entry);
+            a.latency = 0.1;
+            let s = a.size(backlog, free);
+            assert_eq!(
+                (s.size, s.bound),
+                (size, bound),
+                "boot {boot} entry {entry} backlog {backlog} free {free}: {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn single_requests_after_a_batch_keep_the_boot_and_follow_the_entry() {
+        let mut a = measured(20.0, 0.5);
+        // The handler turned slow: one message takes 20 + 200 ms.
+        a.observe(Observed::Single(ms(220.0)));
+        let e = a.size(0, 1).entry_ms.unwrap();
+        assert!(e > 90.0, "a slower handler is followed at once: {e}");
+        assert_eq!(a.size(10_000, 1).size, 1);
+        // And fast again: back to large batches within a few requests.
+        let mut n = 0;
+        while a.size(10_000, 1).size < 50 {
+            a.observe(Observed::Single(ms(20.5)));
+            n += 1;
+            assert!(n < 60, "never grew back");
+        }
+        assert!(n <= 40, "grew back after {n} requests");
+    }
+
+    #[test]
+    fn a_handler_that_turns_slow_shrinks_the_next_batch() {
+        // 10 ms per entry: 11 per batch (100 ms latency).
+        let mut a = measured(20.0, 10.0);
+        assert_eq!(a.size(10_000, 1).size, 11);
+        // That batch of 11 ran at 200 ms per entry.
+        a.observe(Observed::Batch {
+            lines: 11,
+            first: ms(220.0),
+            last: ms(220.0 + 10.0 * 200.0),
+        });
+        assert_eq!(a.size(10_000, 1).size, 1);
+    }
+
+    #[test]
+    fn cap_is_total() {
+        assert_eq!(cap(f64::NAN), 1);
+        assert_eq!(cap(-3.0), 1);
+        assert_eq!(cap(0.5), 1);
+        assert_eq!(cap(2.9), 2);
+        assert_eq!(cap(f64::INFINITY), 1_000_000_000);
+    }
+}
