@@ -339,3 +339,47 @@ pub(super) async fn job(
         None => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: usize, subject: &str, state: &'static str) -> Job {
+        Job {
+            id: format!("{id:016x}"),
+            subject: subject.to_owned(),
+            action: Action::Replay,
+            state,
+            error: None,
+            progress: Progress::default(),
+        }
+    }
+
+    #[test]
+    fn finished_jobs_are_forgotten_oldest_first_and_running_ones_never() {
+        let mut jobs = Jobs::default();
+        jobs.insert(job(0, "event", "running"));
+        for i in 1..=40 {
+            jobs.insert(job(i, "command", "done"));
+        }
+        assert_eq!(jobs.jobs.len(), KEPT_JOBS);
+        assert!(jobs.jobs.contains_key(&format!("{:016x}", 0)));
+        assert!(!jobs.jobs.contains_key(&format!("{:016x}", 1)));
+        assert!(jobs.jobs.contains_key(&format!("{:016x}", 40)));
+        assert_eq!(
+            jobs.running_for("event").map(|j| j.id.clone()),
+            Some(format!("{:016x}", 0))
+        );
+        assert!(jobs.running_for("command").is_none());
+        jobs.update(&format!("{:016x}", 0), |j| j.state = "done");
+        assert!(jobs.running_for("event").is_none());
+    }
+
+    #[test]
+    fn keys_are_16_hex_digits() {
+        assert!(valid_key("0123456789abcdef"));
+        assert!(!valid_key("0123456789abcde"));
+        assert!(!valid_key("0123456789abcdeg"));
+        assert!(!valid_key("0123456789abcdef0"));
+    }
+}
