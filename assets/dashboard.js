@@ -17,8 +17,10 @@
     state.dataset.unlocked = String(unlocked);
     $("#lock").hidden = !unlocked;
     $("#token-form").hidden = unlocked;
-    document.querySelectorAll("form.action button").forEach((b) => { b.disabled = !unlocked; });
+    document.querySelectorAll("form.action button, .needs-token").forEach((b) => { b.disabled = !unlocked; });
+    if (unlocked && typeof onUnlock === "function") onUnlock();
   }
+  let onUnlock = null;
   $("#token-form").addEventListener("submit", (e) => {
     e.preventDefault();
     const input = $("#token");
@@ -183,6 +185,246 @@
   });
   showAuth();
 
+  // --- Dead letters. Everything from a message is set with textContent. ---
+  function el(tag, text, attrs) {
+    const e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    return e;
+  }
+  const dash = (v) => (v === null || v === undefined || v === "" ? "—" : String(v));
+  // x-agent-status 0: PHP gave no status (a timeout, a body refused before PHP).
+  const httpStatus = (v) => (v === 0 ? "none" : dash(v));
+  function age(s) {
+    if (s === null || s === undefined) return "—";
+    if (s < 120) return s + " s";
+    if (s < 7200) return Math.floor(s / 60) + " min";
+    if (s < 172800) return Math.floor(s / 3600) + " h";
+    return Math.floor(s / 86400) + " d";
+  }
+  async function authed(path, method) {
+    const r = await fetch(path, {
+      method: method || "GET", cache: "no-store", credentials: "omit",
+      headers: { Authorization: "Bearer " + token() },
+    });
+    if (r.status === 401) { sessionStorage.removeItem(TOKEN); showAuth(); }
+    return r;
+  }
+  const dead = { offset: 0, limit: 50, letters: [], subject: "", query: "", detail: null, view: "json" };
+  const FILTERS = ["reason", "status", "type", "older_than", "grep"];
+  function deadQuery() {
+    const form = $("#dead-filter");
+    const q = new URLSearchParams();
+    for (const name of FILTERS) {
+      const v = form.elements[name].value.trim();
+      if (v !== "") q.set(name, v);
+    }
+    return q;
+  }
+  function showSummary(text, bad) {
+    const p = $("#dead-summary");
+    p.textContent = text;
+    p.dataset.ok = String(!bad);
+  }
+  async function loadDead() {
+    if (token() === "") { showSummary("Type the admin token above to list the dead letters."); return; }
+    const form = $("#dead-filter");
+    dead.subject = form.elements.subject.value;
+    const q = deadQuery();
+    dead.query = q.toString();
+    const page = new URLSearchParams(q);
+    page.set("offset", String(dead.offset));
+    page.set("limit", String(dead.limit));
+    // The filter goes into the page's address, so a reload shows the same list.
+    const here = new URLSearchParams(q);
+    here.set("subject", dead.subject);
+    history.replaceState(null, "", "?" + here);
+    showSummary("Reading the dead-letter queue…");
+    let r;
+    try {
+      r = await authed("/dead-letters/" + encodeURIComponent(dead.subject) + "?" + page);
+    } catch (e) { showSummary("Cannot reach the agent: " + e.message, true); return; }
+    if (!r.ok) { showSummary(r.status + " " + (await r.text()), true); return; }
+    const data = await r.json();
+    dead.letters = data.letters;
+    const body = $("#dead-list tbody");
+    body.replaceChildren();
+    for (const l of data.letters) {
+      const tr = el("tr", null, { "data-key": l.key, "data-reason": l.reason || "" });
+      const box = el("input", null, { type: "checkbox", "aria-label": "select" });
+      box.className = "pick";
+      const pick = el("td"); pick.append(box); tr.append(pick);
+      tr.append(el("td", dash(l.message_id), { "data-field": "message_id" }));
+      tr.append(el("td", dash(l.type), { "data-field": "type" }));
+      tr.append(el("td", dash(l.reason), { "data-field": "reason" }));
+      tr.append(el("td", httpStatus(l.status), { "data-field": "status" }));
+      tr.append(el("td", dash(l.attempts), { "data-field": "attempts" }));
+      tr.append(el("td", age(l.age_seconds), { "data-field": "age" }));
+      tr.append(el("td", dash(l.last_error), { "data-field": "last_error" }));
+      const open = el("button", "Open", { type: "button" });
+      open.className = "open";
+      open.addEventListener("click", () => openDead(l.key));
+      const cell = el("td"); cell.append(open); tr.append(cell);
+      body.append(tr);
+    }
+    $("#dead-all").checked = false;
+    const from = data.letters.length ? data.offset + 1 : 0;
+    const upto = data.offset + data.letters.length;
+    const all = data.complete ? String(data.matched) : "at least " + data.matched;
+    showSummary(data.queue + ": " + data.total + " message(s); " + all + " match" +
+      (data.letters.length ? "; showing " + from + "–" + upto : "") +
+      (data.complete ? "" : " (looked at the first " + data.scanned + ")") + ".");
+    $("#dead-summary").dataset.matched = String(data.matched);
+    $("#dead-prev").disabled = data.offset === 0;
+    $("#dead-next").disabled = upto >= data.matched;
+  }
+  function kv(table, pairs) {
+    const body = table.tBodies[0];
+    body.replaceChildren();
+    for (const [k, v] of pairs) {
+      const tr = el("tr");
+      tr.append(el("th", k, { scope: "row" }), el("td", v));
+      body.append(tr);
+    }
+  }
+  function showBody() {
+    const d = dead.detail;
+    if (!d) return;
+    let view = dead.view;
+    if (view === "json" && d.body.json === null) view = "text";
+    const text = view === "json" ? d.body.json : view === "hex" ? d.body.hex : d.body.text;
+    const pre = $("#dd-body");
+    pre.textContent = text;
+    pre.dataset.view = view;
+    document.querySelectorAll("#dead-detail button[data-view]").forEach((b) => {
+      b.setAttribute("aria-pressed", String(b.dataset.view === view));
+      if (b.dataset.view === "json") b.disabled = d.body.json === null;
+    });
+    const cut = (view === "hex" && d.body.hex_cut) || (view !== "hex" && d.body.text_cut) ? ", cut" : "";
+    $("#dd-body-size").textContent = "(" + d.body.bytes + " bytes" + (d.body.utf8 ? "" : ", not UTF-8") + cut + ")";
+  }
+  async function openDead(key) {
+    let r;
+    try {
+      r = await authed("/dead-letters/" + encodeURIComponent(dead.subject) + "/message?key=" + encodeURIComponent(key));
+    } catch (e) { showSummary("Cannot reach the agent: " + e.message, true); return; }
+    if (!r.ok) { showSummary(r.status + " " + (await r.text()), true); return; }
+    const d = await r.json();
+    dead.detail = d;
+    $("#dd-id").textContent = dash(d.message_id);
+    const facts = $("#dd-facts");
+    facts.replaceChildren();
+    const fact = (name, value) => { facts.append(el("dt", name)); const dd = el("dd"); if (value instanceof Node) dd.append(value); else dd.textContent = dash(value); facts.append(dd); return dd; };
+    fact("Reason", d.reason);
+    fact("Status", httpStatus(d.status));
+    fact("Attempts", d.attempts);
+    fact("Type", d.type);
+    fact("Dead-lettered", d.dead_lettered_at === null ? null : new Date(d.dead_lettered_at * 1000).toISOString() + " (" + age(d.age_seconds) + " ago)");
+    fact("Subject", d.subject);
+    if (d.trace_id && d.trace_url) {
+      const a = el("a", d.trace_id, { href: d.trace_url, rel: "noopener noreferrer", target: "_blank" });
+      a.id = "dd-trace";
+      fact("Trace", a);
+    } else {
+      fact("Trace", d.trace_id);
+    }
+    $("#dd-error").textContent = dash(d.last_error_full);
+    kv($("#dd-props"), d.properties);
+    kv($("#dd-headers"), d.headers);
+    dead.view = d.body.json !== null ? "json" : "text";
+    showBody();
+    $("#dead-detail").hidden = false;
+    $("#dead-detail").dataset.key = d.key;
+    $("#dead-detail").scrollIntoView({ block: "start" });
+  }
+  function finishText(job) {
+    const p = job.progress;
+    const verb = job.action === "replay" ? "Replayed" : "Discarded";
+    let text = verb + " " + p.done + " message(s); " + p.left + " left in the queue (" + p.scanned + " looked at)";
+    if (job.action === "replay" && p.routes_dropped) text += "; " + p.routes_dropped + " unverified route(s) dropped";
+    if (job.state === "failed") text = "Failed after " + p.done + ": " + job.error;
+    return text + ".";
+  }
+  async function runJob(act, params) {
+    const box = $("#dead-job");
+    const bar = $("#dead-progress");
+    const out = $("#dead-result");
+    box.hidden = false;
+    bar.removeAttribute("value");
+    out.dataset.state = "running";
+    out.textContent = (act === "replay" ? "Replaying" : "Discarding") + "…";
+    let r;
+    try {
+      r = await authed("/dead-letters/" + encodeURIComponent(dead.subject) + "/" + act + "?" + params, "POST");
+    } catch (e) { out.dataset.state = "failed"; out.textContent = "Cannot reach the agent: " + e.message; return; }
+    if (!r.ok) { out.dataset.state = "failed"; out.textContent = r.status + " " + (await r.text()); return; }
+    let job = await r.json();
+    const deadline = Date.now() + 3600 * 1000;
+    while (job.state === "running" && Date.now() < deadline) {
+      await new Promise((ok) => setTimeout(ok, 200));
+      const j = await authed("/dead-letter-jobs/" + encodeURIComponent(job.id));
+      if (!j.ok) break;
+      job = await j.json();
+      const p = job.progress;
+      if (p.total > 0) { bar.max = p.total; bar.value = p.scanned; }
+      out.textContent = (job.action === "replay" ? "Replaying: " : "Discarding: ") + p.done + " done, " + p.scanned + " of " + p.total + " looked at";
+    }
+    bar.max = 1; bar.value = 1;
+    out.dataset.state = job.state;
+    out.dataset.done = String(job.progress.done);
+    out.textContent = finishText(job);
+    $("#dead-detail").hidden = true;
+    dead.detail = null;
+    await loadDead();
+  }
+  let pending = null;
+  function ask(text, run) {
+    pending = run;
+    $("#dead-confirm-text").textContent = text;
+    $("#dead-confirm").hidden = false;
+  }
+  function deadPage() {
+    onUnlock = () => loadDead();
+    $("#dead-filter").addEventListener("submit", (e) => { e.preventDefault(); dead.offset = 0; loadDead(); });
+    $("#dead-prev").addEventListener("click", () => { dead.offset = Math.max(0, dead.offset - dead.limit); loadDead(); });
+    $("#dead-next").addEventListener("click", () => { dead.offset += dead.limit; loadDead(); });
+    $("#dead-all").addEventListener("change", (e) => {
+      document.querySelectorAll("#dead-list .pick").forEach((b) => { b.checked = e.target.checked; });
+    });
+    document.querySelectorAll(".dead-actions button[data-act]").forEach((b) => {
+      b.addEventListener("click", () => {
+        const act = b.dataset.act;
+        if (b.dataset.what === "selected") {
+          const keys = [...document.querySelectorAll("#dead-list .pick")].filter((x) => x.checked)
+            .map((x) => x.closest("tr").dataset.key);
+          if (keys.length === 0) { showSummary("Select messages first.", true); return; }
+          ask((act === "replay" ? "Replay " : "Discard ") + keys.length + " selected message(s)?",
+            () => runJob(act, new URLSearchParams({ keys: keys.join(",") })));
+        } else {
+          const n = $("#dead-summary").dataset.matched || "?";
+          const filter = dead.query === "" ? "every message (no filter)" : "every message matching " + decodeURIComponent(dead.query.replace(/\+/g, " "));
+          ask((act === "replay" ? "Replay " : "Discard ") + filter + " (" + n + " found)?", () => runJob(act, dead.query));
+        }
+      });
+    });
+    $("#dead-confirm-yes").addEventListener("click", () => { $("#dead-confirm").hidden = true; const run = pending; pending = null; if (run) run(); });
+    $("#dead-confirm-no").addEventListener("click", () => { $("#dead-confirm").hidden = true; pending = null; });
+    for (const act of ["replay", "discard"]) {
+      $("#dd-" + act).addEventListener("click", () => {
+        const key = $("#dead-detail").dataset.key;
+        if (!key) return;
+        const run = () => runJob(act, new URLSearchParams({ keys: key }));
+        if (act === "discard") ask("Discard this message for good?", run); else run();
+      });
+    }
+    $("#dd-close").addEventListener("click", () => { $("#dead-detail").hidden = true; dead.detail = null; });
+    document.querySelectorAll("#dead-detail button[data-view]").forEach((b) => {
+      b.addEventListener("click", () => { dead.view = b.dataset.view; showBody(); });
+    });
+    loadDead();
+  }
+
+  if (page === "dead-letters") deadPage();
   if (page === "overview") { refreshOverview(); every(refreshOverview); }
   if (page === "metrics") { refreshMetrics(); every(refreshMetrics); }
   if (page === "fpm") every(() => location.reload());

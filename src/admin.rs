@@ -1,7 +1,8 @@
 //! The admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/status`, and operator commands.
 //!
 //! Invariant: nothing secret is ever rendered (no AMQP password, no signing secret, no token),
-//! so reads are open to probes and scrapers. Every command (any method but `GET` and `HEAD`)
+//! so reads are open to probes and scrapers; the dead letters (`dead`) are the application's
+//! data, and their reads need the token like a command. Every command (any method but `GET` and `HEAD`)
 //! needs the bearer token, on loopback too; without a configured token commands are refused,
 //! unless `admin.allow_unauthenticated_commands` (loopback only) opts out. A request with an
 //! `Origin` header other than the listener's own (a browser on another site) is refused
@@ -19,6 +20,7 @@
 
 mod conns;
 pub mod dashboard;
+mod dead;
 mod host;
 
 use std::sync::Arc;
@@ -64,6 +66,8 @@ struct AdminState {
     allowed_hosts: Arc<[String]>,
     /// The dashboard's last hour.
     history: dashboard::SharedHistory,
+    /// Dead-letter replays and discards, running and finished.
+    jobs: dead::SharedJobs,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves. Connections still open then
@@ -85,6 +89,7 @@ pub async fn serve(
     )));
     let app = router(AdminState {
         history,
+        jobs: dead::SharedJobs::default(),
         token: admin.token.as_deref().map(Arc::from),
         open_commands: admin.allow_unauthenticated_commands,
         request_timeout: admin.request_timeout,
@@ -193,6 +198,19 @@ fn router(state: AdminState) -> Router {
             "/dashboard/history.json",
             get(|State(s): State<AdminState>| async move { dashboard::history(&s.history) }),
         )
+        .route(
+            "/dashboard/dead-letters",
+            get(
+                |State(s): State<AdminState>, Query(q): Query<dashboard::DeadPageQuery>| async move {
+                    dashboard::dead_letters(&s.agent, q)
+                },
+            ),
+        )
+        .route("/dead-letter-jobs/{id}", get(dead::job))
+        .route("/dead-letters/{subject}", get(dead::list))
+        .route("/dead-letters/{subject}/message", get(dead::message))
+        .route("/dead-letters/{subject}/replay", post(dead::replay))
+        .route("/dead-letters/{subject}/discard", post(dead::discard))
         .route("/assets/{name}", get(dashboard::asset))
         .route("/favicon.ico", get(dashboard::favicon))
         .route("/healthz", get(healthz))

@@ -1,5 +1,5 @@
 //! The command line: `run`, `check-config`, `publish`, and the operator commands (`status`,
-//! `pool set`, `pause`, `resume`, `dead-letters`).
+//! `pool set`, `pause`, `resume`, `dead-letters list|replay|discard`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +16,9 @@ use crate::signals::{self, Command};
 mod args;
 mod ops;
 
-pub use args::{Cli, Cmd, DeadAction, PoolAction, RateAction};
+pub use args::{Cli, Cmd, DeadAction, DeadFilter, PoolAction, RateAction};
+
+use crate::dead_letters::Action;
 
 /// Parses the command line and runs it; returns the process exit code.
 #[must_use]
@@ -157,11 +159,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Cmd::DeadLetters { action } => {
             let config = Config::load(path)?;
             match action {
-                DeadAction::List { subject, limit } => {
-                    ops::dead_list(&config, &subject, limit).await
+                DeadAction::List {
+                    subject,
+                    filter,
+                    limit,
+                } => ops::dead_list(&config, &subject, &ops::dead_filter(&filter)?, limit).await,
+                DeadAction::Replay {
+                    subject,
+                    filter,
+                    limit,
+                    all,
+                } => {
+                    let limit = (!all).then_some(limit);
+                    let filter = ops::dead_filter(&filter)?;
+                    ops::dead_act(&config, &subject, Action::Replay, filter, limit).await
                 }
-                DeadAction::Replay { subject, limit } => {
-                    ops::dead_replay(&config, &subject, limit).await
+                DeadAction::Discard {
+                    subject,
+                    filter,
+                    limit,
+                    all,
+                } => {
+                    let limit = (!all).then_some(limit);
+                    let filter = ops::dead_filter(&filter)?;
+                    ops::dead_act(&config, &subject, Action::Discard, filter, limit).await
                 }
             }
         }

@@ -13,6 +13,8 @@
 //! - [`fpm_status`]: FPM's status page (typed, parsed), its polling task and the slow-request watch.
 //! - [`broker`]: the only module that connects to RabbitMQ, declares queues or publishes
 //!   (confirmed); also the CLI's one-off sessions. Consuming and settling are the actors'.
+//! - [`dead_letters`]: a subject's dead-letter queue for the operator — browse with filters, open,
+//!   replay or discard (shared by the CLI and the admin API).
 //! - [`autoscale`]: the pure pool-sizing decision (backlogs and FPM capacity in, pool sizes out).
 //! - [`agent`]: the running agent as a value: start, drain, stop, read its counters; its
 //!   autoscaler task (`agent::sizer`) applies [`autoscale`]'s decisions.
@@ -35,6 +37,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod dead_letters;
 pub mod fastcgi;
 pub mod fpm_status;
 pub mod notify;

@@ -5,7 +5,10 @@
 //! What it shows: the overview lists every subject with the numbers `/status` has; a queue
 //! name and a request URI holding markup render as text and run nothing (no dialog, no console
 //! error, no CSP violation); a subject paused from the page for a few seconds (the token typed
-//! in) shows "paused until …", consumes nothing meanwhile and resumes by itself. Screenshots
+//! in) shows "paused until …", consumes nothing meanwhile and resumes by itself; on the Dead
+//! letters page, a filter on reason selects 3 of 10 dead letters and replays them (the queue
+//! counts read over AMQP agree), and a body holding markup, invalid UTF-8 or a megabyte on one
+//! line shows as text. Screenshots
 //! of every page go to `target/dashboard/` (linked from docs/dashboard.md).
 
 mod common;
@@ -18,6 +21,10 @@ use common::{ADMIN_TOKEN, TestCtx, WAIT, eventually};
 use serde_json::Value;
 
 const HOSTILE: &str = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
+/// The trace of a dead letter.
+const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+/// The start of a dead letter's body.
+const BODY_MARKUP: &str = "<script>alert(5)</script>\"><img src=x onerror=alert(6)>";
 
 fn driver_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
@@ -48,6 +55,12 @@ async fn the_dashboard_in_chromium() {
     ctx.fpm_extra =
         "status_path = \"/fpm-status\"\nstatus_interval = \"200ms\"\nslow_after = \"700ms\"\n"
             .to_owned();
+    // A body over this is dead-lettered as `body_too_large` without PHP (the third reason).
+    ctx.set("limits.max_body_bytes", 2048);
+    ctx.set(
+        "admin.trace_url",
+        "http://traces.invalid/trace/{trace_id}?from=agent",
+    );
     let hostile_queue = format!("t.{}.{HOSTILE}", ctx.id);
     ctx.set("subjects.command.queue", hostile_queue.as_str());
     ctx.set("fpm.document_root", root.to_str().unwrap());
@@ -74,6 +87,59 @@ async fn the_dashboard_in_chromium() {
     })
     .await;
 
+    // Ten dead letters with three reasons: 3 rejected (404, fixed by the time they are
+    // replayed), 4 max_attempts (503 three times), 3 body_too_large whose bodies hold markup,
+    // invalid UTF-8 and a megabyte on one line.
+    let dead = ctx.dead_queue("event");
+    for i in 0..3 {
+        let token = format!("{}-{i}", ctx.id);
+        ctx.publish_json(
+            "event",
+            &format!("rejected-{i}"),
+            &format!("reject-once:{token}"),
+        )
+        .await;
+    }
+    for i in 0..4 {
+        // The first carries its publisher's trace context: the page links its trace id.
+        let mut headers = lapin::types::FieldTable::default();
+        if i == 0 {
+            headers.insert(
+                "traceparent".into(),
+                lapin::types::AMQPValue::LongString(
+                    format!("00-{TRACE_ID}-b7ad6b7169203331-01").into(),
+                ),
+            );
+        }
+        let id = format!("failing-{i}");
+        let body = serde_json::json!({"id": id, "behave": "status:503"}).to_string();
+        let props = lapin::BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        ctx.publish("event", body.as_bytes(), props).await;
+    }
+    let padding = "x".repeat(3000);
+    let bodies: [(&str, Vec<u8>); 3] = [
+        ("big-script", format!("{BODY_MARKUP}{padding}").into_bytes()),
+        (
+            "big-binary",
+            [b"\xff\xfe<b>not utf-8</b>".as_slice(), padding.as_bytes()].concat(),
+        ),
+        ("big-line", vec![b'A'; 1 << 20]),
+    ];
+    for (id, body) in bodies {
+        let props = lapin::BasicProperties::default()
+            .with_message_id(id.into())
+            .with_content_type("text/html".into())
+            .with_delivery_mode(2);
+        ctx.publish("event", &body, props).await;
+    }
+    eventually(WAIT, "10 dead letters", || async {
+        ctx.queue_len(&dead).await == 10
+    })
+    .await;
+
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard");
     let run = Command::new("node")
         .arg(driver_dir().join("drive.mjs"))
@@ -83,6 +149,7 @@ async fn the_dashboard_in_chromium() {
         .env("AGENT_BIN", env!("CARGO_BIN_EXE_amqp-agent"))
         .env("CONFIG", &config)
         .env("HOSTILE", &hostile_queue)
+        .env("BODY_MARKUP", BODY_MARKUP)
         .env("CHROMIUM", chromium())
         .output()
         .expect("node runs");
@@ -135,8 +202,93 @@ async fn the_dashboard_in_chromium() {
             .unwrap()
             .starts_with("paused until ")
     );
-    for shot in ["overview", "metrics", "fpm", "actions", "overview-paused"] {
+    for shot in [
+        "overview",
+        "metrics",
+        "fpm",
+        "actions",
+        "overview-paused",
+        "dead-letters",
+        "dead-letter",
+        "dead-letters-replayed",
+    ] {
         assert!(out.join(format!("{shot}.png")).exists(), "{shot}.png");
     }
+
+    // The reason filter selected the 3 rejected of the 10; the page replayed them. Over AMQP:
+    // 7 still dead, none waiting in the subject's queue (the 3 were handled: acked, not
+    // dead-lettered again).
+    assert_eq!(result["dead"]["listed"], 10);
+    assert_eq!(
+        result["dead"]["trace_link"],
+        serde_json::json!([
+            TRACE_ID,
+            format!("http://traces.invalid/trace/{TRACE_ID}?from=agent")
+        ])
+    );
+    assert_eq!(
+        result["dead"]["filtered"],
+        serde_json::json!(["rejected", "rejected", "rejected"])
+    );
+    assert!(
+        result["dead"]["replay_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Replayed 3 message(s); 7 left"),
+        "{}",
+        result["dead"]["replay_text"]
+    );
+    eventually(WAIT, "7 dead letters and an empty queue", || async {
+        ctx.queue_len(&dead).await == 7 && ctx.queue_len(&ctx.queue("event")).await == 0
+    })
+    .await;
+    let doc = ctx
+        .wait_status("the 3 replays handled", |doc| {
+            doc["subjects"]["event"]["in_flight"] == 0
+        })
+        .await;
+    assert_eq!(doc["subjects"]["event"]["dead_lettered"], 10);
+    // The admin API behind the page: the token is needed to read dead letters too.
+    for (method, path) in [
+        ("GET", "/dead-letters/event"),
+        ("GET", "/dead-letters/event/message?key=0123456789abcdef"),
+        (
+            "POST",
+            "/dead-letters/event/discard?reason=nothing-has-this",
+        ),
+        ("GET", "/dead-letter-jobs/0123456789abcdef"),
+    ] {
+        let (code, _) = http(port, method, path, None).await.unwrap();
+        assert_eq!(code, 401, "{method} {path} without the token");
+    }
+    let (code, body) = http(
+        port,
+        "GET",
+        "/dead-letters/event?status=6xx",
+        Some(ADMIN_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("status"), "{body}");
+    let (code, body) = http(
+        port,
+        "GET",
+        "/dead-letters/event?reason=max_attempts",
+        Some(ADMIN_TOKEN),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), page["matched"].as_u64()),
+        (Some(7), Some(4))
+    );
+    assert_eq!(page["complete"], true);
+    assert_eq!(
+        result["dead"]["acked_after"].as_u64().unwrap(),
+        result["dead"]["acked_before"].as_u64().unwrap() + 3
+    );
     drop(fpm);
 }

@@ -1,5 +1,5 @@
 //! The operator's web dashboard on the admin listener: `/` (overview), `/dashboard/metrics`,
-//! `/dashboard/fpm`, `/dashboard/actions`, their data (`/dashboard/data.json`,
+//! `/dashboard/fpm`, `/dashboard/actions`, `/dashboard/dead-letters`, their data (`/dashboard/data.json`,
 //! `/dashboard/history.json`) and static assets (`/assets/…`), all inside the binary.
 //!
 //! Invariant: the dashboard only reads. Its pages and data are as open as `/status` (no
@@ -121,6 +121,13 @@ pub fn fpm(agent: &AgentHandle) -> Response {
 /// `/dashboard/actions`
 pub fn actions(agent: &AgentHandle) -> Response {
     html(pages::actions(&agent.status()))
+}
+
+pub use pages::DeadPageQuery;
+
+/// `/dashboard/dead-letters`
+pub fn dead_letters(agent: &AgentHandle, q: DeadPageQuery) -> Response {
+    html(pages::dead_letters(&agent.status(), &q))
 }
 
 /// `/dashboard/data.json`: the overview's rows and the sparklines' series.

@@ -107,6 +107,25 @@ impl Taken {
             .map(drop)
     }
 
+    /// Returns this message, and every one taken before it on this session and not settled
+    /// yet, to their queue (one `basic.nack`, `multiple`).
+    ///
+    /// # Errors
+    /// When the channel fails.
+    pub async fn requeue_through(&self) -> Result<(), BrokerError> {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            multiple: true,
+        };
+        self.0
+            .delivery
+            .acker
+            .nack(requeue)
+            .await
+            .map_err(amqp("cannot requeue"))
+            .map(drop)
+    }
+
     /// Returns the message to its queue.
     ///
     /// # Errors

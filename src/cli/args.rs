@@ -136,20 +136,66 @@ pub enum RateAction {
 /// `dead-letters` actions.
 #[derive(Debug, Subcommand)]
 pub enum DeadAction {
-    /// Show dead-lettered messages (they stay in the queue).
+    /// Show dead-lettered messages (they stay in the queue, in their order).
     List {
         /// Subject.
         subject: String,
+        /// Which ones.
+        #[command(flatten)]
+        filter: DeadFilter,
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// Move dead-lettered messages back to the subject's queue, attempt counter reset.
+    /// Move dead-lettered messages back to the subject's queue, attempt counter reset; each
+    /// copy is confirmed by the broker before its dead letter is removed.
     Replay {
         /// Subject.
         subject: String,
+        /// Which ones (default: all).
+        #[command(flatten)]
+        filter: DeadFilter,
         /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, conflicts_with = "all")]
         limit: usize,
+        /// Every message that matches, however many.
+        #[arg(long)]
+        all: bool,
     },
+    /// Remove dead-lettered messages for good.
+    Discard {
+        /// Subject.
+        subject: String,
+        /// Which ones (default: all).
+        #[command(flatten)]
+        filter: DeadFilter,
+        /// At most this many.
+        #[arg(long, default_value_t = 100, conflicts_with = "all")]
+        limit: usize,
+        /// Every message that matches, however many.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The dead-letter filter: every option given must hold.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DeadFilter {
+    /// The reason recorded (`x-agent-reason`, else the broker's `x-first-death-reason`):
+    /// `rejected`, `max_attempts`, `poison`, `delivery_limit`, ...
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// The last HTTP status (`x-agent-status`): `404`, a class such as `5xx`, or `0` for none.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// The message type: the AMQP `type` property or Messenger's `type` header (the class name,
+    /// whole or its last segment).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Dead-lettered at least this long ago (`90s`, `15m`, `2d`).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+    /// Text in a property, a header (name or value) or the body, without ASCII case.
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Option<String>,
 }

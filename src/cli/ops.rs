@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
+
+use crate::dead_letters::{self, Action, Budget, Filter, FilterText, Selection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::broker;
@@ -14,7 +16,6 @@ use crate::broker::session::Session;
 use crate::config::Config;
 use crate::contract;
 use crate::printable::printable;
-use crate::provenance;
 
 /// `publish`: one message, confirmed.
 pub async fn publish(
@@ -258,154 +259,90 @@ fn print_fpm(fpm: &serde_json::Value) {
     }
 }
 
-fn header_text(props: &BasicProperties, name: &str) -> String {
-    match props.headers().as_ref().and_then(|h| h.inner().get(name)) {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "-".to_owned(),
-    }
+/// The dead-letter filter of the command line, parsed.
+pub fn dead_filter(f: &super::DeadFilter) -> anyhow::Result<Filter> {
+    Filter::parse(FilterText {
+        reason: f.reason.as_deref(),
+        status: f.status.as_deref(),
+        kind: f.kind.as_deref(),
+        older_than: f.older_than.as_deref(),
+        grep: f.grep.as_deref(),
+    })
+    .map_err(|e| anyhow::anyhow!("--{}", e.to_string().replace('_', "-")))
 }
 
-/// `dead-letters list`: peeks without removing (every message taken is returned at the end).
-pub async fn dead_list(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
-    let queue = dead_queue(config, subject)?;
-    let session = Session::open(config, "dead-letters", false).await?;
-    let mut taken = Vec::new();
+/// `dead-letters list`: the first `limit` matches; every message stays in the queue, in its
+/// order.
+pub async fn dead_list(
+    config: &Config,
+    subject: &str,
+    filter: &Filter,
+    limit: usize,
+) -> anyhow::Result<i32> {
+    let now = contract::unix_now();
+    let page =
+        dead_letters::browse(config, subject, filter, 0, limit, Budget::UNBOUNDED, now).await?;
     println!(
-        "{:<38} {:<16} {:>6} {:>8}  last error",
-        "message id", "reason", "status", "attempts"
+        "{:<38} {:<24} {:<16} {:>6} {:>8} {:>8}  last error",
+        "message id", "type", "reason", "status", "attempts", "age"
     );
-    while taken.len() < limit {
-        let Some(msg) = session.get(&queue).await? else {
-            break;
-        };
-        let p = &msg.delivery().properties;
-        // Everything shown comes from the message: escaped, so it cannot drive the terminal.
-        let shown = |text: &str, max: usize| printable(text).capped(max).to_string();
-        println!(
-            "{:<38} {:<16} {:>6} {:>8}  {}",
-            shown(p.message_id().as_ref().map_or("-", |s| s.as_str()), 64),
-            shown(&header_text(p, contract::REASON_HEADER), 32),
-            shown(&header_text(p, contract::STATUS_HEADER), 16),
-            shown(&header_text(p, contract::ATTEMPTS_HEADER), 16),
-            shown(&header_text(p, contract::LAST_ERROR_HEADER), 120),
+    // Everything shown comes from the message: escaped, so it cannot drive the terminal.
+    let shown =
+        |text: Option<&str>, max: usize| printable(text.unwrap_or("-")).capped(max).to_string();
+    let number = |n: Option<i64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    for l in &page.letters {
+        let age = l.age_seconds.map_or_else(
+            || "-".to_owned(),
+            |s| humantime::format_duration(Duration::from_secs(s)).to_string(),
         );
-        taken.push(msg);
+        println!(
+            "{:<38} {:<24} {:<16} {:>6} {:>8} {:>8}  {}",
+            shown(l.message_id.as_deref(), 64),
+            shown(l.kind.as_deref(), 48),
+            shown(l.reason.as_deref(), 32),
+            number(l.status),
+            number(l.attempts),
+            age.split_whitespace().next().unwrap_or("-"),
+            shown(l.last_error.as_deref(), 120),
+        );
     }
-    for msg in &taken {
-        msg.requeue().await?;
-    }
+    let more = if page.complete {
+        String::new()
+    } else {
+        " (more may match: --limit)".to_owned()
+    };
     println!(
-        "{} message(s) shown from {queue}; they remain there",
-        taken.len()
+        "{} message(s) shown of {} in {}{more}; they remain there",
+        page.letters.len(),
+        page.total,
+        page.queue,
     );
-    session.close().await;
     Ok(0)
 }
 
-/// `dead-letters replay`: back to the main queue, attempt counter reset, confirmed before the
-/// dead-letter copy is removed. The original route is kept (and sealed again) only when the dead
-/// letter's seal verifies with a configured secret: anyone who may publish to the default
-/// exchange can put a message with made-up route headers into `Q.dead`, and a replay must not
-/// launder them. Such a route is dropped, each one logged and all counted.
-pub async fn dead_replay(config: &Config, subject: &str, limit: usize) -> anyhow::Result<i32> {
-    let queue = dead_queue(config, subject)?;
-    let main = config.subjects[subject].queue.clone();
-    let secrets = &config.fpm.signing_secrets;
-    let session = Session::open(config, "dead-letters", true).await?;
-    // Only what is in the queue now: a replayed message that fails again while this runs comes
-    // back to the same queue and must not be replayed a second time.
-    let mut bound = limit;
-    let mut replayed = 0;
-    let mut dropped = 0;
-    while replayed < bound {
-        let Some(msg) = session.get(&queue).await? else {
-            break;
-        };
-        if replayed == 0 {
-            let present = usize::try_from(msg.remaining()).unwrap_or(usize::MAX);
-            bound = bound.min(present.saturating_add(1));
-        }
-        let delivery = msg.delivery();
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map_or("", |id| id.as_str());
-        let binding = provenance::Binding {
-            queue: &main,
-            message_id,
-            body: &delivery.data,
-        };
-        let original = delivery.properties.headers().as_ref();
-        let route = match provenance::read(original, secrets, &binding) {
-            // Without a secret nothing can be verified: the route is not kept either.
-            (_, None) if secrets.is_empty() => Route::Unverifiable,
-            (_, None) => Route::Verified,
-            (_, Some(why)) => {
-                dropped += 1;
-                eprintln!(
-                    "dropped the unverified route of dead letter {}: {}",
-                    printable(message_id).capped(64),
-                    why.reason()
-                );
-                Route::Dropped
-            }
-        };
-        let kept: BTreeMap<_, _> = original
-            .map(|h| h.inner().clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| !is_agent_state(k.as_str()))
-            .filter(|(k, _)| route == Route::Verified || !is_route(k.as_str()))
-            .collect();
-        let mut headers = FieldTable::from(kept);
-        // Re-sealed so the agent keeps believing the original route it recorded.
-        provenance::seal(&mut headers, secrets, &binding);
-        let props = delivery.properties.clone().with_headers(headers);
-        session.publish(&main, &delivery.data, props).await?;
-        msg.ack().await?;
-        replayed += 1;
+/// `dead-letters replay|discard`: the matches, at most `limit` (all without one).
+pub async fn dead_act(
+    config: &Config,
+    subject: &str,
+    action: Action,
+    filter: Filter,
+    limit: Option<usize>,
+) -> anyhow::Result<i32> {
+    let (main, queue) = dead_letters::queues(config, subject)?;
+    let now = contract::unix_now();
+    let selection = Selection::Matching(filter);
+    let p = dead_letters::act(config, subject, action, &selection, limit, now, |_| {}).await?;
+    match action {
+        Action::Replay => println!(
+            "replayed {} message(s) from {queue} to {main}; {} unverified route(s) dropped; {} left in {queue}",
+            p.done, p.routes_dropped, p.left
+        ),
+        Action::Discard => println!(
+            "discarded {} message(s) from {queue}; {} left there",
+            p.done, p.left
+        ),
     }
-    println!(
-        "replayed {replayed} message(s) from {queue} to {main}; {dropped} unverified route(s) dropped"
-    );
-    session.close().await;
     Ok(0)
-}
-
-/// Whether a dead letter's original route may travel with its replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    /// Its seal verifies (or it claims no state at all).
-    Verified,
-    /// No seal that verifies: made up by whoever published it, or altered.
-    Dropped,
-    /// No signing secret configured: nothing can be verified, nothing is kept.
-    Unverifiable,
-}
-
-fn is_route(name: &str) -> bool {
-    name == contract::ORIGINAL_EXCHANGE_HEADER || name == contract::ORIGINAL_ROUTING_KEY_HEADER
-}
-
-/// Headers the agent writes to track attempts and failures (not the original-route ones).
-fn is_agent_state(name: &str) -> bool {
-    name.starts_with(contract::AGENT_HEADER_PREFIX)
-        && name != contract::ORIGINAL_EXCHANGE_HEADER
-        && name != contract::ORIGINAL_ROUTING_KEY_HEADER
-        || name == "x-death"
-        || name.starts_with("x-first-death")
-        || name.starts_with("x-last-death")
-}
-
-fn dead_queue(config: &Config, subject: &str) -> anyhow::Result<String> {
-    let s = config
-        .subjects
-        .get(subject)
-        .with_context(|| format!("subject `{subject}` is not configured"))?;
-    Ok(broker::dead_queue_name(&s.queue))
 }
 
 /// `check-config --broker`: every queue and exchange each subject needs, checked passively.

@@ -47,6 +47,11 @@ pub struct AdminConfig {
     /// and without a trailing dot.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Link from a dead letter's trace id to a tracing UI: an `http://` or `https://` URL
+    /// holding `{trace_id}`, replaced by the 32 hex digits (e.g.
+    /// `https://jaeger.internal/trace/{trace_id}`). Unset: the trace id is shown as text.
+    #[serde(default)]
+    pub trace_url: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -59,7 +64,16 @@ impl Default for AdminConfig {
             header_timeout: default_admin_header_timeout(),
             request_timeout: default_admin_request_timeout(),
             allowed_hosts: Vec::new(),
+            trace_url: None,
         }
+    }
+}
+
+impl AdminConfig {
+    /// The link of a trace id (`trace_url` with it), when `trace_url` is set.
+    #[must_use]
+    pub fn trace_link(&self, trace_id: &str) -> Option<String> {
+        self.trace_url.as_deref().map(|t| trace_link(t, trace_id))
     }
 }
 
@@ -113,6 +127,14 @@ impl Config {
                 "every entry must be a host name or IP address (letters, digits, `-`, `.`; no port)",
             ));
         }
+        if let Some(url) = &a.trace_url
+            && !valid_trace_url(url)
+        {
+            return Err(invalid(
+                "admin.trace_url",
+                "must be an http:// or https:// URL holding `{trace_id}`, without spaces or quotes",
+            ));
+        }
         for (key, value) in [
             ("admin.header_timeout", a.header_timeout),
             ("admin.request_timeout", a.request_timeout),
@@ -123,6 +145,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `http(s)://…{trace_id}…`, printable ASCII without spaces, quotes or angle brackets.
+fn valid_trace_url(url: &str) -> bool {
+    (url.starts_with("https://") || url.starts_with("http://"))
+        && url.contains("{trace_id}")
+        && url.len() <= 2000
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'<' | b'>' | b'`'))
+}
+
+/// The link of a trace id: `template` with `{trace_id}` replaced.
+#[must_use]
+pub fn trace_link(template: &str, trace_id: &str) -> String {
+    template.replace("{trace_id}", trace_id)
 }
 
 /// A DNS name or an IP address, without port or scheme.

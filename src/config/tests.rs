@@ -226,6 +226,18 @@ fn admin_settings_are_checked() {
         ("max_connections = 5000", "admin.max_connections"),
         ("header_timeout = \"0s\"", "admin.header_timeout"),
         ("request_timeout = \"1h\"", "admin.request_timeout"),
+        (
+            "trace_url = \"https://jaeger.internal/trace/\"",
+            "admin.trace_url",
+        ),
+        (
+            "trace_url = \"javascript:alert(1)//{trace_id}\"",
+            "admin.trace_url",
+        ),
+        (
+            "trace_url = \"https://j/\\\"><b>{trace_id}\"",
+            "admin.trace_url",
+        ),
     ];
     for (lines, key) in cases {
         let e = error_of(&format!("{MINIMAL}[admin]\n{lines}\n"));
@@ -236,6 +248,14 @@ fn admin_settings_are_checked() {
             "{MINIMAL}[admin]\nlisten = \"0.0.0.0:9466\"\ntoken = \"0123456789abcdef\"\n"
         ))
         .is_ok()
+    );
+    let traced = parse(&format!(
+        "{MINIMAL}[admin]\ntrace_url = \"https://jaeger.internal/trace/{{trace_id}}?x=1\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        super::admin::trace_link(traced.admin.trace_url.as_deref().unwrap(), "ab12"),
+        "https://jaeger.internal/trace/ab12?x=1"
     );
 }
 

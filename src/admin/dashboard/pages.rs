@@ -18,10 +18,18 @@ pub enum Page {
     Fpm,
     /// `/dashboard/actions`
     Actions,
+    /// `/dashboard/dead-letters`
+    DeadLetters,
 }
 
 impl Page {
-    const ALL: [Self; 4] = [Self::Overview, Self::Metrics, Self::Fpm, Self::Actions];
+    const ALL: [Self; 5] = [
+        Self::Overview,
+        Self::Metrics,
+        Self::Fpm,
+        Self::Actions,
+        Self::DeadLetters,
+    ];
 
     fn path(self) -> &'static str {
         match self {
@@ -29,6 +37,7 @@ impl Page {
             Self::Metrics => "/dashboard/metrics",
             Self::Fpm => "/dashboard/fpm",
             Self::Actions => "/dashboard/actions",
+            Self::DeadLetters => "/dashboard/dead-letters",
         }
     }
 
@@ -38,6 +47,7 @@ impl Page {
             Self::Metrics => "Metrics",
             Self::Fpm => "FPM",
             Self::Actions => "Actions",
+            Self::DeadLetters => "Dead letters",
         }
     }
 
@@ -47,6 +57,7 @@ impl Page {
             Self::Metrics => "metrics",
             Self::Fpm => "fpm",
             Self::Actions => "actions",
+            Self::DeadLetters => "dead-letters",
         }
     }
 }
@@ -399,4 +410,130 @@ pub fn actions(status: &Status) -> String {
         output #result role="status" {}
     };
     layout(Page::Actions, status, &body)
+}
+
+/// The filter a Dead letters page opens with (from its URL), shown in its form.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DeadPageQuery {
+    /// The subject (default: the first).
+    pub subject: Option<String>,
+    /// `reason`
+    pub reason: Option<String>,
+    /// `status`
+    pub status: Option<String>,
+    /// `type`
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// `older_than`
+    pub older_than: Option<String>,
+    /// `grep`
+    pub grep: Option<String>,
+}
+
+/// `/dashboard/dead-letters`: the page's script lists the dead letters through the admin API
+/// with the token (reading them needs it), opens one, and replays or discards them.
+#[must_use]
+pub fn dead_letters(status: &Status, q: &DeadPageQuery) -> String {
+    let current = q
+        .subject
+        .as_deref()
+        .filter(|s| status.subjects.contains_key(*s))
+        .or_else(|| status.subjects.keys().next().map(String::as_str))
+        .unwrap_or("");
+    let value = |v: &Option<String>| v.as_deref().map_or_else(String::new, shown);
+    let field = |label: &str, name: &str, v: &Option<String>, hint: &str| {
+        html! {
+            label { (label) " " input name=(name) type="text" maxlength="200" placeholder=(hint) value=(value(v)); }
+        }
+    };
+    let body = html! {
+        h1 { "Dead letters" }
+        p.hint {
+            "A subject's dead-letter queue, read without removing anything (every message taken "
+            "goes back, in its order). Listing, opening, replaying and discarding need the admin "
+            "token (typed above, kept for this tab only). A replay puts the message back on the "
+            "subject's queue, attempt counter reset, and removes the dead letter only once the "
+            "broker confirmed the copy."
+        }
+        form #dead-filter autocomplete="off" {
+            label { "Subject "
+                select name="subject" {
+                    @for name in status.subjects.keys() {
+                        @if name == current {
+                            option value=(name) selected { (shown(name)) }
+                        } @else {
+                            option value=(name) { (shown(name)) }
+                        }
+                    }
+                }
+            }
+            (field("Reason", "reason", &q.reason, "rejected, max_attempts"))
+            (field("Status", "status", &q.status, "404, 5xx, 0"))
+            (field("Type", "type", &q.kind, "App\\Message\\SendEmail"))
+            (field("Older than", "older_than", &q.older_than, "15m, 2d"))
+            (field("Text", "grep", &q.grep, "in headers and body"))
+            button type="submit" .needs-token { "Search" }
+        }
+        div.dead-actions {
+            button #dead-replay-selected type="button" .needs-token data-act="replay" data-what="selected" { "Replay selected" }
+            button #dead-discard-selected type="button" .needs-token data-act="discard" data-what="selected" { "Discard selected" }
+            button #dead-replay-all type="button" .needs-token data-act="replay" data-what="matching" { "Replay all matching" }
+            button #dead-discard-all type="button" .needs-token data-act="discard" data-what="matching" { "Discard all matching" }
+        }
+        div #dead-confirm hidden {
+            span #dead-confirm-text {}
+            " "
+            button #dead-confirm-yes type="button" { "Yes" }
+            " "
+            button #dead-confirm-no type="button" { "Cancel" }
+        }
+        div #dead-job hidden {
+            progress #dead-progress max="1" value="0" {}
+            " "
+            output #dead-result role="status" {}
+        }
+        p #dead-summary.hint { "Type the admin token above to list the dead letters." }
+        div.scroll {
+            table #dead-list {
+                thead { tr {
+                    th { input #dead-all type="checkbox" title="Select every row shown"; }
+                    th { "Message id" } th { "Type" } th { "Reason" } th { "Status" }
+                    th { "Attempts" } th { "Age" } th { "Last error" } th {}
+                } }
+                tbody {}
+            }
+        }
+        p.dead-pages {
+            button #dead-prev type="button" disabled { "Previous" }
+            " "
+            button #dead-next type="button" disabled { "Next" }
+        }
+        section #dead-detail hidden {
+            h2 { "Message " span #dd-id {} }
+            p.dead-actions {
+                button #dd-replay type="button" .needs-token { "Replay" }
+                " "
+                button #dd-discard type="button" .needs-token { "Discard" }
+                " "
+                button #dd-close type="button" { "Close" }
+            }
+            dl.facts #dd-facts {}
+            h3 { "Last error" }
+            pre #dd-error.text {}
+            h3 { "Properties" }
+            table.kv #dd-props { tbody {} }
+            h3 { "Headers" }
+            table.kv #dd-headers { tbody {} }
+            h3 { "Body " span #dd-body-size.hint {} }
+            p.views {
+                button type="button" data-view="json" { "JSON" }
+                " "
+                button type="button" data-view="text" { "Text" }
+                " "
+                button type="button" data-view="hex" { "Hex" }
+            }
+            pre #dd-body.text {}
+        }
+    };
+    layout(Page::DeadLetters, status, &body)
 }

@@ -77,12 +77,23 @@ fn status_named(name: &str, text: &str) -> Status {
     }
 }
 
-fn pages_of(status: &Status) -> [String; 4] {
+fn pages_of(status: &Status) -> [String; 5] {
+    // The Dead letters page shows the filter of its address in its form.
+    let text = status.fpm.address.clone();
+    let query = pages::DeadPageQuery {
+        subject: Some(text.clone()),
+        reason: Some(text.clone()),
+        status: Some(text.clone()),
+        kind: Some(text.clone()),
+        older_than: Some(text.clone()),
+        grep: Some(text),
+    };
     [
         pages::overview(status, |_| None),
         pages::metrics(status, 1024),
         pages::fpm(status, 1000),
         pages::actions(status),
+        pages::dead_letters(status, &query),
     ]
 }
 
@@ -117,13 +128,15 @@ fn hostile_text_is_escaped_on_every_page() {
 #[test]
 fn a_long_line_is_cut_and_says_so() {
     let long = "x".repeat(1 << 20);
-    let [overview, metrics, fpm, actions] = pages_of(&status_named("event", &long));
-    for html in [&overview, &metrics, &fpm, &actions] {
+    let [overview, metrics, fpm, actions, dead] = pages_of(&status_named("event", &long));
+    for html in [&overview, &metrics, &fpm, &actions, &dead] {
         assert!(html.len() < 64 * 1024, "{} bytes", html.len());
     }
     // The queue name on the overview, the URI, address and error on the FPM page.
     assert!(overview.contains("… (1048576 bytes)"));
     assert_eq!(fpm.matches("… (1048576 bytes)").count(), 4, "{fpm}");
+    // The five filter fields of the Dead letters page.
+    assert_eq!(dead.matches("… (1048576 bytes)").count(), 5, "{dead}");
     // A cut never splits a character.
     let wide = "é".repeat(1000);
     assert!(pages::shown(&wide).starts_with(&"é".repeat(150)));
