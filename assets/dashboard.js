@@ -146,6 +146,13 @@
         return "/subjects/" + subject + "/pause" + (d !== "" ? "?" + q : "");
       }
       case "resume": return "/subjects/" + subject + "/resume";
+      case "fleet-pause": {
+        const d = form.elements.for.value.trim();
+        if (d !== "") q.set("for", d);
+        return "/fleet/" + encodeURIComponent(form.dataset.agent) + "/subjects/" + subject + "/pause" + (d !== "" ? "?" + q : "");
+      }
+      case "fleet-resume":
+        return "/fleet/" + encodeURIComponent(form.dataset.agent) + "/subjects/" + subject + "/resume";
       case "pool-auto": return "/pools/" + subject + "/auto";
       case "pool": q.set("size", form.elements.size.value); return "/pools/" + subject + "?" + q;
       case "rate-clear": q.set("limit", "none"); return "/subjects/" + subject + "/rate?" + q;
@@ -179,6 +186,7 @@
       const by = e.submitter;
       if (kind === "pool" && by && by.name === "auto") kind = "pool-auto";
       if (kind === "rate" && by && by.name === "clear") kind = "rate-clear";
+      if (kind === "fleet-pause" && by && by.name === "resume") kind = "fleet-resume";
       if (kind === "pool" && !form.reportValidity()) return;
       send(kind, form);
     });
@@ -425,7 +433,38 @@
   }
 
   if (page === "dead-letters") deadPage();
+  // --- Fleet: the rows' reachability and state from /fleet; a changed set of rows reloads. ---
+  async function refreshFleet() {
+    try {
+      const doc = await getJson("/fleet");
+      const rows = new Map();
+      document.querySelectorAll("#fleet tbody tr").forEach((tr) => {
+        rows.set(tr.dataset.agent + "\n" + tr.dataset.subject, tr);
+      });
+      let seen = 0;
+      for (const m of doc.agents || []) {
+        for (const [name, s] of Object.entries(m.subjects || {})) {
+          const tr = rows.get(m.agent + "\n" + name);
+          if (!tr) { location.reload(); return; }
+          seen += 1;
+          tr.dataset.reachable = String(m.reachable);
+          tr.dataset.state = s.state;
+          const secs = Math.floor(m.heard_ms_ago / 1000);
+          tr.querySelector('td[data-field="heard"]').textContent =
+            m.reachable ? secs + " s ago" : "unreachable (" + secs + " s)";
+          tr.querySelector('td[data-field="state"]').textContent =
+            s.state + (s.paused_until ? " until " + s.paused_until : "");
+        }
+      }
+      if (seen !== rows.size) { location.reload(); return; }
+      $("#updated").textContent = "Updated " + new Date().toLocaleTimeString();
+    } catch (e) {
+      $("#updated").textContent = "Cannot reach the agent: " + e.message;
+    }
+  }
+
   if (page === "overview") { refreshOverview(); every(refreshOverview); }
+  if (page === "fleet") { every(refreshFleet); }
   if (page === "metrics") { refreshMetrics(); every(refreshMetrics); }
   if (page === "fpm") every(() => location.reload());
 })();

@@ -21,6 +21,7 @@
 mod conns;
 pub mod dashboard;
 mod dead;
+mod fleet;
 mod host;
 
 use std::sync::Arc;
@@ -185,6 +186,10 @@ fn router(state: AdminState) -> Router {
             get(|State(s): State<AdminState>| async move { dashboard::fpm(&s.agent) }),
         )
         .route(
+            "/dashboard/fleet",
+            get(|State(s): State<AdminState>| async move { dashboard::fleet(&s.agent) }),
+        )
+        .route(
             "/dashboard/actions",
             get(|State(s): State<AdminState>| async move { dashboard::actions(&s.agent) }),
         )
@@ -222,6 +227,16 @@ fn router(state: AdminState) -> Router {
         .route("/subjects/{subject}/pause", post(pause))
         .route("/subjects/{subject}/rate", post(set_rate))
         .route("/subjects/{subject}/resume", post(resume))
+        .route("/fleet", get(fleet::list))
+        .route(
+            "/fleet/{agent}/subjects/{subject}/pause",
+            post(fleet::pause),
+        )
+        .route(
+            "/fleet/{agent}/subjects/{subject}/resume",
+            post(fleet::resume),
+        )
+        .route("/fleet/{agent}/pools/{subject}", post(fleet::set_pool))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }

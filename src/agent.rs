@@ -16,6 +16,8 @@ use crate::poison::journal::Tracker;
 use crate::stats::{StatsSnapshot, SubjectStats};
 use crate::telemetry::metrics::Metrics;
 
+mod fleet;
+pub use fleet::Fleet;
 mod pools;
 mod sizer;
 mod status;
@@ -57,6 +59,8 @@ struct Shared {
     /// The agent owns it and passes it down to the root (`RootArgs`, `Resize`, `Reload`);
     /// `SubjectStats::target_pool` is its copy for `/status`, never read back.
     targets: Mutex<BTreeMap<String, usize>>,
+    /// The fleet (`admin.fleet`): its state, and the task that keeps its link.
+    fleet: Mutex<Option<(Arc<Fleet>, tokio::task::JoinHandle<()>)>>,
 }
 
 impl Agent {
@@ -134,12 +138,14 @@ impl Agent {
                 upstreams,
                 pins: Mutex::default(),
                 targets: Mutex::default(),
+                fleet: Mutex::default(),
             }),
         };
         for (name, size) in targets {
             handle.record_target(&name, size);
         }
         handle.spawn_sizer();
+        *handle.inner.fleet.lock().expect("fleet lock") = fleet::start(&handle);
         Ok(Self {
             handle,
             join,
@@ -218,6 +224,9 @@ impl Agent {
     /// Immediate stop: nothing more is acked; unfinished deliveries return to their queues.
     pub async fn stop(self) -> Option<String> {
         self.handle.stop_fpm_tasks();
+        if let Some((_, task)) = self.handle.inner.fleet.lock().expect("fleet lock").take() {
+            task.abort();
+        }
         self.handle.inner.root.stop(None);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.join).await;
         self.crashes.close();
@@ -259,6 +268,17 @@ impl AgentHandle {
     #[must_use]
     pub fn config(&self) -> Arc<Config> {
         self.inner.config.lock().expect("config lock").clone()
+    }
+
+    /// The fleet, when `admin.fleet` is on.
+    #[must_use]
+    pub fn fleet(&self) -> Option<Arc<Fleet>> {
+        self.inner
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .as_ref()
+            .map(|(f, _)| f.clone())
     }
 
     /// The FPM upstreams in use (none before the first subject started).

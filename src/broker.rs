@@ -18,6 +18,7 @@ use crate::config::{Config, QueueType};
 
 pub mod depth;
 pub mod endpoints;
+pub mod fleet;
 pub mod gate;
 pub mod session;
 pub mod topology;

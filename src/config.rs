@@ -47,6 +47,8 @@ pub const ENV_AMQP_URL: &str = "AMQP_AGENT_AMQP_URL";
 pub const ENV_SIGNING_SECRET: &str = "AMQP_AGENT_SIGNING_SECRET";
 /// Environment variable that overrides `admin.token`.
 pub const ENV_ADMIN_TOKEN: &str = "AMQP_AGENT_ADMIN_TOKEN";
+/// Overrides `admin.fleet_secret`.
+pub const ENV_FLEET_SECRET: &str = "AMQP_AGENT_FLEET_SECRET";
 /// Environment variable that overrides `admin.listen` (containers).
 pub const ENV_ADMIN_LISTEN: &str = "AMQP_AGENT_ADMIN_LISTEN";
 

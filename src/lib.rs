@@ -39,6 +39,7 @@ pub mod config;
 pub mod contract;
 pub mod dead_letters;
 pub mod fastcgi;
+pub mod fleet;
 pub mod fpm_status;
 pub mod notify;
 pub mod outcome;

@@ -595,3 +595,248 @@ async fn the_dashboards_origin_passes_and_other_sites_do_not() {
     assert!(head.contains("frame-ancestors 'none'"), "{head}");
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
 }
+
+/// `GET /fleet` of the agent on `port`.
+async fn fleet_doc(port: u16) -> serde_json::Value {
+    let (_, body) = http(port, "GET", "/fleet", None).await.unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A reachable agent `id` in a `/fleet` document.
+fn lists(doc: &serde_json::Value, id: &str) -> bool {
+    doc["agents"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|m| m["agent"] == id && m["reachable"] == true))
+}
+
+/// The fleet (#25 item 3): two agents with `admin.fleet` on see each other over the broker; B's
+/// admin API pauses a subject of A and A answers; a command signed with another secret is
+/// refused (not carried out, not answered), a replayed one and a stale one are refused with an
+/// answer saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_sees_every_agent_and_one_pauses_a_subject_of_another() {
+    use amqp_agent::broker::fleet::{DIRECT, SIGNATURE};
+    use amqp_agent::fleet::{Action, Command, kind, sign};
+    use lapin::options::{
+        BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+
+    const SECRET: &str = "fleet-secret-of-this-test-0123";
+    let mut ctxs = Vec::new();
+    for name in ["fleet-a", "fleet-b"] {
+        let mut ctx = TestCtx::new(name).await;
+        ctx.set("admin.fleet", true);
+        ctx.set("admin.fleet_interval", "1s");
+        ctx.set("admin.fleet_secret", SECRET);
+        ctx.declare().await;
+        ctxs.push(ctx);
+    }
+    let (a_ctx, b_ctx) = (&ctxs[0], &ctxs[1]);
+    let mut a = start(a_ctx);
+    let mut b = start(b_ctx);
+    let (a_port, b_port) = (a_ctx.admin_port, b_ctx.admin_port);
+    common::wait_ready(a_port, LONG).await;
+    common::wait_ready(b_port, LONG).await;
+    let a_id = fleet_doc(a_port).await["me"].as_str().unwrap().to_owned();
+    let b_id = fleet_doc(b_port).await["me"].as_str().unwrap().to_owned();
+    common::eventually(LONG, "each agent lists both", || async {
+        let (da, db) = (fleet_doc(a_port).await, fleet_doc(b_port).await);
+        lists(&da, &a_id) && lists(&da, &b_id) && lists(&db, &a_id) && lists(&db, &b_id)
+    })
+    .await;
+    let doc = fleet_doc(b_port).await;
+    let member = doc["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["agent"] == a_id.as_str())
+        .unwrap();
+    assert_eq!(member["subjects"]["event"]["queue"], a_ctx.queue("event"));
+    assert_eq!(member["pid"], a.child.id());
+
+    // B pauses A's event subject for a minute, through B's admin API and the broker.
+    let path = format!("/fleet/{a_id}/subjects/event/pause?for=60s");
+    let (code, text) = post(b_port, &path, "").await;
+    assert_eq!(code, 401, "a command needs the token: {text}");
+    let (code, text) = post(b_port, &path, &bearer(ADMIN_TOKEN)).await;
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("paused for 60s"), "{text}");
+    assert!(paused(a_port, "event").await);
+    let (_, status) = http(a_port, "GET", "/status", None).await.unwrap();
+    assert!(status.contains("\"paused_until\":\"20"), "{status}");
+
+    // Commands written by hand: a tester queue gets the replies.
+    let (conn, channel) = common::confirm_channel(&a_ctx.amqp_url).await;
+    let tester = format!("tester-{}", a_ctx.id);
+    channel
+        .queue_declare(
+            tester.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            tester.as_str().into(),
+            DIRECT.into(),
+            tester.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut replies = channel
+        .basic_consume(
+            tester.as_str().into(),
+            "tester".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let send = |body: Vec<u8>, signature: String| {
+        let channel = channel.clone();
+        let to = a_id.clone();
+        async move {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                SIGNATURE.into(),
+                AMQPValue::LongString(LongString::from(signature)),
+            );
+            channel
+                .basic_publish(
+                    DIRECT.into(),
+                    to.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    lapin::BasicProperties::default()
+                        .with_type(kind::COMMAND.into())
+                        .with_headers(headers),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    };
+    let command = |id: &str, issued: u64, action: Action| {
+        serde_json::to_vec(&Command {
+            id: id.to_owned(),
+            from: tester.clone(),
+            to: a_id.clone(),
+            issued_unix_ms: issued,
+            action,
+        })
+        .unwrap()
+    };
+    let resume = command(
+        "c-1",
+        now_ms(),
+        Action::Resume {
+            subject: "event".into(),
+        },
+    );
+    send(
+        resume.clone(),
+        sign(SECRET.as_bytes(), kind::COMMAND, &resume),
+    )
+    .await;
+    let reply = next_reply(&mut replies).await;
+    assert!(
+        reply.ok && reply.command == "c-1" && reply.from == a_id,
+        "{reply:?}"
+    );
+    assert!(!paused(a_port, "event").await);
+
+    // The same command again: refused as a replay.
+    send(
+        resume.clone(),
+        sign(SECRET.as_bytes(), kind::COMMAND, &resume),
+    )
+    .await;
+    let reply = next_reply(&mut replies).await;
+    assert!(!reply.ok && reply.message.contains("replayed"), "{reply:?}");
+
+    // Signed with another secret: neither carried out nor answered. The next valid command,
+    // behind it on A's queue, is answered first, and A's subject was never paused.
+    let forged = command(
+        "c-2",
+        now_ms(),
+        Action::Pause {
+            subject: "event".into(),
+            for_secs: None,
+        },
+    );
+    send(
+        forged.clone(),
+        sign(b"not-the-fleet-secret-000", kind::COMMAND, &forged),
+    )
+    .await;
+    let stale = command(
+        "c-3",
+        now_ms() - 120_000,
+        Action::Pause {
+            subject: "event".into(),
+            for_secs: None,
+        },
+    );
+    send(
+        stale.clone(),
+        sign(SECRET.as_bytes(), kind::COMMAND, &stale),
+    )
+    .await;
+    let reply = next_reply(&mut replies).await;
+    assert_eq!(
+        reply.command, "c-3",
+        "the forged command got no answer: {reply:?}"
+    );
+    assert!(!reply.ok && reply.message.contains("60 s"), "{reply:?}");
+    assert!(
+        !paused(a_port, "event").await,
+        "neither the forged nor the stale command ran"
+    );
+    drop(conn);
+
+    // A stopped agent stays listed, as unreachable, until it is forgotten.
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(LONG).success());
+    common::eventually(LONG, "A shown unreachable on B", || async {
+        let doc = fleet_doc(b_port).await;
+        doc["agents"].as_array().is_some_and(|m| {
+            m.iter()
+                .any(|m| m["agent"] == a_id.as_str() && m["reachable"] == false)
+        })
+    })
+    .await;
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(LONG).success());
+}
+
+/// The next fleet reply on the tester's consumer (10 s at most).
+async fn next_reply(replies: &mut lapin::Consumer) -> amqp_agent::fleet::Reply {
+    use futures_util::StreamExt as _;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), replies.next())
+        .await
+        .expect("a reply within 10 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_slice(&delivery.data).unwrap()
+}

@@ -292,3 +292,78 @@ async fn the_dashboard_in_chromium() {
     );
     drop(fpm);
 }
+
+/// The fleet (#25 item 3) in a real browser: two agent binaries with `admin.fleet` on; agent B's
+/// Fleet page lists both agents and both subjects of each, pauses A's `event` subject for a
+/// minute over the broker (A's `/status` says so, and B's page after its refresh), and resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_in_chromium() {
+    assert!(
+        chromium().exists() && driver_dir().join("node_modules/playwright-core").exists(),
+        "chromium or playwright-core missing: run scripts/test"
+    );
+    let mut agents = Vec::new();
+    let mut ctxs = Vec::new();
+    for name in ["dash-fleet-a", "dash-fleet-b"] {
+        let mut ctx = TestCtx::new(name).await;
+        ctx.set("admin.fleet", true);
+        ctx.set("admin.fleet_interval", "1s");
+        ctx.set("admin.fleet_secret", "fleet-secret-of-the-browser-test");
+        ctx.declare().await;
+        let config = ctx.write_config();
+        let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+        agents.push(AgentProcess::start(&config, &log));
+        ctx.wait_ready().await;
+        ctxs.push(ctx);
+    }
+    let id_of = |port: u16| async move {
+        let (_, body) = http(port, "GET", "/fleet", None).await.unwrap();
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        doc["me"].as_str().unwrap().to_owned()
+    };
+    let (a_port, b_port) = (ctxs[0].admin_port, ctxs[1].admin_port);
+    let (a_id, b_id) = (id_of(a_port).await, id_of(b_port).await);
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard");
+    let run = Command::new("node")
+        .arg(driver_dir().join("fleet.mjs"))
+        .env("BASE", format!("http://127.0.0.1:{b_port}"))
+        .env("A_BASE", format!("http://127.0.0.1:{a_port}"))
+        .env("A_ID", &a_id)
+        .env("B_ID", &b_id)
+        .env("TOKEN", ADMIN_TOKEN)
+        .env("OUT", &out)
+        .env("CHROMIUM", chromium())
+        .output()
+        .expect("node runs");
+    assert!(
+        run.status.success(),
+        "the browser run failed:\n{}\nagent A log:\n{}\nagent B log:\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        agents[0].log_text(),
+        agents[1].log_text()
+    );
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("fleet-result.json")).unwrap())
+            .unwrap();
+    assert!(
+        result["pause_answer"]
+            .as_str()
+            .unwrap()
+            .contains("event: paused for 60s"),
+        "{result}"
+    );
+    assert!(
+        result["state_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("paused until 20"),
+        "{result}"
+    );
+    assert_eq!(result["resumed"], true);
+    assert_eq!(result["console_errors"], serde_json::json!([]));
+    assert!(out.join("fleet.png").exists());
+    for mut agent in agents {
+        agent.signal(libc::SIGTERM);
+        assert!(agent.wait_exit(WAIT).success());
+    }
+}

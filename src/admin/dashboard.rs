@@ -118,6 +118,21 @@ pub fn fpm(agent: &AgentHandle) -> Response {
     html(pages::fpm(&agent.status().without_queries(), slow_ms))
 }
 
+/// `/dashboard/fleet`
+pub fn fleet(agent: &AgentHandle) -> Response {
+    let status = agent.status().without_queries();
+    match agent.fleet() {
+        None => html(pages::fleet(&status, None)),
+        Some(fleet) => {
+            let members = fleet.members();
+            html(pages::fleet(
+                &status,
+                Some((fleet.me(), fleet.connected(), &members)),
+            ))
+        }
+    }
+}
+
 /// `/dashboard/actions`
 pub fn actions(agent: &AgentHandle) -> Response {
     html(pages::actions(&agent.status()))

@@ -52,6 +52,20 @@ pub struct AdminConfig {
     /// `https://jaeger.internal/trace/{trace_id}`). Unset: the trace id is shown as text.
     #[serde(default)]
     pub trace_url: Option<String>,
+    /// Announce this agent to the others of the vhost, list them on the dashboard and take
+    /// their commands (docs/dashboard.md, "The fleet"): a heartbeat every `fleet_interval` on
+    /// the broker the agent already uses.
+    #[serde(default)]
+    pub fleet: bool,
+    /// The secret that signs fleet heartbeats and commands (HMAC-SHA256), at least 16 bytes;
+    /// every agent of the fleet needs the same. Unset: `token`. Without either, commands from
+    /// other agents are refused. `AMQP_AGENT_FLEET_SECRET` overrides it.
+    #[serde(default)]
+    pub fleet_secret: Option<String>,
+    /// How often the agent announces itself (1s to 60s); an agent not heard for three times its
+    /// own interval is shown as unreachable.
+    #[serde(default = "default_fleet_interval", deserialize_with = "duration")]
+    pub fleet_interval: Duration,
 }
 
 impl Default for AdminConfig {
@@ -65,11 +79,20 @@ impl Default for AdminConfig {
             request_timeout: default_admin_request_timeout(),
             allowed_hosts: Vec::new(),
             trace_url: None,
+            fleet: false,
+            fleet_secret: None,
+            fleet_interval: default_fleet_interval(),
         }
     }
 }
 
 impl AdminConfig {
+    /// The secret of the fleet protocol: `fleet_secret`, else `token`.
+    #[must_use]
+    pub fn fleet_key(&self) -> Option<&str> {
+        self.fleet_secret.as_deref().or(self.token.as_deref())
+    }
+
     /// The link of a trace id (`trace_url` with it), when `trace_url` is set.
     #[must_use]
     pub fn trace_link(&self, trace_id: &str) -> Option<String> {
@@ -90,8 +113,24 @@ fn default_admin_listen() -> String {
     "127.0.0.1:9466".to_owned()
 }
 
+fn default_fleet_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
 impl Config {
     pub(super) fn validate_admin(&self) -> Result<(), ConfigError> {
+        if self
+            .admin
+            .fleet_secret
+            .as_deref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            return Err(invalid("admin.fleet_secret", "must be at least 16 bytes"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.admin.fleet_interval)
+        {
+            return Err(invalid("admin.fleet_interval", "must be 1s to 60s"));
+        }
         if self.admin.listen.is_empty() {
             return Ok(());
         }

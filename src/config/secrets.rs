@@ -35,6 +35,9 @@ impl Config {
         if let Some(token) = env(ENV_ADMIN_TOKEN).filter(|t| !t.is_empty()) {
             self.admin.token = Some(token);
         }
+        if let Some(secret) = env(super::ENV_FLEET_SECRET).filter(|t| !t.is_empty()) {
+            self.admin.fleet_secret = Some(secret);
+        }
         if self
             .admin
             .token

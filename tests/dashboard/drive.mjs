@@ -5,34 +5,18 @@
 // /usr/bin/chromium). The subject `event` has 10 dead letters when it starts: 3 `rejected`
 // (fixed by the time they are replayed), 4 `max_attempts`, 3 `body_too_large`. Exits non-zero with a message on any failure.
 // Every wait has a deadline; nothing sleeps a fixed time.
-import { chromium } from "playwright-core";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { check, session, until } from "./session.mjs";
 
 const { BASE, TOKEN, OUT, AGENT_BIN, CONFIG, HOSTILE, BODY_MARKUP } = process.env;
 const PAUSE_FOR = process.env.PAUSE_FOR || "6s";
-mkdirSync(OUT, { recursive: true });
-
-const problems = [];
-const dialogs = [];
-const consoleErrors = [];
-const result = { steps: [] };
-const step = (s) => { result.steps.push(s); console.error("drive: " + s); };
-function check(cond, what) { if (!cond) throw new Error("check failed: " + what); }
+const steps = [];
+const step = (s) => { steps.push(s); console.error("drive: " + s); };
 
 async function status() {
   const r = await fetch(BASE + "/status");
   check(r.ok, "/status answers");
   return r.json();
-}
-async function until(what, ms, cond) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await cond();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error("timed out waiting for " + what);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 function publish(subject, behave, n) {
   for (let i = 0; i < n; i++) {
@@ -41,17 +25,8 @@ function publish(subject, behave, n) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
-try {
-  const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
-  const page = await context.newPage();
-  page.on("dialog", async (d) => { dialogs.push(d.type() + ": " + d.message()); await d.dismiss(); });
-  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
-  page.on("pageerror", (e) => consoleErrors.push("pageerror: " + e.message));
-  page.on("response", (r) => { if (r.status() >= 400) consoleErrors.push("HTTP " + r.status() + " " + r.url()); });
+await session(OUT, "result.json", { width: 1600, height: 900 }, async (page, result) => {
+  result.steps = steps;
 
   // A few samples of history (one per 5 s) with a trickle of messages, then a quiet agent.
   await until("4 samples of history", 60000, async () => {
@@ -224,19 +199,4 @@ try {
   result.dead.acked_after = handled.subjects.event.acked;
   step("replayed: " + result.dead.replay_text);
 
-  // --- Nothing ran: no dialog, no console error, no CSP violation. ---
-  result.dialogs = dialogs;
-  result.console_errors = consoleErrors;
-  check(dialogs.length === 0, "no dialog: " + dialogs.join("; "));
-  check(consoleErrors.length === 0, "no console error: " + consoleErrors.join("; "));
-  step("no dialog, no console error");
-} catch (e) {
-  problems.push(String(e && e.stack || e));
-} finally {
-  result.problems = problems;
-  result.dialogs = dialogs;
-  result.console_errors = consoleErrors;
-  writeFileSync(OUT + "/result.json", JSON.stringify(result, null, 2));
-  await browser.close();
-}
-if (problems.length) { console.error(problems.join("\n")); process.exit(1); }
+});

@@ -20,11 +20,14 @@ pub enum Page {
     Actions,
     /// `/dashboard/dead-letters`
     DeadLetters,
+    /// `/dashboard/fleet`
+    Fleet,
 }
 
 impl Page {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Overview,
+        Self::Fleet,
         Self::Metrics,
         Self::Fpm,
         Self::Actions,
@@ -38,6 +41,7 @@ impl Page {
             Self::Fpm => "/dashboard/fpm",
             Self::Actions => "/dashboard/actions",
             Self::DeadLetters => "/dashboard/dead-letters",
+            Self::Fleet => "/dashboard/fleet",
         }
     }
 
@@ -48,6 +52,7 @@ impl Page {
             Self::Fpm => "FPM",
             Self::Actions => "Actions",
             Self::DeadLetters => "Dead letters",
+            Self::Fleet => "Fleet",
         }
     }
 
@@ -58,6 +63,7 @@ impl Page {
             Self::Fpm => "fpm",
             Self::Actions => "actions",
             Self::DeadLetters => "dead-letters",
+            Self::Fleet => "fleet",
         }
     }
 }
@@ -410,6 +416,76 @@ pub fn actions(status: &Status) -> String {
         output #result role="status" {}
     };
     layout(Page::Actions, status, &body)
+}
+
+/// `/dashboard/fleet`: every agent of the vhost heard over the broker (`admin.fleet`), each
+/// subject with its state and counters, and pause or resume for each, sent to its agent over the
+/// broker. `fleet` is `None` when the fleet is off here.
+#[must_use]
+pub fn fleet(status: &Status, fleet: Option<(&str, bool, &[crate::fleet::Member])>) -> String {
+    let body = html! {
+        h1 { "Fleet" }
+        @match fleet {
+            None => {
+                p.hint {
+                    "The fleet is off on this agent. With " code { "admin.fleet = true" }
+                    " every agent of the vhost announces itself on the broker and is listed here."
+                }
+            }
+            Some((me, connected, members)) => {
+                p.hint {
+                    "Every agent with " code { "admin.fleet = true" } " on this vhost, as heard over the broker"
+                    @if !connected { " (the link to the broker is down: what is shown may be old)" }
+                    ". An agent not heard for three of its intervals is unreachable, and its figures are its last known. Commands go over the broker, signed with the fleet secret, and need the admin token."
+                }
+                p #updated.hint {}
+                table #fleet {
+                    thead { tr {
+                        th { "Agent" } th { "Host" } th { "PID" } th { "Version" } th { "Heard" }
+                        th { "Subject" } th { "Queue" } th { "State" } th { "Pool" } th { "Busy" }
+                        th { "In flight" } th { "Acked" } th { "Retried" } th { "Dead" } th { "Command" }
+                    } }
+                    tbody {
+                        @for m in members {
+                            @let hb = &m.heartbeat;
+                            @for (name, s) in &hb.subjects {
+                                tr data-agent=(hb.agent) data-subject=(name)
+                                   data-reachable=(m.reachable) data-state=(s.state) {
+                                    td { (shown(&hb.agent)) @if hb.agent == me { " (this agent)" } }
+                                    td { (shown(&hb.host)) }
+                                    td { (hb.pid) }
+                                    td { (shown(&hb.version)) }
+                                    td data-field="heard" {
+                                        @if m.reachable { (m.heard_ms_ago / 1000) " s ago" }
+                                        @else { "unreachable (" (m.heard_ms_ago / 1000) " s)" }
+                                    }
+                                    td { (shown(name)) }
+                                    td { (shown(&s.queue)) }
+                                    td data-field="state" {
+                                        (shown(&s.state))
+                                        @if let Some(until) = &s.paused_until { " until " (shown(until)) }
+                                    }
+                                    td { (s.pool_size) } td { (s.busy) } td { (s.in_flight) }
+                                    td { (s.acked) } td { (s.retried) } td { (s.dead_lettered) }
+                                    td {
+                                        form.action.fleet data-action="fleet-pause" data-agent=(hb.agent) {
+                                            input type="hidden" name="subject" value=(name);
+                                            input name="for" type="text" placeholder="15m" maxlength="20" size="5" aria-label="for";
+                                            button type="submit" { "Pause" }
+                                            button type="submit" name="resume" value="1" { "Resume" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Result" }
+        output #result role="status" {}
+    };
+    layout(Page::Fleet, status, &body)
 }
 
 /// The filter a Dead letters page opens with (from its URL), shown in its form.
