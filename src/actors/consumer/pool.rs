@@ -52,9 +52,9 @@ pub(super) async fn on_worker_ended(
         state.runtime.events.emit(Event::WorkerFailed);
     }
     if state.draining.is_none() && !slot.retiring {
-        // Keep the pool at its target size.
+        // Keep the pool at its target size: `resize` counts the workers left and replaces the
+        // one that ended.
         let target = state.target;
-        state.target = state.workers.len();
         resize(myself, state, target).await?;
     }
     finish_drain_if_idle(state);
