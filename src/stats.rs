@@ -68,7 +68,26 @@ pub struct SubjectStats {
     /// Messages wait in the queue longer than the subject's `wait_threshold` (an episode).
     pub long_wait: AtomicBool,
     /// With `batch_max = "auto"`: the last sizing decision, for `/status`.
-    pub batch_sizing: Mutex<Option<crate::batch::auto::Sizing>>,
+    pub batch_sizing: Mutex<Option<AutoBatch>>,
+}
+
+/// A `batch_max = "auto"` decision as `/status` shows it (`batch::auto::Sizing`, copied by the
+/// consumer that made it).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct AutoBatch {
+    /// Messages in the request.
+    pub size: usize,
+    /// The bound that chose it (`backlog`, `latency`, `timeout`, `limit`, `unmeasured`,
+    /// `probe`).
+    pub bound: &'static str,
+    /// Prefetched deliveries waiting.
+    pub backlog: usize,
+    /// Workers free to take them.
+    pub free_workers: usize,
+    /// Estimated cost of a request, ms.
+    pub boot_ms: Option<f64>,
+    /// Estimated cost of an entry, ms.
+    pub entry_ms: Option<f64>,
 }
 
 impl SubjectStats {
@@ -117,10 +136,7 @@ impl SubjectStats {
     }
 
     /// Records a `batch_max = "auto"` decision; returns the one before.
-    pub fn set_batch_sizing(
-        &self,
-        sizing: crate::batch::auto::Sizing,
-    ) -> Option<crate::batch::auto::Sizing> {
+    pub fn set_batch_sizing(&self, sizing: AutoBatch) -> Option<AutoBatch> {
         self.batch_sizing
             .lock()
             .expect("batch sizing lock")
@@ -129,7 +145,7 @@ impl SubjectStats {
 
     /// The last `batch_max = "auto"` decision.
     #[must_use]
-    pub fn batch_sizing(&self) -> Option<crate::batch::auto::Sizing> {
+    pub fn batch_sizing(&self) -> Option<AutoBatch> {
         *self.batch_sizing.lock().expect("batch sizing lock")
     }
 

@@ -68,7 +68,7 @@ pub struct SubjectStatus {
     pub long_wait: bool,
     /// With `batch_max = "auto"`: the last batch size chosen, the bound that chose it and its
     /// inputs (backlog, free workers, the estimated cost of a request and of an entry).
-    pub batch_auto: Option<crate::batch::auto::Sizing>,
+    pub batch_auto: Option<crate::stats::AutoBatch>,
     /// `consuming`, `paused` (an operator's pause), `circuit_open` (FPM unreachable, or PHP
     /// refusing the signature: consumption held until a probe succeeds) or `disconnected`.
     pub state: &'static str,

@@ -35,8 +35,7 @@ pub enum Observed {
 }
 
 /// Which bound chose the size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
     /// The prefetched deliveries spread over the free workers.
     Backlog,
@@ -53,7 +52,7 @@ pub enum Bound {
 }
 
 /// One decision, with its inputs (logged and shown in `/status`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sizing {
     /// Messages in the next request.
     pub size: usize,
@@ -67,6 +66,36 @@ pub struct Sizing {
     pub boot_ms: Option<f64>,
     /// Estimated cost of an entry, milliseconds (None until measured).
     pub entry_ms: Option<f64>,
+}
+
+impl Bound {
+    /// Its name in `/status`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Backlog => "backlog",
+            Self::Latency => "latency",
+            Self::Timeout => "timeout",
+            Self::Limit => "limit",
+            Self::Unmeasured => "unmeasured",
+            Self::Probe => "probe",
+        }
+    }
+}
+
+impl Sizing {
+    /// The decision as `/status` shows it.
+    #[must_use]
+    pub fn shown(&self) -> crate::stats::AutoBatch {
+        crate::stats::AutoBatch {
+            size: self.size,
+            bound: self.bound.name(),
+            backlog: self.backlog,
+            free_workers: self.free_workers,
+            boot_ms: self.boot_ms,
+            entry_ms: self.entry_ms,
+        }
+    }
 }
 
 /// A subject's estimator.

@@ -133,8 +133,9 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
                 Some(auto) => {
                     // The free workers: this one and those still idle.
                     let sizing = auto.size(state.backlog.len(), state.idle.len() + 1);
-                    let before = state.runtime.stats.set_batch_sizing(sizing);
-                    if before.is_none_or(|b| (b.size, b.bound) != (sizing.size, sizing.bound)) {
+                    let shown = sizing.shown();
+                    let before = state.runtime.stats.set_batch_sizing(shown);
+                    if before.is_none_or(|b| (b.size, b.bound) != (shown.size, shown.bound)) {
                         tracing::debug!(
                             subject = %state.runtime.name,
                             size = sizing.size,
