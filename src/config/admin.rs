@@ -131,6 +131,10 @@ impl Config {
         {
             return Err(invalid("admin.fleet_interval", "must be 1s to 60s"));
         }
+        // Checked with or without a listener: the CLI and the fleet use the token too.
+        if self.admin.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin.token", "must be at least 16 bytes"));
+        }
         if self.admin.listen.is_empty() {
             return Ok(());
         }

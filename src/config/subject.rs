@@ -267,6 +267,12 @@ impl Config {
                 "`auto` needs fpm.status_path (FPM's capacity is read from its status page)",
             ));
         }
+        if subject.max_pool_size > 1024 {
+            return Err(invalid(
+                format!("{key}.max_pool_size"),
+                "must be at most 1024, as pool_size",
+            ));
+        }
         if subject.min_pool_size == 0 || subject.min_pool_size > subject.max_pool_size {
             return Err(invalid(
                 format!("{key}.min_pool_size"),

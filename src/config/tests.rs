@@ -643,3 +643,19 @@ fn the_configuration_reference_lists_every_key_and_nothing_else() {
         "in docs/configuration.md but not a key: {stale:?}"
     );
 }
+
+#[test]
+fn bounds_hold_without_a_listener_and_for_the_largest_pool() {
+    let e = error_of(&format!("{MINIMAL}max_pool_size = 1025\n"));
+    assert!(e.contains("subjects.event.max_pool_size"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}[admin]\nlisten = \"\"\ntoken = \"short\"\n"
+    ));
+    assert!(e.contains("admin.token"), "{e}");
+    let e = error_of(&format!(
+        "{MINIMAL}[admin]\nfleet = true\nfleet_secret = \"short\"\n"
+    ));
+    assert!(e.contains("admin.fleet_secret"), "{e}");
+    let e = error_of(&format!("{MINIMAL}[admin]\nfleet_interval = \"61s\"\n"));
+    assert!(e.contains("admin.fleet_interval"), "{e}");
+}
