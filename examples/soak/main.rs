@@ -342,7 +342,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let reconnects = reconnects.load(Ordering::Relaxed);
     if reconnects > 0 {
         println!(
-            "the soak's publisher lost its broker connection {reconnects} times (RabbitMQ restarted by another process?)"
+            "the soak's publisher lost its broker connection {reconnects} times ({})",
+            if args.cluster {
+                "a cluster node it was connected to killed, or RabbitMQ restarted by another process"
+            } else {
+                "RabbitMQ restarted by another process?"
+            }
         );
     }
     if let Err(e) = soak.and(load_result) {
@@ -355,11 +360,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     } else {
         println!("kept: {} and the queues soak.{run}.*", dir.display());
     }
-    if cluster.is_some() {
+    // The last holders of the cluster (the fault loop's copy, the AMQP clients) go first.
+    drop(faults);
+    drop(dead);
+    drop(publisher);
+    if let Some(cluster) = cluster {
+        drop(cluster);
         println!("the soak's cluster is stopped and its data removed");
     }
-    drop(publisher);
-    drop(cluster);
     Ok(report.lost() > 0 || report.innocents() > 0)
 }
 
