@@ -358,7 +358,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         drop(fpm);
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        println!("kept: {} and the queues soak.{run}.*", dir.display());
+        println!(
+            "kept: {} and the queues soak.{run}.* on {}{}",
+            dir.display(),
+            args.amqp_url,
+            if args.cluster {
+                " (the cluster's queues go with the cluster)"
+            } else {
+                ""
+            }
+        );
     }
     // The last holders of the cluster (the fault loop's copy, the AMQP clients) go first.
     drop(faults);
