@@ -359,9 +359,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         println!(
-            "kept: {} and the queues soak.{run}.* on {}{}",
+            "kept: {} and the queues soak.{run}.*{}",
             dir.display(),
-            args.amqp_url,
             if args.cluster {
                 " (the cluster's queues go with the cluster)"
             } else {
