@@ -122,9 +122,12 @@ pub async fn wait_all_fates(
         }
         if said.elapsed() >= Duration::from_secs(10) {
             let mut queued = 0;
-            for q in Publisher::queues(lanes) {
+            for (broker, q) in Publisher::queues(lanes) {
                 if !q.ends_with(".dead") {
-                    queued += publisher.ready_count(&q).await.map_or(0, |(n, _)| n);
+                    queued += publisher
+                        .ready_count(broker, &q)
+                        .await
+                        .map_or(0, |(n, _)| n);
                 }
             }
             eprintln!(
@@ -173,6 +176,12 @@ struct Window {
 
 pub struct Report {
     unconfirmed: usize,
+    /// Of those: the broker nacked, or the publish or its confirm failed (connection lost).
+    unconfirmed_failed: usize,
+    /// Per lane, and the first and last publish time of an unconfirmed message (s from start).
+    unconfirmed_lanes: Vec<usize>,
+    unconfirmed_span: Option<(f64, f64)>,
+    started_us: u64,
     lanes: Vec<(String, LaneCounts)>,
     total: LaneCounts,
     twice: Vec<Twice>,
@@ -206,6 +215,10 @@ impl Report {
         let mut per_lane = vec![LaneCounts::default(); lanes.len()];
         let mut report = Self {
             unconfirmed: 0,
+            unconfirmed_failed: 0,
+            unconfirmed_lanes: vec![0; lanes.len()],
+            unconfirmed_span: None,
+            started_us,
             lanes: Vec::new(),
             total: LaneCounts::default(),
             twice: Vec::new(),
@@ -226,6 +239,13 @@ impl Report {
             let id = i as u64;
             if s.confirmed != Some(true) {
                 report.unconfirmed += 1;
+                report.unconfirmed_failed += usize::from(s.confirmed == Some(false));
+                report.unconfirmed_lanes[s.lane] += 1;
+                let at = s.published_us.saturating_sub(started_us) as f64 / 1e6;
+                report.unconfirmed_span = Some(match report.unconfirmed_span {
+                    None => (at, at),
+                    Some((a, b)) => (a.min(at), b.max(at)),
+                });
                 continue;
             }
             *report.sent_by_kind.entry(s.kind).or_default() += 1;
@@ -370,6 +390,22 @@ impl Report {
             "sent {} (confirmed by the broker; {} unconfirmed, not counted)",
             t.sent, self.unconfirmed
         );
+        if let Some((from, to)) = self.unconfirmed_span {
+            let lanes: Vec<String> = self
+                .unconfirmed_lanes
+                .iter()
+                .zip(&self.lanes)
+                .filter(|(n, _)| **n > 0)
+                .map(|(n, (name, _))| format!("{n} {}", name.split(' ').next().unwrap_or("")))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  unconfirmed: {} nacked or failed (connection lost), {} without an answer; published {from:.1} s to {to:.1} s after the start; {}",
+                self.unconfirmed_failed,
+                self.unconfirmed - self.unconfirmed_failed,
+                lanes.join(", ")
+            );
+        }
         let kinds: Vec<String> = self
             .sent_by_kind
             .iter()
@@ -461,6 +497,18 @@ impl Report {
         for e in events.iter().filter(|e| !e.ok) {
             let _ = writeln!(o, "    {} on {}: {}", e.fault.name(), e.target, e.note);
         }
+        for e in events
+            .iter()
+            .filter(|e| e.ok && e.fault == Fault::ClusterNode)
+        {
+            let _ = writeln!(
+                o,
+                "    at {:.0} s: {}: {}",
+                e.at_us.saturating_sub(self.started_us) as f64 / 1e6,
+                e.target,
+                e.note
+            );
+        }
         for (title, list) in [("lost", &self.lost), ("innocents", &self.innocents)] {
             if !list.is_empty() {
                 let _ = writeln!(o, "\n{title} (first 20):");
@@ -536,7 +584,9 @@ fn twice_cause(
         e.fault.can_duplicate()
             && e.end_us >= first
             && e.at_us <= next.at_us
-            && (e.target == agent || e.target == "php-fpm")
+            && (e.target == agent
+                || e.target == "php-fpm"
+                || (e.fault == Fault::ClusterNode && lane.broker == 1))
     });
     let again = format!(
         "run again as attempt {}{}",
@@ -553,6 +603,7 @@ fn twice_cause(
             Fault::Connections => "broker connection closed before the ack",
             Fault::FpmChildren => "lost outcome: FPM child killed before its reply was read",
             Fault::FpmStop => "lost outcome: FPM stopped before its reply was read",
+            Fault::ClusterNode => "cluster node killed (kill -9) before the ack",
             _ => "reload (SIGHUP) before the ack",
         };
         return format!("{what}: {again}");

@@ -4,11 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cluster::{self, Cluster};
 use crate::procs::{Agent, Fpm};
 use crate::{Rng, now_us};
 
 /// The order of the faults: the heavy ones (agent killed, FPM children killed, FPM stopped,
-/// connections closed) are spread between the light ones.
+/// connections closed, with `--cluster` a cluster node killed) are spread between the light
+/// ones.
 const TURN: [Fault; 8] = [
     Fault::AgentKill,
     Fault::Sighup,
@@ -18,6 +20,18 @@ const TURN: [Fault; 8] = [
     Fault::Sigttin,
     Fault::FpmStop,
     Fault::Sigttou,
+];
+/// With `--cluster`: [`TURN`] and the node fault after the last light one.
+const TURN_CLUSTER: [Fault; 9] = [
+    Fault::AgentKill,
+    Fault::Sighup,
+    Fault::FpmChildren,
+    Fault::Admin,
+    Fault::Connections,
+    Fault::Sigttin,
+    Fault::FpmStop,
+    Fault::Sigttou,
+    Fault::ClusterNode,
 ];
 
 /// How long FPM stays stopped.
@@ -33,6 +47,7 @@ pub enum Fault {
     Sigttin,
     Sigttou,
     Admin,
+    ClusterNode,
 }
 
 impl Fault {
@@ -46,6 +61,7 @@ impl Fault {
             Self::Sigttin => "SIGTTIN",
             Self::Sigttou => "SIGTTOU",
             Self::Admin => "admin GET /status /metrics",
+            Self::ClusterNode => "cluster node kill -9, restarted",
         }
     }
 
@@ -53,7 +69,12 @@ impl Fault {
     pub fn can_duplicate(self) -> bool {
         matches!(
             self,
-            Self::AgentKill | Self::FpmChildren | Self::FpmStop | Self::Connections | Self::Sighup
+            Self::AgentKill
+                | Self::FpmChildren
+                | Self::FpmStop
+                | Self::Connections
+                | Self::Sighup
+                | Self::ClusterNode
         )
     }
 }
@@ -89,17 +110,33 @@ pub struct Faults {
     log: FaultLog,
     turn: usize,
     /// Per fault, how many times it ran (agent faults alternate between the agents).
-    count: [usize; 8],
+    count: [usize; 9],
+    /// `--cluster`'s nodes: the node fault is in the rotation.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Faults {
-    pub fn new(seed: u64, interval: Duration, log: FaultLog) -> Self {
+    pub fn new(
+        seed: u64,
+        interval: Duration,
+        log: FaultLog,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             rng: Rng::new(seed ^ 0xD1B5_4A32_D192_ED03),
             interval,
             log,
             turn: 0,
-            count: [0; 8],
+            count: [0; 9],
+            cluster,
+        }
+    }
+
+    fn turn(&self) -> &'static [Fault] {
+        if self.cluster.is_some() {
+            &TURN_CLUSTER
+        } else {
+            &TURN
         }
     }
 
@@ -135,7 +172,8 @@ impl Faults {
                 next_sample += sample_every;
             }
             if Instant::now() >= next_fault && Instant::now() < deadline {
-                let fault = TURN[self.turn % TURN.len()];
+                let turn = self.turn();
+                let fault = turn[self.turn % turn.len()];
                 self.turn += 1;
                 self.inject(fault, agents, fpm).await;
                 next_fault = Instant::now() + self.interval;
@@ -173,10 +211,41 @@ impl Faults {
                     r.map(|()| format!("down {} s, restarted", FPM_STOPPED.as_secs())),
                 )
             }
-            Fault::Connections => (
-                format!("agent {}", agent.name),
-                close_connections(agent.pid).await,
-            ),
+            Fault::Connections => {
+                // Agent b's connections are on the soak's cluster with `--cluster`.
+                let node = match &self.cluster {
+                    Some(c) if agent.on_cluster => cluster::live_node(c),
+                    _ => None,
+                };
+                (
+                    format!("agent {}", agent.name),
+                    close_connections(agent.pid, node.as_deref()).await,
+                )
+            }
+            Fault::ClusterNode => match self.cluster.clone() {
+                Some(c) => {
+                    // The node agent b's subject (event, then command, in turn) consumes from:
+                    // its connection breaks and a quorum queue may lose its leader. Else any.
+                    let subject = ["event", "command"][nth % 2];
+                    let port = match agents.iter().find(|a| a.on_cluster) {
+                        Some(b) => b.node_port(subject).await,
+                        None => None,
+                    };
+                    let i = port
+                        .and_then(|p| c.by_port(p))
+                        .unwrap_or(nth % c.nodes.len());
+                    let how = if port.is_some() {
+                        format!(" (agent b's {subject} node)")
+                    } else {
+                        String::new()
+                    };
+                    (
+                        format!("cluster node {i}{how}"),
+                        cluster::kill_and_restart(&c, i).await,
+                    )
+                }
+                None => ("cluster".into(), Err(anyhow::anyhow!("no --cluster"))),
+            },
             Fault::Sighup => (
                 format!("agent {}", agent.name),
                 agent
@@ -239,19 +308,31 @@ impl Faults {
     }
 }
 
-/// Closes, through `rabbitmqctl`, every broker connection of the agent process `pid` (the
-/// agent names them `amqp-agent <role> (pid N)`); the soak's own connections stay.
-async fn close_connections(pid: u32) -> anyhow::Result<String> {
+/// Closes, through `rabbitmqctl` (`-n node`, for the soak's cluster), every broker connection
+/// of the agent process `pid` (the agent names them `amqp-agent <role> (pid N)`); the soak's own
+/// connections stay.
+async fn close_connections(pid: u32, node: Option<&str>) -> anyhow::Result<String> {
     // `client_properties` holds `{"connection_name",longstr,"amqp-agent … (pid N)"}` (the info
     // key `user_provided_name` is not known to every RabbitMQ version).
-    let out = rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"]).await?;
+    let target: Vec<&str> = node.map(|n| vec!["-n", n]).unwrap_or_default();
+    let list = [
+        &target[..],
+        &["-q", "list_connections", "pid", "client_properties"],
+    ]
+    .concat();
+    let out = rabbitmqctl(&list).await?;
     let needle = format!("(pid {pid})");
     let mut closed = 0;
     for line in out.lines().filter(|l| l.contains(&needle)) {
         let Some(conn) = line.split('\t').next() else {
             continue;
         };
-        rabbitmqctl(&["-q", "close_connection", conn, "soak: connection closed"]).await?;
+        let close = [
+            &target[..],
+            &["-q", "close_connection", conn, "soak: connection closed"],
+        ]
+        .concat();
+        rabbitmqctl(&close).await?;
         closed += 1;
     }
     anyhow::ensure!(closed > 0, "no connection named {needle}");

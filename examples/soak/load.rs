@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
-use crate::{Lane, Rng, now_us};
+use crate::{Brokers, Lane, Rng, now_us};
 
 /// What the handler is asked to do with a message (see examples/php/soak-handler.php).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,42 +83,57 @@ pub struct Sent {
     pub confirmed: Option<bool>,
 }
 
-/// The soak's own connection: publishes (confirms on) and counts and deletes queues.
-pub struct Publisher {
+/// The soak's own connection to one broker: publishes (confirms on) and counts and deletes
+/// queues.
+struct Link {
     conn: Connection,
     channel: Channel,
     admin: Channel,
+}
+
+/// The soak's own connections, one per broker (`--amqp-url`; with `--cluster`, one node of the
+/// cluster too).
+pub struct Publisher {
+    links: Vec<Link>,
     run: String,
 }
 
 impl Publisher {
-    pub async fn connect(url: &str, run: &str) -> anyhow::Result<Self> {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("soak publisher {run}").into());
-        let conn = Connection::connect(url, props)
-            .await
-            .with_context(|| format!("cannot connect to RabbitMQ at {url}"))?;
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let admin = conn.create_channel().await?;
+    pub async fn connect(brokers: &Brokers, run: &str) -> anyhow::Result<Self> {
+        let mut links = Vec::new();
+        for urls in brokers {
+            let url = &urls[0];
+            let props = ConnectionProperties::default()
+                .with_connection_name(format!("soak publisher {run}").into());
+            let conn = Connection::connect(url, props)
+                .await
+                .with_context(|| format!("cannot connect to RabbitMQ at {url}"))?;
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let admin = conn.create_channel().await?;
+            links.push(Link {
+                conn,
+                channel,
+                admin,
+            });
+        }
         Ok(Self {
-            conn,
-            channel,
-            admin,
+            links,
             run: run.to_owned(),
         })
     }
 
     /// Publishes `rate` messages per second, round-robin over `lanes`, for `duration` or until
-    /// `stop`; then waits (at most 30 s) for the outstanding confirms. When its connection
-    /// breaks (RabbitMQ restarted by someone else on a shared machine), the message being
-    /// published counts as unconfirmed and the publisher connects again (`reconnects`).
+    /// `stop`; then waits (at most 30 s) for the outstanding confirms. When a connection breaks
+    /// (a cluster node killed; RabbitMQ restarted by someone else on a shared machine), the
+    /// message being published counts as unconfirmed and the publisher connects again to that
+    /// broker, to its next node (`reconnects`).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
-        url: String,
+        brokers: Brokers,
         rate: f64,
         duration: Duration,
         lanes: Vec<Lane>,
@@ -127,7 +142,9 @@ impl Publisher {
         stop: Arc<AtomicBool>,
         reconnects: Arc<AtomicUsize>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
-        let mut channel = self.channel.clone();
+        let mut channels: Vec<Channel> = self.links.iter().map(|l| l.channel.clone()).collect();
+        // Per broker, the node connected to (in its list of URLs).
+        let mut nodes = vec![0usize; brokers.len()];
         let run = self.run.clone();
         async move {
             let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15);
@@ -136,8 +153,8 @@ impl Publisher {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let mut n: u64 = 0;
             let pad = "x".repeat(160);
-            // Kept alive with the channel it carries (the first is the Publisher's own).
-            let mut _conn: Option<Connection> = None;
+            // Kept alive with the channels they carry (the first are the Publisher's own).
+            let mut _conns: Vec<Option<Connection>> = brokers.iter().map(|_| None).collect();
             while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let due = (rate * started.elapsed().as_secs_f64()) as u64;
@@ -161,7 +178,8 @@ impl Publisher {
                         .with_message_id(format!("soak-{run}-{index}").into())
                         .with_content_type("application/json".into())
                         .with_delivery_mode(2);
-                    let published = channel
+                    let broker = lanes[lane].broker;
+                    let published = channels[broker]
                         .basic_publish(
                             "".into(),
                             lanes[lane].queue.as_str().into(),
@@ -176,9 +194,12 @@ impl Publisher {
                             sent.lock().unwrap()[index].confirmed = Some(false);
                             eprintln!("  publisher: {e}; connecting again");
                             reconnects.fetch_add(1, Ordering::Relaxed);
-                            let (c, ch) = reconnect(&url, &run, started + duration).await?;
-                            _conn = Some(c);
-                            channel = ch;
+                            let urls = &brokers[broker];
+                            let (c, ch) =
+                                reconnect(urls, &mut nodes[broker], &run, started + duration)
+                                    .await?;
+                            _conns[broker] = Some(c);
+                            channels[broker] = ch;
                             break;
                         }
                     };
@@ -199,13 +220,16 @@ impl Publisher {
         }
     }
 
-    /// (ready messages, consumers) of `queue`; `None` when it does not exist.
-    pub async fn ready_count(&self, queue: &str) -> Option<(u32, u32)> {
+    /// (ready messages, consumers) of `queue` on broker `broker`; `None` when it does not
+    /// exist or cannot be asked (its node was killed).
+    pub async fn ready_count(&self, broker: usize, queue: &str) -> Option<(u32, u32)> {
         let opts = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
         let q = self
+            .links
+            .get(broker)?
             .admin
             .queue_declare(queue.into(), opts, FieldTable::default())
             .await
@@ -213,24 +237,28 @@ impl Publisher {
         Some((q.message_count(), q.consumer_count()))
     }
 
-    /// The queues of every lane: main, delay queues, dead letters.
-    pub fn queues(lanes: &[Lane]) -> Vec<String> {
+    /// The queues of every lane, with the lane's broker: main, delay queues, dead letters.
+    pub fn queues(lanes: &[Lane]) -> Vec<(usize, String)> {
         let mut out = Vec::new();
         for lane in lanes {
-            out.push(lane.queue.clone());
+            out.push((lane.broker, lane.queue.clone()));
             for ms in [500, 1000] {
-                out.push(format!("{}.retry.{ms}ms", lane.queue));
+                out.push((lane.broker, format!("{}.retry.{ms}ms", lane.queue)));
             }
-            out.push(format!("{}.dead", lane.queue));
+            out.push((lane.broker, format!("{}.dead", lane.queue)));
         }
         out
     }
 
+    /// Deletes the lanes' queues on `--amqp-url` (the cluster goes with its nodes).
     pub async fn delete_queues(&self, lanes: &[Lane]) {
-        for q in Self::queues(lanes) {
+        for (broker, q) in Self::queues(lanes) {
+            if broker != 0 {
+                continue;
+            }
             // A channel error (e.g. a queue that does not exist) closes the channel: a fresh
             // one for each queue.
-            if let Ok(ch) = self.conn.create_channel().await {
+            if let Ok(ch) = self.links[0].conn.create_channel().await {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
@@ -240,14 +268,18 @@ impl Publisher {
     }
 }
 
-/// A new connection and confirm channel, tried every second until `deadline` (at least 60 s).
+/// A new connection and confirm channel to the next of `urls` after `node` (which it updates),
+/// tried every second until `deadline` (at least 60 s).
 async fn reconnect(
-    url: &str,
+    urls: &[String],
+    node: &mut usize,
     run: &str,
     deadline: Instant,
 ) -> anyhow::Result<(Connection, Channel)> {
     let deadline = deadline.max(Instant::now() + Duration::from_secs(60));
     loop {
+        *node = (*node + 1) % urls.len();
+        let url = &urls[*node];
         let attempt = async {
             let props = ConnectionProperties::default()
                 .with_connection_name(format!("soak publisher {run}").into());
@@ -274,52 +306,71 @@ pub struct Dead {
     pub reason: String,
 }
 
-/// Consumers of every lane's dead-letter queue (auto-ack: the soak is the one reader), on a
-/// connection of their own that a background task opens again whenever it broke (RabbitMQ
-/// restarted by another process on a shared machine): what waits in the queues meanwhile is
-/// read after the reconnection.
+/// Consumers of every lane's dead-letter queue (the soak is the one reader; each message acked
+/// once recorded), per broker on a connection of their own that a background task opens again,
+/// to the broker's next node, whenever it broke (a cluster node killed; RabbitMQ restarted by
+/// another process on a shared machine): what waits in the queues meanwhile is read after the
+/// reconnection. A message the broker delivers again (`redelivered`, its ack lost with the
+/// connection) is counted once.
 pub struct DeadLetters {
     seen: Arc<Mutex<Vec<Dead>>>,
-    connected: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    connected: Vec<Arc<AtomicBool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl DeadLetters {
-    pub fn start(url: &str, lanes: &[Lane]) -> Self {
+    pub fn start(brokers: &Brokers, lanes: &[Lane]) -> Self {
         let seen: Arc<Mutex<Vec<Dead>>> = Arc::default();
-        let connected = Arc::new(AtomicBool::new(false));
-        let queues: Vec<String> = lanes.iter().map(|l| format!("{}.dead", l.queue)).collect();
-        let url = url.to_owned();
-        let task = tokio::spawn({
+        let mut connected = Vec::new();
+        let mut tasks = Vec::new();
+        for (broker, urls) in brokers.iter().enumerate() {
+            let queues: Vec<String> = lanes
+                .iter()
+                .filter(|l| l.broker == broker)
+                .map(|l| format!("{}.dead", l.queue))
+                .collect();
+            let up = Arc::new(AtomicBool::new(false));
+            connected.push(up.clone());
+            let urls = urls.clone();
             let seen = seen.clone();
-            let connected = connected.clone();
-            async move {
-                let mut conn: Option<Connection> = None;
+            tasks.push(tokio::spawn(async move {
+                let mut conn: Option<(Connection, Arc<AtomicBool>)> = None;
+                let mut node = 0;
                 loop {
-                    if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-                        connected.store(false, Ordering::Relaxed);
-                        match consume(&url, &queues, &seen).await {
+                    // A consumer that ended (cancelled by the broker) on a connection still up
+                    // counts as broken too: the connection is closed and opened again.
+                    if !conn.as_ref().is_some_and(|(c, ended)| {
+                        c.status().connected() && !ended.load(Ordering::Relaxed)
+                    }) {
+                        up.store(false, Ordering::Relaxed);
+                        if let Some((c, _)) = conn.take() {
+                            let _ = c.close(200, "soak: reconnecting".into()).await;
+                        }
+                        match consume(&urls[node], &queues, &seen).await {
                             Ok(c) => {
                                 conn = Some(c);
-                                connected.store(true, Ordering::Relaxed);
+                                up.store(true, Ordering::Relaxed);
                             }
-                            Err(e) => eprintln!("  dead-letter reader: {e:#} (trying again)"),
+                            Err(e) => {
+                                eprintln!("  dead-letter reader: {e:#} (trying again)");
+                                node = (node + 1) % urls.len();
+                            }
                         }
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            }
-        });
+            }));
+        }
         Self {
             seen,
             connected,
-            task,
+            tasks,
         }
     }
 
     /// Whether the consumers are up (the drain waits for them before it trusts the counts).
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.connected.iter().all(|c| c.load(Ordering::Relaxed))
     }
 
     pub fn snapshot(&self) -> Vec<Dead> {
@@ -329,16 +380,20 @@ impl DeadLetters {
 
 impl Drop for DeadLetters {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
-/// A connection with one consumer per dead-letter queue, each read by a task into `seen`.
+/// A connection with one consumer per dead-letter queue, each read by a task into `seen`; the
+/// flag is set when one of them ends.
 async fn consume(
     url: &str,
     queues: &[String],
     seen: &Arc<Mutex<Vec<Dead>>>,
-) -> anyhow::Result<Connection> {
+) -> anyhow::Result<(Connection, Arc<AtomicBool>)> {
+    let ended = Arc::new(AtomicBool::new(false));
     let props =
         ConnectionProperties::default().with_connection_name("soak dead-letter reader".into());
     let conn = tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props))
@@ -350,15 +405,13 @@ async fn consume(
             .basic_consume(
                 queue.as_str().into(),
                 "soak".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
+                BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .with_context(|| format!("consuming {queue}"))?;
         let seen = seen.clone();
+        let ended = ended.clone();
         tokio::spawn(async move {
             let _channel = channel;
             while let Some(Ok(delivery)) = consumer.next().await {
@@ -372,11 +425,27 @@ async fn consume(
                     .as_ref()
                     .and_then(|h| h.inner().get("x-agent-reason").cloned())
                     .map_or_else(|| "?".to_owned(), |v| value_text(&v));
-                seen.lock().unwrap().push(Dead { id, reason });
+                {
+                    let mut seen = seen.lock().unwrap();
+                    // Read before, its ack lost with a broken connection: the same message.
+                    let again = delivery.redelivered && seen.iter().any(|d| d.id == id);
+                    if !again {
+                        seen.push(Dead { id, reason });
+                    }
+                }
+                if delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
+            ended.store(true, Ordering::Relaxed);
         });
     }
-    Ok(conn)
+    Ok((conn, ended))
 }
 
 fn value_text(v: &AMQPValue) -> String {

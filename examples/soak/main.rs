@@ -13,6 +13,11 @@
 //! connections closed, SIGHUP (a reload that restarts the batch subject), SIGTTIN, SIGTTOU,
 //! admin requests (`/status`, `/metrics`).
 //!
+//! With `--cluster`, agent `b` and its quorum lanes run against a 3-node RabbitMQ cluster of the
+//! soak's own (built as tests/cluster.rs builds one; `amqp.urls` lists the nodes), and the
+//! rotation adds a cluster node killed (kill -9) and started again. The classic lanes stay on
+//! `--amqp-url`.
+//!
 //! Every message's fate comes from the handler's records (one line per run) and from the
 //! dead-letter queues, consumed over AMQP while the soak runs. After DURATION the load and the
 //! faults stop, the backlog drains (bounded), and the report is printed. Exit 1 when a message
@@ -23,7 +28,9 @@
 //! - `load`: the publisher and the dead-letter consumers.
 //! - `faults`: the fault schedule.
 //! - `fates`: what the handler recorded; the report.
+//! - `cluster`: `--cluster`'s nodes (tests/common/cluster.rs) and the node fault.
 
+mod cluster;
 mod fates;
 mod faults;
 mod load;
@@ -89,6 +96,11 @@ pub struct Args {
     /// Seed of the message kinds and fault targets (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Run the quorum lanes (agent b) against a 3-node RabbitMQ cluster of the soak's own
+    /// (needs root, as tests/cluster.rs), and add "cluster node killed and restarted" to the
+    /// faults.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -126,20 +138,43 @@ pub struct Lane {
     pub subject: &'static str,
     pub queue: String,
     pub label: &'static str,
+    /// Index of its broker in [`Brokers`] (0: `--amqp-url`; 1: the soak's cluster).
+    pub broker: usize,
 }
 
-pub fn lanes(run: &str) -> Vec<Lane> {
+/// Where the lanes' queues live: per broker, the URLs of its nodes.
+pub type Brokers = Vec<Vec<String>>;
+
+/// The four lanes; agent b's on broker 1 (the cluster) when `cluster`.
+pub fn lanes(run: &str, cluster: bool) -> Vec<Lane> {
     let lane = |agent: usize, subject: &'static str, label: &'static str| Lane {
         agent,
         subject,
         queue: format!("soak.{run}.{}.{subject}", ["a", "b"][agent]),
         label,
+        broker: usize::from(cluster && agent == 1),
     };
     vec![
         lane(0, "event", "single/classic"),
         lane(0, "command", "batch/classic"),
-        lane(1, "event", "single/quorum"),
-        lane(1, "command", "batch/quorum"),
+        lane(
+            1,
+            "event",
+            if cluster {
+                "single/quorum/cluster"
+            } else {
+                "single/quorum"
+            },
+        ),
+        lane(
+            1,
+            "command",
+            if cluster {
+                "batch/quorum/cluster"
+            } else {
+                "batch/quorum"
+            },
+        ),
     ]
 }
 
@@ -154,8 +189,28 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Some(p) => p.clone(),
         None => procs::newest_php_fpm()?,
     };
-    let lanes = lanes(&run);
+    let lanes = lanes(&run, args.cluster);
     let secret = random_hex(24);
+    let mut brokers: Brokers = vec![vec![args.amqp_url.clone()]];
+    let cluster = if args.cluster {
+        eprintln!("soak {run}: starting a 3-node RabbitMQ cluster of its own");
+        let t = Instant::now();
+        let cluster = cluster::start()?;
+        eprintln!(
+            "soak {run}: cluster up in {:.0} s: {}",
+            t.elapsed().as_secs_f64(),
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("{} on {}", n.name, n.amqp_port))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        brokers.push(cluster.urls());
+        Some(cluster)
+    } else {
+        None
+    };
     let mut fpm = Fpm::start(&php_fpm, &dir, &records, args.fpm_children, &secret)?;
     eprintln!(
         "soak {run}: {} of load at {} msg/s over {} lanes; php-fpm on {} ({} children); work dir {}",
@@ -168,7 +223,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     let mut agents = Vec::new();
     for i in 0..2 {
-        let agent = Agent::new(i, &args, &dir, &fpm.address, &secret, &lanes)?;
+        // Every lane of an agent is on one broker.
+        let broker = lanes.iter().find(|l| l.agent == i).map_or(0, |l| l.broker);
+        let agent = Agent::new(
+            i,
+            &args,
+            &dir,
+            &fpm.address,
+            &secret,
+            &lanes,
+            &brokers[broker],
+        )?;
         agents.push(agent);
     }
     for agent in &mut agents {
@@ -178,8 +243,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         agent.wait_ready(Duration::from_secs(60)).await?;
     }
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
-    let dead = DeadLetters::start(&args.amqp_url, &lanes);
-    let publisher = Publisher::connect(&args.amqp_url, &run).await?;
+    let dead = DeadLetters::start(&brokers, &lanes);
+    let publisher = Publisher::connect(&brokers, &run).await?;
     let faults_log = FaultLog::default();
     let started = Instant::now();
     let started_us = now_us();
@@ -189,7 +254,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     let reconnects = Arc::new(AtomicUsize::new(0));
     let load = tokio::spawn(publisher.run(
-        args.amqp_url.clone(),
+        brokers.clone(),
         args.rate,
         args.duration,
         lanes.clone(),
@@ -202,7 +267,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (args.duration / 24).clamp(Duration::from_secs(3), Duration::from_secs(20))
     });
     let window = (args.duration / 12).min(Duration::from_secs(300));
-    let mut faults = Faults::new(seed, interval, faults_log.clone());
+    let mut faults = Faults::new(seed, interval, faults_log.clone(), cluster.clone());
     let soak = faults
         .run(&mut agents, &mut fpm, started + args.duration, window)
         .await;
@@ -219,8 +284,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64(),
         args.drain_timeout.as_secs()
     );
-    // Everything up for the drain: FPM running, both agents alive.
+    // Everything up for the drain: FPM running, every cluster node, both agents alive.
     fpm.ensure_running()?;
+    if let Some(cluster) = &cluster {
+        cluster::ensure_running(cluster).await?;
+    }
     for agent in &mut agents {
         agent.ensure_running().await?;
     }
@@ -274,7 +342,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let reconnects = reconnects.load(Ordering::Relaxed);
     if reconnects > 0 {
         println!(
-            "the soak's publisher lost its broker connection {reconnects} times (RabbitMQ restarted by another process?)"
+            "the soak's publisher lost its broker connection {reconnects} times ({})",
+            if args.cluster {
+                "a cluster node it was connected to killed, or RabbitMQ restarted by another process"
+            } else {
+                "RabbitMQ restarted by another process?"
+            }
         );
     }
     if let Err(e) = soak.and(load_result) {
@@ -285,7 +358,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         drop(fpm);
         let _ = std::fs::remove_dir_all(&dir);
     } else {
-        println!("kept: {} and the queues soak.{run}.*", dir.display());
+        println!(
+            "kept: {} and the queues soak.{run}.*{}",
+            dir.display(),
+            if args.cluster {
+                " (the cluster's queues go with the cluster)"
+            } else {
+                ""
+            }
+        );
+    }
+    // The last holders of the cluster (the fault loop's copy, the AMQP clients) go first.
+    drop(faults);
+    drop(dead);
+    drop(publisher);
+    if let Some(cluster) = cluster {
+        drop(cluster);
+        println!("the soak's cluster is stopped and its data removed");
     }
     Ok(report.lost() > 0 || report.innocents() > 0)
 }

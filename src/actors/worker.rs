@@ -160,6 +160,10 @@ impl Actor for FpmWorker {
     }
 }
 
+/// Longest wait for the channel's held acks before a suspect runs (a broker that blocks the
+/// connection writes nothing).
+const SUSPECT_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Handles one delivery end to end.
 async fn handle_job(state: &mut WorkerState, job: Job) -> Handled {
     let Job {
@@ -173,6 +177,12 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> Handled {
     // `tracked` when the delivery is settled records it as done.
     let key = crate::poison::journal::key_of(&delivery);
     let tracked = runtime.crashes.begin(&key, delivery.redelivered).await;
+    if tracked.alone() {
+        // A suspect may kill the agent again: the acks its channel still holds back (messages
+        // settled before it, up to `acks::HOLD_MAX` behind an older tag) are written first, so
+        // that they are not handled a second time after that crash.
+        let _ = tokio::time::timeout(SUSPECT_FLUSH_TIMEOUT, acks.flush()).await;
+    }
     let (envelope, untrusted) = envelope_of(&runtime, &delivery, message_id.clone(), generated);
     let attempt = envelope.attempt;
     let incoming = trace_context::read(delivery.properties.headers().as_ref());

@@ -26,7 +26,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Write};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -123,8 +123,9 @@ pub struct Tracked<'a> {
     key: &'a str,
     poison: Option<u32>,
     recorded: bool,
-    /// Released after the done record (fields drop after `Drop::drop`).
-    _permit: Option<Permit<'a>>,
+    /// Released after the done record (fields drop after `Drop::drop`); a batch's entries
+    /// share one, released after the last one's done record.
+    _permit: Option<Arc<Permit<'a>>>,
 }
 
 enum Permit<'a> {
@@ -137,6 +138,12 @@ impl Tracked<'_> {
     #[must_use]
     pub fn poison(&self) -> Option<u32> {
         self.poison
+    }
+
+    /// True for a suspect: it holds the gate alone (no other message is in flight).
+    #[must_use]
+    pub fn alone(&self) -> bool {
+        matches!(self._permit.as_deref(), Some(Permit::Alone(_)))
     }
 }
 
@@ -257,7 +264,7 @@ impl Tracker {
                 .expect("journal lock")
                 .ledger
                 .decide(key, redelivered, self.threshold);
-        tracked._permit = Some(match decision {
+        tracked._permit = Some(Arc::new(match decision {
             Begin::Poison(crashes) => {
                 tracked.poison = Some(crashes);
                 return tracked;
@@ -267,7 +274,7 @@ impl Tracker {
                 Permit::Alone(self.gate.write().await)
             }
             Begin::Handle => Permit::Shared(self.gate.read().await),
-        });
+        }));
         let mut journal = journal.lock().expect("journal lock");
         if journal.closed {
             return tracked;
@@ -276,6 +283,68 @@ impl Tracker {
         record.encode(&mut journal.pending);
         journal.flush();
         tracked.recorded = true;
+        tracked
+    }
+
+    /// [`Tracker::begin`] for the deliveries of one batch (key and `redelivered` of each, in
+    /// order): each is decided alone, and those that are not poison are recorded with one
+    /// `write()` under **one** permit for the whole batch, held until the last of them is done.
+    /// One permit, not one per entry: the gate is fair, so a suspect queueing for it between two
+    /// of the batch's shared permits would wait for the batch while the batch waited for it,
+    /// and every worker after them. A batch holds no redelivery (`batch::Batching::take`), so
+    /// no entry is a suspect; if one were, the whole batch would take the exclusive permit.
+    pub async fn begin_batch<'a>(&'a self, keys: &[(&'a str, bool)]) -> Vec<Tracked<'a>> {
+        let mut tracked: Vec<Tracked<'a>> = keys
+            .iter()
+            .map(|&(key, _)| Tracked {
+                tracker: self,
+                key,
+                poison: None,
+                recorded: false,
+                _permit: None,
+            })
+            .collect();
+        let Some(journal) = &self.journal else {
+            return tracked;
+        };
+        let mut suspects = 0;
+        {
+            let journal = journal.lock().expect("journal lock");
+            for (t, (key, redelivered)) in tracked.iter_mut().zip(keys) {
+                match journal.ledger.decide(key, *redelivered, self.threshold) {
+                    Begin::Poison(crashes) => t.poison = Some(crashes),
+                    Begin::Alone(crashes) => {
+                        warn!(key = %key, crashes, "Message was in flight during an agent crash; its batch runs alone");
+                        suspects += 1;
+                    }
+                    Begin::Handle => {}
+                }
+            }
+        }
+        if tracked.iter().all(|t| t.poison.is_some()) {
+            return tracked;
+        }
+        let permit = Arc::new(if suspects > 0 {
+            Permit::Alone(self.gate.write().await)
+        } else {
+            Permit::Shared(self.gate.read().await)
+        });
+        for t in tracked.iter_mut().filter(|t| t.poison.is_none()) {
+            t._permit = Some(permit.clone());
+        }
+        drop(permit);
+        let mut journal = journal.lock().expect("journal lock");
+        if journal.closed {
+            return tracked;
+        }
+        for (t, (key, redelivered)) in tracked.iter_mut().zip(keys) {
+            if t.poison.is_none() {
+                let record = journal.ledger.start(key, *redelivered);
+                record.encode(&mut journal.pending);
+                t.recorded = true;
+            }
+        }
+        journal.flush();
         tracked
     }
 

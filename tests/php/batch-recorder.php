@@ -20,6 +20,11 @@
  *   sleep:MS           sleep MS milliseconds on every attempt, then handled
  *   reject-cut         PermanentFailure whose 1,001-byte reason holds a byte that is not UTF-8
  *                      and ends with a two-byte character cut by the 1,000-byte limit
+ *   kill-agent         kill -9 of the agent process (tests/poison.rs), every attempt: appends a
+ *                      line to "$RECORD_DIR/<testid>.kills", kills the amqp-agent whose pid the
+ *                      test wrote to "$RECORD_DIR/<testid>.agent-pid" (waiting up to 10 s for
+ *                      the test to write the pid of a running agent), waits until it is gone,
+ *                      then exits: the entries after it in a batch never run
  */
 
 declare(strict_types=1);
@@ -40,6 +45,47 @@ $recordDir = getenv('RECORD_DIR') ?: (string) ($_SERVER['RECORD_DIR'] ?? '');
 $request = bin2hex(random_bytes(8));
 $batchSize = isset($_SERVER['HTTP_X_AGENT_BATCH_SIZE']) ? (int) $_SERVER['HTTP_X_AGENT_BATCH_SIZE'] : null;
 $batchBytes = $batchSize !== null ? (int) ($_SERVER['CONTENT_LENGTH'] ?? 0) : null;
+
+/** The pid in the test's file, if it is a running amqp-agent (a zombie has an empty cmdline). */
+function agent_pid(string $file): ?int
+{
+    $pid = (int) trim((string) @file_get_contents($file));
+    if ($pid <= 0) {
+        return null;
+    }
+
+    return str_contains((string) @file_get_contents("/proc/{$pid}/cmdline"), 'amqp-agent') ? $pid : null;
+}
+
+/** kill -9 of the test's agent, once it is gone: exit (nobody reads the reply). */
+function kill_agent(string $recordDir, string $testId, Message $message): never
+{
+    $file = "{$recordDir}/{$testId}.agent-pid";
+    $deadline = microtime(true) + 10;
+    while (($pid = agent_pid($file)) === null && microtime(true) < $deadline) {
+        usleep(20_000);
+    }
+    $line = json_encode([
+        'message_id' => $message->messageId,
+        'attempt' => $message->attempt,
+        'agent_pid' => $pid,
+    ], JSON_THROW_ON_ERROR) . "\n";
+    file_put_contents("{$recordDir}/{$testId}.kills", $line, FILE_APPEND | LOCK_EX);
+    if ($pid === null) {
+        throw new \RuntimeException('no agent pid to kill');
+    }
+    if (function_exists('posix_kill')) {
+        posix_kill($pid, 9);
+    } else {
+        exec('kill -9 ' . $pid);
+    }
+    // The agent must not read this request's end: wait until the process is gone.
+    $deadline = microtime(true) + 10;
+    while (str_contains((string) @file_get_contents("/proc/{$pid}/cmdline"), 'amqp-agent') && microtime(true) < $deadline) {
+        usleep(10_000);
+    }
+    exit(0);
+}
 
 Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize, $batchBytes): void {
     $json = $message->json() ?? [];
@@ -74,6 +120,9 @@ Receiver::run(static function (Message $message) use ($testId, $recordDir, $requ
     }
     if (str_starts_with($behave, 'sleep-once:') && $first) {
         usleep(1000 * (int) substr($behave, strlen('sleep-once:')));
+    }
+    if ($behave === 'kill-agent') {
+        kill_agent($recordDir, $testId, $message);
     }
     if ($behave === 'exit') {
         exit(0);

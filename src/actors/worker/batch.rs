@@ -127,17 +127,26 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
         .map(|d| worker::message_id(&d.properties))
         .collect();
     // Crash-loop protection, as for single messages: a start record for each before FPM is
-    // called, a done record when it is settled. No entry is a redelivery, so none runs alone.
+    // called (one write for the batch, under one permit of the gate), a done record when it is
+    // settled. No entry is a redelivery, so none runs alone. After a crash every entry still in
+    // flight is a suspect, redelivered and so handled alone: only the one that kills the agent
+    // again is in flight at the next crash (docs/crash-loop.md).
     let keys: Vec<_> = deliveries
         .iter()
         .map(crate::poison::journal::key_of)
         .collect();
-    let mut tracked = Vec::with_capacity(deliveries.len());
-    for (d, key) in deliveries.iter().zip(&keys) {
-        tracked.push(Some(
-            runtime.crashes.begin(key.as_ref(), d.redelivered).await,
-        ));
-    }
+    let starts: Vec<(&str, bool)> = deliveries
+        .iter()
+        .zip(&keys)
+        .map(|(d, key)| (key.as_ref(), d.redelivered))
+        .collect();
+    let mut tracked: Vec<_> = runtime
+        .crashes
+        .begin_batch(&starts)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
     let entries: Vec<Entry<'_>> = deliveries
         .iter()
         .zip(&ids)

@@ -223,3 +223,59 @@ fn a_full_disk_at_start_turns_protection_off_instead_of_refusing_to_start() {
     assert!(tracker.path().is_none(), "protection is off");
     assert!(tracker.degraded().is_some(), "and says why");
 }
+
+/// A batch takes one permit for all its entries. The gate is fair: a per-entry permit asked for
+/// while a suspect queues would wait for the suspect, which waits for the batch (a deadlock of
+/// every worker). With `begin_batch`, the suspect waits until the whole batch is done, and the
+/// batch's start records go out in one write.
+#[tokio::test]
+async fn a_batch_holds_one_permit_and_a_suspect_waits_for_all_of_it() {
+    use futures_util::FutureExt as _;
+    let dir = temp_dir();
+    let config = config(&dir, "q", 2);
+    {
+        let tracker = Tracker::open(&config).unwrap();
+        std::mem::forget(tracker.begin("s", false).await);
+    }
+    let tracker = Tracker::open(&config).unwrap();
+    let mut batch = tracker
+        .begin_batch(&[("a", false), ("b", false), ("c", false)])
+        .await;
+    assert!(journal_text(&tracker).ends_with("S a\nS b\nS c\n"));
+    assert!(batch.iter().all(|t| t.poison().is_none()));
+    let mut suspect = Box::pin(tracker.begin("s", true));
+    assert!(
+        (&mut suspect).now_or_never().is_none(),
+        "queued behind the batch"
+    );
+    // What one permit per entry would have done: wait behind the queued suspect.
+    assert!(tracker.begin("x", false).now_or_never().is_none());
+    batch.remove(0);
+    batch.remove(0);
+    assert!(
+        (&mut suspect).now_or_never().is_none(),
+        "c is still running"
+    );
+    drop(batch);
+    let suspect = suspect.now_or_never().expect("runs once the batch is done");
+    assert_eq!(suspect.poison(), None);
+    assert!(journal_text(&tracker).contains("D c\n"));
+}
+
+#[tokio::test]
+async fn a_batch_entry_with_crashes_enough_is_poison_and_not_recorded() {
+    let dir = temp_dir();
+    let config = config(&dir, "q", 1);
+    {
+        let tracker = Tracker::open(&config).unwrap();
+        std::mem::forget(tracker.begin("p", false).await);
+    }
+    let tracker = Tracker::open(&config).unwrap();
+    let batch = tracker.begin_batch(&[("a", false), ("p", true)]).await;
+    assert_eq!(batch[0].poison(), None);
+    assert_eq!(batch[1].poison(), Some(1));
+    assert!(journal_text(&tracker).ends_with("S a\n"));
+    drop(batch);
+    // Every permit is gone: a suspect-free begin runs at once.
+    assert!(tracker.begin("n", false).await.poison().is_none());
+}
