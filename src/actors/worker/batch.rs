@@ -135,28 +135,95 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
         .iter()
         .map(crate::poison::journal::key_of)
         .collect();
-    let starts: Vec<(&str, bool)> = deliveries
+    let mut tracked = journal_starts(&runtime, &deliveries, &keys).await;
+    let entries = entries_of(&runtime, &deliveries, &ids);
+
+    // Every line of the reply must carry it: a handler's own output cannot pass for an outcome.
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let Some((sent, params, body)) =
+        encode(&settler, &runtime, &entries, &mut tracked, &nonce).await
+    else {
+        return worker::Handled {
+            signature_rejected: rejected(&settler),
+            ..worker::Handled::default()
+        };
+    };
+
+    let fcgi_span = worker::fastcgi_span(&runtime);
+    fcgi_span.record("amqp_agent.batch.size", sent.len());
+    for &i in &sent {
+        telemetry::link(&fcgi_span, &entries[i].span);
+    }
+
+    // The reply is read while the outcomes are settled: an ack goes out as soon as its line
+    // arrives, a retry copy is published while PHP works on the next entry.
+    let mut reader = Reader::new(
+        sent.iter().copied(),
+        runtime.config.fpm.require_ack_header,
+        &nonce,
+    );
+    let started = Instant::now();
+    let (result, lines) = stream(
+        &settler,
+        &entries,
+        &mut tracked,
+        &mut reader,
+        &sent,
+        (&params, &body),
+        &fcgi_span,
+    )
+    .await;
+    let elapsed = started.elapsed();
+
+    let (failure, status) = judged(&result, &mut reader, &fcgi_span);
+    runtime.events.emit(Event::FpmReplied {
+        status: &status,
+        elapsed,
+    });
+    if status != "200" {
+        fcgi_span.record("otel.status_code", "ERROR");
+        fcgi_span.record("error.type", status.as_ref());
+    }
+    let Some(failure) = failure else {
+        return worker::Handled {
+            signature_rejected: rejected(&settler),
+            observed: observed(lines, started, sent.len()),
+            ..worker::Handled::default()
+        };
+    };
+    let unreached = settle_unsettled(
+        &settler,
+        &entries,
+        &mut tracked,
+        &reader,
+        &sent,
+        &failure,
+        &status,
+    )
+    .await;
+    worker::Handled {
+        fpm_unreachable: unreached,
+        signature_rejected: rejected(&settler),
+        observed: None,
+    }
+}
+
+/// The entries of a batch: each delivery's envelope, `process` span and trace context.
+fn entries_of<'a>(
+    runtime: &'a SubjectRuntime,
+    deliveries: &'a [Delivery],
+    ids: &'a [(std::borrow::Cow<'a, str>, bool)],
+) -> Vec<Entry<'a>> {
+    deliveries
         .iter()
-        .zip(&keys)
-        .map(|(d, key)| (key.as_ref(), d.redelivered))
-        .collect();
-    let mut tracked: Vec<_> = runtime
-        .crashes
-        .begin_batch(&starts)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
-    let entries: Vec<Entry<'_>> = deliveries
-        .iter()
-        .zip(&ids)
+        .zip(ids)
         .map(|(delivery, (id, generated))| {
             let (envelope, untrusted) =
-                worker::envelope_of(&runtime, delivery, id.clone(), *generated);
+                worker::envelope_of(runtime, delivery, id.clone(), *generated);
             let incoming = crate::trace_context::read(envelope.headers);
-            let span = worker::message_span(&runtime, delivery, id, envelope.attempt, &incoming);
+            let span = worker::message_span(runtime, delivery, id, envelope.attempt, &incoming);
             span.in_scope(|| {
-                worker::admitted(&runtime, *generated, untrusted.as_ref(), &incoming);
+                worker::admitted(runtime, *generated, untrusted.as_ref(), &incoming);
             });
             Entry {
                 delivery,
@@ -166,14 +233,28 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
                 incoming,
             }
         })
-        .collect();
+        .collect()
+}
 
+/// The request of a batch: the entries sent (their indexes), its params and its body. The
+/// others are settled here first (`poison`, params that cannot be built) or sent back to go
+/// alone (over `limits.max_batch_bytes`). `None` when no entry is left to send.
+#[allow(clippy::type_complexity)]
+async fn encode<'a>(
+    settler: &Settler<'_>,
+    runtime: &'a SubjectRuntime,
+    entries: &'a [Entry<'a>],
+    tracked: &mut [Option<crate::poison::journal::Tracked<'_>>],
+    nonce: &str,
+) -> Option<(
+    Vec<usize>,
+    Vec<(&'static str, std::borrow::Cow<'a, str>)>,
+    Vec<u8>,
+)> {
     // Entries that never reach PHP are settled first; the others are encoded.
     let now = contract::unix_now();
-    let capacity = deliveries.iter().map(|d| d.data.len()).sum();
-    // Every line of the reply must carry it: a handler's own output cannot pass for an outcome.
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let mut encoder = Encoder::new(capacity, &nonce);
+    let capacity = entries.iter().map(|e| e.delivery.data.len()).sum();
+    let mut encoder = Encoder::new(capacity, nonce);
     let max_bytes = runtime.config.limits.max_batch_bytes;
     let mut first = None;
     let mut sent = Vec::with_capacity(entries.len());
@@ -217,119 +298,30 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
             }
         }
     }
-    let Some(first) = first else {
-        return worker::Handled {
-            signature_rejected: rejected(&settler),
-            ..worker::Handled::default()
-        };
-    };
+    let first = first?;
     let (params, body) = encoder.finish(&first);
+    Some((sent, params, body))
+}
 
-    let fcgi_span = worker::fastcgi_span(&runtime);
-    fcgi_span.record("amqp_agent.batch.size", sent.len());
-    for &i in &sent {
-        telemetry::link(&fcgi_span, &entries[i].span);
-    }
-
-    // The reply is read while the outcomes are settled: an ack goes out as soon as its line
-    // arrives, a retry copy is published while PHP works on the next entry.
-    let mut reader = Reader::new(
-        sent.iter().copied(),
-        runtime.config.fpm.require_ack_header,
-        &nonce,
-    );
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Verdict)>();
-    let started = Instant::now();
-    // When the first and the last outcome line arrived, and how many did (`batch::auto`).
-    let mut lines: (usize, Option<Instant>, Option<Instant>) = (0, None, None);
-    let running = runtime.metrics.fpm.running(
-        &runtime.name,
-        &format!(
-            "batch of {} from {}",
-            sent.len(),
-            entries[sent[0]].envelope.message_id
-        ),
-    );
-    let request = async {
-        let mut on_stdout = |chunk: &[u8]| {
-            reader
-                .feed(chunk, &mut |i, verdict| {
-                    let now = Instant::now();
-                    lines.0 += 1;
-                    lines.1.get_or_insert(now);
-                    lines.2 = Some(now);
-                    let _ = tx.send((i, verdict));
-                })
-                .map_err(|e| e.to_string())
-        };
-        let sent = runtime
-            .upstreams
-            .request_streaming(&params, &body, |i| running.set_upstream(i), &mut on_stdout)
-            .await;
-        drop(tx);
-        sent.result
-    }
-    .instrument(fcgi_span.clone());
-    let settle_streamed = async {
-        while let Some((i, verdict)) = rx.recv().await {
-            settler.settle(&entries[i], verdict).await;
-            tracked[i] = None;
-        }
-    };
-    let (result, ()) = tokio::join!(request, settle_streamed);
-    drop(running);
-    let elapsed = started.elapsed();
-
-    let failure = match &result {
-        Err(_) if reader.error().is_some() => Some(Failure::Protocol(
-            reader.error().map(|e| e.0.clone()).unwrap_or_default(),
-        )),
-        Err(e) => Some(Failure::fpm(e)),
-        Ok(reply) => {
-            fcgi_span.record("http.response.body.size", reply.size);
-            reader.finish()
-        }
-    };
-    if let Some(status) = reader.status() {
-        fcgi_span.record("http.response.status_code", status);
-    }
-    // Counted like a single reply: its status, or the error's reason.
-    let status = match (&failure, reader.status()) {
-        (None, _) => std::borrow::Cow::Borrowed("200"),
-        (Some(Failure::Whole(_)), Some(status)) => std::borrow::Cow::Owned(status.to_string()),
-        (Some(f), _) => std::borrow::Cow::Borrowed(f.reason()),
-    };
-    runtime.events.emit(Event::FpmReplied {
-        status: &status,
-        elapsed,
-    });
-    if status != "200" {
-        fcgi_span.record("otel.status_code", "ERROR");
-        fcgi_span.record("error.type", status.as_ref());
-    }
-    let Some(failure) = failure else {
-        let observed = match lines {
-            (n, Some(first), Some(last)) if n == sent.len() => {
-                Some(crate::batch::auto::Observed::Batch {
-                    lines: n,
-                    first: first - started,
-                    last: last - started,
-                })
-            }
-            _ => None,
-        };
-        return worker::Handled {
-            signature_rejected: rejected(&settler),
-            observed,
-            ..worker::Handled::default()
-        };
-    };
+/// After a batch request that ended without an outcome for every entry: the one PHP was running
+/// gets the failure's verdict, the others go back to be retried alone (`batch::retry`). Returns
+/// whether FPM could not be reached.
+#[allow(clippy::too_many_arguments)]
+async fn settle_unsettled(
+    settler: &Settler<'_>,
+    entries: &[Entry<'_>],
+    tracked: &mut [Option<crate::poison::journal::Tracked<'_>>],
+    reader: &Reader,
+    sent: &[usize],
+    failure: &Failure,
+    status: &str,
+) -> bool {
     let running = reader.running();
     let unsettled = retry::unsettled(
         sent.iter().copied(),
         |i| reader.answered(i),
         running,
-        &failure,
+        failure,
     );
     if !unsettled.is_empty() {
         let detail = match failure.verdict() {
@@ -339,7 +331,7 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
         let alone = unsettled.iter().filter(|(_, f)| *f == Fate::Alone).count();
         let running = running.map(|i| entries[i].envelope.message_id.to_string());
         warn!(
-            subject = %runtime.name,
+            subject = %settler.runtime.name,
             reason = %status,
             detail = %printable(&detail).capped(worker::EXCERPT),
             answered = sent.len() - unsettled.len(),
@@ -362,9 +354,129 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
             ..
         }
     );
-    worker::Handled {
-        fpm_unreachable: unreached,
-        signature_rejected: rejected(&settler),
-        observed: None,
+    unreached
+}
+
+/// What a batch request came to: its failure, if any (the reader's protocol error first), and
+/// its status as counted for a single reply (its HTTP status, or the error's reason); both are
+/// recorded on the `fastcgi` span.
+fn judged(
+    result: &Result<crate::fastcgi::Reply, crate::fastcgi::FpmError>,
+    reader: &mut Reader,
+    fcgi_span: &tracing::Span,
+) -> (Option<Failure>, std::borrow::Cow<'static, str>) {
+    let failure = match &result {
+        Err(_) if reader.error().is_some() => Some(Failure::Protocol(
+            reader.error().map(|e| e.0.clone()).unwrap_or_default(),
+        )),
+        Err(e) => Some(Failure::fpm(e)),
+        Ok(reply) => {
+            fcgi_span.record("http.response.body.size", reply.size);
+            reader.finish()
+        }
+    };
+    if let Some(status) = reader.status() {
+        fcgi_span.record("http.response.status_code", status);
+    }
+    // Counted like a single reply: its status, or the error's reason.
+    let status = match (&failure, reader.status()) {
+        (None, _) => std::borrow::Cow::Borrowed("200"),
+        (Some(Failure::Whole(_)), Some(status)) => std::borrow::Cow::Owned(status.to_string()),
+        (Some(f), _) => std::borrow::Cow::Borrowed(f.reason()),
+    };
+    (failure, status)
+}
+
+/// When the first and the last outcome line of a batch's reply arrived, and how many did
+/// (`batch::auto` learns from them).
+type Lines = (usize, Option<Instant>, Option<Instant>);
+
+/// Sends the batch and settles each entry as its outcome line arrives: an ack goes out as soon
+/// as its line is read, a retry copy is published while PHP works on the next entry.
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    settler: &Settler<'_>,
+    entries: &[Entry<'_>],
+    tracked: &mut [Option<crate::poison::journal::Tracked<'_>>],
+    reader: &mut Reader,
+    sent: &[usize],
+    (params, body): (&[(&'static str, std::borrow::Cow<'_, str>)], &[u8]),
+    fcgi_span: &tracing::Span,
+) -> (
+    Result<crate::fastcgi::Reply, crate::fastcgi::FpmError>,
+    Lines,
+) {
+    let runtime = settler.runtime;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Verdict)>();
+    let mut lines: Lines = (0, None, None);
+    let running = runtime.metrics.fpm.running(
+        &runtime.name,
+        &format!(
+            "batch of {} from {}",
+            sent.len(),
+            entries[sent[0]].envelope.message_id
+        ),
+    );
+    let request = async {
+        let mut on_stdout = |chunk: &[u8]| {
+            reader
+                .feed(chunk, &mut |i, verdict| {
+                    let now = Instant::now();
+                    lines.0 += 1;
+                    lines.1.get_or_insert(now);
+                    lines.2 = Some(now);
+                    let _ = tx.send((i, verdict));
+                })
+                .map_err(|e| e.to_string())
+        };
+        let sent = runtime
+            .upstreams
+            .request_streaming(params, body, |i| running.set_upstream(i), &mut on_stdout)
+            .await;
+        drop(tx);
+        sent.result
+    }
+    .instrument(fcgi_span.clone());
+    let settle_streamed = async {
+        while let Some((i, verdict)) = rx.recv().await {
+            settler.settle(&entries[i], verdict).await;
+            tracked[i] = None;
+        }
+    };
+    let (result, ()) = tokio::join!(request, settle_streamed);
+    drop(running);
+    (result, lines)
+}
+
+/// The start records of a batch, one write under one permit of the journal's gate; each entry's
+/// done record is written when its `Tracked` is dropped (settled).
+async fn journal_starts<'a>(
+    runtime: &'a SubjectRuntime,
+    deliveries: &[Delivery],
+    keys: &'a [std::borrow::Cow<'a, str>],
+) -> Vec<Option<crate::poison::journal::Tracked<'a>>> {
+    let starts: Vec<(&str, bool)> = deliveries
+        .iter()
+        .zip(keys)
+        .map(|(d, key)| (key.as_ref(), d.redelivered))
+        .collect();
+    runtime
+        .crashes
+        .begin_batch(&starts)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect()
+}
+
+/// The timing `batch::auto` learns from, when every entry sent got its outcome line.
+fn observed(lines: Lines, started: Instant, sent: usize) -> Option<crate::batch::auto::Observed> {
+    match lines {
+        (n, Some(first), Some(last)) if n == sent => Some(crate::batch::auto::Observed::Batch {
+            lines: n,
+            first: first - started,
+            last: last - started,
+        }),
+        _ => None,
     }
 }
