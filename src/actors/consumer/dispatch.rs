@@ -119,92 +119,22 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
         let Some(id) = state.idle.pop_front() else {
             return;
         };
-        let Some(slot) = state.workers.get_mut(&id) else {
+        let Some(slot) = state.workers.get(&id) else {
             continue;
         };
         if slot.retiring {
             slot.actor.stop(Some("pool shrink".into()));
             continue;
         }
-        let n = if state.batching.max > 1 {
-            let limits = &state.runtime.config.limits;
-            let batching = match &state.auto {
-                None => state.batching,
-                Some(auto) => {
-                    // The free workers: this one and those still idle.
-                    let sizing = auto.size(state.backlog.len(), state.idle.len() + 1);
-                    let shown = sizing.shown();
-                    let before = state.runtime.stats.set_batch_sizing(shown);
-                    if before.is_none_or(|b| (b.size, b.bound) != (shown.size, shown.bound)) {
-                        tracing::debug!(
-                            subject = %state.runtime.name,
-                            size = sizing.size,
-                            bound = ?sizing.bound,
-                            backlog = sizing.backlog,
-                            free_workers = sizing.free_workers,
-                            boot_ms = ?sizing.boot_ms,
-                            entry_ms = ?sizing.entry_ms,
-                            "batch size (batch_max = \"auto\")"
-                        );
-                    }
-                    crate::batch::Batching {
-                        max: sizing.size,
-                        ..state.batching
-                    }
-                }
-            };
-            batching.take(
-                state
-                    .backlog
-                    .iter()
-                    .map(|d| (entry_bytes(d, limits), d.redelivered)),
-            )
-        } else {
-            1
+        let wanted = request_size(state);
+        let Some(n) = rate_granted(state, id, wanted) else {
+            return;
         };
-        // The rate limit: one token per message (per entry of a batch). Without one, the
-        // worker goes back to the front of the idle list and the backlog waits, prefetched,
-        // for the bucket's next token.
-        let n = match state.bucket.as_mut() {
-            None => n,
-            Some(bucket) => {
-                let now = std::time::Instant::now();
-                let granted = bucket.take(n, now);
-                if granted == 0 {
-                    let wait = bucket.next_in(now).max(std::time::Duration::from_millis(1));
-                    state.idle.push_front(id);
-                    if !state.rate_armed {
-                        state.rate_armed = true;
-                        state
-                            .runtime
-                            .events
-                            .emit(Event::RateLimited { waited: wait });
-                        state.myself.send_after(wait, || ConsumerMsg::RateDispatch);
-                    }
-                    return;
-                }
-                granted
-            }
-        };
-        let (msg, tags) = if n == 1 {
-            let delivery = state.backlog.pop_front().expect("checked non-empty");
-            let tags = vec![delivery.delivery_tag];
-            let job = Job {
-                delivery,
-                publisher: state.publisher.clone(),
-                acks: state.acks.clone(),
-            };
-            (WorkerMsg::Handle(Box::new(job)), tags)
-        } else {
-            let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
-            let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
-            let job = crate::actors::worker::batch::BatchJob {
-                deliveries,
-                publisher: state.publisher.clone(),
-                acks: state.acks.clone(),
-            };
-            (WorkerMsg::Batch(Box::new(job)), tags)
-        };
+        let (msg, tags) = job(state, n);
+        let slot = state
+            .workers
+            .get_mut(&id)
+            .expect("the worker checked above");
         match slot.actor.cast(msg) {
             Ok(()) => {
                 slot.busy = tags;
@@ -222,6 +152,94 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
             Err(_) => {}
         }
     }
+}
+
+/// How many backlog deliveries the next request takes: one, or a batch (`batch_max`, or what
+/// `batch_max = "auto"` decides for the backlog and the free workers), within the byte bound.
+fn request_size(state: &ConsumerState) -> usize {
+    if state.batching.max <= 1 {
+        return 1;
+    }
+    let batching = match &state.auto {
+        None => state.batching,
+        Some(auto) => {
+            // The free workers: the one taking this request and those still idle.
+            let sizing = auto.size(state.backlog.len(), state.idle.len() + 1);
+            let shown = sizing.shown();
+            let before = state.runtime.stats.set_batch_sizing(shown);
+            if before.is_none_or(|b| (b.size, b.bound) != (shown.size, shown.bound)) {
+                tracing::debug!(
+                    subject = %state.runtime.name,
+                    size = sizing.size,
+                    bound = ?sizing.bound,
+                    backlog = sizing.backlog,
+                    free_workers = sizing.free_workers,
+                    boot_ms = ?sizing.boot_ms,
+                    entry_ms = ?sizing.entry_ms,
+                    "batch size (batch_max = \"auto\")"
+                );
+            }
+            crate::batch::Batching {
+                max: sizing.size,
+                ..state.batching
+            }
+        }
+    };
+    let limits = &state.runtime.config.limits;
+    batching.take(
+        state
+            .backlog
+            .iter()
+            .map(|d| (entry_bytes(d, limits), d.redelivered)),
+    )
+}
+
+/// The rate limit: one token per message (per entry of a batch). Without one, worker `id` goes
+/// back to the front of the idle list, the backlog waits, prefetched, for the bucket's next
+/// token, and `None` stops this dispatch.
+fn rate_granted(state: &mut ConsumerState, id: ractor::ActorId, wanted: usize) -> Option<usize> {
+    let Some(bucket) = state.bucket.as_mut() else {
+        return Some(wanted);
+    };
+    let now = std::time::Instant::now();
+    let granted = bucket.take(wanted, now);
+    if granted > 0 {
+        return Some(granted);
+    }
+    let wait = bucket.next_in(now).max(std::time::Duration::from_millis(1));
+    state.idle.push_front(id);
+    if !state.rate_armed {
+        state.rate_armed = true;
+        state
+            .runtime
+            .events
+            .emit(Event::RateLimited { waited: wait });
+        state.myself.send_after(wait, || ConsumerMsg::RateDispatch);
+    }
+    None
+}
+
+/// The worker's message for the next `n` backlog deliveries (a single request or a batch), and
+/// their tags.
+fn job(state: &mut ConsumerState, n: usize) -> (WorkerMsg, Vec<lapin::types::DeliveryTag>) {
+    if n == 1 {
+        let delivery = state.backlog.pop_front().expect("checked non-empty");
+        let tags = vec![delivery.delivery_tag];
+        let job = Job {
+            delivery,
+            publisher: state.publisher.clone(),
+            acks: state.acks.clone(),
+        };
+        return (WorkerMsg::Handle(Box::new(job)), tags);
+    }
+    let deliveries: Vec<Delivery> = state.backlog.drain(..n).collect();
+    let tags = deliveries.iter().map(|d| d.delivery_tag).collect();
+    let job = crate::actors::worker::batch::BatchJob {
+        deliveries,
+        publisher: state.publisher.clone(),
+        acks: state.acks.clone(),
+    };
+    (WorkerMsg::Batch(Box::new(job)), tags)
 }
 
 /// The bytes a delivery is expected to take in a batch body: `limits.max_batch_bytes` counts
