@@ -69,6 +69,78 @@ pub struct SubjectStats {
     pub long_wait: AtomicBool,
     /// With `batch_max = "auto"`: the last sizing decision, for `/status`.
     pub batch_sizing: Mutex<Option<AutoBatch>>,
+    /// FPM request durations (ms) of the last minute, for `/status`'s p50 and p99.
+    pub runtime_window: Window,
+    /// Queue waits (s, from the AMQP timestamp) of the last minute, for p50 and p99.
+    pub wait_window: Window,
+}
+
+/// The latest values of one measure, at most [`Window::CAPACITY`] of them (a fixed-size ring:
+/// memory does not grow with traffic), for its quantiles over a recent span of time.
+#[derive(Debug, Default)]
+pub struct Window {
+    values: Mutex<std::collections::VecDeque<(std::time::Instant, f32)>>,
+}
+
+/// p50 and p99 of a [`Window`] over its span, and how many values they are of.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Quantiles {
+    /// The median.
+    pub p50: f32,
+    /// The 99th percentile (nearest rank).
+    pub p99: f32,
+    /// Values in the span (at most `Window::CAPACITY`: a busy minute is its latest values).
+    pub n: usize,
+}
+
+impl Window {
+    /// Values kept: 1,024 (12 KiB per window).
+    pub const CAPACITY: usize = 1024;
+
+    /// Records `value`, observed at `at`.
+    pub fn record(&self, at: std::time::Instant, value: f32) {
+        let mut values = self.values.lock().expect("window lock");
+        if values.len() == Self::CAPACITY {
+            values.pop_front();
+        }
+        values.push_back((at, value));
+    }
+
+    /// p50 and p99 of the values observed within `span` before `now`; `None` without any.
+    #[must_use]
+    pub fn quantiles(
+        &self,
+        now: std::time::Instant,
+        span: std::time::Duration,
+    ) -> Option<Quantiles> {
+        let mut recent: Vec<f32> = self
+            .values
+            .lock()
+            .expect("window lock")
+            .iter()
+            .filter(|(at, _)| now.saturating_duration_since(*at) <= span)
+            .map(|(_, v)| *v)
+            .collect();
+        if recent.is_empty() {
+            return None;
+        }
+        recent.sort_by(f32::total_cmp);
+        let rank = |q: f64| {
+            // Nearest rank: the smallest value with at least q of the values at or below it.
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let r = (q * recent.len() as f64).ceil() as usize;
+            recent[r.clamp(1, recent.len()) - 1]
+        };
+        Some(Quantiles {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            n: recent.len(),
+        })
+    }
 }
 
 /// A `batch_max = "auto"` decision as `/status` shows it (`batch::auto::Sizing`, copied by the
@@ -204,4 +276,41 @@ pub struct StatsSnapshot {
     pub queue_wait_last_seconds: u64,
     pub consuming: bool,
     pub paused: bool,
+}
+
+#[cfg(test)]
+mod window_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn quantiles_over_the_span_by_nearest_rank() {
+        let w = Window::default();
+        let now = Instant::now();
+        assert_eq!(w.quantiles(now, Duration::from_secs(60)), None);
+        for v in 1..=100 {
+            w.record(now, v as f32);
+        }
+        let q = w.quantiles(now, Duration::from_secs(60)).unwrap();
+        assert_eq!((q.p50, q.p99, q.n), (50.0, 99.0, 100));
+        // Values older than the span do not count.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(w.quantiles(later, Duration::from_secs(60)), None);
+        w.record(later, 7.0);
+        let q = w.quantiles(later, Duration::from_secs(60)).unwrap();
+        assert_eq!((q.p50, q.p99, q.n), (7.0, 7.0, 1));
+    }
+
+    #[test]
+    fn the_ring_keeps_the_latest_values_only() {
+        let w = Window::default();
+        let now = Instant::now();
+        for v in 0..(Window::CAPACITY + 500) {
+            w.record(now, v as f32);
+        }
+        let q = w.quantiles(now, Duration::from_secs(60)).unwrap();
+        assert_eq!(q.n, Window::CAPACITY);
+        assert!(q.p50 >= 500.0, "{q:?}");
+    }
 }

@@ -193,6 +193,18 @@ async fn the_dashboard_in_chromium() {
         );
         assert_eq!(cell("state"), "consuming");
         assert_eq!(row["state"], s["state"]);
+        // FPM runtime p50 / p99 over the last minute: both subjects had requests in it.
+        let q = &s["runtime_ms_last_minute"];
+        assert!(q["n"].as_u64().unwrap() >= 4, "{name}: {q}");
+        assert!(
+            q["p50"].as_f64().unwrap() <= q["p99"].as_f64().unwrap(),
+            "{q}"
+        );
+        let shown = cell("runtime_quantiles");
+        assert!(
+            shown.contains(" / ") && shown.ends_with(" ms"),
+            "{name}: {shown}"
+        );
     }
     assert_eq!(result["dialogs"], serde_json::json!([]));
     assert_eq!(result["console_errors"], serde_json::json!([]));
@@ -360,6 +372,7 @@ async fn the_fleet_page_in_chromium() {
         "{result}"
     );
     assert_eq!(result["resumed"], true);
+    assert_eq!(result["compared_with_status"], true);
     assert_eq!(result["console_errors"], serde_json::json!([]));
     assert!(out.join("fleet.png").exists());
     for mut agent in agents {

@@ -41,6 +41,9 @@ impl Status {
     }
 }
 
+/// The span of `/status`'s quantiles.
+const LAST_MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One subject in `/status`.
 #[derive(Debug, Serialize)]
 pub struct SubjectStatus {
@@ -69,6 +72,11 @@ pub struct SubjectStatus {
     /// With `batch_max = "auto"`: the last batch size chosen, the bound that chose it and its
     /// inputs (backlog, free workers, the estimated cost of a request and of an entry).
     pub batch_auto: Option<crate::stats::AutoBatch>,
+    /// FPM request durations of the last minute (ms): p50, p99 and how many (at most the latest
+    /// 1,024); null without a request in that minute.
+    pub runtime_ms_last_minute: Option<crate::stats::Quantiles>,
+    /// Queue waits of the last minute (s, from the AMQP timestamp), as `runtime_ms_last_minute`.
+    pub wait_s_last_minute: Option<crate::stats::Quantiles>,
     /// `consuming`, `paused` (an operator's pause), `circuit_open` (FPM unreachable, or PHP
     /// refusing the signature: consumption held until a probe succeeds) or `disconnected`.
     pub state: &'static str,
@@ -154,6 +162,12 @@ impl AgentHandle {
                     rate_limit: stats.rate_limit(),
                     long_wait: stats.long_wait.load(std::sync::atomic::Ordering::Relaxed),
                     batch_auto: stats.batch_sizing(),
+                    runtime_ms_last_minute: stats
+                        .runtime_window
+                        .quantiles(std::time::Instant::now(), LAST_MINUTE),
+                    wait_s_last_minute: stats
+                        .wait_window
+                        .quantiles(std::time::Instant::now(), LAST_MINUTE),
                     stats: s,
                 };
                 (name.clone(), status)

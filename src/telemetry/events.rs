@@ -169,6 +169,11 @@ impl SubjectEvents {
             Event::ConsumerFailed => self.actor_restart("consumer"),
             Event::FpmReplied { status, elapsed } => {
                 self.hot.fpm_duration.observe(elapsed.as_secs_f64());
+                #[allow(clippy::cast_possible_truncation)]
+                stats.runtime_window.record(
+                    std::time::Instant::now(),
+                    (elapsed.as_secs_f64() * 1e3) as f32,
+                );
                 SubjectStats::incr(&stats.fpm_requests);
                 SubjectStats::add(
                     &stats.fpm_micros,
@@ -183,6 +188,9 @@ impl SubjectEvents {
             #[allow(clippy::cast_precision_loss)]
             Event::QueueWait { seconds } => {
                 self.long_wait(seconds);
+                stats
+                    .wait_window
+                    .record(std::time::Instant::now(), seconds as f32);
                 self.hot.queue_wait.observe(seconds as f64);
                 SubjectStats::incr(&stats.queue_waits);
                 SubjectStats::add(&stats.queue_wait_seconds, seconds);

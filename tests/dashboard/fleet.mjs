@@ -20,6 +20,26 @@ await session(OUT, "fleet-result.json", { width: 1600, height: 700 }, async (pag
     return [A_ID, B_ID].every((id) => ["event", "command"].every((s) =>
       rows.some((r) => r.agent === id && r.subject === s && r.reachable === "true")));
   });
+  // The figures on B's page are A's (its heartbeat's), as A's own /status has them; A is quiet,
+  // so they hold still between the two reads.
+  const cells = await page.$$eval("#fleet tbody tr", (trs) => trs.map((tr) => ({
+    agent: tr.dataset.agent, subject: tr.dataset.subject,
+    cells: [...tr.querySelectorAll("td")].map((td) => td.textContent),
+  })));
+  const aStatusNow = await aStatus();
+  for (const subject of ["event", "command"]) {
+    const r = cells.find((c) => c.agent === A_ID && c.subject === subject);
+    const s = aStatusNow.subjects[subject];
+    // Columns: agent, host, pid, version, heard, subject, queue, state, pool, busy, in flight,
+    // acked, retried, dead.
+    check(r.cells[6] === s.queue, subject + " queue as A's /status");
+    check(r.cells[7] === s.state, subject + " state as A's /status: " + r.cells[7]);
+    check(r.cells[8] === String(s.pool_size), subject + " pool as A's /status");
+    check(r.cells[10] === String(s.in_flight), subject + " in flight as A's /status");
+    check(r.cells[11] === String(s.acked), subject + " acked as A's /status");
+    check(r.cells[13] === String(s.dead_lettered), subject + " dead as A's /status");
+  }
+  result.compared_with_status = true;
   const row = `#fleet tbody tr[data-agent="${A_ID}"][data-subject="event"]`;
   check(await page.$eval(row + " button", (b) => b.disabled), "commands locked without the token");
   await page.fill("#token", TOKEN);

@@ -202,6 +202,11 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
                 format!("{} s", s.stats.queue_wait_last_seconds)
             },
         ),
+        (
+            "runtime_quantiles",
+            quantiles(s.runtime_ms_last_minute, "ms"),
+        ),
+        ("wait_quantiles", quantiles(s.wait_s_last_minute, "s")),
         ("retries_pm", number(p.retries_pm, 1)),
         ("dead_pm", number(p.dead_pm, 1)),
         ("received", s.stats.received.to_string()),
@@ -215,7 +220,21 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
     ]
 }
 
-const COLUMNS: [(&str, &str); 19] = [
+/// `p50 / p99 unit` of a last-minute window, or a dash without values.
+fn quantiles(q: Option<crate::stats::Quantiles>, unit: &str) -> String {
+    q.map_or_else(
+        || "—".to_owned(),
+        |q| format!("{} / {} {unit}", trim(q.p50), trim(q.p99)),
+    )
+}
+
+/// A value with at most one decimal, without a trailing `.0`.
+fn trim(v: f32) -> String {
+    let text = format!("{v:.1}");
+    text.strip_suffix(".0").map_or(text.clone(), str::to_owned)
+}
+
+const COLUMNS: [(&str, &str); 21] = [
     ("queue", "Queue"),
     ("state", "State"),
     ("queue_depth", "Ready"),
@@ -229,7 +248,9 @@ const COLUMNS: [(&str, &str); 19] = [
     ("rate", "msg/s"),
     ("spark", "Last hour"),
     ("runtime_ms", "FPM ms"),
+    ("runtime_quantiles", "FPM ms p50 / p99 (1 min)"),
     ("wait", "Last wait"),
+    ("wait_quantiles", "Wait p50 / p99 (1 min)"),
     ("retries_pm", "Retries/min"),
     ("dead_pm", "Dead/min"),
     ("received", "Received"),

@@ -25,6 +25,8 @@ fn subject(queue: &str) -> SubjectStatus {
         rate_limit: Some(HOSTILE[1].to_owned()),
         long_wait: false,
         batch_auto: None,
+        runtime_ms_last_minute: None,
+        wait_s_last_minute: None,
         state: "paused",
         operator_paused: true,
         paused_until: Some("2030-01-01T00:00:00Z".to_owned()),
