@@ -26,9 +26,13 @@ pub struct SubjectStats {
     pub in_flight: AtomicU64,
     /// Workers currently handling a message.
     pub busy: AtomicU64,
-    /// Messages ready in the queue at the last read (auto pools only, every
-    /// `fpm.status_interval`; 0 when unread): the backlog the autoscaler sees besides `in_flight`.
+    /// Messages ready in the queue at the last read (every `fpm.status_interval`; 0 when
+    /// unread): the backlog the autoscaler sees besides `in_flight`.
     pub queued: AtomicU64,
+    /// Messages waiting in the subject's delay queues (`retry.delays`) at the last read.
+    pub delayed: AtomicU64,
+    /// Messages in the subject's dead-letter queue (`Q.dead`) at the last read.
+    pub dead: AtomicU64,
     /// Current pool size.
     pub pool_size: AtomicU64,
     /// Pool size asked for (config, reload, signals, `pool set`, the autoscaler): the agent's
@@ -240,6 +244,8 @@ impl SubjectStats {
             in_flight: get(&self.in_flight),
             busy: get(&self.busy),
             queued: get(&self.queued),
+            delayed: get(&self.delayed),
+            dead: get(&self.dead),
             pool_size: get(&self.pool_size),
             consumer_starts: get(&self.consumer_starts),
             worker_restarts: get(&self.worker_restarts),
@@ -266,6 +272,8 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     pub busy: u64,
     pub queued: u64,
+    pub delayed: u64,
+    pub dead: u64,
     pub pool_size: u64,
     pub consumer_starts: u64,
     pub worker_restarts: u64,

@@ -452,3 +452,30 @@ async fn a_long_wait_is_detected_once_and_ends() {
     );
     agent.stop().await;
 }
+
+/// The overview's queue depths (#25): a message waiting in a delay queue and two in the
+/// dead-letter queue are counted in `/status` (`delayed`, `dead`), read from the broker every
+/// `fpm.status_interval`, for a fixed pool too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_the_delay_and_dead_letter_queues() {
+    let mut ctx = TestCtx::new("obs-depths").await;
+    ctx.retry_toml = "[retry]\ndelays = [\"60s\"]\nmax_attempts = 3\n".to_owned();
+    ctx.set("fpm.status_interval", "200ms");
+    ctx.declare().await;
+    let agent = ctx.start_agent().await;
+    ctx.publish_json("event", "waits", "status:503").await;
+    ctx.publish_json("event", "dead-1", "status:422").await;
+    ctx.publish_json("event", "dead-2", "status:422").await;
+    common::eventually(Duration::from_secs(30), "1 delayed and 2 dead", || async {
+        let doc = serde_json::to_value(agent.handle().status()).unwrap();
+        let s = &doc["subjects"]["event"];
+        s["delayed"] == 1 && s["dead"] == 2 && s["queue_depth"] == 0
+    })
+    .await;
+    assert_eq!(ctx.queue_len(&ctx.dead_queue("event")).await, 2);
+    assert_eq!(
+        ctx.queue_len(&ctx.delay_queue("event", Duration::from_secs(60))).await,
+        1
+    );
+    agent.stop().await;
+}

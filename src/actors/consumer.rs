@@ -359,8 +359,10 @@ async fn setup(
         Arc::new(Publisher::open(connection.clone(), &subject.queue, queue_type, &config).await?);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     let target = args.target;
-    let depth = (subject.pool_mode == crate::autoscale::PoolMode::Auto)
-        .then(|| tokio::spawn(super::depth::watch(runtime.clone(), connection.clone())));
+    let depth = Some(tokio::spawn(super::depth::watch(
+        runtime.clone(),
+        connection.clone(),
+    )));
     let mut state = ConsumerState {
         runtime: runtime.clone(),
         connection,

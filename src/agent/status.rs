@@ -57,7 +57,7 @@ pub struct SubjectStatus {
     pub min_pool_size: u16,
     /// `max_pool_size`.
     pub max_pool_size: u16,
-    /// Messages ready in the queue at the last read, where the agent reads it (auto pools).
+    /// Messages ready in the queue at the last depth read (every `fpm.status_interval`).
     pub queue_depth: Option<u64>,
     /// Idle workers.
     pub idle: u64,
@@ -129,7 +129,7 @@ impl AgentHandle {
                     pool_mode: if auto { "auto" } else { "fixed" },
                     min_pool_size: cfg.map_or(0, |c| c.min_pool_size),
                     max_pool_size: cfg.map_or(0, |c| c.max_pool_size),
-                    queue_depth: auto.then_some(s.queued),
+                    queue_depth: Some(s.queued),
                     state: if !s.consuming {
                         "disconnected"
                     } else if operator_paused {

@@ -37,6 +37,17 @@ impl QueueDepth {
     /// When no channel can be opened or the queue cannot be declared passively (deleted, or
     /// the connection is gone).
     pub async fn read(&mut self) -> Result<u32, BrokerError> {
+        let queue = self.queue.clone();
+        self.read_queue(&queue).await
+    }
+
+    /// Messages ready in another queue of the subject (its dead-letter or a delay queue), on
+    /// the same channel.
+    ///
+    /// # Errors
+    /// As [`QueueDepth::read`]; a queue that does not exist (a delay queue not used yet) is an
+    /// error, and the next read opens a new channel.
+    pub async fn read_queue(&mut self, queue: &str) -> Result<u32, BrokerError> {
         let channel = match self.channel.take().filter(|c| c.status().connected()) {
             Some(channel) => channel,
             None => self
@@ -50,9 +61,9 @@ impl QueueDepth {
             ..QueueDeclareOptions::default()
         };
         let queue = channel
-            .queue_declare(short(&self.queue), passive, FieldTable::default())
+            .queue_declare(short(queue), passive, FieldTable::default())
             .await
-            .map_err(amqp(format!("cannot read the depth of `{}`", self.queue)))?;
+            .map_err(amqp(format!("cannot read the depth of `{queue}`")))?;
         self.channel = Some(channel);
         Ok(queue.message_count())
     }

@@ -182,6 +182,8 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
             s.queue_depth
                 .map_or_else(|| "—".to_owned(), |d| d.to_string()),
         ),
+        ("delayed", s.stats.delayed.to_string()),
+        ("dead", s.stats.dead.to_string()),
         ("in_flight", s.stats.in_flight.to_string()),
         ("pool_size", s.stats.pool_size.to_string()),
         ("target_pool_size", s.target_pool_size.to_string()),
@@ -234,10 +236,12 @@ fn trim(v: f32) -> String {
     text.strip_suffix(".0").map_or(text.clone(), str::to_owned)
 }
 
-const COLUMNS: [(&str, &str); 21] = [
+const COLUMNS: [(&str, &str); 23] = [
     ("queue", "Queue"),
     ("state", "State"),
     ("queue_depth", "Ready"),
+    ("delayed", "Delayed"),
+    ("dead", "Dead"),
     ("in_flight", "In flight"),
     ("pool_size", "Pool"),
     ("target_pool_size", "Target"),
