@@ -474,7 +474,8 @@ async fn status_counts_the_delay_and_dead_letter_queues() {
     .await;
     assert_eq!(ctx.queue_len(&ctx.dead_queue("event")).await, 2);
     assert_eq!(
-        ctx.queue_len(&ctx.delay_queue("event", Duration::from_secs(60))).await,
+        ctx.queue_len(&ctx.delay_queue("event", Duration::from_secs(60)))
+            .await,
         1
     );
     agent.stop().await;
