@@ -93,6 +93,8 @@ pub struct Quantiles {
     pub p50: f32,
     /// The 99th percentile (nearest rank).
     pub p99: f32,
+    /// The largest: for queue waits, the oldest message handed over in the span.
+    pub max: f32,
     /// Values in the span (at most `Window::CAPACITY`: a busy minute is its latest values).
     pub n: usize,
 }
@@ -142,6 +144,7 @@ impl Window {
         Some(Quantiles {
             p50: rank(0.50),
             p99: rank(0.99),
+            max: recent[recent.len() - 1],
             n: recent.len(),
         })
     }
@@ -301,13 +304,13 @@ mod window_tests {
             w.record(now, v as f32);
         }
         let q = w.quantiles(now, Duration::from_secs(60)).unwrap();
-        assert_eq!((q.p50, q.p99, q.n), (50.0, 99.0, 100));
+        assert_eq!((q.p50, q.p99, q.max, q.n), (50.0, 99.0, 100.0, 100));
         // Values older than the span do not count.
         let later = now + Duration::from_secs(61);
         assert_eq!(w.quantiles(later, Duration::from_secs(60)), None);
         w.record(later, 7.0);
         let q = w.quantiles(later, Duration::from_secs(60)).unwrap();
-        assert_eq!((q.p50, q.p99, q.n), (7.0, 7.0, 1));
+        assert_eq!((q.p50, q.p99, q.max, q.n), (7.0, 7.0, 7.0, 1));
     }
 
     #[test]

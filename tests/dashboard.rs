@@ -200,6 +200,10 @@ async fn the_dashboard_in_chromium() {
             q["p50"].as_f64().unwrap() <= q["p99"].as_f64().unwrap(),
             "{q}"
         );
+        assert!(
+            q["p99"].as_f64().unwrap() <= q["max"].as_f64().unwrap(),
+            "{q}"
+        );
         let shown = cell("runtime_quantiles");
         assert!(
             shown.contains(" / ") && shown.ends_with(" ms"),

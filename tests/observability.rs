@@ -453,9 +453,10 @@ async fn a_long_wait_is_detected_once_and_ends() {
     agent.stop().await;
 }
 
-/// The overview's queue depths (#25): a message waiting in a delay queue and two in the
-/// dead-letter queue are counted in `/status` (`delayed`, `dead`), read from the broker every
-/// `fpm.status_interval`, for a fixed pool too.
+/// The overview's queue depths and oldest wait (#25): a message waiting in a delay queue and
+/// two in the dead-letter queue are counted in `/status` (`delayed`, `dead`), read from the
+/// broker every `fpm.status_interval`, for a fixed pool too; a message published 30 s ago is the
+/// last minute's oldest handed over (`wait_s_last_minute.max`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_the_delay_and_dead_letter_queues() {
     let mut ctx = TestCtx::new("obs-depths").await;
@@ -471,6 +472,27 @@ async fn status_counts_the_delay_and_dead_letter_queues() {
         let s = &doc["subjects"]["event"];
         s["delayed"] == 1 && s["dead"] == 2 && s["queue_depth"] == 0
     })
+    .await;
+    // A message published 30 s ago (its AMQP timestamp) is the oldest handed over this minute.
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 30;
+    let props = BasicProperties::default()
+        .with_message_id("old".into())
+        .with_timestamp(then);
+    ctx.publish("event", br#"{"id":"old","behave":"ok"}"#, props)
+        .await;
+    common::eventually(
+        Duration::from_secs(30),
+        "the old message's wait",
+        || async {
+            let doc = serde_json::to_value(agent.handle().status()).unwrap();
+            let max = doc["subjects"]["event"]["wait_s_last_minute"]["max"].as_f64();
+            max.is_some_and(|m| (29.0..=40.0).contains(&m))
+        },
+    )
     .await;
     assert_eq!(ctx.queue_len(&ctx.dead_queue("event")).await, 2);
     assert_eq!(

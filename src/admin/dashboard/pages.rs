@@ -222,11 +222,11 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
     ]
 }
 
-/// `p50 / p99 unit` of a last-minute window, or a dash without values.
+/// `p50 / p99 / max unit` of a last-minute window, or a dash without values.
 fn quantiles(q: Option<crate::stats::Quantiles>, unit: &str) -> String {
     q.map_or_else(
         || "—".to_owned(),
-        |q| format!("{} / {} {unit}", trim(q.p50), trim(q.p99)),
+        |q| format!("{} / {} / {} {unit}", trim(q.p50), trim(q.p99), trim(q.max)),
     )
 }
 
@@ -252,9 +252,9 @@ const COLUMNS: [(&str, &str); 23] = [
     ("rate", "msg/s"),
     ("spark", "Last hour"),
     ("runtime_ms", "FPM ms"),
-    ("runtime_quantiles", "FPM ms p50 / p99 (1 min)"),
+    ("runtime_quantiles", "FPM ms p50 / p99 / max (1 min)"),
     ("wait", "Last wait"),
-    ("wait_quantiles", "Wait p50 / p99 (1 min)"),
+    ("wait_quantiles", "Wait p50 / p99 / oldest (1 min)"),
     ("retries_pm", "Retries/min"),
     ("dead_pm", "Dead/min"),
     ("received", "Received"),
