@@ -205,6 +205,11 @@ async fn an_auto_pool_grows_from_min_within_max_children_and_shrinks_back() {
     // Pinned by an operator: the autoscaler leaves it alone until `pool auto`.
     handle.set_pool("event", 3).unwrap();
     assert_eq!(handle.pins().into_iter().collect::<Vec<_>>(), ["event"]);
+    assert!(
+        handle.status().subjects["event"].pinned,
+        "/status shows the pin"
+    );
+    assert!(!handle.status().subjects["command"].pinned);
     // Ten status reads (2 s): without the pin the idle pool would shrink after its 1 s cooldown.
     let mut reads = handle.metrics().fpm.subscribe();
     for _ in 0..10 {
@@ -216,6 +221,7 @@ async fn an_auto_pool_grows_from_min_within_max_children_and_shrinks_back() {
         "pinned"
     );
     handle.pool_auto("event").unwrap();
+    assert!(!handle.status().subjects["event"].pinned, "released");
     assert!(handle.pool_auto("command").is_err(), "command is fixed");
     common::eventually(LONG, "the idle pool back at its minimum", || async {
         handle.status().subjects["event"].target_pool_size == 1

@@ -53,6 +53,9 @@ pub struct SubjectStatus {
     pub target_pool_size: u64,
     /// `fixed` or `auto` (`pool_mode`).
     pub pool_mode: &'static str,
+    /// An operator set the size (`pool set`, SIGTTIN, SIGTTOU): an auto pool is left at it
+    /// until `pool auto`.
+    pub pinned: bool,
     /// `min_pool_size`.
     pub min_pool_size: u16,
     /// `max_pool_size`.
@@ -115,6 +118,7 @@ impl AgentHandle {
     #[must_use]
     pub fn status(&self) -> Status {
         let config = self.config();
+        let pins = self.pins();
         let subjects = self
             .inner
             .stats
@@ -127,6 +131,7 @@ impl AgentHandle {
                 let auto = cfg.is_some_and(|c| c.pool_mode == crate::config::PoolMode::Auto);
                 let status = SubjectStatus {
                     pool_mode: if auto { "auto" } else { "fixed" },
+                    pinned: pins.contains(name),
                     min_pool_size: cfg.map_or(0, |c| c.min_pool_size),
                     max_pool_size: cfg.map_or(0, |c| c.max_pool_size),
                     queue_depth: Some(s.queued),

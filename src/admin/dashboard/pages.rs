@@ -191,7 +191,14 @@ pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, Strin
             "min_max",
             format!("{}–{}", s.min_pool_size, s.max_pool_size),
         ),
-        ("pool_mode", s.pool_mode.to_owned()),
+        (
+            "pool_mode",
+            if s.pinned {
+                format!("{} (pinned)", s.pool_mode)
+            } else {
+                s.pool_mode.to_owned()
+            },
+        ),
         ("busy", s.stats.busy.to_string()),
         ("idle", s.idle.to_string()),
         ("rate", number(p.rate, 1)),

@@ -24,6 +24,7 @@ fn subject(queue: &str) -> SubjectStatus {
         node: None,
         rate_limit: Some(HOSTILE[1].to_owned()),
         long_wait: false,
+        pinned: false,
         batch_auto: None,
         runtime_ms_last_minute: None,
         wait_s_last_minute: None,
