@@ -355,8 +355,8 @@ pub mod copy;
 mod headers;
 pub use crate::config::PARSER_MAX_DEPTH;
 pub use headers::{
-    COPY_FRAME_RESERVE, attempt_from_headers, delivery_count, headers_json, remove_too_deep,
-    shrink_to_fit, string_header,
+    COPY_FRAME_RESERVE, attempt_from_headers, delivery_count, headers_json, integer,
+    remove_too_deep, shrink_to_fit, string_header,
 };
 
 #[cfg(test)]

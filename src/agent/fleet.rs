@@ -28,7 +28,7 @@ pub struct Fleet {
     roster: Mutex<Roster>,
     replays: Mutex<Replays>,
     pending: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
-    outbox: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
     connected: AtomicBool,
 }
 

@@ -39,7 +39,8 @@ pub fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
 }
 
 /// An AMQP integer of any width as `i64`; `None` for every other type.
-fn integer(value: &AMQPValue) -> Option<i64> {
+#[must_use]
+pub fn integer(value: &AMQPValue) -> Option<i64> {
     match value {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),

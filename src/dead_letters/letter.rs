@@ -409,15 +409,13 @@ fn text(value: &AMQPValue) -> Option<Cow<'_, str>> {
     }
 }
 
+/// An integer header of any width (`contract::integer`), a timestamp, or a number written as
+/// text.
 fn integer(value: &AMQPValue) -> Option<i64> {
+    if let Some(v) = crate::contract::integer(value) {
+        return Some(v);
+    }
     match value {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
         AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
         AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
         AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
