@@ -38,6 +38,9 @@ pub const NOT_UTF8_HEADER: &str = "x-agent-not-utf8";
 pub const NOT_UTF8_HEADERS_HEADER: &str = "x-agent-not-utf8-headers";
 /// On a copy: the original's `user_id` property (the broker refuses a copy that keeps it).
 pub const USER_ID_HEADER: &str = "x-agent-user-id";
+/// On a copy: the original's property flags and list, as received, when they could not be
+/// parsed (the patched lapin delivers such a message with these bytes only).
+pub const RAW_PROPERTIES_HEADER: &str = "x-agent-raw-properties";
 
 /// What the agent knows about one delivery, independent of the AMQP client types.
 #[derive(Debug, Clone)]
@@ -90,6 +93,14 @@ pub enum ContractError {
         /// Its bytes, in hex.
         bytes: String,
     },
+    /// The content header's properties could not be parsed; their bytes are kept.
+    #[error(
+        "the properties could not be parsed ({bytes} bytes of property flags and list, kept in {RAW_PROPERTIES_HEADER})"
+    )]
+    Unparsed {
+        /// How many bytes of properties the content header held.
+        bytes: usize,
+    },
 }
 
 impl ContractError {
@@ -99,7 +110,7 @@ impl ContractError {
         match self {
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::Headers(_) => "headers_unencodable",
-            Self::NotUtf8 { .. } => "malformed_properties",
+            Self::NotUtf8 { .. } | Self::Unparsed { .. } => "malformed_properties",
         }
     }
 }
@@ -253,6 +264,9 @@ impl RequestTemplate {
                 size: body.len(),
                 limit: self.max_body_bytes,
             });
+        }
+        if let Some(bytes) = copy::unparsed_properties(env.headers) {
+            return Err(ContractError::Unparsed { bytes: bytes.len() });
         }
         let fields = [
             (

@@ -156,6 +156,81 @@ async fn properties_that_are_not_utf8_never_stall_the_subject() {
     agent.stop().await;
 }
 
+/// The header entry the proxy below corrupts: `corrupt-me`, a long string.
+const CORRUPT_ME: &[u8] = b"\x0acorrupt-meS";
+
+/// Turns the type of the `corrupt-me` header into `Z`, a field type no parser knows: a content
+/// header that the broker would never deliver, and that the agent's AMQP client cannot parse.
+fn corrupt(payload: &mut [u8]) -> bool {
+    let Some(at) = payload
+        .windows(CORRUPT_ME.len())
+        .position(|w| w == CORRUPT_ME)
+    else {
+        return false;
+    };
+    payload[at + CORRUPT_ME.len() - 1] = b'Z';
+    true
+}
+
+/// #20: a content header that cannot be parsed (here: corrupted on its way to the agent, as no
+/// frame RabbitMQ accepts is one) is dead-lettered as `malformed_properties` with its property
+/// bytes, and costs no connection: the messages behind it are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_header_that_cannot_be_parsed_is_dead_lettered_with_its_bytes() {
+    let mut ctx = TestCtx::new("unparsed").await;
+    let proxy = common::procs::TcpProxy::rewriting("127.0.0.1:5672", corrupt).await;
+    ctx.amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", proxy.port);
+    ctx.declare().await;
+    let mut headers = FieldTable::default();
+    headers.insert("corrupt-me".into(), AMQPValue::LongString("yes".into()));
+    let props = BasicProperties::default()
+        .with_message_id("unparsed".into())
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    let mut expected = lapin::protocol::basic::gen_properties(&props)(Vec::new().into())
+        .unwrap()
+        .write;
+    assert!(corrupt(&mut expected));
+    ctx.publish("event", &body("unparsed", "ok"), props).await;
+    for i in 0..3 {
+        ctx.publish_json("event", &format!("after-{i}"), "ok").await;
+    }
+
+    let agent = ctx.start_agent().await;
+    wait_handled(&ctx, &["after-0", "after-1", "after-2"]).await;
+    let dead = wait_dead(&ctx, "event", 1).await;
+    let (props, body) = &dead[0];
+    assert_eq!(id_of(body), "unparsed", "the body is kept");
+    assert_eq!(
+        header_str(props, "x-agent-reason").as_deref(),
+        Some("malformed_properties")
+    );
+    let error = header_str(props, "x-agent-last-error").unwrap();
+    assert!(error.contains("could not be parsed"), "{error}");
+    let h = props.headers().as_ref().unwrap().inner();
+    assert_eq!(
+        h.get("x-agent-raw-properties"),
+        Some(&AMQPValue::ByteArray(expected.into())),
+        "the property bytes as received"
+    );
+    assert!(
+        !h.keys().any(|k| k.as_str().starts_with('\u{FFFD}')),
+        "the client's marker is not copied: {h:?}"
+    );
+    assert!(proxy.rewrites() >= 1, "the proxy corrupted the header");
+    assert!(
+        !ctx.records_by_id().contains_key("unparsed"),
+        "PHP never saw it"
+    );
+    assert_eq!(
+        agent.stats()["event"].consumer_starts,
+        1,
+        "no connection was lost to the message"
+    );
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_content_header_of_frame_max_payload_is_handled() {
     let ctx = TestCtx::new("frame-fudge").await;

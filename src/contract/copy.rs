@@ -7,12 +7,22 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
-use super::{NOT_UTF8_HEADER, NOT_UTF8_HEADERS_HEADER, USER_ID_HEADER};
+use super::{NOT_UTF8_HEADER, NOT_UTF8_HEADERS_HEADER, RAW_PROPERTIES_HEADER, USER_ID_HEADER};
 
 /// The original bytes of a short string that was not UTF-8, if `text` stands for one.
 #[must_use]
 pub fn not_utf8(text: &str) -> Option<Vec<u8>> {
     lapin::types::parsing::not_utf8_bytes(text)
+}
+
+/// The property bytes of a message whose content header could not be parsed: the patched lapin
+/// then delivers it with no properties but this one header (`vendor/lapin/PATCHES.md`).
+#[must_use]
+pub fn unparsed_properties(headers: Option<&FieldTable>) -> Option<&[u8]> {
+    match headers?.inner().get(lapin::UNPARSED_PROPERTIES_HEADER)? {
+        AMQPValue::ByteArray(bytes) => Some(bytes.as_slice()),
+        _ => None,
+    }
 }
 
 /// How a short string that is not UTF-8 is shown in a log or a reason: its bytes in hex.
@@ -70,7 +80,8 @@ fn value_key_not_utf8(value: &AMQPValue, path: &str) -> Option<(String, Vec<u8>)
 /// not UTF-8 moves, as its original bytes, into the `x-agent-not-utf8` table (by property
 /// name); a header whose name is not UTF-8 moves into `x-agent-not-utf8-headers` (a list of
 /// `[name bytes, value]`); a header name nested deeper is replaced by its bytes read as
-/// Latin-1; `user_id` moves to `x-agent-user-id`. Returns the properties and what moved.
+/// Latin-1; `user_id` moves to `x-agent-user-id`; the property bytes of a content header that
+/// could not be parsed move to `x-agent-raw-properties`. Returns the properties and what moved.
 #[must_use]
 pub fn sanitized(props: &BasicProperties) -> (BasicProperties, Vec<String>) {
     let mut moved = Vec::new();
@@ -118,6 +129,11 @@ pub fn sanitized(props: &BasicProperties) -> (BasicProperties, Vec<String>) {
     let mut bad_keys = Vec::new();
     let mut clean = FieldTable::default();
     for (key, value) in headers.inner() {
+        if key.as_str() == lapin::UNPARSED_PROPERTIES_HEADER {
+            clean.insert(RAW_PROPERTIES_HEADER.into(), value.clone());
+            moved.push("unparsed properties".to_owned());
+            continue;
+        }
         let value = latin1_keys(value);
         match not_utf8(key.as_str()) {
             Some(bytes) => bad_keys.push(AMQPValue::FieldArray(FieldArray::from(vec![

@@ -474,3 +474,26 @@ fn the_media_type_is_read_as_php_reads_it() {
     );
     assert_eq!(cgi_content_type("application/json x"), "application/json x");
 }
+
+#[test]
+fn a_message_whose_properties_could_not_be_parsed_is_refused_with_their_size() {
+    let template = RequestTemplate::new(&config(), "event");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        lapin::UNPARSED_PROPERTIES_HEADER.into(),
+        AMQPValue::ByteArray(ByteArray::from(vec![0x20, 0, 0, 0, 0, 4])),
+    );
+    let env = envelope(Some(&headers));
+    let err = template.params(&env, b"{}", (None, None), NOW).unwrap_err();
+    assert_eq!(err, ContractError::Unparsed { bytes: 6 });
+    assert_eq!(err.reason(), "malformed_properties");
+    assert!(err.to_string().contains(RAW_PROPERTIES_HEADER), "{err}");
+    // The same name with another type is an ordinary header.
+    let mut other = FieldTable::default();
+    other.insert(
+        lapin::UNPARSED_PROPERTIES_HEADER.into(),
+        AMQPValue::LongString(LongString::from(&b"x"[..])),
+    );
+    let env = envelope(Some(&other));
+    assert!(template.params(&env, b"{}", (None, None), NOW).is_ok());
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -183,21 +183,35 @@ impl Drop for PrivateFpm {
 }
 
 /// A TCP proxy in front of RabbitMQ whose link can be cut (every connection closed, new ones
-/// refused) and restored.
+/// refused) and restored, and which can rewrite the content-header frames the broker sends.
 pub struct TcpProxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    rewrites: Arc<AtomicUsize>,
     conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// Edits the payload of one content-header frame from the broker in place; true if it did.
+pub type Rewrite = fn(&mut [u8]) -> bool;
+
 impl TcpProxy {
     pub async fn start(upstream: &'static str) -> Self {
+        Self::start_with(upstream, None).await
+    }
+
+    /// A proxy that passes every content-header frame from the broker through `rewrite`.
+    pub async fn rewriting(upstream: &'static str, rewrite: Rewrite) -> Self {
+        Self::start_with(upstream, Some(rewrite)).await
+    }
+
+    async fn start_with(upstream: &'static str, rewrite: Option<Rewrite>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let rewrites = Arc::new(AtomicUsize::new(0));
         let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let (cut2, conns2, rewrites2) = (cut.clone(), conns.clone(), rewrites.clone());
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -207,11 +221,21 @@ impl TcpProxy {
                     drop(inbound);
                     continue;
                 }
+                let rewrites = rewrites2.clone();
                 let task = tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Some(rewrite) = rewrite else {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    };
+                    let (mut client_rx, client_tx) = inbound.into_split();
+                    let (broker_rx, mut broker_tx) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut client_rx, &mut broker_tx) => {}
+                        () = relay_frames(broker_rx, client_tx, rewrite, &rewrites) => {}
+                    }
                 });
                 conns2.lock().unwrap().push(task);
             }
@@ -219,9 +243,15 @@ impl TcpProxy {
         Self {
             port,
             cut,
+            rewrites,
             conns,
             accept,
         }
+    }
+
+    /// How many content-header frames `rewrite` changed.
+    pub fn rewrites(&self) -> usize {
+        self.rewrites.load(Ordering::SeqCst)
     }
 
     pub fn cut(&self) {
@@ -240,6 +270,42 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+    }
+}
+
+/// Copies AMQP frames from the broker to the client, whole frames at a time, passing each
+/// content-header frame's payload through `rewrite`.
+async fn relay_frames(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rewrite: Rewrite,
+    rewrites: &AtomicUsize,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut done = 0;
+        while buf.len() - done >= 7 {
+            let size = u32::from_be_bytes(buf[done + 3..done + 7].try_into().unwrap()) as usize;
+            let end = done + 7 + size + 1;
+            if buf.len() < end {
+                break;
+            }
+            if buf[done] == 2 && rewrite(&mut buf[done + 7..end - 1]) {
+                rewrites.fetch_add(1, Ordering::SeqCst);
+            }
+            done = end;
+        }
+        if to.write_all(&buf[..done]).await.is_err() {
+            return;
+        }
+        buf.drain(..done);
     }
 }
 

@@ -98,3 +98,17 @@ fn the_first_field_that_is_not_utf8_is_named() {
     assert_eq!(first_not_utf8([("type", Some("\u{fffd}"))], None), None);
     assert_eq!(describe_not_utf8(&[0xff, 0xfe]), "fffe");
 }
+
+#[test]
+fn the_bytes_of_unparsed_properties_move_to_the_agents_header() {
+    let raw = AMQPValue::ByteArray(vec![0x20, 0x00, 1, 2, 3].into());
+    let mut headers = FieldTable::default();
+    headers.insert(lapin::UNPARSED_PROPERTIES_HEADER.into(), raw.clone());
+    let props = BasicProperties::default().with_headers(headers);
+    let (copy, moved) = sanitized(&props);
+    let h = copy.headers().as_ref().unwrap().inner();
+    assert_eq!(h.get(crate::contract::RAW_PROPERTIES_HEADER), Some(&raw));
+    assert!(!h.contains_key(lapin::UNPARSED_PROPERTIES_HEADER));
+    assert_eq!(moved, ["unparsed properties"]);
+    assert!(header_frame_len(&copy) < 100);
+}

@@ -11,6 +11,7 @@ use crate::{
     socket_state::SocketState,
     thread::JoinHandle,
     types::FrameSize,
+    unparsed::salvage_content_header,
     uri::AMQPUri,
 };
 use amq_protocol::frame::{AMQPFrame, GenError, gen_frame, parse_frame};
@@ -26,7 +27,7 @@ use std::{
     thread::Builder as ThreadBuilder,
     time::Duration,
 };
-use tracing::{Level, debug, error, trace};
+use tracing::{Level, debug, error, trace, warn};
 
 const FRAMES_STORAGE: usize = 32;
 
@@ -640,6 +641,18 @@ impl<
             }
             Err(e) => {
                 if !e.is_incomplete() {
+                    // amqp-agent patch: a complete content header whose properties cannot be
+                    // parsed is delivered with its property bytes kept (`unparsed.rs`) rather
+                    // than closing the connection, which the same message would do again on
+                    // every connection it is delivered on.
+                    if let Some((i, frame)) =
+                        salvage_content_header(self.receive_buffer.parsing_context())
+                    {
+                        let consumed = self.receive_buffer.offset(i);
+                        warn!(error=?e, bytes = consumed, "content header not parsed; delivered with its property bytes");
+                        self.receive_buffer.consume(consumed);
+                        return Ok(Some(frame));
+                    }
                     error!(error=?e, "parse error");
                     self.critical_error(connection_killswitch, ErrorKind::ParsingError(e).into())?;
                 }

@@ -166,6 +166,7 @@ pub use events::Event;
 pub use exchange::ExchangeKind;
 pub use publisher_confirm::{Confirmation, PublisherConfirm};
 pub use queue::Queue;
+pub use unparsed::UNPARSED_PROPERTIES_HEADER;
 
 /// Authentication providers and helpers for connecting to RabbitMQ.
 pub mod auth;
@@ -222,3 +223,4 @@ mod shared;
 mod socket_state;
 mod thread;
 mod topology;
+mod unparsed;
