@@ -42,6 +42,9 @@ pub const USER_ID_HEADER: &str = "x-agent-user-id";
 /// parsed (the patched lapin delivers such a message with these bytes only).
 pub const RAW_PROPERTIES_HEADER: &str = "x-agent-raw-properties";
 
+/// One FastCGI param of a request: a fixed name (this module's invariant) and its value.
+pub type Param<'a> = (&'static str, Cow<'a, str>);
+
 /// What the agent knows about one delivery, independent of the AMQP client types.
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
@@ -258,7 +261,7 @@ impl RequestTemplate {
         body: &[u8],
         trace: (Option<&'a str>, Option<&'a str>),
         now: u64,
-    ) -> Result<Vec<(&'static str, Cow<'a, str>)>, ContractError> {
+    ) -> Result<Vec<Param<'a>>, ContractError> {
         if body.len() > self.max_body_bytes {
             return Err(ContractError::BodyTooLarge {
                 size: body.len(),
@@ -287,7 +290,7 @@ impl RequestTemplate {
         }
         let headers = headers_json(env.headers, self.max_header_depth, self.max_headers_bytes)?;
         let b = |s: &'a str| Cow::Borrowed(s);
-        let mut p: Vec<(&'static str, Cow<'a, str>)> = Vec::with_capacity(28);
+        let mut p: Vec<Param<'a>> = Vec::with_capacity(28);
         p.push(("GATEWAY_INTERFACE", b("FastCGI/1.0")));
         p.push(("SERVER_SOFTWARE", b("amqp-agent")));
         p.push(("SERVER_PROTOCOL", b("HTTP/1.1")));

@@ -241,7 +241,7 @@ impl Upstreams {
     /// `on_pick` is told each upstream tried.
     pub async fn request(
         &self,
-        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        params: &[crate::contract::Param<'_>],
         body: &[u8],
         on_pick: impl FnMut(usize),
     ) -> Sent {
@@ -254,7 +254,7 @@ impl Upstreams {
     /// byte, so the next upstream starts `on_stdout` afresh.
     pub async fn request_streaming(
         &self,
-        params: &[(&'static str, std::borrow::Cow<'_, str>)],
+        params: &[crate::contract::Param<'_>],
         body: &[u8],
         mut on_pick: impl FnMut(usize),
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),

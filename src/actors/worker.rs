@@ -24,9 +24,11 @@ use crate::telemetry::{self, events::Event};
 use crate::trace_context;
 
 pub mod batch;
+mod entry;
 mod fpm;
 mod settle;
 
+use entry::{Entry, Settler};
 pub(super) use fpm::fastcgi_span;
 use fpm::request;
 pub(super) use settle::{Original, settle};
@@ -172,62 +174,42 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> Handled {
         acks,
     } = job;
     let runtime = state.runtime.clone();
-    let (message_id, generated) = message_id(&delivery.properties);
-    // Crash-loop protection: the start record is written before FPM is called; dropping
-    // `tracked` when the delivery is settled records it as done.
+    // Crash-loop protection: the start record is written before FPM is called, the done
+    // record when the entry is settled.
     let key = crate::poison::journal::key_of(&delivery);
     let tracked = runtime.crashes.begin(&key, delivery.redelivered).await;
-    if tracked.alone() {
+    let entry = Entry::new(
+        &runtime,
+        &delivery,
+        message_id(&delivery.properties),
+        tracked,
+    );
+    if entry.alone() {
         // A suspect may kill the agent again: the acks its channel still holds back (messages
         // settled before it, up to `acks::HOLD_MAX` behind an older tag) are written first, so
         // that they are not handled a second time after that crash.
         let _ = tokio::time::timeout(SUSPECT_FLUSH_TIMEOUT, acks.flush()).await;
     }
-    let (envelope, untrusted) = envelope_of(&runtime, &delivery, message_id.clone(), generated);
-    let attempt = envelope.attempt;
-    let incoming = trace_context::read(delivery.properties.headers().as_ref());
-    let span = message_span(&runtime, &delivery, &message_id, attempt, &incoming);
-    let process_span = span.clone();
-    async {
-        admitted(&runtime, generated, untrusted.as_ref(), &incoming);
-        let original = Original {
-            delivery: &delivery,
-            message_id: &message_id,
-            generated,
-            attempt,
-            exchange: envelope.exchange,
-            routing_key: envelope.routing_key,
-            span: &process_span,
-        };
-        // A redelivery that was in flight during `agent.poison_after` crashes never reaches FPM.
-        let started = std::time::Instant::now();
-        let (verdict, unreached) = match tracked.poison() {
-            Some(crashes) => (crate::poison::verdict(crashes), false),
-            None => request(&runtime, &envelope, &delivery.data, &incoming, &message_id).await,
-        };
-        // Only a handled message times the handler.
-        let observed = matches!(verdict, crate::outcome::Verdict::Success)
-            .then(|| crate::batch::auto::Observed::Single(started.elapsed()));
-        let rejected = crate::outcome::pauses_subject(&verdict);
-        if matches!(
-            verdict,
-            crate::outcome::Verdict::Transient {
-                reason: crate::outcome::SIGNATURE_REJECTED,
-                ..
-            }
-        ) {
-            runtime.events.emit(Event::SignatureRejected);
+    let settler = Settler::new(&runtime, &publisher, &acks);
+    let started = Instant::now();
+    // A redelivery that was in flight during `agent.poison_after` crashes never reaches FPM.
+    let (verdict, unreached) = match entry.poison() {
+        Some(crashes) => (crate::poison::verdict(crashes), false),
+        None => {
+            request(&runtime, &entry)
+                .instrument(entry.span.clone())
+                .await
         }
-        let decision = runtime.policy.decide(&verdict, attempt);
-        settle(&runtime, &publisher, &acks, original, &verdict, decision).await;
-        Handled {
-            fpm_unreachable: unreached,
-            signature_rejected: rejected,
-            observed,
-        }
+    };
+    // Only a handled message times the handler.
+    let observed = matches!(verdict, crate::outcome::Verdict::Success)
+        .then(|| crate::batch::auto::Observed::Single(started.elapsed()));
+    settler.settle(&entry, verdict).await;
+    Handled {
+        fpm_unreachable: unreached,
+        signature_rejected: settler.pauses(),
+        observed,
     }
-    .instrument(span)
-    .await
 }
 
 /// The message id of a delivery, or a generated one (true).

@@ -21,6 +21,8 @@
 
 use std::borrow::Cow;
 
+use crate::contract::Param;
+
 /// First line of a batch body: magic and version.
 pub const MAGIC: &str = "AMQP-AGENT-BATCH";
 /// Format version, in the magic line, in `HTTP_X_AGENT_BATCH` and in the reply's
@@ -82,7 +84,7 @@ impl Encoder {
     /// The bytes entry `index` adds to the body: its head line, its fields and its body.
     /// `limits.max_batch_bytes` bounds the sum (PHP's `post_max_size` sees every byte).
     #[must_use]
-    pub fn entry_len(index: usize, params: &[(&'static str, Cow<'_, str>)], body: usize) -> usize {
+    pub fn entry_len(index: usize, params: &[Param<'_>], body: usize) -> usize {
         let fields = fields_len(params);
         let head = format!("{index} {fields} {body}\n").len();
         head + fields + body + 1
@@ -90,7 +92,7 @@ impl Encoder {
 
     /// Appends entry `index` from the params of its single request (`contract::RequestTemplate::
     /// params`, signature included) and its body. Only the per-message params are written.
-    pub fn push(&mut self, index: usize, params: &[(&'static str, Cow<'_, str>)], body: &[u8]) {
+    pub fn push(&mut self, index: usize, params: &[Param<'_>], body: &[u8]) {
         let fields = fields_len(params);
         let head = format!("{index} {fields} {}\n", body.len());
         self.body.reserve(head.len() + fields + body.len() + 1);
@@ -128,11 +130,8 @@ impl Encoder {
     /// request keeps its fixed params (script, URI, subject), without any per-message one, with
     /// the batch's content type and length and the batch params.
     #[must_use]
-    pub fn finish<'a>(
-        self,
-        first: &[(&'static str, Cow<'a, str>)],
-    ) -> (Vec<(&'static str, Cow<'a, str>)>, Vec<u8>) {
-        let mut params: Vec<(&'static str, Cow<'a, str>)> = first
+    pub fn finish<'a>(self, first: &[Param<'a>]) -> (Vec<Param<'a>>, Vec<u8>) {
+        let mut params: Vec<Param<'a>> = first
             .iter()
             .filter(|(name, _)| {
                 !is_entry_field(name) && *name != "CONTENT_TYPE" && *name != "CONTENT_LENGTH"
@@ -148,7 +147,7 @@ impl Encoder {
 }
 
 /// Bytes of an entry's fields block: `<NAME>=<value>\n` for each per-message param.
-fn fields_len(params: &[(&'static str, Cow<'_, str>)]) -> usize {
+fn fields_len(params: &[Param<'_>]) -> usize {
     params
         .iter()
         .filter(|(name, _)| is_entry_field(name))

@@ -145,8 +145,18 @@ impl Tracked<'_> {
     pub fn alone(&self) -> bool {
         matches!(self._permit.as_deref(), Some(Permit::Alone(_)))
     }
+
+    /// The delivery is settled: its done record is written, then its permit released.
+    pub fn end(mut self) {
+        if self.recorded {
+            self.tracker.end(self.key);
+            self.recorded = false;
+        }
+    }
 }
 
+/// A delivery whose future was dropped before it was settled (shutdown) is recorded done here:
+/// it was not acked, and goes back to its queue as any unacked delivery does.
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
         if self.recorded {

@@ -4,16 +4,16 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use tracing::{Instrument, warn};
+use tracing::Instrument;
 
+use super::entry::Entry;
 use super::settle::describe;
 use super::{EXCERPT, truncate};
 use crate::actors::SubjectRuntime;
-use crate::contract::{self, Envelope};
+use crate::contract;
 use crate::fastcgi::Reply;
 use crate::outcome::{self, Verdict};
 use crate::telemetry::{self, events::Event};
-use crate::trace_context;
 
 /// The `FastCGI POST` span of a request (a `none` span without trace export); a batch records
 /// its size on it.
@@ -40,37 +40,19 @@ pub(in crate::actors) fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span
 /// Builds the attempt's params and sends them to FPM inside a `fastcgi` span; a message that
 /// cannot become a request is a permanent verdict. Returns the verdict and whether FPM was
 /// unreachable.
-pub(super) async fn request(
-    runtime: &SubjectRuntime,
-    envelope: &Envelope<'_>,
-    body: &[u8],
-    incoming: &trace_context::Incoming<'_>,
-    message_id: &str,
-) -> (Verdict, bool) {
+pub(super) async fn request(runtime: &SubjectRuntime, entry: &Entry<'_>) -> (Verdict, bool) {
     let fcgi_span = fastcgi_span(runtime);
     // PHP continues the trace from the FastCGI span when traces are exported; otherwise it gets
     // the publisher's context unchanged.
     let exported = telemetry::context_of(&fcgi_span);
-    let trace = match &exported {
-        Some((parent, state)) => (Some(parent.as_str()), state.as_deref()),
-        None => (incoming.traceparent, incoming.tracestate),
-    };
-    match runtime
-        .template
-        .params(envelope, body, trace, contract::unix_now())
-    {
-        Err(e) => {
-            warn!(error = %e, "Message cannot be sent to FPM; dead-lettering it");
-            let verdict = Verdict::Permanent {
-                reason: e.reason(),
-                detail: e.to_string(),
-                status: None,
-            };
-            (verdict, false)
-        }
+    match entry.params(runtime, exported.as_ref(), contract::unix_now()) {
+        Err(verdict) => (verdict, false),
         Ok(params) => {
-            let running = runtime.metrics.fpm.running(&runtime.name, message_id);
-            attempt_fpm(runtime, &running, &params, body)
+            let running = runtime
+                .metrics
+                .fpm
+                .running(&runtime.name, &entry.envelope.message_id);
+            attempt_fpm(runtime, &running, &params, &entry.delivery.data)
                 .instrument(fcgi_span)
                 .await
         }
@@ -81,7 +63,7 @@ pub(super) async fn request(
 async fn attempt_fpm(
     runtime: &SubjectRuntime,
     running: &crate::fpm_status::monitor::RunningGuard<'_>,
-    params: &[(&'static str, Cow<'_, str>)],
+    params: &[contract::Param<'_>],
     body: &[u8],
 ) -> (Verdict, bool) {
     let span = tracing::Span::current();
