@@ -57,7 +57,7 @@ impl Acks {
     #[must_use]
     pub fn spawn(channel: Channel, runtime: Arc<SubjectRuntime>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(Settler::new(channel, runtime).run(rx));
+        tokio::spawn(AckWriter::new(channel, runtime).run(rx));
         Self { tx }
     }
 
@@ -198,18 +198,40 @@ impl Ledger {
 
 /// Commands of one round that cannot wait.
 #[derive(Default)]
-struct Batch {
+struct Urgent {
     nacks: Vec<DeliveryTag>,
     flushes: Vec<oneshot::Sender<()>>,
 }
 
-impl Batch {
-    fn urgent(&self) -> bool {
+impl Urgent {
+    fn any(&self) -> bool {
         !self.nacks.is_empty() || !self.flushes.is_empty()
     }
 }
 
-struct Settler {
+/// What wakes the ack writer.
+enum Wake {
+    /// A command.
+    Cmd(Cmd),
+    /// Tags have been held back for `HOLD_MAX`.
+    Overdue,
+    /// Every handle was dropped.
+    Closed,
+}
+
+/// Waits for work; while tags are held back, no longer than their `HOLD_MAX`.
+async fn wait(rx: &mut mpsc::UnboundedReceiver<Cmd>, held_since: Option<Instant>) -> Wake {
+    let cmd = match held_since {
+        None => rx.recv().await,
+        Some(since) => match tokio::time::timeout_at(since + HOLD_MAX, rx.recv()).await {
+            Ok(cmd) => cmd,
+            Err(_) => return Wake::Overdue,
+        },
+    };
+    cmd.map_or(Wake::Closed, Wake::Cmd)
+}
+
+struct AckWriter {
     channel: Channel,
     runtime: Arc<SubjectRuntime>,
     ledger: Ledger,
@@ -220,7 +242,7 @@ struct Settler {
     hold: usize,
 }
 
-impl Settler {
+impl AckWriter {
     fn new(channel: Channel, runtime: Arc<SubjectRuntime>) -> Self {
         Self {
             channel,
@@ -231,72 +253,31 @@ impl Settler {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut batch = Batch::default();
+        let mut urgent = Urgent::default();
         // Since when finished tags have been waiting behind an older one (the age of the oldest
         // held tag, or older): they go out singly once it passes HOLD_MAX, however busy the
         // channel is.
         let mut held_since: Option<Instant> = None;
         loop {
-            // Wait for work; while tags are held back, no longer than their HOLD_MAX.
-            let first = match held_since {
-                None => rx.recv().await,
-                Some(since) => match tokio::time::timeout_at(since + HOLD_MAX, rx.recv()).await {
-                    Ok(cmd) => cmd,
-                    Err(_) => {
-                        self.send(0).await;
-                        held_since = None;
-                        continue;
-                    }
-                },
+            let first = match wait(&mut rx, held_since).await {
+                Wake::Cmd(cmd) => cmd,
+                Wake::Overdue => {
+                    self.send(0).await;
+                    held_since = None;
+                    continue;
+                }
+                Wake::Closed => {
+                    // Every handle dropped: send what is held and stop.
+                    self.send(0).await;
+                    return;
+                }
             };
-            let Some(first) = first else {
-                // Every handle dropped: send what is held and stop.
-                self.send(0).await;
-                return;
-            };
-            self.apply(first, &mut batch);
-            // Gather more for up to ACK_DELAY, unless something must go now or half the
-            // window is waiting: fewer, larger acks mean fewer wake-ups of lapin's I/O thread.
-            let mut deadline = Instant::now() + ACK_DELAY;
-            if let Some(since) = held_since {
-                deadline = deadline.min(since + HOLD_MAX);
-            }
-            let mut closed = false;
-            loop {
-                while let Ok(cmd) = rx.try_recv() {
-                    self.apply(cmd, &mut batch);
-                }
-                if batch.urgent() || self.ledger.done.len() >= self.hold {
-                    break;
-                }
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(cmd)) => self.apply(cmd, &mut batch),
-                    Ok(None) => {
-                        closed = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
+            self.apply(first, &mut urgent);
+            let closed = self.gather(&mut rx, &mut urgent, held_since).await;
             // Nacks go first: a later multiple ack must not cover a tag meant to go back.
-            let requeue = BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            };
-            let nacks = std::mem::take(&mut batch.nacks);
-            for result in join_all(nacks.iter().map(|t| self.channel.basic_nack(*t, requeue))).await
-            {
-                match result {
-                    Ok(()) => {
-                        self.runtime.events.emit(Event::Requeued);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
-                    }
-                }
-            }
+            self.nack(std::mem::take(&mut urgent.nacks)).await;
             let overdue = held_since.is_some_and(|since| since.elapsed() >= HOLD_MAX);
-            let hold = if batch.flushes.is_empty() && !closed && !overdue {
+            let hold = if urgent.flushes.is_empty() && !closed && !overdue {
                 self.hold
             } else {
                 0
@@ -307,7 +288,7 @@ impl Settler {
             } else {
                 held_since.or_else(|| Some(Instant::now()))
             };
-            for reply in batch.flushes.drain(..) {
+            for reply in urgent.flushes.drain(..) {
                 let _ = reply.send(());
             }
             if closed {
@@ -316,16 +297,60 @@ impl Settler {
         }
     }
 
-    fn apply(&mut self, cmd: Cmd, batch: &mut Batch) {
+    /// Gathers more commands for up to `ACK_DELAY` (and not past the held tags' `HOLD_MAX`),
+    /// unless something must go now or half the window is waiting: fewer, larger acks mean
+    /// fewer wake-ups of lapin's I/O thread. True when every handle was dropped.
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        urgent: &mut Urgent,
+        held_since: Option<Instant>,
+    ) -> bool {
+        let mut deadline = Instant::now() + ACK_DELAY;
+        if let Some(since) = held_since {
+            deadline = deadline.min(since + HOLD_MAX);
+        }
+        loop {
+            while let Ok(cmd) = rx.try_recv() {
+                self.apply(cmd, urgent);
+            }
+            if urgent.any() || self.ledger.done.len() >= self.hold {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(cmd)) => self.apply(cmd, urgent),
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Returns these deliveries to their queue.
+    async fn nack(&self, tags: Vec<DeliveryTag>) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        };
+        for result in join_all(tags.iter().map(|t| self.channel.basic_nack(*t, requeue))).await {
+            match result {
+                Ok(()) => self.runtime.events.emit(Event::Requeued),
+                Err(e) => {
+                    warn!(error = %e, "Could not return a delivery; the broker redelivers it when the channel closes");
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Cmd, urgent: &mut Urgent) {
         match cmd {
             Cmd::Ack { tag, handled } => self.ledger.done(tag, handled),
             Cmd::Nack(tag) => {
                 if self.ledger.release(tag) {
-                    batch.nacks.push(tag);
+                    urgent.nacks.push(tag);
                 }
             }
             Cmd::Window(prefetch) => self.hold = usize::from(prefetch / 2).max(1),
-            Cmd::Flush(reply) => batch.flushes.push(reply),
+            Cmd::Flush(reply) => urgent.flushes.push(reply),
         }
     }
 

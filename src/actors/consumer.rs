@@ -357,13 +357,31 @@ async fn setup(
     let queue_type = config.queue_type(subject);
     let publisher =
         Arc::new(Publisher::open(connection.clone(), &subject.queue, queue_type, &config).await?);
+    let mut state = initial_state(myself, args, (connection, channel), acks, publisher);
+    dispatch::set_rate(&mut state, args.rate);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
-    let target = args.target;
+    pool::resize(myself, &mut state, args.target).await?;
+    subscription::sync_consuming(myself, &mut state).await?;
+    runtime.events.emit(Event::Consuming);
+    info!(subject = %runtime.name, queue = %subject.queue, pool_size = args.target, "Consuming");
+    Ok(state)
+}
+
+/// A new incarnation's state: no worker, nothing received yet, not consuming.
+fn initial_state(
+    myself: &ActorRef<ConsumerMsg>,
+    args: &ConsumerArgs,
+    (connection, channel): (Arc<Connection>, lapin::Channel),
+    acks: Acks,
+    publisher: Arc<Publisher>,
+) -> ConsumerState {
+    let runtime = &args.runtime;
+    let (config, subject) = (&runtime.config, runtime.subject());
     let depth = Some(tokio::spawn(super::depth::watch(
         runtime.clone(),
         connection.clone(),
     )));
-    let mut state = ConsumerState {
+    ConsumerState {
         runtime: runtime.clone(),
         connection,
         channel,
@@ -375,7 +393,7 @@ async fn setup(
         idle: VecDeque::new(),
         backlog: VecDeque::new(),
         backlog_since: std::time::Instant::now(),
-        batching: crate::batch::Batching::of(&config, subject),
+        batching: crate::batch::Batching::of(config, subject),
         auto: (subject.batch_max == crate::config::BatchMax::Auto).then(|| {
             crate::batch::auto::Auto::new(
                 usize::from(subject.batch_limit),
@@ -395,11 +413,5 @@ async fn setup(
         bucket: None,
         rate_armed: false,
         exit: None,
-    };
-    dispatch::set_rate(&mut state, args.rate);
-    pool::resize(myself, &mut state, target).await?;
-    subscription::sync_consuming(myself, &mut state).await?;
-    runtime.events.emit(Event::Consuming);
-    info!(subject = %runtime.name, queue = %subject.queue, pool_size = target, "Consuming");
-    Ok(state)
+    }
 }

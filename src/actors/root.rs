@@ -174,20 +174,7 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RootMsg::Start(name) => start(&myself, state, name).await,
-            RootMsg::Drain(reply) => {
-                state.draining = true;
-                let consumers: Vec<_> = state
-                    .children
-                    .values()
-                    .filter_map(|c| c.actor.clone())
-                    .collect();
-                // Wait for every consumer concurrently without blocking the root's mailbox.
-                tokio::spawn(async move {
-                    let calls = consumers.iter().map(|c| c.call(ConsumerMsg::Drain, None));
-                    futures_util::future::join_all(calls).await;
-                    let _ = reply.send(());
-                });
-            }
+            RootMsg::Drain(reply) => drain(state, reply),
             RootMsg::Resize(name, size) => {
                 // A consumer (re)started later is given the child's target.
                 if let Some(child) = state.children.get_mut(&name) {
@@ -211,15 +198,7 @@ impl Actor for RootSupervisor {
             }
             RootMsg::SetPaused(name, paused, duration) => {
                 if let Some(child) = state.children.get_mut(&name) {
-                    child.pause_generation += 1;
-                    let until = duration.filter(|_| paused).map(|d| {
-                        let generation = child.pause_generation;
-                        let expired = name.clone();
-                        myself.send_after(d, move || RootMsg::PauseExpired(expired, generation));
-                        std::time::SystemTime::now() + d
-                    });
-                    child.runtime.stats.set_operator_pause(paused, until);
-                    set_paused(child, paused)?;
+                    pause(&myself, child, &name, paused, duration)?;
                 }
             }
             RootMsg::PauseExpired(name, generation) => {
@@ -289,7 +268,6 @@ fn reload(
             warn!(subject = %name, "Removing a subject needs a restart; it keeps running");
             continue;
         }
-        let stats = child.runtime.stats.clone();
         let target = targets.get(name).copied().unwrap_or(child.target);
         child.target = target;
         let restart = !old.same_for_consumer(&new, name);
@@ -300,18 +278,7 @@ fn reload(
         if rate_changed {
             child.rate = file_rate;
         }
-        child.runtime = Arc::new(
-            SubjectRuntime::new(
-                new.clone(),
-                name,
-                stats,
-                child.runtime.metrics.clone(),
-                state.upstreams.for_config(&new),
-            )
-            .with_crashes(child.runtime.crashes.clone())
-            .with_body_gate(child.runtime.body_gate.clone())
-            .with_hook(child.runtime.hook.clone()),
-        );
+        child.runtime = reloaded(&child.runtime, &new, name, &state.upstreams);
         let Some(actor) = child.actor.clone() else {
             continue;
         };
@@ -332,6 +299,64 @@ fn reload(
     }
     state.config = new;
     Ok(())
+}
+
+/// Drains every consumer concurrently, without blocking the root's mailbox; `reply` when all
+/// are drained.
+fn drain(state: &mut RootState, reply: RpcReplyPort<()>) {
+    state.draining = true;
+    let consumers: Vec<_> = state
+        .children
+        .values()
+        .filter_map(|c| c.actor.clone())
+        .collect();
+    tokio::spawn(async move {
+        let calls = consumers.iter().map(|c| c.call(ConsumerMsg::Drain, None));
+        futures_util::future::join_all(calls).await;
+        let _ = reply.send(());
+    });
+}
+
+/// An operator's pause or resume of `child`, for `duration` when given (a timed pause ends by
+/// itself, unless another pause or resume came in between).
+fn pause(
+    myself: &ActorRef<RootMsg>,
+    child: &mut Child,
+    name: &str,
+    paused: bool,
+    duration: Option<std::time::Duration>,
+) -> Result<(), ActorProcessingErr> {
+    child.pause_generation += 1;
+    let until = duration.filter(|_| paused).map(|d| {
+        let generation = child.pause_generation;
+        let expired = name.to_owned();
+        myself.send_after(d, move || RootMsg::PauseExpired(expired, generation));
+        std::time::SystemTime::now() + d
+    });
+    child.runtime.stats.set_operator_pause(paused, until);
+    set_paused(child, paused)
+}
+
+/// A subject's runtime under the reloaded configuration: the same stats, metrics, crash
+/// journal, body gate and hook, and the connection pool for the new FPM settings.
+fn reloaded(
+    runtime: &SubjectRuntime,
+    new: &Arc<Config>,
+    name: &str,
+    upstreams: &crate::upstreams::InForce,
+) -> Arc<SubjectRuntime> {
+    Arc::new(
+        SubjectRuntime::new(
+            new.clone(),
+            name,
+            runtime.stats.clone(),
+            runtime.metrics.clone(),
+            upstreams.for_config(new),
+        )
+        .with_crashes(runtime.crashes.clone())
+        .with_body_gate(runtime.body_gate.clone())
+        .with_hook(runtime.hook.clone()),
+    )
 }
 
 /// Records the operator's pause in the child and tells its consumer, if one runs.

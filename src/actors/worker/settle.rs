@@ -67,17 +67,7 @@ pub(in crate::actors) async fn settle(
             publish_dead(runtime, publisher, &original, verdict, reason).await
         }
     };
-    let published = match published {
-        // The copy could not be stored as it is (it would not fit a frame, or the broker
-        // refused it and closed the channel over it): a lean dead-letter copy, which carries
-        // only what the agent writes, is sure to be accepted.
-        Err(e) if e.is_refused() || matches!(e, BrokerError::CopyTooLarge(_)) => {
-            warn!(error = %e, "The broker would not take this message's copy; dead-lettering a lean copy");
-            publish_lean(runtime, publisher, &original, verdict, &e).await
-        }
-        other => other,
-    };
-    match published {
+    match or_lean(runtime, publisher, &original, verdict, published).await {
         Ok(reason) => {
             match (&decision, reason) {
                 (Decision::Retry { .. }, reason) if reason != COPY_REFUSED => {
@@ -93,6 +83,25 @@ pub(in crate::actors) async fn settle(
             tokio::time::sleep(Duration::from_millis(500)).await;
             acks.nack(tag);
         }
+    }
+}
+
+/// `published`, or when the copy could not be stored as it is (it would not fit a frame, or the
+/// broker refused it and closed the channel over it) a lean dead-letter copy, which carries only
+/// what the agent writes and is sure to be accepted.
+async fn or_lean(
+    runtime: &SubjectRuntime,
+    publisher: &Publisher,
+    original: &Original<'_>,
+    verdict: &Verdict,
+    published: Result<&'static str, BrokerError>,
+) -> Result<&'static str, BrokerError> {
+    match published {
+        Err(e) if e.is_refused() || matches!(e, BrokerError::CopyTooLarge(_)) => {
+            warn!(error = %e, "The broker would not take this message's copy; dead-lettering a lean copy");
+            publish_lean(runtime, publisher, original, verdict, &e).await
+        }
+        other => other,
     }
 }
 
@@ -279,6 +288,26 @@ enum Keep {
 /// (see `contract::copy`), with the edited headers, the (possibly generated) message id, where
 /// the message was first published (so later attempts still tell PHP the original exchange and
 /// routing key) and the agent's seal over that state.
+/// What a copy keeps of the original's properties: what the broker is sure to accept
+/// (`contract::copy::sanitized`), and of that only the message id and content type when lean.
+fn kept(original: &BasicProperties, keep: Keep) -> BasicProperties {
+    let (clean, moved) = contract::copy::sanitized(original);
+    if !moved.is_empty() {
+        debug!(moved = ?moved, "Copy keeps these properties as headers");
+    }
+    if keep != Keep::Lean {
+        return clean;
+    }
+    let mut lean = BasicProperties::default();
+    if let Some(id) = clean.message_id() {
+        lean = lean.with_message_id(id.clone());
+    }
+    if let Some(t) = clean.content_type() {
+        lean = lean.with_content_type(t.clone());
+    }
+    lean
+}
+
 fn republished(
     runtime: &SubjectRuntime,
     original: &Original<'_>,
@@ -286,22 +315,7 @@ fn republished(
     edit: impl FnOnce(&mut FieldTable),
 ) -> BasicProperties {
     let delivery = original.delivery;
-    let (clean, moved) = contract::copy::sanitized(&delivery.properties);
-    if !moved.is_empty() {
-        debug!(moved = ?moved, "Copy keeps these properties as headers");
-    }
-    let props = if keep == Keep::Lean {
-        let mut lean = BasicProperties::default();
-        if let Some(id) = clean.message_id() {
-            lean = lean.with_message_id(id.clone());
-        }
-        if let Some(t) = clean.content_type() {
-            lean = lean.with_content_type(t.clone());
-        }
-        lean
-    } else {
-        clean
-    };
+    let props = kept(&delivery.properties, keep);
     let mut headers = props.headers().clone().unwrap_or_default();
     // Overwritten, never kept: the delivery's own values may be a publisher's forgery.
     headers.insert(
