@@ -105,7 +105,8 @@ pub async fn serve(
         .max_headers(MAX_HEADERS);
     let conns = Conns::new(admin.max_connections);
     let lifetime = admin.header_timeout + admin.request_timeout;
-    let mut complaints = Complaints::default();
+    // At most one warning per 10 s for a flood of refused or failed connections.
+    let complaints = crate::telemetry::log_limit::LogEvery::new(Duration::from_secs(10));
     tokio::pin!(shutdown);
     let _sampler = sampler;
     loop {
@@ -115,7 +116,9 @@ pub async fn serve(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // EMFILE and the like: retrying at once would spin on the same error.
-                    complaints.note(|| warn!(error = %e, "Admin listener cannot accept a connection"));
+                    if let Some(count) = complaints.note(Instant::now()) {
+                        warn!(error = %e, count, "Admin listener cannot accept a connection");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -124,21 +127,22 @@ pub async fn serve(
         let slot = match conns.admit(stream.local_addr().ok()) {
             Admission::Admitted(slot) => slot,
             Admission::Evicted(slot) => {
-                complaints.note(|| {
+                if let Some(count) = complaints.note(Instant::now()) {
                     warn!(
                         max_connections = admin.max_connections,
+                        count,
                         "Admin connections at the cap: closing the oldest one that sent no request"
                     );
-                });
+                }
                 slot
             }
             Admission::Full => {
-                complaints.note(|| {
+                if let Some(count) = complaints.note(Instant::now()) {
                     warn!(
                         max_connections = admin.max_connections,
-                        "Admin connection refused: admin.max_connections are being answered"
+                        count, "Admin connection refused: admin.max_connections are being answered"
                     );
-                });
+                }
                 refuse(stream);
                 continue;
             }
@@ -252,24 +256,6 @@ fn refuse(stream: TcpStream) {
     };
     let _ = socket.read(&mut [0u8; 1024]);
     let _ = socket.write(TOO_MANY);
-}
-
-/// At most one warning per 10 s for a flood of refused or failed connections.
-#[derive(Default)]
-struct Complaints {
-    last: Option<Instant>,
-}
-
-impl Complaints {
-    fn note(&mut self, log: impl FnOnce()) {
-        if self
-            .last
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            self.last = Some(Instant::now());
-            log();
-        }
-    }
 }
 
 /// Every request passes here before routing: foreign `Host`s, browsers, oversized bodies and

@@ -52,13 +52,9 @@ struct Shared {
     /// The FPM upstreams and their connection pools: owned here, used by every subject's
     /// workers, observed by the status monitor and the metrics.
     upstreams: Arc<crate::upstreams::InForce>,
-    /// Subjects whose size an operator set (`pool set`, SIGTTIN, SIGTTOU): autoscaling leaves
-    /// them alone until `pool auto`. Kept across reloads.
-    pins: Mutex<std::collections::BTreeSet<String>>,
-    /// Pool size asked for per subject (config, reload, signals, `pool set`, the autoscaler).
-    /// The agent owns it and passes it down to the root (`RootArgs`, `Resize`, `Reload`);
-    /// `SubjectStats::target_pool` is its copy for `/status`, never read back.
-    targets: Mutex<BTreeMap<String, usize>>,
+    /// Each subject's run-time settings (pool size, pin, pause, rate limit): the one record,
+    /// written here only (`agent/pools`, `reload`); the root reads it and `/status` shows it.
+    settings: Arc<crate::settings::Settings>,
     /// The fleet (`admin.fleet`): its state, and the task that keeps its link.
     fleet: Mutex<Option<(Arc<Fleet>, tokio::task::JoinHandle<()>)>>,
 }
@@ -89,18 +85,7 @@ impl Agent {
             .keys()
             .map(|name| (name.clone(), Arc::new(SubjectStats::default())))
             .collect();
-        // An auto pool starts small and grows on evidence (Horizon starts at max).
-        let targets: BTreeMap<String, usize> = config
-            .subjects
-            .iter()
-            .map(|(name, s)| {
-                let start = match s.pool_mode {
-                    crate::autoscale::PoolMode::Fixed => s.pool_size,
-                    crate::autoscale::PoolMode::Auto => s.min_pool_size,
-                };
-                (name.clone(), usize::from(start))
-            })
-            .collect();
+        let settings = Arc::new(crate::settings::Settings::new(&config));
         // The FPM connection pools: the agent owns them, the runtimes use them, the metrics and
         // the status monitor observe them.
         let upstreams = Arc::new(crate::upstreams::InForce::default());
@@ -112,7 +97,7 @@ impl Agent {
         let args = RootArgs {
             config: config.clone(),
             stats: stats.clone(),
-            targets: targets.clone(),
+            settings: settings.clone(),
             metrics: metrics.clone(),
             fatal: fatal.clone(),
             crashes: crashes.clone(),
@@ -136,14 +121,10 @@ impl Agent {
                 alive: true.into(),
                 fpm_tasks: Mutex::new(fpm_tasks),
                 upstreams,
-                pins: Mutex::default(),
-                targets: Mutex::default(),
+                settings,
                 fleet: Mutex::default(),
             }),
         };
-        for (name, size) in targets {
-            handle.record_target(&name, size);
-        }
         handle.spawn_sizer();
         *handle.inner.fleet.lock().expect("fleet lock") = fleet::start(&handle);
         Ok(Self {
@@ -246,12 +227,11 @@ impl Agent {
                 config.clone(),
             );
         self.handle.spawn_sizer();
-        let targets = self.handle.reload_targets(&old, &config);
-        let _ = self
-            .handle
-            .inner
-            .root
-            .cast(RootMsg::Reload(config, targets));
+        let changed_rates = self.handle.reload_settings(&old, &config);
+        let _ = self.handle.inner.root.cast(RootMsg::Reload(config));
+        for (subject, rate) in changed_rates {
+            let _ = self.handle.inner.root.cast(RootMsg::SetRate(subject, rate));
+        }
     }
 
     /// Waits until the supervision tree stops on its own (a fatal error).

@@ -230,4 +230,6 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

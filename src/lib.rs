@@ -47,6 +47,7 @@ pub mod poison;
 pub mod printable;
 pub mod provenance;
 pub mod rate;
+pub mod settings;
 pub mod signals;
 pub mod signature;
 pub mod stats;

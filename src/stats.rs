@@ -35,9 +35,6 @@ pub struct SubjectStats {
     pub dead: AtomicU64,
     /// Current pool size.
     pub pool_size: AtomicU64,
-    /// Pool size asked for (config, reload, signals, `pool set`, the autoscaler): the agent's
-    /// copy for `/status`, written when it changes; nothing decides on it.
-    pub target_pool: AtomicU64,
     /// Consumer (re)starts, the first one included.
     pub consumer_starts: AtomicU64,
     /// Worker actors replaced after a failure.
@@ -59,16 +56,8 @@ pub struct SubjectStats {
     /// True while consumption is paused because FPM is unreachable (circuit open) or an
     /// operator paused it.
     pub paused: AtomicBool,
-    /// An operator paused the subject: the root's copy for `/status`.
-    pub operator_paused: AtomicBool,
-    /// When an operator's timed pause ends (Unix seconds; 0: none): the root's copy for
-    /// `/status`; the root's own timer resumes the subject.
-    pub paused_until: AtomicU64,
     /// The broker node (`host:port`) the consumer is connected to.
     pub node: Mutex<Option<String>>,
-    /// The rate limit in force, as shown (`50/s, burst 1`); a copy for `/status`, written by
-    /// the consumer from the root's record.
-    pub rate_limit: Mutex<Option<String>>,
     /// Messages wait in the queue longer than the subject's `wait_threshold` (an episode).
     pub long_wait: AtomicBool,
     /// With `batch_max = "auto"`: the last sizing decision, for `/status`.
@@ -187,31 +176,9 @@ impl SubjectStats {
         });
     }
 
-    /// Records an operator's pause (`until`: when a timed one ends) for status output.
-    pub fn set_operator_pause(&self, paused: bool, until: Option<std::time::SystemTime>) {
-        let secs = until
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs().max(1));
-        self.paused_until.store(secs, Ordering::Relaxed);
-        self.operator_paused.store(paused, Ordering::Relaxed);
-    }
-
-    /// When an operator's timed pause ends (Unix seconds), if one is in force.
-    #[must_use]
-    pub fn paused_until(&self) -> Option<u64> {
-        let secs = self.paused_until.load(Ordering::Relaxed);
-        (secs > 0 && self.operator_paused.load(Ordering::Relaxed)).then_some(secs)
-    }
-
     /// Records the node the consumer is connected to (`None`: not connected).
     pub fn set_node(&self, node: Option<String>) {
         *self.node.lock().expect("node lock") = node;
-    }
-
-    /// The rate limit in force, as shown.
-    #[must_use]
-    pub fn rate_limit(&self) -> Option<String> {
-        self.rate_limit.lock().expect("rate lock").clone()
     }
 
     /// Records a `batch_max = "auto"` decision; returns the one before.

@@ -181,6 +181,15 @@ pub struct Sent {
     pub result: Result<Reply, FpmError>,
 }
 
+/// When a down upstream is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Now (the circuit breaker asks whether any upstream is back).
+    Now,
+    /// When its backoff allows (the maintenance task's round).
+    WhenDue,
+}
+
 impl Upstreams {
     /// The upstreams of `config` (`fpm.address`), with `metrics(label)` for each.
     #[must_use]
@@ -321,11 +330,11 @@ impl Upstreams {
         }
     }
 
-    /// Probes every upstream that is down and due (or all of them with `force`); returns true
-    /// when at least one is up afterwards.
-    pub async fn probe(&self, force: bool) -> bool {
+    /// Probes every upstream that is down (`Probe::Now`) or down and due (`Probe::WhenDue`);
+    /// returns true when at least one is up afterwards.
+    pub async fn probe(&self, when: Probe) -> bool {
         for upstream in &self.list {
-            upstream.probe(force).await;
+            upstream.probe(when).await;
         }
         self.list.iter().any(|u| u.health().up())
     }
@@ -342,7 +351,7 @@ impl Upstreams {
             for upstream in &self.list {
                 upstream.reap(Instant::now());
             }
-            self.probe(false).await;
+            self.probe(Probe::WhenDue).await;
         }
     }
 
@@ -436,11 +445,11 @@ impl Upstream {
         self.metrics.up.set(1);
     }
 
-    async fn probe(&self, force: bool) {
+    async fn probe(&self, when: Probe) {
         let Health::Down { next_probe, .. } = self.health() else {
             return;
         };
-        if !force && Instant::now() < next_probe {
+        if when == Probe::WhenDue && Instant::now() < next_probe {
             return;
         }
         let ok = crate::fastcgi::probe(&self.address, self.timeout.min(PROBE_MAX))

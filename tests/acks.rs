@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amqp_agent::actors::SubjectRuntime;
-use amqp_agent::actors::acks::Acks;
+use amqp_agent::actors::acks::{Acked, Acks};
 use amqp_agent::stats::SubjectStats;
 use amqp_agent::telemetry::metrics::Metrics;
 use common::TestCtx;
@@ -98,7 +98,7 @@ async fn a_nack_inside_a_run_of_acks_returns_exactly_that_message() {
     acks.set_window(100);
     // m2 goes back; the others are done, in an order that ends on the highest tag.
     for id in ["m1", "m3", "m5", "m4"] {
-        acks.ack(tags[id], true);
+        acks.ack(tags[id], Acked::Handled);
     }
     acks.nack(tags["m2"]);
     acks.flush().await;
@@ -118,7 +118,7 @@ async fn done_messages_behind_one_in_flight_are_acked_singly_and_the_rest_held()
     acks.set_window(100);
     // h1 is still "running": h2..h4 wait behind it, then go out singly after HOLD_MAX.
     for id in ["h2", "h3", "h4"] {
-        acks.ack(tags[id], true);
+        acks.ack(tags[id], Acked::Handled);
     }
     common::eventually(LONG, "held acks written after HOLD_MAX", || async {
         stats.snapshot().acked == 3

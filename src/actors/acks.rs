@@ -52,6 +52,15 @@ enum Cmd {
     Flush(oneshot::Sender<()>),
 }
 
+/// Why a delivery is acked: only a handled one counts in the `acked` statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// PHP handled it.
+    Handled,
+    /// Its retry or dead-letter copy was stored.
+    CopyStored,
+}
+
 impl Acks {
     /// Starts the settlement task of `channel` (a fresh channel: its first delivery tag is 1).
     #[must_use]
@@ -62,7 +71,8 @@ impl Acks {
     }
 
     /// Acks `tag` once everything before it is settled (or after [`HOLD_MAX`]).
-    pub fn ack(&self, tag: DeliveryTag, handled: bool) {
+    pub fn ack(&self, tag: DeliveryTag, why: Acked) {
+        let handled = why == Acked::Handled;
         let _ = self.tx.send(Cmd::Ack { tag, handled });
     }
 

@@ -34,16 +34,6 @@ struct Child {
     intensity: intensity::Intensity,
     /// The consumer is being replaced after a reload: its stop is not a crash.
     replacing: bool,
-    /// Pool size asked for, as the agent passed it down; survives consumer restarts.
-    target: usize,
-    /// An operator paused the subject; survives consumer restarts and reloads.
-    operator_paused: bool,
-    /// Counts operator pauses and resumes: a timed pause's expiry resumes the subject only if
-    /// nothing was commanded since.
-    pause_generation: u64,
-    /// The subject's rate limit in force (the file's, or an operator's); survives consumer
-    /// restarts, and reloads unless the file's value changes.
-    rate: Option<crate::rate::RateLimit>,
     /// Where the next (re)connection starts in `amqp.urls`; survives consumer restarts.
     endpoint_cursor: Arc<AtomicUsize>,
 }
@@ -57,6 +47,8 @@ pub struct RootState {
     fatal: Arc<Mutex<Option<String>>>,
     /// The FPM upstreams in force: a reload takes the runtimes' from here.
     upstreams: Arc<crate::upstreams::InForce>,
+    /// The agent's record of each subject's run-time settings.
+    settings: Arc<crate::settings::Settings>,
 }
 
 /// Messages the root accepts.
@@ -67,15 +59,13 @@ pub enum RootMsg {
     Drain(RpcReplyPort<()>),
     /// Resize a subject's pool.
     Resize(String, usize),
-    /// Pause (true) or resume (false) a subject's consumption; a pause with a duration ends
-    /// by itself.
-    SetPaused(String, bool, Option<Duration>),
-    /// A timed pause of this generation ran out.
-    PauseExpired(String, u64),
+    /// Pause (true) or resume (false) a subject's consumption.
+    SetPaused(String, bool),
     /// Set (or lift, `None`) a subject's rate limit.
     SetRate(String, Option<crate::rate::RateLimit>),
-    /// Apply a re-read configuration (SIGHUP), with the pool sizes asked for under it.
-    Reload(Arc<Config>, BTreeMap<String, usize>),
+    /// Apply a re-read configuration (SIGHUP); the settings record already holds the pool
+    /// sizes asked for under it.
+    Reload(Arc<Config>),
     /// Liveness check (the systemd watchdog pings only while this answers).
     Ping(RpcReplyPort<()>),
 }
@@ -86,8 +76,8 @@ pub struct RootArgs {
     pub config: Arc<Config>,
     /// Per-subject counters, created by the caller so it can read them.
     pub stats: BTreeMap<String, Arc<SubjectStats>>,
-    /// Per-subject pool size to start with.
-    pub targets: BTreeMap<String, usize>,
+    /// The agent's record of each subject's run-time settings, read when a consumer starts.
+    pub settings: Arc<crate::settings::Settings>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     /// Set to the reason when the root gives up; the process then exits non-zero.
@@ -113,7 +103,6 @@ impl Actor for RootSupervisor {
         let mut children = BTreeMap::new();
         let gate = crate::broker::gate::OversizeGate::new(args.config.limits.max_body_bytes);
         for (name, stats) in args.stats {
-            let target = args.targets.get(&name).copied().unwrap_or(1);
             let runtime = Arc::new(
                 SubjectRuntime::new(
                     args.config.clone(),
@@ -132,10 +121,6 @@ impl Actor for RootSupervisor {
                 started: None,
                 intensity: intensity::Intensity::new(&policy(&args.config.agent)),
                 replacing: false,
-                target,
-                operator_paused: false,
-                pause_generation: 0,
-                rate: args.config.subjects[&name].rate(),
                 endpoint_cursor: Arc::default(),
             };
             children.insert(name.clone(), child);
@@ -148,6 +133,7 @@ impl Actor for RootSupervisor {
             draining: false,
             fatal: args.fatal,
             upstreams: args.upstreams,
+            settings: args.settings,
         })
     }
 
@@ -175,42 +161,14 @@ impl Actor for RootSupervisor {
         match msg {
             RootMsg::Start(name) => start(&myself, state, name).await,
             RootMsg::Drain(reply) => drain(state, reply),
-            RootMsg::Resize(name, size) => {
-                // A consumer (re)started later is given the child's target.
-                if let Some(child) = state.children.get_mut(&name) {
-                    child.target = size;
-                    if let Some(actor) = &child.actor {
-                        actor.cast(ConsumerMsg::Resize(size))?;
-                    }
-                }
-            }
-            RootMsg::Reload(config, targets) => reload(state, config, &targets)?,
+            RootMsg::Resize(name, size) => tell(state, &name, ConsumerMsg::Resize(size))?,
+            RootMsg::Reload(config) => reload(state, config)?,
             RootMsg::Ping(reply) => {
                 let _ = reply.send(());
             }
-            RootMsg::SetRate(name, rate) => {
-                if let Some(child) = state.children.get_mut(&name) {
-                    child.rate = rate;
-                    if let Some(actor) = &child.actor {
-                        actor.cast(ConsumerMsg::SetRate(rate))?;
-                    }
-                }
-            }
-            RootMsg::SetPaused(name, paused, duration) => {
-                if let Some(child) = state.children.get_mut(&name) {
-                    pause(&myself, child, &name, paused, duration)?;
-                }
-            }
-            RootMsg::PauseExpired(name, generation) => {
-                if let Some(child) = state
-                    .children
-                    .get_mut(&name)
-                    .filter(|c| c.pause_generation == generation && c.operator_paused)
-                {
-                    info!(subject = %name, "Timed pause ran out: resuming consumption");
-                    child.runtime.stats.set_operator_pause(false, None);
-                    set_paused(child, false)?;
-                }
+            RootMsg::SetRate(name, rate) => tell(state, &name, ConsumerMsg::SetRate(rate))?,
+            RootMsg::SetPaused(name, paused) => {
+                tell(state, &name, ConsumerMsg::SetPaused(paused))?;
             }
         }
         Ok(())
@@ -248,13 +206,9 @@ impl Actor for RootSupervisor {
 }
 
 /// Applies a new configuration as a diff: pools are resized in place to the sizes the agent
-/// asked for under it (`AgentHandle::reload_targets`); a subject whose connection, FPM,
+/// asked for under it (the settings record, `AgentHandle::reload_settings`); a subject whose connection, FPM,
 /// retry or limit settings changed is drained and restarted with the new settings.
-fn reload(
-    state: &mut RootState,
-    new: Arc<Config>,
-    targets: &BTreeMap<String, usize>,
-) -> Result<(), ActorProcessingErr> {
+fn reload(state: &mut RootState, new: Arc<Config>) -> Result<(), ActorProcessingErr> {
     let old = state.config.clone();
     for name in new
         .subjects
@@ -268,16 +222,7 @@ fn reload(
             warn!(subject = %name, "Removing a subject needs a restart; it keeps running");
             continue;
         }
-        let target = targets.get(name).copied().unwrap_or(child.target);
-        child.target = target;
         let restart = !old.same_for_consumer(&new, name);
-        // A rate limit changed in the file replaces the one in force (an operator's too); an
-        // unchanged one leaves the operator's.
-        let file_rate = new.subjects[name].rate();
-        let rate_changed = old.subjects.get(name).and_then(|s| s.rate()) != file_rate;
-        if rate_changed {
-            child.rate = file_rate;
-        }
         child.runtime = reloaded(&child.runtime, &new, name, &state.upstreams);
         let Some(actor) = child.actor.clone() else {
             continue;
@@ -290,11 +235,9 @@ fn reload(
                 let _ = actor.call(ConsumerMsg::Drain, Some(timeout)).await;
                 actor.stop(Some("reload".to_owned()));
             });
-        } else {
-            actor.cast(ConsumerMsg::Resize(target))?;
-            if rate_changed {
-                actor.cast(ConsumerMsg::SetRate(child.rate))?;
-            }
+        } else if let Some(setting) = state.settings.get(name) {
+            // A rate limit changed by the reload follows in its own message from the agent.
+            actor.cast(ConsumerMsg::Resize(setting.target))?;
         }
     }
     state.config = new;
@@ -315,26 +258,6 @@ fn drain(state: &mut RootState, reply: RpcReplyPort<()>) {
         futures_util::future::join_all(calls).await;
         let _ = reply.send(());
     });
-}
-
-/// An operator's pause or resume of `child`, for `duration` when given (a timed pause ends by
-/// itself, unless another pause or resume came in between).
-fn pause(
-    myself: &ActorRef<RootMsg>,
-    child: &mut Child,
-    name: &str,
-    paused: bool,
-    duration: Option<std::time::Duration>,
-) -> Result<(), ActorProcessingErr> {
-    child.pause_generation += 1;
-    let until = duration.filter(|_| paused).map(|d| {
-        let generation = child.pause_generation;
-        let expired = name.to_owned();
-        myself.send_after(d, move || RootMsg::PauseExpired(expired, generation));
-        std::time::SystemTime::now() + d
-    });
-    child.runtime.stats.set_operator_pause(paused, until);
-    set_paused(child, paused)
 }
 
 /// A subject's runtime under the reloaded configuration: the same stats, metrics, crash
@@ -359,11 +282,10 @@ fn reloaded(
     )
 }
 
-/// Records the operator's pause in the child and tells its consumer, if one runs.
-fn set_paused(child: &mut Child, paused: bool) -> Result<(), ActorProcessingErr> {
-    child.operator_paused = paused;
-    if let Some(actor) = &child.actor {
-        actor.cast(ConsumerMsg::SetPaused(paused))?;
+/// Tells a subject's consumer, if one runs (one started later reads the settings record).
+fn tell(state: &RootState, name: &str, msg: ConsumerMsg) -> Result<(), ActorProcessingErr> {
+    if let Some(actor) = state.children.get(name).and_then(|c| c.actor.as_ref()) {
+        actor.cast(msg)?;
     }
     Ok(())
 }
@@ -375,11 +297,14 @@ async fn start(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String) 
     let Some(child) = state.children.get_mut(&name) else {
         return;
     };
+    let Some(setting) = state.settings.get(&name) else {
+        return;
+    };
     let args = ConsumerArgs {
         runtime: child.runtime.clone(),
-        target: child.target,
-        operator_paused: child.operator_paused,
-        rate: child.rate,
+        target: setting.target,
+        operator_paused: setting.pause.is_on(),
+        rate: setting.rate,
         endpoint_cursor: child.endpoint_cursor.clone(),
     };
     match Actor::spawn_linked(None, QueueConsumer, args, myself.get_cell()).await {
@@ -433,9 +358,9 @@ fn failed(myself: &ActorRef<RootMsg>, state: &mut RootState, name: String, crash
         .intensity
         .ended(&policy(agent), started, crash, Instant::now())
     {
-        intensity::Next::GiveUp(crashes) => {
+        intensity::Next::GiveUp(failures) => {
             let reason = format!(
-                "consumer `{name}` crashed {crashes} times within {:?} (agent.max_restarts = {}); giving up",
+                "consumer `{name}` crashed {failures} times within {:?} (agent.max_restarts = {}); giving up",
                 agent.restart_window, agent.max_restarts
             );
             error!("{reason}");

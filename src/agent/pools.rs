@@ -2,21 +2,31 @@
 //! pause and resume.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tracing::info;
 
 use super::AgentHandle;
 use crate::actors::root::RootMsg;
 use crate::config::Config;
+use crate::settings::{Pause, Setting};
 use crate::stats::SubjectStats;
-use std::collections::BTreeMap;
 
 impl AgentHandle {
     /// Subjects pinned by an operator.
     #[must_use]
     pub fn pins(&self) -> std::collections::BTreeSet<String> {
-        self.inner.pins.lock().expect("pins lock").clone()
+        self.inner
+            .stats
+            .keys()
+            .filter(|name| self.setting(name).is_some_and(|s| s.pinned))
+            .cloned()
+            .collect()
+    }
+
+    /// A subject's run-time settings (the agent's record of them).
+    #[must_use]
+    pub fn setting(&self, subject: &str) -> Option<Setting> {
+        self.inner.settings.get(subject)
     }
 
     /// Releases an operator's pin: the subject's pool is sized by the autoscaler again.
@@ -29,15 +39,19 @@ impl AgentHandle {
         if config.subjects[subject].pool_mode != crate::autoscale::PoolMode::Auto {
             anyhow::bail!("`{subject}` has pool_mode = \"fixed\" (subjects.{subject}.pool_mode)");
         }
-        self.inner.pins.lock().expect("pins lock").remove(subject);
+        self.inner.settings.update(subject, |s| s.pinned = false);
         info!(subject, "Pool released to the autoscaler");
         Ok(())
     }
 
     /// Resizes without pinning (the autoscaler's path; bounds are the caller's).
     pub fn resize(&self, subject: &str, size: usize) {
-        if self.inner.stats.contains_key(subject) {
-            self.record_target(subject, size);
+        if self
+            .inner
+            .settings
+            .update(subject, |s| s.target = size)
+            .is_some()
+        {
             let _ = self
                 .inner
                 .root
@@ -48,48 +62,28 @@ impl AgentHandle {
     /// The pool size asked for `subject`.
     #[must_use]
     pub fn target(&self, subject: &str) -> Option<usize> {
-        self.inner
-            .targets
-            .lock()
-            .expect("targets lock")
-            .get(subject)
-            .copied()
+        self.setting(subject).map(|s| s.target)
     }
 
-    /// Records the pool size asked for `subject`, and shows it in `/status`.
-    pub(super) fn record_target(&self, subject: &str, size: usize) {
-        self.inner
-            .targets
-            .lock()
-            .expect("targets lock")
-            .insert(subject.to_owned(), size);
-        if let Some(stats) = self.inner.stats.get(subject) {
-            stats.target_pool.store(size as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Applies a reload to the sizes asked for: a `pool_size` changed in the file becomes the
-    /// new target (else the size set at run time stays), clamped to the new bounds. Returns
-    /// the targets for the root.
-    pub(super) fn reload_targets(&self, old: &Config, new: &Config) -> BTreeMap<String, usize> {
-        let mut targets = BTreeMap::new();
-        for (name, subject) in &new.subjects {
-            let (Some(current), Some(before)) = (self.target(name), old.subjects.get(name)) else {
+    /// Applies a reload to the record (`Setting::reloaded`); returns the subjects whose rate
+    /// limit changed, with the new one.
+    pub(super) fn reload_settings(
+        &self,
+        old: &Config,
+        new: &Config,
+    ) -> Vec<(String, Option<crate::rate::RateLimit>)> {
+        let mut changed = Vec::new();
+        for name in new.subjects.keys() {
+            let Some(before) = self.setting(name) else {
                 continue;
             };
-            let asked = if subject.pool_size == before.pool_size {
-                current
-            } else {
-                usize::from(subject.pool_size)
-            };
-            let target = asked.clamp(
-                usize::from(subject.min_pool_size),
-                usize::from(subject.max_pool_size),
-            );
-            self.record_target(name, target);
-            targets.insert(name.clone(), target);
+            let after = before.reloaded(old, new, name);
+            self.inner.settings.update(name, |s| *s = after);
+            if after.rate != before.rate {
+                changed.push((name.clone(), after.rate));
+            }
         }
-        targets
+        changed
     }
 
     fn subject_stats(&self, subject: &str) -> anyhow::Result<&Arc<SubjectStats>> {
@@ -118,18 +112,14 @@ impl AgentHandle {
                 "pool size {size} for `{subject}` is outside {min}..={max} (subjects.{subject}.min_pool_size / max_pool_size)"
             );
         }
-        self.subject_stats(subject)?;
-        self.record_target(subject, size);
+        let auto = cfg.pool_mode == crate::autoscale::PoolMode::Auto;
+        self.inner.settings.update(subject, |s| {
+            s.target = size;
+            s.pinned |= auto;
+        });
         self.inner
             .root
             .cast(RootMsg::Resize(subject.to_owned(), size))?;
-        if cfg.pool_mode == crate::autoscale::PoolMode::Auto {
-            self.inner
-                .pins
-                .lock()
-                .expect("pins lock")
-                .insert(subject.to_owned());
-        }
         info!(subject, size, "Pool resized");
         Ok(size)
     }
@@ -161,6 +151,7 @@ impl AgentHandle {
         rate: Option<crate::rate::RateLimit>,
     ) -> anyhow::Result<()> {
         self.subject_stats(subject)?;
+        self.inner.settings.update(subject, |s| s.rate = rate);
         self.inner
             .root
             .cast(RootMsg::SetRate(subject.to_owned(), rate))?;
@@ -192,9 +183,44 @@ impl AgentHandle {
         duration: Option<std::time::Duration>,
     ) -> anyhow::Result<()> {
         self.subject_stats(subject)?;
+        let pause = match (paused, duration) {
+            (false, _) => Pause::Off,
+            (true, None) => Pause::On,
+            (true, Some(d)) => Pause::Until(std::time::SystemTime::now() + d),
+        };
+        let setting = self.inner.settings.update(subject, |s| {
+            s.pause = pause;
+            s.pause_generation += 1;
+        });
         self.inner
             .root
-            .cast(RootMsg::SetPaused(subject.to_owned(), paused, duration))?;
+            .cast(RootMsg::SetPaused(subject.to_owned(), paused))?;
+        if let (Some(d), Some(setting)) = (duration.filter(|_| paused), setting) {
+            let (agent, subject) = (self.clone(), subject.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                agent.pause_ran_out(&subject, setting.pause_generation);
+            });
+        }
         Ok(())
+    }
+
+    /// A timed pause ran out: the subject resumes, unless a pause or resume came in between.
+    fn pause_ran_out(&self, subject: &str, generation: u64) {
+        let mut resumed = false;
+        self.inner.settings.update(subject, |s| {
+            if s.pause_generation == generation && s.pause.is_on() {
+                s.pause = Pause::Off;
+                s.pause_generation += 1;
+                resumed = true;
+            }
+        });
+        if resumed {
+            info!(subject, "Timed pause ran out: resuming consumption");
+            let _ = self
+                .inner
+                .root
+                .cast(RootMsg::SetPaused(subject.to_owned(), false));
+        }
     }
 }

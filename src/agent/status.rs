@@ -1,7 +1,6 @@
 //! What the agent reports about itself: `/status` and readiness.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
@@ -118,20 +117,23 @@ impl AgentHandle {
     #[must_use]
     pub fn status(&self) -> Status {
         let config = self.config();
-        let pins = self.pins();
         let subjects = self
             .inner
             .stats
             .iter()
             .map(|(name, stats)| {
                 let s = stats.snapshot();
-                let operator_paused = stats.operator_paused.load(Ordering::Relaxed);
-                let until = stats.paused_until();
+                let setting = self.setting(name);
+                let operator_paused = setting.is_some_and(|s| s.pause.is_on());
+                let until = setting.and_then(|s| s.pause.until()).map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_secs().max(1))
+                });
                 let cfg = config.subjects.get(name);
                 let auto = cfg.is_some_and(|c| c.pool_mode == crate::config::PoolMode::Auto);
                 let status = SubjectStatus {
                     pool_mode: if auto { "auto" } else { "fixed" },
-                    pinned: pins.contains(name),
+                    pinned: setting.is_some_and(|s| s.pinned),
                     min_pool_size: cfg.map_or(0, |c| c.min_pool_size),
                     max_pool_size: cfg.map_or(0, |c| c.max_pool_size),
                     queue_depth: Some(s.queued),
@@ -156,7 +158,7 @@ impl AgentHandle {
                         .subjects
                         .get(name)
                         .map_or_else(String::new, |s| s.queue.clone()),
-                    target_pool_size: stats.target_pool.load(Ordering::Relaxed),
+                    target_pool_size: setting.map_or(0, |s| s.target as u64),
                     idle: s.pool_size.saturating_sub(s.busy),
                     connection: if s.consuming {
                         "connected"
@@ -164,7 +166,9 @@ impl AgentHandle {
                         "disconnected"
                     },
                     node: stats.node(),
-                    rate_limit: stats.rate_limit(),
+                    rate_limit: setting
+                        .and_then(|s| s.rate)
+                        .map(|l| format!("{}, burst {}", l.rate, l.burst)),
                     long_wait: stats.long_wait.load(std::sync::atomic::Ordering::Relaxed),
                     batch_auto: stats.batch_sizing(),
                     runtime_ms_last_minute: stats

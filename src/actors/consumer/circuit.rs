@@ -32,7 +32,12 @@ pub(super) async fn probe(
     let Some(delay) = state.circuit else {
         return Ok(());
     };
-    if !state.runtime.upstreams.probe(true).await {
+    if !state
+        .runtime
+        .upstreams
+        .probe(crate::upstreams::Probe::Now)
+        .await
+    {
         let next = (delay * 2).min(PROBE_MAX);
         state.circuit = Some(next);
         myself.send_after(next, || ConsumerMsg::Probe);

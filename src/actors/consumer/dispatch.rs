@@ -284,8 +284,6 @@ pub(super) fn set_rate(state: &mut ConsumerState, rate: Option<crate::rate::Rate
         (Some(limit), Some(bucket)) => bucket.set(limit, now),
         (Some(limit), None) => state.bucket = Some(crate::rate::Bucket::new(limit, now)),
     }
-    *state.runtime.stats.rate_limit.lock().expect("rate lock") =
-        rate.map(|l| format!("{}, burst {}", l.rate, l.burst));
     if let Some(limit) = rate {
         tracing::info!(subject = %state.runtime.name, rate = %limit.rate, burst = limit.burst, "Rate limit in force");
     }

@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{EXCERPT, truncate};
 use crate::actors::SubjectRuntime;
-use crate::actors::acks::Acks;
+use crate::actors::acks::{Acked, Acks};
 use crate::broker::{BrokerError, Publisher};
 use crate::contract::{self, ATTEMPT_HEADER, LAST_ERROR_HEADER};
 use crate::outcome::{Decision, Verdict};
@@ -46,7 +46,7 @@ pub(in crate::actors) async fn settle(
         Decision::Ack => {
             debug!("Handled");
             original.span.record("outcome", "ack");
-            acks.ack(tag, true);
+            acks.ack(tag, Acked::Handled);
             return;
         }
         Decision::Retry {
@@ -75,7 +75,7 @@ pub(in crate::actors) async fn settle(
                 }
                 (_, reason) => runtime.events.emit(Event::DeadLettered { reason }),
             }
-            acks.ack(tag, false);
+            acks.ack(tag, Acked::CopyStored);
         }
         Err(e) => {
             error!(error = %e, "Could not store the retry/dead-letter copy; returning the message to its queue");
