@@ -231,7 +231,7 @@ impl FpmClient {
     /// Sends one request and reads the whole reply, within the timeout.
     ///
     /// A kept-alive connection that FPM closed while idle (restart, `pm.max_requests`) is
-    /// replaced once, transparently, when it fails before any reply byte arrived.
+    /// found before the request is sent, and replaced; a request is never sent twice.
     ///
     /// # Errors
     /// [`FpmError`]; the connection is dropped in every error case.

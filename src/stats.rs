@@ -1,9 +1,9 @@
 //! Per-subject counters and gauges, updated by the actors and read by status output and tests.
 //!
-//! Invariant: observations only. State that decisions read (the pool size asked for, the
-//! operator's pause, the next broker endpoint) lives with its owner (the agent, the root's child
-//! record) and is passed down; counters with a Prometheus twin are written by
-//! `telemetry::events` only.
+//! Invariant: observations. Decisions read few of them (the autoscaler: busy, in flight and
+//! queued; readiness: consuming and paused); what an operator or the autoscaler sets lives in
+//! `settings`, the next broker endpoint in the root's child record. Counters with a Prometheus
+//! twin are written by `telemetry::events` only.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

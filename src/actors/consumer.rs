@@ -70,7 +70,7 @@ pub struct ConsumerState {
     draining: Option<Vec<RpcReplyPort<()>>>,
     /// Task moving deliveries from the lapin consumer into the mailbox.
     forwarder: Option<tokio::task::JoinHandle<()>>,
-    /// Auto pools: the task reading the queue's depth for the autoscaler.
+    /// The task reading the queue's, delay queues' and dead-letter queue's depths.
     depth: Option<tokio::task::JoinHandle<()>>,
     /// Circuit breaker: `Some(next probe delay)` while FPM is unreachable.
     circuit: Option<std::time::Duration>,

@@ -1,5 +1,5 @@
 //! The operator's web dashboard on the admin listener: `/` (overview), `/dashboard/metrics`,
-//! `/dashboard/fpm`, `/dashboard/actions`, `/dashboard/dead-letters`, their data (`/dashboard/data.json`,
+//! `/dashboard/fpm`, `/dashboard/fleet`, `/dashboard/actions`, `/dashboard/dead-letters`, their data (`/dashboard/data.json`,
 //! `/dashboard/history.json`) and static assets (`/assets/…`), all inside the binary.
 //!
 //! Invariant: the dashboard only reads. Its pages and data are as open as `/status` (no

@@ -167,8 +167,8 @@ impl AgentHandle {
     }
 
     /// Pauses a subject for `duration`, after which it resumes by itself (operator command).
-    /// The pause is the root's: it survives consumer restarts and reloads (SIGHUP). A later
-    /// pause or resume replaces it.
+    /// The pause is the agent's (`settings`, and its own timer): it survives consumer restarts
+    /// and reloads (SIGHUP). A later pause or resume replaces it.
     ///
     /// # Errors
     /// Unknown subject.

@@ -13,7 +13,7 @@ use super::{Config, ConfigError, QueueType, SUBJECTS, invalid};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectConfig {
-    /// Queue to consume. Its retry queues are `<queue>.retry.<ms>`, its dead-letter queue `<queue>.dead`.
+    /// Queue to consume. Its retry queues are `<queue>.retry.<ms>ms`, its dead-letter queue `<queue>.dead`.
     pub queue: String,
     /// FPM workers (concurrent requests) for this subject.
     #[serde(default = "default_pool_size")]
