@@ -7,17 +7,35 @@ with W worker processes, or the agent (release build) -> php-fpm -> the app's fr
 the same bus and handler, drains it. msg/s = messages / (consumers start -> the handler's last
 record); CPU per message from /proc/stat over the same window (the whole machine) and from the
 processes involved (consumers, php-fpm, RabbitMQ). Run by `scripts/bench --messenger`.
+
+Two latency rows follow (issue #24; `--trickle`, `--slowdown` run only them), against the agent on
+one subject with its admin listener, php-fpm -> latency-front.php (the bundle's controller, a bus
+whose one middleware sleeps the cost read from a file and records each message), published to by
+paced-publish.php with the publish time in each message:
+- trickle: two agents, `batch_max = 1` and `"auto"`, each sent --trickle-rate msg/s in turn, idle
+  workers; publish -> handler record, p50/p99/max of each; target: auto's p99 <= batch_max 1's + 2 ms.
+- slowdown: `"auto"` with a standing backlog (--slowdown-backlog messages published and not yet
+  handled) at 10 ms per message, switched to 200 ms; /status `batch_auto` polled every 50 ms and
+  the requests PHP got, per second; fpm timeouts, retries, dead letters, requeues and messages PHP
+  saw again from /metrics and the records. Targets: shrunk within 5 s, no timeout, no retry.
 """
 
 import argparse
+import collections
+import datetime
+import json
+import math
 import os
+import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.join(ROOT, "bench", "messenger")
@@ -383,6 +401,213 @@ listen = ""
             f.write("\n".join(x for x in files if "/cache/prod/" not in x) + "\n")
         return out
 
+    # --- the latency rows (issue #24): a trickle, and a handler that turns slow ----------------
+    # Both run the agent on one subject (`event`) with its admin listener, php-fpm → latency-front.php
+    # (the bundle's controller, the bus of latency.php: a per-message cost read from a file, one
+    # record per message), and paced-publish.php publishing as the bench tells it.
+
+    def latency_agent(self, name, pool, batch, timeout="30s", cost_file=None, log_level="warn"):
+        """php-fpm (pool children) and the agent on a fresh queue, consuming; a dict of handles."""
+        queue = f"msgbench_{os.getpid()}_{name}"
+        self.chores("delete", [queue, f"{queue}.dead", f"{queue}.retry.1000ms"])
+        self.chores("declare", [queue])
+        env = self.env(name)
+        if cost_file:
+            env["BENCH_COST_FILE"] = cost_file
+        fpm, sock, d = self.fpm_start(env, pool)
+        port = free_port()
+        batch_line = 'batch_max = "auto"' if batch == "auto" else f"batch_max = {batch}"
+        cfg = os.path.join(d, f"agent-{name}.toml")
+        with open(cfg, "w") as f:
+            f.write(
+                f"""[amqp]
+url = "{AMQP}"
+
+[fpm]
+address = "unix:{sock}"
+script_filename = "{os.path.join(HERE, 'latency-front.php')}"
+request_uri = "/_agent/messages/{{subject}}"
+timeout = "{timeout}"
+signing_secrets = ["{SECRET}"]
+
+[retry]
+delays = ["1s"]
+
+[subjects.event]
+queue = "{queue}"
+pool_size = {pool}
+{batch_line}
+
+[admin]
+listen = "127.0.0.1:{port}"
+"""
+            )
+        agent = subprocess.Popen(
+            [self.args.agent_bin, "run", "--config", cfg],
+            env=dict(env, RUST_LOG=log_level),
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(d, "agent.log"), "w"),
+        )
+        h = dict(name=name, queue=queue, batch=batch, pool=pool, fpm=fpm, agent=agent, port=port, dir=d)
+        deadline = time.monotonic() + 30
+        while admin_get(port, "/readyz") is None:
+            if agent.poll() is not None or time.monotonic() > deadline:
+                self.latency_stop(h)
+                raise RuntimeError(f"the agent of {name} did not become ready; see {d}/agent.log")
+            time.sleep(0.05)
+        h["records"] = Records(os.path.join(self.records, f"latency-{queue}.jsonl"))
+        return h
+
+    def latency_stop(self, h):
+        """Stops the agent (its exit code into h) and php-fpm; h["left"]: messages left in the queues."""
+        h["agent"].send_signal(signal.SIGTERM)
+        try:
+            h["rc"] = h["agent"].wait(60)
+        except subprocess.TimeoutExpired:
+            h["agent"].kill()
+            h["rc"] = h["agent"].wait()
+        h["fpm"].send_signal(signal.SIGQUIT)
+        h["fpm"].wait(30)
+        q = h["queue"]
+        queues = [q, f"{q}.dead", f"{q}.retry.1000ms"]
+        left = self.php(os.path.join(HERE, "queues.php"), "count", *queues)
+        h["left"] = sum(int(l.split()[1]) for l in left.split("\n") if l)
+        self.chores("delete", queues)
+
+    def wait_handled(self, handles, sent, deadline_s):
+        deadline = time.monotonic() + deadline_s
+        for h in handles:
+            while len(h["records"].poll()) < sent[h["queue"]]:
+                if h["agent"].poll() is not None:
+                    raise RuntimeError(f"the agent of {h['name']} exited with {h['agent'].returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{h['name']}: {len(h['records'].lines)} of {sent[h['queue']]} handled in {deadline_s} s")
+                time.sleep(0.01)
+
+    def trickle(self):
+        """`batch_max = 1` and `"auto"` side by side at a trickle: one agent each, published to in
+        turn, half a period apart. Latency: publish → the handler's record of the message."""
+        a = self.args
+        handles, pub = [], None
+        try:
+            for batch in (1, "auto"):
+                handles.append(self.latency_agent(f"trickle-{batch}", a.trickle_pool, batch))
+            pub = Publisher(self)
+            period = 1.0 / a.trickle_rate
+
+            def paced(count):
+                start = time.monotonic()
+                for i in range(count):
+                    # Each agent every `period`, the second half a period after the first.
+                    for k, h in enumerate(handles):
+                        pause = start + (i + k / len(handles)) * period - time.monotonic()
+                        if pause > 0:
+                            time.sleep(pause)
+                        pub.publish(h["queue"])
+
+            # Warm-up (not counted): FPM's children and OPcache, the agents' first requests.
+            paced(max(1, int(a.trickle_rate)))
+            self.wait_handled(handles, pub.sent, 30)
+            measured_from = time.time()
+            cpu0 = [proc_cpu(h["agent"].pid) for h in handles]
+            load0 = loadavg()
+            n = int(a.trickle_rate * a.trickle_seconds)
+            log(f"trickle: {a.trickle_rate:g} msg/s to each agent for {a.trickle_seconds:g} s ({n} messages each)")
+            paced(n)
+            self.wait_handled(handles, pub.sent, 60)
+            load1 = loadavg()
+            cpu1 = [proc_cpu(h["agent"].pid) for h in handles]
+        finally:
+            if pub:
+                pub.close()
+            for h in handles:
+                self.latency_stop(h)
+        rows = []
+        for h, c0, c1 in zip(handles, cpu0, cpu1):
+            recs = h["records"].lines
+            ids = [r["id"] for r in recs]
+            counted = [r for r in recs if r["pub"] >= measured_from]
+            lat = sorted((r["end"] - r["pub"]) * 1e3 for r in counted)
+            rows.append(
+                dict(
+                    label=f"trickle {a.trickle_rate:g} msg/s, pool {h['pool']}, batch_max {h['batch']}",
+                    batch=h["batch"],
+                    n=len(lat),
+                    p50=percentile(lat, 50),
+                    p99=percentile(lat, 99),
+                    max=lat[-1],
+                    largest=max(r["size"] for r in counted),
+                    agent=(c1 - c0) / max(1, len(lat)) * 1e6,
+                    load=(load0, load1),
+                    lost=pub.sent[h["queue"]] - len(set(ids)),
+                    dup=len(ids) - len(set(ids)),
+                    left=h["left"] + (0 if h["rc"] == 0 else 10**9),
+                )
+            )
+        return rows
+
+    def slowdown(self):
+        """A standing backlog, its handler turned from --slowdown-fast to --slowdown-slow ms per
+        message mid-run and back; auto's batch size from /status and the batches PHP got, over time.
+        The publisher keeps --slowdown-backlog messages published and not yet handled: a backlog
+        that stands, fed at the rate the pool handles them."""
+        a = self.args
+        cost = os.path.join(self.dir, "cost-ms")
+        set_cost(cost, a.slowdown_fast)
+        h = self.latency_agent(
+            "slowdown",
+            a.slowdown_pool,
+            "auto",
+            timeout=f"{a.slowdown_fpm_timeout:g}s",
+            cost_file=cost,
+            log_level="warn,amqp_agent::actors::consumer::dispatch=debug",
+        )
+        q = h["queue"]
+        samples = []  # (wall time, /status batch_auto)
+        pub = None
+        try:
+            pub = Publisher(self)
+            load0 = loadavg()
+            start = time.time()
+            phases = dict(switch=start + a.slowdown_before, fast_again=start + a.slowdown_before + a.slowdown_after)
+            next_poll = start
+            log(
+                f"slowdown: {a.slowdown_backlog} messages kept outstanding, {a.slowdown_fast:g} ms per message for "
+                f"{a.slowdown_before:g} s, then {a.slowdown_slow:g} ms for {a.slowdown_after:g} s"
+            )
+            deadline = phases["fast_again"] + a.slowdown_backlog * a.slowdown_slow / 1e3 + 60
+            while True:
+                now = time.time()
+                handled = len(h["records"].poll())
+                if "switched" not in phases and now >= phases["switch"]:
+                    set_cost(cost, a.slowdown_slow)
+                    phases["switched"] = time.time()
+                    log(f"slowdown: the handler now takes {a.slowdown_slow:g} ms")
+                if "back" not in phases and now >= phases["fast_again"]:
+                    # What is left drains at the fast cost again.
+                    set_cost(cost, a.slowdown_fast)
+                    phases["back"] = time.time()
+                    log(f"slowdown: back to {a.slowdown_fast:g} ms, draining")
+                if "back" not in phases and pub.sent[q] - handled < a.slowdown_backlog:
+                    pub.publish(q, min(a.slowdown_backlog - (pub.sent[q] - handled), 50))
+                if now >= next_poll:
+                    samples.append((time.time(), admin_json(h["port"], "/status")["subjects"]["event"].get("batch_auto")))
+                    next_poll += 0.05
+                if "back" in phases and handled >= pub.sent[q]:
+                    break
+                if h["agent"].poll() is not None:
+                    raise RuntimeError(f"the agent exited with {h['agent'].returncode}; see {h['dir']}/agent.log")
+                if now > deadline:
+                    raise RuntimeError(f"slowdown: {handled} of {pub.sent[q]} handled by the deadline")
+                time.sleep(0.005)
+            load1 = loadavg()
+            metrics = admin_get(h["port"], "/metrics") or ""
+        finally:
+            if pub:
+                pub.close()
+            self.latency_stop(h)
+        return slowdown_report(a, h, pub.sent[q], samples, phases, metrics, (load0, load1))
+
 
 def children_of(pid):
     return children(pid)
@@ -391,6 +616,285 @@ def children_of(pid):
 def fpm_cpu(master):
     """CPU of the php-fpm master and its live children, in seconds."""
     return proc_cpu(master) + sum(proc_cpu(c) for c in children(master))
+
+
+# --- the latency rows' helpers ---------------------------------------------------------------
+
+# The agent's default batch_latency (docs/batches.md); the bench leaves it unset.
+BATCH_LATENCY_MS = 100
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_get(port, path):
+    """The body of GET path on the agent's admin listener, or None unless it answers 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
+def admin_json(port, path):
+    text = admin_get(port, path)
+    if text is None:
+        raise RuntimeError(f"the agent's admin listener did not answer {path}")
+    return json.loads(text)
+
+
+def metric_sum(text, name, **labels):
+    """Sum of the samples of metric `name` whose labels include `labels` (Prometheus text)."""
+    total = 0.0
+    for line in text.split("\n"):
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def percentile(ordered, p):
+    """Nearest-rank percentile of a sorted list."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def set_cost(path, ms):
+    """The handler's cost per message, read by latency.php for each message (atomic replace)."""
+    with open(path + ".new", "w") as f:
+        f.write(f"{ms:g}")
+    os.replace(path + ".new", path)
+
+
+def fmt_s(t):
+    return "never" if t is None else f"{t:+.2f} s"
+
+
+class Records:
+    """The lines latency.php appends to one records file, read as they come."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.lines = path, 0, []
+
+    def poll(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.lines
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        self.lines += [json.loads(line) for line in data[:end].splitlines()]
+        return self.lines
+
+
+class Publisher:
+    """paced-publish.php: publish(queue, n) sends n messages now, stamped with their publish time."""
+
+    def __init__(self, bench):
+        self.proc = subprocess.Popen(
+            ["php", "-d", "opcache.enable_cli=1", os.path.join(HERE, "paced-publish.php")],
+            env=bench.env("publisher"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.sent = collections.Counter()
+
+    def publish(self, queue, n=1):
+        self.proc.stdin.write(f"{queue} {n}\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if reply != f"ok {n}\n":
+            raise RuntimeError(f"paced-publish.php answered {reply!r} (exit {self.proc.poll()})")
+        self.sent[queue] += n
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def slowdown_report(a, h, sent, samples, phases, metrics, load):
+    """The slowdown row's figures: /status samples, the requests PHP got, the agent's counters."""
+    switch = phases["switched"]
+    recs = h["records"].lines
+    ids = [r["id"] for r in recs]
+    shown = [(t - switch, s) for t, s in samples if s]
+    # "Shrunk": the size auto should settle at once it knows the new cost, i.e. the largest whose
+    # last entry waits at most batch_latency behind the others and whose expected duration (the
+    # request's own cost as last measured before the switch, plus its entries) stays within half
+    # of fpm.timeout: the latency and timeout bounds of docs/batches.md at the slow cost.
+    boot = next((s["boot_ms"] for t, s in reversed(shown) if t < 0 and s["boot_ms"] is not None), 0.0)
+    target = max(
+        1,
+        min(
+            math.floor(1 + BATCH_LATENCY_MS / a.slowdown_slow),
+            math.floor((a.slowdown_fpm_timeout * 1e3 / 2 - boot) / a.slowdown_slow),
+        ),
+    )
+    slow_end = phases["back"] - switch
+    before = [s["size"] for t, s in shown if -3 <= t < 0]
+    usual = statistics.median(before) if before else None
+    smaller = next((t for t, s in shown if t >= 0 and usual is not None and s["size"] < usual), None)
+    shrunk = next((t for t, s in shown if t >= 0 and s["size"] <= target), None)
+    decided = [(t - switch, size) for t, size in decisions(os.path.join(h["dir"], "agent.log"))]
+    log_shrunk = next((t for t, size in decided if t >= 0 and size <= target), None)
+    held = [s["size"] for t, s in shown if shrunk is not None and shrunk <= t < slow_end]
+    # The requests PHP got: one per FPM child and start time; a batch's entries share it.
+    reqs = {}
+    for r in recs:
+        q = reqs.setdefault(r["req"], dict(start=r["req_start"], size=r["size"], end=r["end"]))
+        q["end"] = max(q["end"], r["end"])
+    reqs = sorted(reqs.values(), key=lambda q: q["start"])
+    slow_reqs = [q for q in reqs if 0 <= q["start"] - switch < slow_end]
+    php_shrunk = next((q["start"] - switch for q in slow_reqs if q["size"] <= target), None)
+    php_held = [q["size"] for q in slow_reqs if php_shrunk is not None and q["start"] - switch >= php_shrunk]
+    timeline = []
+    for k in range(-3, math.ceil(slow_end) + 2):
+        started = sorted(q["size"] for q in reqs if k <= q["start"] - switch < k + 1)
+        last = [s for t, s in shown if k <= t < k + 1]
+        timeline.append(
+            dict(
+                second=k,
+                sizes=started,
+                handled=sum(1 for r in recs if k <= r["end"] - switch < k + 1),
+                shown=last[-1] if last else None,
+            )
+        )
+
+    def rate(lo, hi):
+        return sum(1 for r in recs if lo <= r["end"] - switch < hi) / (hi - lo)
+
+    return dict(
+        label=(
+            f"slowdown {a.slowdown_fast:g} → {a.slowdown_slow:g} ms, pool {h['pool']}, batch_max auto, "
+            f"fpm.timeout {a.slowdown_fpm_timeout:g} s"
+        ),
+        target=target,
+        before=before,
+        smaller=smaller,
+        shrunk=shrunk,
+        log_shrunk=log_shrunk,
+        held=max(held, default=None),
+        php_shrunk=php_shrunk,
+        php_held=max(php_held, default=None),
+        in_flight=[(q["size"], q["end"] - q["start"]) for q in reqs if q["start"] < switch < q["end"]],
+        longest=max(q["end"] - q["start"] for q in reqs),
+        fast_rate=rate(-min(5, a.slowdown_before / 2), 0),
+        slow_rate=rate(min(3, slow_end / 2), slow_end),
+        timeouts=metric_sum(metrics, "amqp_agent_fpm_responses_total", status="timeout"),
+        retried=metric_sum(metrics, "amqp_agent_messages_retried_total"),
+        dead=metric_sum(metrics, "amqp_agent_messages_dead_lettered_total"),
+        requeued=metric_sum(metrics, "amqp_agent_messages_requeued_total"),
+        again=sum(1 for r in recs if r["attempt"] > 1 or r["redelivered"]),
+        timeline=timeline,
+        load=load,
+        lost=sent - len(set(ids)),
+        dup=len(ids) - len(set(ids)),
+        left=h["left"] + (0 if h["rc"] == 0 else 10**9),
+    )
+
+
+def decisions(path):
+    """(wall time, size) of each change of auto's batch size the agent logged (debug lines of
+    amqp_agent::actors::consumer::dispatch, one when the size or its bound changes)."""
+    found = []
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(\S+Z) +DEBUG amqp_agent::actors::consumer::dispatch: batch size .* size=(\d+) ", line)
+            if m:
+                found.append((datetime.datetime.fromisoformat(m[1]).timestamp(), int(m[2])))
+    return found
+
+
+def latency_report(args, trickles, slowdowns):
+    """The latency rows and their targets (issue #24), after the drain rows."""
+    if trickles:
+        print("\n| Latency row | Round | messages | publish → handler record p50 | p99 | max | largest batch | agent CPU µs/msg (idle included) | load avg | lost/dup/left |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in trickles:
+            print(
+                f"| {r['label']} | {r['round'] + 1} | {r['n']} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['max']:.2f} ms | "
+                f"{r['largest']} | {r['agent']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | {r['lost']}/{r['dup']}/{r['left']} |"
+            )
+    for r in slowdowns:
+        print(f"\nSlowdown, round {r['round'] + 1}: {r['label']}; time in s from the switch to {args.slowdown_slow:g} ms")
+        print(f"(the handler is back at {args.slowdown_fast:g} ms from {args.slowdown_after:g} s on, to drain what is left).\n")
+        print("| s | requests PHP got: batch sizes (min–max, median) | messages handled | /status batch_auto at the end of the second |")
+        print("|---:|---|---:|---|")
+        for row in r["timeline"]:
+            sizes = row["sizes"]
+            got = f"{len(sizes)}: {sizes[0]}–{sizes[-1]}, {statistics.median(sizes):g}" if sizes else "0"
+            s = row["shown"]
+            entry = f", entry {s['entry_ms']:.1f} ms" if s and s["entry_ms"] is not None else ""
+            status = f"{s['size']} ({s['bound']}{entry}, backlog {s['backlog']})" if s else "—"
+            print(f"| {row['second']:+d} | {got} | {row['handled']} | {status} |")
+        before = r["before"]
+        print(
+            f"\nBefore the switch: {r['fast_rate']:.0f} msg/s handled at {args.slowdown_fast:g} ms, /status size "
+            f"{statistics.median(before) if before else '—'} (median of the last 3 s, max {max(before, default='—')}); "
+            f"after it {r['slow_rate']:.1f} msg/s."
+        )
+        print(
+            f"Shrunk means a size ≤ {r['target']}: the largest whose entries wait ≤ batch_latency ({BATCH_LATENCY_MS} ms) "
+            f"behind the others at {args.slowdown_slow:g} ms each and fit half of fpm.timeout."
+        )
+        print(
+            f"First size below {statistics.median(before) if before else '—'} in /status {fmt_s(r['smaller'])} after the switch; "
+            f"shrunk to ≤ {r['target']} in /status {fmt_s(r['shrunk'])} (largest shown after that, until the handler got "
+            f"fast again: {r['held']}), in the agent's debug log {fmt_s(r['log_shrunk'])}; the first request PHP got at "
+            f"that size started {fmt_s(r['php_shrunk'])} (largest after it: {r['php_held']})."
+        )
+        flight = ", ".join(f"{n} entries for {d:.2f} s" for n, d in r["in_flight"]) or "none"
+        print(
+            f"In flight at the switch: {flight}; longest request of the run {r['longest']:.2f} s "
+            f"(fpm.timeout {args.slowdown_fpm_timeout:g} s)."
+        )
+        print(
+            f"fpm timeouts {r['timeouts']:.0f}; retried {r['retried']:.0f}, dead-lettered {r['dead']:.0f}, "
+            f"requeued {r['requeued']:.0f}; messages PHP saw again (attempt > 1 or redelivered) {r['again']}; "
+            f"lost/dup/left {r['lost']}/{r['dup']}/{r['left']}; load avg {r['load'][0]:.1f}→{r['load'][1]:.1f}."
+        )
+    rows = []
+    for rnd in sorted({r["round"] for r in trickles}):
+        one = {r["batch"]: r for r in trickles if r["round"] == rnd}
+        if 1 in one and "auto" in one:
+            added = one["auto"]["p99"] - one[1]["p99"]
+            rows.append(
+                (
+                    f"round {rnd + 1}: trickle, auto adds ≤ 2 ms p99 against batch_max 1",
+                    f"p99 {one['auto']['p99']:.2f} against {one[1]['p99']:.2f} ms: {added:+.2f} ms",
+                    added <= 2.0,
+                )
+            )
+    for r in slowdowns:
+        rnd = r["round"] + 1
+        rows.append(
+            (
+                f"round {rnd}: slowdown, auto shrinks within 5 s (to ≤ {r['target']})",
+                f"/status {fmt_s(r['shrunk'])}, PHP's requests {fmt_s(r['php_shrunk'])}",
+                r["shrunk"] is not None and r["shrunk"] <= 5.0,
+            )
+        )
+        rows.append((f"round {rnd}: slowdown, no fpm.timeout", f"{r['timeouts']:.0f} timeouts", r["timeouts"] == 0))
+        retries = r["retried"] + r["dead"] + r["requeued"] + r["again"] + r["dup"]
+        rows.append(
+            (
+                f"round {rnd}: slowdown, no message retried",
+                f"retried {r['retried']:.0f}, dead-lettered {r['dead']:.0f}, requeued {r['requeued']:.0f}, seen again {r['again']}",
+                retries == 0,
+            )
+        )
+    if rows:
+        print("\n| Target (issue #24) | Measured | |")
+        print("|---|---|---|")
+        for name, measured, met in rows:
+            print(f"| {name} | {measured} | {'**met**' if met else '**not met**'} |")
 
 
 def main():
@@ -413,6 +917,20 @@ def main():
     ap.add_argument("--trivial", action="store_true", help="also the trivial-handler pair (no kernel)")
     ap.add_argument("--only-trivial", action="store_true", help="only the trivial-handler pair")
     ap.add_argument("--skip-peer", action="store_true", help="only the agent-path variants")
+    # The latency rows (issue #24). A full run (neither flag) runs both once per round.
+    ap.add_argument("--trickle", action="store_true", help="only the trickle row (with --slowdown: both latency rows)")
+    ap.add_argument("--slowdown", action="store_true", help="only the slowdown row (with --trickle: both latency rows)")
+    ap.add_argument("--skip-latency", action="store_true", help="a full run without the trickle and slowdown rows")
+    ap.add_argument("--trickle-rate", type=float, default=20, help="msg/s published to each of the two agents")
+    ap.add_argument("--trickle-seconds", type=float, default=60, help="how long the trickle is measured")
+    ap.add_argument("--trickle-pool", type=int, default=2, help="each trickle agent's pool (FPM children = pool)")
+    ap.add_argument("--slowdown-pool", type=int, default=2, help="the slowdown agent's pool (FPM children = pool)")
+    ap.add_argument("--slowdown-backlog", type=int, default=200, help="messages kept published and not yet handled")
+    ap.add_argument("--slowdown-fast", type=float, default=10, help="ms per message before the switch (and after)")
+    ap.add_argument("--slowdown-slow", type=float, default=200, help="ms per message after the switch")
+    ap.add_argument("--slowdown-before", type=float, default=10, help="seconds at the fast cost before the switch")
+    ap.add_argument("--slowdown-after", type=float, default=10, help="seconds at the slow cost")
+    ap.add_argument("--slowdown-fpm-timeout", type=float, default=5, help="the slowdown agent's fpm.timeout, seconds")
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--agent-bin", default=os.path.join(ROOT, "target", "release", "amqp-agent"))
     ap.add_argument("--fpm-bin", default=os.environ.get("PHP_FPM_BIN", "php-fpm8.2"))
@@ -434,41 +952,37 @@ def main():
             f"lost/dup {r['lost']}/{r['dup']}, left {r['left']}, published at {r['publish']:.0f} msg/s"
         )
 
+    only_latency = args.trickle or args.slowdown
+    trickles, slowdowns = [], []
     try:
         for rnd in range(args.rounds):
             log(f"round {rnd + 1}")
-            if args.trivial or args.only_trivial:
-                for w in [int(x) for x in args.workers.split(",")]:
-                    record(b.messenger(w, trivial=True), rnd, "trivial", "peer")
-                for p in [int(x) for x in args.pools.split(",")]:
-                    for batch in batch_values(args.batches):
-                        record(b.agent(p, os.path.join(HERE, "trivial-front.php"), batch=batch), rnd, "trivial", "agent", batch)
-            if args.only_trivial:
+            if not only_latency:
+                drains(b, args, rnd, record)
+            if args.only_trivial or args.skip_latency:
                 continue
-            if not args.skip_peer:
-                for w in [int(x) for x in args.workers.split(",")]:
-                    record(b.messenger(w), rnd, "kernel", "peer")
-            for p in [int(x) for x in args.pools.split(",")]:
-                for batch in batch_values(args.batches):
-                    record(b.agent(p, batch=batch), rnd, "kernel", "agent", batch)
-        if args.only_trivial:
-            return
-        best_pool = max(
-            (int(p) for p in args.pools.split(",")),
-            key=lambda p: statistics.median(
-                r["rate"]
-                for r in results
-                if r["label"].startswith(f"agent pool {p}+") and r["label"].endswith("public/index.php")
-            ),
-        )
-        log(f"variants at pool {best_pool}+{best_pool}")
-        for rnd in range(args.rounds):
-            for v in [x for x in args.variants.split(",") if x and x != "index"]:
-                script = "agent.php" if v.startswith("agent") else "index-debug.php" if "debug" in v else "index.php"
-                record(b.agent(best_pool, script, opcache="noopcache" not in v, preload="preload" in v), rnd, "kernel", f"variant {v}")
+            if args.trickle or not only_latency:
+                for r in b.trickle():
+                    r["round"] = rnd
+                    trickles.append(r)
+                    log(
+                        f"{r['label']}: publish → handler record p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
+                        f"max {r['max']:.2f} ms over {r['n']}, lost/dup/left {r['lost']}/{r['dup']}/{r['left']}"
+                    )
+            if args.slowdown or not only_latency:
+                r = b.slowdown()
+                r["round"] = rnd
+                slowdowns.append(r)
+                log(
+                    f"slowdown: shrunk {fmt_s(r['shrunk'])} after the switch (/status), timeouts {r['timeouts']:.0f}, "
+                    f"retried {r['retried']:.0f}, handled again {r['again']}"
+                )
+        if not (args.only_trivial or only_latency):
+            variants(b, args, results, record)
     finally:
-        print("\n| Run | msg/s | machine CPU µs/msg (busy) | consumers | php-fpm | RabbitMQ | these processes | load avg | lost/dup/left |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        if results:
+            print("\n| Run | msg/s | machine CPU µs/msg (busy) | consumers | php-fpm | RabbitMQ | these processes | load avg | lost/dup/left |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in results:
             print(
                 f"| {r['label']} | {r['rate']:.0f} | {r['machine']:.0f} ({100 * r['machine_share']:.0f} %) | "
@@ -476,11 +990,47 @@ def main():
                 f"{r['lost']}/{r['dup']}/{r['left']} |"
             )
         summary(results)
+        latency_report(args, trickles, slowdowns)
         if not args.keep:
             shutil.rmtree(b.dir, ignore_errors=True)
-    bad = [r["label"] for r in results if r["lost"] or r["dup"] or r["left"]]
+    bad = [r["label"] for r in results + trickles + slowdowns if r["lost"] or r["dup"] or r["left"]]
     if bad:
         sys.exit(f"FAILED: messages lost, duplicated or left behind in: {'; '.join(bad)}")
+
+
+def drains(b, args, rnd, record):
+    """One round of the drain rows: the peers and the agent at every pool and batch_max."""
+    if args.trivial or args.only_trivial:
+        for w in [int(x) for x in args.workers.split(",")]:
+            record(b.messenger(w, trivial=True), rnd, "trivial", "peer")
+        for p in [int(x) for x in args.pools.split(",")]:
+            for batch in batch_values(args.batches):
+                record(b.agent(p, os.path.join(HERE, "trivial-front.php"), batch=batch), rnd, "trivial", "agent", batch)
+    if args.only_trivial:
+        return
+    if not args.skip_peer:
+        for w in [int(x) for x in args.workers.split(",")]:
+            record(b.messenger(w), rnd, "kernel", "peer")
+    for p in [int(x) for x in args.pools.split(",")]:
+        for batch in batch_values(args.batches):
+            record(b.agent(p, batch=batch), rnd, "kernel", "agent", batch)
+
+
+def variants(b, args, results, record):
+    """The agent-path variants at the best pool of the index.php rows, every round."""
+    best_pool = max(
+        (int(p) for p in args.pools.split(",")),
+        key=lambda p: statistics.median(
+            r["rate"]
+            for r in results
+            if r["label"].startswith(f"agent pool {p}+") and r["label"].endswith("public/index.php")
+        ),
+    )
+    log(f"variants at pool {best_pool}+{best_pool}")
+    for rnd in range(args.rounds):
+        for v in [x for x in args.variants.split(",") if x and x != "index"]:
+            script = "agent.php" if v.startswith("agent") else "index-debug.php" if "debug" in v else "index.php"
+            record(b.agent(best_pool, script, opcache="noopcache" not in v, preload="preload" in v), rnd, "kernel", f"variant {v}")
 
 
 def summary(results):
