@@ -12,8 +12,9 @@ Two latency rows follow (issue #24; `--trickle`, `--slowdown` run only them), ag
 one subject with its admin listener, php-fpm -> latency-front.php (the bundle's controller, a bus
 whose one middleware sleeps the cost read from a file and records each message), published to by
 paced-publish.php with the publish time in each message:
-- trickle: two agents, `batch_max = 1` and `"auto"`, each sent --trickle-rate msg/s in turn, idle
-  workers; publish -> handler record, p50/p99/max of each; target: auto's p99 <= batch_max 1's + 2 ms.
+- trickle: agents with `batch_max = 1`, `"auto"` and `1` again (a control: the machine's noise),
+  side by side, each sent --trickle-rate msg/s in turn, idle workers; publish -> handler record,
+  p50/p99/max of each; target: auto's p99 <= the first batch_max 1's + 2 ms.
 - slowdown: `"auto"` with a standing backlog (--slowdown-backlog messages published and not yet
   handled) at 10 ms per message, switched to 200 ms; /status `batch_auto` polled every 50 ms and
   the requests PHP got, per second; fpm timeouts, retries, dead letters, requeues and messages PHP
@@ -408,8 +409,8 @@ listen = ""
 
     def latency_agent(self, name, pool, batch, timeout="30s", cost_file=None, log_level="warn"):
         """php-fpm (pool children) and the agent on a fresh queue, consuming; a dict of handles."""
-        queue = f"msgbench_{os.getpid()}_{name}"
-        self.chores("delete", [queue, f"{queue}.dead", f"{queue}.retry.1000ms"])
+        self.run_no += 1
+        queue = f"msgbench_{os.getpid()}_r{self.run_no}_{name}"
         self.chores("declare", [queue])
         env = self.env(name)
         if cost_file:
@@ -485,20 +486,21 @@ listen = "127.0.0.1:{port}"
                 time.sleep(0.01)
 
     def trickle(self):
-        """`batch_max = 1` and `"auto"` side by side at a trickle: one agent each, published to in
-        turn, half a period apart. Latency: publish → the handler's record of the message."""
+        """`batch_max = 1`, `"auto"` and a second `1` (the control: what the machine's noise alone
+        makes of two equal agents) side by side at a trickle (--trickle-modes): one agent each,
+        published to in turn, evenly spaced. Latency: publish → the handler's record of the message."""
         a = self.args
         handles, pub = [], None
         try:
-            for batch in (1, "auto"):
-                handles.append(self.latency_agent(f"trickle-{batch}", a.trickle_pool, batch))
+            for i, batch in enumerate(batch_values(a.trickle_modes)):
+                handles.append(self.latency_agent(f"trickle{i}-{batch}", a.trickle_pool, batch))
             pub = Publisher(self)
             period = 1.0 / a.trickle_rate
 
             def paced(count):
                 start = time.monotonic()
                 for i in range(count):
-                    # Each agent every `period`, the second half a period after the first.
+                    # Each agent every `period`, the next one `period / agents` after the one before.
                     for k, h in enumerate(handles):
                         pause = start + (i + k / len(handles)) * period - time.monotonic()
                         if pause > 0:
@@ -528,10 +530,13 @@ listen = "127.0.0.1:{port}"
             ids = [r["id"] for r in recs]
             counted = [r for r in recs if r["pub"] >= measured_from]
             lat = sorted((r["end"] - r["pub"]) * 1e3 for r in counted)
+            control = any(r["batch"] == h["batch"] for r in rows)
             rows.append(
                 dict(
-                    label=f"trickle {a.trickle_rate:g} msg/s, pool {h['pool']}, batch_max {h['batch']}",
+                    label=f"trickle {a.trickle_rate:g} msg/s, pool {h['pool']}, batch_max {h['batch']}"
+                    + (" (control)" if control else ""),
                     batch=h["batch"],
+                    control=control,
                     n=len(lat),
                     p50=percentile(lat, 50),
                     p99=percentile(lat, 99),
@@ -862,13 +867,19 @@ def latency_report(args, trickles, slowdowns):
         )
     rows = []
     for rnd in sorted({r["round"] for r in trickles}):
-        one = {r["batch"]: r for r in trickles if r["round"] == rnd}
+        one = {r["batch"]: r for r in trickles if r["round"] == rnd and not r["control"]}
         if 1 in one and "auto" in one:
             added = one["auto"]["p99"] - one[1]["p99"]
+            noise = ", ".join(
+                f"{r['p99'] - one[1]['p99']:+.2f} ms"
+                for r in trickles
+                if r["round"] == rnd and r["control"] and r["batch"] == 1
+            )
             rows.append(
                 (
                     f"round {rnd + 1}: trickle, auto adds ≤ 2 ms p99 against batch_max 1",
-                    f"p99 {one['auto']['p99']:.2f} against {one[1]['p99']:.2f} ms: {added:+.2f} ms",
+                    f"p99 {one['auto']['p99']:.2f} against {one[1]['p99']:.2f} ms: {added:+.2f} ms"
+                    + (f" (the control batch_max 1 against it: {noise})" if noise else ""),
                     added <= 2.0,
                 )
             )
@@ -924,6 +935,11 @@ def main():
     ap.add_argument("--trickle-rate", type=float, default=20, help="msg/s published to each of the two agents")
     ap.add_argument("--trickle-seconds", type=float, default=60, help="how long the trickle is measured")
     ap.add_argument("--trickle-pool", type=int, default=2, help="each trickle agent's pool (FPM children = pool)")
+    ap.add_argument(
+        "--trickle-modes",
+        default="1,auto,1",
+        help="batch_max of each trickle agent, side by side; a repeated value is a control (the same agent twice: the noise)",
+    )
     ap.add_argument("--slowdown-pool", type=int, default=2, help="the slowdown agent's pool (FPM children = pool)")
     ap.add_argument("--slowdown-backlog", type=int, default=200, help="messages kept published and not yet handled")
     ap.add_argument("--slowdown-fast", type=float, default=10, help="ms per message before the switch (and after)")
