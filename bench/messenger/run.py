@@ -513,11 +513,13 @@ listen = "127.0.0.1:{port}"
             measured_from = time.time()
             cpu0 = [proc_cpu(h["agent"].pid) for h in handles]
             load0 = loadavg()
+            busy0 = machine_jiffies()
             n = int(a.trickle_rate * a.trickle_seconds)
             log(f"trickle: {a.trickle_rate:g} msg/s to each agent for {a.trickle_seconds:g} s ({n} messages each)")
             paced(n)
             self.wait_handled(handles, pub.sent, 60)
             load1 = loadavg()
+            busy1 = machine_jiffies()
             cpu1 = [proc_cpu(h["agent"].pid) for h in handles]
         finally:
             if pub:
@@ -544,6 +546,7 @@ listen = "127.0.0.1:{port}"
                     largest=max(r["size"] for r in counted),
                     agent=(c1 - c0) / max(1, len(lat)) * 1e6,
                     load=(load0, load1),
+                    busy=(busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
                     lost=pub.sent[h["queue"]] - len(set(ids)),
                     dup=len(ids) - len(set(ids)),
                     left=h["left"] + (0 if h["rc"] == 0 else 10**9),
@@ -573,6 +576,7 @@ listen = "127.0.0.1:{port}"
         try:
             pub = Publisher(self)
             load0 = loadavg()
+            busy0 = machine_jiffies()
             start = time.time()
             phases = dict(switch=start + a.slowdown_before, fast_again=start + a.slowdown_before + a.slowdown_after)
             next_poll = start
@@ -606,12 +610,14 @@ listen = "127.0.0.1:{port}"
                     raise RuntimeError(f"slowdown: {handled} of {pub.sent[q]} handled by the deadline")
                 time.sleep(0.005)
             load1 = loadavg()
+            busy1 = machine_jiffies()
             metrics = admin_get(h["port"], "/metrics") or ""
         finally:
             if pub:
                 pub.close()
             self.latency_stop(h)
-        return slowdown_report(a, h, pub.sent[q], samples, phases, metrics, (load0, load1))
+        busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
+        return slowdown_report(a, h, pub.sent[q], samples, phases, metrics, (load0, load1), busy)
 
 
 def children_of(pid):
@@ -724,7 +730,7 @@ class Publisher:
         self.proc.wait(30)
 
 
-def slowdown_report(a, h, sent, samples, phases, metrics, load):
+def slowdown_report(a, h, sent, samples, phases, metrics, load, busy):
     """The slowdown row's figures: /status samples, the requests PHP got, the agent's counters."""
     switch = phases["switched"]
     recs = h["records"].lines
@@ -799,6 +805,7 @@ def slowdown_report(a, h, sent, samples, phases, metrics, load):
         again=sum(1 for r in recs if r["attempt"] > 1 or r["redelivered"]),
         timeline=timeline,
         load=load,
+        busy=busy,
         lost=sent - len(set(ids)),
         dup=len(ids) - len(set(ids)),
         left=h["left"] + (0 if h["rc"] == 0 else 10**9),
@@ -820,12 +827,13 @@ def decisions(path):
 def latency_report(args, trickles, slowdowns):
     """The latency rows and their targets (issue #24), after the drain rows."""
     if trickles:
-        print("\n| Latency row | Round | messages | publish → handler record p50 | p99 | max | largest batch | agent CPU µs/msg (idle included) | load avg | lost/dup/left |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("\n| Latency row | Round | messages | publish → handler record p50 | p99 | max | largest batch | agent CPU µs/msg (idle included) | load avg | machine busy | lost/dup/left |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in trickles:
             print(
                 f"| {r['label']} | {r['round'] + 1} | {r['n']} | {r['p50']:.2f} ms | {r['p99']:.2f} ms | {r['max']:.2f} ms | "
-                f"{r['largest']} | {r['agent']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | {r['lost']}/{r['dup']}/{r['left']} |"
+                f"{r['largest']} | {r['agent']:.0f} | {r['load'][0]:.1f}→{r['load'][1]:.1f} | {100 * r['busy']:.0f} % | "
+                f"{r['lost']}/{r['dup']}/{r['left']} |"
             )
     for r in slowdowns:
         print(f"\nSlowdown, round {r['round'] + 1}: {r['label']}; time in s from the switch to {args.slowdown_slow:g} ms")
@@ -863,7 +871,8 @@ def latency_report(args, trickles, slowdowns):
         print(
             f"fpm timeouts {r['timeouts']:.0f}; retried {r['retried']:.0f}, dead-lettered {r['dead']:.0f}, "
             f"requeued {r['requeued']:.0f}; messages PHP saw again (attempt > 1 or redelivered) {r['again']}; "
-            f"lost/dup/left {r['lost']}/{r['dup']}/{r['left']}; load avg {r['load'][0]:.1f}→{r['load'][1]:.1f}."
+            f"lost/dup/left {r['lost']}/{r['dup']}/{r['left']}; load avg {r['load'][0]:.1f}→{r['load'][1]:.1f}, "
+            f"machine {100 * r['busy']:.0f} % busy."
         )
     rows = []
     for rnd in sorted({r["round"] for r in trickles}):
