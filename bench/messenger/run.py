@@ -478,11 +478,11 @@ listen = "127.0.0.1:{port}"
     def wait_handled(self, handles, sent, deadline_s):
         deadline = time.monotonic() + deadline_s
         for h in handles:
-            while len(h["records"].poll()) < sent[h["queue"]]:
+            while h["records"].poll() < sent[h["queue"]]:
                 if h["agent"].poll() is not None:
                     raise RuntimeError(f"the agent of {h['name']} exited with {h['agent'].returncode}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{h['name']}: {len(h['records'].lines)} of {sent[h['queue']]} handled in {deadline_s} s")
+                    raise RuntimeError(f"{h['name']}: {len(h['records'].ids)} of {sent[h['queue']]} handled in {deadline_s} s")
                 time.sleep(0.01)
 
     def trickle(self):
@@ -526,6 +526,7 @@ listen = "127.0.0.1:{port}"
                 pub.close()
             for h in handles:
                 self.latency_stop(h)
+                h["records"].poll()
         rows = []
         for h, c0, c1 in zip(handles, cpu0, cpu1):
             recs = h["records"].lines
@@ -587,7 +588,7 @@ listen = "127.0.0.1:{port}"
             deadline = phases["fast_again"] + a.slowdown_backlog * a.slowdown_slow / 1e3 + 60
             while True:
                 now = time.time()
-                handled = len(h["records"].poll())
+                handled = h["records"].poll()
                 if "switched" not in phases and now >= phases["switch"]:
                     set_cost(cost, a.slowdown_slow)
                     phases["switched"] = time.time()
@@ -616,6 +617,7 @@ listen = "127.0.0.1:{port}"
             if pub:
                 pub.close()
             self.latency_stop(h)
+            h["records"].poll()
         busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
         return slowdown_report(a, h, pub.sent[q], samples, phases, metrics, (load0, load1), busy)
 
@@ -682,26 +684,30 @@ def set_cost(path, ms):
 
 
 def fmt_s(t):
-    return "never" if t is None else f"{t:+.2f} s"
+    return "not while slow" if t is None else f"{t:+.2f} s"
 
 
 class Records:
-    """The lines latency.php appends to one records file, read as they come."""
+    """The lines latency.php appends to one records file, read as they come; `ids`: the messages
+    handled (a message handled twice, e.g. after a timeout, counts once)."""
 
     def __init__(self, path):
-        self.path, self.offset, self.lines = path, 0, []
+        self.path, self.offset, self.lines, self.ids = path, 0, [], set()
 
     def poll(self):
+        """Reads what was appended since; the number of messages handled."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:
-            return self.lines
+            return len(self.ids)
         end = data.rfind(b"\n") + 1
         self.offset += end
-        self.lines += [json.loads(line) for line in data[:end].splitlines()]
-        return self.lines
+        new = [json.loads(line) for line in data[:end].splitlines()]
+        self.lines += new
+        self.ids.update(r["id"] for r in new)
+        return len(self.ids)
 
 
 class Publisher:
@@ -751,10 +757,11 @@ def slowdown_report(a, h, sent, samples, phases, metrics, load, busy):
     slow_end = phases["back"] - switch
     before = [s["size"] for t, s in shown if -3 <= t < 0]
     usual = statistics.median(before) if before else None
-    smaller = next((t for t, s in shown if t >= 0 and usual is not None and s["size"] < usual), None)
-    shrunk = next((t for t, s in shown if t >= 0 and s["size"] <= target), None)
+    # Only while the handler is slow: once it is fast again, small sizes mean something else.
+    smaller = next((t for t, s in shown if 0 <= t < slow_end and usual is not None and s["size"] < usual), None)
+    shrunk = next((t for t, s in shown if 0 <= t < slow_end and s["size"] <= target), None)
     decided = [(t - switch, size) for t, size in decisions(os.path.join(h["dir"], "agent.log"))]
-    log_shrunk = next((t for t, size in decided if t >= 0 and size <= target), None)
+    log_shrunk = next((t for t, size in decided if 0 <= t < slow_end and size <= target), None)
     held = [s["size"] for t, s in shown if shrunk is not None and shrunk <= t < slow_end]
     # The requests PHP got: one per FPM child and start time; a batch's entries share it.
     reqs = {}
@@ -993,7 +1000,7 @@ def main():
                 r["round"] = rnd
                 slowdowns.append(r)
                 log(
-                    f"slowdown: shrunk {fmt_s(r['shrunk'])} after the switch (/status), timeouts {r['timeouts']:.0f}, "
+                    f"slowdown: /status size ≤ {r['target']} {fmt_s(r['shrunk'])} from the switch, timeouts {r['timeouts']:.0f}, "
                     f"retried {r['retried']:.0f}, handled again {r['again']}"
                 )
         if not (args.only_trivial or only_latency):
