@@ -854,10 +854,10 @@ def latency_report(args, trickles, slowdowns):
             entry = f", entry {s['entry_ms']:.1f} ms" if s and s["entry_ms"] is not None else ""
             status = f"{s['size']} ({s['bound']}{entry}, backlog {s['backlog']})" if s else "—"
             print(f"| {row['second']:+d} | {got} | {row['handled']} | {status} |")
-        before = r["before"]
+        usual = f"{statistics.median(r['before']):g}" if r["before"] else "—"
         print(
             f"\nBefore the switch: {r['fast_rate']:.0f} msg/s handled at {args.slowdown_fast:g} ms, /status size "
-            f"{statistics.median(before) if before else '—'} (median of the last 3 s, max {max(before, default='—')}); "
+            f"{usual} (median of the last 3 s, max {max(r['before'], default='—')}); "
             f"after it {r['slow_rate']:.1f} msg/s."
         )
         print(
@@ -865,7 +865,7 @@ def latency_report(args, trickles, slowdowns):
             f"behind the others at {args.slowdown_slow:g} ms each and fit half of fpm.timeout."
         )
         print(
-            f"First size below {statistics.median(before) if before else '—'} in /status {fmt_s(r['smaller'])} after the switch; "
+            f"First size below {usual} in /status {fmt_s(r['smaller'])} after the switch; "
             f"shrunk to ≤ {r['target']} in /status {fmt_s(r['shrunk'])} (largest shown after that, until the handler got "
             f"fast again: {r['held']}), in the agent's debug log {fmt_s(r['log_shrunk'])}; the first request PHP got at "
             f"that size started {fmt_s(r['php_shrunk'])} (largest after it: {r['php_held']})."
