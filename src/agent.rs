@@ -52,6 +52,9 @@ struct Shared {
     /// The FPM upstreams and their connection pools: owned here, used by every subject's
     /// workers, observed by the status monitor and the metrics.
     upstreams: Arc<crate::upstreams::InForce>,
+    /// FPM's status page and the requests in flight: owned here, used by the workers (slow
+    /// requests) and the autoscaler, observed by the metrics and `/status`.
+    monitor: Arc<crate::fpm_status::monitor::Monitor>,
     /// Each subject's run-time settings (pool size, pin, pause, rate limit): the one record,
     /// written here only (`agent/pools`, `reload`); the root reads it and `/status` shows it.
     settings: Arc<crate::settings::Settings>,
@@ -89,7 +92,8 @@ impl Agent {
         // The FPM connection pools: the agent owns them, the runtimes use them, the metrics and
         // the status monitor observe them.
         let upstreams = Arc::new(crate::upstreams::InForce::default());
-        let metrics = Arc::new(Metrics::new(stats.clone(), &upstreams));
+        let monitor = Arc::new(crate::fpm_status::monitor::Monitor::default());
+        let metrics = Arc::new(Metrics::new(stats.clone(), &upstreams, &monitor));
         metrics
             .crash_loop_protection
             .set(i64::from(crashes.enabled()));
@@ -102,11 +106,12 @@ impl Agent {
             fatal: fatal.clone(),
             crashes: crashes.clone(),
             upstreams: upstreams.clone(),
+            monitor: monitor.clone(),
             hook,
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
         let fpm_tasks = crate::fpm_status::monitor::spawn(
-            metrics.fpm.clone(),
+            monitor.clone(),
             upstreams.for_config(&config),
             config.clone(),
         );
@@ -121,6 +126,7 @@ impl Agent {
                 alive: true.into(),
                 fpm_tasks: Mutex::new(fpm_tasks),
                 upstreams,
+                monitor,
                 settings,
                 fleet: Mutex::default(),
             }),
@@ -222,7 +228,7 @@ impl Agent {
         self.handle.stop_fpm_tasks();
         *self.handle.inner.fpm_tasks.lock().expect("fpm tasks lock") =
             crate::fpm_status::monitor::spawn(
-                self.handle.inner.metrics.fpm.clone(),
+                self.handle.inner.monitor.clone(),
                 self.handle.inner.upstreams.for_config(&config),
                 config.clone(),
             );
@@ -271,6 +277,12 @@ impl AgentHandle {
     #[must_use]
     pub fn metrics(&self) -> Arc<Metrics> {
         self.inner.metrics.clone()
+    }
+
+    /// FPM's status page and the requests in flight (the autoscaler's capacity).
+    #[must_use]
+    pub fn monitor(&self) -> Arc<crate::fpm_status::monitor::Monitor> {
+        self.inner.monitor.clone()
     }
 
     /// The reason the agent gave up, if it did.

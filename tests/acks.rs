@@ -64,6 +64,7 @@ fn runtime(ctx: &TestCtx) -> (Arc<SubjectRuntime>, Arc<SubjectStats>) {
     let metrics = Arc::new(Metrics::new(
         BTreeMap::from([("event".to_owned(), stats.clone())]),
         &upstreams,
+        &amqp_agent::fpm_status::monitor::Monitor::default(),
     ));
     let config = ctx.config();
     let runtime = SubjectRuntime::new(

@@ -794,3 +794,73 @@ async fn auto_shrinks_batches_when_the_handler_turns_slow() {
     );
     agent.stop().await;
 }
+
+/// `batch_max = "auto"` and a handler that turns too slow for the batch in flight to end within
+/// `fpm.timeout` (#24, found by the bench's slowdown row: batches of the same size were cut by
+/// the timeout again and again, each costing its running message an attempt). The request cut
+/// by the timeout teaches the estimator; at most that one request times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_learns_from_a_batch_cut_by_the_timeout() {
+    let mut ctx = auto_ctx("batches-auto-cut", 1).await;
+    ctx.set("fpm.timeout", "2s");
+    // A latency bound that lets fast entries go 50 at a time (10 ms each: 0.5 s a batch).
+    ctx.set("subjects.event.batch_latency", "1s");
+    for i in 0..120 {
+        ctx.publish_json("event", &format!("m-{i}"), "slow-on-flag:10:600")
+            .await;
+    }
+    let agent = ctx.start_agent().await;
+    // Turn the handler slow while a batch of at least 20 is in flight and has started at most
+    // 5 entries: 15 or more entries of 600 ms are left in a request cut at 2 s.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batch of 20 seen"
+        );
+        let records = ctx.records();
+        if let Some(last) = records.last() {
+            let request = &last["request"];
+            let started = records.iter().filter(|r| r["request"] == *request).count();
+            if last["batch_size"].as_u64() >= Some(20) && started <= 5 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let flag = common::fpm()
+        .dir
+        .join("records")
+        .join(format!("{}.slow", ctx.id));
+    std::fs::write(&flag, b"").unwrap();
+    eventually(
+        Duration::from_secs(300),
+        "every message handled",
+        || async { agent.stats()["event"].acked == 120 },
+    )
+    .await;
+    let stats = &agent.stats()["event"];
+    let seen_twice = by_id(&ctx.records())
+        .values()
+        .filter(|r| r.len() > 1)
+        .count();
+    let mut requests: Vec<(String, u64)> = Vec::new();
+    for r in ctx.records() {
+        let req = r["request"].as_str().unwrap_or_default().to_owned();
+        if requests.last().is_none_or(|(last, _)| *last != req) {
+            requests.push((req, r["batch_size"].as_u64().unwrap_or(1)));
+        }
+    }
+    let sizes: Vec<u64> = requests.iter().take(12).map(|(_, n)| *n).collect();
+    eprintln!(
+        "auto: retried {}, requeued {}, messages PHP saw twice {seen_twice}, first request sizes {sizes:?}",
+        stats.retried, stats.requeued
+    );
+    assert!(
+        stats.retried <= 1,
+        "{} messages retried: requests kept being cut by fpm.timeout",
+        stats.retried
+    );
+    assert_eq!(stats.dead_lettered, 0);
+    agent.stop().await;
+}

@@ -211,7 +211,7 @@ async fn an_auto_pool_grows_from_min_within_max_children_and_shrinks_back() {
     );
     assert!(!handle.status().subjects["command"].pinned);
     // Ten status reads (2 s): without the pin the idle pool would shrink after its 1 s cooldown.
-    let mut reads = handle.metrics().fpm.subscribe();
+    let mut reads = handle.monitor().subscribe();
     for _ in 0..10 {
         reads.changed().await.unwrap();
     }

@@ -49,6 +49,9 @@ pub struct SubjectRuntime {
     pub crashes: Arc<crate::poison::journal::Tracker>,
     /// The FPM upstreams and their connection pools (shared by every subject of the agent).
     pub upstreams: Arc<crate::upstreams::Upstreams>,
+    /// FPM's status page and the requests in flight (`fpm.slow_after`), shared by every
+    /// subject; the agent owns it.
+    pub monitor: Arc<crate::fpm_status::monitor::Monitor>,
     /// Tests only: called by a worker with each delivery before handling it (see [`hook`]).
     pub hook: Option<hook::DeliveryHook>,
     /// Bodies over `limits.max_body_bytes`: one held at a time (shared by every subject).
@@ -77,6 +80,7 @@ impl SubjectRuntime {
                 extra_queues: config.amqp.declare,
             },
             upstreams,
+            monitor: Arc::default(),
             config,
             events: crate::telemetry::events::SubjectEvents::new(
                 subject,
@@ -104,6 +108,13 @@ impl SubjectRuntime {
     pub fn with_body_gate(mut self, gate: Arc<crate::broker::gate::OversizeGate>) -> Self {
         gate.set_limit(self.config.limits.max_body_bytes);
         self.body_gate = gate;
+        self
+    }
+
+    /// With the agent's FPM status monitor (a fresh one otherwise).
+    #[must_use]
+    pub fn with_monitor(mut self, monitor: Arc<crate::fpm_status::monitor::Monitor>) -> Self {
+        self.monitor = monitor;
         self
     }
 

@@ -86,6 +86,8 @@ pub struct RootArgs {
     pub crashes: Arc<crate::poison::journal::Tracker>,
     /// The FPM upstreams in force, shared by every subject (the agent owns them).
     pub upstreams: Arc<crate::upstreams::InForce>,
+    /// The FPM status monitor, shared by every subject (the agent owns it).
+    pub monitor: Arc<crate::fpm_status::monitor::Monitor>,
     /// Tests only: called by every worker with each delivery (see [`super::hook`]).
     pub hook: Option<super::hook::DeliveryHook>,
 }
@@ -111,6 +113,7 @@ impl Actor for RootSupervisor {
                     args.metrics.clone(),
                     args.upstreams.for_config(&args.config),
                 )
+                .with_monitor(args.monitor.clone())
                 .with_crashes(args.crashes.clone())
                 .with_body_gate(gate.clone())
                 .with_hook(args.hook.clone()),
@@ -276,6 +279,7 @@ fn reloaded(
             runtime.metrics.clone(),
             upstreams.for_config(new),
         )
+        .with_monitor(runtime.monitor.clone())
         .with_crashes(runtime.crashes.clone())
         .with_body_gate(runtime.body_gate.clone())
         .with_hook(runtime.hook.clone()),

@@ -191,24 +191,20 @@ async fn handle_job(state: &mut WorkerState, job: Job) -> Handled {
         let _ = tokio::time::timeout(SUSPECT_FLUSH_TIMEOUT, acks.flush()).await;
     }
     let settler = Settler::new(&runtime, &publisher, &acks);
-    let started = Instant::now();
     // A redelivery that was in flight during `agent.poison_after` crashes never reaches FPM.
-    let (verdict, unreached) = match entry.poison() {
-        Some(crashes) => (crate::poison::verdict(crashes), false),
+    let attempt = match entry.poison() {
+        Some(crashes) => fpm::Attempt::unsent(crate::poison::verdict(crashes)),
         None => {
             request(&runtime, &entry)
                 .instrument(entry.span.clone())
                 .await
         }
     };
-    // Only a handled message times the handler.
-    let observed = matches!(verdict, crate::outcome::Verdict::Success)
-        .then(|| crate::batch::auto::Observed::Single(started.elapsed()));
-    settler.settle(&entry, verdict).await;
+    settler.settle(&entry, attempt.verdict).await;
     Handled {
-        fpm_unreachable: unreached,
+        fpm_unreachable: attempt.unreached,
         signature_rejected: settler.pauses(),
-        observed,
+        observed: attempt.observed,
     }
 }
 

@@ -32,7 +32,7 @@ const SAMPLE: Duration = Duration::from_millis(50);
 
 /// Runs until aborted (on reload and stop).
 pub async fn run(agent: AgentHandle) {
-    let monitor = agent.metrics().fpm.clone();
+    let monitor = agent.monitor();
     let mut reads = monitor.subscribe();
     let now = Instant::now();
     let mut seen: BTreeMap<String, Seen> = agent
@@ -118,7 +118,7 @@ fn observe(agent: &AgentHandle, seen: &mut BTreeMap<String, Seen>) {
 /// by idle keep-alive connections.
 fn capacity(agent: &AgentHandle, config: &crate::config::Config) -> Option<Capacity> {
     let path = config.fpm.status_path.as_deref()?;
-    let monitor = agent.metrics().fpm.clone();
+    let monitor = agent.monitor();
     let upstreams = agent.fpm_upstreams()?;
     let reads = monitor.snapshots();
     let healthy = upstreams

@@ -187,13 +187,13 @@ impl AgentHandle {
             uptime_seconds: self.inner.started.elapsed().as_secs(),
             ready: self.not_ready().is_empty(),
             subjects,
-            fpm: self.inner.metrics.fpm.snapshot().shown,
+            fpm: self.inner.monitor.snapshot().shown,
             upstreams: self.upstreams(),
         }
     }
 
     fn upstreams(&self) -> Vec<UpstreamStatus<StatusState>> {
-        let monitor = &self.inner.metrics.fpm;
+        let monitor = &self.inner.monitor;
         let mut reads = monitor.snapshots().into_iter().map(|s| s.shown);
         let Some(upstreams) = self.fpm_upstreams() else {
             return Vec::new();

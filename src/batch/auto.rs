@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-/// What a worker measured on a request that ended with an outcome for every entry.
+/// What a worker measured on a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Observed {
     /// One message, one request: its whole duration.
@@ -31,6 +31,19 @@ pub enum Observed {
         first: Duration,
         /// From the request's start to the last outcome line.
         last: Duration,
+    },
+    /// A request that ended before every entry had its outcome (`fpm.timeout`, a broken
+    /// reply), or a single message that failed: the entry running at the end took at least
+    /// from the last outcome line (or the request's start, less a request's own cost) to then.
+    Cut {
+        /// Outcome lines read.
+        lines: usize,
+        /// From the request's start to the first outcome line, if one came.
+        first: Option<Duration>,
+        /// From the request's start to the last outcome line, if one came.
+        last: Option<Duration>,
+        /// From the request's start to its end.
+        ended: Duration,
     },
 }
 
@@ -154,6 +167,30 @@ impl Auto {
                 } else {
                     self.entry = Some(ewma(self.entry, gap));
                     self.boot = Some(ewma(self.boot, boot));
+                }
+            }
+            Observed::Cut {
+                lines,
+                first,
+                last,
+                ended,
+            } => {
+                if let (Some(first), Some(last)) = (first, last) {
+                    self.observe(Observed::Batch { lines, first, last });
+                }
+                // Lower bounds: they raise the estimate, never lower it. Without them a batch
+                // cut by the timeout taught nothing, and the next one of the same size was cut
+                // again. The entry running at the end took at least since the last line; and
+                // the entries that started (the answered ones and it) took at least the
+                // request's time less its own cost, together.
+                let boot = self.boot.unwrap_or(0.0);
+                let since = last.map_or(boot, |l| l.as_secs_f64());
+                let running = ended.as_secs_f64() - since;
+                #[allow(clippy::cast_precision_loss)]
+                let started = (ended.as_secs_f64() - boot) / (lines + 1) as f64;
+                let at_least = running.max(started).max(MIN_ENTRY);
+                if self.entry.is_none_or(|entry| entry < at_least) {
+                    self.entry = Some(at_least);
                 }
             }
             Observed::Batch { first: total, .. } | Observed::Single(total) => {
@@ -332,6 +369,54 @@ mod tests {
             last: ms(220.0 + 10.0 * 200.0),
         });
         assert_eq!(a.size(10_000, 1).size, 1);
+    }
+
+    #[test]
+    fn a_request_cut_by_the_timeout_shows_the_entry_was_at_least_that_slow() {
+        // 10 ms per entry: 11 per batch. The handler turns slow; the batch of 11 answers two
+        // entries at 10 ms, then the third runs until fpm.timeout (1.5 s) cuts the request.
+        let mut a = measured(20.0, 10.0);
+        a.timeout = 1.5;
+        assert_eq!(a.size(10_000, 1).size, 11);
+        a.observe(Observed::Cut {
+            lines: 2,
+            first: Some(ms(30.0)),
+            last: Some(ms(40.0)),
+            ended: ms(1_500.0),
+        });
+        let s = a.size(10_000, 1);
+        assert!(s.entry_ms.unwrap() >= 1_460.0, "{s:?}");
+        assert_eq!(s.size, 1, "{s:?}");
+        // No line at all: the entry ran from the start, less a request's own cost.
+        let mut a = measured(20.0, 10.0);
+        a.observe(Observed::Cut {
+            lines: 0,
+            first: None,
+            last: None,
+            ended: ms(1_000.0),
+        });
+        assert!(a.size(0, 1).entry_ms.unwrap() >= 980.0 - 1e-6);
+        // A line just before the cut: the eleven entries that started took the 1.5 s.
+        let mut a = measured(20.0, 10.0);
+        a.timeout = 1.5;
+        a.observe(Observed::Cut {
+            lines: 10,
+            first: Some(ms(30.0)),
+            last: Some(ms(1_499.0)),
+            ended: ms(1_500.0),
+        });
+        let s = a.size(10_000, 1);
+        assert!(s.entry_ms.unwrap() >= (1_500.0 - 20.0) / 11.0, "{s:?}");
+        assert_eq!(s.size, 1, "{s:?}");
+        // A request cut early says little: it never lowers the estimate.
+        let mut a = measured(20.0, 10.0);
+        a.observe(Observed::Cut {
+            lines: 0,
+            first: None,
+            last: None,
+            ended: ms(1.0),
+        });
+        assert!((a.size(0, 1).entry_ms.unwrap() - 10.0).abs() < 1e-6);
     }
 
     #[test]

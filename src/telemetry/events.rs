@@ -250,6 +250,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(
             std::collections::BTreeMap::from([("event".to_owned(), stats.clone())]),
             &crate::upstreams::InForce::default(),
+            &crate::fpm_status::monitor::Monitor::default(),
         ));
         let events = SubjectEvents::new("event", stats.clone(), metrics.clone());
         events.emit(Event::Received);
@@ -312,6 +313,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(
             std::collections::BTreeMap::new(),
             &crate::upstreams::InForce::default(),
+            &crate::fpm_status::monitor::Monitor::default(),
         ));
         let events = SubjectEvents::new("event", stats.clone(), metrics.clone());
         let reconnects = r#"amqp_agent_reconnects_total{subject="event"} 1"#;
@@ -331,6 +333,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(
             std::collections::BTreeMap::new(),
             &crate::upstreams::InForce::default(),
+            &crate::fpm_status::monitor::Monitor::default(),
         ));
         let events = SubjectEvents::new("event", stats.clone(), metrics.clone())
             .with_wait_threshold(Some(Duration::from_secs(60)));

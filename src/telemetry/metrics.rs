@@ -160,17 +160,16 @@ pub struct Metrics {
     /// 1 while crash-loop protection journals messages; 0 when off by config or degraded (a
     /// full disk at start). Set once by the agent when it opens the journal.
     pub crash_loop_protection: Gauge,
-    /// FPM's status page, its gauges, and the requests in flight (for `fpm.slow_after`).
-    pub fpm: Arc<crate::fpm_status::monitor::Monitor>,
 }
 
 impl Metrics {
-    /// Registers every metric; `stats` feeds the gauges. The FPM upstreams' gauges and counters
-    /// are `upstreams`' own: registered here, owned there.
+    /// Registers every metric; `stats` feeds the gauges. The FPM upstreams' and the FPM status
+    /// monitor's gauges and counters are their own: registered here, owned there.
     #[must_use]
     pub fn new(
         stats: BTreeMap<String, Arc<SubjectStats>>,
         upstreams: &crate::upstreams::InForce,
+        monitor: &crate::fpm_status::monitor::Monitor,
     ) -> Self {
         let mut registry = Registry::with_prefix("amqp_agent");
         let m = Self {
@@ -201,9 +200,8 @@ impl Metrics {
             registry: Registry::default(),
             stats,
             crash_loop_protection: Gauge::default(),
-            fpm: Arc::default(),
         };
-        m.fpm.register(&mut registry);
+        monitor.register(&mut registry);
         upstreams.register(&mut registry);
         registry.register(
             "messages_received",

@@ -18,6 +18,8 @@
  *   print-exit         prints "1 ack\n2 ack\n" (a forged v1 reply) and exits, every attempt
  *   kill               SIGKILL of this FPM child on every attempt
  *   sleep:MS           sleep MS milliseconds on every attempt, then handled
+ *   slow-on-flag:A:B   sleep A milliseconds, or B once "$RECORD_DIR/<testid>.slow" exists (the
+ *                      test turns the handler slow mid-run), then handled
  *   reject-cut         PermanentFailure whose 1,001-byte reason holds a byte that is not UTF-8
  *                      and ends with a two-byte character cut by the 1,000-byte limit
  *   kill-agent         kill -9 of the agent process (tests/poison.rs), every attempt: appends a
@@ -141,6 +143,10 @@ Receiver::run(static function (Message $message) use ($testId, $recordDir, $requ
     }
     if (str_starts_with($behave, 'sleep:')) {
         usleep(1000 * (int) substr($behave, strlen('sleep:')));
+    }
+    if (str_starts_with($behave, 'slow-on-flag:')) {
+        [, $fast, $slow] = explode(':', $behave);
+        usleep(1000 * (int) (file_exists("{$recordDir}/{$testId}.slow") ? $slow : $fast));
     }
     if ($behave === 'reject-cut') {
         throw new PermanentFailure("bad \xff byte " . str_repeat('a', 988) . "\u{e9}");

@@ -95,7 +95,8 @@ pub(super) async fn handle_batch(state: &mut WorkerState, job: BatchJob) -> work
     worker::Handled {
         fpm_unreachable: unreached,
         signature_rejected: settler.pauses(),
-        observed: None,
+        // A request FPM could not be reached for teaches nothing about the handler.
+        observed: observed.filter(|_| !unreached),
     }
 }
 
@@ -144,7 +145,7 @@ async fn send(
         fcgi_span.record("otel.status_code", "ERROR");
         fcgi_span.record("error.type", status.as_ref());
     }
-    let observed = lines.observed(started, sent.len());
+    let observed = Some(lines.observed(started, sent.len(), started + elapsed));
     (failure.map(|f| (f, reader, status)), observed)
 }
 
@@ -311,15 +312,21 @@ impl Lines {
         self.last = Some(now);
     }
 
-    /// The timing `batch::auto` learns from, when every entry sent got its outcome line.
-    fn observed(&self, started: Instant, sent: usize) -> Option<Observed> {
+    /// The timing `batch::auto` learns from: the outcome lines when every entry sent got
+    /// one, else how far the request got before it ended (`ended`).
+    fn observed(&self, started: Instant, sent: usize, ended: Instant) -> Observed {
         match (self.first, self.last) {
-            (Some(first), Some(last)) if self.count == sent => Some(Observed::Batch {
+            (Some(first), Some(last)) if self.count == sent => Observed::Batch {
                 lines: self.count,
                 first: first - started,
                 last: last - started,
-            }),
-            _ => None,
+            },
+            (first, last) => Observed::Cut {
+                lines: self.count,
+                first: first.map(|t| t - started),
+                last: last.map(|t| t - started),
+                ended: ended - started,
+            },
         }
     }
 }
@@ -341,7 +348,7 @@ async fn stream(
     let mut lines = Lines::default();
     let first = &entries[request.sent[0]].envelope.message_id;
     let label = format!("batch of {} from {first}", request.sent.len());
-    let running = runtime.metrics.fpm.running(&runtime.name, &label);
+    let running = runtime.monitor.running(&runtime.name, &label);
     let send = async {
         let mut on_stdout = |chunk: &[u8]| {
             reader

@@ -10,6 +10,7 @@ use super::entry::Entry;
 use super::settle::describe;
 use super::{EXCERPT, truncate};
 use crate::actors::SubjectRuntime;
+use crate::batch::auto::Observed;
 use crate::contract;
 use crate::fastcgi::Reply;
 use crate::outcome::{self, Verdict};
@@ -37,20 +38,38 @@ pub(in crate::actors) fn fastcgi_span(runtime: &SubjectRuntime) -> tracing::Span
     }
 }
 
+/// What one attempt at FPM came to.
+pub(super) struct Attempt {
+    pub(super) verdict: Verdict,
+    /// FPM could not be reached (opens the circuit breaker).
+    pub(super) unreached: bool,
+    /// What `batch::auto` learns from it: the request's duration when FPM ran it.
+    pub(super) observed: Option<Observed>,
+}
+
+impl Attempt {
+    /// A verdict reached without sending a request.
+    pub(super) fn unsent(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            unreached: false,
+            observed: None,
+        }
+    }
+}
+
 /// Builds the attempt's params and sends them to FPM inside a `fastcgi` span; a message that
-/// cannot become a request is a permanent verdict. Returns the verdict and whether FPM was
-/// unreachable.
-pub(super) async fn request(runtime: &SubjectRuntime, entry: &Entry<'_>) -> (Verdict, bool) {
+/// cannot become a request is a permanent verdict.
+pub(super) async fn request(runtime: &SubjectRuntime, entry: &Entry<'_>) -> Attempt {
     let fcgi_span = fastcgi_span(runtime);
     // PHP continues the trace from the FastCGI span when traces are exported; otherwise it gets
     // the publisher's context unchanged.
     let exported = telemetry::context_of(&fcgi_span);
     match entry.params(runtime, exported.as_ref(), contract::unix_now()) {
-        Err(verdict) => (verdict, false),
+        Err(verdict) => Attempt::unsent(verdict),
         Ok(params) => {
             let running = runtime
-                .metrics
-                .fpm
+                .monitor
                 .running(&runtime.name, &entry.envelope.message_id);
             attempt_fpm(runtime, &running, &params, &entry.delivery.data)
                 .instrument(fcgi_span)
@@ -65,7 +84,7 @@ async fn attempt_fpm(
     running: &crate::fpm_status::monitor::RunningGuard<'_>,
     params: &[contract::Param<'_>],
     body: &[u8],
-) -> (Verdict, bool) {
+) -> Attempt {
     let span = tracing::Span::current();
     let started = Instant::now();
     let sent = runtime
@@ -84,7 +103,23 @@ async fn attempt_fpm(
         span.record("otel.status_code", "ERROR");
         span.record("error.type", describe(&verdict).0);
     }
-    (verdict, unreached)
+    // A handled message times its handler; a failed one took at least this long (a timeout
+    // shows `batch::auto` a handler turned slow).
+    let observed = match (&verdict, unreached) {
+        (_, true) => None,
+        (Verdict::Success, false) => Some(Observed::Single(elapsed)),
+        (_, false) => Some(Observed::Cut {
+            lines: 0,
+            first: None,
+            last: None,
+            ended: elapsed,
+        }),
+    };
+    Attempt {
+        verdict,
+        unreached,
+        observed,
+    }
 }
 
 /// A FastCGI result as a verdict, whether FPM was unreachable, and the `status` label of the
