@@ -19,7 +19,7 @@
 //! answering.
 
 mod conns;
-pub mod dashboard;
+pub(crate) mod dashboard;
 mod dead;
 mod fleet;
 mod host;
@@ -45,7 +45,7 @@ use crate::agent::AgentHandle;
 use conns::{Admission, Conn, Conns};
 
 /// No endpoint reads a body; a client may still send a small one (`{}`), nothing larger.
-pub const MAX_BODY_BYTES: u64 = 4096;
+pub(crate) const MAX_BODY_BYTES: u64 = 4096;
 /// Request line plus headers must fit in hyper's read buffer of this size (its minimum is 8 KiB).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields in one request.
@@ -76,7 +76,7 @@ struct AdminState {
 ///
 /// # Errors
 /// Never today; accept errors (e.g. out of file descriptors) are logged and retried.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     agent: AgentHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

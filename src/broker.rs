@@ -16,11 +16,11 @@ use lapin::{BasicProperties, Channel, Connection};
 
 use crate::config::{Config, QueueType};
 
-pub mod depth;
-pub mod endpoints;
+pub(crate) mod depth;
+pub(crate) mod endpoints;
 pub mod fleet;
-pub mod gate;
-pub mod session;
+pub(crate) mod gate;
+pub(crate) mod session;
 pub mod topology;
 
 pub use topology::{Inequivalence, declare_subject};

@@ -25,8 +25,8 @@
 //! (mandatory publish to the subject's queue); a discarded one is acked and nothing else. A dead
 //! letter not meant is never acked.
 
-pub mod filter;
-pub mod letter;
+pub(crate) mod filter;
+pub(crate) mod letter;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

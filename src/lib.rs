@@ -28,8 +28,9 @@
 //! - [`poison`]: crash-loop protection — the in-flight journal and the `poison` decision.
 //! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
+#![warn(unreachable_pub)]
 pub mod actors;
-pub mod admin;
+pub(crate) mod admin;
 pub mod agent;
 pub mod autoscale;
 pub mod batch;
@@ -41,16 +42,16 @@ pub mod dead_letters;
 pub mod fastcgi;
 pub mod fleet;
 pub mod fpm_status;
-pub mod notify;
+pub(crate) mod notify;
 pub mod outcome;
 pub mod poison;
-pub mod printable;
-pub mod provenance;
+pub(crate) mod printable;
+pub(crate) mod provenance;
 pub mod rate;
 pub mod settings;
-pub mod signals;
+pub(crate) mod signals;
 pub mod signature;
 pub mod stats;
 pub mod telemetry;
-pub mod trace_context;
+pub(crate) mod trace_context;
 pub mod upstreams;

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 /// A connection to the service manager, if there is one.
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, std::os::unix::net::SocketAddr)>,
     watchdog: Option<Duration>,
 }
@@ -15,7 +15,7 @@ pub struct Notifier {
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `WATCHDOG_USEC` (and `WATCHDOG_PID`, which must be ours).
     #[must_use]
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         Self::new(
             std::env::var("NOTIFY_SOCKET").ok().as_deref(),
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
@@ -25,7 +25,7 @@ impl Notifier {
 
     /// Builds a notifier from the variables' values.
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         socket: Option<&str>,
         watchdog_usec: Option<&str>,
         watchdog_pid: Option<&str>,
@@ -50,19 +50,19 @@ impl Notifier {
 
     /// How often to send `WATCHDOG=1` (half the configured timeout), if the watchdog is on.
     #[must_use]
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.watchdog.map(|d| d / 2)
     }
 
     /// Sends one notification, e.g. `READY=1`. Errors are ignored (the manager may be gone).
-    pub fn notify(&self, state: &str) {
+    pub(crate) fn notify(&self, state: &str) {
         if let Some((socket, addr)) = &self.socket {
             let _ = socket.send_to_addr(state.as_bytes(), addr);
         }
     }
 
     /// `RELOADING=1` with the `CLOCK_MONOTONIC` timestamp systemd asks for.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,

@@ -9,18 +9,18 @@
 use std::fmt;
 
 /// Longest text shown, in characters, unless a site asks for another cap.
-pub const MAX_CHARS: usize = 256;
+pub(crate) const MAX_CHARS: usize = 256;
 
 /// Display adapter: control characters escaped, at most `max` characters, then `…(N bytes)`.
 #[derive(Debug, Clone, Copy)]
-pub struct Printable<'a> {
+pub(crate) struct Printable<'a> {
     text: &'a str,
     max: usize,
 }
 
 /// `text`, escaped and capped at [`MAX_CHARS`] when displayed; does not allocate.
 #[must_use]
-pub fn printable(text: &str) -> Printable<'_> {
+pub(crate) fn printable(text: &str) -> Printable<'_> {
     Printable {
         text,
         max: MAX_CHARS,
@@ -30,7 +30,7 @@ pub fn printable(text: &str) -> Printable<'_> {
 impl<'a> Printable<'a> {
     /// The same text capped at `max` characters instead.
     #[must_use]
-    pub fn capped(self, max: usize) -> Printable<'a> {
+    pub(crate) fn capped(self, max: usize) -> Printable<'a> {
         Printable { max, ..self }
     }
 }

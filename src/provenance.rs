@@ -24,14 +24,14 @@ use crate::contract::{
 use crate::signature::length_prefixed;
 
 /// AMQP header of the agent's seal over its state headers.
-pub const SEAL_HEADER: &str = "x-agent-seal";
+pub(crate) const SEAL_HEADER: &str = "x-agent-seal";
 
 /// Domain separation prefix of the seal.
 const SEAL_PREFIX: &[u8] = b"amqp-agent.seal.v1";
 
 /// The agent's state of a delivery, as far as it can be believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AgentState<'a> {
+pub(crate) struct AgentState<'a> {
     /// 1-based attempt number.
     pub attempt: u32,
     /// Exchange the message was first published to, when the agent recorded it.
@@ -42,7 +42,7 @@ pub struct AgentState<'a> {
 
 impl AgentState<'_> {
     /// A first delivery: attempt 1, its own route.
-    pub const FIRST: AgentState<'static> = AgentState {
+    pub(crate) const FIRST: AgentState<'static> = AgentState {
         attempt: 1,
         original_exchange: None,
         original_routing_key: None,
@@ -51,7 +51,7 @@ impl AgentState<'_> {
 
 /// What identifies the message a seal is bound to.
 #[derive(Debug, Clone, Copy)]
-pub struct Binding<'a> {
+pub(crate) struct Binding<'a> {
     /// The subject's queue.
     pub queue: &'a str,
     /// The AMQP `message_id` (empty when none).
@@ -62,7 +62,7 @@ pub struct Binding<'a> {
 
 /// Why a delivery's state headers were ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Untrusted {
+pub(crate) enum Untrusted {
     /// No seal, or one that does not verify.
     BadSeal,
     /// No secrets, and the newest `x-death` entry is not an expiry in this queue's delay queue.
@@ -74,7 +74,7 @@ pub enum Untrusted {
 impl Untrusted {
     /// Short reason for the log.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::BadSeal => "no valid x-agent-seal",
             Self::NotFromDelayQueue => "not returned by the agent's delay queue (x-death)",
@@ -86,7 +86,7 @@ impl Untrusted {
 /// Reads the agent state of a delivery: [`AgentState::FIRST`] plus the reason when its state
 /// headers cannot be believed.
 #[must_use]
-pub fn read<'a>(
+pub(crate) fn read<'a>(
     headers: Option<&'a FieldTable>,
     secrets: &[String],
     binding: &Binding<'_>,
@@ -128,7 +128,7 @@ pub fn read<'a>(
 
 /// Seals the state headers of a copy the agent publishes (retry, dead letter, replay): sets
 /// [`SEAL_HEADER`] from the first secret, or removes it when there is none.
-pub fn seal(headers: &mut FieldTable, secrets: &[String], binding: &Binding<'_>) {
+pub(crate) fn seal(headers: &mut FieldTable, secrets: &[String], binding: &Binding<'_>) {
     let Some(secret) = secrets.first() else {
         if headers.contains_key(SEAL_HEADER) {
             let mut kept = headers.inner().clone();

@@ -5,7 +5,7 @@ use tokio::sync::mpsc;
 
 /// What an operator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// SIGTERM / SIGINT: stop taking deliveries, finish in-flight work, exit 0.
     Drain,
     /// SIGQUIT: stop now; unfinished messages return to their queues.
@@ -27,7 +27,7 @@ pub enum Command {
 ///
 /// # Errors
 /// When a signal handler cannot be installed.
-pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Command>> {
+pub(crate) fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Command>> {
     let (tx, rx) = mpsc::unbounded_channel();
     let kinds = [
         (SignalKind::terminate(), Command::Drain),

@@ -8,13 +8,13 @@ use lapin::types::FieldTable;
 use crate::contract::string_header;
 
 /// Header (and FastCGI param source) of the W3C trace parent.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: &str = "traceparent";
 /// Header of the W3C trace state.
-pub const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACESTATE: &str = "tracestate";
 
 /// The trace context a delivery carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Incoming<'a> {
+pub(crate) struct Incoming<'a> {
     /// A well-formed `traceparent`.
     pub traceparent: Option<&'a str>,
     /// The `tracestate` that goes with it (`None` without a well-formed parent).
@@ -26,14 +26,14 @@ pub struct Incoming<'a> {
 impl<'a> Incoming<'a> {
     /// The trace id (32 hex digits) of the well-formed parent.
     #[must_use]
-    pub fn trace_id(&self) -> Option<&'a str> {
+    pub(crate) fn trace_id(&self) -> Option<&'a str> {
         self.traceparent.map(|tp| &tp[3..35])
     }
 }
 
 /// Reads the trace context from a delivery's headers.
 #[must_use]
-pub fn read(headers: Option<&FieldTable>) -> Incoming<'_> {
+pub(crate) fn read(headers: Option<&FieldTable>) -> Incoming<'_> {
     let Some(tp) = string_header(headers, TRACEPARENT) else {
         return Incoming::default();
     };
@@ -52,7 +52,7 @@ pub fn read(headers: Option<&FieldTable>) -> Incoming<'_> {
 
 /// W3C traceparent: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
 #[must_use]
-pub fn valid_traceparent(tp: &str) -> bool {
+pub(crate) fn valid_traceparent(tp: &str) -> bool {
     let parts: Vec<&str> = tp.split('-').collect();
     let hex = |s: &str, n: usize| {
         s.len() == n

@@ -36,10 +36,10 @@ use pool::Slot;
 const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The consumer actor.
-pub struct QueueConsumer;
+pub(crate) struct QueueConsumer;
 
 /// The consumer's state.
-pub struct ConsumerState {
+pub(crate) struct ConsumerState {
     runtime: Arc<SubjectRuntime>,
     connection: Arc<Connection>,
     channel: Channel,
@@ -96,7 +96,7 @@ struct SignatureHold {
 }
 
 /// Messages the consumer accepts.
-pub enum ConsumerMsg {
+pub(crate) enum ConsumerMsg {
     /// A delivery from the broker.
     Delivery(Box<Delivery>),
     /// The delivery stream of consumer `tag` ended (connection or channel lost, or cancelled).
@@ -148,7 +148,7 @@ impl TryFrom<ConsumerMsg> for WorkerIdle {
 
 /// What a consumer incarnation starts with: its subject's runtime, and the state that its root
 /// keeps for the subject across incarnations (the root's child record owns it).
-pub struct ConsumerArgs {
+pub(crate) struct ConsumerArgs {
     /// The subject's runtime.
     pub runtime: Arc<SubjectRuntime>,
     /// Pool size asked for (config, reload, signals, `pool set`, the autoscaler).
@@ -313,7 +313,7 @@ async fn on_drain(
 /// The consumer and the reason of its end, from a supervision event of the root: a failed
 /// start or handler, or the exit it recorded before it stopped itself. `None` for other events.
 #[must_use]
-pub fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExit)> {
+pub(crate) fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExit)> {
     match event {
         SupervisionEvent::ActorFailed(cell, err) => Some((cell, ConsumerExit::of(&*err))),
         SupervisionEvent::ActorTerminated(cell, state, reason) => {

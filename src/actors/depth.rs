@@ -21,7 +21,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reads the depths every `fpm.status_interval` into the `queued`, `delayed` and `dead` gauges.
 /// A failed read shows 0 (the autoscaler then sees the prefetched backlog only); a delay queue
 /// not declared yet counts 0.
-pub async fn watch(runtime: Arc<SubjectRuntime>, connection: Arc<Connection>) {
+pub(crate) async fn watch(runtime: Arc<SubjectRuntime>, connection: Arc<Connection>) {
     let every = runtime.config.fpm.status_interval;
     let queue = runtime.subject().queue.clone();
     let dead_queue = broker::dead_queue_name(&queue);

@@ -10,7 +10,7 @@ use crate::broker::BrokerError;
 
 /// Why a consumer ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsumerExit {
+pub(crate) enum ConsumerExit {
     /// The broker cannot be reached, or the connection was lost: reconnect with backoff for as
     /// long as it takes; not a crash.
     Unreachable(String),
@@ -24,12 +24,12 @@ pub enum ConsumerExit {
 /// The consumer's connection to the broker is gone (the delivery stream ended with it).
 #[derive(Debug, thiserror::Error)]
 #[error("connection to RabbitMQ lost: {0}")]
-pub struct ConnectionLost(pub String);
+pub(crate) struct ConnectionLost(pub String);
 
 impl ConsumerExit {
     /// Classifies the error a consumer ended with.
     #[must_use]
-    pub fn of(error: &(dyn Error + Send + Sync + 'static)) -> Self {
+    pub(crate) fn of(error: &(dyn Error + Send + Sync + 'static)) -> Self {
         let text = error.to_string();
         if error.is::<ConnectionLost>() {
             return Self::Unreachable(text);
@@ -52,13 +52,13 @@ impl ConsumerExit {
 
     /// True when the exit counts towards the restart intensity.
     #[must_use]
-    pub fn is_crash(&self) -> bool {
+    pub(crate) fn is_crash(&self) -> bool {
         matches!(self, Self::Crash(_))
     }
 
     /// What happened, for logs.
     #[must_use]
-    pub fn reason(&self) -> &str {
+    pub(crate) fn reason(&self) -> &str {
         match self {
             Self::Unreachable(r) | Self::Config(r) | Self::Crash(r) => r,
         }

@@ -11,12 +11,12 @@
 //! `Msg`, its `Arguments`, then the `Actor` impl.
 
 pub mod acks;
-pub mod consumer;
-pub mod depth;
-pub mod exit;
+pub(crate) mod consumer;
+pub(crate) mod depth;
+pub(crate) mod exit;
 pub mod hook;
-pub mod root;
-pub mod worker;
+pub(crate) mod root;
+pub(crate) mod worker;
 
 use std::sync::Arc;
 

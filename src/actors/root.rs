@@ -23,7 +23,7 @@ use crate::stats::SubjectStats;
 use crate::telemetry::events::Event;
 
 /// The root supervisor actor.
-pub struct RootSupervisor;
+pub(crate) struct RootSupervisor;
 
 /// One subject's supervision record.
 struct Child {
@@ -39,7 +39,7 @@ struct Child {
 }
 
 /// The root's state.
-pub struct RootState {
+pub(crate) struct RootState {
     config: Arc<Config>,
     children: BTreeMap<String, Child>,
     ids: HashMap<ActorId, String>,
@@ -52,7 +52,7 @@ pub struct RootState {
 }
 
 /// Messages the root accepts.
-pub enum RootMsg {
+pub(crate) enum RootMsg {
     /// (Re)start the consumer of a subject.
     Start(String),
     /// Drain every consumer; reply when all are idle (the caller bounds the wait).
@@ -71,7 +71,7 @@ pub enum RootMsg {
 }
 
 /// What the root is started with.
-pub struct RootArgs {
+pub(crate) struct RootArgs {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Per-subject counters, created by the caller so it can read them.

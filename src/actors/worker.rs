@@ -23,7 +23,7 @@ use crate::provenance::{self, Binding};
 use crate::telemetry::{self, events::Event};
 use crate::trace_context;
 
-pub mod batch;
+pub(crate) mod batch;
 mod entry;
 mod fpm;
 mod settle;
@@ -37,17 +37,17 @@ pub(super) use settle::{Original, settle};
 pub(super) const EXCERPT: usize = 1024;
 
 /// The worker actor.
-pub struct FpmWorker;
+pub(crate) struct FpmWorker;
 
 /// A worker's state. Its FastCGI connection is leased per request from the agent's pool
 /// (`upstreams`), so a worker with nothing to do holds no FPM child.
-pub struct WorkerState {
+pub(crate) struct WorkerState {
     pub(super) runtime: Arc<SubjectRuntime>,
     consumer: DerivedActorRef<WorkerIdle>,
 }
 
 /// Messages a worker accepts.
-pub enum WorkerMsg {
+pub(crate) enum WorkerMsg {
     /// Handle this delivery, then report back to the consumer.
     Handle(Box<Job>),
     /// Handle these deliveries in one request (`batch_max` > 1), then report back.
@@ -55,7 +55,7 @@ pub enum WorkerMsg {
 }
 
 /// One delivery and the publisher of the consumer incarnation that received it.
-pub struct Job {
+pub(crate) struct Job {
     /// The delivery (its acker is bound to the channel it came from).
     pub delivery: Delivery,
     /// Confirm-mode channel for retry and dead-letter copies.
@@ -65,7 +65,7 @@ pub struct Job {
 }
 
 /// What a worker is started with.
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// The subject's shared runtime.
     pub runtime: Arc<SubjectRuntime>,
     /// The consumer to report to.
@@ -76,7 +76,7 @@ pub struct WorkerArgs {
 /// consumer must act on. The consumer accepts it as one of its messages; the worker does not
 /// know the consumer's message type.
 #[derive(Debug)]
-pub struct WorkerIdle {
+pub(crate) struct WorkerIdle {
     /// Which worker.
     pub worker: ActorId,
     /// FPM could not be reached for that message (opens the circuit breaker).

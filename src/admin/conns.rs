@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 /// One open connection.
 #[derive(Debug)]
-pub struct Conn {
+pub(super) struct Conn {
     /// Tells it apart in [`Conns`].
     id: u64,
     /// The address the client connected to: a `Host` naming it is this listener's own.
@@ -29,26 +29,26 @@ pub struct Conn {
 
 impl Conn {
     /// Called with its request: from now on it is not idle.
-    pub fn head_read(&self) {
+    pub(super) fn head_read(&self) {
         self.head_read.store(true, Ordering::Relaxed);
     }
 
     /// Resolves when a newer connection took its slot: the connection must be closed.
-    pub async fn evicted(&self) {
+    pub(super) async fn evicted(&self) {
         self.evicted.notified().await;
     }
 }
 
 /// The open connections, oldest first, at most `max`.
 #[derive(Debug)]
-pub struct Conns {
+pub(super) struct Conns {
     max: usize,
     open: Mutex<VecDeque<Arc<Conn>>>,
     next: AtomicU64,
 }
 
 /// A slot held by an accepted connection; dropping it frees the slot.
-pub struct Slot {
+pub(super) struct Slot {
     conns: Arc<Conns>,
     /// The connection holding it.
     pub conn: Arc<Conn>,
@@ -62,7 +62,7 @@ impl Drop for Slot {
 }
 
 /// What [`Conns::admit`] did.
-pub enum Admission {
+pub(super) enum Admission {
     /// A free slot.
     Admitted(Slot),
     /// The oldest idle connection was told to close; the new one has its slot.
@@ -74,7 +74,7 @@ pub enum Admission {
 impl Conns {
     /// Room for `max` connections.
     #[must_use]
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(super) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
             open: Mutex::new(VecDeque::with_capacity(max)),
@@ -89,7 +89,7 @@ impl Conns {
     }
 
     /// A slot for a connection just accepted (see the module documentation).
-    pub fn admit(self: &Arc<Self>, local: Option<SocketAddr>) -> Admission {
+    pub(super) fn admit(self: &Arc<Self>, local: Option<SocketAddr>) -> Admission {
         let conn = Arc::new(Conn {
             id: self.next.fetch_add(1, Ordering::Relaxed),
             local,

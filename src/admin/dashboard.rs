@@ -9,8 +9,8 @@
 //! `textContent` by the script; the Content-Security-Policy the listener sends with every
 //! response allows scripts and styles from these assets only.
 
-pub mod history;
-pub mod pages;
+pub(crate) mod history;
+pub(crate) mod pages;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -24,12 +24,12 @@ use crate::agent::AgentHandle;
 use history::{History, HistoryView, SAMPLE_EVERY};
 
 /// The history shared by the sampler and the handlers.
-pub type SharedHistory = Arc<Mutex<History>>;
+pub(crate) type SharedHistory = Arc<Mutex<History>>;
 
 /// The Content-Security-Policy of every admin response: scripts, styles, images and fetches
 /// from the listener itself only; no inline script or style attribute, no framing, no form
 /// posted anywhere (the script sends the commands).
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
     connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Assets compiled in: (name, content type, bytes). uPlot is vendored with its licence.
@@ -68,14 +68,14 @@ const ASSETS: [(&str, &str, &[u8]); 6] = [
 
 /// A new, empty history for the agent's subjects.
 #[must_use]
-pub fn new_history(agent: &AgentHandle) -> SharedHistory {
+pub(crate) fn new_history(agent: &AgentHandle) -> SharedHistory {
     let names: Vec<String> = agent.stats().into_keys().collect();
     Arc::new(Mutex::new(History::new(&names)))
 }
 
 /// Samples the agent's counters into `history` every [`SAMPLE_EVERY`], forever (the caller
 /// aborts the task).
-pub async fn sample(agent: AgentHandle, history: SharedHistory) {
+pub(crate) async fn sample(agent: AgentHandle, history: SharedHistory) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,27 +99,27 @@ fn html(body: String) -> Response {
 }
 
 /// `/`
-pub fn overview(agent: &AgentHandle, history: &SharedHistory) -> Response {
+pub(crate) fn overview(agent: &AgentHandle, history: &SharedHistory) -> Response {
     let status = agent.status().without_queries();
     let history = history.lock().expect("history lock");
     html(pages::overview(&status, |name| history.latest(name)))
 }
 
 /// `/dashboard/metrics`
-pub fn metrics(agent: &AgentHandle, history: &SharedHistory) -> Response {
+pub(crate) fn metrics(agent: &AgentHandle, history: &SharedHistory) -> Response {
     let bytes = history.lock().expect("history lock").bytes();
     html(pages::metrics(&agent.status(), bytes))
 }
 
 /// `/dashboard/fpm`
-pub fn fpm(agent: &AgentHandle) -> Response {
+pub(crate) fn fpm(agent: &AgentHandle) -> Response {
     let slow = agent.config().slow_after();
     let slow_ms = u64::try_from(slow.as_millis()).unwrap_or(u64::MAX);
     html(pages::fpm(&agent.status().without_queries(), slow_ms))
 }
 
 /// `/dashboard/fleet`
-pub fn fleet(agent: &AgentHandle) -> Response {
+pub(crate) fn fleet(agent: &AgentHandle) -> Response {
     let status = agent.status().without_queries();
     match agent.fleet() {
         None => html(pages::fleet(&status, None)),
@@ -134,14 +134,14 @@ pub fn fleet(agent: &AgentHandle) -> Response {
 }
 
 /// `/dashboard/actions`
-pub fn actions(agent: &AgentHandle) -> Response {
+pub(crate) fn actions(agent: &AgentHandle) -> Response {
     html(pages::actions(&agent.status()))
 }
 
-pub use pages::DeadPageQuery;
+pub(crate) use pages::DeadPageQuery;
 
 /// `/dashboard/dead-letters`
-pub fn dead_letters(agent: &AgentHandle, q: DeadPageQuery) -> Response {
+pub(crate) fn dead_letters(agent: &AgentHandle, q: DeadPageQuery) -> Response {
     html(pages::dead_letters(&agent.status(), &q))
 }
 
@@ -161,7 +161,7 @@ struct Row {
 }
 
 /// `/dashboard/data.json`
-pub fn data(agent: &AgentHandle, history: &SharedHistory) -> Response {
+pub(crate) fn data(agent: &AgentHandle, history: &SharedHistory) -> Response {
     let status = agent.status();
     let history = history.lock().expect("history lock");
     let subjects = status
@@ -186,17 +186,17 @@ pub fn data(agent: &AgentHandle, history: &SharedHistory) -> Response {
 }
 
 /// `/dashboard/history.json`
-pub fn history(history: &SharedHistory) -> Response {
+pub(crate) fn history(history: &SharedHistory) -> Response {
     axum::Json(history.lock().expect("history lock").view(false)).into_response()
 }
 
 /// `/favicon.ico`, which browsers ask for whatever the page says.
-pub async fn favicon() -> Response {
+pub(crate) async fn favicon() -> Response {
     asset(Path("icon.svg".to_owned())).await
 }
 
 /// `/assets/{name}`
-pub async fn asset(Path(name): Path<String>) -> Response {
+pub(crate) async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
         Some((_, kind, bytes)) => (
             [

@@ -20,27 +20,27 @@ use crate::dead_letters::{
 };
 
 /// Most dead letters in one page of the list.
-pub const MAX_PAGE: usize = 500;
+pub(super) const MAX_PAGE: usize = 500;
 /// Most messages a browse or an open looks at (the rest of the queue is not seen).
-pub const MAX_SCAN: usize = 50_000;
+pub(super) const MAX_SCAN: usize = 50_000;
 /// Most keys one action names.
-pub const MAX_KEYS: usize = 500;
+pub(super) const MAX_KEYS: usize = 500;
 /// Jobs remembered (the oldest finished one is forgotten first).
 const KEPT_JOBS: usize = 32;
 
 /// The replay and discard jobs, running and finished.
 #[derive(Default)]
-pub struct Jobs {
+pub(super) struct Jobs {
     jobs: BTreeMap<String, Job>,
     order: Vec<String>,
 }
 
 /// Shared by the handlers and the jobs' tasks.
-pub type SharedJobs = Arc<Mutex<Jobs>>;
+pub(super) type SharedJobs = Arc<Mutex<Jobs>>;
 
 /// One replay or discard.
 #[derive(Debug, Clone, Serialize)]
-pub struct Job {
+pub(super) struct Job {
     /// Its name (random).
     pub id: String,
     /// The subject whose dead letters it acts on.
@@ -87,7 +87,7 @@ impl Jobs {
 
 /// The query of the list and of the actions: the filter, and for the list a page.
 #[derive(Debug, Default, Deserialize)]
-pub struct DeadQuery {
+pub(super) struct DeadQuery {
     reason: Option<String>,
     status: Option<String>,
     #[serde(rename = "type")]

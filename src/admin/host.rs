@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 /// to (`local`), or one of `allowed` (lowercase, no trailing dot). A request without `Host`
 /// (HTTP/1.0 probes) passes: every browser sends one.
 #[must_use]
-pub fn allowed(host: Option<&[u8]>, local: Option<SocketAddr>, allowed: &[String]) -> bool {
+pub(super) fn allowed(host: Option<&[u8]>, local: Option<SocketAddr>, allowed: &[String]) -> bool {
     let Some(host) = host else {
         return true;
     };
@@ -34,7 +34,7 @@ pub fn allowed(host: Option<&[u8]>, local: Option<SocketAddr>, allowed: &[String
 
 /// The names of `admin.allowed_hosts` as [`allowed`] compares them.
 #[must_use]
-pub fn normalized(names: &[String]) -> Vec<String> {
+pub(super) fn normalized(names: &[String]) -> Vec<String> {
     names
         .iter()
         .map(|n| n.trim_end_matches('.').to_ascii_lowercase())

@@ -19,7 +19,7 @@ use crate::fleet::{
 };
 
 /// How long a command waits for its reply.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The fleet as this agent sees it, and its outbox.
 pub struct Fleet {

@@ -31,7 +31,7 @@ const RAMP_READ_GAP: Duration = Duration::from_millis(50);
 const SAMPLE: Duration = Duration::from_millis(50);
 
 /// Runs until aborted (on reload and stop).
-pub async fn run(agent: AgentHandle) {
+pub(super) async fn run(agent: AgentHandle) {
     let monitor = agent.monitor();
     let mut reads = monitor.subscribe();
     let now = Instant::now();

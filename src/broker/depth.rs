@@ -13,7 +13,7 @@ use lapin::{Channel, Connection};
 use super::{BrokerError, amqp, short};
 
 /// Reads one queue's depth on the connection of its consumer.
-pub struct QueueDepth {
+pub(crate) struct QueueDepth {
     connection: Arc<Connection>,
     queue: String,
     channel: Option<Channel>,
@@ -22,7 +22,7 @@ pub struct QueueDepth {
 impl QueueDepth {
     /// Reads `queue`'s depth on `connection` (no channel is opened before the first read).
     #[must_use]
-    pub fn new(connection: Arc<Connection>, queue: &str) -> Self {
+    pub(crate) fn new(connection: Arc<Connection>, queue: &str) -> Self {
         Self {
             connection,
             queue: queue.to_owned(),
@@ -36,7 +36,7 @@ impl QueueDepth {
     /// # Errors
     /// When no channel can be opened or the queue cannot be declared passively (deleted, or
     /// the connection is gone).
-    pub async fn read(&mut self) -> Result<u32, BrokerError> {
+    pub(crate) async fn read(&mut self) -> Result<u32, BrokerError> {
         let queue = self.queue.clone();
         self.read_queue(&queue).await
     }
@@ -47,7 +47,7 @@ impl QueueDepth {
     /// # Errors
     /// As [`QueueDepth::read`]; a queue that does not exist (a delay queue not used yet) is an
     /// error, and the next read opens a new channel.
-    pub async fn read_queue(&mut self, queue: &str) -> Result<u32, BrokerError> {
+    pub(crate) async fn read_queue(&mut self, queue: &str) -> Result<u32, BrokerError> {
         let channel = match self.channel.take().filter(|c| c.status().connected()) {
             Some(channel) => channel,
             None => self

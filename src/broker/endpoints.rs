@@ -21,7 +21,7 @@ use crate::config::{Config, TlsConfig};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The order in which to try `n` endpoints, starting at `start`.
-pub fn rotation(n: usize, start: usize) -> impl Iterator<Item = usize> {
+pub(crate) fn rotation(n: usize, start: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |i| (start + i) % n.max(1))
 }
 
@@ -33,7 +33,7 @@ fn offset() -> usize {
 
 /// `host:port` of an endpoint: what `/status` and the `node` metric label show.
 #[must_use]
-pub fn node_of(url: &str) -> String {
+pub(crate) fn node_of(url: &str) -> String {
     url.parse::<AMQPUri>().map_or_else(
         |_| crate::config::redact_url(url),
         |u| format!("{}:{}", u.authority.host, u.authority.port),
@@ -44,7 +44,7 @@ pub fn node_of(url: &str) -> String {
 ///
 /// # Errors
 /// An I/O error naming the key and file.
-pub fn tls_config(tls: Option<&TlsConfig>) -> Result<OwnedTLSConfig, String> {
+pub(crate) fn tls_config(tls: Option<&TlsConfig>) -> Result<OwnedTLSConfig, String> {
     let Some(tls) = tls else {
         return Ok(OwnedTLSConfig::default());
     };
@@ -77,7 +77,7 @@ pub fn tls_config(tls: Option<&TlsConfig>) -> Result<OwnedTLSConfig, String> {
 ///
 /// # Errors
 /// The last endpoint's error when none could be reached.
-pub async fn connect(
+pub(crate) async fn connect(
     config: &Config,
     role: &str,
     cursor: &AtomicUsize,

@@ -18,7 +18,7 @@ use lapin::{Admission, BodyPermit};
 use tokio::sync::Notify;
 
 /// How often a waiter looks at the permit without being woken.
-pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The agent's gate, shared by every subject's consumer channel.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ impl OversizeGate {
 
 /// The gate as the AMQP client sees it (set on each consumer channel).
 #[derive(Debug, Clone)]
-pub struct ChannelGate(pub Arc<OversizeGate>);
+pub(crate) struct ChannelGate(pub Arc<OversizeGate>);
 
 impl lapin::BodyGate for ChannelGate {
     fn admit(&self, size: u64) -> Admission {

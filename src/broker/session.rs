@@ -15,14 +15,14 @@ use crate::config::Config;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection with one channel, in confirm mode when it publishes.
-pub struct Session {
+pub(crate) struct Session {
     connection: Connection,
     channel: Channel,
 }
 
 /// A message taken from a queue, unsettled until [`Taken::ack`] or [`Taken::requeue`] (or the
 /// session's close, which returns it to its queue).
-pub struct Taken(BasicGetMessage);
+pub(crate) struct Taken(BasicGetMessage);
 
 impl Session {
     /// Connects as `role` (shown in the broker's connection list) and opens the channel; with
@@ -30,7 +30,11 @@ impl Session {
     ///
     /// # Errors
     /// When no node can be reached or the channel cannot be opened.
-    pub async fn open(config: &Config, role: &str, confirm: bool) -> Result<Self, BrokerError> {
+    pub(crate) async fn open(
+        config: &Config,
+        role: &str,
+        confirm: bool,
+    ) -> Result<Self, BrokerError> {
         let connection = super::connect(config, role).await?;
         let channel = connection
             .create_channel()
@@ -52,7 +56,7 @@ impl Session {
     ///
     /// # Errors
     /// When the channel fails (a missing queue closes it).
-    pub async fn get(&self, queue: &str) -> Result<Option<Taken>, BrokerError> {
+    pub(crate) async fn get(&self, queue: &str) -> Result<Option<Taken>, BrokerError> {
         let message = self
             .channel
             .basic_get(queue.into(), BasicGetOptions::default())
@@ -65,7 +69,7 @@ impl Session {
     ///
     /// # Errors
     /// A [`BrokerError`] for a channel error, nack, return or confirm timeout.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         queue: &str,
         body: &[u8],
@@ -75,7 +79,7 @@ impl Session {
     }
 
     /// Closes the connection; messages taken and not settled go back to their queue.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.connection.close(200, "bye".into()).await;
     }
 }
@@ -83,13 +87,13 @@ impl Session {
 impl Taken {
     /// The message as delivered.
     #[must_use]
-    pub fn delivery(&self) -> &Delivery {
+    pub(crate) fn delivery(&self) -> &Delivery {
         &self.0.delivery
     }
 
     /// How many messages the queue held besides this one when it was taken.
     #[must_use]
-    pub fn remaining(&self) -> u32 {
+    pub(crate) fn remaining(&self) -> u32 {
         self.0.message_count
     }
 
@@ -97,7 +101,7 @@ impl Taken {
     ///
     /// # Errors
     /// When the channel fails.
-    pub async fn ack(&self) -> Result<(), BrokerError> {
+    pub(crate) async fn ack(&self) -> Result<(), BrokerError> {
         self.0
             .delivery
             .acker
@@ -112,28 +116,10 @@ impl Taken {
     ///
     /// # Errors
     /// When the channel fails.
-    pub async fn requeue_through(&self) -> Result<(), BrokerError> {
+    pub(crate) async fn requeue_through(&self) -> Result<(), BrokerError> {
         let requeue = BasicNackOptions {
             requeue: true,
             multiple: true,
-        };
-        self.0
-            .delivery
-            .acker
-            .nack(requeue)
-            .await
-            .map_err(amqp("cannot requeue"))
-            .map(drop)
-    }
-
-    /// Returns the message to its queue.
-    ///
-    /// # Errors
-    /// When the channel fails.
-    pub async fn requeue(&self) -> Result<(), BrokerError> {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
         };
         self.0
             .delivery

@@ -18,7 +18,7 @@ use crate::contract;
 use crate::printable::printable;
 
 /// `publish`: one message, confirmed.
-pub async fn publish(
+pub(super) async fn publish(
     config: &Config,
     subject: &str,
     headers: &[String],
@@ -108,14 +108,14 @@ async fn admin_request(config: &Config, method: &str, path: &str) -> anyhow::Res
 }
 
 /// `pool set`, `pause`, `resume`.
-pub async fn admin_post(config: &Config, path: &str) -> anyhow::Result<i32> {
+pub(super) async fn admin_post(config: &Config, path: &str) -> anyhow::Result<i32> {
     let (status, body) = admin_request(config, "POST", path).await?;
     print!("{body}");
     Ok(if (200..300).contains(&status) { 0 } else { 1 })
 }
 
 /// `status`: a table, or the JSON document; exit code 1 when the agent is not ready.
-pub async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
+pub(super) async fn status(config: &Config, json: bool) -> anyhow::Result<i32> {
     let (code, body) = admin_request(config, "GET", "/status").await?;
     anyhow::ensure!(code == 200, "admin API answered {code}: {body}");
     let doc: serde_json::Value = serde_json::from_str(&body).context("malformed /status")?;
@@ -260,7 +260,7 @@ fn print_fpm(fpm: &serde_json::Value) {
 }
 
 /// The dead-letter filter of the command line, parsed.
-pub fn dead_filter(f: &super::DeadFilter) -> anyhow::Result<Filter> {
+pub(super) fn dead_filter(f: &super::DeadFilter) -> anyhow::Result<Filter> {
     Filter::parse(FilterText {
         reason: f.reason.as_deref(),
         status: f.status.as_deref(),
@@ -273,7 +273,7 @@ pub fn dead_filter(f: &super::DeadFilter) -> anyhow::Result<Filter> {
 
 /// `dead-letters list`: the first `limit` matches; every message stays in the queue, in its
 /// order.
-pub async fn dead_list(
+pub(super) async fn dead_list(
     config: &Config,
     subject: &str,
     filter: &Filter,
@@ -321,7 +321,7 @@ pub async fn dead_list(
 }
 
 /// `dead-letters replay|discard`: the matches, at most `limit` (all without one).
-pub async fn dead_act(
+pub(super) async fn dead_act(
     config: &Config,
     subject: &str,
     action: Action,
@@ -346,7 +346,7 @@ pub async fn dead_act(
 }
 
 /// `check-config --broker`: every queue and exchange each subject needs, checked passively.
-pub async fn check_broker(config: &Config) -> anyhow::Result<i32> {
+pub(super) async fn check_broker(config: &Config) -> anyhow::Result<i32> {
     use crate::broker::topology::{Check, check_subject};
     let connection = broker::connect(config, "check-config").await?;
     let mut problems = 0;

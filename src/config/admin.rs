@@ -202,7 +202,7 @@ fn valid_trace_url(url: &str) -> bool {
 
 /// The link of a trace id: `template` with `{trace_id}` replaced.
 #[must_use]
-pub fn trace_link(template: &str, trace_id: &str) -> String {
+pub(super) fn trace_link(template: &str, trace_id: &str) -> String {
     template.replace("{trace_id}", trace_id)
 }
 

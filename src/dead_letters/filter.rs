@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::letter::Letter;
 
 /// The longest text a filter field may hold.
-pub const MAX_FIELD: usize = 200;
+pub(crate) const MAX_FIELD: usize = 200;
 
 /// A filter; the default matches every dead letter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,7 +234,7 @@ fn found(letter: &Letter<'_>, text: &str) -> bool {
 
 /// Whether `hay` holds `needle` (already lowercase), ASCII letters compared without case.
 #[must_use]
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return true;
     }

@@ -17,7 +17,7 @@ use crate::contract::{
 };
 
 /// Symfony Messenger's AMQP transport puts the message class in this header.
-pub const TYPE_HEADER: &str = "type";
+pub(crate) const TYPE_HEADER: &str = "type";
 /// What a quorum queue counts a message's returns in.
 const DELIVERY_COUNT: &str = "x-delivery-count";
 /// The broker's record of each time it dead-lettered the message.
@@ -27,11 +27,11 @@ const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
 
 /// Longest text of one summary field (an id, a last error): the list stays small whatever the
 /// messages hold; the detail shows everything.
-pub const SUMMARY_CHARS: usize = 500;
+pub(crate) const SUMMARY_CHARS: usize = 500;
 /// Most body bytes shown as text or pretty JSON (a larger body is cut, and says so).
-pub const MAX_TEXT_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_TEXT_BYTES: usize = 2 * 1024 * 1024;
 /// Most body bytes shown in hex.
-pub const MAX_HEX_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEX_BYTES: usize = 64 * 1024;
 
 /// A dead letter: its properties and body, borrowed from the delivery.
 #[derive(Debug, Clone, Copy)]
@@ -361,7 +361,7 @@ impl Body {
 
 /// `xxd`-like lines: offset, 16 bytes in hex, the printable ASCII ones (others as `.`).
 #[must_use]
-pub fn hex_dump(bytes: &[u8]) -> String {
+pub(crate) fn hex_dump(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 4 + bytes.len() / 16 * 12);
     for (i, line) in bytes.chunks(16).enumerate() {
         let _ = write!(out, "{:08x} ", i * 16);
@@ -389,7 +389,7 @@ pub fn hex_dump(bytes: &[u8]) -> String {
 
 /// `text` cut at `max` bytes on a character boundary, with a note of its length.
 #[must_use]
-pub fn cut(text: &str, max: usize) -> String {
+pub(crate) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
@@ -429,7 +429,7 @@ fn unix(value: &AMQPValue) -> Option<u64> {
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 #[must_use]
-pub fn rfc3339(unix: u64) -> String {
+pub(crate) fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
         .to_string()
 }

@@ -4,8 +4,8 @@
 //! Invariant: with no OTLP endpoint configured, no OpenTelemetry layer is installed and
 //! [`enabled`] is false, so the per-message cost is a plain tracing span.
 
-pub mod events;
-pub mod log_limit;
+pub(crate) mod events;
+pub(crate) mod log_limit;
 pub mod metrics;
 
 use std::collections::HashMap;

@@ -31,7 +31,7 @@ use crate::printable::printable;
 use crate::telemetry::{self, events::Event};
 
 /// Deliveries a worker sends in one request, and the publisher of their consumer incarnation.
-pub struct BatchJob {
+pub(crate) struct BatchJob {
     /// The deliveries, oldest first (none redelivered; see `batch::Batching::take`).
     pub deliveries: Vec<Delivery>,
     /// Confirm-mode channel for retry and dead-letter copies.

@@ -14,14 +14,14 @@ use serde::Serialize;
 use crate::stats::StatsSnapshot;
 
 /// How often a point is taken.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// Points kept per subject: one hour.
-pub const SAMPLES: usize = 720;
+pub(crate) const SAMPLES: usize = 720;
 
 /// One subject at one sample: rates over the interval since the previous sample, gauges as
 /// they were. `NaN` where nothing was measured (a mean over no request), shown as a gap.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
+pub(crate) struct Point {
     /// Messages settled (acked, retried or dead-lettered) per second.
     pub rate: f32,
     /// Workers busy.
@@ -42,7 +42,7 @@ pub struct Point {
 
 /// The history of every subject.
 #[derive(Debug)]
-pub struct History {
+pub(crate) struct History {
     /// Unix seconds of each sample (shared by every subject's ring).
     times: VecDeque<u64>,
     subjects: BTreeMap<String, Ring>,
@@ -56,7 +56,7 @@ struct Ring {
 
 /// One subject's series, columnar (uPlot's layout).
 #[derive(Debug, Default, Serialize)]
-pub struct Series {
+pub(crate) struct Series {
     /// See [`Point`].
     pub rate: Vec<f32>,
     /// See [`Point`].
@@ -77,7 +77,7 @@ pub struct Series {
 
 /// The history as `/dashboard/history.json` serves it.
 #[derive(Debug, Serialize)]
-pub struct HistoryView {
+pub(crate) struct HistoryView {
     /// Seconds between samples.
     pub every_seconds: u64,
     /// Unix seconds of each sample.
@@ -89,7 +89,7 @@ pub struct HistoryView {
 impl History {
     /// An empty history for these subjects, every ring allocated at its full size.
     #[must_use]
-    pub fn new<'a>(subjects: impl IntoIterator<Item = &'a String>) -> Self {
+    pub(crate) fn new<'a>(subjects: impl IntoIterator<Item = &'a String>) -> Self {
         Self {
             times: VecDeque::with_capacity(SAMPLES),
             subjects: subjects
@@ -107,7 +107,7 @@ impl History {
 
     /// Bytes the rings take at most (their allocations, which never grow).
     #[must_use]
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.times.capacity() * size_of::<u64>()
             + self
                 .subjects
@@ -118,7 +118,12 @@ impl History {
 
     /// Records one sample taken at `now` (`unix`: the same instant as Unix seconds). A subject
     /// not in `stats` gets a gap.
-    pub fn record(&mut self, now: Instant, unix: u64, stats: &BTreeMap<String, StatsSnapshot>) {
+    pub(crate) fn record(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        stats: &BTreeMap<String, StatsSnapshot>,
+    ) {
         if self.times.len() == SAMPLES {
             self.times.pop_front();
         }
@@ -141,13 +146,13 @@ impl History {
 
     /// The latest point of `subject`.
     #[must_use]
-    pub fn latest(&self, subject: &str) -> Option<Point> {
+    pub(crate) fn latest(&self, subject: &str) -> Option<Point> {
         self.subjects.get(subject)?.points.back().copied()
     }
 
     /// The whole history; only the rate series when `rates_only` (the overview's sparklines).
     #[must_use]
-    pub fn view(&self, rates_only: bool) -> HistoryView {
+    pub(crate) fn view(&self, rates_only: bool) -> HistoryView {
         let subjects = self
             .subjects
             .iter()

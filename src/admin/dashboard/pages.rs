@@ -9,7 +9,7 @@ use crate::agent::{Status, SubjectStatus};
 
 /// The pages, in the navigation's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Page {
+pub(crate) enum Page {
     /// `/`
     Overview,
     /// `/dashboard/metrics`
@@ -69,11 +69,11 @@ impl Page {
 }
 
 /// Longest text shown of one value (a queue name, a URI): a 1 MiB line is cut, and says so.
-pub const MAX_SHOWN: usize = 300;
+pub(crate) const MAX_SHOWN: usize = 300;
 
 /// `text`, cut at [`MAX_SHOWN`] bytes (on a character boundary) with a note of its length.
 #[must_use]
-pub fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     if text.len() <= MAX_SHOWN {
         return text.to_owned();
     }
@@ -158,7 +158,7 @@ fn number(x: f32, digits: usize) -> String {
 
 /// The state as the overview shows it.
 #[must_use]
-pub fn state_text(s: &SubjectStatus) -> String {
+pub(crate) fn state_text(s: &SubjectStatus) -> String {
     match s.state {
         "paused" => s
             .paused_until
@@ -172,7 +172,7 @@ pub fn state_text(s: &SubjectStatus) -> String {
 /// One overview row: (field, text) pairs, in column order. The page and
 /// `/dashboard/data.json` both come from here, so a refresh shows what a reload would.
 #[must_use]
-pub fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, String)> {
+pub(crate) fn row(s: &SubjectStatus, latest: Option<Point>) -> Vec<(&'static str, String)> {
     let p = latest.unwrap_or_else(Point::gap);
     vec![
         ("queue", shown(&s.queue)),
@@ -271,7 +271,7 @@ const COLUMNS: [(&str, &str); 23] = [
 
 /// `/`: one row per subject.
 #[must_use]
-pub fn overview(status: &Status, latest: impl Fn(&str) -> Option<Point>) -> String {
+pub(crate) fn overview(status: &Status, latest: impl Fn(&str) -> Option<Point>) -> String {
     let body = html! {
         h1 { "Subjects" }
         p.hint {
@@ -310,7 +310,7 @@ pub fn overview(status: &Status, latest: impl Fn(&str) -> Option<Point>) -> Stri
 
 /// `/dashboard/metrics`: charts per subject, drawn by the page's script from the history.
 #[must_use]
-pub fn metrics(status: &Status, history_bytes: usize) -> String {
+pub(crate) fn metrics(status: &Status, history_bytes: usize) -> String {
     let charts = [
         ("throughput", "Throughput (msg/s)"),
         ("runtime", "FPM runtime (mean ms)"),
@@ -345,7 +345,7 @@ pub fn metrics(status: &Status, history_bytes: usize) -> String {
 /// `/dashboard/fpm`: each upstream and its children; requests running longer than
 /// `slow_ms` are marked.
 #[must_use]
-pub fn fpm(status: &Status, slow_ms: u64) -> String {
+pub(crate) fn fpm(status: &Status, slow_ms: u64) -> String {
     let body = html! {
         h1 { "FPM upstreams" }
         p.hint { "Requests running for " (slow_ms) " ms or more (fpm.slow_after) are marked slow. "
@@ -407,7 +407,7 @@ fn opt(v: Option<u64>) -> String {
 
 /// `/dashboard/actions`: the operator's commands; the page's script sends them with the token.
 #[must_use]
-pub fn actions(status: &Status) -> String {
+pub(crate) fn actions(status: &Status) -> String {
     let select = html! {
         select name="subject" required {
             @for name in status.subjects.keys() { option value=(name) { (shown(name)) } }
@@ -454,7 +454,10 @@ pub fn actions(status: &Status) -> String {
 /// subject with its state and counters, and pause or resume for each, sent to its agent over the
 /// broker. `fleet` is `None` when the fleet is off here.
 #[must_use]
-pub fn fleet(status: &Status, fleet: Option<(&str, bool, &[crate::fleet::Member])>) -> String {
+pub(crate) fn fleet(
+    status: &Status,
+    fleet: Option<(&str, bool, &[crate::fleet::Member])>,
+) -> String {
     let body = html! {
         h1 { "Fleet" }
         @match fleet {
@@ -522,7 +525,7 @@ pub fn fleet(status: &Status, fleet: Option<(&str, bool, &[crate::fleet::Member]
 
 /// The filter a Dead letters page opens with (from its URL), shown in its form.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct DeadPageQuery {
+pub(crate) struct DeadPageQuery {
     /// The subject (default: the first).
     pub subject: Option<String>,
     /// `reason`
@@ -541,7 +544,7 @@ pub struct DeadPageQuery {
 /// `/dashboard/dead-letters`: the page's script lists the dead letters through the admin API
 /// with the token (reading them needs it), opens one, and replays or discards them.
 #[must_use]
-pub fn dead_letters(status: &Status, q: &DeadPageQuery) -> String {
+pub(crate) fn dead_letters(status: &Status, q: &DeadPageQuery) -> String {
     let current = q
         .subject
         .as_deref()
