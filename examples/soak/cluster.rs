@@ -1,6 +1,6 @@
 //! `--cluster`: a 3-node RabbitMQ cluster of the soak's own, for the quorum lanes. The nodes
-//! are built exactly as tests/cluster.rs builds its cluster: the test harness's
-//! `tests/common/cluster.rs` is compiled in here (own node names `soak<i>-<pid>@localhost`,
+//! are built exactly as tests/it/cluster.rs builds its cluster: the test harness's
+//! `tests/it/common/cluster.rs` is compiled in here (own node names `soak<i>-<pid>@localhost`,
 //! own AMQP and distribution ports, data and log directories under the temp dir, the installed
 //! `rabbitmq-server` run as the `rabbitmq` user; no Docker). The machine's own node on 5672 is
 //! never touched. Dropping the [`Cluster`] kills its nodes and removes their directories.
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 #[allow(dead_code)]
-#[path = "../../tests/common/cluster.rs"]
+#[path = "../../tests/it/common/cluster.rs"]
 mod nodes;
 
 pub use nodes::Cluster;
@@ -22,12 +22,12 @@ pub use nodes::Cluster;
 /// How long a killed node stays down before it is started again.
 pub const NODE_DOWN: Duration = Duration::from_secs(5);
 
-/// What `tests/common/cluster.rs` takes from its parent module.
+/// What `tests/it/common/cluster.rs` takes from its parent module.
 fn free_port() -> u16 {
     crate::os::free_port().expect("a free port")
 }
 
-/// What `tests/common/cluster.rs` takes from its parent module.
+/// What `tests/it/common/cluster.rs` takes from its parent module.
 fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -40,7 +40,7 @@ fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 pub fn start() -> anyhow::Result<Arc<Cluster>> {
     anyhow::ensure!(
         unsafe { libc::geteuid() } == 0,
-        "--cluster needs root: the nodes run as the rabbitmq user (su rabbitmq), as in tests/cluster.rs"
+        "--cluster needs root: the nodes run as the rabbitmq user (su rabbitmq), as in tests/it/cluster.rs"
     );
     std::panic::catch_unwind(|| Arc::new(Cluster::start(3, "soak"))).map_err(|p| {
         anyhow::anyhow!(

@@ -14,7 +14,7 @@
 //! admin requests (`/status`, `/metrics`).
 //!
 //! With `--cluster`, agent `b` and its quorum lanes run against a 3-node RabbitMQ cluster of the
-//! soak's own (built as tests/cluster.rs builds one; `amqp.urls` lists the nodes), and the
+//! soak's own (built as tests/it/cluster.rs builds one; `amqp.urls` lists the nodes), and the
 //! rotation adds a cluster node killed (kill -9) and started again. The classic lanes stay on
 //! `--amqp-url`.
 //!
@@ -28,7 +28,7 @@
 //! - `load`: the publisher and the dead-letter consumers.
 //! - `faults`: the fault schedule.
 //! - `fates`: what the handler recorded; the report.
-//! - `cluster`: `--cluster`'s nodes (tests/common/cluster.rs) and the node fault.
+//! - `cluster`: `--cluster`'s nodes (tests/it/common/cluster.rs) and the node fault.
 
 mod cluster;
 mod fates;
@@ -97,7 +97,7 @@ pub struct Args {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Run the quorum lanes (agent b) against a 3-node RabbitMQ cluster of the soak's own
-    /// (needs root, as tests/cluster.rs), and add "cluster node killed and restarted" to the
+    /// (needs root, as tests/it/cluster.rs), and add "cluster node killed and restarted" to the
     /// faults.
     #[arg(long)]
     pub cluster: bool,

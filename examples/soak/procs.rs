@@ -257,7 +257,7 @@ impl Agent {
                 queue = lane.queue,
             );
         }
-        // One node: `amqp.url`; the soak's cluster: `amqp.urls`, as tests/cluster.rs configures it.
+        // One node: `amqp.url`; the soak's cluster: `amqp.urls`, as tests/it/cluster.rs configures it.
         let broker = match urls {
             [url] => format!("url = \"{url}\""),
             _ => format!(

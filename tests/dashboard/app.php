@@ -1,5 +1,5 @@
 <?php
-// The PHP side of tests/dashboard.rs: acks every message, after `sleep:MS` if the JSON body
+// The PHP side of tests/it/dashboard.rs: acks every message, after `sleep:MS` if the JSON body
 // asks for it (so the FPM page has busy, slow children). `status:N` answers N (a 404 is
 // dead-lettered as `rejected`, a 503 retried until `max_attempts`); `reject-once:TOKEN` answers
 // 404 the first time it sees TOKEN and acks afterwards (a dead letter that a replay fixes). Any

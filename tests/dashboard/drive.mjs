@@ -1,4 +1,4 @@
-// Drives Debian's chromium against a running agent's dashboard; called by tests/dashboard.rs.
+// Drives Debian's chromium against a running agent's dashboard; called by tests/it/dashboard.rs.
 // Environment: BASE (http://127.0.0.1:PORT), TOKEN, OUT (screenshots and result.json),
 // AGENT_BIN and CONFIG (to publish with `amqp-agent publish`), HOSTILE (the queue name holding
 // markup), BODY_MARKUP (how the dead letter `big-script`'s body starts), CHROMIUM (default

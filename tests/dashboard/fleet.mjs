@@ -1,4 +1,4 @@
-// Drives Debian's chromium on agent B's Fleet page (tests/dashboard.rs,
+// Drives Debian's chromium on agent B's Fleet page (tests/it/dashboard.rs,
 // the_fleet_page_in_chromium). Environment: BASE (B's http://127.0.0.1:PORT), A_BASE (A's),
 // A_ID and B_ID (their fleet ids), TOKEN, OUT, CHROMIUM. B's page must list both agents, and
 // pause A's `event` subject for a minute over the broker: A's /status then says paused until …,

@@ -1,6 +1,6 @@
 <?php
 /**
- * Test-harness receiver for batches (tests/batches.rs): the php/receiver package's own batch
+ * Test-harness receiver for batches (tests/it/batches.rs): the php/receiver package's own batch
  * path (Receiver::run), in the harness's php-fpm pool, next to its copy of the package
  * (php-receiver/). REQUEST_URI "/t/<testid>/<subject>".
  *
@@ -22,7 +22,7 @@
  *                      test turns the handler slow mid-run), then handled
  *   reject-cut         PermanentFailure whose 1,001-byte reason holds a byte that is not UTF-8
  *                      and ends with a two-byte character cut by the 1,000-byte limit
- *   kill-agent         kill -9 of the agent process (tests/poison.rs), every attempt: appends a
+ *   kill-agent         kill -9 of the agent process (tests/it/poison.rs), every attempt: appends a
  *                      line to "$RECORD_DIR/<testid>.kills", kills the amqp-agent whose pid the
  *                      test wrote to "$RECORD_DIR/<testid>.agent-pid" (waiting up to 10 s for
  *                      the test to write the pid of a running agent), waits until it is gone,

@@ -1,6 +1,6 @@
 <?php
 /**
- * Test-only receiver for tests/poison.rs: a message that kills the agent.
+ * Test-only receiver for tests/it/poison.rs: a message that kills the agent.
  *
  * A message whose JSON body has "behave": "kill-agent" makes this script append one line to
  * "$RECORD_DIR/<testid>.kills" and then `kill -9` the agent process whose pid the test wrote to

@@ -1,5 +1,5 @@
 <?php
-// What a publisher with nothing but publish rights could send (tests/laravel.rs): one JSON line
+// What a publisher with nothing but publish rights could send (tests/it/laravel.rs): one JSON line
 // per message, {"id", "subject", "body" (base64)}, for the test to publish raw.
 //   php bin/hostile.php <test> <gadget-file>
 // `gadget`: a job payload whose command is App\Spy\Gadget (outside amqp-agent.allowed_jobs);

@@ -1,5 +1,5 @@
 <?php
-// What a publisher with nothing but publish rights could send (tests/symfony.rs): one JSON line
+// What a publisher with nothing but publish rights could send (tests/it/symfony.rs): one JSON line
 // per message, {"id", "body" (base64)}, for the test to publish raw to the event queue.
 //   php bin/hostile.php <gadget-file>
 // `gadget`: a PhpSerializer envelope whose message is App\Spy\Gadget (routing names no such class).

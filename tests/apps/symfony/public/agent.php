@@ -6,7 +6,7 @@
 // What it gives up: no kernel.request/response/terminate listeners run (no Request object), so an
 // app that relies on them for the agent's requests (e.g. work deferred to kernel.terminate) keeps
 // public/index.php. php/symfony-bundle/README.md ("Throughput") shows the same file;
-// tests/symfony.rs serves single messages and batches through it.
+// tests/it/symfony.rs serves single messages and batches through it.
 declare(strict_types=1);
 
 use AmqpAgent\SymfonyBundle\Controller\MessageController;

@@ -9,7 +9,7 @@ use Symfony\Component\Messenger\Envelope;
 /**
  * Test-only: the envelope the agent delivered, as the transport serializer decoded it (before
  * the bundle adds its own stamps) and as the bundle dispatched it. The handlers record from it
- * that the publisher's stamps survived the serializer (tests/symfony.rs).
+ * that the publisher's stamps survived the serializer (tests/it/symfony.rs).
  */
 final class Delivery
 {

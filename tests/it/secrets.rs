@@ -3,7 +3,7 @@
 //! key, and the secret appears nowhere in what the binary prints. Logs written to a file carry
 //! no terminal colour codes.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Traces reach an OTLP receiver with the right parent chain; metrics count what was published;
 //! readiness follows the broker link; logs carry the message's identity.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

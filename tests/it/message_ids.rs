@@ -2,7 +2,7 @@
 //! logged once per subject per minute (with the count), not once per message. Each subject has
 //! its own limit: one subject's line does not hold back the other's.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Operating the agent: resize by signals and by command, reload, pause, systemd notify,
 //! dead-letter replay — against the real binary, RabbitMQ and php-fpm.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;

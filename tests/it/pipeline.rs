@@ -1,6 +1,6 @@
 //! End-to-end: real RabbitMQ, real php-fpm with the recording receiver, the agent in-process.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //!   waiting message carries `amqp-agent: signing secret not configured` in
 //!   `x-agent-last-error`, not an HTML page.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

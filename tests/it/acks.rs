@@ -2,7 +2,7 @@
 //! returns, and in which order, checked by what the broker puts back in the queue when the
 //! channel closes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

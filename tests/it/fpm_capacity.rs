@@ -1,7 +1,7 @@
 //! FPM capacity: the status page read from a real php-fpm pool with `pm.status_path`, its
 //! errors as states, and requests running past `fpm.slow_after` (docs/fpm-capacity.md).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -381,8 +381,8 @@ async fn an_auto_pool_drains_a_backlog_within_a_quarter_of_a_fixed_pool_of_max_c
             ctx
         }
     };
-    // Two pairs, alternated, and the faster run of each setup compared: the other tests of this
-    // file share the machine's two cores and may overlap one run more than the other.
+    // Two pairs, alternated, and the faster run of each setup compared: the other tests share the
+    // machine's two cores and may overlap one run more than the other.
     let (mut fixed, mut auto) = (Vec::new(), Vec::new());
     let mut last = None;
     for pair in 1..=2 {

@@ -3,7 +3,7 @@
 //! test publishes 50 messages before the agent starts, so that one worker (pool 1, `batch_max`
 //! 50, `batch_wait` 2 s) sends them as one request.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

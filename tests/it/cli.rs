@@ -1,6 +1,6 @@
 //! The binary's command line: config errors are clear and name the key.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! Data that comes from a message: content types PHP must not parse, agent state headers a
 //! publisher may forge, and message text that must not forge log lines or drive a terminal.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

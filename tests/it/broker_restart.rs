@@ -1,7 +1,7 @@
-//! A real broker restart (`rabbitmqctl stop_app` / `start_app`). Its own test binary: cargo runs
-//! test binaries one after another, so no other test sees the broker go away.
+//! A real broker restart (`rabbitmqctl stop_app` / `start_app`). It runs alone
+//! (`common::turn::alone`), so no other test sees the broker go away.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -34,6 +34,7 @@ impl Drop for StartAppOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_restart_loses_nothing() {
+    let _alone = common::turn::alone().await; // every other test uses this broker
     let ctx = TestCtx::new("restart").await;
     ctx.declare().await;
     let mut ids = BTreeSet::new();

@@ -1,7 +1,7 @@
 //! `amqps://` with a private CA and a client certificate, against a RabbitMQ node of the test's
 //! own with a TLS listener that requires peer certificates. A wrong CA is refused clearly.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -11,7 +11,7 @@
 //! line shows as text. Screenshots
 //! of every page go to `target/dashboard/` (linked from docs/dashboard.md).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! Each must be handled or dead-lettered with a reason, never cost a connection, and never
 //! stall the messages behind it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -66,7 +66,7 @@ pub fn php(script: &Path, ctx: &TestCtx, args: &[&str], app_env: &[(&str, &str)]
 
 /// The front controller php-fpm serves for this test: the app's `public/<front>`, or with
 /// `app_env`, a script that sets those variables and requires it: what they would do in the pool's
-/// environment, which the tests of a binary share.
+/// environment, which every test shares.
 pub fn front_controller(
     app: &Path,
     ctx: &TestCtx,
@@ -78,7 +78,7 @@ pub fn front_controller(
         return index;
     }
     let mut php = String::from(
-        "<?php\n// Written by tests/common/apps.rs: the pool's environment, for this test only.\n",
+        "<?php\n// Written by tests/it/common/apps.rs: the pool's environment, for this test only.\n",
     );
     for (name, value) in app_env {
         assert!(

@@ -1,9 +1,9 @@
 //! Test harness: a real php-fpm pool running the recording receiver, a real RabbitMQ, and
 //! helpers to publish, inspect queues and read what PHP received.
 //!
-//! The pool is started once per test binary, on a free port, from a thread that lives as long
-//! as the process; php-fpm gets SIGTERM when the test process exits (PR_SET_PDEATHSIG).
-#![allow(dead_code)]
+//! The pool is started once for the test binary (`tests/it`, every test shares it), on a free
+//! port, from a thread that lives as long as the process; php-fpm gets SIGTERM when the test
+//! process exits (PR_SET_PDEATHSIG).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ pub mod otlp;
 pub mod php_way;
 pub mod procs;
 pub mod raw;
+pub mod turn;
 use amqp_agent::config::Config;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -35,13 +36,12 @@ pub const SECRET: &str = "test-signing-secret-0123456789";
 /// The admin token of every test config: commands need it.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// The shared php-fpm pool of this test binary.
+/// The shared php-fpm pool of the test binary.
 pub struct Fpm {
     pub port: u16,
     pub dir: PathBuf,
     pub recorder: PathBuf,
     pub receiver: PathBuf,
-    pub master_pid: u32,
 }
 
 static FPM: OnceLock<Fpm> = OnceLock::new();
@@ -148,14 +148,14 @@ fn start_fpm() -> Fpm {
         let mut cmd = fpm_command(&bin, &conf_path);
         tie_to_thread(&mut cmd);
         let mut child: Child = cmd.spawn().expect("cannot start php-fpm");
-        tx.send(child.id()).unwrap();
+        tx.send(()).unwrap();
         // Reap php-fpm if it exits; the thread then parks for the rest of the process.
         let _ = child.wait();
         loop {
             std::thread::park();
         }
     });
-    let master_pid = rx.recv().unwrap();
+    rx.recv().expect("php-fpm spawned");
     wait_until(Duration::from_secs(20), "php-fpm to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -164,7 +164,6 @@ fn start_fpm() -> Fpm {
         dir,
         recorder,
         receiver,
-        master_pid,
     }
 }
 
@@ -236,10 +235,14 @@ pub struct TestCtx {
     pub overrides: Vec<(String, Option<toml::Value>)>,
     /// Deletes this test's queues and exchange when the test ends, also when it panics.
     pub cleanup: Cleanup,
+    /// This test's turn to use the broker (`turn`): given back after `cleanup` ran.
+    #[expect(dead_code, reason = "held only to be dropped, after `cleanup`")]
+    pub turn: Arc<turn::Turn>,
 }
 
 impl TestCtx {
     pub async fn new(name: &str) -> Self {
+        let turn = turn::shared().await;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -268,6 +271,7 @@ impl TestCtx {
             admin_toml: format!("token = \"{ADMIN_TOKEN}\"\n"),
             overrides: Vec::new(),
             cleanup,
+            turn,
         };
         // The queues of the default config, even if the test never renders one.
         let _ = ctx.toml();

@@ -5,7 +5,7 @@
 //! the bundle's recipe (php/symfony-bundle/recipe/config) as shipped; every handled record also
 //! shows the publisher's stamps as the transport serializer decoded them.
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messenger_published_events_and_commands_reach_their_handlers_once() {

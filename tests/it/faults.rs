@@ -4,7 +4,7 @@
 //! with the recording receiver and the queues: lost = 0, duplicates only for messages that were
 //! in flight. Each prints its figures (`FAULT ...` lines; run with `--nocapture` to see them).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

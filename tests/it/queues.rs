@@ -1,7 +1,7 @@
 //! Queue types and arguments on the local RabbitMQ node: quorum subjects, adopting (or refusing)
 //! what exists, `check-config --broker`, and quorum delivery counting.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

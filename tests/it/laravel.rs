@@ -4,7 +4,7 @@
 //! The commands (`ShipOrder`) are `ShouldBeEncrypted`: published encrypted with the app's
 //! APP_KEY and decrypted by the route; the events stay plain.
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_jobs_reach_their_handlers_once() {

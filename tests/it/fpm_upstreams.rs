@@ -1,7 +1,7 @@
 //! FPM upstreams: several agents sharing one FPM pool without starving on pinned children, and
 //! several upstreams with a circuit breaker each (docs/fpm-capacity.md).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

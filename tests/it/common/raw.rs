@@ -166,6 +166,7 @@ impl RawPublisher {
 }
 
 /// Property flags of the AMQP basic class, in wire order.
+#[allow(dead_code, reason = "the whole table, also the flags no test sets")]
 pub mod flag {
     pub const CONTENT_TYPE: u16 = 1 << 15;
     pub const CONTENT_ENCODING: u16 = 1 << 14;

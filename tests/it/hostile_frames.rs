@@ -11,7 +11,7 @@
 //! than the parser kept), and it would overflow in this test process before the agent saw
 //! anything. Writing the frame by hand also lets the test fill `frame_max` to the byte.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

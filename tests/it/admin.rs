@@ -1,7 +1,7 @@
 //! The admin listener under abuse: a flood of idle connections, slow loris, commands without
 //! the token and from browsers — against the real binary, RabbitMQ and php-fpm.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,11 @@
-//! A real 3-node RabbitMQ cluster of the test's own (tests/common/cluster.rs), quorum queues,
+//! A real 3-node RabbitMQ cluster of the test's own (tests/it/common/cluster.rs), quorum queues,
 //! and several agent processes. One test runs the scenarios in turn on one cluster (starting
 //! nodes is the slow part); the cluster is stopped and removed when it ends, failed or not.
 //!
 //! Every scenario checks by message id: none lost, duplicates only for messages in flight at a
 //! fault, nothing dead-lettered, queues empty at the end.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -157,6 +157,8 @@ fn handled(ctx: &TestCtx) -> (BTreeSet<String>, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_node_cluster_with_two_agents_loses_nothing() {
+    // Three nodes boot on two cores, and failover and exit times are bounded: no other test runs.
+    let _alone = common::turn::alone().await;
     let cluster = Cluster::start(3, "i13c");
     let mut ctx = TestCtx::new("cluster").await;
     ctx.retry_toml = "[retry]\ndelays = [\"3s\"]\nmax_attempts = 3\n".to_owned();

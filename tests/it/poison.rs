@@ -5,7 +5,7 @@
 //! For batches, the batch receiver (`tests/php/batch-recorder.php`) does the same for an entry
 //! whose behaviour is `kill-agent`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ fn kill_script() -> PathBuf {
     script
 }
 
-/// The batch receiver next to the pool's copy of php/receiver (as tests/batches.rs installs it).
+/// The batch receiver next to the pool's copy of php/receiver (as tests/it/batches.rs installs it).
 fn batch_script() -> PathBuf {
     let dir = &common::fpm().dir;
     let target = dir.join("batch-recorder.php");

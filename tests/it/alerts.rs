@@ -4,7 +4,7 @@
 //!
 //! Needs `promtool` and `prometheus` on PATH (scripts/test installs Debian's package).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
