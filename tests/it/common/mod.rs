@@ -100,6 +100,31 @@ pub fn tie_to_thread(cmd: &mut Command) {
     }
 }
 
+/// The shared pool's children per test that may run at once: a test's agent has up to 8 requests
+/// in flight (4 workers for each of 2 subjects), some tests run two agents or larger pools. The
+/// pool is static: 24 children for the 2 tests at once of a 2-core machine, 192 at most.
+const FPM_CHILDREN_PER_TEST: usize = 12;
+
+/// How many tests libtest runs at once: `--test-threads`, else `RUST_TEST_THREADS`, else one per
+/// core, as libtest decides it.
+fn test_threads() -> usize {
+    let mut args = std::env::args();
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--test-threads") {
+            Some("") => args.next(),
+            Some(v) => v.strip_prefix('=').map(str::to_owned),
+            None => continue,
+        };
+        if let Some(n) = value.and_then(|v| v.parse().ok()) {
+            return n;
+        }
+    }
+    std::env::var("RUST_TEST_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -131,13 +156,14 @@ fn start_fpm() -> Fpm {
     let user = pool_user();
     let conf = format!(
         "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
-         [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 24\n\
+         [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = {children}\n\
          clear_env = no\ncatch_workers_output = yes\nrequest_terminate_timeout = 0\n\
          env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\n\
          php_admin_value[error_log] = {dir}/php.log\nphp_admin_value[memory_limit] = 256M\n\
          php_admin_value[post_max_size] = 64M\n",
         dir = dir.display(),
         records = records.display(),
+        children = FPM_CHILDREN_PER_TEST * test_threads().clamp(2, 16),
     );
     std::fs::write(dir.join("fpm.conf"), conf).unwrap();
     let bin = php_fpm_binary();
