@@ -43,6 +43,16 @@ async fn paused(port: u16, subject: &str) -> bool {
     doc["subjects"][subject]["paused"] == true
 }
 
+/// Waits until `/status` shows `subject` paused (`true`) or consuming again (`false`): a command
+/// is answered once the agent recorded it, and the subject's consumer follows a moment later.
+async fn wait_paused(port: u16, subject: &str, paused: bool) {
+    let what = format!("{subject} paused: {paused}");
+    common::wait_status(port, &what, common::WAIT, |s| {
+        s["subjects"][subject]["paused"] == paused
+    })
+    .await;
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -185,12 +195,12 @@ async fn commands_need_the_token_and_browsers_are_refused() {
 
     let (code, body) = post(port, pause, &bearer(ADMIN_TOKEN)).await;
     assert_eq!((code, body.as_str()), (200, "event: paused\n"));
-    assert!(paused(port, "event").await);
+    wait_paused(port, "event", true).await;
     // The CLI sends admin.token from the same config.
     let config = ctx.write_config();
     let (code, out) = agent_cli(&["--config", config.to_str().unwrap(), "resume", "event"]);
     assert_eq!(code, 0, "{out}");
-    assert!(!paused(port, "event").await);
+    wait_paused(port, "event", false).await;
     drop(agent);
 }
 
@@ -223,7 +233,7 @@ async fn without_a_token_commands_are_refused_unless_explicitly_opened() {
     ctx.wait_ready().await;
     let (code, body) = post(ctx.admin_port, "/subjects/event/pause", "").await;
     assert_eq!(code, 200, "{body}");
-    assert!(paused(ctx.admin_port, "event").await);
+    wait_paused(ctx.admin_port, "event", true).await;
     drop(agent);
 }
 
