@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
 use tracing::{Instrument, warn};
@@ -145,7 +145,7 @@ async fn send(
         fcgi_span.record("otel.status_code", "ERROR");
         fcgi_span.record("error.type", status.as_ref());
     }
-    let observed = Some(lines.observed(started, sent.len(), started + elapsed));
+    let observed = Some(lines.observed(started, sent.len(), elapsed));
     (failure.map(|f| (f, reader, status)), observed)
 }
 
@@ -313,8 +313,8 @@ impl Lines {
     }
 
     /// The timing `batch::auto` learns from: the outcome lines when every entry sent got
-    /// one, else how far the request got before it ended (`ended`).
-    fn observed(&self, started: Instant, sent: usize, ended: Instant) -> Observed {
+    /// one, else how far the request got before it ended (`ended` after its start).
+    fn observed(&self, started: Instant, sent: usize, ended: Duration) -> Observed {
         match (self.first, self.last) {
             (Some(first), Some(last)) if self.count == sent => Observed::Batch {
                 lines: self.count,
@@ -325,7 +325,7 @@ impl Lines {
                 lines: self.count,
                 first: first.map(|t| t - started),
                 last: last.map(|t| t - started),
-                ended: ended - started,
+                ended,
             },
         }
     }

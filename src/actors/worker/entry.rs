@@ -75,11 +75,7 @@ impl<'a> Entry<'a> {
 
     /// `Some(crashes)` when the entry must be dead-lettered as `poison` instead of sent.
     pub(super) fn poison(&self) -> Option<u32> {
-        match &*self
-            .life
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        match &*self.life() {
             Life::Started(tracked) => tracked.poison(),
             Life::Settled => None,
         }
@@ -87,11 +83,7 @@ impl<'a> Entry<'a> {
 
     /// True for a suspect of a crash loop: no other message is in flight while it runs.
     pub(super) fn alone(&self) -> bool {
-        match &*self
-            .life
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        match &*self.life() {
             Life::Started(tracked) => tracked.alone(),
             Life::Settled => false,
         }
@@ -137,12 +129,15 @@ impl<'a> Entry<'a> {
         }
     }
 
+    fn life(&self) -> std::sync::MutexGuard<'_, Life<'a>> {
+        self.life
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Started → settled: the journal's done record is written.
     fn settled(&self) {
-        let mut life = self
-            .life
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut life = self.life();
         match std::mem::replace(&mut *life, Life::Settled) {
             Life::Started(tracked) => tracked.end(),
             Life::Settled => debug_assert!(false, "an entry is settled once"),
