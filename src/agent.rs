@@ -154,7 +154,7 @@ impl Agent {
 
     /// True when every subject consumes.
     #[must_use]
-    pub fn consuming(&self) -> bool {
+    pub(crate) fn consuming(&self) -> bool {
         self.handle
             .inner
             .stats
@@ -241,7 +241,7 @@ impl Agent {
     }
 
     /// Waits until the supervision tree stops on its own (a fatal error).
-    pub async fn stopped(&mut self) -> Option<String> {
+    pub(crate) async fn stopped(&mut self) -> Option<String> {
         let _ = (&mut self.join).await;
         self.crashes.close();
         self.handle.inner.alive.store(false, Ordering::Relaxed);
@@ -252,13 +252,13 @@ impl Agent {
 impl AgentHandle {
     /// The configuration the agent runs with.
     #[must_use]
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.inner.config.lock().expect("config lock").clone()
     }
 
     /// The fleet, when `admin.fleet` is on.
     #[must_use]
-    pub fn fleet(&self) -> Option<Arc<Fleet>> {
+    pub(crate) fn fleet(&self) -> Option<Arc<Fleet>> {
         self.inner
             .fleet
             .lock()
@@ -269,7 +269,7 @@ impl AgentHandle {
 
     /// The FPM upstreams in use (none before the first subject started).
     #[must_use]
-    pub fn fpm_upstreams(&self) -> Option<Arc<crate::upstreams::Upstreams>> {
+    pub(crate) fn fpm_upstreams(&self) -> Option<Arc<crate::upstreams::Upstreams>> {
         self.inner.upstreams.get()
     }
 
@@ -287,7 +287,7 @@ impl AgentHandle {
 
     /// The reason the agent gave up, if it did.
     #[must_use]
-    pub fn fatal(&self) -> Option<String> {
+    pub(crate) fn fatal(&self) -> Option<String> {
         self.inner.fatal.lock().expect("fatal lock").clone()
     }
 
@@ -298,7 +298,7 @@ impl AgentHandle {
     }
 
     /// True when the root supervisor answers within `timeout`: its loop is not stuck.
-    pub async fn ping(&self, timeout: Duration) -> bool {
+    pub(crate) async fn ping(&self, timeout: Duration) -> bool {
         matches!(
             self.inner.root.call(RootMsg::Ping, Some(timeout)).await,
             Ok(ractor::rpc::CallResult::Success(()))
@@ -326,7 +326,7 @@ impl AgentHandle {
 
     /// Every subject's counters (for the autoscaler).
     #[must_use]
-    pub fn subject_stats_all(&self) -> &BTreeMap<String, Arc<SubjectStats>> {
+    pub(crate) fn subject_stats_all(&self) -> &BTreeMap<String, Arc<SubjectStats>> {
         &self.inner.stats
     }
 

@@ -62,7 +62,7 @@ pub struct Target {
 /// Target sizes, in the order of `subjects`. `capacity` is `None` when FPM's status is unknown:
 /// then every pool keeps its size.
 #[must_use]
-pub fn decide(subjects: &[SubjectInput], capacity: Option<Capacity>) -> Vec<Target> {
+pub(crate) fn decide(subjects: &[SubjectInput], capacity: Option<Capacity>) -> Vec<Target> {
     let hold = |s: &SubjectInput, why| Target {
         size: s.current,
         why,
@@ -143,7 +143,7 @@ fn deep(s: &SubjectInput) -> bool {
 /// idle children. The agent then reads FPM's status again soon instead of at its interval, so
 /// a drain ramps up in a few reads ~50 ms apart whatever `fpm.status_interval` is.
 #[must_use]
-pub fn may_grow(s: &SubjectInput) -> bool {
+pub(crate) fn may_grow(s: &SubjectInput) -> bool {
     s.mode == PoolMode::Auto && !s.pinned && s.current < s.max && deep(s)
 }
 

@@ -23,7 +23,8 @@ pub(crate) mod gate;
 pub(crate) mod session;
 pub mod topology;
 
-pub use topology::{Inequivalence, declare_subject};
+pub use topology::Inequivalence;
+pub(crate) use topology::declare_subject;
 
 /// A broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ impl BrokerError {
     /// worth retrying for as long as it takes. Other errors (a refused login, a queue declared
     /// with other arguments) will not fix themselves and count as crashes.
     #[must_use]
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         match self {
             Self::Amqp { source, .. } => lost_connection(source),
             Self::Timeout(_) => true,
@@ -80,7 +81,7 @@ impl BrokerError {
     /// True when the broker refused this publish itself (it closed the channel over it, or
     /// nacked it): the copy, not the connection, is at fault, and another copy may go through.
     #[must_use]
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         match self {
             Self::Amqp { source, .. } => matches!(
                 source.kind(),
@@ -95,7 +96,7 @@ impl BrokerError {
     /// True when the error is the configuration's, not the moment's: a restart cannot fix it,
     /// so the agent stops once with this message instead of crash-restarting.
     #[must_use]
-    pub fn is_config_error(&self) -> bool {
+    pub(crate) fn is_config_error(&self) -> bool {
         matches!(
             self,
             Self::Inequivalent(_) | Self::Missing(_) | Self::Config(_)
@@ -106,7 +107,7 @@ impl BrokerError {
 /// True when a client error means the connection is gone (I/O, a connection no longer open,
 /// missed heartbeats): worth reconnecting for, not a crash.
 #[must_use]
-pub fn lost_connection(error: &lapin::Error) -> bool {
+pub(crate) fn lost_connection(error: &lapin::Error) -> bool {
     matches!(
         error.kind(),
         lapin::ErrorKind::IOError(_)
@@ -125,7 +126,7 @@ fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError 
 ///
 /// # Errors
 /// When no node can be reached, or one refuses the login.
-pub async fn connect(config: &Config, role: &str) -> Result<Connection, BrokerError> {
+pub(crate) async fn connect(config: &Config, role: &str) -> Result<Connection, BrokerError> {
     let cursor = std::sync::atomic::AtomicUsize::new(0);
     Ok(endpoints::connect(config, role, &cursor).await?.0)
 }
@@ -167,7 +168,7 @@ impl Publisher {
     ///
     /// # Errors
     /// When the channel cannot be opened.
-    pub async fn open(
+    pub(crate) async fn open(
         connection: Arc<Connection>,
         queue: &str,
         queue_type: QueueType,
@@ -208,14 +209,14 @@ impl Publisher {
 
     /// The negotiated `frame_max`, the largest content header a copy may have.
     #[must_use]
-    pub fn frame_max(&self) -> u32 {
+    pub(crate) fn frame_max(&self) -> u32 {
         self.frame_max
     }
 
     /// False once the connection is lost: the consumer that owns it must be restarted. A
     /// channel closed by the broker is replaced by the next publish.
     #[must_use]
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.connection.status().connected()
     }
 
@@ -223,7 +224,7 @@ impl Publisher {
     ///
     /// # Errors
     /// See [`Publisher::publish`].
-    pub async fn publish_delayed(
+    pub(crate) async fn publish_delayed(
         &self,
         delay: Duration,
         body: &[u8],
@@ -250,7 +251,7 @@ impl Publisher {
     ///
     /// # Errors
     /// See [`Publisher::publish`].
-    pub async fn publish_dead(
+    pub(crate) async fn publish_dead(
         &self,
         body: &[u8],
         props: BasicProperties,
@@ -283,7 +284,7 @@ impl Publisher {
     ///
     /// # Errors
     /// A [`BrokerError`] for a channel error, nack, return or confirm timeout.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -318,7 +319,7 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError
 ///
 /// # Errors
 /// A [`BrokerError`] for a channel error, nack, return or confirm timeout.
-pub async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,

@@ -30,13 +30,14 @@ mod warnings;
 
 pub use admin::AdminConfig;
 pub use agent::AgentConfig;
-pub use amqp::{AmqpConfig, QueueType, TlsConfig, amqp_value, check_argument};
+pub(crate) use amqp::amqp_value;
+pub use amqp::{AmqpConfig, QueueType, TlsConfig};
 pub use fpm::{AddressList, FpmAddress, FpmConfig};
 pub use limits::{LimitsConfig, MAX_HEADERS_PARAM, PARSER_MAX_DEPTH, RetryConfig};
 pub use rate::{Rate, RateLimit};
 pub use report::ParseProblem;
 pub use subject::{BatchMax, ExchangeType, PoolMode, SubjectConfig};
-pub use telemetry::{LogFormat, OtlpProtocol, SamplerKind, TelemetryConfig, valid_log_level};
+pub use telemetry::{LogFormat, OtlpProtocol, SamplerKind, TelemetryConfig};
 
 /// The two kinds of asynchronous work a PHP application publishes.
 pub const SUBJECTS: [&str; 2] = ["event", "command"];
@@ -123,7 +124,7 @@ impl Config {
     /// Deliveries per worker the subject's `basic.qos` allows: `amqp.prefetch_per_worker`, or
     /// `batch_max` when larger, so that a full batch can be prefetched.
     #[must_use]
-    pub fn prefetch_per_worker(&self, subject: &SubjectConfig) -> u16 {
+    pub(crate) fn prefetch_per_worker(&self, subject: &SubjectConfig) -> u16 {
         self.amqp.prefetch_per_worker.max(subject.batch_ceiling())
     }
 
@@ -131,7 +132,7 @@ impl Config {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file or key at fault.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -179,14 +180,14 @@ impl Config {
 
     /// The AMQP URI (validated present); the first endpoint when `amqp.urls` is set.
     #[must_use]
-    pub fn amqp_url(&self) -> &str {
+    pub(crate) fn amqp_url(&self) -> &str {
         self.amqp_urls().first().copied().unwrap_or_default()
     }
 
     /// True when `other` differs from `self` only in pool sizes, admin or telemetry settings —
     /// changes a running consumer of `subject` can take without reconnecting.
     #[must_use]
-    pub fn same_for_consumer(&self, other: &Config, subject: &str) -> bool {
+    pub(crate) fn same_for_consumer(&self, other: &Config, subject: &str) -> bool {
         let neutral = |c: &Config| {
             let mut s = c.subjects.get(subject).cloned();
             if let Some(s) = s.as_mut() {
@@ -212,13 +213,13 @@ impl Config {
 /// The `basic.qos` prefetch of a subject: pool size × `prefetch_per_worker`, at least one
 /// worker's worth, at most 65535.
 #[must_use]
-pub fn prefetch(pool: usize, per_worker: u16) -> u16 {
+pub(crate) fn prefetch(pool: usize, per_worker: u16) -> u16 {
     u16::try_from(pool.max(1).saturating_mul(usize::from(per_worker))).unwrap_or(u16::MAX)
 }
 
 /// Hides the password of an AMQP URI for logs and status output.
 #[must_use]
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

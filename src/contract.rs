@@ -120,7 +120,7 @@ impl ContractError {
 
 /// Makes a value safe for a FastCGI param: CR, LF and NUL become spaces.
 #[must_use]
-pub fn clean(value: &str) -> Cow<'_, str> {
+pub(crate) fn clean(value: &str) -> Cow<'_, str> {
     if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
         Cow::Owned(value.replace(['\r', '\n', '\0'], " "))
     } else {
@@ -134,8 +134,9 @@ const OPAQUE_TYPE: &str = "application/octet-stream";
 /// `CONTENT_TYPE` for PHP: the message's content type, except the two that make PHP parse the
 /// body itself (writing temp files and leaving `php://input` empty), and none, which become
 /// `application/octet-stream`. The original always travels in `HTTP_X_AGENT_CONTENT_TYPE`.
+#[cfg(test)]
 #[must_use]
-pub fn cgi_content_type(original: &str) -> &str {
+pub(crate) fn cgi_content_type(original: &str) -> &str {
     if opaque_to_php(original) {
         OPAQUE_TYPE
     } else {
@@ -147,7 +148,7 @@ pub fn cgi_content_type(original: &str) -> &str {
 /// (`sapi_read_post_data` in PHP's main/SAPI.c): cut at the first `;`, `,` or space, and
 /// compared lowercased. Nothing is trimmed: a leading space gives the empty type.
 #[must_use]
-pub fn php_media_type(content_type: &str) -> &str {
+pub(crate) fn php_media_type(content_type: &str) -> &str {
     content_type
         .split([';', ',', ' '])
         .next()
@@ -238,14 +239,8 @@ impl RequestTemplate {
 
     /// `REQUEST_URI` of this subject's requests.
     #[must_use]
-    pub fn request_uri(&self) -> &str {
+    pub(crate) fn request_uri(&self) -> &str {
         &self.request_uri
-    }
-
-    /// The subject this template is for.
-    #[must_use]
-    pub fn subject(&self) -> &str {
-        &self.subject
     }
 
     /// Builds the FastCGI params of one attempt, or says why the message cannot be sent.
@@ -372,9 +367,9 @@ pub mod copy;
 mod headers;
 pub use crate::config::PARSER_MAX_DEPTH;
 pub use headers::{
-    COPY_FRAME_RESERVE, attempt_from_headers, delivery_count, headers_json, integer,
-    remove_too_deep, shrink_to_fit, string_header,
+    COPY_FRAME_RESERVE, attempt_from_headers, delivery_count, headers_json, string_header,
 };
+pub(crate) use headers::{integer, remove_too_deep, shrink_to_fit};
 
 #[cfg(test)]
 mod tests;

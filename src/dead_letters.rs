@@ -59,7 +59,7 @@ pub enum DeadLetterError {
 ///
 /// # Errors
 /// [`DeadLetterError::UnknownSubject`].
-pub fn queues(config: &Config, subject: &str) -> Result<(String, String), DeadLetterError> {
+pub(crate) fn queues(config: &Config, subject: &str) -> Result<(String, String), DeadLetterError> {
     let s = config
         .subjects
         .get(subject)
@@ -315,16 +315,7 @@ pub enum Action {
     Discard,
 }
 
-impl Action {
-    /// `replay` or `discard`.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Replay => "replay",
-            Self::Discard => "discard",
-        }
-    }
-}
+impl Action {}
 
 /// Which dead letters an action is for.
 #[derive(Debug, Clone)]

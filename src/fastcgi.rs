@@ -73,7 +73,7 @@ impl FpmError {
 
     /// True when the request certainly never reached PHP.
     #[must_use]
-    pub fn unreached(&self) -> bool {
+    pub(crate) fn unreached(&self) -> bool {
         matches!(self, Self::Connect { .. })
     }
 
@@ -81,7 +81,7 @@ impl FpmError {
     /// arrived but were not read yet, so the reply read so far may be missing its tail (a
     /// killed child whose socket still held unread input resets instead of closing).
     #[must_use]
-    pub fn reply_may_be_cut(&self) -> bool {
+    pub(crate) fn reply_may_be_cut(&self) -> bool {
         matches!(self, Self::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
 }
@@ -143,7 +143,7 @@ impl FpmClient {
 
     /// Closes the kept-alive connection, if any. php-fpm pins a child to a connection until the
     /// client closes it, so a connection used now and then must not stay open.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.conn = None;
         self.in_request = false;
     }
@@ -151,7 +151,7 @@ impl FpmClient {
     /// True while a kept-alive connection is open (and so pins an FPM child), younger than
     /// `max_age` and fit for the next request; one whose request was abandoned midway, or older,
     /// is closed here.
-    pub fn reusable(&mut self, max_age: Duration) -> bool {
+    pub(crate) fn reusable(&mut self, max_age: Duration) -> bool {
         if self.in_request
             || self
                 .conn
@@ -222,12 +222,6 @@ impl FpmClient {
         }
     }
 
-    /// Where this client sends requests.
-    #[must_use]
-    pub fn address(&self) -> &FpmAddress {
-        &self.address
-    }
-
     /// Sends one request and reads the whole reply, within the timeout.
     ///
     /// A kept-alive connection that FPM closed while idle (restart, `pm.max_requests`) is
@@ -250,7 +244,7 @@ impl FpmClient {
     ///
     /// # Errors
     /// As [`FpmClient::request`].
-    pub async fn request_patient(
+    pub(crate) async fn request_patient(
         &mut self,
         params: &[(&'static str, std::borrow::Cow<'_, str>)],
         body: &[u8],
@@ -604,7 +598,7 @@ fn buffered<S: AsyncRead + AsyncWrite>(stream: S) -> tokio::io::BufStream<S> {
 ///
 /// # Errors
 /// The connect error.
-pub async fn probe(address: &FpmAddress, timeout: Duration) -> Result<(), FpmError> {
+pub(crate) async fn probe(address: &FpmAddress, timeout: Duration) -> Result<(), FpmError> {
     match tokio::time::timeout(timeout, connect(address)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e),

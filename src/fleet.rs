@@ -170,7 +170,7 @@ pub fn sign(secret: &[u8], kind: &str, body: &[u8]) -> String {
 
 /// Whether `signature` (hex) is `secret`'s for `kind` and `body` (constant-time compare).
 #[must_use]
-pub fn verify(secret: &[u8], kind: &str, body: &[u8], signature: &str) -> bool {
+pub(crate) fn verify(secret: &[u8], kind: &str, body: &[u8], signature: &str) -> bool {
     let Ok(bytes) = hex::decode(signature) else {
         return false;
     };
@@ -199,7 +199,12 @@ impl Replays {
     ///
     /// # Errors
     /// [`Refusal::NotForMe`], [`Refusal::Stale`] or [`Refusal::Replayed`].
-    pub fn admit(&mut self, command: &Command, me: &str, now_ms: u64) -> Result<(), Refusal> {
+    pub(crate) fn admit(
+        &mut self,
+        command: &Command,
+        me: &str,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
         if command.to != me {
             return Err(Refusal::NotForMe);
         }
@@ -239,13 +244,13 @@ pub struct Roster {
 
 impl Roster {
     /// Records `heartbeat`, received at `now_ms`.
-    pub fn heard(&mut self, heartbeat: Heartbeat, now_ms: u64) {
+    pub(crate) fn heard(&mut self, heartbeat: Heartbeat, now_ms: u64) {
         self.agents
             .insert(heartbeat.agent.clone(), (heartbeat, now_ms));
     }
 
     /// The fleet at `now_ms`, `me` marked, agents not heard for [`FORGET_MS`] dropped.
-    pub fn view(&mut self, me: &str, now_ms: u64) -> Vec<Member> {
+    pub(crate) fn view(&mut self, me: &str, now_ms: u64) -> Vec<Member> {
         self.agents
             .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= FORGET_MS);
         self.agents

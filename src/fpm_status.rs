@@ -85,7 +85,7 @@ pub struct FpmProcess {
 impl FpmProcess {
     /// True while the child handles a request (any state but `Idle`).
     #[must_use]
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.state != "Idle"
     }
 }
@@ -122,7 +122,7 @@ impl FpmStatus {
     /// Idle children (from the per-process list when there is one), the one that served this
     /// status request included: it is free again once the page is read.
     #[must_use]
-    pub fn idle(&self, status_path: &str) -> u64 {
+    pub(crate) fn idle(&self, status_path: &str) -> u64 {
         if self.processes.is_empty() {
             self.idle_processes + 1
         } else {
@@ -134,7 +134,7 @@ impl FpmStatus {
     }
 
     /// Busy children, without those serving `status_path` (the status request itself).
-    pub fn busy_children<'a>(
+    pub(crate) fn busy_children<'a>(
         &'a self,
         status_path: &'a str,
     ) -> impl Iterator<Item = &'a FpmProcess> {
@@ -166,7 +166,7 @@ pub enum StatusError {
 impl StatusError {
     /// Short machine-readable state for `/status` and metrics.
     #[must_use]
-    pub fn state(&self) -> &'static str {
+    pub(crate) fn state(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
             Self::Http(_) => "http_error",
@@ -262,7 +262,7 @@ impl StatusState {
     /// Cuts each busy child's URI at its `?`: on a pool the web app shares, the query belongs to
     /// someone else's request (`/reset-password?token=…`). `/status` shows it only to a caller
     /// with the admin token.
-    pub fn hide_queries(&mut self) {
+    pub(crate) fn hide_queries(&mut self) {
         for child in &mut self.busy {
             if let Some(at) = child.uri.find('?') {
                 child.uri.truncate(at);
@@ -272,7 +272,7 @@ impl StatusState {
 
     /// The state without any read: `not_configured` or `pending`.
     #[must_use]
-    pub fn empty(address: String, state: &'static str) -> Self {
+    pub(crate) fn empty(address: String, state: &'static str) -> Self {
         Self {
             address,
             state,
@@ -291,7 +291,7 @@ impl StatusState {
 
     /// The state after a read of `status`.
     #[must_use]
-    pub fn from_status(
+    pub(crate) fn from_status(
         address: String,
         status: &FpmStatus,
         status_path: &str,

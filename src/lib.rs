@@ -28,6 +28,12 @@
 //! - [`poison`]: crash-loop protection — the in-flight journal and the `poison` decision.
 //! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
+//!
+//! # Public API
+//! `pub` is kept for what a target outside this library uses: `main.rs` ([`cli::main`]), the
+//! integration tests (`tests/it`), the bench and soak (`examples/`) and the fuzz targets
+//! (`fuzz/`). Everything else is `pub(crate)`, and what only a unit test needs is
+//! `#[cfg(test)]`; the modules stay `pub` so those targets can name the types they use.
 #![warn(unreachable_pub)]
 pub mod actors;
 pub(crate) mod admin;

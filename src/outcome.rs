@@ -24,7 +24,7 @@ pub const MISCONFIGURED_PREFIX: &[u8] = b"amqp-agent: ";
 /// True for a verdict that is the configuration's fault, not the message's: the subject
 /// pauses and the message keeps its attempt.
 #[must_use]
-pub fn pauses_subject(verdict: &Verdict) -> bool {
+pub(crate) fn pauses_subject(verdict: &Verdict) -> bool {
     matches!(
         verdict,
         Verdict::Transient { reason, .. }
@@ -36,7 +36,7 @@ pub fn pauses_subject(verdict: &Verdict) -> bool {
 /// except that a `503` without `Retry-After` whose body starts with `amqp-agent: ` is the
 /// package's configuration fault ([`RECEIVER_MISCONFIGURED`]).
 #[must_use]
-pub fn classify_full_reply(
+pub(crate) fn classify_full_reply(
     head: &ReplyHead,
     stdout: &[u8],
     require_ack: bool,
@@ -104,7 +104,7 @@ pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
 /// End of the CGI head (the index just after its blank line, `\r\n\r\n` or `\n\n`, whichever
 /// comes first), if the head is complete. The one rule for single replies and batch replies.
 #[must_use]
-pub fn head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
     match (crlf, lf) {
@@ -200,7 +200,7 @@ pub fn classify_reply(
 /// PHP's error log), which is reduced to `HTML page: <its title>`. The PHP packages answer their
 /// own failures as one line of plain text (`amqp-agent: …`), which passes unchanged.
 #[must_use]
-pub fn reply_text(body: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn reply_text(body: &str) -> std::borrow::Cow<'_, str> {
     let trimmed = body.trim_start();
     let head = trimmed.get(..trimmed.len().min(64)).unwrap_or(trimmed);
     let lower = head.to_ascii_lowercase();
@@ -274,7 +274,7 @@ impl RetryPolicy {
     /// of delay queues stays bounded: the scheduled delays, powers of two seconds, and the cap.
     /// Never shorter than `asked` unless the cap (or, without extra queues, the schedule) says so.
     #[must_use]
-    pub fn retry_after_bucket(&self, asked: Duration) -> Duration {
+    pub(crate) fn retry_after_bucket(&self, asked: Duration) -> Duration {
         let asked = asked.min(self.max_retry_after);
         let scheduled = self.delays.iter().copied().filter(|d| *d >= asked).min();
         if !self.extra_queues {
@@ -290,7 +290,7 @@ impl RetryPolicy {
 
     /// Delay after attempt `attempt` (1-based) failed.
     #[must_use]
-    pub fn delay_after(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay_after(&self, attempt: u32) -> Duration {
         let index = usize::try_from(attempt.max(1) - 1).unwrap_or(usize::MAX);
         self.delays[index.min(self.delays.len() - 1)]
     }

@@ -54,7 +54,7 @@ pub enum Record<'a> {
 
 impl<'a> Record<'a> {
     /// Appends the record as one line.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let (tag, key) = match self {
             Self::Start(key) => ("S ", key),
             Self::Restart(key) => ("R ", key),
@@ -71,7 +71,7 @@ impl<'a> Record<'a> {
 
     /// Parses one line (without its newline). Comments (`#`), blank and damaged lines give `None`.
     #[must_use]
-    pub fn parse(line: &'a str) -> Option<Self> {
+    pub(crate) fn parse(line: &'a str) -> Option<Self> {
         let (tag, rest) = line.split_once(' ')?;
         let key = || Some(rest).filter(|k| valid_key(k));
         match tag {
@@ -123,7 +123,7 @@ pub struct Ledger {
 impl Ledger {
     /// Replays a journal's text.
     #[must_use]
-    pub fn replay(text: &str) -> Self {
+    pub(crate) fn replay(text: &str) -> Self {
         let mut ledger = Self::default();
         for record in text.lines().filter_map(Record::parse) {
             ledger.apply(record);
@@ -132,7 +132,7 @@ impl Ledger {
     }
 
     /// Applies one record.
-    pub fn apply(&mut self, record: Record<'_>) {
+    pub(crate) fn apply(&mut self, record: Record<'_>) {
         match record {
             Record::Start(key) => {
                 self.crashes.remove(key);
@@ -166,7 +166,7 @@ impl Ledger {
 
     /// The process died with these keys in flight: each one's count goes up by one (however
     /// many deliveries of it were in flight). Returns the keys and their new counts, sorted.
-    pub fn count_crash(&mut self, now: u64) -> Vec<(String, u32)> {
+    pub(crate) fn count_crash(&mut self, now: u64) -> Vec<(String, u32)> {
         let mut crashed: Vec<(String, u32)> = self
             .in_flight
             .drain()
@@ -185,12 +185,12 @@ impl Ledger {
     }
 
     /// A clean stop: nothing in flight counts as a crash.
-    pub fn forget_in_flight(&mut self) {
+    pub(crate) fn forget_in_flight(&mut self) {
         self.in_flight.clear();
     }
 
     /// Forgets counts older than [`EXPIRY_SECS`], then the oldest beyond [`MAX_COUNTS`].
-    pub fn prune(&mut self, now: u64) {
+    pub(crate) fn prune(&mut self, now: u64) {
         self.crashes
             .retain(|_, c| c.at.saturating_add(EXPIRY_SECS) >= now);
         if self.crashes.len() > MAX_COUNTS {
@@ -210,7 +210,7 @@ impl Ledger {
     /// Decides on a delivery: only a redelivery has crashes that count (a fresh delivery of
     /// the same key starts over). `threshold` 0 never decides `Poison`.
     #[must_use]
-    pub fn decide(&self, key: &str, redelivered: bool, threshold: u32) -> Begin {
+    pub(crate) fn decide(&self, key: &str, redelivered: bool, threshold: u32) -> Begin {
         if !redelivered || threshold == 0 {
             return Begin::Handle;
         }
@@ -222,7 +222,7 @@ impl Ledger {
     }
 
     /// Records a delivery as in flight; returns the record to write before handling it.
-    pub fn start<'k>(&mut self, key: &'k str, redelivered: bool) -> Record<'k> {
+    pub(crate) fn start<'k>(&mut self, key: &'k str, redelivered: bool) -> Record<'k> {
         let record = if redelivered {
             Record::Restart(key)
         } else {
@@ -234,19 +234,20 @@ impl Ledger {
 
     /// True when no delivery is in flight.
     #[must_use]
-    pub fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         self.in_flight.is_empty()
     }
 
     /// The crash count of a key.
+    #[cfg(test)]
     #[must_use]
-    pub fn crashes(&self, key: &str) -> Option<Crashes> {
+    pub(crate) fn crashes(&self, key: &str) -> Option<Crashes> {
         self.crashes.get(key).copied()
     }
 
     /// The compacted journal: the crash counts, then what is in flight (as `R`, which keeps
     /// the counts).
-    pub fn snapshot(&self, out: &mut Vec<u8>) {
+    pub(crate) fn snapshot(&self, out: &mut Vec<u8>) {
         let mut counts: Vec<_> = self.crashes.iter().collect();
         counts.sort_by_key(|(key, _)| *key);
         for (key, c) in counts {
@@ -269,7 +270,7 @@ impl Ledger {
 
 /// A key is 1 to 255 bytes of printable ASCII without spaces: one token of a journal line.
 #[must_use]
-pub fn valid_key(key: &str) -> bool {
+pub(crate) fn valid_key(key: &str) -> bool {
     (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
@@ -342,7 +343,7 @@ fn hash_value(hash: &mut Sha256, value: &AMQPValue, depth: usize) {
 /// The verdict on a poison message: dead-letter it with reason `poison`; the detail ends up in
 /// `x-agent-last-error` (`poison: in flight during 2 agent crashes`).
 #[must_use]
-pub fn verdict(crashes: u32) -> Verdict {
+pub(crate) fn verdict(crashes: u32) -> Verdict {
     let plural = if crashes == 1 { "crash" } else { "crashes" };
     Verdict::Permanent {
         reason: "poison",

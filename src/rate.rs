@@ -20,7 +20,7 @@ pub struct Bucket {
 impl Bucket {
     /// A full bucket for `limit` at `now`.
     #[must_use]
-    pub fn new(limit: RateLimit, now: Instant) -> Self {
+    pub(crate) fn new(limit: RateLimit, now: Instant) -> Self {
         Self {
             limit,
             tokens: f64::from(limit.burst),
@@ -29,15 +29,16 @@ impl Bucket {
     }
 
     /// The limit in force.
+    #[cfg(test)]
     #[must_use]
-    pub fn limit(&self) -> RateLimit {
+    pub(crate) fn limit(&self) -> RateLimit {
         self.limit
     }
 
     /// Changes the limit, keeping the tokens saved (cut to the new burst).
     ///
     /// The new rate counts from `now`.
-    pub fn set(&mut self, limit: RateLimit, now: Instant) {
+    pub(crate) fn set(&mut self, limit: RateLimit, now: Instant) {
         self.refill(now);
         self.limit = limit;
         self.tokens = self.tokens.min(f64::from(limit.burst));
@@ -56,7 +57,7 @@ impl Bucket {
     }
 
     /// Takes up to `wanted` whole tokens and returns how many it took.
-    pub fn take(&mut self, wanted: usize, now: Instant) -> usize {
+    pub(crate) fn take(&mut self, wanted: usize, now: Instant) -> usize {
         self.refill(now);
         // Floating error must not hide a token that is due: 0.999999… counts as one.
         let whole = (self.tokens + 1e-9).floor().max(0.0);
@@ -67,7 +68,7 @@ impl Bucket {
 
     /// How long until the next whole token.
     #[must_use]
-    pub fn next_in(&self, now: Instant) -> Duration {
+    pub(crate) fn next_in(&self, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         let tokens = self.tokens + elapsed * self.limit.rate.per_second();
         let missing = (1.0 - tokens).max(0.0);

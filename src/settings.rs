@@ -42,13 +42,13 @@ pub enum Pause {
 impl Pause {
     /// True while paused.
     #[must_use]
-    pub fn is_on(self) -> bool {
+    pub(crate) fn is_on(self) -> bool {
         self != Self::Off
     }
 
     /// When a timed pause ends.
     #[must_use]
-    pub fn until(self) -> Option<SystemTime> {
+    pub(crate) fn until(self) -> Option<SystemTime> {
         match self {
             Self::Until(t) => Some(t),
             _ => None,
@@ -60,7 +60,7 @@ impl Setting {
     /// A subject's settings at start-up: an auto pool starts at its minimum and grows on
     /// evidence (Horizon starts at max), a fixed one at `pool_size`; the file's rate limit.
     #[must_use]
-    pub fn initial(config: &Config, subject: &str) -> Option<Self> {
+    pub(crate) fn initial(config: &Config, subject: &str) -> Option<Self> {
         let s = config.subjects.get(subject)?;
         let target = match s.pool_mode {
             PoolMode::Fixed => s.pool_size,
@@ -80,7 +80,7 @@ impl Setting {
     /// limit changed in the file replaces the one in force (an operator's too), an unchanged
     /// one leaves it; the pin and the pause stay.
     #[must_use]
-    pub fn reloaded(self, old: &Config, new: &Config, subject: &str) -> Self {
+    pub(crate) fn reloaded(self, old: &Config, new: &Config, subject: &str) -> Self {
         let (Some(before), Some(after)) = (old.subjects.get(subject), new.subjects.get(subject))
         else {
             return self;
@@ -116,7 +116,7 @@ pub struct Settings {
 impl Settings {
     /// Every subject of `config` with its start-up settings.
     #[must_use]
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let subjects = config
             .subjects
             .keys()
@@ -129,12 +129,16 @@ impl Settings {
 
     /// A subject's settings.
     #[must_use]
-    pub fn get(&self, subject: &str) -> Option<Setting> {
+    pub(crate) fn get(&self, subject: &str) -> Option<Setting> {
         self.lock().get(subject).copied()
     }
 
     /// Changes a subject's settings; returns them as changed (`None`: unknown subject).
-    pub fn update(&self, subject: &str, change: impl FnOnce(&mut Setting)) -> Option<Setting> {
+    pub(crate) fn update(
+        &self,
+        subject: &str,
+        change: impl FnOnce(&mut Setting),
+    ) -> Option<Setting> {
         let mut subjects = self.lock();
         let setting = subjects.get_mut(subject)?;
         change(setting);

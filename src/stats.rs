@@ -93,7 +93,7 @@ impl Window {
     pub const CAPACITY: usize = 1024;
 
     /// Records `value`, observed at `at`.
-    pub fn record(&self, at: std::time::Instant, value: f32) {
+    pub(crate) fn record(&self, at: std::time::Instant, value: f32) {
         let mut values = self.values.lock().expect("window lock");
         if values.len() == Self::CAPACITY {
             values.pop_front();
@@ -103,7 +103,7 @@ impl Window {
 
     /// p50 and p99 of the values observed within `span` before `now`; `None` without any.
     #[must_use]
-    pub fn quantiles(
+    pub(crate) fn quantiles(
         &self,
         now: std::time::Instant,
         span: std::time::Duration,
@@ -160,29 +160,29 @@ pub struct AutoBatch {
 
 impl SubjectStats {
     /// Adds one to a counter.
-    pub fn incr(counter: &AtomicU64) {
+    pub(crate) fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Subtracts one from a gauge, never below zero.
-    pub fn decr(gauge: &AtomicU64) {
+    pub(crate) fn decr(gauge: &AtomicU64) {
         let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
             Some(v.saturating_sub(1))
         });
     }
 
     /// Records the node the consumer is connected to (`None`: not connected).
-    pub fn set_node(&self, node: Option<String>) {
+    pub(crate) fn set_node(&self, node: Option<String>) {
         *self.node.lock().expect("node lock") = node;
     }
 
     /// Records a `batch_max = "auto"` decision; returns the one before.
-    pub fn set_batch_sizing(&self, sizing: AutoBatch) -> Option<AutoBatch> {
+    pub(crate) fn set_batch_sizing(&self, sizing: AutoBatch) -> Option<AutoBatch> {
         self.batch_sizing
             .lock()
             .expect("batch sizing lock")
@@ -191,13 +191,13 @@ impl SubjectStats {
 
     /// The last `batch_max = "auto"` decision.
     #[must_use]
-    pub fn batch_sizing(&self) -> Option<AutoBatch> {
+    pub(crate) fn batch_sizing(&self) -> Option<AutoBatch> {
         *self.batch_sizing.lock().expect("batch sizing lock")
     }
 
     /// The node the consumer is connected to.
     #[must_use]
-    pub fn node(&self) -> Option<String> {
+    pub(crate) fn node(&self) -> Option<String> {
         self.node.lock().expect("node lock").clone()
     }
 

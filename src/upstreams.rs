@@ -47,7 +47,8 @@ mod health;
 mod lease;
 mod status;
 
-pub use health::{Health, View, pick};
+pub(crate) use health::pick;
+pub use health::{Health, View};
 use lease::Gate;
 pub use lease::Lease;
 pub use status::UpstreamStatus;
@@ -98,12 +99,12 @@ impl InForce {
 
     /// The upstreams in use, if any were made yet.
     #[must_use]
-    pub fn get(&self) -> Option<Arc<Upstreams>> {
+    pub(crate) fn get(&self) -> Option<Arc<Upstreams>> {
         self.current.lock().expect("upstreams lock").clone()
     }
 
     /// Registers the upstreams' gauges and counters (the registry observes, it does not own).
-    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "fpm_upstream_up",
             "1 while the upstream's circuit breaker is closed (it accepts connections)",
@@ -193,7 +194,10 @@ pub enum Probe {
 impl Upstreams {
     /// The upstreams of `config` (`fpm.address`), with `metrics(label)` for each.
     #[must_use]
-    pub fn new(config: &Config, metrics: impl Fn(&UpstreamLabel) -> UpstreamMetrics) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        metrics: impl Fn(&UpstreamLabel) -> UpstreamMetrics,
+    ) -> Self {
         let fpm = &config.fpm;
         let list = config
             .fpm_addresses()
@@ -234,13 +238,13 @@ impl Upstreams {
 
     /// True when these upstreams were built for the same `[fpm]` and limits as `config`.
     #[must_use]
-    pub fn serves(&self, config: &Config) -> bool {
+    pub(crate) fn serves(&self, config: &Config) -> bool {
         self.fpm == config.fpm && self.max_response == config.limits.max_response_bytes
     }
 
     /// The upstreams, in `fpm.address` order.
     #[must_use]
-    pub fn list(&self) -> &[Arc<Upstream>] {
+    pub(crate) fn list(&self) -> &[Arc<Upstream>] {
         &self.list
     }
 
@@ -248,7 +252,7 @@ impl Upstreams {
     /// (its breaker opens) and the request goes to the next healthy one; when none is left,
     /// the last refusal is returned (the consumer's own circuit then pauses consumption).
     /// `on_pick` is told each upstream tried.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         params: &[crate::contract::Param<'_>],
         body: &[u8],
@@ -261,7 +265,7 @@ impl Upstreams {
     /// [`Upstreams::request`], handing each stdout record to `on_stdout` as it arrives (a
     /// batch's outcome lines, `FpmClient::request_streaming`). A refused connection read no
     /// byte, so the next upstream starts `on_stdout` afresh.
-    pub async fn request_streaming(
+    pub(crate) async fn request_streaming(
         &self,
         params: &[crate::contract::Param<'_>],
         body: &[u8],
@@ -332,7 +336,7 @@ impl Upstreams {
 
     /// Probes every upstream that is down (`Probe::Now`) or down and due (`Probe::WhenDue`);
     /// returns true when at least one is up afterwards.
-    pub async fn probe(&self, when: Probe) -> bool {
+    pub(crate) async fn probe(&self, when: Probe) -> bool {
         for upstream in &self.list {
             upstream.probe(when).await;
         }
@@ -341,7 +345,7 @@ impl Upstreams {
 
     /// Closes connections idle past `fpm.keep_alive_idle` (all of them on a contended
     /// upstream), and probes the upstreams that are down. Runs until aborted.
-    pub async fn maintain(self: Arc<Self>) {
+    pub(crate) async fn maintain(self: Arc<Self>) {
         let tick = (self.fpm.keep_alive_idle / 2)
             .clamp(Duration::from_millis(10), Duration::from_millis(100));
         let mut every = tokio::time::interval(tick);
@@ -357,7 +361,7 @@ impl Upstreams {
 
     /// Every upstream in `/status` (without its status page: see [`UpstreamStatus::with_fpm`]).
     #[must_use]
-    pub fn status(&self) -> Vec<UpstreamStatus> {
+    pub(crate) fn status(&self) -> Vec<UpstreamStatus> {
         self.list.iter().map(|u| u.status()).collect()
     }
 }
@@ -374,12 +378,12 @@ impl Upstream {
 
     /// The breaker's state.
     #[must_use]
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         *self.health.lock().expect("health lock")
     }
 
     /// Sets the capacity (`pm.max_children` as read); waiters that now fit get a slot.
-    pub fn set_capacity(&self, cap: Option<usize>) {
+    pub(crate) fn set_capacity(&self, cap: Option<usize>) {
         let mut gate = self.gate.lock().expect("gate lock");
         if gate.cap == cap {
             return;
@@ -402,7 +406,7 @@ impl Upstream {
 
     /// Notes a status read: a non-empty listen queue, or a read that timed out, means other
     /// requests wait for a child.
-    pub fn note_status(&self, listen_queue: Option<u64>, timed_out: bool, hold: Duration) {
+    pub(crate) fn note_status(&self, listen_queue: Option<u64>, timed_out: bool, hold: Duration) {
         if timed_out || listen_queue.is_some_and(|q| q > 0) {
             let mut until = self.contended_until.lock().expect("contended lock");
             if until.is_none_or(|t| t <= Instant::now()) {
@@ -416,7 +420,7 @@ impl Upstream {
 
     /// True while the upstream counts as contended.
     #[must_use]
-    pub fn contended(&self) -> bool {
+    pub(crate) fn contended(&self) -> bool {
         self.contended_until
             .lock()
             .expect("contended lock")
@@ -436,7 +440,7 @@ impl Upstream {
     }
 
     /// Closes the breaker: the upstream answered (a probe, or a status read).
-    pub fn answered(&self) {
+    pub(crate) fn answered(&self) {
         let mut health = self.health.lock().expect("health lock");
         if let Health::Down { since, .. } = *health {
             info!(upstream = %self.label, down_ms = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX), "FPM upstream accepts connections again: back in use");

@@ -105,7 +105,7 @@ impl SubjectRuntime {
     /// The same runtime, sharing `gate` (the agent's one) and moving it to this configuration's
     /// `limits.max_body_bytes`.
     #[must_use]
-    pub fn with_body_gate(mut self, gate: Arc<crate::broker::gate::OversizeGate>) -> Self {
+    pub(crate) fn with_body_gate(mut self, gate: Arc<crate::broker::gate::OversizeGate>) -> Self {
         gate.set_limit(self.config.limits.max_body_bytes);
         self.body_gate = gate;
         self
@@ -113,28 +113,31 @@ impl SubjectRuntime {
 
     /// With the agent's FPM status monitor (a fresh one otherwise).
     #[must_use]
-    pub fn with_monitor(mut self, monitor: Arc<crate::fpm_status::monitor::Monitor>) -> Self {
+    pub(crate) fn with_monitor(
+        mut self,
+        monitor: Arc<crate::fpm_status::monitor::Monitor>,
+    ) -> Self {
         self.monitor = monitor;
         self
     }
 
     /// The same runtime, recording in-flight messages in `crashes`.
     #[must_use]
-    pub fn with_crashes(mut self, crashes: Arc<crate::poison::journal::Tracker>) -> Self {
+    pub(crate) fn with_crashes(mut self, crashes: Arc<crate::poison::journal::Tracker>) -> Self {
         self.crashes = crashes;
         self
     }
 
     /// The same runtime, calling `hook` with each delivery a worker is given (tests).
     #[must_use]
-    pub fn with_hook(mut self, hook: Option<hook::DeliveryHook>) -> Self {
+    pub(crate) fn with_hook(mut self, hook: Option<hook::DeliveryHook>) -> Self {
         self.hook = hook;
         self
     }
 
     /// The subject's configuration.
     #[must_use]
-    pub fn subject(&self) -> &crate::config::SubjectConfig {
+    pub(crate) fn subject(&self) -> &crate::config::SubjectConfig {
         &self.config.subjects[&self.name]
     }
 }

@@ -66,19 +66,19 @@ fn host_name() -> String {
 impl Fleet {
     /// This agent's fleet id.
     #[must_use]
-    pub fn me(&self) -> &str {
+    pub(crate) fn me(&self) -> &str {
         &self.me
     }
 
     /// Whether the link to the broker is up.
     #[must_use]
-    pub fn connected(&self) -> bool {
+    pub(crate) fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
 
     /// Every agent heard from (this one included once its first heartbeat came back).
     #[must_use]
-    pub fn members(&self) -> Vec<Member> {
+    pub(crate) fn members(&self) -> Vec<Member> {
         self.roster
             .lock()
             .expect("roster lock")
@@ -90,7 +90,7 @@ impl Fleet {
     /// # Errors
     /// Without a fleet secret, when the link is down, or when no reply came within
     /// [`REPLY_TIMEOUT`].
-    pub async fn command(&self, to: &str, action: Action) -> anyhow::Result<Reply> {
+    pub(crate) async fn command(&self, to: &str, action: Action) -> anyhow::Result<Reply> {
         if self.key.is_none() {
             anyhow::bail!("{}", Refusal::NoSecret);
         }

@@ -25,7 +25,7 @@ impl AgentHandle {
 
     /// A subject's run-time settings (the agent's record of them).
     #[must_use]
-    pub fn setting(&self, subject: &str) -> Option<Setting> {
+    pub(crate) fn setting(&self, subject: &str) -> Option<Setting> {
         self.inner.settings.get(subject)
     }
 
@@ -45,7 +45,7 @@ impl AgentHandle {
     }
 
     /// Resizes without pinning (the autoscaler's path; bounds are the caller's).
-    pub fn resize(&self, subject: &str, size: usize) {
+    pub(crate) fn resize(&self, subject: &str, size: usize) {
         if self
             .inner
             .settings
@@ -61,7 +61,7 @@ impl AgentHandle {
 
     /// The pool size asked for `subject`.
     #[must_use]
-    pub fn target(&self, subject: &str) -> Option<usize> {
+    pub(crate) fn target(&self, subject: &str) -> Option<usize> {
         self.setting(subject).map(|s| s.target)
     }
 
@@ -125,7 +125,7 @@ impl AgentHandle {
     }
 
     /// Grows (`delta` > 0) or shrinks every pool by `delta`, clamped to each subject's bounds.
-    pub fn step_pools(&self, delta: i64) {
+    pub(crate) fn step_pools(&self, delta: i64) {
         let config = self.config();
         for name in self.inner.stats.keys() {
             let (Some(cfg), Some(current)) = (config.subjects.get(name), self.target(name)) else {
@@ -162,7 +162,7 @@ impl AgentHandle {
     ///
     /// # Errors
     /// Unknown subject.
-    pub fn set_paused(&self, subject: &str, paused: bool) -> anyhow::Result<()> {
+    pub(crate) fn set_paused(&self, subject: &str, paused: bool) -> anyhow::Result<()> {
         self.pause(subject, paused, None)
     }
 
@@ -172,7 +172,11 @@ impl AgentHandle {
     ///
     /// # Errors
     /// Unknown subject.
-    pub fn pause_for(&self, subject: &str, duration: std::time::Duration) -> anyhow::Result<()> {
+    pub(crate) fn pause_for(
+        &self,
+        subject: &str,
+        duration: std::time::Duration,
+    ) -> anyhow::Result<()> {
         self.pause(subject, true, Some(duration))
     }
 

@@ -31,7 +31,7 @@ impl Status {
     /// The document for a caller without the admin token: FPM children's request URIs without
     /// their query strings (see [`StatusState::hide_queries`]).
     #[must_use]
-    pub fn without_queries(mut self) -> Self {
+    pub(crate) fn without_queries(mut self) -> Self {
         self.fpm.hide_queries();
         for upstream in &mut self.upstreams {
             upstream.fpm.hide_queries();
@@ -96,7 +96,7 @@ pub struct SubjectStatus {
 impl AgentHandle {
     /// Why the agent is not ready (empty: ready).
     #[must_use]
-    pub fn not_ready(&self) -> Vec<String> {
+    pub(crate) fn not_ready(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if !self.alive() {
             problems.push("supervision tree stopped".to_owned());

@@ -84,7 +84,7 @@ pub struct Sizing {
 impl Bound {
     /// Its name in `/status`.
     #[must_use]
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Backlog => "backlog",
             Self::Latency => "latency",
@@ -99,7 +99,7 @@ impl Bound {
 impl Sizing {
     /// The decision as `/status` shows it.
     #[must_use]
-    pub fn shown(&self) -> crate::stats::AutoBatch {
+    pub(crate) fn shown(&self) -> crate::stats::AutoBatch {
         crate::stats::AutoBatch {
             size: self.size,
             bound: self.bound.name(),
@@ -141,7 +141,7 @@ fn ewma(old: Option<f64>, sample: f64) -> f64 {
 impl Auto {
     /// An estimator for batches of at most `limit`, within `latency` and `timeout`.
     #[must_use]
-    pub fn new(limit: usize, latency: Duration, timeout: Duration) -> Self {
+    pub(crate) fn new(limit: usize, latency: Duration, timeout: Duration) -> Self {
         Self {
             limit: limit.max(1),
             latency: latency.as_secs_f64(),
@@ -152,7 +152,7 @@ impl Auto {
     }
 
     /// Takes a measurement in.
-    pub fn observe(&mut self, observed: Observed) {
+    pub(crate) fn observe(&mut self, observed: Observed) {
         match observed {
             Observed::Batch { lines, first, last } if lines >= 2 => {
                 #[allow(clippy::cast_precision_loss)]
@@ -206,7 +206,7 @@ impl Auto {
     /// The size of the next request for a backlog of `backlog` deliveries and `free_workers`
     /// workers free to take them (at least the one asking).
     #[must_use]
-    pub fn size(&self, backlog: usize, free_workers: usize) -> Sizing {
+    pub(crate) fn size(&self, backlog: usize, free_workers: usize) -> Sizing {
         let sizing = |size: usize, bound| Sizing {
             size: size.max(1),
             bound,

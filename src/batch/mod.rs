@@ -34,7 +34,7 @@ pub struct Batching {
 impl Batching {
     /// From the subject's `batch_max` and `batch_wait` and `limits.max_batch_bytes`.
     #[must_use]
-    pub fn of(config: &Config, subject: &SubjectConfig) -> Self {
+    pub(crate) fn of(config: &Config, subject: &SubjectConfig) -> Self {
         Self {
             max: usize::from(subject.batch_ceiling().max(1)),
             wait: subject.batch_wait,
@@ -48,7 +48,7 @@ impl Batching {
     /// in flight during a crash (crash-loop protection may make it run alone), or it was sent
     /// back from a broken batch (`retry::Fate::Alone`) to be tried on its own.
     #[must_use]
-    pub fn take(&self, backlog: impl IntoIterator<Item = (usize, bool)>) -> usize {
+    pub(crate) fn take(&self, backlog: impl IntoIterator<Item = (usize, bool)>) -> usize {
         let mut n = 0;
         let mut bytes = 0usize;
         for (size, redelivered) in backlog.into_iter().take(self.max) {
@@ -67,7 +67,7 @@ impl Batching {
     /// True when an idle worker should wait for more deliveries: batches are on, the backlog
     /// holds fewer than `max` and the oldest has waited less than `wait`.
     #[must_use]
-    pub fn should_wait(&self, backlog: usize, oldest_waited: Duration) -> bool {
+    pub(crate) fn should_wait(&self, backlog: usize, oldest_waited: Duration) -> bool {
         self.max > 1 && backlog < self.max && oldest_waited < self.wait
     }
 }
@@ -80,7 +80,7 @@ pub const ENTRY_FIELDS_RESERVE: usize = 1024;
 /// The size a delivery is expected to take in a batch body: its body, its headers as JSON and
 /// [`ENTRY_FIELDS_RESERVE`].
 #[must_use]
-pub fn entry_bytes(body: usize, headers_json: usize) -> usize {
+pub(crate) fn entry_bytes(body: usize, headers_json: usize) -> usize {
     body.saturating_add(headers_json)
         .saturating_add(ENTRY_FIELDS_RESERVE)
 }

@@ -95,7 +95,7 @@ impl Reader {
     }
 
     /// Entries that have no verdict from the reply yet, in order.
-    pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn pending(&self) -> impl Iterator<Item = usize> + '_ {
         self.expected.difference(&self.answered).copied()
     }
 
@@ -114,13 +114,13 @@ impl Reader {
 
     /// The reply's HTTP status, once its head was read.
     #[must_use]
-    pub fn status(&self) -> Option<u16> {
+    pub(crate) fn status(&self) -> Option<u16> {
         self.status
     }
 
     /// The protocol error found, if any.
     #[must_use]
-    pub fn error(&self) -> Option<&ProtocolError> {
+    pub(crate) fn error(&self) -> Option<&ProtocolError> {
         match &self.state {
             State::Failed(e) => Some(e),
             _ => None,

@@ -44,7 +44,7 @@ pub enum Failure {
 impl Failure {
     /// From the FastCGI error of the request.
     #[must_use]
-    pub fn fpm(error: &FpmError) -> Self {
+    pub(crate) fn fpm(error: &FpmError) -> Self {
         Self::Fpm {
             reason: error.reason(),
             detail: error.to_string(),
@@ -55,7 +55,7 @@ impl Failure {
 
     /// The verdict of each entry without an outcome.
     #[must_use]
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         match self {
             Self::Fpm {
                 reason,
@@ -89,7 +89,7 @@ impl Failure {
 
     /// Short reason for logs and metrics.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self.verdict() {
             Verdict::Success => "success",
             Verdict::Transient { reason, .. } | Verdict::Permanent { reason, .. } => reason,

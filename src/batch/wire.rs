@@ -84,7 +84,7 @@ impl Encoder {
     /// The bytes entry `index` adds to the body: its head line, its fields and its body.
     /// `limits.max_batch_bytes` bounds the sum (PHP's `post_max_size` sees every byte).
     #[must_use]
-    pub fn entry_len(index: usize, params: &[Param<'_>], body: usize) -> usize {
+    pub(crate) fn entry_len(index: usize, params: &[Param<'_>], body: usize) -> usize {
         let fields = fields_len(params);
         let head = format!("{index} {fields} {body}\n").len();
         head + fields + body + 1
@@ -109,20 +109,21 @@ impl Encoder {
     }
 
     /// Entries so far.
+    #[cfg(test)]
     #[must_use]
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.count
     }
 
     /// Bytes so far.
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.body.len()
     }
 
     /// True before the first entry.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 

@@ -48,7 +48,7 @@ impl Link {
     ///
     /// # Errors
     /// When the broker cannot be reached or refuses a declaration.
-    pub async fn open(config: &Config, agent: &str) -> Result<Self, BrokerError> {
+    pub(crate) async fn open(config: &Config, agent: &str) -> Result<Self, BrokerError> {
         let connection = super::connect(config, "fleet").await?;
         let channel = connection
             .create_channel()
@@ -117,7 +117,7 @@ impl Link {
     }
 
     /// The next fleet message; `None` once the connection or the consumer is gone.
-    pub async fn next(&mut self) -> Option<Received> {
+    pub(crate) async fn next(&mut self) -> Option<Received> {
         let delivery = self.consumer.next().await?.ok()?;
         let props = &delivery.properties;
         let signature = props.headers().as_ref().and_then(|h| {
@@ -144,7 +144,7 @@ impl Link {
     ///
     /// # Errors
     /// When the channel is closed.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         kind: &str,
         to: Option<&str>,
@@ -183,14 +183,8 @@ impl Link {
         Ok(())
     }
 
-    /// Whether the connection is still up.
-    #[must_use]
-    pub fn connected(&self) -> bool {
-        self.connection.status().connected()
-    }
-
     /// Closes the connection (its queue goes with it).
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.connection.close(200, "fleet link closed".into()).await;
     }
 }

@@ -50,7 +50,7 @@ impl Drop for Release {
 impl OversizeGate {
     /// A gate for bodies over `limit` bytes.
     #[must_use]
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit: AtomicU64::new(limit as u64),
             held: Arc::default(),
@@ -58,20 +58,20 @@ impl OversizeGate {
     }
 
     /// Follows a reloaded `limits.max_body_bytes`.
-    pub fn set_limit(&self, limit: usize) {
+    pub(crate) fn set_limit(&self, limit: usize) {
         self.limit.store(limit as u64, Ordering::Relaxed);
     }
 
     /// Whether an oversized body is held now.
     #[must_use]
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.held.busy.load(Ordering::Acquire)
     }
 
     /// Resolves once no oversized body is held (at once when none is). A release wakes one
     /// waiter; the others look again every [`RECHECK`], so that none waits for good when the
     /// body the woken one sent back went to another consumer and the permit stayed free.
-    pub async fn freed(&self) {
+    pub(crate) async fn freed(&self) {
         while self.busy() {
             // A release between the check and this wait is not lost: `notify_one` keeps a
             // permit for the next waiter.

@@ -38,7 +38,7 @@ fn typed(queue_type: QueueType) -> FieldTable {
 /// `arguments`, and — with `x-delivery-limit` — broker dead-lettering to `<queue>.dead`, at
 /// least once.
 #[must_use]
-pub fn main_queue_args(config: &Config, subject: &SubjectConfig) -> FieldTable {
+pub(crate) fn main_queue_args(config: &Config, subject: &SubjectConfig) -> FieldTable {
     let mut args = typed(config.queue_type(subject));
     if subject.single_active_consumer {
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
@@ -65,7 +65,7 @@ pub fn main_queue_args(config: &Config, subject: &SubjectConfig) -> FieldTable {
 /// `queue` through the default exchange. On a quorum queue the broker dead-letters at least once
 /// (`x-dead-letter-strategy`), which it does only with `x-overflow = reject-publish`.
 #[must_use]
-pub fn delay_queue_args(queue_type: QueueType, queue: &str, delay: Duration) -> FieldTable {
+pub(crate) fn delay_queue_args(queue_type: QueueType, queue: &str, delay: Duration) -> FieldTable {
     let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
     let mut args = typed(queue_type);
     args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
@@ -80,13 +80,13 @@ pub fn delay_queue_args(queue_type: QueueType, queue: &str, delay: Duration) -> 
 
 /// Arguments of a dead-letter queue.
 #[must_use]
-pub fn dead_queue_args(queue_type: QueueType) -> FieldTable {
+pub(crate) fn dead_queue_args(queue_type: QueueType) -> FieldTable {
     typed(queue_type)
 }
 
 /// Every queue of a subject: main, dead-letter, then one per scheduled delay.
 #[must_use]
-pub fn subject_queues(config: &Config, subject: &SubjectConfig) -> Vec<QueueSpec> {
+pub(crate) fn subject_queues(config: &Config, subject: &SubjectConfig) -> Vec<QueueSpec> {
     let queue_type = config.queue_type(subject);
     let queue = subject.queue.as_str();
     let mut specs = vec![
@@ -111,7 +111,7 @@ pub fn subject_queues(config: &Config, subject: &SubjectConfig) -> Vec<QueueSpec
 ///
 /// # Errors
 /// [`BrokerError::Inequivalent`] when it exists with other arguments; other errors as they come.
-pub async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<(), BrokerError> {
+pub(crate) async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> Result<(), BrokerError> {
     channel
         .queue_declare(
             spec.name.as_str().into(),
@@ -143,7 +143,7 @@ fn exchange_kind(kind: ExchangeType) -> ExchangeKind {
 /// # Errors
 /// When a declaration fails; the message names the queue or exchange. A queue that exists with
 /// other arguments is a [`BrokerError::Inequivalent`], a configuration error.
-pub async fn declare_subject(
+pub(crate) async fn declare_subject(
     channel: &Channel,
     config: &Config,
     subject: &SubjectConfig,
@@ -220,7 +220,8 @@ fn classify(name: &str, error: BrokerError) -> BrokerError {
 }
 
 mod check;
-pub use check::{Check, Inequivalence, check_queue, check_subject, verify_subject};
+pub use check::{Check, Inequivalence};
+pub(crate) use check::{check_subject, verify_subject};
 
 #[cfg(test)]
 mod tests;

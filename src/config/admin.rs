@@ -89,13 +89,13 @@ impl Default for AdminConfig {
 impl AdminConfig {
     /// The secret of the fleet protocol: `fleet_secret`, else `token`.
     #[must_use]
-    pub fn fleet_key(&self) -> Option<&str> {
+    pub(crate) fn fleet_key(&self) -> Option<&str> {
         self.fleet_secret.as_deref().or(self.token.as_deref())
     }
 
     /// The link of a trace id (`trace_url` with it), when `trace_url` is set.
     #[must_use]
-    pub fn trace_link(&self, trace_id: &str) -> Option<String> {
+    pub(crate) fn trace_link(&self, trace_id: &str) -> Option<String> {
         self.trace_url.as_deref().map(|t| trace_link(t, trace_id))
     }
 }

@@ -65,7 +65,7 @@ pub enum QueueType {
 impl QueueType {
     /// The `x-queue-type` value.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Classic => "classic",
             Self::Quorum => "quorum",
@@ -168,7 +168,7 @@ const ARGUMENTS: &[(&str, Known)] = &[
 ///
 /// # Errors
 /// For arrays, tables and dates, which no queue argument takes.
-pub fn amqp_value(value: &toml::Value) -> Result<AMQPValue, String> {
+pub(crate) fn amqp_value(value: &toml::Value) -> Result<AMQPValue, String> {
     match value {
         toml::Value::Integer(i) => Ok(AMQPValue::LongLongInt(*i)),
         toml::Value::String(s) => Ok(AMQPValue::LongString(LongString::from(s.as_str()))),
@@ -185,7 +185,7 @@ pub fn amqp_value(value: &toml::Value) -> Result<AMQPValue, String> {
 ///
 /// # Errors
 /// A sentence saying what is wrong (unknown name, wrong type, conflicting with the agent).
-pub fn check_argument(
+pub(crate) fn check_argument(
     name: &str,
     value: &toml::Value,
     queue_type: QueueType,
@@ -238,7 +238,7 @@ fn check_file(key: &str, path: &std::path::Path) -> Result<(), ConfigError> {
 impl Config {
     /// Every AMQP endpoint, in configuration order: `amqp.urls`, else `amqp.url`.
     #[must_use]
-    pub fn amqp_urls(&self) -> Vec<&str> {
+    pub(crate) fn amqp_urls(&self) -> Vec<&str> {
         if self.amqp.urls.is_empty() {
             self.amqp.url.as_deref().into_iter().collect()
         } else {
@@ -248,7 +248,7 @@ impl Config {
 
     /// The queue type of `subject` (its own, else `amqp.queue_type`).
     #[must_use]
-    pub fn queue_type(&self, subject: &SubjectConfig) -> QueueType {
+    pub(crate) fn queue_type(&self, subject: &SubjectConfig) -> QueueType {
         subject.queue_type.unwrap_or(self.amqp.queue_type)
     }
 

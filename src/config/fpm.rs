@@ -136,7 +136,7 @@ impl FpmAddress {
     ///
     /// # Errors
     /// When the address has neither form.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("`unix:` needs a socket path".into());
@@ -225,7 +225,7 @@ impl Config {
 
     /// `fpm.slow_after`, or half of `fpm.timeout`.
     #[must_use]
-    pub fn slow_after(&self) -> Duration {
+    pub(crate) fn slow_after(&self) -> Duration {
         self.fpm.slow_after.unwrap_or(self.fpm.timeout / 2)
     }
 }

@@ -36,7 +36,7 @@ impl Rate {
 
     /// Messages per second.
     #[must_use]
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         f64::from(self.count) / self.per.as_secs_f64()
     }
 }

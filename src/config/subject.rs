@@ -98,7 +98,7 @@ fn default_rate_burst() -> u32 {
 impl SubjectConfig {
     /// The subject's rate limit from the file, if any.
     #[must_use]
-    pub fn rate(&self) -> Option<RateLimit> {
+    pub(crate) fn rate(&self) -> Option<RateLimit> {
         self.rate_limit.map(|rate| RateLimit {
             rate,
             burst: self.rate_burst,
@@ -168,7 +168,7 @@ fn batch_max<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BatchMax, D::Erro
 impl SubjectConfig {
     /// The most messages one request may carry: `batch_max`, or `batch_limit` with `"auto"`.
     #[must_use]
-    pub fn batch_ceiling(&self) -> u16 {
+    pub(crate) fn batch_ceiling(&self) -> u16 {
         match self.batch_max {
             BatchMax::Fixed(n) => n,
             BatchMax::Auto => self.batch_limit,

@@ -57,7 +57,7 @@ pub enum OtlpProtocol {
 impl OtlpProtocol {
     /// The protocol of a standard name, or `None` for an unknown one.
     #[must_use]
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "grpc" => Some(Self::Grpc),
             "http/protobuf" => Some(Self::HttpProtobuf),
@@ -67,7 +67,7 @@ impl OtlpProtocol {
 
     /// The standard name.
     #[must_use]
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Grpc => "grpc",
             Self::HttpProtobuf => "http/protobuf",
@@ -77,7 +77,7 @@ impl OtlpProtocol {
 
 /// Checks a `telemetry.log_level` value (a `RUST_LOG`-style filter).
 #[must_use]
-pub fn valid_log_level(level: &str) -> bool {
+pub(crate) fn valid_log_level(level: &str) -> bool {
     tracing_subscriber::EnvFilter::try_new(level).is_ok()
 }
 
@@ -117,13 +117,13 @@ impl SamplerKind {
 
     /// The sampler of a standard name (`OTEL_TRACES_SAMPLER`), or `None` for an unknown one.
     #[must_use]
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
     }
 
     /// The standard name.
     #[must_use]
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         Self::ALL
             .iter()
             .find(|(_, k)| *k == self)

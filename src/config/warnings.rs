@@ -7,7 +7,7 @@ use super::{Config, SubjectConfig, prefetch};
 impl Config {
     /// Non-fatal remarks an operator should read (printed by `check-config` and at start).
     #[must_use]
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.fpm.signing_secrets.is_empty() {
             out.push("fpm.signing_secrets is empty: requests to PHP are not signed".to_owned());

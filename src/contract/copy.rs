@@ -18,7 +18,7 @@ pub fn not_utf8(text: &str) -> Option<Vec<u8>> {
 /// The property bytes of a message whose content header could not be parsed: the patched lapin
 /// then delivers it with no properties but this one header (`vendor/lapin/PATCHES.md`).
 #[must_use]
-pub fn unparsed_properties(headers: Option<&FieldTable>) -> Option<&[u8]> {
+pub(crate) fn unparsed_properties(headers: Option<&FieldTable>) -> Option<&[u8]> {
     match headers?.inner().get(lapin::UNPARSED_PROPERTIES_HEADER)? {
         AMQPValue::ByteArray(bytes) => Some(bytes.as_slice()),
         _ => None,
@@ -27,7 +27,7 @@ pub fn unparsed_properties(headers: Option<&FieldTable>) -> Option<&[u8]> {
 
 /// How a short string that is not UTF-8 is shown in a log or a reason: its bytes in hex.
 #[must_use]
-pub fn describe_not_utf8(bytes: &[u8]) -> String {
+pub(crate) fn describe_not_utf8(bytes: &[u8]) -> String {
     let shown: String = bytes.iter().take(32).map(|b| format!("{b:02x}")).collect();
     if bytes.len() > 32 {
         format!("{shown}… ({} bytes)", bytes.len())

@@ -40,7 +40,7 @@ pub fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
 
 /// An AMQP integer of any width as `i64`; `None` for every other type.
 #[must_use]
-pub fn integer(value: &AMQPValue) -> Option<i64> {
+pub(crate) fn integer(value: &AMQPValue) -> Option<i64> {
     match value {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
@@ -163,7 +163,7 @@ fn value_to_json(
 /// itself is depth 1, as in [`headers_json`]) and returns their names, so that a dead-letter copy
 /// carries only headers that can be encoded again. The walk looks at most one level past
 /// `max_depth`, however deep a value nests.
-pub fn remove_too_deep(headers: &mut FieldTable, max_depth: usize) -> Vec<String> {
+pub(crate) fn remove_too_deep(headers: &mut FieldTable, max_depth: usize) -> Vec<String> {
     remove_where(headers, |_, value| nests_deeper(value, 2, max_depth))
 }
 
@@ -175,7 +175,7 @@ pub const COPY_FRAME_RESERVE: usize = 8 * 1024;
 /// Removes the largest headers until the table encodes in at most `budget` bytes, and returns
 /// their names. A copy of a message whose headers filled `frame_max` would not fit in one frame
 /// once the agent adds its own headers, and RabbitMQ closes the connection on such a frame.
-pub fn shrink_to_fit(headers: &mut FieldTable, budget: usize) -> Vec<String> {
+pub(crate) fn shrink_to_fit(headers: &mut FieldTable, budget: usize) -> Vec<String> {
     let entry_len = |key: &str, value: &AMQPValue| {
         let value_len = lapin::types::generation::gen_value(value)(Vec::new().into())
             .map_or(usize::MAX / 2, |out| out.position as usize);

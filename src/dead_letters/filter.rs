@@ -72,7 +72,7 @@ impl Filter {
     ///
     /// # Errors
     /// A [`FilterError`] naming the first field that does not parse or is too long.
-    pub fn parse(text: FilterText<'_>) -> Result<Self, FilterError> {
+    pub(crate) fn parse(text: FilterText<'_>) -> Result<Self, FilterError> {
         let given = |field: &'static str, v: Option<&str>| -> Result<Option<String>, FilterError> {
             match v.map(str::trim) {
                 None | Some("") => Ok(None),
@@ -109,14 +109,15 @@ impl Filter {
     }
 
     /// True when no criterion is set (every dead letter matches).
+    #[cfg(test)]
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         *self == Self::default()
     }
 
     /// Whether `letter` meets every criterion, `now` being Unix seconds.
     #[must_use]
-    pub fn matches(&self, letter: &Letter<'_>, now: u64) -> bool {
+    pub(crate) fn matches(&self, letter: &Letter<'_>, now: u64) -> bool {
         if let Some(reason) = &self.reason
             && !letter
                 .reason()
@@ -148,28 +149,6 @@ impl Filter {
         }
         true
     }
-
-    /// The filter as `key=value` pairs for a URL query or a message (absent fields left out).
-    #[must_use]
-    pub fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        if let Some(v) = &self.reason {
-            out.push(("reason", v.clone()));
-        }
-        if let Some(v) = self.status {
-            out.push(("status", v.to_string()));
-        }
-        if let Some(v) = &self.kind {
-            out.push(("type", v.clone()));
-        }
-        if let Some(v) = self.older_than {
-            out.push(("older_than", humantime::format_duration(v).to_string()));
-        }
-        if let Some(v) = &self.grep {
-            out.push(("grep", v.clone()));
-        }
-        out
-    }
 }
 
 impl StatusFilter {
@@ -177,7 +156,7 @@ impl StatusFilter {
     ///
     /// # Errors
     /// Anything else.
-    pub fn parse(text: &str) -> Result<Self, FilterError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, FilterError> {
         let lower = text.to_ascii_lowercase();
         if let Some(class) = lower.strip_suffix("xx")
             && let Ok(n @ 1..=5) = class.parse::<u16>()

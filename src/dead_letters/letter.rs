@@ -43,7 +43,7 @@ pub struct Letter<'a> {
 impl<'a> Letter<'a> {
     /// The letter of a delivery's properties and body.
     #[must_use]
-    pub fn new(props: &'a BasicProperties, body: &'a [u8]) -> Self {
+    pub(crate) fn new(props: &'a BasicProperties, body: &'a [u8]) -> Self {
         Self { props, body }
     }
 
@@ -59,7 +59,7 @@ impl<'a> Letter<'a> {
     /// properties (headers included, but not the `x-delivery-count` a quorum queue adds each
     /// time a message goes back to it) and body. Two copies alike in every byte share it.
     #[must_use]
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         let mut hash = Sha256::new();
         let counted = self
             .headers()
@@ -81,13 +81,13 @@ impl<'a> Letter<'a> {
 
     /// The AMQP `message_id`.
     #[must_use]
-    pub fn message_id(&self) -> Option<&'a str> {
+    pub(crate) fn message_id(&self) -> Option<&'a str> {
         self.props.message_id().as_ref().map(|s| s.as_str())
     }
 
     /// The message type: the AMQP `type` property, else Messenger's `type` header.
     #[must_use]
-    pub fn kind(&self) -> Option<Cow<'a, str>> {
+    pub(crate) fn kind(&self) -> Option<Cow<'a, str>> {
         if let Some(kind) = self.props.kind().as_ref() {
             return Some(Cow::Borrowed(kind.as_str()));
         }
@@ -98,7 +98,7 @@ impl<'a> Letter<'a> {
     /// `x-first-death-reason` or the reason of its latest `x-death` entry (`delivery_limit`,
     /// `expired`, `rejected`, `maxlen`).
     #[must_use]
-    pub fn reason(&self) -> Option<Cow<'a, str>> {
+    pub(crate) fn reason(&self) -> Option<Cow<'a, str>> {
         if let Some(reason) = self.header(REASON_HEADER).and_then(text) {
             return Some(reason);
         }
@@ -112,26 +112,26 @@ impl<'a> Letter<'a> {
 
     /// The last HTTP status PHP answered (`x-agent-status`; 0 when PHP gave none).
     #[must_use]
-    pub fn status(&self) -> Option<i64> {
+    pub(crate) fn status(&self) -> Option<i64> {
         self.header(STATUS_HEADER).and_then(integer)
     }
 
     /// How many attempts were made (`x-agent-attempts`).
     #[must_use]
-    pub fn attempts(&self) -> Option<i64> {
+    pub(crate) fn attempts(&self) -> Option<i64> {
         self.header(ATTEMPTS_HEADER).and_then(integer)
     }
 
     /// The last attempt's error (`x-agent-last-error`).
     #[must_use]
-    pub fn last_error(&self) -> Option<Cow<'a, str>> {
+    pub(crate) fn last_error(&self) -> Option<Cow<'a, str>> {
         self.header(LAST_ERROR_HEADER).and_then(text)
     }
 
     /// When it was dead-lettered (Unix seconds): `x-agent-dead-lettered-at`, else the time of
     /// the broker's latest `x-death` entry, else the message's AMQP `timestamp`.
     #[must_use]
-    pub fn dead_at(&self) -> Option<u64> {
+    pub(crate) fn dead_at(&self) -> Option<u64> {
         self.header(DEAD_LETTERED_AT_HEADER)
             .and_then(unix)
             .or_else(|| {
@@ -144,13 +144,13 @@ impl<'a> Letter<'a> {
 
     /// The W3C trace id the copy carries (`traceparent`), when well-formed.
     #[must_use]
-    pub fn trace_id(&self) -> Option<&'a str> {
+    pub(crate) fn trace_id(&self) -> Option<&'a str> {
         crate::trace_context::read(self.headers()).trace_id()
     }
 
     /// The body.
     #[must_use]
-    pub fn body(&self) -> &'a [u8] {
+    pub(crate) fn body(&self) -> &'a [u8] {
         self.body
     }
 
@@ -167,7 +167,7 @@ impl<'a> Letter<'a> {
 
     /// The properties that are set, as (name, text) pairs, in AMQP's order.
     #[must_use]
-    pub fn properties(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn properties(&self) -> Vec<(&'static str, String)> {
         let p = self.props;
         let mut out = Vec::new();
         let mut short = |name: &'static str, v: &Option<lapin::types::ShortString>| {
@@ -200,7 +200,7 @@ impl<'a> Letter<'a> {
     /// The headers as (name, text) pairs: strings as they are, anything else as JSON (tables
     /// and arrays nest; bytes and text that is not UTF-8 in base64; timestamps as integers).
     #[must_use]
-    pub fn header_texts(&self) -> Vec<(String, String)> {
+    pub(crate) fn header_texts(&self) -> Vec<(String, String)> {
         let Some(headers) = self.headers() else {
             return Vec::new();
         };
@@ -233,7 +233,7 @@ impl<'a> Letter<'a> {
 
     /// The row of a list.
     #[must_use]
-    pub fn summary(&self, now: u64) -> Summary {
+    pub(crate) fn summary(&self, now: u64) -> Summary {
         let cut = |s: &str| cut(s, SUMMARY_CHARS);
         Summary {
             key: self.key(),
@@ -254,7 +254,7 @@ impl<'a> Letter<'a> {
 
     /// Everything about it, the body in the three forms.
     #[must_use]
-    pub fn detail(&self, now: u64) -> Detail {
+    pub(crate) fn detail(&self, now: u64) -> Detail {
         Detail {
             summary: self.summary(now),
             last_error: self.last_error().map(Cow::into_owned),
@@ -340,7 +340,7 @@ pub struct Body {
 impl Body {
     /// The three forms of `body`.
     #[must_use]
-    pub fn of(body: &[u8]) -> Self {
+    pub(crate) fn of(body: &[u8]) -> Self {
         let utf8 = std::str::from_utf8(body).is_ok();
         let json = (body.len() <= MAX_TEXT_BYTES)
             .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())

@@ -34,9 +34,9 @@ pub struct SubjectLabel {
 mod reader;
 mod slow;
 
-pub use reader::spawn;
+pub(crate) use reader::spawn;
 use slow::Running;
-pub use slow::{RunningGuard, match_child};
+pub use slow::RunningGuard;
 
 /// Largest status page read: `full` costs ~330 bytes per child.
 const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;
@@ -78,7 +78,7 @@ impl Default for Monitor {
 impl Monitor {
     /// A monitor that has read nothing yet.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let g = Family::default;
         Self {
             state: watch::Sender::new(vec![Snapshot::empty(String::new(), "not_configured")]),
@@ -128,7 +128,7 @@ impl Monitor {
     }
 
     /// Registers the FPM gauges and counters.
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "fpm_status_up",
             "1 while FPM's status page is read successfully",
@@ -147,13 +147,13 @@ impl Monitor {
     /// The last read of the first upstream's status page; changes are announced to
     /// [`Monitor::subscribe`].
     #[must_use]
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         self.snapshots().swap_remove(0)
     }
 
     /// The last read of every upstream's status page, in `fpm.address` order.
     #[must_use]
-    pub fn snapshots(&self) -> Vec<Snapshot> {
+    pub(crate) fn snapshots(&self) -> Vec<Snapshot> {
         let mut snaps = self.state.borrow().clone();
         for snap in &mut snaps {
             snap.shown.last_ok_ms_ago = snap
@@ -166,7 +166,7 @@ impl Monitor {
     /// Asks every status reader waiting for its next interval to read now (the autoscaler,
     /// while it grows a pool into a deep backlog: each step needs a fresh count of idle
     /// children). A reader in the middle of a read is not asked again.
-    pub fn read_soon(&self) {
+    pub(crate) fn read_soon(&self) {
         self.soon.notify_waiters();
     }
 

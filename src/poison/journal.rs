@@ -92,8 +92,6 @@ pub struct Tracker {
     threshold: u32,
     /// `None` when crash-loop protection is off.
     journal: Option<Mutex<Journal>>,
-    /// Why the protection is off although configured on (a full disk at start).
-    degraded: Option<String>,
     /// Every handled message holds it shared; a suspect (in flight during an earlier crash)
     /// holds it alone, so a crash while it runs is counted against it only.
     gate: tokio::sync::RwLock<()>,
@@ -136,18 +134,18 @@ enum Permit<'a> {
 impl Tracked<'_> {
     /// `Some(crashes)` when the delivery must be dead-lettered as poison instead of handled.
     #[must_use]
-    pub fn poison(&self) -> Option<u32> {
+    pub(crate) fn poison(&self) -> Option<u32> {
         self.poison
     }
 
     /// True for a suspect: it holds the gate alone (no other message is in flight).
     #[must_use]
-    pub fn alone(&self) -> bool {
+    pub(crate) fn alone(&self) -> bool {
         matches!(self._permit.as_deref(), Some(Permit::Alone(_)))
     }
 
     /// The delivery is settled: its done record is written, then its permit released.
-    pub fn end(mut self) {
+    pub(crate) fn end(mut self) {
         if self.recorded {
             self.tracker.end(self.key);
             self.recorded = false;
@@ -168,24 +166,17 @@ impl Drop for Tracked<'_> {
 impl Tracker {
     /// Crash-loop protection off: nothing is recorded, nothing is poison.
     #[must_use]
-    pub fn disabled() -> Self {
+    pub(crate) fn disabled() -> Self {
         Self {
             threshold: 0,
             journal: None,
-            degraded: None,
             gate: tokio::sync::RwLock::new(()),
         }
     }
 
-    /// Why crash-loop protection is off although `agent.poison_after` turns it on.
-    #[must_use]
-    pub fn degraded(&self) -> Option<&str> {
-        self.degraded.as_deref()
-    }
-
     /// True while messages are journaled (configured on, and not degraded).
     #[must_use]
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.journal.is_some()
     }
 
@@ -198,12 +189,8 @@ impl Tracker {
     pub fn open(config: &Config) -> Result<Self, JournalError> {
         match Self::open_journal(config) {
             Err(JournalError::Io { path, source }) if disk_full(&source) => {
-                let why = format!("{}: {source}", path.display());
                 error!(path = %path.display(), error = %source, "Crash-loop protection is OFF: the state directory's disk is full; messages that crash the agent will not be dead-lettered as poison until it restarts with room");
-                Ok(Self {
-                    degraded: Some(why),
-                    ..Self::disabled()
-                })
+                Ok(Self::disabled())
             }
             other => other,
         }
@@ -245,7 +232,6 @@ impl Tracker {
             return Ok(Self {
                 threshold,
                 journal: Some(Mutex::new(journal)),
-                degraded: None,
                 gate: tokio::sync::RwLock::new(()),
             });
         }
@@ -303,7 +289,7 @@ impl Tracker {
     /// of the batch's shared permits would wait for the batch while the batch waited for it,
     /// and every worker after them. A batch holds no redelivery (`batch::Batching::take`), so
     /// no entry is a suspect; if one were, the whole batch would take the exclusive permit.
-    pub async fn begin_batch<'a>(&'a self, keys: &[(&'a str, bool)]) -> Vec<Tracked<'a>> {
+    pub(crate) async fn begin_batch<'a>(&'a self, keys: &[(&'a str, bool)]) -> Vec<Tracked<'a>> {
         let mut tracked: Vec<Tracked<'a>> = keys
             .iter()
             .map(|&(key, _)| Tracked {
@@ -559,7 +545,7 @@ fn unix_now() -> u64 {
 
 /// The key of a delivery (see [`super::key`]).
 #[must_use]
-pub fn key_of(delivery: &lapin::message::Delivery) -> Cow<'_, str> {
+pub(crate) fn key_of(delivery: &lapin::message::Delivery) -> Cow<'_, str> {
     let props = &delivery.properties;
     super::key(
         props.message_id().as_ref().map(|id| id.as_str()),

@@ -13,7 +13,7 @@ use crate::stats::SubjectStats;
 
 /// Something that happened to one subject's messages or actors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     /// A delivery arrived from the broker.
     Received,
     /// `n` deliveries were acked after PHP handled them (acks after a stored copy excluded).
@@ -90,7 +90,7 @@ pub struct SubjectEvents {
 impl SubjectEvents {
     /// The events of `subject`, counted in `stats` and `metrics`.
     #[must_use]
-    pub fn new(subject: &str, stats: Arc<SubjectStats>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(subject: &str, stats: Arc<SubjectStats>, metrics: Arc<Metrics>) -> Self {
         Self {
             subject: subject.to_owned(),
             hot: metrics.for_subject(subject),
@@ -102,7 +102,7 @@ impl SubjectEvents {
 
     /// With long-wait detection at `threshold` (`subjects.<name>.wait_threshold`).
     #[must_use]
-    pub fn with_wait_threshold(mut self, threshold: Option<Duration>) -> Self {
+    pub(crate) fn with_wait_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.wait_threshold = threshold;
         self
     }
@@ -129,7 +129,7 @@ impl SubjectEvents {
     }
 
     /// Counts `event` in `/status` and in `/metrics`.
-    pub fn emit(&self, event: Event<'_>) {
+    pub(crate) fn emit(&self, event: Event<'_>) {
         let stats = &self.stats;
         match event {
             Event::Received => {

@@ -19,7 +19,7 @@ pub struct LogEvery {
 impl LogEvery {
     /// A limiter that logs at most once per `interval`.
     #[must_use]
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             state: Mutex::new(None),
@@ -28,7 +28,7 @@ impl LogEvery {
 
     /// Records one occurrence at `now`. Returns `Some(n)` when a line is due, `n` being the
     /// occurrences it reports (this one included); `None` while the interval has not passed.
-    pub fn note(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn note(&self, now: Instant) -> Option<u64> {
         let mut state = self
             .state
             .lock()

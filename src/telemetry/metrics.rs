@@ -329,7 +329,7 @@ impl Metrics {
 
     /// Shorthand for a subject label.
     #[must_use]
-    pub fn subject(subject: &str) -> SubjectLabel {
+    pub(crate) fn subject(subject: &str) -> SubjectLabel {
         SubjectLabel {
             subject: subject.to_owned(),
         }
@@ -337,7 +337,7 @@ impl Metrics {
 
     /// The label-bound metrics of `subject`.
     #[must_use]
-    pub fn for_subject(&self, subject: &str) -> SubjectMetrics {
+    pub(crate) fn for_subject(&self, subject: &str) -> SubjectMetrics {
         let label = Self::subject(subject);
         SubjectMetrics {
             received: self.received.get_or_create(&label).clone(),
@@ -373,7 +373,7 @@ impl Metrics {
     }
 
     /// Counts an FPM reply by status (the duration goes to [`SubjectMetrics::fpm_duration`]).
-    pub fn fpm_response(&self, subject: &str, status: &str) {
+    pub(crate) fn fpm_response(&self, subject: &str, status: &str) {
         self.fpm_responses
             .get_or_create(&StatusLabels {
                 subject: subject.to_owned(),
@@ -383,7 +383,7 @@ impl Metrics {
     }
 
     /// Counts a retry or dead-letter with its reason.
-    pub fn settled(family: &Family<ReasonLabels, Counter>, subject: &str, reason: &str) {
+    pub(crate) fn settled(family: &Family<ReasonLabels, Counter>, subject: &str, reason: &str) {
         family
             .get_or_create(&ReasonLabels {
                 subject: subject.to_owned(),

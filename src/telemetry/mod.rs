@@ -40,7 +40,7 @@ fn filter_for(level: Option<&str>) -> tracing_subscriber::EnvFilter {
 }
 
 /// Applies a new log level (SIGHUP); `RUST_LOG`, when set, keeps precedence.
-pub fn set_log_level(level: Option<&str>) {
+pub(crate) fn set_log_level(level: Option<&str>) {
     if let Some(handle) = FILTER.get() {
         let _ = handle.reload(filter_for(level));
     }
@@ -48,7 +48,7 @@ pub fn set_log_level(level: Option<&str>) {
 
 /// True when spans are exported over OTLP.
 #[must_use]
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
@@ -69,7 +69,7 @@ pub struct Export {
 
 /// Resolves the export settings: standard `OTEL_*` variables win over the file.
 #[must_use]
-pub fn export_settings(
+pub(crate) fn export_settings(
     config: &TelemetryConfig,
     env: impl Fn(&str) -> Option<String>,
 ) -> Option<Export> {
@@ -96,7 +96,7 @@ pub fn export_settings(
 
 /// The OpenTelemetry sampler of `kind`; `arg` is the ratio of the ratio-based ones.
 #[must_use]
-pub fn sampler(kind: SamplerKind, arg: Option<f64>) -> Sampler {
+pub(crate) fn sampler(kind: SamplerKind, arg: Option<f64>) -> Sampler {
     let ratio = arg.unwrap_or(1.0).clamp(0.0, 1.0);
     match kind {
         SamplerKind::AlwaysOn => Sampler::AlwaysOn,
@@ -113,7 +113,7 @@ pub fn sampler(kind: SamplerKind, arg: Option<f64>) -> Sampler {
 /// Colour (ANSI escapes) only for a terminal, and never when `NO_COLOR` is set to a non-empty
 /// value (<https://no-color.org>): a file, a pipe or journald must get plain text.
 #[must_use]
-pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+pub(crate) fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
@@ -122,7 +122,7 @@ pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) 
 ///
 /// # Errors
 /// When the OTLP exporter cannot be built.
-pub fn init(json: bool, level: Option<&str>, export: Option<&Export>) -> anyhow::Result<()> {
+pub(crate) fn init(json: bool, level: Option<&str>, export: Option<&Export>) -> anyhow::Result<()> {
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter_for(level));
     let _ = FILTER.set(handle);
     let colour = use_colour(
@@ -197,7 +197,7 @@ fn provider(export: &Export) -> anyhow::Result<SdkTracerProvider> {
 }
 
 /// Flushes and stops the exporter (blocking work, so off the async threads).
-pub async fn shutdown() {
+pub(crate) async fn shutdown() {
     if let Some(provider) = PROVIDER.get().cloned() {
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
@@ -216,7 +216,7 @@ impl Extractor for HeaderExtractor<'_> {
 }
 
 /// Makes `span` a child of the trace context carried in the message headers, if any.
-pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&FieldTable>) {
+pub(crate) fn set_parent_from_headers(span: &tracing::Span, headers: Option<&FieldTable>) {
     if !enabled() {
         return;
     }
@@ -228,7 +228,7 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&FieldTable
 
 /// The W3C (traceparent, tracestate) of `span`, when traces are exported.
 #[must_use]
-pub fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
+pub(crate) fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
     if !enabled() {
         return None;
     }
@@ -245,7 +245,7 @@ pub fn context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
 
 /// Links `span` to `other` (a batch's FastCGI span to each message's process span), when traces
 /// are exported.
-pub fn link(span: &tracing::Span, other: &tracing::Span) {
+pub(crate) fn link(span: &tracing::Span, other: &tracing::Span) {
     if !enabled() {
         return;
     }
@@ -257,7 +257,7 @@ pub fn link(span: &tracing::Span, other: &tracing::Span) {
 
 /// The trace id of `span` as hex, when traces are exported.
 #[must_use]
-pub fn trace_id(span: &tracing::Span) -> Option<String> {
+pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
     if !enabled() {
         return None;
     }
@@ -267,7 +267,7 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 }
 
 /// Writes `span`'s trace context into message headers, so the next attempt continues the trace.
-pub fn inject_into_headers(span: &tracing::Span, headers: &mut FieldTable) {
+pub(crate) fn inject_into_headers(span: &tracing::Span, headers: &mut FieldTable) {
     if let Some((parent, state)) = context_of(span) {
         headers.insert(
             crate::trace_context::TRACEPARENT.into(),

@@ -23,7 +23,7 @@ pub enum Health {
 impl Health {
     /// After a refused connection at `now`.
     #[must_use]
-    pub fn tripped(self, now: Instant) -> Self {
+    pub(crate) fn tripped(self, now: Instant) -> Self {
         match self {
             Self::Up => Self::Down {
                 since: now,
@@ -36,7 +36,7 @@ impl Health {
 
     /// After a failed probe at `now`: the next one later, up to 5 s apart.
     #[must_use]
-    pub fn probe_failed(self, now: Instant) -> Self {
+    pub(crate) fn probe_failed(self, now: Instant) -> Self {
         match self {
             Self::Up => Self::Up,
             Self::Down { since, delay, .. } => {
@@ -52,7 +52,7 @@ impl Health {
 
     /// True while requests may go there.
     #[must_use]
-    pub fn up(self) -> bool {
+    pub(crate) fn up(self) -> bool {
         self == Self::Up
     }
 }
@@ -72,7 +72,7 @@ pub struct View {
 /// loaded (leases over capacity; leases alone when the capacity is unknown); ties go to the
 /// first from `start` on, so equal upstreams take turns. `None` when every one is down.
 #[must_use]
-pub fn pick(views: &[View], start: usize, skip: &[bool]) -> Option<usize> {
+pub(crate) fn pick(views: &[View], start: usize, skip: &[bool]) -> Option<usize> {
     let n = views.len();
     let load = |v: &View| (v.leased * 1000) / v.cap.unwrap_or(1000).max(1);
     (0..n)

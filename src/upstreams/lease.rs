@@ -35,7 +35,7 @@ pub struct Lease {
 
 impl Lease {
     /// The lease's FastCGI client (its connection may be open from an earlier request).
-    pub fn client(&mut self) -> &mut FpmClient {
+    pub(crate) fn client(&mut self) -> &mut FpmClient {
         self.client.as_mut().expect("present until drop")
     }
 }
@@ -50,7 +50,7 @@ impl Drop for Lease {
 
 impl Upstream {
     /// A connection slot on this upstream, waiting (FIFO) while its capacity is in use.
-    pub async fn acquire(self: &Arc<Self>) -> Lease {
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Lease {
         loop {
             let waiting = {
                 let mut gate = self.gate.lock().expect("gate lock");

@@ -38,7 +38,7 @@ pub struct UpstreamStatus<F = ()> {
 impl UpstreamStatus {
     /// The same view with its status page.
     #[must_use]
-    pub fn with_fpm<F>(self, fpm: F) -> UpstreamStatus<F> {
+    pub(crate) fn with_fpm<F>(self, fpm: F) -> UpstreamStatus<F> {
         UpstreamStatus {
             address: self.address,
             health: self.health,

@@ -29,7 +29,7 @@ impl Inequivalence {
     /// Reads RabbitMQ's `PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in
     /// vhost '/': received none but current is the value 'quorum' of type 'longstr'`.
     #[must_use]
-    pub fn parse(name: &str, message: &str) -> Self {
+    pub(crate) fn parse(name: &str, message: &str) -> Self {
         let between = |start: &str, end: &str| {
             let from = message.find(start)? + start.len();
             let to = message[from..].find(end)? + from;
@@ -98,7 +98,7 @@ pub enum Check {
 ///
 /// # Errors
 /// When a channel cannot be opened.
-pub async fn check_subject(
+pub(crate) async fn check_subject(
     connection: &Connection,
     config: &Config,
     subject: &SubjectConfig,
@@ -166,7 +166,10 @@ async fn open(connection: &Connection) -> Result<Channel, BrokerError> {
 ///
 /// # Errors
 /// When a channel cannot be opened.
-pub async fn check_queue(connection: &Connection, spec: &QueueSpec) -> Result<Check, BrokerError> {
+pub(crate) async fn check_queue(
+    connection: &Connection,
+    spec: &QueueSpec,
+) -> Result<Check, BrokerError> {
     let what = format!("queue `{}`", spec.name);
     let channel = open(connection).await?;
     let passive = QueueDeclareOptions {
@@ -197,7 +200,7 @@ pub async fn check_queue(connection: &Connection, spec: &QueueSpec) -> Result<Ch
 ///
 /// # Errors
 /// [`BrokerError::Missing`] or [`BrokerError::Inequivalent`], or a connection error.
-pub async fn verify_subject(
+pub(crate) async fn verify_subject(
     connection: &Connection,
     config: &Config,
     subject: &SubjectConfig,

@@ -12,7 +12,7 @@ use crate::upstreams::Upstream;
 /// (when `fpm.status_path` is set), the upstreams' upkeep (idle connections, breaker probes) and
 /// the slow-request watch. Abort the handles to stop them (on reload and stop).
 #[must_use]
-pub fn spawn(
+pub(crate) fn spawn(
     monitor: Arc<Monitor>,
     upstreams: Arc<crate::upstreams::Upstreams>,
     config: Arc<Config>,

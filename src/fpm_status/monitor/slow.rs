@@ -22,7 +22,7 @@ pub(super) struct Running {
 impl Monitor {
     /// Notes a request sent to FPM until the returned guard drops.
     #[must_use]
-    pub fn running(&self, subject: &str, message_id: &str) -> RunningGuard<'_> {
+    pub(crate) fn running(&self, subject: &str, message_id: &str) -> RunningGuard<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.running.lock().expect("running lock").insert(
             id,
@@ -91,7 +91,7 @@ pub struct RunningGuard<'a> {
 
 impl RunningGuard<'_> {
     /// Notes the upstream the request went to (index in `fpm.address`).
-    pub fn set_upstream(&self, upstream: usize) {
+    pub(crate) fn set_upstream(&self, upstream: usize) {
         if let Some(r) = self
             .monitor
             .running
@@ -120,7 +120,7 @@ impl Drop for RunningGuard<'_> {
 /// in state `Running` count: a child held by an idle keep-alive connection is `Reading headers`
 /// with URI `-` and a duration that grows from the connection's start.
 #[must_use]
-pub fn match_child<'a>(
+pub(crate) fn match_child<'a>(
     status: &'a FpmStatus,
     status_path: &'a str,
     expected: Duration,

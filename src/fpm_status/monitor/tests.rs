@@ -1,3 +1,4 @@
+use super::slow::match_child;
 use super::*;
 
 #[test]
