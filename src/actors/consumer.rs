@@ -5,21 +5,19 @@
 //! (pool size × `amqp.prefetch_per_worker`); a delivery is either with exactly one worker or
 //! waiting in `backlog`, and a worker that dies has its delivery nacked back to the queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lapin::message::Delivery;
 use lapin::{Channel, Connection};
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{error, info};
 
 use super::SubjectRuntime;
 use super::acks::Acks;
 use super::exit::ConsumerExit;
-use super::worker::WorkerIdle;
+use super::worker::{FpmWorker, WorkerArgs, WorkerIdle};
 use crate::broker::{self, Publisher};
 use crate::stats::SubjectStats;
 use crate::telemetry::events::Event;
@@ -29,7 +27,7 @@ mod dispatch;
 mod pool;
 mod subscription;
 
-use pool::Slot;
+use pool::Pool;
 
 /// Longest wait for held acks to be written when draining or stopping; past it the broker
 /// redelivers those messages.
@@ -50,8 +48,8 @@ pub(crate) struct ConsumerState {
     consumer_tag: Option<String>,
     /// The `basic.qos` prefetch in force.
     prefetch: u16,
-    workers: HashMap<ActorId, Slot>,
-    idle: VecDeque<ActorId>,
+    /// The workers, and the size asked for.
+    pool: Pool<FpmWorker>,
     /// Deliveries received while every worker was busy.
     backlog: VecDeque<Delivery>,
     /// When the backlog last went from empty to non-empty (no later than its oldest delivery
@@ -64,8 +62,6 @@ pub(crate) struct ConsumerState {
     /// A `Dispatch` is scheduled (an idle worker waits for a batch to fill).
     dispatch_armed: bool,
     myself: ActorRef<ConsumerMsg>,
-    /// Wanted pool size.
-    target: usize,
     /// Callers waiting for the drain to finish; `Some` once draining started.
     draining: Option<Vec<RpcReplyPort<()>>>,
     /// Task moving deliveries from the lapin consumer into the mailbox.
@@ -205,9 +201,7 @@ impl Actor for QueueConsumer {
         if let Some(depth) = state.depth.take() {
             depth.abort();
         }
-        for slot in state.workers.values() {
-            slot.actor.kill();
-        }
+        state.pool.kill_all();
         // Acks of finished messages still held back go out before the connection closes.
         let _ = tokio::time::timeout(FLUSH_TIMEOUT, state.acks.flush()).await;
         // Closing the connection returns every unacked delivery to its queue.
@@ -389,8 +383,7 @@ fn initial_state(
         publisher,
         consumer_tag: None,
         prefetch: 0,
-        workers: HashMap::new(),
-        idle: VecDeque::new(),
+        pool: Pool::new(myself.get_cell(), worker_builder(runtime, myself)),
         backlog: VecDeque::new(),
         backlog_since: std::time::Instant::now(),
         batching: crate::batch::Batching::of(config, subject),
@@ -403,7 +396,6 @@ fn initial_state(
         }),
         dispatch_armed: false,
         myself: myself.clone(),
-        target: 0,
         draining: None,
         forwarder: None,
         depth,
@@ -414,4 +406,20 @@ fn initial_state(
         rate_armed: false,
         exit: None,
     }
+}
+
+/// How the pool makes an FPM worker: it reports to this consumer.
+fn worker_builder(
+    runtime: &Arc<SubjectRuntime>,
+    myself: &ActorRef<ConsumerMsg>,
+) -> Box<dyn Fn() -> (FpmWorker, WorkerArgs) + Send> {
+    let runtime = runtime.clone();
+    let consumer = myself.get_derived();
+    Box::new(move || {
+        let args = WorkerArgs {
+            runtime: runtime.clone(),
+            consumer: consumer.clone(),
+        };
+        (FpmWorker, args)
+    })
 }

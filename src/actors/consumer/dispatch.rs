@@ -81,18 +81,12 @@ pub(super) async fn on_worker_idle(
         super::circuit::signature_accepted(state);
     }
     let stats = &state.runtime.stats;
-    if let Some(slot) = state.workers.get_mut(&worker) {
-        let held = std::mem::take(&mut slot.busy);
-        if !held.is_empty() {
-            SubjectStats::decr(&stats.busy);
-            for _ in &held {
-                SubjectStats::decr(&stats.in_flight);
-            }
-        }
-        if slot.retiring {
-            slot.actor.stop(Some("pool shrink".into()));
-        } else {
-            state.idle.push_back(worker);
+    if let Some(held) = state.pool.finished(worker)
+        && !held.is_empty()
+    {
+        SubjectStats::decr(&stats.busy);
+        for _ in &held {
+            SubjectStats::decr(&stats.in_flight);
         }
     }
     dispatch(state);
@@ -104,7 +98,7 @@ pub(super) async fn on_worker_idle(
 /// idle worker waits up to `batch_wait` for a batch to fill).
 pub(super) fn dispatch(state: &mut ConsumerState) {
     while !state.backlog.is_empty() {
-        if state.idle.is_empty() {
+        if !state.pool.has_idle() {
             return;
         }
         let waited = state.backlog_since.elapsed();
@@ -116,30 +110,16 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
             }
             return;
         }
-        let Some(id) = state.idle.pop_front() else {
+        let Some(id) = state.pool.next_idle() else {
             return;
         };
-        let Some(slot) = state.workers.get(&id) else {
-            continue;
-        };
-        if slot.retiring {
-            slot.actor.stop(Some("pool shrink".into()));
-            continue;
-        }
         let wanted = request_size(state);
         let Some(n) = rate_granted(state, id, wanted) else {
             return;
         };
         let (msg, tags) = job(state, n);
-        let slot = state
-            .workers
-            .get_mut(&id)
-            .expect("the worker checked above");
-        match slot.actor.cast(msg) {
-            Ok(()) => {
-                slot.busy = tags;
-                SubjectStats::incr(&state.runtime.stats.busy);
-            }
+        match state.pool.send(id, msg, tags) {
+            Ok(()) => SubjectStats::incr(&state.runtime.stats.busy),
             // The worker is stopping; its supervision event will replace it.
             Err(ractor::MessagingErr::SendErr(WorkerMsg::Handle(job))) => {
                 state.backlog.push_front(job.delivery);
@@ -164,7 +144,7 @@ fn request_size(state: &ConsumerState) -> usize {
         None => state.batching,
         Some(auto) => {
             // The free workers: the one taking this request and those still idle.
-            let sizing = auto.size(state.backlog.len(), state.idle.len() + 1);
+            let sizing = auto.size(state.backlog.len(), state.pool.idle_count() + 1);
             let shown = sizing.shown();
             let before = state.runtime.stats.set_batch_sizing(shown);
             if before.is_none_or(|b| (b.size, b.bound) != (shown.size, shown.bound)) {
@@ -207,7 +187,7 @@ fn rate_granted(state: &mut ConsumerState, id: ractor::ActorId, wanted: usize) -
         return Some(granted);
     }
     let wait = bucket.next_in(now).max(std::time::Duration::from_millis(1));
-    state.idle.push_front(id);
+    state.pool.put_back(id);
     if !state.rate_armed {
         state.rate_armed = true;
         state
@@ -255,8 +235,7 @@ fn entry_bytes(delivery: &Delivery, limits: &crate::config::LimitsConfig) -> usi
 }
 
 pub(super) fn finish_drain_if_idle(state: &mut ConsumerState) {
-    let busy = state.workers.values().any(|s| !s.busy.is_empty());
-    if busy {
+    if state.pool.any_busy() {
         return;
     }
     if let Some(waiters) = state.draining.as_mut() {

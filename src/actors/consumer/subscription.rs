@@ -40,7 +40,7 @@ pub(super) async fn start_consuming(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    let prefetch = crate::config::prefetch(state.target, super::per_worker(&state.runtime));
+    let prefetch = crate::config::prefetch(state.pool.target(), super::per_worker(&state.runtime));
     if prefetch != state.prefetch {
         state
             .channel
