@@ -237,29 +237,30 @@ class Bench:
         d = tempfile.mkdtemp(prefix="fpm-", dir=self.dir)
         sock = os.path.join(d, "fpm.sock")
         root = os.geteuid() == 0
-        conf = [
-            "[global]",
-            f"pid = {d}/fpm.pid",
-            f"error_log = {d}/fpm.log",
-            "daemonize = no",
-            "[bench]",
-            *(["user = root", "group = root"] if root else []),
-            f"listen = {sock}",
-            "listen.mode = 0666",
-            "pm = static",
-            f"pm.max_children = {children}",
-            "pm.max_requests = 0",
-            "clear_env = no",
-            "catch_workers_output = yes",
-            f"php_admin_value[error_log] = {d}/php.log",
-            "php_admin_flag[log_errors] = on",
+        # scripts/lib/fpm-pool, the one writer of php-fpm configs (as root, children run as root).
+        writer = [
+            os.path.join(ROOT, "scripts", "lib", "fpm-pool"),
+            "--pid", f"{d}/fpm.pid",
+            "--error-log", f"{d}/fpm.log",
+            "--pool", "bench",
+            "--listen", sock,
+            "--listen-mode", "0666",
+            "--children", str(children),
+            "--max-requests", "0",
+            "--clear-env", "no",
+            "--catch-workers-output", "yes",
+            "--admin-value", f"error_log={d}/php.log",
+            "--admin-flag", "log_errors=on",
         ]
         if not opcache:
-            conf.append("php_admin_flag[opcache.enable] = off")
+            writer += ["--admin-flag", "opcache.enable=off"]
         if prepend:
-            conf.append(f"php_admin_value[auto_prepend_file] = {prepend}")
+            writer += ["--admin-value", f"auto_prepend_file={prepend}"]
+        written = subprocess.run(writer, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if written.returncode != 0:
+            raise RuntimeError(written.stderr.strip())
         with open(os.path.join(d, "fpm.conf"), "w") as f:
-            f.write("\n".join(conf) + "\n")
+            f.write(written.stdout)
         cmd = [self.args.fpm_bin, "--nodaemonize", "--fpm-config", os.path.join(d, "fpm.conf")]
         if preload_list:
             cmd += ["-d", f"opcache.preload={HERE}/preload.php"]

@@ -51,6 +51,8 @@ mod args;
 mod bench;
 mod dashboard;
 mod fcgi_load;
+#[path = "../../tests/it/common/fpm_pool.rs"]
+mod fpm_pool;
 mod messages;
 #[path = "../shared/os.rs"]
 mod os;

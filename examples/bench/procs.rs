@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::POLL;
 use crate::args::Listen;
+use crate::fpm_pool;
 
 pub use crate::os::{free_port, newest_php_fpm, signal, spawn_tied, wait_exit};
 
@@ -35,53 +36,46 @@ impl Fpm {
         listen: Listen,
         alt: Option<Listen>,
     ) -> anyhow::Result<Self> {
-        let is_root = unsafe { libc::geteuid() } == 0;
-        let user = if is_root {
-            "user = root\ngroup = root\n"
-        } else {
-            ""
-        };
-        let pool = |name: &str, listen: Listen| {
-            let (listen, address) = match listen {
+        let conf_path = dir.join("fpm.conf");
+        let d = dir.display();
+        let mut writer = fpm_pool::writer();
+        writer
+            .args(["--pid", &format!("{d}/fpm.pid")])
+            .args(["--error-log", &format!("{d}/fpm.log")]);
+        // Adds the pool `name` to the writer's options; the agent's address of it.
+        let mut pool = |name: &str, listen: Listen| {
+            writer.args(["--pool", name]);
+            let address = match listen {
                 Listen::Tcp => {
-                    let port = free_port()?;
-                    (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}"))
+                    let address = format!("127.0.0.1:{}", free_port()?);
+                    writer.args(["--listen", &address]);
+                    address
                 }
                 Listen::Unix => {
                     let path = dir.join(format!("{name}.sock"));
-                    let path = path.display();
-                    (
-                        format!("{path}\nlisten.mode = 0666"),
-                        format!("unix:{path}"),
-                    )
+                    writer
+                        .arg("--listen")
+                        .arg(&path)
+                        .args(["--listen-mode", "0666"]);
+                    format!("unix:{}", path.display())
                 }
             };
-            let section = format!(
-                "[{name}]\n{user}listen = {listen}\npm = static\npm.max_children = {children}\n\
-                 pm.status_path = {status}\n\
-                 pm.max_requests = 0\nclear_env = no\ncatch_workers_output = yes\n\
-                 request_terminate_timeout = 0\nenv[RECORD_DIR] = {records}\n\
-                 php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
-                dir = dir.display(),
-                records = records.display(),
-                status = crate::FPM_STATUS_PATH,
-            );
-            anyhow::Ok((section, address))
+            writer
+                .args(["--children", &children.to_string()])
+                .args(["--status-path", crate::FPM_STATUS_PATH])
+                .args(["--max-requests", "0"])
+                .args(["--clear-env", "no"])
+                .args(["--catch-workers-output", "yes"])
+                .args(["--request-terminate-timeout", "0"])
+                .args(["--env", &format!("RECORD_DIR={}", records.display())])
+                .args(["--admin-value", &format!("error_log={d}/php.log")])
+                .args(["--admin-flag", "log_errors=on"]);
+            anyhow::Ok(address)
         };
-        let (main, address) = pool("bench", listen)?;
-        let (alt, alt_address) = match alt {
-            Some(l) => {
-                let (section, address) = pool("bench_alt", l)?;
-                (section, Some(address))
-            }
-            None => (String::new(), None),
-        };
-        let conf = format!(
-            "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n{main}\n{alt}",
-            dir = dir.display(),
-        );
-        let conf_path = dir.join("fpm.conf");
-        std::fs::write(&conf_path, conf)?;
+        let address = pool("bench", listen)?;
+        let alt_address = alt.map(|l| pool("bench_alt", l)).transpose()?;
+        fpm_pool::write_config(&mut writer, &conf_path)?;
+        let is_root = unsafe { libc::geteuid() } == 0;
         let mut cmd = Command::new(bin);
         cmd.arg("--nodaemonize").arg("--fpm-config").arg(&conf_path);
         if is_root {

@@ -33,6 +33,8 @@
 mod cluster;
 mod fates;
 mod faults;
+#[path = "../../tests/it/common/fpm_pool.rs"]
+mod fpm_pool;
 mod load;
 #[path = "../shared/os.rs"]
 mod os;

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{Args, BATCH_MAX, FPM_TIMEOUT_MS, Lane, MAX_ATTEMPTS, POLL, RETRY_DELAYS, SLOW_MS};
 
+use crate::fpm_pool;
 pub use crate::os::{free_port, newest_php_fpm, signal};
 use crate::os::{spawn_tied, wait_exit};
 
@@ -64,26 +65,30 @@ impl Fpm {
     ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let address = format!("127.0.0.1:{port}");
-        let is_root = unsafe { libc::geteuid() } == 0;
-        let user = if is_root {
-            "user = root\ngroup = root\n"
-        } else {
-            ""
-        };
-        // request_terminate_timeout above the slow messages' sleep: FPM itself kills nothing.
-        let conf = format!(
-            "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
-             [soak]\n{user}listen = {address}\nlisten.backlog = 511\npm = static\n\
-             pm.max_children = {children}\npm.max_requests = 0\nclear_env = no\n\
-             catch_workers_output = yes\nrequest_terminate_timeout = 30s\n\
-             env[RECORD_DIR] = {records}\nenv[SOAK_SLOW_MS] = {SLOW_MS}\n\
-             env[AGENT_SIGNING_SECRET] = {secret}\n\
-             php_admin_value[error_log] = {dir}/php.log\nphp_admin_flag[log_errors] = on\n",
-            dir = dir.display(),
-            records = records.display(),
-        );
         let conf_path = dir.join("fpm.conf");
-        std::fs::write(&conf_path, conf)?;
+        let d = dir.display();
+        // request_terminate_timeout above the slow messages' sleep: FPM itself kills nothing.
+        // The secret reaches the writer in its environment, not on its command line.
+        fpm_pool::write_config(
+            fpm_pool::writer()
+                .env("AGENT_SIGNING_SECRET", secret)
+                .args(["--pid", &format!("{d}/fpm.pid")])
+                .args(["--error-log", &format!("{d}/fpm.log")])
+                .args(["--pool", "soak"])
+                .args(["--listen", &address])
+                .args(["--listen-backlog", "511"])
+                .args(["--children", &children.to_string()])
+                .args(["--max-requests", "0"])
+                .args(["--clear-env", "no"])
+                .args(["--catch-workers-output", "yes"])
+                .args(["--request-terminate-timeout", "30s"])
+                .args(["--env", &format!("RECORD_DIR={}", records.display())])
+                .args(["--env", &format!("SOAK_SLOW_MS={SLOW_MS}")])
+                .args(["--env", "AGENT_SIGNING_SECRET"])
+                .args(["--admin-value", &format!("error_log={d}/php.log")])
+                .args(["--admin-flag", "log_errors=on"]),
+            &conf_path,
+        )?;
         let mut fpm = Self {
             child: None,
             bin: bin.to_owned(),

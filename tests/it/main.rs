@@ -19,6 +19,7 @@ mod dashboard;
 mod edges;
 mod faults;
 mod fpm_capacity;
+mod fpm_pool;
 mod fpm_upstreams;
 mod hostile_frames;
 mod laravel;

@@ -23,6 +23,7 @@ use amqp_agent::agent::Agent;
 
 pub mod apps;
 pub mod cluster;
+pub mod fpm_pool;
 pub mod nft;
 pub mod otlp;
 pub mod php_way;
@@ -68,17 +69,8 @@ pub fn php_fpm_binary() -> PathBuf {
         .expect("php-fpm not found: run scripts/test (it installs php-fpm) or set PHP_FPM_BIN")
 }
 
-/// The pool lines that run php-fpm's children as root when the tests run as root (php-fpm then
-/// needs `-R`, which [`fpm_command`] adds).
-pub fn pool_user() -> &'static str {
-    if unsafe { libc::geteuid() } == 0 {
-        "user = root\ngroup = root\n"
-    } else {
-        ""
-    }
-}
-
-/// php-fpm `bin` in the foreground on `conf` (`-R` as root), its output discarded.
+/// php-fpm `bin` in the foreground on `conf` (`-R` as root: `scripts/lib/fpm-pool` then runs the
+/// children as root), its output discarded.
 pub fn fpm_command(bin: &Path, conf: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--nodaemonize").arg("--fpm-config").arg(conf);
@@ -153,21 +145,28 @@ fn start_fpm() -> Fpm {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     let port = free_port();
-    let user = pool_user();
-    let conf = format!(
-        "[global]\npid = {dir}/fpm.pid\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n\
-         [test]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = {children}\n\
-         clear_env = no\ncatch_workers_output = yes\nrequest_terminate_timeout = 0\n\
-         env[RECORD_DIR] = {records}\nenv[AGENT_SIGNING_SECRET] = {SECRET}\n\
-         php_admin_value[error_log] = {dir}/php.log\nphp_admin_value[memory_limit] = 256M\n\
-         php_admin_value[post_max_size] = 64M\n",
-        dir = dir.display(),
-        records = records.display(),
-        children = FPM_CHILDREN_PER_TEST * test_threads().clamp(2, 16),
-    );
-    std::fs::write(dir.join("fpm.conf"), conf).unwrap();
-    let bin = php_fpm_binary();
     let conf_path = dir.join("fpm.conf");
+    let (d, records) = (dir.display(), records.display());
+    let children = FPM_CHILDREN_PER_TEST * test_threads().clamp(2, 16);
+    fpm_pool::write_config(
+        fpm_pool::writer()
+            .args(["--pid", &format!("{d}/fpm.pid")])
+            .args(["--error-log", &format!("{d}/fpm.log")])
+            .args(["--pool", "test"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--children", &children.to_string()])
+            .args(["--clear-env", "no"])
+            .args(["--catch-workers-output", "yes"])
+            .args(["--request-terminate-timeout", "0"])
+            .args(["--env", &format!("RECORD_DIR={records}")])
+            .args(["--env", &format!("AGENT_SIGNING_SECRET={SECRET}")])
+            .args(["--admin-value", &format!("error_log={d}/php.log")])
+            .args(["--admin-value", "memory_limit=256M"])
+            .args(["--admin-value", "post_max_size=64M"]),
+        &conf_path,
+    )
+    .unwrap();
+    let bin = php_fpm_binary();
     let (tx, rx) = std::sync::mpsc::channel();
     // PR_SET_PDEATHSIG fires when the *thread* that forked exits, so fork from one that never does.
     std::thread::spawn(move || {

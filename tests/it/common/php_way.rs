@@ -129,24 +129,25 @@ pub struct Pool {
 impl Pool {
     pub fn start(ws: &Workspace, name: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let user = super::pool_user();
         let log = ws.root.join(format!("fpm-{name}.log"));
         let php_log = ws.root.join(format!("php-{name}.log"));
-        let mut conf = format!(
-            "[global]\npid = {root}/fpm-{name}.pid\nerror_log = {log}\ndaemonize = no\n\n\
-             [{name}]\n{user}listen = 127.0.0.1:{port}\npm = static\npm.max_children = 4\n\
-             clear_env = yes\ncatch_workers_output = yes\n\
-             php_admin_value[error_log] = {php_log}\nphp_admin_value[memory_limit] = 256M\n",
-            root = ws.root.display(),
-            log = log.display(),
-            php_log = php_log.display(),
-        );
-        for (key, value) in env {
-            assert!(!value.contains('"'), "{key}: no quotes in pool values");
-            conf.push_str(&format!("env[{key}] = \"{value}\"\n"));
-        }
         let conf_path = ws.root.join(format!("fpm-{name}.conf"));
-        std::fs::write(&conf_path, conf).unwrap();
+        let root = ws.root.display();
+        let mut writer = super::fpm_pool::writer();
+        writer
+            .args(["--pid", &format!("{root}/fpm-{name}.pid")])
+            .args(["--error-log", &log.display().to_string()])
+            .args(["--pool", name])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--children", "4"])
+            .args(["--clear-env", "yes"])
+            .args(["--catch-workers-output", "yes"])
+            .args(["--admin-value", &format!("error_log={}", php_log.display())])
+            .args(["--admin-value", "memory_limit=256M"]);
+        for (key, value) in env {
+            writer.args(["--env", &format!("{key}={value}")]);
+        }
+        super::fpm_pool::write_config(&mut writer, &conf_path).unwrap();
         let mut cmd = super::fpm_command(&php_fpm_binary(), &conf_path);
         super::tie_to_thread(&mut cmd);
         let child = cmd.spawn().expect("cannot start php-fpm");

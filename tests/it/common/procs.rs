@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{SECRET, fpm, free_port, wait_until};
+use super::{SECRET, fpm, fpm_pool, free_port, wait_until};
 
 /// The agent binary running `run --config`, its stderr in a log file.
 pub struct AgentProcess {
@@ -82,6 +82,12 @@ impl Drop for AgentProcess {
     }
 }
 
+/// How a [`PrivateFpm`] listens.
+enum Listener {
+    Tcp,
+    Unix,
+}
+
 /// A php-fpm pool of its own (the shared one must keep running for other tests).
 pub struct PrivateFpm {
     pub port: u16,
@@ -98,42 +104,49 @@ impl PrivateFpm {
 
     /// [`PrivateFpm::start_with`] on a Unix socket (`socket`; `port` is unused).
     pub fn start_unix(name: &str, max_children: u32, status_path: Option<&str>) -> Self {
-        let mut me = Self::start_with(name, max_children, status_path);
-        me.down();
-        let socket = me.conf.with_file_name("fpm.sock");
-        let conf = std::fs::read_to_string(&me.conf).unwrap().replace(
-            &format!("listen = 127.0.0.1:{}", me.port),
-            &format!("listen = {}\nlisten.mode = 0666", socket.display()),
-        );
-        std::fs::write(&me.conf, conf).unwrap();
-        me.socket = Some(socket);
-        me.up();
-        me
+        Self::launch(name, max_children, status_path, Listener::Unix)
     }
 
     /// A pool of `max_children` static children; `status_path` sets its `pm.status_path`.
     pub fn start_with(name: &str, max_children: u32, status_path: Option<&str>) -> Self {
+        Self::launch(name, max_children, status_path, Listener::Tcp)
+    }
+
+    fn launch(name: &str, max_children: u32, status_path: Option<&str>, on: Listener) -> Self {
         let shared = fpm();
-        let status = status_path.map_or_else(String::new, |p| format!("pm.status_path = {p}\n"));
         let port = free_port();
         let dir = shared.dir.join(format!("fpm-{name}-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let user = super::pool_user();
         let conf = dir.join("fpm.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[global]\nerror_log = {dir}/fpm.log\ndaemonize = no\n\n[p]\n{user}listen = 127.0.0.1:{port}\n\
-                 pm = static\npm.max_children = {max_children}\n{status}clear_env = no\nenv[RECORD_DIR] = {records}\n\
-                 env[AGENT_SIGNING_SECRET] = {SECRET}\nphp_admin_value[error_log] = {dir}/php.log\n",
-                dir = dir.display(),
-                records = shared.dir.join("records").display(),
-            ),
-        )
-        .unwrap();
+        let socket = matches!(on, Listener::Unix).then(|| dir.join("fpm.sock"));
+        let d = dir.display();
+        let mut writer = fpm_pool::writer();
+        writer
+            .args(["--error-log", &format!("{d}/fpm.log")])
+            .args(["--pool", "p"]);
+        match &socket {
+            Some(path) => writer
+                .arg("--listen")
+                .arg(path)
+                .args(["--listen-mode", "0666"]),
+            None => writer.args(["--listen", &format!("127.0.0.1:{port}")]),
+        };
+        writer.args(["--children", &max_children.to_string()]);
+        if let Some(path) = status_path {
+            writer.args(["--status-path", path]);
+        }
+        writer
+            .args(["--clear-env", "no"])
+            .args([
+                "--env",
+                &format!("RECORD_DIR={}", shared.dir.join("records").display()),
+            ])
+            .args(["--env", &format!("AGENT_SIGNING_SECRET={SECRET}")])
+            .args(["--admin-value", &format!("error_log={d}/php.log")]);
+        fpm_pool::write_config(&mut writer, &conf).unwrap();
         let mut me = Self {
             port,
-            socket: None,
+            socket,
             conf,
             child: None,
         };
