@@ -93,8 +93,8 @@ struct SignatureHold {
 
 /// Messages the consumer accepts.
 pub(crate) enum ConsumerMsg {
-    /// A delivery from the broker.
-    Delivery(Box<Delivery>),
+    /// Deliveries from the broker, in the order received (all the forwarder found waiting).
+    Deliveries(Vec<Delivery>),
     /// The delivery stream of consumer `tag` ended (connection or channel lost, or cancelled).
     StreamEnded {
         /// Which consumer (a paused-then-resumed subject has had several).
@@ -256,7 +256,7 @@ async fn on_message(
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
     match msg {
-        ConsumerMsg::Delivery(delivery) => dispatch::on_delivery(state, *delivery),
+        ConsumerMsg::Deliveries(deliveries) => dispatch::on_deliveries(state, deliveries),
         ConsumerMsg::Deferred(delivery) => requeue(state, &delivery),
         ConsumerMsg::WorkerIdle(report) => dispatch::on_worker_idle(myself, state, report).await?,
         ConsumerMsg::StreamEnded { tag, reason } => {

@@ -59,6 +59,31 @@ pub fn is_entry_field(name: &str) -> bool {
     ENTRY_FIELDS.contains(&name)
 }
 
+/// Bytes of an entry's head line, `"{index} {fields} {body}\n"`.
+fn head_len(index: usize, fields: usize, body: usize) -> usize {
+    decimal_len(index) + 1 + decimal_len(fields) + 1 + decimal_len(body) + 1
+}
+
+/// Digits of `n` in decimal.
+fn decimal_len(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Appends `n` in decimal (what `format!("{n}")` writes, without the `String`).
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Builds a batch body entry by entry.
 #[derive(Debug)]
 pub struct Encoder {
@@ -86,17 +111,21 @@ impl Encoder {
     #[must_use]
     pub(crate) fn entry_len(index: usize, params: &[Param<'_>], body: usize) -> usize {
         let fields = fields_len(params);
-        let head = format!("{index} {fields} {body}\n").len();
-        head + fields + body + 1
+        head_len(index, fields, body) + fields + body + 1
     }
 
     /// Appends entry `index` from the params of its single request (`contract::RequestTemplate::
     /// params`, signature included) and its body. Only the per-message params are written.
     pub fn push(&mut self, index: usize, params: &[Param<'_>], body: &[u8]) {
         let fields = fields_len(params);
-        let head = format!("{index} {fields} {}\n", body.len());
-        self.body.reserve(head.len() + fields + body.len() + 1);
-        self.body.extend_from_slice(head.as_bytes());
+        self.body
+            .reserve(head_len(index, fields, body.len()) + fields + body.len() + 1);
+        push_decimal(&mut self.body, index);
+        self.body.push(b' ');
+        push_decimal(&mut self.body, fields);
+        self.body.push(b' ');
+        push_decimal(&mut self.body, body.len());
+        self.body.push(b'\n');
         for (name, value) in params.iter().filter(|(name, _)| is_entry_field(name)) {
             self.body.extend_from_slice(name.as_bytes());
             self.body.push(b'=');

@@ -10,9 +10,18 @@ use crate::actors::worker::{Job, WorkerIdle, WorkerMsg};
 use crate::stats::SubjectStats;
 use crate::telemetry::events::Event;
 
-/// A delivery from the broker: to the backlog and on to an idle worker, or straight back to its
+/// Deliveries from the broker: to the backlog and on to idle workers, or straight back to their
 /// queue while not consuming.
-pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
+pub(super) fn on_deliveries(state: &mut ConsumerState, deliveries: Vec<Delivery>) {
+    for delivery in deliveries {
+        on_delivery(state, delivery);
+    }
+    dispatch(state);
+}
+
+/// A delivery from the broker: to the backlog (the caller dispatches), or straight back to its
+/// queue while not consuming.
+fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
     state.runtime.events.emit(Event::Received);
     SubjectStats::incr(&state.runtime.stats.in_flight);
     // After a cancel, deliveries the client had buffered still arrive: while not consuming they
@@ -29,7 +38,6 @@ pub(super) fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
         state.backlog_since = std::time::Instant::now();
     }
     state.backlog.push_back(delivery);
-    dispatch(state);
 }
 
 /// An oversized delivery that came without its body, because another oversized body is held

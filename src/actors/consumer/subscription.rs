@@ -116,25 +116,44 @@ fn new_consumer_tag(subject: &str) -> String {
     )
 }
 
-/// Forwards deliveries from the lapin consumer stream to the actor's mailbox.
+/// Most deliveries the forwarder hands over in one mailbox message.
+const FORWARD_MAX: usize = 256;
+
+/// Forwards deliveries from the lapin consumer stream to the actor's mailbox: every delivery
+/// the stream already holds goes in one message (one wake-up of the consumer, one dispatch).
 async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
+    use futures_util::FutureExt;
     let tag = consumer.tag().to_string();
-    while let Some(item) = consumer.next().await {
-        match item {
-            Ok(delivery) => {
-                if actor
-                    .cast(ConsumerMsg::Delivery(Box::new(delivery)))
-                    .is_err()
-                {
-                    return;
+    // The stream's item that ends a run of deliveries (an error, or its end).
+    let end = loop {
+        let first = match consumer.next().await {
+            Some(Ok(delivery)) => delivery,
+            other => break other,
+        };
+        let mut deliveries = Vec::with_capacity(16);
+        deliveries.push(first);
+        let mut end = None;
+        while deliveries.len() < FORWARD_MAX {
+            // What the stream holds already; `None`: it would wait.
+            match consumer.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(delivery))) => deliveries.push(delivery),
+                Some(other) => {
+                    end = Some(other);
+                    break;
                 }
             }
-            Err(e) => {
-                let reason = Some(e.to_string());
-                let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason });
-                return;
-            }
         }
-    }
-    let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason: None });
+        if actor.cast(ConsumerMsg::Deliveries(deliveries)).is_err() {
+            return;
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    let reason = match end {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    let _ = actor.cast(ConsumerMsg::StreamEnded { tag, reason });
 }

@@ -183,7 +183,11 @@ async fn encode<'e>(
     nonce: &str,
 ) -> Option<Request<'e>> {
     let now = contract::unix_now();
-    let capacity = entries.iter().map(|e| e.delivery.data.len()).sum();
+    // Bodies plus room for each entry's head line and fields (a hint: no regrowth as it fills).
+    let capacity = entries
+        .iter()
+        .map(|e| e.delivery.data.len() + ENTRY_HEAD_HINT)
+        .sum();
     let mut encoder = Encoder::new(capacity, nonce);
     let max_bytes = runtime.config.limits.max_batch_bytes;
     let mut first = None;
@@ -213,6 +217,9 @@ async fn encode<'e>(
     let (params, body) = encoder.finish(&first?);
     Some(Request { sent, params, body })
 }
+
+/// Bytes an entry's head line and fields usually take beside its body (the encoder's hint).
+const ENTRY_HEAD_HINT: usize = 256;
 
 /// After a batch request that ended without an outcome for every entry: the one PHP was running
 /// gets the failure's verdict, the others go back to be retried alone (`batch::retry`). Returns

@@ -363,3 +363,26 @@ fn entry_fields_are_exactly_the_params_that_differ_between_messages() {
         "ENTRY_FIELDS must name exactly the per-message params"
     );
 }
+
+#[test]
+fn head_lines_are_written_and_measured_as_format_would() {
+    for n in [
+        0,
+        1,
+        9,
+        10,
+        11,
+        99,
+        100,
+        1024,
+        65_535,
+        1_000_000,
+        usize::MAX,
+    ] {
+        let mut out = b"x".to_vec();
+        push_decimal(&mut out, n);
+        assert_eq!(out, format!("x{n}").into_bytes());
+        assert_eq!(decimal_len(n), n.to_string().len());
+        assert_eq!(head_len(n, 7, n), format!("{n} 7 {n}\n").len());
+    }
+}

@@ -430,8 +430,14 @@ impl Stream for Consumer {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         trace!("consumer poll_next");
         loop {
-            self.listener.arm();
-            let delivery = self.next_delivery();
+            // amqp-agent patch: look for a delivery before arming the listener (an armed
+            // listener is a boxed `EventListener` registered with the event and dropped again);
+            // only an empty queue arms it and looks once more, so no notification is missed.
+            let mut delivery = self.next_delivery();
+            if delivery.is_none() {
+                self.listener.arm();
+                delivery = self.next_delivery();
+            }
             if delivery.is_none() {
                 trace!(consumer_tag=%self.consumer_tag, "delivery; status=NotReady");
             }

@@ -108,7 +108,12 @@ impl Delivery {
 
     pub(crate) fn receive_content(&mut self, data: Vec<u8>) {
         if !self.body_discarded {
-            self.data.extend(data);
+            // amqp-agent patch: the first body frame becomes the body as it is (no copy).
+            if self.data.is_empty() {
+                self.data = data;
+            } else {
+                self.data.extend(data);
+            }
         }
     }
 
