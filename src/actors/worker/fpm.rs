@@ -149,45 +149,14 @@ fn judged(
     require_ack: bool,
     span: &tracing::Span,
 ) -> Judged {
-    match result {
-        Ok(reply) => {
-            span.record("http.response.body.size", reply.size);
-            match outcome::parse_head(&reply.stdout) {
-                Ok(head) => {
-                    span.record("http.response.status_code", head.status);
-                    let verdict =
-                        outcome::classify_full_reply(&head, &reply.stdout, require_ack, || {
-                            excerpt(&reply)
-                        });
-                    let status = if head.status == 200 {
-                        Cow::Borrowed("200")
-                    } else {
-                        Cow::Owned(head.status.to_string())
-                    };
-                    Judged {
-                        verdict,
-                        unreached: false,
-                        status,
-                        batches: head.accepts_batches == Some(crate::batch::wire::VERSION),
-                    }
-                }
-                Err(e) => {
-                    let verdict = Verdict::Transient {
-                        reason: "fpm_malformed_reply",
-                        detail: format!("{e}: {}", excerpt(&reply)),
-                        status: None,
-                        retry_after: None,
-                        counts: true,
-                    };
-                    Judged {
-                        verdict,
-                        unreached: false,
-                        status: Cow::Borrowed("fpm_malformed_reply"),
-                        batches: false,
-                    }
-                }
-            }
-        }
+    let failed = |verdict, unreached, status| Judged {
+        verdict,
+        unreached,
+        status,
+        batches: false,
+    };
+    let reply = match result {
+        Ok(reply) => reply,
         Err(e) => {
             let unreached = e.unreached();
             let verdict = Verdict::Transient {
@@ -197,13 +166,36 @@ fn judged(
                 retry_after: None,
                 counts: !unreached,
             };
-            Judged {
-                verdict,
-                unreached,
-                status: Cow::Borrowed(e.reason()),
-                batches: false,
-            }
+            return failed(verdict, unreached, Cow::Borrowed(e.reason()));
         }
+    };
+    span.record("http.response.body.size", reply.size);
+    let head = match outcome::parse_head(&reply.stdout) {
+        Ok(head) => head,
+        Err(e) => {
+            let verdict = Verdict::Transient {
+                reason: "fpm_malformed_reply",
+                detail: format!("{e}: {}", excerpt(&reply)),
+                status: None,
+                retry_after: None,
+                counts: true,
+            };
+            return failed(verdict, false, Cow::Borrowed("fpm_malformed_reply"));
+        }
+    };
+    span.record("http.response.status_code", head.status);
+    let verdict =
+        outcome::classify_full_reply(&head, &reply.stdout, require_ack, || excerpt(&reply));
+    let status = if head.status == 200 {
+        Cow::Borrowed("200")
+    } else {
+        Cow::Owned(head.status.to_string())
+    };
+    Judged {
+        verdict,
+        unreached: false,
+        status,
+        batches: head.accepts_batches == Some(crate::batch::wire::VERSION),
     }
 }
 
