@@ -121,11 +121,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// Deliveries per worker the subject's `basic.qos` allows: `amqp.prefetch_per_worker`, or
-    /// `batch_max` when larger, so that a full batch can be prefetched.
+    /// Deliveries per worker the subject's `basic.qos` allows once it sends batches:
+    /// `amqp.prefetch_per_worker`, or the batch ceiling when larger, so that a full batch can be
+    /// prefetched. With `batch_max` not set, the ceiling is also held to what keeps the prefetch
+    /// window within `limits.memory_budget` ([`Self::per_worker_within_budget`]): the default
+    /// never raises the memory bound past the budget; a number or `"auto"` is the operator's
+    /// choice (and is warned about when over it).
     #[must_use]
     pub(crate) fn prefetch_per_worker(&self, subject: &SubjectConfig) -> u16 {
-        self.amqp.prefetch_per_worker.max(subject.batch_ceiling())
+        let ceiling = match subject.batch_max {
+            BatchMax::AutoIfAccepted => {
+                subject.batch_ceiling().min(self.per_worker_within_budget())
+            }
+            _ => subject.batch_ceiling(),
+        };
+        self.amqp.prefetch_per_worker.max(ceiling)
+    }
+
+    /// The most deliveries per worker for which every subject's window, at the configured
+    /// pool sizes, of bodies of `limits.max_body_bytes` fits `limits.memory_budget`.
+    fn per_worker_within_budget(&self) -> u16 {
+        let workers: u64 = self.subjects.values().map(|s| u64::from(s.pool_size)).sum();
+        let body = (self.limits.max_body_bytes as u64).max(1);
+        let per = self.limits.memory_budget / body.saturating_mul(workers.max(1));
+        u16::try_from(per).unwrap_or(u16::MAX)
     }
 
     /// Reads, parses, applies environment overrides and validates a config file.

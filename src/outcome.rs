@@ -8,6 +8,11 @@ use std::time::Duration;
 /// Response header of PHP's acknowledgement (`X-Agent-Ack: 1`), compared without case.
 pub const ACK_HEADER: &str = "x-agent-ack";
 
+/// Response header by which a receiver says it takes batch requests, with the batch protocol's
+/// version (`X-Agent-Accepts-Batches: 2`), compared without case. The packages in `php/` send it
+/// with every ack; the default `batch_max` sends batches only after it (docs/batches.md).
+pub const ACCEPTS_BATCHES_HEADER: &str = "x-agent-accepts-batches";
+
 /// Reason of a 401 reply: PHP refused the signature. The worker reports it, and the consumer
 /// pauses the subject as it does for an unreachable FPM.
 pub const SIGNATURE_REJECTED: &str = "signature_rejected";
@@ -64,6 +69,8 @@ pub struct ReplyHead {
     pub acked: bool,
     /// `Retry-After` in seconds, when present and numeric.
     pub retry_after: Option<Duration>,
+    /// The batch protocol version of `X-Agent-Accepts-Batches`, when present and numeric.
+    pub accepts_batches: Option<u32>,
 }
 
 /// Parses the CGI header block at the start of FPM's stdout.
@@ -76,6 +83,7 @@ pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
         status: 200,
         acked: false,
         retry_after: None,
+        accepts_batches: None,
     };
     for line in stdout[..end].split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -96,6 +104,8 @@ pub fn parse_head(stdout: &[u8]) -> Result<ReplyHead, String> {
             head.acked = value == "1";
         } else if name.eq_ignore_ascii_case(b"retry-after") {
             head.retry_after = value.parse::<u64>().ok().map(Duration::from_secs);
+        } else if name.eq_ignore_ascii_case(ACCEPTS_BATCHES_HEADER.as_bytes()) {
+            head.accepts_batches = value.parse::<u32>().ok();
         }
     }
     Ok(head)

@@ -343,7 +343,8 @@ class Bench:
         if batch == "auto":
             batch_line = 'batch_max = "auto"\n'
         else:
-            batch_line = f"batch_max = {batch}\n" if batch > 1 else ""
+            # Always written: not set, batch_max waits for the receiver's word and then batches.
+            batch_line = f"batch_max = {batch}\n"
         text = f"""[amqp]
 url = "{AMQP}"
 

@@ -201,15 +201,13 @@ impl Bench {
                 ),
                 None => format!("pool_size = {}\n", plan.pool),
             };
+            // `batch_max` is always written: not set, it waits for the receiver's word (the
+            // bench's handler gives it) and then batches.
             let _ = write!(
                 subjects,
-                "[subjects.{subject}]\nqueue = \"{}\"\n{pool}{batch}\n",
+                "[subjects.{subject}]\nqueue = \"{}\"\n{pool}batch_max = {}\n\n",
                 queue_name(run, subject),
-                batch = if plan.batch_max > 1 {
-                    format!("batch_max = {}\n", plan.batch_max)
-                } else {
-                    String::new()
-                },
+                plan.batch_max,
             );
         }
         let status = if plan.auto.is_some() {

@@ -252,7 +252,9 @@ impl Agent {
             let batch = if lane.subject == "command" {
                 format!("batch_max = {BATCH_MAX}\nbatch_wait = \"{{BATCH_WAIT}}ms\"\n")
             } else {
-                String::new()
+                // One message per request, as the lane is meant (not set, batch_max would batch
+                // once the handler's acks say it takes batches).
+                "batch_max = 1\n".to_owned()
             };
             let _ = write!(
                 subjects,

@@ -325,8 +325,14 @@ pub(crate) fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExi
 
 /// Opens channels, declares the topology, spawns the pool and starts consuming.
 /// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
-fn per_worker(runtime: &SubjectRuntime) -> u16 {
-    runtime.config.prefetch_per_worker(runtime.subject())
+/// Deliveries per worker: the config's, except while the default `batch_max` waits for the
+/// receiver to say it takes batches (one message per request: `amqp.prefetch_per_worker`).
+fn per_worker(state: &ConsumerState) -> u16 {
+    let config = &state.runtime.config;
+    match &state.auto {
+        Some(auto) if !auto.batches_accepted() => config.amqp.prefetch_per_worker,
+        _ => config.prefetch_per_worker(state.runtime.subject()),
+    }
 }
 
 async fn setup(
@@ -387,8 +393,14 @@ fn initial_state(
         backlog: VecDeque::new(),
         backlog_since: std::time::Instant::now(),
         batching: crate::batch::Batching::of(config, subject),
-        auto: (subject.batch_max == crate::config::BatchMax::Auto).then(|| {
+        auto: subject.batch_max.is_auto().then(|| {
+            let receiver = if subject.batch_max == crate::config::BatchMax::Auto {
+                crate::batch::auto::Receiver::Trusted
+            } else {
+                crate::batch::auto::Receiver::MustSay
+            };
             crate::batch::auto::Auto::new(
+                receiver,
                 usize::from(subject.batch_limit),
                 subject.batch_latency,
                 config.fpm.timeout,

@@ -21,8 +21,14 @@ use std::time::Duration;
 /// What a worker measured on a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Observed {
-    /// One message, one request: its whole duration.
-    Single(Duration),
+    /// One message, one request, handled: its whole duration, and whether the reply said the
+    /// receiver takes batches (`X-Agent-Accepts-Batches` with this agent's batch version).
+    Single {
+        /// From the request's start to its end.
+        took: Duration,
+        /// The reply carried the acceptance header.
+        batches: bool,
+    },
     /// A batch: its outcome lines, the time to the first one and to the last one.
     Batch {
         /// Outcome lines read.
@@ -62,6 +68,9 @@ pub enum Bound {
     Unmeasured,
     /// No batch timed yet: two messages, to tell a request's cost from an entry's.
     Probe,
+    /// The default `batch_max`, and the last reply handled alone did not say that the
+    /// receiver takes batches: one message per request.
+    Receiver,
 }
 
 /// One decision, with its inputs (logged and shown in `/status`).
@@ -92,6 +101,7 @@ impl Bound {
             Self::Limit => "limit",
             Self::Unmeasured => "unmeasured",
             Self::Probe => "probe",
+            Self::Receiver => "receiver",
         }
     }
 }
@@ -111,9 +121,22 @@ impl Sizing {
     }
 }
 
+/// Whether batches wait for the receiver to say that it takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receiver {
+    /// `batch_max = "auto"`: the operator says it does.
+    Trusted,
+    /// The default `batch_max`: one message per request until a handled reply carries
+    /// `X-Agent-Accepts-Batches`, and again after one that does not.
+    MustSay,
+}
+
 /// A subject's estimator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Auto {
+    receiver: Receiver,
+    /// The receiver takes batches, as far as the agent knows.
+    accepted: bool,
     limit: usize,
     latency: f64,
     timeout: f64,
@@ -141,8 +164,15 @@ fn ewma(old: Option<f64>, sample: f64) -> f64 {
 impl Auto {
     /// An estimator for batches of at most `limit`, within `latency` and `timeout`.
     #[must_use]
-    pub(crate) fn new(limit: usize, latency: Duration, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        receiver: Receiver,
+        limit: usize,
+        latency: Duration,
+        timeout: Duration,
+    ) -> Self {
         Self {
+            receiver,
+            accepted: receiver == Receiver::Trusted,
             limit: limit.max(1),
             latency: latency.as_secs_f64(),
             timeout: timeout.as_secs_f64(),
@@ -151,8 +181,17 @@ impl Auto {
         }
     }
 
+    /// True when requests may carry batches: `"auto"`, or the receiver said it takes them.
+    #[must_use]
+    pub(crate) fn batches_accepted(&self) -> bool {
+        self.accepted
+    }
+
     /// Takes a measurement in.
     pub(crate) fn observe(&mut self, observed: Observed) {
+        if let (Receiver::MustSay, Observed::Single { batches, .. }) = (self.receiver, observed) {
+            self.accepted = batches;
+        }
         match observed {
             Observed::Batch { lines, first, last } if lines >= 2 => {
                 #[allow(clippy::cast_precision_loss)]
@@ -193,7 +232,7 @@ impl Auto {
                     self.entry = Some(at_least);
                 }
             }
-            Observed::Batch { first: total, .. } | Observed::Single(total) => {
+            Observed::Batch { first: total, .. } | Observed::Single { took: total, .. } => {
                 // One entry: its time is the request's less what a request costs by itself
                 // (unknown until a batch was timed: then the whole of it).
                 let boot = self.boot.unwrap_or(0.0);
@@ -215,6 +254,9 @@ impl Auto {
             boot_ms: self.boot.map(|s| s * 1e3),
             entry_ms: self.entry.map(|s| s * 1e3),
         };
+        if !self.accepted {
+            return sizing(1, Bound::Receiver);
+        }
         let Some(entry) = self.entry else {
             return sizing(1, Bound::Unmeasured);
         };
@@ -263,9 +305,17 @@ mod tests {
         Duration::from_secs_f64(n / 1e3)
     }
 
+    /// A message handled alone in `took`, by a receiver that says it takes batches.
+    fn single(took: Duration) -> Observed {
+        Observed::Single {
+            took,
+            batches: true,
+        }
+    }
+
     /// An estimator that measured `boot` and `entry` (milliseconds) on a batch of 10.
     fn measured(boot: f64, entry: f64) -> Auto {
-        let mut a = Auto::new(50, ms(100.0), Duration::from_secs(30));
+        let mut a = Auto::new(Receiver::Trusted, 50, ms(100.0), Duration::from_secs(30));
         a.observe(Observed::Batch {
             lines: 10,
             first: ms(boot + entry),
@@ -276,16 +326,16 @@ mod tests {
 
     #[test]
     fn one_message_per_request_until_a_reply_was_timed() {
-        let a = Auto::new(50, ms(100.0), Duration::from_secs(30));
+        let a = Auto::new(Receiver::Trusted, 50, ms(100.0), Duration::from_secs(30));
         let s = a.size(1000, 1);
         assert_eq!((s.size, s.bound), (1, Bound::Unmeasured));
     }
 
     #[test]
     fn single_requests_alone_probe_with_two_when_a_backlog_allows() {
-        let mut a = Auto::new(50, ms(100.0), Duration::from_secs(30));
+        let mut a = Auto::new(Receiver::Trusted, 50, ms(100.0), Duration::from_secs(30));
         // 150 ms per request: as an entry's cost that would mean one by one for ever.
-        a.observe(Observed::Single(ms(150.0)));
+        a.observe(single(ms(150.0)));
         assert_eq!(a.size(1, 2).size, 1, "a trickle stays single");
         let s = a.size(100, 2);
         assert_eq!((s.size, s.bound), (2, Bound::Probe));
@@ -343,14 +393,14 @@ mod tests {
     fn single_requests_after_a_batch_keep_the_boot_and_follow_the_entry() {
         let mut a = measured(20.0, 0.5);
         // The handler turned slow: one message takes 20 + 200 ms.
-        a.observe(Observed::Single(ms(220.0)));
+        a.observe(single(ms(220.0)));
         let e = a.size(0, 1).entry_ms.unwrap();
         assert!(e > 90.0, "a slower handler is followed at once: {e}");
         assert_eq!(a.size(10_000, 1).size, 1);
         // And fast again: back to large batches within a few requests.
         let mut n = 0;
         while a.size(10_000, 1).size < 50 {
-            a.observe(Observed::Single(ms(20.5)));
+            a.observe(single(ms(20.5)));
             n += 1;
             assert!(n < 60, "never grew back");
         }
@@ -426,5 +476,55 @@ mod tests {
         assert_eq!(cap(0.5), 1);
         assert_eq!(cap(2.9), 2);
         assert_eq!(cap(f64::INFINITY), 1_000_000_000);
+    }
+
+    /// The default `batch_max`: one message per request, whatever the backlog, until a handled
+    /// reply says the receiver takes batches; back to one after a reply that does not say so.
+    #[test]
+    fn the_default_waits_for_the_receiver_to_say_it_takes_batches() {
+        let mut a = Auto::new(Receiver::MustSay, 50, ms(100.0), Duration::from_secs(30));
+        assert!(!a.batches_accepted());
+        assert_eq!(a.size(1000, 1).bound, Bound::Receiver);
+        for _ in 0..5 {
+            a.observe(Observed::Single {
+                took: ms(10.0),
+                batches: false,
+            });
+            let s = a.size(1000, 1);
+            assert_eq!((s.size, s.bound), (1, Bound::Receiver));
+        }
+        a.observe(single(ms(10.0)));
+        assert!(a.batches_accepted());
+        let s = a.size(1000, 1);
+        assert_eq!(
+            (s.size, s.bound),
+            (2, Bound::Probe),
+            "then sized as \"auto\""
+        );
+        a.observe(Observed::Batch {
+            lines: 2,
+            first: ms(8.0),
+            last: ms(10.0),
+        });
+        assert_eq!(a.size(1000, 1).bound, Bound::Limit);
+        // A batch reply says nothing about it; a handled single reply without it does.
+        a.observe(Observed::Single {
+            took: ms(10.0),
+            batches: false,
+        });
+        assert!(!a.batches_accepted());
+        assert_eq!(a.size(1000, 1).bound, Bound::Receiver);
+    }
+
+    /// `batch_max = "auto"` trusts the operator: the header is not needed.
+    #[test]
+    fn auto_does_not_wait_for_the_header() {
+        let mut a = Auto::new(Receiver::Trusted, 50, ms(100.0), Duration::from_secs(30));
+        a.observe(Observed::Single {
+            took: ms(10.0),
+            batches: false,
+        });
+        assert!(a.batches_accepted());
+        assert_eq!(a.size(1000, 1).bound, Bound::Probe);
     }
 }

@@ -334,6 +334,7 @@ fn parse_outcome(text: &str, require_ack: bool) -> Result<Verdict, String> {
                 status: 200,
                 acked: true,
                 retry_after: None,
+                accepts_batches: None,
             };
             Ok(outcome::classify_reply(&head, require_ack, String::new))
         }
@@ -353,6 +354,7 @@ fn parse_outcome(text: &str, require_ack: bool) -> Result<Verdict, String> {
                 status,
                 acked: false,
                 retry_after,
+                accepts_batches: None,
             };
             match outcome::classify_reply(&head, require_ack, || reason_text(reason)) {
                 v @ Verdict::Transient { .. } => Ok(v),
@@ -367,6 +369,7 @@ fn parse_outcome(text: &str, require_ack: bool) -> Result<Verdict, String> {
                 status,
                 acked: false,
                 retry_after: None,
+                accepts_batches: None,
             };
             match outcome::classify_reply(&head, require_ack, || reason_text(reason)) {
                 v @ Verdict::Permanent { .. } => Ok(v),

@@ -56,15 +56,17 @@ pub struct SubjectConfig {
     /// One consumer at a time across all agents (strict ordering); others wait as standby.
     #[serde(default)]
     pub single_active_consumer: bool,
-    /// Most messages sent to PHP in one FastCGI request (docs/batches.md). 1 (the default): one
-    /// request per message. `"auto"`: sized per request from what the agent observes, up to
-    /// `batch_limit` (`batch::auto`). The PHP side must understand batches.
+    /// Most messages sent to PHP in one FastCGI request (docs/batches.md). Not set (the
+    /// default): as `"auto"` once a reply says the receiver takes batches
+    /// (`X-Agent-Accepts-Batches`, sent by the packages in `php/`), one message per request
+    /// until then. `"auto"`: sized per request from what the agent observes, up to `batch_limit`
+    /// (`batch::auto`), the PHP side being known to take batches. A number: at most that many.
     #[serde(default, deserialize_with = "batch_max")]
     pub batch_max: BatchMax,
-    /// With `batch_max = "auto"`: the largest batch (1 to 1000, default 50).
+    /// With `batch_max = "auto"` or not set: the largest batch (1 to 1000, default 50).
     #[serde(default = "default_batch_limit")]
     pub batch_limit: u16,
-    /// With `batch_max = "auto"`: how long a batch may keep a message waiting behind the entries
+    /// With `batch_max = "auto"` or not set: how long a batch may keep a message waiting behind the entries
     /// before it (default 100 ms); a trickle then goes one message per request.
     #[serde(default = "default_batch_latency", deserialize_with = "duration")]
     pub batch_latency: Duration,
@@ -132,18 +134,24 @@ pub enum ExchangeType {
     Headers,
 }
 
-/// `batch_max`: a fixed size, or `"auto"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `batch_max`: a fixed size, `"auto"`, or not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BatchMax {
     /// At most this many messages per request.
     Fixed(u16),
     /// Sized per request (`batch::auto`), at most `batch_limit`.
     Auto,
+    /// Not set: [`Self::Auto`] while the receiver says it takes batches
+    /// (`X-Agent-Accepts-Batches`), one message per request otherwise.
+    #[default]
+    AutoIfAccepted,
 }
 
-impl Default for BatchMax {
-    fn default() -> Self {
-        Self::Fixed(1)
+impl BatchMax {
+    /// Sized by `batch::auto` (`"auto"` or not set).
+    #[must_use]
+    pub(crate) fn is_auto(self) -> bool {
+        matches!(self, Self::Auto | Self::AutoIfAccepted)
     }
 }
 
@@ -171,7 +179,7 @@ impl SubjectConfig {
     pub(crate) fn batch_ceiling(&self) -> u16 {
         match self.batch_max {
             BatchMax::Fixed(n) => n,
-            BatchMax::Auto => self.batch_limit,
+            BatchMax::Auto | BatchMax::AutoIfAccepted => self.batch_limit,
         }
     }
 }
@@ -231,10 +239,10 @@ impl Config {
                 "must be at most 60s",
             ));
         }
-        if subject.batch_max == BatchMax::Auto && !subject.batch_wait.is_zero() {
+        if subject.batch_max.is_auto() && !subject.batch_wait.is_zero() {
             return Err(invalid(
                 format!("{key}.batch_wait"),
-                "only with a fixed batch_max: \"auto\" never waits for a batch to fill",
+                "only with a fixed batch_max: \"auto\" (and batch_max not set) never waits for a batch to fill",
             ));
         }
         if subject.batch_wait > Duration::from_secs(10) {

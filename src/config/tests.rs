@@ -376,10 +376,45 @@ fn a_relative_state_dir_is_fine_when_crash_loop_protection_is_off() {
 }
 
 #[test]
-fn batches_are_off_by_default_and_bounded() {
+fn batches_wait_for_the_receiver_by_default_and_are_bounded() {
     let c = parse(MINIMAL).unwrap();
-    assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(1));
-    assert_eq!(c.subjects["event"].batch_wait, Duration::ZERO);
+    let s = &c.subjects["event"];
+    // Not set: "auto" once the receiver says it takes batches (`batch::auto::Receiver`).
+    assert_eq!(s.batch_max, BatchMax::AutoIfAccepted);
+    // Its prefetch stays within the memory budget: 1 GiB / (8 MiB bodies × 4 workers) = 32.
+    assert_eq!((s.batch_ceiling(), c.prefetch_per_worker(s)), (50, 32));
+    assert!(memory_warnings(MINIMAL).is_empty());
+    let two = format!("{MINIMAL}[subjects.command]\nqueue = \"c\"\npool_size = 8\n");
+    let c = parse(&two).unwrap();
+    assert_eq!(
+        c.prefetch_per_worker(&c.subjects["event"]),
+        10,
+        "1 GiB / (8 MiB × 12)"
+    );
+    let small = format!("{MINIMAL}[limits]\nmax_body_bytes = 1048576\n");
+    let c = parse(&small).unwrap();
+    assert_eq!(
+        c.prefetch_per_worker(&c.subjects["event"]),
+        50,
+        "the ceiling"
+    );
+    let tight = format!("{MINIMAL}[limits]\nmemory_budget = \"64MiB\"\n");
+    let c = parse(&tight).unwrap();
+    assert_eq!(
+        c.prefetch_per_worker(&c.subjects["event"]),
+        8,
+        "never below prefetch_per_worker"
+    );
+    // "auto" and a number are the operator's choice, not held to the budget.
+    let c = parse(&format!("{MINIMAL}batch_max = \"auto\"\n")).unwrap();
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 50);
+    let c = parse(MINIMAL).unwrap();
+    let s = &c.subjects["event"];
+    assert_eq!(s.batch_wait, Duration::ZERO);
+    let c = parse(&format!("{MINIMAL}batch_max = 1\n")).unwrap();
+    let s = &c.subjects["event"];
+    assert_eq!(s.batch_max, BatchMax::Fixed(1));
+    assert_eq!(c.prefetch_per_worker(s), c.amqp.prefetch_per_worker);
     assert_eq!(c.limits.max_batch_bytes, 16 * 1024 * 1024);
     let c = parse(&format!("{MINIMAL}batch_max = 50\nbatch_wait = \"20ms\"\n")).unwrap();
     assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(50));
@@ -410,6 +445,8 @@ fn batches_are_off_by_default_and_bounded() {
             "batch_max = \"auto\"\nbatch_wait = \"5ms\"\n",
             "subjects.event.batch_wait",
         ),
+        // Not set is "auto" too: it never waits for a batch to fill.
+        ("batch_wait = \"5ms\"\n", "subjects.event.batch_wait"),
     ] {
         let e = error_of(&format!("{MINIMAL}{extra}"));
         assert!(e.contains(key), "expected `{key}` in: {e}");

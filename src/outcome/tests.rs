@@ -7,6 +7,7 @@ fn head(status: u16, acked: bool) -> ReplyHead {
         status,
         acked,
         retry_after: None,
+        accepts_batches: None,
     }
 }
 
@@ -28,6 +29,23 @@ fn parses_status_ack_and_retry_after() {
     assert_eq!(h.status, 503);
     assert!(h.acked);
     assert_eq!(h.retry_after, Some(Duration::from_secs(7)));
+    assert_eq!(h.accepts_batches, None);
+}
+
+/// `X-Agent-Accepts-Batches` (any case) gives its version; a value that is not a number none.
+#[test]
+fn parses_the_batch_acceptance_header() {
+    let h = parse_head(b"X-Agent-Ack: 1\r\nx-agent-accepts-BATCHES:  2 \r\n\r\nok").unwrap();
+    assert_eq!(h.accepts_batches, Some(2));
+    assert!(h.acked);
+    let h = parse_head(b"X-Agent-Accepts-Batches: yes\n\nok").unwrap();
+    assert_eq!(h.accepts_batches, None);
+    let h = parse_head(b"X-Agent-Accepts-Batches: 3\n\nok").unwrap();
+    assert_eq!(
+        h.accepts_batches,
+        Some(3),
+        "the version is kept; the agent compares it"
+    );
 }
 
 #[test]
@@ -279,6 +297,7 @@ fn a_package_configuration_fault_uses_no_attempt() {
         status: 503,
         acked: false,
         retry_after: retry,
+        accepts_batches: None,
     };
     let reply = b"Status: 503\r\nContent-Type: text/plain\r\n\r\namqp-agent: signing secret not configured\n";
     let v = classify_full_reply(&head(None), reply, true, none);

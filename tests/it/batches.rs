@@ -732,6 +732,70 @@ async fn auto_sends_a_backlog_in_batches_and_a_trickle_one_by_one() {
     agent.stop().await;
 }
 
+/// `batch_max` not set (the default): a receiver that says it takes batches (the package's acks
+/// carry `X-Agent-Accepts-Batches: 2`) gets a backlog in batches after its first reply; one that
+/// does not say so gets one message per request, and `/status` says why. Each message is
+/// handled once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_batches_only_once_the_receiver_says_it_takes_batches() {
+    for says in [true, false] {
+        let name = if says {
+            "batches-default-yes"
+        } else {
+            "batches-default-no"
+        };
+        let mut ctx = TestCtx::new(name).await;
+        ctx.script = batch_script();
+        ctx.pool_size = 2;
+        ctx.declare().await;
+        assert!(!ctx.toml().contains("batch_max"), "the default is tested");
+        if !says {
+            std::fs::write(
+                fpm()
+                    .dir
+                    .join("records")
+                    .join(format!("{}.no-batches", ctx.id)),
+                "",
+            )
+            .unwrap();
+        }
+        for i in 0..300 {
+            ctx.publish_json("event", &format!("d-{i}"), "ok").await;
+        }
+        let agent = ctx.start_agent().await;
+        eventually(WAIT, "the backlog handled", || async {
+            agent.stats()["event"].acked == 300
+        })
+        .await;
+        let records = ctx.records();
+        let backlog = by_id(&records);
+        assert_eq!(backlog.len(), 300);
+        assert!(backlog.values().all(|r| r.len() == 1), "each handled once");
+        assert!(attempts(&records).iter().all(|a| *a == 1), "none retried");
+        let sizes: Vec<Option<u64>> = records.iter().map(|r| r["batch_size"].as_u64()).collect();
+        let largest = sizes.iter().flatten().max().copied().unwrap_or(1);
+        let status = serde_json::to_value(agent.handle().status()).unwrap();
+        let auto = &status["subjects"]["event"]["batch_auto"];
+        eprintln!(
+            "default, receiver says it takes batches: {says}; largest batch {largest}; {auto}"
+        );
+        if says {
+            assert_eq!(
+                sizes[0], None,
+                "the first request goes alone: nothing said yet"
+            );
+            assert!(
+                largest >= 10,
+                "largest batch {largest}: a backlog goes in batches"
+            );
+        } else {
+            assert!(sizes.iter().all(Option::is_none), "one message per request");
+            assert_eq!(auto["bound"], "receiver", "{auto}");
+        }
+        agent.stop().await;
+    }
+}
+
 /// `batch_max = "auto"` follows a handler that turns slow (10 ms, then 200 ms a message):
 /// batches shrink to one message per request after the first slow batch, no request reaches
 /// `fpm.timeout` (5 s) and no message is retried.

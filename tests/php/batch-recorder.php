@@ -27,6 +27,9 @@
  *                      test wrote to "$RECORD_DIR/<testid>.agent-pid" (waiting up to 10 s for
  *                      the test to write the pid of a running agent), waits until it is gone,
  *                      then exits: the entries after it in a batch never run
+ *
+ * With "$RECORD_DIR/<testid>.no-batches" present, replies leave out the package's
+ * `X-Agent-Accepts-Batches` (a receiver that does not say it takes batches).
  */
 
 declare(strict_types=1);
@@ -87,6 +90,12 @@ function kill_agent(string $recordDir, string $testId, Message $message): never
         usleep(10_000);
     }
     exit(0);
+}
+
+if (file_exists("{$recordDir}/{$testId}.no-batches")) {
+    header_register_callback(static function (): void {
+        header_remove('X-Agent-Accepts-Batches');
+    });
 }
 
 Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize, $batchBytes): void {

@@ -37,6 +37,7 @@ final class MessageControllerTest extends TestCase
 
         self::assertSame(200, $response->getStatusCode());
         self::assertSame('1', $response->headers->get('X-Agent-Ack'));
+        self::assertSame('2', $response->headers->get('X-Agent-Accepts-Batches'));
         self::assertSame([['o-1', self::TP]], Recorded::$handled);
     }
 

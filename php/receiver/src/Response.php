@@ -7,12 +7,17 @@ namespace AmqpAgent\Receiver;
 /**
  * What the agent does with an answer is decided by its status (and two headers):
  *
- *     200 + X-Agent-Ack: 1   ack          ack()
+ *     200 + X-Agent-Ack: 1   ack          ack() (with X-Agent-Accepts-Batches: 2, see below)
  *     503 + Retry-After: N   retry in N s retryAfter(N)
  *     500                    retry        retry()
  *     422                    dead-letter  permanent()
  *     401                    dead-letter  unauthorized() (bad signature: never handled)
  *     503 `amqp-agent: …`    pause        misconfigured() (the package cannot serve: no secret, …)
+ *
+ * An ack also says that this package takes batch requests (`X-Agent-Accepts-Batches`, with
+ * the batch protocol's version): an agent whose subject leaves `batch_max` unset sends batches
+ * only after such a reply (docs/batches.md). Every entry point of the packages routes a batch
+ * request to the batch loop (Receiver::run, the Symfony and Laravel controllers).
  *
  * Every body is one line of plain text (`Content-Type: text/plain`): the agent quotes it in its
  * log, in `x-agent-last-error` and in `dead-letters list`.
@@ -33,9 +38,12 @@ final class Response
     ) {
     }
 
+    /** The header by which an ack says that batch requests are understood. */
+    public const ACCEPTS_BATCHES = 'X-Agent-Accepts-Batches';
+
     public static function ack(): self
     {
-        return new self(200, ['X-Agent-Ack' => '1'], "ok\n");
+        return new self(200, ['X-Agent-Ack' => '1', self::ACCEPTS_BATCHES => Batch::VERSION], "ok\n");
     }
 
     public static function retryAfter(int $seconds, string $reason = 'retry later'): self

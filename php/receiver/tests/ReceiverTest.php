@@ -28,6 +28,7 @@ final class ReceiverTest extends TestCase
         }, $t);
         self::assertSame(200, $response->status);
         self::assertTrue($response->isAck());
+        self::assertSame('2', $response->headers['X-Agent-Accepts-Batches'] ?? null, 'an ack says batches are understood');
         self::assertInstanceOf(Message::class, $seen);
         self::assertSame('{"hello":"world"}', $seen->body);
         self::assertSame('application/json', $seen->contentType, 'the original content type, not CONTENT_TYPE');
@@ -44,6 +45,7 @@ final class ReceiverTest extends TestCase
         self::assertSame($status, $response->status);
         self::assertSame($retryAfter, $response->headers['Retry-After'] ?? null);
         self::assertFalse($response->isAck());
+        self::assertArrayNotHasKey('X-Agent-Accepts-Batches', $response->headers, 'only an ack says it');
         self::assertCount(1, $this->logged);
     }
 

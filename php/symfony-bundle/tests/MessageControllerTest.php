@@ -42,6 +42,7 @@ final class MessageControllerTest extends TestCase
 
         self::assertSame(200, $response->getStatusCode());
         self::assertSame('1', $response->headers->get('X-Agent-Ack'));
+        self::assertSame('2', $response->headers->get('X-Agent-Accepts-Batches'));
         self::assertCount(1, $this->seen);
         $envelope = $this->seen[0];
         self::assertSame('amqp-agent', $envelope->last(ReceivedStamp::class)?->getTransportName(), 'routing never sends it again');

@@ -75,7 +75,18 @@ pub(super) async fn on_worker_idle(
         observed,
     } = report;
     if let (Some(auto), Some(observed)) = (state.auto.as_mut(), observed) {
+        let accepted = auto.batches_accepted();
         auto.observe(observed);
+        if auto.batches_accepted() != accepted {
+            tracing::info!(
+                subject = %state.runtime.name,
+                batches = auto.batches_accepted(),
+                "the receiver {} (X-Agent-Accepts-Batches): {}",
+                if accepted { "no longer says it takes batches" } else { "takes batches" },
+                if accepted { "one message per request" } else { "batches sized by \"auto\"" },
+            );
+            super::subscription::follow_prefetch(myself, state).await?;
+        }
     }
     if publisher_broken && state.draining.is_none() {
         return Err("the retry/dead-letter publish channel closed".into());

@@ -13,7 +13,7 @@ use ractor::{
 use tracing::error;
 
 use super::dispatch::{dispatch, finish_drain_if_idle};
-use super::subscription::{cancel_consumer, start_consuming};
+use super::subscription::follow_prefetch;
 use super::{ConsumerMsg, ConsumerState};
 use crate::stats::SubjectStats;
 use crate::telemetry::events::Event;
@@ -290,14 +290,7 @@ pub(super) async fn resize(
     show_size(state);
     grown?;
     dispatch(state);
-    // RabbitMQ applies a new per-consumer prefetch only to consumers created after it: follow
-    // the pool by re-consuming. Deliveries already received stay valid on the channel.
-    let wanted = crate::config::prefetch(state.pool.target(), super::per_worker(&state.runtime));
-    if state.consumer_tag.is_some() && wanted != state.prefetch {
-        cancel_consumer(state).await;
-        start_consuming(myself, state).await?;
-    }
-    Ok(())
+    follow_prefetch(myself, state).await
 }
 
 /// The pool size gauge: the workers alive, retiring ones included.

@@ -40,7 +40,7 @@ pub(super) async fn start_consuming(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
 ) -> Result<(), ActorProcessingErr> {
-    let prefetch = crate::config::prefetch(state.pool.target(), super::per_worker(&state.runtime));
+    let prefetch = crate::config::prefetch(state.pool.target(), super::per_worker(state));
     if prefetch != state.prefetch {
         state
             .channel
@@ -71,6 +71,21 @@ pub(super) async fn stop_consuming(state: &mut ConsumerState) {
     while let Some(delivery) = state.backlog.pop_front() {
         requeue(state, &delivery);
     }
+}
+
+/// RabbitMQ applies a new per-consumer prefetch only to consumers created after it: after a
+/// resize, or when the receiver starts or stops taking batches, re-consume with the prefetch
+/// wanted now. Deliveries already received stay valid on the channel.
+pub(super) async fn follow_prefetch(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+) -> Result<(), ActorProcessingErr> {
+    let wanted = crate::config::prefetch(state.pool.target(), super::per_worker(state));
+    if state.consumer_tag.is_some() && wanted != state.prefetch {
+        cancel_consumer(state).await;
+        start_consuming(myself, state).await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn cancel_consumer(state: &mut ConsumerState) {

@@ -94,7 +94,12 @@ async fn attempt_fpm(
     let result = sent.result;
     let elapsed = started.elapsed();
     let require_ack = runtime.config.fpm.require_ack_header;
-    let (verdict, unreached, status) = judged(result, require_ack, &span);
+    let Judged {
+        verdict,
+        unreached,
+        status,
+        batches,
+    } = judged(result, require_ack, &span);
     runtime.events.emit(Event::FpmReplied {
         status: &status,
         elapsed,
@@ -107,7 +112,10 @@ async fn attempt_fpm(
     // shows `batch::auto` a handler turned slow).
     let observed = match (&verdict, unreached) {
         (_, true) => None,
-        (Verdict::Success, false) => Some(Observed::Single(elapsed)),
+        (Verdict::Success, false) => Some(Observed::Single {
+            took: elapsed,
+            batches,
+        }),
         (_, false) => Some(Observed::Cut {
             lines: 0,
             first: None,
@@ -122,42 +130,33 @@ async fn attempt_fpm(
     }
 }
 
-/// A FastCGI result as a verdict, whether FPM was unreachable, and the `status` label of the
-/// `fpm_responses` metric; the reply's status and size are recorded on `span`.
+/// What a FastCGI result amounts to.
+struct Judged {
+    verdict: Verdict,
+    /// FPM could not be reached.
+    unreached: bool,
+    /// The `status` label of the `fpm_responses` metric.
+    status: Cow<'static, str>,
+    /// The reply said the receiver takes batches of this agent's version.
+    batches: bool,
+}
+
+/// A FastCGI result as a verdict, whether FPM was unreachable, the `status` label of the
+/// `fpm_responses` metric and the reply's `X-Agent-Accepts-Batches`; the reply's status and
+/// size are recorded on `span`.
 fn judged(
     result: Result<Reply, crate::fastcgi::FpmError>,
     require_ack: bool,
     span: &tracing::Span,
-) -> (Verdict, bool, Cow<'static, str>) {
-    match result {
-        Ok(reply) => {
-            span.record("http.response.body.size", reply.size);
-            match outcome::parse_head(&reply.stdout) {
-                Ok(head) => {
-                    span.record("http.response.status_code", head.status);
-                    let verdict =
-                        outcome::classify_full_reply(&head, &reply.stdout, require_ack, || {
-                            excerpt(&reply)
-                        });
-                    let status = if head.status == 200 {
-                        Cow::Borrowed("200")
-                    } else {
-                        Cow::Owned(head.status.to_string())
-                    };
-                    (verdict, false, status)
-                }
-                Err(e) => {
-                    let verdict = Verdict::Transient {
-                        reason: "fpm_malformed_reply",
-                        detail: format!("{e}: {}", excerpt(&reply)),
-                        status: None,
-                        retry_after: None,
-                        counts: true,
-                    };
-                    (verdict, false, Cow::Borrowed("fpm_malformed_reply"))
-                }
-            }
-        }
+) -> Judged {
+    let failed = |verdict, unreached, status| Judged {
+        verdict,
+        unreached,
+        status,
+        batches: false,
+    };
+    let reply = match result {
+        Ok(reply) => reply,
         Err(e) => {
             let unreached = e.unreached();
             let verdict = Verdict::Transient {
@@ -167,8 +166,36 @@ fn judged(
                 retry_after: None,
                 counts: !unreached,
             };
-            (verdict, unreached, Cow::Borrowed(e.reason()))
+            return failed(verdict, unreached, Cow::Borrowed(e.reason()));
         }
+    };
+    span.record("http.response.body.size", reply.size);
+    let head = match outcome::parse_head(&reply.stdout) {
+        Ok(head) => head,
+        Err(e) => {
+            let verdict = Verdict::Transient {
+                reason: "fpm_malformed_reply",
+                detail: format!("{e}: {}", excerpt(&reply)),
+                status: None,
+                retry_after: None,
+                counts: true,
+            };
+            return failed(verdict, false, Cow::Borrowed("fpm_malformed_reply"));
+        }
+    };
+    span.record("http.response.status_code", head.status);
+    let verdict =
+        outcome::classify_full_reply(&head, &reply.stdout, require_ack, || excerpt(&reply));
+    let status = if head.status == 200 {
+        Cow::Borrowed("200")
+    } else {
+        Cow::Owned(head.status.to_string())
+    };
+    Judged {
+        verdict,
+        unreached: false,
+        status,
+        batches: head.accepts_batches == Some(crate::batch::wire::VERSION),
     }
 }
 
