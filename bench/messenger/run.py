@@ -318,7 +318,9 @@ class Bench:
             label += ", OPcache off"
         if preload:
             label += ", preloaded"
-        if batch == "auto" or batch > 1:
+        if batch == "default":
+            label += ", batch_max not set"
+        elif batch == "auto" or batch > 1:
             label += f", batch_max {batch}"
         return dict(
             label=label,
@@ -342,6 +344,9 @@ class Bench:
         # "auto" (docs/batches.md): each request sized from the backlog and measured costs.
         if batch == "auto":
             batch_line = 'batch_max = "auto"\n'
+        elif batch == "default":
+            # Not set: one message per request until the bundle's ack says it takes batches.
+            batch_line = ""
         else:
             # Always written: not set, batch_max waits for the receiver's word and then batches.
             batch_line = f"batch_max = {batch}\n"
@@ -935,7 +940,7 @@ def main():
     ap.add_argument(
         "--batches",
         default="1",
-        help='batch_max values of the agent rows (docs/batches.md), e.g. 1,10,50,auto; 1 is one request per message, "auto" sizes each request',
+        help='batch_max values of the agent rows (docs/batches.md), e.g. 1,10,50,auto,default; 1 is one request per message, "auto" sizes each request, "default" leaves batch_max unset',
     )
     ap.add_argument("--trivial", action="store_true", help="also the trivial-handler pair (no kernel)")
     ap.add_argument("--only-trivial", action="store_true", help="only the trivial-handler pair")
@@ -1088,8 +1093,8 @@ def summary(results):
 
 
 def batch_values(text):
-    """`--batches`: numbers, or "auto"."""
-    return [x if x == "auto" else int(x) for x in text.split(",") if x]
+    """`--batches`: numbers, "auto", or "default" (batch_max not set)."""
+    return [x if x in ("auto", "default") else int(x) for x in text.split(",") if x]
 
 
 if __name__ == "__main__":
