@@ -325,12 +325,12 @@ pub(crate) fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExi
 
 /// Opens channels, declares the topology, spawns the pool and starts consuming.
 /// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
-/// Deliveries per worker: the config's, except while the default `batch_max` waits for the
-/// receiver to say it takes batches (one message per request: `amqp.prefetch_per_worker`).
+/// Deliveries per worker: the config's, except until the receiver first says it takes batches
+/// with the default `batch_max` (one message per request: `amqp.prefetch_per_worker`).
 fn per_worker(state: &ConsumerState) -> u16 {
     let config = &state.runtime.config;
     match &state.auto {
-        Some(auto) if !auto.batches_accepted() => config.amqp.prefetch_per_worker,
+        Some(auto) if !auto.batches_seen() => config.amqp.prefetch_per_worker,
         _ => config.prefetch_per_worker(state.runtime.subject()),
     }
 }

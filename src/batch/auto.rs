@@ -137,6 +137,8 @@ pub struct Auto {
     receiver: Receiver,
     /// The receiver takes batches, as far as the agent knows.
     accepted: bool,
+    /// It did at least once (the prefetch a batch needs is kept from then on).
+    ever_accepted: bool,
     limit: usize,
     latency: f64,
     timeout: f64,
@@ -173,6 +175,7 @@ impl Auto {
         Self {
             receiver,
             accepted: receiver == Receiver::Trusted,
+            ever_accepted: receiver == Receiver::Trusted,
             limit: limit.max(1),
             latency: latency.as_secs_f64(),
             timeout: timeout.as_secs_f64(),
@@ -187,10 +190,19 @@ impl Auto {
         self.accepted
     }
 
+    /// True once requests could carry batches: the prefetch a batch needs is kept from then on,
+    /// so that a receiver that changes its answer (two versions behind one address during a
+    /// deployment) does not make the consumer re-consume at each change.
+    #[must_use]
+    pub(crate) fn batches_seen(&self) -> bool {
+        self.ever_accepted
+    }
+
     /// Takes a measurement in.
     pub(crate) fn observe(&mut self, observed: Observed) {
         if let (Receiver::MustSay, Observed::Single { batches, .. }) = (self.receiver, observed) {
             self.accepted = batches;
+            self.ever_accepted |= batches;
         }
         match observed {
             Observed::Batch { lines, first, last } if lines >= 2 => {
@@ -483,7 +495,7 @@ mod tests {
     #[test]
     fn the_default_waits_for_the_receiver_to_say_it_takes_batches() {
         let mut a = Auto::new(Receiver::MustSay, 50, ms(100.0), Duration::from_secs(30));
-        assert!(!a.batches_accepted());
+        assert!(!a.batches_accepted() && !a.batches_seen());
         assert_eq!(a.size(1000, 1).bound, Bound::Receiver);
         for _ in 0..5 {
             a.observe(Observed::Single {
@@ -514,6 +526,7 @@ mod tests {
         });
         assert!(!a.batches_accepted());
         assert_eq!(a.size(1000, 1).bound, Bound::Receiver);
+        assert!(a.batches_seen(), "the prefetch stays");
     }
 
     /// `batch_max = "auto"` trusts the operator: the header is not needed.

@@ -74,19 +74,8 @@ pub(super) async fn on_worker_idle(
         publisher_broken,
         observed,
     } = report;
-    if let (Some(auto), Some(observed)) = (state.auto.as_mut(), observed) {
-        let accepted = auto.batches_accepted();
-        auto.observe(observed);
-        if auto.batches_accepted() != accepted {
-            tracing::info!(
-                subject = %state.runtime.name,
-                batches = auto.batches_accepted(),
-                "the receiver {} (X-Agent-Accepts-Batches): {}",
-                if accepted { "no longer says it takes batches" } else { "takes batches" },
-                if accepted { "one message per request" } else { "batches sized by \"auto\"" },
-            );
-            super::subscription::follow_prefetch(myself, state).await?;
-        }
+    if let Some(observed) = observed {
+        observe(myself, state, observed).await?;
     }
     if publisher_broken && state.draining.is_none() {
         return Err("the retry/dead-letter publish channel closed".into());
@@ -151,6 +140,34 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
             Err(_) => {}
         }
     }
+}
+
+/// What a worker measured goes to `batch::auto`. The first time the receiver says it takes
+/// batches, the consumer re-consumes with the prefetch a batch needs (kept from then on).
+async fn observe(
+    myself: &ActorRef<ConsumerMsg>,
+    state: &mut ConsumerState,
+    observed: crate::batch::auto::Observed,
+) -> Result<(), ActorProcessingErr> {
+    let Some(auto) = state.auto.as_mut() else {
+        return Ok(());
+    };
+    let (accepted, seen) = (auto.batches_accepted(), auto.batches_seen());
+    auto.observe(observed);
+    let now = auto.batches_accepted();
+    if now == accepted {
+        return Ok(());
+    }
+    let subject = &state.runtime.name;
+    if !seen {
+        tracing::info!(%subject, "the receiver says it takes batches (X-Agent-Accepts-Batches): batches sized as \"auto\" from now on");
+        super::subscription::follow_prefetch(myself, state).await?;
+    } else {
+        // A receiver changing its answer (two versions behind one address) would flood the
+        // log at info; `/status` shows the bound `receiver` while it is off.
+        tracing::debug!(%subject, batches = now, "the receiver's X-Agent-Accepts-Batches changed");
+    }
+    Ok(())
 }
 
 /// How many backlog deliveries the next request takes: one, or a batch (`batch_max`, or what
