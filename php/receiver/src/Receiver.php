@@ -48,7 +48,8 @@ final class Receiver
 
             return;
         }
-        $receiver->handle($_SERVER, $body, $handler)->send();
+        // This entry point routes batches (above): its acks say so.
+        $receiver->handle($_SERVER, $body, $handler)->acceptingBatches()->send();
     }
 
     /**

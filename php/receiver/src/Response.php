@@ -7,17 +7,18 @@ namespace AmqpAgent\Receiver;
 /**
  * What the agent does with an answer is decided by its status (and two headers):
  *
- *     200 + X-Agent-Ack: 1   ack          ack() (with X-Agent-Accepts-Batches: 2, see below)
+ *     200 + X-Agent-Ack: 1   ack          ack()
  *     503 + Retry-After: N   retry in N s retryAfter(N)
  *     500                    retry        retry()
  *     422                    dead-letter  permanent()
  *     401                    dead-letter  unauthorized() (bad signature: never handled)
  *     503 `amqp-agent: …`    pause        misconfigured() (the package cannot serve: no secret, …)
  *
- * An ack also says that this package takes batch requests (`X-Agent-Accepts-Batches`, with
- * the batch protocol's version): an agent whose subject leaves `batch_max` unset sends batches
- * only after such a reply (docs/batches.md). Every entry point of the packages routes a batch
- * request to the batch loop (Receiver::run, the Symfony and Laravel controllers).
+ * An entry point that routes batch requests to the batch loop says so on its acks with
+ * acceptingBatches() (`X-Agent-Accepts-Batches`, the batch protocol's version): an agent whose
+ * subject leaves `batch_max` unset sends batches only after such a reply (docs/batches.md). The
+ * packages' entry points do (Receiver::run, the Symfony and Laravel controllers); a controller of
+ * your own that calls Receiver::handle() for single messages only must not.
  *
  * Every body is one line of plain text (`Content-Type: text/plain`): the agent quotes it in its
  * log, in `x-agent-last-error` and in `dead-letters list`.
@@ -43,7 +44,17 @@ final class Response
 
     public static function ack(): self
     {
-        return new self(200, ['X-Agent-Ack' => '1', self::ACCEPTS_BATCHES => Batch::VERSION], "ok\n");
+        return new self(200, ['X-Agent-Ack' => '1'], "ok\n");
+    }
+
+    /** This response, saying on an ack that the entry point takes batch requests. */
+    public function acceptingBatches(): self
+    {
+        if (!$this->isAck()) {
+            return $this;
+        }
+
+        return new self($this->status, $this->headers + [self::ACCEPTS_BATCHES => Batch::VERSION], $this->body);
     }
 
     public static function retryAfter(int $seconds, string $reason = 'retry later'): self

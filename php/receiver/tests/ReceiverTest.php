@@ -28,7 +28,11 @@ final class ReceiverTest extends TestCase
         }, $t);
         self::assertSame(200, $response->status);
         self::assertTrue($response->isAck());
-        self::assertSame('2', $response->headers['X-Agent-Accepts-Batches'] ?? null, 'an ack says batches are understood');
+        self::assertArrayNotHasKey('X-Agent-Accepts-Batches', $response->headers, 'handle() alone says nothing of batches');
+        $accepting = $response->acceptingBatches();
+        self::assertSame('2', $accepting->headers['X-Agent-Accepts-Batches'] ?? null, 'an entry point that routes batches says so');
+        self::assertTrue($accepting->isAck());
+        self::assertSame($response->body, $accepting->body);
         self::assertInstanceOf(Message::class, $seen);
         self::assertSame('{"hello":"world"}', $seen->body);
         self::assertSame('application/json', $seen->contentType, 'the original content type, not CONTENT_TYPE');
@@ -45,7 +49,7 @@ final class ReceiverTest extends TestCase
         self::assertSame($status, $response->status);
         self::assertSame($retryAfter, $response->headers['Retry-After'] ?? null);
         self::assertFalse($response->isAck());
-        self::assertArrayNotHasKey('X-Agent-Accepts-Batches', $response->headers, 'only an ack says it');
+        self::assertArrayNotHasKey('X-Agent-Accepts-Batches', $response->acceptingBatches()->headers, 'only an ack says it');
         self::assertCount(1, $this->logged);
     }
 

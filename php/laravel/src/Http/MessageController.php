@@ -48,7 +48,8 @@ final class MessageController
             return $this->batch($server, $request->getContent());
         }
 
-        return self::toHttp($this->handle($server, $request->getContent()));
+        // Both kinds are routed here: a single message's ack says batches are taken too.
+        return self::toHttp($this->handle($server, $request->getContent())->acceptingBatches());
     }
 
     /** A batch request: the refusal of the whole, or the streamed outcome lines. */

@@ -71,7 +71,8 @@ final class MessageController
      */
     public function serve(array $server, string $body): AgentResponse|Response
     {
-        return Batch::isBatch($server) ? $this->batch($server, $body) : $this->handle($server, $body);
+        // Both kinds are routed here: a single message's ack says batches are taken too.
+        return Batch::isBatch($server) ? $this->batch($server, $body) : $this->handle($server, $body)->acceptingBatches();
     }
 
     /** A batch request: the refusal of the whole, or the streamed outcome lines. */
