@@ -70,6 +70,54 @@ final class BatchTest extends TestCase
         self::assertSame(['1/1', '2/2'], [$a, $b], 'a fresh instance for the next job');
     }
 
+    /**
+     * The log context is cleared between jobs as the queue worker clears it ($log->withoutContext()):
+     * through the default channel with Laravel 8's LogManager (its __call), through the manager's
+     * own method where it has one.
+     */
+    public function testTheLogContextIsClearedBetweenJobsAsTheQueueWorkerDoes(): void
+    {
+        foreach ([new FakeLogManager(), new FakeLogManagerWithOwnReset()] as $log) {
+            Recorded::$handled = [];
+            $this->written = [];
+            $app = TestApp::make();
+            $app->instance('log', $log);
+            [$server, $body] = BatchFixture::encode([
+                TestApp::request(new SeesLogContext('a'), 'job-a'),
+                TestApp::request(new SeesLogContext('b'), 'job-b'),
+                TestApp::request(new SeesLogContext('c'), 'job-c'),
+            ], 'command');
+            $app->make(MessageController::class)->batch($server, $body, new BatchOutput(fn (string $c) => $this->written[] = $c))->sendContent();
+            self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], BatchFixture::outcomes($this->written));
+            self::assertSame([['a', '[]'], ['b', '[]'], ['c', '[]']], Recorded::$handled, $log::class);
+            self::assertSame(['order' => 'c'], $log->logger->context, 'the last job\'s context stays: no reset after the last entry');
+            if ($log instanceof FakeLogManagerWithOwnReset) {
+                self::assertSame(2, $log->ownResets, 'the manager\'s own withoutContext(), once between two jobs');
+            }
+        }
+    }
+
+    /** The payload decoder is resolved once per request, as for a single message. */
+    public function testThePayloadDecoderIsResolvedOncePerBatch(): void
+    {
+        $app = TestApp::make();
+        $made = 0;
+        $app->extend(\AmqpAgent\Laravel\PayloadDecoder::class, static function (object $decoder) use (&$made): object {
+            ++$made;
+
+            return $decoder;
+        });
+        [$server, $body] = BatchFixture::encode([
+            TestApp::request(new PlaceOrder('o-1'), 'job-1'),
+            TestApp::request(new PlaceOrder('o-2'), 'job-2'),
+            TestApp::request(new PlaceOrder('o-3'), 'job-3'),
+        ], 'command');
+        $app->make(MessageController::class)->batch($server, $body, new BatchOutput(fn (string $c) => $this->written[] = $c))->sendContent();
+        self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], BatchFixture::outcomes($this->written));
+        self::assertSame(1, $made);
+        self::assertCount(3, Recorded::$handled);
+    }
+
     public function testAMalformedBatchIsRefusedWhole(): void
     {
         [$server, $body] = BatchFixture::encode([TestApp::request(new PlaceOrder('o-1'))], 'command');

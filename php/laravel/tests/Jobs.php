@@ -91,3 +91,77 @@ final class SeesScoped implements ShouldQueue
         Recorded::$handled[] = [$this->orderId, "{$first}/{$second}"];
     }
 }
+
+/** Records the log context it finds on the default channel, then adds its own (`order`). */
+final class SeesLogContext implements ShouldQueue
+{
+    use InteractsWithQueue;
+    use Queueable;
+
+    public function __construct(public string $orderId)
+    {
+    }
+
+    public function handle(): void
+    {
+        $log = \Illuminate\Container\Container::getInstance()->make('log');
+        Recorded::$handled[] = [$this->orderId, json_encode($log->driver()->context)];
+        $log->withContext(['order' => $this->orderId]);
+    }
+}
+
+/** The default channel of the fake log managers: Illuminate\Log\Logger's context methods. */
+final class FakeLogger
+{
+    public array $context = [];
+
+    public function withContext(array $context): self
+    {
+        $this->context = array_merge($this->context, $context);
+
+        return $this;
+    }
+
+    public function withoutContext(): self
+    {
+        $this->context = [];
+
+        return $this;
+    }
+}
+
+/** Laravel 8's LogManager: no withoutContext() of its own, __call forwards to driver(). */
+class FakeLogManager
+{
+    public int $drivers = 0;
+
+    public function __construct(public FakeLogger $logger = new FakeLogger())
+    {
+    }
+
+    public function driver(): FakeLogger
+    {
+        ++$this->drivers;
+
+        return $this->logger;
+    }
+
+    public function __call(string $method, array $parameters): mixed
+    {
+        return $this->driver()->{$method}(...$parameters);
+    }
+}
+
+/** Laravel ≥ 10's LogManager: a withoutContext() of its own (every channel). */
+final class FakeLogManagerWithOwnReset extends FakeLogManager
+{
+    public int $ownResets = 0;
+
+    public function withoutContext(): self
+    {
+        ++$this->ownResets;
+        $this->logger->withoutContext();
+
+        return $this;
+    }
+}

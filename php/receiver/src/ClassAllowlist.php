@@ -18,6 +18,15 @@ final class ClassAllowlist
     /** PHP's own value classes: unserializing them runs no code of the app. */
     private const PHP_VALUES = ['datetime', 'datetimeimmutable', 'datetimezone', 'dateinterval'];
 
+    /**
+     * The classes allows() said yes to, by lowercased name. Only yes is remembered: within a
+     * process a class, once declared, keeps its name and ancestors, and the entries never change,
+     * so the answer cannot turn into no; a no may (a class not loadable now may be later).
+     *
+     * @var array<string, true>
+     */
+    private array $allowed = [];
+
     /** @param list<string> $entries class, interface or namespace names */
     public function __construct(private readonly array $entries)
     {
@@ -32,9 +41,21 @@ final class ClassAllowlist
     public function allows(string $class): bool
     {
         $class = ltrim($class, '\\');
+        if (isset($this->allowed[$key = strtolower($class)])) {
+            return true;
+        }
         if (!self::isClassName($class)) {
             return false;
         }
+        if ($this->matches($class)) {
+            return $this->allowed[$key] = true;
+        }
+
+        return false;
+    }
+
+    private function matches(string $class): bool
+    {
         $types = [];
         foreach ($this->entries as $entry) {
             $entry = ltrim($entry, '\\');

@@ -21,6 +21,12 @@ final class Signature
     public const DEFAULT_TOLERANCE_SECONDS = 300;
     private const V2_PREFIX = 'amqp-agent.v2';
 
+    /** Whether ext-openssl's SHA-256 is there (hmac()); decided on first use. */
+    private static ?bool $openssl = null;
+
+    /** @var list<array{0: string, 1: string}>|null each secret's HMAC inner and outer key blocks, once computed */
+    private ?array $pads = null;
+
     /**
      * @param list<string> $secrets        every accepted secret (rotation: new and old)
      * @param int          $toleranceSeconds the clock-skew window, either way
@@ -86,9 +92,11 @@ final class Signature
         }
 
         $valid = false;
-        foreach ($this->secrets as $secret) {
+        $this->pads ??= array_map(self::pads(...), $this->secrets);
+        $message = self::v2Message($timestamp, $fields);
+        foreach ($this->secrets as $i => $secret) {
             // No early exit: every comparison is constant time, and so is the loop.
-            $expected = self::v2($secret, $timestamp, $fields);
+            $expected = self::hmac($this->pads[$i], $message);
             foreach ($v2 as $candidate) {
                 $valid = hash_equals($expected, $candidate) || $valid;
             }
@@ -109,15 +117,58 @@ final class Signature
     /** The v2 signature: hex HMAC-SHA256 over "amqp-agent.v2" and each length-prefixed field. */
     public static function v2(string $secret, int $timestamp, SignedFields $f): string
     {
+        return hash_hmac('sha256', self::v2Message($timestamp, $f), $secret);
+    }
+
+    /** What v2 signs: "amqp-agent.v2" and each field, length-prefixed (4 bytes, big-endian). */
+    private static function v2Message(int $timestamp, SignedFields $f): string
+    {
         $message = self::V2_PREFIX;
         foreach ([
             (string) $timestamp, $f->subject, $f->messageId, (string) $f->attempt, $f->routingKey,
-            $f->exchange, $f->contentType, hash('sha256', $f->headersJson), $f->body,
+            $f->exchange, $f->contentType, self::sha256($f->headersJson), $f->body,
         ] as $field) {
             $message .= pack('N', strlen($field)) . $field;
         }
 
-        return hash_hmac('sha256', $message, $secret);
+        return $message;
+    }
+
+    /**
+     * HMAC-SHA256 (RFC 2104) of $message with the key blocks of pads(): the same value as
+     * hash_hmac('sha256', $message, $secret) (SignatureTest checks it for every key length, on
+     * both paths), with the key's blocks computed once per secret rather than once per message,
+     * and through OpenSSL's SHA-256 when the extension is loaded (about half hash_hmac()'s time
+     * for a small message on PHP 8.2, whose ext/hash SHA-256 is plain C).
+     *
+     * @param array{0: string, 1: string} $pads
+     */
+    private static function hmac(array $pads, string $message): string
+    {
+        if (self::$openssl ??= function_exists('openssl_digest')) {
+            return bin2hex(openssl_digest($pads[1] . openssl_digest($pads[0] . $message, 'sha256', true), 'sha256', true));
+        }
+
+        return hash('sha256', $pads[1] . hash('sha256', $pads[0] . $message, true));
+    }
+
+    /**
+     * The inner and outer key blocks of HMAC-SHA256 for $secret: the key (hashed first when
+     * longer than SHA-256's 64-byte block), zero-padded to the block, XOR 0x36 and XOR 0x5c.
+     *
+     * @return array{0: string, 1: string}
+     */
+    private static function pads(string $secret): array
+    {
+        $key = str_pad(strlen($secret) > 64 ? hash('sha256', $secret, true) : $secret, 64, "\0");
+
+        return [$key ^ str_repeat("\x36", 64), $key ^ str_repeat("\x5c", 64)];
+    }
+
+    /** Hex SHA-256, through OpenSSL when loaded (see hmac()). */
+    private static function sha256(string $data): string
+    {
+        return (self::$openssl ??= function_exists('openssl_digest')) ? openssl_digest($data, 'sha256') : hash('sha256', $data);
     }
 
     /** The legacy v1 signature: hex HMAC-SHA256 over "t.subject.message_id.body". */

@@ -54,6 +54,21 @@ final class ClassAllowlistTest extends TestCase
         self::assertSame('App\\Gadget', $e->class);
         self::assertSame('class not allowed: App\\Gadget (not in amqp_agent.allowed_messages)', $e->getMessage());
     }
+
+    /** allows() remembers its yes (case-insensitively, as PHP names classes), never its no. */
+    public function testAYesIsRememberedAndANoIsAskedAgain(): void
+    {
+        $list = new ClassAllowlist(['Countable']);
+        $class = 'AmqpAgentLater\\DeclaredLater' . bin2hex(random_bytes(4));
+        self::assertFalse($list->allows($class), 'not declared yet');
+        eval('namespace AmqpAgentLater; final class ' . substr($class, strrpos($class, '\\') + 1) . ' implements \\Countable { public function count(): int { return 0; } }');
+        self::assertTrue($list->allows($class), 'a no is not remembered');
+        self::assertTrue($list->allows(strtoupper($class)), 'the same class, another case');
+        self::assertTrue($list->allows('\\' . $class));
+        self::assertFalse($list->allows('Exception'), 'another class');
+        self::assertFalse($list->allows('not a class'));
+        self::assertFalse((new ClassAllowlist([]))->allows($class), 'another list remembers nothing');
+    }
 }
 
 enum Suit

@@ -139,6 +139,57 @@ final class SignatureTest extends TestCase
         return Vectors::cases();
     }
 
+    /**
+     * check() computes HMAC-SHA256 from precomputed key blocks, through OpenSSL when it is loaded
+     * and ext/hash otherwise: both must give hash_hmac()'s value for every secret length (short,
+     * one byte under, at and over SHA-256's 64-byte block, where the key is hashed first).
+     *
+     * @dataProvider hashBackends
+     */
+    #[DataProvider('hashBackends')]
+    public function testTheKeyBlocksGiveHashHmacsValueForEverySecretLength(bool $openssl): void
+    {
+        if ($openssl && !function_exists('openssl_digest')) {
+            self::markTestSkipped('ext-openssl is not loaded');
+        }
+        $flag = new \ReflectionProperty(Signature::class, 'openssl');
+        $flag->setAccessible(true);
+        $before = $flag->getValue();
+        $flag->setValue(null, $openssl);
+        try {
+            $t = 1800000000;
+            $server = [
+                'HTTP_X_AGENT_SUBJECT' => 'event', 'HTTP_X_AGENT_MESSAGE_ID' => 'm-1', 'HTTP_X_AGENT_ATTEMPT' => '2',
+                'HTTP_X_AGENT_ROUTING_KEY' => 'rk', 'HTTP_X_AGENT_EXCHANGE' => 'ex', 'HTTP_X_AGENT_CONTENT_TYPE' => 'application/json',
+                'HTTP_X_AGENT_HEADERS' => '{"a":"b"}',
+            ];
+            $body = "{\"n\":1}\0\xff";
+            // The v2 string, built here independently of Signature.
+            $signed = 'amqp-agent.v2';
+            foreach ([(string) $t, 'event', 'm-1', '2', 'rk', 'ex', 'application/json', hash('sha256', '{"a":"b"}'), $body] as $field) {
+                $signed .= pack('N', strlen($field)) . $field;
+            }
+            foreach ([1, 12, 63, 64, 65, 200] as $length) {
+                $secret = substr(str_repeat("k\x00\xffsecret", 40), 0, $length);
+                $other = new Signature(['another secret', $secret]);
+                $server['HTTP_X_AGENT_SIGNATURE'] = "t={$t},v2=" . hash_hmac('sha256', $signed, $secret);
+                self::assertSame(SignatureCheck::Valid, (new Signature([$secret]))->check($server, $body, $t), "secret of {$length} bytes");
+                self::assertSame(SignatureCheck::Valid, $other->check($server, $body, $t), "second secret of {$length} bytes");
+                self::assertSame(SignatureCheck::Valid, $other->check($server, $body, $t), 'again, from the kept key blocks');
+                self::assertSame(SignatureCheck::Invalid, (new Signature([$secret]))->check($server, $body . 'x', $t), "changed body, {$length} bytes");
+                self::assertSame(SignatureCheck::Invalid, (new Signature([$secret . 'x']))->check($server, $body, $t), "other secret, {$length} bytes");
+            }
+        } finally {
+            $flag->setValue(null, $before);
+        }
+    }
+
+    /** @return array<string, array{0: bool}> */
+    public static function hashBackends(): array
+    {
+        return ['openssl' => [true], 'ext/hash' => [false]];
+    }
+
     /** @return array{0: string, 1: list<string>, 2: list<string>} */
     private static function split(string $header): array
     {

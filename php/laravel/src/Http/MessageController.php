@@ -61,7 +61,14 @@ final class MessageController
         }
 
         return new StreamedResponse(function () use ($entries, $output): void {
-            $this->receiver->runBatch($entries, $this->handle(...), $output ?? BatchOutput::stream(), $this->reset(...));
+            // Resolved once per request, as for a single message: a batch is one request.
+            $decoder = $this->container->make(PayloadDecoder::class);
+            $this->receiver->runBatch(
+                $entries,
+                fn (array $server, string $body): AgentResponse => $this->handle($server, $body, $decoder),
+                $output ?? BatchOutput::stream(),
+                $this->reset(...),
+            );
         }, 200, BatchOutput::HEADERS);
     }
 
@@ -72,8 +79,11 @@ final class MessageController
     public function reset(): void
     {
         if ($this->container->bound('log') && method_exists($log = $this->container->make('log'), 'driver')
-            && method_exists($log->driver(), 'withoutContext')) {
-            $log->withoutContext();
+            && method_exists($driver = $log->driver(), 'withoutContext')) {
+            // The worker calls $log->withoutContext(): the LogManager's own method where it has
+            // one (Laravel ≥ 10), else its __call, which forwards to driver(), the channel
+            // resolved just above; calling that one directly spares resolving it again.
+            method_exists($log, 'withoutContext') ? $log->withoutContext() : $driver->withoutContext();
         }
         if (method_exists($this->container, 'forgetScopedInstances')) {
             $this->container->forgetScopedInstances();
@@ -86,7 +96,8 @@ final class MessageController
         return new Response($response->body, $response->status, $response->headers + ['Content-Type' => 'text/plain; charset=utf-8']);
     }
 
-    public function handle(array $server, string $body): AgentResponse
+    /** One message; $decoder: the batch's (resolved once per request), else resolved here. */
+    public function handle(array $server, string $body, ?PayloadDecoder $decoder = null): AgentResponse
     {
         $message = $this->receiver->admit($server, $body);
         if ($message instanceof AgentResponse) {
@@ -94,7 +105,7 @@ final class MessageController
         }
 
         try {
-            $job = $this->container->make(PayloadDecoder::class)->decode($body);
+            $job = ($decoder ?? $this->container->make(PayloadDecoder::class))->decode($body);
             $this->context->within($message, fn () => $this->trace->within(
                 $message->traceparent,
                 $message->tracestate,

@@ -7,6 +7,7 @@ namespace App;
 use AmqpAgent\SymfonyBundle\AmqpAgentBundle;
 use App\Handler\CommandHandler;
 use App\Handler\EventHandler;
+use App\Handler\PingHandler;
 use App\Spy\DecodingSpy;
 use App\Spy\Delivery;
 use App\Spy\DispatchSpy;
@@ -81,6 +82,7 @@ final class Kernel extends BaseKernel
         $services = $c->services()->defaults()->autowire()->autoconfigure();
         $services->set(EventHandler::class)->arg('$recordDir', '%env(RECORD_DIR)%')->tag('messenger.message_handler');
         $services->set(CommandHandler::class)->arg('$recordDir', '%env(RECORD_DIR)%')->tag('messenger.message_handler');
+        $services->set(PingHandler::class)->tag('messenger.message_handler');
         $services->set(Delivery::class);
         $services->set(DecodingSpy::class)->decorate($serializer)->args([service('.inner'), service(Delivery::class)]);
         $services->set(DispatchSpy::class)->decorate('messenger.bus.default')->args([service('.inner'), service(Delivery::class)]);
