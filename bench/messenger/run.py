@@ -1051,6 +1051,8 @@ def drains(b, args, rnd, record):
 
 def variants(b, args, results, record):
     """The agent-path variants at the best pool of the index.php rows, every round."""
+    if not [x for x in args.variants.split(",") if x and x != "index"]:
+        return
     best_pool = max(
         (int(p) for p in args.pools.split(",")),
         key=lambda p: statistics.median(
