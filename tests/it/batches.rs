@@ -732,6 +732,23 @@ async fn auto_sends_a_backlog_in_batches_and_a_trickle_one_by_one() {
     agent.stop().await;
 }
 
+/// The `prefetch_count` RabbitMQ shows for the one consumer of `queue`.
+fn consumer_prefetch(queue: &str) -> u64 {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_consumers", "queue_name", "prefetch_count"])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(q, _)| *q == queue)
+        .map(|(_, n)| n.trim().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 1, "one consumer of {queue}: {text}");
+    counts[0]
+}
+
 /// `batch_max` not set (the default): a receiver that says it takes batches (the package's acks
 /// carry `X-Agent-Accepts-Batches: 2`) gets a backlog in batches after its first reply; one that
 /// does not say so gets one message per request, and `/status` says why. Each message is
@@ -778,6 +795,15 @@ async fn the_default_batches_only_once_the_receiver_says_it_takes_batches() {
         let auto = &status["subjects"]["event"]["batch_auto"];
         eprintln!(
             "default, receiver says it takes batches: {says}; largest batch {largest}; {auto}"
+        );
+        // The broker's view of the consumer: the prefetch a batch needs once the receiver said
+        // it takes batches (1 GiB / (8 MiB × 4 workers) = 32 per worker, pool 2), else the
+        // config's prefetch_per_worker (2) per worker.
+        let prefetch = consumer_prefetch(&ctx.queue("event"));
+        assert_eq!(
+            prefetch,
+            if says { 64 } else { 4 },
+            "prefetch of the event consumer"
         );
         if says {
             assert_eq!(
