@@ -1,7 +1,8 @@
 # Shared by scripts/demo, scripts/test and scripts/bench: make sure the local services exist and run.
 # Installs from Debian's packages when something is missing (needs root, as on CI).
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Each step carries the time since the script started, so a CI log shows where the time went.
+log() { printf '\033[1m==> [%d:%02d] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 APT_UPDATED=0
@@ -42,13 +43,21 @@ ensure_php_fpm() {
 
 # The frameworks the PHP packages bridge, from Debian's packages (there is no Composer registry
 # on CI machines): the tests load their autoloaders under /usr/share/php.
-ensure_php_frameworks() {
-  local missing=() pkg
-  for pkg in php-cli php-fpm php-amqp phpunit php-symfony-messenger php-symfony-amqp-messenger \
-             php-symfony-framework-bundle php-symfony-serializer php-symfony-property-access \
-             php-symfony-property-info php-symfony-yaml php-laravel-framework; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+PHP_FRAMEWORK_PACKAGES=(php-cli php-fpm php-amqp phpunit php-symfony-messenger php-symfony-amqp-messenger
+  php-symfony-framework-bundle php-symfony-serializer php-symfony-property-access
+  php-symfony-property-info php-symfony-yaml php-laravel-framework)
+
+# Prints the Debian packages of "$@" that are not installed, one per line.
+missing_packages() {
+  local pkg
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"
   done
+}
+
+ensure_php_frameworks() {
+  local missing
+  mapfile -t missing < <(missing_packages "${PHP_FRAMEWORK_PACKAGES[@]}")
   if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
   fi
