@@ -75,15 +75,7 @@ impl Fpm {
         let address = pool("bench", listen)?;
         let alt_address = alt.map(|l| pool("bench_alt", l)).transpose()?;
         fpm_pool::write_config(&mut writer, &conf_path)?;
-        let is_root = unsafe { libc::geteuid() } == 0;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&conf_path);
-        if is_root {
-            cmd.arg("-R");
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut cmd = fpm_pool::command(bin, &conf_path);
         let child =
             spawn_tied(&mut cmd).with_context(|| format!("cannot start {}", bin.display()))?;
         let mut fpm = Self {

@@ -101,14 +101,7 @@ impl Fpm {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--nodaemonize").arg("--fpm-config").arg(&self.conf);
-        if unsafe { libc::geteuid() } == 0 {
-            cmd.arg("-R");
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut cmd = fpm_pool::command(&self.bin, &self.conf);
         let child =
             spawn_tied(&mut cmd).with_context(|| format!("cannot start {}", self.bin.display()))?;
         self.child = Some(child);

@@ -1,4 +1,4 @@
-//! A php-fpm config written by `scripts/lib/fpm-pool`, the one writer of php-fpm configs for the
+//! A php-fpm config written by `scripts/lib/fpm-pool`, and the command that starts php-fpm on it; the one writer of php-fpm configs for the
 //! tests, the bench, the soak, the demo and the scripts. Part of the test harness, and compiled
 //! into `examples/bench` and `examples/soak` with `#[path]`.
 
@@ -9,6 +9,20 @@ use std::process::{Command, Stdio};
 /// passed as `--env NAME`, which then stays out of the command line).
 pub fn writer() -> Command {
     Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/fpm-pool"))
+}
+
+/// php-fpm `bin` in the foreground on `conf` (`-R` as root: the writer then runs the children as
+/// root), its input and output discarded.
+pub fn command(bin: &Path, conf: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--nodaemonize").arg("--fpm-config").arg(conf);
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("-R");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }
 
 /// Runs `writer` and writes the config it prints to `path`.

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -67,18 +67,6 @@ pub fn php_fpm_binary() -> PathBuf {
     candidates
         .pop()
         .expect("php-fpm not found: run scripts/test (it installs php-fpm) or set PHP_FPM_BIN")
-}
-
-/// php-fpm `bin` in the foreground on `conf` (`-R` as root: `scripts/lib/fpm-pool` then runs the
-/// children as root), its output discarded.
-pub fn fpm_command(bin: &Path, conf: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    cmd.arg("--nodaemonize").arg("--fpm-config").arg(conf);
-    if unsafe { libc::geteuid() } == 0 {
-        cmd.arg("-R");
-    }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    cmd
 }
 
 /// SIGTERM to the child when the thread that forks it exits (PR_SET_PDEATHSIG).
@@ -170,7 +158,7 @@ fn start_fpm() -> Fpm {
     let (tx, rx) = std::sync::mpsc::channel();
     // PR_SET_PDEATHSIG fires when the *thread* that forked exits, so fork from one that never does.
     std::thread::spawn(move || {
-        let mut cmd = fpm_command(&bin, &conf_path);
+        let mut cmd = fpm_pool::command(&bin, &conf_path);
         tie_to_thread(&mut cmd);
         let mut child: Child = cmd.spawn().expect("cannot start php-fpm");
         tx.send(()).unwrap();

@@ -148,7 +148,7 @@ impl Pool {
             writer.args(["--env", &format!("{key}={value}")]);
         }
         super::fpm_pool::write_config(&mut writer, &conf_path).unwrap();
-        let mut cmd = super::fpm_command(&php_fpm_binary(), &conf_path);
+        let mut cmd = super::fpm_pool::command(&php_fpm_binary(), &conf_path);
         super::tie_to_thread(&mut cmd);
         let child = cmd.spawn().expect("cannot start php-fpm");
         wait_until(

@@ -155,7 +155,7 @@ impl PrivateFpm {
     }
 
     pub fn up(&mut self) {
-        let mut cmd = super::fpm_command(&super::php_fpm_binary(), &self.conf);
+        let mut cmd = super::fpm_pool::command(&super::php_fpm_binary(), &self.conf);
         self.child = Some(cmd.spawn().expect("php-fpm"));
         wait_until(Duration::from_secs(20), "private php-fpm to listen", || {
             self.accepts()
