@@ -54,10 +54,11 @@ pub fn main() -> i32 {
 
 /// One thread: a current-thread runtime (actors, FastCGI and AMQP handling never hop threads);
 /// more: a multi-thread runtime with that many workers; 0: one worker per core.
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     match threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(crate::wakeups::before_park)
             .build(),
         0 => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -28,6 +28,8 @@
 //! - [`poison`]: crash-loop protection — the in-flight journal and the `poison` decision.
 //! - [`notify`]: the systemd notify protocol (READY, RELOADING, WATCHDOG, STOPPING).
 //! - [`signals`]: Unix signals mapped onto a closed set of commands.
+//! - [`wakeups`]: the runtime thread waits a little before parking while every FastCGI request in
+//!   flight is mid-batch (fewer wake-ups per batch line).
 //!
 //! # Public API
 //! `pub` is kept for what a target outside this library uses: `main.rs` ([`cli::main`]), the
@@ -61,3 +63,4 @@ pub mod stats;
 pub mod telemetry;
 pub(crate) mod trace_context;
 pub mod upstreams;
+pub mod wakeups;

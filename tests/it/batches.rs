@@ -112,7 +112,25 @@ fn assert_first_request_was_one_batch(records: &[Value], handled_in_it: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_fifty_settles_each_message_by_its_own_outcome() {
-    let ctx = ctx("batch-outcomes", "10s").await;
+    fifty_settled_by_their_own_outcomes("batch-outcomes").await;
+}
+
+/// The same batch on the runtime `amqp-agent run` builds (one thread, with the pause before
+/// parking of `amqp_agent::wakeups`): the batch's lines are read after pauses, and every entry
+/// is still settled by its own line.
+#[test]
+fn a_batch_on_the_agents_own_runtime_pauses_between_lines_and_settles_the_same() {
+    let runtime = amqp_agent::cli::runtime(1).unwrap();
+    let before = amqp_agent::wakeups::pauses();
+    runtime.block_on(fifty_settled_by_their_own_outcomes("batch-own-runtime"));
+    let pauses = amqp_agent::wakeups::pauses() - before;
+    assert!(pauses > 0, "no pause while the batch of 50 ran");
+}
+
+/// 50 entries in one batch: m-7 fails once (retried, then acked alone), m-12 is rejected
+/// (dead-lettered), the other 48 are acked; one batch request in all.
+async fn fifty_settled_by_their_own_outcomes(name: &str) {
+    let ctx = ctx(name, "10s").await;
     publish_fifty(&ctx, |i| match i {
         7 => "fail-once",
         12 => "reject",
