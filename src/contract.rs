@@ -203,6 +203,8 @@ pub struct RequestTemplate {
     server_name: String,
     server_port: String,
     secrets: Vec<String>,
+    /// `fpm.signature_v1`: the legacy `v1` values too.
+    sign_v1: bool,
     max_body_bytes: usize,
     max_headers_bytes: usize,
     max_header_depth: usize,
@@ -231,6 +233,7 @@ impl RequestTemplate {
             server_name: config.fpm.server_name.clone(),
             server_port: "80".to_owned(),
             secrets: config.fpm.signing_secrets.clone(),
+            sign_v1: config.fpm.signature_v1,
             max_body_bytes: config.limits.max_body_bytes,
             max_headers_bytes: config.limits.max_headers_bytes,
             max_header_depth: config.limits.max_header_depth,
@@ -342,7 +345,7 @@ impl RequestTemplate {
                 headers_json: &headers,
                 body,
             };
-            let signature = crate::signature::sign(&self.secrets, now, &fields);
+            let signature = crate::signature::sign(&self.secrets, now, &fields, self.sign_v1);
             p.push(("HTTP_X_AGENT_SIGNATURE", Cow::Owned(signature)));
         }
         p.push(("HTTP_X_AGENT_HEADERS", Cow::Owned(headers)));

@@ -36,6 +36,9 @@ pub struct FpmConfig {
     /// A file with one secret per line, used in addition to `signing_secrets`.
     #[serde(default)]
     pub signing_secrets_file: Option<PathBuf>,
+    /// Also sign with the legacy `v1` HMAC (for receivers older than the `v2` signature).
+    #[serde(default)]
+    pub signature_v1: bool,
     /// Success requires the response header `X-Agent-Ack: 1` besides a 2xx status.
     #[serde(default = "default_true")]
     pub require_ack_header: bool,

@@ -102,7 +102,11 @@ fn builds_the_documented_params() {
     assert_eq!(get(&params, "HTTP_X_AGENT_ROUTING_KEY"), Some("rk"));
     assert_eq!(get(&params, "HTTP_X_AGENT_EXCHANGE"), Some("ex"));
     let sig = get(&params, "HTTP_X_AGENT_SIGNATURE").unwrap();
-    assert!(sig.starts_with(&format!("t={NOW},v1=")));
+    assert!(sig.starts_with(&format!("t={NOW},v2=")), "{sig}");
+    assert!(
+        !sig.contains("v1="),
+        "no v1 without fpm.signature_v1: {sig}"
+    );
     assert!(verifies(&params, &signed_as_sent(&params, b"{}")));
 }
 

@@ -70,8 +70,32 @@ fn cases() -> Vec<Case> {
 fn signs_every_known_answer_vector_exactly() {
     for case in cases() {
         assert_eq!(
-            sign(&case.secrets, case.t, &case.fields()),
+            sign(&case.secrets, case.t, &case.fields(), true),
             case.signature,
+            "vector `{}`",
+            case.name
+        );
+    }
+}
+
+/// Without `fpm.signature_v1` (the default) the header is the vector's without its `v1` values.
+#[test]
+fn signs_without_v1_by_default_as_the_vector_less_its_v1_values() {
+    for case in cases() {
+        let without_v1: Vec<&str> = case
+            .signature
+            .split(',')
+            .filter(|part| !part.starts_with("v1="))
+            .collect();
+        assert!(
+            case.signature.split(',').any(|p| p.starts_with("v1=")),
+            "vector `{}` has v1 values",
+            case.name
+        );
+        let signed = sign(&case.secrets, case.t, &case.fields(), false);
+        assert_eq!(signed, without_v1.join(","), "vector `{}`", case.name);
+        assert!(
+            verify(&signed, &case.secrets, case.t, 300, &case.fields(), false),
             "vector `{}`",
             case.name
         );

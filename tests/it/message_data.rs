@@ -18,6 +18,28 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+/// `fpm.signature_v1 = true` (receivers older than v2): the legacy `v1` value is sent before
+/// `v2`, and each verifies alone in PHP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signature_v1_adds_the_legacy_value_for_old_receivers() {
+    let mut ctx = TestCtx::new("sig-v1").await;
+    ctx.set("fpm.signature_v1", true);
+    let agent = ctx.start_agent().await;
+    ctx.publish_json("event", "old", "ok").await;
+    let records = ctx.wait_records(1, WAIT).await;
+    let signature = records[0]["params"]["HTTP_X_AGENT_SIGNATURE"]
+        .as_str()
+        .unwrap();
+    let keys: Vec<&str> = signature
+        .split(',')
+        .map(|p| p.split_once('=').unwrap().0)
+        .collect();
+    assert_eq!(keys, ["t", "v1", "v2"], "{signature}");
+    assert_eq!(records[0]["sig_ok"], true, "v2 verifies in PHP");
+    assert_eq!(records[0]["sig_v1_ok"], true, "v1 verifies in PHP");
+    assert!(agent.drain().await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multipart_message_reaches_php_whole_in_php_input() {
     let ctx = TestCtx::new("multipart").await;
@@ -54,7 +76,12 @@ async fn a_multipart_message_reaches_php_whole_in_php_input() {
     assert_eq!(mp["params"]["CONTENT_TYPE"], "application/octet-stream");
     assert_eq!(mp["params"]["HTTP_X_AGENT_CONTENT_TYPE"], content_type);
     assert_eq!(mp["sig_ok"], true, "v2 verifies in PHP");
-    assert_eq!(mp["sig_v1_ok"], true, "v1 still sent beside v2");
+    assert_eq!(mp["sig_v1_ok"], false, "no v1 without fpm.signature_v1");
+    let signature = mp["params"]["HTTP_X_AGENT_SIGNATURE"].as_str().unwrap();
+    assert!(
+        signature.starts_with("t=") && signature.contains(",v2=") && !signature.contains("v1="),
+        "{signature}"
+    );
     let form_rec = by_id("form");
     assert_eq!(body_of(form_rec), form.as_bytes());
     assert_eq!(
