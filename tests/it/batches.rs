@@ -252,6 +252,19 @@ async fn a_child_killed_mid_batch_blames_only_the_running_entry() {
     failure_mid_batch("batch-kill", Failure::Kill).await;
 }
 
+/// The same kill on the runtime `amqp-agent run` builds, where the thread pauses before parking
+/// while the batch is mid-way (`amqp_agent::wakeups`): lines read after a pause count the same.
+#[test]
+fn a_child_killed_mid_batch_on_the_agents_own_runtime_blames_only_the_running_entry() {
+    let runtime = amqp_agent::cli::runtime(1).unwrap();
+    let before = amqp_agent::wakeups::pauses();
+    runtime.block_on(failure_mid_batch("batch-kill-own", Failure::Kill));
+    assert!(
+        amqp_agent::wakeups::pauses() > before,
+        "no pause while the batch ran"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_mid_batch_blames_only_the_running_entry() {
     failure_mid_batch("batch-timeout", Failure::Timeout).await;
