@@ -52,8 +52,13 @@ pub fn main() -> i32 {
     }
 }
 
-/// One thread: a current-thread runtime (actors, FastCGI and AMQP handling never hop threads);
-/// more: a multi-thread runtime with that many workers; 0: one worker per core.
+/// One thread: a current-thread runtime (actors, FastCGI and AMQP handling never hop threads),
+/// which pauses before parking while every FastCGI request in flight is mid-batch
+/// ([`crate::wakeups`]); more: a multi-thread runtime with that many workers; 0: one worker per
+/// core.
+///
+/// # Errors
+/// The runtime's I/O or timer driver could not be created.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     match threads {
         1 => tokio::runtime::Builder::new_current_thread()

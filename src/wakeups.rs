@@ -9,8 +9,10 @@
 //! rest of the agent's work for a message (docs/performance.md, "Wake-ups per batch line").
 //!
 //! Those lines need not be read the microsecond they arrive: PHP is not blocked by lines the
-//! agent has not read, an entry's ack may wait a little, and a line in the socket's buffer
-//! survives PHP's exit as well as it would in the agent's. So while **every** request in
+//! agent has not read, an entry's ack may wait a little, and a line in the socket's buffer is
+//! still read after PHP exits (unless a reset drops it: a child killed while its own socket held
+//! unread input; its entries are then handled again, alone, as docs/batches.md "What a crash can
+//! cost" says, and a pause widens that window by at most its length). So while **every** request in
 //! flight is a batch with at least two entries still unanswered, the runtime thread sleeps
 //! [`PAUSE`] before it parks, and then finds the lines of all batches (and any deliveries)
 //! ready at once. Nothing that should be seen at once waits:
