@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long the thread waits before it parks while every request in flight is mid-batch.
-pub const PAUSE: Duration = Duration::from_micros(500);
+pub const PAUSE: Duration = Duration::from_millis(1);
 
 /// The requests in flight and, of those, the batches mid-way, of one thread.
 pub(crate) struct Marks {
