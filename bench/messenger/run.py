@@ -117,7 +117,8 @@ class Bench:
             AGENT_COMMAND_QUEUE=q[1],
             RECORD_DIR=self.records,
             AGENT_SIGNING_SECRET=SECRET,
-            AGENT_SIGNATURE_ALLOW_V1="1",
+            # As deployed: the agent sends v2 only (fpm.signature_v1 unset), PHP refuses v1.
+            AGENT_SIGNATURE_ALLOW_V1="0",
             TRIVIAL_APP=self.app,
         )
         return env

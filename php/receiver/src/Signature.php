@@ -100,7 +100,9 @@ final class Signature
             foreach ($v2 as $candidate) {
                 $valid = hash_equals($expected, $candidate) || $valid;
             }
-            if ($this->allowV1) {
+            // Whether the header carries v1 values is public: skipping their HMAC when it has none
+            // (agents send v1 only with fpm.signature_v1) tells nothing about a secret.
+            if ($this->allowV1 && $v1 !== []) {
                 $expected = self::v1($secret, $timestamp, $fields->subject, $fields->messageId, $body);
                 foreach ($v1 as $candidate) {
                     $valid = hash_equals($expected, $candidate) || $valid;

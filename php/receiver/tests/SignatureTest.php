@@ -47,6 +47,10 @@ final class SignatureTest extends TestCase
 
         $server['HTTP_X_AGENT_SIGNATURE'] = implode(',', array_merge([$t], $v2));
         self::assertSame(SignatureCheck::Valid, (new Signature($secrets))->check($server, $body, $case['t']));
+        // The agent's default header (no v1 values) with v1 allowed: v2 decides, no v1 computed.
+        self::assertSame(SignatureCheck::Valid, (new Signature($secrets, allowV1: true))->check($server, $body, $case['t']));
+        $server['HTTP_X_AGENT_SIGNATURE'] = $t;
+        self::assertSame(SignatureCheck::Invalid, (new Signature($secrets, allowV1: true))->check($server, $body, $case['t']));
 
         $server['HTTP_X_AGENT_SIGNATURE'] = implode(',', array_merge([$t], $v1));
         self::assertSame(SignatureCheck::Invalid, (new Signature($secrets))->check($server, $body, $case['t']));
