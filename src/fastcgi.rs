@@ -284,7 +284,7 @@ impl FpmClient {
         queued: &(dyn Fn() -> bool + Sync),
         on_stdout: &mut (dyn FnMut(&[u8]) -> Result<(), String> + Send),
     ) -> Result<Reply, FpmError> {
-        let _in_flight = crate::wakeups::InFlight::new(crate::wakeups::marks());
+        let _in_flight = crate::wakeups::InFlight::new();
         self.in_request = true;
         let received = self.received.clone();
         let before = received.load(Ordering::Acquire);

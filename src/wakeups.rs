@@ -35,7 +35,7 @@ use std::time::Duration;
 pub const PAUSE: Duration = Duration::from_millis(1);
 
 /// The requests in flight and, of those, the batches mid-way, of one thread.
-pub(crate) struct Marks {
+struct Marks {
     /// FastCGI requests in flight (each an [`InFlight`]).
     in_flight: AtomicUsize,
     /// Batches with two entries or more unanswered (each an [`Unhurried`] that is on).
@@ -63,7 +63,7 @@ thread_local! {
 }
 
 /// The calling thread's marks.
-pub(crate) fn marks() -> &'static Marks {
+fn marks() -> &'static Marks {
     MARKS.with(|m| *m)
 }
 
@@ -106,7 +106,12 @@ pub fn pauses() -> u64 {
 pub(crate) struct InFlight(&'static Marks);
 
 impl InFlight {
-    pub(crate) fn new(marks: &'static Marks) -> Self {
+    /// A request in flight on the calling thread.
+    pub(crate) fn new() -> Self {
+        Self::on(marks())
+    }
+
+    fn on(marks: &'static Marks) -> Self {
         marks.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(marks)
     }
@@ -126,7 +131,12 @@ pub(crate) struct Unhurried {
 }
 
 impl Unhurried {
-    pub(crate) fn new(marks: &'static Marks) -> Self {
+    /// A batch request on the calling thread, not marked until [`Unhurried::set`] says so.
+    pub(crate) fn new() -> Self {
+        Self::on(marks())
+    }
+
+    fn on(marks: &'static Marks) -> Self {
         Self { marks, on: false }
     }
 
@@ -164,12 +174,12 @@ mod tests {
             )
         };
         assert!(!may_pause(&M), "idle: a delivery is seen at once");
-        let single = InFlight::new(&M);
+        let single = InFlight::on(&M);
         assert!(!may_pause(&M), "a single request");
         // A batch is marked, then its request counts as in flight, in the same poll.
-        let mut batch = Unhurried::new(&M);
+        let mut batch = Unhurried::on(&M);
         batch.set(50);
-        let batch_flight = InFlight::new(&M);
+        let batch_flight = InFlight::on(&M);
         assert_eq!(state(), (1, 2));
         assert!(!may_pause(&M), "a batch beside a single request");
         drop(single);
@@ -180,9 +190,9 @@ mod tests {
         assert_eq!(state(), (0, 1));
         assert!(!may_pause(&M), "its last entry is awaited at once");
         batch.set(3);
-        let mut other = Unhurried::new(&M);
+        let mut other = Unhurried::on(&M);
         other.set(10);
-        let other_flight = InFlight::new(&M);
+        let other_flight = InFlight::on(&M);
         assert_eq!(state(), (2, 2));
         assert!(may_pause(&M), "two batches mid-way");
         other.set(0);

@@ -99,6 +99,13 @@ impl Reader {
         self.expected.difference(&self.answered).copied()
     }
 
+    /// How many entries have no verdict from the reply yet.
+    #[must_use]
+    pub(crate) fn unanswered(&self) -> usize {
+        // `answered` only takes expected indices (`line`).
+        self.expected.len() - self.answered.len()
+    }
+
     /// True when entry `index` got its verdict from the reply.
     #[must_use]
     pub fn answered(&self, index: usize) -> bool {

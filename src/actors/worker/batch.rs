@@ -358,18 +358,16 @@ async fn stream(
     let running = runtime.monitor.running(&runtime.name, &label);
     let send = async {
         // Until its last entry, a batch's next line need not wake the thread (crate::wakeups).
-        let mut unhurried = crate::wakeups::Unhurried::new(crate::wakeups::marks());
-        let mut unanswered = request.sent.len();
-        unhurried.set(unanswered);
+        let mut unhurried = crate::wakeups::Unhurried::new();
+        unhurried.set(reader.unanswered());
         let mut on_stdout = |chunk: &[u8]| {
             let fed = reader
                 .feed(chunk, &mut |i, verdict| {
                     lines.arrived();
-                    unanswered = unanswered.saturating_sub(1);
                     let _ = tx.send((i, verdict));
                 })
                 .map_err(|e| e.to_string());
-            unhurried.set(if fed.is_ok() { unanswered } else { 0 });
+            unhurried.set(if fed.is_ok() { reader.unanswered() } else { 0 });
             fed
         };
         let sent = runtime
