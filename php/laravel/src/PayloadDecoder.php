@@ -84,7 +84,7 @@ final class PayloadDecoder
         if ($plaintext && self::shouldBeEncrypted($job)) {
             throw self::plaintext($job);
         }
-        $classes = ClassAllowlist::namedIn($command);
+        $classes = array_values(ClassAllowlist::namedIn($command));
         foreach ($classes as $class) {
             if (!ClassAllowlist::isPlainValue($class) && !$this->jobs->allows($class) && !$this->classes->allows($class)) {
                 throw new ClassNotAllowed($class, 'amqp-agent.allowed_classes');

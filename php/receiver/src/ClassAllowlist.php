@@ -98,9 +98,10 @@ final class ClassAllowlist
     }
 
     /**
-     * Every class name a serialized PHP value may construct, in order, once each.
+     * Every class name a serialized PHP value may construct, in order, once each, keyed by its
+     * lowercased form (PHP's names compare case-insensitively).
      *
-     * @return list<string>
+     * @return array<string, string>
      */
     public static function namedIn(string $serialized): array
     {
@@ -112,7 +113,7 @@ final class ClassAllowlist
             $names[strtolower($name)] ??= $name;
         }
 
-        return array_values($names);
+        return $names;
     }
 
     /** The class name the serialized value at the start of $serialized is an object of, if any. */

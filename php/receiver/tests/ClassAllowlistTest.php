@@ -31,9 +31,10 @@ final class ClassAllowlistTest extends TestCase
     {
         $serialized = serialize([new \ArrayObject([new \SplObjectStorage()]), Suit::Hearts, 'O:3:"Foo":0:{}']);
 
-        self::assertSame([\ArrayObject::class, \SplObjectStorage::class, Suit::class, 'Foo'], ClassAllowlist::namedIn($serialized), 'a string that looks like an object counts too');
-        self::assertSame(['Gadget'], ClassAllowlist::namedIn('a:1:{i:0;C:6:"Gadget":2:{x;}}'), 'Serializable payloads');
-        self::assertSame(['Gadget'], ClassAllowlist::namedIn('o:+6:"\\Gadget":0:{}'), 'any case, a signed length, a leading backslash');
+        self::assertSame(['arrayobject' => \ArrayObject::class, 'splobjectstorage' => \SplObjectStorage::class, strtolower(Suit::class) => Suit::class, 'foo' => 'Foo'], ClassAllowlist::namedIn($serialized), 'a string that looks like an object counts too');
+        self::assertSame(['gadget' => 'Gadget'], ClassAllowlist::namedIn('a:1:{i:0;C:6:"Gadget":2:{x;}}'), 'Serializable payloads');
+        self::assertSame(['gadget' => 'Gadget'], ClassAllowlist::namedIn('o:+6:"\\Gadget":0:{}'), 'any case, a signed length, a leading backslash');
+        self::assertSame(['gadget' => 'Gadget'], ClassAllowlist::namedIn('a:2:{i:0;O:6:"Gadget":0:{}i:1;O:6:"GADGET":0:{}}'), 'once each, whatever the case, as first written');
         self::assertSame(\ArrayObject::class, ClassAllowlist::topLevel(serialize(new \ArrayObject())));
         self::assertNull(ClassAllowlist::topLevel('s:1:"O";'));
     }

@@ -107,6 +107,33 @@ final class AllowlistTest extends TestCase
         self::assertStringStartsWith('class not allowed: ' . Payload::class . ' (not in amqp_agent.allowed_messages', $asMessage->body);
     }
 
+    public function testAClassLetThroughOnceLetsNothingElseThroughAndARefusalIsAskedAgain(): void
+    {
+        // One controller, so one allowlist: what it remembers between messages is what is tested.
+        $controller = self::controller(routing: [OrderPlaced::class, MessageMarker::class]);
+        $good = addslashes(serialize(new Envelope(new OrderPlaced('o-1'), [new BusNameStamp('messenger.bus.default')])));
+        self::assertSame(200, $controller->handle(...self::signed($good))->status);
+
+        $hidden = $controller->handle(...self::signed(self::gadgetEnvelope()));
+        self::assertSame(422, $hidden->status, 'the envelope and message classes let through before do not carry a gadget');
+        self::assertStringStartsWith('class not allowed: ' . Gadget::class . ' ', $hidden->body);
+        self::assertSame(422, $controller->handle(...self::signed(self::gadgetEnvelope()))->status, 'refused again');
+
+        // A message class not declared yet (nothing autoloads it) is refused, then let through
+        // once the app declares it: a no is never remembered.
+        $late = __NAMESPACE__ . '\\Late' . bin2hex(random_bytes(4));
+        $body = addslashes(str_replace('O:' . strlen(Payload::class) . ':"' . Payload::class . '"', 'O:' . strlen($late) . ':"' . $late . '"', serialize(new Envelope(new Payload('p')))));
+        $refused = $controller->handle(...self::signed($body));
+        self::assertSame(422, $refused->status, $refused->body);
+        self::assertStringStartsWith("class not allowed: {$late} ", $refused->body);
+        eval('namespace ' . __NAMESPACE__ . '; final class ' . substr($late, strlen(__NAMESPACE__) + 1) . ' implements MessageMarker { public function __construct(public string $value = "") {} }');
+        $allowed = $controller->handle(...self::signed($body));
+        self::assertSame(200, $allowed->status, $allowed->body);
+        self::assertInstanceOf($late, Handled::$messages[array_key_last(Handled::$messages)]);
+        self::assertSame(200, $controller->handle(...self::signed($good))->status);
+        self::assertSame([], Gadget::$ran);
+    }
+
     /** What PhpSerializer would publish for a Gadget message (built as text: no Gadget is ever constructed here). */
     private static function gadgetEnvelope(): string
     {

@@ -32,6 +32,16 @@ final class MessageAllowlist
     private readonly ClassAllowlist $stamps;
 
     /**
+     * The names checkEncoded() let through, lowercased. Only a yes is remembered, for the reason
+     * ClassAllowlist::allows() gives (an enum, a date class, an allowed class or a message stays
+     * one for the life of the process): each body names the same few classes (the message, the
+     * envelope, its stamps), checked once per process instead of once per message.
+     *
+     * @var array<string, true>
+     */
+    private array $passed = [];
+
+    /**
      * @param list<string> $messages classes, interfaces or namespaces a message may be
      * @param list<string> $classes  the same for the other objects a message holds
      */
@@ -64,10 +74,14 @@ final class MessageAllowlist
         if (preg_match('/\A[OCEa]:/i', $serialized) !== 1) {
             return;
         }
-        foreach (ClassAllowlist::namedIn($serialized) as $class) {
+        foreach (ClassAllowlist::namedIn($serialized) as $key => $class) {
+            if (isset($this->passed[$key])) {
+                continue;
+            }
             if (!ClassAllowlist::isPlainValue($class) && !$this->classes->allows($class) && !$this->isMessage($class)) {
                 throw new ClassNotAllowed($class, self::CLASSES);
             }
+            $this->passed[$key] = true;
         }
     }
 
