@@ -395,8 +395,8 @@ fn batches_wait_for_the_receiver_by_default_and_are_bounded() {
     let c = parse(&small).unwrap();
     assert_eq!(
         c.prefetch_per_worker(&c.subjects["event"]),
-        50,
-        "the ceiling"
+        100,
+        "two batches of the ceiling"
     );
     let tight = format!("{MINIMAL}[limits]\nmemory_budget = \"64MiB\"\n");
     let c = parse(&tight).unwrap();
@@ -407,7 +407,7 @@ fn batches_wait_for_the_receiver_by_default_and_are_bounded() {
     );
     // "auto" and a number are the operator's choice, not held to the budget.
     let c = parse(&format!("{MINIMAL}batch_max = \"auto\"\n")).unwrap();
-    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 50);
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 100);
     let c = parse(MINIMAL).unwrap();
     let s = &c.subjects["event"];
     assert_eq!(s.batch_wait, Duration::ZERO);
@@ -419,15 +419,28 @@ fn batches_wait_for_the_receiver_by_default_and_are_bounded() {
     let c = parse(&format!("{MINIMAL}batch_max = 50\nbatch_wait = \"20ms\"\n")).unwrap();
     assert_eq!(c.subjects["event"].batch_max, BatchMax::Fixed(50));
     assert_eq!(c.subjects["event"].batch_wait, Duration::from_millis(20));
-    // The per-worker prefetch holds a full batch.
-    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 50);
+    // The per-worker prefetch holds the batch running and the next one.
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 100);
+    let c = parse(&format!("{MINIMAL}batch_max = 2\n")).unwrap();
+    assert_eq!(
+        c.prefetch_per_worker(&c.subjects["event"]),
+        8,
+        "never below prefetch_per_worker"
+    );
+    let c = parse(&format!("{MINIMAL}batch_max = 1000\n")).unwrap();
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 2000);
+    assert_eq!(
+        crate::config::batch_window(1),
+        1,
+        "one message per request: no batch to keep full"
+    );
     // "auto": up to batch_limit (default 50), within batch_latency (default 100 ms).
     let c = parse(&format!("{MINIMAL}batch_max = \"auto\"\n")).unwrap();
     let s = &c.subjects["event"];
     assert_eq!(s.batch_max, BatchMax::Auto);
     assert_eq!((s.batch_limit, s.batch_ceiling()), (50, 50));
     assert_eq!(s.batch_latency, Duration::from_millis(100));
-    assert_eq!(c.prefetch_per_worker(s), 50);
+    assert_eq!(c.prefetch_per_worker(s), 100);
     let c = parse(&format!(
         "{MINIMAL}batch_max = \"auto\"\nbatch_limit = 200\nbatch_latency = \"20ms\"\n"
     ))

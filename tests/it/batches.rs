@@ -732,6 +732,13 @@ async fn auto_sends_a_backlog_in_batches_and_a_trickle_one_by_one() {
         .max()
         .unwrap_or(0);
     eprintln!("auto: largest batch of the backlog {largest}");
+    // The broker's view: two batches of batch_limit (50) per worker, the one running and the
+    // next (config::batch_window), pool 2.
+    assert_eq!(
+        consumer_prefetch(&ctx.queue("event")),
+        200,
+        "prefetch of the event consumer"
+    );
     assert!(
         largest >= 10,
         "largest batch {largest}: a backlog goes in batches"
