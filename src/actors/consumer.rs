@@ -2,7 +2,8 @@
 //! deliveries and hands each to an idle FPM worker; supervises its pool of workers.
 //!
 //! Invariant: the number of deliveries the agent holds for a subject is bounded by `basic.qos`
-//! (pool size × `amqp.prefetch_per_worker`); a delivery is either with exactly one worker or
+//! (pool size × `Config::prefetch_per_worker`: `amqp.prefetch_per_worker`, or with batches two
+//! batches per worker); a delivery is either with exactly one worker or
 //! waiting in `backlog`, and a worker that dies has its delivery nacked back to the queue.
 
 use std::collections::VecDeque;
@@ -323,10 +324,10 @@ pub(crate) fn exit_of(event: SupervisionEvent) -> Option<(ActorCell, ConsumerExi
     }
 }
 
-/// Opens channels, declares the topology, spawns the pool and starts consuming.
-/// Deliveries a worker may hold (`basic.qos` per worker): room for a full batch.
-/// Deliveries per worker: the config's, except until the receiver first says it takes batches
-/// with the default `batch_max` (one message per request: `amqp.prefetch_per_worker`).
+/// Deliveries a worker may hold (`basic.qos` per worker, `Config::prefetch_per_worker`: with
+/// batches, the batch it runs and the next one): the config's, except until the receiver first
+/// says it takes batches with the default `batch_max` (one message per request:
+/// `amqp.prefetch_per_worker`).
 fn per_worker(state: &ConsumerState) -> u16 {
     let config = &state.runtime.config;
     match &state.auto {
@@ -335,6 +336,7 @@ fn per_worker(state: &ConsumerState) -> u16 {
     }
 }
 
+/// Opens channels, declares the topology, spawns the pool and starts consuming.
 async fn setup(
     myself: &ActorRef<ConsumerMsg>,
     args: &ConsumerArgs,

@@ -166,6 +166,29 @@ fn passwords_are_redacted() {
 }
 
 #[test]
+fn a_rate_limit_too_slow_for_the_prefetch_window_warns() {
+    let rate = |extra: &str| {
+        parse(&format!("{MINIMAL}rate_limit = \"1/s\"\n{extra}"))
+            .unwrap()
+            .warnings()
+            .into_iter()
+            .filter(|w| w.contains("rate_limit"))
+            .collect::<Vec<_>>()
+    };
+    // Pool 4 × 8 deliveries at 1/s: 32 s.
+    assert!(rate("").is_empty(), "{:?}", rate(""));
+    // Pool 4 × two batches of 500 at 1/s: 4,000 s, past 30 minutes.
+    let w = rate("batch_max = 500\n");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("subjects.event.rate_limit") && w[0].contains("4000 deliveries"),
+        "{w:?}"
+    );
+    // Pool 4 × two batches of 200 at 1/s: 1,600 s, within it.
+    assert!(rate("batch_max = 200\n").is_empty());
+}
+
+#[test]
 fn timeout_above_consumer_timeout_warns() {
     let c = parse(&MINIMAL.replace("[fpm]", "[fpm]\ntimeout = \"45m\"")).unwrap();
     assert!(c.warnings().iter().any(|w| w.contains("consumer_timeout")));

@@ -45,7 +45,33 @@ impl Config {
             );
         }
         out.extend(self.memory_warning());
+        out.extend(self.rate_warnings());
         out.extend(self.amqp_warnings());
+        out
+    }
+
+    /// A rate-limited subject holds its prefetch window unacked while it waits for tokens: when
+    /// the window takes longer than RabbitMQ's default `consumer_timeout` (30 minutes) to pass
+    /// at the limit, the last deliveries in it outlive it, the broker closes the channel and
+    /// sends the window again. (Checked for the file's rate; `rate set` is not.)
+    fn rate_warnings(&self) -> Vec<String> {
+        let consumer_timeout = 30.0 * 60.0;
+        let mut out = Vec::new();
+        for (name, s) in &self.subjects {
+            let Some(rate) = s.rate_limit else { continue };
+            let window = prefetch(usize::from(s.pool_size), self.prefetch_per_worker(s));
+            let seconds = f64::from(window) / rate.per_second();
+            if seconds >= consumer_timeout {
+                out.push(format!(
+                    "subjects.{name}.rate_limit ({rate}) takes {:.0} minutes to pass its prefetch \
+                     window ({window} deliveries: pool_size × the per-worker prefetch, two batches \
+                     per worker with batches), over RabbitMQ's default consumer_timeout (30m): \
+                     the deliveries waiting longest would be sent again; lower batch_max \
+                     (batch_limit), amqp.prefetch_per_worker or pool_size, or raise the rate",
+                    seconds / 60.0
+                ));
+            }
+        }
         out
     }
 

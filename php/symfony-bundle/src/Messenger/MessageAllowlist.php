@@ -35,7 +35,8 @@ final class MessageAllowlist
      * The names checkEncoded() let through, lowercased. Only a yes is remembered, for the reason
      * ClassAllowlist::allows() gives (an enum, a date class, an allowed class or a message stays
      * one for the life of the process): each body names the same few classes (the message, the
-     * envelope, its stamps), checked once per process instead of once per message.
+     * envelope, its stamps), checked once per allowlist (under php-fpm, once per request: per
+     * batch) instead of once per message.
      *
      * @var array<string, true>
      */
