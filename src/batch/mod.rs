@@ -64,6 +64,25 @@ impl Batching {
         n.max(1)
     }
 
+    /// True when the next `max` entries fit `max_bytes` even with the largest headers JSON each
+    /// may carry (`headers_at_most`, `limits.max_headers_bytes`): [`Self::take`] then takes the
+    /// same number whatever their headers are, so the consumer need not encode them to count
+    /// their bytes (the worker encodes them anyway).
+    #[must_use]
+    pub(crate) fn fits_at_most(
+        &self,
+        bodies: impl IntoIterator<Item = usize>,
+        headers_at_most: usize,
+    ) -> bool {
+        bodies
+            .into_iter()
+            .take(self.max)
+            .try_fold(0usize, |sum, body| {
+                sum.checked_add(entry_bytes(body, headers_at_most))
+            })
+            .is_some_and(|sum| sum <= self.max_bytes)
+    }
+
     /// True when an idle worker should wait for more deliveries: batches are on, the backlog
     /// holds fewer than `max` and the oldest has waited less than `wait`.
     #[must_use]
@@ -119,6 +138,27 @@ mod tests {
         let n = b.take(entries);
         assert!((10..=13).contains(&n), "{n}");
         assert!(n * entry_bytes(40, 4106) <= 64 * 1024);
+    }
+
+    #[test]
+    fn entries_that_fit_with_the_largest_headers_need_no_encoding() {
+        let b = batching(3, 3 * entry_bytes(100, 1000));
+        assert!(b.fits_at_most([100, 100, 100], 1000));
+        assert!(
+            b.fits_at_most([100, 100, 100, 5_000_000], 1000),
+            "only max entries count"
+        );
+        assert!(!b.fits_at_most([100, 100, 101], 1000));
+        assert!(!b.fits_at_most([100, 100, 100], 1001));
+        assert!(!b.fits_at_most([usize::MAX, 1], 0), "no overflow");
+        // Where it says yes, take() counts the same whatever the headers are (each ≤ the most).
+        let bodies = [100, 100, 100, 100];
+        assert!(b.fits_at_most(bodies, 1000));
+        for headers in [0, 2, 999, 1000] {
+            let exact = bodies.map(|body| (entry_bytes(body, headers), false));
+            let upper = bodies.map(|body| (entry_bytes(body, 1000), false));
+            assert_eq!(b.take(exact), b.take(upper));
+        }
     }
 
     #[test]

@@ -202,6 +202,12 @@ fn request_size(state: &ConsumerState) -> usize {
         }
     };
     let limits = &state.runtime.config.limits;
+    let bodies = state.backlog.iter().map(|d| d.data.len());
+    if batching.fits_at_most(bodies, limits.max_headers_bytes) {
+        // Counted with the largest headers each may carry: the bound cannot cut the batch.
+        let most = |d: &Delivery| crate::batch::entry_bytes(d.data.len(), limits.max_headers_bytes);
+        return batching.take(state.backlog.iter().map(|d| (most(d), d.redelivered)));
+    }
     batching.take(
         state
             .backlog
