@@ -616,6 +616,52 @@ fn the_demo_configs_are_refused_with_their_public_secrets() {
     }
 }
 
+/// The Kubernetes example's prefetched bodies fit its container's memory limit: the window of
+/// every subject (the default `batch_max`, so held to `limits.memory_budget`) at
+/// `max_body_bytes` each, plus one message of RabbitMQ's default `max_message_size` (128 MiB),
+/// within the agent container's `limits.memory` in deployment.yaml.
+#[test]
+fn the_kubernetes_example_holds_its_bodies_within_the_containers_memory_limit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text =
+        std::fs::read_to_string(root.join("deploy/kubernetes/base/amqp-agent.toml")).unwrap();
+    let c = Config::from_toml(&text, Path::new("amqp-agent.toml"), |name| match name {
+        "AMQP_AGENT_AMQP_URL" => Some("amqp://agent:secret@rabbitmq:5672/%2f".to_owned()),
+        ENV_SIGNING_SECRET => Some("a-generated-secret-0123456789".to_owned()),
+        ENV_ADMIN_TOKEN => Some("a-generated-admin-token-0123456789".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let window: u64 = c
+        .subjects
+        .values()
+        .map(|s| u64::from(prefetch(usize::from(s.pool_size), c.prefetch_per_worker(s))))
+        .sum();
+    let bodies = window * c.limits.max_body_bytes as u64 + (128 << 20);
+    // The agent container's limit: the `memory:` line after the comment on prefetched bodies.
+    let deployment =
+        std::fs::read_to_string(root.join("deploy/kubernetes/base/deployment.yaml")).unwrap();
+    let after = &deployment[deployment.find("prefetched bodies").expect("the comment")..];
+    let limit_mi: u64 = after
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .and_then(|v| v.strip_suffix("Mi"))
+        .expect("memory: <n>Mi")
+        .parse()
+        .unwrap();
+    assert!(
+        bodies <= limit_mi << 20,
+        "{window} deliveries × {} bytes + 128 MiB = {} MiB, over the container's {limit_mi}Mi",
+        c.limits.max_body_bytes,
+        bodies >> 20
+    );
+    assert!(
+        c.warnings().iter().all(|w| !w.contains("memory_budget")),
+        "{:?}",
+        c.warnings()
+    );
+}
+
 /// The configuration reference (`docs/configuration.md`) lists every key of every section, and
 /// no key the sections do not have: the fields are read from the structs' sources, the keys from
 /// the first column of each section's table (`tls.*` rows belong to `[amqp.tls]`).
