@@ -137,6 +137,15 @@ impl Config {
         self.amqp.prefetch_per_worker.max(window)
     }
 
+    /// The deliveries `subject` may hold unacked at its configured `pool_size` (`basic.qos`).
+    #[must_use]
+    pub(crate) fn window(&self, subject: &SubjectConfig) -> u16 {
+        prefetch(
+            usize::from(subject.pool_size),
+            self.prefetch_per_worker(subject),
+        )
+    }
+
     /// The most deliveries per worker for which every subject's window, at the configured
     /// pool sizes, of bodies of `limits.max_body_bytes` fits `limits.memory_budget`.
     fn per_worker_within_budget(&self) -> u16 {

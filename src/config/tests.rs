@@ -632,11 +632,7 @@ fn the_kubernetes_example_holds_its_bodies_within_the_containers_memory_limit() 
         _ => None,
     })
     .unwrap();
-    let window: u64 = c
-        .subjects
-        .values()
-        .map(|s| u64::from(prefetch(usize::from(s.pool_size), c.prefetch_per_worker(s))))
-        .sum();
+    let window: u64 = c.subjects.values().map(|s| u64::from(c.window(s))).sum();
     let bodies = window * c.limits.max_body_bytes as u64 + (128 << 20);
     // The agent container's limit: the `memory:` line after the comment on prefetched bodies.
     let deployment =

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Config, SubjectConfig, prefetch};
+use super::Config;
 
 impl Config {
     /// Non-fatal remarks an operator should read (printed by `check-config` and at start).
@@ -59,7 +59,7 @@ impl Config {
         let mut out = Vec::new();
         for (name, s) in &self.subjects {
             let Some(rate) = s.rate_limit else { continue };
-            let window = prefetch(usize::from(s.pool_size), self.prefetch_per_worker(s));
+            let window = self.window(s);
             let seconds = f64::from(window) / rate.per_second();
             if seconds >= consumer_timeout {
                 out.push(format!(
@@ -81,16 +81,14 @@ impl Config {
     /// A body over `max_body_bytes` is received only one at a time in the whole agent
     /// (`broker::gate`), so it adds at most one broker-sized message (`max_message_size`).
     fn memory_warning(&self) -> Option<String> {
-        let window = |pool: fn(&SubjectConfig) -> u16| -> u64 {
-            self.subjects
-                .values()
-                .map(|s| u64::from(prefetch(usize::from(pool(s)), self.prefetch_per_worker(s))))
-                .sum()
-        };
         let body = self.limits.max_body_bytes as u64;
         let budget = self.limits.memory_budget;
         let mib = |bytes: u64| bytes.div_ceil(1 << 20);
-        let deliveries = window(|s| s.pool_size);
+        let deliveries: u64 = self
+            .subjects
+            .values()
+            .map(|s| u64::from(self.window(s)))
+            .sum();
         if body.saturating_mul(deliveries) <= budget {
             return None;
         }

@@ -202,18 +202,20 @@ fn request_size(state: &ConsumerState) -> usize {
         }
     };
     let limits = &state.runtime.config.limits;
-    let bodies = state.backlog.iter().map(|d| d.data.len());
-    if batching.fits_at_most(bodies, limits.max_headers_bytes) {
-        // Counted with the largest headers each may carry: the bound cannot cut the batch.
-        let most = |d: &Delivery| crate::batch::entry_bytes(d.data.len(), limits.max_headers_bytes);
-        return batching.take(state.backlog.iter().map(|d| (most(d), d.redelivered)));
-    }
-    batching.take(
-        state
-            .backlog
-            .iter()
-            .map(|d| (entry_bytes(d, limits), d.redelivered)),
-    )
+    // When the next batch fits even with the largest headers each entry may carry, the byte
+    // bound cannot cut it: its entries' headers need not be encoded to count their bytes.
+    let at_most = batching.fits_at_most(
+        state.backlog.iter().map(|d| d.data.len()),
+        limits.max_headers_bytes,
+    );
+    batching.take(state.backlog.iter().map(|d| {
+        let bytes = if at_most {
+            crate::batch::entry_bytes(d.data.len(), limits.max_headers_bytes)
+        } else {
+            entry_bytes(d, limits)
+        };
+        (bytes, d.redelivered)
+    }))
 }
 
 /// The rate limit: one token per message (per entry of a batch). Without one, worker `id` goes
