@@ -1,5 +1,7 @@
 use crate::parsing::ParsingContext;
-use amq_protocol::frame::{BackToTheBuffer, GenError, GenResult, WriteContext};
+use amq_protocol::frame::{
+    AMQPFrame, BackToTheBuffer, GenError, GenResult, ParserError, WriteContext, parse_frame,
+};
 use futures_io::{AsyncRead, AsyncWrite};
 use std::{
     cmp,
@@ -175,6 +177,19 @@ impl Buffer {
         }
     }
 
+    /// amqp-agent patch: parses the next frame of the unread data; returns the bytes it took
+    /// and the frame. Data in one piece (the usual case: it does not wrap around the end of the
+    /// ring) is parsed as a plain slice, so nom's slice fast paths apply (copies by `memcpy`,
+    /// integers read in one go); data that wraps is parsed through `parsing_context`, which
+    /// walks the two pieces byte by byte. Both give the same frame (`tests` below).
+    pub(crate) fn parse_frame(&self) -> Result<(usize, AMQPFrame), ParserError> {
+        if self.available_data() > 0 && self.end <= self.position {
+            return parse_frame(self.parsing_context()).map(|(rest, f)| (self.offset(rest), f));
+        }
+        let data = &self.memory[self.position..self.position + self.available_data()];
+        parse_frame(data).map(|(rest, f)| (data.len() - rest.len(), f))
+    }
+
     pub(crate) fn parsing_context(&self) -> ParsingContext<'_> {
         if self.available_data() == 0 {
             self.memory[self.end..self.end].into()
@@ -239,5 +254,130 @@ impl BackToTheBuffer for &mut Buffer {
                 s
             })
         })
+    }
+}
+
+/// amqp-agent patch: `Buffer::parse_frame` reads the same frames from a plain slice as from data
+/// that wraps around the ring, wherever the ring's end falls.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::{AMQPContentHeader, gen_frame};
+    use amq_protocol::protocol::{AMQPClass, BasicProperties, basic};
+    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString};
+    use std::io::Write as _;
+
+    /// A delivery as RabbitMQ sends it (method, content header with a table of every common
+    /// value type, body), a heartbeat, and a body that is not UTF-8.
+    fn frames() -> Vec<AMQPFrame> {
+        let mut table = FieldTable::default();
+        table.insert(
+            "type".into(),
+            AMQPValue::LongString(LongString::from("App\\Message\\Event")),
+        );
+        table.insert("x-agent-attempt".into(), AMQPValue::LongLongInt(-3));
+        table.insert("flag".into(), AMQPValue::Boolean(true));
+        table.insert(
+            "bytes".into(),
+            AMQPValue::ByteArray(vec![0, 0xFF, 0xCE].into()),
+        );
+        let mut inner = FieldTable::default();
+        inner.insert("count".into(), AMQPValue::LongUInt(7));
+        let array: FieldArray = vec![AMQPValue::FieldTable(inner), AMQPValue::Double(1.5)].into();
+        table.insert("x-death".into(), AMQPValue::FieldArray(array));
+        let properties = BasicProperties::default()
+            .with_message_id("id-\u{e9}".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(1_700_000_000)
+            .with_headers(table);
+        vec![
+            AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: "amq.ctag-1".into(),
+                    delivery_tag: 4_000_000_001,
+                    redelivered: true,
+                    exchange: "".into(),
+                    routing_key: "orders.events".into(),
+                })),
+            ),
+            AMQPFrame::Header(
+                1,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 300,
+                    properties,
+                },
+            ),
+            AMQPFrame::Body(1, (0..300u32).map(|i| (i * 7) as u8).collect()),
+            AMQPFrame::Heartbeat,
+            AMQPFrame::Body(2, vec![0xCE; 3]),
+        ]
+    }
+
+    fn bytes_of(frames: &[AMQPFrame]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| gen_frame(f)(Vec::new().into()).unwrap().write)
+            .collect()
+    }
+
+    /// A ring of `capacity` bytes whose unread data is `data`, starting at `start`.
+    fn ring(capacity: usize, start: usize, data: &[u8]) -> Buffer {
+        let mut buffer = Buffer::with_capacity(capacity);
+        buffer.fill(start);
+        buffer.consume(start);
+        let mut writer = &mut buffer;
+        assert_eq!(writer.write(data).unwrap(), data.len());
+        assert_eq!(buffer.available_data(), data.len());
+        buffer
+    }
+
+    #[test]
+    fn frames_parse_the_same_wherever_the_ring_wraps() {
+        let expected = frames();
+        let stream = bytes_of(&expected);
+        let capacity = stream.len() + 5;
+        for start in 0..capacity {
+            let mut buffer = ring(capacity, start, &stream);
+            let mut parsed = Vec::new();
+            while buffer.available_data() > 0 {
+                let (used, frame) = buffer
+                    .parse_frame()
+                    .unwrap_or_else(|e| panic!("start {start}: {e:?}"));
+                assert!(used > 0);
+                buffer.consume(used);
+                parsed.push(frame);
+            }
+            assert_eq!(parsed, expected, "ring starting at {start}");
+        }
+    }
+
+    #[test]
+    fn a_cut_frame_is_incomplete_and_a_broken_one_an_error_either_way() {
+        let stream = bytes_of(&frames()[..2]);
+        let capacity = stream.len() + 3;
+        for cut in 0..stream.len() {
+            let first = bytes_of(&frames()[..1]).len();
+            for start in [0, capacity / 2, capacity - 1] {
+                let buffer = ring(capacity, start, &stream[..cut]);
+                match buffer.parse_frame() {
+                    Err(e) if cut < first => assert!(e.is_incomplete(), "cut {cut} start {start}"),
+                    Ok((used, _)) if cut >= first => assert_eq!(used, first),
+                    other => panic!("cut {cut}, start {start}: {other:?}"),
+                }
+            }
+        }
+        // The same bytes with a wrong frame end: refused on both paths, not delivered.
+        let mut broken = bytes_of(&frames()[..1]);
+        *broken.last_mut().unwrap() = 0;
+        for start in 0..broken.len() + 2 {
+            let buffer = ring(broken.len() + 2, start, &broken);
+            let e = buffer
+                .parse_frame()
+                .expect_err("a frame end other than 0xCE");
+            assert!(!e.is_incomplete(), "start {start}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     unparsed::salvage_content_header,
     uri::AMQPUri,
 };
-use amq_protocol::frame::{AMQPFrame, GenError, gen_frame, parse_frame};
+use amq_protocol::frame::{AMQPFrame, GenError, gen_frame};
 use async_rs::{Runtime, traits::*};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use futures_io::{AsyncRead, AsyncWrite};
@@ -614,9 +614,10 @@ impl<
     }
 
     fn parse(&mut self, connection_killswitch: &KillSwitch) -> Result<Option<AMQPFrame>> {
-        match parse_frame(self.receive_buffer.parsing_context()) {
-            Ok((i, f)) => {
-                let consumed = self.receive_buffer.offset(i);
+        // amqp-agent patch: `Buffer::parse_frame` parses data in one piece as a plain slice.
+        let parsed = self.receive_buffer.parse_frame();
+        match parsed {
+            Ok((consumed, f)) => {
                 let frame_max = self.configuration.frame_max() as usize;
                 // amqp-agent patch: RabbitMQ accepts from a publisher a frame whose *payload*
                 // is up to frame_max bytes (its FRAME_SIZE_FUDGE), and when it dead-letters a
