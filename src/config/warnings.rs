@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use super::Config;
 
+/// RabbitMQ's default `consumer_timeout`: it closes a channel whose delivery stays unacked
+/// longer.
+const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 impl Config {
     /// Non-fatal remarks an operator should read (printed by `check-config` and at start).
     #[must_use]
@@ -12,8 +16,7 @@ impl Config {
         if self.fpm.signing_secrets.is_empty() {
             out.push("fpm.signing_secrets is empty: requests to PHP are not signed".to_owned());
         }
-        // RabbitMQ closes a channel whose delivery stays unacked longer than consumer_timeout.
-        if self.fpm.timeout >= Duration::from_secs(30 * 60) {
+        if self.fpm.timeout >= CONSUMER_TIMEOUT {
             out.push(
                 "fpm.timeout is not below RabbitMQ's default consumer_timeout (30m)".to_owned(),
             );
@@ -55,13 +58,12 @@ impl Config {
     /// at the limit, the last deliveries in it outlive it, the broker closes the channel and
     /// sends the window again. (Checked for the file's rate; `rate set` is not.)
     fn rate_warnings(&self) -> Vec<String> {
-        let consumer_timeout = 30.0 * 60.0;
         let mut out = Vec::new();
         for (name, s) in &self.subjects {
             let Some(rate) = s.rate_limit else { continue };
             let window = self.window(s);
             let seconds = f64::from(window) / rate.per_second();
-            if seconds >= consumer_timeout {
+            if seconds >= CONSUMER_TIMEOUT.as_secs_f64() {
                 out.push(format!(
                     "subjects.{name}.rate_limit ({rate}) takes {:.0} minutes to pass its prefetch \
                      window ({window} deliveries: pool_size × the per-worker prefetch, two batches \

@@ -358,8 +358,8 @@ mod tests {
     fn a_cut_frame_is_incomplete_and_a_broken_one_an_error_either_way() {
         let stream = bytes_of(&frames()[..2]);
         let capacity = stream.len() + 3;
+        let first = bytes_of(&frames()[..1]).len();
         for cut in 0..stream.len() {
-            let first = bytes_of(&frames()[..1]).len();
             for start in [0, capacity / 2, capacity - 1] {
                 let buffer = ring(capacity, start, &stream[..cut]);
                 match buffer.parse_frame() {

@@ -615,8 +615,7 @@ impl<
 
     fn parse(&mut self, connection_killswitch: &KillSwitch) -> Result<Option<AMQPFrame>> {
         // amqp-agent patch: `Buffer::parse_frame` parses data in one piece as a plain slice.
-        let parsed = self.receive_buffer.parse_frame();
-        match parsed {
+        match self.receive_buffer.parse_frame() {
             Ok((consumed, f)) => {
                 let frame_max = self.configuration.frame_max() as usize;
                 // amqp-agent patch: RabbitMQ accepts from a publisher a frame whose *payload*
