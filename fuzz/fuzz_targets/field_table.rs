@@ -7,7 +7,8 @@
 //! - on a thread with a 256 MiB stack, where the result must be at most `BOUND` levels deep (the
 //!   vendored parser cuts at 64 and puts a marker string in place of what is deeper): a parser
 //!   without a depth limit returns all 10,000 levels, and the target fails cleanly, input kept;
-//! - on a 2 MiB stack, the size of the thread lapin parses frames on: a depth limit too high for
+//! - on a 2 MiB stack, the smallest lapin parses frames on (its I/O thread's, or a Tokio worker's
+//!   when the loop runs as a task on a multi-thread runtime): a depth limit too high for
 //!   that stack overflows it. That kills the process without a saved input (the targets have no
 //!   Rust runtime to turn a stack overflow into an abort); `scripts/fuzz` reports `exit 139`.
 #![no_main]

@@ -116,7 +116,11 @@ async fn connect_one(config: &Config, url: &str, role: &str) -> Result<Connectio
         .connection_timeout
         .map_or(CONNECT_TIMEOUT, Duration::from_millis);
     let name = format!("amqp-agent {role} (pid {})", std::process::id());
-    let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+    // The I/O loop runs on the agent's runtime, beside the consumer it feeds: no thread
+    // hand-off per socket read and per dispatched delivery (vendor/lapin/PATCHES.md 7).
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name))
+        .with_io_loop_task();
     let tls = if uri.scheme == AMQPScheme::AMQPS {
         tls_config(config.amqp.tls.as_ref()).map_err(BrokerError::Config)?
     } else {

@@ -501,3 +501,33 @@ async fn a_slow_message_does_not_hold_back_the_acks_of_later_ones() {
     );
     drop(fpm);
 }
+
+/// lapin connects on the runtime's blocking pool (vendor/lapin/PATCHES.md 7). An attempt the
+/// agent gave up on at the URL's `connection_timeout` would wait there for the kernel's SYN
+/// retries (about two minutes) when the node drops packets, and dropping the runtime joins that
+/// pool. It does not wait that long: the drop shuts the I/O driver down first, which ends the
+/// attempt (measured: 0.2 s; `Runtime::shutdown_timeout` joins the pool first and waits out its
+/// whole timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_connection_attempt_does_not_hold_up_the_exit() {
+    let ctx = TestCtx::new("abandoned").await;
+    let port = common::free_port();
+    let _wall = common::nft::Blackhole::port(port);
+    let silent = format!("amqp://guest:guest@127.0.0.1:{port}/%2f?connection_timeout=200");
+    let text = ctx.toml_with(|doc| {
+        common::remove_key(doc, "amqp.url");
+        common::set_key(doc, "amqp.urls", vec![silent]);
+    });
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&ctx.write_toml(&text), &log);
+    common::eventually(LONG, "a connection attempt given up", || async {
+        agent.log_text().contains("Cannot connect to this node")
+    })
+    .await;
+    let t = Instant::now();
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    let stop = t.elapsed();
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log_text());
+    println!("FAULT exit with a connection attempt abandoned: {stop:?}");
+}

@@ -23,6 +23,7 @@ pub struct Configuration {
     pub(crate) backoff: ExponentialBuilder,
     pub(crate) negotiated_config: NegotiatedConfig,
     pub(crate) auto_recover: bool,
+    pub(crate) io_loop_task: bool,
 }
 
 impl Configuration {
@@ -33,6 +34,7 @@ impl Configuration {
             auth_provider,
             backoff,
             auto_recover,
+            io_loop_task,
             ..
         } = options;
         Self {
@@ -42,6 +44,7 @@ impl Configuration {
             backoff,
             negotiated_config: NegotiatedConfig::new(uri),
             auto_recover,
+            io_loop_task,
         }
     }
 
@@ -77,6 +80,7 @@ impl Clone for Configuration {
             backoff: self.backoff,
             negotiated_config: self.negotiated_config.clone(),
             auto_recover: self.auto_recover,
+            io_loop_task: self.io_loop_task,
         }
     }
 }

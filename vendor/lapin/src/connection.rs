@@ -283,7 +283,7 @@ impl Connection {
         );
 
         internal_rpc.start(channels);
-        conn.io_loop.register(io_loop.start()?);
+        conn.io_loop.register(io_loop.start(conn.configuration.io_loop_task)?);
         conn.start(channel0).await
     }
 

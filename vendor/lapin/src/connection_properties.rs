@@ -31,6 +31,7 @@ pub struct ConnectionProperties {
     pub(crate) auth_provider: Option<Arc<dyn AuthProvider>>,
     pub(crate) backoff: ExponentialBuilder,
     pub(crate) auto_recover: bool,
+    pub(crate) io_loop_task: bool,
     backoff_configured: bool,
 }
 
@@ -42,6 +43,7 @@ impl Default for ConnectionProperties {
             auth_provider: None,
             backoff: ExponentialBuilder::default().with_max_times(0 /* no retry by default */),
             auto_recover: false,
+            io_loop_task: false,
             backoff_configured: false,
         }
     }
@@ -130,6 +132,25 @@ impl ConnectionProperties {
         }
         self
     }
+
+    /// Run the connection's I/O loop as a task on the connection's runtime instead of on a
+    /// thread of its own.
+    ///
+    /// The thread (the default) reads the socket, parses frames and hands deliveries over while
+    /// the runtime's threads are busy or blocked; it is woken through the runtime's reactor for
+    /// every socket event and wakes the runtime back for every batch of frames it dispatched, so
+    /// each read costs two thread hand-offs. As a task, the loop runs on the runtime that polls
+    /// the socket and the consumers, and those hand-offs are task wake-ups. The loop then only
+    /// runs while the runtime does: code that blocks the runtime's threads stops the
+    /// connection's I/O too (its heartbeats included), and [`Connection::run`] must not be
+    /// called from one of them.
+    ///
+    /// [`Connection::run`]: crate::Connection::run
+    #[must_use]
+    pub fn with_io_loop_task(mut self) -> Self {
+        self.io_loop_task = true;
+        self
+    }
 }
 
 impl fmt::Debug for ConnectionProperties {
@@ -138,6 +159,7 @@ impl fmt::Debug for ConnectionProperties {
             .field("locale", &self.locale)
             .field("client_properties", &self.client_properties)
             .field("backoff", &self.backoff)
+            .field("io_loop_task", &self.io_loop_task)
             .field("auto_recover", &self.auto_recover)
             .finish()
     }

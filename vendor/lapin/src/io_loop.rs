@@ -27,7 +27,7 @@ use std::{
     thread::Builder as ThreadBuilder,
     time::Duration,
 };
-use tracing::{Level, debug, error, trace, warn};
+use tracing::{Instrument, Level, debug, error, trace, warn};
 
 const FRAMES_STORAGE: usize = 32;
 
@@ -53,7 +53,7 @@ pub(crate) struct IoLoop<
     socket_state: SocketState,
     heartbeat: Heartbeat<RK>,
     runtime: Runtime<RK>,
-    connect: C,
+    connect: Arc<C>,
     uri: AMQPUri,
     backoff: ExponentialBuilder,
     global_backoff: ExponentialBackoff,
@@ -103,7 +103,7 @@ impl<
             socket_state,
             heartbeat,
             runtime,
-            connect,
+            connect: Arc::new(connect),
             uri,
             backoff,
             global_backoff,
@@ -199,101 +199,148 @@ impl<
         }
     }
 
-    pub(crate) fn start(mut self) -> Result<JoinHandle> {
+    /// Starts the loop on a thread of its own, or as a task on the connection's runtime
+    /// (`as_task`, [`crate::ConnectionProperties::with_io_loop_task`]).
+    pub(crate) fn start(self, as_task: bool) -> Result<JoinHandle> {
         let runtime = self.runtime.clone();
         let waker = self.socket_state.handle();
-        let connect_span = tracing::Span::current();
-        let handle = ThreadBuilder::new()
-            .name("lapin-io-loop".to_owned())
-            .spawn(move || {
-                let loop_span = io_loop_span(connect_span);
-                let _enter = loop_span.enter();
-                let connection_killswitch = self.channels.connection_killswitch();
-                let readable_waker = self.socket_state.readable_waker();
-                let mut readable_context = Context::from_waker(&readable_waker);
-                let writable_waker = self.socket_state.writable_waker();
-                let mut writable_context = Context::from_waker(&writable_waker);
-                let (mut stream, res) = loop {
-                    let connect = || (self.connect)(self.uri.clone(), self.runtime.clone());
-                    let runtime = self.runtime.clone();
-                    let connect = connect.retry(self.backoff).sleep(move |dur| runtime.sleep(dur));
-                    let mut stream = self.runtime.block_on(connect).inspect_err(|err| {
-                        trace!("Poison connection attempt");
-                        self.connection_status.poison(err.clone());
-                        self.frames.clear_connection_steps(err);
-                    })?;
-                    self.half_closed = false;
-                    let mut res = Ok(());
-
-                    while self.should_continue(&connection_killswitch) {
-                        if let Err(err) = self.run(Pin::new(&mut stream), &mut readable_context, &mut writable_context, &connection_killswitch) {
-                            let io_err = err.is_io_error();
-                            res = self.critical_error(&connection_killswitch, err);
-                            if self.connecting() && io_err {
-                                break;
-                            }
-                        }
-                    }
-
-                    let connecting = self.connecting();
-                    let reconnect = self.reconnecting();
-
-                    trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop exiting for {}", if reconnect { "reconnection" } else if connecting { "connection" } else { "shutdown" });
-                    if self.first_connection && connecting && self.half_closed && res.is_ok() {
-                        let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
-                        if self.frames.retry_connection_header() {
-                            // Before Connection.Start, retry the protocol header with
-                            // the same promise, including if it was only partly sent.
-                            res = Err(error);
-                        } else {
-                            // Later handshake stages may own asynchronous auth work;
-                            // do not carry that exchange onto a fresh TCP connection.
-                            self.channels.set_connection_error(error.clone());
-                            self.clear_serialized_frames(error.clone());
-                            break (stream, Err(error));
-                        }
-                    }
-                    self.clear_serialized_frames(self.frames.poison().or_else(|| res.clone().err()).unwrap_or(
-                        ErrorKind::InvalidConnectionState(ConnectionState::Closed).into(),
-                    ));
-
-                    if !connecting && !reconnect {
-                        break (stream, res);
-                    }
-
-                    let throttle = match self.global_backoff.next() {
-                        Some(throttle) => throttle,
-                        None => {
-                            error!("Exponential backoff attempts exhausted, aborting recovery");
-                            let error = res.err().unwrap_or_else(|| {
-                                io::Error::from(io::ErrorKind::ConnectionAborted).into()
-                            });
-                            self.channels.set_connection_error(error.clone());
-                            break (stream, Err(error));
-                        }
-                    };
-                    debug!("Throttling {:?} before reconnection to avoid flooding", throttle);
-                    std::thread::sleep(throttle);
-
-                    self.reset();
-                    if !self.first_connection {
-                        self.internal_rpc.start_channels_recovery();
-                    }
-                };
-
-                trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop entering exit/cleanup phase");
-                self.internal_rpc.stop();
-                if self.heartbeat.killswitch().killed()
-                    && let Err(err) = self.runtime.block_on(std::future::poll_fn(move |cx| {
-                        Pin::new(&mut stream)
-                            .poll_close(cx)
-                    })) {
-                        error!(?err, "Failed to close IO stream");
-                    }
-                res
-            }).map_err(|err| Error::io(err, &runtime))?;
+        let loop_span = io_loop_span(tracing::Span::current());
+        let handle = if as_task {
+            let (done, result) = flume::bounded(1);
+            let run = self.run_loop(true).instrument(loop_span);
+            // Detached: its result goes to `Connection::run`, if anyone waits there.
+            drop(runtime.spawn(async move {
+                let _ = done.send(run.await);
+            }));
+            JoinHandle::Task(result)
+        } else {
+            let on = runtime.clone();
+            let thread = ThreadBuilder::new()
+                .name("lapin-io-loop".to_owned())
+                .spawn(move || {
+                    let _enter = loop_span.enter();
+                    on.block_on(self.run_loop(false))
+                })
+                .map_err(|err| Error::io(err, &runtime))?;
+            JoinHandle::Thread(thread)
+        };
         waker.wake();
         Ok(handle)
+    }
+
+    /// Connects (with the backoff), then reads, writes and dispatches frames until the
+    /// connection ends, reconnecting when it may. `cooperative`: the loop is a task that shares
+    /// its runtime, so it yields after every round instead of holding the runtime while the
+    /// socket stays busy.
+    async fn run_loop(mut self, cooperative: bool) -> Result<()> {
+        let connection_killswitch = self.channels.connection_killswitch();
+        let readable_waker = self.socket_state.readable_waker();
+        let writable_waker = self.socket_state.writable_waker();
+        let (mut stream, res) = loop {
+            // The connector's future need not be `Send`, so it runs on a blocking thread of
+            // the runtime rather than in this loop's future (which a task must be able to move).
+            let (connect, uri, runtime, backoff) = (
+                self.connect.clone(),
+                self.uri.clone(),
+                self.runtime.clone(),
+                self.backoff,
+            );
+            let connecting = self.runtime.spawn_blocking(move || {
+                let attempt = || (*connect)(uri.clone(), runtime.clone());
+                let sleeper = runtime.clone();
+                runtime.block_on(attempt.retry(backoff).sleep(move |dur| sleeper.sleep(dur)))
+            });
+            let mut stream = connecting.await.inspect_err(|err| {
+                trace!("Poison connection attempt");
+                self.connection_status.poison(err.clone());
+                self.frames.clear_connection_steps(err);
+            })?;
+            self.half_closed = false;
+            let mut res = Ok(());
+
+            while self.should_continue(&connection_killswitch) {
+                let round = match self.prepare() {
+                    Ok(true) => {
+                        if self.must_wait(&connection_killswitch) {
+                            trace!("io_loop cannot do anything for now, waiting for socket events.");
+                            self.socket_state.wait().await;
+                        }
+                        self.run(
+                            Pin::new(&mut stream),
+                            &mut Context::from_waker(&readable_waker),
+                            &mut Context::from_waker(&writable_waker),
+                            &connection_killswitch,
+                        )
+                    }
+                    Ok(false) => Ok(()),
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = round {
+                    let io_err = err.is_io_error();
+                    res = self.critical_error(&connection_killswitch, err);
+                    if self.connecting() && io_err {
+                        break;
+                    }
+                }
+                if cooperative {
+                    YieldNow(false).await;
+                }
+            }
+
+            let connecting = self.connecting();
+            let reconnect = self.reconnecting();
+
+            trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop exiting for {}", if reconnect { "reconnection" } else if connecting { "connection" } else { "shutdown" });
+            if self.first_connection && connecting && self.half_closed && res.is_ok() {
+                let error = Error::from(io::Error::from(io::ErrorKind::ConnectionAborted));
+                if self.frames.retry_connection_header() {
+                    // Before Connection.Start, retry the protocol header with
+                    // the same promise, including if it was only partly sent.
+                    res = Err(error);
+                } else {
+                    // Later handshake stages may own asynchronous auth work;
+                    // do not carry that exchange onto a fresh TCP connection.
+                    self.channels.set_connection_error(error.clone());
+                    self.clear_serialized_frames(error.clone());
+                    break (stream, Err(error));
+                }
+            }
+            self.clear_serialized_frames(self.frames.poison().or_else(|| res.clone().err()).unwrap_or(
+                ErrorKind::InvalidConnectionState(ConnectionState::Closed).into(),
+            ));
+
+            if !connecting && !reconnect {
+                break (stream, res);
+            }
+
+            let throttle = match self.global_backoff.next() {
+                Some(throttle) => throttle,
+                None => {
+                    error!("Exponential backoff attempts exhausted, aborting recovery");
+                    let error = res.err().unwrap_or_else(|| {
+                        io::Error::from(io::ErrorKind::ConnectionAborted).into()
+                    });
+                    self.channels.set_connection_error(error.clone());
+                    break (stream, Err(error));
+                }
+            };
+            debug!("Throttling {:?} before reconnection to avoid flooding", throttle);
+            self.runtime.sleep(throttle).await;
+
+            self.reset();
+            if !self.first_connection {
+                self.internal_rpc.start_channels_recovery();
+            }
+        };
+
+        trace!(status=?self.status, connection_status=?self.connection_status.state(), "io_loop entering exit/cleanup phase");
+        self.internal_rpc.stop();
+        if self.heartbeat.killswitch().killed()
+            && let Err(err) = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_close(cx)).await
+        {
+            error!(?err, "Failed to close IO stream");
+        }
+        res
     }
 
     fn stop(&mut self) {
@@ -310,17 +357,13 @@ impl<
         }
     }
 
-    fn run<T: AsyncRead + AsyncWrite + ?Sized>(
-        &mut self,
-        mut stream: Pin<&mut T>,
-        readable_context: &mut Context<'_>,
-        writable_context: &mut Context<'_>,
-        connection_killswitch: &KillSwitch,
-    ) -> Result<()> {
+    /// The start of a round: takes the socket events in, finishes the set-up once connected.
+    /// `false`: the loop stops.
+    fn prepare(&mut self) -> Result<bool> {
         trace!("io_loop run");
         self.poll_socket_events();
         if !self.ensure_setup()? {
-            return Ok(());
+            return Ok(false);
         }
         self.check_connection_state();
         trace!(
@@ -329,10 +372,23 @@ impl<
             has_data=%self.has_data(),
             "io_loop do_run",
         );
-        if !self.can_read() && !self.can_write() && self.should_continue(connection_killswitch) {
-            trace!("io_loop cannot do anything for now, waiting for socket events.");
-            self.socket_state.wait();
-        }
+        Ok(true)
+    }
+
+    /// Nothing to read or write: the round waits for a socket event or a wake-up first.
+    fn must_wait(&mut self, connection_killswitch: &KillSwitch) -> bool {
+        !self.can_read() && !self.can_write() && self.should_continue(connection_killswitch)
+    }
+
+    /// The rest of a round: flushes and writes what is queued, reads what arrived and
+    /// dispatches the frames.
+    fn run<T: AsyncRead + AsyncWrite + ?Sized>(
+        &mut self,
+        mut stream: Pin<&mut T>,
+        readable_context: &mut Context<'_>,
+        writable_context: &mut Context<'_>,
+        connection_killswitch: &KillSwitch,
+    ) -> Result<()> {
         self.poll_socket_events();
         self.attempt_flush(stream.as_mut(), writable_context, connection_killswitch)?;
         self.write(stream.as_mut(), writable_context, connection_killswitch)?;
@@ -659,6 +715,22 @@ impl<
                 Ok(None)
             }
         }
+    }
+}
+
+/// Pending once, with the task woken: the runtime polls its other tasks before this one again.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

@@ -51,8 +51,10 @@ impl SocketState {
         self.writable
     }
 
-    pub(crate) fn wait(&mut self) {
-        match self.events.recv() {
+    /// Waits for the next socket event or wake-up (blocking the loop's thread, or suspending
+    /// its task).
+    pub(crate) async fn wait(&mut self) {
+        match self.events.recv_async().await {
             Ok(event) => self.handle_event(event),
             Err(err) => error!(?err, "waiting for socket event failed"),
         }

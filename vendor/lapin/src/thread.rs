@@ -6,7 +6,13 @@ use std::{
 };
 use tracing::error;
 
-pub(crate) type JoinHandle = thread::JoinHandle<Result<()>>;
+/// The I/O loop's thread, or the end of the task that runs it instead
+/// ([`crate::ConnectionProperties::with_io_loop_task`]): the task sends its result, and a task
+/// that ends without sending one (it panicked, or its runtime was shut down) closes the channel.
+pub(crate) enum JoinHandle {
+    Thread(thread::JoinHandle<Result<()>>),
+    Task(flume::Receiver<Result<()>>),
+}
 type Inner = Option<JoinHandle>;
 
 #[derive(Clone)]
@@ -28,9 +34,17 @@ impl ThreadHandle {
     }
 
     pub(crate) fn wait(&self, context: &'static str) -> Result<()> {
-        if let Some(handle) = self.take()
-            && handle.thread().id() != thread::current().id()
-        {
+        let handle = match self.take() {
+            Some(JoinHandle::Thread(handle)) => handle,
+            Some(JoinHandle::Task(done)) => {
+                return done.recv().unwrap_or_else(|_| {
+                    error!(%context, "Task ended without a result");
+                    Err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted).into())
+                });
+            }
+            None => return Ok(()),
+        };
+        if handle.thread().id() != thread::current().id() {
             match handle.join() {
                 Ok(res) => return res,
                 Err(e) => {
