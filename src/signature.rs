@@ -49,7 +49,7 @@ pub fn sign(secrets: &[String], unix_time: u64, fields: &Signed<'_>, with_v1: bo
     let values = secrets.len() * if with_v1 { 2 } else { 1 };
     let mut out = String::with_capacity(24 + values * 68);
     out.push_str("t=");
-    out.push_str(&unix_time.to_string());
+    out.push_str(std::str::from_utf8(decimal(unix_time, &mut [0; 20])).expect("ASCII digits"));
     if with_v1 {
         for secret in secrets {
             out.push_str(",v1=");
@@ -86,13 +86,25 @@ fn push_hex(out: &mut String, digest: &[u8; 32]) {
 
 /// The `v2` field for the headers: lowercase hex SHA-256 of `HTTP_X_AGENT_HEADERS`, the same
 /// for every secret.
-fn headers_digest(f: &Signed<'_>) -> String {
-    let mut digest = String::with_capacity(64);
-    push_hex(
-        &mut digest,
-        &Sha256::digest(f.headers_json.as_bytes()).into(),
-    );
+fn headers_digest(f: &Signed<'_>) -> [u8; 64] {
+    let mut digest = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(f.headers_json.as_bytes()), &mut digest)
+        .expect("64 bytes hold 32 in hex");
     digest
+}
+
+/// `n` in decimal, written at the end of `buf` (a `u64` has at most 20 digits): the fields of a
+/// signature without a `String` each.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
 }
 
 /// Verifies a signature header against any of `secrets`, within `tolerance_secs` of `now`.
@@ -139,7 +151,7 @@ fn keyed(secret: &[u8]) -> Hmac<Sha256> {
 
 fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
     let mut m = keyed(secret);
-    m.update(unix_time.to_string().as_bytes());
+    m.update(decimal(unix_time, &mut [0; 20]));
     m.update(b".");
     m.update(f.subject.as_bytes());
     m.update(b".");
@@ -150,20 +162,19 @@ fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
 }
 
 /// `headers_digest`: lowercase hex SHA-256 of `f.headers_json`.
-fn v2(secret: &[u8], unix_time: u64, f: &Signed<'_>, headers_digest: &str) -> Hmac<Sha256> {
+fn v2(secret: &[u8], unix_time: u64, f: &Signed<'_>, headers_digest: &[u8]) -> Hmac<Sha256> {
     let mut m = keyed(secret);
     m.update(V2_PREFIX);
-    let t = unix_time.to_string();
-    let attempt = f.attempt.to_string();
+    let (mut t, mut attempt) = ([0; 20], [0; 20]);
     let fields: [&[u8]; 9] = [
-        t.as_bytes(),
+        decimal(unix_time, &mut t),
         f.subject.as_bytes(),
         f.message_id.as_bytes(),
-        attempt.as_bytes(),
+        decimal(u64::from(f.attempt), &mut attempt),
         f.routing_key.as_bytes(),
         f.exchange.as_bytes(),
         f.content_type.as_bytes(),
-        headers_digest.as_bytes(),
+        headers_digest,
         f.body,
     ];
     for field in fields {

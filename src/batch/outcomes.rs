@@ -197,13 +197,25 @@ impl Reader {
                         }
                         return Ok(());
                     };
-                    self.buf.extend_from_slice(&data[..nl]);
-                    data = &data[nl + 1..];
-                    if self.buf.len() > MAX_LINE {
+                    let (whole, rest) = (&data[..nl], &data[nl + 1..]);
+                    data = rest;
+                    if self.buf.len() + whole.len() > MAX_LINE {
                         return self.fail(format!("line longer than {MAX_LINE} bytes"));
                     }
-                    let line = std::mem::take(&mut self.buf);
-                    if let Err(e) = self.line(&line, emit) {
+                    // A line that arrived in one piece is read where it lies; one cut by a read
+                    // is put together in `buf`, which keeps its room for the next (no allocation
+                    // per line).
+                    let read = if self.buf.is_empty() {
+                        self.line(whole, emit)
+                    } else {
+                        self.buf.extend_from_slice(whole);
+                        let line = std::mem::take(&mut self.buf);
+                        let read = self.line(&line, emit);
+                        self.buf = line;
+                        self.buf.clear();
+                        read
+                    };
+                    if let Err(e) = read {
                         return self.fail(e);
                     }
                 }

@@ -57,8 +57,11 @@ fn key_not_utf8(table: &FieldTable, path: &str) -> Option<(String, Vec<u8>)> {
         if let Some(bytes) = not_utf8(key.as_str()) {
             return Some((format!("a header name in {path}"), bytes));
         }
-        let inner = format!("{path}.{}", key.as_str());
-        if let Some(found) = value_key_not_utf8(value, &inner) {
+        // Only a table or an array holds names; the path is written for those alone (every
+        // message passes here, and most headers are scalars).
+        if matches!(value, AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_))
+            && let Some(found) = value_key_not_utf8(value, &format!("{path}.{}", key.as_str()))
+        {
             return Some(found);
         }
     }

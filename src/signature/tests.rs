@@ -210,3 +210,20 @@ fn v2_tells_apart_what_v1_confuses() {
         false
     ));
 }
+
+#[test]
+fn decimal_writes_what_to_string_does() {
+    for n in [
+        0,
+        7,
+        9,
+        10,
+        99,
+        100,
+        1_733_500_000,
+        u64::from(u32::MAX),
+        u64::MAX,
+    ] {
+        assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes(), "{n}");
+    }
+}

@@ -856,3 +856,70 @@ async fn property_encodings_no_parser_could_read_are_refused_by_the_broker() {
     }
     assert_eq!(ctx.queue_len(&queue).await, 0, "nothing was stored");
 }
+
+/// lapin's I/O loop, on its thread (the default, which the tests' and the bench's clients use)
+/// and as a task (the agent's, vendor/lapin/PATCHES.md 7), keeps up with a sustained burst:
+/// 20,000 publishes with up to 1,000 unconfirmed, every one confirmed. Both run under Tokio's
+/// cooperative budget (`block_on`'s on the thread, the task's otherwise): once a round of reads
+/// and writes has used it up, the socket answers `Pending` without asking the OS, and a loop
+/// that never hands control back kept finding a new socket event, never read again, and spun
+/// until lapin's heartbeat check closed the connection two minutes later (found by the bench,
+/// whose publisher died that way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_io_loops_keep_up_with_a_sustained_burst() {
+    const MESSAGES: usize = 20_000;
+    const WINDOW: usize = 1_000;
+    let _turn = common::turn::shared().await;
+    for as_task in [false, true] {
+        let props = lapin::ConnectionProperties::default();
+        let props = if as_task {
+            props.with_io_loop_task()
+        } else {
+            props
+        };
+        let conn = lapin::Connection::connect(common::AMQP_URL, props)
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // Routed nowhere: the broker confirms and drops them, nothing to clean up.
+        let nowhere = format!("amqp-agent-test-burst-{}", uuid::Uuid::new_v4());
+        let burst = async {
+            let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
+            for _ in 0..MESSAGES {
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        nowhere.as_str().into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        b"x",
+                        lapin::BasicProperties::default(),
+                    )
+                    .await
+                    .unwrap();
+                pending.push_back(confirm);
+                if pending.len() >= WINDOW {
+                    assert!(pending.pop_front().unwrap().await.unwrap().is_ack());
+                }
+            }
+            for confirm in pending {
+                assert!(confirm.await.unwrap().is_ack());
+            }
+        };
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(60), burst)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{MESSAGES} publishes (I/O loop as a task: {as_task}) not confirmed within 60 s"
+                )
+            });
+        println!(
+            "EDGE burst, I/O loop as a task: {as_task}: {MESSAGES} confirmed in {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -95,6 +95,18 @@ fn the_first_field_that_is_not_utf8_is_named() {
     let found = first_not_utf8([("type", Some("ok"))], Some(&headers)).unwrap();
     assert_eq!(found.1, vec![0xe9]);
     assert!(found.0.contains("headers.outer"), "{}", found.0);
+    // In a table inside an array, behind scalar headers.
+    let mut inner = FieldTable::default();
+    inner.insert(stand_in(b"\xfe"), AMQPValue::Boolean(true));
+    let mut headers = FieldTable::default();
+    headers.insert("a".into(), AMQPValue::LongString("x".into()));
+    headers.insert(
+        "list".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongInt(1), AMQPValue::FieldTable(inner)].into()),
+    );
+    let found = first_not_utf8([("type", Some("ok"))], Some(&headers)).unwrap();
+    assert_eq!(found.1, vec![0xfe]);
+    assert!(found.0.contains("headers.list"), "{}", found.0);
     assert_eq!(first_not_utf8([("type", Some("\u{fffd}"))], None), None);
     assert_eq!(describe_not_utf8(&[0xff, 0xfe]), "fffe");
 }

@@ -207,7 +207,7 @@ impl<
         let loop_span = io_loop_span(tracing::Span::current());
         let handle = if as_task {
             let (done, result) = flume::bounded(1);
-            let run = self.run_loop(true).instrument(loop_span);
+            let run = self.run_loop().instrument(loop_span);
             // Detached: its result goes to `Connection::run`, if anyone waits there.
             drop(runtime.spawn(async move {
                 let _ = done.send(run.await);
@@ -219,7 +219,7 @@ impl<
                 .name("lapin-io-loop".to_owned())
                 .spawn(move || {
                     let _enter = loop_span.enter();
-                    on.block_on(self.run_loop(false))
+                    on.block_on(self.run_loop())
                 })
                 .map_err(|err| Error::io(err, &runtime))?;
             JoinHandle::Thread(thread)
@@ -229,10 +229,16 @@ impl<
     }
 
     /// Connects (with the backoff), then reads, writes and dispatches frames until the
-    /// connection ends, reconnecting when it may. `cooperative`: the loop is a task that shares
-    /// its runtime, so it yields after every round instead of holding the runtime while the
-    /// socket stays busy.
-    async fn run_loop(mut self, cooperative: bool) -> Result<()> {
+    /// connection ends, reconnecting when it may.
+    ///
+    /// It yields after every round, on its thread too. As a task, so that a busy socket cannot
+    /// hold the runtime. In both modes, because the runtime lends the loop a cooperative budget
+    /// per poll (Tokio's: `block_on` has one as a task does): once a round's reads and writes
+    /// have used it up, the socket answers `Pending` and wakes the loop at once, without asking
+    /// the OS. A loop that never returned `Pending` itself never got a new budget: while socket
+    /// events or wake-ups kept arriving (a publisher's burst) it went round without reading or
+    /// writing again, and spun until the heartbeat check closed the connection.
+    async fn run_loop(mut self) -> Result<()> {
         let connection_killswitch = self.channels.connection_killswitch();
         let readable_waker = self.socket_state.readable_waker();
         let writable_waker = self.socket_state.writable_waker();
@@ -282,9 +288,7 @@ impl<
                         break;
                     }
                 }
-                if cooperative {
-                    YieldNow(false).await;
-                }
+                YieldNow(false).await;
             }
 
             let connecting = self.connecting();
