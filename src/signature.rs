@@ -93,8 +93,9 @@ fn headers_digest(f: &Signed<'_>) -> [u8; 64] {
     digest
 }
 
-/// `n` in decimal, written at the end of `buf` (a `u64` has at most 20 digits): the fields of a
-/// signature without a `String` each.
+/// `n` in decimal, written at the end of `buf` (a `u64` has at most 20 digits): what
+/// `n.to_string()` holds, without a `String` per field. (`batch::wire` has its own: this floor
+/// imports nothing, and `batch` may not import `signature`.)
 fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut start = buf.len();
     loop {

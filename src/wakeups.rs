@@ -20,6 +20,10 @@
 //! - so does a batch's last entry: the end of the request frees the FPM child for the next one;
 //! - with no batch in flight (a trickle, an idle agent) nothing pauses.
 //!
+//! lapin's I/O loop runs on this thread as well (`vendor/lapin/PATCHES.md` 7): the broker's
+//! frames wait out a pause as FPM's lines do, and acks queued before it are already written
+//! (the thread parks only once every task, the loop's included, has nothing left to do).
+//!
 //! *Invariant:* a pause happens only before the thread parks (it has nothing ready to run),
 //! lasts at most [`PAUSE`], and only while the requests marked [`Unhurried`] on that thread are
 //! at least all those in flight there ([`InFlight`]). Only the current-thread runtime (the

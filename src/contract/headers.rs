@@ -4,7 +4,6 @@
 
 use base64::Engine as _;
 use lapin::types::{AMQPValue, FieldTable};
-use serde_json::{Map, Value};
 
 use super::{ATTEMPT_HEADER, ContractError};
 
@@ -82,8 +81,19 @@ pub fn headers_json(
     let Some(headers) = headers else {
         return Ok("{}".to_owned());
     };
-    let value = table_to_json(headers, 1, max_depth)?;
-    let json = serde_json::to_string(&value).map_err(|e| ContractError::Headers(e.to_string()))?;
+    // The headers table is depth 1, a table or array in it depth 2, and so on.
+    if max_depth < 1
+        || headers
+            .inner()
+            .values()
+            .any(|v| nests_deeper(v, 2, max_depth))
+    {
+        return Err(ContractError::Headers(format!(
+            "nested deeper than limits.max_header_depth ({max_depth})"
+        )));
+    }
+    let json = serde_json::to_string(&Json::Table(headers))
+        .map_err(|e| ContractError::Headers(e.to_string()))?;
     if json.len() > max_bytes {
         return Err(ContractError::Headers(format!(
             "encoded headers are {} bytes, over limits.max_headers_bytes ({max_bytes})",
@@ -93,70 +103,61 @@ pub fn headers_json(
     Ok(json)
 }
 
-fn table_to_json(
-    table: &FieldTable,
-    depth: usize,
-    max_depth: usize,
-) -> Result<Value, ContractError> {
-    if depth > max_depth {
-        return Err(ContractError::Headers(format!(
-            "nested deeper than limits.max_header_depth ({max_depth})"
-        )));
-    }
-    let mut map = Map::new();
-    for (key, value) in table {
-        map.insert(
-            key.as_str().to_owned(),
-            value_to_json(value, depth, max_depth)?,
-        );
-    }
-    Ok(Value::Object(map))
+/// An AMQP value written straight as JSON, in the table's own (sorted, unique) key order: the
+/// text a `serde_json::Value` built from it would give, without building one (a string, a
+/// value and a tree node per header, for every message).
+enum Json<'a> {
+    Table(&'a FieldTable),
+    Value(&'a AMQPValue),
 }
 
-fn value_to_json(
-    value: &AMQPValue,
-    depth: usize,
-    max_depth: usize,
-) -> Result<Value, ContractError> {
-    let b64 = |bytes: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-    Ok(match value {
-        AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::ShortShortInt(v) => Value::from(*v),
-        AMQPValue::ShortShortUInt(v) => Value::from(*v),
-        AMQPValue::ShortInt(v) => Value::from(*v),
-        AMQPValue::ShortUInt(v) => Value::from(*v),
-        AMQPValue::LongInt(v) => Value::from(*v),
-        AMQPValue::LongUInt(v) => Value::from(*v),
-        AMQPValue::LongLongInt(v) => Value::from(*v),
-        AMQPValue::Float(v) => Value::from(f64::from(*v)),
-        AMQPValue::Double(v) => Value::from(*v),
-        AMQPValue::DecimalValue(d) => {
-            Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
-        }
-        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
-        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
-            Ok(text) => Value::String(text.to_owned()),
-            Err(_) => b64(s.as_bytes()),
-        },
-        AMQPValue::FieldArray(items) => {
-            if depth + 1 > max_depth {
-                return Err(ContractError::Headers(format!(
-                    "nested deeper than limits.max_header_depth ({max_depth})"
-                )));
+impl serde::Serialize for Json<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap as _, SerializeSeq as _};
+        let value = match self {
+            Json::Table(table) => {
+                let mut map = s.serialize_map(Some(table.inner().len()))?;
+                for (key, value) in table.inner() {
+                    map.serialize_entry(key.as_str(), &Json::Value(value))?;
+                }
+                return map.end();
             }
-            Value::Array(
-                items
-                    .as_slice()
-                    .iter()
-                    .map(|v| value_to_json(v, depth + 1, max_depth))
-                    .collect::<Result<_, _>>()?,
-            )
+            Json::Value(value) => value,
+        };
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        match value {
+            AMQPValue::Boolean(b) => s.serialize_bool(*b),
+            AMQPValue::ShortShortInt(v) => s.serialize_i8(*v),
+            AMQPValue::ShortShortUInt(v) => s.serialize_u8(*v),
+            AMQPValue::ShortInt(v) => s.serialize_i16(*v),
+            AMQPValue::ShortUInt(v) => s.serialize_u16(*v),
+            AMQPValue::LongInt(v) => s.serialize_i32(*v),
+            AMQPValue::LongUInt(v) => s.serialize_u32(*v),
+            AMQPValue::LongLongInt(v) => s.serialize_i64(*v),
+            // serde_json writes NaN and the infinities as null.
+            AMQPValue::Float(v) => s.serialize_f64(f64::from(*v)),
+            AMQPValue::Double(v) => s.serialize_f64(*v),
+            AMQPValue::DecimalValue(d) => {
+                s.serialize_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+            }
+            AMQPValue::ShortString(text) => s.serialize_str(text.as_str()),
+            AMQPValue::LongString(text) => match std::str::from_utf8(text.as_bytes()) {
+                Ok(text) => s.serialize_str(text),
+                Err(_) => s.serialize_str(&b64(text.as_bytes())),
+            },
+            AMQPValue::FieldArray(items) => {
+                let mut seq = s.serialize_seq(Some(items.as_slice().len()))?;
+                for item in items.as_slice() {
+                    seq.serialize_element(&Json::Value(item))?;
+                }
+                seq.end()
+            }
+            AMQPValue::Timestamp(t) => s.serialize_u64(*t),
+            AMQPValue::FieldTable(table) => Json::Table(table).serialize(s),
+            AMQPValue::ByteArray(bytes) => s.serialize_str(&b64(bytes.as_slice())),
+            AMQPValue::Void => s.serialize_unit(),
         }
-        AMQPValue::Timestamp(t) => Value::from(*t),
-        AMQPValue::FieldTable(t) => table_to_json(t, depth + 1, max_depth)?,
-        AMQPValue::ByteArray(bytes) => b64(bytes.as_slice()),
-        AMQPValue::Void => Value::Null,
-    })
+    }
 }
 
 /// Removes the headers whose tables or arrays nest deeper than `max_depth` (the headers table

@@ -501,3 +501,154 @@ fn a_message_whose_properties_could_not_be_parsed_is_refused_with_their_size() {
     let env = envelope(Some(&other));
     assert!(template.params(&env, b"{}", (None, None), NOW).is_ok());
 }
+
+/// The encoder `headers_json` replaced (a `serde_json::Value` tree, kept here as the reference):
+/// the direct one must write the same text for every table.
+fn reference_json(table: &FieldTable) -> String {
+    use base64::Engine as _;
+    use serde_json::{Map, Value};
+    fn value(v: &AMQPValue) -> Value {
+        let b64 =
+            |bytes: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        match v {
+            AMQPValue::Boolean(b) => Value::Bool(*b),
+            AMQPValue::ShortShortInt(v) => Value::from(*v),
+            AMQPValue::ShortShortUInt(v) => Value::from(*v),
+            AMQPValue::ShortInt(v) => Value::from(*v),
+            AMQPValue::ShortUInt(v) => Value::from(*v),
+            AMQPValue::LongInt(v) => Value::from(*v),
+            AMQPValue::LongUInt(v) => Value::from(*v),
+            AMQPValue::LongLongInt(v) => Value::from(*v),
+            AMQPValue::Float(v) => Value::from(f64::from(*v)),
+            AMQPValue::Double(v) => Value::from(*v),
+            AMQPValue::DecimalValue(d) => {
+                Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+            }
+            AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+            AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+                Ok(text) => Value::String(text.to_owned()),
+                Err(_) => b64(s.as_bytes()),
+            },
+            AMQPValue::FieldArray(items) => {
+                Value::Array(items.as_slice().iter().map(value).collect())
+            }
+            AMQPValue::Timestamp(t) => Value::from(*t),
+            AMQPValue::FieldTable(t) => table_value(t),
+            AMQPValue::ByteArray(bytes) => b64(bytes.as_slice()),
+            AMQPValue::Void => Value::Null,
+        }
+    }
+    fn table_value(t: &FieldTable) -> Value {
+        let mut map = Map::new();
+        for (k, v) in t {
+            map.insert(k.as_str().to_owned(), value(v));
+        }
+        Value::Object(map)
+    }
+    serde_json::to_string(&table_value(table)).unwrap()
+}
+
+/// Every kind of AMQP value, and odd keys and numbers, from a seeded generator (xorshift).
+fn generated_table(seed: &mut u64, depth: usize) -> FieldTable {
+    fn next(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+    let keys = [
+        "a",
+        "B",
+        "type",
+        "x-death",
+        "é",
+        "\"quoted\"",
+        "back\\slash",
+        "tab\t",
+        "nul\0",
+        "💡",
+        "",
+        "z",
+        "10",
+        "9",
+    ];
+    let mut table = FieldTable::default();
+    for _ in 0..(next(seed) % 8) {
+        let key = keys[(next(seed) % keys.len() as u64) as usize];
+        let n = next(seed);
+        let value = match n % 19 {
+            0 => AMQPValue::Boolean(n & 1 == 0),
+            1 => AMQPValue::ShortShortInt(n as i8),
+            2 => AMQPValue::ShortShortUInt(n as u8),
+            3 => AMQPValue::ShortInt(n as i16),
+            4 => AMQPValue::ShortUInt(n as u16),
+            5 => AMQPValue::LongInt(n as i32),
+            6 => AMQPValue::LongUInt(n as u32),
+            7 => AMQPValue::LongLongInt(n as i64),
+            8 => AMQPValue::Float(
+                [
+                    f32::NAN,
+                    f32::INFINITY,
+                    -0.0,
+                    1.5e-7,
+                    f32::MAX,
+                    (n as f32) / 3.0,
+                ][(n % 6) as usize],
+            ),
+            9 => AMQPValue::Double(
+                [
+                    f64::NAN,
+                    f64::NEG_INFINITY,
+                    0.1,
+                    1e300,
+                    f64::MIN_POSITIVE,
+                    (n as f64) / 7.0,
+                ][(n % 6) as usize],
+            ),
+            10 => AMQPValue::DecimalValue(lapin::types::DecimalValue {
+                scale: (n % 12) as u8,
+                value: (n >> 8) as u32,
+            }),
+            11 => AMQPValue::ShortString(format!("s{n}\u{7f}\u{2028}").into()),
+            12 => AMQPValue::LongString(LongString::from(format!("<\"{n}\"\n>").into_bytes())),
+            13 => AMQPValue::LongString(LongString::from(vec![0xff, (n >> 8) as u8, 0xc3])),
+            14 => AMQPValue::Timestamp(n),
+            15 => AMQPValue::ByteArray(ByteArray::from(n.to_le_bytes().to_vec())),
+            16 => AMQPValue::Void,
+            17 if depth < 4 => AMQPValue::FieldTable(generated_table(seed, depth + 1)),
+            _ if depth < 4 => {
+                let inner = generated_table(seed, depth + 1);
+                AMQPValue::FieldArray(FieldArray::from(
+                    inner.inner().values().cloned().collect::<Vec<_>>(),
+                ))
+            }
+            _ => AMQPValue::Void,
+        };
+        table.insert(key.into(), value);
+    }
+    table
+}
+
+#[test]
+fn headers_json_writes_what_a_json_value_tree_wrote() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    let mut kinds = std::collections::HashSet::new();
+    for _ in 0..2_000 {
+        let table = generated_table(&mut seed, 1);
+        for value in table.inner().values() {
+            kinds.insert(std::mem::discriminant(value));
+        }
+        assert_eq!(
+            headers_json(Some(&table), 8, 1 << 20).unwrap(),
+            reference_json(&table),
+            "{table:?}"
+        );
+    }
+    // Every variant of AMQPValue came up at the top level at least once.
+    assert_eq!(kinds.len(), 18, "value kinds generated");
+    assert_eq!(headers_json(None, 8, 1 << 20).unwrap(), "{}");
+    assert_eq!(
+        headers_json(Some(&FieldTable::default()), 8, 1 << 20).unwrap(),
+        "{}"
+    );
+}
