@@ -309,7 +309,7 @@ impl AckWriter {
 
     /// Gathers more commands for up to `ACK_DELAY` (and not past the held tags' `HOLD_MAX`),
     /// unless something must go now or half the window is waiting: fewer, larger acks mean
-    /// fewer wake-ups of lapin's I/O thread. True when every handle was dropped.
+    /// fewer frames and rounds of lapin's I/O loop. True when every handle was dropped.
     async fn gather(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Cmd>,

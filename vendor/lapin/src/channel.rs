@@ -1263,17 +1263,24 @@ impl Channel {
 
     fn on_basic_deliver_received(&self, method: protocol::basic::Deliver) -> Result<()> {
         let class_id = method.get_amqp_class_id();
-        let consumer_tag = method.consumer_tag.clone();
+        // amqp-agent patch: the consumer tag is moved out of the method, not cloned twice.
+        let protocol::basic::Deliver {
+            consumer_tag,
+            delivery_tag,
+            redelivered,
+            exchange,
+            routing_key,
+        } = method;
         let poison = self
             .status
             .set_will_receive(class_id, DeliveryCause::Consume(consumer_tag.clone()));
         self.consumers.start_delivery(&consumer_tag, || {
             Delivery::new(
                 self.id,
-                method.delivery_tag,
-                method.exchange,
-                method.routing_key,
-                method.redelivered,
+                delivery_tag,
+                exchange,
+                routing_key,
+                redelivered,
                 Some(self.internal_rpc.clone()),
                 poison,
             )
