@@ -4,7 +4,8 @@
 //!
 //! `cargo test --test it` runs them all, `cargo test --test it faults::` one module, and
 //! `cargo test --test it faults::kill_9` one test. They run side by side in one process
-//! (`--test-threads`, one per core by default), except the few that `common::turn` runs alone.
+//! (`--test-threads`: four in `scripts/test`, one per core by default), except the few that
+//! `common::turn` runs alone.
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Which tests run at the same time. The integration tests are one binary, so libtest runs any
-//! of them side by side (`--test-threads`, by default one per core). Most share the machine
+//! of them side by side (`--test-threads`: `scripts/test` sets four, the default is one per
+//! core). Most share the machine
 //! well: each has its own queues, files and ports. A few would break the others, or measure
 //! what the others' load would skew; those run alone:
 //!
