@@ -49,7 +49,7 @@ pub fn sign(secrets: &[String], unix_time: u64, fields: &Signed<'_>, with_v1: bo
     let values = secrets.len() * if with_v1 { 2 } else { 1 };
     let mut out = String::with_capacity(24 + values * 68);
     out.push_str("t=");
-    out.push_str(std::str::from_utf8(decimal(unix_time, &mut [0; 20])).expect("ASCII digits"));
+    out.push_str(itoa::Buffer::new().format(unix_time));
     if with_v1 {
         for secret in secrets {
             out.push_str(",v1=");
@@ -91,21 +91,6 @@ fn headers_digest(f: &Signed<'_>) -> [u8; 64] {
     hex::encode_to_slice(Sha256::digest(f.headers_json.as_bytes()), &mut digest)
         .expect("64 bytes hold 32 in hex");
     digest
-}
-
-/// `n` in decimal, written at the end of `buf` (a `u64` has at most 20 digits): what
-/// `n.to_string()` holds, without a `String` per field. (`batch::wire` has its own: this floor
-/// imports nothing, and `batch` may not import `signature`.)
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[start..];
-        }
-    }
 }
 
 /// Verifies a signature header against any of `secrets`, within `tolerance_secs` of `now`.
@@ -152,7 +137,7 @@ fn keyed(secret: &[u8]) -> Hmac<Sha256> {
 
 fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
     let mut m = keyed(secret);
-    m.update(decimal(unix_time, &mut [0; 20]));
+    m.update(itoa::Buffer::new().format(unix_time).as_bytes());
     m.update(b".");
     m.update(f.subject.as_bytes());
     m.update(b".");
@@ -166,12 +151,12 @@ fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
 fn v2(secret: &[u8], unix_time: u64, f: &Signed<'_>, headers_digest: &[u8]) -> Hmac<Sha256> {
     let mut m = keyed(secret);
     m.update(V2_PREFIX);
-    let (mut t, mut attempt) = ([0; 20], [0; 20]);
+    let (mut t, mut attempt) = (itoa::Buffer::new(), itoa::Buffer::new());
     let fields: [&[u8]; 9] = [
-        decimal(unix_time, &mut t),
+        t.format(unix_time).as_bytes(),
         f.subject.as_bytes(),
         f.message_id.as_bytes(),
-        decimal(u64::from(f.attempt), &mut attempt),
+        attempt.format(f.attempt).as_bytes(),
         f.routing_key.as_bytes(),
         f.exchange.as_bytes(),
         f.content_type.as_bytes(),
