@@ -3,7 +3,8 @@
 //!
 //! Invariant: this is the only module that knows FastCGI. Every request is bounded by a timeout
 //! and by a reply-size cap, and a connection that saw any error or timeout is dropped, never
-//! reused (fastcgi-client has no multiplexing, so a half-read reply would poison the next one).
+//! reused (fastcgi-client has no multiplexing, so a half-read reply would poison the next one),
+//! and dropped with a reset when its request was given up midway (PHP stops at its next write).
 //!
 //! Over 400 lines on purpose: the client (`request`, `request_patient`, `status_page`), the
 //! connection types it wraps (`Watched`, the buffered stream) and `probe` share private types
@@ -144,8 +145,29 @@ impl FpmClient {
     /// Closes the kept-alive connection, if any. php-fpm pins a child to a connection until the
     /// client closes it, so a connection used now and then must not stay open.
     pub(crate) fn close(&mut self) {
+        if self.in_request {
+            self.abandon();
+        }
         self.conn = None;
         self.in_request = false;
+    }
+
+    /// Drops the connection of a request given up midway (a timeout, an error, a worker
+    /// stopped) with a reset (RST) instead of a FIN, so that PHP's next write to it fails at
+    /// once and PHP stops there (an FPM child stops a script at its first failed write).
+    ///
+    /// Why: after a FIN, PHP's first write still succeeds (only the RST it draws makes the
+    /// next one fail), so a batch that PHP goes on running after we gave up (an entry past
+    /// `fpm.timeout`) ran one more entry before it noticed: the packages write an entry's
+    /// outcome line and the next entry's `start` line in one write (docs/batches.md), and that
+    /// next entry, which we have already returned to its queue, was then handled twice. After
+    /// a reset nothing more runs. Nothing is lost by it: we read nothing more from a request we
+    /// gave up.
+    fn abandon(&mut self) {
+        if let Some(fd) = self.conn.as_ref().and_then(|c| c.fd) {
+            reset_on_close(fd);
+        }
+        self.conn = None;
     }
 
     /// True while a kept-alive connection is open (and so pins an FPM child), younger than
@@ -210,16 +232,15 @@ impl FpmClient {
         let ends = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));
         let watched = Watched::new(Box::pin(buffered(stream)), ends.clone(), received.clone());
-        Self {
-            conn: Some(Connection {
-                client: Client::new_keep_alive_tokio(watched),
-                fd: None,
-                ends,
-                opened: Instant::now(),
-            }),
-            received,
-            ..Self::new(address, timeout, max_response)
-        }
+        let mut client = Self::new(address, timeout, max_response);
+        client.conn = Some(Connection {
+            client: Client::new_keep_alive_tokio(watched),
+            fd: None,
+            ends,
+            opened: Instant::now(),
+        });
+        client.received = received;
+        client
     }
 
     /// Sends one request and reads the whole reply, within the timeout.
@@ -316,11 +337,11 @@ impl FpmClient {
         match result {
             Some(Ok(reply)) => Ok(reply),
             Some(Err(e)) => {
-                self.conn = None;
+                self.abandon();
                 Err(e)
             }
             None => {
-                self.conn = None;
+                self.abandon();
                 Err(FpmError::Timeout(timeout))
             }
         }
@@ -414,6 +435,16 @@ impl FpmClient {
     }
 }
 
+impl Drop for FpmClient {
+    /// A request still in progress (its worker stopped midway) is given up: see
+    /// [`FpmClient::abandon`].
+    fn drop(&mut self) {
+        if self.in_request {
+            self.abandon();
+        }
+    }
+}
+
 /// What one request may take: its deadline, its reply size, the stdout bytes kept.
 #[derive(Clone, Copy)]
 struct Limits {
@@ -426,6 +457,27 @@ fn client_error(e: ClientError) -> FpmError {
     match e {
         ClientError::Io(io) => FpmError::Io(io),
         other => FpmError::Protocol(other.to_string()),
+    }
+}
+
+/// Makes the close of `fd` abortive (`SO_LINGER` on with a zero timeout): the kernel sends a
+/// reset and discards what it still holds for the socket. A failure only costs what
+/// [`FpmClient::abandon`] avoids, so it is ignored.
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the open socket owned by the connection being dropped; the option value
+    // is a valid `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -889,6 +941,39 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.reason(), "fpm_protocol_error");
         assert!(client.conn.is_none(), "the connection is dropped");
+    }
+
+    /// A request given up (here at its deadline) leaves with a reset, not a FIN: PHP's next
+    /// write then fails at once, and the FPM child stops the script there instead of running
+    /// one more batch entry that the agent has already returned to its queue. A FIN would show
+    /// here as an end of file.
+    #[tokio::test]
+    async fn a_request_given_up_resets_the_connection() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = FpmAddress::Tcp(listener.local_addr().unwrap().to_string());
+        // A child that reads the request and never answers.
+        let fpm = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) => return "FIN",
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "RST",
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+        let mut client = FpmClient::new(address, Duration::from_millis(200), 1 << 20);
+        let params = [("SCRIPT_FILENAME", "/srv/index.php".into())];
+        let error = client.request(&params, b"body").await.unwrap_err();
+        assert_eq!(error.reason(), "timeout");
+        let end = tokio::time::timeout(Duration::from_secs(30), fpm)
+            .await
+            .expect("the connection ends")
+            .unwrap();
+        assert_eq!(end, "RST");
     }
 
     /// Whether the socket is in quick-ACK mode (Linux reports "not in pingpong mode").

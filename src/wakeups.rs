@@ -3,8 +3,9 @@
 //!
 //! Why: PHP writes and flushes each line of a batch reply as it happens (a `start` line before
 //! an entry runs, its outcome line once it is done: docs/batches.md), so that the agent knows
-//! which entry was running if the request breaks. Each flushed line wakes the agent's thread:
-//! a batch of 50 cost up to 100 wake-ups, and on a VM a wake-up (`epoll_wait`, the context
+//! which entry was running if the request breaks. Each flushed write wakes the agent's thread:
+//! a batch of 50 cost up to 100 wake-ups (51 since the packages write an outcome line with the
+//! next `start` line), and on a VM a wake-up (`epoll_wait`, the context
 //! switch, the worker polled for one line, its ack handed on) costs ~20 µs, more than all the
 //! rest of the agent's work for a message (docs/performance.md, "Wake-ups per batch line").
 //!

@@ -2,7 +2,7 @@
 // PHP's own cost per entry of a batch request (docs/batches.md), the boot excluded: for each
 // package, a real signed batch body of N entries (built once, signed as the agent signs), run
 // through the package's batch path in a loop, with a handler that does nothing and the outcome
-// lines written to a memory stream (one write per line, as BatchOutput flushes them).
+// lines written to a memory stream (one write per entry, as BatchOutput flushes them).
 //
 //   php -d opcache.enable_cli=1 bench/php/batch-entry.php [--package receiver,symfony,laravel]
 //       [--entries 1,50] [--reps 9] [--min-entries 2000] [--out memory|null] [--instructions]

@@ -38,19 +38,28 @@ if (isset($_SERVER['HTTP_X_AGENT_BATCH'])) {
     } else {
         $out = AmqpAgent\Receiver\BatchOutput::sapi();
     }
+    // One write per entry, as the receiver's runBatch() writes: the first `start` line alone,
+    // then each outcome line with the next entry's `start` line, the last with the trailer.
     $entries = AmqpAgent\Receiver\Batch::parse($_SERVER, (string) file_get_contents('php://input'));
-    foreach ($entries as $entry) {
-        $out->start($entry);
+    $last = count($entries) - 1;
+    if ($last >= 0) {
+        $out->start($entries[0]);
+    }
+    foreach ($entries as $i => $entry) {
         $message = bench_record($entry->body, microtime(true));
         $sleep = (int) ($message['sleep_ms'] ?? 0);
         if ($sleep > 0) {
             usleep($sleep * 1000);
         }
-        $out->outcome($entry, $message === null
+        $response = $message === null
             ? AmqpAgent\Receiver\Response::permanent('bench-handler: body must be the bench JSON')
-            : AmqpAgent\Receiver\Response::ack());
+            : AmqpAgent\Receiver\Response::ack();
+        if ($i === $last) {
+            $out->finish($entry, $response, count($entries));
+        } else {
+            $out->outcome($entry, $response, $entries[$i + 1]);
+        }
     }
-    $out->done($entries[0]->nonce ?? '', count($entries));
     echo $reply;
     return;
 }

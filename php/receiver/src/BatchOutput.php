@@ -10,6 +10,11 @@ namespace AmqpAgent\Receiver;
  * which entry PHP was running if the request dies), then the `done` trailer. Every line starts
  * with the request's nonce (BatchEntry::$nonce): the agent takes no line without it.
  *
+ * One write per entry: the first entry's `start` line goes out alone; after that, an entry's
+ * outcome line and the next entry's `start` line share a write (outcome() with $next), and the
+ * last outcome shares one with the trailer (finish()). Each write is a FastCGI record and, over
+ * TCP, a segment the agent reads: half as many as a write per line.
+ *
  *     <nonce> <index> start
  *     <nonce> <index> ack
  *     <nonce> <index> retry <status> <Retry-After seconds or -> <reason>
@@ -72,9 +77,24 @@ final class BatchOutput
         ($this->write)("{$entry->nonce} {$entry->index} start\n");
     }
 
-    public function outcome(BatchEntry $entry, Response $response): void
+    /**
+     * $entry is done. With $next, the entry PHP runs next, that entry's `start` line goes out in
+     * the same write (call it before anything runs between the two: a reset between entries
+     * belongs to the next entry).
+     */
+    public function outcome(BatchEntry $entry, Response $response, ?BatchEntry $next = null): void
     {
-        ($this->write)($entry->nonce . ' ' . self::line($entry->index, $response));
+        $chunk = $entry->nonce . ' ' . self::line($entry->index, $response);
+        if ($next !== null) {
+            $chunk .= "{$next->nonce} {$next->index} start\n";
+        }
+        ($this->write)($chunk);
+    }
+
+    /** The last entry is done: its outcome line and the `done <count>` trailer in one write. */
+    public function finish(BatchEntry $entry, Response $response, int $count): void
+    {
+        ($this->write)("{$entry->nonce} " . self::line($entry->index, $response) . "{$entry->nonce} done {$count}\n");
     }
 
     public function done(string $nonce, int $count): void

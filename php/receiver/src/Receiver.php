@@ -152,10 +152,13 @@ final class Receiver
      * Runs $exchange (an entry's params and body in, its response out: the framework's
      * single-message path, signature check included) for each entry in order: its `start` line,
      * then the entry, then its outcome line, each written as soon as it is known; then the
-     * trailer. Output of the exchange never reaches the reply, not even when the handler calls
-     * exit() or dies of a fatal error (PHP flushes open output buffers then): it goes to a
-     * buffer whose handler discards it. $reset runs between entries: what the app must forget
-     * between messages (the framework's long-running worker resets).
+     * trailer. An outcome line and the next entry's `start` line go out in one write, as do the
+     * last outcome and the trailer: one write per entry (BatchOutput). Output of the exchange
+     * never reaches the reply, not even when the handler calls exit() or dies of a fatal error
+     * (PHP flushes open output buffers then): it goes to a buffer whose handler discards it.
+     * $reset runs between entries, after the next entry's `start` line (a reset that kills PHP
+     * is that entry's failure): what the app must forget between messages (the framework's
+     * long-running worker resets).
      *
      * @param list<BatchEntry>                         $entries
      * @param callable(array, string): Response         $exchange
@@ -163,9 +166,14 @@ final class Receiver
      */
     public function runBatch(array $entries, callable $exchange, BatchOutput $output, ?callable $reset = null): void
     {
+        if ($entries === []) {
+            $output->done('', 0);
+
+            return;
+        }
         $last = count($entries) - 1;
+        $output->start($entries[0]);
         foreach ($entries as $i => $entry) {
-            $output->start($entry);
             $level = ob_get_level();
             // Whatever flushes this buffer (the handler, exit(), a fatal error) goes through its
             // handler, which discards it.
@@ -181,12 +189,16 @@ final class Receiver
                     ob_end_clean();
                 }
             }
-            $output->outcome($entry, $response);
-            if ($reset !== null && $i !== $last) {
+            if ($i === $last) {
+                $output->finish($entry, $response, count($entries));
+
+                return;
+            }
+            $output->outcome($entry, $response, $entries[$i + 1]);
+            if ($reset !== null) {
                 $reset();
             }
         }
-        $output->done($entries[0]->nonce ?? '', count($entries));
     }
 
     /**

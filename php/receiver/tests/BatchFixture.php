@@ -108,8 +108,8 @@ final class BatchFixture
 
     /**
      * The outcome lines and trailer of a written reply, without the nonce, after checking the
-     * framing the agent requires: every write starts with the nonce, and each outcome follows
-     * the `start` line of its own entry.
+     * framing the agent requires: every line starts with the nonce, each outcome follows the
+     * `start` line of its own entry, and every write ends with a line end.
      *
      * @param list<string> $written one entry per write
      * @return list<string>
@@ -119,24 +119,29 @@ final class BatchFixture
         $lines = [];
         $started = null;
         foreach ($written as $chunk) {
-            if (!str_starts_with($chunk, "{$nonce} ")) {
-                throw new \LogicException("a write without the nonce: {$chunk}");
+            if (!str_ends_with($chunk, "\n")) {
+                throw new \LogicException("a write that does not end a line: {$chunk}");
             }
-            $line = substr($chunk, strlen($nonce) + 1);
-            if (preg_match('/^(\d+) start\n$/D', $line, $m) === 1) {
-                if ($started !== null) {
-                    throw new \LogicException("entry {$m[1]} started before entry {$started} was answered");
+            foreach (explode("\n", substr($chunk, 0, -1)) as $line) {
+                if (!str_starts_with($line, "{$nonce} ")) {
+                    throw new \LogicException("a line without the nonce: {$line}");
                 }
-                $started = $m[1];
-                continue;
-            }
-            if (preg_match('/^(\d+) /', $line, $m) === 1) {
-                if ($m[1] !== $started) {
-                    throw new \LogicException("an outcome for entry {$m[1]}, which was not started");
+                $line = substr($line, strlen($nonce) + 1) . "\n";
+                if (preg_match('/^(\d+) start\n$/D', $line, $m) === 1) {
+                    if ($started !== null) {
+                        throw new \LogicException("entry {$m[1]} started before entry {$started} was answered");
+                    }
+                    $started = $m[1];
+                    continue;
                 }
-                $started = null;
+                if (preg_match('/^(\d+) /', $line, $m) === 1) {
+                    if ($m[1] !== $started) {
+                        throw new \LogicException("an outcome for entry {$m[1]}, which was not started");
+                    }
+                    $started = null;
+                }
+                $lines[] = $line;
             }
-            $lines[] = $line;
         }
 
         return $lines;

@@ -48,7 +48,12 @@ final class BatchTest extends TestCase
             "3 retry 500 - LogicException: bug\n",
             "4 ack\n",
             "done 5\n",
-        ], BatchFixture::outcomes($this->written), 'one write (and flush) per line, as each entry starts and is done');
+        ], BatchFixture::outcomes($this->written));
+        $n = BatchFixture::NONCE;
+        self::assertSame("{$n} 0 start\n", $this->written[0], 'the first start line alone, before anything runs');
+        self::assertSame("{$n} 0 ack\n{$n} 1 start\n", $this->written[1], 'an outcome line and the next start line in one write');
+        self::assertSame("{$n} 4 ack\n{$n} done 5\n", $this->written[5], 'the last outcome line and the trailer in one write');
+        self::assertCount(6, $this->written, 'one write (and flush) per entry, and one before the first');
     }
 
     public function testAnEntryWithABadSignatureIsRejectedAlone(): void
@@ -117,8 +122,11 @@ final class BatchTest extends TestCase
             echo "debug output of {$m->messageId}\n";
             ob_start();
             echo 'an unclosed buffer';
-        }, static function () use (&$resets): void {
+        }, function () use (&$resets): void {
             ++$resets;
+            $n = BatchFixture::NONCE;
+            $i = $resets;
+            self::assertSame("{$n} " . ($i - 1) . " ack\n{$n} {$i} start\n", end($this->written), 'a reset runs after the next entry\'s start line');
         });
         self::assertSame($level, ob_get_level());
         self::assertSame(["0 ack\n", "1 ack\n", "2 ack\n", "done 3\n"], BatchFixture::outcomes($this->written));
