@@ -289,6 +289,31 @@ async fn systemd_notify_ready_reloading_watchdog_stopping() {
     assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
 
+/// A SIGTERM with nothing wrong logs nothing at ERROR level: work that raced the connection's
+/// close (a channel closed as it is dropped) used to log "Connection error: invalid connection
+/// state: Closed" once per subject at every clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_stop_logs_no_error() {
+    let ctx = TestCtx::new("clean-stop").await;
+    ctx.declare().await;
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = AgentProcess::start(&ctx.write_config(), &log);
+    for i in 0..3 {
+        ctx.publish_json("event", &format!("c-{i}"), "ok").await;
+    }
+    common::eventually(LONG, "3 handled", || async { ctx.records().len() == 3 }).await;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let text = agent.log_text();
+    assert!(text.contains("Shutdown requested"), "{text}");
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines at a clean stop:\n{}",
+        errors.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_letters_can_be_listed_and_replayed() {
     let ctx = TestCtx::new("replay").await;

@@ -163,6 +163,21 @@ impl Channels {
     }
 
     pub(crate) fn set_connection_error(&self, error: Error) {
+        // Work that raced a clean close (a channel closed as it is dropped, a consumer
+        // cancelled) fails once the connection is closed, with "invalid connection state:
+        // Closed", "invalid channel" (the channel is gone with it) or "invalid channel state":
+        // that is the close itself, not an error (amqp-agent: PATCHES.md 8).
+        if self.connection_status.closed()
+            && matches!(
+                error.kind(),
+                ErrorKind::InvalidConnectionState(ConnectionState::Closed)
+                    | ErrorKind::InvalidChannel(_)
+                    | ErrorKind::InvalidChannelState(..)
+            )
+        {
+            trace!(%error, "work after the connection was closed");
+            return;
+        }
         // Do nothing if we were already in error
         if let ConnectionState::Error = self.connection_status.set_state(ConnectionState::Error) {
             return;
