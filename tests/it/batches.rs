@@ -267,6 +267,58 @@ fn a_child_killed_mid_batch_on_the_agents_own_runtime_blames_only_the_running_en
     );
 }
 
+/// PHP dies in the reset between two entries (the framework's long-running-worker reset): the
+/// packages write an entry's outcome line together with the next entry's `start` line, then
+/// reset, so the entry before keeps its ack and the next one takes the failure (an attempt; it
+/// never ran), retried alone; the rest go back to the queue without using one
+/// (docs/batches.md, "One write per entry").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_that_kills_php_is_the_next_entrys_failure() {
+    let ctx = ctx("batch-reset-exit", "10s").await;
+    publish_fifty(&ctx, |i| if i == 20 { "exit-in-reset-once" } else { "ok" }).await;
+    let agent = ctx.start_agent().await;
+    eventually(WAIT, "50 acked", || async {
+        agent.stats()["event"].acked == N as u64
+    })
+    .await;
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records[..21], 21);
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N, "lost 0");
+    for i in 0..=20 {
+        assert_eq!(
+            attempts(&by_id[&format!("m-{i}")]),
+            [1],
+            "m-{i} had its outcome"
+        );
+    }
+    assert_eq!(
+        attempts(&by_id["m-21"]),
+        [2],
+        "m-21 never ran in the batch and used an attempt"
+    );
+    assert!(
+        by_id["m-21"][0]["batch_size"] == Value::Null,
+        "retried alone"
+    );
+    for i in 22..N {
+        let recs = &by_id[&format!("m-{i}")];
+        assert_eq!(attempts(recs), [1], "m-{i}");
+        assert!(
+            recs[0]["batch_size"] == Value::Null,
+            "m-{i} handled alone: {recs:?}"
+        );
+    }
+    let stats = agent.stats()["event"];
+    assert_eq!(
+        (stats.retried, stats.requeued, stats.dead_lettered),
+        (1, 28, 0)
+    );
+    assert_eq!(ctx.queue_len(&ctx.queue("event")).await, 0);
+    assert!(ctx.drain_dead("event").await.is_empty());
+    assert!(agent.drain().await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_mid_batch_blames_only_the_running_entry() {
     failure_mid_batch("batch-timeout", Failure::Timeout).await;

@@ -22,6 +22,8 @@
  *                      test turns the handler slow mid-run), then handled
  *   reject-cut         PermanentFailure whose 1,001-byte reason holds a byte that is not UTF-8
  *                      and ends with a two-byte character cut by the 1,000-byte limit
+ *   exit-in-reset-once handled, then exit() in the reset that follows it, on attempt 1: PHP dies
+ *                      between two entries, after the next entry's `start` line
  *   kill-agent         kill -9 of the agent process (tests/it/poison.rs), every attempt: appends a
  *                      line to "$RECORD_DIR/<testid>.kills", kills the amqp-agent whose pid the
  *                      test wrote to "$RECORD_DIR/<testid>.agent-pid" (waiting up to 10 s for
@@ -98,7 +100,9 @@ if (file_exists("{$recordDir}/{$testId}.no-batches")) {
     });
 }
 
-Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize, $batchBytes): void {
+// Set by `exit-in-reset-once`: the reset after this entry exits.
+$exitInReset = false;
+Receiver::run(static function (Message $message) use ($testId, $recordDir, $request, $batchSize, $batchBytes, &$exitInReset): void {
     $json = $message->json() ?? [];
     $behave = is_string($json['behave'] ?? null) ? $json['behave'] : 'ok';
     $line = json_encode([
@@ -159,5 +163,12 @@ Receiver::run(static function (Message $message) use ($testId, $recordDir, $requ
     }
     if ($behave === 'reject-cut') {
         throw new PermanentFailure("bad \xff byte " . str_repeat('a', 988) . "\u{e9}");
+    }
+    if ($behave === 'exit-in-reset-once' && $first) {
+        $exitInReset = true;
+    }
+}, null, static function () use (&$exitInReset): void {
+    if ($exitInReset) {
+        exit(0);
     }
 });
