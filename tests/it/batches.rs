@@ -170,6 +170,32 @@ async fn fifty_settled_by_their_own_outcomes(name: &str) {
     assert!(agent.drain().await.is_none());
 }
 
+/// Waits until the fifty are acked, then checks that the first request was one batch in which
+/// PHP ran m-0 … m-20 (m-20 the one that broke it), that nothing was lost and that m-0 …
+/// m-`kept - 1` had their outcome in it (run once, on attempt 1). The records by id.
+async fn fifty_acked_after_a_break(
+    ctx: &TestCtx,
+    agent: &amqp_agent::agent::Agent,
+    kept: usize,
+) -> BTreeMap<String, Vec<Value>> {
+    eventually(WAIT, "50 acked", || async {
+        agent.stats()["event"].acked == N as u64
+    })
+    .await;
+    let records = ctx.records();
+    assert_first_request_was_one_batch(&records[..21], 21);
+    let by_id = by_id(&records);
+    assert_eq!(by_id.len(), N, "lost 0");
+    for i in 0..kept {
+        assert_eq!(
+            attempts(&by_id[&format!("m-{i}")]),
+            [1],
+            "m-{i} had its outcome"
+        );
+    }
+    by_id
+}
+
 /// How the batch fails at m-20, on its first attempt.
 enum Failure {
     /// m-20 sleeps; once the agent has settled m-0 … m-19 the test kills the FPM child (-9).
@@ -200,21 +226,7 @@ async fn failure_mid_batch(name: &str, failure: Failure) {
         let pid = by_id(&ctx.records())["m-20"][0]["pid"].as_i64().unwrap();
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     }
-    eventually(WAIT, "50 acked", || async {
-        agent.stats()["event"].acked == N as u64
-    })
-    .await;
-    let records = ctx.records();
-    assert_first_request_was_one_batch(&records[..21], 21);
-    let by_id = by_id(&records);
-    assert_eq!(by_id.len(), N, "lost 0");
-    for i in 0..20 {
-        assert_eq!(
-            attempts(&by_id[&format!("m-{i}")]),
-            [1],
-            "m-{i} had its outcome"
-        );
-    }
+    let by_id = fifty_acked_after_a_break(&ctx, &agent, 20).await;
     // A timeout blames m-20 (an attempt). A killed child whose socket still held unread input
     // resets the connection, and a reset may drop lines the agent had not read: then nobody is
     // blamed and m-20 goes alone like the others, without using an attempt (it is then blamed
@@ -277,21 +289,7 @@ async fn a_reset_that_kills_php_is_the_next_entrys_failure() {
     let ctx = ctx("batch-reset-exit", "10s").await;
     publish_fifty(&ctx, |i| if i == 20 { "exit-in-reset-once" } else { "ok" }).await;
     let agent = ctx.start_agent().await;
-    eventually(WAIT, "50 acked", || async {
-        agent.stats()["event"].acked == N as u64
-    })
-    .await;
-    let records = ctx.records();
-    assert_first_request_was_one_batch(&records[..21], 21);
-    let by_id = by_id(&records);
-    assert_eq!(by_id.len(), N, "lost 0");
-    for i in 0..=20 {
-        assert_eq!(
-            attempts(&by_id[&format!("m-{i}")]),
-            [1],
-            "m-{i} had its outcome"
-        );
-    }
+    let by_id = fifty_acked_after_a_break(&ctx, &agent, 21).await;
     assert_eq!(
         attempts(&by_id["m-21"]),
         [2],
