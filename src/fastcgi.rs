@@ -436,12 +436,10 @@ impl FpmClient {
 }
 
 impl Drop for FpmClient {
-    /// A request still in progress (its worker stopped midway) is given up: see
-    /// [`FpmClient::abandon`].
+    /// As [`FpmClient::close`]: a request still in progress (its worker stopped midway) is
+    /// given up with a reset.
     fn drop(&mut self) {
-        if self.in_request {
-            self.abandon();
-        }
+        self.close();
     }
 }
 
@@ -468,17 +466,7 @@ fn reset_on_close(fd: std::os::fd::RawFd) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `fd` is the open socket owned by the connection being dropped; the option value
-    // is a valid `linger` of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = set_socket_option(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
 }
 
 /// True when the peer closed the connection (or sent bytes nobody asked for): a non-blocking
@@ -583,16 +571,31 @@ fn quick_ack_enabled() -> bool {
 /// A failure only costs the stall it avoids, so it is ignored.
 fn quick_ack(fd: std::os::fd::RawFd) {
     let on: libc::c_int = 1;
-    // SAFETY: `fd` is the open TCP socket owned by the stream this is called for; the option
-    // value is a valid c_int of the size given.
-    unsafe {
+    let _ = set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, &on);
+}
+
+/// `setsockopt(2)` with a plain value: option `name` at `level` of `fd` set to `value`.
+fn set_socket_option<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: `value` is a live `T` and the length given is its size; the kernel only reads it.
+    // An `fd` that is not an open socket makes the call fail, nothing more.
+    let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -998,17 +1001,7 @@ mod tests {
     /// after a reply.
     fn delay_acks(fd: std::os::fd::RawFd) {
         let off: libc::c_int = 0;
-        // SAFETY: `fd` is an open TCP socket; the value is a valid c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_QUICKACK,
-                (&raw const off).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, &off).expect("TCP_QUICKACK 0");
         assert!(!quick_ack_on(fd), "pingpong mode set");
     }
 

@@ -74,7 +74,7 @@ final class BatchOutput
     /** PHP is about to run this entry. */
     public function start(BatchEntry $entry): void
     {
-        ($this->write)("{$entry->nonce} {$entry->index} start\n");
+        ($this->write)(self::startLine($entry));
     }
 
     /**
@@ -84,9 +84,9 @@ final class BatchOutput
      */
     public function outcome(BatchEntry $entry, Response $response, ?BatchEntry $next = null): void
     {
-        $chunk = $entry->nonce . ' ' . self::line($entry->index, $response);
+        $chunk = self::outcomeLine($entry, $response);
         if ($next !== null) {
-            $chunk .= "{$next->nonce} {$next->index} start\n";
+            $chunk .= self::startLine($next);
         }
         ($this->write)($chunk);
     }
@@ -94,12 +94,27 @@ final class BatchOutput
     /** The last entry is done: its outcome line and the `done <count>` trailer in one write. */
     public function finish(BatchEntry $entry, Response $response, int $count): void
     {
-        ($this->write)("{$entry->nonce} " . self::line($entry->index, $response) . "{$entry->nonce} done {$count}\n");
+        ($this->write)(self::outcomeLine($entry, $response) . self::doneLine($entry->nonce, $count));
     }
 
     public function done(string $nonce, int $count): void
     {
-        ($this->write)("{$nonce} done {$count}\n");
+        ($this->write)(self::doneLine($nonce, $count));
+    }
+
+    private static function outcomeLine(BatchEntry $entry, Response $response): string
+    {
+        return "{$entry->nonce} " . self::line($entry->index, $response);
+    }
+
+    private static function startLine(BatchEntry $entry): string
+    {
+        return "{$entry->nonce} {$entry->index} start\n";
+    }
+
+    private static function doneLine(string $nonce, int $count): string
+    {
+        return "{$nonce} done {$count}\n";
     }
 
     /**
