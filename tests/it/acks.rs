@@ -14,7 +14,7 @@ use amqp_agent::stats::SubjectStats;
 use amqp_agent::telemetry::metrics::Metrics;
 use common::TestCtx;
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -55,6 +55,14 @@ async fn take(ctx: &TestCtx, ids: &[&str]) -> (lapin::Channel, BTreeMap<String, 
             .to_string();
         tags.insert(id, delivery.delivery_tag);
     }
+    // Cancelled here, not by dropping `consumer`: lapin cancels a dropped consumer later, from
+    // its own task, and a `basic.cancel` that reaches the broker after the test's
+    // `channel.close` is a connection error (504, "expected 'channel.open'": seen once in 60
+    // runs, and in CI).
+    channel
+        .basic_cancel("acks-test".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
     (channel, tags)
 }
 
