@@ -202,9 +202,8 @@ pub struct RequestTemplate {
     request_uri: String,
     server_name: String,
     server_port: String,
-    secrets: Vec<String>,
-    /// `fpm.signature_v1`: the legacy `v1` values too.
-    sign_v1: bool,
+    /// `fpm.signing_secrets`, keyed once (with `fpm.signature_v1`: the legacy `v1` values too).
+    signer: crate::signature::Signer,
     max_body_bytes: usize,
     max_headers_bytes: usize,
     max_header_depth: usize,
@@ -232,8 +231,10 @@ impl RequestTemplate {
             document_root,
             server_name: config.fpm.server_name.clone(),
             server_port: "80".to_owned(),
-            secrets: config.fpm.signing_secrets.clone(),
-            sign_v1: config.fpm.signature_v1,
+            signer: crate::signature::Signer::new(
+                &config.fpm.signing_secrets,
+                config.fpm.signature_v1,
+            ),
             max_body_bytes: config.limits.max_body_bytes,
             max_headers_bytes: config.limits.max_headers_bytes,
             max_header_depth: config.limits.max_header_depth,
@@ -334,7 +335,7 @@ impl RequestTemplate {
         if let Some(ts) = env.timestamp {
             p.push(("HTTP_X_AGENT_TIMESTAMP", Cow::Owned(ts.to_string())));
         }
-        if !self.secrets.is_empty() {
+        if !self.signer.is_empty() {
             let fields = crate::signature::Signed {
                 subject: &self.subject,
                 message_id: &message_id,
@@ -345,7 +346,7 @@ impl RequestTemplate {
                 headers_json: &headers,
                 body,
             };
-            let signature = crate::signature::sign(&self.secrets, now, &fields, self.sign_v1);
+            let signature = self.signer.sign(now, &fields);
             p.push(("HTTP_X_AGENT_SIGNATURE", Cow::Owned(signature)));
         }
         p.push(("HTTP_X_AGENT_HEADERS", Cow::Owned(headers)));

@@ -46,34 +46,75 @@ pub struct Signed<'a> {
 /// secret when `with_v1` (`fpm.signature_v1`, for receivers older than `v2`).
 #[must_use]
 pub fn sign(secrets: &[String], unix_time: u64, fields: &Signed<'_>, with_v1: bool) -> String {
-    let values = secrets.len() * if with_v1 { 2 } else { 1 };
-    let mut out = String::with_capacity(24 + values * 68);
-    out.push_str("t=");
-    out.push_str(itoa::Buffer::new().format(unix_time));
-    if with_v1 {
-        for secret in secrets {
-            out.push_str(",v1=");
+    Signer::new(secrets, with_v1).sign(unix_time, fields)
+}
+
+/// The signing keys of one subject, keyed once: an HMAC keyed with a secret has already
+/// hashed its inner and outer key blocks, so each request clones that state instead of hashing
+/// them again (two SHA-256 blocks per value). Its `Debug` shows how many keys, never a key.
+#[derive(Clone)]
+pub struct Signer {
+    keys: Vec<Hmac<Sha256>>,
+    with_v1: bool,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("keys", &self.keys.len())
+            .field("with_v1", &self.with_v1)
+            .finish()
+    }
+}
+
+impl Signer {
+    /// The keys of `secrets`, in order; `with_v1` adds the legacy `v1` values.
+    #[must_use]
+    pub fn new(secrets: &[String], with_v1: bool) -> Self {
+        Self {
+            keys: secrets.iter().map(|s| keyed(s.as_bytes())).collect(),
+            with_v1,
+        }
+    }
+
+    /// True when there is no secret: requests go unsigned.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The signature header value for one request (the module's format).
+    #[must_use]
+    pub fn sign(&self, unix_time: u64, fields: &Signed<'_>) -> String {
+        let values = self.keys.len() * if self.with_v1 { 2 } else { 1 };
+        let mut out = String::with_capacity(24 + values * 68);
+        out.push_str("t=");
+        out.push_str(itoa::Buffer::new().format(unix_time));
+        if self.with_v1 {
+            for key in &self.keys {
+                out.push_str(",v1=");
+                push_hex(
+                    &mut out,
+                    &v1(key.clone(), unix_time, fields)
+                        .finalize()
+                        .into_bytes()
+                        .into(),
+                );
+            }
+        }
+        let headers_digest = headers_digest(fields);
+        for key in &self.keys {
+            out.push_str(",v2=");
             push_hex(
                 &mut out,
-                &v1(secret.as_bytes(), unix_time, fields)
+                &v2(key.clone(), unix_time, fields, &headers_digest)
                     .finalize()
                     .into_bytes()
                     .into(),
             );
         }
+        out
     }
-    let headers_digest = headers_digest(fields);
-    for secret in secrets {
-        out.push_str(",v2=");
-        push_hex(
-            &mut out,
-            &v2(secret.as_bytes(), unix_time, fields, &headers_digest)
-                .finalize()
-                .into_bytes()
-                .into(),
-        );
-    }
-    out
 }
 
 /// Appends a SHA-256 digest as lowercase hex, without the `String` that `hex::encode` builds a
@@ -124,8 +165,8 @@ pub fn verify(
     }
     let headers_digest = headers_digest(fields);
     secrets.iter().any(|secret| {
-        let m2 = v2(secret.as_bytes(), t, fields, &headers_digest);
-        let m1 = v1(secret.as_bytes(), t, fields);
+        let m2 = v2(keyed(secret.as_bytes()), t, fields, &headers_digest);
+        let m1 = v1(keyed(secret.as_bytes()), t, fields);
         v2s.iter().any(|c| m2.clone().verify_slice(c).is_ok())
             || v1s.iter().any(|c| m1.clone().verify_slice(c).is_ok())
     })
@@ -135,8 +176,8 @@ fn keyed(secret: &[u8]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts any key length")
 }
 
-fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
-    let mut m = keyed(secret);
+/// `m`: keyed with the secret, nothing hashed yet.
+fn v1(mut m: Hmac<Sha256>, unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
     m.update(itoa::Buffer::new().format(unix_time).as_bytes());
     m.update(b".");
     m.update(f.subject.as_bytes());
@@ -147,9 +188,9 @@ fn v1(secret: &[u8], unix_time: u64, f: &Signed<'_>) -> Hmac<Sha256> {
     m
 }
 
-/// `headers_digest`: lowercase hex SHA-256 of `f.headers_json`.
-fn v2(secret: &[u8], unix_time: u64, f: &Signed<'_>, headers_digest: &[u8]) -> Hmac<Sha256> {
-    let mut m = keyed(secret);
+/// `m`: keyed with the secret, nothing hashed yet; `headers_digest`: lowercase hex SHA-256 of
+/// `f.headers_json`.
+fn v2(mut m: Hmac<Sha256>, unix_time: u64, f: &Signed<'_>, headers_digest: &[u8]) -> Hmac<Sha256> {
     m.update(V2_PREFIX);
     let (mut t, mut attempt) = (itoa::Buffer::new(), itoa::Buffer::new());
     let fields: [&[u8]; 9] = [

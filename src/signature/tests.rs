@@ -227,3 +227,24 @@ fn signature_decimals_are_what_to_string_writes() {
         assert_eq!(itoa::Buffer::new().format(n), n.to_string(), "{n}");
     }
 }
+
+/// One `Signer` keyed once signs every request of a subject: the same value for every vector,
+/// request after request (its cloned key state is not used up), and its `Debug` shows no key.
+#[test]
+fn a_signer_keyed_once_signs_every_request_like_the_vectors() {
+    for case in cases() {
+        let signer = Signer::new(&case.secrets, true);
+        for _ in 0..3 {
+            assert_eq!(
+                signer.sign(case.t, &case.fields()),
+                case.signature,
+                "vector `{}`",
+                case.name
+            );
+        }
+        assert_eq!(
+            format!("{signer:?}"),
+            format!("Signer {{ keys: {}, with_v1: true }}", case.secrets.len())
+        );
+    }
+}

@@ -90,8 +90,14 @@ impl Channels {
         if id == 0 {
             Some(self.channel0())
         } else {
-            self.read().channels.get(&id).cloned()
+            self.read().channels.get(&id).map(|c| Channel::clone(c))
         }
+    }
+
+    /// The channel `id` (not 0) for one received frame: one reference count, where
+    /// [`Channels::get`] clones every handle a `Channel` holds (amqp-agent: PATCHES.md 9).
+    fn get_shared(&self, id: ChannelId) -> Option<Arc<Channel>> {
+        self.read().channels.get(&id).cloned()
     }
 
     pub(crate) fn remove(&self, id: ChannelId, error: Error) -> Result<()> {
@@ -116,7 +122,7 @@ impl Channels {
         if id == 0 {
             self.channel0.receive_method(method)
         } else {
-            self.get(id)
+            self.get_shared(id)
                 .map(|channel| channel.receive_method(method))
                 .unwrap_or_else(|| Err(ErrorKind::InvalidChannel(id).into()))
         }
@@ -129,13 +135,13 @@ impl Channels {
         size: PayloadSize,
         properties: BasicProperties,
     ) -> Result<()> {
-        self.get(id)
+        self.get_shared(id)
             .map(|channel| channel.handle_content_header_frame(class_id, size, properties))
             .unwrap_or_else(|| Err(ErrorKind::InvalidChannel(id).into()))
     }
 
     pub(crate) fn handle_body_frame(&self, id: ChannelId, payload: Vec<u8>) -> Result<()> {
-        self.get(id)
+        self.get_shared(id)
             .map(|channel| channel.handle_body_frame(payload))
             .unwrap_or_else(|| Err(ErrorKind::InvalidChannel(id).into()))
     }
@@ -267,7 +273,12 @@ impl Channels {
     }
 
     pub(crate) async fn start_recovery(&self) -> Result<()> {
-        let channels = self.read().channels.values().cloned().collect::<Vec<_>>();
+        let channels = self
+            .read()
+            .channels
+            .values()
+            .map(|c| Channel::clone(c))
+            .collect::<Vec<_>>();
 
         self.connection_killswitch.reset();
         self.frames.drop_poison();
@@ -334,7 +345,8 @@ impl fmt::Debug for Channels {
 }
 
 struct Inner {
-    channels: HashMap<ChannelId, Channel>,
+    // Shared, so that a received frame takes its channel with one reference count (PATCHES.md 9).
+    channels: HashMap<ChannelId, Arc<Channel>>,
     channel_id: IdSequence<ChannelId>,
     configuration: NegotiatedConfig,
     recovery_config: RecoveryConfig,
@@ -411,7 +423,7 @@ impl Inner {
                     events_sender,
                     Some(connection_closer),
                 );
-                self.channels.insert(id, channel.clone_internal());
+                self.channels.insert(id, Arc::new(channel.clone_internal()));
                 return Ok(channel);
             }
             id = self.channel_id.next();
