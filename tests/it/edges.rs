@@ -923,3 +923,58 @@ async fn lapin_io_loops_keep_up_with_a_sustained_burst() {
         );
     }
 }
+
+/// A connection outlives more than `channel_max` channels closed by the broker. The agent's
+/// depth task reads its queues every `fpm.status_interval` (2 s) on the consumer's connection;
+/// when one of them is missing (an operator deleted the dead-letter queue, say), the broker
+/// closes that channel (404) and the next read opens another. lapin kept the number of every
+/// channel the broker closed poisoned, and channel numbers wrap at `channel_max` (2,047 here):
+/// after the wrap every new channel took a poisoned number and its `channel.open` was dropped
+/// unsent, so the depths (the autoscaler's backlog, `/status`'s dead letters) read 0 for good,
+/// about 68 minutes after the queue went missing; each failed open also left its channel in
+/// the connection's map, and 2,047 later no channel could be opened at all
+/// (`ChannelsLimitReached`, which this test hit without the fix; vendor/lapin/PATCHES.md 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_outlives_channel_max_channels_closed_by_the_broker() {
+    let ctx = TestCtx::new("edge-channels").await;
+    ctx.declare().await;
+    let conn = lapin::Connection::connect(
+        common::AMQP_URL,
+        lapin::ConnectionProperties::default().with_io_loop_task(),
+    )
+    .await
+    .unwrap();
+    let channel_max = usize::from(conn.configuration().channel_max());
+    assert!(
+        (1..=4096).contains(&channel_max),
+        "channel_max {channel_max}"
+    );
+    let missing = format!("amqp-agent-test-missing-{}", uuid::Uuid::new_v4());
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = ctx.queue("event");
+    let read = |name: String| {
+        let conn = &conn;
+        async move {
+            let channel = conn.create_channel().await?;
+            channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .map(|q| q.message_count())
+        }
+    };
+    // Past the wrap, twice over: every number has been closed by the broker at least once.
+    for i in 0..channel_max * 2 + 10 {
+        let refused = read(missing.clone()).await;
+        assert!(refused.is_err(), "read {i} of a missing queue succeeded");
+    }
+    ctx.publish_json("event", "after-the-wrap", "ok").await;
+    let after = read(queue.clone()).await;
+    assert!(
+        matches!(after, Ok(1)),
+        "a channel opened after the wrap reads the queue: {after:?}"
+    );
+    assert!(conn.status().connected(), "the connection stays up");
+}

@@ -415,6 +415,10 @@ impl Inner {
                 met_first_id = true;
             }
             if !self.channels.contains_key(&id) {
+                // A number is reused once the sequence wraps at channel_max: the poison of the
+                // channel that had it before (closed by the broker) is not this one's, and would
+                // drop its channel.open unsent (amqp-agent: PATCHES.md 10).
+                frames.drop_channel_poison(id);
                 let channel = self.create_channel(
                     id,
                     connection_status,
