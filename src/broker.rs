@@ -116,6 +116,23 @@ pub(crate) fn lost_connection(error: &lapin::Error) -> bool {
     )
 }
 
+impl BrokerError {
+    /// True when the broker answered `NOT_FOUND` (a passive declaration of a missing queue).
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        let Self::Amqp { source, .. } = self else {
+            return matches!(self, Self::Missing(_));
+        };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(e) if matches!(
+                e.kind(),
+                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+            )
+        )
+    }
+}
+
 fn amqp(context: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {
     let context = context.into();
     move |source| BrokerError::Amqp { context, source }

@@ -12,41 +12,29 @@ use lapin::{Channel, Connection};
 
 use super::{BrokerError, amqp, short};
 
-/// Reads one queue's depth on the connection of its consumer.
+/// Reads the depths of a subject's queues on the connection of its consumer.
 pub(crate) struct QueueDepth {
     connection: Arc<Connection>,
-    queue: String,
     channel: Option<Channel>,
 }
 
 impl QueueDepth {
-    /// Reads `queue`'s depth on `connection` (no channel is opened before the first read).
+    /// Reads depths on `connection` (no channel is opened before the first read).
     #[must_use]
-    pub(crate) fn new(connection: Arc<Connection>, queue: &str) -> Self {
+    pub(crate) fn new(connection: Arc<Connection>) -> Self {
         Self {
             connection,
-            queue: queue.to_owned(),
             channel: None,
         }
     }
 
-    /// Messages ready in the queue: waiting for a consumer, not counting those delivered and
-    /// not yet acked.
+    /// Messages ready in `queue` (the subject's queue, its dead-letter or a delay queue):
+    /// waiting for a consumer, not counting those delivered and not yet acked.
     ///
     /// # Errors
     /// When no channel can be opened or the queue cannot be declared passively (deleted, or
-    /// the connection is gone).
-    pub(crate) async fn read(&mut self) -> Result<u32, BrokerError> {
-        let queue = self.queue.clone();
-        self.read_queue(&queue).await
-    }
-
-    /// Messages ready in another queue of the subject (its dead-letter or a delay queue), on
-    /// the same channel.
-    ///
-    /// # Errors
-    /// As [`QueueDepth::read`]; a queue that does not exist (a delay queue not used yet) is an
-    /// error, and the next read opens a new channel.
+    /// the connection is gone); a queue that does not exist ([`BrokerError::is_not_found`],
+    /// a delay queue not used yet) is an error, and the next read opens a new channel.
     pub(crate) async fn read_queue(&mut self, queue: &str) -> Result<u32, BrokerError> {
         let channel = match self.channel.take().filter(|c| c.status().connected()) {
             Some(channel) => channel,

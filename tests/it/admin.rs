@@ -850,3 +850,59 @@ async fn next_reply(replies: &mut lapin::Consumer) -> amqp_agent::fleet::Reply {
         .unwrap();
     serde_json::from_slice(&delivery.data).unwrap()
 }
+
+/// A queue the depth task reads that goes missing (the dead-letter queue, deleted by an
+/// operator) is read again only every 15 ticks of `fpm.status_interval`: the broker answers each
+/// read of a missing queue by closing the channel, which lapin logs at ERROR ("Channel closed",
+/// 404) and which costs the connection a channel number. Before, that was one ERROR line per
+/// tick until the next dead letter declared the queue again. The queue's depth is read again
+/// once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_queue_is_read_again_only_after_its_recheck() {
+    const TICKS: u64 = 10;
+    let mut ctx = TestCtx::new("depth-missing").await;
+    ctx.set("fpm.status_interval", "100ms");
+    ctx.declare().await;
+    let mut agent = start(&ctx);
+    let port = ctx.admin_port;
+    ctx.wait_status("consuming", |s| s["subjects"]["event"]["consuming"] == true)
+        .await;
+    let (code, _) = post(port, "/subjects/event/pause?for=1h", &bearer(ADMIN_TOKEN)).await;
+    assert_eq!(code, 200);
+    wait_paused(port, "event", true).await;
+    let dead = ctx.dead_queue("event");
+    ctx.delete_queue(&dead).await;
+    let gone = Instant::now();
+    // At least TICKS ticks with the queue missing: each message published to the paused queue
+    // shows in `/status` only after a tick has read the depth.
+    for k in 1..=TICKS {
+        ctx.publish_json("event", &format!("tick-{k}"), "ok").await;
+        ctx.wait_status(&format!("queue depth {k}"), |s| {
+            s["subjects"]["event"]["queue_depth"] == k
+        })
+        .await;
+    }
+    let elapsed = gone.elapsed();
+    let text = agent.log_text();
+    let refused = text
+        .lines()
+        .filter(|l| l.contains("Channel closed") && l.contains(dead.as_str()))
+        .count();
+    // One read when it went missing, then one per recheck (15 ticks of 100 ms), at most.
+    let bound = 2 + (elapsed.as_secs_f64() / 1.5) as usize;
+    assert!(
+        (1..=bound).contains(&refused),
+        "{refused} reads of the missing queue in {elapsed:?} ({TICKS} ticks or more), at most {bound} expected:\n{text}"
+    );
+    assert!(text.contains("Queue not found"), "{text}");
+    // Back: the next dead letter declares it again, and its depth shows after the recheck.
+    let (code, _) = post(port, "/subjects/event/resume", &bearer(ADMIN_TOKEN)).await;
+    assert_eq!(code, 200);
+    ctx.publish_json("event", "to-dead", "status:422").await;
+    ctx.wait_status("the dead-letter queue's depth", |s| {
+        s["subjects"]["event"]["dead"] == 1
+    })
+    .await;
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG).code(), Some(0));
+}
