@@ -117,19 +117,28 @@ pub(crate) fn lost_connection(error: &lapin::Error) -> bool {
 }
 
 impl BrokerError {
+    /// The broker's own error behind this one (a `channel.close` or `connection.close` it sent),
+    /// if any.
+    pub(crate) fn broker_error(&self) -> Option<&lapin::protocol::AMQPError> {
+        let Self::Amqp { source, .. } = self else {
+            return None;
+        };
+        match source.kind() {
+            lapin::ErrorKind::ProtocolError(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// True when the broker answered `NOT_FOUND` (a passive declaration of a missing queue).
     #[must_use]
     pub fn is_not_found(&self) -> bool {
-        let Self::Amqp { source, .. } = self else {
-            return matches!(self, Self::Missing(_));
-        };
-        matches!(
-            source.kind(),
-            lapin::ErrorKind::ProtocolError(e) if matches!(
-                e.kind(),
-                lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
-            )
-        )
+        matches!(self, Self::Missing(_))
+            || self.broker_error().is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND)
+                )
+            })
     }
 }
 

@@ -25,7 +25,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// by closing the channel: lapin logs that at ERROR, and the next read opens a new channel. A
 /// deleted dead-letter queue (declared again by the next dead letter) cost one ERROR line and
 /// one channel number every tick.
-pub(crate) const MISSING_RECHECK_TICKS: u32 = 15;
+const MISSING_RECHECK_TICKS: u32 = 15;
 
 /// The queues found missing, each with the instant from which it is read again.
 #[derive(Default)]

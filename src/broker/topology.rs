@@ -201,22 +201,19 @@ fn binding_keys(subject: &SubjectConfig) -> Vec<String> {
 /// Turns a refused declaration into a configuration error when the broker says why:
 /// `PRECONDITION_FAILED` (inequivalent argument or type) or `NOT_FOUND` (passive check).
 fn classify(name: &str, error: BrokerError) -> BrokerError {
-    let BrokerError::Amqp { source, .. } = &error else {
-        return error;
-    };
-    let lapin::ErrorKind::ProtocolError(e) = source.kind() else {
-        return error;
-    };
-    let message = e.get_message().as_str().to_owned();
-    match e.kind() {
-        lapin::protocol::AMQPErrorKind::Soft(
-            lapin::protocol::AMQPSoftError::PRECONDITIONFAILED,
-        ) => BrokerError::Inequivalent(Inequivalence::parse(name, &message)),
-        lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND) => {
-            BrokerError::Missing(name.to_owned())
-        }
-        _ => error,
+    if error.is_not_found() {
+        return BrokerError::Missing(name.to_owned());
     }
+    let inequivalent = error.broker_error().and_then(|e| {
+        matches!(
+            e.kind(),
+            lapin::protocol::AMQPErrorKind::Soft(
+                lapin::protocol::AMQPSoftError::PRECONDITIONFAILED
+            )
+        )
+        .then(|| Inequivalence::parse(name, e.get_message().as_str()))
+    });
+    inequivalent.map_or(error, BrokerError::Inequivalent)
 }
 
 mod check;
