@@ -540,6 +540,13 @@ async fn connect(address: &FpmAddress) -> Result<(Stream, std::os::fd::RawFd), F
 /// request, as before), so a reply in one write, the usual single message, costs no syscall and
 /// no ACK packet more than before.
 ///
+/// Each read that does not end the reply is followed at once by a non-blocking `recv` of our
+/// own (`read_now`): the ACK that read sent released what php-fpm's Nagle held, and on loopback
+/// it is in our receive queue before the read returns, but tokio takes a short read for a
+/// drained socket and would wait for the next readiness event, which the runtime sees only after
+/// its pause before parking (`wakeups`). Without it, a batch reply ended about 1 ms later over
+/// TCP than over a Unix socket (docs/performance.md, "The rest of a reply, read at once").
+///
 /// `AMQP_AGENT_TCP_QUICKACK=0` turns it off (to measure the stall; see docs/performance.md).
 struct QuickAck<S> {
     inner: S,
@@ -548,6 +555,8 @@ struct QuickAck<S> {
     records: RecordScanner,
     /// `TCP_QUICKACK` set since we last sent bytes.
     armed: bool,
+    /// An error of a read made on our own (`read_now`), returned by the next `poll_read`.
+    failed: Option<std::io::Error>,
 }
 
 impl<S> QuickAck<S> {
@@ -557,6 +566,7 @@ impl<S> QuickAck<S> {
             fd,
             records: RecordScanner::default(),
             armed: false,
+            failed: None,
         }
     }
 }
@@ -572,6 +582,35 @@ fn quick_ack_enabled() -> bool {
 fn quick_ack(fd: std::os::fd::RawFd) {
     let on: libc::c_int = 1;
     let _ = set_socket_option(fd, libc::IPPROTO_TCP, libc::TCP_QUICKACK, &on);
+}
+
+/// Reads what `fd` holds now into `buf`'s unfilled part without waiting (`MSG_DONTWAIT`);
+/// returns the bytes read: 0 when there were none (`EAGAIN`), at the end of the stream (which
+/// the next read sees again) or when `buf` is full. An error is returned as such: the kernel
+/// reports a socket error once, so the caller must hand it on.
+fn read_now(fd: std::os::fd::RawFd, buf: &mut ReadBuf<'_>) -> std::io::Result<usize> {
+    let room = buf.remaining();
+    if room == 0 {
+        return Ok(0);
+    }
+    // SAFETY: `unfilled_mut` is `room` writable bytes owned by `buf`; `recv` writes at most
+    // `room` of them and returns how many, and exactly those are then marked initialized and
+    // filled. An `fd` that is no longer a socket makes the call fail (-1), nothing more.
+    let n = unsafe {
+        let unfilled = buf.unfilled_mut();
+        libc::recv(fd, unfilled.as_mut_ptr().cast(), room, libc::MSG_DONTWAIT)
+    };
+    let Ok(n) = usize::try_from(n) else {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(e),
+        };
+    };
+    // SAFETY: the kernel initialized the first `n` (≤ `room`) unfilled bytes.
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
 }
 
 /// `setsockopt(2)` with a plain value: option `name` at `level` of `fd` set to `value`.
@@ -606,15 +645,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for QuickAck<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(())))
             && buf.filled().len() > before
             && !this.records.ends_reply(&buf.filled()[before..])
-            && !this.armed
         {
-            quick_ack(this.fd);
-            this.armed = true;
+            if !this.armed {
+                quick_ack(this.fd);
+                this.armed = true;
+            }
+            // The ACK this read sent (or the one `quick_ack` just sent) released what php-fpm's
+            // Nagle held, and on loopback it is in our receive queue already. tokio took the
+            // short read for a drained socket and would wait for the next readiness event,
+            // after the runtime's pause before parking (`wakeups`): take it now.
+            let start = buf.filled().len();
+            match read_now(this.fd, buf) {
+                Ok(0) => {}
+                Ok(_) => {
+                    this.records.ends_reply(&buf.filled()[start..]);
+                }
+                Err(e) => this.failed = Some(e),
+            }
         }
         poll
     }
@@ -1005,6 +1060,23 @@ mod tests {
         assert!(!quick_ack_on(fd), "pingpong mode set");
     }
 
+    /// A loopback TCP connection as `connect` makes one to FPM (`TCP_NODELAY` on our side,
+    /// wrapped in `QuickAck`), php-fpm's end of it, and our socket's descriptor.
+    async fn quick_ack_pair() -> (
+        QuickAck<tokio::net::TcpStream>,
+        tokio::net::TcpStream,
+        std::os::fd::RawFd,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let agent_side = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        agent_side.set_nodelay(true).unwrap();
+        let (fpm_side, _) = listener.accept().await.unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&agent_side);
+        (QuickAck::new(agent_side, fd), fpm_side, fd)
+    }
+
     /// Issue #24, item 0: on the agent's TCP connection to FPM, the first read of part of a
     /// reply leaves delayed-ACK (pingpong) mode, into which each request we send puts the socket
     /// (forced here, as Linux does it only when the request follows a reply within its ACK
@@ -1016,13 +1088,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_of_part_of_a_reply_re_arms_quick_ack_once_per_request() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let agent_side = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut fpm_side, _) = listener.accept().await.unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&agent_side);
-        let mut stream = QuickAck::new(agent_side, fd);
+        let (mut stream, mut fpm_side, fd) = quick_ack_pair().await;
         let mut reply = record(
             6,
             b"Status: 200\r\nX-Agent-Batch: 2\r\n\r\nabc 0 start\n",
@@ -1052,6 +1118,58 @@ mod tests {
             }
             assert_eq!(read, reply);
         }
+    }
+
+    /// Issue #24, item 0: the rest of a reply that php-fpm's Nagle held until we ACKed its first
+    /// part is read together with that part, in the same `poll_read`. Our ACK (sent by the read
+    /// or by the quick-ACK re-arm) releases it, and on loopback it reaches our receive queue
+    /// before the call returns; tokio took the short read for a drained socket, so without
+    /// `read_now` it waited for the next readiness event, which comes only after the runtime's
+    /// pause before parking (`wakeups`): about 1 ms more per batch reply in the bench.
+    ///
+    /// php-fpm's side keeps Nagle on, as php-fpm does; ours is in delayed-ACK mode before each
+    /// reply, as after a request, so part 2 stays held until we ACK part 1 (or our delayed-ACK
+    /// timer fires, 40 ms later). Without `read_now` no read returns both parts unless that
+    /// timer fired first; the kernel may defer the release to its softirq thread under load, so
+    /// half of the replies must come whole, not all.
+    #[tokio::test]
+    async fn what_our_ack_releases_is_read_with_the_part_before_it() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut stream, mut fpm_side, fd) = quick_ack_pair().await;
+        assert!(!fpm_side.nodelay().unwrap(), "php-fpm's Nagle is on");
+        let first = record(
+            6,
+            b"Status: 200\r\nX-Agent-Batch: 2\r\n\r\nabc 0 start\n",
+            0,
+        );
+        let mut rest = record(6, b"abc 0 ack\n", 0);
+        rest.extend(record(3, &[0; 8], 0));
+        let whole_len = first.len() + rest.len();
+        let (replies, mut whole) = (20, 0);
+        for _ in 0..replies {
+            stream.write_all(b"request").await.unwrap();
+            let mut sent = [0; 7];
+            fpm_side.read_exact(&mut sent).await.unwrap();
+            delay_acks(fd);
+            fpm_side.write_all(&first).await.unwrap();
+            fpm_side.write_all(&rest).await.unwrap();
+            let mut buf = vec![0; 64 * 1024];
+            let mut read = stream.read(&mut buf).await.unwrap();
+            assert!(read >= first.len(), "the first part leaves at once");
+            if read == whole_len {
+                whole += 1;
+            }
+            while read < whole_len {
+                let n = stream.read(&mut buf[read..]).await.unwrap();
+                assert!(n > 0, "connection open");
+                read += n;
+            }
+            assert_eq!(buf[..read], [first.as_slice(), &rest].concat());
+        }
+        assert!(
+            whole * 2 >= replies,
+            "{whole} of {replies} replies read whole in one poll_read"
+        );
     }
 
     /// A fake FPM on loopback TCP: reads whole requests and answers each in two writes (as PHP

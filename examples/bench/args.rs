@@ -78,6 +78,10 @@ pub struct Args {
     /// Where RESULTS.md and throughput.svg are written.
     #[arg(long, default_value = "bench")]
     pub out_dir: PathBuf,
+    /// Keep the work directory (agent configs and logs, php-fpm's config and log, the handler's
+    /// records: `records/<run>.<FPM child pid>.log`, one "<id> <start µs>" line per message)
+    #[arg(long)]
+    pub keep: bool,
     /// Print only; do not write RESULTS.md and throughput.svg.
     #[arg(long)]
     pub no_write: bool,
@@ -126,6 +130,10 @@ pub struct Args {
     /// runs a second pool on the other listen type. Target: TCP per line ≥ 0.9 of both.
     #[arg(long, requires = "quick", conflicts_with_all = ["io", "steady_rate", "quorum", "auto"])]
     pub streamed: bool,
+    /// With `--streamed`: only these rows of its table (0-based, in the order printed; the
+    /// ratios need rows 1, 2, 3, 5, 6, 7 and 8). Default: every row.
+    #[arg(long, requires = "streamed", value_delimiter = ',')]
+    pub streamed_rows: Vec<usize>,
     /// `batch_max` values of extra drains in the full bench (rows 2b; `--batches ""` for none).
     /// The handler answers batches with php/receiver's parser.
     #[arg(long, value_delimiter = ',', default_value = "10,50")]

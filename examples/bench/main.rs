@@ -172,7 +172,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             return Err(e);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if bench.args.keep {
+        eprintln!("work directory kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
 

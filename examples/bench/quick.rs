@@ -373,6 +373,10 @@ impl Bench {
         for r in 1..=self.args.rounds {
             for (p, &pool) in pools.iter().enumerate() {
                 for (v, row) in STREAMED.iter().enumerate() {
+                    if !self.args.streamed_rows.is_empty() && !self.args.streamed_rows.contains(&v)
+                    {
+                        continue;
+                    }
                     let batch_max = if row.single { 1 } else { batch };
                     let messages = if row.few { few } else { n };
                     let plan = AgentPlan {
@@ -398,8 +402,14 @@ impl Bench {
                         plan.label
                     );
                     println!(
-                        "[streamed {r}] pool {pool}+{pool}, {} ({messages} msgs): {:.0} msg/s, agent {:.1} µs CPU/msg",
-                        row.name, d.rate, d.cpu_us_per_msg
+                        "[streamed {r}] pool {pool}+{pool}, {} ({messages} msgs): {:.0} msg/s, agent {:.1} µs CPU/msg \
+                         (php-fpm {:.0}, RabbitMQ {:.0}; machine {:.0} % busy)",
+                        row.name,
+                        d.rate,
+                        d.cpu_us_per_msg,
+                        d.fpm_us_per_msg,
+                        d.rabbitmq_us_per_msg,
+                        d.machine_busy * 100.0
                     );
                     runs[v][p].0.push(d.rate);
                     runs[v][p].1.push(d.cpu_us_per_msg);
