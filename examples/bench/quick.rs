@@ -403,10 +403,11 @@ impl Bench {
                     );
                     println!(
                         "[streamed {r}] pool {pool}+{pool}, {} ({messages} msgs): {:.0} msg/s, agent {:.1} µs CPU/msg \
-                         (php-fpm {:.0}, RabbitMQ {:.0}; machine {:.0} % busy)",
+                         and {:.2} context switches/msg (php-fpm {:.0}, RabbitMQ {:.0}; machine {:.0} % busy)",
                         row.name,
                         d.rate,
                         d.cpu_us_per_msg,
+                        d.switches_per_msg,
                         d.fpm_us_per_msg,
                         d.rabbitmq_us_per_msg,
                         d.machine_busy * 100.0
