@@ -165,10 +165,12 @@ pub fn verify(
     }
     let headers_digest = headers_digest(fields);
     secrets.iter().any(|secret| {
-        let m2 = v2(keyed(secret.as_bytes()), t, fields, &headers_digest);
-        let m1 = v1(keyed(secret.as_bytes()), t, fields);
-        v2s.iter().any(|c| m2.clone().verify_slice(c).is_ok())
-            || v1s.iter().any(|c| m1.clone().verify_slice(c).is_ok())
+        let key = keyed(secret.as_bytes());
+        let m2 = v2(key.clone(), t, fields, &headers_digest);
+        v2s.iter().any(|c| m2.clone().verify_slice(c).is_ok()) || {
+            let m1 = v1(key, t, fields);
+            v1s.iter().any(|c| m1.clone().verify_slice(c).is_ok())
+        }
     })
 }
 
