@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use fastcgi_client::conn::KeepAlive;
 use fastcgi_client::io::TokioCompat;
 use fastcgi_client::response::Content;
-use fastcgi_client::{Client, ClientError, Params, Request, StreamExt};
+use fastcgi_client::{Client, ClientError, Params, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::FpmAddress;
@@ -397,10 +397,10 @@ impl FpmClient {
         for (name, value) in params {
             fcgi_params = fcgi_params.custom(*name, value.as_ref());
         }
-        let request = Request::new_tokio(fcgi_params, body);
+        // The whole request in one buffer and one write (vendor/fastcgi-client/PATCHES.md 8).
         let mut stream = conn
             .client
-            .execute_stream(request)
+            .execute_stream_bytes(fcgi_params, body)
             .await
             .map_err(client_error)?;
         let mut reply = Reply::default();

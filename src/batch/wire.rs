@@ -96,6 +96,11 @@ impl Encoder {
         Self { body, count: 0 }
     }
 
+    /// Room for at least `additional` more bytes (one allocation now instead of regrowth).
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.body.reserve(additional);
+    }
+
     /// The bytes entry `index` adds to the body: its head line, its fields and its body.
     /// `limits.max_batch_bytes` bounds the sum (PHP's `post_max_size` sees every byte).
     #[must_use]

@@ -183,12 +183,9 @@ async fn encode<'e>(
     nonce: &str,
 ) -> Option<Request<'e>> {
     let now = contract::unix_now();
-    // Bodies plus room for each entry's head line and fields (a hint: no regrowth as it fills).
-    let capacity = entries
-        .iter()
-        .map(|e| e.delivery.data.len() + ENTRY_HEAD_HINT)
-        .sum();
-    let mut encoder = Encoder::new(capacity, nonce);
+    let bodies: usize = entries.iter().map(|e| e.delivery.data.len()).sum();
+    // Sized once the first entry's head line and fields are known (below).
+    let mut encoder = Encoder::new(0, nonce);
     let max_bytes = runtime.config.limits.max_batch_bytes;
     let mut first = None;
     let mut sent = Vec::with_capacity(entries.len());
@@ -210,6 +207,14 @@ async fn encode<'e>(
             settler.alone(entry);
             continue;
         }
+        if encoder.is_empty() {
+            // Every body, and for each entry this one's head line and fields with a quarter
+            // more (ids, headers and attempts differ in length): the body is not copied again
+            // as it fills (with a fixed 256 bytes per entry it was, once per batch, at
+            // Messenger's header JSON and signatures).
+            let head = len - entry.delivery.data.len();
+            encoder.reserve(bodies.min(max_bytes) + entries.len() * (head + head / 4 + 64));
+        }
         encoder.push(i, &params, &entry.delivery.data);
         sent.push(i);
         first.get_or_insert(params);
@@ -217,9 +222,6 @@ async fn encode<'e>(
     let (params, body) = encoder.finish(&first?);
     Some(Request { sent, params, body })
 }
-
-/// Bytes an entry's head line and fields usually take beside its body (the encoder's hint).
-const ENTRY_HEAD_HINT: usize = 256;
 
 /// After a batch request that ended without an outcome for every entry: the one PHP was running
 /// gets the failure's verdict, the others go back to be retried alone (`batch::retry`). Returns

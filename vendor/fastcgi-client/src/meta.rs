@@ -183,6 +183,22 @@ impl Header {
         }
     }
 
+    /// amqp-agent patch: appends the record of `content` (at most `MAX_LENGTH` bytes): this
+    /// header, the content and its padding, the bytes `write_to_stream` writes.
+    pub(crate) fn encode_record(
+        r#type: RequestType, request_id: u16, content: &[u8], out: &mut Vec<u8>,
+    ) {
+        let header = Self::new(r#type, request_id, content);
+        out.push(header.version);
+        out.push(header.r#type as u8);
+        out.extend_from_slice(&header.request_id.to_be_bytes());
+        out.extend_from_slice(&header.content_length.to_be_bytes());
+        out.push(header.padding_length);
+        out.push(header.reserved);
+        out.extend_from_slice(&content[..usize::from(header.content_length)]);
+        out.resize(out.len() + usize::from(header.padding_length), 0);
+    }
+
     /// Writes the header and content to a stream.
     ///
     /// # Arguments
