@@ -135,16 +135,20 @@ impl Ledger {
     pub(crate) fn apply(&mut self, record: Record<'_>) {
         match record {
             Record::Start(key) => {
-                self.crashes.remove(key);
+                // Mostly empty: no key to hash then.
+                if !self.crashes.is_empty() {
+                    self.crashes.remove(key);
+                }
                 self.enter(key);
             }
             Record::Restart(key) => self.enter(key),
             Record::Done(key) => {
-                if let Some(n) = self.in_flight.get_mut(key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.in_flight.remove(key);
-                    }
+                // One lookup for the usual single delivery of a key; a reused id goes back in
+                // with one less.
+                if let Some(n) = self.in_flight.remove(key)
+                    && n > 1
+                {
+                    self.in_flight.insert(key.into(), n - 1);
                 }
             }
             Record::Crashes { key, count, at } => {
@@ -156,12 +160,8 @@ impl Ledger {
     }
 
     fn enter(&mut self, key: &str) {
-        match self.in_flight.get_mut(key) {
-            Some(n) => *n += 1,
-            None => {
-                self.in_flight.insert(key.into(), 1);
-            }
-        }
+        // One lookup: a key is mostly new here, and then it is copied into the map anyway.
+        *self.in_flight.entry(key.into()).or_insert(0) += 1;
     }
 
     /// The process died with these keys in flight: each one's count goes up by one (however

@@ -184,3 +184,19 @@ fn the_poison_verdict_names_the_crashes() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_reused_id_stays_in_flight_until_its_last_delivery_is_done() {
+    // Two deliveries of `a` in flight; one done: the other still counts if the process dies.
+    let mut ledger = Ledger::replay("S a\nS a\nD a\n");
+    assert_eq!(ledger.count_crash(100), vec![("a".into(), 1)]);
+    // Both done: nothing in flight, and the crash counted before stays until a fresh start.
+    let mut ledger = Ledger::replay("C 1 100 a\nR a\nR a\nD a\nD a\n");
+    assert!(ledger.idle());
+    assert!(ledger.count_crash(200).is_empty());
+    assert_eq!(ledger.crashes("a"), Some(Crashes { count: 1, at: 100 }));
+    // A fresh start of `a` forgets its crashes; a start of another key does not.
+    let mut ledger = Ledger::replay("C 2 100 a\nC 1 100 b\nS b\nD b\n");
+    assert_eq!(ledger.crashes("a"), Some(Crashes { count: 2, at: 100 }));
+    assert_eq!(ledger.crashes("b"), None);
+}
