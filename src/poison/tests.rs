@@ -196,7 +196,7 @@ fn a_reused_id_stays_in_flight_until_its_last_delivery_is_done() {
     assert!(ledger.count_crash(200).is_empty());
     assert_eq!(ledger.crashes("a"), Some(Crashes { count: 1, at: 100 }));
     // A fresh start of `a` forgets its crashes; a start of another key does not.
-    let mut ledger = Ledger::replay("C 2 100 a\nC 1 100 b\nS b\nD b\n");
+    let ledger = Ledger::replay("C 2 100 a\nC 1 100 b\nS b\nD b\n");
     assert_eq!(ledger.crashes("a"), Some(Crashes { count: 2, at: 100 }));
     assert_eq!(ledger.crashes("b"), None);
 }
