@@ -279,51 +279,110 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S, KeepAlive> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S, KeepAlive> {
-    /// amqp-agent patch: sends a request whose body is in memory as one buffer, written with
-    /// one `write_all`, and returns the response stream as [`Client::execute_stream`] does.
-    /// The records are those `execute_stream` sends for the same params and body (params
-    /// records of whole pairs, an empty params record, stdin records of at most 65,535 bytes,
-    /// an empty stdin record), except that the body is cut into full records from its start
-    /// instead of a first 4 KiB one. `execute_stream` reads the body into a zeroed 64 KiB
-    /// buffer and writes each record in three writes, so a batch request of about 60 KB took
-    /// two `sendto` calls and two copies of its body; this takes one of each.
+    /// amqp-agent patch: sends a request whose body is in memory, encoded into one buffer and
+    /// written with one `write_all` (for a body over [`PIECE`], one per piece of that size, so
+    /// a large body is never held twice), and returns the response stream as
+    /// [`Client::execute_stream`] does. The records are those `execute_stream` sends for the
+    /// same params and body (params records of whole pairs, an empty params record, stdin
+    /// records of at most 65,535 bytes, an empty stdin record), except that the body is cut
+    /// into full records from its start instead of a first 4 KiB one. `execute_stream` reads the
+    /// body into a zeroed 64 KiB buffer and writes each record in three writes, so a batch
+    /// request of about 60 KB took two `sendto` calls and two copies of its body; this takes
+    /// one of each.
     pub async fn execute_stream_bytes(
         &mut self, params: Params<'_>, body: &[u8],
     ) -> ClientResult<ResponseStream<&mut S>> {
-        let request = encode_request(REQUEST_ID, true, params, body)?;
-        self.stream.write_all(&request).await?;
+        let mut request = Encoded::new(REQUEST_ID, true, params, body, PIECE)?;
+        while let Some(piece) = request.next_piece() {
+            self.stream.write_all(piece).await?;
+        }
         self.stream.flush().await?;
         Ok(ResponseStream::new(&mut self.stream, REQUEST_ID))
     }
 }
 
-/// amqp-agent patch: every record of one request, in order, in one buffer.
+/// amqp-agent patch: the most stdin content [`Encoded`] puts in one piece (four full records).
+pub(crate) const PIECE: usize = 4 * MAX_LENGTH;
+
+/// amqp-agent patch: the records of one request, in order, in pieces: the first holds the
+/// begin request and params records, and each holds at most `piece` bytes of stdin content
+/// (whole records); the last ends with the empty stdin record.
+pub(crate) struct Encoded<'b> {
+    id: u16,
+    body: &'b [u8],
+    piece: usize,
+    buf: Vec<u8>,
+    started: bool,
+    done: bool,
+}
+
+impl<'b> Encoded<'b> {
+    pub(crate) fn new(
+        id: u16, keep_conn: bool, params: Params<'_>, body: &'b [u8], piece: usize,
+    ) -> ClientResult<Self> {
+        let piece = piece.max(MAX_LENGTH) / MAX_LENGTH * MAX_LENGTH;
+        let records = ParamPairs::new(params).to_records()?;
+        let content = body.len().min(piece);
+        let capacity = (3 + records.len() + content.div_ceil(MAX_LENGTH)) * (HEADER_LEN + 7)
+            + 8
+            + records.iter().map(Vec::len).sum::<usize>()
+            + content;
+        let mut buf = Vec::with_capacity(capacity);
+        let begin = BeginRequest::new(Role::Responder, keep_conn);
+        let mut begin_content = Vec::with_capacity(8);
+        begin_content.extend_from_slice(&(begin.role as u16).to_be_bytes());
+        begin_content.push(begin.flags);
+        begin_content.extend_from_slice(&begin.reserved);
+        Header::encode_record(RequestType::BeginRequest, id, &begin_content, &mut buf);
+        for record in &records {
+            Header::encode_record(RequestType::Params, id, record, &mut buf);
+        }
+        Header::encode_record(RequestType::Params, id, &[], &mut buf);
+        Ok(Self {
+            id,
+            body,
+            piece,
+            buf,
+            started: false,
+            done: false,
+        })
+    }
+
+    /// The next piece, `None` once the last has been given.
+    pub(crate) fn next_piece(&mut self) -> Option<&[u8]> {
+        if self.done {
+            return None;
+        }
+        if self.started {
+            self.buf.clear();
+        }
+        self.started = true;
+        let (now, rest) = self.body.split_at(self.body.len().min(self.piece));
+        for chunk in now.chunks(MAX_LENGTH) {
+            Header::encode_record(RequestType::Stdin, self.id, chunk, &mut self.buf);
+        }
+        self.body = rest;
+        if rest.is_empty() {
+            Header::encode_record(RequestType::Stdin, self.id, &[], &mut self.buf);
+            self.done = true;
+        }
+        Some(&self.buf)
+    }
+}
+
+/// amqp-agent patch: every record of one request, in order, in one buffer (the pieces of
+/// [`Encoded`] joined).
+#[cfg(test)]
 pub(crate) fn encode_request(
-    id: u16, keep_conn: bool, params: Params<'_>, body: &[u8],
-) -> ClientResult<Vec<u8>> {
-    let records = ParamPairs::new(params).to_records()?;
-    let stdin_records = body.len().div_ceil(MAX_LENGTH);
-    let capacity = (3 + records.len() + stdin_records) * (HEADER_LEN + 7)
-        + 8
-        + records.iter().map(Vec::len).sum::<usize>()
-        + body.len();
-    let mut out = Vec::with_capacity(capacity);
-    let begin = BeginRequest::new(Role::Responder, keep_conn);
-    let mut content = Vec::with_capacity(8);
-    content.extend_from_slice(&(begin.role as u16).to_be_bytes());
-    content.push(begin.flags);
-    content.extend_from_slice(&begin.reserved);
-    Header::encode_record(RequestType::BeginRequest, id, &content, &mut out);
-    for record in &records {
-        Header::encode_record(RequestType::Params, id, record, &mut out);
+    id: u16, keep_conn: bool, params: Params<'_>, body: &[u8], piece: usize,
+) -> ClientResult<(Vec<u8>, usize)> {
+    let mut encoded = Encoded::new(id, keep_conn, params, body, piece)?;
+    let (mut out, mut pieces) = (Vec::new(), 0);
+    while let Some(p) = encoded.next_piece() {
+        out.extend_from_slice(p);
+        pieces += 1;
     }
-    Header::encode_record(RequestType::Params, id, &[], &mut out);
-    for chunk in body.chunks(MAX_LENGTH) {
-        Header::encode_record(RequestType::Stdin, id, chunk, &mut out);
-    }
-    Header::encode_record(RequestType::Stdin, id, &[], &mut out);
-    debug_assert!(out.len() <= capacity);
-    Ok(out)
+    Ok((out, pieces))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, M: Mode> Client<S, M> {
@@ -603,7 +662,24 @@ mod amqp_agent_patch_tests {
     #[test]
     fn a_request_in_memory_is_the_records_execute_stream_sends() {
         for len in [
-            0, 1, 7, 8, 9, 4095, 4096, 4097, 65534, 65535, 65536, 65537, 131070, 200_001,
+            0,
+            1,
+            7,
+            8,
+            9,
+            4095,
+            4096,
+            4097,
+            65534,
+            65535,
+            65536,
+            65537,
+            131070,
+            200_001,
+            PIECE - 1,
+            PIECE,
+            PIECE + 1,
+            3 * PIECE + 17,
         ] {
             let body: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let p = params();
@@ -616,7 +692,13 @@ mod amqp_agent_patch_tests {
                 io::Cursor::new(body.clone()),
             ))
             .unwrap();
-            let ours = encode_request(REQUEST_ID, true, p, &body).unwrap();
+            let (ours, pieces) = encode_request(REQUEST_ID, true, p.clone(), &body, PIECE).unwrap();
+            assert_eq!(pieces, len.div_ceil(PIECE).max(1), "body of {len} bytes");
+            // Pieces of one record each join to the same bytes.
+            let (small, small_pieces) =
+                encode_request(REQUEST_ID, true, p, &body, MAX_LENGTH).unwrap();
+            assert_eq!(small, ours);
+            assert_eq!(small_pieces, len.div_ceil(MAX_LENGTH).max(1));
             if len == 0 {
                 // For an empty body the original sends its empty stdin record twice (once for
                 // the body, once to end it); the second is left over in the connection after
@@ -649,7 +731,7 @@ mod amqp_agent_patch_tests {
     #[test]
     fn a_keep_alive_flag_and_a_pair_too_large_are_as_in_execute_stream() {
         let p = params();
-        let short = encode_request(REQUEST_ID, false, p.clone(), b"x").unwrap();
+        let (short, _) = encode_request(REQUEST_ID, false, p.clone(), b"x", PIECE).unwrap();
         let mut sent = Vec::new();
         now(handle_request(
             &mut sent,
@@ -662,7 +744,7 @@ mod amqp_agent_patch_tests {
         assert_eq!(short, sent);
         let big = Params::default().custom("BIG", "x".repeat(crate::MAX_PARAMS_RECORD));
         assert!(matches!(
-            encode_request(REQUEST_ID, true, big, b""),
+            encode_request(REQUEST_ID, true, big, b"", PIECE),
             Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput
         ));
     }
