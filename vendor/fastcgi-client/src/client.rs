@@ -328,12 +328,8 @@ impl<'b> Encoded<'b> {
             + records.iter().map(Vec::len).sum::<usize>()
             + content;
         let mut buf = Vec::with_capacity(capacity);
-        let begin = BeginRequest::new(Role::Responder, keep_conn);
-        let mut begin_content = Vec::with_capacity(8);
-        begin_content.extend_from_slice(&(begin.role as u16).to_be_bytes());
-        begin_content.push(begin.flags);
-        begin_content.extend_from_slice(&begin.reserved);
-        Header::encode_record(RequestType::BeginRequest, id, &begin_content, &mut buf);
+        let begin = BeginRequest::new(Role::Responder, keep_conn).bytes();
+        Header::encode_record(RequestType::BeginRequest, id, &begin, &mut buf);
         for record in &records {
             Header::encode_record(RequestType::Params, id, record, &mut buf);
         }

@@ -183,18 +183,29 @@ impl Header {
         }
     }
 
+    /// amqp-agent patch: the header's bytes as a record starts with them.
+    fn bytes(&self) -> [u8; HEADER_LEN] {
+        let [i0, i1] = self.request_id.to_be_bytes();
+        let [l0, l1] = self.content_length.to_be_bytes();
+        [
+            self.version,
+            self.r#type.clone() as u8,
+            i0,
+            i1,
+            l0,
+            l1,
+            self.padding_length,
+            self.reserved,
+        ]
+    }
+
     /// amqp-agent patch: appends the record of `content` (at most `MAX_LENGTH` bytes): this
     /// header, the content and its padding, the bytes `write_to_stream` writes.
     pub(crate) fn encode_record(
         r#type: RequestType, request_id: u16, content: &[u8], out: &mut Vec<u8>,
     ) {
         let header = Self::new(r#type, request_id, content);
-        out.push(header.version);
-        out.push(header.r#type as u8);
-        out.extend_from_slice(&header.request_id.to_be_bytes());
-        out.extend_from_slice(&header.content_length.to_be_bytes());
-        out.push(header.padding_length);
-        out.push(header.reserved);
+        out.extend_from_slice(&header.bytes());
         out.extend_from_slice(&content[..usize::from(header.content_length)]);
         out.resize(out.len() + usize::from(header.padding_length), 0);
     }
@@ -208,15 +219,7 @@ impl Header {
     pub(crate) async fn write_to_stream<W: AsyncWrite + Unpin>(
         self, writer: &mut W, content: &[u8],
     ) -> io::Result<()> {
-        let mut buf: Vec<u8> = Vec::with_capacity(HEADER_LEN);
-        buf.push(self.version);
-        buf.push(self.r#type as u8);
-        buf.extend_from_slice(&self.request_id.to_be_bytes());
-        buf.extend_from_slice(&self.content_length.to_be_bytes());
-        buf.push(self.padding_length);
-        buf.push(self.reserved);
-
-        writer.write_all(&buf).await?;
+        writer.write_all(&self.bytes()).await?;
         writer.write_all(content).await?;
         if self.padding_length != 0 {
             writer
@@ -313,11 +316,14 @@ impl BeginRequest {
 
     /// Converts the begin request to bytes.
     pub(crate) async fn to_content(&self) -> io::Result<Vec<u8>> {
-        let mut buf: Vec<u8> = Vec::with_capacity(8);
-        buf.extend_from_slice(&(self.role as u16).to_be_bytes());
-        buf.push(self.flags);
-        buf.extend_from_slice(&self.reserved);
-        Ok(buf)
+        Ok(self.bytes().to_vec())
+    }
+
+    /// amqp-agent patch: the begin request's 8 bytes (role, flags, reserved), synchronously.
+    pub(crate) fn bytes(&self) -> [u8; 8] {
+        let [r0, r1] = (self.role as u16).to_be_bytes();
+        let [a, b, c, d, e] = self.reserved;
+        [r0, r1, self.flags, a, b, c, d, e]
     }
 }
 
