@@ -293,7 +293,7 @@ class Bench:
             start = time.monotonic()
             agent = subprocess.Popen(
                 [self.args.agent_bin, "run", "--config", cfg],
-                env=dict(env, RUST_LOG="warn"),
+                env=dict(env, RUST_LOG=os.environ.get("BENCH_AGENT_LOG", "warn")),
                 stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(d, "agent.log"), "w"),
             )
@@ -321,6 +321,8 @@ class Bench:
             label += ", preloaded"
         if batch == "default":
             label += ", batch_max not set"
+        elif isinstance(batch, str) and batch.startswith("auto:"):
+            label += f", batch_max auto, batch_limit {batch[5:]}"
         elif batch == "auto" or batch > 1:
             label += f", batch_max {batch}"
         return dict(
@@ -345,6 +347,9 @@ class Bench:
         # "auto" (docs/batches.md): each request sized from the backlog and measured costs.
         if batch == "auto":
             batch_line = 'batch_max = "auto"\n'
+        elif isinstance(batch, str) and batch.startswith("auto:"):
+            # "auto:N": "auto" with batch_limit N.
+            batch_line = f'batch_max = "auto"\nbatch_limit = {batch[5:]}\n'
         elif batch == "default":
             # Not set: one message per request until the bundle's ack says it takes batches.
             batch_line = ""
@@ -1024,6 +1029,7 @@ def main():
                 f"{r['lost']}/{r['dup']}/{r['left']} |"
             )
         summary(results)
+        targets(results)
         latency_report(args, trickles, slowdowns)
         if not args.keep:
             shutil.rmtree(b.dir, ignore_errors=True)
@@ -1095,9 +1101,42 @@ def summary(results):
         print(f"| {group} | {rnd + 1} | {label} | {r['rate']:.0f} | {ratio} | {r['machine']:.0f} | {cpu} |")
 
 
+def targets(results):
+    """The drain targets of issue #24, judged per round from the rows above: `auto` (its best
+    pool) against the peer's best and against the best fixed `batch_max` (any pool), and the
+    agent's own CPU per message in every row at `batch_max = 50`."""
+    lines = []
+    for group, peer_name, speed, cpu in (("kernel", "messenger:consume", 1.5, 0.8), ("trivial", "Messenger Worker", 1.5, 1.0)):
+        for rnd in sorted({r["round"] for r in results if r["group"] == group}):
+            mine = [r for r in results if r["group"] == group and r["round"] == rnd]
+            peers = [r for r in mine if r["side"] == "peer"]
+            autos = [r for r in mine if r["side"] == "agent" and r["batch"] == "auto"]
+            fixed = [r for r in mine if r["side"] == "agent" and isinstance(r["batch"], int)]
+            if peers and autos:
+                peer, auto = max(peers, key=lambda r: r["rate"]), max(autos, key=lambda r: r["rate"])
+                x, c = auto["rate"] / peer["rate"], auto["machine"] / peer["machine"]
+                lines.append((f"round {rnd + 1}, {group}: auto ≥ {speed}× {peer_name}'s best at ≤ {cpu}× its CPU",
+                              f"{x:.2f}× at {c:.2f}× ({auto['rate']:.0f} against {peer['rate']:.0f} msg/s)", x >= speed and c <= cpu))
+            if group == "kernel" and autos and fixed:
+                auto, best = max(autos, key=lambda r: r["rate"]), max(fixed, key=lambda r: r["rate"])
+                x = auto["rate"] / best["rate"]
+                lines.append((f"round {rnd + 1}, kernel: auto ≥ 0.95× the best fixed batch_max",
+                              f"{x:.3f} ({auto['rate']:.0f} against {best['rate']:.0f} msg/s, batch_max {best['batch']}, {best['label'].split(' →')[0]})", x >= 0.95))
+            for r in [r for r in mine if r["side"] == "agent" and r["batch"] == 50]:
+                lines.append((f"round {rnd + 1}, {group}: agent ≤ 15 µs per message, {r['label'].split(' →')[0]}, batch_max 50",
+                              f"{r['consumer']:.1f} µs", r["consumer"] <= 15.0))
+    if not lines:
+        return
+    print("\n| Target (issue #24) | Measured | |")
+    print("|---|---|---|")
+    for what, measured, ok in lines:
+        print(f"| {what} | {measured} | {'**met**' if ok else '**not met**'} |")
+
+
 def batch_values(text):
-    """`--batches`: numbers, "auto", or "default" (batch_max not set)."""
-    return [x if x in ("auto", "default") else int(x) for x in text.split(",") if x]
+    """`--batches`: numbers, "auto", "auto:N" ("auto" with batch_limit N), or "default"
+    (batch_max not set)."""
+    return [x if x in ("auto", "default") or x.startswith("auto:") else int(x) for x in text.split(",") if x]
 
 
 if __name__ == "__main__":

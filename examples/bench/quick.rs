@@ -417,6 +417,20 @@ impl Bench {
                 }
             }
         }
+        // Each round's own ratios, [ratio][pool]: the two rows of a pair ran back to back, so
+        // a drift of the machine between rounds cancels out of them.
+        let paired: Vec<Vec<f64>> = STREAMED_RATIOS
+            .iter()
+            .map(|&(_, a, b)| {
+                runs[a]
+                    .iter()
+                    .zip(&runs[b])
+                    .map(|(x, y)| {
+                        median(x.0.iter().zip(&y.0).map(|(x, y)| x / y).collect::<Vec<_>>())
+                    })
+                    .collect()
+            })
+            .collect();
         // Medians, [row][pool].
         let medians: Vec<Vec<(f64, f64)>> = runs
             .into_iter()
@@ -446,9 +460,16 @@ impl Bench {
             println!("{line}");
         }
         for (label, a, b) in STREAMED_RATIOS {
-            let mut line = format!("| {label} |");
+            let mut line = format!("| {label} (of the medians) |");
             for (x, y) in medians[a].iter().zip(&medians[b]) {
                 let _ = write!(line, " **{:.2}** |", x.0 / y.0);
+            }
+            println!("{line}");
+        }
+        for ((label, _, _), ratios) in STREAMED_RATIOS.iter().zip(&paired) {
+            let mut line = format!("| {label} (median of each round's own) |");
+            for r in ratios {
+                let _ = write!(line, " **{r:.2}** |");
             }
             println!("{line}");
         }
