@@ -123,18 +123,13 @@ pub struct Config {
 impl Config {
     /// Deliveries per worker the subject's `basic.qos` allows once it sends batches:
     /// `amqp.prefetch_per_worker`, or twice the batch ceiling when larger ([`batch_window`]: the
-    /// batch a worker runs and the next one, prefetched while it runs). With `batch_max` not
-    /// set, that is also held to what keeps the prefetch window within `limits.memory_budget`
-    /// ([`Self::per_worker_within_budget`]): the default never raises the memory bound past the
-    /// budget; a number or `"auto"` is the operator's choice (and is warned about when over it).
+    /// batch a worker runs and the next one, prefetched while it runs). Memory is not bounded
+    /// here but in bytes, by `broker::gate` (each subject's share of `limits.memory_budget`).
     #[must_use]
     pub(crate) fn prefetch_per_worker(&self, subject: &SubjectConfig) -> u16 {
-        let window = batch_window(subject.batch_ceiling());
-        let window = match subject.batch_max {
-            BatchMax::AutoIfAccepted => window.min(self.per_worker_within_budget()),
-            _ => window,
-        };
-        self.amqp.prefetch_per_worker.max(window)
+        self.amqp
+            .prefetch_per_worker
+            .max(batch_window(subject.batch_ceiling()))
     }
 
     /// The deliveries `subject` may hold unacked at its configured `pool_size` (`basic.qos`).
@@ -144,15 +139,6 @@ impl Config {
             usize::from(subject.pool_size),
             self.prefetch_per_worker(subject),
         )
-    }
-
-    /// The most deliveries per worker for which every subject's window, at the configured
-    /// pool sizes, of bodies of `limits.max_body_bytes` fits `limits.memory_budget`.
-    fn per_worker_within_budget(&self) -> u16 {
-        let workers: u64 = self.subjects.values().map(|s| u64::from(s.pool_size)).sum();
-        let body = (self.limits.max_body_bytes as u64).max(1);
-        let per = self.limits.memory_budget / body.saturating_mul(workers.max(1));
-        u16::try_from(per).unwrap_or(u16::MAX)
     }
 
     /// Reads, parses, applies environment overrides and validates a config file.

@@ -42,6 +42,8 @@ pub(crate) struct ConsumerState {
     runtime: Arc<SubjectRuntime>,
     connection: Arc<Connection>,
     channel: Channel,
+    /// The bytes of the bodies `channel`'s deliveries hold (`broker::gate`, the budget).
+    body_bytes: Arc<broker::gate::SubjectBytes>,
     /// Acks and nacks of `channel`'s deliveries, in order.
     acks: Acks,
     publisher: Arc<Publisher>,
@@ -347,9 +349,11 @@ async fn setup(
     let subject = runtime.subject();
     let channel = connection.create_channel().await?;
     // Before any consumer starts on it: the gate is asked about each body before it arrives.
-    channel.set_body_gate(Arc::new(broker::gate::ChannelGate(
-        runtime.body_gate.clone(),
-    )));
+    let body_bytes = Arc::new(broker::gate::SubjectBytes::default());
+    channel.set_body_gate(Arc::new(broker::gate::ChannelGate {
+        gate: runtime.body_gate.clone(),
+        bytes: body_bytes.clone(),
+    }));
     let acks = Acks::spawn(channel.clone(), runtime.clone());
     if config.amqp.declare {
         broker::declare_subject(&channel, &config, subject).await?;
@@ -360,6 +364,7 @@ async fn setup(
     let publisher =
         Arc::new(Publisher::open(connection.clone(), &subject.queue, queue_type, &config).await?);
     let mut state = initial_state(myself, args, (connection, channel), acks, publisher);
+    state.body_bytes = body_bytes;
     dispatch::set_rate(&mut state, args.rate);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     pool::resize(myself, &mut state, args.target).await?;
@@ -386,6 +391,7 @@ fn initial_state(
     ConsumerState {
         runtime: runtime.clone(),
         connection,
+        body_bytes: Arc::default(),
         channel,
         acks,
         publisher,

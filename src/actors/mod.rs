@@ -70,6 +70,7 @@ impl SubjectRuntime {
     ) -> Self {
         let wait_threshold = config.subjects[subject].wait_threshold;
         let config_max_body = config.limits.max_body_bytes;
+        let budget = (config.limits.memory_budget, config.subjects.len());
         Self {
             name: subject.to_owned(),
             template: RequestTemplate::new(&config, subject),
@@ -98,15 +99,20 @@ impl SubjectRuntime {
             ),
             crashes: Arc::new(crate::poison::journal::Tracker::disabled()),
             hook: None,
-            body_gate: crate::broker::gate::OversizeGate::new(config_max_body),
+            body_gate: {
+                let gate = crate::broker::gate::OversizeGate::new(config_max_body);
+                gate.set_budget(budget.0, budget.1);
+                gate
+            },
         }
     }
 
     /// The same runtime, sharing `gate` (the agent's one) and moving it to this configuration's
-    /// `limits.max_body_bytes`.
+    /// `limits.max_body_bytes` and `limits.memory_budget`.
     #[must_use]
     pub(crate) fn with_body_gate(mut self, gate: Arc<crate::broker::gate::OversizeGate>) -> Self {
         gate.set_limit(self.config.limits.max_body_bytes);
+        gate.set_budget(self.config.limits.memory_budget, self.config.subjects.len());
         self.body_gate = gate;
         self
     }

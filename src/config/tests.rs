@@ -348,25 +348,15 @@ fn memory_warnings(text: &str) -> Vec<String> {
 }
 
 #[test]
-fn a_prefetch_window_of_large_bodies_over_the_memory_budget_warns() {
-    // 1 subject, pool 4 × prefetch 8 = 32 deliveries of 8 MiB = 256 MiB.
-    let pools = "";
-    let fits = format!("{MINIMAL}{pools}[limits]\nmemory_budget = \"256MiB\"\n");
-    assert!(memory_warnings(&fits).is_empty());
-    let over = format!("{MINIMAL}{pools}[limits]\nmemory_budget = \"255MiB\"\n");
-    let w = memory_warnings(&over);
-    assert_eq!(w.len(), 1, "{w:?}");
-    for part in [
-        "8 MiB",
-        "32 deliveries",
-        "256 MiB",
-        "255 MiB",
-        "max_message_size",
-    ] {
-        assert!(w[0].contains(part), "`{part}` in {}", w[0]);
-    }
-    // Only the configured pool sizes count: the default config (4 × 8 deliveries of 8 MiB)
-    // fits the default budget although max_pool_size is 64.
+fn the_memory_budget_bounds_bytes_not_the_prefetch_window() {
+    // A window of 8 MiB bodies far over the budget: the gate holds the bytes (`broker::gate`),
+    // so the window is not cut and nothing is warned about.
+    let pools = "pool_size = 64\n";
+    let tiny = format!("{MINIMAL}{pools}[limits]\nmemory_budget = \"16MiB\"\n");
+    let c = parse(&tiny).unwrap();
+    assert_eq!(c.limits.memory_budget, 16 << 20);
+    assert_eq!(c.window(&c.subjects["event"]), 64 * 100);
+    assert!(memory_warnings(&tiny).is_empty());
     assert!(memory_warnings(MINIMAL).is_empty());
 }
 
@@ -404,31 +394,22 @@ fn batches_wait_for_the_receiver_by_default_and_are_bounded() {
     let s = &c.subjects["event"];
     // Not set: "auto" once the receiver says it takes batches (`batch::auto::Receiver`).
     assert_eq!(s.batch_max, BatchMax::AutoIfAccepted);
-    // Its prefetch stays within the memory budget: 1 GiB / (8 MiB bodies × 4 workers) = 32.
-    assert_eq!((s.batch_ceiling(), c.prefetch_per_worker(s)), (50, 32));
-    assert!(memory_warnings(MINIMAL).is_empty());
+    // Its prefetch: two batches of the ceiling, as with "auto" (the memory budget bounds the
+    // bodies' bytes, not the window: `broker::gate`).
+    assert_eq!((s.batch_ceiling(), c.prefetch_per_worker(s)), (50, 100));
     let two = format!("{MINIMAL}[subjects.command]\nqueue = \"c\"\npool_size = 8\n");
     let c = parse(&two).unwrap();
-    assert_eq!(
-        c.prefetch_per_worker(&c.subjects["event"]),
-        10,
-        "1 GiB / (8 MiB × 12)"
-    );
-    let small = format!("{MINIMAL}[limits]\nmax_body_bytes = 1048576\n");
-    let c = parse(&small).unwrap();
-    assert_eq!(
-        c.prefetch_per_worker(&c.subjects["event"]),
-        100,
-        "two batches of the ceiling"
-    );
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 100);
     let tight = format!("{MINIMAL}[limits]\nmemory_budget = \"64MiB\"\n");
     let c = parse(&tight).unwrap();
+    assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 100);
+    let limit = format!("{MINIMAL}batch_limit = 2\n");
+    let c = parse(&limit).unwrap();
     assert_eq!(
         c.prefetch_per_worker(&c.subjects["event"]),
         8,
         "never below prefetch_per_worker"
     );
-    // "auto" and a number are the operator's choice, not held to the budget.
     let c = parse(&format!("{MINIMAL}batch_max = \"auto\"\n")).unwrap();
     assert_eq!(c.prefetch_per_worker(&c.subjects["event"]), 100);
     let c = parse(MINIMAL).unwrap();
@@ -616,10 +597,10 @@ fn the_demo_configs_are_refused_with_their_public_secrets() {
     }
 }
 
-/// The Kubernetes example's prefetched bodies fit its container's memory limit: the window of
-/// every subject (the default `batch_max`, so held to `limits.memory_budget`) at
-/// `max_body_bytes` each, plus one message of RabbitMQ's default `max_message_size` (128 MiB),
-/// within the agent container's `limits.memory` in deployment.yaml.
+/// The Kubernetes example's prefetched bodies fit its container's memory limit: every subject's
+/// share of `limits.memory_budget` (`broker::gate` holds the bodies within it), plus one message
+/// of RabbitMQ's default `max_message_size` (128 MiB), within the agent container's
+/// `limits.memory` in deployment.yaml.
 #[test]
 fn the_kubernetes_example_holds_its_bodies_within_the_containers_memory_limit() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -632,8 +613,7 @@ fn the_kubernetes_example_holds_its_bodies_within_the_containers_memory_limit() 
         _ => None,
     })
     .unwrap();
-    let window: u64 = c.subjects.values().map(|s| u64::from(c.window(s))).sum();
-    let bodies = window * c.limits.max_body_bytes as u64 + (128 << 20);
+    let bodies = c.limits.memory_budget + (128 << 20);
     // The agent container's limit: the `memory:` line after the comment on prefetched bodies.
     let deployment =
         std::fs::read_to_string(root.join("deploy/kubernetes/base/deployment.yaml")).unwrap();
@@ -647,14 +627,8 @@ fn the_kubernetes_example_holds_its_bodies_within_the_containers_memory_limit() 
         .unwrap();
     assert!(
         bodies <= limit_mi << 20,
-        "{window} deliveries × {} bytes + 128 MiB = {} MiB, over the container's {limit_mi}Mi",
-        c.limits.max_body_bytes,
-        bodies >> 20
-    );
-    assert!(
-        c.warnings().iter().all(|w| !w.contains("memory_budget")),
-        "{:?}",
-        c.warnings()
+        "memory_budget {} MiB + 128 MiB, over the container's {limit_mi}Mi",
+        c.limits.memory_budget >> 20
     );
 }
 

@@ -47,7 +47,6 @@ impl Config {
                 "admin.allow_unauthenticated_commands is ignored: admin.token is set".to_owned(),
             );
         }
-        out.extend(self.memory_warning());
         out.extend(self.rate_warnings());
         out.extend(self.amqp_warnings());
         out
@@ -75,34 +74,5 @@ impl Config {
             }
         }
         out
-    }
-
-    /// Warns when a full prefetch window of maximum-size bodies, at the configured pool sizes,
-    /// would exceed `limits.memory_budget`. (Growing a pool towards `max_pool_size` is an
-    /// operator's decision; the warning does not fire for every default config because of it.)
-    /// A body over `max_body_bytes` is received only one at a time in the whole agent
-    /// (`broker::gate`), so it adds at most one broker-sized message (`max_message_size`).
-    fn memory_warning(&self) -> Option<String> {
-        let body = self.limits.max_body_bytes as u64;
-        let budget = self.limits.memory_budget;
-        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
-        let deliveries: u64 = self
-            .subjects
-            .values()
-            .map(|s| u64::from(self.window(s)))
-            .sum();
-        if body.saturating_mul(deliveries) <= budget {
-            return None;
-        }
-        let pools = "the configured pool sizes";
-        Some(format!(
-            "limits.max_body_bytes ({} MiB) × the prefetch window at {pools} ({deliveries} \
-             deliveries) is {} MiB, over limits.memory_budget ({} MiB): lower max_body_bytes, \
-             amqp.prefetch_per_worker or the pool sizes, or raise the budget (one larger body, \
-             up to RabbitMQ's max_message_size, may be held on top of it)",
-            mib(body),
-            mib(body.saturating_mul(deliveries)),
-            mib(budget),
-        ))
     }
 }

@@ -890,12 +890,12 @@ async fn the_default_batches_only_once_the_receiver_says_it_takes_batches() {
             "default, receiver says it takes batches: {says}; largest batch {largest}; {auto}"
         );
         // The broker's view of the consumer: the prefetch a batch needs once the receiver said
-        // it takes batches (1 GiB / (8 MiB × 4 workers) = 32 per worker, pool 2), else the
-        // config's prefetch_per_worker (2) per worker.
+        // it takes batches (two batches of 50 per worker, pool 2: the memory budget bounds
+        // bytes, not this window), else the config's prefetch_per_worker (2) per worker.
         let prefetch = consumer_prefetch(&ctx.queue("event"));
         assert_eq!(
             prefetch,
-            if says { 64 } else { 4 },
+            if says { 200 } else { 4 },
             "prefetch of the event consumer"
         );
         if says {

@@ -796,6 +796,61 @@ async fn oversized_bodies_are_held_one_at_a_time() {
     assert!(deferred > 0.0, "the others waited without their bytes");
 }
 
+/// `limits.memory_budget` holds the bodies' bytes, not the prefetch window (`broker::gate`): with
+/// a budget of 1 MiB (512 KiB per subject) and a window of at least 32 deliveries, 24 bodies of
+/// 200 KB cannot all be held at once; those over the share arrive without their bytes and go
+/// back to the queue unread. Each is still handled exactly once, on its first attempt, and none
+/// is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_memory_budget_wait_unread_and_are_each_handled_once() {
+    const N: usize = 24;
+    const PAD: usize = 200_000;
+    let mut ctx = TestCtx::new("edges-budget").await;
+    ctx.pool_size = 4;
+    ctx.set("limits.memory_budget", 1_048_576);
+    ctx.declare().await;
+    let ids: Vec<String> = (0..N).map(|i| format!("budget-{i}")).collect();
+    for id in &ids {
+        let body = serde_json::json!({"id": id, "behave": "ok", "pad": "p".repeat(PAD)});
+        let props = BasicProperties::default().with_message_id(id.as_str().into());
+        ctx.publish("event", body.to_string().as_bytes(), props)
+            .await;
+    }
+    let config = ctx.write_config();
+    let log = common::fpm().dir.join(format!("{}.log", ctx.id));
+    let mut agent = common::procs::AgentProcess::start(&config, &log);
+    common::wait_ready(ctx.admin_port, WAIT).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    wait_handled(&ctx, &refs).await;
+    common::eventually(WAIT, "the queue empty", || async {
+        ctx.queue_len(&ctx.queue("event")).await == 0
+    })
+    .await;
+    let metrics = common::metrics(ctx.admin_port).await.unwrap_or_default();
+    let deferred = common::metric_sum(&metrics, "amqp_agent_body_deferred_total", &[]);
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).success());
+
+    let records = ctx.records_by_id();
+    for id in &ids {
+        let recs = &records[id.as_str()];
+        assert_eq!(recs.len(), 1, "{id} handled once: {recs:?}");
+        assert_eq!(
+            recs[0]["params"]["HTTP_X_AGENT_ATTEMPT"], "1",
+            "{id}: no attempt used by the wait"
+        );
+    }
+    assert!(
+        ctx.drain_dead("event").await.is_empty(),
+        "nothing dead-lettered"
+    );
+    eprintln!("memory budget: {N} bodies of {PAD} bytes, {deferred} deferred");
+    assert!(
+        deferred > 0.0,
+        "24 × 200 KB in a window of 32 or more: some waited for room in the 512 KiB share"
+    );
+}
+
 /// The encodings a parser could choke on never reach the agent: RabbitMQ 3.10 decodes every
 /// published content header and refuses these (`INTERNAL_ERROR`, or `PRECONDITION_FAILED` for a
 /// delivery mode it does not know), so no frame it delivers fails lapin's parser. If a broker

@@ -40,21 +40,33 @@ fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
     state.backlog.push_back(delivery);
 }
 
-/// An oversized delivery that came without its body, because another oversized body is held
-/// (`broker::gate`): back to its queue, unread and without using an attempt, once that one is
-/// gone. Until then it keeps its prefetch slot, not its bytes (a nack at once would have the
-/// broker send the same body again and again while the permit is taken).
+/// A delivery that came without its body (`broker::gate`): over `limits.max_body_bytes` while
+/// another oversized body is held, or over the subject's share of `limits.memory_budget`. Back
+/// to its queue, unread and without using an attempt, once its body would be let in. Until then
+/// it keeps its prefetch slot, not its bytes (a nack at once would have the broker send the same
+/// body again and again meanwhile).
 fn defer(state: &ConsumerState, delivery: Delivery) {
     state.runtime.events.emit(Event::BodyDeferred);
-    tracing::debug!(
-        subject = %state.runtime.name,
-        size = delivery.body_size,
-        "A body over limits.max_body_bytes waits for the one held to be dead-lettered"
-    );
     let gate = state.runtime.body_gate.clone();
+    let size = delivery.body_size;
+    if gate.oversized(size) {
+        tracing::debug!(
+            subject = %state.runtime.name,
+            size,
+            "A body over limits.max_body_bytes waits for the one held to be dead-lettered"
+        );
+    } else {
+        tracing::debug!(
+            subject = %state.runtime.name,
+            size,
+            held = state.body_bytes.held(),
+            "A body waits for room in the subject's share of limits.memory_budget"
+        );
+    }
+    let bytes = state.body_bytes.clone();
     let myself = state.myself.clone();
     tokio::spawn(async move {
-        gate.freed().await;
+        gate.wait_for(&bytes, size).await;
         // A consumer that stopped meanwhile closed its channel: the broker has it back.
         let _ = myself.cast(ConsumerMsg::Deferred(Box::new(delivery)));
     });
