@@ -14,9 +14,9 @@
 //!   subjects), counted from each content header's announced size until the delivery is
 //!   dropped; a body that would go over it arrives without its bytes and goes back to its queue,
 //!   unread, once the subject's held bytes leave it room ([`SubjectBytes::room`]). A body is
-//!   always let in when the subject holds none, so a share smaller than `max_body_bytes` slows
-//!   large bodies down but never stops them. A subject that cannot hand its deliveries on (FPM
-//!   down, paused) fills only its own share.
+//!   always let in when the subject holds none, so one larger than the share still gets through
+//!   (`check-config` warns when `max_body_bytes` is over the share). A subject that cannot hand
+//!   its deliveries on (FPM down, paused) fills only its own share.
 //!
 //! Both are asked when a content header announces a body's size, before any body byte arrives
 //! (`vendor/lapin`, `BodyGate`). Memory for bodies is therefore at most `limits.memory_budget` +

@@ -361,6 +361,31 @@ fn the_memory_budget_bounds_bytes_not_the_prefetch_window() {
 }
 
 #[test]
+fn a_body_limit_over_a_subjects_share_of_the_budget_warns() {
+    // One subject: its share is the whole budget.
+    let fits = format!("{MINIMAL}[limits]\nmemory_budget = 8388608\n");
+    assert!(memory_warnings(&fits).is_empty());
+    let over = format!("{MINIMAL}[limits]\nmemory_budget = 8388607\n");
+    let w = memory_warnings(&over);
+    assert_eq!(w.len(), 1, "{w:?}");
+    for part in [
+        "8388608 bytes",
+        "8388607 bytes",
+        "1 subjects",
+        "max_body_bytes",
+    ] {
+        assert!(w[0].contains(part), "`{part}` in {}", w[0]);
+    }
+    // Two subjects share it.
+    let two = format!(
+        "{MINIMAL}[subjects.command]\nqueue = \"c\"\n[limits]\nmemory_budget = \"16MiB\"\n"
+    );
+    assert!(memory_warnings(&two).is_empty());
+    let two = two.replace("16MiB", "15MiB");
+    assert!(memory_warnings(&two)[0].contains("over 2 subjects"));
+}
+
+#[test]
 fn sizes_take_units() {
     let budget = |v: &str| {
         parse(&format!("{MINIMAL}[limits]\nmemory_budget = {v}\n")).map(|c| c.limits.memory_budget)

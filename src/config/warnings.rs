@@ -49,7 +49,22 @@ impl Config {
         }
         out.extend(self.rate_warnings());
         out.extend(self.amqp_warnings());
+        out.extend(self.memory_warning());
         out
+    }
+
+    /// Each subject's bodies are held to its share of `limits.memory_budget` (`broker::gate`):
+    /// a body over the share is let in only when the subject holds no other body, so under a
+    /// steady flow of smaller messages it may wait long.
+    fn memory_warning(&self) -> Option<String> {
+        let subjects = self.subjects.len().max(1) as u64;
+        let share = self.limits.memory_budget / subjects;
+        let body = self.limits.max_body_bytes as u64;
+        (body > share).then(|| {
+            format!(
+                "limits.max_body_bytes ({body} bytes) is over each subject's share of                  limits.memory_budget ({share} bytes: the budget over {subjects} subjects): a                  body larger than the share is received only when its subject holds no other                  body, and may wait long behind a steady flow; raise memory_budget or lower                  max_body_bytes"
+            )
+        })
     }
 
     /// A rate-limited subject holds its prefetch window unacked while it waits for tokens: when
