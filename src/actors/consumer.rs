@@ -363,8 +363,13 @@ async fn setup(
     let queue_type = config.queue_type(subject);
     let publisher =
         Arc::new(Publisher::open(connection.clone(), &subject.queue, queue_type, &config).await?);
-    let mut state = initial_state(myself, args, (connection, channel), acks, publisher);
-    state.body_bytes = body_bytes;
+    let mut state = initial_state(
+        myself,
+        args,
+        (connection, channel, body_bytes),
+        acks,
+        publisher,
+    );
     dispatch::set_rate(&mut state, args.rate);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     pool::resize(myself, &mut state, args.target).await?;
@@ -378,7 +383,11 @@ async fn setup(
 fn initial_state(
     myself: &ActorRef<ConsumerMsg>,
     args: &ConsumerArgs,
-    (connection, channel): (Arc<Connection>, lapin::Channel),
+    (connection, channel, body_bytes): (
+        Arc<Connection>,
+        lapin::Channel,
+        Arc<broker::gate::SubjectBytes>,
+    ),
     acks: Acks,
     publisher: Arc<Publisher>,
 ) -> ConsumerState {
@@ -391,7 +400,7 @@ fn initial_state(
     ConsumerState {
         runtime: runtime.clone(),
         connection,
-        body_bytes: Arc::default(),
+        body_bytes,
         channel,
         acks,
         publisher,

@@ -69,8 +69,8 @@ impl SubjectRuntime {
         upstreams: Arc<crate::upstreams::Upstreams>,
     ) -> Self {
         let wait_threshold = config.subjects[subject].wait_threshold;
-        let config_max_body = config.limits.max_body_bytes;
-        let budget = (config.limits.memory_budget, config.subjects.len());
+        let body_gate = crate::broker::gate::OversizeGate::new(config.limits.max_body_bytes);
+        body_gate.follow(&config);
         Self {
             name: subject.to_owned(),
             template: RequestTemplate::new(&config, subject),
@@ -99,11 +99,7 @@ impl SubjectRuntime {
             ),
             crashes: Arc::new(crate::poison::journal::Tracker::disabled()),
             hook: None,
-            body_gate: {
-                let gate = crate::broker::gate::OversizeGate::new(config_max_body);
-                gate.set_budget(budget.0, budget.1);
-                gate
-            },
+            body_gate,
         }
     }
 
@@ -111,8 +107,7 @@ impl SubjectRuntime {
     /// `limits.max_body_bytes` and `limits.memory_budget`.
     #[must_use]
     pub(crate) fn with_body_gate(mut self, gate: Arc<crate::broker::gate::OversizeGate>) -> Self {
-        gate.set_limit(self.config.limits.max_body_bytes);
-        gate.set_budget(self.config.limits.memory_budget, self.config.subjects.len());
+        gate.follow(&self.config);
         self.body_gate = gate;
         self
     }

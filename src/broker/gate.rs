@@ -76,6 +76,13 @@ impl OversizeGate {
         self.limit.store(limit as u64, Ordering::Relaxed);
     }
 
+    /// Follows `config`'s `limits.max_body_bytes`, and its `limits.memory_budget` shared by its
+    /// subjects.
+    pub(crate) fn follow(&self, config: &crate::config::Config) {
+        self.set_limit(config.limits.max_body_bytes);
+        self.set_budget(config.limits.memory_budget, config.subjects.len());
+    }
+
     /// Follows `limits.memory_budget` and the number of subjects it is shared by.
     pub(crate) fn set_budget(&self, budget: u64, subjects: usize) {
         let share = budget / (subjects.max(1) as u64);

@@ -62,7 +62,11 @@ impl Config {
         let body = self.limits.max_body_bytes as u64;
         (body > share).then(|| {
             format!(
-                "limits.max_body_bytes ({body} bytes) is over each subject's share of                  limits.memory_budget ({share} bytes: the budget over {subjects} subjects): a                  body larger than the share is received only when its subject holds no other                  body, and may wait long behind a steady flow; raise memory_budget or lower                  max_body_bytes"
+                "limits.max_body_bytes ({body} bytes) is over each subject's share of \
+                 limits.memory_budget ({share} bytes: the budget over {subjects} subjects): a \
+                 body larger than the share is received only when its subject holds no other \
+                 body, and may wait long behind a steady flow; raise memory_budget or lower \
+                 max_body_bytes"
             )
         })
     }
