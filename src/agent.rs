@@ -58,6 +58,9 @@ struct Shared {
     /// Each subject's run-time settings (pool size, pin, pause, rate limit): the one record,
     /// written here only (`agent/pools`, `reload`); the root reads it and `/status` shows it.
     settings: Arc<crate::settings::Settings>,
+    /// Which bodies are let into memory, and each subject's held body bytes: owned here, used
+    /// by every consumer channel, observed by `/status` and the metrics.
+    body_gate: Arc<crate::broker::gate::OversizeGate>,
     /// The fleet (`admin.fleet`): its state, and the task that keeps its link.
     fleet: Mutex<Option<(Arc<Fleet>, tokio::task::JoinHandle<()>)>>,
 }
@@ -94,6 +97,11 @@ impl Agent {
         let upstreams = Arc::new(crate::upstreams::InForce::default());
         let monitor = Arc::new(crate::fpm_status::monitor::Monitor::default());
         let metrics = Arc::new(Metrics::new(stats.clone(), &upstreams, &monitor));
+        // Which bodies are let into memory, and each subject's count of them: one for the
+        // agent's life, so that a consumer's reconnect counts on (`broker::gate`).
+        let body_gate = crate::broker::gate::OversizeGate::new(config.limits.max_body_bytes);
+        body_gate.follow(&config);
+        metrics.observe_bodies(body_gate.clone());
         metrics
             .crash_loop_protection
             .set(i64::from(crashes.enabled()));
@@ -108,6 +116,7 @@ impl Agent {
             upstreams: upstreams.clone(),
             monitor: monitor.clone(),
             hook,
+            body_gate: body_gate.clone(),
         };
         let (root, join) = Actor::spawn(None, RootSupervisor, args).await?;
         let fpm_tasks = crate::fpm_status::monitor::spawn(
@@ -128,6 +137,7 @@ impl Agent {
                 upstreams,
                 monitor,
                 settings,
+                body_gate,
                 fleet: Mutex::default(),
             }),
         };

@@ -349,7 +349,10 @@ async fn setup(
     let subject = runtime.subject();
     let channel = connection.create_channel().await?;
     // Before any consumer starts on it: the gate is asked about each body before it arrives.
-    let body_bytes = Arc::new(broker::gate::SubjectBytes::default());
+    // The subject's count is the gate's, kept across reconnects: deliveries of the channel
+    // before this one may still hold their bodies (a retry copy being published, a worker
+    // being stopped).
+    let body_bytes = runtime.body_gate.bytes_of(&runtime.name);
     channel.set_body_gate(Arc::new(broker::gate::ChannelGate {
         gate: runtime.body_gate.clone(),
         bytes: body_bytes.clone(),

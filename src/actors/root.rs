@@ -90,6 +90,9 @@ pub(crate) struct RootArgs {
     pub monitor: Arc<crate::fpm_status::monitor::Monitor>,
     /// Tests only: called by every worker with each delivery (see [`super::hook`]).
     pub hook: Option<super::hook::DeliveryHook>,
+    /// The body gate and each subject's held body bytes, shared by every subject for the
+    /// agent's life (the agent owns it; `/status` and the metrics read it).
+    pub body_gate: Arc<crate::broker::gate::OversizeGate>,
 }
 
 impl Actor for RootSupervisor {
@@ -103,7 +106,7 @@ impl Actor for RootSupervisor {
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
         let mut children = BTreeMap::new();
-        let gate = crate::broker::gate::OversizeGate::new(args.config.limits.max_body_bytes);
+        let gate = args.body_gate.clone();
         for (name, stats) in args.stats {
             let runtime = Arc::new(
                 SubjectRuntime::new(

@@ -79,6 +79,12 @@ pub struct SubjectStatus {
     pub runtime_ms_last_minute: Option<crate::stats::Quantiles>,
     /// Queue waits of the last minute (s, from the AMQP timestamp), as `runtime_ms_last_minute`.
     pub wait_s_last_minute: Option<crate::stats::Quantiles>,
+    /// Bytes of message bodies (within `limits.max_body_bytes`) the subject's deliveries hold
+    /// in memory now, prefetched or being handled.
+    pub body_bytes_held: u64,
+    /// The subject's share of `limits.memory_budget`: the most `body_bytes_held` reaches
+    /// (one body larger than it is let in alone).
+    pub body_bytes_share: u64,
     /// `consuming`, `paused` (an operator's pause), `circuit_open` (FPM unreachable, or PHP
     /// refusing the signature: consumption held until a probe succeeds) or `disconnected`.
     pub state: &'static str,
@@ -177,6 +183,8 @@ impl AgentHandle {
                     wait_s_last_minute: stats
                         .wait_window
                         .quantiles(std::time::Instant::now(), LAST_MINUTE),
+                    body_bytes_held: self.inner.body_gate.held_by(name),
+                    body_bytes_share: self.inner.body_gate.share(),
                     stats: s,
                 };
                 (name.clone(), status)

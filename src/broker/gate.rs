@@ -17,13 +17,19 @@
 //!   always let in when the subject holds none, so one larger than the share still gets through
 //!   (`check-config` warns when `max_body_bytes` is over the share). A subject that cannot hand
 //!   its deliveries on (FPM down, paused) fills only its own share.
+//! - **One count per subject, for the agent's life.** The gate keeps each subject's count
+//!   ([`OversizeGate::bytes_of`]): a consumer that reconnects, or a reload, counts on from what
+//!   the deliveries of its earlier channel still hold (a worker may still be handling them), so
+//!   the old and the new deliveries together stay within the share. `/status` and
+//!   `amqp_agent_body_bytes_held` show the count.
 //!
 //! Both are asked when a content header announces a body's size, before any body byte arrives
 //! (`vendor/lapin`, `BodyGate`). Memory for bodies is therefore at most `limits.memory_budget` +
 //! one broker-sized message, whatever the prefetch window.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use lapin::{Admission, BodyPermit};
 use tokio::sync::Notify;
@@ -39,6 +45,8 @@ pub struct OversizeGate {
     /// Each subject's share of `limits.memory_budget`; updated on reload.
     share: AtomicU64,
     held: Arc<Held>,
+    /// Each subject's count, created at its first consumer channel and kept from then on.
+    subjects: Mutex<BTreeMap<String, Arc<SubjectBytes>>>,
 }
 
 #[derive(Debug, Default)]
@@ -68,7 +76,28 @@ impl OversizeGate {
             limit: AtomicU64::new(limit as u64),
             share: AtomicU64::new(u64::MAX),
             held: Arc::default(),
+            subjects: Mutex::default(),
         })
+    }
+
+    /// The count of `subject`'s held body bytes: the same one at every call, so that each
+    /// consumer channel of the subject (after a reconnect, a reload) counts against it.
+    pub(crate) fn bytes_of(&self, subject: &str) -> Arc<SubjectBytes> {
+        let mut subjects = self.subjects.lock().expect("body gate lock");
+        subjects.entry(subject.to_owned()).or_default().clone()
+    }
+
+    /// The body bytes `subject`'s deliveries hold now (0 before its first channel).
+    #[must_use]
+    pub fn held_by(&self, subject: &str) -> u64 {
+        let subjects = self.subjects.lock().expect("body gate lock");
+        subjects.get(subject).map_or(0, |bytes| bytes.held())
+    }
+
+    /// Each subject's share of `limits.memory_budget`, in bytes.
+    #[must_use]
+    pub fn share(&self) -> u64 {
+        self.share.load(Ordering::Relaxed)
     }
 
     /// Follows a reloaded `limits.max_body_bytes`.
@@ -308,6 +337,49 @@ mod tests {
         drop((again, held));
         assert_eq!(event.held(), 0, "every byte given back");
         assert!(!gate.busy(), "within the limit: never the oversized permit");
+    }
+
+    /// A consumer's channel after a reconnect (or a reload) asks the gate for its subject's
+    /// count again and gets the same one: what the earlier channel's deliveries still hold
+    /// counts against the share, and `held_by` shows the sum.
+    #[test]
+    fn a_subjects_count_outlives_its_channel() {
+        let gate = OversizeGate::new(1000);
+        gate.set_budget(1000, 2); // 500 each
+        assert_eq!((gate.held_by("event"), gate.share()), (0, 500));
+        let first = ChannelGate {
+            gate: gate.clone(),
+            bytes: gate.bytes_of("event"),
+        };
+        let Admission::HoldWith(old) = lapin::BodyGate::admit(&first, 400) else {
+            panic!("within the share");
+        };
+        drop(first);
+        let second = ChannelGate {
+            gate: gate.clone(),
+            bytes: gate.bytes_of("event"),
+        };
+        assert!(
+            matches!(lapin::BodyGate::admit(&second, 200), Admission::Discard),
+            "the old channel's 400 bytes still count"
+        );
+        assert_eq!(gate.held_by("event"), 400);
+        let other = ChannelGate {
+            gate: gate.clone(),
+            bytes: gate.bytes_of("command"),
+        };
+        assert!(matches!(
+            lapin::BodyGate::admit(&other, 500),
+            Admission::HoldWith(_)
+        ));
+        drop(old);
+        assert_eq!(gate.held_by("event"), 0);
+        let Admission::HoldWith(new) = lapin::BodyGate::admit(&second, 200) else {
+            panic!("room once the old body is dropped");
+        };
+        assert_eq!(gate.held_by("event"), 200);
+        drop(new);
+        assert_eq!(gate.held_by("unknown"), 0);
     }
 
     #[test]

@@ -155,8 +155,12 @@ pub struct Metrics {
     busy: Family<SubjectLabel, Gauge>,
     consuming: Family<SubjectLabel, Gauge>,
     paused: Family<SubjectLabel, Gauge>,
+    body_bytes_held: Family<SubjectLabel, Gauge>,
+    body_bytes_share: Gauge,
     node: Family<NodeLabels, Gauge>,
     stats: BTreeMap<String, Arc<SubjectStats>>,
+    /// The agent's body gate, read at each scrape (set once by the agent).
+    bodies: std::sync::OnceLock<Arc<crate::broker::gate::OversizeGate>>,
     /// 1 while crash-loop protection journals messages; 0 when off by config or degraded (a
     /// full disk at start). Set once by the agent when it opens the journal.
     pub crash_loop_protection: Gauge,
@@ -196,9 +200,12 @@ impl Metrics {
             busy: Family::default(),
             consuming: Family::default(),
             paused: Family::default(),
+            body_bytes_held: Family::default(),
+            body_bytes_share: Gauge::default(),
             node: Family::default(),
             registry: Registry::default(),
             stats,
+            bodies: std::sync::OnceLock::new(),
             crash_loop_protection: Gauge::default(),
         };
         monitor.register(&mut registry);
@@ -315,6 +322,16 @@ impl Metrics {
             m.paused.clone(),
         );
         registry.register(
+            "body_bytes_held",
+            "Bytes of message bodies (within limits.max_body_bytes) the subject's deliveries hold in the agent's memory",
+            m.body_bytes_held.clone(),
+        );
+        registry.register(
+            "body_bytes_share",
+            "Each subject's share of limits.memory_budget, in bytes: the most its held bodies take (one body larger than it is let in alone)",
+            m.body_bytes_share.clone(),
+        );
+        registry.register(
             "connected_node",
             "1 for the broker node (host:port) each subject is connected to",
             m.node.clone(),
@@ -392,6 +409,12 @@ impl Metrics {
             .inc();
     }
 
+    /// Reads each subject's held body bytes and the budget's share from `gate` at each scrape
+    /// (the agent's gate; the first call wins).
+    pub(crate) fn observe_bodies(&self, gate: Arc<crate::broker::gate::OversizeGate>) {
+        let _ = self.bodies.set(gate);
+    }
+
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn encode(&self) -> String {
@@ -407,6 +430,13 @@ impl Metrics {
             set(&self.busy, s.busy);
             set(&self.consuming, u64::from(s.consuming));
             set(&self.paused, u64::from(s.paused));
+            if let Some(bodies) = self.bodies.get() {
+                set(&self.body_bytes_held, bodies.held_by(name));
+            }
+        }
+        if let Some(bodies) = self.bodies.get() {
+            self.body_bytes_share
+                .set(i64::try_from(bodies.share()).unwrap_or(i64::MAX));
         }
         // Only the current node of each subject: a node left behind disappears.
         self.node.clear();

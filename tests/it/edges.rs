@@ -800,7 +800,8 @@ async fn oversized_bodies_are_held_one_at_a_time() {
 /// a budget of 1 MiB (512 KiB per subject) and a window of at least 32 deliveries, 24 bodies of
 /// 200 KB cannot all be held at once; those over the share arrive without their bytes and go
 /// back to the queue unread. Each is still handled exactly once, on its first attempt, and none
-/// is dead-lettered.
+/// is dead-lettered. `/status` and the metrics show the bodies held, never over the share, and
+/// none once all are handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_memory_budget_wait_unread_and_are_each_handled_once() {
     const N: usize = 24;
@@ -811,7 +812,8 @@ async fn bodies_over_the_memory_budget_wait_unread_and_are_each_handled_once() {
     ctx.declare().await;
     let ids: Vec<String> = (0..N).map(|i| format!("budget-{i}")).collect();
     for id in &ids {
-        let body = serde_json::json!({"id": id, "behave": "ok", "pad": "p".repeat(PAD)});
+        // Each held for a while by its worker: /status is read while bodies are held.
+        let body = serde_json::json!({"id": id, "behave": "sleep:100", "pad": "p".repeat(PAD)});
         let props = BasicProperties::default().with_message_id(id.as_str().into());
         ctx.publish("event", body.to_string().as_bytes(), props)
             .await;
@@ -821,13 +823,49 @@ async fn bodies_over_the_memory_budget_wait_unread_and_are_each_handled_once() {
     let mut agent = common::procs::AgentProcess::start(&config, &log);
     common::wait_ready(ctx.admin_port, WAIT).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    wait_handled(&ctx, &refs).await;
-    common::eventually(WAIT, "the queue empty", || async {
+    // `/status` shows the subject's held body bytes (the gate's count, the one its consumer
+    // channel counts with), never over its share, until every body has reached PHP.
+    let share: u32 = 1_048_576 / 2;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut most = 0;
+    loop {
+        if let Some(doc) = common::status(ctx.admin_port).await {
+            let event = &doc["subjects"]["event"];
+            assert_eq!(event["body_bytes_share"], share, "{event}");
+            let held = event["body_bytes_held"].as_u64().expect("body_bytes_held");
+            assert!(
+                held <= u64::from(share),
+                "{held} bytes held, over the share"
+            );
+            most = most.max(held);
+        }
+        let records = ctx.records_by_id();
+        if most >= PAD as u64 && refs.iter().all(|id| records.contains_key(*id)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bodies held seen: {most} bytes at most"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    common::eventually(WAIT, "the queue empty, no body held", || async {
         ctx.queue_len(&ctx.queue("event")).await == 0
+            && common::status(ctx.admin_port)
+                .await
+                .is_some_and(|doc| doc["subjects"]["event"]["body_bytes_held"] == 0)
     })
     .await;
     let metrics = common::metrics(ctx.admin_port).await.unwrap_or_default();
     let deferred = common::metric_sum(&metrics, "amqp_agent_body_deferred_total", &[]);
+    assert_eq!(
+        common::metric_sum(&metrics, "amqp_agent_body_bytes_share", &[]),
+        f64::from(share)
+    );
+    assert!(
+        metrics.contains("amqp_agent_body_bytes_held{subject=\"event\"} 0"),
+        "{metrics}"
+    );
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_exit(Duration::from_secs(30)).success());
 
@@ -844,7 +882,9 @@ async fn bodies_over_the_memory_budget_wait_unread_and_are_each_handled_once() {
         ctx.drain_dead("event").await.is_empty(),
         "nothing dead-lettered"
     );
-    eprintln!("memory budget: {N} bodies of {PAD} bytes, {deferred} deferred");
+    eprintln!(
+        "memory budget: {N} bodies of {PAD} bytes, {deferred} deferred, at most {most} bytes held"
+    );
     assert!(
         deferred > 0.0,
         "24 × 200 KB in a window of 32 or more: some waited for room in the 512 KiB share"

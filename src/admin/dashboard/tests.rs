@@ -28,6 +28,8 @@ fn subject(queue: &str) -> SubjectStatus {
         batch_auto: None,
         runtime_ms_last_minute: None,
         wait_s_last_minute: None,
+        body_bytes_held: 0,
+        body_bytes_share: 0,
         state: "paused",
         operator_paused: true,
         paused_until: Some("2030-01-01T00:00:00Z".to_owned()),
