@@ -62,6 +62,9 @@ pub(crate) struct ConsumerState {
     batching: crate::batch::Batching,
     /// With `batch_max = "auto"`: what sizes each request (learns from the workers' reports).
     auto: Option<crate::batch::auto::Auto>,
+    /// Workers whose request in flight was sized before anything was timed
+    /// (`Auto::observe_blind`).
+    blind: std::collections::HashSet<ractor::ActorId>,
     /// A `Dispatch` is scheduled (an idle worker waits for a batch to fill).
     dispatch_armed: bool,
     myself: ActorRef<ConsumerMsg>,
@@ -411,6 +414,7 @@ fn initial_state(
         prefetch: 0,
         pool: Pool::new(myself.get_cell(), worker_builder(runtime, myself)),
         backlog: VecDeque::new(),
+        blind: std::collections::HashSet::new(),
         backlog_since: std::time::Instant::now(),
         batching: crate::batch::Batching::of(config, subject),
         auto: subject.batch_max.is_auto().then(|| {

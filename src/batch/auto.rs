@@ -198,11 +198,34 @@ impl Auto {
         self.ever_accepted
     }
 
-    /// Takes a measurement in.
-    pub(crate) fn observe(&mut self, observed: Observed) {
-        if let (Receiver::MustSay, Observed::Single { batches, .. }) = (self.receiver, observed) {
+    /// Takes in the measurement of a request sized before anything was timed
+    /// ([`Bound::Unmeasured`]). Those are the first requests of a consumer, sent one per free
+    /// worker, and they meet FPM's children cold: the first request a child serves loads the
+    /// front controller and the handler, and takes many times a warm one. Until a batch has been
+    /// timed, it is the best the estimator has; after that, its time says more about the child
+    /// than about the handler, and only whether the receiver takes batches is kept. Without
+    /// this, the cold replies of a larger pool, arriving after the probe, had the estimate at
+    /// 25–50 ms per entry for a handler of 0.1 ms, and the batches at 2–5 for dozens of requests.
+    pub(crate) fn observe_blind(&mut self, observed: Observed) {
+        match observed {
+            Observed::Single { batches, .. } if self.boot.is_some() => self.receiver_said(batches),
+            other => self.observe(other),
+        }
+    }
+
+    /// A handled single reply said whether the receiver takes batches (the default
+    /// `batch_max` follows it; `"auto"` trusts the operator).
+    fn receiver_said(&mut self, batches: bool) {
+        if self.receiver == Receiver::MustSay {
             self.accepted = batches;
             self.ever_accepted |= batches;
+        }
+    }
+
+    /// Takes a measurement in.
+    pub(crate) fn observe(&mut self, observed: Observed) {
+        if let Observed::Single { batches, .. } = observed {
+            self.receiver_said(batches);
         }
         match observed {
             Observed::Batch { lines, first, last } if lines >= 2 => {
@@ -359,6 +382,51 @@ mod tests {
         });
         let s = a.size(100, 2);
         assert_eq!((s.size, s.bound), (50, Bound::Backlog), "{s:?}");
+    }
+
+    /// The first requests go out before anything was timed, one per free worker, and meet
+    /// FPM's children cold. Their replies, when they come after a batch was timed, leave the
+    /// entry's cost alone (only the receiver's word is kept); before that, they are all there is.
+    #[test]
+    fn a_blind_requests_time_counts_only_until_a_batch_was_timed() {
+        let mut a = Auto::new(Receiver::Trusted, 50, ms(100.0), Duration::from_secs(30));
+        // A cold child: 60 ms for the first request, sized before anything was timed: taken.
+        a.observe_blind(single(ms(60.0)));
+        assert!((a.size(400, 1).entry_ms.unwrap() - 60.0).abs() < 1e-6);
+        assert_eq!(a.size(400, 1).bound, Bound::Probe);
+        // The probe: 3 ms per request, 0.1 ms per entry.
+        a.observe(Observed::Batch {
+            lines: 2,
+            first: ms(3.1),
+            last: ms(3.2),
+        });
+        assert_eq!(a.size(400, 1).size, 50);
+        // Another cold child's first request, sized blind, replies now (40 ms): the size stays.
+        a.observe_blind(single(ms(40.0)));
+        let s = a.size(400, 1);
+        assert_eq!((s.size, s.bound), (50, Bound::Limit), "{s:?}");
+        assert!((s.entry_ms.unwrap() - 0.1).abs() < 1e-6, "{s:?}");
+        // The same time from a request the estimator sized is a slower handler: followed.
+        a.observe(single(ms(40.0)));
+        let s = a.size(400, 1);
+        assert_eq!((s.size, s.bound), (6, Bound::Latency), "{s:?}");
+
+        // The default batch_max: a blind reply after the probe still says whether the receiver
+        // takes batches.
+        let mut a = Auto::new(Receiver::MustSay, 50, ms(100.0), Duration::from_secs(30));
+        a.observe_blind(single(ms(60.0)));
+        a.observe(Observed::Batch {
+            lines: 2,
+            first: ms(3.1),
+            last: ms(3.2),
+        });
+        assert!(a.batches_accepted());
+        a.observe_blind(Observed::Single {
+            took: ms(40.0),
+            batches: false,
+        });
+        assert!(!a.batches_accepted(), "the receiver's word is kept");
+        assert!((a.size(0, 1).entry_ms.unwrap() - 0.1).abs() < 1e-6);
     }
 
     #[test]

@@ -86,8 +86,10 @@ pub(super) async fn on_worker_idle(
         publisher_broken,
         observed,
     } = report;
+    // A request sized before anything was timed teaches less once a batch was (`batch::auto`).
+    let blind = state.blind.remove(&worker);
     if let Some(observed) = observed {
-        observe(myself, state, observed).await?;
+        observe(myself, state, observed, blind).await?;
     }
     if publisher_broken && state.draining.is_none() {
         return Err("the retry/dead-letter publish channel closed".into());
@@ -133,13 +135,18 @@ pub(super) fn dispatch(state: &mut ConsumerState) {
         let Some(id) = state.pool.next_idle() else {
             return;
         };
-        let wanted = request_size(state);
+        let (wanted, blind) = request_size(state);
         let Some(n) = rate_granted(state, id, wanted) else {
             return;
         };
         let (msg, tags) = job(state, n);
         match state.pool.send(id, msg, tags) {
-            Ok(()) => SubjectStats::incr(&state.runtime.stats.busy),
+            Ok(()) => {
+                SubjectStats::incr(&state.runtime.stats.busy);
+                if blind {
+                    state.blind.insert(id);
+                }
+            }
             // The worker is stopping; its supervision event will replace it.
             Err(ractor::MessagingErr::SendErr(WorkerMsg::Handle(job))) => {
                 state.backlog.push_front(job.delivery);
@@ -160,12 +167,17 @@ async fn observe(
     myself: &ActorRef<ConsumerMsg>,
     state: &mut ConsumerState,
     observed: crate::batch::auto::Observed,
+    blind: bool,
 ) -> Result<(), ActorProcessingErr> {
     let Some(auto) = state.auto.as_mut() else {
         return Ok(());
     };
     let (accepted, seen) = (auto.batches_accepted(), auto.batches_seen());
-    auto.observe(observed);
+    if blind {
+        auto.observe_blind(observed);
+    } else {
+        auto.observe(observed);
+    }
     let now = auto.batches_accepted();
     if now == accepted {
         return Ok(());
@@ -183,16 +195,19 @@ async fn observe(
 }
 
 /// How many backlog deliveries the next request takes: one, or a batch (`batch_max`, or what
-/// `batch_max = "auto"` decides for the backlog and the free workers), within the byte bound.
-fn request_size(state: &ConsumerState) -> usize {
+/// `batch_max = "auto"` decides for the backlog and the free workers), within the byte bound;
+/// and whether `"auto"` sized it before anything was timed (a blind request).
+fn request_size(state: &ConsumerState) -> (usize, bool) {
     if state.batching.max <= 1 {
-        return 1;
+        return (1, false);
     }
+    let mut blind = false;
     let batching = match &state.auto {
         None => state.batching,
         Some(auto) => {
             // The free workers: the one taking this request and those still idle.
             let sizing = auto.size(state.backlog.len(), state.pool.idle_count() + 1);
+            blind = sizing.bound == crate::batch::auto::Bound::Unmeasured;
             let shown = sizing.shown();
             let before = state.runtime.stats.set_batch_sizing(shown);
             if before.is_none_or(|b| (b.size, b.bound) != (shown.size, shown.bound)) {
@@ -220,14 +235,15 @@ fn request_size(state: &ConsumerState) -> usize {
         state.backlog.iter().map(|d| d.data.len()),
         limits.max_headers_bytes,
     );
-    batching.take(state.backlog.iter().map(|d| {
+    let n = batching.take(state.backlog.iter().map(|d| {
         let bytes = if at_most {
             crate::batch::entry_bytes(d.data.len(), limits.max_headers_bytes)
         } else {
             entry_bytes(d, limits)
         };
         (bytes, d.redelivered)
-    }))
+    }));
+    (n, blind)
 }
 
 /// The rate limit: one token per message (per entry of a batch). Without one, worker `id` goes
