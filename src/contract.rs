@@ -121,7 +121,8 @@ impl ContractError {
 /// Makes a value safe for a FastCGI param: CR, LF and NUL become spaces.
 #[must_use]
 pub(crate) fn clean(value: &str) -> Cow<'_, str> {
-    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+    // memchr3 looks at a word at a time: five values per message.
+    if memchr::memchr3(b'\r', b'\n', 0, value.as_bytes()).is_some() {
         Cow::Owned(value.replace(['\r', '\n', '\0'], " "))
     } else {
         Cow::Borrowed(value)
