@@ -42,8 +42,6 @@ pub(crate) struct ConsumerState {
     runtime: Arc<SubjectRuntime>,
     connection: Arc<Connection>,
     channel: Channel,
-    /// The bytes of the bodies `channel`'s deliveries hold (`broker::gate`, the budget).
-    body_bytes: Arc<broker::gate::SubjectBytes>,
     /// Acks and nacks of `channel`'s deliveries, in order.
     acks: Acks,
     publisher: Arc<Publisher>,
@@ -355,10 +353,9 @@ async fn setup(
     // The subject's count is the gate's, kept across reconnects: deliveries of the channel
     // before this one may still hold their bodies (a retry copy being published, a worker
     // being stopped).
-    let body_bytes = runtime.body_gate.bytes_of(&runtime.name);
     channel.set_body_gate(Arc::new(broker::gate::ChannelGate {
         gate: runtime.body_gate.clone(),
-        bytes: body_bytes.clone(),
+        bytes: runtime.body_gate.bytes_of(&runtime.name),
     }));
     let acks = Acks::spawn(channel.clone(), runtime.clone());
     if config.amqp.declare {
@@ -369,13 +366,7 @@ async fn setup(
     let queue_type = config.queue_type(subject);
     let publisher =
         Arc::new(Publisher::open(connection.clone(), &subject.queue, queue_type, &config).await?);
-    let mut state = initial_state(
-        myself,
-        args,
-        (connection, channel, body_bytes),
-        acks,
-        publisher,
-    );
+    let mut state = initial_state(myself, args, (connection, channel), acks, publisher);
     dispatch::set_rate(&mut state, args.rate);
     // The size asked for at run time (signals, `pool set`) survives reconnects.
     pool::resize(myself, &mut state, args.target).await?;
@@ -389,11 +380,7 @@ async fn setup(
 fn initial_state(
     myself: &ActorRef<ConsumerMsg>,
     args: &ConsumerArgs,
-    (connection, channel, body_bytes): (
-        Arc<Connection>,
-        lapin::Channel,
-        Arc<broker::gate::SubjectBytes>,
-    ),
+    (connection, channel): (Arc<Connection>, lapin::Channel),
     acks: Acks,
     publisher: Arc<Publisher>,
 ) -> ConsumerState {
@@ -406,7 +393,6 @@ fn initial_state(
     ConsumerState {
         runtime: runtime.clone(),
         connection,
-        body_bytes,
         channel,
         acks,
         publisher,

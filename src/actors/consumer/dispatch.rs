@@ -48,6 +48,8 @@ fn on_delivery(state: &mut ConsumerState, delivery: Delivery) {
 fn defer(state: &ConsumerState, delivery: Delivery) {
     state.runtime.events.emit(Event::BodyDeferred);
     let gate = state.runtime.body_gate.clone();
+    // The subject's count, as the gate keeps it (`OversizeGate::bytes_of`).
+    let bytes = gate.bytes_of(&state.runtime.name);
     let size = delivery.body_size;
     if gate.oversized(size) {
         tracing::debug!(
@@ -59,11 +61,10 @@ fn defer(state: &ConsumerState, delivery: Delivery) {
         tracing::debug!(
             subject = %state.runtime.name,
             size,
-            held = state.body_bytes.held(),
+            held = bytes.held(),
             "A body waits for room in the subject's share of limits.memory_budget"
         );
     }
-    let bytes = state.body_bytes.clone();
     let myself = state.myself.clone();
     tokio::spawn(async move {
         gate.wait_for(&bytes, size).await;
