@@ -172,6 +172,9 @@ pub struct Upstream {
     /// Contended until this instant (see the module doc).
     contended_until: Mutex<Option<Instant>>,
     metrics: UpstreamMetrics,
+    /// Wakes [`Upstreams::maintain`] when a connection is kept open or the upstream goes down
+    /// (shared by the upstreams of one [`Upstreams`]).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// A request's result and the upstream that answered it (or refused it last).
@@ -199,6 +202,7 @@ impl Upstreams {
         metrics: impl Fn(&UpstreamLabel) -> UpstreamMetrics,
     ) -> Self {
         let fpm = &config.fpm;
+        let wake = Arc::new(tokio::sync::Notify::new());
         let list = config
             .fpm_addresses()
             .into_iter()
@@ -225,6 +229,7 @@ impl Upstreams {
                     health: Mutex::new(Health::Up),
                     contended_until: Mutex::new(None),
                     metrics: m,
+                    wake: Arc::clone(&wake),
                 })
             })
             .collect();
@@ -344,19 +349,36 @@ impl Upstreams {
     }
 
     /// Closes connections idle past `fpm.keep_alive_idle` (all of them on a contended
-    /// upstream), and probes the upstreams that are down. Runs until aborted.
+    /// upstream), and probes the upstreams that are down. Runs until aborted. While no
+    /// connection is open and every upstream is up it has nothing to do, and waits (an idle
+    /// agent's thread would otherwise wake every `keep_alive_idle` / 2) until a connection is
+    /// kept open or an upstream goes down.
     pub(crate) async fn maintain(self: Arc<Self>) {
         let tick = (self.fpm.keep_alive_idle / 2)
             .clamp(Duration::from_millis(10), Duration::from_millis(100));
         let mut every = tokio::time::interval(tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = self.list.first().map(|u| Arc::clone(&u.wake));
         loop {
+            if let Some(wake) = wake.as_ref().filter(|_| self.quiet()) {
+                // A wake-up sent since the check is kept as a permit: none is lost.
+                wake.notified().await;
+                every.reset();
+            }
             every.tick().await;
             for upstream in &self.list {
                 upstream.reap(Instant::now());
             }
             self.probe(Probe::WhenDue).await;
         }
+    }
+
+    /// No connection open and every upstream up: nothing for [`Self::maintain`] to close or
+    /// probe.
+    fn quiet(&self) -> bool {
+        self.list
+            .iter()
+            .all(|u| u.health().up() && u.gate.lock().expect("gate lock").idle.is_empty())
     }
 
     /// Every upstream in `/status` (without its status page: see [`UpstreamStatus::with_fpm`]).
@@ -437,6 +459,7 @@ impl Upstream {
         *health = health.tripped(Instant::now());
         drop(health);
         self.reap(Instant::now());
+        self.wake.notify_one();
     }
 
     /// Closes the breaker: the upstream answered (a probe, or a status read).

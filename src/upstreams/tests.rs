@@ -86,6 +86,7 @@ fn upstream_with(
         health: Mutex::new(Health::Up),
         contended_until: Mutex::new(None),
         metrics: UpstreamMetrics::default(),
+        wake: Arc::default(),
     })
 }
 
@@ -202,6 +203,43 @@ async fn idle_connections_close_after_keep_alive_idle() {
     *lease.client() = FpmClient::with_stream(u.address.clone(), u.timeout, 1 << 20, agent_side);
     drop(lease);
     assert_eq!(u.gate.lock().unwrap().idle.len(), 0);
+}
+
+#[tokio::test]
+async fn maintenance_waits_while_nothing_is_open_and_closes_a_connection_kept_later() {
+    use tokio::io::AsyncWriteExt as _;
+    let text = "[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+                [fpm]\naddress = \"unix:/nonexistent/fpm.sock\"\n\
+                script_filename = \"/srv/index.php\"\nkeep_alive_idle = \"40ms\"\n\
+                [subjects.event]\nqueue = \"e\"\n";
+    let config =
+        crate::config::Config::from_toml(text, std::path::Path::new("t.toml"), |_| None).unwrap();
+    let ups = Arc::new(Upstreams::new(&config, |_| UpstreamMetrics::default()));
+    assert!(ups.quiet(), "nothing open and every upstream up");
+    let task = tokio::spawn(Arc::clone(&ups).maintain());
+    // On this one-thread runtime the task runs until it waits: it found nothing to do.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let u = &ups.list()[0];
+    let mut lease = u.acquire().await;
+    let (agent_side, mut fpm_side) = tokio::io::duplex(1024);
+    fpm_side.write_all(b"").await.unwrap();
+    *lease.client() = FpmClient::with_stream(u.address.clone(), u.timeout, 1 << 20, agent_side);
+    drop(lease);
+    assert_eq!(u.gate.lock().unwrap().idle.len(), 1, "kept for reuse");
+    assert!(!ups.quiet());
+    // Keeping it woke the task: it closes the connection once idle past keep_alive_idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !u.gate.lock().unwrap().idle.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(ups.quiet(), "quiet again");
+    task.abort();
 }
 
 #[tokio::test]
