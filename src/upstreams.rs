@@ -139,6 +139,8 @@ pub struct Upstreams {
     max_response: usize,
     list: Vec<Arc<Upstream>>,
     next: AtomicUsize,
+    /// What wakes [`Self::maintain`] (each upstream holds it too).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Per-upstream metrics (handles into the agent's registry, see `fpm_status::monitor`).
@@ -172,8 +174,8 @@ pub struct Upstream {
     /// Contended until this instant (see the module doc).
     contended_until: Mutex<Option<Instant>>,
     metrics: UpstreamMetrics,
-    /// Wakes [`Upstreams::maintain`] when a connection is kept open or the upstream goes down
-    /// (shared by the upstreams of one [`Upstreams`]).
+    /// Wakes [`Upstreams::maintain`] when it keeps a first connection open or goes down (shared
+    /// by the upstreams of one [`Upstreams`]).
     wake: Arc<tokio::sync::Notify>,
 }
 
@@ -238,6 +240,7 @@ impl Upstreams {
             max_response: config.limits.max_response_bytes,
             list,
             next: AtomicUsize::new(0),
+            wake,
         }
     }
 
@@ -358,11 +361,10 @@ impl Upstreams {
             .clamp(Duration::from_millis(10), Duration::from_millis(100));
         let mut every = tokio::time::interval(tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let wake = self.list.first().map(|u| Arc::clone(&u.wake));
         loop {
-            if let Some(wake) = wake.as_ref().filter(|_| self.quiet()) {
+            if self.quiet() {
                 // A wake-up sent since the check is kept as a permit: none is lost.
-                wake.notified().await;
+                self.wake.notified().await;
                 every.reset();
             }
             every.tick().await;

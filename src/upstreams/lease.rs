@@ -103,8 +103,10 @@ impl Upstream {
         let room = gate.cap.is_none_or(|c| gate.leased + gate.idle.len() < c);
         if client.reusable(self.keep_alive_max) && room {
             gate.idle.push((client, Instant::now()));
-            // `maintain` closes it once idle too long.
-            self.wake.notify_one();
+            if gate.idle.len() == 1 {
+                // The first one kept: `maintain` may be waiting, and closes it once idle too long.
+                self.wake.notify_one();
+            }
         }
     }
 }
