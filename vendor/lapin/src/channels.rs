@@ -4,6 +4,7 @@ use crate::{
     configuration::{NegotiatedConfig, RecoveryConfig},
     connection_closer::ConnectionCloser,
     events::{Events, EventsSender},
+    fast_hash::FxBuildHasher,
     frames::Frames,
     id_sequence::IdSequence,
     internal_rpc::InternalRPCHandle,
@@ -346,7 +347,8 @@ impl fmt::Debug for Channels {
 
 struct Inner {
     // Shared, so that a received frame takes its channel with one reference count (PATCHES.md 9).
-    channels: HashMap<ChannelId, Arc<Channel>>,
+    // FxHash: looked up for every frame (PATCHES.md 12).
+    channels: HashMap<ChannelId, Arc<Channel>, FxBuildHasher>,
     channel_id: IdSequence<ChannelId>,
     configuration: NegotiatedConfig,
     recovery_config: RecoveryConfig,

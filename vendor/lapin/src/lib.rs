@@ -203,6 +203,7 @@ mod error;
 mod error_holder;
 mod events;
 mod exchange;
+mod fast_hash;
 mod frames;
 mod future;
 mod heartbeat;
