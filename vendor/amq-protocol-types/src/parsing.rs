@@ -408,7 +408,10 @@ pub fn parse_byte_array<I: ParsableInput>(i: I) -> ParserResult<I, ByteArray> {
 }
 
 /// Parse the [AMQPFlags](../type.AMQPFlags.html) for which the names are provided
-pub fn parse_flags<I: ParsableInput>(i: I, names: &[&str]) -> ParserResult<I, AMQPFlags> {
+pub fn parse_flags<I: ParsableInput>(
+    i: I,
+    names: &[&'static str],
+) -> ParserResult<I, AMQPFlags> {
     context(
         "parse_flags",
         map(take(names.len().div_ceil(8)), |b| {
