@@ -389,3 +389,32 @@ fn head_lines_are_written_and_measured_as_format_would() {
         assert_eq!(head_len(n, 7, n), format!("{n} 7 {n}\n").len());
     }
 }
+
+#[test]
+fn every_entry_field_and_nothing_else_is_one() {
+    for name in ENTRY_FIELDS {
+        assert!(is_entry_field(name), "{name}");
+        // The same name with one byte changed, at each position, is not one.
+        for at in 0..name.len() {
+            let mut other = name.as_bytes().to_vec();
+            other[at] = b'#';
+            assert!(
+                !is_entry_field(std::str::from_utf8(&other).unwrap()),
+                "{name} at {at}"
+            );
+        }
+    }
+    for name in [
+        "SCRIPT_FILENAME",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+        "HTTP_X_AGENT_SUBJECT",
+        BATCH_SIZE_PARAM,
+        "HTTP_X_AGENT_MESSAGE_I",
+        "HTTP_X_AGENT_MESSAGE_ID_",
+        "X_AGENT_MESSAGE_ID",
+        "",
+    ] {
+        assert!(!is_entry_field(name), "{name}");
+    }
+}
