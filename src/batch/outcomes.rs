@@ -26,7 +26,6 @@
 //! is not an outcome, an outcome that contradicts its status or anything after the trailer or
 //! the request's end is a [`ProtocolError`], after which nothing more is read.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::outcome::{self, ReplyHead, Verdict};
@@ -64,8 +63,12 @@ enum State {
 /// Parses a batch reply incrementally: feed it stdout as it arrives, act on each verdict.
 #[derive(Debug)]
 pub struct Reader {
-    expected: BTreeSet<usize>,
-    answered: BTreeSet<usize>,
+    /// The request's entry indices, sorted, without repeats.
+    expected: Vec<usize>,
+    /// Whether the entry at the same position in `expected` got its verdict (a vector beside a
+    /// sorted one instead of two `BTreeSet`s: two lookups per line, 50 lines a batch).
+    answered: Vec<bool>,
+    answered_count: usize,
     /// The entry PHP started and has not answered yet.
     running: Option<usize>,
     /// The request's nonce and a space: the prefix of every line.
@@ -82,9 +85,13 @@ impl Reader {
     /// `require_ack` is `fpm.require_ack_header` (a whole reply with 2xx needs `X-Agent-Ack: 1`).
     #[must_use]
     pub fn new(indices: impl IntoIterator<Item = usize>, require_ack: bool, nonce: &str) -> Self {
+        let mut expected: Vec<usize> = indices.into_iter().collect();
+        expected.sort_unstable();
+        expected.dedup();
         Self {
-            expected: indices.into_iter().collect(),
-            answered: BTreeSet::new(),
+            answered: vec![false; expected.len()],
+            expected,
+            answered_count: 0,
             running: None,
             prefix: format!("{nonce} "),
             require_ack,
@@ -96,20 +103,25 @@ impl Reader {
 
     /// Entries that have no verdict from the reply yet, in order.
     pub(crate) fn pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.expected.difference(&self.answered).copied()
+        self.expected
+            .iter()
+            .zip(&self.answered)
+            .filter(|(_, answered)| !**answered)
+            .map(|(index, _)| *index)
     }
 
     /// How many entries have no verdict from the reply yet.
     #[must_use]
     pub(crate) fn unanswered(&self) -> usize {
-        // `answered` only takes expected indices (`line`).
-        self.expected.len() - self.answered.len()
+        self.expected.len() - self.answered_count
     }
 
     /// True when entry `index` got its verdict from the reply.
     #[must_use]
     pub fn answered(&self, index: usize) -> bool {
-        self.answered.contains(&index)
+        self.expected
+            .binary_search(&index)
+            .is_ok_and(|at| self.answered[at])
     }
 
     /// The entry PHP said it started and did not answer: the one it was running when the reply
@@ -299,10 +311,10 @@ impl Reader {
             return Ok(());
         }
         let index = decimal(first).ok_or_else(|| format!("not an outcome line: `{}`", quoted()))?;
-        if !self.expected.contains(&index) {
+        let Ok(at) = self.expected.binary_search(&index) else {
             return Err(format!("unknown entry index {index}"));
-        }
-        if self.answered.contains(&index) {
+        };
+        if self.answered[at] {
             return Err(format!("entry {index} was answered already"));
         }
         if rest == "start" {
@@ -321,7 +333,8 @@ impl Reader {
         }
         let verdict =
             parse_outcome(rest, self.require_ack).map_err(|e| format!("entry {index}: {e}"))?;
-        self.answered.insert(index);
+        self.answered[at] = true;
+        self.answered_count += 1;
         self.running = None;
         emit(index, verdict);
         Ok(())
