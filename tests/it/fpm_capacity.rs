@@ -185,9 +185,13 @@ async fn an_auto_pool_grows_from_min_within_max_children_and_shrinks_back() {
     // happened before a sample was taken (seen: "grew only to 0", drained 58 ms after the last
     // publish).
     let started = std::time::Instant::now();
-    let publish = futures_util::future::join_all(
-        (0..600).map(|i| ctx.publish_json_owned("event", format!("a-{i}"), "sleep:20")),
-    );
+    let publish = futures_util::future::join_all((0..600).map(|i| {
+        let ctx = &ctx;
+        async move {
+            ctx.publish_json("event", &format!("a-{i}"), "sleep:20")
+                .await
+        }
+    }));
     let sample = async {
         let (mut peak, mut worst_sum) = (0, 0);
         let deadline = started + Duration::from_secs(120);

@@ -441,11 +441,6 @@ impl TestCtx {
             .await;
     }
 
-    /// [`TestCtx::publish_json`] with an owned id, for many publishes awaited together.
-    pub async fn publish_json_owned(&self, subject: &str, id: String, behave: &str) {
-        self.publish_json(subject, &id, behave).await;
-    }
-
     /// [`TestCtx::publish_json`] to `exchange` with `routing_key`.
     pub async fn publish_json_to(&self, exchange: &str, routing_key: &str, id: &str, behave: &str) {
         let body = serde_json::json!({"id": id, "behave": behave}).to_string();
