@@ -31,7 +31,7 @@ mod settle;
 use entry::{Entry, Settler};
 pub(super) use fpm::fastcgi_span;
 use fpm::request;
-pub(super) use settle::{Original, settle};
+pub(super) use settle::{Original, ack, settle};
 
 /// Longest `x-agent-last-error` / log excerpt of PHP output, in bytes.
 pub(super) const EXCERPT: usize = 1024;

@@ -139,13 +139,17 @@ const FORWARD_MAX: usize = 256;
 async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
     use futures_util::FutureExt;
     let tag = consumer.tag().to_string();
+    // Room for as many as the last run held: under a backlog a run is tens of deliveries, and
+    // growing the vector from 16 each time moved them two or three times over (callgrind:
+    // about 160 instructions per delivery less at batch 50).
+    let mut last = 0;
     // The stream's item that ends a run of deliveries (an error, or its end).
     let end = loop {
         let first = match consumer.next().await {
             Some(Ok(delivery)) => delivery,
             other => break other,
         };
-        let mut deliveries = Vec::with_capacity(16);
+        let mut deliveries = Vec::with_capacity(last.clamp(16, FORWARD_MAX));
         deliveries.push(first);
         let mut end = None;
         while deliveries.len() < FORWARD_MAX {
@@ -159,6 +163,7 @@ async fn forward(mut consumer: lapin::Consumer, actor: ActorRef<ConsumerMsg>) {
                 }
             }
         }
+        last = deliveries.len();
         if actor.cast(ConsumerMsg::Deliveries(deliveries)).is_err() {
             return;
         }

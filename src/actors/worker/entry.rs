@@ -20,7 +20,7 @@ use crate::actors::SubjectRuntime;
 use crate::actors::acks::Acks;
 use crate::broker::Publisher;
 use crate::contract::{Envelope, Param};
-use crate::outcome::{self, Verdict};
+use crate::outcome::{self, Decision, Verdict};
 use crate::poison::journal::Tracked;
 use crate::telemetry::events::Event;
 use crate::trace_context::Incoming;
@@ -194,6 +194,16 @@ impl<'a> Settler<'a> {
             self.runtime.events.emit(Event::SignatureRejected);
         }
         let decision = self.runtime.policy.decide(&verdict, entry.envelope.attempt);
+        if matches!(decision, Decision::Ack) {
+            // The common case, in the entry's span as the future below would be, without
+            // building, moving and polling that future (callgrind: about 1,000 instructions
+            // per entry less).
+            entry
+                .span
+                .in_scope(|| super::ack(self.acks, &entry.original()));
+            entry.settled();
+            return;
+        }
         super::settle(
             self.runtime,
             self.publisher,

@@ -32,6 +32,14 @@ pub(in crate::actors) struct Original<'a> {
     pub(in crate::actors) span: &'a tracing::Span,
 }
 
+/// Settles a delivery handled with success: the ack, without any await (the common case needs
+/// no future: [`settle`] is for any decision).
+pub(in crate::actors) fn ack(acks: &Acks, original: &Original<'_>) {
+    debug!("Handled");
+    original.span.record("outcome", "ack");
+    acks.ack(original.delivery.delivery_tag, Acked::Handled);
+}
+
 /// Acts on the decision: ack, or republish (confirmed) then ack, or nack on failure.
 pub(in crate::actors) async fn settle(
     runtime: &SubjectRuntime,
@@ -44,9 +52,7 @@ pub(in crate::actors) async fn settle(
     let tag = original.delivery.delivery_tag;
     let published = match &decision {
         Decision::Ack => {
-            debug!("Handled");
-            original.span.record("outcome", "ack");
-            acks.ack(tag, Acked::Handled);
+            ack(acks, &original);
             return;
         }
         Decision::Retry {
