@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use fastcgi_client::conn::KeepAlive;
 use fastcgi_client::io::TokioCompat;
 use fastcgi_client::response::Content;
-use fastcgi_client::{Client, ClientError, Params, StreamExt};
+use fastcgi_client::{Client, ClientError, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::FpmAddress;
@@ -208,6 +208,7 @@ impl FpmClient {
         const QUERY: &str = "json&full";
         let params = [
             ("GATEWAY_INTERFACE", "FastCGI/1.0".into()),
+            ("SERVER_SOFTWARE", "amqp-agent".into()),
             ("REQUEST_METHOD", "GET".into()),
             ("SCRIPT_FILENAME", path.into()),
             ("SCRIPT_NAME", path.into()),
@@ -393,14 +394,18 @@ impl FpmClient {
         }
         let conn = self.conn.as_mut().expect("connected above");
         let ends_before = conn.ends.load(Ordering::Acquire);
-        let mut fcgi_params = Params::default();
-        for (name, value) in params {
-            fcgi_params = fcgi_params.custom(*name, value.as_ref());
-        }
-        // The whole request in one buffer and one write (vendor/fastcgi-client/PATCHES.md 8).
+        debug_assert!(
+            params
+                .iter()
+                .enumerate()
+                .all(|(i, (name, _))| params[..i].iter().all(|(n, _)| n != name)),
+            "each FastCGI param once"
+        );
+        // The whole request in one buffer and one write, its params in the order given
+        // (vendor/fastcgi-client/PATCHES.md 8 and 9).
         let mut stream = conn
             .client
-            .execute_stream_bytes(fcgi_params, body)
+            .execute_stream_pairs(params.iter().map(|(n, v)| (*n, v.as_ref())), body)
             .await
             .map_err(client_error)?;
         let mut reply = Reply::default();

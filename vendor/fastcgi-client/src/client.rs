@@ -292,7 +292,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S, KeepAlive> {
     pub async fn execute_stream_bytes(
         &mut self, params: Params<'_>, body: &[u8],
     ) -> ClientResult<ResponseStream<&mut S>> {
-        let mut request = Encoded::new(REQUEST_ID, true, params, body, PIECE)?;
+        self.execute_stream_encoded(ParamPairs::new(params), body)
+            .await
+    }
+
+    /// amqp-agent patch: as [`Client::execute_stream_bytes`], with the params as name and
+    /// value pairs sent in their order, as given: no `Params` map is built (it hashed every
+    /// name with SipHash and allocated its table for each request). The caller gives each name
+    /// once.
+    pub async fn execute_stream_pairs<'p>(
+        &mut self, params: impl IntoIterator<Item = (&'p str, &'p str)>, body: &[u8],
+    ) -> ClientResult<ResponseStream<&mut S>> {
+        self.execute_stream_encoded(ParamPairs::from_pairs(params), body)
+            .await
+    }
+
+    async fn execute_stream_encoded(
+        &mut self, pairs: ParamPairs<'_>, body: &[u8],
+    ) -> ClientResult<ResponseStream<&mut S>> {
+        let mut request = Encoded::new(REQUEST_ID, true, pairs, body, PIECE)?;
         while let Some(piece) = request.next_piece() {
             self.stream.write_all(piece).await?;
         }
@@ -318,10 +336,10 @@ pub(crate) struct Encoded<'b> {
 
 impl<'b> Encoded<'b> {
     pub(crate) fn new(
-        id: u16, keep_conn: bool, params: Params<'_>, body: &'b [u8], piece: usize,
+        id: u16, keep_conn: bool, params: ParamPairs<'_>, body: &'b [u8], piece: usize,
     ) -> ClientResult<Self> {
         let piece = piece.max(MAX_LENGTH) / MAX_LENGTH * MAX_LENGTH;
-        let records = ParamPairs::new(params).to_records()?;
+        let records = params.to_records()?;
         let content = body.len().min(piece);
         let capacity = (3 + records.len() + content.div_ceil(MAX_LENGTH)) * (HEADER_LEN + 7)
             + 8
@@ -372,7 +390,7 @@ impl<'b> Encoded<'b> {
 pub(crate) fn encode_request(
     id: u16, keep_conn: bool, params: Params<'_>, body: &[u8], piece: usize,
 ) -> ClientResult<(Vec<u8>, usize)> {
-    let mut encoded = Encoded::new(id, keep_conn, params, body, piece)?;
+    let mut encoded = Encoded::new(id, keep_conn, ParamPairs::new(params), body, piece)?;
     let (mut out, mut pieces) = (Vec::new(), 0);
     while let Some(p) = encoded.next_piece() {
         out.extend_from_slice(p);
@@ -722,6 +740,80 @@ mod amqp_agent_patch_tests {
             assert_eq!(stdin, expected, "body of {len} bytes");
             assert_eq!(a.last().unwrap().0, RequestType::Stdin as u8);
         }
+    }
+
+    /// FastCGI name-value pairs as the spec lays them out: each length in one byte below 128,
+    /// else in four with the high bit set.
+    fn pairs_of(mut content: &[u8]) -> Vec<(String, String)> {
+        fn len(c: &mut &[u8]) -> usize {
+            if c[0] < 128 {
+                let n = usize::from(c[0]);
+                *c = &c[1..];
+                n
+            } else {
+                let n = u32::from_be_bytes([c[0] & 0x7f, c[1], c[2], c[3]]) as usize;
+                *c = &c[4..];
+                n
+            }
+        }
+        let mut out = Vec::new();
+        while !content.is_empty() {
+            let (n, v) = (len(&mut content), len(&mut content));
+            let name = String::from_utf8(content[..n].to_vec()).unwrap();
+            let value = String::from_utf8(content[n..n + v].to_vec()).unwrap();
+            content = &content[n + v..];
+            out.push((name, value));
+        }
+        out
+    }
+
+    #[test]
+    fn pairs_go_in_their_order_and_as_params_would() {
+        use crate::conn::KeepAlive;
+        let long = "v".repeat(300);
+        let pairs = [
+            ("SCRIPT_FILENAME", "/srv/app/public/index.php"),
+            ("REQUEST_METHOD", "POST"),
+            ("EMPTY", ""),
+            ("HTTP_X_AGENT_HEADERS", long.as_str()),
+        ];
+        let body = b"{\"a\":1}";
+        let mut client: Client<io::Cursor<Vec<u8>>, KeepAlive> =
+            Client::from_stream(io::Cursor::new(Vec::new()));
+        drop(now(client.execute_stream_pairs(pairs, body)).unwrap());
+        let ours = records(client.stream.get_ref());
+        // Without the three defaults `Params::default` adds (amqp-agent's params set all three).
+        let mut by_map = Params::default();
+        by_map.clear();
+        for (n, v) in pairs {
+            by_map = by_map.custom(n, v);
+        }
+        let (theirs, _) = encode_request(REQUEST_ID, true, by_map, body, PIECE).unwrap();
+        let theirs = records(&theirs);
+        let params = |r: &[(u8, u16, Vec<u8>)]| {
+            let content: Vec<u8> = r
+                .iter()
+                .filter(|r| r.0 == RequestType::Params as u8)
+                .flat_map(|r| r.2.clone())
+                .collect();
+            pairs_of(&content)
+        };
+        let expected: Vec<(String, String)> =
+            pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert_eq!(params(&ours), expected, "in the order given");
+        let mut map_order = params(&theirs);
+        map_order.sort();
+        let mut sorted = expected.clone();
+        sorted.sort();
+        assert_eq!(map_order, sorted, "the same pairs as a Params map sends");
+        // Everything else, record by record: begin request, the params' end, stdin.
+        let others = |r: &[(u8, u16, Vec<u8>)]| -> Vec<(u8, u16, Vec<u8>)> {
+            r.iter()
+                .filter(|r| r.0 != RequestType::Params as u8 || r.2.is_empty())
+                .cloned()
+                .collect()
+        };
+        assert_eq!(others(&ours), others(&theirs));
     }
 
     #[test]

@@ -491,6 +491,16 @@ impl<'a> ParamPairs<'a> {
         Self(param_pairs)
     }
 
+    /// amqp-agent patch: pairs in the order given, without a `Params` map.
+    pub(crate) fn from_pairs<'p: 'a>(pairs: impl IntoIterator<Item = (&'p str, &'p str)>) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(name, value)| ParamPair::new(Cow::Borrowed(name), Cow::Borrowed(value)))
+                .collect(),
+        )
+    }
+
     /// amqp-agent patch: the contents of the `FCGI_PARAMS` records, each holding whole pairs
     /// and at most [`MAX_PARAMS_RECORD`] bytes (the original cut the encoded pairs every 4 KiB
     /// and 64 KiB, splitting a pair across records, and php-fpm reset the connection).
