@@ -144,3 +144,32 @@ fn hold_zero_sends_everything() {
     assert_eq!(plan(&mut l, 0), (None, vec![7, 9]));
     assert_eq!(plan(&mut l, 0), (None, vec![]));
 }
+
+#[test]
+fn take_queued_applies_what_is_queued_and_tells_a_closed_channel() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for tag in 1..=3 {
+        tx.send(Cmd::Nack(tag)).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut record = |cmd| {
+        if let Cmd::Nack(tag) = cmd {
+            seen.push(tag);
+        }
+    };
+    assert!(
+        !take_queued(&mut rx, &mut record),
+        "senders remain: not closed"
+    );
+    assert!(
+        !take_queued(&mut rx, &mut record),
+        "nothing queued: returns at once"
+    );
+    tx.send(Cmd::Nack(4)).unwrap();
+    drop(tx);
+    assert!(
+        take_queued(&mut rx, &mut record),
+        "what was queued, then closed"
+    );
+    assert_eq!(seen, [1, 2, 3, 4]);
+}
