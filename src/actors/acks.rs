@@ -349,11 +349,12 @@ impl AckWriter {
             deadline = deadline.min(since + HOLD_MAX);
         }
         loop {
-            while let Ok(cmd) = rx.try_recv() {
-                self.apply(cmd, urgent);
-            }
+            let closed = take_queued(rx, |cmd| self.apply(cmd, urgent));
             if urgent.any() || self.ledger.done.len() >= self.hold {
                 return false;
+            }
+            if closed {
+                return true;
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(cmd)) => self.apply(cmd, urgent),

@@ -289,27 +289,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S, KeepAlive> {
     /// body into a zeroed 64 KiB buffer and writes each record in three writes, so a batch
     /// request of about 60 KB took two `sendto` calls and two copies of its body; this takes
     /// one of each.
-    pub async fn execute_stream_bytes(
-        &mut self, params: Params<'_>, body: &[u8],
-    ) -> ClientResult<ResponseStream<&mut S>> {
-        self.execute_stream_encoded(ParamPairs::new(params), body)
-            .await
-    }
-
-    /// amqp-agent patch: as [`Client::execute_stream_bytes`], with the params as name and
-    /// value pairs sent in their order, as given: no `Params` map is built (it hashed every
-    /// name with SipHash and allocated its table for each request). The caller gives each name
-    /// once.
+    ///
+    /// The params are name and value pairs, sent in their order, as given (patch 9): no
+    /// `Params` map is built (it hashed every name with SipHash and allocated its table for
+    /// each request). The caller gives each name once.
     pub async fn execute_stream_pairs<'p>(
         &mut self, params: impl IntoIterator<Item = (&'p str, &'p str)>, body: &[u8],
     ) -> ClientResult<ResponseStream<&mut S>> {
-        self.execute_stream_encoded(ParamPairs::from_pairs(params), body)
-            .await
-    }
-
-    async fn execute_stream_encoded(
-        &mut self, pairs: ParamPairs<'_>, body: &[u8],
-    ) -> ClientResult<ResponseStream<&mut S>> {
+        let pairs = ParamPairs::from_pairs(params);
         let mut request = Encoded::new(REQUEST_ID, true, pairs, body, PIECE)?;
         while let Some(piece) = request.next_piece() {
             self.stream.write_all(piece).await?;
